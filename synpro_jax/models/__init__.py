@@ -1,0 +1,79 @@
+"""The OLMo-2 style decoder: configuration, presets, a functional forward pass, losses and HF interop."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh
+
+from synpro_jax import sharding
+from synpro_jax.models.config import ModelConfig
+from synpro_jax.models.losses import LossSums, loss_sums, per_example_loss, token_nll
+from synpro_jax.models.olmo import Decoder
+from synpro_jax.models.presets import PRESETS, describe_presets, get_preset
+
+Params = Any
+
+__all__ = [
+    "ModelConfig", "PRESETS", "get_preset", "describe_presets", "Decoder", "forward", "init_params",
+    "abstract_params", "param_logical_axes", "param_shardings", "LossSums", "loss_sums", "per_example_loss",
+    "token_nll",
+]
+
+
+def forward(
+    cfg: ModelConfig,
+    params: Params,
+    tokens: jax.Array,
+    *,
+    positions: jax.Array | None = None,
+    segment_ids: jax.Array | None = None,
+    return_hidden: bool = False,
+) -> jax.Array:
+    """Logits [B, T, V] in float32 for int tokens [B, T].
+
+    ``positions`` (RoPE positions, default 0..T-1) and ``segment_ids`` (tokens attend only within their
+    segment, default one segment) let packed documents be kept apart.
+    """
+    return Decoder(cfg).apply(
+        {"params": params}, tokens, positions=positions, segment_ids=segment_ids, return_hidden=return_hidden
+    )
+
+
+def _boxed_init(cfg: ModelConfig, rng: jax.Array):
+    tokens = jnp.zeros((1, 1), jnp.int32)
+    return Decoder(cfg).init(rng, tokens)["params"]
+
+
+def init_params(cfg: ModelConfig, rng: jax.Array, mesh: Mesh | None = None,
+                rules: sharding.Rules = sharding.DEFAULT_RULES) -> Params:
+    """Random float32 parameters; created directly in their shards when a mesh is given."""
+    init = lambda r: nn.unbox(_boxed_init(cfg, r))  # noqa: E731
+    if mesh is None:
+        return jax.jit(init)(rng)
+    return jax.jit(init, out_shardings=param_shardings(cfg, mesh, rules))(rng)
+
+
+@functools.lru_cache(maxsize=64)
+def _abstract_boxed(cfg: ModelConfig):
+    return jax.eval_shape(functools.partial(_boxed_init, cfg), jax.random.key(0))
+
+
+def abstract_params(cfg: ModelConfig) -> Params:
+    """ShapeDtypeStructs of the parameters, without allocating them."""
+    return nn.unbox(_abstract_boxed(cfg))
+
+
+def param_logical_axes(cfg: ModelConfig) -> Params:
+    """A pytree like the params whose leaves are tuples of logical axis names."""
+    specs = nn.get_partition_spec(_abstract_boxed(cfg))
+    return jax.tree.map(tuple, specs, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
+
+
+def param_shardings(cfg: ModelConfig, mesh: Mesh, rules: sharding.Rules = sharding.DEFAULT_RULES) -> Params:
+    """NamedShardings of the parameters under ``rules``."""
+    return sharding.tree_shardings(param_logical_axes(cfg), abstract_params(cfg), mesh, rules)

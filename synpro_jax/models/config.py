@@ -1,0 +1,97 @@
+"""The decoder's configuration, its validation and its size arithmetic."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax.numpy as jnp
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Shape and numerics of an OLMo-2 style decoder. Hashable, so it can be a static jit argument."""
+
+    vocab_size: int
+    d_model: int
+    num_layers: int
+    num_heads: int
+    mlp_dim: int
+    num_kv_heads: int | None = None  # None: same as num_heads (no GQA)
+    head_dim: int | None = None  # None: d_model // num_heads
+    rope_theta: float = 500_000.0
+    norm_eps: float = 1e-6
+    max_seq_len: int = 4096
+    dtype: str = "float32"  # compute dtype; parameters are always float32
+    remat: bool = False  # recompute each block's activations in the backward pass
+    name: str = "custom"
+
+    def __post_init__(self):
+        for knob in ("vocab_size", "d_model", "num_layers", "num_heads", "mlp_dim", "max_seq_len"):
+            value = getattr(self, knob)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"ModelConfig.{knob}={value!r}: must be a positive integer")
+        if self.num_kv_heads is None:
+            object.__setattr__(self, "num_kv_heads", self.num_heads)
+        if self.head_dim is None:
+            if self.d_model % self.num_heads:
+                raise ValueError(
+                    f"ModelConfig.d_model={self.d_model} is not divisible by num_heads={self.num_heads}; "
+                    "set head_dim explicitly"
+                )
+            object.__setattr__(self, "head_dim", self.d_model // self.num_heads)
+        if self.num_kv_heads < 1 or self.num_heads % self.num_kv_heads:
+            raise ValueError(
+                f"ModelConfig.num_kv_heads={self.num_kv_heads} must be >= 1 and divide num_heads={self.num_heads}"
+            )
+        if self.head_dim < 2 or self.head_dim % 2:
+            raise ValueError(f"ModelConfig.head_dim={self.head_dim} must be even for rotary embeddings")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"ModelConfig.dtype={self.dtype!r}: choose one of {sorted(DTYPES)}")
+        if self.rope_theta <= 0:
+            raise ValueError(f"ModelConfig.rope_theta={self.rope_theta}: must be positive")
+        if not 0 < self.norm_eps < 1:
+            raise ValueError(f"ModelConfig.norm_eps={self.norm_eps}: must be in (0, 1)")
+
+    @property
+    def compute_dtype(self):
+        return DTYPES[self.dtype]
+
+    def replace(self, **changes) -> "ModelConfig":
+        return dataclasses.replace(self, **changes)
+
+    # --- size arithmetic -------------------------------------------------------------------------------------
+    def layer_params(self) -> int:
+        d, hd = self.d_model, self.head_dim
+        attn = d * self.num_heads * hd * 2 + d * self.num_kv_heads * hd * 2  # q, o, k, v
+        qk_norm = (self.num_heads + self.num_kv_heads) * hd
+        mlp = 3 * d * self.mlp_dim
+        return attn + qk_norm + mlp + 2 * d  # two sublayer norms
+
+    def num_params(self) -> int:
+        """All parameters: embedding, blocks, final norm and the untied output head."""
+        return 2 * self.vocab_size * self.d_model + self.num_layers * self.layer_params() + self.d_model
+
+    def num_matmul_params(self) -> int:
+        """Parameters that take part in a matmul per token: everything but the embedding lookup and norms."""
+        d, hd = self.d_model, self.head_dim
+        per_layer = d * self.num_heads * hd * 2 + d * self.num_kv_heads * hd * 2 + 3 * d * self.mlp_dim
+        return self.num_layers * per_layer + self.vocab_size * self.d_model
+
+    def train_flops_per_token(self, seq_len: int) -> float:
+        """Forward+backward FLOPs per token: 6N for the matmuls plus 12 * L * H * hd * T for attention.
+
+        The attention term counts the full T x T score and value matmuls (as PaLM's MFU does), not half.
+        """
+        attn = 12 * self.num_layers * self.num_heads * self.head_dim * seq_len
+        return 6 * self.num_matmul_params() + attn
+
+    def describe(self) -> str:
+        gqa = f", {self.num_kv_heads} kv heads" if self.num_kv_heads != self.num_heads else ""
+        return (
+            f"{self.name}: {self.num_params() / 1e6:,.2f}M params ({self.num_matmul_params() / 1e6:,.2f}M in "
+            f"matmuls) | d_model {self.d_model}, {self.num_layers} layers, {self.num_heads} heads{gqa}, "
+            f"head_dim {self.head_dim}, mlp {self.mlp_dim}, vocab {self.vocab_size}, rope theta "
+            f"{self.rope_theta:g}, {self.dtype}"
+        )

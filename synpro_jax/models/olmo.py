@@ -1,0 +1,182 @@
+"""OLMo-2 style decoder in Flax linen.
+
+Differences from a Llama block, all following OLMo-2: RMSNorm is applied to each sublayer's *output* before the
+residual add (no pre-norm), q and k get an RMSNorm over their full projected width, there are no biases and the
+output head is untied. Layers are stacked with ``nn.scan`` (one compiled block; parameters get a leading
+``layers`` axis). Every parameter carries logical axis names for :mod:`synpro_jax.sharding`.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from synpro_jax.models.config import ModelConfig
+from synpro_jax.sharding import constrain
+
+_INIT_STD = 0.02
+
+
+def _param_init(names: Sequence[str], init=nn.initializers.normal(_INIT_STD)):
+    return nn.with_logical_partitioning(init, tuple(names))
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm over the trailing ``len(names)`` axes, computed in float32 like HF's Olmo2RMSNorm."""
+
+    eps: float
+    names: tuple[str, ...]
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        n = len(self.names)
+        scale = self.param("scale", _param_init(self.names, nn.initializers.ones), x.shape[-n:], jnp.float32)
+        xf = x.astype(jnp.float32)
+        axes = tuple(range(-n, 0))
+        y = xf * jax.lax.rsqrt(jnp.mean(jnp.square(xf), axis=axes, keepdims=True) + self.eps)
+        return (scale * y).astype(x.dtype)
+
+
+class Dense(nn.Module):
+    """Bias-free projection from the trailing ``len(in_names)`` axes to ``features``, float32 parameters."""
+
+    features: tuple[int, ...]
+    in_names: tuple[str, ...]
+    out_names: tuple[str, ...]
+    dtype: jnp.dtype
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        n_in = len(self.in_names)
+        shape = x.shape[-n_in:] + tuple(self.features)
+        kernel = self.param("kernel", _param_init(self.in_names + self.out_names), shape, jnp.float32)
+        return jax.lax.dot_general(
+            x.astype(self.dtype),
+            kernel.astype(self.dtype),
+            ((tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_in))), ((), ())),
+        )
+
+
+def rotary(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
+    """Rotate-half RoPE (as HF/OLMo): x [B, T, N, hd], positions [B, T]. Computed in float32."""
+    hd = x.shape[-1]
+    inv_freq = 1.0 / (theta ** (jnp.arange(0, hd, 2, dtype=jnp.float32) / hd))
+    angles = positions.astype(jnp.float32)[..., None] * inv_freq  # [B, T, hd/2]
+    angles = jnp.concatenate([angles, angles], axis=-1)[:, :, None, :]
+    cos, sin = jnp.cos(angles), jnp.sin(angles)
+    xf = x.astype(jnp.float32)
+    x1, x2 = jnp.split(xf, 2, axis=-1)
+    rotated = jnp.concatenate([-x2, x1], axis=-1)
+    return (xf * cos + rotated * sin).astype(x.dtype)
+
+
+def attention_mask(q_segments: jax.Array, k_segments: jax.Array, q_index: jax.Array, k_index: jax.Array) -> jax.Array:
+    """[B, T, S] bool: causal by slot index and kept within a segment (packed documents do not see each other).
+
+    Indices are slot numbers in the sequence (or KV cache), so the same rule serves training and cached decode.
+    """
+    causal = k_index[:, None, :] <= q_index[:, :, None]
+    same_doc = q_segments[:, :, None] == k_segments[:, None, :]
+    return causal & same_doc
+
+
+def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+    """Grouped-query attention. q [B,T,H,hd], k/v [B,S,KV,hd], mask [B,T,S] -> [B,T,H,hd].
+
+    Query head h reads kv head h // (H // KV), as HF's repeat_kv does. Scores and softmax are float32.
+    """
+    b, t, h, hd = q.shape
+    kv = k.shape[2]
+    q = q.reshape(b, t, kv, h // kv, hd)
+    scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32) * (hd**-0.5)
+    scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
+    return out.reshape(b, t, h, hd)
+
+
+class Attention(nn.Module):
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, x, positions, mask):
+        cfg, dt = self.cfg, self.cfg.compute_dtype
+        heads = (cfg.num_heads, cfg.head_dim)
+        kv_heads = (cfg.num_kv_heads, cfg.head_dim)
+        q = Dense(heads, ("embed",), ("heads", "head_dim"), dt, name="q_proj")(x)
+        k = Dense(kv_heads, ("embed",), ("kv_heads", "head_dim"), dt, name="k_proj")(x)
+        v = Dense(kv_heads, ("embed",), ("kv_heads", "head_dim"), dt, name="v_proj")(x)
+        q = RMSNorm(cfg.norm_eps, ("heads", "head_dim"), name="q_norm")(q)
+        k = RMSNorm(cfg.norm_eps, ("kv_heads", "head_dim"), name="k_norm")(k)
+        q = constrain(rotary(q, positions, cfg.rope_theta), ("batch", "length", "heads", "head_dim"))
+        k = constrain(rotary(k, positions, cfg.rope_theta), ("batch", "length", "kv_heads", "head_dim"))
+        v = constrain(v, ("batch", "length", "kv_heads", "head_dim"))
+        out = dot_product_attention(q, k, v, mask)
+        return Dense((cfg.d_model,), ("heads", "head_dim"), ("embed",), dt, name="o_proj")(out)
+
+
+class MLP(nn.Module):
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, x):
+        cfg, dt = self.cfg, self.cfg.compute_dtype
+        gate = Dense((cfg.mlp_dim,), ("embed",), ("mlp",), dt, name="gate_proj")(x)
+        up = Dense((cfg.mlp_dim,), ("embed",), ("mlp",), dt, name="up_proj")(x)
+        hidden = constrain(nn.silu(gate) * up, ("batch", "length", "mlp"))
+        return Dense((cfg.d_model,), ("mlp",), ("embed",), dt, name="down_proj")(hidden)
+
+
+class Block(nn.Module):
+    """One decoder layer in OLMo-2 order: x + norm(attn(x)), then h + norm(mlp(h))."""
+
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, x, positions, mask):
+        cfg = self.cfg
+        h = Attention(cfg, name="attn")(x, positions, mask)
+        x = x + RMSNorm(cfg.norm_eps, ("embed",), name="post_attn_norm")(h)
+        h = MLP(cfg, name="mlp")(x)
+        x = x + RMSNorm(cfg.norm_eps, ("embed",), name="post_mlp_norm")(h)
+        return constrain(x, ("batch", "length", "embed")), None
+
+
+class Decoder(nn.Module):
+    """tokens [B, T] -> float32 logits [B, T, V] (or final hidden states with ``return_hidden``)."""
+
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, tokens, positions=None, segment_ids=None, return_hidden: bool = False):
+        cfg = self.cfg
+        b, t = tokens.shape
+        index = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+        positions = index if positions is None else positions
+        segment_ids = jnp.ones((b, t), jnp.int32) if segment_ids is None else segment_ids
+        mask = attention_mask(segment_ids, segment_ids, index, index)
+
+        embedding = self.param("embedding", _param_init(("vocab", "embed")), (cfg.vocab_size, cfg.d_model),
+                               jnp.float32)
+        x = jnp.take(embedding, tokens, axis=0).astype(cfg.compute_dtype)
+        x = constrain(x, ("batch", "length", "embed"))
+
+        block = nn.remat(Block, prevent_cse=False) if cfg.remat else Block
+        layers = nn.scan(
+            block,
+            variable_axes={"params": 0},
+            split_rngs={"params": True},
+            in_axes=(nn.broadcast, nn.broadcast),
+            length=cfg.num_layers,
+            metadata_params={nn.PARTITION_NAME: "layers"},
+        )
+        x, _ = layers(cfg, name="layers")(x, positions, mask)
+        x = RMSNorm(cfg.norm_eps, ("embed",), name="final_norm")(x)
+        if return_hidden:
+            return x
+        head = self.param("lm_head", _param_init(("embed", "vocab")), (cfg.d_model, cfg.vocab_size), jnp.float32)
+        logits = jnp.einsum("btd,dv->btv", x, head.astype(cfg.compute_dtype), preferred_element_type=jnp.float32)
+        return constrain(logits, ("batch", "length", "vocab"))
