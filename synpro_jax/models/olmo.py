@@ -161,7 +161,10 @@ class Decoder(nn.Module):
 
         embedding = self.param("embedding", _param_init(("vocab", "embed")), (cfg.vocab_size, cfg.d_model),
                                jnp.float32)
-        x = jnp.take(embedding, tokens, axis=0).astype(cfg.compute_dtype)
+        # Gather from a whole (all-gathered) table, as FSDP does for every weight: a gather from a sharded table
+        # comes out sharded like the table and XLA can only reshard it to batch-sharded by full rematerialization.
+        table = constrain(embedding, (None, None))
+        x = jnp.take(table, tokens, axis=0).astype(cfg.compute_dtype)
         x = constrain(x, ("batch", "length", "embed"))
 
         block = nn.remat(Block, prevent_cse=False) if cfg.remat else Block

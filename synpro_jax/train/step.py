@@ -1,0 +1,199 @@
+"""The sharded next-token training step: loss, gradients (optionally accumulated), AdamW update.
+
+Everything is a pure function of (state, batch). :class:`TrainStep` jits it once with explicit in/out shardings
+for a mesh (pjit style), donating the old state, so the same object runs on one CPU or a TPU pod slice.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding
+
+from synpro_jax import models, sharding
+from synpro_jax.models import LossSums, ModelConfig
+from synpro_jax.train.optimizer import OptimizerConfig, make_optimizer, make_schedule
+
+Batch = dict[str, jax.Array]
+BATCH_KEYS = ("inputs", "targets", "loss_mask", "positions", "segment_ids")
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array
+    params: Any
+    opt_state: Any
+
+
+def next_token_batch(tokens: np.ndarray | jax.Array, loss_mask=None) -> Batch:
+    """[B, T+1] token rows -> inputs/targets [B, T] (and the mask aligned to the targets)."""
+    batch = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:]}
+    if loss_mask is not None:
+        batch["loss_mask"] = loss_mask[:, 1:]
+    return batch
+
+
+def check_batch(batch: Batch) -> None:
+    unknown = set(batch) - set(BATCH_KEYS)
+    if unknown or "inputs" not in batch or "targets" not in batch:
+        raise ValueError(f"batch keys {sorted(batch)}: need 'inputs' and 'targets'; optional {BATCH_KEYS[2:]}; "
+                         f"unknown {sorted(unknown)}")
+    shape = batch["inputs"].shape
+    for k, v in batch.items():
+        if v.shape != shape:
+            raise ValueError(f"batch[{k!r}] has shape {v.shape}, but batch['inputs'] has {shape}")
+
+
+def batch_loss_sums(cfg: ModelConfig, params: Any, batch: Batch) -> LossSums:
+    logits = models.forward(cfg, params, batch["inputs"], positions=batch.get("positions"),
+                            segment_ids=batch.get("segment_ids"))
+    return models.loss_sums(logits, batch["targets"], batch.get("loss_mask"))
+
+
+def loss_and_grads(cfg: ModelConfig, params: Any, batch: Batch, *, z_loss: float = 0.0,
+                   accum_steps: int = 1) -> tuple[LossSums, Any]:
+    """Summed losses and the gradient of the mean (cross-entropy + z-loss) over every unmasked token.
+
+    With ``accum_steps`` > 1 the batch is split into micro-batches scanned one after another; sums (not means)
+    are accumulated, so the result equals the single-pass one up to float rounding.
+    """
+
+    def objective(p, b):
+        sums = batch_loss_sums(cfg, p, b)
+        return sums.nll + z_loss * sums.z, sums
+
+    grad_fn = jax.grad(objective, has_aux=True)
+    if accum_steps == 1:
+        grads, sums = grad_fn(params, batch)
+    else:
+        b = batch["inputs"].shape[0]
+        if b % accum_steps:
+            raise ValueError(f"batch size {b} is not divisible by accum_steps={accum_steps}")
+
+        def split(x):  # row i goes to micro-batch i % A, so each device keeps its share of every micro-batch
+            x = x.reshape((b // accum_steps, accum_steps) + x.shape[1:]).swapaxes(0, 1)
+            return sharding.constrain(x, (None, "batch", "length"))
+
+        micro = jax.tree.map(split, batch)
+
+        def body(carry, mb):
+            g_acc, s_acc = carry
+            g, s = grad_fn(params, mb)
+            return (jax.tree.map(jnp.add, g_acc, g), s_acc + s), None
+
+        zeros = jax.tree.map(jnp.zeros_like, params)
+        zero_sums = LossSums(jnp.float32(0), jnp.float32(0), jnp.float32(0))
+        (grads, sums), _ = jax.lax.scan(body, (zeros, zero_sums), micro)
+    denom = jnp.maximum(sums.tokens, 1.0)
+    return sums, jax.tree.map(lambda g: g / denom, grads)
+
+
+def train_step(cfg: ModelConfig, optimizer: optax.GradientTransformation, schedule: optax.Schedule,
+               state: TrainState, batch: Batch, *, z_loss: float, accum_steps: int) -> tuple[TrainState, dict]:
+    sums, grads = loss_and_grads(cfg, state.params, batch, z_loss=z_loss, accum_steps=accum_steps)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    denom = jnp.maximum(sums.tokens, 1.0)
+    metrics = {
+        "loss": sums.nll / denom,
+        "z_loss": sums.z / denom,
+        "total_loss": sums.loss(z_loss),
+        "grad_norm": optax.tree.norm(grads),
+        "param_norm": optax.tree.norm(params),
+        "learning_rate": schedule(state.step),
+        "tokens": sums.tokens,
+    }
+    return TrainState(state.step + 1, params, opt_state), metrics
+
+
+@dataclasses.dataclass
+class TrainStep:
+    """A jitted, sharded train step for one model on one mesh.
+
+    >>> step = TrainStep(cfg, mesh, OptimizerConfig(learning_rate=1e-3, warmup_steps=10))
+    >>> state = step.init(jax.random.key(0))
+    >>> state, metrics = step(state, step.shard_batch(batch))
+    """
+
+    cfg: ModelConfig
+    mesh: Mesh
+    opt_cfg: OptimizerConfig = OptimizerConfig()
+    z_loss: float = 0.0
+    accum_steps: int = 1
+    rules: sharding.Rules = sharding.DEFAULT_RULES
+    donate: bool = True
+
+    def __post_init__(self):
+        if self.accum_steps < 1:
+            raise ValueError(f"TrainStep.accum_steps={self.accum_steps}: must be >= 1")
+        if self.z_loss < 0:
+            raise ValueError(f"TrainStep.z_loss={self.z_loss}: must be >= 0")
+        self.optimizer = make_optimizer(self.opt_cfg)
+        self.schedule = make_schedule(self.opt_cfg)
+        self.param_shardings = models.param_shardings(self.cfg, self.mesh, self.rules)
+        self.state_shardings = self._state_shardings()
+        self.batch_sharding: NamedSharding = sharding.batch_sharding(self.mesh, self.rules)
+        self._metrics_sharding = sharding.replicated(self.mesh)
+
+        def step_fn(state, batch):
+            with sharding.use_rules(self.rules):
+                return train_step(self.cfg, self.optimizer, self.schedule, state, batch, z_loss=self.z_loss,
+                                  accum_steps=self.accum_steps)
+
+        self._step = jax.jit(
+            step_fn,
+            in_shardings=(self.state_shardings, self.batch_sharding),
+            out_shardings=(self.state_shardings, self._metrics_sharding),
+            donate_argnums=(0,) if self.donate else (),
+        )
+
+        def loss_grad_fn(params, batch):
+            with sharding.use_rules(self.rules):
+                return loss_and_grads(self.cfg, params, batch, z_loss=self.z_loss, accum_steps=self.accum_steps)
+
+        self._loss_and_grads = jax.jit(
+            loss_grad_fn,
+            in_shardings=(self.param_shardings, self.batch_sharding),
+            out_shardings=(self._metrics_sharding, self.param_shardings),
+        )
+
+    def _state_shardings(self) -> TrainState:
+        abstract = models.abstract_params(self.cfg)
+        abstract_opt = jax.eval_shape(self.optimizer.init, abstract)
+        rep = sharding.replicated(self.mesh)
+        opt = optax.tree_map_params(self.optimizer, lambda _, s: s, abstract_opt, self.param_shardings,
+                                    transform_non_params=lambda _: rep)
+        return TrainState(step=rep, params=self.param_shardings, opt_state=opt)
+
+    def init(self, rng: jax.Array, params: Any | None = None) -> TrainState:
+        """A fresh state (random params, or ``params`` such as an imported checkpoint), laid out on the mesh."""
+
+        def make(r, p):
+            p = models.Decoder(self.cfg).init(r, jnp.zeros((1, 1), jnp.int32))["params"] if p is None else p
+            p = jax.tree.map(lambda x: x.astype(jnp.float32), flax.linen.unbox(p))
+            return TrainState(jnp.zeros((), jnp.int32), p, self.optimizer.init(p))
+
+        if params is None:
+            return jax.jit(lambda r: make(r, None), out_shardings=self.state_shardings)(rng)
+        params = jax.device_put(params, self.param_shardings)
+        return jax.jit(make, out_shardings=self.state_shardings)(rng, params)
+
+    def shard_batch(self, batch: dict) -> Batch:
+        """Place a host batch (the same on every process) on the mesh, batch over the data axes."""
+        check_batch(batch)
+        return {k: jax.device_put(np.asarray(v), self.batch_sharding) for k, v in batch.items()}
+
+    def __call__(self, state: TrainState, batch: Batch) -> tuple[TrainState, dict]:
+        with jax.set_mesh(self.mesh):
+            return self._step(state, batch)
+
+    def loss_and_grads(self, params: Any, batch: Batch) -> tuple[LossSums, Any]:
+        """The step's loss sums and mean gradient, without updating anything (for tests and probes)."""
+        with jax.set_mesh(self.mesh):
+            return self._loss_and_grads(params, batch)

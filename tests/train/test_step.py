@@ -1,0 +1,98 @@
+"""Train step pieces: accumulation, optimizer masks and schedules, and that training learns."""
+
+import jax
+import numpy as np
+import optax
+import pytest
+
+from synpro_jax import models, sharding
+from synpro_jax.train import OptimizerConfig, TrainStep, decay_mask, make_schedule, next_token_batch
+
+
+def test_gradient_accumulation_equals_one_pass():
+    cfg = models.get_preset("tiny")
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(0, cfg.vocab_size, size=(8, 17))
+    mask = (rng.random((8, 17)) > 0.4).astype(np.float32)  # uneven token counts per micro-batch
+    batch = next_token_batch(tokens, mask)
+    params = models.init_params(cfg, jax.random.key(0))
+    mesh = sharding.make_mesh(sharding.MeshConfig(2, 1, 1), devices=jax.devices()[:2])
+    one = TrainStep(cfg, mesh, z_loss=1e-4)
+    four = TrainStep(cfg, mesh, z_loss=1e-4, accum_steps=4)
+    s1, g1 = one.loss_and_grads(jax.device_put(params, one.param_shardings), one.shard_batch(batch))
+    s4, g4 = four.loss_and_grads(jax.device_put(params, four.param_shardings), four.shard_batch(batch))
+    np.testing.assert_allclose(float(s1.loss(1e-4)), float(s4.loss(1e-4)), rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g4)):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_decay_mask_skips_embeddings_and_norms():
+    mask = decay_mask(models.abstract_params(models.get_preset("tiny")))
+    assert mask["embedding"] is False
+    assert mask["final_norm"]["scale"] is False
+    assert mask["layers"]["attn"]["q_norm"]["scale"] is False
+    assert mask["layers"]["post_mlp_norm"]["scale"] is False
+    assert mask["lm_head"] is True
+    assert mask["layers"]["mlp"]["gate_proj"]["kernel"] is True
+
+
+def test_weight_decay_leaves_embedding_alone():
+    cfg = models.get_preset("tiny")
+    params = models.init_params(cfg, jax.random.key(0))
+    opt = OptimizerConfig(learning_rate=0.1, warmup_steps=0, weight_decay=0.5, clip_norm=None)
+    from synpro_jax.train import make_optimizer
+
+    tx = make_optimizer(opt)
+    zeros = jax.tree.map(np.zeros_like, params)
+    updates, _ = tx.update(zeros, tx.init(params), params)
+    assert float(abs(updates["embedding"]).max()) == 0.0
+    np.testing.assert_allclose(updates["lm_head"], -0.1 * 0.5 * params["lm_head"], rtol=1e-6)
+
+
+def test_schedules():
+    const = make_schedule(OptimizerConfig(learning_rate=1.0, warmup_steps=10))
+    assert float(const(0)) == 0.0 and float(const(5)) == pytest.approx(0.5) and float(const(500)) == 1.0
+    cos = make_schedule(OptimizerConfig(learning_rate=1.0, warmup_steps=10, schedule="cosine", total_steps=110))
+    assert float(cos(10)) == pytest.approx(1.0) and float(cos(110)) == pytest.approx(0.1)
+    assert float(cos(60)) == pytest.approx(0.55, abs=1e-6)
+    lin = make_schedule(OptimizerConfig(learning_rate=1.0, warmup_steps=0, schedule="linear", total_steps=100,
+                                        final_lr_ratio=0.0))
+    assert float(lin(50)) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="total_steps=None"):
+        OptimizerConfig(schedule="cosine")
+
+
+def test_training_learns_a_repeating_pattern():
+    cfg = models.get_preset("tiny")
+    mesh = sharding.make_mesh(sharding.MeshConfig(4, 2, 1))
+    step = TrainStep(cfg, mesh, OptimizerConfig(learning_rate=3e-3, warmup_steps=5))
+    state = step.init(jax.random.key(0))
+    rng = np.random.default_rng(0)
+    first = None
+    for _ in range(40):
+        start = rng.integers(0, 16, size=(8, 1))
+        tokens = (start + np.arange(33)) % 16  # next token = current + 1 (mod 16)
+        state, metrics = step(state, step.shard_batch(next_token_batch(tokens)))
+        first = float(metrics["loss"]) if first is None else first
+    assert first > 4.0 and float(metrics["loss"]) < 0.5
+    assert int(state.step) == 40
+
+
+def test_batch_validation():
+    step = TrainStep(models.get_preset("tiny"), sharding.single_device_mesh())
+    with pytest.raises(ValueError, match="need 'inputs' and 'targets'"):
+        step.shard_batch({"tokens": np.zeros((2, 3))})
+    with pytest.raises(ValueError, match="batch\\['targets'\\] has shape"):
+        step.shard_batch({"inputs": np.zeros((2, 3)), "targets": np.zeros((2, 4))})
+    with pytest.raises(ValueError, match="accum_steps=0"):
+        TrainStep(models.get_preset("tiny"), sharding.single_device_mesh(), accum_steps=0)
+
+
+def test_init_from_given_params_keeps_them():
+    cfg = models.get_preset("tiny")
+    params = jax.device_get(models.init_params(cfg, jax.random.key(7)))
+    step = TrainStep(cfg, sharding.make_mesh(sharding.MeshConfig(2, 2, 2)))
+    state = step.init(jax.random.key(0), params=params)
+    np.testing.assert_array_equal(np.asarray(state.params["lm_head"]), params["lm_head"])
+    assert int(state.step) == 0
+    assert optax.tree.norm(state.opt_state[1][0].mu) == 0
