@@ -25,6 +25,7 @@ class ModelConfig:
     max_seq_len: int = 4096
     dtype: str = "float32"  # compute dtype; parameters are always float32
     remat: bool = False  # recompute each block's activations in the backward pass
+    scan_unroll: int = 1  # layers per scan iteration; unrolling trades compile time for speed (helps on CPU)
     name: str = "custom"
 
     def __post_init__(self):
@@ -47,6 +48,8 @@ class ModelConfig:
             )
         if self.head_dim < 2 or self.head_dim % 2:
             raise ValueError(f"ModelConfig.head_dim={self.head_dim} must be even for rotary embeddings")
+        if not 1 <= self.scan_unroll <= self.num_layers:
+            raise ValueError(f"ModelConfig.scan_unroll={self.scan_unroll}: must be in [1, num_layers={self.num_layers}]")
         if self.dtype not in DTYPES:
             raise ValueError(f"ModelConfig.dtype={self.dtype!r}: choose one of {sorted(DTYPES)}")
         if self.rope_theta <= 0:

@@ -8,6 +8,7 @@ output head is untied. Layers are stacked with ``nn.scan`` (one compiled block; 
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import flax.linen as nn
@@ -41,7 +42,11 @@ class RMSNorm(nn.Module):
 
 
 class Dense(nn.Module):
-    """Bias-free projection from the trailing ``len(in_names)`` axes to ``features``, float32 parameters."""
+    """Bias-free projection from the trailing ``len(in_names)`` axes to ``features``, float32 parameters.
+
+    Computed as one 2-D matmul [rows, in] @ [in, out]: XLA:CPU runs the backward of multi-axis dot_generals
+    about 2x slower than the same 2-D matmuls, and the reshapes are free.
+    """
 
     features: tuple[int, ...]
     in_names: tuple[str, ...]
@@ -51,13 +56,13 @@ class Dense(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         n_in = len(self.in_names)
-        shape = x.shape[-n_in:] + tuple(self.features)
-        kernel = self.param("kernel", _param_init(self.in_names + self.out_names), shape, jnp.float32)
-        return jax.lax.dot_general(
-            x.astype(self.dtype),
-            kernel.astype(self.dtype),
-            ((tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_in))), ((), ())),
-        )
+        in_shape, lead = x.shape[-n_in:], x.shape[:-n_in]
+        kernel = self.param("kernel", _param_init(self.in_names + self.out_names), in_shape + tuple(self.features),
+                            jnp.float32)
+        k_in, k_out = math.prod(in_shape), math.prod(self.features)
+        y = jnp.dot(x.reshape(-1, k_in).astype(self.dtype), kernel.reshape(k_in, k_out).astype(self.dtype),
+                    preferred_element_type=jnp.float32)  # bf16 inputs, fp32 accumulation
+        return y.astype(self.dtype).reshape(lead + tuple(self.features))
 
 
 def rotary(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
@@ -86,16 +91,21 @@ def attention_mask(q_segments: jax.Array, k_segments: jax.Array, q_index: jax.Ar
 def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
     """Grouped-query attention. q [B,T,H,hd], k/v [B,S,KV,hd], mask [B,T,S] -> [B,T,H,hd].
 
-    Query head h reads kv head h // (H // KV), as HF's repeat_kv does. Scores and softmax are float32.
+    Query head h reads kv head h // (H // KV), as HF's repeat_kv does. Scores and softmax are float32. Heads
+    are moved ahead of time so both products are plain batched matmuls over (batch, kv head): XLA:CPU runs
+    that form about 2x faster than a 5-D einsum.
     """
     b, t, h, hd = q.shape
-    kv = k.shape[2]
-    q = q.reshape(b, t, kv, h // kv, hd)
-    scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32) * (hd**-0.5)
+    s, kv = k.shape[1], k.shape[2]
+    g = h // kv
+    qh = q.reshape(b, t, kv, g, hd).transpose(0, 2, 3, 1, 4).reshape(b, kv, g * t, hd)
+    kh, vh = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [B, KV, S, hd]
+    scores = jnp.einsum("bkqd,bksd->bkqs", qh, kh, preferred_element_type=jnp.float32) * (hd**-0.5)
+    scores = scores.reshape(b, kv, g, t, s)
     scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
-    return out.reshape(b, t, h, hd)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype).reshape(b, kv, g * t, s)
+    out = jnp.einsum("bkqs,bksd->bkqd", probs, vh, preferred_element_type=jnp.float32).astype(v.dtype)
+    return out.reshape(b, kv, g, t, hd).transpose(0, 3, 1, 2, 4).reshape(b, t, h, hd)
 
 
 class Attention(nn.Module):
@@ -174,6 +184,7 @@ class Decoder(nn.Module):
             split_rngs={"params": True},
             in_axes=(nn.broadcast, nn.broadcast),
             length=cfg.num_layers,
+            unroll=cfg.scan_unroll,
             metadata_params={nn.PARTITION_NAME: "layers"},
         )
         x, _ = layers(cfg, name="layers")(x, positions, mask)
@@ -181,5 +192,6 @@ class Decoder(nn.Module):
         if return_hidden:
             return x
         head = self.param("lm_head", _param_init(("embed", "vocab")), (cfg.d_model, cfg.vocab_size), jnp.float32)
-        logits = jnp.einsum("btd,dv->btv", x, head.astype(cfg.compute_dtype), preferred_element_type=jnp.float32)
-        return constrain(logits, ("batch", "length", "vocab"))
+        logits = jnp.dot(x.reshape(b * t, cfg.d_model), head.astype(cfg.compute_dtype),
+                         preferred_element_type=jnp.float32)  # 2-D, as in Dense
+        return constrain(logits.reshape(b, t, cfg.vocab_size), ("batch", "length", "vocab"))

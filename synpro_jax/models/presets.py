@@ -13,13 +13,14 @@ PRESETS: dict[str, ModelConfig] = {
         max_seq_len=512,
     ),
     # CPU sizes for smoke runs, examples and benchmarks on a laptop-class machine.
+    # (fully unrolled layer scans: compile stays short at this size and XLA:CPU runs them ~10% faster)
     "cpu_small": ModelConfig(
         name="cpu_small", vocab_size=4096, d_model=256, num_layers=4, num_heads=4, mlp_dim=1024,
-        max_seq_len=1024,
+        max_seq_len=1024, scan_unroll=4,
     ),
     "cpu_medium": ModelConfig(
         name="cpu_medium", vocab_size=8192, d_model=512, num_layers=8, num_heads=8, mlp_dim=2048,
-        max_seq_len=2048,
+        max_seq_len=2048, scan_unroll=8,
     ),
     # The paper's pretraining models (release configs).
     "olmo_400m": ModelConfig(
