@@ -28,23 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from synpro_jax import models, sharding  # noqa: E402
 from synpro_jax.models import hf  # noqa: E402
 from synpro_jax.train import OptimizerConfig, TrainStep, next_token_batch  # noqa: E402
+from synpro_jax.train.metrics import measure_matmul_flops  # noqa: E402
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "model_step.json"
-
-
-def measure_matmul_peak(dtype=jnp.float32, n: int = 2048, reps: int = 10) -> float:
-    """Best observed FLOP/s of an n x n matmul on the default device."""
-    a = jax.random.normal(jax.random.key(0), (n, n), dtype)
-    b = jax.random.normal(jax.random.key(1), (n, n), dtype)
-    # bf16 inputs accumulate in fp32, as the model's matmuls do
-    f = jax.jit(lambda x, y: jnp.dot(x, y, preferred_element_type=jnp.float32))
-    f(a, b).block_until_ready()
-    best = float("inf")
-    for _ in range(reps):
-        t = time.perf_counter()
-        f(a, b).block_until_ready()
-        best = min(best, time.perf_counter() - t)
-    return 2 * n**3 / best
 
 
 def time_steps(run_one, steps: int, warmup: int) -> list[float]:
@@ -137,7 +123,7 @@ def main(argv=None):
     args = p.parse_args(argv)
 
     peak_dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
-    measured = measure_matmul_peak(peak_dtype)
+    measured = measure_matmul_flops(peak_dtype)
     peak = args.peak_tflops * 1e12 if args.peak_tflops else measured
     print(f"device {jax.devices()[0].device_kind} x{jax.device_count()} | measured {args.dtype} matmul peak "
           f"{measured / 1e9:,.1f} GFLOP/s | MFU denominator {peak / 1e9:,.1f} GFLOP/s", flush=True)
