@@ -6,7 +6,7 @@ one process. MFU uses 6N + attention FLOPs per token (ModelConfig.train_flops_pe
 matmul rate measured here (or --peak_tflops on an accelerator).
 
     python bench/model_step.py                      # the two CPU presets, JSON to bench/results/
-    python bench/model_step.py --presets olmo_400m --seq 2048 --batch 8 --dtype bfloat16 --no_hf   # on a GPU
+    python bench/model_step.py --presets olmo_400m --seq 2048 --batch 8 --dtypes bfloat16 --no_hf   # on a GPU
 """
 
 from __future__ import annotations
@@ -107,6 +107,33 @@ def summarize(times, tokens_per_step, flops_per_token, peak):
     }
 
 
+def bench_preset(name, dtype, peak, args, opt_cfg, threads) -> dict:
+    cfg = models.get_preset(name, dtype=dtype, remat=args.remat)
+    tokens = np.random.default_rng(0).integers(0, cfg.vocab_size, size=(args.batch, args.seq + 1))
+    params = jax.device_get(models.init_params(cfg, jax.random.key(0)))
+    fpt = cfg.train_flops_per_token(args.seq)
+    tokens_per_step = args.batch * args.seq
+    row = {"preset": name, "params": cfg.num_params(), "batch": args.batch, "seq": args.seq,
+           "dtype": dtype, "flops_per_token": fpt}
+    times, compile_s, jax_loss = bench_jax(cfg, params, tokens, args.steps, args.warmup, opt_cfg)
+    row["jax"] = {**summarize(times, tokens_per_step, fpt, peak), "compile_s": compile_s, "first_loss": jax_loss}
+    print(f"[{name} {dtype}] jax  {row['jax']['tokens_per_s']:10,.0f} tok/s  MFU {row['jax']['mfu']:.1%}  "
+          f"(step {row['jax']['step_s_median']:.3f}s, compile {compile_s:.1f}s)", flush=True)
+    if not args.no_hf:
+        with tempfile.TemporaryDirectory() as tmp:
+            model_dir = hf.save(cfg, params, Path(tmp) / name)
+            times, hf_loss, attn = bench_hf(model_dir, tokens, args.steps, args.warmup, opt_cfg, threads, dtype)
+        row["hf_transformers"] = {**summarize(times, tokens_per_step, fpt, peak), "first_loss": hf_loss,
+                                  "attn_implementation": attn, "torch_threads": threads}
+        row["speedup_vs_hf"] = row["jax"]["tokens_per_s"] / row["hf_transformers"]["tokens_per_s"]
+        # same weights and batch: the first-step losses must agree (a cheap check both ran the same model)
+        row["first_loss_abs_diff"] = abs(jax_loss - hf_loss)
+        print(f"[{name} {dtype}] hf   {row['hf_transformers']['tokens_per_s']:10,.0f} tok/s  MFU "
+              f"{row['hf_transformers']['mfu']:.1%}  -> jax/hf = {row['speedup_vs_hf']:.2f}x "
+              f"(first-loss diff {row['first_loss_abs_diff']:.1e})", flush=True)
+    return row
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--presets", default="cpu_small,cpu_medium")
@@ -114,7 +141,7 @@ def main(argv=None):
     p.add_argument("--seq", type=int, default=256)
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--dtypes", default="float32,bfloat16", help="comma list of float32 / bfloat16")
     p.add_argument("--remat", action="store_true")
     p.add_argument("--no_hf", action="store_true", help="skip the transformers peer (e.g. on a GPU box)")
     p.add_argument("--peak_tflops", type=float, default=None,
@@ -122,41 +149,17 @@ def main(argv=None):
     p.add_argument("--out", default=str(DEFAULT_OUT))
     args = p.parse_args(argv)
 
-    peak_dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
-    measured = measure_matmul_flops(peak_dtype)
-    peak = args.peak_tflops * 1e12 if args.peak_tflops else measured
-    print(f"device {jax.devices()[0].device_kind} x{jax.device_count()} | measured {args.dtype} matmul peak "
-          f"{measured / 1e9:,.1f} GFLOP/s | MFU denominator {peak / 1e9:,.1f} GFLOP/s", flush=True)
-
     threads = os.cpu_count() or 1
     opt_cfg = OptimizerConfig(learning_rate=1e-4, warmup_steps=0)
-    results = []
-    for name in args.presets.split(","):
-        cfg = models.get_preset(name, dtype=args.dtype, remat=args.remat)
-        tokens = np.random.default_rng(0).integers(0, cfg.vocab_size, size=(args.batch, args.seq + 1))
-        params = jax.device_get(models.init_params(cfg, jax.random.key(0)))
-        fpt = cfg.train_flops_per_token(args.seq)
-        tokens_per_step = args.batch * args.seq
-        row = {"preset": name, "params": cfg.num_params(), "batch": args.batch, "seq": args.seq,
-               "dtype": args.dtype, "flops_per_token": fpt}
-        times, compile_s, jax_loss = bench_jax(cfg, params, tokens, args.steps, args.warmup, opt_cfg)
-        row["jax"] = {**summarize(times, tokens_per_step, fpt, peak), "compile_s": compile_s, "first_loss": jax_loss}
-        print(f"[{name}] jax  {row['jax']['tokens_per_s']:10,.0f} tok/s  MFU {row['jax']['mfu']:.1%}  "
-              f"(step {row['jax']['step_s_median']:.3f}s, compile {compile_s:.1f}s)", flush=True)
-        if not args.no_hf:
-            with tempfile.TemporaryDirectory() as tmp:
-                model_dir = hf.save(cfg, params, Path(tmp) / name)
-                times, hf_loss, attn = bench_hf(model_dir, tokens, args.steps, args.warmup, opt_cfg, threads,
-                                                    args.dtype)
-            row["hf_transformers"] = {**summarize(times, tokens_per_step, fpt, peak), "first_loss": hf_loss,
-                                      "attn_implementation": attn, "torch_threads": threads}
-            row["speedup_vs_hf"] = row["jax"]["tokens_per_s"] / row["hf_transformers"]["tokens_per_s"]
-            # same weights and batch: the first-step losses must agree (a cheap check both ran the same model)
-            row["first_loss_abs_diff"] = abs(jax_loss - hf_loss)
-            print(f"[{name}] hf   {row['hf_transformers']['tokens_per_s']:10,.0f} tok/s  MFU "
-                  f"{row['hf_transformers']['mfu']:.1%}  -> jax/hf = {row['speedup_vs_hf']:.2f}x "
-                  f"(first-loss diff {row['first_loss_abs_diff']:.1e})", flush=True)
-        results.append(row)
+    results, peaks = [], {}
+    for dtype in args.dtypes.split(","):
+        measured = measure_matmul_flops(jnp.bfloat16 if dtype == "bfloat16" else jnp.float32)
+        peak = args.peak_tflops * 1e12 if args.peak_tflops else measured
+        peaks[dtype] = {"measured_matmul_flops": measured, "mfu_denominator_flops": peak}
+        print(f"device {jax.devices()[0].device_kind} x{jax.device_count()} | measured {dtype} matmul peak "
+              f"{measured / 1e9:,.1f} GFLOP/s | MFU denominator {peak / 1e9:,.1f} GFLOP/s", flush=True)
+        for name in args.presets.split(","):
+            results.append(bench_preset(name, dtype, peak, args, opt_cfg, threads))
 
     import importlib.metadata as md
 
@@ -169,8 +172,7 @@ def main(argv=None):
         "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
                     "device": jax.devices()[0].device_kind, "device_count": jax.device_count()},
         "versions": versions,
-        "measured_matmul_flops": measured,
-        "mfu_denominator_flops": peak,
+        "peak_flops": peaks,
         "results": results,
     }
     out = Path(args.out)
