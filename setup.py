@@ -18,6 +18,15 @@ setup(
         "ml_dtypes",
         "safetensors>=0.4",
         "tqdm",
+        # data pipeline
+        "seqio>=0.0.19",
+        "tensorflow>=2.16",
+        "tensorflow-datasets>=4.9",
+        "importlib_resources",  # tensorflow-datasets needs it and does not declare it
+        "sentencepiece>=0.2",
+        "tokenizers>=0.19",
+        "gin-config>=0.5",
+        "matplotlib",
     ],
     extras_require={
         # torch and transformers are only ever a test/benchmark peer, never used by the library.
