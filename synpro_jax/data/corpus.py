@@ -1,0 +1,176 @@
+"""Tokenized corpora in memory, a data-bound token budget, and their on-disk cache.
+
+A :class:`TokenizedCorpus` holds every document's tokens in one flat int32 array with offsets, so packing and
+epoch shuffles are index arithmetic. Building one from a source is the slow part; :func:`build_corpus` caches
+the result atomically under a key of (source files, sizes, mtimes, vocabulary) and reuses it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+
+from synpro_jax.data.sources import Document, ReadReport
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class TokenizedCorpus:
+    tokens: np.ndarray  # int32, all documents back to back (no separators)
+    offsets: np.ndarray  # int64 [num_docs + 1]; document i is tokens[offsets[i]:offsets[i + 1]]
+    doc_ids: list[str]
+
+    def __post_init__(self):
+        if len(self.offsets) != len(self.doc_ids) + 1:
+            raise ValueError(f"corpus has {len(self.doc_ids)} ids but {len(self.offsets) - 1} documents")
+
+    @property
+    def num_docs(self) -> int:
+        return len(self.doc_ids)
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.offsets[-1])
+
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    def doc(self, i: int) -> np.ndarray:
+        return self.tokens[self.offsets[i]:self.offsets[i + 1]]
+
+    @classmethod
+    def from_token_lists(cls, docs: Sequence[np.ndarray | Sequence[int]], doc_ids: Sequence[str]) -> "TokenizedCorpus":
+        lengths = np.array([len(d) for d in docs], np.int64)
+        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        tokens = (np.concatenate([np.asarray(d, np.int32) for d in docs]) if len(docs) else np.zeros(0, np.int32))
+        return cls(tokens.astype(np.int32), offsets, list(doc_ids))
+
+    def subset(self, indices: Sequence[int], last_len: int | None = None) -> "TokenizedCorpus":
+        """The documents at ``indices`` (in that order); ``last_len`` truncates the final one."""
+        docs = [self.doc(i) for i in indices]
+        if last_len is not None and docs:
+            docs[-1] = docs[-1][:last_len]
+        return TokenizedCorpus.from_token_lists(docs, [self.doc_ids[i] for i in indices])
+
+    def save(self, path: Path) -> None:
+        """Atomic write of an ``.npz`` (tokens, offsets, ids)."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp.npz", dir=path.parent)
+        os.close(fd)
+        try:
+            np.savez(tmp, tokens=self.tokens, offsets=self.offsets, doc_ids=np.array(self.doc_ids, dtype=object))
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+    @classmethod
+    def load(cls, path: Path) -> "TokenizedCorpus":
+        with np.load(path, allow_pickle=True) as z:
+            return cls(z["tokens"], z["offsets"], list(z["doc_ids"]))
+
+
+def data_bound_budget(corpus: TokenizedCorpus, max_tokens: int, seed: int = 0) -> TokenizedCorpus:
+    """Exactly ``max_tokens`` unique tokens: documents in a seeded random order until the budget is met, the
+    last one truncated to fit. The same (corpus, budget, seed) always selects the same tokens."""
+    if max_tokens <= 0:
+        raise ValueError(f"unique-token budget {max_tokens}: must be positive")
+    if max_tokens > corpus.num_tokens:
+        raise ValueError(f"unique-token budget {max_tokens:,} exceeds the corpus's {corpus.num_tokens:,} tokens")
+    order = np.random.default_rng(seed).permutation(corpus.num_docs)
+    cum = np.cumsum(corpus.lengths()[order])
+    n = int(np.searchsorted(cum, max_tokens)) + 1  # documents needed to reach the budget
+    used_before = int(cum[n - 2]) if n > 1 else 0
+    return corpus.subset(order[:n], last_len=max_tokens - used_before)
+
+
+def tokenize_documents(docs: Iterable[Document], encode_batch: Callable[[list[str]], list[list[int]]],
+                       batch_size: int = 512, progress: bool = False, desc: str = "tokenize") -> TokenizedCorpus:
+    """Encode text documents in batches (pre-tokenized ones pass through)."""
+    from tqdm.auto import tqdm
+
+    token_lists: list[np.ndarray] = []
+    ids: list[str] = []
+    pending: list[Document] = []
+
+    def flush():
+        texts = [d.text for d in pending]
+        for d, toks in zip(pending, encode_batch(texts)):
+            if len(toks):
+                token_lists.append(np.asarray(toks, np.int32))
+                ids.append(d.id)
+        pending.clear()
+
+    bar = tqdm(desc=desc, unit="doc", disable=not progress)
+    for doc in docs:
+        bar.update(1)
+        if doc.tokens is not None:
+            token_lists.append(doc.tokens.astype(np.int32))
+            ids.append(doc.id)
+            continue
+        pending.append(doc)
+        if len(pending) >= batch_size:
+            flush()
+    if pending:
+        flush()
+    bar.close()
+    return TokenizedCorpus.from_token_lists(token_lists, ids)
+
+
+def encoder_for(vocab) -> Callable[[list[str]], list[list[int]]]:
+    """A batch encoder for a seqio vocabulary (fast paths for HF tokenizers and SentencePiece)."""
+    if hasattr(vocab, "encode_batch"):
+        return vocab.encode_batch
+    sp = getattr(vocab, "tokenizer", None)
+    if sp is not None and hasattr(sp, "encode"):
+        return lambda texts: sp.encode(texts)  # SentencePieceProcessor encodes a list in one call
+    return lambda texts: [vocab.encode(t) for t in texts]
+
+
+def _fingerprint(source, vocab) -> str:
+    parts = {"source": type(source).__name__, "vocab": repr(vocab), "vocab_size": vocab.vocab_size}
+    files = getattr(source, "files", None)
+    if files:
+        parts["files"] = [(str(Path(f).resolve()), os.path.getsize(f), int(os.path.getmtime(f))) for f in files]
+    for attr in ("text_field", "id_field", "split", "name", "eos_id"):
+        if hasattr(source, attr):
+            parts[attr] = getattr(source, attr)
+    vocab_file = getattr(vocab, "sentencepiece_model_file", None) or getattr(vocab, "_path", None)
+    if vocab_file and os.path.exists(vocab_file):
+        parts["vocab_file_sha1"] = hashlib.sha1(Path(vocab_file).read_bytes()).hexdigest()
+    return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def build_corpus(source, vocab, cache_dir: str | os.PathLike | None = None, name: str = "corpus",
+                 progress: bool = True) -> tuple[TokenizedCorpus, ReadReport | None]:
+    """Tokenize ``source`` with ``vocab``, reusing a cached copy when the inputs are unchanged.
+
+    Returns the corpus and the source's read report (None when it came from the cache: the report of the pass
+    that built it is stored beside it as ``.report.txt``).
+    """
+    cache = None
+    if cache_dir is not None:
+        cache = Path(cache_dir) / f"{name}-{_fingerprint(source, vocab)}.npz"
+        if cache.exists():
+            log.info("using cached corpus %s", cache)
+            return TokenizedCorpus.load(cache), None
+    corpus = tokenize_documents(source, encoder_for(vocab), progress=progress, desc=f"tokenize {name}")
+    report = getattr(source, "report", None)
+    if report is not None:
+        log.info("%s: %s", name, report.summary())
+    if cache is not None:
+        corpus.save(cache)
+        if report is not None:
+            tmp = cache.with_suffix(".report.txt.tmp")
+            tmp.write_text(report.summary() + "\n")
+            os.replace(tmp, cache.with_suffix(".report.txt"))
+    return corpus, report
