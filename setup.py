@@ -27,6 +27,8 @@ setup(
         "tokenizers>=0.19",
         "gin-config>=0.5",
         "matplotlib",
+        "orbax-checkpoint>=0.6",
+        "tensorboardX",
     ],
     extras_require={
         # torch and transformers are only ever a test/benchmark peer, never used by the library.
