@@ -1,8 +1,9 @@
 """`synpro <command>`: the command line of synpro_jax.
 
-    synpro presets                       # the model sizes and their parameter counts
-    synpro train                         # train the default preset on the built-in Markov corpus
-    synpro train --preset cpu_small --steps 500 --mesh 2,1,1
+    synpro presets                                    # model sizes and parameter counts
+    synpro train                                      # the default job (gin/experiments/markov_tiny.gin)
+    synpro train --gin_file=gin/experiments/cpu_organic.gin --gin.NUM_STEPS=200
+    synpro vocab train --corpus 'data/*.jsonl' --vocab_size 8192 --out runs/vocab/sp8k.model
 """
 
 from __future__ import annotations
@@ -10,17 +11,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
-
-def _mesh_arg(text: str) -> tuple[int, int, int]:
-    try:
-        sizes = tuple(int(x) for x in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--mesh {text!r}: expected three integers DATA,FSDP,TENSOR") from None
-    if len(sizes) != 3:
-        raise argparse.ArgumentTypeError(f"--mesh {text!r}: expected three integers DATA,FSDP,TENSOR")
-    return sizes  # type: ignore[return-value]
+DEFAULT_EXPERIMENT = "gin/experiments/markov_tiny.gin"
 
 
 def cmd_presets(args) -> int:
@@ -30,66 +22,45 @@ def cmd_presets(args) -> int:
     return 0
 
 
-def cmd_train(args) -> int:
-    import jax
-    import numpy as np
+def cmd_train(args, extra: list[str]) -> int:
+    bindings = []
+    for item in extra:  # --gin.KEY=VALUE, as t5x spells them
+        if not item.startswith("--gin."):
+            print(f"error: unknown argument {item!r}; use --gin_file=FILE or --gin.KEY=VALUE", file=sys.stderr)
+            return 2
+        bindings.append(item[len("--gin."):])
+    from tokenize import TokenError
 
-    from synpro_jax import models, sharding
-    from synpro_jax.data import MarkovCorpus
-    from synpro_jax.models import hf
-    from synpro_jax.train import OptimizerConfig, TrainStep, loop
+    from synpro_jax import configs
+    from synpro_jax.train.trainer import EXIT_PREEMPTED
 
-    cfg = models.get_preset(args.preset, dtype=args.dtype)
-    out_dir = Path(args.out_dir)
-    metrics_path = out_dir / "metrics.jsonl"
-    if metrics_path.exists() and not args.overwrite:
-        print(f"error: {metrics_path} exists from an earlier run; pick another --out_dir or pass --overwrite",
-              file=sys.stderr)
+    try:
+        configs.parse(args.gin_file or [DEFAULT_EXPERIMENT], bindings)
+    except (ValueError, KeyError, OSError, SyntaxError, TokenError) as e:  # unknown knobs fail here, before work
+        print(f"error: gin configuration: {e}", file=sys.stderr)
         return 2
-    if metrics_path.exists():
-        metrics_path.unlink()
-    export = Path(args.export_hf) if args.export_hf else None
-    if export and export.exists() and any(export.iterdir()) and not args.overwrite:
-        print(f"error: --export_hf {export} is not empty; pick another directory or pass --overwrite",
-              file=sys.stderr)
-        return 2
-    if args.seq + 1 > cfg.max_seq_len:
-        print(f"error: --seq {args.seq} exceeds the preset's max_seq_len {cfg.max_seq_len}", file=sys.stderr)
-        return 2
-
-    mesh = sharding.make_mesh(sharding.MeshConfig(*args.mesh))
-    warmup = args.steps // 10 if args.warmup is None else args.warmup
-    opt = OptimizerConfig(learning_rate=args.lr, warmup_steps=warmup, schedule="cosine",
-                          total_steps=args.steps)
-    step = TrainStep(cfg, mesh, opt, z_loss=args.z_loss)
-    corpus = MarkovCorpus(vocab_size=cfg.vocab_size, seed=args.seed)
-    print(cfg.describe())
-    print(f"mesh {sharding.devices_summary(mesh)} | batch {args.batch} x seq {args.seq} | {args.steps} steps")
-    print(f"data: built-in Markov corpus (vocab {cfg.vocab_size}); loss floor = entropy rate "
-          f"{corpus.entropy_rate:.3f} nats, context-free = unigram entropy {corpus.unigram_entropy:.3f} nats")
-    state = step.init(jax.random.key(args.seed))
-    state, history = loop.run(step, state, corpus.batches(args.batch, args.seq + 1, seed=args.seed + 1),
-                              num_steps=args.steps, log_every=args.log_every, metrics_path=metrics_path)
-
-    # held-out loss on fresh rows from the same chain
-    eval_rows = corpus.sample(args.batch, args.seq + 1, np.random.default_rng(10_000 + args.seed))
-    sums, _ = step.loss_and_grads(state.params, step.shard_batch({"inputs": eval_rows[:, :-1],
-                                                                  "targets": eval_rows[:, 1:]}))
-    summary = {
-        "preset": cfg.name,
-        "steps": int(state.step),
-        "train_loss": history[-1]["loss"],
-        "heldout_loss": float(sums.nll / sums.tokens),
-        "entropy_rate": corpus.entropy_rate,
-        "unigram_entropy": corpus.unigram_entropy,
-        "tokens_per_s": history[-1]["tokens_per_s"],
-        "mfu": history[-1]["mfu"],
-        "metrics": str(metrics_path),
-    }
-    if export:
-        summary["hf_export"] = str(hf.save(cfg, jax.device_get(state.params), export, overwrite=args.overwrite))
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    summary = configs.pretrain()
     print(json.dumps(summary, indent=2))
+    return EXIT_PREEMPTED if summary.get("preempted") else 0
+
+
+def cmd_vocab_train(args) -> int:
+    from synpro_jax.data.sources import open_source
+    from synpro_jax.data.vocab import train_sentencepiece
+
+    srcs = [open_source(c, text_field=args.text_field) if c.lower().removesuffix(".gz").endswith((".jsonl", ".json"))
+            else open_source(c) for c in args.corpus]
+
+    def texts():
+        for src in srcs:
+            for doc in src:
+                if doc.text:
+                    yield doc.text
+            print(f"{src.files if hasattr(src, 'files') else src}: {src.report.summary()}", file=sys.stderr)
+
+    out = train_sentencepiece(texts(), args.out, args.vocab_size, model_type=args.model_type,
+                              overwrite=args.overwrite)
+    print(f"wrote {out}")
     return 0
 
 
@@ -100,30 +71,34 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("presets", help="list model presets with their parameter counts")
     p.set_defaults(func=cmd_presets)
 
-    p = sub.add_parser("train", help="train a preset on the built-in Markov corpus (sharded, with metrics)")
-    p.add_argument("--preset", default="tiny")
-    p.add_argument("--steps", type=int, default=300)
-    p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--seq", type=int, default=128)
-    p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--warmup", type=int, default=None, help="warmup steps (default: 10%% of --steps)")
-    p.add_argument("--z_loss", type=float, default=1e-4)
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    p.add_argument("--mesh", type=_mesh_arg, default=(-1, 1, 1), help="DATA,FSDP,TENSOR sizes; -1 = infer")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--log_every", type=int, default=10)
-    p.add_argument("--out_dir", default="runs/synpro_train")
-    p.add_argument("--export_hf", default=None, help="also write the trained model as an HF Olmo2 directory")
-    p.add_argument("--overwrite", action="store_true", help="replace an earlier run's outputs")
-    p.set_defaults(func=cmd_train)
+    p = sub.add_parser("train", help="pretrain from gin files (default: the built-in Markov job)",
+                       description="Extra --gin.KEY=VALUE flags bind gin parameters or macros.")
+    p.add_argument("--gin_file", action="append", default=[], help="gin file (repeatable)")
+    p.set_defaults(func=cmd_train, takes_extra=True)
+
+    p = sub.add_parser("vocab", help="vocabulary tools")
+    vsub = p.add_subparsers(dest="vocab_command", required=True)
+    v = vsub.add_parser("train", help="train a SentencePiece vocabulary on your own text")
+    v.add_argument("--corpus", nargs="+", required=True, help="files or globs (.jsonl[.gz], .json[.gz], .txt)")
+    v.add_argument("--vocab_size", type=int, required=True)
+    v.add_argument("--out", required=True, help="output path ending in .model")
+    v.add_argument("--text_field", default="text")
+    v.add_argument("--model_type", default="unigram", choices=["unigram", "bpe"])
+    v.add_argument("--overwrite", action="store_true")
+    v.set_defaults(func=cmd_vocab_train)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
     try:
+        if getattr(args, "takes_extra", False):
+            return args.func(args, extra)
+        if extra:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
         return args.func(args)
-    except (ValueError, KeyError) as e:  # config errors name their knob; no traceback needed
+    except (ValueError, KeyError, FileNotFoundError, FileExistsError) as e:  # config errors name their knob
         print(f"error: {e}", file=sys.stderr)
         return 2
 

@@ -137,7 +137,8 @@ def encoder_for(vocab) -> Callable[[list[str]], list[list[int]]]:
 
 
 def _fingerprint(source, vocab) -> str:
-    parts = {"source": type(source).__name__, "vocab": repr(vocab), "vocab_size": vocab.vocab_size}
+    parts = {"source": type(source).__name__, "vocab": type(vocab).__name__, "vocab_size": vocab.vocab_size,
+             "eos": vocab.eos_id}
     files = getattr(source, "files", None)
     if files:
         parts["files"] = [(str(Path(f).resolve()), os.path.getsize(f), int(os.path.getmtime(f))) for f in files]

@@ -279,10 +279,40 @@ class NpyTokenSource:
                 start = end + 1
 
 
+class MarkovSource:
+    """Documents drawn from the built-in Markov corpus (token ids, no files): ``markov:VOCAB:DOCS:LENGTH[:SEED]``."""
+
+    def __init__(self, vocab_size: int, num_docs: int, doc_len: int, seed: int = 0):
+        from synpro_jax.data.markov import MarkovCorpus
+
+        if num_docs < 1 or doc_len < 1:
+            raise ValueError(f"markov source: num_docs={num_docs} and doc_len={doc_len} must be positive")
+        self.chain = MarkovCorpus(vocab_size=vocab_size, seed=seed)
+        self.num_docs, self.doc_len, self.seed = num_docs, doc_len, seed
+        self.name = f"markov:{vocab_size}:{num_docs}:{doc_len}:{seed}"
+        self.report = ReadReport()
+
+    @classmethod
+    def from_spec(cls, spec: str) -> "MarkovSource":
+        try:
+            parts = [int(x) for x in spec.split(":")[1:]]
+            return cls(*parts)
+        except (TypeError, ValueError):
+            raise ValueError(f"source {spec!r}: expected markov:VOCAB:DOCS:LENGTH[:SEED]") from None
+
+    def __iter__(self) -> Iterator[Document]:
+        rows = self.chain.sample(self.num_docs, self.doc_len, np.random.default_rng([self.seed, 1]))
+        for i, row in enumerate(rows):
+            self.report.documents += 1
+            yield Document(f"markov:{i}", tokens=row)
+
+
 def open_source(spec: str, **kwargs):
     """A source from a spec string: ``tfds:NAME[/SPLIT]``, or files whose suffix picks the reader
     (``.jsonl``/``.json``/``.jsonl.gz``/``.json.gz`` -> JSON lines, ``.txt``/``.txt.gz`` -> text,
     ``.npy``/``.bin`` -> tokens)."""
+    if spec.startswith("markov:"):
+        return MarkovSource.from_spec(spec)
     if spec.startswith("tfds:"):
         name, _, split = spec[5:].partition("/")
         return TfdsSource(name, split or "train", **kwargs)

@@ -15,12 +15,15 @@ import functools
 import hashlib
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
-import seqio
-import tensorflow as tf
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter out of the logs
+import seqio  # noqa: E402
+import tensorflow as tf  # noqa: E402
 
 from synpro_jax.data import sources as sources_lib
 from synpro_jax.data.corpus import TokenizedCorpus, build_corpus, data_bound_budget
@@ -52,28 +55,38 @@ def _check_name(name: str) -> None:
 
 
 def register_task(name: str, open_reader: Callable[[], object], vocabulary: seqio.Vocabulary,
-                  overwrite: bool = True) -> seqio.Task:
-    """Register a Task whose ``train`` split is the documents of ``open_reader()`` (a synpro source)."""
+                  pretokenized: bool = False, overwrite: bool = True) -> seqio.Task:
+    """Register a Task whose ``train`` split is the documents of ``open_reader()`` (a synpro source).
+
+    Text sources are tokenized by seqio; ``pretokenized`` sources (token files, the Markov corpus) pass through.
+    """
 
     def dataset_fn(split: str, shuffle_files: bool, seed: int | None = None) -> tf.data.Dataset:
+        if pretokenized:
+            def gen():
+                for doc in open_reader():
+                    yield {"targets": doc.tokens.astype(np.int32), "id": doc.id}
+
+            return tf.data.Dataset.from_generator(gen, output_signature={
+                "targets": tf.TensorSpec((None,), tf.int32), "id": tf.TensorSpec((), tf.string)})
+
         def gen():
             for doc in open_reader():
-                text = doc.text if doc.text is not None else vocabulary.decode(doc.tokens.tolist())
-                yield {"text": text, "id": doc.id}
+                yield {"text": doc.text, "id": doc.id}
 
         return tf.data.Dataset.from_generator(gen, output_signature={
             "text": tf.TensorSpec((), tf.string), "id": tf.TensorSpec((), tf.string)})
 
     if overwrite and name in seqio.TaskRegistry.names():
         seqio.TaskRegistry.remove(name)
+    steps = [] if pretokenized else [
+        functools.partial(seqio.preprocessors.rekey, key_map={"targets": "text", "id": "id"}),
+        seqio.preprocessors.tokenize,
+    ]
     task = seqio.TaskRegistry.add(
         name,
         source=seqio.FunctionDataSource(dataset_fn, splits=["train"]),
-        preprocessors=[
-            functools.partial(seqio.preprocessors.rekey, key_map={"targets": "text", "id": "id"}),
-            seqio.preprocessors.tokenize,
-            seqio.preprocessors.append_eos,
-        ],
+        preprocessors=steps + [seqio.preprocessors.append_eos],
         output_features={"targets": seqio.Feature(vocabulary, add_eos=True)},
     )
     _READERS[name] = open_reader
@@ -115,7 +128,13 @@ class DataConfig:
                 raise ValueError(f"DataConfig.synthetic entry {spec!r}: expected OPERATION:ROUND:GLOB")
 
 
+def _is_pretokenized(spec: str) -> bool:
+    return spec.startswith("markov:") or spec.lower().endswith((".npy", ".bin"))
+
+
 def _open_organic(spec: str, text_field: str, eos_id: int):
+    if spec.startswith("markov:"):
+        return lambda: sources_lib.MarkovSource.from_spec(spec)
     if spec.lower().removesuffix(".gz").endswith((".jsonl", ".json")):
         return lambda: sources_lib.JsonlSource(spec, text_field=text_field)
     if spec.lower().endswith((".npy", ".bin")):
@@ -131,6 +150,8 @@ class _Chain:
     def __init__(self, openers):
         self.parts = [o() for o in openers]  # opening validates files and fields up front
         self.files = [f for p in self.parts for f in getattr(p, "files", [])]
+        self.name = "|".join(getattr(p, "name", type(p).__name__) for p in self.parts)
+        self.text_field = "|".join(str(getattr(p, "text_field", "")) for p in self.parts)
         self.report = sources_lib.ReadReport()
 
     def __iter__(self):
@@ -161,12 +182,14 @@ class Streams:
 
 def build_streams(cfg: DataConfig, seq_len: int, progress: bool = True) -> Streams:
     """Register the run's Tasks and Mixture, tokenize (cached), and return the packed train/validation streams."""
-    vocab = load_vocabulary(cfg.vocabulary)
     row_len = seq_len + 1
-
     organic_name = organic_task_name(cfg.corpus)
+    vocab = _vocabulary(cfg)
     openers = [_open_organic(s, cfg.text_field, vocab.eos_id) for s in cfg.organic]
-    register_task(organic_name, lambda: _Chain(openers), vocab)
+    pretokenized = {_is_pretokenized(s) for s in cfg.organic}
+    if len(pretokenized) > 1:
+        raise ValueError(f"DataConfig.organic={cfg.organic}: mixes text and pre-tokenized sources; use one kind")
+    register_task(organic_name, lambda: _Chain(openers), vocab, pretokenized=pretokenized.pop())
     task_corpora: dict[str, TokenizedCorpus] = {}
     reports: dict[str, str] = {}
 
@@ -209,6 +232,24 @@ def build_streams(cfg: DataConfig, seq_len: int, progress: bool = True) -> Strea
         [dataclasses.asdict(cfg), {n: [c.num_tokens, c.num_docs] for n, c in task_corpora.items()}],
         sort_keys=True).encode()).hexdigest()[:16]
     return Streams(train, validation, mix, info)
+
+
+def _vocabulary(cfg: DataConfig) -> seqio.Vocabulary:
+    """The configured vocabulary; ``train-sentencepiece:SIZE`` trains one on the organic text once and caches it."""
+    if not cfg.vocabulary.startswith("train-sentencepiece:"):
+        return load_vocabulary(cfg.vocabulary)
+    try:
+        size = int(cfg.vocabulary.split(":", 1)[1])
+    except ValueError:
+        raise ValueError(f"DataConfig.vocabulary={cfg.vocabulary!r}: expected train-sentencepiece:SIZE") from None
+    path = Path(cfg.cache_dir) / f"{cfg.corpus}_sp{size}.model"
+    if not path.exists():
+        from synpro_jax.data.vocab import train_sentencepiece
+
+        texts = (d.text for d in _Chain([_open_organic(s, cfg.text_field, 1) for s in cfg.organic]) if d.text)
+        log.info("training a %d-token SentencePiece vocabulary on %s -> %s", size, cfg.organic, path)
+        train_sentencepiece(texts, path, size)
+    return load_vocabulary(str(path))
 
 
 def _rates(cfg: DataConfig, corpora: dict[str, TokenizedCorpus]) -> dict[str, float]:

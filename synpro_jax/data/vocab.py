@@ -12,9 +12,11 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
-import seqio
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter out of the logs
+import seqio  # noqa: E402
 import sentencepiece as spm
-import tensorflow as tf
+import tensorflow as tf  # noqa: E402
 
 # Data pipelines run on the host: keep TensorFlow off any accelerator JAX owns.
 tf.config.set_visible_devices([], "GPU")
@@ -183,7 +185,14 @@ class HFTokenizerVocabulary(seqio.Vocabulary):
 
 
 def load_vocabulary(spec: str) -> seqio.Vocabulary:
-    """``*.model`` -> SentencePiece; ``tokenizer.json`` or a directory holding one -> HF tokenizers."""
+    """``*.model`` -> SentencePiece; ``tokenizer.json`` or a directory holding one -> HF tokenizers;
+    ``passthrough:SIZE[:EOS]`` -> token ids as they are (pre-tokenized data)."""
+    if spec.startswith("passthrough:"):
+        try:
+            size, *eos = (int(x) for x in spec.split(":")[1:])
+        except ValueError:
+            raise ValueError(f"vocabulary {spec!r}: expected passthrough:SIZE[:EOS_ID]") from None
+        return seqio.PassThroughVocabulary(size, eos_id=eos[0] if eos else 1)
     path = Path(spec)
     if path.suffix == ".model":
         return sentencepiece_vocabulary(path)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import orbax.checkpoint as ocp
@@ -36,12 +36,16 @@ class Checkpointer:
         args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
         return self.manager.save(step, args=args, force=force)
 
-    def restore(self, state_template: Any, step: int | None = None) -> tuple[Any, dict, int] | None:
+    def restore(self, state_template: Any, step: int | None = None,
+                check_meta: Callable[[dict], None] | None = None) -> tuple[Any, dict, int] | None:
         """(state, meta, step) of ``step`` (default: the latest), laid out like ``state_template``; None if the
-        directory holds no checkpoint."""
+        directory holds no checkpoint. ``check_meta`` sees the metadata first and may raise to refuse it."""
         step = self.latest_step() if step is None else step
         if step is None:
             return None
+        if check_meta is not None:
+            meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+            check_meta(meta)
         abstract = jax.tree.map(
             lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding) if isinstance(x, jax.Array) else x,
             state_template)

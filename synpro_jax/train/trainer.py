@@ -185,14 +185,20 @@ class Trainer:
         ckpt = Checkpointer(self.out_dir / "checkpoints", save_every=cfg.checkpoint_every,
                             keep=cfg.keep_checkpoints, async_save=cfg.async_checkpoints)
         state = self._fresh_state()
-        restored = ckpt.restore(state)
+
+        def same_config(meta: dict) -> None:
+            if meta.get("fingerprint") != self.fingerprint:
+                raise ValueError(f"{ckpt.directory} holds a checkpoint of a different configuration (model, "
+                                 "optimizer, batch, sequence length, seed or data changed); use a new out_dir")
+
+        try:
+            restored = ckpt.restore(state, check_meta=same_config)
+        except BaseException:
+            ckpt.close()
+            raise
         start = 0
         if restored is not None:
             state, meta, start = restored
-            if meta.get("fingerprint") != self.fingerprint:
-                ckpt.close()
-                raise ValueError(f"{ckpt.directory} holds a checkpoint of a different configuration (model, "
-                                 "optimizer, batch, sequence length, seed or data changed); use a new out_dir")
             self.plateau.load_state_dict(meta.get("plateau", {}))
             log.info("resuming from step %d", start)
         metrics_log = _MetricsLog(self.out_dir, start)

@@ -1,0 +1,104 @@
+"""gin registration and the gin-configured entry points (``synpro.*`` in gin files).
+
+Three layers, as in t5x: ``gin/models/*.gin`` pick a model, ``gin/runs/*.gin`` set a run's knobs with
+``%gin.REQUIRED`` macros for what each experiment must decide, and ``gin/experiments/*.gin`` include one of each
+and fill the macros. Every configurable is a validated dataclass or a function, so a wrong value fails with a
+message naming the knob, and an unknown knob fails when the files are parsed, before any work starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from pathlib import Path
+from typing import Sequence
+
+import gin
+
+from synpro_jax.models.config import ModelConfig
+from synpro_jax.models.presets import get_preset
+from synpro_jax.sharding import MeshConfig
+from synpro_jax.train.optimizer import OptimizerConfig
+
+log = logging.getLogger(__name__)
+
+GIN_DIR = Path(__file__).resolve().parents[1] / "gin"
+
+gin.external_configurable(MeshConfig, name="MeshConfig", module="synpro")
+gin.external_configurable(OptimizerConfig, name="OptimizerConfig", module="synpro")
+gin.external_configurable(ModelConfig, name="ModelConfig", module="synpro")
+
+
+@gin.configurable(module="synpro")
+def preset(name: str = gin.REQUIRED, **overrides) -> ModelConfig:
+    """A named model preset with field overrides (``synpro.preset.dtype = "bfloat16"``)."""
+    return get_preset(name, **overrides)
+
+
+def _lazy_data_configurables():
+    """DataConfig and TrainerConfig import TensorFlow/seqio; register them only when a run needs them."""
+    from synpro_jax.data.tasks import DataConfig
+    from synpro_jax.train.trainer import TrainerConfig
+
+    for cls in (DataConfig, TrainerConfig):
+        try:
+            gin.external_configurable(cls, name=cls.__name__, module="synpro")
+        except ValueError:  # already registered in this process
+            pass
+
+
+def _as_tuple(x):
+    return tuple(x) if isinstance(x, (list, tuple)) else (x,)
+
+
+@gin.configurable(module="synpro")
+def pretrain(model: ModelConfig = gin.REQUIRED, mesh: MeshConfig = MeshConfig(),
+             optimizer: OptimizerConfig = gin.REQUIRED, trainer=gin.REQUIRED, data=gin.REQUIRED,
+             init_from_hf: str | None = None) -> dict:
+    """Build the data streams and the trainer, then train (resuming from ``trainer.out_dir`` if it holds a
+    checkpoint). Returns the trainer's summary."""
+    import jax
+
+    from synpro_jax import sharding
+    from synpro_jax.data.tasks import build_streams, summarize
+    from synpro_jax.models import hf
+    from synpro_jax.train.trainer import Trainer
+
+    data = dataclasses.replace(data, organic=_as_tuple(data.organic), synthetic=_as_tuple(data.synthetic))
+    init_params = None
+    if init_from_hf:
+        hf_cfg, init_params = hf.load(init_from_hf)
+        if (hf_cfg.d_model, hf_cfg.num_layers, hf_cfg.vocab_size) != (model.d_model, model.num_layers,
+                                                                       model.vocab_size):
+            raise ValueError(f"synpro.pretrain.init_from_hf={init_from_hf}: {hf_cfg.describe()} does not match "
+                             f"the configured model {model.describe()}")
+    streams = build_streams(data, trainer.seq_len, progress=trainer.progress)
+    if streams.info["vocab_size"] > model.vocab_size:
+        raise ValueError(f"the vocabulary has {streams.info['vocab_size']} tokens but the model's vocab_size is "
+                         f"{model.vocab_size}; set synpro.preset.vocab_size")
+    mesh_obj = sharding.make_mesh(mesh)
+    if jax.process_index() == 0:
+        print(model.describe())
+        print(f"mesh {sharding.devices_summary(mesh_obj)} | global batch {trainer.global_batch} x seq "
+              f"{trainer.seq_len} | {trainer.num_steps} steps -> {trainer.out_dir}")
+        print(summarize(streams.info))
+        out = Path(trainer.out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.gin").write_text(gin.config_str())
+    runner = Trainer(model, mesh_obj, optimizer, trainer, streams.train, streams.validation, init_params,
+                     data_fingerprint=streams.info["fingerprint"])
+    return runner.run()
+
+
+def parse(gin_files: Sequence[str], bindings: Sequence[str]) -> None:
+    """Parse gin files (searched in the working directory, then beside the package) and KEY=VALUE bindings."""
+    _lazy_data_configurables()
+    for path in (os.getcwd(), str(GIN_DIR.parent), str(GIN_DIR)):
+        gin.add_config_file_search_path(path)
+    gin.parse_config_files_and_bindings(list(gin_files), list(bindings), finalize_config=False)
+    missing = sorted(name for (name, selector), params in gin.config._CONFIG.items()
+                     if selector == "gin.macro" and repr(params.get("value")) == "%gin.REQUIRED")
+    if missing:
+        raise ValueError(f"gin macros {missing} are REQUIRED: set them in an experiment file or with "
+                         f"--gin.{missing[0]}=VALUE")
