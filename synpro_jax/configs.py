@@ -88,7 +88,9 @@ def pretrain(model: ModelConfig = gin.REQUIRED, mesh: MeshConfig = MeshConfig(),
         (out / "config.gin").write_text(gin.config_str())
     runner = Trainer(model, mesh_obj, optimizer, trainer, streams.train, streams.validation, init_params,
                      data_fingerprint=streams.info["fingerprint"])
-    return runner.run()
+    summary = runner.run()
+    summary["organic_unigram_entropy"] = streams.info["organic_unigram_entropy"]
+    return summary
 
 
 def parse(gin_files: Sequence[str], bindings: Sequence[str]) -> None:

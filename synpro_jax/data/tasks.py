@@ -226,6 +226,7 @@ def build_streams(cfg: DataConfig, seq_len: int, progress: bool = True) -> Strea
         "tasks": {n: {"documents": task_corpora[n].num_docs, "tokens": task_corpora[n].num_tokens,
                       "rate": float(train.rates[i])} for i, n in enumerate(names)},
         "validation_tokens": val_organic.num_tokens if val_organic is not None else 0,
+        "organic_unigram_entropy": unigram_entropy(train_organic.tokens),
         "reports": reports,
     }
     info["fingerprint"] = hashlib.sha1(json.dumps(
@@ -271,6 +272,13 @@ def _rates(cfg: DataConfig, corpora: dict[str, TokenizedCorpus]) -> dict[str, fl
     return out
 
 
+def unigram_entropy(tokens: np.ndarray) -> float:
+    """Entropy (nats/token) of the empirical token distribution: the loss of a model that ignores context."""
+    counts = np.bincount(tokens.astype(np.int64))
+    p = counts[counts > 0] / counts.sum()
+    return float(-(p * np.log(p)).sum())
+
+
 def task_documents(name: str):
     """The registered reader of a task (for tests and tools)."""
     if name not in _READERS:
@@ -282,7 +290,8 @@ def summarize(info: dict) -> str:
     lines = [f"mixture {info['mixture']} (vocab {info['vocab_size']}):"]
     for name, t in info["tasks"].items():
         lines.append(f"  {name}: {t['documents']:,} docs, {t['tokens']:,} tokens, rate {t['rate']:.3f}")
-    lines.append(f"  validation: {info['validation_tokens']:,} held-out organic tokens")
+    lines.append(f"  validation: {info['validation_tokens']:,} held-out organic tokens; organic unigram entropy "
+                 f"{info['organic_unigram_entropy']:.3f} nats/token")
     for name, rep in info["reports"].items():
         lines.append(f"  {name} read: {rep}")
     return "\n".join(lines)
