@@ -87,10 +87,9 @@ def pretrain(model: ModelConfig = gin.REQUIRED, mesh: MeshConfig = MeshConfig(),
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.gin").write_text(gin.config_str())
     runner = Trainer(model, mesh_obj, optimizer, trainer, streams.train, streams.validation, init_params,
-                     data_fingerprint=streams.info["fingerprint"])
-    summary = runner.run()
-    summary["organic_unigram_entropy"] = streams.info["organic_unigram_entropy"]
-    return summary
+                     data_fingerprint=streams.info["fingerprint"],
+                     summary_extra={"organic_unigram_entropy": streams.info["organic_unigram_entropy"]})
+    return runner.run()
 
 
 def parse(gin_files: Sequence[str], bindings: Sequence[str]) -> None:

@@ -138,7 +138,7 @@ def plot_loss_curve(records: list[dict], path: Path, title: str = "") -> None:
 class Trainer:
     def __init__(self, model_cfg: ModelConfig, mesh: Mesh, opt_cfg: OptimizerConfig, cfg: TrainerConfig,
                  train_stream: PackedStream | MixedStream, val_stream: PackedStream | None = None,
-                 init_params: Any | None = None, data_fingerprint: str = ""):
+                 init_params: Any | None = None, data_fingerprint: str = "", summary_extra: dict | None = None):
         if train_stream.row_len != cfg.seq_len + 1:
             raise ValueError(f"the train stream packs rows of {train_stream.row_len} tokens but "
                              f"TrainerConfig.seq_len={cfg.seq_len} needs {cfg.seq_len + 1}")
@@ -151,6 +151,7 @@ class Trainer:
         self.batches = TrainBatches(train_stream, cfg.global_batch, self.step_fn.batch_sharding)
         self.val_batches = TrainBatches(val_stream, cfg.global_batch, self.step_fn.batch_sharding) if val_stream else None
         self.init_params = init_params
+        self.summary_extra = dict(summary_extra or {})
         self.plateau = PlateauDetector(cfg.plateau_window, cfg.plateau_min_rel_improvement)
         self.stream_names = getattr(train_stream, "names", None)
         self.fingerprint = hashlib.sha1(json.dumps(
@@ -256,7 +257,7 @@ class Trainer:
             if in_main:
                 signal.signal(signal.SIGTERM, previous)
         summary = {"step": step, "preempted": preempted, "plateaued": plateaued,
-                   "out_dir": str(self.out_dir), "checkpoint_step": step}
+                   "out_dir": str(self.out_dir), "checkpoint_step": step, **self.summary_extra}
         last = [r for r in metrics_log.records if "loss" in r]
         if last:
             summary.update({k: last[-1][k] for k in ("loss", "tokens_per_s", "mfu") if k in last[-1]})
