@@ -44,6 +44,13 @@ def host_rows(sharding: NamedSharding, global_batch: int, row_len: int) -> Shard
     return ShardInfo(jax.process_index(), jax.process_count(), lo, hi)
 
 
+def seqio_shard_info():
+    """``seqio.ShardInfo`` of this process, for reading a seqio dataset per host (one shard per process)."""
+    import seqio
+
+    return seqio.ShardInfo(index=jax.process_index(), num_shards=jax.process_count())
+
+
 class TrainBatches:
     """Batches for training step ``s`` from a packed or mixed stream, as sharded global arrays."""
 

@@ -96,3 +96,17 @@ def test_init_from_given_params_keeps_them():
     np.testing.assert_array_equal(np.asarray(state.params["lm_head"]), params["lm_head"])
     assert int(state.step) == 0
     assert optax.tree.norm(state.opt_state[1][0].mu) == 0
+
+
+def test_bfloat16_compute_trains_with_fp32_master_weights():
+    cfg = models.get_preset("tiny", dtype="bfloat16")
+    step = TrainStep(cfg, sharding.make_mesh(sharding.MeshConfig(2, 2, 2)),
+                     OptimizerConfig(learning_rate=3e-3, warmup_steps=0))
+    state = step.init(jax.random.key(0))
+    losses = []
+    for i in range(25):
+        tokens = (np.random.default_rng(i).integers(0, 16, size=(8, 1)) + np.arange(33)) % 16
+        state, metrics = step(state, step.shard_batch(next_token_batch(tokens)))
+        losses.append(float(metrics["loss"]))
+    assert all(x.dtype == np.float32 for x in jax.tree.leaves(state.params))
+    assert losses[-1] < losses[0] - 1.0
