@@ -1,0 +1,136 @@
+"""The reference task the probe fine-tunes on (FLAN v2 in the paper): question -> answer, loss on answer tokens.
+
+Readers take FLAN chain-of-thought TSV files (``question<TAB>answer<TAB>rationale`` with literal ``\\n`` inside
+fields) and JSONL records ``{"prompt": ..., "completion": ...}``. Bad rows are skipped and reported with
+``file:line``. :func:`register_reference_task` registers a seqio Task with ``inputs`` and ``targets`` features;
+:func:`encode_examples` turns examples into fixed-length rows whose loss mask covers only the answer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from synpro_jax.data.sources import ReadReport, expand_paths
+
+
+@dataclasses.dataclass(frozen=True)
+class ReferenceExample:
+    id: str
+    prompt: str
+    completion: str
+
+
+def _unescape(field: str) -> str:
+    return field.replace("\\n", "\n").strip()
+
+
+class ReferenceSource:
+    """Examples from FLAN CoT ``.tsv`` files and/or ``.jsonl`` files of {prompt, completion}."""
+
+    def __init__(self, paths: str | Sequence[str]):
+        self.files = expand_paths(paths, "reference source")
+        for f in self.files:
+            if f.suffix not in (".tsv", ".jsonl"):
+                raise ValueError(f"{f}: reference files must be .tsv (FLAN CoT) or .jsonl (prompt/completion)")
+        self.report = ReadReport()
+
+    def __iter__(self) -> Iterator[ReferenceExample]:
+        for path in self.files:
+            with path.open("rb") as fh:
+                for lineno, raw in enumerate(fh, start=1):
+                    where = f"{path}:{lineno}"
+                    try:
+                        line = raw.decode("utf-8").rstrip("\r\n")
+                    except UnicodeDecodeError as e:
+                        self.report.problem("bad_utf8", where, str(e))
+                        continue
+                    if not line.strip():
+                        continue
+                    ex = self._parse(path, line, where)
+                    if ex is not None:
+                        self.report.documents += 1
+                        yield ex
+
+    def _parse(self, path: Path, line: str, where: str) -> ReferenceExample | None:
+        if path.suffix == ".tsv":
+            fields = line.split("\t")
+            if len(fields) < 2:
+                self.report.problem("malformed", where, f"expected question<TAB>answer[<TAB>rationale], got "
+                                                       f"{len(fields)} field(s)")
+                return None
+            question, answer = _unescape(fields[0]), _unescape(fields[1])
+            rationale = _unescape(fields[2]) if len(fields) > 2 else ""
+            completion = f"{rationale} So the answer is {answer}." if rationale else answer
+            prompt = question
+        else:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                self.report.problem("malformed", where, f"invalid JSON ({e.msg})")
+                return None
+            if not isinstance(record, dict) or not isinstance(record.get("prompt"), str) \
+                    or not isinstance(record.get("completion"), str):
+                self.report.problem("malformed", where, "needs string fields 'prompt' and 'completion'")
+                return None
+            prompt, completion = record["prompt"].strip(), record["completion"].strip()
+        if not prompt or not completion:
+            self.report.problem("empty", where, "empty prompt or completion")
+            return None
+        return ReferenceExample(f"{path.name}:{where.rsplit(':', 1)[1]}", prompt, completion)
+
+
+def format_prompt(prompt: str) -> str:
+    """The text before the answer: the question and an answer cue the completion follows."""
+    return f"Question: {prompt}\nAnswer:"
+
+
+def encode_examples(examples: Sequence[ReferenceExample], vocab, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """[N, seq_len + 1] token rows (prompt, completion, EOS, then padding) and their loss masks (1 on completion
+    and EOS tokens only). Rows longer than seq_len + 1 keep the end of the prompt and as much answer as fits."""
+    from synpro_jax.data.corpus import encoder_for
+
+    encode = encoder_for(vocab)
+    prompts = encode([format_prompt(e.prompt) for e in examples])
+    answers = encode([" " + e.completion for e in examples])
+    length = seq_len + 1
+    tokens = np.full((len(examples), length), vocab.pad_id, np.int32)
+    mask = np.zeros((len(examples), length), np.float32)
+    for i, (p, a) in enumerate(zip(prompts, answers)):
+        a = list(a) + [vocab.eos_id]
+        a = a[: length - 1]  # keep at least one prompt token
+        p = list(p)[-(length - len(a)):]
+        row = p + a
+        tokens[i, : len(row)] = row
+        mask[i, len(p): len(row)] = 1.0
+    return tokens, mask
+
+
+def register_reference_task(name: str, paths: str | Sequence[str], vocab):
+    """A seqio Task ``name`` with ``inputs`` (prompt) and ``targets`` (completion) over ``vocab``."""
+    import functools
+
+    import seqio
+    import tensorflow as tf
+
+    def dataset_fn(split: str, shuffle_files: bool, seed: int | None = None):
+        def gen():
+            for ex in ReferenceSource(paths):
+                yield {"inputs": format_prompt(ex.prompt), "targets": ex.completion}
+
+        return tf.data.Dataset.from_generator(gen, output_signature={
+            "inputs": tf.TensorSpec((), tf.string), "targets": tf.TensorSpec((), tf.string)})
+
+    if name in seqio.TaskRegistry.names():
+        seqio.TaskRegistry.remove(name)
+    return seqio.TaskRegistry.add(
+        name,
+        source=seqio.FunctionDataSource(dataset_fn, splits=["train"]),
+        preprocessors=[seqio.preprocessors.tokenize, seqio.preprocessors.append_eos],
+        output_features={"inputs": seqio.Feature(vocab, add_eos=False),
+                         "targets": seqio.Feature(vocab, add_eos=True)},
+    )
