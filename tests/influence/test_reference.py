@@ -1,0 +1,59 @@
+"""The reference task: FLAN CoT TSV and prompt/completion JSONL readers, answer-only loss masks, seqio task."""
+
+import json
+
+import numpy as np
+import pytest
+
+from synpro_jax.influence.reference import ReferenceSource, encode_examples, format_prompt
+
+
+def test_reads_flan_tsv_and_jsonl_and_reports_bad_rows(tmp_path):
+    tsv = tmp_path / "toy_train.tsv"
+    tsv.write_text("What is 2+2?\\nOptions:\\n- 3\\n- 4\t4\tTwo plus two is four.\n"
+                   "only one field\n"
+                   "Is the sky blue?\tyes\n")
+    jl = tmp_path / "extra.jsonl"
+    jl.write_text(json.dumps({"prompt": "Say hi", "completion": "hi"}) + "\n{bad\n" +
+                  json.dumps({"prompt": "x"}) + "\n" + json.dumps({"prompt": " ", "completion": "y"}) + "\n")
+    src = ReferenceSource([str(tsv), str(jl)])
+    examples = list(src)
+    assert [e.prompt for e in examples] == ["What is 2+2?\nOptions:\n- 3\n- 4", "Is the sky blue?", "Say hi"]
+    assert examples[0].completion == "Two plus two is four. So the answer is 4."
+    assert examples[1].completion == "yes"
+    r = src.report
+    assert (r.documents, r.malformed, r.empty) == (3, 3, 1)
+    assert f"{tsv}:2" in r.summary() and f"{jl}:2" in r.summary()
+    other = tmp_path / "notes.txt"
+    other.write_text("x")
+    with pytest.raises(ValueError, match="must be .tsv"):
+        ReferenceSource(str(other))
+
+
+class CharVocab:
+    """A tiny stand-in vocabulary: one token per character."""
+
+    pad_id, eos_id = 0, 1
+
+    def encode(self, s):
+        return [2 + (ord(c) % 200) for c in s]
+
+
+def test_encode_masks_only_the_answer():
+    from synpro_jax.influence.reference import ReferenceExample
+
+    ex = [ReferenceExample("a", "2+2?", "4"), ReferenceExample("b", "a long prompt " * 10, "an answer")]
+    tokens, mask = encode_examples(ex, CharVocab(), seq_len=24)
+    p0 = len(format_prompt("2+2?"))
+    assert tokens.shape == (2, 25) and mask[0, :p0].sum() == 0
+    assert mask[0, p0:p0 + 3].tolist() == [1, 1, 1]  # " 4" and EOS
+    assert tokens[0, p0 + 2] == 1 and mask[0, p0 + 3:].sum() == 0
+    assert mask[1].sum() == len(" an answer") + 1  # long prompt cut from the front, answer kept whole
+    assert tokens[1, -1] == 1
+
+
+def test_real_flan_files(shared_data):
+    src = ReferenceSource(str(shared_data / "reference" / "flan_v2_cot" / "qasc_train.tsv"))
+    examples = list(src)
+    assert len(examples) > 1000 and src.report.malformed == 0
+    assert "\\n" not in examples[0].prompt and "So the answer is" in examples[0].completion
