@@ -4,6 +4,8 @@
     synpro train                                      # the default job (gin/experiments/markov_tiny.gin)
     synpro train --gin_file=gin/experiments/cpu_organic.gin --gin.NUM_STEPS=200
     synpro vocab train --corpus 'data/*.jsonl' --vocab_size 8192 --out runs/vocab/sp8k.model
+    synpro probe --gin_file=gin/experiments/cpu_organic_probe.gin
+    synpro influence-server --gin_file=gin/experiments/cpu_organic_probe.gin
 """
 
 from __future__ import annotations
@@ -22,23 +24,62 @@ def cmd_presets(args) -> int:
     return 0
 
 
-def cmd_train(args, extra: list[str]) -> int:
+def _gin_bindings(extra: list[str]) -> list[str] | None:
     bindings = []
     for item in extra:  # --gin.KEY=VALUE, as t5x spells them
         if not item.startswith("--gin."):
             print(f"error: unknown argument {item!r}; use --gin_file=FILE or --gin.KEY=VALUE", file=sys.stderr)
-            return 2
+            return None
         bindings.append(item[len("--gin."):])
+    return bindings
+
+
+def _parse_gin(files: list[str], extra: list[str]) -> bool:
     from tokenize import TokenError
 
     from synpro_jax import configs
-    from synpro_jax.train.trainer import EXIT_PREEMPTED
 
+    bindings = _gin_bindings(extra)
+    if bindings is None:
+        return False
     try:
-        configs.parse(args.gin_file or [DEFAULT_EXPERIMENT], bindings)
+        configs.parse(files, bindings)
     except (ValueError, KeyError, OSError, SyntaxError, TokenError) as e:  # unknown knobs fail here, before work
         print(f"error: gin configuration: {e}", file=sys.stderr)
+        return False
+    return True
+
+
+def cmd_probe(args, extra: list[str]) -> int:
+    if not args.gin_file:
+        print("error: synpro probe needs --gin_file (e.g. gin/experiments/cpu_organic_probe.gin)", file=sys.stderr)
         return 2
+    if not _parse_gin(args.gin_file, extra):
+        return 2
+    from synpro_jax import configs
+
+    print(json.dumps(configs.probe(), indent=2))
+    return 0
+
+
+def cmd_influence_server(args, extra: list[str]) -> int:
+    if not args.gin_file:
+        print("error: synpro influence-server needs --gin_file", file=sys.stderr)
+        return 2
+    if not _parse_gin(args.gin_file, extra):
+        return 2
+    from synpro_jax import configs
+
+    configs.influence_server()
+    return 0
+
+
+def cmd_train(args, extra: list[str]) -> int:
+    if not _parse_gin(args.gin_file or [DEFAULT_EXPERIMENT], extra):
+        return 2
+    from synpro_jax import configs
+    from synpro_jax.train.trainer import EXIT_PREEMPTED
+
     summary = configs.pretrain()
     print(json.dumps(summary, indent=2))
     return EXIT_PREEMPTED if summary.get("preempted") else 0
@@ -75,6 +116,14 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Extra --gin.KEY=VALUE flags bind gin parameters or macros.")
     p.add_argument("--gin_file", action="append", default=[], help="gin file (repeatable)")
     p.set_defaults(func=cmd_train, takes_extra=True)
+
+    p = sub.add_parser("probe", help="influence probe: fine-tune theta' on the reference task, score a corpus")
+    p.add_argument("--gin_file", action="append", default=[], help="gin file (repeatable)")
+    p.set_defaults(func=cmd_probe, takes_extra=True)
+
+    p = sub.add_parser("influence-server", help="serve POST /get_influence and GET /health")
+    p.add_argument("--gin_file", action="append", default=[], help="gin file (repeatable)")
+    p.set_defaults(func=cmd_influence_server, takes_extra=True)
 
     p = sub.add_parser("vocab", help="vocabulary tools")
     vsub = p.add_subparsers(dest="vocab_command", required=True)

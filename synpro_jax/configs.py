@@ -92,9 +92,69 @@ def pretrain(model: ModelConfig = gin.REQUIRED, mesh: MeshConfig = MeshConfig(),
     return runner.run()
 
 
+def _register_probe_config():
+    from synpro_jax.influence.probe import ProbeConfig
+
+    try:
+        gin.external_configurable(ProbeConfig, name="ProbeConfig", module="synpro")
+    except ValueError:
+        pass
+
+
+@gin.configurable(module="synpro")
+def probe(model: ModelConfig = gin.REQUIRED, mesh: MeshConfig = MeshConfig(), checkpoint: str = gin.REQUIRED,
+          vocabulary: str = gin.REQUIRED, reference=gin.REQUIRED, corpus=gin.REQUIRED, out_dir: str = gin.REQUIRED,
+          settings=None, text_field: str = "text", max_len: int = 2048, batch_size: int = 32,
+          max_reference_examples: int | None = None) -> dict:
+    """The influence probe: fine-tune theta' on the reference task, then score every corpus document."""
+    from synpro_jax import sharding
+    from synpro_jax.influence.probe import ProbeConfig
+    from synpro_jax.influence.run import probe_and_score
+
+    mesh_obj = sharding.make_mesh(mesh)
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    (Path(out_dir) / "config.gin").write_text(gin.config_str())
+    return probe_and_score(model, mesh_obj, checkpoint, vocabulary, _as_tuple(reference), _as_tuple(corpus),
+                           out_dir, settings or ProbeConfig(), text_field=text_field, max_len=max_len,
+                           batch_size=batch_size, max_reference_examples=max_reference_examples)
+
+
+@gin.configurable(module="synpro")
+def finetuned_dir(probe_out: str = gin.REQUIRED) -> str:
+    """theta' written by `synpro probe` into its out_dir."""
+    return str(Path(probe_out) / "finetuned")
+
+
+@gin.configurable(module="synpro")
+def influence_server(model: ModelConfig = gin.REQUIRED, mesh: MeshConfig = MeshConfig(),
+                     checkpoint: str = gin.REQUIRED, finetuned: str = gin.REQUIRED, vocabulary: str = gin.REQUIRED,
+                     max_len: int = 2048, batch_size: int = 32, host: str = "127.0.0.1", port: int = 8000,
+                     max_texts: int = 256) -> None:
+    """Serve POST /get_influence and GET /health for theta (checkpoint) and theta' (the probe's finetuned dir)."""
+    from synpro_jax import sharding
+    from synpro_jax.data.corpus import encoder_for
+    from synpro_jax.data.vocab import load_vocabulary
+    from synpro_jax.influence.probe import Probe
+    from synpro_jax.influence.run import load_params
+    from synpro_jax.influence.service import InfluenceServer
+    from synpro_jax.models import hf
+
+    mesh_obj = sharding.make_mesh(mesh)
+    vocab = load_vocabulary(vocabulary)
+    params = load_params(model, mesh_obj, checkpoint)
+    _, tuned = hf.load(finetuned)
+    probe_obj = Probe(model, mesh_obj, params, tuned, max_len=max_len)
+    server = InfluenceServer(probe_obj, encoder_for(vocab), host=host, port=port, batch_size=batch_size,
+                             max_texts=max_texts, pad_id=vocab.pad_id)
+    print(f"serving influence on http://{server.address[0]}:{server.address[1]} (POST /get_influence, "
+          "GET /health)", flush=True)
+    server.serve_forever()
+
+
 def parse(gin_files: Sequence[str], bindings: Sequence[str]) -> None:
     """Parse gin files (searched in the working directory, then beside the package) and KEY=VALUE bindings."""
     _lazy_data_configurables()
+    _register_probe_config()
     for path in (os.getcwd(), str(GIN_DIR.parent), str(GIN_DIR)):
         gin.add_config_file_search_path(path)
     gin.parse_config_files_and_bindings(list(gin_files), list(bindings), finalize_config=False)

@@ -1,0 +1,101 @@
+"""The probe and the influence service as stages: load theta, fine-tune theta', score a corpus or serve."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any, Sequence
+
+import jax
+import numpy as np
+from jax.sharding import Mesh
+
+from synpro_jax import models
+from synpro_jax.models import ModelConfig
+
+log = logging.getLogger(__name__)
+
+
+def load_params(cfg: ModelConfig, mesh: Mesh, source: str) -> Any:
+    """theta from an HF Olmo2 directory (config.json) or a pretraining run's out_dir / checkpoints dir."""
+    path = Path(source)
+    if (path / "config.json").exists():
+        from synpro_jax.models import hf
+
+        hf_cfg, params = hf.load(path)
+        if (hf_cfg.d_model, hf_cfg.num_layers, hf_cfg.vocab_size) != (cfg.d_model, cfg.num_layers, cfg.vocab_size):
+            raise ValueError(f"{path}: {hf_cfg.describe()} does not match the configured model {cfg.describe()}")
+        return jax.device_put(params, models.param_shardings(cfg, mesh))
+    from synpro_jax.train.checkpoint import Checkpointer
+    from synpro_jax.train.optimizer import OptimizerConfig
+    from synpro_jax.train.step import TrainStep
+
+    ckpt_dir = path / "checkpoints" if (path / "checkpoints").is_dir() else path
+    if not ckpt_dir.is_dir():
+        raise FileNotFoundError(f"checkpoint {source}: neither an HF directory nor a run with checkpoints")
+    step = TrainStep(cfg, mesh, OptimizerConfig(warmup_steps=0))
+    template = {"train": step.init(jax.random.key(0)), "rng": jax.random.key_data(jax.random.key(0))}
+    ckpt = Checkpointer(ckpt_dir, save_every=1, keep=1, async_save=False)
+    try:
+        restored = ckpt.restore(template)
+    finally:
+        ckpt.close()
+    if restored is None:
+        raise FileNotFoundError(f"{ckpt_dir} holds no checkpoint")
+    state, _, at = restored
+    log.info("theta: %s step %d", ckpt_dir, at)
+    return state["train"].params
+
+
+def reference_rows(paths: Sequence[str], vocab, seq_len: int, max_examples: int | None = None):
+    from synpro_jax.influence.reference import ReferenceSource, encode_examples
+
+    src = ReferenceSource(list(paths))
+    examples = list(src)
+    print(f"reference: {src.report.summary()}")
+    if not examples:
+        raise ValueError(f"reference {list(paths)}: no usable examples")
+    if max_examples:
+        order = np.random.default_rng(0).permutation(len(examples))[:max_examples]
+        examples = [examples[i] for i in sorted(order)]
+    return encode_examples(examples, vocab, seq_len)
+
+
+def probe_and_score(cfg: ModelConfig, mesh: Mesh, checkpoint: str, vocabulary: str, reference: Sequence[str],
+                    corpus: Sequence[str], out_dir: str, probe_cfg, *, text_field: str = "text", max_len: int = 2048,
+                    batch_size: int = 32, max_reference_examples: int | None = None, progress: bool = True) -> dict:
+    """Fine-tune theta' (saved as an HF directory in out_dir/finetuned, reused if present) and score every
+    document of ``corpus`` into out_dir/influence.npz."""
+    from synpro_jax.data.corpus import build_corpus
+    from synpro_jax.data.tasks import _Chain, _open_organic
+    from synpro_jax.data.vocab import load_vocabulary
+    from synpro_jax.influence.probe import Probe, finetune, score_corpus
+    from synpro_jax.models import hf
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    vocab = load_vocabulary(vocabulary)
+    params = load_params(cfg, mesh, checkpoint)
+    tuned_dir = out / "finetuned"
+    if (tuned_dir / "config.json").exists():
+        print(f"reusing theta' from {tuned_dir}")
+        _, tuned = hf.load(tuned_dir)
+    else:
+        ref_tokens, ref_mask = reference_rows(reference, vocab, probe_cfg.seq_len, max_reference_examples)
+        tuned = finetune(cfg, mesh, params, ref_tokens, ref_mask, probe_cfg, progress=progress)
+        hf.save(cfg, jax.device_get(tuned), tuned_dir)
+    docs_corpus, report = build_corpus(_Chain([_open_organic(s, text_field, vocab.eos_id) for s in corpus]), vocab,
+                                       cache_dir=out / "cache", name="probe_corpus", progress=progress)
+    if report is not None:
+        print(f"corpus: {report.summary()}")
+    probe = Probe(cfg, mesh, params, tuned, max_len=max_len)
+    docs = [docs_corpus.doc(i) for i in range(docs_corpus.num_docs)]
+    path = score_corpus(probe, docs, docs_corpus.doc_ids, out / "scores", batch_size=batch_size, progress=progress)
+    with np.load(path, allow_pickle=True) as z:
+        infl = z["influence"]
+        summary = {"scores": str(path), "documents": int(len(infl)), "influence_mean": float(infl.mean()),
+                   "influence_std": float(infl.std()), "loss_before_mean": float(z["loss_before"].mean()),
+                   "loss_after_mean": float(z["loss_after"].mean())}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
