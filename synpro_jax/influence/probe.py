@@ -18,7 +18,7 @@ import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -55,10 +55,12 @@ class ProbeConfig:
 
 
 def finetune(cfg: ModelConfig, mesh: Mesh, params: Any, ref_tokens: np.ndarray, ref_mask: np.ndarray,
-             pcfg: ProbeConfig = ProbeConfig(), progress: bool = True) -> Any:
+             pcfg: ProbeConfig = ProbeConfig(), progress: bool = True,
+             on_step: Callable[[int, Any], None] | None = None) -> Any:
     """theta': a fine-tuned copy of ``params`` (left untouched) on reference rows [N, T+1] with answer masks.
 
     Batch ``i`` takes rows of a seeded permutation (reshuffled each pass), so the result is reproducible.
+    ``on_step(step, params)`` sees the parameters after every step (e.g. to keep snapshots).
     """
     if ref_tokens.shape != ref_mask.shape or ref_tokens.ndim != 2:
         raise ValueError(f"reference tokens {ref_tokens.shape} and mask {ref_mask.shape} must be equal [N, T+1]")
@@ -75,6 +77,8 @@ def finetune(cfg: ModelConfig, mesh: Mesh, params: Any, ref_tokens: np.ndarray, 
         rows = order[k:k + pcfg.batch_size]
         batch = {"inputs": ref_tokens[rows, :-1], "targets": ref_tokens[rows, 1:], "loss_mask": ref_mask[rows, 1:]}
         state, metrics = step(state, step.shard_batch(batch))
+        if on_step is not None:
+            on_step(i + 1, state.params)
         bar.update(1)
         if (i + 1) % 10 == 0 or i + 1 == pcfg.steps:
             bar.set_postfix(ref_loss=f"{float(metrics['loss']):.3f}")
