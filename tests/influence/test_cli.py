@@ -26,7 +26,7 @@ def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("probe_cli")
     rng = np.random.default_rng(0)
     text = [" ".join(rng.choice(WORDS, size=30)) for _ in range(300)]
-    vocab = train_sentencepiece(text, root / "sp.model", vocab_size=300)
+    vocab = train_sentencepiece(text, root / "sp.model", vocab_size=290)
     cfg = models.get_preset("tiny", vocab_size=320)
     hf.save(cfg, jax.device_get(models.init_params(cfg, jax.random.key(0))), root / "theta")
     with (root / "ref.jsonl").open("w") as fh:
