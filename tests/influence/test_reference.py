@@ -57,3 +57,26 @@ def test_real_flan_files(shared_data):
     examples = list(src)
     assert len(examples) > 1000 and src.report.malformed == 0
     assert "\\n" not in examples[0].prompt and "So the answer is" in examples[0].completion
+
+
+def test_seqio_reference_task_has_inputs_and_targets(tmp_path):
+    seqio = pytest.importorskip("seqio")
+    from synpro_jax.data.vocab import train_sentencepiece
+    from synpro_jax.influence.reference import ReferenceExample, register_reference_task
+
+    jl = tmp_path / "ref.jsonl"
+    rows = [{"prompt": f"what follows {i}?", "completion": f"the number {i + 1}"} for i in range(30)]
+    jl.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    rng = np.random.default_rng(0)
+    words = ["what", "follows", "the", "number", "river", "stone", "quiet", "market", "planet", "signal"]
+    text = [f"what follows {i}? the number {i + 1} " + " ".join(rng.choice(words, size=12)) for i in range(400)]
+    sp = train_sentencepiece(text, tmp_path / "sp.model", vocab_size=300)
+    vocab = seqio.SentencePieceVocabulary(str(sp))
+    task = register_reference_task("synpro_reference_toy", str(jl), vocab)
+    ex = next(task.get_dataset(sequence_length=None, split="train", shuffle=False).as_numpy_iterator())
+    # SentencePiece's normalizer folds the newline before "Answer:" into a space
+    assert vocab.decode(ex["inputs"].tolist()).split() == format_prompt("what follows 0?").split()
+    assert ex["targets"].tolist() == vocab.encode("the number 1") + [vocab.eos_id]
+    tokens, mask = encode_examples([ReferenceExample("a", "what follows 0?", "the number 1")], vocab, seq_len=40)
+    answer = tokens[0][mask[0] == 1].tolist()
+    assert answer[-1] == vocab.eos_id and vocab.decode(answer[:-1]).strip() == "the number 1"
