@@ -13,7 +13,6 @@ The pipeline should be at least 10x faster than the trainer so that data never l
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -21,9 +20,10 @@ import time
 from pathlib import Path
 
 import jax
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from report import write_report  # noqa: E402
 from synpro_jax import models, sharding  # noqa: E402
 from synpro_jax.data.pipeline import TrainBatches  # noqa: E402
 from synpro_jax.data.tasks import DataConfig, build_streams  # noqa: E402
@@ -110,12 +110,7 @@ def main(argv=None):
         "pipeline_over_trainer": ratio,
         "mixture": streams.info["tasks"],
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(report, indent=2))
-    os.replace(tmp, out)
-    print(f"wrote {out}")
+    write_report(report, args.out)
     return report
 
 

@@ -11,7 +11,6 @@ Goals: jvp at most 3x a forward pass, and at least 5x faster than exact at batch
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -22,6 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from report import write_report  # noqa: E402
 from synpro_jax import models  # noqa: E402
 from synpro_jax.influence.kernel import _exact, _jvp, example_losses  # noqa: E402
 
@@ -84,12 +85,7 @@ def main(argv=None):
               "machine": {"cpu_count": os.cpu_count(), "device": jax.devices()[0].device_kind},
               "preset": args.preset, "params": cfg.num_params(), "seq": args.seq,
               "exact_micro_batch": args.micro_batch, "results": results}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(report, indent=2))
-    os.replace(tmp, out)
-    print(f"wrote {out}")
+    write_report(report, args.out)
     return report
 
 

@@ -2,7 +2,7 @@
 as the reference task (run `synpro train --gin_file=gin/experiments/cpu_organic.gin` first).
 
 1. First-order agreement: Spearman rank correlation between the probe's L_theta - L_theta' and the jvp score
-   -grad L_x . (theta' - theta), after 1, 3, 10, 30 and 100 probe steps (it should be high for a small step and
+   -grad L_x . (theta' - theta), after 2, 3, 10, 30 and 100 probe steps (it should be high for a small step and
    fall as theta' moves away).
 2. Usefulness: score the organic documents with the 100-step probe, continue training theta on the top-k,
    bottom-k and random-k documents for the same number of steps, and report the reference-task loss after each.
@@ -13,8 +13,6 @@ as the reference task (run `synpro train --gin_file=gin/experiments/cpu_organic.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -24,6 +22,8 @@ import numpy as np
 from scipy.stats import spearmanr
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from report import write_report  # noqa: E402
 from synpro_jax import models, sharding  # noqa: E402
 from synpro_jax.data.corpus import TokenizedCorpus, build_corpus  # noqa: E402
 from synpro_jax.data.packing import PackedStream  # noqa: E402
@@ -79,7 +79,7 @@ def main(argv=None):
 
     # 1. first-order agreement as the probe takes more steps
     snapshots = {}
-    keep = {1, 3, 10, 30, 100}
+    keep = {2, 3, 10, 30, 100}  # step 1 runs at warmup lr 0 (theta' = theta), so the first snapshot is step 2
     pcfg = ProbeConfig(steps=100, learning_rate=1e-4, warmup_steps=10, weight_decay=0.1, batch_size=16,
                        seq_len=args.seq)
     finetune(cfg, mesh, theta, ref_tokens, ref_mask, pcfg,
@@ -126,12 +126,7 @@ def main(argv=None):
     report = {"benchmark": "influence_checks", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
               "run": args.run, "preset": args.preset, "seq": args.seq, "first_order": first_order,
               "usefulness": usefulness}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(report, indent=2))
-    os.replace(tmp, out)
-    print(f"wrote {out}")
+    write_report(report, args.out)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ matmul rate measured here (or --peak_tflops on an accelerator).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -25,6 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from report import write_report  # noqa: E402
 from synpro_jax import models, sharding  # noqa: E402
 from synpro_jax.models import hf  # noqa: E402
 from synpro_jax.train import OptimizerConfig, TrainStep, next_token_batch  # noqa: E402
@@ -175,12 +176,7 @@ def main(argv=None):
         "peak_flops": peaks,
         "results": results,
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(report, indent=2))
-    os.replace(tmp, out)
-    print(f"wrote {out}")
+    write_report(report, args.out)
     return report
 
 

@@ -299,8 +299,6 @@ def summarize(info: dict) -> str:
 
 def write_synthetic_shard(path: str | Path, records: Sequence[dict]) -> None:
     """Write generator output as a JSONL shard: {source_id, operation, text, ...} per line (atomically)."""
-    import os
-
     path = Path(path)
     tmp = path.with_suffix(path.suffix + ".tmp")
     with tmp.open("w", encoding="utf-8") as fh:

@@ -112,7 +112,6 @@ def encode_examples(examples: Sequence[ReferenceExample], vocab, seq_len: int) -
 
 def register_reference_task(name: str, paths: str | Sequence[str], vocab):
     """A seqio Task ``name`` with ``inputs`` (prompt) and ``targets`` (completion) over ``vocab``."""
-    import functools
 
     import seqio
     import tensorflow as tf

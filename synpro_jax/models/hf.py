@@ -106,7 +106,7 @@ def config_to_hf(cfg: ModelConfig, torch_dtype: str = "float32", extra: dict | N
 # Each entry: HF name (with {i} for the layer), path in our params, HF array -> ours, ours -> HF array.
 
 def _mapping(cfg: ModelConfig) -> list[tuple[str, tuple[str, ...], Callable, Callable]]:
-    d, h, kv, hd, f = cfg.d_model, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.mlp_dim
+    d, h, kv, hd = cfg.d_model, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
     t = lambda w: w.T  # noqa: E731  (torch Linear stores [out, in])
     ident = lambda w: w  # noqa: E731
     return [

@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import numpy as np
 from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
@@ -33,7 +32,7 @@ from synpro_jax.train.checkpoint import Checkpointer
 from synpro_jax.train.metrics import device_peak_flops
 from synpro_jax.train.optimizer import OptimizerConfig
 from synpro_jax.train.plateau import PlateauDetector
-from synpro_jax.train.step import TrainState, TrainStep
+from synpro_jax.train.step import TrainStep
 
 log = logging.getLogger(__name__)
 
