@@ -50,11 +50,15 @@ def _parse_gin(files: list[str], extra: list[str]) -> bool:
     return True
 
 
-def cmd_probe(args, extra: list[str]) -> int:
+def _gin_stage(args, extra: list[str], command: str, example: str) -> bool:
     if not args.gin_file:
-        print("error: synpro probe needs --gin_file (e.g. gin/experiments/cpu_organic_probe.gin)", file=sys.stderr)
-        return 2
-    if not _parse_gin(args.gin_file, extra):
+        print(f"error: synpro {command} needs --gin_file (e.g. {example})", file=sys.stderr)
+        return False
+    return _parse_gin(args.gin_file, extra)
+
+
+def cmd_probe(args, extra: list[str]) -> int:
+    if not _gin_stage(args, extra, "probe", "gin/experiments/cpu_organic_probe.gin"):
         return 2
     from synpro_jax import configs
 
@@ -63,10 +67,7 @@ def cmd_probe(args, extra: list[str]) -> int:
 
 
 def cmd_influence_server(args, extra: list[str]) -> int:
-    if not args.gin_file:
-        print("error: synpro influence-server needs --gin_file", file=sys.stderr)
-        return 2
-    if not _parse_gin(args.gin_file, extra):
+    if not _gin_stage(args, extra, "influence-server", "gin/experiments/cpu_organic_probe.gin"):
         return 2
     from synpro_jax import configs
 

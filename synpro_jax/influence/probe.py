@@ -26,6 +26,7 @@ from jax.sharding import Mesh, NamedSharding
 from tqdm.auto import tqdm
 
 from synpro_jax import models, sharding
+from synpro_jax.checks import positive_ints
 from synpro_jax.influence.kernel import example_losses
 from synpro_jax.models import ModelConfig
 from synpro_jax.train.optimizer import OptimizerConfig
@@ -45,9 +46,7 @@ class ProbeConfig:
     seed: int = 0
 
     def __post_init__(self):
-        for knob in ("steps", "batch_size", "seq_len"):
-            if getattr(self, knob) < 1:
-                raise ValueError(f"ProbeConfig.{knob}={getattr(self, knob)}: must be >= 1")
+        positive_ints(self, "steps", "batch_size", "seq_len")
         if self.warmup_steps < 0 or self.learning_rate <= 0:
             raise ValueError(f"ProbeConfig: warmup_steps={self.warmup_steps} and learning_rate="
                              f"{self.learning_rate} must be >= 0 and > 0")

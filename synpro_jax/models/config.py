@@ -6,6 +6,8 @@ import dataclasses
 
 import jax.numpy as jnp
 
+from synpro_jax.checks import positive_ints
+
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
@@ -29,10 +31,7 @@ class ModelConfig:
     name: str = "custom"
 
     def __post_init__(self):
-        for knob in ("vocab_size", "d_model", "num_layers", "num_heads", "mlp_dim", "max_seq_len"):
-            value = getattr(self, knob)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"ModelConfig.{knob}={value!r}: must be a positive integer")
+        positive_ints(self, "vocab_size", "d_model", "num_layers", "num_heads", "mlp_dim", "max_seq_len")
         if self.num_kv_heads is None:
             object.__setattr__(self, "num_kv_heads", self.num_heads)
         if self.head_dim is None:

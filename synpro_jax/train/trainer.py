@@ -25,6 +25,7 @@ import jax
 from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
+from synpro_jax.checks import positive_ints
 from synpro_jax.data.packing import MixedStream, PackedStream
 from synpro_jax.data.pipeline import TrainBatches
 from synpro_jax.models import ModelConfig
@@ -60,11 +61,8 @@ class TrainerConfig:
     progress: bool = True
 
     def __post_init__(self):
-        for knob in ("num_steps", "global_batch", "seq_len", "accum_steps", "log_every", "eval_every",
-                     "eval_batches", "checkpoint_every", "keep_checkpoints"):
-            value = getattr(self, knob)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"TrainerConfig.{knob}={value!r}: must be a positive integer")
+        positive_ints(self, "num_steps", "global_batch", "seq_len", "accum_steps", "log_every", "eval_every",
+                      "eval_batches", "checkpoint_every", "keep_checkpoints")
         if self.global_batch % self.accum_steps:
             raise ValueError(f"TrainerConfig.global_batch={self.global_batch} is not divisible by "
                              f"accum_steps={self.accum_steps}")
