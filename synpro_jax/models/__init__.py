@@ -19,7 +19,7 @@ from synpro_jax.models.presets import PRESETS, describe_presets, get_preset
 Params = Any
 
 __all__ = [
-    "ModelConfig", "PRESETS", "get_preset", "describe_presets", "Decoder", "forward", "init_params",
+    "ModelConfig", "PRESETS", "get_preset", "describe_presets", "Decoder", "forward", "init_params", "random_params",
     "abstract_params", "param_logical_axes", "param_shardings", "LossSums", "loss_sums", "per_example_loss",
     "token_nll",
 ]
@@ -49,10 +49,15 @@ def _boxed_init(cfg: ModelConfig, rng: jax.Array):
     return Decoder(cfg).init(rng, tokens)["params"]
 
 
+def random_params(cfg: ModelConfig, rng: jax.Array) -> Params:
+    """Random float32 parameters as a plain pytree (traceable: use inside jit with the shardings you need)."""
+    return nn.unbox(_boxed_init(cfg, rng))
+
+
 def init_params(cfg: ModelConfig, rng: jax.Array, mesh: Mesh | None = None,
                 rules: sharding.Rules = sharding.DEFAULT_RULES) -> Params:
     """Random float32 parameters; created directly in their shards when a mesh is given."""
-    init = lambda r: nn.unbox(_boxed_init(cfg, r))  # noqa: E731
+    init = functools.partial(random_params, cfg)
     if mesh is None:
         return jax.jit(init)(rng)
     return jax.jit(init, out_shardings=param_shardings(cfg, mesh, rules))(rng)

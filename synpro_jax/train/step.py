@@ -182,8 +182,8 @@ class TrainStep:
         """A fresh state (random params, or ``params`` such as an imported checkpoint), laid out on the mesh."""
 
         def make(r, p):
-            p = models.Decoder(self.cfg).init(r, jnp.zeros((1, 1), jnp.int32))["params"] if p is None else p
-            p = jax.tree.map(lambda x: x.astype(jnp.float32), flax.linen.unbox(p))
+            p = models.random_params(self.cfg, r) if p is None else p
+            p = jax.tree.map(lambda x: x.astype(jnp.float32), p)
             return TrainState(jnp.zeros((), jnp.int32), p, self.optimizer.init(p))
 
         if params is None:
