@@ -13,7 +13,7 @@ from jax.sharding import Mesh
 from synpro_jax import sharding
 from synpro_jax.models.config import ModelConfig
 from synpro_jax.models.losses import LossSums, loss_sums, per_example_loss, token_nll
-from synpro_jax.models.olmo import Decoder
+from synpro_jax.models.olmo import Decoder, KVCache
 from synpro_jax.models.presets import PRESETS, describe_presets, get_preset
 
 Params = Any
@@ -21,7 +21,7 @@ Params = Any
 __all__ = [
     "ModelConfig", "PRESETS", "get_preset", "describe_presets", "Decoder", "forward", "init_params", "random_params",
     "abstract_params", "param_logical_axes", "param_shardings", "LossSums", "loss_sums", "per_example_loss",
-    "token_nll",
+    "token_nll", "KVCache", "init_cache", "forward_cached",
 ]
 
 
@@ -42,6 +42,33 @@ def forward(
     return Decoder(cfg).apply(
         {"params": params}, tokens, positions=positions, segment_ids=segment_ids, return_hidden=return_hidden
     )
+
+
+def init_cache(cfg: ModelConfig, segments: jax.Array) -> KVCache:
+    """An empty KV cache for ``segments`` [B, S] (the segment id of every slot; 0 = padding)."""
+    b, s = segments.shape
+    shape = (cfg.num_layers, b, cfg.num_kv_heads, s, cfg.head_dim)
+    zeros = jnp.zeros(shape, cfg.compute_dtype)
+    return KVCache(zeros, zeros, segments.astype(jnp.int32))
+
+
+def forward_cached(
+    cfg: ModelConfig,
+    params: Params,
+    tokens: jax.Array,
+    cache: KVCache,
+    cache_index: jax.Array | int,
+    *,
+    positions: jax.Array,
+    segment_ids: jax.Array | None = None,
+) -> tuple[jax.Array, KVCache]:
+    """Run tokens [B, T] into cache slots ``cache_index..cache_index+T``.
+
+    Returns the float32 logits of the last slot [B, V] (the next-token distribution) and the updated cache.
+    ``positions`` are the RoPE positions of the new tokens (with left padding they differ from slot numbers).
+    """
+    return Decoder(cfg).apply({"params": params}, tokens, positions=positions, segment_ids=segment_ids,
+                              cache=cache, cache_index=cache_index)
 
 
 def _boxed_init(cfg: ModelConfig, rng: jax.Array):

@@ -9,7 +9,7 @@ output head is untied. Layers are stacked with ``nn.scan`` (one compiled block; 
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import flax.linen as nn
 import jax
@@ -88,31 +88,54 @@ def attention_mask(q_segments: jax.Array, k_segments: jax.Array, q_index: jax.Ar
     return causal & same_doc
 
 
-def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
-    """Grouped-query attention. q [B,T,H,hd], k/v [B,S,KV,hd], mask [B,T,S] -> [B,T,H,hd].
+def dot_product_attention(q: jax.Array, kh: jax.Array, vh: jax.Array, mask: jax.Array) -> jax.Array:
+    """Grouped-query attention. q [B,T,H,hd], kh/vh [B,KV,S,hd] (heads ahead of slots, the KV-cache layout),
+    mask [B,T,S] -> [B,T,H,hd].
 
     Query head h reads kv head h // (H // KV), as HF's repeat_kv does. Scores and softmax are float32. Heads
     are moved ahead of time so both products are plain batched matmuls over (batch, kv head): XLA:CPU runs
     that form about 2x faster than a 5-D einsum.
     """
     b, t, h, hd = q.shape
-    s, kv = k.shape[1], k.shape[2]
+    kv, s = kh.shape[1], kh.shape[2]
     g = h // kv
     qh = q.reshape(b, t, kv, g, hd).transpose(0, 2, 3, 1, 4).reshape(b, kv, g * t, hd)
-    kh, vh = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [B, KV, S, hd]
     scores = jnp.einsum("bkqd,bksd->bkqs", qh, kh, preferred_element_type=jnp.float32) * (hd**-0.5)
     scores = scores.reshape(b, kv, g, t, s)
     scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype).reshape(b, kv, g * t, s)
-    out = jnp.einsum("bkqs,bksd->bkqd", probs, vh, preferred_element_type=jnp.float32).astype(v.dtype)
+    probs = jax.nn.softmax(scores, axis=-1).astype(vh.dtype).reshape(b, kv, g * t, s)
+    out = jnp.einsum("bkqs,bksd->bkqd", probs, vh, preferred_element_type=jnp.float32).astype(vh.dtype)
     return out.reshape(b, kv, g, t, hd).transpose(0, 3, 1, 2, 4).reshape(b, t, h, hd)
+
+
+class KVCache(NamedTuple):
+    """Keys and values of every layer, [layers, B, KV, S, hd] in the compute dtype, and the segment id of each
+    slot [B, S] (0 marks left padding, which no real token attends to). Slots are written in place."""
+
+    k: jax.Array
+    v: jax.Array
+    segments: jax.Array
+
+    @staticmethod
+    def logical_axes() -> "KVCache":
+        kv = ("layers", "batch", "kv_heads", "length", "head_dim")
+        return KVCache(kv, kv, ("batch", "length"))
+
+
+def _write_layer(all_layers: jax.Array, new: jax.Array, layer: jax.Array, index: jax.Array) -> jax.Array:
+    """Write new [B, KV, T, hd] into slots index..index+T of one layer of [L, B, KV, S, hd]."""
+    zero = jnp.zeros((), jnp.int32)
+    return jax.lax.dynamic_update_slice(all_layers, new[None].astype(all_layers.dtype),
+                                        (layer, zero, zero, index, zero))
 
 
 class Attention(nn.Module):
     cfg: ModelConfig
 
     @nn.compact
-    def __call__(self, x, positions, mask):
+    def __call__(self, x, positions, mask, cache=None):
+        """``cache`` = (k_all, v_all, layer, index): the new keys/values go into slots index.. of this layer
+        and attention reads the whole layer; the updated (k_all, v_all) is returned alongside the output."""
         cfg, dt = self.cfg, self.cfg.compute_dtype
         heads = (cfg.num_heads, cfg.head_dim)
         kv_heads = (cfg.num_kv_heads, cfg.head_dim)
@@ -124,8 +147,16 @@ class Attention(nn.Module):
         q = constrain(rotary(q, positions, cfg.rope_theta), ("batch", "length", "heads", "head_dim"))
         k = constrain(rotary(k, positions, cfg.rope_theta), ("batch", "length", "kv_heads", "head_dim"))
         v = constrain(v, ("batch", "length", "kv_heads", "head_dim"))
-        out = dot_product_attention(q, k, v, mask)
-        return Dense((cfg.d_model,), ("heads", "head_dim"), ("embed",), dt, name="o_proj")(out)
+        kh, vh = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [B, KV, T, hd]
+        new_cache = None
+        if cache is not None:
+            k_all, v_all, layer, index = cache
+            k_all, v_all = _write_layer(k_all, kh, layer, index), _write_layer(v_all, vh, layer, index)
+            kh = jax.lax.dynamic_index_in_dim(k_all, layer, 0, keepdims=False)
+            vh = jax.lax.dynamic_index_in_dim(v_all, layer, 0, keepdims=False)
+            new_cache = (k_all, v_all)
+        out = dot_product_attention(q, kh, vh, mask)
+        return Dense((cfg.d_model,), ("heads", "head_dim"), ("embed",), dt, name="o_proj")(out), new_cache
 
 
 class MLP(nn.Module):
@@ -141,33 +172,58 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    """One decoder layer in OLMo-2 order: x + norm(attn(x)), then h + norm(mlp(h))."""
+    """One decoder layer in OLMo-2 order: x + norm(attn(x)), then h + norm(mlp(h)).
+
+    The scan carry is x, or (x, k_all, v_all, layer) when decoding with a KV cache: keeping the cache in the
+    carry lets XLA update it in place instead of restacking every layer's slice each step.
+    """
 
     cfg: ModelConfig
 
     @nn.compact
-    def __call__(self, x, positions, mask):
+    def __call__(self, carry, positions, mask, cache_index=None):
         cfg = self.cfg
-        h = Attention(cfg, name="attn")(x, positions, mask)
+        if cache_index is None:
+            x, cache = carry, None
+        else:
+            x, k_all, v_all, layer = carry
+            cache = (k_all, v_all, layer, cache_index)
+        h, new_cache = Attention(cfg, name="attn")(x, positions, mask, cache)
         x = x + RMSNorm(cfg.norm_eps, ("embed",), name="post_attn_norm")(h)
         h = MLP(cfg, name="mlp")(x)
         x = x + RMSNorm(cfg.norm_eps, ("embed",), name="post_mlp_norm")(h)
-        return constrain(x, ("batch", "length", "embed")), None
+        x = constrain(x, ("batch", "length", "embed"))
+        if cache_index is None:
+            return x, None
+        return (x, *new_cache, layer + 1), None
 
 
 class Decoder(nn.Module):
-    """tokens [B, T] -> float32 logits [B, T, V] (or final hidden states with ``return_hidden``)."""
+    """tokens [B, T] -> float32 logits [B, T, V] (or final hidden states with ``return_hidden``).
+
+    With a ``cache`` (:class:`KVCache`) the T tokens fill slots ``cache_index..cache_index+T``, attend to every
+    earlier slot of their segment, and the call returns (logits of the last slot [B, V], updated cache).
+    """
 
     cfg: ModelConfig
 
     @nn.compact
-    def __call__(self, tokens, positions=None, segment_ids=None, return_hidden: bool = False):
+    def __call__(self, tokens, positions=None, segment_ids=None, return_hidden: bool = False,
+                 cache: KVCache | None = None, cache_index=None):
         cfg = self.cfg
         b, t = tokens.shape
         index = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
-        positions = index if positions is None else positions
         segment_ids = jnp.ones((b, t), jnp.int32) if segment_ids is None else segment_ids
-        mask = attention_mask(segment_ids, segment_ids, index, index)
+        if cache is None:
+            positions = index if positions is None else positions
+            mask = attention_mask(segment_ids, segment_ids, index, index)
+        else:
+            if positions is None or cache_index is None:
+                raise ValueError("decoding with a KV cache needs explicit positions and cache_index")
+            cache_index = jnp.asarray(cache_index, jnp.int32)
+            slots = cache.segments.shape[1]
+            k_index = jnp.broadcast_to(jnp.arange(slots, dtype=jnp.int32), (b, slots))
+            mask = attention_mask(segment_ids, cache.segments, index + cache_index, k_index)
 
         embedding = self.param("embedding", _param_init(("vocab", "embed")), (cfg.vocab_size, cfg.d_model),
                                jnp.float32)
@@ -177,21 +233,30 @@ class Decoder(nn.Module):
         x = jnp.take(table, tokens, axis=0).astype(cfg.compute_dtype)
         x = constrain(x, ("batch", "length", "embed"))
 
-        block = nn.remat(Block, prevent_cse=False) if cfg.remat else Block
+        block = nn.remat(Block, prevent_cse=False) if cfg.remat and cache is None else Block
         layers = nn.scan(
             block,
             variable_axes={"params": 0},
             split_rngs={"params": True},
-            in_axes=(nn.broadcast, nn.broadcast),
+            in_axes=(nn.broadcast,) * (2 if cache is None else 3),
             length=cfg.num_layers,
             unroll=cfg.scan_unroll,
             metadata_params={nn.PARTITION_NAME: "layers"},
         )
-        x, _ = layers(cfg, name="layers")(x, positions, mask)
+        head_shape = (cfg.d_model, cfg.vocab_size)
+        if cache is None:
+            x, _ = layers(cfg, name="layers")(x, positions, mask)
+        else:
+            carry = (x, cache.k, cache.v, jnp.zeros((), jnp.int32))
+            (x, k_all, v_all, _), _ = layers(cfg, name="layers")(carry, positions, mask, cache_index)
+            cache = KVCache(k_all, v_all, cache.segments)
+            x = x[:, -1:]  # only the next-token distribution is needed: skip the head for the other slots
+            b, t = x.shape[:2]
         x = RMSNorm(cfg.norm_eps, ("embed",), name="final_norm")(x)
         if return_hidden:
-            return x
-        head = self.param("lm_head", _param_init(("embed", "vocab")), (cfg.d_model, cfg.vocab_size), jnp.float32)
+            return x if cache is None else (x[:, 0], cache)
+        head = self.param("lm_head", _param_init(("embed", "vocab")), head_shape, jnp.float32)
         logits = jnp.dot(x.reshape(b * t, cfg.d_model), head.astype(cfg.compute_dtype),
                          preferred_element_type=jnp.float32)  # 2-D, as in Dense
-        return constrain(logits.reshape(b, t, cfg.vocab_size), ("batch", "length", "vocab"))
+        logits = constrain(logits.reshape(b, t, cfg.vocab_size), ("batch", "length", "vocab"))
+        return logits if cache is None else (logits[:, 0], cache)

@@ -12,6 +12,8 @@ from synpro_jax.models import hf
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+from hf_peer import make_hf_model  # noqa: E402
+
 SHAPES = {
     "mha": dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
                 num_key_value_heads=4, vocab_size=128),
@@ -20,22 +22,6 @@ SHAPES = {
     "mqa_wide_head": dict(hidden_size=48, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
                           num_key_value_heads=1, head_dim=16, vocab_size=80),
 }
-
-
-def make_hf_model(seed: int, **shape):
-    torch.manual_seed(seed)
-    config = transformers.Olmo2Config(
-        **shape, rms_norm_eps=1e-6, rope_parameters={"rope_type": "default", "rope_theta": 500000.0},
-        max_position_embeddings=256, tie_word_embeddings=False, pad_token_id=0, eos_token_id=1, bos_token_id=None,
-    )
-    model = transformers.Olmo2ForCausalLM(config).eval()
-    with torch.no_grad():  # random norm scales too, so a swapped norm cannot hide behind all-ones weights
-        for name, p in model.named_parameters():
-            if "norm" in name:
-                p.copy_(1.0 + 0.3 * torch.randn_like(p))
-            else:
-                p.copy_(0.08 * torch.randn_like(p))
-    return model
 
 
 def hf_logits(model, tokens: np.ndarray) -> np.ndarray:
