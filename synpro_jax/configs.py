@@ -135,7 +135,7 @@ def influence_server(model: ModelConfig = gin.REQUIRED, mesh: MeshConfig = MeshC
     from synpro_jax.data.corpus import encoder_for
     from synpro_jax.data.vocab import load_vocabulary
     from synpro_jax.influence.probe import Probe
-    from synpro_jax.influence.run import load_params
+    from synpro_jax.train.checkpoint import load_params
     from synpro_jax.influence.service import InfluenceServer
     from synpro_jax.models import hf
 

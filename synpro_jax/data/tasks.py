@@ -93,6 +93,16 @@ def register_task(name: str, open_reader: Callable[[], object], vocabulary: seqi
     return task
 
 
+def register_synthetic_task(corpus: str, operation: str, round_: int, pattern: str, vocabulary: seqio.Vocabulary):
+    """Register generator shards (JSONL records {source_id, text, ...}, see generation/synthesize.py) as the task
+    ``synpro_<corpus>_<operation>_r<round>``; returns the opener of its document reader."""
+    def opener():
+        return sources_lib.JsonlSource(pattern, text_field="text", id_field="source_id")
+
+    register_task(synthetic_task_name(corpus, operation, round_), opener, vocabulary)
+    return opener
+
+
 def register_mixture(name: str, rates: dict[str, float], overwrite: bool = True) -> seqio.Mixture:
     if overwrite and name in seqio.MixtureRegistry.names():
         seqio.MixtureRegistry.remove(name)
@@ -205,8 +215,7 @@ def build_streams(cfg: DataConfig, seq_len: int, progress: bool = True) -> Strea
     for spec in cfg.synthetic:
         operation, round_, pattern = spec.split(":", 2)
         name = synthetic_task_name(cfg.corpus, operation, int(round_))
-        opener = (lambda p=pattern: sources_lib.JsonlSource(p, text_field="text", id_field="source_id"))
-        register_task(name, opener, vocab)
+        opener = register_synthetic_task(cfg.corpus, operation, int(round_), pattern, vocab)
         corpus, report = build_corpus(opener(), vocab, cfg.cache_dir, name=name, progress=progress)
         reports[name] = report.summary() if report else "(from cache)"
         task_corpora[name] = corpus

@@ -5,47 +5,16 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from synpro_jax import models
 from synpro_jax.models import ModelConfig
+from synpro_jax.train.checkpoint import load_params
 
 log = logging.getLogger(__name__)
-
-
-def load_params(cfg: ModelConfig, mesh: Mesh, source: str) -> Any:
-    """theta from an HF Olmo2 directory (config.json) or a pretraining run's out_dir / checkpoints dir."""
-    path = Path(source)
-    if (path / "config.json").exists():
-        from synpro_jax.models import hf
-
-        hf_cfg, params = hf.load(path)
-        if (hf_cfg.d_model, hf_cfg.num_layers, hf_cfg.vocab_size) != (cfg.d_model, cfg.num_layers, cfg.vocab_size):
-            raise ValueError(f"{path}: {hf_cfg.describe()} does not match the configured model {cfg.describe()}")
-        return jax.device_put(params, models.param_shardings(cfg, mesh))
-    from synpro_jax.train.checkpoint import Checkpointer
-    from synpro_jax.train.optimizer import OptimizerConfig
-    from synpro_jax.train.step import TrainStep
-
-    ckpt_dir = path / "checkpoints" if (path / "checkpoints").is_dir() else path
-    if not ckpt_dir.is_dir():
-        raise FileNotFoundError(f"checkpoint {source}: neither an HF directory nor a run with checkpoints")
-    step = TrainStep(cfg, mesh, OptimizerConfig(warmup_steps=0))
-    template = {"train": step.init(jax.random.key(0)), "rng": jax.random.key_data(jax.random.key(0))}
-    ckpt = Checkpointer(ckpt_dir, save_every=1, keep=1, async_save=False)
-    try:
-        restored = ckpt.restore(template)
-    finally:
-        ckpt.close()
-    if restored is None:
-        raise FileNotFoundError(f"{ckpt_dir} holds no checkpoint")
-    state, _, at = restored
-    log.info("theta: %s step %d", ckpt_dir, at)
-    return state["train"].params
 
 
 def reference_rows(paths: Sequence[str], vocab, seq_len: int, max_examples: int | None = None):

@@ -60,3 +60,41 @@ class Checkpointer:
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
+
+
+def load_params_and_step(cfg, mesh, source: str | Path) -> tuple[Any, int]:
+    """Parameters (sharded for ``mesh``) and their training step from an HF Olmo2 directory (config.json;
+    step 0) or a run's out_dir / checkpoints directory (its latest committed step)."""
+    from synpro_jax import models
+
+    path = Path(source)
+    if (path / "config.json").exists():
+        from synpro_jax.models import hf
+
+        hf_cfg, params = hf.load(path)
+        if (hf_cfg.d_model, hf_cfg.num_layers, hf_cfg.vocab_size) != (cfg.d_model, cfg.num_layers, cfg.vocab_size):
+            raise ValueError(f"{path}: {hf_cfg.describe()} does not match the configured model {cfg.describe()}")
+        return jax.device_put(params, models.param_shardings(cfg, mesh)), 0
+    from synpro_jax.train.optimizer import OptimizerConfig
+    from synpro_jax.train.step import TrainStep
+
+    ckpt_dir = path / "checkpoints" if (path / "checkpoints").is_dir() else path
+    if not ckpt_dir.is_dir():
+        raise FileNotFoundError(f"checkpoint {source}: neither an HF directory nor a run with checkpoints")
+    step = TrainStep(cfg, mesh, OptimizerConfig(warmup_steps=0))
+    template = {"train": step.init(jax.random.key(0)), "rng": jax.random.key_data(jax.random.key(0))}
+    ckpt = Checkpointer(ckpt_dir, save_every=1, keep=1, async_save=False)
+    try:
+        restored = ckpt.restore(template)
+    finally:
+        ckpt.close()
+    if restored is None:
+        raise FileNotFoundError(f"{ckpt_dir} holds no checkpoint")
+    state, _, at = restored
+    log.info("params: %s step %d", ckpt_dir, at)
+    return state["train"].params, int(at)
+
+
+def load_params(cfg, mesh, source: str | Path) -> Any:
+    """Parameters only; see :func:`load_params_and_step`."""
+    return load_params_and_step(cfg, mesh, source)[0]

@@ -1,0 +1,300 @@
+"""Bulk synthesis: run a generator over organic shards and write one synthetic record per source document.
+
+Layout of ``out_dir``::
+
+    <shard>.jsonl            finished shards (one per input file), never rewritten
+    <shard>.jsonl.partial    the shard in progress: whole batches of records, appended and fsynced
+    synthesis.json           the manifest: settings, generator, per-shard counts, rate, the DataConfig spec
+
+Resuming: a finished shard is skipped; a partial one is cut back to its last complete line and continued with
+the documents it does not hold yet, then renamed into place. So after any kill every source id ends up in
+exactly one record. Each record's sample is reproducible: its PRNG stream is derived from its source id, not
+from its position in a batch.
+
+Document rules: the source reader skips empty documents (and counts them in its report); a document is cut to
+``max_source_chars`` at a sentence boundary; if its prompt is still longer than ``max_prompt_tokens`` it gets a
+``too_long`` record with empty text. A completion without a usable answer gets ``no_answer`` and empty text (or
+its raw text with ``keep_unparsed``, for base models that are not instruction-tuned). Records with empty text
+are skipped (and counted) when the shards are read as a seqio task.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import time
+import zlib
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+from jax.sharding import Mesh
+
+from synpro_jax.checks import positive_ints
+from synpro_jax.generation import prompts as prompts_lib
+from synpro_jax.generation.sampler import Sampler
+from synpro_jax.models import ModelConfig
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "synthesis.json"
+STATUSES = ("ok", "no_answer", "unparsed", "too_long")
+
+
+@dataclasses.dataclass(frozen=True)
+class SynthesisConfig:
+    """What to generate and how (gin: ``synpro.SynthesisConfig``)."""
+
+    operation: str  # "rephrase" or "reformat"
+    round: int = 1
+    max_source_chars: int = prompts_lib.MAX_SOURCE_CHARS
+    max_prompt_tokens: int = 2048
+    max_new_tokens: int = 2048
+    batch_size: int = 16
+    temperature: float = 1.0  # the distribution GRPO trained the generator under
+    top_p: float | None = 0.9
+    top_k: int | None = None
+    seed: int = 0
+    text_field: str = "text"
+    id_field: str | None = None  # None: ids are "<file name>:<line>"
+    system_prompt: str = prompts_lib.SYSTEM_PROMPT
+    keep_unparsed: bool = False  # keep raw completions that lack the answer heading (base models)
+
+    def __post_init__(self):
+        if self.operation not in prompts_lib.OPERATIONS:
+            raise ValueError(f"SynthesisConfig.operation={self.operation!r}: choose one of {prompts_lib.OPERATIONS}")
+        positive_ints(self, "round", "max_source_chars", "max_prompt_tokens", "max_new_tokens", "batch_size")
+        if self.temperature < 0:
+            raise ValueError(f"SynthesisConfig.temperature={self.temperature}: must be >= 0 (0 = greedy)")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise ValueError(f"SynthesisConfig.top_p={self.top_p}: must be in (0, 1] or None")
+        if self.top_k is not None and self.top_k < 1:
+            raise ValueError(f"SynthesisConfig.top_k={self.top_k}: must be >= 1 or None")
+
+
+def stream_id(source_id: str) -> int:
+    """A stable 31-bit PRNG stream per document, so a resumed job draws the same sample for it."""
+    return zlib.crc32(source_id.encode("utf-8")) & 0x7FFFFFFF
+
+
+def shard_name(path: Path) -> str:
+    name = path.name
+    for suffix in (".gz", ".jsonl", ".json", ".txt"):
+        name = name.removesuffix(suffix)
+    return name
+
+
+def _read_partial(path: Path, operation: str) -> list[str]:
+    """Complete JSON lines of a partial shard (a line cut by a kill is dropped and will be redone)."""
+    lines = []
+    with path.open("rb") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            if not raw.endswith(b"\n"):
+                log.warning("%s:%d: incomplete last line dropped (the job was stopped while writing)", path, lineno)
+                break
+            try:
+                record = json.loads(raw)
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                log.warning("%s:%d: unreadable line dropped; its document will be redone", path, lineno)
+                continue
+            if record.get("operation") != operation:
+                raise ValueError(f"{path}:{lineno}: a {record.get('operation')!r} record, but this job makes "
+                                 f"{operation!r}; use another out_dir")
+            lines.append(raw.decode("utf-8"))
+    return lines
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+class Synthesizer:
+    """A generator placed on a mesh with its vocabulary, writing synthetic shards."""
+
+    def __init__(self, cfg: ModelConfig, params: Any, vocab, settings: SynthesisConfig, *,
+                 mesh: Mesh | None = None, generator: str = "", generator_step: int = 0,
+                 template: prompts_lib.ChatTemplate = prompts_lib.OLMO2_CHAT, stop_ids: Sequence[int] = ()):
+        self.cfg, self.vocab, self.settings = cfg, vocab, settings
+        self.sampler = Sampler(cfg, params, mesh=mesh)
+        self.generator, self.generator_step = generator, generator_step
+        self.template = template
+        self.stop_ids = sorted({int(vocab.eos_id), *map(int, stop_ids)})
+        if settings.max_prompt_tokens + settings.max_new_tokens > cfg.max_seq_len:
+            raise ValueError(
+                f"SynthesisConfig.max_prompt_tokens={settings.max_prompt_tokens} + max_new_tokens="
+                f"{settings.max_new_tokens} exceeds the generator's max_seq_len={cfg.max_seq_len}")
+
+    # --- one document ----------------------------------------------------------------------------------------
+    def prompt_tokens(self, text: str) -> list[int]:
+        s = self.settings
+        chat = prompts_lib.chat_prompt(s.operation, text, self.template, s.system_prompt, s.max_source_chars)
+        return list(self.vocab.encode(chat))
+
+    def _record(self, doc_id: str, source_chars: int, prompt_len: int, status: str, text: str = "",
+                output: str = "", completion_tokens: int = 0, finished: bool = False) -> dict:
+        s = self.settings
+        return {
+            "source_id": doc_id, "operation": s.operation, "round": s.round, "generator": self.generator,
+            "generator_step": self.generator_step, "text": text, "status": status, "source_chars": source_chars,
+            "prompt_tokens": prompt_len, "completion_tokens": completion_tokens, "finished": finished,
+            "output": output,
+        }
+
+    def _generate(self, batch: list[tuple[str, int, list[int]]]) -> list[dict]:
+        s = self.settings
+        out = self.sampler.generate(
+            [p for _, _, p in batch], max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_k=s.top_k,
+            top_p=s.top_p, seed=s.seed, eos_id=self.stop_ids, pad_id=0,
+            stream_ids=[stream_id(doc_id) for doc_id, _, _ in batch],
+        )
+        records = []
+        for (doc_id, chars, prompt), ids, finished in zip(batch, out.completions(), out.finished):
+            body = ids[:-1] if finished else ids  # drop the stop token
+            output = self.vocab.decode(body)
+            text = prompts_lib.synthetic_text(output, s.operation)
+            status = "ok" if text else "no_answer"
+            if not text and s.keep_unparsed and output.strip():
+                text, status = output.strip(), "unparsed"
+            records.append(self._record(doc_id, chars, len(prompt), status, text, output, len(ids), bool(finished)))
+        return records
+
+    # --- one shard -------------------------------------------------------------------------------------------
+    def _documents(self, path: Path):
+        from synpro_jax.data import sources
+
+        s = self.settings
+        if path.name.lower().removesuffix(".gz").endswith((".jsonl", ".json")):
+            return sources.JsonlSource(str(path), text_field=s.text_field, id_field=s.id_field)
+        return sources.open_source(str(path))
+
+    def run_shard(self, path: Path, out_dir: Path, progress=None) -> dict:
+        """Synthesize one input file into out_dir/<shard>.jsonl, resuming its partial file if there is one."""
+        final = out_dir / f"{shard_name(path)}.jsonl"
+        partial = final.with_name(final.name + ".partial")
+        if final.exists():
+            if progress is not None:
+                progress(_count_lines(path), 0)
+            return {"shard": final.name, "skipped": "finished earlier"}
+        kept = _read_partial(partial, self.settings.operation) if partial.exists() else []
+        if partial.exists():  # cut back to whole lines before appending
+            _write_atomic(partial, "".join(kept))
+        done = {json.loads(line)["source_id"] for line in kept}
+        if progress is not None and done:
+            progress(len(done), 0)
+        counts = {k: 0 for k in STATUSES} | {"resumed": len(done), "duplicate_ids": 0, "completion_tokens": 0}
+        source = self._documents(path)
+        seen = set(done)
+        batch: list[tuple[str, int, list[int]]] = []
+        with partial.open("a", encoding="utf-8") as fh:
+            def flush(records: list[dict]) -> None:
+                if not records:
+                    return
+                fh.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+                fh.flush()
+                os.fsync(fh.fileno())
+                for r in records:
+                    counts[r["status"]] += 1
+                    counts["completion_tokens"] += r["completion_tokens"]
+                if progress is not None:
+                    progress(len(records), sum(r["completion_tokens"] for r in records))
+
+            for doc in source:
+                if doc.id in seen:
+                    if doc.id not in done:
+                        counts["duplicate_ids"] += 1
+                        log.warning("%s: document id %r repeats; only its first occurrence is used", path, doc.id)
+                    continue
+                seen.add(doc.id)
+                text = doc.text or ""
+                tokens = self.prompt_tokens(text)
+                chars = len(text)
+                if len(tokens) > self.settings.max_prompt_tokens:
+                    flush([self._record(doc.id, chars, len(tokens), "too_long")])
+                    continue
+                batch.append((doc.id, chars, tokens))
+                if len(batch) == self.settings.batch_size:
+                    flush(self._generate(batch))
+                    batch = []
+            flush(self._generate(batch) if batch else [])
+        os.replace(partial, final)
+        counts["read"] = source.report.summary()
+        return {"shard": final.name, **counts}
+
+    def run(self, shards: Sequence[str], out_dir: str | Path, progress: bool = True) -> dict:
+        """Synthesize every input file; returns (and writes) the manifest."""
+        from synpro_jax.data.sources import expand_paths
+
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        files = expand_paths(list(shards), "synthesis shards")
+        names: dict[str, Path] = {}
+        for f in files:
+            other = names.setdefault(shard_name(f), f)
+            if other != f:
+                raise ValueError(f"synthesis shards {other} and {f} would both write {shard_name(f)}.jsonl; "
+                                 "rename one or synthesize them into different out_dirs")
+        bar = _progress_bar(files, progress)
+        start, tokens = time.perf_counter(), [0]
+
+        def advance(docs: int, new_tokens: int) -> None:
+            tokens[0] += new_tokens
+            if bar is not None:
+                bar.update(docs)
+                bar.set_postfix(tok_s=f"{tokens[0] / max(time.perf_counter() - start, 1e-9):,.0f}")
+
+        results = []
+        try:
+            for f in files:
+                results.append(self.run_shard(f, out, advance))
+                log.info("synthesis %s", results[-1])
+        finally:
+            if bar is not None:
+                bar.close()
+        elapsed = time.perf_counter() - start
+        s = self.settings
+        manifest = {
+            "operation": s.operation, "round": s.round, "generator": self.generator,
+            "generator_step": self.generator_step, "settings": dataclasses.asdict(s),
+            "shards": results, "completion_tokens": tokens[0], "seconds": round(elapsed, 3),
+            "tokens_per_second": tokens[0] / elapsed if elapsed > 0 else 0.0,
+            "data_config_synthetic": synthetic_spec(s.operation, s.round, out),
+        }
+        _write_atomic(out / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+        return manifest
+
+
+def synthetic_spec(operation: str, round_: int, out_dir: str | Path) -> str:
+    """The ``DataConfig.synthetic`` entry that mixes these shards into pretraining."""
+    return f"{operation}:{round_}:{Path(out_dir) / '*.jsonl'}"
+
+
+def _count_lines(path: Path) -> int:
+    """Non-blank lines of a JSON-lines file (its document count, give or take malformed lines); 0 otherwise."""
+    if not path.name.lower().removesuffix(".gz").endswith((".jsonl", ".json")):
+        return 0
+    import gzip
+
+    with (gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb")) as fh:
+        return sum(1 for line in fh if line.strip())
+
+
+def _progress_bar(files: Sequence[Path], enabled: bool):
+    """Documents done, with rate and ETA (the total counts JSON lines; other formats show the rate only)."""
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    counts = [_count_lines(f) for f in files]
+    total = sum(counts) if all(counts) else None
+    return tqdm(total=total, unit="doc", desc=f"synthesize {len(files)} shard(s)", dynamic_ncols=True)
+
+
+def iter_records(out_dir: str | Path) -> Iterator[dict]:
+    """Every record of the finished shards in out_dir."""
+    for path in sorted(Path(out_dir).glob("*.jsonl")):
+        with path.open(encoding="utf-8") as fh:
+            for line in fh:
+                yield json.loads(line)
