@@ -6,6 +6,7 @@
     synpro vocab train --corpus 'data/*.jsonl' --vocab_size 8192 --out runs/vocab/sp8k.model
     synpro probe --gin_file=gin/experiments/cpu_organic_probe.gin
     synpro influence-server --gin_file=gin/experiments/cpu_organic_probe.gin
+    synpro synthesize --gin_file=gin/experiments/cpu_organic_rephrase.gin
 """
 
 from __future__ import annotations
@@ -75,6 +76,18 @@ def cmd_influence_server(args, extra: list[str]) -> int:
     return 0
 
 
+def cmd_synthesize(args, extra: list[str]) -> int:
+    if not _gin_stage(args, extra, "synthesize", "gin/experiments/olmo2_rephrase_dclm.gin"):
+        return 2
+    from synpro_jax import configs
+
+    manifest = configs.synthesize()
+    shards = {k: v for k, v in manifest.items() if k != "shards"}
+    print(json.dumps(shards, indent=2))
+    print(f"add to DataConfig.synthetic: {manifest['data_config_synthetic']!r}")
+    return 0
+
+
 def cmd_train(args, extra: list[str]) -> int:
     if not _parse_gin(args.gin_file or [DEFAULT_EXPERIMENT], extra):
         return 2
@@ -125,6 +138,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("influence-server", help="serve POST /get_influence and GET /health")
     p.add_argument("--gin_file", action="append", default=[], help="gin file (repeatable)")
     p.set_defaults(func=cmd_influence_server, takes_extra=True)
+
+    p = sub.add_parser("synthesize", help="run a rephrase/reformat generator over organic shards (resumable)")
+    p.add_argument("--gin_file", action="append", default=[], help="gin file (repeatable)")
+    p.set_defaults(func=cmd_synthesize, takes_extra=True)
 
     p = sub.add_parser("vocab", help="vocabulary tools")
     vsub = p.add_subparsers(dest="vocab_command", required=True)

@@ -151,10 +151,69 @@ def influence_server(model: ModelConfig = gin.REQUIRED, mesh: MeshConfig = MeshC
     server.serve_forever()
 
 
+def _register_synthesis_config():
+    from synpro_jax.generation.synthesize import SynthesisConfig
+
+    try:
+        gin.external_configurable(SynthesisConfig, name="SynthesisConfig", module="synpro")
+    except ValueError:
+        pass
+
+
+@gin.configurable(module="synpro")
+def synthesize(generator: str = gin.REQUIRED, shards=gin.REQUIRED, out_dir: str = gin.REQUIRED,
+               settings=gin.REQUIRED, model: ModelConfig | None = None, mesh: MeshConfig = MeshConfig(),
+               vocabulary: str | None = None, stop_tokens: Sequence[str] = (), dtype: str | None = None,
+               progress: bool = True) -> dict:
+    """Run a generator over organic shards into out_dir (resumable; see generation/synthesize.py).
+
+    ``generator`` is an HF Olmo2 directory (its config.json gives the model unless ``model`` is set; its
+    tokenizer.json is the default vocabulary) or a synpro run/checkpoint directory (then ``model`` and
+    ``vocabulary`` are required). ``stop_tokens`` end a completion besides the vocabulary's EOS; ``dtype``
+    ("bfloat16") overrides the compute dtype.
+    """
+    from synpro_jax import sharding
+    from synpro_jax.data.vocab import load_vocabulary
+    from synpro_jax.generation.synthesize import Synthesizer
+    from synpro_jax.train.checkpoint import load_params_and_step
+
+    path = Path(generator)
+    is_hf = (path / "config.json").exists()
+    if model is None:
+        if not is_hf:
+            raise ValueError(f"synpro.synthesize.generator={generator}: not an HF directory, so set "
+                             "synpro.synthesize.model")
+        from synpro_jax.models import hf
+
+        model = hf.read_config(path)
+    if dtype is not None:
+        model = model.replace(dtype=dtype)
+    if vocabulary is None:
+        if not (path / "tokenizer.json").exists():
+            raise ValueError(f"synpro.synthesize.vocabulary: {generator} has no tokenizer.json; name the "
+                             "generator's vocabulary")
+        vocabulary = str(path / "tokenizer.json")
+    vocab = load_vocabulary(vocabulary)
+    stop_ids = []
+    for token in stop_tokens:
+        ids = list(vocab.encode(token))
+        if len(ids) != 1:
+            raise ValueError(f"synpro.synthesize.stop_tokens: {token!r} is {len(ids)} tokens, not one")
+        stop_ids.extend(ids)
+    mesh_obj = sharding.make_mesh(mesh)
+    params, step = load_params_and_step(model, mesh_obj, generator)
+    synth = Synthesizer(model, params, vocab, settings, mesh=mesh_obj, generator=str(generator),
+                        generator_step=step, stop_ids=stop_ids)
+    manifest = synth.run(_as_tuple(shards), out_dir, progress=progress)
+    Path(out_dir, "config.gin").write_text(gin.config_str())
+    return manifest
+
+
 def parse(gin_files: Sequence[str], bindings: Sequence[str]) -> None:
     """Parse gin files (searched in the working directory, then beside the package) and KEY=VALUE bindings."""
     _lazy_data_configurables()
     _register_probe_config()
+    _register_synthesis_config()
     for path in (os.getcwd(), str(GIN_DIR.parent), str(GIN_DIR)):
         gin.add_config_file_search_path(path)
     gin.parse_config_files_and_bindings(list(gin_files), list(bindings), finalize_config=False)

@@ -172,20 +172,30 @@ def _tensor_files(path: Path) -> dict[str, Path]:
         return {name: single for name in fh.keys()}
 
 
+def _read_hf_config(path: Path) -> dict:
+    config_path = path / "config.json"
+    if not config_path.exists():
+        raise CheckpointError(f"{path}: no config.json (expected a Hugging Face model directory)")
+    try:
+        return json.loads(config_path.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{config_path}: invalid JSON at line {e.lineno}: {e.msg}") from None
+
+
+def read_config(path: str | os.PathLike, name: str | None = None) -> ModelConfig:
+    """The ModelConfig of an HF Olmo2 directory, without reading its weights."""
+    path = Path(path)
+    return config_from_hf(_read_hf_config(path), str(path / "config.json"), name=name or path.name)
+
+
 def load(path: str | os.PathLike, name: str | None = None) -> tuple[ModelConfig, dict]:
     """Read an HF Olmo2ForCausalLM directory into (ModelConfig, float32 NumPy params).
 
     Place the params on a mesh with ``jax.device_put(params, models.param_shardings(cfg, mesh))``.
     """
     path = Path(path)
-    config_path = path / "config.json"
-    if not config_path.exists():
-        raise CheckpointError(f"{path}: no config.json (expected a Hugging Face model directory)")
-    try:
-        hf = json.loads(config_path.read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{config_path}: invalid JSON at line {e.lineno}: {e.msg}") from None
-    cfg = config_from_hf(hf, str(config_path), name=name or path.name)
+    hf = _read_hf_config(path)
+    cfg = config_from_hf(hf, str(path / "config.json"), name=name or path.name)
     files = _tensor_files(path)
     expected = _expected_shapes(cfg)
 

@@ -18,7 +18,6 @@ SETTINGS = dict(operation="rephrase", max_prompt_tokens=1000, max_new_tokens=8, 
 
 def main(hf_dir, sp_model, out_dir, kill_after, *shards):
     cfg, params = hf.load(hf_dir)
-    cfg = cfg.replace(max_seq_len=2048)
     synth = synthesize.Synthesizer(cfg, params, load_vocabulary(sp_model), synthesize.SynthesisConfig(**SETTINGS),
                                    generator=hf_dir)
     kill_after, written = int(kill_after), [0]

@@ -41,7 +41,7 @@ def workspace(tmp_path_factory):
         shards.append(path)
     texts = [json.loads(line)["text"] for p in shards for line in p.read_text().splitlines()]
     train_sentencepiece(texts + ["Here is the rewritten document: Rewrite"], root / "sp.model", 320)
-    cfg = models.get_preset("tiny").replace(vocab_size=320)
+    cfg = models.get_preset("tiny").replace(vocab_size=320, max_seq_len=2048)
     hf.save(cfg, models.init_params(cfg, jax.random.key(1)), root / "generator")
     return root, shards
 
@@ -89,7 +89,7 @@ def test_records_and_seqio_task(workspace, tmp_path):
     vocab = load_vocabulary(str(root / "sp.model"))
     settings = synthesize.SynthesisConfig(operation="reformat", round=2, max_prompt_tokens=1000, max_new_tokens=6,
                                           batch_size=4, keep_unparsed=True)
-    synth = synthesize.Synthesizer(cfg.replace(max_seq_len=2048), params, vocab, settings, generator="g",
+    synth = synthesize.Synthesizer(cfg, params, vocab, settings, generator="g",
                                    generator_step=7)
     manifest = synth.run([str(shards[0])], tmp_path, progress=False)
     records = list(synthesize.iter_records(tmp_path))
@@ -98,7 +98,7 @@ def test_records_and_seqio_task(workspace, tmp_path):
         assert r["operation"] == "reformat" and r["round"] == 2 and r["generator_step"] == 7
         assert r["status"] in ("unparsed", "no_answer") and 1 <= r["completion_tokens"] <= 6
     # Same seed, same documents: the same samples, whatever the batching.
-    again = synthesize.Synthesizer(cfg.replace(max_seq_len=2048), params, vocab,
+    again = synthesize.Synthesizer(cfg, params, vocab,
                                    synthesize.SynthesisConfig(**{**settings.__dict__, "batch_size": 3}))
     again.run([str(shards[0])], tmp_path / "again", progress=False)
     assert [r["output"] for r in synthesize.iter_records(tmp_path / "again")] == [r["output"] for r in records]
@@ -118,6 +118,24 @@ def test_config_errors_name_the_knob(workspace):
     with pytest.raises(ValueError, match="SynthesisConfig.batch_size=0"):
         synthesize.SynthesisConfig(operation="rephrase", batch_size=0)
     cfg, params = hf.load(root / "generator")
-    with pytest.raises(ValueError, match="max_seq_len=512"):
+    with pytest.raises(ValueError, match="max_new_tokens=2048 exceeds the generator's max_seq_len=2048"):
         synthesize.Synthesizer(cfg, params, load_vocabulary(str(root / "sp.model")),
                                synthesize.SynthesisConfig(operation="rephrase"))
+
+
+def test_synthesize_cli(workspace, tmp_path):
+    from test_cli import synpro
+
+    root, shards = workspace
+    out = tmp_path / "cli"
+    flags = [f"--gin.GENERATOR='{root / 'generator'}'", f"--gin.SHARDS=['{shards[0]}']", f"--gin.SYNTH_OUT='{out}'",
+             "--gin.OPERATION='reformat'", f"--gin.synpro.synthesize.vocabulary='{root / 'sp.model'}'",
+             "--gin.synpro.SynthesisConfig.max_prompt_tokens=1000", "--gin.synpro.SynthesisConfig.max_new_tokens=4",
+             "--gin.synpro.SynthesisConfig.batch_size=8", "--gin.synpro.synthesize.mesh=@synpro.MeshConfig()",
+             "--gin.synpro.MeshConfig.data=8"]
+    done = synpro("synthesize", "--gin_file=gin/runs/synthesize.gin", *flags)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"reformat:1:{out}/*.jsonl" in done.stdout
+    assert len(list(synthesize.iter_records(out))) == 5 and (out / "config.gin").exists()
+    missing = synpro("synthesize", "--gin_file=gin/runs/synthesize.gin")
+    assert missing.returncode == 2 and "GENERATOR" in missing.stderr
