@@ -74,13 +74,16 @@ def _batch_shards(mesh: Mesh, rules: sharding.Rules) -> int:
     return math.prod(mesh.shape[a] for a in axes)
 
 
+def _is_names(x) -> bool:
+    return isinstance(x, tuple) and all(isinstance(n, str) for n in x)
+
+
 def _prefill(cfg: ModelConfig, params, tokens, segments, positions, slots: int):
     TRACE_COUNTS["prefill"] += 1
     b, p = tokens.shape
     all_segments = jnp.concatenate([segments, jnp.ones((b, slots - p), jnp.int32)], axis=1)
     cache = models.init_cache(cfg, all_segments)
-    cache = jax.tree.map(sharding.constrain, cache, models.KVCache.logical_axes(),
-                         is_leaf=lambda x: isinstance(x, tuple) and all(isinstance(n, str) for n in x))
+    cache = jax.tree.map(sharding.constrain, cache, models.KVCache.logical_axes(cfg.num_layers), is_leaf=_is_names)
     return models.forward_cached(cfg, params, tokens, cache, 0, positions=positions, segment_ids=segments)
 
 
@@ -137,10 +140,11 @@ class Sampler:
         self.cfg = cfg
         self.mesh = mesh if mesh is not None else sharding.single_device_mesh()
         self.rules = rules
-        shardings = models.param_shardings(cfg, self.mesh, rules)
+        shardings = _split_shardings(models.param_shardings(cfg, self.mesh, rules), cfg.num_layers)
         dtype = cfg.compute_dtype
 
         def place(p):
+            p = models.split_layers(p)
             return jax.tree.map(lambda x: x.astype(dtype) if x.ndim >= 2 else x.astype(jnp.float32), p)
 
         self.params = jax.jit(place, out_shardings=shardings)(params)
@@ -198,6 +202,15 @@ class Sampler:
         return SampleOutput(out_tokens[:, :width], out_lengths, logprobs[:, :width], finished)
 
 
+def _split_shardings(stacked, num_layers: int):
+    """Shardings of split_layers(params): each layer's leaves drop the leading (replicated) layers axis."""
+    def drop_layer_axis(s: NamedSharding) -> NamedSharding:
+        return NamedSharding(s.mesh, jax.sharding.PartitionSpec(*tuple(s.spec)[1:]))
+
+    per_layer = jax.tree.map(drop_layer_axis, stacked["layers"])
+    return {**stacked, "layers": [per_layer] * num_layers}
+
+
 def _check_knobs(cfg, prompts, budgets, temperature, top_k, top_p, pad_id) -> None:
     if budgets.min() < 1:
         raise ValueError(f"sample: max_new_tokens must be >= 1 (got {budgets.min()})")
@@ -224,12 +237,11 @@ def _check_knobs(cfg, prompts, budgets, temperature, top_k, top_p, pad_id) -> No
 @functools.lru_cache(maxsize=16)
 def _compiled(cfg: ModelConfig, mesh: Mesh, rules: sharding.Rules):
     """The jitted prefill and decode for one (config, mesh, rules), with explicit shardings."""
-    params = models.param_shardings(cfg, mesh, rules)
+    params = _split_shardings(models.param_shardings(cfg, mesh, rules), cfg.num_layers)
     rows = NamedSharding(mesh, sharding.logical_to_spec(("batch",), rules))
     rows2 = NamedSharding(mesh, sharding.logical_to_spec(("batch", "length"), rules))
-    cache = jax.tree.map(
-        lambda names: NamedSharding(mesh, sharding.logical_to_spec(names, rules)),
-        models.KVCache.logical_axes(), is_leaf=lambda x: isinstance(x, tuple) and all(isinstance(n, str) for n in x))
+    cache = jax.tree.map(lambda names: NamedSharding(mesh, sharding.logical_to_spec(names, rules)),
+                         models.KVCache.logical_axes(cfg.num_layers), is_leaf=_is_names)
     logits = NamedSharding(mesh, sharding.logical_to_spec(("batch", "vocab"), rules))
     scalar = sharding.replicated(mesh)
     prefill = jax.jit(

@@ -13,7 +13,7 @@ from jax.sharding import Mesh
 from synpro_jax import sharding
 from synpro_jax.models.config import ModelConfig
 from synpro_jax.models.losses import LossSums, loss_sums, per_example_loss, token_nll
-from synpro_jax.models.olmo import Decoder, KVCache
+from synpro_jax.models.olmo import Decoder, KVCache, decode, layer_params
 from synpro_jax.models.presets import PRESETS, describe_presets, get_preset
 
 Params = Any
@@ -21,7 +21,7 @@ Params = Any
 __all__ = [
     "ModelConfig", "PRESETS", "get_preset", "describe_presets", "Decoder", "forward", "init_params", "random_params",
     "abstract_params", "param_logical_axes", "param_shardings", "LossSums", "loss_sums", "per_example_loss",
-    "token_nll", "KVCache", "init_cache", "forward_cached",
+    "token_nll", "KVCache", "init_cache", "forward_cached", "split_layers", "layer_params",
 ]
 
 
@@ -47,9 +47,18 @@ def forward(
 def init_cache(cfg: ModelConfig, segments: jax.Array) -> KVCache:
     """An empty KV cache for ``segments`` [B, S] (the segment id of every slot; 0 = padding)."""
     b, s = segments.shape
-    shape = (cfg.num_layers, b, cfg.num_kv_heads, s, cfg.head_dim)
-    zeros = jnp.zeros(shape, cfg.compute_dtype)
-    return KVCache(zeros, zeros, segments.astype(jnp.int32))
+    shape = (b, cfg.num_kv_heads, s, cfg.head_dim)
+    k = tuple(jnp.zeros(shape, cfg.compute_dtype) for _ in range(cfg.num_layers))
+    v = tuple(jnp.zeros(shape, cfg.compute_dtype) for _ in range(cfg.num_layers))
+    return KVCache(k, v, segments.astype(jnp.int32))
+
+
+def split_layers(params: Params) -> Params:
+    """The params with ``layers`` as a list of per-layer trees (what a decode loop wants: no per-step slicing)."""
+    if isinstance(params["layers"], (list, tuple)):
+        return params
+    num = jax.tree.leaves(params["layers"])[0].shape[0]
+    return {**params, "layers": [layer_params(params, i) for i in range(num)]}
 
 
 def forward_cached(
@@ -65,10 +74,12 @@ def forward_cached(
     """Run tokens [B, T] into cache slots ``cache_index..cache_index+T``.
 
     Returns the float32 logits of the last slot [B, V] (the next-token distribution) and the updated cache.
-    ``positions`` are the RoPE positions of the new tokens (with left padding they differ from slot numbers).
+    ``positions`` are the RoPE positions of the new tokens (with left padding they differ from slot numbers);
+    ``segment_ids`` default to 1 (real tokens). ``params`` may be stacked or :func:`split_layers`.
     """
-    return Decoder(cfg).apply({"params": params}, tokens, positions=positions, segment_ids=segment_ids,
-                              cache=cache, cache_index=cache_index)
+    if segment_ids is None:
+        segment_ids = jnp.ones(tokens.shape, jnp.int32)
+    return decode(cfg, params, tokens, positions, segment_ids, cache, cache_index)
 
 
 def _boxed_init(cfg: ModelConfig, rng: jax.Array):

@@ -109,24 +109,21 @@ def dot_product_attention(q: jax.Array, kh: jax.Array, vh: jax.Array, mask: jax.
 
 
 class KVCache(NamedTuple):
-    """Keys and values of every layer, [layers, B, KV, S, hd] in the compute dtype, and the segment id of each
-    slot [B, S] (0 marks left padding, which no real token attends to). Slots are written in place."""
+    """Keys and values, one [B, KV, S, hd] buffer per layer in the compute dtype, and the segment id of every
+    slot [B, S] (0 marks left padding, which no real token attends to).
 
-    k: jax.Array
-    v: jax.Array
+    Separate per-layer buffers (not one [L, ...] array) let each decode step update and read a layer in place:
+    slicing a layer out of a stacked cache costs a copy of it every step.
+    """
+
+    k: tuple[jax.Array, ...]
+    v: tuple[jax.Array, ...]
     segments: jax.Array
 
     @staticmethod
-    def logical_axes() -> "KVCache":
-        kv = ("layers", "batch", "kv_heads", "length", "head_dim")
-        return KVCache(kv, kv, ("batch", "length"))
-
-
-def _write_layer(all_layers: jax.Array, new: jax.Array, layer: jax.Array, index: jax.Array) -> jax.Array:
-    """Write new [B, KV, T, hd] into slots index..index+T of one layer of [L, B, KV, S, hd]."""
-    zero = jnp.zeros((), jnp.int32)
-    return jax.lax.dynamic_update_slice(all_layers, new[None].astype(all_layers.dtype),
-                                        (layer, zero, zero, index, zero))
+    def logical_axes(num_layers: int) -> "KVCache":
+        kv = ("batch", "kv_heads", "length", "head_dim")
+        return KVCache((kv,) * num_layers, (kv,) * num_layers, ("batch", "length"))
 
 
 class Attention(nn.Module):
@@ -134,8 +131,8 @@ class Attention(nn.Module):
 
     @nn.compact
     def __call__(self, x, positions, mask, cache=None):
-        """``cache`` = (k_all, v_all, layer, index): the new keys/values go into slots index.. of this layer
-        and attention reads the whole layer; the updated (k_all, v_all) is returned alongside the output."""
+        """``cache`` = (k, v, index) of this layer: the new keys/values go into slots index.. and attention reads
+        every slot; the updated (k, v) is returned alongside the output."""
         cfg, dt = self.cfg, self.cfg.compute_dtype
         heads = (cfg.num_heads, cfg.head_dim)
         kv_heads = (cfg.num_kv_heads, cfg.head_dim)
@@ -150,11 +147,11 @@ class Attention(nn.Module):
         kh, vh = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [B, KV, T, hd]
         new_cache = None
         if cache is not None:
-            k_all, v_all, layer, index = cache
-            k_all, v_all = _write_layer(k_all, kh, layer, index), _write_layer(v_all, vh, layer, index)
-            kh = jax.lax.dynamic_index_in_dim(k_all, layer, 0, keepdims=False)
-            vh = jax.lax.dynamic_index_in_dim(v_all, layer, 0, keepdims=False)
-            new_cache = (k_all, v_all)
+            k_buf, v_buf, index = cache
+            zero = jnp.zeros((), jnp.int32)
+            kh = jax.lax.dynamic_update_slice(k_buf, kh.astype(k_buf.dtype), (zero, zero, index, zero))
+            vh = jax.lax.dynamic_update_slice(v_buf, vh.astype(v_buf.dtype), (zero, zero, index, zero))
+            new_cache = (kh, vh)
         out = dot_product_attention(q, kh, vh, mask)
         return Dense((cfg.d_model,), ("heads", "head_dim"), ("embed",), dt, name="o_proj")(out), new_cache
 
@@ -174,89 +171,97 @@ class MLP(nn.Module):
 class Block(nn.Module):
     """One decoder layer in OLMo-2 order: x + norm(attn(x)), then h + norm(mlp(h)).
 
-    The scan carry is x, or (x, k_all, v_all, layer) when decoding with a KV cache: keeping the cache in the
-    carry lets XLA update it in place instead of restacking every layer's slice each step.
+    Returns (x, None) as a scan body; with a layer cache (k, v, index) it returns (x, (k, v)) instead.
     """
 
     cfg: ModelConfig
 
     @nn.compact
-    def __call__(self, carry, positions, mask, cache_index=None):
+    def __call__(self, x, positions, mask, cache=None):
         cfg = self.cfg
-        if cache_index is None:
-            x, cache = carry, None
-        else:
-            x, k_all, v_all, layer = carry
-            cache = (k_all, v_all, layer, cache_index)
         h, new_cache = Attention(cfg, name="attn")(x, positions, mask, cache)
         x = x + RMSNorm(cfg.norm_eps, ("embed",), name="post_attn_norm")(h)
         h = MLP(cfg, name="mlp")(x)
         x = x + RMSNorm(cfg.norm_eps, ("embed",), name="post_mlp_norm")(h)
-        x = constrain(x, ("batch", "length", "embed"))
-        if cache_index is None:
-            return x, None
-        return (x, *new_cache, layer + 1), None
+        return constrain(x, ("batch", "length", "embed")), new_cache
 
 
 class Decoder(nn.Module):
-    """tokens [B, T] -> float32 logits [B, T, V] (or final hidden states with ``return_hidden``).
-
-    With a ``cache`` (:class:`KVCache`) the T tokens fill slots ``cache_index..cache_index+T``, attend to every
-    earlier slot of their segment, and the call returns (logits of the last slot [B, V], updated cache).
-    """
+    """tokens [B, T] -> float32 logits [B, T, V] (or final hidden states with ``return_hidden``)."""
 
     cfg: ModelConfig
 
     @nn.compact
-    def __call__(self, tokens, positions=None, segment_ids=None, return_hidden: bool = False,
-                 cache: KVCache | None = None, cache_index=None):
+    def __call__(self, tokens, positions=None, segment_ids=None, return_hidden: bool = False):
         cfg = self.cfg
         b, t = tokens.shape
         index = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+        positions = index if positions is None else positions
         segment_ids = jnp.ones((b, t), jnp.int32) if segment_ids is None else segment_ids
-        if cache is None:
-            positions = index if positions is None else positions
-            mask = attention_mask(segment_ids, segment_ids, index, index)
-        else:
-            if positions is None or cache_index is None:
-                raise ValueError("decoding with a KV cache needs explicit positions and cache_index")
-            cache_index = jnp.asarray(cache_index, jnp.int32)
-            slots = cache.segments.shape[1]
-            k_index = jnp.broadcast_to(jnp.arange(slots, dtype=jnp.int32), (b, slots))
-            mask = attention_mask(segment_ids, cache.segments, index + cache_index, k_index)
+        mask = attention_mask(segment_ids, segment_ids, index, index)
 
         embedding = self.param("embedding", _param_init(("vocab", "embed")), (cfg.vocab_size, cfg.d_model),
                                jnp.float32)
-        # Gather from a whole (all-gathered) table, as FSDP does for every weight: a gather from a sharded table
-        # comes out sharded like the table and XLA can only reshard it to batch-sharded by full rematerialization.
-        table = constrain(embedding, (None, None))
-        x = jnp.take(table, tokens, axis=0).astype(cfg.compute_dtype)
-        x = constrain(x, ("batch", "length", "embed"))
-
-        block = nn.remat(Block, prevent_cse=False) if cfg.remat and cache is None else Block
+        x = embed(cfg, embedding, tokens)
+        block = nn.remat(Block, prevent_cse=False) if cfg.remat else Block
         layers = nn.scan(
             block,
             variable_axes={"params": 0},
             split_rngs={"params": True},
-            in_axes=(nn.broadcast,) * (2 if cache is None else 3),
+            in_axes=(nn.broadcast, nn.broadcast),
             length=cfg.num_layers,
             unroll=cfg.scan_unroll,
             metadata_params={nn.PARTITION_NAME: "layers"},
         )
-        head_shape = (cfg.d_model, cfg.vocab_size)
-        if cache is None:
-            x, _ = layers(cfg, name="layers")(x, positions, mask)
-        else:
-            carry = (x, cache.k, cache.v, jnp.zeros((), jnp.int32))
-            (x, k_all, v_all, _), _ = layers(cfg, name="layers")(carry, positions, mask, cache_index)
-            cache = KVCache(k_all, v_all, cache.segments)
-            x = x[:, -1:]  # only the next-token distribution is needed: skip the head for the other slots
-            b, t = x.shape[:2]
+        x, _ = layers(cfg, name="layers")(x, positions, mask)
         x = RMSNorm(cfg.norm_eps, ("embed",), name="final_norm")(x)
         if return_hidden:
-            return x if cache is None else (x[:, 0], cache)
-        head = self.param("lm_head", _param_init(("embed", "vocab")), head_shape, jnp.float32)
-        logits = jnp.dot(x.reshape(b * t, cfg.d_model), head.astype(cfg.compute_dtype),
-                         preferred_element_type=jnp.float32)  # 2-D, as in Dense
-        logits = constrain(logits.reshape(b, t, cfg.vocab_size), ("batch", "length", "vocab"))
-        return logits if cache is None else (logits[:, 0], cache)
+            return x
+        head = self.param("lm_head", _param_init(("embed", "vocab")), (cfg.d_model, cfg.vocab_size), jnp.float32)
+        return constrain(unembed(cfg, head, x), ("batch", "length", "vocab"))
+
+
+def embed(cfg: ModelConfig, embedding: jax.Array, tokens: jax.Array) -> jax.Array:
+    # Gather from a whole (all-gathered) table, as FSDP does for every weight: a gather from a sharded table
+    # comes out sharded like the table and XLA can only reshard it to batch-sharded by full rematerialization.
+    table = constrain(embedding, (None, None))
+    x = jnp.take(table, tokens, axis=0).astype(cfg.compute_dtype)
+    return constrain(x, ("batch", "length", "embed"))
+
+
+def unembed(cfg: ModelConfig, head: jax.Array, x: jax.Array) -> jax.Array:
+    """Final hidden states [B, T, D] -> float32 logits [B, T, V], as one 2-D matmul (as in Dense)."""
+    b, t = x.shape[:2]
+    logits = jnp.dot(x.reshape(b * t, cfg.d_model), head.astype(cfg.compute_dtype),
+                     preferred_element_type=jnp.float32)
+    return logits.reshape(b, t, cfg.vocab_size)
+
+
+def layer_params(params, i: int):
+    """Layer i's parameters from a stacked ``layers`` tree, or from a per-layer list (see split_layers)."""
+    layers = params["layers"]
+    return layers[i] if isinstance(layers, (list, tuple)) else jax.tree.map(lambda x: x[i], layers)
+
+
+def decode(cfg: ModelConfig, params, tokens, positions, segment_ids, cache: KVCache, cache_index):
+    """Tokens [B, T] into cache slots cache_index..cache_index+T: (float32 logits of the last slot [B, V], cache).
+
+    The layers run as an unrolled Python loop over per-layer cache buffers, each updated in place. ``params``
+    may hold ``layers`` stacked or split per layer (the sampler splits once so no step slices weights).
+    """
+    b, t = tokens.shape
+    slots = cache.segments.shape[1]
+    cache_index = jnp.asarray(cache_index, jnp.int32)
+    q_index = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t)) + cache_index
+    k_index = jnp.broadcast_to(jnp.arange(slots, dtype=jnp.int32), (b, slots))
+    mask = attention_mask(segment_ids, cache.segments, q_index, k_index)
+    x = embed(cfg, params["embedding"], tokens)
+    new_k, new_v = [], []
+    for i in range(cfg.num_layers):
+        x, (k, v) = Block(cfg).apply({"params": layer_params(params, i)}, x, positions, mask,
+                                     (cache.k[i], cache.v[i], cache_index))
+        new_k.append(k)
+        new_v.append(v)
+    x = RMSNorm(cfg.norm_eps, ("embed",)).apply({"params": params["final_norm"]}, x[:, -1:])
+    logits = unembed(cfg, params["lm_head"], x)[:, 0]
+    return constrain(logits, ("batch", "vocab")), KVCache(tuple(new_k), tuple(new_v), cache.segments)
