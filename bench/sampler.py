@@ -55,7 +55,6 @@ def measure_read_bandwidth(gib: float = 1.0, repeats: int = 5) -> float:
     total = jax.jit(jnp.sum)
     jax.block_until_ready(total(x))
     seconds = median_time(lambda: jax.block_until_ready(total(x)), repeats)
-    del x
     return n * 4 / seconds
 
 

@@ -36,16 +36,22 @@ def preset(name: str = gin.REQUIRED, **overrides) -> ModelConfig:
     return get_preset(name, **overrides)
 
 
-def _lazy_data_configurables():
-    """DataConfig and TrainerConfig import TensorFlow/seqio; register them only when a run needs them."""
-    from synpro_jax.data.tasks import DataConfig
-    from synpro_jax.train.trainer import TrainerConfig
-
-    for cls in (DataConfig, TrainerConfig):
+def _register(*classes) -> None:
+    for cls in classes:
         try:
             gin.external_configurable(cls, name=cls.__name__, module="synpro")
         except ValueError:  # already registered in this process
             pass
+
+
+def _lazy_configurables():
+    """Config classes whose modules import TensorFlow/seqio or the sampler: registered only when gin is parsed."""
+    from synpro_jax.data.tasks import DataConfig
+    from synpro_jax.generation.synthesize import SynthesisConfig
+    from synpro_jax.influence.probe import ProbeConfig
+    from synpro_jax.train.trainer import TrainerConfig
+
+    _register(DataConfig, TrainerConfig, ProbeConfig, SynthesisConfig)
 
 
 def _as_tuple(x):
@@ -90,15 +96,6 @@ def pretrain(model: ModelConfig = gin.REQUIRED, mesh: MeshConfig = MeshConfig(),
                      data_fingerprint=streams.info["fingerprint"],
                      summary_extra={"organic_unigram_entropy": streams.info["organic_unigram_entropy"]})
     return runner.run()
-
-
-def _register_probe_config():
-    from synpro_jax.influence.probe import ProbeConfig
-
-    try:
-        gin.external_configurable(ProbeConfig, name="ProbeConfig", module="synpro")
-    except ValueError:
-        pass
 
 
 @gin.configurable(module="synpro")
@@ -151,15 +148,6 @@ def influence_server(model: ModelConfig = gin.REQUIRED, mesh: MeshConfig = MeshC
     server.serve_forever()
 
 
-def _register_synthesis_config():
-    from synpro_jax.generation.synthesize import SynthesisConfig
-
-    try:
-        gin.external_configurable(SynthesisConfig, name="SynthesisConfig", module="synpro")
-    except ValueError:
-        pass
-
-
 @gin.configurable(module="synpro")
 def synthesize(generator: str = gin.REQUIRED, shards=gin.REQUIRED, out_dir: str = gin.REQUIRED,
                settings=gin.REQUIRED, model: ModelConfig | None = None, mesh: MeshConfig = MeshConfig(),
@@ -204,6 +192,7 @@ def synthesize(generator: str = gin.REQUIRED, shards=gin.REQUIRED, out_dir: str 
     params, step = load_params_and_step(model, mesh_obj, generator)
     synth = Synthesizer(model, params, vocab, settings, mesh=mesh_obj, generator=str(generator),
                         generator_step=step, stop_ids=stop_ids)
+    del params  # the sampler holds its own cast, per-layer copy
     manifest = synth.run(_as_tuple(shards), out_dir, progress=progress)
     Path(out_dir, "config.gin").write_text(gin.config_str())
     return manifest
@@ -211,9 +200,7 @@ def synthesize(generator: str = gin.REQUIRED, shards=gin.REQUIRED, out_dir: str 
 
 def parse(gin_files: Sequence[str], bindings: Sequence[str]) -> None:
     """Parse gin files (searched in the working directory, then beside the package) and KEY=VALUE bindings."""
-    _lazy_data_configurables()
-    _register_probe_config()
-    _register_synthesis_config()
+    _lazy_configurables()
     for path in (os.getcwd(), str(GIN_DIR.parent), str(GIN_DIR)):
         gin.add_config_file_search_path(path)
     gin.parse_config_files_and_bindings(list(gin_files), list(bindings), finalize_config=False)

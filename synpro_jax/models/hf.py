@@ -98,6 +98,8 @@ def config_to_hf(cfg: ModelConfig, torch_dtype: str = "float32", extra: dict | N
         "torch_dtype": torch_dtype,
         "dtype": torch_dtype,
     }
+    if cfg.vocab_size <= 50279:  # transformers' Olmo2 default eos (50279) would point outside a small vocabulary
+        hf.update({"eos_token_id": None, "pad_token_id": None})
     hf.update(extra or {})
     return hf
 
