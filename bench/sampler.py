@@ -58,10 +58,10 @@ def measure_read_bandwidth(gib: float = 1.0, repeats: int = 5) -> float:
     return n * 4 / seconds
 
 
-def bytes_per_step(cfg, batch: int, context: float, dtype_bytes: int) -> float:
+def bytes_per_step(cfg, batch: int, context: float, weight_bytes: int, cache_bytes: int) -> float:
     """What one decode step must read: every matmul weight once, plus K and V of the context for every row."""
-    kv = 2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * context * batch * dtype_bytes
-    return cfg.num_matmul_params() * dtype_bytes + kv
+    kv = 2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * context * batch * cache_bytes
+    return cfg.num_matmul_params() * weight_bytes + kv
 
 
 def budgets(new: int) -> tuple[int, int]:
@@ -138,14 +138,15 @@ def main() -> int:
             first, _ = budgets(args.new)
             decode_steps_s = (args.new - first) / (ours[args.new] - ours[first])
             row = {
-                "preset": name, "params": cfg.num_params(), "dtype": dtype, "batch": batch,
+                "preset": name, "params": cfg.num_params(), "dtype": dtype, "cache_dtype": sampler.cache_dtype,
+                "batch": batch,
                 "prompt_tokens": args.prompt, "new_tokens": args.new,
                 "jax_decode_tokens_per_s": batch * decode_steps_s,
                 "jax_end_to_end_tokens_per_s": batch * args.new / ours[args.new],
                 "jax_seconds": {str(k): v for k, v in ours.items()},
             }
             context = args.prompt + (first + args.new) / 2  # mean context over the timed part of the decode
-            step_bytes = bytes_per_step(cfg, batch, context, dtype_bytes)
+            step_bytes = bytes_per_step(cfg, batch, context, dtype_bytes, jnp.dtype(sampler.cache_dtype).itemsize)
             row["bytes_per_decode_step"] = step_bytes
             if bandwidth:
                 row["bandwidth_fraction"] = step_bytes * decode_steps_s / bandwidth
@@ -161,7 +162,9 @@ def main() -> int:
                     "end_to_end_speedup": theirs[args.new] / ours[args.new],
                     # random weights give near-tied logits, so long greedy runs may part after a while
                     "greedy_tokens_equal_fraction": float((hf_tokens == mine).mean()),
-                    "hf_bandwidth_fraction": (step_bytes * hf_steps_s / bandwidth) if bandwidth else None,
+                    # transformers keeps its cache in the model dtype
+                    "hf_bandwidth_fraction": (bytes_per_step(cfg, batch, context, dtype_bytes, dtype_bytes) *
+                                              hf_steps_s / bandwidth) if bandwidth else None,
                 })
             print({k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()
                    if not isinstance(v, dict)}, flush=True)

@@ -78,13 +78,14 @@ def _is_names(x) -> bool:
     return isinstance(x, tuple) and all(isinstance(n, str) for n in x)
 
 
-def _prefill(cfg: ModelConfig, params, tokens, segments, positions, slots: int):
+def _prefill(cfg: ModelConfig, cache_dtype: str, params, tokens, segments, positions, slots: int):
     TRACE_COUNTS["prefill"] += 1
     b, p = tokens.shape
     all_segments = jnp.concatenate([segments, jnp.ones((b, slots - p), jnp.int32)], axis=1)
-    cache = models.init_cache(cfg, all_segments)
+    cache = models.init_cache(cfg, all_segments, jnp.dtype(cache_dtype))
     cache = jax.tree.map(sharding.constrain, cache, models.KVCache.logical_axes(cfg.num_layers), is_leaf=_is_names)
-    return models.forward_cached(cfg, params, tokens, cache, 0, positions=positions, segment_ids=segments)
+    return models.forward_cached(cfg, params, tokens, cache, 0, positions=positions, segment_ids=segments,
+                                 attend_slots=p)  # the prompt only: the decode slots are still empty
 
 
 def _decode(cfg: ModelConfig, params, cache, logits, prompt_lengths, budgets, stream_ids, seed, temperature,
@@ -132,11 +133,13 @@ class Sampler:
 
     Matmul weights are cast once to the compute dtype (bf16 decode reads half the bytes per step) and laid out
     by ``rules``: SAMPLING_RULES keeps whole weights on each data-parallel group, so the loop needs no fsdp
-    gathers. Reuse one Sampler for many calls; a new one with the same (cfg, mesh, rules) reuses the compiles.
+    gathers. The KV cache is kept in ``cache_dtype`` (default: the compute dtype; float32 on CPU, where bf16
+    decode attention is slow). Reuse one Sampler for many calls; a new one with the same settings reuses the
+    compiles.
     """
 
     def __init__(self, cfg: ModelConfig, params: Params, *, mesh: Mesh | None = None,
-                 rules: sharding.Rules = sharding.SAMPLING_RULES):
+                 rules: sharding.Rules = sharding.SAMPLING_RULES, cache_dtype: str | None = None):
         self.cfg = cfg
         self.mesh = mesh if mesh is not None else sharding.single_device_mesh()
         self.rules = rules
@@ -148,7 +151,11 @@ class Sampler:
             return jax.tree.map(lambda x: x.astype(dtype) if x.ndim >= 2 else x.astype(jnp.float32), p)
 
         self.params = jax.jit(place, out_shardings=shardings)(params)
-        self._prefill, self._decode = _compiled(cfg, self.mesh, rules)
+        if cache_dtype is None:  # XLA:CPU runs bf16 batched mat-vecs (decode attention) ~8x slower than fp32
+            cpu = self.mesh.devices.flat[0].platform == "cpu"
+            cache_dtype = "float32" if cpu else cfg.dtype
+        self.cache_dtype = cache_dtype
+        self._prefill, self._decode = _compiled(cfg, self.mesh, rules, cache_dtype)
         self.batch_shards = _batch_shards(self.mesh, rules)
 
     def generate(
@@ -235,7 +242,7 @@ def _check_knobs(cfg, prompts, budgets, temperature, top_k, top_p, pad_id) -> No
 
 
 @functools.lru_cache(maxsize=16)
-def _compiled(cfg: ModelConfig, mesh: Mesh, rules: sharding.Rules):
+def _compiled(cfg: ModelConfig, mesh: Mesh, rules: sharding.Rules, cache_dtype: str):
     """The jitted prefill and decode for one (config, mesh, rules), with explicit shardings."""
     params = _split_shardings(models.param_shardings(cfg, mesh, rules), cfg.num_layers)
     rows = NamedSharding(mesh, sharding.logical_to_spec(("batch",), rules))
@@ -245,7 +252,7 @@ def _compiled(cfg: ModelConfig, mesh: Mesh, rules: sharding.Rules):
     logits = NamedSharding(mesh, sharding.logical_to_spec(("batch", "vocab"), rules))
     scalar = sharding.replicated(mesh)
     prefill = jax.jit(
-        functools.partial(_prefill, cfg), static_argnums=(4,),
+        functools.partial(_prefill, cfg, cache_dtype), static_argnums=(4,),
         in_shardings=(params, rows2, rows2, rows2), out_shardings=(logits, cache),
     )
     decode = jax.jit(

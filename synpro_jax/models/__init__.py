@@ -44,12 +44,16 @@ def forward(
     )
 
 
-def init_cache(cfg: ModelConfig, segments: jax.Array) -> KVCache:
-    """An empty KV cache for ``segments`` [B, S] (the segment id of every slot; 0 = padding)."""
+def init_cache(cfg: ModelConfig, segments: jax.Array, dtype: Any = None) -> KVCache:
+    """An empty KV cache for ``segments`` [B, S] (the segment id of every slot; 0 = padding).
+
+    ``dtype`` defaults to the compute dtype; a float32 cache under bf16 compute keeps attention in float32.
+    """
     b, s = segments.shape
     shape = (b, cfg.num_kv_heads, s, cfg.head_dim)
-    k = tuple(jnp.zeros(shape, cfg.compute_dtype) for _ in range(cfg.num_layers))
-    v = tuple(jnp.zeros(shape, cfg.compute_dtype) for _ in range(cfg.num_layers))
+    dtype = cfg.compute_dtype if dtype is None else dtype
+    k = tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers))
+    v = tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers))
     return KVCache(k, v, segments.astype(jnp.int32))
 
 
@@ -70,16 +74,18 @@ def forward_cached(
     *,
     positions: jax.Array,
     segment_ids: jax.Array | None = None,
+    attend_slots: int | None = None,
 ) -> tuple[jax.Array, KVCache]:
     """Run tokens [B, T] into cache slots ``cache_index..cache_index+T``.
 
     Returns the float32 logits of the last slot [B, V] (the next-token distribution) and the updated cache.
     ``positions`` are the RoPE positions of the new tokens (with left padding they differ from slot numbers);
-    ``segment_ids`` default to 1 (real tokens). ``params`` may be stacked or :func:`split_layers`.
+    ``segment_ids`` default to 1 (real tokens). ``params`` may be stacked or :func:`split_layers`. A static
+    ``attend_slots`` restricts attention to the first slots (a prefill need not scan the empty rest).
     """
     if segment_ids is None:
         segment_ids = jnp.ones(tokens.shape, jnp.int32)
-    return decode(cfg, params, tokens, positions, segment_ids, cache, cache_index)
+    return decode(cfg, params, tokens, positions, segment_ids, cache, cache_index, attend_slots)
 
 
 def _boxed_init(cfg: ModelConfig, rng: jax.Array):

@@ -131,8 +131,8 @@ class Attention(nn.Module):
 
     @nn.compact
     def __call__(self, x, positions, mask, cache=None):
-        """``cache`` = (k, v, index) of this layer: the new keys/values go into slots index.. and attention reads
-        every slot; the updated (k, v) is returned alongside the output."""
+        """``cache`` = (k, v, index, attend) of this layer: the new keys/values go into slots index.. and attention
+        reads the first ``attend`` slots (all when None); the updated (k, v) is returned alongside the output."""
         cfg, dt = self.cfg, self.cfg.compute_dtype
         heads = (cfg.num_heads, cfg.head_dim)
         kv_heads = (cfg.num_kv_heads, cfg.head_dim)
@@ -147,11 +147,12 @@ class Attention(nn.Module):
         kh, vh = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [B, KV, T, hd]
         new_cache = None
         if cache is not None:
-            k_buf, v_buf, index = cache
+            k_buf, v_buf, index, attend = cache
             zero = jnp.zeros((), jnp.int32)
-            kh = jax.lax.dynamic_update_slice(k_buf, kh.astype(k_buf.dtype), (zero, zero, index, zero))
-            vh = jax.lax.dynamic_update_slice(v_buf, vh.astype(v_buf.dtype), (zero, zero, index, zero))
-            new_cache = (kh, vh)
+            k_buf = jax.lax.dynamic_update_slice(k_buf, kh.astype(k_buf.dtype), (zero, zero, index, zero))
+            v_buf = jax.lax.dynamic_update_slice(v_buf, vh.astype(v_buf.dtype), (zero, zero, index, zero))
+            new_cache = (k_buf, v_buf)
+            kh, vh = k_buf[:, :, :attend], v_buf[:, :, :attend]
         out = dot_product_attention(q, kh, vh, mask)
         return Dense((cfg.d_model,), ("heads", "head_dim"), ("embed",), dt, name="o_proj")(out), new_cache
 
@@ -243,23 +244,25 @@ def layer_params(params, i: int):
     return layers[i] if isinstance(layers, (list, tuple)) else jax.tree.map(lambda x: x[i], layers)
 
 
-def decode(cfg: ModelConfig, params, tokens, positions, segment_ids, cache: KVCache, cache_index):
+def decode(cfg: ModelConfig, params, tokens, positions, segment_ids, cache: KVCache, cache_index,
+           attend_slots: int | None = None):
     """Tokens [B, T] into cache slots cache_index..cache_index+T: (float32 logits of the last slot [B, V], cache).
 
     The layers run as an unrolled Python loop over per-layer cache buffers, each updated in place. ``params``
     may hold ``layers`` stacked or split per layer (the sampler splits once so no step slices weights).
+    ``attend_slots`` (static) limits attention to the first slots, e.g. to the prompt during prefill.
     """
     b, t = tokens.shape
-    slots = cache.segments.shape[1]
+    slots = cache.segments.shape[1] if attend_slots is None else attend_slots
     cache_index = jnp.asarray(cache_index, jnp.int32)
     q_index = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t)) + cache_index
     k_index = jnp.broadcast_to(jnp.arange(slots, dtype=jnp.int32), (b, slots))
-    mask = attention_mask(segment_ids, cache.segments, q_index, k_index)
+    mask = attention_mask(segment_ids, cache.segments[:, :slots], q_index, k_index)
     x = embed(cfg, params["embedding"], tokens)
     new_k, new_v = [], []
     for i in range(cfg.num_layers):
         x, (k, v) = Block(cfg).apply({"params": layer_params(params, i)}, x, positions, mask,
-                                     (cache.k[i], cache.v[i], cache_index))
+                                     (cache.k[i], cache.v[i], cache_index, attend_slots))
         new_k.append(k)
         new_v.append(v)
     x = RMSNorm(cfg.norm_eps, ("embed",)).apply({"params": params["final_norm"]}, x[:, -1:])

@@ -171,3 +171,22 @@ def test_greedy_matches_transformers_generate(tmp_path):
     out = sample(cfg, params, prompts, max_new_tokens=16)
     np.testing.assert_array_equal(out.tokens, hf_tokens.numpy())
     np.testing.assert_allclose(out.logprobs, hf_logp.numpy(), atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("cache_dtype", ["float32", "bfloat16"])
+def test_bf16_sampler_logprobs_track_fp32(tiny, cache_dtype):
+    """bf16 weights and compute, with either cache dtype: log-probs stay near an fp32 teacher-forced recompute."""
+    cfg, params = tiny
+    s = Sampler(cfg.replace(dtype="bfloat16"), params, cache_dtype=cache_dtype)
+    assert s.cache_dtype == cache_dtype
+    out = s.generate(RAGGED[:3], max_new_tokens=6)
+    assert np.isfinite(out.logprobs).all() and (out.lengths == 6).all()
+    for i, (prompt, completion) in enumerate(zip(RAGGED[:3], out.completions())):
+        logp = jax.nn.log_softmax(models.forward(cfg, params, jnp.asarray([prompt + completion]))[0], axis=-1)
+        at = np.arange(len(prompt) - 1, len(prompt) + 5)
+        np.testing.assert_allclose(out.logprobs[i], np.asarray(logp)[at, completion], atol=0.05)
+
+
+def test_cpu_default_cache_is_float32(tiny):
+    cfg, params = tiny
+    assert Sampler(cfg.replace(dtype="bfloat16"), params).cache_dtype == "float32"
