@@ -138,7 +138,8 @@ def test_kv_cache_chunks_match_full_forward():
     positions = jnp.broadcast_to(jnp.arange(12), (2, 12))
     cache = models.init_cache(cfg, jnp.ones((2, 16), jnp.int32))
     split = models.split_layers(params)
+    step = jax.jit(lambda p, t, c, i, pos: models.forward_cached(cfg, p, t, c, i, positions=pos))
     for start, stop in ((0, 5), (5, 6), (6, 9), (9, 12)):
-        logits, cache = models.forward_cached(cfg, split if start else params, tokens[:, start:stop], cache, start,
-                                              positions=positions[:, start:stop])
+        logits, cache = step(split if start else params, tokens[:, start:stop], cache, start,
+                             positions[:, start:stop])
         np.testing.assert_allclose(np.asarray(logits), full[:, stop - 1], atol=1e-5, rtol=0)
