@@ -126,22 +126,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("presets", help="list model presets with their parameter counts")
     p.set_defaults(func=cmd_presets)
 
-    p = sub.add_parser("train", help="pretrain from gin files (default: the built-in Markov job)",
-                       description="Extra --gin.KEY=VALUE flags bind gin parameters or macros.")
-    p.add_argument("--gin_file", action="append", default=[], help="gin file (repeatable)")
-    p.set_defaults(func=cmd_train, takes_extra=True)
-
-    p = sub.add_parser("probe", help="influence probe: fine-tune theta' on the reference task, score a corpus")
-    p.add_argument("--gin_file", action="append", default=[], help="gin file (repeatable)")
-    p.set_defaults(func=cmd_probe, takes_extra=True)
-
-    p = sub.add_parser("influence-server", help="serve POST /get_influence and GET /health")
-    p.add_argument("--gin_file", action="append", default=[], help="gin file (repeatable)")
-    p.set_defaults(func=cmd_influence_server, takes_extra=True)
-
-    p = sub.add_parser("synthesize", help="run a rephrase/reformat generator over organic shards (resumable)")
-    p.add_argument("--gin_file", action="append", default=[], help="gin file (repeatable)")
-    p.set_defaults(func=cmd_synthesize, takes_extra=True)
+    gin_stages = [
+        ("train", cmd_train, "pretrain from gin files (default: the built-in Markov job)"),
+        ("probe", cmd_probe, "influence probe: fine-tune theta' on the reference task, score a corpus"),
+        ("influence-server", cmd_influence_server, "serve POST /get_influence and GET /health"),
+        ("synthesize", cmd_synthesize, "run a rephrase/reformat generator over organic shards (resumable)"),
+    ]
+    for name, func, text in gin_stages:
+        p = sub.add_parser(name, help=text, description="Extra --gin.KEY=VALUE flags bind gin parameters or macros.")
+        p.add_argument("--gin_file", action="append", default=[], help="gin file (repeatable)")
+        p.set_defaults(func=func, takes_extra=True)
 
     p = sub.add_parser("vocab", help="vocabulary tools")
     vsub = p.add_subparsers(dest="vocab_command", required=True)

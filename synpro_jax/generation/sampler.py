@@ -202,11 +202,18 @@ class Sampler:
             out = self._decode(
                 self.params, cache, logits, row_lengths, row_budgets, row_streams,
                 np.uint32(seed % 2**32), np.float32(temperature), np.int32(top_k or 0),
-                np.float32(1.0 if top_p is None else top_p), np.asarray(eos or [-1], np.int32), np.int32(pad_id), n_slots,
+                np.float32(1.0 if top_p is None else top_p), _eos_array(eos), np.int32(pad_id), n_slots,
             )
         out_tokens, logprobs, out_lengths, finished = (np.asarray(x)[:n] for x in out[:4])
         width = int(budgets.max())
         return SampleOutput(out_tokens[:, :width], out_lengths, logprobs[:, :width], finished)
+
+
+def _eos_array(eos: list[int]) -> np.ndarray:
+    """EOS ids padded with -1 (never a token) to a multiple of 8, so a few more stop ids do not recompile."""
+    out = np.full(-(-max(len(eos), 1) // 8) * 8, -1, np.int32)
+    out[:len(eos)] = eos
+    return out
 
 
 def _split_shardings(stacked, num_layers: int):

@@ -91,7 +91,7 @@ def test_same_bucket_does_not_recompile(tiny):
     before = dict(sampler_lib.TRACE_COUNTS)
     # Other prompts, lengths, budgets and knobs in the same (rows 4, prompt 32, new 16) bucket.
     s.generate([[1, 2], list(range(25)), [7] * 9, [4]], max_new_tokens=[16, 3, 12, 1], temperature=0.8,
-               top_k=20, top_p=0.9, seed=5, eos_id=3)
+               top_k=20, top_p=0.9, seed=5, eos_id=[3, 7])
     # A new Sampler for the same weights and shapes reuses the compiles too.
     Sampler(cfg, params).generate([[8, 9, 10], [1] * 17, [2]], max_new_tokens=11, temperature=1.0)
     assert dict(sampler_lib.TRACE_COUNTS) == before
