@@ -109,8 +109,8 @@ def dot_product_attention(q: jax.Array, kh: jax.Array, vh: jax.Array, mask: jax.
 
 
 class KVCache(NamedTuple):
-    """Keys and values, one [B, KV, S, hd] buffer per layer in the compute dtype, and the segment id of every
-    slot [B, S] (0 marks left padding, which no real token attends to).
+    """Keys and values, one [B, KV, S, hd] buffer per layer (compute dtype unless init_cache is given another),
+    and the segment id of every slot [B, S] (0 marks left padding, which no real token attends to).
 
     Separate per-layer buffers (not one [L, ...] array) let each decode step update and read a layer in place:
     slicing a layer out of a stacked cache costs a copy of it every step.
@@ -172,7 +172,7 @@ class MLP(nn.Module):
 class Block(nn.Module):
     """One decoder layer in OLMo-2 order: x + norm(attn(x)), then h + norm(mlp(h)).
 
-    Returns (x, None) as a scan body; with a layer cache (k, v, index) it returns (x, (k, v)) instead.
+    Returns (x, None) as a scan body; with a layer cache (k, v, index, attend) it returns (x, (k, v)) instead.
     """
 
     cfg: ModelConfig
