@@ -125,7 +125,7 @@ def finetuned_dir(probe_out: str = gin.REQUIRED) -> str:
 @gin.configurable(module="synpro")
 def influence_server(model: ModelConfig = gin.REQUIRED, mesh: MeshConfig = MeshConfig(),
                      checkpoint: str = gin.REQUIRED, finetuned: str = gin.REQUIRED, vocabulary: str = gin.REQUIRED,
-                     max_len: int = 2048, batch_size: int = 32, host: str = "127.0.0.1", port: int = 8000,
+                     max_len: int = 2048, batch_size: int = 32, host: str = "127.0.0.1", port: int = 24775,
                      max_texts: int = 256) -> None:
     """Serve POST /get_influence and GET /health for theta (checkpoint) and theta' (the probe's finetuned dir)."""
     from synpro_jax import sharding
