@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import jax
@@ -25,6 +26,8 @@ class OptimizerConfig:
     eps: float = 1e-8
     weight_decay: float = 0.1
     clip_norm: float | None = 1.0
+    # The release decays norm scales too (OLMo's decay_norm_and_bias: true); embeddings never decay.
+    decay_norms: bool = True
 
     def __post_init__(self):
         if self.learning_rate <= 0:
@@ -66,12 +69,15 @@ def make_schedule(cfg: OptimizerConfig) -> optax.Schedule:
     return optax.join_schedules([warmup, after], [cfg.warmup_steps])
 
 
-def decay_mask(params: Any) -> Any:
-    """True where weight decay applies: matrices, but not the embedding table or norm scales."""
+def decay_mask(params: Any, decay_norms: bool = True) -> Any:
+    """True where weight decay applies: everything but the embedding table, and norm scales only if
+    ``decay_norms`` (the release's ``decay_norm_and_bias``)."""
 
     def keep(path, _):
         keys = [str(getattr(k, "key", k)) for k in path]
-        return not any(k == "embedding" or k.endswith("norm") for k in keys)
+        if any(k == "embedding" for k in keys):
+            return False
+        return decay_norms or not any(k.endswith("norm") for k in keys)
 
     return jax.tree_util.tree_map_with_path(keep, params)
 
@@ -80,6 +86,6 @@ def make_optimizer(cfg: OptimizerConfig = OptimizerConfig()) -> optax.GradientTr
     parts = [optax.clip_by_global_norm(cfg.clip_norm)] if cfg.clip_norm else []
     parts.append(
         optax.adamw(make_schedule(cfg), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay,
-                    mask=decay_mask)
+                    mask=functools.partial(decay_mask, decay_norms=cfg.decay_norms))
     )
     return optax.chain(*parts)

@@ -26,14 +26,20 @@ def test_gradient_accumulation_equals_one_pass():
         np.testing.assert_allclose(a, b, atol=1e-6)
 
 
-def test_decay_mask_skips_embeddings_and_norms():
-    mask = decay_mask(models.abstract_params(models.get_preset("tiny")))
+def test_decay_mask_skips_embeddings_and_decays_norms_by_default():
+    """The release decays norms (decay_norm_and_bias: true) but never the embedding table."""
+    abstract = models.abstract_params(models.get_preset("tiny"))
+    mask = decay_mask(abstract)
+    assert OptimizerConfig().decay_norms is True
     assert mask["embedding"] is False
-    assert mask["final_norm"]["scale"] is False
-    assert mask["layers"]["attn"]["q_norm"]["scale"] is False
-    assert mask["layers"]["post_mlp_norm"]["scale"] is False
+    assert mask["final_norm"]["scale"] is True
+    assert mask["layers"]["attn"]["q_norm"]["scale"] is True
+    assert mask["layers"]["post_mlp_norm"]["scale"] is True
     assert mask["lm_head"] is True
     assert mask["layers"]["mlp"]["gate_proj"]["kernel"] is True
+    no_norms = decay_mask(abstract, decay_norms=False)
+    assert no_norms["final_norm"]["scale"] is False and no_norms["layers"]["post_attn_norm"]["scale"] is False
+    assert no_norms["embedding"] is False and no_norms["lm_head"] is True
 
 
 def test_weight_decay_leaves_embedding_alone():
@@ -47,6 +53,7 @@ def test_weight_decay_leaves_embedding_alone():
     updates, _ = tx.update(zeros, tx.init(params), params)
     assert float(abs(updates["embedding"]).max()) == 0.0
     np.testing.assert_allclose(updates["lm_head"], -0.1 * 0.5 * params["lm_head"], rtol=1e-6)
+    np.testing.assert_allclose(updates["final_norm"]["scale"], -0.1 * 0.5 * params["final_norm"]["scale"], rtol=1e-6)
 
 
 def test_schedules():
