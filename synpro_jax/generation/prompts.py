@@ -18,6 +18,13 @@ OPERATIONS = ("rephrase", "reformat")
 MAX_ENTRIES = 8
 MAX_SOURCE_CHARS = 7_000  # the release's cut for RL prompts
 
+# Bump whenever the instructions, the system prompt, the chat template or the way a long source is cut change:
+# synthesis refuses to resume a shard written under another version. History: 1, sources cut after
+# max_source_chars at a sentence boundary; 2, the middle of a long source is cut (characters, then tokens).
+PROMPT_VERSION = 2
+# Stands where the middle of an over-long source was cut out (the release puts "..." there).
+CUT_MARKER = " ... "
+
 SYSTEM_PROMPT = "You are a careful, helpful assistant. Follow the user's instructions exactly."
 
 HEADINGS = {
@@ -70,11 +77,23 @@ def cut_at_sentence(text: str, max_chars: int = MAX_SOURCE_CHARS) -> str:
     return head[:space].rstrip() if space > 0 else head
 
 
-def instruction(operation: str, document: str, max_source_chars: int = MAX_SOURCE_CHARS) -> str:
-    """The user turn asking for ``operation`` on ``document`` (cut at a sentence boundary to max_source_chars)."""
+def middle_cut(text: str, max_chars: int) -> tuple[str, str | None]:
+    """(head, tail) of ``text`` with at most ``max_chars`` characters between them, its middle left out (the head
+    gets the odd character); (text, None) when it fits. The release, too, cuts characters before it cuts tokens."""
+    if len(text) <= max_chars:
+        return text, None
+    head = (max_chars + 1) // 2
+    return text[:head], text[len(text) - (max_chars - head):]
+
+
+def instruction(operation: str, document: str, max_source_chars: int | None = MAX_SOURCE_CHARS) -> str:
+    """The user turn asking for ``operation`` on ``document`` (cut at a sentence boundary to max_source_chars;
+    None: not cut)."""
     _check_operation(operation)
+    document = document.strip()
     return _INSTRUCTIONS[operation].format(
-        heading=HEADINGS[operation], document=cut_at_sentence(document.strip(), max_source_chars),
+        heading=HEADINGS[operation],
+        document=document if max_source_chars is None else cut_at_sentence(document, max_source_chars),
         max_entries=MAX_ENTRIES, kinds=", ".join(ENTRY_KINDS),
     )
 
@@ -106,12 +125,53 @@ OLMO2_CHAT = ChatTemplate()
 
 
 def chat_prompt(operation: str, document: str, template: ChatTemplate = OLMO2_CHAT,
-                system: str = SYSTEM_PROMPT, max_source_chars: int = MAX_SOURCE_CHARS) -> str:
+                system: str = SYSTEM_PROMPT, max_source_chars: int | None = MAX_SOURCE_CHARS) -> str:
     """The full generator prompt text: system prompt, the instruction, and the assistant tag to continue from."""
     return template.render([
         {"role": "system", "content": system},
         {"role": "user", "content": instruction(operation, document, max_source_chars)},
     ])
+
+
+_SLOT = "\x00SOURCE\x00"
+
+
+def prompt_parts(operation: str, template: ChatTemplate = OLMO2_CHAT, system: str = SYSTEM_PROMPT) -> tuple[str, str]:
+    """The chat prompt text before and after the document, so a source can be tokenized (and cut) on its own:
+    ``before + document.strip() + after == chat_prompt(operation, document, template, system, None)``."""
+    text = chat_prompt(operation, _SLOT, template, system, None)
+    if text.count(_SLOT) != 1:
+        raise ValueError("the system prompt or chat template contains the document slot marker")
+    before, after = text.split(_SLOT)
+    return before, after
+
+
+def fit_source(before: Sequence[int], head: Sequence[int], tail: Sequence[int] | None, after: Sequence[int],
+               marker: Sequence[int], max_tokens: int) -> tuple[list[int], int] | None:
+    """Prompt ids ``before + source + after`` of at most ``max_tokens``, and how many source tokens were cut out.
+
+    The source is ``head``, or ``head`` and ``tail`` when its middle was already cut out (in characters); then
+    ``marker`` joins them. When the prompt is too long, the middle of the source is replaced by ``marker`` (head
+    and tail kept, the head getting the odd token, the gap spanning an earlier cut) so the prompt is exactly
+    ``max_tokens`` long. None when even an empty source does not fit. With no room for the marker, the source's
+    first tokens alone fill what is left.
+    """
+    room = max_tokens - len(before) - len(after)
+    if room < 0:
+        return None
+    src = [*head, *(tail or ())]
+    n = len(src)
+    whole = [*head, *marker, *tail] if tail is not None else src
+    if len(whole) <= room:
+        return [*before, *whole, *after], 0
+    if room <= len(marker):
+        return [*before, *src[:room], *after], n - room
+    keep = room - len(marker)
+    first = (keep + 1) // 2
+    if tail is not None:  # one gap: it must cover the join of head and tail
+        first = min(first, len(head))
+        first = max(first, keep - len(tail))
+    return [*before, *src[:first], *marker, *src[n - (keep - first):], *after], n - keep
 
 
 @dataclasses.dataclass(frozen=True)

@@ -71,3 +71,65 @@ def test_synthetic_text_keeps_at_most_eight_entries():
     out = synthetic_text(f"{HEADINGS['reformat']}\n{body}", "reformat")
     assert out.splitlines() == [f"- Topic: T{i} Content: C{i}" for i in range(8)]
     assert synthetic_text("the model forgot the heading", "rephrase") == ""
+
+
+def test_prompt_parts_surround_the_document():
+    for op in prompts.OPERATIONS:
+        before, after = prompts.prompt_parts(op)
+        doc = "A long document. " * 500
+        assert before + doc.strip() + after == prompts.chat_prompt(op, doc, max_source_chars=None)
+        assert before.endswith("Document:\n") and after == "\n<|assistant|>\n"
+
+
+def test_prompt_version_pins_the_prompt_text():
+    """Changing an instruction, the system prompt, the template or the cut marker changes what synthesis
+    generates: bump PROMPT_VERSION (then update the digest here) so old shards are not resumed with it."""
+    import hashlib
+    import json
+
+    text = json.dumps([prompts.prompt_parts(op) for op in prompts.OPERATIONS] + [prompts.CUT_MARKER])
+    digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+    assert (prompts.PROMPT_VERSION, digest) == (2, PINNED_PROMPT_DIGEST), "bump prompts.PROMPT_VERSION"
+
+
+PINNED_PROMPT_DIGEST = "f79623ed0b3466ab"
+
+
+def test_middle_cut_keeps_head_and_tail():
+    assert prompts.middle_cut("abcdef", 6) == ("abcdef", None)
+    assert prompts.middle_cut("abcdefghij", 5) == ("abc", "ij")  # head gets the odd character
+    assert prompts.middle_cut("abcdefghij", 1) == ("a", "")
+
+
+def test_fit_source_cuts_the_middle_to_exactly_the_budget():
+    before, after, marker = [-1, -2, -3], [-4, -5], [0]
+    src = list(range(1, 101))
+    # Fits: untouched.
+    assert prompts.fit_source(before, src, None, after, marker, 105) == ([*before, *src, *after], 0)
+    # Too long by one: the middle goes, the marker stands in it, the prompt is exactly the budget.
+    ids, cut = prompts.fit_source(before, src, None, after, marker, 104)
+    assert len(ids) == 104 and cut == 2
+    assert ids == [*before, *range(1, 50), 0, *range(52, 101), *after]
+    for budget in range(7, 105):
+        ids, cut = prompts.fit_source(before, src, None, after, marker, budget)
+        keep = budget - 6
+        assert len(ids) == budget and cut == 100 - keep
+        assert ids[3:3 + (keep + 1) // 2] == src[:(keep + 1) // 2]  # head
+        assert ids[len(ids) - 2 - keep // 2:len(ids) - 2] == src[100 - keep // 2:]  # tail
+    # No room for the marker: the source's first tokens; room for the chat text only: an empty source (too_long is for prompts that do not fit even then).
+    assert prompts.fit_source(before, src, None, after, marker, 6) == ([*before, 1, *after], 99)
+    assert prompts.fit_source(before, src, None, after, marker, 5) == ([*before, *after], 100)
+    assert prompts.fit_source(before, src, None, after, marker, 4) is None
+    assert prompts.fit_source(before, [], None, after, marker, 4) is None
+
+
+def test_fit_source_after_a_character_cut_leaves_one_gap():
+    before, after, marker = [-1], [-2], [0]
+    head, tail = list(range(1, 11)), list(range(101, 131))  # the character cut already joined these
+    assert prompts.fit_source(before, head, tail, after, marker, 100) == ([-1, *head, 0, *tail, -2], 0)
+    ids, cut = prompts.fit_source(before, head, tail, after, marker, 23)  # room 21: 20 kept around one marker
+    assert ids == [-1, *head, 0, *tail[20:], -2] and cut == 20  # the gap covers the join: 10 + 10 kept
+    ids, cut = prompts.fit_source(before, head, tail, after, marker, 13)
+    assert ids == [-1, *head[:5], 0, *tail[25:], -2] and cut == 30
+    ids, cut = prompts.fit_source(before, [1, 2], tail, after, marker, 23)  # a short head: the tail keeps more
+    assert ids == [-1, 1, 2, 0, *tail[12:], -2] and cut == 12
