@@ -1,5 +1,6 @@
-"""The influence HTTP service through a real HTTP client: scores equal the library call, /health, malformed
-requests get 4xx, and concurrent clients each get their own answers."""
+"""The influence HTTP service around a real tiny model, through real HTTP clients: scores equal the library call,
+/health, malformed requests get 4xx, concurrent clients each get their own answers, and the release's client
+(requests.Session().post(json={"texts": ...}) in batches of 16) works unchanged."""
 
 import concurrent.futures
 import http.client
@@ -8,6 +9,7 @@ import json
 import jax
 import numpy as np
 import pytest
+import requests
 
 from synpro_jax import models, sharding
 from synpro_jax.influence.probe import Probe
@@ -19,14 +21,18 @@ def encode(texts):  # bytes as tokens: a real tokenizer is not the point here
 
 
 @pytest.fixture(scope="module")
-def server():
+def tiny_probe():
     cfg = models.get_preset("tiny")
     mesh = sharding.make_mesh(sharding.MeshConfig(4, 1, 1), devices=jax.devices()[:4])
     params = jax.device_get(models.init_params(cfg, jax.random.key(0)))
     tuned = jax.tree.map(lambda x: x * 1.02, params)
-    probe = Probe(cfg, mesh, params, tuned, max_len=24)
-    srv = InfluenceServer(probe, encode, port=0, batch_size=8, max_texts=20, max_body_bytes=4096).start()
-    yield srv, probe
+    return Probe(cfg, mesh, params, tuned, max_len=128)
+
+
+@pytest.fixture(scope="module")
+def server(tiny_probe):
+    srv = InfluenceServer(tiny_probe, encode, port=0, batch_size=8, max_texts=20, max_body_bytes=4096).start()
+    yield srv, tiny_probe
     srv.close()
 
 
@@ -85,3 +91,70 @@ def test_concurrent_clients_get_their_own_answers(server):
         assert status == 200
         ref = probe.score_docs([np.asarray(t, np.int32) for t in encode(texts)], 8)
         np.testing.assert_allclose(out["influence_scores"], ref["influence"], atol=1e-6)
+
+
+class RecordingProbe:
+    """The real probe, recording the block shapes the service sends it."""
+
+    def __init__(self, probe):
+        self.probe, self.max_len, self.shapes = probe, probe.max_len, []
+
+    def score(self, tokens, mask):
+        self.shapes.append(tokens.shape)
+        return self.probe.score(tokens, mask)
+
+
+@pytest.fixture(scope="module")
+def release_server(tiny_probe):
+    probe = RecordingProbe(tiny_probe)
+    srv = InfluenceServer(probe, encode, port=0, batch_size=8).start()
+    yield srv, probe
+    srv.close()
+
+
+class ReleaseStyleClient:
+    """Written the way generator/data_influence_reward.py in the release calls the service."""
+
+    def __init__(self, endpoint, batch_size=16, timeout_seconds=120.0):
+        self.endpoint, self.batch_size, self.timeout_seconds = endpoint, batch_size, timeout_seconds
+        self.session = requests.Session()
+
+    def _query_batch(self, texts):
+        response = self.session.post(self.endpoint, json={"texts": texts}, timeout=self.timeout_seconds)
+        response.raise_for_status()
+        return [float(x) for x in response.json()["influence_scores"]]
+
+    def score_texts(self, texts):
+        out = []
+        for start in range(0, len(texts), self.batch_size):
+            out.extend(self._query_batch(texts[start:start + self.batch_size]))
+        return out
+
+
+def test_release_client_works_unchanged_and_short_texts_are_not_padded(release_server):
+    srv, probe = release_server
+    texts = [f"Sample {i}: the quick brown fox." * (1 + i % 2) for i in range(40)]  # 30 to 62 tokens
+    probe.shapes.clear()
+    client = ReleaseStyleClient("http://%s:%d/get_influence" % srv.address)
+    scores = client.score_texts(texts)
+    ref = probe.probe.score_docs([np.asarray(t, np.int32) for t in encode(texts)], 8)
+    np.testing.assert_allclose(scores, ref["influence"], atol=1e-5)
+    assert len(probe.shapes) == 5  # per request: 16 texts in two blocks of 8, then 8 in one
+    assert {width for _, width in probe.shapes} <= {33, 65}  # not 129: short texts stay in small buckets
+    health = client.session.get("http://%s:%d/health" % srv.address, timeout=10)
+    assert health.json() == {"status": "ok"}
+
+
+def test_bad_text_fails_only_its_request_beside_a_good_one(release_server):
+    srv, probe = release_server
+    endpoint = "http://%s:%d/get_influence" % srv.address
+    good = [f"good text {i}" for i in range(16)]
+    bad = [f"text {i}" for i in range(16)]
+    bad[5] = "lone surrogate \ud800 here"
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+        futures = [pool.submit(requests.Session().post, endpoint, json={"texts": t}, timeout=120) for t in (bad, good)]
+        r_bad, r_good = (f.result() for f in futures)
+    assert r_bad.status_code == 400 and r_bad.json()["index"] == 5 and "texts[5]" in r_bad.json()["error"]
+    r_good.raise_for_status()
+    ref = probe.probe.score_docs([np.asarray(t, np.int32) for t in encode(good)], 8)
+    np.testing.assert_allclose(r_good.json()["influence_scores"], ref["influence"], atol=1e-5)
