@@ -25,6 +25,8 @@ setup(
         "importlib_resources",  # tensorflow-datasets needs it and does not declare it
         "sentencepiece>=0.2",
         "tokenizers>=0.19",
+        "zstandard>=0.22",  # DCLM-Baseline's .jsonl.zst shards
+        "pyarrow>=14",  # Hugging Face parquet shards (FineWeb)
         "gin-config>=0.5",
         "matplotlib",
         "orbax-checkpoint>=0.6",

@@ -81,11 +81,12 @@ def test_text_source_splits(tmp_path):
 
 def test_npy_tokens_split_on_eos(tmp_path):
     path = tmp_path / "tokens.npy"
-    np.save(path, np.array([5, 6, 1, 1, 7, 8, 9, 1, 4, 300], np.uint32))
+    np.save(path, np.array([5, 6, 1, 1, 7, 8, 9, 1, 4, 255], np.uint32))
     src = sources.NpyTokenSource(path, eos_id=1, vocab_size=256)
     docs = list(src)
-    assert [d.tokens.tolist() for d in docs] == [[5, 6], [7, 8, 9]]
-    assert (src.report.empty, src.report.malformed) == (1, 1)  # the EOS-EOS gap and token 300
+    assert [d.tokens.tolist() for d in docs] == [[5, 6], [7, 8, 9], [4, 255]]
+    assert (src.report.empty, src.report.documents) == (1, 3)  # the EOS-EOS gap
+    assert f"{path}:3: empty" in src.report.summary()
     raw = tmp_path / "tokens.bin"
     np.array([3, 4, 1, 5], np.uint32).tofile(raw)
     assert [d.tokens.tolist() for d in sources.open_source(str(raw), eos_id=1)] == [[3, 4], [5]]
