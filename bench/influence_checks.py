@@ -33,7 +33,7 @@ from synpro_jax.influence import per_example_influence, tree_sub  # noqa: E402
 from synpro_jax.influence.kernel import example_losses  # noqa: E402
 from synpro_jax.influence.probe import Probe, ProbeConfig, finetune  # noqa: E402
 from synpro_jax.influence.run import reference_rows  # noqa: E402
-from synpro_jax.train.checkpoint import load_params  # noqa: E402
+from synpro_jax.train.params_io import load_params  # noqa: E402
 from synpro_jax.train import OptimizerConfig, TrainStep  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]

@@ -132,7 +132,7 @@ def influence_server(model: ModelConfig = gin.REQUIRED, mesh: MeshConfig = MeshC
     from synpro_jax.data.corpus import encoder_for
     from synpro_jax.data.vocab import load_vocabulary
     from synpro_jax.influence.probe import Probe
-    from synpro_jax.train.checkpoint import load_params
+    from synpro_jax.train.params_io import load_params
     from synpro_jax.influence.service import InfluenceServer
     from synpro_jax.models import hf
 
@@ -163,7 +163,7 @@ def synthesize(generator: str = gin.REQUIRED, shards=gin.REQUIRED, out_dir: str 
     from synpro_jax import sharding
     from synpro_jax.data.vocab import load_vocabulary
     from synpro_jax.generation.synthesize import Synthesizer
-    from synpro_jax.train.checkpoint import load_params_and_step
+    from synpro_jax.train.params_io import load_params_and_step
 
     path = Path(generator)
     is_hf = (path / "config.json").exists()

@@ -12,7 +12,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from synpro_jax.models import ModelConfig
-from synpro_jax.train.checkpoint import load_params
+from synpro_jax.train.params_io import load_params
 
 log = logging.getLogger(__name__)
 
