@@ -89,8 +89,8 @@ class ScoringQueue:
         with self._cv:
             return len(self._jobs)
 
-    def submit(self, docs: Sequence[np.ndarray], timeout_s: float) -> Job:
-        """Queue one request's documents; raises :class:`QueueFull` rather than waiting."""
+    def submit(self, docs: Sequence[Sequence[int]], timeout_s: float) -> Job:
+        """Queue one request's token lists; raises :class:`QueueFull` rather than waiting."""
         job = Job([np.asarray(d[: self.max_len + 1], np.int32) for d in docs], concurrent.futures.Future(),
                   time.monotonic() + timeout_s)
         with self._cv:
@@ -106,6 +106,8 @@ class ScoringQueue:
     def abandon(self, job: Job) -> None:
         """The job's client has gone or its wait timed out: drop it from the queue, or stop scoring it."""
         with self._cv:
+            if job.future.done():  # answered just now: nothing left to cancel
+                return
             if job.future.cancel():
                 try:
                     self._jobs.remove(job)
@@ -304,7 +306,7 @@ def make_handler(scoring: ScoringQueue, encode: Callable[[list[str]], list[list[
                 return self._reply(400, {"error": f"texts[{bad}] could not be encoded: {why}", "index": bad})
             busy = {"Retry-After": str(retry_after_s)}
             try:
-                job = scoring.submit([np.asarray(x, np.int32) for x in ids], timeout_s)
+                job = scoring.submit(ids, timeout_s)
             except QueueFull as e:
                 return self._reply(503, {"error": f"the influence service is busy: {e}; retry after "
                                                   f"{retry_after_s}s"}, headers=busy)
