@@ -46,12 +46,14 @@ def _register(*classes) -> None:
 
 def _lazy_configurables():
     """Config classes whose modules import TensorFlow/seqio or the sampler: registered only when gin is parsed."""
-    from synpro_jax.data.tasks import DataConfig
+    from synpro_jax.data.config import DataConfig, SyntheticShards
+    from synpro_jax.data.vocab import PassthroughVocabulary, TrainedSentencePiece
     from synpro_jax.generation.synthesize import SynthesisConfig
     from synpro_jax.influence.probe import ProbeConfig
     from synpro_jax.train.trainer import TrainerConfig
 
-    _register(DataConfig, TrainerConfig, ProbeConfig, SynthesisConfig)
+    _register(DataConfig, SyntheticShards, PassthroughVocabulary, TrainedSentencePiece, TrainerConfig, ProbeConfig,
+              SynthesisConfig)
 
 
 def _as_tuple(x):
@@ -67,11 +69,10 @@ def pretrain(model: ModelConfig = gin.REQUIRED, mesh: MeshConfig = MeshConfig(),
     import jax
 
     from synpro_jax import sharding
-    from synpro_jax.data.tasks import build_streams, summarize
+    from synpro_jax.data.streams import build_streams, summarize
     from synpro_jax.models import hf
     from synpro_jax.train.trainer import Trainer
 
-    data = dataclasses.replace(data, organic=_as_tuple(data.organic), synthetic=_as_tuple(data.synthetic))
     init_params = None
     if init_from_hf:
         hf_cfg, init_params = hf.load(init_from_hf)

@@ -1,4 +1,4 @@
-"""Tokenized corpora in memory, a data-bound token budget, and their on-disk cache.
+"""Tokenized corpora in memory and their on-disk cache.
 
 A :class:`TokenizedCorpus` holds every document's tokens in one flat int32 array with offsets, so packing and
 epoch shuffles are index arithmetic. Building one from a source is the slow part; :func:`build_corpus` caches
@@ -67,7 +67,7 @@ class TokenizedCorpus:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp.npz", dir=path.parent)
         os.close(fd)
         try:
-            np.savez(tmp, tokens=self.tokens, offsets=self.offsets, doc_ids=np.array(self.doc_ids, dtype=object))
+            np.savez(tmp, tokens=self.tokens, offsets=self.offsets, doc_ids=np.array(self.doc_ids, dtype=np.str_))
             os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):
@@ -75,27 +75,15 @@ class TokenizedCorpus:
 
     @classmethod
     def load(cls, path: Path) -> "TokenizedCorpus":
-        with np.load(path, allow_pickle=True) as z:
-            return cls(z["tokens"], z["offsets"], list(z["doc_ids"]))
-
-
-def data_bound_budget(corpus: TokenizedCorpus, max_tokens: int, seed: int = 0) -> TokenizedCorpus:
-    """Exactly ``max_tokens`` unique tokens: documents in a seeded random order until the budget is met, the
-    last one truncated to fit. The same (corpus, budget, seed) always selects the same tokens."""
-    if max_tokens <= 0:
-        raise ValueError(f"unique-token budget {max_tokens}: must be positive")
-    if max_tokens > corpus.num_tokens:
-        raise ValueError(f"unique-token budget {max_tokens:,} exceeds the corpus's {corpus.num_tokens:,} tokens")
-    order = np.random.default_rng(seed).permutation(corpus.num_docs)
-    cum = np.cumsum(corpus.lengths()[order])
-    n = int(np.searchsorted(cum, max_tokens)) + 1  # documents needed to reach the budget
-    used_before = int(cum[n - 2]) if n > 1 else 0
-    return corpus.subset(order[:n], last_len=max_tokens - used_before)
+        with np.load(path, allow_pickle=False) as z:
+            return cls(z["tokens"], z["offsets"], [str(i) for i in z["doc_ids"]])
 
 
 def tokenize_documents(docs: Iterable[Document], encode_batch: Callable[[list[str]], list[list[int]]],
-                       batch_size: int = 512, progress: bool = False, desc: str = "tokenize") -> TokenizedCorpus:
-    """Encode text documents in batches (pre-tokenized ones pass through)."""
+                       batch_size: int = 512, progress: bool = False, desc: str = "tokenize",
+                       report: ReadReport | None = None) -> TokenizedCorpus:
+    """Encode text documents in batches (pre-tokenized ones pass through). A document that encodes to no tokens
+    is left out and counted in ``report`` as empty, with its id (file:line)."""
     from tqdm.auto import tqdm
 
     token_lists: list[np.ndarray] = []
@@ -108,14 +96,23 @@ def tokenize_documents(docs: Iterable[Document], encode_batch: Callable[[list[st
             if len(toks):
                 token_lists.append(np.asarray(toks, np.int32))
                 ids.append(d.id)
+            elif report is not None:
+                report.documents -= 1  # the source counted it as kept
+                report.problem("empty", d.id, "the text encodes to no tokens")
+            else:
+                log.warning("skipped %s: the text encodes to no tokens", d.id)
         pending.clear()
 
     bar = tqdm(desc=desc, unit="doc", disable=not progress)
     for doc in docs:
         bar.update(1)
         if doc.tokens is not None:
-            token_lists.append(doc.tokens.astype(np.int32))
-            ids.append(doc.id)
+            if len(doc.tokens):
+                token_lists.append(doc.tokens.astype(np.int32))
+                ids.append(doc.id)
+            elif report is not None:
+                report.documents -= 1
+                report.problem("empty", doc.id, "no tokens")
             continue
         pending.append(doc)
         if len(pending) >= batch_size:
@@ -137,7 +134,7 @@ def encoder_for(vocab) -> Callable[[list[str]], list[list[int]]]:
 
 
 def _fingerprint(source, vocab) -> str:
-    parts = {"source": type(source).__name__, "vocab": type(vocab).__name__, "vocab_size": vocab.vocab_size,
+    parts = {"cache_format": 2, "source": type(source).__name__, "vocab": type(vocab).__name__, "vocab_size": vocab.vocab_size,
              "eos": vocab.eos_id}
     files = getattr(source, "files", None)
     if files:
@@ -164,8 +161,9 @@ def build_corpus(source, vocab, cache_dir: str | os.PathLike | None = None, name
         if cache.exists():
             log.info("using cached corpus %s", cache)
             return TokenizedCorpus.load(cache), None
-    corpus = tokenize_documents(source, encoder_for(vocab), progress=progress, desc=f"tokenize {name}")
     report = getattr(source, "report", None)
+    corpus = tokenize_documents(source, encoder_for(vocab), progress=progress, desc=f"tokenize {name}",
+                                report=report)
     if report is not None:
         log.info("%s: %s", name, report.summary())
     if cache is not None:
@@ -175,3 +173,10 @@ def build_corpus(source, vocab, cache_dir: str | os.PathLike | None = None, name
             tmp.write_text(report.summary() + "\n")
             os.replace(tmp, cache.with_suffix(".report.txt"))
     return corpus, report
+
+
+def unigram_entropy(tokens: np.ndarray) -> float:
+    """Entropy (nats/token) of the empirical token distribution: the loss of a model that ignores context."""
+    counts = np.bincount(tokens.astype(np.int64))
+    p = counts[counts > 0] / counts.sum()
+    return float(-(p * np.log(p)).sum())

@@ -1,4 +1,4 @@
-"""Deterministic, random-access training rows: packed epochs of one corpus, and block mixtures of several.
+"""Deterministic, random-access training rows: packed epochs of one corpus (mixtures: ``mixture.py``).
 
 Every row is a pure function of (seed, row index), so a run resumes exactly from its step number, any host can
 build just the rows its devices hold, and nothing needs a shuffle buffer.
@@ -13,7 +13,6 @@ prediction that would cross a boundary (EOS -> the next document's first token).
 from __future__ import annotations
 
 import dataclasses
-import functools
 
 import numpy as np
 
@@ -51,17 +50,27 @@ class PackedStream:
         self.seed, self.shuffle = seed, shuffle
         self._lengths = corpus.lengths() + 1  # each document plus its EOS
         self.epoch_tokens = int(self._lengths.sum())
+        # Per stream, not a class-wide LRU: a mixture of many streams must not evict each other's epochs.
+        self._epochs: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self.epochs_built = 0
 
     @property
     def rows_per_epoch(self) -> float:
         return self.epoch_tokens / self.row_len
 
-    @functools.lru_cache(maxsize=4)
     def _epoch(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
-        """(document order, start offset of each placed document) for one epoch."""
+        """(document order, start offset of each placed document) for one epoch; two are kept (a row
+        spans at most two epochs while reading forward)."""
+        hit = self._epochs.get(epoch)
+        if hit is not None:
+            return hit
         n = self.corpus.num_docs
         order = (np.random.default_rng([self.seed, epoch]).permutation(n) if self.shuffle else np.arange(n))
         starts = np.concatenate([[0], np.cumsum(self._lengths[order])[:-1]])
+        if len(self._epochs) >= 2:
+            self._epochs.pop(max(self._epochs, key=lambda e: abs(e - epoch)))  # the farthest from this one
+        self._epochs[epoch] = (order, starts)
+        self.epochs_built += 1
         return order, starts
 
     def _fill(self, pos: int, out_tok, out_seg, out_pos) -> None:
@@ -99,70 +108,3 @@ class PackedStream:
     def epoch_doc_order(self, epoch: int) -> list[str]:
         order, _ = self._epoch(epoch)
         return [self.corpus.doc_ids[i] for i in order]
-
-
-def largest_remainder(rates, total: int) -> np.ndarray:
-    """Integer counts summing to ``total`` in proportion to ``rates`` (Hamilton's method)."""
-    rates = np.asarray(rates, np.float64)
-    if np.any(rates < 0) or rates.sum() <= 0:
-        raise ValueError(f"mixture rates {rates.tolist()}: need non-negative rates with a positive sum")
-    exact = rates / rates.sum() * total
-    counts = np.floor(exact).astype(np.int64)
-    counts[np.argsort(-(exact - counts), kind="stable")[: total - counts.sum()]] += 1
-    return counts
-
-
-class MixedStream:
-    """Rows drawn from several packed streams at fixed rates, block-deterministically.
-
-    Every block of ``block_rows`` rows holds exactly ``counts[i]`` rows of stream ``i`` (rates rounded by largest
-    remainder), in a seeded order within the block. Row ``g`` is found without touching any other row.
-    """
-
-    def __init__(self, streams: list[PackedStream], rates, names: list[str] | None = None, block_rows: int = 1024,
-                 seed: int = 0):
-        if len(streams) != len(rates):
-            raise ValueError(f"{len(streams)} streams but {len(rates)} rates")
-        row_lens = {s.row_len for s in streams}
-        if len(row_lens) != 1:
-            raise ValueError(f"streams pack to different row lengths {sorted(row_lens)}")
-        self.streams, self.block_rows, self.seed = streams, block_rows, seed
-        self.names = names or [f"stream{i}" for i in range(len(streams))]
-        self.counts = largest_remainder(rates, block_rows)
-        self.row_len = row_lens.pop()
-
-    @property
-    def rates(self) -> np.ndarray:
-        return self.counts / self.block_rows
-
-    @functools.lru_cache(maxsize=8)
-    def _block(self, block: int) -> tuple[np.ndarray, np.ndarray]:
-        """(stream of each slot, index of the slot among its stream's slots) for one block."""
-        slots = np.repeat(np.arange(len(self.streams)), self.counts)
-        slots = np.random.default_rng([self.seed, 7919, block]).permutation(slots)
-        rank = np.empty_like(slots)
-        for i in range(len(self.streams)):
-            where = np.flatnonzero(slots == i)
-            rank[where] = np.arange(len(where))
-        return slots, rank
-
-    def locate(self, g: int) -> tuple[int, int]:
-        """(stream, row index within that stream) of global row ``g``."""
-        block, slot = divmod(int(g), self.block_rows)
-        slots, rank = self._block(block)
-        stream = int(slots[slot])
-        return stream, block * int(self.counts[stream]) + int(rank[slot])
-
-    def rows(self, indices) -> tuple[Rows, np.ndarray]:
-        """The rows at global ``indices`` and the stream each came from."""
-        located = [self.locate(g) for g in indices]
-        which = np.array([s for s, _ in located], np.int32)
-        n, length = len(located), self.row_len
-        tok = np.empty((n, length), np.int32)
-        seg = np.empty((n, length), np.int32)
-        pos = np.empty((n, length), np.int32)
-        epochs = np.empty(n, np.int64)
-        for j, (s, r) in enumerate(located):
-            one = self.streams[s].rows([r])
-            tok[j], seg[j], pos[j], epochs[j] = one.tokens[0], one.segment_ids[0], one.positions[0], one.epochs[0]
-        return Rows(tok, seg, pos, epochs), which

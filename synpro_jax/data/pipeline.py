@@ -13,7 +13,7 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding
 
-from synpro_jax.data.packing import MixedStream, PackedStream, Rows
+ROW_FEATURES = ("inputs", "targets", "segment_ids", "positions", "loss_mask")
 
 
 @dataclasses.dataclass
@@ -52,26 +52,60 @@ def seqio_shard_info():
 
 
 class TrainBatches:
-    """Batches for training step ``s`` from a packed or mixed stream, as sharded global arrays."""
+    """Batches for training step ``s`` as sharded global arrays, from a stream of packed rows.
 
-    def __init__(self, stream: PackedStream | MixedStream, global_batch: int, sharding: NamedSharding):
+    Host ``p`` of ``P`` (by the rows its devices hold) takes the global rows ``p, p + P, ...``: step ``s`` holds
+    rows ``[s * B, (s + 1) * B)``, host ``p``'s ``i``-th local row being ``s * B + i * P + p``. That is seqio's
+    shard layout, so a :class:`~synpro_jax.data.streams.MixtureInput` (the registered seqio Mixture, the run's
+    real input) and a random-access stream (validation, tests) give the same batches.
+    """
+
+    def __init__(self, stream, global_batch: int, sharding: NamedSharding, prefetch: int = 2):
         if global_batch < 1:
             raise ValueError(f"global_batch={global_batch}: must be >= 1")
         self.stream, self.global_batch, self.sharding = stream, global_batch, sharding
         self.seq_len = stream.row_len - 1
         self.shard = host_rows(sharding, global_batch, self.seq_len)
+        self.local_batch = self.shard.row_stop - self.shard.row_start
+        if global_batch % self.local_batch or self.shard.row_start % self.local_batch:
+            raise ValueError(f"global_batch={global_batch}: hosts hold unequal row blocks "
+                             f"({self.shard.row_start}:{self.shard.row_stop})")
+        self.num_row_shards = global_batch // self.local_batch
+        self.row_shard = self.shard.row_start // self.local_batch
+        self.prefetch = prefetch
+        self._iterator, self._next_step = None, None
 
-    def host_rows(self, step: int) -> tuple[Rows, np.ndarray | None]:
-        start = step * self.global_batch
-        indices = np.arange(start + self.shard.row_start, start + self.shard.row_stop)
-        if isinstance(self.stream, MixedStream):
-            return self.stream.rows(indices)
-        return self.stream.rows(indices), None
+    @property
+    def reads_seqio(self) -> bool:
+        return hasattr(self.stream, "dataset")
+
+    def host_row_indices(self, step: int) -> np.ndarray:
+        """The global rows this host holds at ``step``, in local order."""
+        return step * self.global_batch + np.arange(self.local_batch) * self.num_row_shards + self.row_shard
+
+    def _seqio_rows(self, step: int) -> dict[str, np.ndarray]:
+        if self._iterator is None or step != self._next_step:  # start, resume or a jump: reopen at this step
+            import seqio
+
+            shard = seqio.ShardInfo(index=self.row_shard, num_shards=self.num_row_shards)
+            ds = self.stream.dataset(shard, start_row=step * self.local_batch)
+            self._iterator = ds.batch(self.local_batch).prefetch(self.prefetch).as_numpy_iterator()
+        self._next_step = step + 1
+        return next(self._iterator)
+
+    def host_rows(self, step: int) -> tuple[dict[str, np.ndarray], dict]:
+        """(this host's rows of ``step`` as training features, host info: source stream and epoch of each row)."""
+        if self.reads_seqio:
+            rows = self._seqio_rows(step)
+            return {k: rows[k] for k in ROW_FEATURES}, {"stream": rows["task"], "epochs": rows["epoch"]}
+        indices = self.host_row_indices(step)
+        out = self.stream.rows(indices)
+        rows, which = out if isinstance(out, tuple) else (out, None)
+        return rows.training_batch(), {"stream": which, "epochs": rows.epochs}
 
     def __call__(self, step: int) -> tuple[dict[str, jax.Array], dict]:
         """(the sharded batch for ``step``, host-side info: source stream and epoch of each local row)."""
-        rows, which = self.host_rows(step)
-        local = rows.training_batch()
+        local, info = self.host_rows(step)
         shape = (self.global_batch, self.seq_len)
         batch = {k: jax.make_array_from_process_local_data(self.sharding, v, shape) for k, v in local.items()}
-        return batch, {"stream": which, "epochs": rows.epochs}
+        return batch, info

@@ -4,12 +4,14 @@ Hugging Face ``tokenizer.json`` files such as OLMo's dolma2.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -20,6 +22,8 @@ import tensorflow as tf  # noqa: E402
 
 # Data pipelines run on the host: keep TensorFlow off any accelerator JAX owns.
 tf.config.set_visible_devices([], "GPU")
+
+log = logging.getLogger(__name__)
 
 # seqio's convention for SentencePiece models: pad 0, eos 1, unk 2, no bos.
 SP_PAD_ID, SP_EOS_ID, SP_UNK_ID = 0, 1, 2
@@ -184,21 +188,63 @@ class HFTokenizerVocabulary(seqio.Vocabulary):
         return f"HFTokenizerVocabulary({str(self._path)!r}, vocab_size={self._size}, eos={self._eos})"
 
 
-def load_vocabulary(spec: str) -> seqio.Vocabulary:
+@dataclasses.dataclass(frozen=True)
+class PassthroughVocabulary:
+    """Token ids as they are, for pre-tokenized data (gin: ``@synpro.PassthroughVocabulary()``)."""
+
+    size: int
+    eos_id: int = 1
+
+    def __post_init__(self):
+        if self.size < 2 or not 0 <= self.eos_id < self.size:
+            raise ValueError(f"PassthroughVocabulary(size={self.size}, eos_id={self.eos_id}): need size >= 2 and "
+                             "0 <= eos_id < size")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainedSentencePiece:
+    """A SentencePiece vocabulary trained once on the run's organic text and cached
+    (gin: ``@synpro.TrainedSentencePiece()``)."""
+
+    size: int
+
+    def __post_init__(self):
+        if self.size < 8:
+            raise ValueError(f"TrainedSentencePiece.size={self.size}: must be at least 8")
+
+
+def load_vocabulary(spec) -> seqio.Vocabulary:
     """``*.model`` -> SentencePiece; ``tokenizer.json`` or a directory holding one -> HF tokenizers;
-    ``passthrough:SIZE[:EOS]`` -> token ids as they are (pre-tokenized data)."""
-    if spec.startswith("passthrough:"):
-        try:
-            size, *eos = (int(x) for x in spec.split(":")[1:])
-        except ValueError:
-            raise ValueError(f"vocabulary {spec!r}: expected passthrough:SIZE[:EOS_ID]") from None
-        return seqio.PassThroughVocabulary(size, eos_id=eos[0] if eos else 1)
+    :class:`PassthroughVocabulary` -> token ids as they are. A seqio.Vocabulary is returned unchanged."""
+    if isinstance(spec, seqio.Vocabulary):
+        return spec
+    if isinstance(spec, PassthroughVocabulary):
+        return seqio.PassThroughVocabulary(spec.size, eos_id=spec.eos_id)
+    if isinstance(spec, TrainedSentencePiece):
+        raise ValueError(f"{spec}: a trained vocabulary belongs to a run's data; use resolve_vocabulary")
     path = Path(spec)
     if path.suffix == ".model":
         return sentencepiece_vocabulary(path)
     if path.name.endswith(".json") or path.is_dir():
         return HFTokenizerVocabulary(path)
-    raise ValueError(f"vocabulary {spec!r}: expected a SentencePiece .model file or a tokenizer.json")
+    raise ValueError(f"vocabulary {spec!r}: expected a SentencePiece .model file, a tokenizer.json, "
+                     "PassthroughVocabulary(size, eos_id) or TrainedSentencePiece(size)")
+
+
+def resolve_vocabulary(spec, *, cache_dir: str | os.PathLike, corpus: str,
+                       texts: Callable[[], Iterable[str]]) -> seqio.Vocabulary:
+    """The vocabulary ``spec`` names; a :class:`TrainedSentencePiece` is trained on ``texts()`` the first time
+    and read from ``cache_dir`` after that."""
+    if not isinstance(spec, TrainedSentencePiece):
+        return load_vocabulary(spec)
+    path = Path(cache_dir) / f"{corpus}_sp{spec.size}.model"
+    if not path.exists():
+        log.info("training a %d-token SentencePiece vocabulary -> %s", spec.size, path)
+        try:
+            train_sentencepiece(texts(), path, spec.size)
+        except ValueError as e:
+            raise ValueError(f"TrainedSentencePiece.size={spec.size}: {e}") from None
+    return load_vocabulary(str(path))
 
 
 def describe(vocab: seqio.Vocabulary) -> dict:

@@ -3,8 +3,10 @@
 import numpy as np
 import pytest
 
-from synpro_jax.data.corpus import TokenizedCorpus, data_bound_budget
-from synpro_jax.data.packing import MixedStream, PackedStream, largest_remainder
+from synpro_jax.data.budget import data_bound_budget
+from synpro_jax.data.corpus import TokenizedCorpus
+from synpro_jax.data.mixture import MixedStream, largest_remainder
+from synpro_jax.data.packing import PackedStream
 
 EOS = 1
 
@@ -106,3 +108,15 @@ def test_mixture_hits_rates_and_walks_each_stream_in_order():
     for j, s in enumerate(src):
         expect = (a if s == 0 else b).rows([mix.locate(j)[1]]).tokens[0]
         np.testing.assert_array_equal(rows.tokens[j], expect)
+
+
+def test_many_streams_keep_their_own_epoch_cache():
+    """Six streams read in turn: each epoch order is built once per stream (a shared LRU of 4 thrashed)."""
+    streams = [PackedStream(toy_corpus(30, seed=i, base=10 + 40 * i), row_len=5, eos_id=EOS, seed=i)
+               for i in range(6)]
+    mix = MixedStream(streams, [1] * 6, block_rows=60, seed=0)
+    for start in range(0, 600, 12):
+        mix.rows(range(start, start + 12))
+    for s in streams:
+        epochs_touched = int(np.ceil(100 * s.row_len / s.epoch_tokens)) + 1
+        assert s.epochs_built <= epochs_touched, (s.epochs_built, epochs_touched)

@@ -1,0 +1,157 @@
+"""A run's data, built in one direction: sources -> tokenized corpus -> budget -> packing -> mixture -> seqio.
+
+:func:`build_streams` reads :class:`~synpro_jax.data.config.DataConfig` once and returns what the trainer needs:
+the registered :class:`~synpro_jax.data.tasks.PackedMixture` as its training input, and the held-out organic
+documents packed for validation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+
+from synpro_jax.data import sources as sources_lib
+from synpro_jax.data import tasks as tasks_lib
+from synpro_jax.data.budget import data_bound_budget, split_validation
+from synpro_jax.data.config import DataConfig
+from synpro_jax.data.corpus import TokenizedCorpus, build_corpus, unigram_entropy
+from synpro_jax.data.packing import PackedStream
+from synpro_jax.data.vocab import resolve_vocabulary
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class MixtureInput:
+    """The trainer's input: the registered mixture ``name`` read through seqio at ``seq_len``."""
+
+    name: str
+    seq_len: int
+
+    @property
+    def mixture(self) -> tasks_lib.PackedMixture:
+        import seqio
+
+        return seqio.get_mixture_or_task(self.name)
+
+    @property
+    def row_len(self) -> int:
+        return self.seq_len + 1
+
+    @property
+    def names(self) -> list[str]:
+        return self.mixture.task_names
+
+    def dataset(self, shard_info=None, start_row: int = 0):
+        return self.mixture.get_dataset({"targets": self.seq_len}, split="train", shard_info=shard_info,
+                                        shuffle=False, start_row=start_row)
+
+    def rows(self, indices):
+        """Random access to global rows (the same rows the dataset yields), for tools and tests."""
+        return self.mixture.stream(self.seq_len).rows(indices)
+
+
+@dataclasses.dataclass
+class Streams:
+    train: MixtureInput
+    validation: PackedStream | None
+    mixture: str
+    info: dict  # per task: documents, tokens, rate; reports; fingerprint
+
+
+class ChainedSource:
+    """Several sources read one after another, with one combined report."""
+
+    def __init__(self, parts: list):
+        self.parts = parts
+        self.files = [f for p in parts for f in getattr(p, "files", [])]
+        self.name = "|".join(getattr(p, "name", type(p).__name__) for p in parts)
+        self.text_field = "|".join(str(getattr(p, "text_field", "")) for p in parts)
+        self.report = sources_lib.ReadReport()
+
+    def __iter__(self):  # read once: a fresh ChainedSource per pass (open_organic)
+        for part in self.parts:
+            yield from part
+            self.report.merge(part.report)
+
+
+def open_organic(cfg: DataConfig, eos_id: int | None = None, vocab_size: int | None = None) -> ChainedSource:
+    """All organic sources of ``cfg`` (opened and checked up front), read one after another."""
+    kinds = {sources_lib.is_pretokenized(s) for s in cfg.organic}
+    if len(kinds) > 1:
+        raise ValueError(f"DataConfig.organic={cfg.organic}: mixes text and pre-tokenized sources; use one kind")
+    return ChainedSource([sources_lib.open_source(s, text_field=cfg.text_field, eos_id=eos_id,
+                                                  vocab_size=vocab_size) for s in cfg.organic])
+
+
+def build_streams(cfg: DataConfig, seq_len: int, progress: bool = True) -> Streams:
+    """Tokenize (cached), hold out validation documents, apply the budget, register the Tasks and the packed
+    Mixture, and return the trainer's input."""
+    vocab = resolve_vocabulary(cfg.vocabulary, cache_dir=cfg.cache_dir, corpus=cfg.corpus,
+                               texts=lambda: (d.text for d in open_organic(cfg) if d.text))
+    reports: dict[str, str] = {}
+
+    organic_name = tasks_lib.organic_task_name(cfg.corpus)
+    organic, report = build_corpus(open_organic(cfg, vocab.eos_id, vocab.vocab_size), vocab, cfg.cache_dir,
+                                   name=organic_name, progress=progress)
+    reports[organic_name] = report.summary() if report else "(from cache)"
+    if cfg.validation_docs:
+        train_organic, val_organic = split_validation(organic, cfg.validation_docs, cfg.seed)
+    else:
+        train_organic, val_organic = organic, None
+    if cfg.organic_budget_tokens is not None:
+        train_organic = data_bound_budget(train_organic, cfg.organic_budget_tokens, seed=cfg.seed)
+    splits = {"train": train_organic, **({"validation": val_organic} if val_organic is not None else {})}
+    tasks_lib.register_corpus_task(organic_name, splits, vocab)
+    corpora: dict[str, TokenizedCorpus] = {organic_name: train_organic}
+    short = {organic_name: "organic"}
+
+    for shards in cfg.synthetic:
+        name = tasks_lib.synthetic_task_name(cfg.corpus, shards.operation, shards.round)
+        source = sources_lib.JsonlSource(shards.files, text_field="text", id_field="source_id")
+        corpus, report = build_corpus(source, vocab, cfg.cache_dir, name=name, progress=progress)
+        reports[name] = report.summary() if report else "(from cache)"
+        if corpus.num_docs == 0:
+            raise ValueError(f"DataConfig.synthetic {shards}: the shards hold no usable documents "
+                             f"({reports[name]})")
+        tasks_lib.register_corpus_task(name, {"train": corpus}, vocab)
+        corpora[name], short[name] = corpus, shards.short_name
+
+    from synpro_jax.data.mixture import resolve_rates
+
+    rates = resolve_rates(cfg.mixing, {n: c.num_tokens for n, c in corpora.items()}, short)
+    mix = tasks_lib.mixture_name(cfg.corpus)
+    spec = tasks_lib.MixtureSpec(corpora, rates, vocab.eos_id, cfg.block_rows, cfg.seed)
+    mixture = tasks_lib.register_mixture(mix, spec)
+    train = MixtureInput(mix, seq_len)
+    row_rates = mixture.stream(seq_len).rates
+    validation = (PackedStream(val_organic, seq_len + 1, vocab.eos_id, seed=cfg.seed, shuffle=False)
+                  if val_organic is not None else None)
+    info = {
+        "mixture": mix,
+        "vocabulary": repr(vocab),
+        "vocab_size": vocab.vocab_size,
+        "tasks": {n: {"documents": c.num_docs, "tokens": c.num_tokens, "rate": float(row_rates[i])}
+                  for i, (n, c) in enumerate(corpora.items())},
+        "validation_docs": val_organic.num_docs if val_organic is not None else 0,
+        "validation_tokens": val_organic.num_tokens if val_organic is not None else 0,
+        "organic_unigram_entropy": unigram_entropy(train_organic.tokens),
+        "reports": reports,
+    }
+    info["fingerprint"] = hashlib.sha1(json.dumps(
+        [cfg.fingerprint_fields(), {n: [c.num_tokens, c.num_docs] for n, c in corpora.items()}],
+        sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return Streams(train, validation, mix, info)
+
+
+def summarize(info: dict) -> str:
+    lines = [f"mixture {info['mixture']} (vocab {info['vocab_size']}):"]
+    for name, t in info["tasks"].items():
+        lines.append(f"  {name}: {t['documents']:,} docs, {t['tokens']:,} tokens, rate {t['rate']:.3f}")
+    lines.append(f"  validation: {info['validation_tokens']:,} held-out organic tokens; organic unigram entropy "
+                 f"{info['organic_unigram_entropy']:.3f} nats/token")
+    for name, rep in info["reports"].items():
+        lines.append(f"  {name} read: {rep}")
+    return "\n".join(lines)
