@@ -1,5 +1,5 @@
-"""Cost of the influence scorers on one model: a plain forward pass, the jvp kernel, the exact per-example
-gradient kernel, and the probe's two-forward scoring, at two batch sizes.
+"""Cost of the influence scorers on one model: a plain forward pass, grad_dot's jvp mode, its per-example
+gradient mode (reported as "exact"), and the probe's two-forward scoring, at two batch sizes.
 
 Reports examples/s and XLA's planned peak memory (temporaries + arguments + outputs of the compiled program)
 for each, plus jvp's cost relative to a forward pass and its speed-up over exact.
@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from report import write_report  # noqa: E402
 from synpro_jax import models  # noqa: E402
-from synpro_jax.influence.kernel import _exact, _jvp, example_losses  # noqa: E402
+from synpro_jax.influence.kernel import _jvp, _per_example, example_losses  # noqa: E402
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "influence.json"
 
@@ -65,7 +65,8 @@ def main(argv=None):
         runs = {
             "forward": (lambda p, t, m: example_losses(cfg, p, t, m), (params, tokens, mask)),
             "jvp": (lambda p, d, t, m: _jvp(cfg, p, d, t, m), (params, direction, tokens, mask)),
-            "exact": (lambda p, d, t, m: _exact(cfg, p, d, t, m, args.micro_batch), (params, direction, tokens, mask)),
+            "exact": (lambda p, d, t, m: _per_example(cfg, p, d, t, m, args.micro_batch),
+                      (params, direction, tokens, mask)),
             "probe_two_forward": (lambda p0, p1, t, m: example_losses(cfg, p0, t, m) - example_losses(cfg, p1, t, m),
                                   (params, params_ft, tokens, mask)),
         }

@@ -29,7 +29,7 @@ from synpro_jax.data.corpus import TokenizedCorpus, build_corpus  # noqa: E402
 from synpro_jax.data.packing import PackedStream  # noqa: E402
 from synpro_jax.data.sources import JsonlSource  # noqa: E402
 from synpro_jax.data.vocab import load_vocabulary  # noqa: E402
-from synpro_jax.influence import per_example_influence, tree_sub  # noqa: E402
+from synpro_jax.influence import grad_dot, tree_sub  # noqa: E402
 from synpro_jax.influence.kernel import example_losses  # noqa: E402
 from synpro_jax.influence.probe import Probe, ProbeConfig, finetune  # noqa: E402
 from synpro_jax.influence.run import reference_rows  # noqa: E402
@@ -94,7 +94,7 @@ def main(argv=None):
         jvp = []
         for i in range(0, len(probe_docs), 32):
             rows, mask = probe.rows(probe_docs[i:i + 32], 32, vocab.pad_id)
-            out = per_example_influence(cfg, theta, tree_sub(snapshots[s], theta), rows, loss_mask=mask)
+            out = grad_dot(cfg, theta, tree_sub(snapshots[s], theta), rows, loss_mask=mask)
             jvp.append(np.asarray(out)[: len(probe_docs[i:i + 32])])
         jvp = -np.concatenate(jvp)
         rho = float(spearmanr(scores["influence"], jvp).statistic)

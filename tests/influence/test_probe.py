@@ -9,7 +9,7 @@ import pytest
 from scipy.stats import spearmanr
 
 from synpro_jax import models, sharding
-from synpro_jax.influence import per_example_influence, tree_sub
+from synpro_jax.influence import grad_dot, tree_sub
 from synpro_jax.influence.kernel import example_losses
 from synpro_jax.influence.probe import Probe, ProbeConfig, finetune, score_corpus
 
@@ -87,6 +87,6 @@ def test_first_order_agreement_with_small_probe_step(world):
     probe = Probe(cfg, mesh, params, tuned, max_len=16)
     scores = probe.score_docs(docs, batch_size=8)
     rows, mask = probe.rows(docs, len(docs))
-    jvp = np.asarray(per_example_influence(cfg, params, tree_sub(tuned, params), rows, loss_mask=mask))
+    jvp = np.asarray(grad_dot(cfg, params, tree_sub(tuned, params), rows, loss_mask=mask))
     rho = spearmanr(scores["influence"], -jvp).statistic
     assert rho >= 0.9, rho
