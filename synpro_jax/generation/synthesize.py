@@ -2,25 +2,33 @@
 
 Layout of ``out_dir``::
 
-    <shard>.jsonl            finished shards (one per input file), never rewritten
+    <shard>.jsonl            finished shards (one per input file), never appended to
     <shard>.jsonl.partial    the shard in progress: whole batches of records, appended and fsynced
+    <shard>.jsonl.meta.json  what made the shard: operation, generator (path, step), seed, sampling knobs,
+                             prompt version, vocabulary; written before the shard's first record
     synthesis.json           the manifest: settings, generator, per-shard counts, rate, the DataConfig spec
 
 Resuming: a finished shard is skipped; a partial one is cut back to its last complete line and continued with
 the documents it does not hold yet, then renamed into place. So after any kill every source id ends up in
 exactly one record. Each record's sample is reproducible: its PRNG stream is derived from its source id, not
-from its position in a batch.
+from its position in a batch. A shard (finished or partial) whose sidecar differs from this job's settings, or
+has none, is never resumed or skipped: the job refuses before any work, naming the shard and the fields, unless
+``SynthesisConfig.overwrite`` is set; then that shard is deleted and made again from scratch.
 
-Document rules: the source reader skips empty documents (and counts them in its report); a document is cut to
-``max_source_chars`` at a sentence boundary; if its prompt is still longer than ``max_prompt_tokens`` it gets a
-``too_long`` record with empty text. A completion without a usable answer gets ``no_answer`` and empty text (or
-its raw text with ``keep_unparsed``, for base models that are not instruction-tuned). Records with empty text
-are skipped (and counted) when the shards are read as a seqio task.
+Document rules: the source reader skips empty documents (and counts them in its report). A long source is cut
+in the middle, as the release does: first to ``max_source_chars`` characters (a cheap bound before tokenizing),
+then in tokens so the prompt is exactly ``max_prompt_tokens``; head and tail are kept with ``CUT_MARKER``
+between them, and the record says how much was cut (``source_cut_chars``, ``source_cut_tokens``). Only a prompt
+that does not fit even with an empty source gets a ``too_long`` record with empty text. A completion without a
+usable answer gets ``no_answer`` and empty text (or its raw text with ``keep_unparsed``, for base models that are
+not instruction-tuned). Records with empty text are skipped (and counted) when the shards are read as a seqio
+task.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -39,7 +47,11 @@ from synpro_jax.models import ModelConfig
 log = logging.getLogger(__name__)
 
 MANIFEST = "synthesis.json"
+META_SUFFIX = ".meta.json"
 STATUSES = ("ok", "no_answer", "unparsed", "too_long")
+MAX_SOURCE_CHARS = 20_000  # the release's character cut for bulk inference, before its token cut
+# Knobs that do not change any record (each document's sample is independent of its batch).
+_NOT_FINGERPRINTED = ("batch_size", "overwrite")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,7 +60,7 @@ class SynthesisConfig:
 
     operation: str  # "rephrase" or "reformat"
     round: int = 1
-    max_source_chars: int = prompts_lib.MAX_SOURCE_CHARS
+    max_source_chars: int = MAX_SOURCE_CHARS
     max_prompt_tokens: int = 2048
     max_new_tokens: int = 2048
     batch_size: int = 16
@@ -60,6 +72,7 @@ class SynthesisConfig:
     id_field: str | None = None  # None: ids are "<file name>:<line>"
     system_prompt: str = prompts_lib.SYSTEM_PROMPT
     keep_unparsed: bool = False  # keep raw completions that lack the answer heading (base models)
+    overwrite: bool = False  # remake shards in out_dir written with other settings instead of refusing
 
     def __post_init__(self):
         if self.operation not in prompts_lib.OPERATIONS:
@@ -85,8 +98,49 @@ def shard_name(path: Path) -> str:
     return name
 
 
-def _read_partial(path: Path, operation: str) -> list[str]:
-    """Complete JSON lines of a partial shard (a line cut by a kill is dropped and will be redone)."""
+def meta_path(final: Path) -> Path:
+    """The sidecar that says what made ``final`` and its ``.partial``."""
+    return final.with_name(final.name + META_SUFFIX)
+
+
+def _canonical_generator(generator: str) -> str:
+    """An absolute local path, so a relative and an absolute spelling agree; URLs and "" as given."""
+    return generator if not generator or "://" in generator else os.path.abspath(generator)
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def fingerprint_diff(old: dict | None, new: dict) -> list[str]:
+    """The fields that differ between a shard's recorded fingerprint and this job's, as 'field: was X, now Y'."""
+    if not isinstance(old, dict):
+        return ["no readable fingerprint (written by an older synpro, or its sidecar was lost)"]
+    missing = object()
+    diff = []
+    for key in sorted(set(old) | set(new)):
+        was, now = old.get(key, missing), new.get(key, missing)
+        if was != now:
+            diff.append(f"{key}: was {'(absent)' if was is missing else _short(was)}, "
+                        f"now {'(absent)' if now is missing else _short(now)}")
+    return diff
+
+
+def _read_meta(path: Path) -> dict | None:
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        log.warning("%s: unreadable (%s)", path, e)
+        return None
+    return meta.get("fingerprint") if isinstance(meta, dict) else None
+
+
+def _read_partial(path: Path, expect: dict) -> list[str]:
+    """Complete JSON lines of a partial shard (a line cut by a kill is dropped and will be redone). Every record
+    must carry ``expect``'s values: a second guard, beside the sidecar, against mixing generators."""
     lines = []
     with path.open("rb") as fh:
         for lineno, raw in enumerate(fh, start=1):
@@ -98,17 +152,59 @@ def _read_partial(path: Path, operation: str) -> list[str]:
             except (json.JSONDecodeError, UnicodeDecodeError):
                 log.warning("%s:%d: unreadable line dropped; its document will be redone", path, lineno)
                 continue
-            if record.get("operation") != operation:
-                raise ValueError(f"{path}:{lineno}: a {record.get('operation')!r} record, but this job makes "
-                                 f"{operation!r}; use another out_dir")
+            wrong = {k: record.get(k) for k, v in expect.items() if record.get(k) != v}
+            if wrong:
+                raise ValueError(f"{path}:{lineno}: a record with {wrong}, but this job writes "
+                                 f"{ {k: expect[k] for k in wrong} }; use another out_dir or set "
+                                 "synpro.SynthesisConfig.overwrite = True")
             lines.append(raw.decode("utf-8"))
     return lines
 
 
 def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
+    with tmp.open("w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
     os.replace(tmp, path)
+
+
+@dataclasses.dataclass(frozen=True)
+class Prompt:
+    """A document's prompt ids (None: too long even with an empty source) and how much of the source was cut."""
+
+    ids: list[int] | None
+    empty_len: int  # the prompt's length with an empty source
+    cut_chars: int = 0
+    cut_tokens: int = 0
+
+
+class PromptBuilder:
+    """Token ids of the generator prompt for one document: the chat text around the document is tokenized once,
+    the document on its own, and its middle is cut (characters, then tokens) as the release does."""
+
+    def __init__(self, vocab, settings: SynthesisConfig, template: prompts_lib.ChatTemplate = prompts_lib.OLMO2_CHAT):
+        self.vocab, self.settings = vocab, settings
+        before, after = prompts_lib.prompt_parts(settings.operation, template, settings.system_prompt)
+        self.before, self.after = list(vocab.encode(before)), list(vocab.encode(after))
+        self.marker = list(vocab.encode(prompts_lib.CUT_MARKER))
+        self.text_sha256 = hashlib.sha256(
+            json.dumps([before, after, prompts_lib.CUT_MARKER]).encode("utf-8")).hexdigest()
+
+    def __call__(self, text: str) -> Prompt:
+        s = self.settings
+        text = text.strip()
+        head, tail = prompts_lib.middle_cut(text, s.max_source_chars)
+        cut_chars = len(text) - len(head) - len(tail or "")
+        empty = len(self.before) + len(self.after)
+        fitted = prompts_lib.fit_source(self.before, self.vocab.encode(head),
+                                        None if tail is None else self.vocab.encode(tail),
+                                        self.after, self.marker, s.max_prompt_tokens)
+        if fitted is None:
+            return Prompt(None, empty, cut_chars)
+        ids, cut_tokens = fitted
+        return Prompt(ids, empty, cut_chars, cut_tokens)
 
 
 class Synthesizer:
@@ -119,34 +215,89 @@ class Synthesizer:
                  template: prompts_lib.ChatTemplate = prompts_lib.OLMO2_CHAT, stop_ids: Sequence[int] = ()):
         self.cfg, self.vocab, self.settings = cfg, vocab, settings
         self.sampler = Sampler(cfg, params, mesh=mesh)
-        self.generator, self.generator_step = generator, generator_step
+        self.generator, self.generator_step = generator, int(generator_step)
         self.template = template
         self.stop_ids = sorted({int(vocab.eos_id), *map(int, stop_ids)})
         if settings.max_prompt_tokens + settings.max_new_tokens > cfg.max_seq_len:
             raise ValueError(
                 f"SynthesisConfig.max_prompt_tokens={settings.max_prompt_tokens} + max_new_tokens="
                 f"{settings.max_new_tokens} exceeds the generator's max_seq_len={cfg.max_seq_len}")
+        self.prompts = PromptBuilder(vocab, settings, template)
+
+    # --- what made a shard -----------------------------------------------------------------------------------
+    def fingerprint(self) -> dict:
+        """Everything that decides a shard's records, so a resumed shard never mixes two of them: the operation,
+        the generator (path, step, compute dtype), the seed and sampling knobs, the prompt (version and text) and
+        the vocabulary. JSON-normalized, as it is stored."""
+        s = {k: v for k, v in dataclasses.asdict(self.settings).items() if k not in _NOT_FINGERPRINTED}
+        probe = list(self.vocab.encode("Synthesis fingerprint: Ünïcode, digits 0123456789 and\ta tab."))
+        fp = {
+            **s,
+            "generator": _canonical_generator(self.generator),
+            "generator_step": self.generator_step,
+            "generator_dtype": self.cfg.dtype,
+            "prompt_version": prompts_lib.PROMPT_VERSION,
+            "prompt_sha256": self.prompts.text_sha256,
+            "stop_ids": self.stop_ids,
+            "vocabulary": {"size": int(self.vocab.vocab_size), "eos_id": int(self.vocab.eos_id),
+                           "probe_sha256": hashlib.sha256(json.dumps(probe).encode()).hexdigest()},
+        }
+        return json.loads(json.dumps(fp))
+
+    def _conflicts(self, out: Path, finals: Sequence[Path], every: bool) -> dict[Path, list[str]]:
+        """Shards among ``finals`` (and, with ``every``, all others in ``out``) holding records made otherwise
+        than this job would make them."""
+        fp = self.fingerprint()
+        finals = set(finals)
+        if every:
+            finals |= set(out.glob("*.jsonl"))
+            finals |= {p.with_name(p.name.removesuffix(".partial")) for p in out.glob("*.jsonl.partial")}
+        conflicts = {}
+        for final in sorted(finals):
+            partial = final.with_name(final.name + ".partial")
+            if final.exists() or partial.exists():
+                diff = fingerprint_diff(_read_meta(meta_path(final)), fp)
+                if diff:
+                    conflicts[final] = diff
+        return conflicts
+
+    def _claim(self, out: Path, finals: Sequence[Path], every: bool = False) -> None:
+        """Refuse to touch shards made otherwise (or, with ``overwrite``, delete them so they are made afresh)."""
+        conflicts = self._conflicts(out, finals, every)
+        if not conflicts:
+            return
+        lines = [f"  {final.name}{' (partial)' if not final.exists() else ''}: " + "; ".join(diff)
+                 for final, diff in conflicts.items()]
+        if not self.settings.overwrite:
+            raise ValueError(
+                f"synthesis out_dir {out} holds shards made with other settings than this job's; resuming would mix "
+                "them:\n" + "\n".join(lines) + "\nUse another out_dir, or set synpro.SynthesisConfig.overwrite = "
+                "True (--gin.synpro.SynthesisConfig.overwrite=True) to delete and remake these shards.")
+        for final in conflicts:
+            log.warning("overwrite: deleting %s (made with other settings) to remake it", final)
+            for path in (final, final.with_name(final.name + ".partial"), meta_path(final)):
+                path.unlink(missing_ok=True)
 
     # --- one document ----------------------------------------------------------------------------------------
-    def prompt_tokens(self, text: str) -> list[int]:
-        s = self.settings
-        chat = prompts_lib.chat_prompt(s.operation, text, self.template, s.system_prompt, s.max_source_chars)
-        return list(self.vocab.encode(chat))
+    def prompt_tokens(self, text: str) -> list[int] | None:
+        """The prompt ids for a source document (its middle cut to fit), None if even an empty source is too long."""
+        return self.prompts(text).ids
 
-    def _record(self, doc_id: str, source_chars: int, prompt_len: int, status: str, text: str = "",
+    def _record(self, doc_id: str, source_chars: int, prompt: Prompt, status: str, text: str = "",
                 output: str = "", completion_tokens: int = 0, finished: bool = False) -> dict:
         s = self.settings
         return {
             "source_id": doc_id, "operation": s.operation, "round": s.round, "generator": self.generator,
             "generator_step": self.generator_step, "text": text, "status": status, "source_chars": source_chars,
-            "prompt_tokens": prompt_len, "completion_tokens": completion_tokens, "finished": finished,
-            "output": output,
+            "source_cut_chars": prompt.cut_chars, "source_cut_tokens": prompt.cut_tokens,
+            "prompt_tokens": prompt.empty_len if prompt.ids is None else len(prompt.ids),
+            "completion_tokens": completion_tokens, "finished": finished, "output": output,
         }
 
-    def _generate(self, batch: list[tuple[str, int, list[int]]]) -> list[dict]:
+    def _generate(self, batch: list[tuple[str, int, Prompt]]) -> list[dict]:
         s = self.settings
         out = self.sampler.generate(
-            [p for _, _, p in batch], max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_k=s.top_k,
+            [p.ids for _, _, p in batch], max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_k=s.top_k,
             top_p=s.top_p, seed=s.seed, eos_id=self.stop_ids, pad_id=0,
             stream_ids=[stream_id(doc_id) for doc_id, _, _ in batch],
         )
@@ -158,7 +309,7 @@ class Synthesizer:
             status = "ok" if text else "no_answer"
             if not text and s.keep_unparsed and output.strip():
                 text, status = output.strip(), "unparsed"
-            records.append(self._record(doc_id, chars, len(prompt), status, text, output, len(ids), bool(finished)))
+            records.append(self._record(doc_id, chars, prompt, status, text, output, len(ids), bool(finished)))
         return records
 
     # --- one shard -------------------------------------------------------------------------------------------
@@ -174,20 +325,27 @@ class Synthesizer:
         """Synthesize one input file into out_dir/<shard>.jsonl, resuming its partial file if there is one."""
         final = out_dir / f"{shard_name(path)}.jsonl"
         partial = final.with_name(final.name + ".partial")
+        self._claim(out_dir, [final])
         if final.exists():
             if progress is not None:
                 progress(_count_lines(path), 0)
             return {"shard": final.name, "skipped": "finished earlier"}
-        kept = _read_partial(partial, self.settings.operation) if partial.exists() else []
+        if not partial.exists():  # the sidecar comes first: records never exist without one
+            _write_atomic(meta_path(final), json.dumps(
+                {"shard": final.name, "source": str(path), "fingerprint": self.fingerprint()}, indent=2) + "\n")
+        s = self.settings
+        expect = {"operation": s.operation, "round": s.round, "generator_step": self.generator_step}
+        kept = _read_partial(partial, expect) if partial.exists() else []
         if partial.exists():  # cut back to whole lines before appending
             _write_atomic(partial, "".join(kept))
         done = {json.loads(line)["source_id"] for line in kept}
         if progress is not None and done:
             progress(len(done), 0)
-        counts = {k: 0 for k in STATUSES} | {"resumed": len(done), "duplicate_ids": 0, "completion_tokens": 0}
+        counts = {k: 0 for k in STATUSES} | {"resumed": len(done), "duplicate_ids": 0, "completion_tokens": 0,
+                                             "source_cut": 0}
         source = self._documents(path)
         seen = set(done)
-        batch: list[tuple[str, int, list[int]]] = []
+        batch: list[tuple[str, int, Prompt]] = []
         with partial.open("a", encoding="utf-8") as fh:
             def flush(records: list[dict]) -> None:
                 if not records:
@@ -198,6 +356,7 @@ class Synthesizer:
                 for r in records:
                     counts[r["status"]] += 1
                     counts["completion_tokens"] += r["completion_tokens"]
+                    counts["source_cut"] += bool(r["source_cut_chars"] or r["source_cut_tokens"])
                 if progress is not None:
                     progress(len(records), sum(r["completion_tokens"] for r in records))
 
@@ -209,13 +368,12 @@ class Synthesizer:
                     continue
                 seen.add(doc.id)
                 text = doc.text or ""
-                tokens = self.prompt_tokens(text)
-                chars = len(text)
-                if len(tokens) > self.settings.max_prompt_tokens:
-                    flush([self._record(doc.id, chars, len(tokens), "too_long")])
+                prompt = self.prompts(text)
+                if prompt.ids is None:
+                    flush([self._record(doc.id, len(text), prompt, "too_long")])
                     continue
-                batch.append((doc.id, chars, tokens))
-                if len(batch) == self.settings.batch_size:
+                batch.append((doc.id, len(text), prompt))
+                if len(batch) == s.batch_size:
                     flush(self._generate(batch))
                     batch = []
             flush(self._generate(batch) if batch else [])
@@ -236,6 +394,8 @@ class Synthesizer:
             if other != f:
                 raise ValueError(f"synthesis shards {other} and {f} would both write {shard_name(f)}.jsonl; "
                                  "rename one or synthesize them into different out_dirs")
+        # Every shard in out_dir is checked before any work: the DataConfig glob reads them all together.
+        self._claim(out, [out / f"{name}.jsonl" for name in names], every=True)
         bar = _progress_bar(files, progress)
         start, tokens = time.perf_counter(), [0]
 
@@ -258,6 +418,7 @@ class Synthesizer:
         manifest = {
             "operation": s.operation, "round": s.round, "generator": self.generator,
             "generator_step": self.generator_step, "settings": dataclasses.asdict(s),
+            "prompt_version": prompts_lib.PROMPT_VERSION, "fingerprint": self.fingerprint(),
             "shards": results, "completion_tokens": tokens[0], "seconds": round(elapsed, 3),
             "tokens_per_second": tokens[0] / elapsed if elapsed > 0 else 0.0,
             "data_config_synthetic": synthetic_spec(s.operation, s.round, out),
