@@ -2,8 +2,15 @@
 
 Readers take FLAN chain-of-thought TSV files (``question<TAB>answer<TAB>rationale`` with literal ``\\n`` inside
 fields) and JSONL records ``{"prompt": ..., "completion": ...}``. Bad rows are skipped and reported with
-``file:line``. :func:`register_reference_task` registers a seqio Task with ``inputs`` and ``targets`` features;
-:func:`encode_examples` turns examples into fixed-length rows whose loss mask covers only the answer.
+``file:line``. :func:`register_reference_task` registers a seqio Task with ``inputs`` and ``targets`` features.
+
+Two layouts of the encoded examples (prompt, answer, EOS; the loss on answer and EOS tokens only):
+
+- :class:`PackedReference`: the probe's training batches. As in the release, examples are packed back to back
+  into full rows, so a step sees as many answer tokens as its rows hold. Packing is pretraining's
+  (:class:`~synpro_jax.data.packing.PackedStream`): seeded order reshuffled each epoch, segment ids and positions
+  so packed examples never attend to each other.
+- :func:`encode_examples`: one example per padded row, for per-example reference losses.
 """
 
 from __future__ import annotations
@@ -89,14 +96,57 @@ def format_prompt(prompt: str) -> str:
     return f"Question: {prompt}\nAnswer:"
 
 
-def encode_examples(examples: Sequence[ReferenceExample], vocab, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
-    """[N, seq_len + 1] token rows (prompt, completion, EOS, then padding) and their loss masks (1 on completion
-    and EOS tokens only). Rows longer than seq_len + 1 keep the end of the prompt and as much answer as fits."""
+def _encode(examples: Sequence[ReferenceExample], vocab) -> tuple[list, list]:
     from synpro_jax.data.corpus import encoder_for
 
     encode = encoder_for(vocab)
-    prompts = encode([format_prompt(e.prompt) for e in examples])
-    answers = encode([" " + e.completion for e in examples])
+    return encode([format_prompt(e.prompt) for e in examples]), encode([" " + e.completion for e in examples])
+
+
+class PackedReference:
+    """Reference examples packed into full training rows of ``seq_len + 1`` tokens (see the module docstring).
+
+    ``batch(step, rows)`` is a pure function of (seed, step): rows ``[step * rows, (step + 1) * rows)`` of the
+    endless packed stream, as inputs/targets/segment_ids/positions/loss_mask ``[rows, seq_len]``. A target
+    counts when it is an answer token (or the closing EOS) of the same example as its input token.
+    """
+
+    def __init__(self, examples: Sequence[ReferenceExample], vocab, seq_len: int, seed: int = 0):
+        from synpro_jax.data.corpus import TokenizedCorpus
+        from synpro_jax.data.packing import PackedStream
+
+        if not examples:
+            raise ValueError("reference task: no examples to pack")
+        if seq_len < 1:
+            raise ValueError(f"reference seq_len={seq_len}: must be >= 1")
+        prompts, answers = _encode(examples, vocab)
+        ids = [e.id for e in examples]
+        docs = [np.asarray(list(p) + list(a), np.int32) for p, a in zip(prompts, answers)]
+        answer = [np.asarray([0] * len(p) + [1] * len(a), np.int32) for p, a in zip(prompts, answers)]
+        self.seq_len, self.seed, self.num_examples = seq_len, seed, len(examples)
+        self.answer_tokens = int(sum(len(a) + 1 for a in answers))  # with each EOS, per epoch
+        self.epoch_tokens = int(sum(len(d) + 1 for d in docs))
+        # Two streams over corpora of equal lengths share their layout: the second carries the answer mask
+        # (EOS "token" 1: the closing EOS is an answer token).
+        self._tokens = PackedStream(TokenizedCorpus.from_token_lists(docs, ids), seq_len + 1, vocab.eos_id, seed)
+        self._answer = PackedStream(TokenizedCorpus.from_token_lists(answer, ids), seq_len + 1, 1, seed)
+
+    def rows(self, indices) -> dict[str, np.ndarray]:
+        rows = self._tokens.rows(indices)
+        batch = rows.training_batch()  # its loss_mask already drops predictions across examples
+        batch["loss_mask"] = batch["loss_mask"] * self._answer.rows(indices).tokens[:, 1:].astype(np.float32)
+        return batch
+
+    def batch(self, step: int, rows: int) -> dict[str, np.ndarray]:
+        if rows < 1 or step < 0:
+            raise ValueError(f"reference batch step={step}, rows={rows}: need step >= 0 and rows >= 1")
+        return self.rows(np.arange(step * rows, (step + 1) * rows))
+
+
+def encode_examples(examples: Sequence[ReferenceExample], vocab, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """[N, seq_len + 1] token rows (prompt, completion, EOS, then padding) and their loss masks (1 on completion
+    and EOS tokens only). Rows longer than seq_len + 1 keep the end of the prompt and as much answer as fits."""
+    prompts, answers = _encode(examples, vocab)
     length = seq_len + 1
     tokens = np.full((len(examples), length), vocab.pad_id, np.int32)
     mask = np.zeros((len(examples), length), np.float32)

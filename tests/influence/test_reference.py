@@ -80,3 +80,64 @@ def test_seqio_reference_task_has_inputs_and_targets(tmp_path):
     tokens, mask = encode_examples([ReferenceExample("a", "what follows 0?", "the number 1")], vocab, seq_len=40)
     answer = tokens[0][mask[0] == 1].tolist()
     assert answer[-1] == vocab.eos_id and vocab.decode(answer[:-1]).strip() == "the number 1"
+
+
+def _digit_examples(n, seed=0):
+    from synpro_jax.influence.reference import ReferenceExample
+
+    rng = np.random.default_rng(seed)
+    return [ReferenceExample(f"e{i}", "Q" * int(rng.integers(3, 12)), "7" * int(rng.integers(1, 9)))
+            for i in range(n)]
+
+
+def test_packed_rows_are_full_with_answer_only_loss():
+    """Rows hold examples back to back with no padding; the loss covers answer tokens (and each closing EOS) of
+    the same example as the input token, never a prompt token or a prediction across examples."""
+    from synpro_jax.influence.reference import PackedReference
+
+    vocab = CharVocab()
+    packed = PackedReference(_digit_examples(40), vocab, seq_len=48, seed=3)
+    digit, space, eos = 2 + ord("7"), 2 + ord(" "), vocab.eos_id
+    for step in (0, 1, 7):  # step 7 runs past the first epoch
+        b = packed.batch(step, 4)
+        assert b["inputs"].shape == (4, 48) and set(b) == {"inputs", "targets", "segment_ids", "positions",
+                                                            "loss_mask"}
+        assert (b["inputs"] != vocab.pad_id).all() and (b["targets"] != vocab.pad_id).all()  # full rows
+        on = b["loss_mask"] == 1
+        assert set(np.unique(b["targets"][on])) <= {digit, space, eos}
+        # input t and target t (= input t + 1) in one example: known for all but the last column
+        same = b["segment_ids"][:, :-1] == b["segment_ids"][:, 1:]
+        answerish = np.isin(b["targets"][:, :-1], [digit, eos])
+        np.testing.assert_array_equal(on[:, :-1] & answerish, answerish & same)  # in-example answers all count
+        for r in range(4):  # positions restart at each example piece
+            starts = np.flatnonzero(np.diff(b["segment_ids"][r], prepend=0))
+            assert (b["positions"][r, starts] == 0).all()
+    assert packed.batch(2, 4)["inputs"].tolist() == PackedReference(
+        _digit_examples(40), vocab, seq_len=48, seed=3).batch(2, 4)["inputs"].tolist()  # pure function of the seed
+
+
+def test_packing_gives_more_answer_tokens_per_step_than_one_example_per_row():
+    from synpro_jax.influence.reference import PackedReference
+
+    examples = _digit_examples(64, seed=1)
+    packed = PackedReference(examples, CharVocab(), seq_len=96).batch(0, 8)
+    _, one_per_row = encode_examples(examples[:8], CharVocab(), seq_len=96)
+    assert packed["loss_mask"].sum() > 2 * one_per_row[:, 1:].sum()  # ~3 examples per row here
+
+
+def test_packed_examples_do_not_attend_to_each_other():
+    """The loss of an example inside a packed row equals its loss alone in a row."""
+    import jax
+
+    from synpro_jax import models
+    from synpro_jax.influence.reference import PackedReference
+
+    cfg = models.get_preset("tiny")
+    params = models.init_params(cfg, jax.random.key(0))
+    b = PackedReference(_digit_examples(30, seed=2), CharVocab(), seq_len=64).batch(0, 1)
+    logits = models.forward(cfg, params, b["inputs"], positions=b["positions"], segment_ids=b["segment_ids"])
+    seg = b["segment_ids"][0]
+    k = seg[-1] - 1  # a segment that starts and ends inside the row
+    idx = np.flatnonzero(seg == k)
+    alone = models.forward(cfg, params, b["inputs"][:, idx])
+    np.testing.assert_allclose(np.asarray(logits[0, idx]), np.asarray(alone[0]), atol=1e-5)
