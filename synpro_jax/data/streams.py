@@ -61,29 +61,12 @@ class Streams:
     info: dict  # per task: documents, tokens, rate; reports; fingerprint
 
 
-class ChainedSource:
-    """Several sources read one after another, with one combined report."""
-
-    def __init__(self, parts: list):
-        self.parts = parts
-        self.files = [f for p in parts for f in getattr(p, "files", [])]
-        self.name = "|".join(getattr(p, "name", type(p).__name__) for p in parts)
-        self.text_field = "|".join(str(getattr(p, "text_field", "")) for p in parts)
-        self.report = sources_lib.ReadReport()
-
-    def __iter__(self):  # read once: a fresh ChainedSource per pass (open_organic)
-        for part in self.parts:
-            yield from part
-            self.report.merge(part.report)
-
-
-def open_organic(cfg: DataConfig, eos_id: int | None = None, vocab_size: int | None = None) -> ChainedSource:
+def open_organic(cfg: DataConfig, eos_id: int | None = None, vocab_size: int | None = None):
     """All organic sources of ``cfg`` (opened and checked up front), read one after another."""
-    kinds = {sources_lib.is_pretokenized(s) for s in cfg.organic}
-    if len(kinds) > 1:
-        raise ValueError(f"DataConfig.organic={cfg.organic}: mixes text and pre-tokenized sources; use one kind")
-    return ChainedSource([sources_lib.open_source(s, text_field=cfg.text_field, eos_id=eos_id,
-                                                  vocab_size=vocab_size) for s in cfg.organic])
+    try:
+        return sources_lib.open_sources(cfg.organic, text_field=cfg.text_field, eos_id=eos_id, vocab_size=vocab_size)
+    except ValueError as e:
+        raise ValueError(f"DataConfig.organic: {e}") from None
 
 
 def build_streams(cfg: DataConfig, seq_len: int, progress: bool = True) -> Streams:

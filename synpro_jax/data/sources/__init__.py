@@ -17,6 +17,7 @@ import os
 
 from synpro_jax.data.sources.base import (MAX_EXAMPLES, Document, ReadReport, expand_paths, open_binary,
                                           strip_compression)
+from synpro_jax.data.sources.chain import ChainedSource
 from synpro_jax.data.sources.jsonl import JsonlSource
 from synpro_jax.data.sources.parquet import ParquetSource
 from synpro_jax.data.sources.text import TextSource
@@ -25,7 +26,7 @@ from synpro_jax.data.sources.tokens import MarkovSource, NpyTokenSource, TokenFi
 
 __all__ = ["Document", "ReadReport", "MAX_EXAMPLES", "expand_paths", "open_binary", "JsonlSource", "TextSource",
            "ParquetSource", "TfdsSource", "NpyTokenSource", "TokenFileSource", "MarkovSource", "FORMATS",
-           "format_of", "is_pretokenized", "open_source"]
+           "format_of", "is_pretokenized", "open_source", "open_sources", "ChainedSource"]
 
 FORMATS = ("jsonl", "text", "parquet", "tokens", "tfds", "markov")
 PRETOKENIZED = ("tokens", "markov")
@@ -118,3 +119,15 @@ def open_source(spec: str | os.PathLike, *, text_field: str = "text", id_field: 
     if eos_id is None:
         raise ValueError(f"source {spec!r}: token files need eos_id (the vocabulary's EOS id separates documents)")
     return NpyTokenSource(spec, eos_id=eos_id, dtype=token_dtype, vocab_size=vocab_size)
+
+
+def open_sources(specs, **kwargs) -> ChainedSource:
+    """Open several specs (each checked up front, as :func:`open_source`) read one after another; text and
+    pre-tokenized specs cannot be mixed."""
+    specs = [specs] if isinstance(specs, (str, os.PathLike)) else list(specs)
+    if not specs:
+        raise ValueError("no source specs given")
+    kinds = {is_pretokenized(s) for s in specs}
+    if len(kinds) > 1:
+        raise ValueError(f"sources {specs}: mix text and pre-tokenized sources; use one kind")
+    return ChainedSource([open_source(s, **kwargs) for s in specs])
