@@ -37,7 +37,7 @@ def probe_and_score(cfg: ModelConfig, mesh: Mesh, checkpoint: str, vocabulary: s
     """Fine-tune theta' (saved as an HF directory in out_dir/finetuned, reused if present) and score every
     document of ``corpus`` into out_dir/influence.npz."""
     from synpro_jax.data.corpus import build_corpus
-    from synpro_jax.data.tasks import _Chain, _open_organic
+    from synpro_jax.data.sources import open_sources
     from synpro_jax.data.vocab import load_vocabulary
     from synpro_jax.influence.probe import Probe, finetune, score_corpus
     from synpro_jax.models import hf
@@ -54,7 +54,8 @@ def probe_and_score(cfg: ModelConfig, mesh: Mesh, checkpoint: str, vocabulary: s
         ref_tokens, ref_mask = reference_rows(reference, vocab, probe_cfg.seq_len, max_reference_examples)
         tuned = finetune(cfg, mesh, params, ref_tokens, ref_mask, probe_cfg, progress=progress)
         hf.save(cfg, jax.device_get(tuned), tuned_dir)
-    docs_corpus, report = build_corpus(_Chain([_open_organic(s, text_field, vocab.eos_id) for s in corpus]), vocab,
+    docs_corpus, report = build_corpus(open_sources(corpus, text_field=text_field, eos_id=vocab.eos_id,
+                                                      vocab_size=vocab.vocab_size), vocab,
                                        cache_dir=out / "cache", name="probe_corpus", progress=progress)
     if report is not None:
         print(f"corpus: {report.summary()}")
