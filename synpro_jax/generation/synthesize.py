@@ -230,7 +230,7 @@ class Synthesizer:
         the generator (path, step, compute dtype), the seed and sampling knobs, the prompt (version and text) and
         the vocabulary. JSON-normalized, as it is stored."""
         s = {k: v for k, v in dataclasses.asdict(self.settings).items() if k not in _NOT_FINGERPRINTED}
-        probe = list(self.vocab.encode("Synthesis fingerprint: Ünïcode, digits 0123456789 and\ta tab."))
+        probe = [int(i) for i in self.vocab.encode("Synthesis fingerprint: Ünïcode, digits 0123456789 and\ta tab.")]
         fp = {
             **s,
             "generator": _canonical_generator(self.generator),

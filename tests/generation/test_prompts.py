@@ -116,7 +116,8 @@ def test_fit_source_cuts_the_middle_to_exactly_the_budget():
         assert len(ids) == budget and cut == 100 - keep
         assert ids[3:3 + (keep + 1) // 2] == src[:(keep + 1) // 2]  # head
         assert ids[len(ids) - 2 - keep // 2:len(ids) - 2] == src[100 - keep // 2:]  # tail
-    # No room for the marker: the source's first tokens; room for the chat text only: an empty source (too_long is for prompts that do not fit even then).
+    # No room for the marker: the source's first tokens. Room for the chat text only: an empty source. None (a
+    # too_long record) only when even that does not fit.
     assert prompts.fit_source(before, src, None, after, marker, 6) == ([*before, 1, *after], 99)
     assert prompts.fit_source(before, src, None, after, marker, 5) == ([*before, *after], 100)
     assert prompts.fit_source(before, src, None, after, marker, 4) is None
