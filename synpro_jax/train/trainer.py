@@ -5,6 +5,9 @@ one (refusing a checkpoint written under a different configuration), trains to `
 validation loss plateaus, and returns a summary. Because batch ``s`` is a pure function of the step number, a run
 killed at any point and restarted continues exactly as if it had never stopped. SIGTERM (TPU preemption) saves
 a checkpoint after the current step and returns with ``preempted=True``.
+
+Validation reads the held-out stream from its first row, in the train step's micro-batches, and never past the
+end of its first epoch: a held-out set smaller than ``eval_batches`` global batches is evaluated once, whole.
 """
 
 from __future__ import annotations
@@ -22,18 +25,21 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
+from synpro_jax import sharding
 from synpro_jax.checks import positive_ints
-from synpro_jax.data.packing import MixedStream, PackedStream
+from synpro_jax.data.packing import PackedStream
 from synpro_jax.data.pipeline import TrainBatches
-from synpro_jax.models import ModelConfig
+from synpro_jax.models import LossSums, ModelConfig
 from synpro_jax.train.checkpoint import Checkpointer
 from synpro_jax.train.metrics import device_peak_flops
 from synpro_jax.train.optimizer import OptimizerConfig
 from synpro_jax.train.plateau import PlateauDetector
-from synpro_jax.train.step import TrainStep
+from synpro_jax.train.step import TrainStep, batch_loss_sums
 
 log = logging.getLogger(__name__)
 
@@ -84,10 +90,18 @@ class _MetricsLog:
             tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
             os.replace(tmp, self.path)
             self.records = kept
+        tb_dir = out_dir / "tensorboard"
+        stale = sorted(tb_dir.glob("events.out.tfevents.*")) if resume_step == 0 else []
+        for path in stale:  # an attempt that never checkpointed: every step it logged is about to be redone
+            path.unlink()
+        if stale:
+            log.warning("removed %d TensorBoard event file(s) in %s left by an attempt that stopped before its first "
+                        "checkpoint; training starts again at step 0", len(stale), tb_dir)
         self._fh = self.path.open("a", encoding="utf-8")
         from tensorboardX import SummaryWriter
 
-        self._tb = SummaryWriter(str(out_dir / "tensorboard"), purge_step=resume_step + 1 if resume_step else None)
+        # After a checkpoint at step s, the purge event makes TensorBoard drop the older files' steps > s.
+        self._tb = SummaryWriter(str(tb_dir), purge_step=resume_step + 1 if resume_step else None)
 
     def write(self, record: dict) -> None:
         if not self.enabled:
@@ -132,9 +146,35 @@ def plot_loss_curve(records: list[dict], path: Path, title: str = "") -> None:
     os.replace(tmp, path)
 
 
+def micro_batched_eval(step: TrainStep):
+    """A jitted ``(params, batch) -> LossSums`` that splits a global batch into the train step's micro-batches
+    (the same split and layout as ``loss_and_grads``), so evaluation never holds more activations than training."""
+    cfg, accum = step.cfg, step.accum_steps
+
+    def fn(params, batch):
+        with sharding.use_rules(step.rules):
+            if accum == 1:
+                return batch_loss_sums(cfg, params, batch)
+            b = batch["inputs"].shape[0]
+
+            def split(x):  # row i goes to micro-batch i % A, so each device keeps its share of every micro-batch
+                x = x.reshape((b // accum, accum) + x.shape[1:]).swapaxes(0, 1)
+                return sharding.constrain(x, (None, "batch", "length"))
+
+            def body(total, mb):
+                return total + batch_loss_sums(cfg, params, mb), None
+
+            zero = LossSums(jnp.float32(0), jnp.float32(0), jnp.float32(0))
+            return jax.lax.scan(body, zero, jax.tree.map(split, batch))[0]
+
+    return jax.jit(fn, in_shardings=(step.param_shardings, step.batch_sharding),
+                   out_shardings=sharding.replicated(step.mesh))
+
+
 class Trainer:
     def __init__(self, model_cfg: ModelConfig, mesh: Mesh, opt_cfg: OptimizerConfig, cfg: TrainerConfig,
-                 train_stream: PackedStream | MixedStream, val_stream: PackedStream | None = None,
+                 train_stream,  # a streams.MixtureInput (the seqio Mixture) or any stream with .rows
+                 val_stream: PackedStream | None = None,
                  init_params: Any | None = None, data_fingerprint: str = "", summary_extra: dict | None = None):
         if train_stream.row_len != cfg.seq_len + 1:
             raise ValueError(f"the train stream packs rows of {train_stream.row_len} tokens but "
@@ -147,6 +187,8 @@ class Trainer:
         self.step_fn = TrainStep(model_cfg, mesh, opt_cfg, z_loss=cfg.z_loss, accum_steps=cfg.accum_steps)
         self.batches = TrainBatches(train_stream, cfg.global_batch, self.step_fn.batch_sharding)
         self.val_batches = TrainBatches(val_stream, cfg.global_batch, self.step_fn.batch_sharding) if val_stream else None
+        self.eval_step = micro_batched_eval(self.step_fn)
+        self.eval_plan = self._plan_validation(val_stream)
         self.init_params = init_params
         self.summary_extra = dict(summary_extra or {})
         self.plateau = PlateauDetector(cfg.plateau_window, cfg.plateau_min_rel_improvement)
@@ -166,13 +208,47 @@ class Trainer:
         return {"step": step, "rows_consumed": step * self.cfg.global_batch, "fingerprint": self.fingerprint,
                 "plateau": self.plateau.state_dict(), "time": time.time()}
 
+    def _plan_validation(self, val_stream) -> tuple[int, int]:
+        """(global batches per evaluation, stream tokens it may read): at most ``eval_batches`` batches and never
+        past the held-out stream's first epoch, so no document is evaluated twice."""
+        cfg = self.cfg
+        limit = np.iinfo(np.int64).max
+        if val_stream is None:
+            return 0, limit
+        row_len, wanted_rows = val_stream.row_len, cfg.eval_batches * cfg.global_batch
+        epoch_tokens = getattr(val_stream, "epoch_tokens", None)
+        if epoch_tokens is None and hasattr(val_stream, "rows_per_epoch"):
+            epoch_tokens = round(val_stream.rows_per_epoch * row_len)
+        if epoch_tokens is None or epoch_tokens >= wanted_rows * row_len:
+            return cfg.eval_batches, limit
+        batches = math.ceil(epoch_tokens / (cfg.global_batch * row_len))
+        if jax.process_index() == 0:
+            log.warning("validation: the held-out set is %d tokens (%.1f rows of %d) but TrainerConfig.eval_batches="
+                        "%d x global_batch=%d asks for %d rows; each evaluation reads the held-out set once (%d "
+                        "batch(es)) instead of repeating documents. Hold out more documents or lower eval_batches.",
+                        epoch_tokens, epoch_tokens / row_len, row_len, cfg.eval_batches, cfg.global_batch,
+                        wanted_rows, batches)
+        return batches, int(epoch_tokens)
+
+    def validation_batch(self, i: int) -> dict[str, jax.Array]:
+        """Global validation batch ``i``, with the targets past the plan's token limit masked out."""
+        vb, (_, token_limit) = self.val_batches, self.eval_plan
+        local, _ = vb.host_rows(i)
+        local = dict(local)
+        row_len = vb.seq_len + 1
+        # row r holds stream positions [r * L, (r + 1) * L); target j of the row sits at r * L + j + 1
+        target_pos = vb.host_row_indices(i)[:, None].astype(np.int64) * row_len + np.arange(1, row_len)[None, :]
+        local["loss_mask"] = local["loss_mask"] * (target_pos < token_limit).astype(local["loss_mask"].dtype)
+        shape = (vb.global_batch, vb.seq_len)
+        return {k: jax.make_array_from_process_local_data(vb.sharding, v, shape) for k, v in local.items()}
+
     def evaluate(self, params) -> dict:
         if self.val_batches is None:
             return {}
         nll = tokens = 0.0
-        for i in range(self.cfg.eval_batches):
-            batch, _ = self.val_batches(i)
-            sums = jax.device_get(self.step_fn.eval_sums(params, batch))
+        for i in range(self.eval_plan[0]):
+            with jax.set_mesh(self.mesh):
+                sums = jax.device_get(self.eval_step(params, self.validation_batch(i)))
             nll, tokens = nll + float(sums.nll), tokens + float(sums.tokens)
         val = nll / max(tokens, 1.0)
         return {"val_loss": val, "val_ppl": math.exp(min(val, 50.0)), "val_tokens": tokens}

@@ -1,0 +1,153 @@
+"""Trainer pieces in-process: validation reads each held-out token once, in the train step's micro-batches, and a
+restart leaves no stale TensorBoard events or metrics."""
+
+import functools
+import json
+import logging
+import struct
+
+import jax
+import numpy as np
+import pytest
+
+from synpro_jax import models, sharding
+from synpro_jax.data.corpus import TokenizedCorpus
+from synpro_jax.data.packing import PackedStream
+from synpro_jax.train import OptimizerConfig
+from synpro_jax.train.trainer import Trainer, TrainerConfig
+
+SEQ = 32
+EOS = 1
+
+
+def corpus(seed: int, docs: int) -> TokenizedCorpus:
+    rng = np.random.default_rng(seed)
+    toks = [(rng.integers(2, 60) + np.arange(rng.integers(3, 40))) % 64 + 2 for _ in range(docs)]
+    return TokenizedCorpus.from_token_lists(toks, [f"d{i}" for i in range(docs)])
+
+
+def make_trainer(out_dir, val_docs=6, accum_steps=1, eval_batches=4, num_steps=2, mesh=(2, 2, 2)):
+    cfg = models.get_preset("tiny")
+    devices = jax.devices()[:int(np.prod(mesh))]
+    trainer = Trainer(
+        cfg, sharding.make_mesh(sharding.MeshConfig(*mesh), devices=devices), OptimizerConfig(learning_rate=3e-3, warmup_steps=0),
+        TrainerConfig(out_dir=str(out_dir), num_steps=num_steps, global_batch=8, seq_len=SEQ, log_every=1,
+                      eval_every=100, eval_batches=eval_batches, checkpoint_every=100, accum_steps=accum_steps,
+                      async_checkpoints=False, progress=False),
+        train_stream=PackedStream(corpus(0, 120), SEQ + 1, eos_id=EOS, seed=0),
+        val_stream=PackedStream(corpus(1, val_docs), SEQ + 1, eos_id=EOS, seed=0, shuffle=False),
+    )
+    return cfg, trainer
+
+
+def reference_validation(cfg, params, docs) -> tuple[float, int]:
+    """Mean NLL over one pass of the held-out documents laid end to end (each + EOS) and cut into rows of
+    SEQ + 1 tokens, predicting within a document only: built from the documents, not from the trainer's stream."""
+    stream = np.concatenate([np.append(d, EOS) for d in docs])
+    doc_of = np.concatenate([np.full(len(d) + 1, i) for i, d in enumerate(docs)])
+    L = SEQ + 1
+    forward = jax.jit(functools.partial(models.forward, cfg))
+    nll = tokens = 0.0
+    for start in range(0, len(stream), L):
+        tok, seg = stream[start:start + L], doc_of[start:start + L]
+        n = len(tok)
+        if n < 2:
+            continue
+        pos = np.zeros(n, np.int32)
+        for j in range(1, n):
+            pos[j] = pos[j - 1] + 1 if seg[j] == seg[j - 1] else 0
+        seg_ids = (np.concatenate([[0], np.cumsum(seg[1:] != seg[:-1])]) + 1).astype(np.int32)
+        logits = forward(params, tok[None, :-1], positions=pos[None, :-1], segment_ids=seg_ids[None, :-1])
+        mask = (seg[1:] == seg[:-1]).astype(np.float32)[None]
+        sums = models.loss_sums(logits, tok[None, 1:], mask)
+        nll, tokens = nll + float(sums.nll), tokens + float(sums.tokens)
+    return nll / tokens, int(tokens)
+
+
+@pytest.mark.slow
+def test_small_validation_set_is_read_once_and_said_so(tmp_path, caplog):
+    """6 held-out documents are ~4 rows; eval_batches=4 x global_batch=8 asks for 32. The old trainer packed 32 rows
+    by wrapping into more epochs, counting every document about 8 times."""
+    with caplog.at_level(logging.WARNING, logger="synpro_jax.train.trainer"):
+        cfg, trainer = make_trainer(tmp_path / "a")
+    params = trainer.step_fn.init(jax.random.key(3)).params
+    got = trainer.evaluate(params)
+    held_out = corpus(1, 6)
+    want_loss, want_tokens = reference_validation(cfg, jax.device_get(params),
+                                                  [held_out.doc(i) for i in range(held_out.num_docs)])
+    assert got["val_tokens"] == want_tokens
+    np.testing.assert_allclose(got["val_loss"], want_loss, rtol=1e-5)
+    warned = [r.getMessage() for r in caplog.records if "validation" in r.getMessage()]
+    assert len(warned) == 1 and "eval_batches=4" in warned[0] and "once" in warned[0]
+    assert trainer.eval_plan[0] == 1
+    _, more = make_trainer(tmp_path / "b", eval_batches=50)  # asking for more changes nothing
+    assert more.evaluate(params) == got
+
+
+def test_large_validation_set_reads_eval_batches(tmp_path, caplog):
+    with caplog.at_level(logging.WARNING, logger="synpro_jax.train.trainer"):
+        _, trainer = make_trainer(tmp_path, val_docs=200, eval_batches=2)
+    assert trainer.eval_plan[0] == 2 and not [r for r in caplog.records if "validation" in r.getMessage()]
+    params = trainer.step_fn.init(jax.random.key(3)).params
+    assert trainer.evaluate(params)["val_tokens"] > 8 * SEQ  # more than one batch's worth
+
+
+@pytest.mark.slow
+def test_evaluation_runs_in_the_train_steps_micro_batches(tmp_path):
+    """The same numbers with accum_steps=4, and the compiled evaluation holds a quarter of the batch at a time."""
+    _, one = make_trainer(tmp_path / "one", val_docs=200, eval_batches=2, mesh=(2, 1, 1))
+    _, four = make_trainer(tmp_path / "four", val_docs=200, eval_batches=2, accum_steps=4, mesh=(2, 1, 1))
+    params = one.step_fn.init(jax.random.key(3)).params
+    a, b = one.evaluate(params), four.evaluate(params)
+    assert a["val_tokens"] == b["val_tokens"]
+    np.testing.assert_allclose(a["val_loss"], b["val_loss"], rtol=1e-5)
+
+    def temp_bytes(trainer):
+        batch = trainer.validation_batch(0)
+        with jax.set_mesh(trainer.mesh):
+            compiled = trainer.eval_step.lower(params, batch).compile()
+        return compiled.memory_analysis().temp_size_in_bytes
+
+    assert temp_bytes(four) < 0.5 * temp_bytes(one)
+
+
+# --- restarts --------------------------------------------------------------------------------------------------------
+def read_scalars(tb_dir) -> list[tuple[int, str, float]]:
+    """Every scalar in every event file (TFRecord framing read by hand: no TensorBoard needed)."""
+    from tensorboardX.proto import event_pb2
+
+    out = []
+    for path in sorted(tb_dir.glob("events.out.tfevents.*")):
+        data = path.read_bytes()
+        off = 0
+        while off + 12 <= len(data):
+            (n,) = struct.unpack("<Q", data[off:off + 8])
+            event = event_pb2.Event.FromString(data[off + 12:off + 12 + n])
+            off += 12 + n + 4
+            out += [(event.step, v.tag, v.simple_value) for v in event.summary.value]
+    return out
+
+
+def write_stale(out_dir, steps, value=99.0):
+    from tensorboardX import SummaryWriter
+
+    writer = SummaryWriter(str(out_dir / "tensorboard"))
+    for s in steps:
+        writer.add_scalar("loss", value, s)
+    writer.close()
+    with open(out_dir / "metrics.jsonl", "a") as f:
+        f.writelines(json.dumps({"step": s, "loss": value}) + "\n" for s in steps)
+
+
+@pytest.mark.slow
+def test_restart_before_the_first_checkpoint_leaves_no_stale_events(tmp_path):
+    """An attempt killed at step 6 with no checkpoint logged steps 1..6; the restart redoes them from step 0."""
+    out = tmp_path / "run"
+    out.mkdir()
+    write_stale(out, range(1, 7))
+    _, trainer = make_trainer(out, num_steps=2, mesh=(1, 1, 1))
+    trainer.run()
+    losses = [(s, v) for s, tag, v in read_scalars(out / "tensorboard") if tag == "loss"]
+    assert [s for s, _ in losses] == [1, 2] and 99.0 not in [v for _, v in losses]
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2] and all(r["loss"] != 99.0 for r in records)
