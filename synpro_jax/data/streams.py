@@ -93,7 +93,7 @@ def build_streams(cfg: DataConfig, seq_len: int, progress: bool = True) -> Strea
 
     for shards in cfg.synthetic:
         name = tasks_lib.synthetic_task_name(cfg.corpus, shards.operation, shards.round)
-        source = sources_lib.JsonlSource(shards.files, text_field="text", id_field="source_id")
+        source = sources_lib.open_source(shards.files, text_field="text", id_field="source_id")
         corpus, report = build_corpus(source, vocab, cfg.cache_dir, name=name, progress=progress)
         reports[name] = report.summary() if report else "(from cache)"
         if corpus.num_docs == 0:

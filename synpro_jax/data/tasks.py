@@ -107,7 +107,7 @@ def register_synthetic_task(corpus: str, operation: str, round_: int, pattern: s
     """Register generator shards (JSONL records {source_id, text, ...}, see generation/synthesize.py) as the task
     ``synpro_<corpus>_<operation>_r<round>``; returns the opener of its document reader."""
     def opener():
-        return sources_lib.JsonlSource(pattern, text_field="text", id_field="source_id")
+        return sources_lib.open_source(pattern, text_field="text", id_field="source_id")
 
     register_text_task(synthetic_task_name(corpus, operation, round_), opener, vocabulary)
     return opener

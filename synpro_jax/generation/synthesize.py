@@ -92,8 +92,9 @@ def stream_id(source_id: str) -> int:
 
 
 def shard_name(path: Path) -> str:
+    """The input file's name without its format and compression suffixes."""
     name = path.name
-    for suffix in (".gz", ".jsonl", ".json", ".txt"):
+    for suffix in (".gz", ".zst", ".jsonl", ".ndjson", ".json", ".txt", ".parquet"):
         name = name.removesuffix(suffix)
     return name
 
@@ -317,9 +318,7 @@ class Synthesizer:
         from synpro_jax.data import sources
 
         s = self.settings
-        if path.name.lower().removesuffix(".gz").endswith((".jsonl", ".json")):
-            return sources.JsonlSource(str(path), text_field=s.text_field, id_field=s.id_field)
-        return sources.open_source(str(path))
+        return sources.open_source(str(path), text_field=s.text_field, id_field=s.id_field)
 
     def run_shard(self, path: Path, out_dir: Path, progress=None) -> dict:
         """Synthesize one input file into out_dir/<shard>.jsonl, resuming its partial file if there is one."""
@@ -428,18 +427,22 @@ class Synthesizer:
 
 
 def synthetic_spec(operation: str, round_: int, out_dir: str | Path) -> str:
-    """The ``DataConfig.synthetic`` entry that mixes these shards into pretraining."""
-    return f"{operation}:{round_}:{Path(out_dir) / '*.jsonl'}"
+    """The ``DataConfig.synthetic`` entry (gin) that mixes these shards into pretraining."""
+    return f"({operation!r}, {round_}, {str(Path(out_dir) / '*.jsonl')!r})"
 
 
 def _count_lines(path: Path) -> int:
-    """Non-blank lines of a JSON-lines file (its document count, give or take malformed lines); 0 otherwise."""
-    if not path.name.lower().removesuffix(".gz").endswith((".jsonl", ".json")):
-        return 0
-    import gzip
+    """Non-blank lines of a JSON-lines file, plain or compressed (its document count, give or take malformed
+    lines); 0 for other formats or a file that cannot be read to the end."""
+    from synpro_jax.data import sources
 
-    with (gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb")) as fh:
-        return sum(1 for line in fh if line.strip())
+    if sources.format_of(path) != "jsonl":
+        return 0
+    try:
+        with sources.open_binary(path) as fh:
+            return sum(1 for line in fh if line.strip())
+    except (OSError, EOFError):
+        return 0
 
 
 def _progress_bar(files: Sequence[Path], enabled: bool):

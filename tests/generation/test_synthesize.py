@@ -83,7 +83,7 @@ def test_killed_job_resumes_with_every_source_id_exactly_once(workspace, tmp_pat
     assert long["status"] != "too_long" and long["source_cut_tokens"] > 0 and long["prompt_tokens"] == 1000
     assert all(r["status"] != "too_long" for r in records)
     manifest = json.loads((out / "synthesis.json").read_text())
-    assert manifest["data_config_synthetic"] == f"rephrase:1:{out}/*.jsonl"
+    assert manifest["data_config_synthetic"] == f"('rephrase', 1, '{out}/*.jsonl')"
     assert [s.get("skipped") for s in manifest["shards"]] == ["finished earlier", None, None]
     assert "empty 1" in manifest["shards"][1]["read"]
 
@@ -140,7 +140,7 @@ def test_synthesize_cli(workspace, tmp_path):
              "--gin.synpro.MeshConfig.data=8"]
     done = synpro("synthesize", "--gin_file=gin/runs/synthesize.gin", *flags)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert f"reformat:1:{out}/*.jsonl" in done.stdout
+    assert f"('reformat', 1, '{out}/*.jsonl')" in done.stdout
     assert len(list(synthesize.iter_records(out))) == 5 and (out / "config.gin").exists()
     missing = synpro("synthesize", "--gin_file=gin/runs/synthesize.gin")
     assert missing.returncode == 2 and "GENERATOR" in missing.stderr
