@@ -1,18 +1,22 @@
-"""The influence probe, as in the SynPro release.
+"""The influence probe, as the SynPro release runs it.
 
-1. Copy the pretraining checkpoint theta and fine-tune the copy on the reference task (defaults: 100 steps, AdamW
-   lr 1e-4, 10 warmup steps then constant, weight decay 0.1, loss on answer tokens only): theta'.
-2. influence(x) = L_theta(x) - L_theta'(x), the mean token loss of document x cut to ``max_len`` tokens. Positive
-   means the reference fine-tune made x more likely.
+1. Copy the pretraining checkpoint theta and fine-tune the copy on the reference task into theta': AdamW
+   (0.9, 0.95, eps 1e-8) at a constant lr 1e-4 from the first step, weight decay 0.1 on everything but the
+   embeddings (norms decayed), z-loss 1e-5, clip 1.0, 100 steps of 64 packed rows (answer tokens only). Adam
+   continues from the checkpoint's moments and count, as the release restores the optimizer state and keeps the
+   global step; only a source without them (an HF directory) starts from zero moments.
+2. influence(x) = L_theta(x) - L_theta'(x), the mean token loss of document x cut to ``max_len`` tokens
+   (:func:`synpro_jax.influence.influence_scores`). Positive means x helps the reference task.
 
-:func:`score_corpus` scores a whole corpus in fixed-shape batches sharded over the mesh, writing each chunk
-atomically so a killed job resumes where it stopped, then one ``influence.npz`` aligned with the document ids.
+:func:`score_corpus` scores a whole corpus in fixed-shape batches sharded over the mesh. Scores are keyed by
+document id and written chunk by chunk, atomically, so a killed job resumes where it stopped; a resumed job
+checks a fingerprint of what the scores depend on and refuses, naming the field, when anything changed.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
-import functools
 import json
 import logging
 import os
@@ -21,62 +25,98 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding
+import optax
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
 from synpro_jax import models, sharding
 from synpro_jax.checks import positive_ints
-from synpro_jax.influence.kernel import example_losses
+from synpro_jax.influence.kernel import compiled_loss_pair
 from synpro_jax.models import ModelConfig
+from synpro_jax.train.checkpoint import AdamMoments
 from synpro_jax.train.optimizer import OptimizerConfig
 from synpro_jax.train.step import TrainStep
 
 log = logging.getLogger(__name__)
 
+SCORE_KEYS = ("influence", "loss_before", "loss_after")
+
 
 @dataclasses.dataclass(frozen=True)
 class ProbeConfig:
+    """The release's probe fine-tune (configs/probe/probe-influence-train.yaml)."""
+
     steps: int = 100
-    learning_rate: float = 1e-4
-    warmup_steps: int = 10
-    weight_decay: float = 0.1
-    batch_size: int = 64
+    learning_rate: float = 1e-4  # constant from the first step: the release's constant scheduler has no warmup
+    weight_decay: float = 0.1  # not on embeddings; norms decayed (decay_norm_and_bias: true)
+    z_loss: float = 1e-5
+    clip_norm: float = 1.0
+    b1: float = 0.9
+    b2: float = 0.95
+    eps: float = 1e-8
+    batch_size: int = 64  # packed rows per step
     seq_len: int = 2048
+    accum_steps: int = 1  # micro-batches per step (the release: 64 rows as 8 x 8)
     seed: int = 0
 
     def __post_init__(self):
-        positive_ints(self, "steps", "batch_size", "seq_len")
-        if self.warmup_steps < 0 or self.learning_rate <= 0:
-            raise ValueError(f"ProbeConfig: warmup_steps={self.warmup_steps} and learning_rate="
-                             f"{self.learning_rate} must be >= 0 and > 0")
+        positive_ints(self, "steps", "batch_size", "seq_len", "accum_steps")
+        if self.batch_size % self.accum_steps:
+            raise ValueError(f"ProbeConfig.batch_size={self.batch_size} is not divisible by "
+                             f"accum_steps={self.accum_steps}")
+        if self.z_loss < 0:
+            raise ValueError(f"ProbeConfig.z_loss={self.z_loss}: must be >= 0")
+        self.optimizer()  # the optimizer knobs are validated (and named) there
+
+    def optimizer(self) -> OptimizerConfig:
+        try:
+            return OptimizerConfig(learning_rate=self.learning_rate, warmup_steps=0, schedule="constant", b1=self.b1,
+                                   b2=self.b2, eps=self.eps, weight_decay=self.weight_decay,
+                                   clip_norm=self.clip_norm, decay_norms=True)
+        except ValueError as e:
+            raise ValueError(str(e).replace("OptimizerConfig.", "ProbeConfig.")) from None
 
 
-def finetune(cfg: ModelConfig, mesh: Mesh, params: Any, ref_tokens: np.ndarray, ref_mask: np.ndarray,
-             pcfg: ProbeConfig = ProbeConfig(), progress: bool = True,
-             on_step: Callable[[int, Any], None] | None = None) -> Any:
-    """theta': a fine-tuned copy of ``params`` (left untouched) on reference rows [N, T+1] with answer masks.
+def finetune(cfg: ModelConfig, mesh: Mesh, params: Any, reference, pcfg: ProbeConfig = ProbeConfig(), *,
+             adam: AdamMoments | None = None, step: int = 0, progress: bool = True,
+             on_step: Callable[[int, Any, dict], None] | None = None) -> Any:
+    """theta': a fine-tuned copy of ``params`` (left untouched) on ``reference`` (a
+    :class:`~synpro_jax.influence.reference.PackedReference`; step ``i`` trains on its ``batch(i, batch_size)``).
 
-    Batch ``i`` takes rows of a seeded permutation (reshuffled each pass), so the result is reproducible.
-    ``on_step(step, params)`` sees the parameters after every step (e.g. to keep snapshots).
+    ``adam`` holds theta's Adam moments and count (see :func:`synpro_jax.train.params_io.load`): the probe's AdamW
+    continues from them, so bias correction continues from the pretraining step. ``None`` starts from zero
+    moments at count 0 (logged). ``step`` is theta's training step. ``on_step(step, params, metrics)`` sees each
+    step's result (e.g. to keep snapshots).
     """
-    if ref_tokens.shape != ref_mask.shape or ref_tokens.ndim != 2:
-        raise ValueError(f"reference tokens {ref_tokens.shape} and mask {ref_mask.shape} must be equal [N, T+1]")
-    opt = OptimizerConfig(learning_rate=pcfg.learning_rate, warmup_steps=pcfg.warmup_steps, schedule="constant",
-                          weight_decay=pcfg.weight_decay)
-    step = TrainStep(cfg, mesh, opt)
-    state = step.init(jax.random.key(pcfg.seed), params=params)  # a fresh copy: params are never donated
-    n = len(ref_tokens)
-    bar = tqdm(total=pcfg.steps, desc="probe fine-tune", unit="step", disable=not progress)
+    ts = TrainStep(cfg, mesh, pcfg.optimizer(), z_loss=pcfg.z_loss, accum_steps=pcfg.accum_steps)
+    state = ts.init(jax.random.key(pcfg.seed), params=params)  # a fresh copy: params are never donated
+    if adam is None:
+        log.warning("the probe's theta has no optimizer state (an HF directory): AdamW starts from zero moments "
+                    "at count 0, where the release continues the checkpoint's")
+        state = state.replace(step=jnp.asarray(step, jnp.int32))
+    else:
+        for name, tree in (("mu", adam.mu), ("nu", adam.nu)):
+            if jax.tree.structure(tree) != jax.tree.structure(state.params):
+                raise ValueError(f"the checkpoint's Adam {name} is not shaped like the model's params")
+
+        def resume(st, mu, nu, count):
+            count = jnp.asarray(count, jnp.int32)
+            opt = optax.tree_utils.tree_set(st.opt_state, mu=mu, nu=nu, count=count)
+            return st.replace(step=jnp.asarray(step, jnp.int32), opt_state=opt)
+
+        moment_sh = (ts.param_shardings, ts.param_shardings, sharding.replicated(mesh))
+        with jax.set_mesh(mesh):  # jit outputs are new buffers: the caller's moments survive the donation below
+            state = jax.jit(resume, in_shardings=(ts.state_shardings,) + moment_sh,
+                            out_shardings=ts.state_shardings)(state, adam.mu, adam.nu, adam.count)
+    bar = tqdm(total=pcfg.steps, desc="probe fine-tune", unit="step",
+               disable=not progress or jax.process_index() != 0)
     for i in range(pcfg.steps):
-        epoch, k = divmod(i * pcfg.batch_size, n)
-        order = np.concatenate([np.random.default_rng([pcfg.seed, epoch + j]).permutation(n)
-                                for j in range(pcfg.batch_size // n + 2)])
-        rows = order[k:k + pcfg.batch_size]
-        batch = {"inputs": ref_tokens[rows, :-1], "targets": ref_tokens[rows, 1:], "loss_mask": ref_mask[rows, 1:]}
-        state, metrics = step(state, step.shard_batch(batch))
+        state, metrics = ts(state, ts.shard_batch(reference.batch(i, pcfg.batch_size)))
         if on_step is not None:
-            on_step(i + 1, state.params)
+            on_step(i + 1, state.params, metrics)
         bar.update(1)
         if (i + 1) % 10 == 0 or i + 1 == pcfg.steps:
             bar.set_postfix(ref_loss=f"{float(metrics['loss']):.3f}")
@@ -84,20 +124,15 @@ def finetune(cfg: ModelConfig, mesh: Mesh, params: Any, ref_tokens: np.ndarray, 
     return state.params
 
 
-@functools.lru_cache(maxsize=16)
-def _loss_fn(cfg: ModelConfig, mesh: Mesh):
-    p_shard = models.param_shardings(cfg, mesh)
-    rows = sharding.batch_sharding(mesh)
-    vec = NamedSharding(mesh, sharding.logical_to_spec(("batch",)))
-
-    def both(p0, p1, tokens, mask):
-        return example_losses(cfg, p0, tokens, mask), example_losses(cfg, p1, tokens, mask)
-
-    return jax.jit(both, in_shardings=(p_shard, p_shard, rows, rows), out_shardings=(vec, vec))
+def _host(x: jax.Array) -> np.ndarray:
+    """A global array's value on every host (np.asarray only sees this host's shards on a pod)."""
+    if x.is_fully_addressable:
+        return np.asarray(x)
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
 class Probe:
-    """Scores documents by L_theta - L_theta' (two forward passes, sharded)."""
+    """Scores documents by influence = L_theta - L_theta' (two forward passes, sharded over the mesh)."""
 
     def __init__(self, cfg: ModelConfig, mesh: Mesh, params: Any, params_ft: Any, max_len: int = 2048):
         self.cfg, self.mesh, self.max_len = cfg, mesh, max_len
@@ -106,13 +141,19 @@ class Probe:
         self.params_ft = jax.device_put(params_ft, shardings)
 
     def score(self, tokens: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:
-        """Rows [B, L] (L <= max_len + 1) with masks -> influence, loss_before, loss_after ([B] float32)."""
+        """Rows [B, L] (L <= max_len + 1) with masks -> influence, loss_before, loss_after ([B] float32), where
+        influence = loss_before - loss_after (positive: x helps the reference task)."""
         rows = sharding.batch_sharding(self.mesh)
+        axes = rows.spec[0] if len(rows.spec) else None
+        ways = int(np.prod([self.mesh.shape[a] for a in ((axes,) if isinstance(axes, str) else axes or ())]))
+        if len(tokens) % ways:
+            raise ValueError(f"influence batch of {len(tokens)} rows does not divide over the mesh's {ways} data "
+                             "shards; make the batch size a multiple of it")
         tokens = jax.device_put(np.asarray(tokens, np.int32), rows)
         mask = jax.device_put(np.asarray(mask, np.float32), rows)
         with jax.set_mesh(self.mesh):
-            before, after = _loss_fn(self.cfg, self.mesh)(self.params, self.params_ft, tokens, mask)
-        before, after = np.asarray(before), np.asarray(after)
+            before, after = compiled_loss_pair(self.cfg, self.mesh)(self.params, self.params_ft, tokens, mask)
+        before, after = _host(before), _host(after)
         return {"influence": before - after, "loss_before": before, "loss_after": after}
 
     def rows(self, docs: Sequence[np.ndarray], batch_size: int, pad_id: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -128,7 +169,7 @@ class Probe:
         return tokens, mask
 
     def score_docs(self, docs: Sequence[np.ndarray], batch_size: int, pad_id: int = 0) -> dict[str, np.ndarray]:
-        out = {"influence": [], "loss_before": [], "loss_after": []}
+        out = {k: [] for k in SCORE_KEYS}
         for start in range(0, len(docs), batch_size):
             chunk = docs[start:start + batch_size]
             scores = self.score(*self.rows(chunk, batch_size, pad_id))
@@ -137,58 +178,156 @@ class Probe:
         return {k: np.concatenate(v) if v else np.zeros(0, np.float32) for k, v in out.items()}
 
 
-def _atomic_savez(path: Path, **arrays) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp.npz", dir=path.parent)
+# --- corpus scoring -------------------------------------------------------------------------------------------
+
+
+def _atomic_write(path: Path, write: Callable[[str], None], suffix: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     os.close(fd)
     try:
-        np.savez(tmp, **arrays)
+        write(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
 
 
-def score_corpus(probe: Probe, docs: Sequence[np.ndarray], doc_ids: Sequence[str], out_dir: str | Path, *,
-                 batch_size: int = 32, chunk_batches: int = 16, pad_id: int = 0, progress: bool = True) -> Path:
-    """Score every document; returns ``out_dir/influence.npz`` (ids, influence, loss_before, loss_after).
+def _atomic_savez(path: Path, **arrays) -> None:
+    _atomic_write(path, lambda tmp: np.savez(tmp, **arrays), ".tmp.npz")
 
-    Each chunk of ``batch_size * chunk_batches`` documents is written atomically under ``out_dir/parts``; a
-    restarted job skips finished chunks. A finished ``influence.npz`` for other documents is an error, not
-    overwritten.
+
+def _atomic_json(path: Path, obj) -> None:
+    _atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=2, sort_keys=True)), ".tmp")
+
+
+def unique_keys(doc_ids: Sequence[str]) -> list[str]:
+    """Document ids as score keys: a repeated id gets ``#2``, ``#3``... in corpus order (logged), so every
+    document has its own key and the keys are a pure function of the corpus."""
+    seen: collections.Counter = collections.Counter()
+    keys = []
+    for i in doc_ids:
+        i = str(i)
+        seen[i] += 1
+        keys.append(i if seen[i] == 1 else f"{i}#{seen[i]}")
+    repeated = sum(1 for c in seen.values() if c > 1)
+    if repeated:
+        log.warning("%d document ids occur more than once; their repeats are keyed id#2, id#3, ...", repeated)
+    if len(set(keys)) != len(keys):  # an original id such as "a#2" beside a repeated "a"
+        raise ValueError("document ids are not unique even after numbering repeats (an id like 'x#2' collides); "
+                         "give the corpus unique ids")
+    return keys
+
+
+def check_fingerprint(old: dict, new: dict, where: str) -> None:
+    """Refuse, naming the first differing field, unless ``old`` and ``new`` agree on every field."""
+    for field in sorted(set(old) | set(new)):
+        if old.get(field) != new.get(field):
+            raise ValueError(f"{where} was made with a different {field}: {old.get(field)!r} then, "
+                             f"{new.get(field)!r} now. Use a new output directory (or delete this one) to "
+                             "score again")
+
+
+def _load_part(path: Path) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path) as z:  # numpy refuses pickles by default: ids are stored as fixed-width unicode
+            part = {k: z[k] for k in ("ids",) + SCORE_KEYS}
+    except Exception as e:
+        raise ValueError(f"{path}: unreadable score part ({e}); delete it to score its documents again") from e
+    n = len(part["ids"])
+    if any(len(part[k]) != n for k in SCORE_KEYS):
+        raise ValueError(f"{path}: {n} ids but {[len(part[k]) for k in SCORE_KEYS]} scores")
+    return part
+
+
+def score_corpus(probe: Probe, docs: Sequence[np.ndarray], doc_ids: Sequence[str], out_dir: str | Path, *,
+                 fingerprint: dict | None = None, batch_size: int = 32, chunk_docs: int = 512, pad_id: int = 0,
+                 progress: bool = True) -> Path:
+    """Score every document; returns ``out_dir/influence.npz`` (ids, influence, loss_before, loss_after), in
+    corpus order, keyed by document id (see :func:`unique_keys`).
+
+    Chunks of ``chunk_docs`` documents are written atomically under ``out_dir/parts`` with their ids; a restarted
+    job scores only the ids no part holds, so changing ``chunk_docs`` or ``batch_size`` between runs is safe.
+    ``fingerprint`` names what the scores depend on (theta's step, the probe config, the vocabulary, the corpus
+    files...; ``max_len`` is added here): a directory made under another fingerprint is refused, naming the field.
+    The merged output is checked to hold exactly one score per id. Only process 0 writes.
     """
+    if len(docs) != len(doc_ids):
+        raise ValueError(f"score_corpus: {len(docs)} documents but {len(doc_ids)} ids")
+    if batch_size < 1 or chunk_docs < 1:
+        raise ValueError(f"score_corpus batch_size={batch_size}, chunk_docs={chunk_docs}: must be >= 1")
+    keys = unique_keys(doc_ids)
+    fp = {**(fingerprint or {}), "max_len": probe.max_len,
+          "documents": {"count": len(docs), "ids_sha1": _ids_digest(keys)}}
     out_dir = Path(out_dir)
-    final = out_dir / "influence.npz"
-    parts = out_dir / "parts"
-    parts.mkdir(parents=True, exist_ok=True)
-    manifest = {"num_docs": len(docs), "ids_sha": _ids_digest(doc_ids), "max_len": probe.max_len}
-    manifest_path = out_dir / "manifest.json"
+    final, parts, manifest_path = out_dir / "influence.npz", out_dir / "parts", out_dir / "manifest.json"
+    writer = jax.process_index() == 0
     if manifest_path.exists():
-        old = json.loads(manifest_path.read_text())
-        if old != manifest:
-            raise ValueError(f"{out_dir} holds scores of another corpus or max_len ({old}); use a new directory")
-    else:
-        manifest_path.write_text(json.dumps(manifest))
+        check_fingerprint(json.loads(manifest_path.read_text())["fingerprint"], fp, str(out_dir))
+    elif writer:
+        parts.mkdir(parents=True, exist_ok=True)
+        _atomic_json(manifest_path, {"fingerprint": fp})
     if final.exists():
+        _verify_final(final, keys)
         return final
-    chunk = batch_size * chunk_batches
-    starts = list(range(0, len(docs), chunk))
-    bar = tqdm(total=len(docs), desc="influence", unit="doc", disable=not progress)
-    for start in starts:
-        part = parts / f"part-{start:09d}.npz"
-        n = min(chunk, len(docs) - start)
-        if not part.exists():
-            scores = probe.score_docs(docs[start:start + n], batch_size, pad_id)
-            _atomic_savez(part, **scores)
-        bar.update(n)
+
+    done: dict[str, Path] = {}
+    for path in sorted(parts.glob("part-*.npz")) if parts.is_dir() else []:
+        for k in _load_part(path)["ids"].tolist():
+            if k in done:
+                raise ValueError(f"document {k!r} is scored in both {done[k]} and {path}")
+            done[k] = path
+    stray = set(done) - set(keys)
+    if stray:
+        raise ValueError(f"{parts} holds scores of {len(stray)} ids not in this corpus (e.g. {sorted(stray)[0]!r})")
+    if jax.process_count() > 1:  # every host must agree on what is left before process 0 writes more
+        multihost_utils.sync_global_devices(f"score_corpus listed {out_dir}")
+    todo = [i for i, k in enumerate(keys) if k not in done]
+    bar = tqdm(total=len(docs), initial=len(docs) - len(todo), desc="influence", unit="doc",
+               disable=not progress or not writer)
+    for c in range(0, len(todo), chunk_docs):
+        idx = todo[c:c + chunk_docs]
+        scores = probe.score_docs([docs[i] for i in idx], batch_size, pad_id)
+        if writer:
+            path = parts / f"part-{idx[0]:09d}-{idx[-1]:09d}.npz"
+            if path.exists():
+                raise ValueError(f"{path} exists but its documents were not scored; delete it and rerun")
+            _atomic_savez(path, ids=np.array([keys[i] for i in idx], dtype=str), **scores)
+        bar.update(len(idx))
     bar.close()
-    merged = {k: [] for k in ("influence", "loss_before", "loss_after")}
-    for start in starts:
-        with np.load(parts / f"part-{start:09d}.npz") as z:
-            for k in merged:
-                merged[k].append(z[k])
-    _atomic_savez(final, ids=np.array(list(doc_ids), dtype=object),
-                  **{k: np.concatenate(v) for k, v in merged.items()})
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(f"score_corpus scored {out_dir}")
+    if writer:
+        by_id: dict[str, tuple[float, float, float]] = {}
+        for path in sorted(parts.glob("part-*.npz")):
+            part = _load_part(path)
+            for j, k in enumerate(part["ids"].tolist()):
+                if k in by_id:
+                    raise ValueError(f"document {k!r} is scored twice (again in {path})")
+                by_id[k] = tuple(float(part[s][j]) for s in SCORE_KEYS)
+        missing = [k for k in keys if k not in by_id]
+        if missing or len(by_id) != len(keys):
+            raise ValueError(f"{parts}: {len(by_id)} scores for {len(keys)} documents; missing e.g. "
+                             f"{missing[:3]}")
+        merged = np.array([by_id[k] for k in keys], np.float32).reshape(len(keys), len(SCORE_KEYS))
+        _atomic_savez(final, ids=np.array(keys, dtype=str),
+                      **{s: merged[:, j] for j, s in enumerate(SCORE_KEYS)})
+        _verify_final(final, keys)
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(f"score_corpus merged {out_dir}")
     return final
+
+
+def _verify_final(path: Path, keys: Sequence[str]) -> None:
+    """As many scores as ids, no duplicate ids, and exactly this corpus's ids in its order."""
+    with np.load(path) as z:
+        ids = z["ids"].tolist()
+        lengths = {k: len(z[k]) for k in SCORE_KEYS}
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"{path}: duplicate document ids")
+    if any(n != len(ids) for n in lengths.values()):
+        raise ValueError(f"{path}: {len(ids)} ids but score lengths {lengths}")
+    if ids != list(keys):
+        raise ValueError(f"{path}: its ids are not this corpus's documents in order")
 
 
 def _ids_digest(ids: Sequence[str]) -> str:

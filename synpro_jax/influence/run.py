@@ -1,24 +1,38 @@
-"""The probe and the influence service as stages: load theta, fine-tune theta', score a corpus or serve."""
+"""The probe and the influence service as stages: load theta, fine-tune theta', score a corpus or serve.
+
+Everything written records what it was made from. ``finetuned/probe.json`` holds theta' provenance (theta's
+source, step and a digest of its weights; the probe config, reference files and vocabulary), checked before
+theta' is reused. The corpus scores carry a fingerprint (theta's step, the probe, ``max_len``, the vocabulary
+and the corpus files) that a resumed job must match; see :func:`synpro_jax.influence.probe.score_corpus`.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import hashlib
 import json
 import logging
+import os
+import shutil
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
 from synpro_jax.models import ModelConfig
-from synpro_jax.train.params_io import load_params
+from synpro_jax.train import params_io
 
 log = logging.getLogger(__name__)
 
+PROVENANCE = "probe.json"
 
-def reference_rows(paths: Sequence[str], vocab, seq_len: int, max_examples: int | None = None):
-    from synpro_jax.influence.reference import ReferenceSource, encode_examples
+
+def reference_examples(paths: Sequence[str], max_examples: int | None = None) -> list:
+    from synpro_jax.influence.reference import ReferenceSource
 
     src = ReferenceSource(list(paths))
     examples = list(src)
@@ -28,44 +42,174 @@ def reference_rows(paths: Sequence[str], vocab, seq_len: int, max_examples: int 
     if max_examples:
         order = np.random.default_rng(0).permutation(len(examples))[:max_examples]
         examples = [examples[i] for i in sorted(order)]
-    return encode_examples(examples, vocab, seq_len)
+    return examples
+
+
+def reference_rows(paths: Sequence[str], vocab, seq_len: int, max_examples: int | None = None):
+    """One reference example per padded row (for per-example reference losses)."""
+    from synpro_jax.influence.reference import encode_examples
+
+    return encode_examples(reference_examples(paths, max_examples), vocab, seq_len)
+
+
+# --- fingerprints ---------------------------------------------------------------------------------------------
+
+
+def files_fingerprint(specs: Sequence[str]) -> list:
+    """Each file a spec names, as (absolute path, size, mtime); non-file specs (``tfds:``, ``markov:``) as is."""
+    from synpro_jax.data.sources import expand_paths, format_of
+
+    out = []
+    for spec in specs:
+        if format_of(spec) in ("tfds", "markov"):
+            out.append(str(spec))
+            continue
+        for f in expand_paths(spec):
+            st = f.stat()
+            out.append([str(f.resolve()), st.st_size, st.st_mtime_ns])
+    return out
+
+
+def vocabulary_fingerprint(spec: str, vocab) -> dict:
+    fp = {"spec": str(spec), "vocab_size": int(vocab.vocab_size), "eos_id": int(vocab.eos_id)}
+    path = getattr(vocab, "sentencepiece_model_file", None) or getattr(vocab, "_path", None)
+    if not path and Path(str(spec)).is_file():
+        path = spec
+    if path and os.path.exists(path):
+        fp["sha1"] = hashlib.sha1(Path(path).read_bytes()).hexdigest()
+    return fp
+
+
+@functools.lru_cache(maxsize=8)
+def _digest_fn(structure):
+    return jax.jit(lambda p: jnp.stack([jnp.stack([jnp.sum(x), jnp.sum(x * x)]) for x in jax.tree.leaves(p)]))
+
+
+def params_digest(params: Any) -> list:
+    """Per tensor (sum, sum of squares) in float32: equal weights give equal digests up to summation order."""
+    out = _digest_fn(jax.tree.structure(params))(params)
+    return np.asarray(jax.device_get(out), np.float64).tolist()
+
+
+def theta_identity(theta: params_io.LoadedParams) -> dict:
+    return {"source": theta.source, "kind": theta.kind, "step": theta.step, "digest": params_digest(theta.params)}
+
+
+def check_theta_prime(provenance: dict, theta: dict, probe: dict | None, where: str) -> None:
+    """Refuse a theta' made from another theta (source, step or weights) or under another probe config."""
+    old = provenance.get("theta", {})
+    for field in ("source", "kind", "step"):
+        if old.get(field) != theta[field]:
+            raise ValueError(f"{where} was fine-tuned from another theta: {field} {old.get(field)!r} then, "
+                             f"{theta[field]!r} now. Delete it (or use a new probe out_dir) to fine-tune again")
+    a, b = np.asarray(old.get("digest", []), np.float64), np.asarray(theta["digest"], np.float64)
+    if a.shape != b.shape or not np.allclose(a, b, rtol=1e-4, atol=1e-6):
+        raise ValueError(f"{where} was fine-tuned from other weights than {theta['source']} step {theta['step']} "
+                         "holds now. Delete it (or use a new probe out_dir) to fine-tune again")
+    if probe is not None:
+        for field in sorted(set(probe) | set(provenance.get("probe", {}))):
+            if provenance.get("probe", {}).get(field) != probe.get(field):
+                raise ValueError(f"{where} was fine-tuned with a different probe {field}: "
+                                 f"{provenance.get('probe', {}).get(field)!r} then, {probe.get(field)!r} now. "
+                                 "Delete it (or use a new probe out_dir) to fine-tune again")
+
+
+def load_finetuned(cfg: ModelConfig, path: str | Path, theta: params_io.LoadedParams,
+                   probe: dict | None = None) -> Any:
+    """theta' from ``path`` (an HF directory written by the probe) after checking it comes from ``theta`` (and,
+    if given, the ``probe`` fingerprint). Raises naming what differs."""
+    from synpro_jax.models import hf
+
+    path = Path(path)
+    prov_path = path / PROVENANCE
+    if not prov_path.exists():
+        raise ValueError(f"{path} has no {PROVENANCE}, so nothing shows which theta and probe config it came "
+                         "from. Delete it to fine-tune again")
+    check_theta_prime(json.loads(prov_path.read_text()), theta_identity(theta), probe, str(path))
+    tuned_cfg, tuned = hf.load(path)
+    if tuned_cfg.d_model != cfg.d_model or tuned_cfg.num_layers != cfg.num_layers \
+            or tuned_cfg.vocab_size != cfg.vocab_size:
+        raise ValueError(f"{path}: {tuned_cfg.describe()} does not match the configured model {cfg.describe()}")
+    return tuned
+
+
+def load_pair(cfg: ModelConfig, mesh: Mesh, checkpoint: str, finetuned: str) -> tuple[Any, Any]:
+    """(theta, theta') for the influence service: theta' is checked to come from this theta."""
+    theta = params_io.load(cfg, mesh, checkpoint)
+    return theta.params, load_finetuned(cfg, finetuned, theta)
+
+
+def _save_finetuned(cfg: ModelConfig, tuned: Any, path: Path, provenance: dict) -> None:
+    """HF directory plus provenance, renamed into place in one step (process 0 only)."""
+    from synpro_jax.influence.probe import _host
+    from synpro_jax.models import hf
+
+    host = jax.tree.map(_host, tuned)  # every process takes part in the gather
+    if jax.process_index() != 0:
+        return
+    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    hf.save(cfg, host, tmp)
+    (tmp / PROVENANCE).write_text(json.dumps(provenance, indent=2))
+    os.replace(tmp, path)
+
+
+# --- the stage ------------------------------------------------------------------------------------------------
 
 
 def probe_and_score(cfg: ModelConfig, mesh: Mesh, checkpoint: str, vocabulary: str, reference: Sequence[str],
                     corpus: Sequence[str], out_dir: str, probe_cfg, *, text_field: str = "text", max_len: int = 2048,
                     batch_size: int = 32, max_reference_examples: int | None = None, progress: bool = True) -> dict:
-    """Fine-tune theta' (saved as an HF directory in out_dir/finetuned, reused if present) and score every
-    document of ``corpus`` into out_dir/influence.npz."""
+    """Fine-tune theta' (saved as an HF directory in out_dir/finetuned, reused if it comes from this theta and
+    probe config) and score every document of ``corpus`` into out_dir/scores/influence.npz."""
     from synpro_jax.data.corpus import build_corpus
     from synpro_jax.data.sources import open_sources
     from synpro_jax.data.vocab import load_vocabulary
-    from synpro_jax.influence.probe import Probe, finetune, score_corpus
-    from synpro_jax.models import hf
+    from synpro_jax.influence.probe import Probe, _atomic_json, finetune, score_corpus
+    from synpro_jax.influence.reference import PackedReference
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     vocab = load_vocabulary(vocabulary)
-    params = load_params(cfg, mesh, checkpoint)
+    theta = params_io.load(cfg, mesh, checkpoint, with_adam=True)
+    print(f"theta: {theta.source} ({theta.kind}, step {theta.step}, "
+          f"{'Adam moments restored' if theta.adam is not None else 'no optimizer state: fresh Adam moments'})")
+    probe_fp = {"config": dataclasses.asdict(probe_cfg), "reference": files_fingerprint(reference),
+                "max_reference_examples": max_reference_examples,
+                "vocabulary": vocabulary_fingerprint(vocabulary, vocab)}
+    identity = theta_identity(theta)
     tuned_dir = out / "finetuned"
     if (tuned_dir / "config.json").exists():
+        tuned = load_finetuned(cfg, tuned_dir, theta, probe_fp)
         print(f"reusing theta' from {tuned_dir}")
-        _, tuned = hf.load(tuned_dir)
     else:
-        ref_tokens, ref_mask = reference_rows(reference, vocab, probe_cfg.seq_len, max_reference_examples)
-        tuned = finetune(cfg, mesh, params, ref_tokens, ref_mask, probe_cfg, progress=progress)
-        hf.save(cfg, jax.device_get(tuned), tuned_dir)
-    docs_corpus, report = build_corpus(open_sources(corpus, text_field=text_field, eos_id=vocab.eos_id,
-                                                      vocab_size=vocab.vocab_size), vocab,
-                                       cache_dir=out / "cache", name="probe_corpus", progress=progress)
+        examples = reference_examples(reference, max_reference_examples)
+        packed = PackedReference(examples, vocab, probe_cfg.seq_len, seed=probe_cfg.seed)
+        print(f"reference: {packed.num_examples} examples, {packed.answer_tokens} answer tokens per epoch, packed "
+              f"into rows of {probe_cfg.seq_len + 1} tokens")
+        losses = []
+        tuned = finetune(cfg, mesh, theta.params, packed, probe_cfg, adam=theta.adam, step=theta.step,
+                         progress=progress, on_step=lambda s, p, m: losses.append(float(m["loss"])))
+        _save_finetuned(cfg, tuned, tuned_dir, {"theta": identity, "probe": probe_fp,
+                                                "reference_loss": {"first_step": losses[0], "last_step": losses[-1]}})
+    docs_corpus, report = build_corpus(open_sources(list(corpus), text_field=text_field, eos_id=vocab.eos_id,
+                                                    vocab_size=vocab.vocab_size),
+                                       vocab, cache_dir=out / "cache", name="probe_corpus", progress=progress)
     if report is not None:
         print(f"corpus: {report.summary()}")
-    probe = Probe(cfg, mesh, params, tuned, max_len=max_len)
+    probe = Probe(cfg, mesh, theta.params, tuned, max_len=max_len)
     docs = [docs_corpus.doc(i) for i in range(docs_corpus.num_docs)]
-    path = score_corpus(probe, docs, docs_corpus.doc_ids, out / "scores", batch_size=batch_size, progress=progress)
-    with np.load(path, allow_pickle=True) as z:
+    fingerprint = {"theta_source": theta.source, "theta_step": theta.step, "probe": probe_fp,
+                   "vocabulary": probe_fp["vocabulary"], "corpus": files_fingerprint(corpus),
+                   "text_field": text_field}
+    path = score_corpus(probe, docs, docs_corpus.doc_ids, out / "scores", fingerprint=fingerprint,
+                        batch_size=batch_size, progress=progress)
+    with np.load(path) as z:
         infl = z["influence"]
-        summary = {"scores": str(path), "documents": int(len(infl)), "influence_mean": float(infl.mean()),
+        summary = {"scores": str(path), "documents": int(len(infl)), "theta_step": theta.step,
+                   "adam_restored": theta.adam is not None, "influence_mean": float(infl.mean()),
                    "influence_std": float(infl.std()), "loss_before_mean": float(z["loss_before"].mean()),
                    "loss_after_mean": float(z["loss_after"].mean())}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    if jax.process_index() == 0:
+        _atomic_json(out / "summary.json", summary)
     return summary

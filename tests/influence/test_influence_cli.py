@@ -54,12 +54,17 @@ def test_probe_scores_every_document_and_reuses_its_work(setup):
     root, flags = setup
     out = run("probe", *flags)
     assert out.returncode == 0, out.stderr[-3000:]
-    with np.load(root / "out" / "scores" / "influence.npz", allow_pickle=True) as z:
-        assert len(z["ids"]) == 30 and len(set(z["ids"])) == 30
+    with np.load(root / "out" / "scores" / "influence.npz") as z:  # ids without pickle
+        assert z["ids"].tolist() == [f"corpus.jsonl:{i}" for i in range(1, 31)]
         np.testing.assert_allclose(z["influence"], z["loss_before"] - z["loss_after"], atol=1e-5)
     assert (root / "out" / "finetuned" / "config.json").exists()
+    assert "fresh Adam moments" in out.stdout  # an HF theta has no optimizer state
+    provenance = json.loads((root / "out" / "finetuned" / "probe.json").read_text())
+    assert provenance["theta"]["kind"] == "hf" and provenance["probe"]["config"]["steps"] == 3
     again = run("probe", *flags)
     assert again.returncode == 0 and "reusing theta'" in again.stdout
+    changed = run("probe", *flags, "--gin.synpro.ProbeConfig.learning_rate=3e-4")
+    assert changed.returncode != 0 and "different probe config" in changed.stderr
 
 
 @pytest.mark.slow

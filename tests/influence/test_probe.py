@@ -1,92 +1,315 @@
-"""The probe: fine-tuned copy, two-forward scores, resumable corpus scoring, and its first-order agreement
-with the jvp kernel."""
+"""The probe as the release runs it (AdamW continuing the checkpoint's moments, constant lr from step 1, norms
+decayed, packed reference rows), the sign of influence on crafted texts, and corpus scoring that cannot
+misalign (ids, fingerprints, resume with another chunk size, verified merge, checked theta' reuse)."""
 
 import json
+import logging
+from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
-from scipy.stats import spearmanr
 
 from synpro_jax import models, sharding
-from synpro_jax.influence import grad_dot, tree_sub
+from synpro_jax.data.corpus import TokenizedCorpus
+from synpro_jax.data.packing import PackedStream
+from synpro_jax.influence import influence_scores
 from synpro_jax.influence.kernel import example_losses
-from synpro_jax.influence.probe import Probe, ProbeConfig, finetune, score_corpus
+from synpro_jax.influence.probe import Probe, ProbeConfig, finetune, score_corpus, unique_keys
+from synpro_jax.influence.reference import PackedReference, ReferenceExample
+from synpro_jax.influence.run import _save_finetuned, load_finetuned, theta_identity
+from synpro_jax.train import OptimizerConfig, TrainStep, make_optimizer, make_schedule, params_io
+from synpro_jax.train.checkpoint import Checkpointer
+from synpro_jax.train.trainer import Trainer, TrainerConfig
+
+RUN_OPT = OptimizerConfig(learning_rate=1e-2, warmup_steps=1)  # the "pretraining" run behind theta
+
+
+class CharVocab:
+    pad_id, eos_id, vocab_size = 0, 1, 256
+
+    def encode(self, s):
+        return [2 + (ord(c) % 200) for c in s]
+
+
+def encode(text):
+    return np.asarray(CharVocab().encode(text), np.int32)
+
+
+def xyz_examples(n, seed=0):
+    """The reference task: after a random prompt, answer with the cycle x -> y -> z."""
+    rng = np.random.default_rng(seed)
+    return [ReferenceExample(f"r{i}", "".join(rng.choice(list("abcdefgh"), size=6)), "xyz" * int(rng.integers(2, 6)))
+            for i in range(n)]
 
 
 @pytest.fixture(scope="module")
-def world():
+def world(tmp_path_factory):
     cfg = models.get_preset("tiny")
     mesh = sharding.make_mesh(sharding.MeshConfig(4, 2, 1))
-    params = jax.device_get(models.init_params(cfg, jax.random.key(0)))
+    out = tmp_path_factory.mktemp("theta_run")
     rng = np.random.default_rng(0)
-    # reference task: "count up" answers after a random prompt; loss on the answer half only
-    starts = rng.integers(0, 200, size=(64, 1))
-    ref = np.concatenate([rng.integers(0, 256, size=(64, 8)), (starts + np.arange(9)) % 256], axis=1)
-    ref_mask = np.zeros_like(ref, np.float32)
-    ref_mask[:, 8:] = 1.0
-    # documents: some count up (like the reference), some are noise
-    docs = [((rng.integers(0, 250) + np.arange(rng.integers(6, 17))) % 256) if i % 2 else
-            rng.integers(0, 256, rng.integers(6, 17)) for i in range(40)]
-    return cfg, mesh, params, ref, ref_mask, docs
+    docs = [rng.integers(3, 256, size=rng.integers(5, 40)) for _ in range(64)]
+    stream = PackedStream(TokenizedCorpus.from_token_lists(docs, [f"d{i}" for i in range(64)]), 33, eos_id=1)
+    Trainer(cfg, mesh, RUN_OPT, TrainerConfig(out_dir=str(out), num_steps=4, global_batch=8, seq_len=32,
+                                              checkpoint_every=4, async_checkpoints=False, progress=False,
+                                              eval_every=100), stream).run()
+    packed = PackedReference(xyz_examples(48), CharVocab(), seq_len=32, seed=0)
+    return cfg, mesh, out, packed
 
 
-def test_finetune_copies_and_learns(world):
-    cfg, mesh, params, ref, ref_mask, _ = world
-    before = jax.tree.map(np.copy, params)
-    tuned = finetune(cfg, mesh, params, ref, ref_mask, ProbeConfig(steps=15, learning_rate=1e-2, warmup_steps=2,
-                                                                   batch_size=16, seq_len=16), progress=False)
-    for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(params)):
-        np.testing.assert_array_equal(a, b)  # theta is untouched
-    loss0 = float(np.mean(example_losses(cfg, params, ref, ref_mask)))
-    loss1 = float(np.mean(example_losses(cfg, jax.device_get(tuned), ref, ref_mask)))
-    assert loss1 < loss0 - 0.5
+def plain_loss(cfg, params, batch, z_loss):
+    """Mean over answer tokens of cross-entropy + z_loss * logsumexp^2, written here from the model's logits."""
+    logits = models.forward(cfg, params, batch["inputs"], positions=batch["positions"],
+                            segment_ids=batch["segment_ids"])
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"])
+    z = jax.nn.logsumexp(logits, axis=-1) ** 2
+    m = batch["loss_mask"]
+    return jnp.sum((ce + z_loss * z) * m) / jnp.sum(m)
 
 
+@pytest.mark.slow
+def test_probe_equals_an_independent_optax_adamw_from_the_restored_moments(world):
+    cfg, mesh, out, packed = world
+    pcfg = ProbeConfig(steps=3, batch_size=8, seq_len=32)
+    theta = params_io.load(cfg, mesh, out, with_adam=True)
+    assert theta.step == 4 and theta.adam is not None
+    tuned = jax.device_get(finetune(cfg, mesh, theta.params, packed, pcfg, adam=theta.adam, step=theta.step,
+                                    progress=False))
+
+    # the independent run: the checkpoint restored with the run's own optimizer template, then plain optax
+    template = {"train": TrainStep(cfg, mesh, RUN_OPT).init(jax.random.key(0)),
+                "rng": jax.random.key_data(jax.random.key(1))}
+    ckpt = Checkpointer(out / "checkpoints", save_every=1, keep=1, async_save=False)
+    restored = jax.device_get(ckpt.restore(template)[0]["train"])
+    ckpt.close()
+    run_adam = restored.opt_state[1][0]  # (clip, adamw chain); adamw's first state is scale_by_adam's
+    assert int(run_adam.count) == 4
+    params = restored.params
+    not_embedding = lambda p: {k: jax.tree.map(lambda _: k != "embedding", v) for k, v in p.items()}
+    tx = optax.chain(optax.clip_by_global_norm(1.0),
+                     optax.adamw(1e-4, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, mask=not_embedding))
+    state = tx.init(params)
+    state = (state[0], (state[1][0]._replace(mu=run_adam.mu, nu=run_adam.nu, count=run_adam.count),) + state[1][1:])
+    for i in range(3):
+        grads = jax.grad(plain_loss, argnums=1)(cfg, params, packed.batch(i, 8), 1e-5)
+        updates, state = tx.update(grads, state, params)
+        params = optax.apply_updates(params, updates)
+    for path, a in jax.tree_util.tree_leaves_with_path(tuned):
+        b = params
+        for k in path:
+            b = b[k.key]
+        np.testing.assert_allclose(a, b, atol=1e-5, rtol=0, err_msg=jax.tree_util.keystr(path))
+
+    # the restored moments matter: starting from zero moments lands elsewhere
+    fresh = jax.device_get(finetune(cfg, mesh, theta.params, packed, pcfg, progress=False))
+    assert max(float(np.abs(a - b).max()) for a, b in zip(jax.tree.leaves(fresh), jax.tree.leaves(tuned))) > 1e-5
+
+
+def test_constant_lr_from_step_one_and_norms_decayed_embeddings_not(world, caplog):
+    cfg, mesh, _, packed = world
+    opt = ProbeConfig().optimizer()
+    assert float(make_schedule(opt)(0)) == pytest.approx(1e-4)
+    params = models.init_params(cfg, jax.random.key(1))
+    tx = make_optimizer(opt)
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    updates, _ = tx.update(zeros, tx.init(params), params)  # step 1, zero gradients: the decay alone
+    assert float(jnp.abs(updates["embedding"]).max()) == 0.0
+    for leaf in (updates["final_norm"]["scale"], updates["layers"]["post_attn_norm"]["scale"]):
+        assert float(jnp.abs(leaf).max()) > 0
+    np.testing.assert_allclose(updates["final_norm"]["scale"], -1e-4 * 0.1 * params["final_norm"]["scale"],
+                               rtol=1e-6)
+    np.testing.assert_allclose(updates["lm_head"], -1e-4 * 0.1 * params["lm_head"], rtol=1e-6)
+
+    # one probe step from a source without moments moves the weights by lr (Adam's first step is ~lr * sign(g))
+    with caplog.at_level(logging.WARNING, logger="synpro_jax.influence.probe"):
+        tuned = jax.device_get(finetune(cfg, mesh, jax.device_get(params), packed, ProbeConfig(
+            steps=1, batch_size=8, seq_len=32), progress=False))
+    assert sum("zero moments" in r.getMessage() for r in caplog.records) == 1
+    moved = np.abs(tuned["embedding"] - np.asarray(params["embedding"]))
+    assert moved.max() == pytest.approx(1e-4, rel=1e-3)
+
+
+@pytest.mark.slow
+def test_both_paths_rank_helpful_text_above_harmful(world):
+    """Reference answers cycle x -> y -> z. A text following the cycle helps the reference task; a text of tokens
+    its answers never use (q, v, w) is anti-correlated: the fine-tune moves probability away from it. Both
+    influence paths rank them so, and the exact one has the signs."""
+    cfg, mesh, _, packed = world
+    theta = jax.device_get(models.init_params(cfg, jax.random.key(2)))
+    tuned = jax.device_get(finetune(cfg, mesh, theta, packed, ProbeConfig(steps=10, learning_rate=1e-3,
+                                                                           batch_size=8, seq_len=32),
+                                    progress=False))
+    texts = np.stack([encode("xyz" * 8), encode("qvw" * 8)])
+    exact = np.asarray(influence_scores(cfg, theta, tuned, texts, method="exact"))
+    first = np.asarray(influence_scores(cfg, theta, tuned, texts, method="first_order"))
+    assert exact[0] > 0 > exact[1], exact
+    assert first[0] > first[1], first
+    probe = Probe(cfg, mesh, theta, tuned, max_len=24)
+    served = probe.score_docs(list(texts), batch_size=8)["influence"]
+    np.testing.assert_allclose(served, exact, atol=1e-5)
+
+
+@pytest.mark.slow
 def test_probe_scores_are_the_loss_difference(world):
-    cfg, mesh, params, ref, ref_mask, docs = world
-    tuned = jax.device_get(finetune(cfg, mesh, params, ref, ref_mask, ProbeConfig(steps=3, batch_size=16,
-                                                                                  seq_len=16), progress=False))
-    probe = Probe(cfg, mesh, params, tuned, max_len=16)
-    scores = probe.score_docs(docs, batch_size=8)
-    for i in (0, 1, 17):
-        doc = np.asarray(docs[i])[None]
-        b = float(example_losses(cfg, params, doc)[0])
-        a = float(example_losses(cfg, tuned, doc)[0])
+    cfg, mesh, _, packed = world
+    theta = jax.device_get(models.init_params(cfg, jax.random.key(0)))
+    tuned = jax.device_get(finetune(cfg, mesh, theta, packed, ProbeConfig(steps=2, batch_size=8, seq_len=32),
+                                    progress=False))
+    docs = [encode("xyzab" * k) for k in range(1, 6)]
+    scores = Probe(cfg, mesh, theta, tuned, max_len=16).score_docs(docs, batch_size=8)
+    for i in (0, 3):
+        doc = docs[i][:17][None]
+        b, a = float(example_losses(cfg, theta, doc)[0]), float(example_losses(cfg, tuned, doc)[0])
         assert scores["loss_before"][i] == pytest.approx(b, abs=1e-5)
         assert scores["influence"][i] == pytest.approx(b - a, abs=1e-5)
 
 
-def test_score_corpus_is_resumable_and_aligned(world, tmp_path):
-    cfg, mesh, params, ref, ref_mask, docs = world
-    probe = Probe(cfg, mesh, params, jax.tree.map(lambda x: x * 1.01, params), max_len=16)
-    ids = [f"doc{i}" for i in range(len(docs))]
-    full = np.load(score_corpus(probe, docs, ids, tmp_path / "a", batch_size=8, chunk_batches=1,
-                                progress=False), allow_pickle=True)
-    # a "killed" run: two chunks done, then a restart
-    part_dir = tmp_path / "b"
-    score_corpus(probe, docs[:16], ids[:16], tmp_path / "tmp", batch_size=8, chunk_batches=1, progress=False)
-    (part_dir / "parts").mkdir(parents=True)
-    for p in sorted((tmp_path / "tmp" / "parts").iterdir()):
-        p.rename(part_dir / "parts" / p.name)
-    resumed = np.load(score_corpus(probe, docs, ids, part_dir, batch_size=8, chunk_batches=1, progress=False),
-                      allow_pickle=True)
-    assert list(resumed["ids"]) == ids and len(set(resumed["ids"])) == len(ids)
-    np.testing.assert_allclose(resumed["influence"], full["influence"], atol=1e-6)
-    with pytest.raises(ValueError, match="another corpus"):
-        score_corpus(probe, docs[:5], ids[:5], tmp_path / "a", batch_size=8, progress=False)
-    assert json.loads((tmp_path / "a" / "manifest.json").read_text())["num_docs"] == len(docs)
+# --- corpus scoring -------------------------------------------------------------------------------------------
 
 
-def test_first_order_agreement_with_small_probe_step(world):
-    """L_theta(x) - L_theta'(x) ~ -grad L_x . (theta' - theta) when theta' is one small step away."""
-    cfg, mesh, params, ref, ref_mask, docs = world
-    tuned = jax.device_get(finetune(cfg, mesh, params, ref, ref_mask,
-                                    ProbeConfig(steps=1, learning_rate=1e-4, warmup_steps=0, batch_size=16,
-                                                seq_len=16), progress=False))
-    probe = Probe(cfg, mesh, params, tuned, max_len=16)
-    scores = probe.score_docs(docs, batch_size=8)
-    rows, mask = probe.rows(docs, len(docs))
-    jvp = np.asarray(grad_dot(cfg, params, tree_sub(tuned, params), rows, loss_mask=mask))
-    rho = spearmanr(scores["influence"], -jvp).statistic
-    assert rho >= 0.9, rho
+@pytest.fixture(scope="module")
+def scoring(world):
+    cfg, mesh, _, _ = world
+    theta = jax.device_get(models.init_params(cfg, jax.random.key(0)))
+    probe = Probe(cfg, mesh, theta, jax.tree.map(lambda x: x * 1.01, theta), max_len=16)
+    rng = np.random.default_rng(5)
+    docs = [rng.integers(2, 256, size=rng.integers(4, 20)) for _ in range(37)]
+    ids = [f"file.jsonl:{i + 1}" for i in range(37)]
+    fp = {"theta_source": "/runs/a", "theta_step": 4, "probe": {"config": {"steps": 3}}, "vocabulary": {"n": 256},
+          "corpus": [["/data/a.jsonl", 100, 1]]}
+    return cfg, probe, docs, ids, fp
+
+
+class Killed(Exception):
+    pass
+
+
+def test_scores_keyed_by_id_resume_with_another_chunk_size(scoring, tmp_path, monkeypatch):
+    _, probe, docs, ids, fp = scoring
+    full = tmp_path / "full"
+    with np.load(score_corpus(probe, docs, ids, full, fingerprint=fp, batch_size=8, chunk_docs=8,
+                              progress=False)) as z:  # no allow_pickle: ids are plain unicode
+        assert z["ids"].dtype.kind == "U" and z["ids"].tolist() == ids
+        want = {k: z[k] for k in ("influence", "loss_before", "loss_after")}
+    # a job killed after two chunks of 8 ...
+    calls = {"n": 0}
+    real = Probe.score_docs
+
+    def dying(self, *a, **kw):
+        calls["n"] += 1
+        if calls["n"] > 2:
+            raise Killed()
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(Probe, "score_docs", dying)
+    with pytest.raises(Killed):
+        score_corpus(probe, docs, ids, tmp_path / "resumed", fingerprint=fp, batch_size=8, chunk_docs=8,
+                     progress=False)
+    monkeypatch.setattr(Probe, "score_docs", real)
+    assert len(list((tmp_path / "resumed" / "parts").glob("part-*.npz"))) == 2
+    # ... resumes with another chunk and batch size, scoring only what is left
+    seen = []
+    monkeypatch.setattr(Probe, "score_docs", lambda self, d, *a, **kw: seen.append(len(d)) or real(self, d, *a, **kw))
+    path = score_corpus(probe, docs, ids, tmp_path / "resumed", fingerprint=fp, batch_size=16, chunk_docs=5,
+                        progress=False)
+    assert sum(seen) == len(docs) - 16 and max(seen) == 5
+    with np.load(path) as z:
+        assert z["ids"].tolist() == ids and len(set(z["ids"].tolist())) == len(ids)
+        for k, v in want.items():
+            np.testing.assert_allclose(z[k], v, atol=1e-6)
+
+
+@pytest.mark.parametrize("field,change", [("theta_step", 5), ("probe", {"config": {"steps": 4}}),
+                                          ("vocabulary", {"n": 320}), ("corpus", [["/data/b.jsonl", 100, 1]])])
+def test_resume_refuses_another_fingerprint_naming_the_field(scoring, tmp_path, field, change):
+    _, probe, docs, ids, fp = scoring
+    score_corpus(probe, docs[:10], ids[:10], tmp_path, fingerprint=fp, batch_size=8, chunk_docs=4, progress=False)
+    with pytest.raises(ValueError, match=f"different {field}:"):
+        score_corpus(probe, docs[:10], ids[:10], tmp_path, fingerprint={**fp, field: change}, batch_size=8,
+                     progress=False)
+
+
+def test_resume_refuses_another_max_len_or_corpus(scoring, tmp_path):
+    cfg, probe, docs, ids, fp = scoring
+    score_corpus(probe, docs[:10], ids[:10], tmp_path, fingerprint=fp, batch_size=8, progress=False)
+    other = Probe(cfg, probe.mesh, probe.params, probe.params_ft, max_len=12)
+    with pytest.raises(ValueError, match="different max_len: 16 then, 12 now"):
+        score_corpus(other, docs[:10], ids[:10], tmp_path, fingerprint=fp, batch_size=8, progress=False)
+    with pytest.raises(ValueError, match="different documents: {'count': 10"):
+        score_corpus(probe, docs[:9], ids[:9], tmp_path, fingerprint=fp, batch_size=8, progress=False)
+
+
+def test_merge_is_verified(scoring, tmp_path):
+    _, probe, docs, ids, fp = scoring
+    out = tmp_path / "s"
+    score_corpus(probe, docs[:12], ids[:12], out, fingerprint=fp, batch_size=8, chunk_docs=6, progress=False)
+    (out / "influence.npz").unlink()
+    first = sorted((out / "parts").glob("part-*.npz"))[0]
+    with np.load(first) as z:
+        part = {k: z[k] for k in z.files}
+    np.savez(out / "parts" / "part-999999998-999999999.npz", **part)  # the same ids scored twice
+    with pytest.raises(ValueError, match="is scored in both"):
+        score_corpus(probe, docs[:12], ids[:12], out, fingerprint=fp, batch_size=8, progress=False)
+    part["ids"] = np.array(["stranger"] * len(part["ids"]))
+    np.savez(out / "parts" / "part-999999998-999999999.npz", **part)
+    with pytest.raises(ValueError, match="is scored in both|not in this corpus"):
+        score_corpus(probe, docs[:12], ids[:12], out, fingerprint=fp, batch_size=8, progress=False)
+    (out / "parts" / "part-999999998-999999999.npz").unlink()
+    score_corpus(probe, docs[:12], ids[:12], out, fingerprint=fp, batch_size=8, progress=False)
+    with np.load(out / "influence.npz") as z:  # a final file whose ids are not this corpus's is refused
+        final = {k: z[k] for k in z.files}
+    final["ids"] = final["ids"][::-1]
+    np.savez(out / "influence.npz", **final)
+    with pytest.raises(ValueError, match="not this corpus's documents"):
+        score_corpus(probe, docs[:12], ids[:12], out, fingerprint=fp, batch_size=8, progress=False)
+
+
+def test_repeated_ids_get_their_own_keys():
+    assert unique_keys(["a", "b", "a", "a"]) == ["a", "b", "a#2", "a#3"]
+    with pytest.raises(ValueError, match="not unique"):
+        unique_keys(["a", "a", "a#2"])
+
+
+def test_reused_theta_prime_must_come_from_this_theta_and_probe(world, tmp_path):
+    cfg, mesh, out, packed = world
+    theta = params_io.load(cfg, mesh, out)
+    tuned = finetune(cfg, mesh, theta.params, packed, ProbeConfig(steps=1, batch_size=8, seq_len=32),
+                     progress=False)
+    probe_fp = {"config": {"steps": 1}, "reference": [["/ref.tsv", 10, 1]]}
+    _save_finetuned(cfg, tuned, tmp_path / "finetuned", {"theta": theta_identity(theta), "probe": probe_fp})
+    again = load_finetuned(cfg, tmp_path / "finetuned", theta, probe_fp)
+    np.testing.assert_allclose(again["lm_head"], np.asarray(jax.device_get(tuned["lm_head"])), atol=1e-7)
+    with pytest.raises(ValueError, match="different probe config"):
+        load_finetuned(cfg, tmp_path / "finetuned", theta, {**probe_fp, "config": {"steps": 2}})
+    with pytest.raises(ValueError, match="another theta: step 4 then, 5 now"):
+        load_finetuned(cfg, tmp_path / "finetuned", params_io.LoadedParams(theta.params, 5, theta.source,
+                                                                           theta.kind), probe_fp)
+    other = jax.tree.map(lambda x: x * 1.1, theta.params)
+    with pytest.raises(ValueError, match="other weights"):
+        load_finetuned(cfg, tmp_path / "finetuned", params_io.LoadedParams(other, 4, theta.source, theta.kind),
+                       probe_fp)
+    (tmp_path / "finetuned" / "probe.json").unlink()
+    with pytest.raises(ValueError, match="no probe.json"):
+        load_finetuned(cfg, tmp_path / "finetuned", theta, probe_fp)
+
+
+def test_no_pickle_in_the_influence_stage():
+    root = Path(__file__).resolve().parents[2]
+    for f in list((root / "synpro_jax" / "influence").glob("*.py")) + [root / "bench" / "influence_checks.py"]:
+        assert "allow_pickle" not in f.read_text(), f
+
+
+def test_a_batch_that_does_not_divide_over_the_mesh_is_named(scoring):
+    _, probe, docs, _, _ = scoring
+    with pytest.raises(ValueError, match="batch of 4 rows does not divide over the mesh's 8 data shards"):
+        probe.score_docs(docs[:4], batch_size=4)
+
+
+def test_probe_config_errors_name_the_knob():
+    with pytest.raises(ValueError, match="ProbeConfig.learning_rate"):
+        ProbeConfig(learning_rate=0)
+    with pytest.raises(ValueError, match="ProbeConfig.batch_size=6 is not divisible by accum_steps=4"):
+        ProbeConfig(batch_size=6, accum_steps=4)
