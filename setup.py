@@ -1,15 +1,28 @@
 """synpro_jax: SynPro (generating pretraining tokens from organic data) in JAX/Flax for TPU pods."""
 
+import os
+import re
+
 from setuptools import find_packages, setup
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+VERSION = re.search(r'^__version__ = "([^"]+)"', open(os.path.join(HERE, "synpro_jax", "__init__.py")).read(),
+                    re.M).group(1)
+# The top-level gin/ folder ships inside the package as synpro_jax/gin, so the CLI finds the gin files (and their
+# `include 'gin/...'` lines) from any directory; an editable install reads the checkout's gin/ directly.
+GIN_PACKAGES = ["synpro_jax.gin"] + sorted("synpro_jax.gin." + d for d in os.listdir(os.path.join(HERE, "gin"))
+                                           if os.path.isdir(os.path.join(HERE, "gin", d)))
 
 setup(
     name="synpro_jax",
-    version="0.1.0",
+    version=VERSION,
     description="SynPro in JAX/Flax: RL-trained generators that rephrase and reformat organic pretraining data",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(include=["synpro_jax", "synpro_jax.*"]),
+    packages=find_packages(include=["synpro_jax", "synpro_jax.*"]) + GIN_PACKAGES,
+    package_dir={"synpro_jax.gin": "gin"},
+    package_data={name: ["*.gin"] for name in GIN_PACKAGES},
     install_requires=[
         "jax>=0.7",
         "flax>=0.11",
