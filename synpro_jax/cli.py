@@ -7,15 +7,87 @@
     synpro probe --gin_file=gin/experiments/cpu_organic_probe.gin
     synpro influence-server --gin_file=gin/experiments/cpu_organic_probe.gin
     synpro synthesize --gin_file=gin/experiments/cpu_organic_rephrase.gin
+    synpro --version
+
+The gin files ship with the package, so these work from any directory; ``--gin_search_paths=DIR1,DIR2`` (as in
+t5x) adds folders to look in after the working directory.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
+import os
 import sys
+import tempfile
 
 DEFAULT_EXPERIMENT = "gin/experiments/markov_tiny.gin"
+
+
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed_version
+
+    try:
+        return installed_version("synpro_jax")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        from synpro_jax import __version__
+
+        return __version__
+
+
+def _one_line(error: BaseException) -> str:
+    """A CLI error is one line. gin appends "In call to configurable ..." (the message already names the knob)
+    and, for a parse error, the binding with a caret under it."""
+    lines = [line.strip() for line in str(error).splitlines()]
+    lines = [line for line in lines if line and set(line) != {"^"} and not line.startswith("In call to ")]
+    if isinstance(error, KeyError) and lines and len(lines[0]) > 1 and lines[0][0] == lines[0][-1] in "'\"":
+        lines[0] = lines[0][1:-1]  # str(KeyError) is the repr of its message
+    return " ".join(lines)
+
+
+def _import_tensorflow_quietly() -> None:
+    """Import TensorFlow (the input pipeline's, never the model's) without its start-up chatter.
+
+    TensorFlow's C++ code writes oneDNN and CUDA-probe lines to stderr before any log level applies, and, on a
+    machine without a GPU, a failed cuInit as an ERROR when its devices are first listed. Both happen here with
+    stderr captured (and replayed if something fails); TF_CPP_MIN_LOG_LEVEL=3, unless the user chose a level,
+    covers the rest. TensorFlow sees no GPU, so it never takes the accelerators JAX trains on (as in t5x).
+    """
+    if "tensorflow" in sys.modules:
+        return
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as capture:
+        sys.stderr.flush()
+        os.dup2(capture.fileno(), 2)
+        try:
+            import tensorflow as tf
+
+            try:
+                tf.config.set_visible_devices([], "GPU")
+            except RuntimeError:  # devices already initialized by an earlier import: leave them
+                pass
+        except BaseException:
+            os.dup2(saved, 2)
+            capture.seek(0)
+            sys.stderr.write(capture.read().decode(errors="replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def _quiet_startup(needs_tensorflow: bool) -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("synpro_jax").setLevel(logging.INFO)  # resumes, skipped input, data summaries
+    from absl import logging as absl_logging
+
+    absl_logging.set_verbosity(absl_logging.WARNING)  # orbax and seqio log each step's bookkeeping at INFO
+    if needs_tensorflow:
+        _import_tensorflow_quietly()
 
 
 def cmd_presets(args) -> int:
@@ -35,7 +107,11 @@ def _gin_bindings(extra: list[str]) -> list[str] | None:
     return bindings
 
 
-def _parse_gin(files: list[str], extra: list[str]) -> bool:
+def _search_paths(args) -> list[str]:
+    return [p for item in args.gin_search_paths for p in item.split(",") if p]
+
+
+def _parse_gin(files: list[str], extra: list[str], search_paths: list[str]) -> bool:
     from tokenize import TokenError
 
     from synpro_jax import configs
@@ -44,9 +120,9 @@ def _parse_gin(files: list[str], extra: list[str]) -> bool:
     if bindings is None:
         return False
     try:
-        configs.parse(files, bindings)
+        configs.parse(files, bindings, gin_search_paths=search_paths)
     except (ValueError, KeyError, OSError, SyntaxError, TokenError) as e:  # unknown knobs fail here, before work
-        print(f"error: gin configuration: {e}", file=sys.stderr)
+        print(f"error: gin configuration: {_one_line(e)}", file=sys.stderr)
         return False
     return True
 
@@ -55,7 +131,7 @@ def _gin_stage(args, extra: list[str], command: str, example: str) -> bool:
     if not args.gin_file:
         print(f"error: synpro {command} needs --gin_file (e.g. {example})", file=sys.stderr)
         return False
-    return _parse_gin(args.gin_file, extra)
+    return _parse_gin(args.gin_file, extra, _search_paths(args))
 
 
 def cmd_probe(args, extra: list[str]) -> int:
@@ -84,12 +160,12 @@ def cmd_synthesize(args, extra: list[str]) -> int:
     manifest = configs.synthesize()
     shards = {k: v for k, v in manifest.items() if k != "shards"}
     print(json.dumps(shards, indent=2))
-    print(f"add to DataConfig.synthetic: {manifest['data_config_synthetic']!r}")
+    print(f"add to synpro.DataConfig.synthetic: {manifest['data_config_synthetic']}")
     return 0
 
 
 def cmd_train(args, extra: list[str]) -> int:
-    if not _parse_gin(args.gin_file or [DEFAULT_EXPERIMENT], extra):
+    if not _parse_gin(args.gin_file or [DEFAULT_EXPERIMENT], extra, _search_paths(args)):
         return 2
     from synpro_jax import configs
     from synpro_jax.train.trainer import EXIT_PREEMPTED
@@ -121,6 +197,7 @@ def cmd_vocab_train(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="synpro", description="SynPro in JAX/Flax.")
+    parser.add_argument("--version", action="version", version=f"synpro_jax {version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("presets", help="list model presets with their parameter counts")
@@ -134,7 +211,11 @@ def build_parser() -> argparse.ArgumentParser:
     ]
     for name, func, text in gin_stages:
         p = sub.add_parser(name, help=text, description="Extra --gin.KEY=VALUE flags bind gin parameters or macros.")
-        p.add_argument("--gin_file", action="append", default=[], help="gin file (repeatable)")
+        p.add_argument("--gin_file", action="append", default=[],
+                       help="gin file (repeatable); found in the working directory, --gin_search_paths, or among "
+                            "the files shipped with synpro_jax")
+        p.add_argument("--gin_search_paths", action="append", default=[],
+                       help="comma-separated folders to look for gin files and their includes in (repeatable)")
         p.set_defaults(func=func, takes_extra=True)
 
     p = sub.add_parser("vocab", help="vocabulary tools")
@@ -153,14 +234,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
+    takes_extra = getattr(args, "takes_extra", False)
+    if extra and not takes_extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    _quiet_startup(needs_tensorflow=takes_extra or args.command == "vocab")
     try:
-        if getattr(args, "takes_extra", False):
-            return args.func(args, extra)
-        if extra:
-            parser.error(f"unrecognized arguments: {' '.join(extra)}")
-        return args.func(args)
+        return args.func(args, extra) if takes_extra else args.func(args)
     except (ValueError, KeyError, FileNotFoundError, FileExistsError) as e:  # config errors name their knob
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {_one_line(e)}", file=sys.stderr)
         return 2
 
 

@@ -3,18 +3,26 @@
 Three layers, as in t5x: ``gin/models/*.gin`` pick a model, ``gin/runs/*.gin`` set a run's knobs with
 ``%gin.REQUIRED`` macros for what each experiment must decide, and ``gin/experiments/*.gin`` include one of each
 and fill the macros. Every configurable is a validated dataclass or a function, so a wrong value fails with a
-message naming the knob, and an unknown knob fails when the files are parsed, before any work starts.
+message naming the knob, and an unknown knob, an unknown or unset macro fails when the files are parsed, before
+any work starts (:func:`parse`).
+
+The ``gin/`` files ship inside the package (``synpro_jax/gin`` in a wheel; the checkout's ``gin/`` in an editable
+install), so ``--gin_file=gin/experiments/markov_tiny.gin`` and the files' ``include`` lines resolve from any
+working directory: gin looks in the working directory, then in ``--gin_search_paths``, then beside the package.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import inspect
 import logging
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import gin
+from gin import config_parser
 
 from synpro_jax.models.config import ModelConfig
 from synpro_jax.models.presets import get_preset
@@ -23,16 +31,23 @@ from synpro_jax.train.optimizer import OptimizerConfig
 
 log = logging.getLogger(__name__)
 
-GIN_DIR = Path(__file__).resolve().parents[1] / "gin"
 
 gin.external_configurable(MeshConfig, name="MeshConfig", module="synpro")
 gin.external_configurable(OptimizerConfig, name="OptimizerConfig", module="synpro")
 gin.external_configurable(ModelConfig, name="ModelConfig", module="synpro")
 
 
+def _model_fields() -> list[str]:
+    return [f.name for f in dataclasses.fields(ModelConfig) if f.init]
+
+
 @gin.configurable(module="synpro")
 def preset(name: str = gin.REQUIRED, **overrides) -> ModelConfig:
     """A named model preset with field overrides (``synpro.preset.dtype = "bfloat16"``)."""
+    unknown = sorted(set(overrides) - set(_model_fields()))
+    if unknown:
+        raise ValueError(f"synpro.preset.{unknown[0]}: ModelConfig has no field {unknown[0]!r}"
+                         f"{_did_you_mean(unknown[0], _model_fields())}")
     return get_preset(name, **overrides)
 
 
@@ -44,16 +59,19 @@ def _register(*classes) -> None:
             pass
 
 
-def _lazy_configurables():
-    """Config classes whose modules import TensorFlow/seqio or the sampler: registered only when gin is parsed."""
+def _lazy_configurables() -> tuple[type, ...]:
+    """Config classes whose modules import TensorFlow/seqio or the sampler: registered only when gin is parsed.
+    Returns every configurable class, for checking parameter names."""
     from synpro_jax.data.config import DataConfig, SyntheticShards
     from synpro_jax.data.vocab import PassthroughVocabulary, TrainedSentencePiece
     from synpro_jax.generation.synthesize import SynthesisConfig
     from synpro_jax.influence.probe import ProbeConfig
     from synpro_jax.train.trainer import TrainerConfig
 
-    _register(DataConfig, SyntheticShards, PassthroughVocabulary, TrainedSentencePiece, TrainerConfig, ProbeConfig,
-              SynthesisConfig)
+    lazy = (DataConfig, SyntheticShards, PassthroughVocabulary, TrainedSentencePiece, TrainerConfig, ProbeConfig,
+            SynthesisConfig)
+    _register(*lazy)
+    return (MeshConfig, OptimizerConfig, ModelConfig) + lazy
 
 
 def _as_tuple(x):
@@ -92,7 +110,7 @@ def pretrain(model: ModelConfig = gin.REQUIRED, mesh: MeshConfig = MeshConfig(),
         print(summarize(streams.info))
         out = Path(trainer.out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.gin").write_text(gin.config_str())
+        _write_config(out)
     runner = Trainer(model, mesh_obj, optimizer, trainer, streams.train, streams.validation, init_params,
                      data_fingerprint=streams.info["fingerprint"],
                      summary_extra={"organic_unigram_entropy": streams.info["organic_unigram_entropy"]})
@@ -111,7 +129,7 @@ def probe(model: ModelConfig = gin.REQUIRED, mesh: MeshConfig = MeshConfig(), ch
 
     mesh_obj = sharding.make_mesh(mesh)
     Path(out_dir).mkdir(parents=True, exist_ok=True)
-    (Path(out_dir) / "config.gin").write_text(gin.config_str())
+    _write_config(out_dir)
     return probe_and_score(model, mesh_obj, checkpoint, vocabulary, _as_tuple(reference), _as_tuple(corpus),
                            out_dir, settings or ProbeConfig(), text_field=text_field, max_len=max_len,
                            batch_size=batch_size, max_reference_examples=max_reference_examples)
@@ -195,18 +213,193 @@ def synthesize(generator: str = gin.REQUIRED, shards=gin.REQUIRED, out_dir: str 
                         generator_step=step, stop_ids=stop_ids)
     del params  # the sampler holds its own cast, per-layer copy
     manifest = synth.run(_as_tuple(shards), out_dir, progress=progress)
-    Path(out_dir, "config.gin").write_text(gin.config_str())
+    _write_config(out_dir)
     return manifest
 
 
-def parse(gin_files: Sequence[str], bindings: Sequence[str]) -> None:
-    """Parse gin files (searched in the working directory, then beside the package) and KEY=VALUE bindings."""
-    _lazy_configurables()
-    for path in (os.getcwd(), str(GIN_DIR.parent), str(GIN_DIR)):
-        gin.add_config_file_search_path(path)
-    gin.parse_config_files_and_bindings(list(gin_files), list(bindings), finalize_config=False)
-    missing = sorted(name for (name, selector), params in gin.config._CONFIG.items()
-                     if selector == "gin.macro" and repr(params.get("value")) == "%gin.REQUIRED")
+def _write_config(out_dir: str | Path) -> None:
+    """The run's full gin configuration as ``out_dir/config.gin`` (atomically)."""
+    path = Path(out_dir) / "config.gin"
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(gin.config_str())
+    os.replace(tmp, path)
+
+
+# --- parsing: search paths and checks made before any work -------------------------------------------------------
+class GinConfigError(ValueError):
+    """A gin file or binding that cannot work; the message is one line and names the binding."""
+
+
+def gin_search_root() -> Path:
+    """The folder that holds ``gin/``: the installed package (a wheel ships the files as ``synpro_jax/gin``) or
+    the source checkout (an editable install reads the checkout's ``gin/``)."""
+    here = Path(__file__).resolve().parent
+    return here if (here / "gin").is_dir() else here.parent
+
+
+def search_paths(extra: Sequence[str] = ()) -> list[str]:
+    """Where gin files and their includes are looked for after the working directory: ``extra`` (t5x's
+    ``--gin_search_paths``) in order, then the files that ship with synpro_jax."""
+    return [str(Path(p).expanduser()) for p in extra if p] + [str(gin_search_root())]
+
+
+def find_gin_file(name: str, paths: Sequence[str]) -> Path:
+    """The file gin will read for ``name`` (the working directory first, then ``paths``, as gin searches)."""
+    candidates = [name] if os.path.isabs(name) else [name, *(os.path.join(p, name) for p in paths)]
+    for candidate in candidates:
+        if os.path.isfile(candidate):
+            return Path(candidate)
+    raise GinConfigError(f"gin file {name!r} not found in the working directory {os.getcwd()} or the search paths "
+                         f"{list(paths)} (add its folder with --gin_search_paths)")
+
+
+def _did_you_mean(name: str, known) -> str:
+    close = difflib.get_close_matches(name, sorted(set(known)), n=3, cutoff=0.6)
+    return f"; did you mean {' or '.join(close)}?" if close else ""
+
+
+class _Ref:
+    """A ``@configurable`` or ``%macro`` while scanning (printed as written)."""
+
+    def __init__(self, text: str):
+        self.text = text
+
+    def __repr__(self) -> str:
+        return self.text
+
+
+class _ScanDelegate(config_parser.ParserDelegate):
+    def __init__(self):
+        self.macros_used: set[str] = set()
+
+    def configurable_reference(self, scoped_configurable_name, evaluate):
+        return _Ref("@" + scoped_configurable_name + ("()" if evaluate else ""))
+
+    def macro(self, macro_name):
+        self.macros_used.add(macro_name)
+        return _Ref("%" + macro_name)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Binding:
+    name: str  # a macro's (scoped) name, or scope/selector
+    param: str  # "" for a macro
+    value: Any
+    where: str  # file:line, or the command-line flag
+
+    @property
+    def selector(self) -> str:
+        return self.name.rsplit("/", 1)[-1]
+
+
+def _scan(gin_files: Sequence[str], bindings: Sequence[str], paths: Sequence[str]):
+    """Read the files (following includes as gin does) and bindings with gin's own parser, without binding
+    anything: (file bindings, command-line bindings, macros referenced anywhere)."""
+    delegate = _ScanDelegate()
+
+    def statements(text_or_file, where_of):
+        out = []
+        for st in config_parser.ConfigParser(text_or_file, delegate):
+            if isinstance(st, config_parser.BindingStatement):
+                name = f"{st.scope}/{st.selector}" if st.scope else st.selector
+                out.append(_Binding(name, st.arg_name, st.value, where_of(st.location)))
+            elif isinstance(st, config_parser.IncludeStatement):
+                out.append(st)
+        return out
+
+    file_bindings: list[_Binding] = []
+
+    def read(name: str, stack: tuple[str, ...]) -> None:
+        path = find_gin_file(name, paths)
+        if str(path.resolve()) in stack:
+            raise GinConfigError(f"gin file {path} includes itself (through {' -> '.join(stack)})")
+        with open(path, encoding="utf-8") as f:
+            found = statements(f, lambda loc: f"{path}:{loc.line_num}")
+        for st in found:
+            if isinstance(st, config_parser.IncludeStatement):
+                read(st.filename, stack + (str(path.resolve()),))
+            else:
+                file_bindings.append(st)
+
+    for name in gin_files:
+        read(name, ())
+    cli = []
+    for text in bindings:
+        cli += [b for b in statements(text, lambda loc, t=text: f"--gin.{t}") if isinstance(b, _Binding)]
+    return file_bindings, cli, delegate.macros_used
+
+
+def _parameters(classes: Sequence[type]) -> dict[str, list[str]]:
+    """Full selector -> the parameter names it accepts, for every synpro configurable."""
+    table = {f"synpro.{cls.__name__}": [f.name for f in dataclasses.fields(cls) if f.init] for cls in classes}
+    for fn in (pretrain, probe, finetuned_dir, influence_server, synthesize):
+        params = inspect.signature(fn).parameters.values()
+        table[f"synpro.{fn.__name__}"] = [p.name for p in params if p.kind != p.VAR_KEYWORD]
+    table["synpro.preset"] = list(dict.fromkeys(["name", *_model_fields()]))
+    return table
+
+
+def _check(file_bindings: list[_Binding], cli: list[_Binding], macros_used: set[str], classes) -> None:
+    """Mistakes gin would accept silently or report only when the run calls the configurable."""
+    table = _parameters(classes)
+    file_macros = {b.name for b in file_bindings if not b.param}
+    known = file_macros | {f"{b.selector}.{b.param}" for b in file_bindings if b.param}
+    known |= {f"{sel}.{p}" for sel, params in table.items() for p in params}
+    for b in cli:  # a command-line macro that nothing defines or reads is a typo of a real one
+        if not b.param and b.name not in file_macros and b.name not in macros_used:
+            raise GinConfigError(f"{b.where}: no gin file defines or uses a macro {b.name}"
+                                 f"{_did_you_mean(b.name, known)}")
+    for b in file_bindings + cli:
+        if not b.param:
+            continue
+        matches = [sel for sel in table if sel == b.selector or sel.endswith("." + b.selector)]
+        if not matches and b.selector.startswith("synpro."):
+            raise GinConfigError(f"{b.where}: there is no configurable {b.selector}"
+                                 f"{_did_you_mean(b.selector, table) or '; known: ' + ', '.join(sorted(table))}")
+        if len(matches) == 1 and b.param not in table[matches[0]]:
+            params = table[matches[0]]
+            raise GinConfigError(f"{b.where}: {matches[0]} has no parameter {b.param!r}"
+                                 f"{_did_you_mean(b.param, params) or '; its parameters: ' + ', '.join(params)}")
+    final = {}
+    for b in file_bindings + cli:  # later bindings override earlier ones, as in gin
+        final[(b.name, b.param)] = b.value
+    missing = [name for (name, param), value in final.items() if not param and repr(value) == "%gin.REQUIRED"]
     if missing:
-        raise ValueError(f"gin macros {missing} are REQUIRED: set them in an experiment file or with "
-                         f"--gin.{missing[0]}=VALUE")
+        raise GinConfigError(f"gin macros {missing} are REQUIRED: set them in an experiment file or with "
+                             f"--gin.{missing[0]}=VALUE")
+    unset = [f"{name}.{param}" for (name, param), value in final.items() if param and repr(value) == "%gin.REQUIRED"]
+    if unset:
+        raise GinConfigError(f"gin bindings {unset} are REQUIRED: set them in an experiment file or with "
+                             f"--gin.{unset[0]}=VALUE")
+
+
+class _QuietGinSearch(logging.Filter):
+    """gin's package-resource reader logs every search-path miss as an ERROR, even when a later path has the
+    file; a file that is truly missing raises instead, so these records say nothing."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.pathname.endswith(os.path.join("gin", "resource_reader.py"))
+                    and record.getMessage().startswith("Path not found"))
+
+
+_SEARCH_PATHS_ADDED: set[str] = set()
+
+
+def parse(gin_files: Sequence[str], bindings: Sequence[str], gin_search_paths: Sequence[str] = ()) -> None:
+    """Parse gin files and KEY=VALUE bindings, after checking them: an unknown parameter or a command-line macro
+    that no file defines or reads (``--gin.LEARNING_RAT=1e-3``) fails naming the closest known name, and so do
+    REQUIRED macros left unset. Files are searched in the working directory, ``gin_search_paths``, then the
+    package's own gin files. Replaces any configuration parsed before."""
+    classes = _lazy_configurables()
+    paths = search_paths(gin_search_paths)
+    file_bindings, cli, used = _scan(gin_files, bindings, paths)
+    _check(file_bindings, cli, used, classes)
+    if not any(isinstance(f, _QuietGinSearch) for f in logging.getLogger().filters):
+        logging.getLogger().addFilter(_QuietGinSearch())
+    for path in paths:
+        if path not in _SEARCH_PATHS_ADDED:
+            gin.add_config_file_search_path(path)
+            _SEARCH_PATHS_ADDED.add(path)
+    gin.clear_config()
+    gin.parse_config_files_and_bindings([str(find_gin_file(f, paths)) for f in gin_files], list(bindings),
+                                        finalize_config=False)
