@@ -179,8 +179,7 @@ def cmd_vocab_train(args) -> int:
     from synpro_jax.data.sources import open_source
     from synpro_jax.data.vocab import train_sentencepiece
 
-    srcs = [open_source(c, text_field=args.text_field) if c.lower().removesuffix(".gz").endswith((".jsonl", ".json"))
-            else open_source(c) for c in args.corpus]
+    srcs = [open_source(c, text_field=args.text_field) for c in args.corpus]
 
     def texts():
         for src in srcs:
@@ -221,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("vocab", help="vocabulary tools")
     vsub = p.add_subparsers(dest="vocab_command", required=True)
     v = vsub.add_parser("train", help="train a SentencePiece vocabulary on your own text")
-    v.add_argument("--corpus", nargs="+", required=True, help="files or globs (.jsonl[.gz], .json[.gz], .txt)")
+    v.add_argument("--corpus", nargs="+", required=True, help="files or globs: .jsonl/.json[.gz|.zst], .txt[.gz|.zst], .parquet, tfds:NAME/SPLIT")
     v.add_argument("--vocab_size", type=int, required=True)
     v.add_argument("--out", required=True, help="output path ending in .model")
     v.add_argument("--text_field", default="text")

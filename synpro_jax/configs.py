@@ -145,8 +145,11 @@ def finetuned_dir(probe_out: str = gin.REQUIRED) -> str:
 def influence_server(model: ModelConfig = gin.REQUIRED, mesh: MeshConfig = MeshConfig(),
                      checkpoint: str = gin.REQUIRED, finetuned: str = gin.REQUIRED, vocabulary: str = gin.REQUIRED,
                      max_len: int = 2048, batch_size: int = 32, host: str = "127.0.0.1", port: int = 24775,
-                     max_texts: int = 256) -> None:
-    """Serve POST /get_influence and GET /health for theta (checkpoint) and theta' (the probe's finetuned dir)."""
+                     max_texts: int = 256, max_queued: int = 64, timeout_s: float = 600.0,
+                     socket_timeout_s: float = 30.0, retry_after_s: int = 5) -> None:
+    """Serve POST /get_influence and GET /health for theta (checkpoint) and theta' (the probe's finetuned dir).
+    ``max_queued`` requests wait for the device (more get 503 with Retry-After); ``timeout_s`` bounds a request's
+    wait, ``socket_timeout_s`` each socket read and write."""
     from synpro_jax import sharding
     from synpro_jax.data.corpus import encoder_for
     from synpro_jax.data.vocab import load_vocabulary
@@ -161,7 +164,8 @@ def influence_server(model: ModelConfig = gin.REQUIRED, mesh: MeshConfig = MeshC
     _, tuned = hf.load(finetuned)
     probe_obj = Probe(model, mesh_obj, params, tuned, max_len=max_len)
     server = InfluenceServer(probe_obj, encoder_for(vocab), host=host, port=port, batch_size=batch_size,
-                             max_texts=max_texts, pad_id=vocab.pad_id)
+                             max_texts=max_texts, pad_id=vocab.pad_id, max_queued=max_queued, timeout_s=timeout_s,
+                             socket_timeout_s=socket_timeout_s, retry_after_s=retry_after_s)
     print(f"serving influence on http://{server.address[0]}:{server.address[1]} (POST /get_influence, "
           "GET /health)", flush=True)
     server.serve_forever()

@@ -129,11 +129,19 @@ def test_mistakes_fail_before_work_with_one_line(tmp_path):
 
 
 def test_vocab_train_cli(tmp_path):
+    import zstandard
+
     corpus = tmp_path / "c.jsonl"
-    corpus.write_text("".join(json.dumps({"text": f"line {i} of some words and more words {i * 7}"}) + "\n"
+    corpus.write_text("".join(json.dumps({"body": f"line {i} of some words and more words {i * 7}"}) + "\n"
                               for i in range(300)) + "{bad\n")
-    out = synpro("vocab", "train", "--corpus", str(corpus), "--vocab_size", "300", "--out", str(tmp_path / "v.model"))
+    zst = tmp_path / "d.jsonl.zst"  # read through the one format dispatch, with the same --text_field
+    zst.write_bytes(zstandard.ZstdCompressor().compress(
+        "".join(json.dumps({"body": f"more text {i}"}) + "\n" for i in range(50)).encode()))
+    out = synpro("vocab", "train", "--corpus", str(corpus), str(zst), "--text_field", "body", "--vocab_size", "300",
+                 "--out", str(tmp_path / "v.model"))
     assert out.returncode == 0, out.stderr[-2000:]
+    assert "50 documents kept" in out.stderr
     assert (tmp_path / "v.model").exists() and "malformed 1" in out.stderr
-    again = synpro("vocab", "train", "--corpus", str(corpus), "--vocab_size", "300", "--out", str(tmp_path / "v.model"))
+    again = synpro("vocab", "train", "--corpus", str(corpus), "--text_field", "body", "--vocab_size", "300",
+                   "--out", str(tmp_path / "v.model"))
     assert again.returncode == 2 and "exists" in again.stderr

@@ -157,13 +157,6 @@ class TrainStep:
             with sharding.use_rules(self.rules):
                 return loss_and_grads(self.cfg, params, batch, z_loss=self.z_loss, accum_steps=self.accum_steps)
 
-        def eval_fn(params, batch):
-            with sharding.use_rules(self.rules):
-                return batch_loss_sums(self.cfg, params, batch)
-
-        self._eval_sums = jax.jit(eval_fn, in_shardings=(self.param_shardings, self.batch_sharding),
-                                  out_shardings=self._metrics_sharding)
-
         self._loss_and_grads = jax.jit(
             loss_grad_fn,
             in_shardings=(self.param_shardings, self.batch_sharding),
@@ -199,11 +192,6 @@ class TrainStep:
     def __call__(self, state: TrainState, batch: Batch) -> tuple[TrainState, dict]:
         with jax.set_mesh(self.mesh):
             return self._step(state, batch)
-
-    def eval_sums(self, params: Any, batch: Batch) -> LossSums:
-        """Loss sums of a batch under ``params`` (no gradients), e.g. for validation perplexity."""
-        with jax.set_mesh(self.mesh):
-            return self._eval_sums(params, batch)
 
     def loss_and_grads(self, params: Any, batch: Batch) -> tuple[LossSums, Any]:
         """The step's loss sums and mean gradient, without updating anything (for tests and probes)."""
