@@ -87,6 +87,8 @@ class TrainBatches:
         if self._iterator is None or step != self._next_step:  # start, resume or a jump: reopen at this step
             import seqio
 
+            self._iterator = None  # release the old iterator (and its prefetch) before opening the new one
+
             shard = seqio.ShardInfo(index=self.row_shard, num_shards=self.num_row_shards)
             ds = self.stream.dataset(shard, start_row=step * self.local_batch)
             self._iterator = ds.batch(self.local_batch).prefetch(self.prefetch).as_numpy_iterator()

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import threading
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
@@ -158,6 +159,9 @@ class PackedMixture(seqio.Mixture):
         self.spec = spec
         super().__init__(name, [(n, spec.rates[n]) for n in spec.corpora])
         self._streams: dict[int, MixedStream] = {}
+        # tf.data may run chunks on its own threads (and an abandoned iterator may still be finishing one), while
+        # the streams' epoch and block caches are plain dicts: one chunk at a time.
+        self._lock = threading.Lock()
 
     @property
     def task_names(self) -> list[str]:
@@ -194,7 +198,8 @@ class PackedMixture(seqio.Mixture):
 
         def chunk(c):
             local = np.arange(int(c) * k, (int(c) + 1) * k, dtype=np.int64)
-            rows, which = stream.rows(local * num_shards + index)
+            with self._lock:
+                rows, which = stream.rows(local * num_shards + index)
             batch = rows.training_batch()
             return (*(batch[f] for f in ROW_FEATURES), which.astype(np.int32), rows.epochs.astype(np.int32))
 
