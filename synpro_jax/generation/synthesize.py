@@ -37,6 +37,9 @@ import zlib
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
+import jax
+import jax.numpy as jnp
+import numpy as np
 from jax.sharding import Mesh
 
 from synpro_jax.checks import positive_ints
@@ -102,6 +105,19 @@ def shard_name(path: Path) -> str:
 def meta_path(final: Path) -> Path:
     """The sidecar that says what made ``final`` and its ``.partial``."""
     return final.with_name(final.name + META_SUFFIX)
+
+
+def weights_identity(params: Any, head: int = 4096) -> str:
+    """sha256 over the first ``head`` values of every weight tensor, as exact bytes (no sums whose order could
+    drift between meshes): tells apart two exports to one path, e.g. a GRPO generator re-saved each round."""
+    from jax.experimental import multihost_utils
+
+    leaves = jax.tree.leaves(params)
+    heads = jax.jit(lambda ls: [x.reshape(-1)[:head].astype(jnp.float32) for x in ls])(leaves)
+    digest = hashlib.sha256()
+    for x in heads:
+        digest.update(np.asarray(multihost_utils.process_allgather(x, tiled=True)).tobytes())
+    return digest.hexdigest()
 
 
 def _canonical_generator(generator: str) -> str:
@@ -217,6 +233,7 @@ class Synthesizer:
         self.cfg, self.vocab, self.settings = cfg, vocab, settings
         self.sampler = Sampler(cfg, params, mesh=mesh)
         self.generator, self.generator_step = generator, int(generator_step)
+        self.generator_weights = weights_identity(params)
         self.template = template
         self.stop_ids = sorted({int(vocab.eos_id), *map(int, stop_ids)})
         if settings.max_prompt_tokens + settings.max_new_tokens > cfg.max_seq_len:
@@ -236,6 +253,7 @@ class Synthesizer:
             **s,
             "generator": _canonical_generator(self.generator),
             "generator_step": self.generator_step,
+            "generator_weights": self.generator_weights,
             "generator_dtype": self.cfg.dtype,
             "prompt_version": prompts_lib.PROMPT_VERSION,
             "prompt_sha256": self.prompts.text_sha256,

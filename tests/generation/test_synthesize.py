@@ -214,6 +214,18 @@ def test_other_generator_step_is_refused(workspace, generator, state, request):
     assert snapshot(out) == before  # nothing appended, nothing deleted
 
 
+def test_other_weights_at_the_same_path_and_step_are_refused(workspace, generator, finished):
+    """A generator re-exported to the same path (an HF export is always step 0) is told apart by its weights."""
+    _, shards = workspace
+    cfg, params, vocab = generator
+    before = snapshot(finished)
+    nudged = jax.tree.map(lambda x: x * 1.001, params)
+    with pytest.raises(ValueError, match="generator_weights: was"):
+        synthesize.Synthesizer(cfg, nudged, vocab, synthesize.SynthesisConfig(**BASE), generator="gen",
+                               generator_step=7).run([str(shards[0])], finished, progress=False)
+    assert snapshot(finished) == before
+
+
 @pytest.mark.parametrize("change,field", [
     (dict(seed=1), "seed: was 0, now 1"),
     (dict(temperature=0.5), "temperature: was 1.0, now 0.5"),
