@@ -154,14 +154,12 @@ def influence_server(model: ModelConfig = gin.REQUIRED, mesh: MeshConfig = MeshC
     from synpro_jax.data.corpus import encoder_for
     from synpro_jax.data.vocab import load_vocabulary
     from synpro_jax.influence.probe import Probe
-    from synpro_jax.train.params_io import load_params
+    from synpro_jax.influence.run import load_pair
     from synpro_jax.influence.service import InfluenceServer
-    from synpro_jax.models import hf
 
     mesh_obj = sharding.make_mesh(mesh)
     vocab = load_vocabulary(vocabulary)
-    params = load_params(model, mesh_obj, checkpoint)
-    _, tuned = hf.load(finetuned)
+    params, tuned = load_pair(model, mesh_obj, checkpoint, finetuned)  # theta' checked to come from this theta
     probe_obj = Probe(model, mesh_obj, params, tuned, max_len=max_len)
     server = InfluenceServer(probe_obj, encoder_for(vocab), host=host, port=port, batch_size=batch_size,
                              max_texts=max_texts, pad_id=vocab.pad_id, max_queued=max_queued, timeout_s=timeout_s,
@@ -223,8 +221,13 @@ def synthesize(generator: str = gin.REQUIRED, shards=gin.REQUIRED, out_dir: str 
 
 def _write_config(out_dir: str | Path) -> None:
     """The run's full gin configuration as ``out_dir/config.gin`` (atomically)."""
+    import jax
+
+    if jax.process_index() != 0:  # one writer for a shared file
+        return
     path = Path(out_dir) / "config.gin"
-    tmp = path.with_name(path.name + ".tmp")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(gin.config_str())
     os.replace(tmp, path)
 

@@ -262,7 +262,11 @@ def score_corpus(probe: Probe, docs: Sequence[np.ndarray], doc_ids: Sequence[str
     final, parts, manifest_path = out_dir / "influence.npz", out_dir / "parts", out_dir / "manifest.json"
     writer = jax.process_index() == 0
     if manifest_path.exists():
-        check_fingerprint(json.loads(manifest_path.read_text())["fingerprint"], fp, str(out_dir))
+        recorded = json.loads(manifest_path.read_text()).get("fingerprint")
+        if not isinstance(recorded, dict):
+            raise ValueError(f"{manifest_path} records no fingerprint (written by an older synpro), so these "
+                             "scores cannot be checked against this job; score into a new directory")
+        check_fingerprint(recorded, fp, str(out_dir))
     elif writer:
         parts.mkdir(parents=True, exist_ok=True)
         _atomic_json(manifest_path, {"fingerprint": fp})

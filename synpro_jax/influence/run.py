@@ -87,8 +87,10 @@ def _digest_fn(structure):
 
 def params_digest(params: Any) -> list:
     """Per tensor (sum, sum of squares) in float32: equal weights give equal digests up to summation order."""
+    from jax.experimental import multihost_utils
+
     out = _digest_fn(jax.tree.structure(params))(params)
-    return np.asarray(jax.device_get(out), np.float64).tolist()
+    return np.asarray(multihost_utils.process_allgather(out, tiled=True), np.float64).tolist()
 
 
 def theta_identity(theta: params_io.LoadedParams) -> dict:
@@ -182,6 +184,8 @@ def probe_and_score(cfg: ModelConfig, mesh: Mesh, checkpoint: str, vocabulary: s
     if (tuned_dir / "config.json").exists():
         tuned = load_finetuned(cfg, tuned_dir, theta, probe_fp)
         print(f"reusing theta' from {tuned_dir}")
+    elif tuned_dir.is_dir() and any(tuned_dir.iterdir()):  # caught before the fine-tune, not at its final rename
+        raise ValueError(f"{tuned_dir} exists but holds no theta' (no config.json); remove it to fine-tune again")
     else:
         examples = reference_examples(reference, max_reference_examples)
         packed = PackedReference(examples, vocab, probe_cfg.seq_len, seed=probe_cfg.seed)

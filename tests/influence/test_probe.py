@@ -8,6 +8,7 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+
 import numpy as np
 import optax
 import pytest
@@ -240,6 +241,13 @@ def test_resume_refuses_another_max_len_or_corpus(scoring, tmp_path):
         score_corpus(other, docs[:10], ids[:10], tmp_path, fingerprint=fp, batch_size=8, progress=False)
     with pytest.raises(ValueError, match="different documents: {'count': 10"):
         score_corpus(probe, docs[:9], ids[:9], tmp_path, fingerprint=fp, batch_size=8, progress=False)
+
+
+def test_a_score_directory_without_a_fingerprint_is_refused(scoring, tmp_path):
+    _, probe, docs, ids, fp = scoring
+    (tmp_path / "manifest.json").write_text(json.dumps({"num_docs": 10, "max_len": 16}))  # an older layout
+    with pytest.raises(ValueError, match="records no fingerprint"):
+        score_corpus(probe, docs[:10], ids[:10], tmp_path, fingerprint=fp, batch_size=8, progress=False)
 
 
 def test_merge_is_verified(scoring, tmp_path):
