@@ -134,8 +134,12 @@ def encoder_for(vocab) -> Callable[[list[str]], list[list[int]]]:
 
 
 def _fingerprint(source, vocab) -> str:
-    parts = {"cache_format": 2, "source": type(source).__name__, "vocab": type(vocab).__name__, "vocab_size": vocab.vocab_size,
-             "eos": vocab.eos_id}
+    """The cache key: what the source reads (its describe(): format, files, fields, dtype...), the files' sizes and
+    mtimes, and the vocabulary (with its model file's hash)."""
+    parts = {"cache_format": 3, "source": type(source).__name__, "vocab": type(vocab).__name__,
+             "vocab_size": vocab.vocab_size, "eos": vocab.eos_id}
+    if hasattr(source, "describe"):
+        parts["describe"] = source.describe()
     files = getattr(source, "files", None)
     if files:
         parts["files"] = [(str(Path(f).resolve()), os.path.getsize(f), int(os.path.getmtime(f))) for f in files]
