@@ -218,13 +218,24 @@ def unique_keys(doc_ids: Sequence[str]) -> list[str]:
     return keys
 
 
+def first_difference(old: Any, new: Any, name: str = "") -> tuple[str, Any, Any] | None:
+    """(dotted field name, old value, new value) of the first difference, looking inside dicts; None if equal."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        for field in sorted(set(old) | set(new)):
+            found = first_difference(old.get(field), new.get(field), f"{name}.{field}" if name else str(field))
+            if found is not None:
+                return found
+        return None
+    return None if old == new else (name, old, new)
+
+
 def check_fingerprint(old: dict, new: dict, where: str) -> None:
     """Refuse, naming the first differing field, unless ``old`` and ``new`` agree on every field."""
-    for field in sorted(set(old) | set(new)):
-        if old.get(field) != new.get(field):
-            raise ValueError(f"{where} was made with a different {field}: {old.get(field)!r} then, "
-                             f"{new.get(field)!r} now. Use a new output directory (or delete this one) to "
-                             "score again")
+    found = first_difference(old, new)
+    if found is not None:
+        field, then, now = found
+        raise ValueError(f"{where} was made with a different {field}: {then!r} then, {now!r} now. Use a new "
+                         "output directory (or delete this one) to score again")
 
 
 def _load_part(path: Path) -> dict[str, np.ndarray]:

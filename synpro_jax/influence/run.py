@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
+from synpro_jax.influence.probe import first_difference
 from synpro_jax.models import ModelConfig
 from synpro_jax.train import params_io
 
@@ -57,11 +58,11 @@ def reference_rows(paths: Sequence[str], vocab, seq_len: int, max_examples: int 
 
 def files_fingerprint(specs: Sequence[str]) -> list:
     """Each file a spec names, as (absolute path, size, mtime); non-file specs (``tfds:``, ``markov:``) as is."""
-    from synpro_jax.data.sources import expand_paths, format_of
+    from synpro_jax.data.sources import expand_paths
 
     out = []
     for spec in specs:
-        if format_of(spec) in ("tfds", "markov"):
+        if str(spec).startswith(("tfds:", "markov:")):
             out.append(str(spec))
             continue
         for f in expand_paths(spec):
@@ -108,12 +109,11 @@ def check_theta_prime(provenance: dict, theta: dict, probe: dict | None, where: 
     if a.shape != b.shape or not np.allclose(a, b, rtol=1e-4, atol=1e-6):
         raise ValueError(f"{where} was fine-tuned from other weights than {theta['source']} step {theta['step']} "
                          "holds now. Delete it (or use a new probe out_dir) to fine-tune again")
-    if probe is not None:
-        for field in sorted(set(probe) | set(provenance.get("probe", {}))):
-            if provenance.get("probe", {}).get(field) != probe.get(field):
-                raise ValueError(f"{where} was fine-tuned with a different probe {field}: "
-                                 f"{provenance.get('probe', {}).get(field)!r} then, {probe.get(field)!r} now. "
-                                 "Delete it (or use a new probe out_dir) to fine-tune again")
+    found = None if probe is None else first_difference(provenance.get("probe", {}), probe)
+    if found is not None:
+        field, then, now = found
+        raise ValueError(f"{where} was fine-tuned with a different probe {field}: {then!r} then, {now!r} now. "
+                         "Delete it (or use a new probe out_dir) to fine-tune again")
 
 
 def load_finetuned(cfg: ModelConfig, path: str | Path, theta: params_io.LoadedParams,
