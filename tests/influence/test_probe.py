@@ -109,6 +109,7 @@ def test_probe_equals_an_independent_optax_adamw_from_the_restored_moments(world
     assert max(float(np.abs(a - b).max()) for a, b in zip(jax.tree.leaves(fresh), jax.tree.leaves(tuned))) > 1e-5
 
 
+@pytest.mark.slow
 def test_constant_lr_from_step_one_and_norms_decayed_embeddings_not(world, caplog):
     cfg, mesh, _, packed = world
     opt = ProbeConfig().optimizer()
@@ -172,8 +173,9 @@ def test_probe_scores_are_the_loss_difference(world):
 
 
 @pytest.fixture(scope="module")
-def scoring(world):
-    cfg, mesh, _, _ = world
+def scoring():
+    cfg = models.get_preset("tiny")
+    mesh = sharding.make_mesh(sharding.MeshConfig(4, 2, 1))
     theta = jax.device_get(models.init_params(cfg, jax.random.key(0)))
     probe = Probe(cfg, mesh, theta, jax.tree.map(lambda x: x * 1.01, theta), max_len=16)
     rng = np.random.default_rng(5)
@@ -282,6 +284,7 @@ def test_repeated_ids_get_their_own_keys():
         unique_keys(["a", "a", "a#2"])
 
 
+@pytest.mark.slow
 def test_reused_theta_prime_must_come_from_this_theta_and_probe(world, tmp_path):
     cfg, mesh, out, packed = world
     theta = params_io.load(cfg, mesh, out)

@@ -55,6 +55,7 @@ def test_checkpoint_module_imports_neither_hf_nor_the_train_step():
                    for m in imported), imported
 
 
+@pytest.mark.slow
 def test_params_load_without_the_runs_optimizer_template(run):
     cfg, mesh, out, state, at = run
     assert at == 3
@@ -68,6 +69,7 @@ def test_params_load_without_the_runs_optimizer_template(run):
     assert step == 3
 
 
+@pytest.mark.slow
 def test_adam_moments_and_count_come_with_the_params(run):
     cfg, mesh, out, state, _ = run
     loaded = params_io.load(cfg, mesh, out, with_adam=True)
@@ -80,6 +82,7 @@ def test_adam_moments_and_count_come_with_the_params(run):
         assert float(np.abs(jax.device_get(got["lm_head"])).max()) > 0
 
 
+@pytest.mark.slow
 def test_another_model_shape_is_refused_naming_the_tensor(run):
     _, mesh, out, _, _ = run
     with pytest.raises(ValueError, match=r"tensor embedding has shape \(256, 64\) but the configured model needs "
@@ -89,6 +92,7 @@ def test_another_model_shape_is_refused_naming_the_tensor(run):
         params_io.load(models.get_preset("tiny"), mesh, out / "nothing_here")
 
 
+@pytest.mark.slow
 def test_hf_directory_has_step_zero_and_no_moments(run, tmp_path):
     cfg, mesh, _, state, _ = run
     hf.save(cfg, state.params, tmp_path / "hf")
