@@ -1,0 +1,118 @@
+"""What every reward sees and returns, the registry of rewards by name, and the weighted suite.
+
+A reward maps a batch of completions (with their sources) to one float per completion. It raises
+:class:`RewardError` when it cannot compute a value; the suite then applies the reward's configured fallback (and
+counts it) or fails the step. A failure never turns into a silent 0.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Callable, Mapping, Protocol, Sequence
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+OPERATIONS = ("rephrase", "reformat")
+
+
+class RewardError(RuntimeError):
+    """A reward could not be computed (a judge unreachable, an unparseable reply, ...)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RewardInputs:
+    """One batch of rollouts: completion ``i`` answers prompt ``group[i]`` about ``sources[i]``."""
+
+    operation: str  # "rephrase" or "reformat"
+    sources: Sequence[str]  # the organic document each completion rewrites (repeated over its group)
+    completions: Sequence[str]  # the decoded completion text
+    group: np.ndarray  # [N] int: the prompt (group) index of each completion
+
+    def __post_init__(self):
+        if self.operation not in OPERATIONS:
+            raise ValueError(f"RewardInputs.operation={self.operation!r}: one of {OPERATIONS}")
+        n = len(self.completions)
+        if len(self.sources) != n or len(self.group) != n:
+            raise ValueError(f"RewardInputs: {n} completions but {len(self.sources)} sources and "
+                             f"{len(self.group)} group ids")
+
+    def __len__(self) -> int:
+        return len(self.completions)
+
+
+class Reward(Protocol):
+    name: str
+
+    def __call__(self, inputs: RewardInputs) -> np.ndarray:  # [N] float32
+        ...
+
+
+_REGISTRY: dict[str, Callable[..., Reward]] = {}
+
+
+def register_reward(name: str):
+    """Register a reward factory (a class or function returning a Reward) under ``name``."""
+    def wrap(factory):
+        if name in _REGISTRY and _REGISTRY[name] is not factory:
+            raise ValueError(f"reward {name!r} is already registered")
+        _REGISTRY[name] = factory
+        return factory
+    return wrap
+
+
+def make_reward(name: str, **kwargs) -> Reward:
+    if name not in _REGISTRY:
+        raise KeyError(f"no reward {name!r}; registered: {sorted(_REGISTRY)}")
+    return _REGISTRY[name](**kwargs)
+
+
+def registered_rewards() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+@dataclasses.dataclass(frozen=True)
+class SuiteResult:
+    values: dict[str, np.ndarray]  # per reward, [N] float32 (after any fallback)
+    total: np.ndarray  # [N] float32: the weighted sum
+    failures: dict[str, int]  # per reward: completions whose value is a fallback
+
+
+class RewardSuite:
+    """Rewards with weights; ``fallbacks[name]`` (a float) replaces a reward that raised :class:`RewardError`,
+    counted in ``failures``. A reward without a fallback that fails fails the step, naming the reward."""
+
+    def __init__(self, rewards: Mapping[str, Reward], weights: Mapping[str, float],
+                 fallbacks: Mapping[str, float] | None = None):
+        missing = sorted(set(rewards) ^ set(weights))
+        if missing:
+            raise ValueError(f"reward weights and rewards differ on {missing}")
+        unknown = sorted(set(fallbacks or {}) - set(rewards))
+        if unknown:
+            raise ValueError(f"fallbacks name rewards that are not in the suite: {unknown}")
+        self.rewards, self.weights, self.fallbacks = dict(rewards), dict(weights), dict(fallbacks or {})
+
+    def __call__(self, inputs: RewardInputs) -> SuiteResult:
+        values, failures = {}, {}
+        n = len(inputs)
+        for name, reward in self.rewards.items():
+            try:
+                v = np.asarray(reward(inputs), np.float32)
+                if v.shape != (n,) or not np.all(np.isfinite(v)):
+                    raise RewardError(f"returned shape {v.shape} with non-finite values" if v.shape == (n,)
+                                      else f"returned shape {v.shape}, expected ({n},)")
+                failures[name] = 0
+            except RewardError as e:
+                if name not in self.fallbacks:
+                    raise RewardError(f"reward {name!r} failed and has no fallback: {e}") from e
+                log.warning("reward %s failed (%s); using its fallback %s for %d completions", name, e,
+                            self.fallbacks[name], n)
+                v = np.full(n, self.fallbacks[name], np.float32)
+                failures[name] = n
+            values[name] = v
+        total = np.zeros(n, np.float32)
+        for name, v in values.items():
+            total += np.float32(self.weights[name]) * v
+        return SuiteResult(values, total, failures)
