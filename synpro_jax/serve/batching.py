@@ -1,0 +1,155 @@
+"""Concurrent generation requests batched onto the device by one thread.
+
+Each HTTP request becomes a :class:`GenRequest` (token-id prompts, one row per prompt and choice, and its
+sampling knobs). The device thread takes every waiting request whose knobs (temperature, top-k, top-p, seed)
+match the oldest one's, up to ``max_rows`` rows, and runs them as one ``Sampler.generate`` call; budgets may differ
+per row. Each row keeps the PRNG stream it would have had alone (``stream_ids``: its choice index within its
+request), so a request's completions do not depend on what it was batched with.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import dataclasses
+import logging
+import threading
+import time
+from typing import Any, Sequence
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+class QueueFull(Exception):
+    """``max_queued`` requests are already waiting."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Knobs:
+    """Sampling settings shared by every row of one device call."""
+
+    temperature: float = 0.0
+    top_k: int | None = None
+    top_p: float | None = None
+    seed: int = 0
+
+
+@dataclasses.dataclass(eq=False)
+class GenRequest:
+    prompts: list[list[int]]  # one entry per output row (a prompt repeated n times for n choices)
+    budgets: list[int]  # max_tokens per row
+    stream_ids: list[int]  # PRNG stream per row
+    knobs: Knobs
+    future: concurrent.futures.Future = dataclasses.field(default_factory=concurrent.futures.Future)
+
+
+@dataclasses.dataclass(frozen=True)
+class RowResult:
+    tokens: list[int]  # generated ids, a final stop id excluded
+    finished: bool  # ended on a stop id (False: hit max_tokens)
+
+
+class GenerationQueue:
+    """A queue of :class:`GenRequest` and the device thread that serves it through ``sampler``.
+
+    ``sampler`` needs ``generate(prompts, max_new_tokens=, temperature=, top_k=, top_p=, seed=, eos_id=, pad_id=,
+    stream_ids=)`` returning tokens/lengths/finished (synpro_jax.generation.sampler.Sampler). ``batch_wait_s``
+    lets a few concurrent requests arrive before a call starts; ``batches`` records each call's (requests, rows).
+    """
+
+    def __init__(self, sampler: Any, *, stop_ids: Sequence[int], pad_id: int = 0, max_rows: int = 32,
+                 max_queued: int = 256, batch_wait_s: float = 0.005):
+        if max_rows < 1 or max_queued < 1 or batch_wait_s < 0:
+            raise ValueError(f"GenerationQueue: max_rows={max_rows} and max_queued={max_queued} must be >= 1, "
+                             f"batch_wait_s={batch_wait_s} >= 0")
+        self.sampler, self.stop_ids, self.pad_id = sampler, sorted(set(int(i) for i in stop_ids)), int(pad_id)
+        self.max_rows, self.max_queued, self.batch_wait_s = max_rows, max_queued, batch_wait_s
+        self.batches: list[tuple[int, int]] = []
+        self.stats: collections.Counter = collections.Counter()
+        self._queue: collections.deque[GenRequest] = collections.deque()
+        self._cv = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._loop, name="serve-device", daemon=True)
+        self._thread.start()
+
+    def submit(self, request: GenRequest) -> concurrent.futures.Future:
+        if len(request.prompts) > self.max_rows:
+            raise ValueError(f"{len(request.prompts)} rows (prompts x n) exceed the server's max_rows="
+                             f"{self.max_rows}; send fewer prompts or choices per request")
+        with self._cv:
+            if self._closed:
+                raise RuntimeError("the server is shutting down")
+            if len(self._queue) >= self.max_queued:
+                self.stats["requests_rejected"] += 1
+                raise QueueFull(f"{len(self._queue)} requests are waiting (max_queued={self.max_queued})")
+            self._queue.append(request)
+            self._cv.notify()
+        return request.future
+
+    def _take(self) -> list[GenRequest] | None:
+        with self._cv:
+            while not self._queue and not self._closed:
+                self._cv.wait()
+            if self._closed:
+                return None
+        if self.batch_wait_s:
+            time.sleep(self.batch_wait_s)  # let requests sent together arrive together
+        with self._cv:
+            first = self._queue[0]
+            taken, rows, keep = [], 0, collections.deque()
+            while self._queue:
+                req = self._queue.popleft()
+                if req.knobs == first.knobs and rows + len(req.prompts) <= self.max_rows:
+                    if req.future.set_running_or_notify_cancel():
+                        taken.append(req)
+                        rows += len(req.prompts)
+                else:
+                    keep.append(req)
+            self._queue.extendleft(reversed(keep))
+            return taken
+
+    def _run(self, requests: list[GenRequest]) -> None:
+        prompts = [p for r in requests for p in r.prompts]
+        budgets = [b for r in requests for b in r.budgets]
+        streams = [s for r in requests for s in r.stream_ids]
+        k = requests[0].knobs
+        out = self.sampler.generate(prompts, max_new_tokens=budgets, temperature=k.temperature, top_k=k.top_k,
+                                    top_p=k.top_p, seed=k.seed, eos_id=self.stop_ids or None, pad_id=self.pad_id,
+                                    stream_ids=streams)
+        self.batches.append((len(requests), len(prompts)))
+        self.stats["device_calls"] += 1
+        self.stats["rows"] += len(prompts)
+        stop = set(self.stop_ids)
+        results = []
+        for row, n, fin in zip(np.asarray(out.tokens), np.asarray(out.lengths), np.asarray(out.finished)):
+            ids = [int(t) for t in row[:int(n)]]
+            if fin and ids and ids[-1] in stop:
+                ids = ids[:-1]
+            results.append(RowResult(ids, bool(fin)))
+        at = 0
+        for r in requests:
+            r.future.set_result(results[at:at + len(r.prompts)])
+            at += len(r.prompts)
+
+    def _loop(self) -> None:
+        while (requests := self._take()) is not None:
+            if not requests:
+                continue
+            try:
+                self._run(requests)
+            except Exception as e:  # answer every waiting request instead of hanging them
+                log.exception("generation failed")
+                for r in requests:
+                    if not r.future.done():
+                        r.future.set_exception(e)
+
+    def close(self) -> None:
+        with self._cv:
+            self._closed = True
+            for r in self._queue:
+                r.future.cancel()
+            self._queue.clear()
+            self._cv.notify_all()
+        self._thread.join(timeout=10)
