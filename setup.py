@@ -44,6 +44,9 @@ setup(
         "matplotlib",
         "orbax-checkpoint>=0.6",
         "tensorboardX",
+        "starlette>=0.37",  # synpro serve
+        "uvicorn>=0.30",  # synpro serve
+        "httpx>=0.27",  # the remote judges' client
     ],
     extras_require={
         # torch and transformers are only ever a test/benchmark peer, never used by the library.

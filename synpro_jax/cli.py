@@ -194,6 +194,16 @@ def cmd_vocab_train(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    from synpro_jax.serve import server
+
+    server.serve(args.model, host=args.host, port=args.port, vocab=args.vocab, preset=args.preset, dtype=args.dtype,
+                 all_devices=args.all_devices, faults=args.faults, model_name=args.served_model_name,
+                 max_rows=args.max_rows, batch_wait_s=args.batch_wait_ms / 1000,
+                 allow_fault_injection=args.allow_fault_injection)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="synpro", description="SynPro in JAX/Flax.")
     parser.add_argument("--version", action="version", version=f"synpro_jax {version()}")
@@ -227,6 +237,21 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--model_type", default="unigram", choices=["unigram", "bpe"])
     v.add_argument("--overwrite", action="store_true")
     v.set_defaults(func=cmd_vocab_train)
+
+    p = sub.add_parser("serve", help="OpenAI-compatible server (/v1/completions, /v1/chat/completions, /v1/models)")
+    p.add_argument("--model", required=True, help="an HF OLMo-2 directory, or a synpro run directory with --preset")
+    p.add_argument("--vocab", help="tokenizer.json or SentencePiece .model (default: found in --model)")
+    p.add_argument("--preset", help="model preset of a synpro run directory")
+    p.add_argument("--dtype", help="compute dtype, e.g. bfloat16 (default: the model's)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--served_model_name", help="the model id clients name (default: the directory's name)")
+    p.add_argument("--max_rows", type=int, default=32, help="most completions in one device call")
+    p.add_argument("--batch_wait_ms", type=float, default=5.0, help="wait for concurrent requests to batch")
+    p.add_argument("--all_devices", action="store_true", help="shard the batch over every local device")
+    p.add_argument("--allow_fault_injection", action="store_true", help="enable POST /synpro/faults (tests)")
+    p.add_argument("--faults", help="faults for the first requests, e.g. slow:2:1.5,5xx:1,malformed:1,drop:1")
+    p.set_defaults(func=cmd_serve)
     return parser
 
 
