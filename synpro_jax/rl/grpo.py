@@ -102,7 +102,8 @@ def rloo_advantages(rewards, num_generations: int, *, scale_rewards: str = "none
 
 
 def compute_advantages(rewards, cfg: GRPOConfig, ddof: int = 1) -> jax.Array:
-    """The configured estimator on the weighted reward total of each completion ([N], groups contiguous)."""
+    """The configured estimator on the weighted reward total of each completion ([N], groups contiguous). Pass
+    the rewards of the whole step (all hosts): "batch" scaling takes its std over everything it is given."""
     return _ADVANTAGES[cfg.advantage_estimator](rewards, cfg.num_generations, scale_rewards=cfg.scale_rewards,
                                                 eps=cfg.advantage_eps, ddof=ddof)
 
@@ -201,6 +202,7 @@ def loss_denominator(completion_mask, cfg: GRPOConfig) -> jax.Array:
 def grpo_loss_terms(logp, old_logp, ref_logp, advantages, completion_mask, cfg: GRPOConfig) -> dict[str, Pair]:
     """GRPO's loss and metrics for one (micro-)batch, each as (sum, denominator).
 
+    ``logp`` and ``old_logp`` must come from the same sampling distribution (logits / temperature, as TRL does).
     ``old_logp`` None means on-policy (num_iterations 1): the ratio is exp(logp - stop_gradient(logp)) = 1, which
     still carries the policy gradient. ``ref_logp`` may be None only when ``cfg.beta == 0``.
 
