@@ -1,5 +1,5 @@
 """Generation: the in-graph sampler, the rephrase/reformat prompts and their parsers, and bulk synthesis."""
 
-from synpro_jax.generation.sampler import SampleOutput, Sampler, sample
+from synpro_jax.generation.sampler import RolloutBatch, SampleOutput, Sampler, sample
 
-__all__ = ["sample", "Sampler", "SampleOutput"]
+__all__ = ["sample", "Sampler", "SampleOutput", "RolloutBatch"]

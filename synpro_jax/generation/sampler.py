@@ -12,7 +12,14 @@ per loop step in place, stopping when every row has hit EOS or its budget. Sampl
 top-p), the seed and the budgets are traced values, so only a new (B, P, N) bucket compiles.
 
 Each row draws from its own PRNG stream, ``fold_in(fold_in(key(seed), stream_id), step)``, where stream_id
-defaults to the prompt's index in the call: a prompt's sample does not depend on the padding or batch around it.
+defaults to the row's index in the call: a prompt's sample does not depend on the padding or batch around it.
+
+For GRPO-style groups (``num_generations=G``) each prompt is prefilled once and its cache and logits are repeated
+to its G rows inside the prefill jit; row i*G+g then draws from stream i*G+g, the stream it would have had with
+the prompt written out G times. Decode runs in phases whose attention window grows with the filled slots
+(:func:`decode_windows`), so a step reads the prompt and the completion so far rounded up to the next window,
+not the whole prompt+budget cache. :meth:`Sampler.rollout` returns the device-resident [prompt | completion]
+batch a learner consumes (:class:`RolloutBatch`); only text rewards need :meth:`RolloutBatch.texts`.
 """
 
 from __future__ import annotations
@@ -21,11 +28,12 @@ import collections
 import dataclasses
 import functools
 import math
-from typing import Any, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 
 from synpro_jax import models, sharding
@@ -68,6 +76,57 @@ class SampleOutput:
         return np.arange(self.tokens.shape[1])[None, :] < self.lengths[:, None]
 
 
+class RolloutBatch(NamedTuple):
+    """Rollouts as the learner wants them, device-resident, one row per (prompt, generation) in prompt-major order
+    (row i*G+g is generation g of prompt i). P = prompt slots (bucketed), C = the largest max_new_tokens.
+
+    tokens [B, P+C] int32: the left-padded prompt then the completion (``pad_id`` after it ends);
+    positions [B, P+C]: RoPE positions counted from each row's first prompt token;
+    segment_ids [B, P+C]: 1 on prompt and generated tokens, 0 on padding (a learner passes these to forward);
+    completion_mask [B, C] bool: True on generated tokens; logprobs [B, C] float32: the sampler's log-probs
+    (under softmax(logits / T)), 0 off the mask; lengths [B], finished [B] (ended with EOS).
+    The learner's log-prob of completion token j comes from the logits at slot P - 1 + j.
+    """
+
+    tokens: jax.Array
+    positions: jax.Array
+    segment_ids: jax.Array
+    completion_mask: jax.Array
+    logprobs: jax.Array
+    lengths: jax.Array
+    finished: jax.Array
+
+    @property
+    def prompt_slots(self) -> int:
+        return self.tokens.shape[1] - self.logprobs.shape[1]
+
+    def completions(self) -> list[list[int]]:
+        """Completion token ids per row (a host copy of the completion slots only)."""
+        tokens, lengths = _host(self.tokens[:, self.prompt_slots:]), _host(self.lengths)
+        return [row[:n].tolist() for row, n in zip(tokens, lengths)]
+
+    def texts(self, decode: Callable[[list[int]], str]) -> list[str]:
+        """Completions as text through ``decode`` (e.g. a tokenizer's decode): only text rewards need this."""
+        return [decode(c) for c in self.completions()]
+
+
+def _host(x) -> np.ndarray:
+    """A host copy of a (possibly multi-host, globally sharded) array."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(x)
+
+
+def decode_windows(new_slots: int, first: int = MIN_NEW_BUCKET) -> list[int]:
+    """Ends of the decode phases over ``new_slots`` steps: steps [previous end, end) attend the prompt slots plus
+    the first ``end`` completion slots. Doubling ends keep the slots read within 2x of the filled ones (plus the
+    first phase) while compiling only log2(new_slots / first) + 1 loop bodies."""
+    ends = [min(first, new_slots)]
+    while ends[-1] < new_slots:
+        ends.append(min(2 * ends[-1], new_slots))
+    return ends
+
+
 def _batch_shards(mesh: Mesh, rules: sharding.Rules) -> int:
     axes = dict(rules).get("batch")
     axes = (axes,) if isinstance(axes, str) else tuple(axes or ())
@@ -78,14 +137,20 @@ def _is_names(x) -> bool:
     return isinstance(x, tuple) and all(isinstance(n, str) for n in x)
 
 
-def _prefill(cfg: ModelConfig, cache_dtype: str, params, tokens, segments, positions, slots: int):
+def _prefill(cfg: ModelConfig, cache_dtype: str, params, tokens, segments, positions, slots: int, groups: int):
     TRACE_COUNTS["prefill"] += 1
     b, p = tokens.shape
     all_segments = jnp.concatenate([segments, jnp.ones((b, slots - p), jnp.int32)], axis=1)
     cache = models.init_cache(cfg, all_segments, jnp.dtype(cache_dtype))
-    cache = jax.tree.map(sharding.constrain, cache, models.KVCache.logical_axes(cfg.num_layers), is_leaf=_is_names)
-    return models.forward_cached(cfg, params, tokens, cache, 0, positions=positions, segment_ids=segments,
-                                 attend_slots=p)  # the prompt only: the decode slots are still empty
+    axes = models.KVCache.logical_axes(cfg.num_layers)
+    cache = jax.tree.map(sharding.constrain, cache, axes, is_leaf=_is_names)
+    logits, cache = models.forward_cached(cfg, params, tokens, cache, 0, positions=positions, segment_ids=segments,
+                                          attend_slots=p)  # the prompt only: the decode slots are still empty
+    if groups > 1:  # one prefill per prompt, its cache and next-token logits copied to its G rows
+        logits = jnp.repeat(logits, groups, axis=0)
+        cache = jax.tree.map(lambda x: jnp.repeat(x, groups, axis=0), cache)
+        cache = jax.tree.map(sharding.constrain, cache, axes, is_leaf=_is_names)
+    return logits, cache
 
 
 def _decode(cfg: ModelConfig, params, cache, logits, prompt_lengths, budgets, stream_ids, seed, temperature,
@@ -96,11 +161,11 @@ def _decode(cfg: ModelConfig, params, cache, logits, prompt_lengths, budgets, st
     base = jax.random.key(seed)
     streams = jax.vmap(lambda i: jax.random.fold_in(base, i))(stream_ids)
 
-    def cond(state):
+    def cond(end, state):
         t, done = state[0], state[5]
-        return (t < new_slots) & ~jnp.all(done)
+        return (t < end) & ~jnp.all(done)
 
-    def body(state):
+    def body(window, state):
         t, cache, logits, tokens, logprobs, done, lengths, finished = state
         keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(streams, t)
         tok, lp = choose_tokens(logits, keys, temperature, top_k, top_p)
@@ -115,7 +180,8 @@ def _decode(cfg: ModelConfig, params, cache, logits, prompt_lengths, budgets, st
         done = done | hit_eos | (lengths >= budgets)
         positions = (prompt_lengths + t)[:, None]
         logits, cache = models.forward_cached(cfg, params, tok[:, None], cache, prompt_slots + t,
-                                              positions=positions, segment_ids=jnp.ones((b, 1), jnp.int32))
+                                              positions=positions, segment_ids=jnp.ones((b, 1), jnp.int32),
+                                              attend_slots=window)
         return t + 1, cache, logits, tokens, logprobs, done, lengths, finished
 
     state = (
@@ -123,7 +189,11 @@ def _decode(cfg: ModelConfig, params, cache, logits, prompt_lengths, budgets, st
         jnp.full((b, new_slots), pad_id, jnp.int32), jnp.zeros((b, new_slots), jnp.float32),
         budgets <= 0, jnp.zeros((b,), jnp.int32), jnp.zeros((b,), bool),
     )
-    _, cache, _, tokens, logprobs, _, lengths, finished = jax.lax.while_loop(cond, body, state)
+    # Phase by phase the window grows with the filled slots (step t fills slot prompt_slots + t); a phase
+    # whose rows are all done exits at once.
+    for end in decode_windows(new_slots):
+        state = jax.lax.while_loop(functools.partial(cond, end), functools.partial(body, prompt_slots + end), state)
+    _, cache, _, tokens, logprobs, _, lengths, finished = state
     # The cache goes back out so the donated input buffer is the loop's in-place storage.
     return tokens, logprobs, lengths, finished, cache
 
@@ -134,8 +204,9 @@ class Sampler:
     Matmul weights are cast once to the compute dtype (bf16 decode reads half the bytes per step) and laid out
     by ``rules``: SAMPLING_RULES keeps whole weights on each data-parallel group, so the loop needs no fsdp
     gathers. The KV cache is kept in ``cache_dtype`` (default: the compute dtype; float32 on CPU, where bf16
-    decode attention is slow). Reuse one Sampler for many calls; a new one with the same settings reuses the
-    compiles.
+    decode attention is slow). Reuse one Sampler for many calls and swap weights with :meth:`update_params`;
+    the placement, prefill and decode are compiled once per (config, mesh, rules, cache dtype) and take the
+    weights as arguments, so neither a weight swap nor a new Sampler with the same settings recompiles.
     """
 
     def __init__(self, cfg: ModelConfig, params: Params, *, mesh: Mesh | None = None,
@@ -143,20 +214,74 @@ class Sampler:
         self.cfg = cfg
         self.mesh = mesh if mesh is not None else sharding.single_device_mesh()
         self.rules = rules
-        shardings = _split_shardings(models.param_shardings(cfg, self.mesh, rules), cfg.num_layers)
-        dtype = cfg.compute_dtype
-
-        def place(p):
-            p = models.split_layers(p)
-            return jax.tree.map(lambda x: x.astype(dtype) if x.ndim >= 2 else x.astype(jnp.float32), p)
-
-        self.params = jax.jit(place, out_shardings=shardings)(params)
         if cache_dtype is None:  # XLA:CPU runs bf16 batched mat-vecs (decode attention) ~8x slower than fp32
             cpu = self.mesh.devices.flat[0].platform == "cpu"
             cache_dtype = "float32" if cpu else cfg.dtype
         self.cache_dtype = cache_dtype
-        self._prefill, self._decode = _compiled(cfg, self.mesh, rules, cache_dtype)
+        self._place, self._prefill, self._decode, self._assemble = _compiled(cfg, self.mesh, rules, cache_dtype)
         self.batch_shards = _batch_shards(self.mesh, rules)
+        self._shapes = _shapes(params)
+        self.params = self._place(params)
+
+    def update_params(self, params: Params) -> None:
+        """Swap in new weights (e.g. the learner's after an update) through the already-compiled placement.
+
+        ``params`` must have the tree structure and shapes of the weights the Sampler was built with; they are
+        not modified or donated (the learner keeps its copy).
+        """
+        shapes = _shapes(params)
+        if shapes != self._shapes:
+            if jax.tree.structure(shapes) != jax.tree.structure(self._shapes):
+                raise ValueError("Sampler.update_params: the new params have a different tree structure than the "
+                                 f"Sampler's (ModelConfig {self.cfg.name!r})")
+            bad = [f"{jax.tree_util.keystr(k)}: {a} != {b}" for (k, a), b in
+                   zip(jax.tree_util.tree_leaves_with_path(shapes, is_leaf=_is_shape),
+                       jax.tree.leaves(self._shapes, is_leaf=_is_shape)) if a != b]
+            raise ValueError(f"Sampler.update_params: param shapes differ from the Sampler's: {bad[:3]}")
+        self.params = self._place(params)
+
+    def _run(self, prompts, max_new_tokens, temperature, top_k, top_p, seed, eos_id, pad_id, stream_ids,
+             num_generations):
+        """Prefill + decode on device. Returns host inputs and device outputs (all rows, padding included)."""
+        cfg, n, g = self.cfg, len(prompts), int(num_generations)
+        if n == 0:
+            raise ValueError("sample: prompts is empty")
+        if g < 1:
+            raise ValueError(f"sample: num_generations={num_generations} must be >= 1")
+        budgets = np.broadcast_to(np.asarray(max_new_tokens, np.int64), (n,))
+        _check_knobs(cfg, prompts, budgets, temperature, top_k, top_p, pad_id)
+        eos = [] if eos_id is None else [eos_id] if np.isscalar(eos_id) else list(eos_id)
+        streams = np.arange(n) if stream_ids is None else np.asarray(stream_ids)
+        if streams.shape != (n,):
+            raise ValueError(f"sample: stream_ids has shape {streams.shape}, expected ({n},)")
+
+        lengths = np.array([len(p) for p in prompts])
+        rows = bucket(n, 1, self.batch_shards)  # prefill rows; decode has rows * g
+        p_slots = bucket(lengths.max(), MIN_PROMPT_BUCKET)
+        n_slots = bucket(budgets.max(), MIN_NEW_BUCKET)
+        tokens = np.full((rows, p_slots), pad_id, np.int32)
+        segments = np.zeros((rows, p_slots), np.int32)
+        for i, prompt in enumerate(prompts):
+            tokens[i, p_slots - len(prompt):] = prompt
+            segments[i, p_slots - len(prompt):] = 1
+        pad = np.concatenate([p_slots - lengths, np.full(rows - n, p_slots)])
+        positions = np.maximum(np.arange(p_slots)[None, :] - pad[:, None], 0).astype(np.int32)
+
+        def per_row(x):  # per prompt -> per decode row (row i*g + j), padding rows 0
+            return np.repeat(np.concatenate([x, np.zeros(rows - n, np.int64)]), g).astype(np.int32)
+
+        # Row i*g+j draws from stream streams[i]*g+j: with g = 1 the prompt's stream, and with g > 1 the stream
+        # that row would have if the prompts were written out g times (stream_ids there: range(n * g)).
+        row_streams = per_row(streams) * g + np.tile(np.arange(g, dtype=np.int32), rows)
+
+        with jax.set_mesh(self.mesh), sharding.use_rules(self.rules):
+            logits, cache = self._prefill(self.params, tokens, segments, positions, p_slots + n_slots, g)
+            out = self._decode(
+                self.params, cache, logits, per_row(lengths), per_row(budgets), row_streams,
+                np.uint32(seed % 2**32), np.float32(temperature), np.int32(top_k or 0),
+                np.float32(1.0 if top_p is None else top_p), _eos_array(eos), np.int32(pad_id), n_slots,
+            )
+        return (tokens, segments, positions), out[:4], int(budgets.max()), n * g
 
     def generate(
         self,
@@ -170,43 +295,71 @@ class Sampler:
         eos_id: int | Sequence[int] | None = None,
         pad_id: int = 0,
         stream_ids: Sequence[int] | None = None,
+        num_generations: int = 1,
     ) -> SampleOutput:
-        """Complete every prompt in one bucketed call; see :func:`sample`."""
-        cfg, n = self.cfg, len(prompts)
-        if n == 0:
-            raise ValueError("sample: prompts is empty")
-        budgets = np.broadcast_to(np.asarray(max_new_tokens, np.int64), (n,))
-        _check_knobs(cfg, prompts, budgets, temperature, top_k, top_p, pad_id)
-        eos = [] if eos_id is None else [eos_id] if np.isscalar(eos_id) else list(eos_id)
-        streams = np.arange(n) if stream_ids is None else np.asarray(stream_ids)
-        if streams.shape != (n,):
-            raise ValueError(f"sample: stream_ids has shape {streams.shape}, expected ({n},)")
-
-        lengths = np.array([len(p) for p in prompts])
-        rows = bucket(n, 1, self.batch_shards)
-        p_slots = bucket(lengths.max(), MIN_PROMPT_BUCKET)
-        n_slots = bucket(budgets.max(), MIN_NEW_BUCKET)
-        tokens = np.full((rows, p_slots), pad_id, np.int32)
-        segments = np.zeros((rows, p_slots), np.int32)
-        for i, prompt in enumerate(prompts):
-            tokens[i, p_slots - len(prompt):] = prompt
-            segments[i, p_slots - len(prompt):] = 1
-        pad = np.concatenate([p_slots - lengths, np.full(rows - n, p_slots)])
-        positions = np.maximum(np.arange(p_slots)[None, :] - pad[:, None], 0).astype(np.int32)
-        row_lengths = np.concatenate([lengths, np.zeros(rows - n, np.int64)]).astype(np.int32)
-        row_budgets = np.concatenate([budgets, np.zeros(rows - n, np.int64)]).astype(np.int32)
-        row_streams = np.concatenate([streams, np.zeros(rows - n, np.int64)]).astype(np.int32)
-
-        with jax.set_mesh(self.mesh), sharding.use_rules(self.rules):
-            logits, cache = self._prefill(self.params, tokens, segments, positions, p_slots + n_slots)
-            out = self._decode(
-                self.params, cache, logits, row_lengths, row_budgets, row_streams,
-                np.uint32(seed % 2**32), np.float32(temperature), np.int32(top_k or 0),
-                np.float32(1.0 if top_p is None else top_p), _eos_array(eos), np.int32(pad_id), n_slots,
-            )
-        out_tokens, logprobs, out_lengths, finished = (np.asarray(x)[:n] for x in out[:4])
-        width = int(budgets.max())
+        """Complete every prompt in one bucketed call (host arrays); see :func:`sample`. With
+        ``num_generations=G`` each prompt is prefilled once and completed G times: rows i*G..i*G+G-1."""
+        _, out, width, n = self._run(prompts, max_new_tokens, temperature, top_k, top_p, seed, eos_id, pad_id,
+                                     stream_ids, num_generations)
+        out_tokens, logprobs, out_lengths, finished = (_host(x)[:n] for x in out)
         return SampleOutput(out_tokens[:, :width], out_lengths, logprobs[:, :width], finished)
+
+    def rollout(
+        self,
+        prompts: Sequence[Sequence[int]],
+        *,
+        num_generations: int,
+        max_new_tokens: int | Sequence[int],
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int = 0,
+        eos_id: int | Sequence[int] | None = None,
+        pad_id: int = 0,
+        stream_ids: Sequence[int] | None = None,
+    ) -> RolloutBatch:
+        """G completions per prompt off one shared prefill, as a device-resident :class:`RolloutBatch` of
+        len(prompts) * G rows (no device-to-host copy). Knobs as in :func:`sample`."""
+        (tokens, segments, positions), out, width, n = self._run(
+            prompts, max_new_tokens, temperature, top_k, top_p, seed, eos_id, pad_id, stream_ids, num_generations)
+        with jax.set_mesh(self.mesh), sharding.use_rules(self.rules):
+            return self._assemble(tokens, segments, positions, *out, int(num_generations), width, n)
+
+
+def _is_shape(x) -> bool:
+    return isinstance(x, tuple) and all(isinstance(d, int) for d in x)
+
+
+def _shapes(params):
+    return jax.tree.map(lambda x: tuple(np.shape(x)), params)
+
+
+def _place(cfg: ModelConfig, params):
+    """Cast matmul weights to the compute dtype (vectors stay float32) and split the layers."""
+    TRACE_COUNTS["place"] += 1
+    p = models.split_layers(params)
+    return jax.tree.map(lambda x: x.astype(cfg.compute_dtype) if x.ndim >= 2 else x.astype(jnp.float32), p)
+
+
+def _assemble(prompt_tokens, prompt_segments, prompt_positions, tokens, logprobs, lengths, finished,
+              groups: int, width: int, rows: int) -> RolloutBatch:
+    """The learner's [prompt | completion] batch from the prompt layout and the decode outputs, on device."""
+    TRACE_COUNTS["assemble"] += 1
+
+    def rep(x):
+        return jnp.repeat(x, groups, axis=0)[:rows]
+
+    tokens, logprobs = tokens[:rows, :width], logprobs[:rows, :width]
+    lengths, finished = lengths[:rows], finished[:rows]
+    mask = jnp.arange(width)[None, :] < lengths[:, None]
+    segments = rep(prompt_segments)
+    prompt_len = jnp.sum(segments, axis=1)
+    return RolloutBatch(
+        tokens=jnp.concatenate([rep(prompt_tokens), tokens], axis=1),
+        positions=jnp.concatenate([rep(prompt_positions), prompt_len[:, None] + jnp.arange(width)[None, :]], 1),
+        segment_ids=jnp.concatenate([segments, mask.astype(jnp.int32)], axis=1),
+        completion_mask=mask, logprobs=logprobs, lengths=lengths, finished=finished,
+    )
 
 
 def _eos_array(eos: list[int]) -> np.ndarray:
@@ -250,7 +403,8 @@ def _check_knobs(cfg, prompts, budgets, temperature, top_k, top_p, pad_id) -> No
 
 @functools.lru_cache(maxsize=16)
 def _compiled(cfg: ModelConfig, mesh: Mesh, rules: sharding.Rules, cache_dtype: str):
-    """The jitted prefill and decode for one (config, mesh, rules), with explicit shardings."""
+    """The jitted placement, prefill, decode and rollout assembly for one (config, mesh, rules, cache dtype),
+    with explicit shardings; weights are arguments, so new weights reuse every compile."""
     params = _split_shardings(models.param_shardings(cfg, mesh, rules), cfg.num_layers)
     rows = NamedSharding(mesh, sharding.logical_to_spec(("batch",), rules))
     rows2 = NamedSharding(mesh, sharding.logical_to_spec(("batch", "length"), rules))
@@ -258,8 +412,9 @@ def _compiled(cfg: ModelConfig, mesh: Mesh, rules: sharding.Rules, cache_dtype: 
                          models.KVCache.logical_axes(cfg.num_layers), is_leaf=_is_names)
     logits = NamedSharding(mesh, sharding.logical_to_spec(("batch", "vocab"), rules))
     scalar = sharding.replicated(mesh)
+    place = jax.jit(functools.partial(_place, cfg), out_shardings=params)
     prefill = jax.jit(
-        functools.partial(_prefill, cfg, cache_dtype), static_argnums=(4,),
+        functools.partial(_prefill, cfg, cache_dtype), static_argnums=(4, 5),
         in_shardings=(params, rows2, rows2, rows2), out_shardings=(logits, cache),
     )
     decode = jax.jit(
@@ -268,7 +423,8 @@ def _compiled(cfg: ModelConfig, mesh: Mesh, rules: sharding.Rules, cache_dtype: 
         out_shardings=(rows2, rows2, rows, rows, cache),
         donate_argnums=(1,),
     )
-    return prefill, decode
+    assemble = jax.jit(_assemble, static_argnums=(7, 8, 9))
+    return place, prefill, decode, assemble
 
 
 def sample(
@@ -286,8 +442,9 @@ def sample(
     mesh: Mesh | None = None,
     rules: sharding.Rules = sharding.SAMPLING_RULES,
     stream_ids: Sequence[int] | None = None,
+    num_generations: int = 1,
 ) -> SampleOutput:
-    """Complete token-id prompts with the model.
+    """Complete token-id prompts with the model (``num_generations`` completions each, off one prefill).
 
     temperature 0 is greedy; otherwise tokens are drawn from softmax(logits / T) restricted to the top_k
     most likely tokens and then to the smallest set holding top_p of the mass. ``max_new_tokens`` is one budget
@@ -297,5 +454,5 @@ def sample(
     """
     return Sampler(cfg, params, mesh=mesh, rules=rules).generate(
         prompts, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
-        eos_id=eos_id, pad_id=pad_id, stream_ids=stream_ids,
+        eos_id=eos_id, pad_id=pad_id, stream_ids=stream_ids, num_generations=num_generations,
     )
