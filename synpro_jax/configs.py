@@ -66,10 +66,11 @@ def _lazy_configurables() -> tuple[type, ...]:
     from synpro_jax.data.vocab import PassthroughVocabulary, TrainedSentencePiece
     from synpro_jax.generation.synthesize import SynthesisConfig
     from synpro_jax.influence.probe import ProbeConfig
+    from synpro_jax.rl.config import GRPOConfig
     from synpro_jax.train.trainer import TrainerConfig
 
     lazy = (DataConfig, SyntheticShards, PassthroughVocabulary, TrainedSentencePiece, TrainerConfig, ProbeConfig,
-            SynthesisConfig)
+            SynthesisConfig, GRPOConfig)
     _register(*lazy)
     return (MeshConfig, OptimizerConfig, ModelConfig) + lazy
 

@@ -94,3 +94,10 @@ def test_no_gin_private_state_is_read():
     offenders = [str(p.relative_to(REPO)) for p in (REPO / "synpro_jax").rglob("*.py")
                  if re.search(r"gin\.config\._[A-Za-z]", p.read_text())]
     assert offenders == []
+
+
+def test_grpo_config_is_a_gin_configurable():
+    configs.parse([], ["synpro.GRPOConfig.beta = 0.01"])
+    assert gin.query_parameter("synpro.GRPOConfig.beta") == 0.01
+    with pytest.raises(GinConfigError, match="did you mean beta"):
+        configs.parse([], ["synpro.GRPOConfig.betta = 0.01"])
