@@ -86,8 +86,8 @@ def test_train_from_a_file_and_a_failing_classifier(tmp_path):
     path.write_text("".join(json.dumps({"text": t, "label": int(i < 4)}) + "\n" for i, t in enumerate(GOOD + SPAM)))
     clf, report = train(path, heldout=0.25, seed=0, dim=2 ** 10)
     assert report["n_train"] == 6 and report["n_heldout"] == 2
-    r = make_reward("quality_local", data=str(path), heldout=0.25)
-    assert r.classifier.dim == 2 ** 18
+    r = make_reward("quality_local", data=str(path), heldout=0.25, dim=2 ** 10)
+    np.testing.assert_array_equal(r.classifier.weights, clf.weights)  # the same split and fit
 
     class Broken:
         def score(self, texts):

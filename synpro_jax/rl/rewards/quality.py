@@ -170,18 +170,20 @@ def train(path: str | Path, *, heldout: float = 0.2, seed: int = 0, **fit_kwargs
 @register_reward("quality_local")
 class QualityLocalReward:
     """score(answer) - score(source) on the 1..5 scale. Give ``classifier``, or ``model`` (a saved .npz), or
-    ``data`` (a labelled JSONL to fit on, with ``heldout``/``seed`` for the split)."""
+    ``data`` (a labelled JSONL to fit on, with ``heldout``/``seed`` for the split and ``dim``/``ngrams``/``l2``
+    for the fit)."""
 
     name = "quality_local"
 
     def __init__(self, classifier: QualityClassifier | None = None, model: str | None = None,
-                 data: str | None = None, heldout: float = 0.2, seed: int = 0):
+                 data: str | None = None, heldout: float = 0.2, seed: int = 0, dim: int = 2 ** 18,
+                 ngrams: int = 2, l2: float = 2.5e-4):
         if sum(x is not None for x in (classifier, model, data)) != 1:
             raise ValueError("quality_local: set exactly one of classifier, model (a saved .npz) or data (a "
                              "labelled JSONL to train on)")
         if classifier is None:
-            classifier = QualityClassifier.load(model) if model is not None else train(data, heldout=heldout,
-                                                                                       seed=seed)[0]
+            classifier = (QualityClassifier.load(model) if model is not None else
+                          train(data, heldout=heldout, seed=seed, dim=dim, ngrams=ngrams, l2=l2)[0])
         self.classifier = classifier
 
     def __call__(self, inputs: RewardInputs) -> np.ndarray:
