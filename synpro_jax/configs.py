@@ -67,10 +67,11 @@ def _lazy_configurables() -> tuple[type, ...]:
     from synpro_jax.generation.synthesize import SynthesisConfig
     from synpro_jax.influence.probe import ProbeConfig
     from synpro_jax.rl.config import GRPOConfig
+    from synpro_jax.rl.rewards.config import RewardsConfig
     from synpro_jax.train.trainer import TrainerConfig
 
     lazy = (DataConfig, SyntheticShards, PassthroughVocabulary, TrainedSentencePiece, TrainerConfig, ProbeConfig,
-            SynthesisConfig, GRPOConfig)
+            SynthesisConfig, GRPOConfig, RewardsConfig)
     _register(*lazy)
     return (MeshConfig, OptimizerConfig, ModelConfig) + lazy
 

@@ -90,3 +90,17 @@ def test_variants_and_fallbacks():
     with pytest.raises(RewardError, match="reward 'structure' failed and has no fallback: judge timed out"):
         build_suite(RewardsConfig("rephrase", {"structure": 1.0}, variants={"structure": "flaky_test_judge"}))(
             RewardInputs("rephrase", ["s"], ["x"], np.zeros(1, int)))
+
+
+@pytest.mark.parametrize("operation", ["rephrase", "reformat"])
+def test_run_files_pass_the_cli_gin_checks(operation, quality_data):
+    from synpro_jax import configs
+    from synpro_jax.configs import GinConfigError
+
+    with pytest.raises(GinConfigError, match="QUALITY_DATA"):
+        configs.parse([str(REPO / f"gin/runs/grpo_{operation}_rewards.gin")], [])
+    configs.parse([str(REPO / f"gin/runs/grpo_{operation}_rewards.gin")], [f"QUALITY_DATA = '{quality_data}'"])
+    assert gin.query_parameter("synpro.RewardsConfig.operation") == operation
+    with pytest.raises(GinConfigError, match="RewardsConfig has no parameter 'weight'; did you mean weights"):
+        configs.parse([str(REPO / f"gin/runs/grpo_{operation}_rewards.gin")],
+                      [f"QUALITY_DATA = '{quality_data}'", "synpro.RewardsConfig.weight = {}"])
