@@ -22,10 +22,6 @@ SPAM = ["click here buy now cheap pills free shipping click here click here",
         "cheap cheap cheap discount casino bonus click click free free"]
 
 
-def rows(n):
-    return RewardInputs("rephrase", ["the source"] * n, [""] * n, np.zeros(n, int))
-
-
 def inputs(completions, sources):
     return RewardInputs("rephrase", sources, completions, np.repeat(np.arange(len(set(sources))), 2))
 
