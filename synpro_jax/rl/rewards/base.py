@@ -63,10 +63,15 @@ def register_reward(name: str):
     return wrap
 
 
-def make_reward(name: str, **kwargs) -> Reward:
+def reward_factory(name: str) -> Callable[..., Reward]:
+    """The factory registered under ``name`` (to inspect what it takes before building it)."""
     if name not in _REGISTRY:
         raise KeyError(f"no reward {name!r}; registered: {sorted(_REGISTRY)}")
-    return _REGISTRY[name](**kwargs)
+    return _REGISTRY[name]
+
+
+def make_reward(name: str, **kwargs) -> Reward:
+    return reward_factory(name)(**kwargs)
 
 
 def registered_rewards() -> list[str]:

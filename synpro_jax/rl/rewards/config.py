@@ -78,7 +78,7 @@ def build_suite(config: RewardsConfig, **runtime) -> RewardSuite:
         if name not in registered_rewards():
             raise ValueError(f"RewardsConfig.variants[{family!r}]={name!r} is not a registered reward; registered: "
                              f"{registered_rewards()}")
-        factory = base._REGISTRY[name]
+        factory = base.reward_factory(name)
         kwargs = {k: v for k, v in runtime.items() if _accepts(factory, k)}
         kwargs.update(config.options.get(family, {}))
         try:
