@@ -8,8 +8,9 @@ Two rates per (preset, dtype, batch):
 - decode tokens/s: batch * (N2 - N1) / (t(N2) - t(N1)) from runs with N1 = 5/8 new and N2 = new new tokens (one
   sampler bucket, so the same compiled program), which cancels the prefill and per-call overhead on both sides;
 - end-to-end tokens/s: batch * new / t(new), prefill included.
-The memory-bandwidth fraction is (bytes that one decode step must read: matmul weights + the KV cache of the
-actual context) * steps/s / the measured read bandwidth of this machine.
+The memory-bandwidth fraction is (bytes that one decode step reads: matmul weights + the KV cache slots that
+step attends, its decode window, see sampler.decode_windows) * steps/s / the measured read bandwidth of this
+machine; ``context_bandwidth_fraction`` counts only the filled context instead of the window.
 
     python bench/sampler.py                                  # cpu_small and cpu_medium, batch 1, 8, 32
     python bench/sampler.py --presets olmo2_1b_instruct --dtypes bfloat16 --no_hf --batches 1,32,128   # GPU
@@ -34,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from report import write_report  # noqa: E402
 from synpro_jax import models  # noqa: E402
 from synpro_jax.generation import Sampler  # noqa: E402
+from synpro_jax.generation import sampler as sampler_lib  # noqa: E402
 from synpro_jax.models import hf  # noqa: E402
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "sampler.json"
@@ -62,6 +64,13 @@ def bytes_per_step(cfg, batch: int, context: float, weight_bytes: int, cache_byt
     """What one decode step must read: every matmul weight once, plus K and V of the context for every row."""
     kv = 2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * context * batch * cache_bytes
     return cfg.num_matmul_params() * weight_bytes + kv
+
+
+def mean_slots_read(prompt: int, first: int, new: int) -> float:
+    """Mean KV slots a decode step attends over the timed steps [first, new): its window, prompt slots included."""
+    prompt_slots = sampler_lib.bucket(prompt, sampler_lib.MIN_PROMPT_BUCKET)
+    ends = sampler_lib.decode_windows(sampler_lib.bucket(new, sampler_lib.MIN_NEW_BUCKET))
+    return float(np.mean([prompt_slots + next(e for e in ends if t < e) for t in range(first, new)]))
 
 
 def budgets(new: int) -> tuple[int, int]:
@@ -146,10 +155,14 @@ def main() -> int:
                 "jax_seconds": {str(k): v for k, v in ours.items()},
             }
             context = args.prompt + (first + args.new) / 2  # mean context over the timed part of the decode
-            step_bytes = bytes_per_step(cfg, batch, context, dtype_bytes, jnp.dtype(sampler.cache_dtype).itemsize)
-            row["bytes_per_decode_step"] = step_bytes
+            slots_read = mean_slots_read(args.prompt, first, args.new)
+            cache_bytes = jnp.dtype(sampler.cache_dtype).itemsize
+            step_bytes = bytes_per_step(cfg, batch, slots_read, dtype_bytes, cache_bytes)
+            row.update({"mean_context": context, "mean_slots_read": slots_read, "bytes_per_decode_step": step_bytes})
             if bandwidth:
                 row["bandwidth_fraction"] = step_bytes * decode_steps_s / bandwidth
+                row["context_bandwidth_fraction"] = (bytes_per_step(cfg, batch, context, dtype_bytes, cache_bytes) *
+                                                     decode_steps_s / bandwidth)
             if model is not None:
                 theirs, hf_tokens = bench_hf(model, torch, prompts, args.new, args.repeats)
                 hf_steps_s = (args.new - first) / (theirs[args.new] - theirs[first])
