@@ -384,9 +384,10 @@ def default_vocab_path(model_dir: Path) -> Path:
     raise FileNotFoundError(f"--model {model_dir}: no tokenizer.json or SentencePiece .model in it; pass --vocab")
 
 
-def load_engine(model: str, *, vocab: str | None = None, preset: str | None = None, dtype: str | None = None,
+def load_engine(model: str, *, vocab: Any = None, preset: str | None = None, dtype: str | None = None,
                 all_devices: bool = False, settings: dict | None = None) -> Engine:
-    """An :class:`Engine` for an HF OLMo-2 directory or a synpro run/checkpoint directory (needs ``preset``)."""
+    """An :class:`Engine` for an HF OLMo-2 directory or a synpro run/checkpoint directory (needs ``preset``).
+    ``vocab``: a path for data.vocab.load_vocabulary or a seqio.Vocabulary; default: found in the directory."""
     from synpro_jax import models, sharding
     from synpro_jax.data.vocab import load_vocabulary
     from synpro_jax.generation.sampler import Sampler
@@ -406,7 +407,7 @@ def load_engine(model: str, *, vocab: str | None = None, preset: str | None = No
         log.info("loaded %s at step %d", path, step)
     if dtype:
         cfg = cfg.replace(dtype=dtype)
-    vocab_obj = load_vocabulary(str(vocab) if vocab else str(default_vocab_path(path)))
+    vocab_obj = load_vocabulary(vocab if vocab is not None else str(default_vocab_path(path)))
     if vocab_obj.vocab_size > cfg.vocab_size:
         raise ValueError(f"--vocab {vocab}: {vocab_obj.vocab_size} tokens but the model has {cfg.vocab_size}")
     sampler = Sampler(cfg, params, mesh=mesh)
