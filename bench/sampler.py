@@ -88,22 +88,25 @@ def bench_ours(sampler, prompts, new: int, repeats: int) -> dict:
     return out
 
 
-def bench_hf(model, torch, prompts, new: int, repeats: int) -> tuple[dict, np.ndarray]:
-    ids = torch.as_tensor(np.asarray(prompts), dtype=torch.long)
+def bench_hf(model, torch, prompts, new: int, repeats: int, device: str = "cpu") -> tuple[dict, np.ndarray]:
+    ids = torch.as_tensor(np.asarray(prompts), dtype=torch.long, device=device)
     mask = torch.ones_like(ids)
 
     def run(n):
         def go():
             with torch.no_grad():
-                return model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=n, min_new_tokens=n,
-                                      do_sample=False, use_cache=True, pad_token_id=0, eos_token_id=None)
+                out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=n, min_new_tokens=n,
+                                     do_sample=False, use_cache=True, pad_token_id=0, eos_token_id=None)
+            if device != "cpu":
+                torch.cuda.synchronize()
+            return out
         return go
 
     out = {}
     tokens = run(new)()  # warm-up, and the tokens to compare
     for n in budgets(new):
         out[n] = median_time(run(n), repeats)
-    return out, tokens[:, ids.shape[1]:].numpy()
+    return out, tokens[:, ids.shape[1]:].cpu().numpy()
 
 
 def main() -> int:
@@ -116,7 +119,8 @@ def main() -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--dtypes", default="float32,bfloat16", help="comma list of float32 / bfloat16")
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads for the peer")
-    p.add_argument("--no_hf", action="store_true", help="skip the transformers peer (e.g. on a GPU box)")
+    p.add_argument("--no_hf", action="store_true", help="skip the transformers peer")
+    p.add_argument("--hf_device", default="cpu", help="torch device of the transformers peer (cuda on a GPU box)")
     p.add_argument("--out", default=str(DEFAULT_OUT))
     args = p.parse_args()
 
@@ -126,7 +130,7 @@ def main() -> int:
         import transformers
 
         torch.set_num_threads(args.threads)
-    bandwidth = measure_read_bandwidth() if jax.default_backend() == "cpu" else None
+    bandwidth = measure_read_bandwidth(1.0 if jax.default_backend() == "cpu" else 8.0)
     results = []
     runs = [(name, dtype) for name in args.presets.split(",") for dtype in args.dtypes.split(",")]
     for name, dtype in runs:
@@ -139,6 +143,7 @@ def main() -> int:
             model = None
             if torch is not None:
                 model = transformers.AutoModelForCausalLM.from_pretrained(tmp, dtype=getattr(torch, dtype)).eval()
+                model = model.to(args.hf_device)
         sampler = Sampler(cfg, params)
         for batch in map(int, args.batches.split(",")):
             rng = np.random.default_rng(batch)
@@ -164,7 +169,7 @@ def main() -> int:
                 row["context_bandwidth_fraction"] = (bytes_per_step(cfg, batch, context, dtype_bytes, cache_bytes) *
                                                      decode_steps_s / bandwidth)
             if model is not None:
-                theirs, hf_tokens = bench_hf(model, torch, prompts, args.new, args.repeats)
+                theirs, hf_tokens = bench_hf(model, torch, prompts, args.new, args.repeats, args.hf_device)
                 hf_steps_s = (args.new - first) / (theirs[args.new] - theirs[first])
                 mine = sampler.generate(prompts, max_new_tokens=args.new).tokens
                 row.update({
@@ -187,6 +192,7 @@ def main() -> int:
         "device": str(jax.devices()[0]), "backend": jax.default_backend(), "cpu_count": os.cpu_count(),
         "platform": platform.platform(), "jax": jax.__version__,
         "torch": None if torch is None else torch.__version__, "torch_threads": args.threads,
+        "hf_device": None if torch is None else args.hf_device,
         "measured_read_bandwidth_gb_s": None if bandwidth is None else bandwidth / 1e9,
         "results": results,
     }
