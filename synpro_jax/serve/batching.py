@@ -49,6 +49,7 @@ class GenRequest:
 class RowResult:
     tokens: list[int]  # generated ids, a final stop id excluded
     finished: bool  # ended on a stop id (False: hit max_tokens)
+    generated: int  # tokens the device produced, a final stop id included (the usage count)
 
 
 class GenerationQueue:
@@ -66,7 +67,7 @@ class GenerationQueue:
                              f"batch_wait_s={batch_wait_s} >= 0")
         self.sampler, self.stop_ids, self.pad_id = sampler, sorted(set(int(i) for i in stop_ids)), int(pad_id)
         self.max_rows, self.max_queued, self.batch_wait_s = max_rows, max_queued, batch_wait_s
-        self.batches: list[tuple[int, int]] = []
+        self.batches: collections.deque[tuple[int, int]] = collections.deque(maxlen=10_000)  # the latest calls
         self.stats: collections.Counter = collections.Counter()
         self._queue: collections.deque[GenRequest] = collections.deque()
         self._cv = threading.Condition()
@@ -125,9 +126,10 @@ class GenerationQueue:
         results = []
         for row, n, fin in zip(np.asarray(out.tokens), np.asarray(out.lengths), np.asarray(out.finished)):
             ids = [int(t) for t in row[:int(n)]]
+            generated = len(ids)
             if fin and ids and ids[-1] in stop:
                 ids = ids[:-1]
-            results.append(RowResult(ids, bool(fin)))
+            results.append(RowResult(ids, bool(fin), generated))
         at = 0
         for r in requests:
             r.future.set_result(results[at:at + len(r.prompts)])

@@ -270,7 +270,10 @@ class Engine:
             raise BadRequest(str(e), status=503) from None
         except ValueError as e:
             raise BadRequest(str(e)) from None
-        results = await asyncio.wrap_future(future)
+        try:
+            results = await asyncio.wrap_future(future)
+        except Exception as e:  # the device call failed: a 500 naming it, the server keeps serving
+            raise BadRequest(f"generation failed: {type(e).__name__}: {e}", status=500) from e
         choices = []
         for i, res in enumerate(results):
             text = self._decode(res.tokens)
@@ -278,7 +281,7 @@ class Engine:
             cut = min((text.find(s) for s in stops if s in text), default=-1)
             if cut >= 0:
                 text, reason = text[:cut], "stop"
-            choices.append((i, text, reason, len(res.tokens)))
+            choices.append((i, text, reason, res.generated))
         usage = {"prompt_tokens": sum(len(p) for p in token_prompts),
                  "completion_tokens": sum(c[3] for c in choices)}
         usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]

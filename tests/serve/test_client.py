@@ -126,7 +126,7 @@ def test_queue_batches_requests_with_equal_knobs_and_keeps_each_rows_stream():
     results = [f.result(10) for f in [first, *later]]
     q.close()
     assert sampler.calls == [(1, 0.0, 0), (3, 0.0, 0), (1, 1.0, 3)]  # the greedy ones together, the hot one alone
-    assert q.batches == [(1, 1), (2, 3), (1, 1)]
+    assert list(q.batches) == [(1, 1), (2, 3), (1, 1)]
     assert [[r.tokens for r in res] for res in results] == [[[0, 4]], [[0, 5], [1, 6]], [[0, 7]], [[0, 8]]]
     assert all(r.finished for res in results for r in res)  # the stop id is dropped from the text
 
@@ -135,4 +135,21 @@ def test_queue_refuses_a_request_larger_than_max_rows():
     q = GenerationQueue(RecordingSampler(), stop_ids=[9], max_rows=2)
     with pytest.raises(ValueError, match="max_rows=2"):
         q.submit(GenRequest([[1]] * 3, [1] * 3, [0, 1, 2], Knobs()))
+    q.close()
+
+
+def test_a_failed_device_call_answers_its_requests_and_the_queue_goes_on():
+    class Flaky(RecordingSampler):
+        def generate(self, prompts, **kw):
+            if not self.calls:
+                self.calls.append("boom")
+                raise RuntimeError("device lost")
+            return super().generate(prompts, **kw)
+
+    sampler = Flaky()
+    sampler.release.set()
+    q = GenerationQueue(sampler, stop_ids=[9], batch_wait_s=0.0)
+    with pytest.raises(RuntimeError, match="device lost"):
+        q.submit(GenRequest([[1]], [2], [0], Knobs())).result(10)
+    assert q.submit(GenRequest([[1]], [2], [0], Knobs())).result(10)[0].tokens == [0, 2]
     q.close()

@@ -42,10 +42,8 @@ def library_greedy(model_dir, sp, text, max_tokens):
     cfg, params = hf.load(model_dir)
     vocab = load_vocabulary(str(sp))
     out = sample(cfg, params, [vocab.encode(text)], max_new_tokens=max_tokens, eos_id=vocab.eos_id)
-    ids = out.completions()[0]
-    if out.finished[0]:
-        ids = ids[:-1]
-    return vocab.decode(ids), len(ids), len(vocab.encode(text))
+    ids = out.completions()[0]  # usage counts a final eos; the text does not hold it
+    return vocab.decode(ids[:-1] if out.finished[0] else ids), len(ids), len(vocab.encode(text))
 
 
 def test_models_lists_the_served_model(server):
