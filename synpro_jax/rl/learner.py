@@ -272,8 +272,9 @@ class GRPOStep:
                             jax.device_put(params, self.param_shardings))
 
     def shard_batch(self, batch: dict) -> Batch:
-        """Check a host batch (the same on every process) and place it on the mesh, rows over the data axes."""
-        check_batch(batch, self.grpo, self.accum_steps)
+        """Check a host batch (the same on every process) and place it on the mesh, rows over the data axes.
+        ``ref_logp`` and ``old_logp`` may be added afterwards (see :meth:`ref_logprobs`)."""
+        check_batch(batch, None, self.accum_steps)
         return {k: jax.device_put(np.asarray(v), self.batch_sharding) for k, v in batch.items()}
 
     def __call__(self, state: TrainState, batch: Batch) -> tuple[TrainState, dict]:
