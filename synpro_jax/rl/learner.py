@@ -277,16 +277,21 @@ class GRPOStep:
         check_batch(batch, None, self.accum_steps)
         return {k: jax.device_put(np.asarray(v), self.batch_sharding) for k, v in batch.items()}
 
+    def place(self, batch: Batch) -> Batch:
+        """``batch`` in the step's batch sharding: a no-op for arrays already there; device arrays laid out
+        otherwise (say, by the sampler's rules) are resharded on device; host arrays are copied over."""
+        return jax.device_put(batch, self.batch_sharding)
+
     def __call__(self, state: TrainState, batch: Batch) -> tuple[TrainState, dict]:
         check_batch(batch, self.grpo, self.accum_steps)
         with jax.set_mesh(self.mesh):
-            return self._step(state, batch)
+            return self._step(state, self.place(batch))
 
     def loss_and_grads(self, params: Any, batch: Batch) -> tuple[dict, Any]:
         """The finalized GRPO terms and the gradient of the loss, without updating anything."""
         check_batch(batch, self.grpo, self.accum_steps)
         with jax.set_mesh(self.mesh):
-            return self._loss_and_grads(params, batch)
+            return self._loss_and_grads(params, self.place(batch))
 
     def logprobs(self, params: Any, batch: Batch) -> jax.Array:
         """[B, C] completion log-probs under ``params`` at the config's temperature (0 off the mask): the
@@ -294,7 +299,7 @@ class GRPOStep:
         check_batch({**{k: batch[k] for k in LOGPROB_KEYS}, "advantages": batch["tokens"][:, 0]},
                     None, self.accum_steps)
         with jax.set_mesh(self.mesh):
-            return self._logprobs(params, {k: batch[k] for k in LOGPROB_KEYS})
+            return self._logprobs(params, self.place({k: batch[k] for k in LOGPROB_KEYS}))
 
     def ref_logprobs(self, ref_params: Any, batch: Batch) -> jax.Array:
         """batch['ref_logp'] from the frozen reference params (the same compiled forward as :meth:`logprobs`)."""

@@ -166,6 +166,10 @@ def test_grpo_steps_on_8_1_1_and_2_2_2_meshes_equal_one_device(params):
         b = step.shard_batch(batch)
         b["ref_logp"] = step.ref_logprobs(ref, b)
         assert b["ref_logp"].sharding.is_equivalent_to(step.batch_sharding, 2)
+        # A batch laid out another way (replicated, as a sampler's rules may leave it) is resharded first.
+        np.testing.assert_array_equal(
+            np.asarray(step.ref_logprobs(ref, jax.device_put(batch, sharding.replicated(mesh)))),
+            np.asarray(b["ref_logp"]))
         history = []
         for _ in range(2):
             state, m = step(state, b)
@@ -200,6 +204,7 @@ def test_positive_advantage_raises_the_completions_logprob(params):
     before = np.asarray(step.logprobs(state.params, b)).sum(axis=1)
     state, metrics = step(state, b)
     after = np.asarray(step.logprobs(state.params, b)).sum(axis=1)
+    np.testing.assert_array_equal(np.asarray(step.logprobs(state.params, batch)).sum(axis=1), after)  # host arrays
     assert after[0] > before[0] + 1e-3, (before, after)
     assert after[1] < before[1] - 1e-3, (before, after)
     assert float(metrics["clip_fraction"]) == 0  # on-policy: every ratio is 1
