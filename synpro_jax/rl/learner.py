@@ -51,11 +51,14 @@ __all__ = ["GRPOStep", "TrainState", "token_logprobs", "check_batch", "grpo_loss
 
 
 def token_logprobs(cfg: ModelConfig, params: Any, tokens: jax.Array, positions: jax.Array,
-                   segment_ids: jax.Array, completion_mask: jax.Array, temperature: float = 1.0) -> jax.Array:
+                   segment_ids: jax.Array, completion_mask: jax.Array, temperature: float = 1.0,
+                   logits_chunk: int | None = None) -> jax.Array:
     """log softmax(logits / temperature) of each completion token, float32 [B, C], 0 where the mask is off.
 
     Only the C hidden states that predict completion tokens go through the output head (the prompt's logits,
-    P x V per row, are never formed).
+    P x V per row, are never formed). With ``logits_chunk`` K (dividing C) the head runs over K completion slots
+    at a time under rematerialization, so neither pass holds more than [B, K, V] logits (a 100k vocabulary
+    makes [B, C, V] the largest tensor of the step).
     """
     b, length = tokens.shape
     c = completion_mask.shape[-1]
@@ -65,10 +68,28 @@ def token_logprobs(cfg: ModelConfig, params: Any, tokens: jax.Array, positions: 
                          "before the completion (the logits at slot P-1 predict completion token 0)")
     hidden = models.forward(cfg, params, tokens, positions=positions, segment_ids=segment_ids, return_hidden=True)
     hidden = hidden[:, p - 1:length - 1]
-    logits = unembed(cfg, params["lm_head"], hidden) / jnp.float32(temperature)
-    logits = sharding.constrain(logits, ("batch", "length", "vocab"))
-    nll, _ = models.token_nll(logits, tokens[:, p:])
-    return jnp.where(completion_mask.astype(bool), -nll, 0.0)
+    targets = tokens[:, p:]
+    head = params["lm_head"]
+
+    def chunk_logp(h, t):
+        logits = unembed(cfg, head, h) / jnp.float32(temperature)
+        logits = sharding.constrain(logits, ("batch", "length", "vocab"))
+        return -models.token_nll(logits, t)[0]
+
+    if logits_chunk is None or logits_chunk >= c:
+        logp = chunk_logp(hidden, targets)
+    else:
+        if logits_chunk < 1 or c % logits_chunk:
+            raise ValueError(f"GRPOStep.logits_chunk={logits_chunk}: must be >= 1 and divide the {c} completion "
+                             "slots")
+        n = c // logits_chunk
+
+        def to_chunks(x):  # [B, C, ...] -> [n, B, K, ...]
+            return x.reshape((b, n, logits_chunk) + x.shape[2:]).swapaxes(0, 1)
+
+        out = jax.lax.map(jax.checkpoint(lambda ht: chunk_logp(*ht)), (to_chunks(hidden), to_chunks(targets)))
+        logp = out.swapaxes(0, 1).reshape(b, c)
+    return jnp.where(completion_mask.astype(bool), logp, 0.0)
 
 
 def check_batch(batch: dict, grpo_cfg: GRPOConfig | None = None, accum_steps: int = 1) -> None:
@@ -115,11 +136,11 @@ def _unsplit(x: jax.Array) -> jax.Array:
 
 
 def batch_logprobs(cfg: ModelConfig, params: Any, batch: Batch, *, temperature: float,
-                   accum_steps: int = 1) -> jax.Array:
+                   accum_steps: int = 1, logits_chunk: int | None = None) -> jax.Array:
     """:func:`token_logprobs` of a batch, in ``accum_steps`` sequential micro-batches (bounds the logits' memory)."""
     def one(b):
         return token_logprobs(cfg, params, b["tokens"], b["positions"], b["segment_ids"], b["completion_mask"],
-                              temperature)
+                              temperature, logits_chunk)
 
     sub = {k: batch[k] for k in LOGPROB_KEYS}
     if accum_steps == 1:
@@ -128,7 +149,8 @@ def batch_logprobs(cfg: ModelConfig, params: Any, batch: Batch, *, temperature: 
 
 
 def grpo_loss_and_grads(cfg: ModelConfig, grpo_cfg: GRPOConfig, params: Any, batch: Batch, *,
-                        accum_steps: int = 1) -> tuple[dict[str, grpo.Pair], jax.Array, Any]:
+                        accum_steps: int = 1, logits_chunk: int | None = None
+                        ) -> tuple[dict[str, grpo.Pair], jax.Array, Any]:
     """The batch's GRPO terms as (sum, denominator) pairs, the loss denominator D of the whole batch, and the
     gradient of loss_sum / D, accumulated over ``accum_steps`` micro-batches."""
     denom = grpo.loss_denominator(batch["completion_mask"], grpo_cfg)
@@ -136,7 +158,7 @@ def grpo_loss_and_grads(cfg: ModelConfig, grpo_cfg: GRPOConfig, params: Any, bat
 
     def objective(p, mb):
         logp = token_logprobs(cfg, p, mb["tokens"], mb["positions"], mb["segment_ids"], mb["completion_mask"],
-                              grpo_cfg.temperature)
+                              grpo_cfg.temperature, logits_chunk)
         terms = grpo.grpo_loss_terms(logp, mb.get("old_logp"), mb.get("ref_logp"), mb["advantages"],
                                      mb["completion_mask"], grpo_cfg)
         return terms["loss"][0] * scale, terms
@@ -163,9 +185,10 @@ def grpo_loss_and_grads(cfg: ModelConfig, grpo_cfg: GRPOConfig, params: Any, bat
 
 def grpo_step(cfg: ModelConfig, grpo_cfg: GRPOConfig, optimizer: optax.GradientTransformation,
               schedule: optax.Schedule, state: TrainState, batch: Batch, *,
-              accum_steps: int) -> tuple[TrainState, dict]:
+              accum_steps: int, logits_chunk: int | None = None) -> tuple[TrainState, dict]:
     """One GRPO update: accumulated gradients, then the optimizer (global-norm clip + AdamW) and metrics."""
-    terms, denom, grads = grpo_loss_and_grads(cfg, grpo_cfg, state.params, batch, accum_steps=accum_steps)
+    terms, denom, grads = grpo_loss_and_grads(cfg, grpo_cfg, state.params, batch, accum_steps=accum_steps,
+                                              logits_chunk=logits_chunk)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = grpo.finalize(terms)
@@ -199,12 +222,15 @@ class GRPOStep:
     opt_cfg: OptimizerConfig | None = None
     total_steps: int | None = None
     accum_steps: int = 1
+    logits_chunk: int | None = None  # completion slots per output-head pass (None: all at once)
     rules: sharding.Rules = sharding.DEFAULT_RULES
     donate: bool = True
 
     def __post_init__(self):
         if not isinstance(self.accum_steps, int) or self.accum_steps < 1:
             raise ValueError(f"GRPOStep.accum_steps={self.accum_steps!r}: must be an int >= 1")
+        if self.logits_chunk is not None and (not isinstance(self.logits_chunk, int) or self.logits_chunk < 1):
+            raise ValueError(f"GRPOStep.logits_chunk={self.logits_chunk!r}: must be an int >= 1, or None")
         if self.opt_cfg is None:
             if self.total_steps is None:
                 raise ValueError("GRPOStep: give total_steps (for GRPOConfig.optimizer_config's schedule) or opt_cfg")
@@ -220,7 +246,7 @@ class GRPOStep:
         def step_fn(state, batch):
             with sharding.use_rules(self.rules):
                 return grpo_step(self.cfg, self.grpo, self.optimizer, self.schedule, state, batch,
-                                 accum_steps=self.accum_steps)
+                                 accum_steps=self.accum_steps, logits_chunk=self.logits_chunk)
 
         self._step = jax.jit(step_fn, in_shardings=(self.state_shardings, self.batch_sharding),
                              out_shardings=(self.state_shardings, rep),
@@ -229,7 +255,8 @@ class GRPOStep:
         def grads_fn(params, batch):
             with sharding.use_rules(self.rules):
                 terms, denom, grads = grpo_loss_and_grads(self.cfg, self.grpo, params, batch,
-                                                          accum_steps=self.accum_steps)
+                                                          accum_steps=self.accum_steps,
+                                                          logits_chunk=self.logits_chunk)
                 return grpo.finalize(terms), grads
 
         self._loss_and_grads = jax.jit(grads_fn, in_shardings=(self.param_shardings, self.batch_sharding),
@@ -238,7 +265,7 @@ class GRPOStep:
         def logprobs_fn(params, batch):
             with sharding.use_rules(self.rules):
                 return batch_logprobs(self.cfg, params, batch, temperature=self.grpo.temperature,
-                                      accum_steps=self.accum_steps)
+                                      accum_steps=self.accum_steps, logits_chunk=self.logits_chunk)
 
         # One executable for the reference and the actor (same shapes, same shardings).
         self._logprobs = jax.jit(logprobs_fn, in_shardings=(self.param_shardings, self.batch_sharding),

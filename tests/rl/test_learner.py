@@ -54,11 +54,11 @@ def grpo_cfg(**kw):
     return GRPOConfig(**base)
 
 
-def make_step(mesh, gcfg, accum_steps=1, **opt):
+def make_step(mesh, gcfg, accum_steps=1, logits_chunk=None):
     # eps=1: Adam's first update is lr * g / (|g| + 1), which follows the gradient's size, not just its sign,
     # so comparing params after a step compares gradients.
-    opt_cfg = gcfg.optimizer_config(10, warmup_steps=0, eps=opt.pop("eps", 1.0), **opt)
-    return GRPOStep(CFG, mesh, gcfg, opt_cfg, accum_steps=accum_steps)
+    opt_cfg = gcfg.optimizer_config(10, warmup_steps=0, eps=1.0)
+    return GRPOStep(CFG, mesh, gcfg, opt_cfg, accum_steps=accum_steps, logits_chunk=logits_chunk)
 
 
 def host(tree):
@@ -111,6 +111,23 @@ def test_token_logprobs_match_numpy_log_softmax_with_left_padding(params):
     np.testing.assert_allclose(alone[0], got[row], atol=1e-5, rtol=0)
 
 
+def test_chunked_output_head_gives_the_same_logprobs_and_gradients(params):
+    batch = make_batch(b=4, p=8, c=8, seed=5)
+    args = tuple(batch[k] for k in ("tokens", "positions", "segment_ids", "completion_mask"))
+
+    def total(p, chunk):
+        logp = token_logprobs(CFG, p, *args, 0.8, chunk)
+        return jnp.sum(logp * jnp.asarray(batch["advantages"])[:, None]), logp
+
+    (v_all, lp_all), g_all = jax.jit(jax.value_and_grad(lambda p: total(p, None), has_aux=True))(params)
+    (v_chunk, lp_chunk), g_chunk = jax.jit(jax.value_and_grad(lambda p: total(p, 2), has_aux=True))(params)
+    np.testing.assert_allclose(np.asarray(lp_chunk), np.asarray(lp_all), atol=1e-5, rtol=0)
+    assert np.any(np.asarray(lp_all) != 0)
+    assert_trees_close(g_chunk, g_all, atol=1e-6, rtol=1e-5)
+    with pytest.raises(ValueError, match="logits_chunk=3"):
+        token_logprobs(CFG, params, *args, 1.0, 3)
+
+
 def test_token_logprobs_need_a_prompt_slot(params):
     b = make_batch(b=2, p=4, c=4)
     with pytest.raises(ValueError, match="at least one prompt slot"):
@@ -160,7 +177,7 @@ def test_grpo_steps_on_8_1_1_and_2_2_2_meshes_equal_one_device(params):
     for shape in ((1, 1, 1), (8, 1, 1), (2, 2, 2)):
         n = int(np.prod(shape))
         mesh = sharding.make_mesh(sharding.MeshConfig(*shape), devices=jax.devices()[:n])
-        step = make_step(mesh, gcfg, accum_steps=2)
+        step = make_step(mesh, gcfg, accum_steps=2, logits_chunk=4)
         state = step.init(jax.random.key(0), params)
         ref = step.copy_params(state.params)  # the frozen reference: must survive the donated steps
         b = step.shard_batch(batch)
@@ -233,5 +250,7 @@ def test_bad_batches_are_named():
         check_batch({**batch, "rewards": np.zeros(4)}, gcfg)
     with pytest.raises(ValueError, match="total_steps"):
         GRPOStep(CFG, sharding.single_device_mesh(), gcfg)
+    with pytest.raises(ValueError, match="GRPOStep.logits_chunk"):
+        GRPOStep(CFG, sharding.single_device_mesh(), gcfg, total_steps=10, logits_chunk=0)
     with pytest.raises(ValueError, match="GRPOStep.accum_steps"):
         GRPOStep(CFG, sharding.single_device_mesh(), gcfg, total_steps=10, accum_steps=0)
