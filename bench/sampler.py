@@ -69,7 +69,7 @@ def bytes_per_step(cfg, batch: int, context: float, weight_bytes: int, cache_byt
 def mean_slots_read(prompt: int, first: int, new: int) -> float:
     """Mean KV slots a decode step attends over the timed steps [first, new): its window, prompt slots included."""
     prompt_slots = sampler_lib.bucket(prompt, sampler_lib.MIN_PROMPT_BUCKET)
-    ends = sampler_lib.decode_windows(sampler_lib.bucket(new, sampler_lib.MIN_NEW_BUCKET))
+    ends = sampler_lib.decode_windows(sampler_lib.bucket(new, sampler_lib.MIN_NEW_BUCKET), prompt_slots)
     return float(np.mean([prompt_slots + next(e for e in ends if t < e) for t in range(first, new)]))
 
 

@@ -117,10 +117,12 @@ def _host(x) -> np.ndarray:
     return np.asarray(x)
 
 
-def decode_windows(new_slots: int, first: int = MIN_NEW_BUCKET) -> list[int]:
+def decode_windows(new_slots: int, prompt_slots: int = 0) -> list[int]:
     """Ends of the decode phases over ``new_slots`` steps: steps [previous end, end) attend the prompt slots plus
-    the first ``end`` completion slots. Doubling ends keep the slots read within 2x of the filled ones (plus the
-    first phase) while compiling only log2(new_slots / first) + 1 loop bodies."""
+    the first ``end`` completion slots. The first phase ends at max(16, prompt_slots / 4) (a power of two) and the
+    ends double after it, so a step reads under 2x its filled slots (1.25x in the first phase) while compiling
+    only a few loop bodies: log2(new_slots / first end) + 1."""
+    first = bucket(max(MIN_NEW_BUCKET, prompt_slots // 4))
     ends = [min(first, new_slots)]
     while ends[-1] < new_slots:
         ends.append(min(2 * ends[-1], new_slots))
@@ -191,7 +193,7 @@ def _decode(cfg: ModelConfig, params, cache, logits, prompt_lengths, budgets, st
     )
     # Phase by phase the window grows with the filled slots (step t fills slot prompt_slots + t); a phase
     # whose rows are all done exits at once.
-    for end in decode_windows(new_slots):
+    for end in decode_windows(new_slots, prompt_slots):
         state = jax.lax.while_loop(functools.partial(cond, end), functools.partial(body, prompt_slots + end), state)
     _, cache, _, tokens, logprobs, _, lengths, finished = state
     # The cache goes back out so the donated input buffer is the loop's in-place storage.

@@ -137,6 +137,8 @@ def test_decode_windows_follow_the_filled_slots(tiny):
     cfg, params = tiny
     assert sampler_lib.decode_windows(16) == [16]
     assert sampler_lib.decode_windows(128) == [16, 32, 64, 128]
+    assert sampler_lib.decode_windows(128, prompt_slots=256) == [64, 128]  # long prompts: fewer phases
+    assert sampler_lib.decode_windows(8, prompt_slots=1024) == [8]
     s = Sampler(cfg, params)
     b, p, n = 2, 16, 64
     cache = models.init_cache(cfg, jnp.ones((b, p + n), jnp.int32), jnp.float32)
