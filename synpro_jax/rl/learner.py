@@ -186,7 +186,12 @@ def grpo_loss_and_grads(cfg: ModelConfig, grpo_cfg: GRPOConfig, params: Any, bat
 def grpo_step(cfg: ModelConfig, grpo_cfg: GRPOConfig, optimizer: optax.GradientTransformation,
               schedule: optax.Schedule, state: TrainState, batch: Batch, *,
               accum_steps: int, logits_chunk: int | None = None) -> tuple[TrainState, dict]:
-    """One GRPO update: accumulated gradients, then the optimizer (global-norm clip + AdamW) and metrics."""
+    """One GRPO update: accumulated gradients, then the optimizer (global-norm clip + AdamW) and metrics.
+
+    Metrics (replicated scalars): ``loss``, ``policy_loss`` (aggregated as ``loss_agg_mode``), ``kl`` (token mean;
+    only with ref_logp), ``clip_fraction`` (token share where the clipped term is active), ``grad_norm`` (before
+    clipping), ``param_norm``, ``learning_rate`` (of this update), ``completion_tokens`` and ``loss_denominator``.
+    """
     terms, denom, grads = grpo_loss_and_grads(cfg, grpo_cfg, state.params, batch, accum_steps=accum_steps,
                                               logits_chunk=logits_chunk)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)

@@ -218,6 +218,14 @@ def test_positive_advantage_raises_the_completions_logprob(params):
     batch["advantages"] = np.array([1.0, -1.0], np.float32)
     b = step.shard_batch(batch)
     state = step.init(jax.random.key(0), params)
+
+    # First a batch with no completion token at all: zero loss and gradient, finite metrics, params unchanged.
+    empty = {**batch, "completion_mask": np.zeros_like(batch["completion_mask"])}
+    state, metrics = step(state, step.shard_batch(empty))
+    assert float(metrics["loss"]) == 0 and float(metrics["grad_norm"]) == 0
+    assert all(np.isfinite(float(v)) for v in metrics.values())
+    assert_trees_close(host(state.params), params, atol=0, rtol=0)
+
     before = np.asarray(step.logprobs(state.params, b)).sum(axis=1)
     state, metrics = step(state, b)
     after = np.asarray(step.logprobs(state.params, b)).sum(axis=1)
@@ -225,7 +233,7 @@ def test_positive_advantage_raises_the_completions_logprob(params):
     assert after[0] > before[0] + 1e-3, (before, after)
     assert after[1] < before[1] - 1e-3, (before, after)
     assert float(metrics["clip_fraction"]) == 0  # on-policy: every ratio is 1
-    assert int(state.step) == 1
+    assert int(state.step) == 2
 
 
 # ------------------------------------------------------------------------------------------------------ errors
