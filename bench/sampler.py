@@ -73,6 +73,28 @@ def mean_slots_read(prompt: int, first: int, new: int) -> float:
     return float(np.mean([prompt_slots + next(e for e in ends if t < e) for t in range(first, new)]))
 
 
+def bench_rollout(sampler, cfg, prompts: int, groups: int, prompt: int, new: int, repeats: int) -> dict:
+    """GRPO-shaped rollouts: ``prompts`` prompts x ``groups`` generations, one shared prefill per prompt
+    (Sampler.rollout, device-resident batch) against the prompts written out ``groups`` times (Sampler.generate)."""
+    rng = np.random.default_rng(0)
+    unique = rng.integers(1, cfg.vocab_size, size=(prompts, prompt)).tolist()
+    written_out = [p for p in unique for _ in range(groups)]
+    kw = dict(max_new_tokens=new, temperature=1.0, top_p=0.9, seed=0)
+
+    def shared():
+        jax.block_until_ready(sampler.rollout(unique, num_generations=groups, **kw))
+
+    def plain():
+        sampler.generate(written_out, **kw)
+
+    shared(), plain()  # compile
+    t_shared, t_plain = median_time(shared, repeats), median_time(plain, repeats)
+    rows = prompts * groups
+    return {"prompts": prompts, "num_generations": groups, "prompt_tokens": prompt, "new_tokens": new,
+            "shared_prefill_seconds": t_shared, "written_out_seconds": t_plain,
+            "shared_tokens_per_s": rows * new / t_shared, "shared_prefill_speedup": t_plain / t_shared}
+
+
 def budgets(new: int) -> tuple[int, int]:
     return new * 5 // 8, new
 
@@ -121,6 +143,8 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads for the peer")
     p.add_argument("--no_hf", action="store_true", help="skip the transformers peer")
     p.add_argument("--hf_device", default="cpu", help="torch device of the transformers peer (cuda on a GPU box)")
+    p.add_argument("--rollout", default="", help="also time GRPO rollouts: PROMPTS,G,PROMPT_TOKENS,NEW_TOKENS "
+                                                   "(shared prefill vs prompts written out), e.g. 4,8,512,256")
     p.add_argument("--out", default=str(DEFAULT_OUT))
     args = p.parse_args()
 
@@ -131,7 +155,7 @@ def main() -> int:
 
         torch.set_num_threads(args.threads)
     bandwidth = measure_read_bandwidth(1.0 if jax.default_backend() == "cpu" else 8.0)
-    results = []
+    results, rollouts = [], []
     runs = [(name, dtype) for name in args.presets.split(",") for dtype in args.dtypes.split(",")]
     for name, dtype in runs:
         dtype_bytes = 2 if dtype == "bfloat16" else 4
@@ -145,7 +169,12 @@ def main() -> int:
                 model = transformers.AutoModelForCausalLM.from_pretrained(tmp, dtype=getattr(torch, dtype)).eval()
                 model = model.to(args.hf_device)
         sampler = Sampler(cfg, params)
-        for batch in map(int, args.batches.split(",")):
+        if args.rollout:
+            n, g, plen, new = map(int, args.rollout.split(","))
+            row = {"preset": name, "dtype": dtype, **bench_rollout(sampler, cfg, n, g, plen, new, args.repeats)}
+            print(row, flush=True)
+            rollouts.append(row)
+        for batch in [int(b) for b in args.batches.split(",") if b]:
             rng = np.random.default_rng(batch)
             prompts = rng.integers(1, cfg.vocab_size, size=(batch, args.prompt)).tolist()
             ours = bench_ours(sampler, prompts, args.new, args.repeats)
@@ -196,6 +225,8 @@ def main() -> int:
         "measured_read_bandwidth_gb_s": None if bandwidth is None else bandwidth / 1e9,
         "results": results,
     }
+    if rollouts:
+        report["rollouts"] = rollouts
     write_report(report, args.out)
     return 0
 
