@@ -40,7 +40,7 @@ from synpro_jax.models.olmo import unembed
 from synpro_jax.rl import grpo
 from synpro_jax.rl.config import GRPOConfig
 from synpro_jax.train.optimizer import OptimizerConfig, make_optimizer, make_schedule
-from synpro_jax.train.step import TrainState
+from synpro_jax.train.step import TrainState, init_state, state_shardings
 
 Batch = dict[str, jax.Array]
 REQUIRED_KEYS = ("tokens", "positions", "segment_ids", "completion_mask", "advantages")
@@ -277,25 +277,11 @@ class GRPOStep:
                                  out_shardings=self.batch_sharding)
 
     def _state_shardings(self) -> TrainState:
-        abstract = models.abstract_params(self.cfg)
-        abstract_opt = jax.eval_shape(self.optimizer.init, abstract)
-        rep = sharding.replicated(self.mesh)
-        opt = optax.tree_map_params(self.optimizer, lambda _, s: s, abstract_opt, self.param_shardings,
-                                    transform_non_params=lambda _: rep)
-        return TrainState(step=rep, params=self.param_shardings, opt_state=opt)
+        return state_shardings(self.cfg, self.mesh, self.optimizer, self.param_shardings)
 
     def init(self, rng: jax.Array, params: Any | None = None) -> TrainState:
         """A fresh state (random params, or ``params`` such as the generator's), laid out on the mesh."""
-
-        def make(r, p):
-            p = models.random_params(self.cfg, r) if p is None else p
-            p = jax.tree.map(lambda x: x.astype(jnp.float32), p)
-            return TrainState(jnp.zeros((), jnp.int32), p, self.optimizer.init(p))
-
-        if params is None:
-            return jax.jit(lambda r: make(r, None), out_shardings=self.state_shardings)(rng)
-        params = jax.device_put(params, self.param_shardings)
-        return jax.jit(make, out_shardings=self.state_shardings)(rng, params)
+        return init_state(self.cfg, self.optimizer, self.state_shardings, rng, params)
 
     def copy_params(self, params: Any) -> Any:
         """A separate copy of ``params`` in the step's shardings (e.g. the frozen reference: the actor's buffers

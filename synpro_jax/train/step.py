@@ -112,6 +112,30 @@ def train_step(cfg: ModelConfig, optimizer: optax.GradientTransformation, schedu
     return TrainState(state.step + 1, params, opt_state), metrics
 
 
+def state_shardings(cfg: ModelConfig, mesh, optimizer, param_shardings) -> TrainState:
+    """Where a (params, AdamW state) TrainState lives: moments follow their params, counts are replicated."""
+    abstract_opt = jax.eval_shape(optimizer.init, models.abstract_params(cfg))
+    rep = sharding.replicated(mesh)
+    opt = optax.tree_map_params(optimizer, lambda _, s: s, abstract_opt, param_shardings,
+                                transform_non_params=lambda _: rep)
+    return TrainState(step=rep, params=param_shardings, opt_state=opt)
+
+
+def init_state(cfg: ModelConfig, optimizer, shardings: TrainState, rng: jax.Array,
+               params: Any | None = None) -> TrainState:
+    """A fresh state (random params, or float32 copies of ``params``), created directly in its shards."""
+
+    def make(r, p):
+        p = models.random_params(cfg, r) if p is None else p
+        p = jax.tree.map(lambda x: x.astype(jnp.float32), p)
+        return TrainState(jnp.zeros((), jnp.int32), p, optimizer.init(p))
+
+    if params is None:
+        return jax.jit(lambda r: make(r, None), out_shardings=shardings)(rng)
+    params = jax.device_put(params, shardings.params)
+    return jax.jit(make, out_shardings=shardings)(rng, params)
+
+
 @dataclasses.dataclass
 class TrainStep:
     """A jitted, sharded train step for one model on one mesh.
@@ -164,25 +188,11 @@ class TrainStep:
         )
 
     def _state_shardings(self) -> TrainState:
-        abstract = models.abstract_params(self.cfg)
-        abstract_opt = jax.eval_shape(self.optimizer.init, abstract)
-        rep = sharding.replicated(self.mesh)
-        opt = optax.tree_map_params(self.optimizer, lambda _, s: s, abstract_opt, self.param_shardings,
-                                    transform_non_params=lambda _: rep)
-        return TrainState(step=rep, params=self.param_shardings, opt_state=opt)
+        return state_shardings(self.cfg, self.mesh, self.optimizer, self.param_shardings)
 
     def init(self, rng: jax.Array, params: Any | None = None) -> TrainState:
         """A fresh state (random params, or ``params`` such as an imported checkpoint), laid out on the mesh."""
-
-        def make(r, p):
-            p = models.random_params(self.cfg, r) if p is None else p
-            p = jax.tree.map(lambda x: x.astype(jnp.float32), p)
-            return TrainState(jnp.zeros((), jnp.int32), p, self.optimizer.init(p))
-
-        if params is None:
-            return jax.jit(lambda r: make(r, None), out_shardings=self.state_shardings)(rng)
-        params = jax.device_put(params, self.param_shardings)
-        return jax.jit(make, out_shardings=self.state_shardings)(rng, params)
+        return init_state(self.cfg, self.optimizer, self.state_shardings, rng, params)
 
     def shard_batch(self, batch: dict) -> Batch:
         """Place a host batch (the same on every process) on the mesh, batch over the data axes."""
