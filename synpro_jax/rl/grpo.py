@@ -22,6 +22,7 @@ from typing import Callable, Mapping
 import jax
 import jax.numpy as jnp
 
+from synpro_jax.registry import Registry
 from synpro_jax.rl.config import KL_LOSS_MODES, LOSS_AGG_MODES, SCALE_REWARDS, GRPOConfig
 
 Pair = tuple[jax.Array, jax.Array]  # (sum, denominator)
@@ -36,21 +37,16 @@ def _float(x) -> jax.Array:
 # --------------------------------------------------------------------------------------------------- advantages
 
 AdvantageFn = Callable[..., jax.Array]  # (rewards [N], num_generations, *, scale_rewards, eps, ddof) -> [N]
-_ADVANTAGES: dict[str, AdvantageFn] = {}
+_ADVANTAGES: Registry[AdvantageFn] = Registry("advantage estimator")
 
 
 def register_advantage(name: str):
     """Register ``fn(rewards, num_generations, *, scale_rewards, eps, ddof) -> advantages`` under ``name``."""
-    def wrap(fn):
-        if name in _ADVANTAGES and _ADVANTAGES[name] is not fn:
-            raise ValueError(f"advantage estimator {name!r} is already registered")
-        _ADVANTAGES[name] = fn
-        return fn
-    return wrap
+    return _ADVANTAGES.register(name)
 
 
 def registered_advantages() -> list[str]:
-    return sorted(_ADVANTAGES)
+    return _ADVANTAGES.names()
 
 
 def _groups(rewards, num_generations: int) -> jax.Array:
@@ -104,8 +100,8 @@ def rloo_advantages(rewards, num_generations: int, *, scale_rewards: str = "none
 def compute_advantages(rewards, cfg: GRPOConfig, ddof: int = 1) -> jax.Array:
     """The configured estimator on the weighted reward total of each completion ([N], groups contiguous). Pass
     the rewards of the whole step (all hosts): "batch" scaling takes its std over everything it is given."""
-    return _ADVANTAGES[cfg.advantage_estimator](rewards, cfg.num_generations, scale_rewards=cfg.scale_rewards,
-                                                eps=cfg.advantage_eps, ddof=ddof)
+    estimator = _ADVANTAGES.get(cfg.advantage_estimator)
+    return estimator(rewards, cfg.num_generations, scale_rewards=cfg.scale_rewards, eps=cfg.advantage_eps, ddof=ddof)
 
 
 # ------------------------------------------------------------------------------------------------- KL estimators
@@ -126,21 +122,16 @@ def kl_per_token(logp, ref_logp, mode: str = "k3") -> jax.Array:
 # ------------------------------------------------------------------------------------------------- policy losses
 
 PolicyLossFn = Callable[..., tuple[jax.Array, jax.Array]]
-_POLICY_LOSSES: dict[str, PolicyLossFn] = {}
+_POLICY_LOSSES: Registry[PolicyLossFn] = Registry("policy loss")
 
 
 def register_policy_loss(name: str):
     """Register ``fn(logp, old_logp, advantages [N], cfg) -> (per_token_loss [N, T], clipped [N, T] bool)``."""
-    def wrap(fn):
-        if name in _POLICY_LOSSES and _POLICY_LOSSES[name] is not fn:
-            raise ValueError(f"policy loss {name!r} is already registered")
-        _POLICY_LOSSES[name] = fn
-        return fn
-    return wrap
+    return _POLICY_LOSSES.register(name)
 
 
 def registered_policy_losses() -> list[str]:
-    return sorted(_POLICY_LOSSES)
+    return _POLICY_LOSSES.names()
 
 
 def clipped_policy_loss(logp, old_logp, advantages, epsilon: float = 0.2,
@@ -215,7 +206,7 @@ def grpo_loss_terms(logp, old_logp, ref_logp, advantages, completion_mask, cfg: 
     # through the gradient of exp().
     logp = jnp.where(m, _float(logp), 0.0)
     old_logp = jax.lax.stop_gradient(logp) if old_logp is None else jnp.where(m, _float(old_logp), 0.0)
-    pg, clipped = _POLICY_LOSSES[cfg.policy_loss_fn](logp, old_logp, advantages, cfg)
+    pg, clipped = _POLICY_LOSSES.get(cfg.policy_loss_fn)(logp, old_logp, advantages, cfg)
     per_token = pg
     terms: dict[str, Pair] = {}
     tokens = jnp.sum(m.astype(pg.dtype))

@@ -13,6 +13,8 @@ from typing import Callable, Mapping, Protocol, Sequence
 
 import numpy as np
 
+from synpro_jax.registry import Registry
+
 log = logging.getLogger(__name__)
 
 OPERATIONS = ("rephrase", "reformat")
@@ -50,24 +52,17 @@ class Reward(Protocol):
         ...
 
 
-_REGISTRY: dict[str, Callable[..., Reward]] = {}
+_REGISTRY: Registry[Callable[..., Reward]] = Registry("reward")
 
 
 def register_reward(name: str):
     """Register a reward factory (a class or function returning a Reward) under ``name``."""
-    def wrap(factory):
-        if name in _REGISTRY and _REGISTRY[name] is not factory:
-            raise ValueError(f"reward {name!r} is already registered")
-        _REGISTRY[name] = factory
-        return factory
-    return wrap
+    return _REGISTRY.register(name)
 
 
 def reward_factory(name: str) -> Callable[..., Reward]:
     """The factory registered under ``name`` (to inspect what it takes before building it)."""
-    if name not in _REGISTRY:
-        raise KeyError(f"no reward {name!r}; registered: {sorted(_REGISTRY)}")
-    return _REGISTRY[name]
+    return _REGISTRY.get(name)
 
 
 def make_reward(name: str, **kwargs) -> Reward:
@@ -75,7 +70,7 @@ def make_reward(name: str, **kwargs) -> Reward:
 
 
 def registered_rewards() -> list[str]:
-    return sorted(_REGISTRY)
+    return _REGISTRY.names()
 
 
 @dataclasses.dataclass(frozen=True)
