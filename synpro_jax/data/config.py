@@ -80,9 +80,7 @@ class DataConfig:
             raise ValueError("DataConfig.organic: give at least one organic source")
         object.__setattr__(self, "organic", organic)
         synthetic = self.synthetic
-        if isinstance(synthetic, (SyntheticShards, Mapping)) or (
-                isinstance(synthetic, (tuple, list)) and len(synthetic) == 3 and isinstance(synthetic[0], str)
-                and not isinstance(synthetic[1], str | tuple | list)):
+        if isinstance(synthetic, (SyntheticShards, Mapping)):
             synthetic = (synthetic,)  # one entry given bare
         synthetic = tuple(SyntheticShards.of(s) for s in (synthetic or ()))
         names = [s.short_name for s in synthetic]

@@ -17,6 +17,7 @@ from synpro_jax.data import tasks as tasks_lib
 from synpro_jax.data.budget import data_bound_budget, split_validation
 from synpro_jax.data.config import DataConfig
 from synpro_jax.data.corpus import TokenizedCorpus, build_corpus, unigram_entropy
+from synpro_jax.data.mixture import resolve_rates
 from synpro_jax.data.packing import PackedStream
 from synpro_jax.data.vocab import resolve_vocabulary
 
@@ -101,8 +102,6 @@ def build_streams(cfg: DataConfig, seq_len: int, progress: bool = True) -> Strea
                              f"({reports[name]})")
         tasks_lib.register_corpus_task(name, {"train": corpus}, vocab)
         corpora[name], short[name] = corpus, shards.short_name
-
-    from synpro_jax.data.mixture import resolve_rates
 
     rates = resolve_rates(cfg.mixing, {n: c.num_tokens for n, c in corpora.items()}, short)
     mix = tasks_lib.mixture_name(cfg.corpus)
