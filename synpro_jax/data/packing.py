@@ -19,6 +19,9 @@ import numpy as np
 from synpro_jax.data.corpus import TokenizedCorpus
 
 
+TRAINING_FEATURES = ("inputs", "targets", "segment_ids", "positions", "loss_mask")  # Rows.training_batch()
+
+
 @dataclasses.dataclass(frozen=True)
 class Rows:
     tokens: np.ndarray  # [N, L] int32

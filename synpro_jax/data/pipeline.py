@@ -13,7 +13,7 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding
 
-ROW_FEATURES = ("inputs", "targets", "segment_ids", "positions", "loss_mask")
+from synpro_jax.data.packing import TRAINING_FEATURES
 
 
 @dataclasses.dataclass
@@ -99,7 +99,7 @@ class TrainBatches:
         """(this host's rows of ``step`` as training features, host info: source stream and epoch of each row)."""
         if self.reads_seqio:
             rows = self._seqio_rows(step)
-            return {k: rows[k] for k in ROW_FEATURES}, {"stream": rows["task"], "epochs": rows["epoch"]}
+            return {k: rows[k] for k in TRAINING_FEATURES}, {"stream": rows["task"], "epochs": rows["epoch"]}
         indices = self.host_row_indices(step)
         out = self.stream.rows(indices)
         rows, which = out if isinstance(out, tuple) else (out, None)

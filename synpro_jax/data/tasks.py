@@ -28,15 +28,13 @@ import tensorflow as tf  # noqa: E402
 from synpro_jax.data import sources as sources_lib  # noqa: E402
 from synpro_jax.data.corpus import TokenizedCorpus  # noqa: E402
 from synpro_jax.data.mixture import MixedStream  # noqa: E402
-from synpro_jax.data.packing import PackedStream  # noqa: E402
+from synpro_jax.data.packing import TRAINING_FEATURES, PackedStream  # noqa: E402
 
 log = logging.getLogger(__name__)
 
 # task name -> a function that opens its document reader, so tools and tests can read a task's documents
 # without a tf.data round trip.
 _READERS: dict[str, Callable[[], object]] = {}
-
-ROW_FEATURES = ("inputs", "targets", "segment_ids", "positions", "loss_mask")
 
 
 def organic_task_name(corpus: str) -> str:
@@ -201,14 +199,14 @@ class PackedMixture(seqio.Mixture):
             with self._lock:
                 rows, which = stream.rows(local * num_shards + index)
             batch = rows.training_batch()
-            return (*(batch[f] for f in ROW_FEATURES), which.astype(np.int32), rows.epochs.astype(np.int32))
+            return (*(batch[f] for f in TRAINING_FEATURES), which.astype(np.int32), rows.epochs.astype(np.int32))
 
         types = [tf.int32, tf.int32, tf.int32, tf.int32, tf.float32, tf.int32, tf.int32]
 
         def build(c):
             out = tf.numpy_function(chunk, [c], types, stateful=False)
-            feats = dict(zip(ROW_FEATURES + ("task", "epoch"), out))
-            for f in ROW_FEATURES:
+            feats = dict(zip(TRAINING_FEATURES + ("task", "epoch"), out))
+            for f in TRAINING_FEATURES:
                 feats[f].set_shape([k, seq_len])
             feats["task"].set_shape([k])
             feats["epoch"].set_shape([k])
