@@ -164,6 +164,17 @@ def cmd_synthesize(args, extra: list[str]) -> int:
     return 0
 
 
+def cmd_grpo(args, extra: list[str]) -> int:
+    if not _gin_stage(args, extra, "grpo", "gin/experiments/cpu_grpo_rephrase.gin"):
+        return 2
+    from synpro_jax import configs
+    from synpro_jax.rl.trainer import EXIT_PREEMPTED
+
+    summary = configs.grpo()
+    print(json.dumps(summary, indent=2))
+    return EXIT_PREEMPTED if summary.get("preempted") else 0
+
+
 def cmd_train(args, extra: list[str]) -> int:
     if not _parse_gin(args.gin_file or [DEFAULT_EXPERIMENT], extra, _search_paths(args)):
         return 2
@@ -217,6 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("probe", cmd_probe, "influence probe: fine-tune theta' on the reference task, score a corpus"),
         ("influence-server", cmd_influence_server, "serve POST /get_influence and GET /health"),
         ("synthesize", cmd_synthesize, "run a rephrase/reformat generator over organic shards (resumable)"),
+        ("grpo", cmd_grpo, "train a rephrase/reformat generator with GRPO (resumable; exports an HF directory)"),
     ]
     for name, func, text in gin_stages:
         p = sub.add_parser(name, help=text, description="Extra --gin.KEY=VALUE flags bind gin parameters or macros.")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import inspect
+import json
 import logging
 import os
 from pathlib import Path
@@ -68,10 +69,11 @@ def _lazy_configurables() -> tuple[type, ...]:
     from synpro_jax.influence.probe import ProbeConfig
     from synpro_jax.rl.config import GRPOConfig
     from synpro_jax.rl.rewards.config import RewardsConfig
+    from synpro_jax.rl.trainer import GRPORunConfig
     from synpro_jax.train.trainer import TrainerConfig
 
     lazy = (DataConfig, SyntheticShards, PassthroughVocabulary, TrainedSentencePiece, TrainerConfig, ProbeConfig,
-            SynthesisConfig, GRPOConfig, RewardsConfig)
+            SynthesisConfig, GRPOConfig, RewardsConfig, GRPORunConfig)
     _register(*lazy)
     return (MeshConfig, OptimizerConfig, ModelConfig) + lazy
 
@@ -171,6 +173,38 @@ def influence_server(model: ModelConfig = gin.REQUIRED, mesh: MeshConfig = MeshC
     server.serve_forever()
 
 
+def _generator_setup(generator: str, model: ModelConfig | None, vocabulary: str | None, stop_tokens: Sequence[str],
+                     dtype: str | None, stage: str):
+    """(model config, vocabulary, vocabulary spec, stop ids) of a generator: an HF Olmo2 directory (its
+    config.json and tokenizer.json/.model are the defaults) or a synpro run (``model`` and ``vocabulary`` needed)."""
+    from synpro_jax.data.vocab import load_vocabulary
+
+    path = Path(generator)
+    if model is None:
+        if not (path / "config.json").exists():
+            raise ValueError(f"synpro.{stage}.generator={generator}: not an HF directory, so set "
+                             f"synpro.{stage}.model")
+        from synpro_jax.models import hf
+
+        model = hf.read_config(path)
+    if dtype is not None:
+        model = model.replace(dtype=dtype)
+    if vocabulary is None:
+        found = [path / name for name in ("tokenizer.json", "tokenizer.model") if (path / name).exists()]
+        if not found:
+            raise ValueError(f"synpro.{stage}.vocabulary: {generator} has no tokenizer.json or tokenizer.model; "
+                             "name the generator's vocabulary")
+        vocabulary = str(found[0])
+    vocab = load_vocabulary(vocabulary)
+    stop_ids = []
+    for token in stop_tokens:
+        ids = list(vocab.encode(token))
+        if len(ids) != 1:
+            raise ValueError(f"synpro.{stage}.stop_tokens: {token!r} is {len(ids)} tokens, not one")
+        stop_ids.extend(ids)
+    return model, vocab, vocabulary, stop_ids
+
+
 @gin.configurable(module="synpro")
 def synthesize(generator: str = gin.REQUIRED, shards=gin.REQUIRED, out_dir: str = gin.REQUIRED,
                settings=gin.REQUIRED, model: ModelConfig | None = None, mesh: MeshConfig = MeshConfig(),
@@ -179,38 +213,15 @@ def synthesize(generator: str = gin.REQUIRED, shards=gin.REQUIRED, out_dir: str 
     """Run a generator over organic shards into out_dir (resumable; see generation/synthesize.py).
 
     ``generator`` is an HF Olmo2 directory (its config.json gives the model unless ``model`` is set; its
-    tokenizer.json is the default vocabulary) or a synpro run/checkpoint directory (then ``model`` and
+    tokenizer.json or tokenizer.model is the default vocabulary) or a synpro run/checkpoint directory (then ``model`` and
     ``vocabulary`` are required). ``stop_tokens`` end a completion besides the vocabulary's EOS; ``dtype``
     ("bfloat16") overrides the compute dtype.
     """
     from synpro_jax import sharding
-    from synpro_jax.data.vocab import load_vocabulary
     from synpro_jax.generation.synthesize import Synthesizer
     from synpro_jax.train.params_io import load_params_and_step
 
-    path = Path(generator)
-    is_hf = (path / "config.json").exists()
-    if model is None:
-        if not is_hf:
-            raise ValueError(f"synpro.synthesize.generator={generator}: not an HF directory, so set "
-                             "synpro.synthesize.model")
-        from synpro_jax.models import hf
-
-        model = hf.read_config(path)
-    if dtype is not None:
-        model = model.replace(dtype=dtype)
-    if vocabulary is None:
-        if not (path / "tokenizer.json").exists():
-            raise ValueError(f"synpro.synthesize.vocabulary: {generator} has no tokenizer.json; name the "
-                             "generator's vocabulary")
-        vocabulary = str(path / "tokenizer.json")
-    vocab = load_vocabulary(vocabulary)
-    stop_ids = []
-    for token in stop_tokens:
-        ids = list(vocab.encode(token))
-        if len(ids) != 1:
-            raise ValueError(f"synpro.synthesize.stop_tokens: {token!r} is {len(ids)} tokens, not one")
-        stop_ids.extend(ids)
+    model, vocab, _, stop_ids = _generator_setup(generator, model, vocabulary, stop_tokens, dtype, "synthesize")
     mesh_obj = sharding.make_mesh(mesh)
     params, step = load_params_and_step(model, mesh_obj, generator)
     synth = Synthesizer(model, params, vocab, settings, mesh=mesh_obj, generator=str(generator),
@@ -219,6 +230,99 @@ def synthesize(generator: str = gin.REQUIRED, shards=gin.REQUIRED, out_dir: str 
     manifest = synth.run(_as_tuple(shards), out_dir, progress=progress)
     _write_config(out_dir)
     return manifest
+
+
+@gin.configurable(module="synpro")
+def grpo(generator: str = gin.REQUIRED, prompts=gin.REQUIRED, run=gin.REQUIRED, rewards=gin.REQUIRED,
+         algorithm=None, model: ModelConfig | None = None, mesh: MeshConfig = MeshConfig(),
+         vocabulary: str | None = None, stop_tokens: Sequence[str] = (), dtype: str | None = None,
+         influence_checkpoint: str | None = None, influence_finetuned: str | None = None,
+         influence_model: ModelConfig | None = None, influence_vocabulary: str | None = None,
+         influence_max_len: int = 1024, influence_batch_size: int = 8, similarity_max_len: int = 512,
+         similarity_batch_size: int = 8) -> dict:
+    """Train a rephrase/reformat generator with GRPO (resumable; see rl/trainer.py). Returns the run's summary.
+
+    ``generator``: the starting generator, an HF Olmo2 directory or a synpro run (then ``model`` and
+    ``vocabulary``); it is also the frozen KL reference. ``prompts``: organic files whose documents become the
+    prompts. ``run``: a GRPORunConfig; ``algorithm``: a GRPOConfig (default: the release's settings);
+    ``rewards``: a RewardsConfig. ``data_influence`` needs theta (``influence_checkpoint``, the pretraining
+    run or HF directory; ``influence_model`` unless it is an HF directory) and theta' (``influence_finetuned``,
+    the probe's finetuned directory, checked to come from theta); its texts are tokenized with
+    ``influence_vocabulary`` (default: the generator's). ``similarity_local`` embeds with the frozen starting
+    generator.
+    """
+    import jax
+
+    from synpro_jax import sharding
+    from synpro_jax.data.corpus import encoder_for
+    from synpro_jax.generation.synthesize import _canonical_generator, weights_identity
+    from synpro_jax.influence.run import files_fingerprint, vocabulary_fingerprint
+    from synpro_jax.rl.config import GRPOConfig
+    from synpro_jax.rl.prompt_set import PromptSet
+    from synpro_jax.rl.rewards.config import build_suite
+    from synpro_jax.rl.trainer import GRPOTrainer
+    from synpro_jax.train.params_io import load
+
+    algorithm = algorithm or GRPOConfig()
+    model, vocab, vocab_spec, stop_ids = _generator_setup(generator, model, vocabulary, stop_tokens, dtype, "grpo")
+    mesh_obj = sharding.make_mesh(mesh)
+    runtime, extra_fp = {}, {}
+    if "data_influence" in rewards.weights and rewards.variant("data_influence") == "data_influence":
+        if not influence_checkpoint or not influence_finetuned:
+            raise ValueError("RewardsConfig.weights has data_influence: set synpro.grpo.influence_checkpoint "
+                             "(theta, the pretraining run) and synpro.grpo.influence_finetuned (theta', the probe's "
+                             "finetuned directory)")
+        from synpro_jax.data.vocab import load_vocabulary
+        from synpro_jax.influence.probe import Probe
+        from synpro_jax.influence.run import load_finetuned
+        from synpro_jax.models import hf
+        from synpro_jax.rl.rewards.influence import probe_scorer
+
+        if influence_model is None:
+            if not (Path(influence_checkpoint) / "config.json").exists():
+                raise ValueError(f"synpro.grpo.influence_checkpoint={influence_checkpoint} is not an HF "
+                                 "directory: set synpro.grpo.influence_model")
+            influence_model = hf.read_config(influence_checkpoint)
+        ivocab_spec = influence_vocabulary or vocab_spec
+        ivocab = load_vocabulary(ivocab_spec)
+        theta = load(influence_model, mesh_obj, influence_checkpoint)
+        tuned = load_finetuned(influence_model, influence_finetuned, theta)  # refuses a theta' of another theta
+        probe = Probe(influence_model, mesh_obj, theta.params, tuned, max_len=influence_max_len)
+        runtime["scorer"] = probe_scorer(probe, encoder_for(ivocab), influence_batch_size, pad_id=ivocab.pad_id)
+        extra_fp["influence"] = {"theta": _canonical_generator(str(influence_checkpoint)), "theta_step": theta.step,
+                                 "finetuned": _canonical_generator(str(influence_finetuned)),
+                                 "max_len": influence_max_len,
+                                 "vocabulary": vocabulary_fingerprint(ivocab_spec, ivocab)}
+        del theta
+    loaded = load(model, mesh_obj, generator)
+    if "similarity" in rewards.weights:
+        from synpro_jax.rl.rewards.similarity import LMEmbedder
+
+        runtime["embedder"] = LMEmbedder(model, loaded.params, encoder_for(vocab), mesh=mesh_obj,
+                                         max_len=similarity_max_len, batch_size=similarity_batch_size)
+    suite = build_suite(rewards, **runtime)
+    prompt_set = PromptSet(_as_tuple(prompts), vocab, rewards.operation, max_prompt_tokens=algorithm.max_prompt_tokens,
+                           max_source_chars=run.max_source_chars, min_source_chars=run.min_source_chars,
+                           max_documents=run.max_documents, text_field=run.text_field, id_field=run.id_field,
+                           seed=run.seed)
+    fingerprint = {
+        "generator": {"path": _canonical_generator(str(generator)), "step": loaded.step,
+                      "weights": weights_identity(loaded.params)},
+        "vocabulary": vocabulary_fingerprint(vocab_spec, vocab),
+        "rewards": json.loads(json.dumps(dataclasses.asdict(rewards), default=str)),
+        "prompt_files": files_fingerprint(_as_tuple(prompts)), **extra_fp,
+    }
+    trainer = GRPOTrainer(model, mesh_obj, loaded.params, vocab, prompt_set, suite, run, algorithm,
+                          stop_ids=stop_ids, fingerprint=fingerprint, vocabulary_files=[vocab_spec])
+    del loaded
+    if jax.process_index() == 0:
+        print(model.describe())
+        print(f"mesh {sharding.devices_summary(mesh_obj)} | {run.prompts_per_step} prompts x G="
+              f"{algorithm.num_generations} per step | {len(prompt_set)} prompt documents | rewards "
+              f"{dict(rewards.weights)} | {run.num_steps} steps -> {run.out_dir}")
+        Path(run.out_dir).mkdir(parents=True, exist_ok=True)
+        _write_config(run.out_dir)
+    return trainer.run()
 
 
 def _write_config(out_dir: str | Path) -> None:

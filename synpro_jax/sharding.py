@@ -156,6 +156,13 @@ def batch_sharding(mesh: Mesh, rules: Rules = DEFAULT_RULES, ndim: int = 2) -> N
     return NamedSharding(mesh, logical_to_spec(names[:ndim], rules))
 
 
+def batch_shards(mesh: Mesh, rules: Rules = DEFAULT_RULES) -> int:
+    """How many ways the batch dimension is split over ``mesh`` (a global batch must be a multiple of it)."""
+    axes = dict(rules).get("batch")
+    axes = (axes,) if isinstance(axes, str) else tuple(axes or ())
+    return math.prod(mesh.shape[a] for a in axes if a in mesh.shape)
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
-import math
 from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
@@ -129,12 +128,6 @@ def decode_windows(new_slots: int, prompt_slots: int = 0) -> list[int]:
     return ends
 
 
-def _batch_shards(mesh: Mesh, rules: sharding.Rules) -> int:
-    axes = dict(rules).get("batch")
-    axes = (axes,) if isinstance(axes, str) else tuple(axes or ())
-    return math.prod(mesh.shape[a] for a in axes)
-
-
 def _is_names(x) -> bool:
     return isinstance(x, tuple) and all(isinstance(n, str) for n in x)
 
@@ -221,7 +214,7 @@ class Sampler:
             cache_dtype = "float32" if cpu else cfg.dtype
         self.cache_dtype = cache_dtype
         self._place, self._prefill, self._decode, self._assemble = _compiled(cfg, self.mesh, rules, cache_dtype)
-        self.batch_shards = _batch_shards(self.mesh, rules)
+        self.batch_shards = sharding.batch_shards(self.mesh, rules)
         self._shapes = _shapes(params)
         self.params = self._place(params)
 

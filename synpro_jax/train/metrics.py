@@ -1,12 +1,20 @@
-"""Throughput accounting: device peak FLOP/s (known accelerators, or a measured matmul rate on CPU) and MFU."""
+"""Throughput accounting (device peak FLOP/s: known accelerators, or a measured matmul rate on CPU) and the
+metrics log every long job writes (JSONL + TensorBoard)."""
 
 from __future__ import annotations
 
 import functools
+import json
+import logging
+import math
+import os
 import time
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+
+log = logging.getLogger(__name__)
 
 # Dense bf16 peak FLOP/s per chip, from the vendors' spec sheets.
 PEAK_BF16_FLOPS = {
@@ -47,3 +55,50 @@ def device_peak_flops(dtype: str = "float32") -> tuple[float, str]:
         return PEAK_BF16_FLOPS[kind], f"spec sheet ({kind}, bf16)"
     jdtype = jnp.bfloat16 if dtype == "bfloat16" else jnp.float32
     return measure_matmul_flops(jdtype), f"measured {dtype} matmul rate ({kind})"
+
+
+class MetricsLog:
+    """metrics.jsonl plus TensorBoard, written by process 0 only. On a resume from step s, records after s (which
+    are about to be redone) are dropped from the JSONL and purged from TensorBoard."""
+
+    def __init__(self, out_dir: Path, resume_step: int):
+        self.enabled = jax.process_index() == 0
+        self.path = out_dir / "metrics.jsonl"
+        self.records: list[dict] = []
+        if not self.enabled:
+            return
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if self.path.exists():  # keep what the checkpoint covers; steps after it are about to be redone
+            kept = [r for r in map(json.loads, self.path.read_text().splitlines()) if r.get("step", 0) <= resume_step]
+            tmp = self.path.with_suffix(".jsonl.tmp")
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+            os.replace(tmp, self.path)
+            self.records = kept
+        tb_dir = out_dir / "tensorboard"
+        stale = sorted(tb_dir.glob("events.out.tfevents.*")) if resume_step == 0 else []
+        for path in stale:  # an attempt that never checkpointed: every step it logged is about to be redone
+            path.unlink()
+        if stale:
+            log.warning("removed %d TensorBoard event file(s) in %s left by an attempt that stopped before its first "
+                        "checkpoint; training starts again at step 0", len(stale), tb_dir)
+        self._fh = self.path.open("a", encoding="utf-8")
+        from tensorboardX import SummaryWriter
+
+        # After a checkpoint at step s, the purge event makes TensorBoard drop the older files' steps > s.
+        self._tb = SummaryWriter(str(tb_dir), purge_step=resume_step + 1 if resume_step else None)
+
+    def write(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        self.records.append(record)
+        self._fh.write(json.dumps(record) + "\n")
+        self._fh.flush()
+        for key, value in record.items():
+            if key != "step" and isinstance(value, (int, float)) and math.isfinite(value):
+                self._tb.add_scalar(key, value, record["step"])
+
+    def close(self) -> None:
+        if self.enabled:
+            self._fh.close()
+            self._tb.flush()
+            self._tb.close()

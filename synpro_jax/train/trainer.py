@@ -36,7 +36,7 @@ from synpro_jax.data.packing import PackedStream
 from synpro_jax.data.pipeline import TrainBatches
 from synpro_jax.models import LossSums, ModelConfig
 from synpro_jax.train.checkpoint import Checkpointer
-from synpro_jax.train.metrics import device_peak_flops
+from synpro_jax.train.metrics import MetricsLog, device_peak_flops
 from synpro_jax.train.optimizer import OptimizerConfig
 from synpro_jax.train.plateau import PlateauDetector
 from synpro_jax.train.step import TrainStep, batch_loss_sums
@@ -72,52 +72,6 @@ class TrainerConfig:
         if self.global_batch % self.accum_steps:
             raise ValueError(f"TrainerConfig.global_batch={self.global_batch} is not divisible by "
                              f"accum_steps={self.accum_steps}")
-
-
-class _MetricsLog:
-    """metrics.jsonl plus TensorBoard, written by process 0 only."""
-
-    def __init__(self, out_dir: Path, resume_step: int):
-        self.enabled = jax.process_index() == 0
-        self.path = out_dir / "metrics.jsonl"
-        self.records: list[dict] = []
-        if not self.enabled:
-            return
-        out_dir.mkdir(parents=True, exist_ok=True)
-        if self.path.exists():  # keep what the checkpoint covers; steps after it are about to be redone
-            kept = [r for r in map(json.loads, self.path.read_text().splitlines()) if r.get("step", 0) <= resume_step]
-            tmp = self.path.with_suffix(".jsonl.tmp")
-            tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
-            os.replace(tmp, self.path)
-            self.records = kept
-        tb_dir = out_dir / "tensorboard"
-        stale = sorted(tb_dir.glob("events.out.tfevents.*")) if resume_step == 0 else []
-        for path in stale:  # an attempt that never checkpointed: every step it logged is about to be redone
-            path.unlink()
-        if stale:
-            log.warning("removed %d TensorBoard event file(s) in %s left by an attempt that stopped before its first "
-                        "checkpoint; training starts again at step 0", len(stale), tb_dir)
-        self._fh = self.path.open("a", encoding="utf-8")
-        from tensorboardX import SummaryWriter
-
-        # After a checkpoint at step s, the purge event makes TensorBoard drop the older files' steps > s.
-        self._tb = SummaryWriter(str(tb_dir), purge_step=resume_step + 1 if resume_step else None)
-
-    def write(self, record: dict) -> None:
-        if not self.enabled:
-            return
-        self.records.append(record)
-        self._fh.write(json.dumps(record) + "\n")
-        self._fh.flush()
-        for key, value in record.items():
-            if key != "step" and isinstance(value, (int, float)) and math.isfinite(value):
-                self._tb.add_scalar(key, value, record["step"])
-
-    def close(self) -> None:
-        if self.enabled:
-            self._fh.close()
-            self._tb.flush()
-            self._tb.close()
 
 
 def plot_loss_curve(records: list[dict], path: Path, title: str = "") -> None:
@@ -275,7 +229,7 @@ class Trainer:
             state, meta, start = restored
             self.plateau.load_state_dict(meta.get("plateau", {}))
             log.info("resuming from step %d", start)
-        metrics_log = _MetricsLog(self.out_dir, start)
+        metrics_log = MetricsLog(self.out_dir, start)
         peak = device_peak_flops(self.model_cfg.dtype)[0] * jax.device_count()
         fpt = self.model_cfg.train_flops_per_token(cfg.seq_len)
 

@@ -1,0 +1,368 @@
+"""The GRPO loop for a rephrase or reformat generator: rollouts on the mesh, the reward suite, the update.
+
+One step (``GRPOTrainer.train_step``):
+
+1. the step's prompts (:class:`~synpro_jax.rl.prompt_set.PromptSet`, a pure function of the step number);
+2. G completions per prompt from the in-graph sampler off one shared prefill (a device-resident batch);
+3. the completions as text, scored by the :class:`~synpro_jax.rl.rewards.base.RewardSuite` (weighted total);
+4. advantages from the total (``GRPOConfig.advantage_estimator``);
+5. the frozen reference's log-probs (beta > 0) and the sampling policy's (num_iterations > 1);
+6. ``num_iterations`` updates of :class:`~synpro_jax.rl.learner.GRPOStep`, then the new weights go into the
+   sampler through its compiled placement (no recompile).
+
+A run is resumable and exactly-once: orbax checkpoints (atomic, asynchronous) hold the actor and its AdamW state;
+the reference is the starting generator, loaded again from its source on a restart and checked against the
+checkpoint's fingerprint (so is everything that decides the run: model, GRPO settings, rewards, prompts,
+vocabulary, seed). Rollout randomness is drawn from (seed, step). So a job killed at any step and restarted gives
+the parameters of an uninterrupted run. SIGTERM saves after the current step and returns ``preempted``.
+
+Outputs in ``out_dir``: ``checkpoints/``, ``metrics.jsonl`` and ``tensorboard/`` (per-reward mean and std, the
+weighted total, KL, clip fraction, completion length, truncated share, the time and tokens/s of each phase),
+``reward_curves.png``, ``summary.json`` and ``export/``: the final generator as an HF OLMo-2 directory with its
+vocabulary, which transformers loads and ``synpro synthesize`` takes as ``GENERATOR``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh
+from tqdm.auto import tqdm
+
+from synpro_jax import sharding
+from synpro_jax.checks import positive_ints
+from synpro_jax.generation.sampler import Sampler
+from synpro_jax.models import ModelConfig
+from synpro_jax.rl import grpo
+from synpro_jax.rl.config import GRPOConfig
+from synpro_jax.rl.learner import GRPOStep
+from synpro_jax.rl.prompt_set import PromptSet
+from synpro_jax.rl.rewards.base import RewardInputs, RewardSuite
+from synpro_jax.train.checkpoint import Checkpointer
+from synpro_jax.train.metrics import MetricsLog
+
+log = logging.getLogger(__name__)
+
+EXIT_PREEMPTED = 143
+EXPORT_DIR = "export"
+EXPORT_INFO = "synpro_grpo.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class GRPORunConfig:
+    """How long and on what a GRPO run trains (gin: ``synpro.GRPORunConfig``); the algorithm is GRPOConfig."""
+
+    out_dir: str
+    num_steps: int  # GRPO steps (each: one batch of rollouts, num_iterations updates)
+    prompts_per_step: int  # prompts per step; the batch is prompts_per_step * num_generations completions
+    accum_steps: int = 1  # micro-batches per update (the release: 4)
+    logits_chunk: int | None = None  # completion slots per output-head pass (None: all at once)
+    max_source_chars: int = 7000  # the release's cut of an RL source, at a sentence boundary
+    min_source_chars: int = 0
+    max_documents: int | None = None  # read at most this many prompt documents
+    text_field: str = "text"
+    id_field: str | None = None
+    log_every: int = 1
+    checkpoint_every: int = 20
+    keep_checkpoints: int = 3
+    async_checkpoints: bool = True
+    export_dtype: str = "float32"  # of the HF export ("bfloat16" halves it)
+    seed: int = 0
+    progress: bool = True
+
+    def __post_init__(self):
+        positive_ints(self, "num_steps", "prompts_per_step", "accum_steps", "max_source_chars", "log_every",
+                      "checkpoint_every", "keep_checkpoints")
+        if self.logits_chunk is not None and (not isinstance(self.logits_chunk, int) or self.logits_chunk < 1):
+            raise ValueError(f"GRPORunConfig.logits_chunk={self.logits_chunk!r}: must be an int >= 1, or None")
+        if self.export_dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"GRPORunConfig.export_dtype={self.export_dtype!r}: 'float32' or 'bfloat16'")
+        if self.min_source_chars < 0:
+            raise ValueError(f"GRPORunConfig.min_source_chars={self.min_source_chars}: must be >= 0")
+
+
+def step_seed(seed: int, step: int) -> int:
+    """The sampler seed of a step: rollouts differ between steps and repeat exactly on a resumed run."""
+    return int(np.random.default_rng([seed, step]).integers(0, 2**31 - 1))
+
+
+def _host(x) -> np.ndarray:
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(x)
+
+
+def reward_metrics(result, num_generations: int) -> dict[str, float]:
+    """Mean and std of each reward and of the weighted total, fallback counts, and the share of groups whose
+    total is constant (those give zero advantage: nothing to learn from)."""
+    out = {}
+    for name, v in result.values.items():
+        out[f"reward/{name}_mean"] = float(np.mean(v))
+        out[f"reward/{name}_std"] = float(np.std(v))
+        out[f"reward_failures/{name}"] = float(result.failures.get(name, 0))
+    total = np.asarray(result.total, np.float64)
+    out["reward/total_mean"] = float(total.mean())
+    out["reward/total_std"] = float(total.std())
+    groups = total.reshape(-1, num_generations)
+    out["zero_std_groups"] = float(np.mean(groups.max(axis=1) == groups.min(axis=1)))
+    return out
+
+
+def plot_reward_curves(records: Sequence[dict], path: Path, title: str = "") -> None:
+    """Each reward's mean (and the weighted total) against step, as a PNG written atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = sorted({k[len("reward/"):-len("_mean")] for r in records for k in r
+                    if k.startswith("reward/") and k.endswith("_mean")})
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name in names:
+        pts = [(r["step"], r[f"reward/{name}_mean"]) for r in records if f"reward/{name}_mean" in r]
+        if pts:
+            ax.plot(*zip(*pts), label=name, lw=2 if name == "total" else 1)
+    ax.set_xlabel("GRPO step")
+    ax.set_ylabel("mean reward")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+class GRPOTrainer:
+    """GRPO for one generator on one mesh; see the module docstring.
+
+    ``params`` are the starting generator's (sharded or host arrays): they become both the actor's initial
+    weights and the frozen reference. ``vocab`` is the generator's (seqio) vocabulary; ``stop_ids`` end a
+    completion besides its EOS. ``fingerprint`` is what else decides the run (generator source, rewards,
+    vocabulary): a checkpoint made under another one is refused, naming the field.
+    """
+
+    def __init__(self, cfg: ModelConfig, mesh: Mesh, params: Any, vocab, prompts: PromptSet, suite: RewardSuite,
+                 run: GRPORunConfig, algorithm: GRPOConfig = GRPOConfig(), *, stop_ids: Sequence[int] = (),
+                 fingerprint: dict | None = None, vocabulary_files: Sequence[str] = (),
+                 rules: sharding.Rules = sharding.DEFAULT_RULES):
+        g = algorithm
+        if g.max_prompt_tokens + g.max_completion_tokens > cfg.max_seq_len:
+            raise ValueError(f"GRPOConfig.max_prompt_tokens={g.max_prompt_tokens} + max_completion_tokens="
+                             f"{g.max_completion_tokens} exceeds the generator's max_seq_len={cfg.max_seq_len}")
+        rows = run.prompts_per_step * g.num_generations
+        shards = sharding.batch_shards(mesh, rules)
+        if rows % (run.accum_steps * shards):
+            raise ValueError(f"GRPORunConfig.prompts_per_step={run.prompts_per_step} x GRPOConfig.num_generations="
+                             f"{g.num_generations} = {rows} completions per step must divide into accum_steps="
+                             f"{run.accum_steps} micro-batches over the mesh's {shards} data shards")
+        self.cfg, self.mesh, self.vocab, self.prompts, self.suite = cfg, mesh, vocab, prompts, suite
+        self.run_cfg, self.grpo = run, g
+        self.out_dir = Path(run.out_dir)
+        self.stop_ids = sorted({int(vocab.eos_id), *map(int, stop_ids)})
+        self.pad_id = int(getattr(vocab, "pad_id", 0) or 0)
+        self.vocabulary_files = list(vocabulary_files)
+        self.step_fn = GRPOStep(cfg, mesh, g, total_steps=run.num_steps * g.num_iterations,
+                                accum_steps=run.accum_steps, logits_chunk=run.logits_chunk, rules=rules)
+        self.init_params = params
+        self.ref_params = self.step_fn.copy_params(params) if g.beta > 0 else None
+        self.sampler = Sampler(cfg, params, mesh=mesh)
+        self.fingerprint = json.loads(json.dumps({
+            "model": dataclasses.asdict(cfg), "grpo": dataclasses.asdict(g),
+            "run": {k: v for k, v in dataclasses.asdict(run).items()
+                    if k in ("num_steps", "prompts_per_step", "seed", "max_source_chars", "min_source_chars",
+                             "max_documents")},
+            "prompts": prompts.fingerprint(), "stop_ids": self.stop_ids, **(fingerprint or {}),
+        }, default=str))
+        self._stop = threading.Event()
+
+    # --- one step ------------------------------------------------------------------------------------------------
+    def rollouts(self, step: int):
+        """(prompt items, RolloutBatch) of ``step`` under the sampler's current weights."""
+        items = self.prompts.batch(step, self.run_cfg.prompts_per_step)
+        g = self.grpo
+        rollout = self.sampler.rollout([it.ids for it in items], num_generations=g.num_generations,
+                                       max_new_tokens=g.max_completion_tokens, temperature=g.temperature,
+                                       top_p=g.top_p, seed=step_seed(self.run_cfg.seed, step), eos_id=self.stop_ids,
+                                       pad_id=self.pad_id)
+        return items, rollout
+
+    def completion_texts(self, rollout) -> tuple[list[str], np.ndarray, np.ndarray]:
+        """(texts without their stop token, lengths in tokens, finished) of a rollout, on the host."""
+        finished = _host(rollout.finished).astype(bool)
+        ids = rollout.completions()
+        texts = [self.vocab.decode(c[:-1] if f and c else c) for c, f in zip(ids, finished)]
+        return texts, np.array([len(c) for c in ids]), finished
+
+    def train_step(self, state, step: int) -> tuple[Any, dict]:
+        """One GRPO step (``step`` counts from 0); returns the new state and the step's metrics record."""
+        g = self.grpo
+        t0 = time.perf_counter()
+        items, rollout = self.rollouts(step)
+        texts, lengths, finished = self.completion_texts(rollout)  # waits for the rollout
+        t1 = time.perf_counter()
+        sources = [it.source for it in items for _ in range(g.num_generations)]
+        group = np.repeat(np.arange(len(items)), g.num_generations)
+        result = self.suite(RewardInputs(self.prompts.operation, sources, texts, group))
+        advantages = np.asarray(grpo.compute_advantages(result.total, g), np.float32)
+        t2 = time.perf_counter()
+        batch = {"tokens": rollout.tokens, "positions": rollout.positions, "segment_ids": rollout.segment_ids,
+                 "completion_mask": rollout.completion_mask, "advantages": advantages}
+        batch = self.step_fn.place(batch)
+        if self.ref_params is not None:
+            batch["ref_logp"] = self.step_fn.ref_logprobs(self.ref_params, batch)
+        if g.num_iterations > 1:
+            batch["old_logp"] = self.step_fn.logprobs(state.params, batch)
+        jax.block_until_ready(batch)
+        t3 = time.perf_counter()
+        for _ in range(g.num_iterations):
+            state, metrics = self.step_fn(state, batch)
+        metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        t4 = time.perf_counter()
+        self.sampler.update_params(state.params)
+        real_tokens = float(np.sum(_host(rollout.segment_ids) > 0))
+        record = {
+            "step": step + 1,
+            **reward_metrics(result, g.num_generations),
+            **{k: metrics[k] for k in ("loss", "policy_loss", "kl", "clip_fraction", "grad_norm", "param_norm",
+                                       "learning_rate") if k in metrics},
+            "completion_length": float(lengths.mean()),
+            "truncated_share": float(1.0 - finished.mean()),
+            "time/rollout_s": t1 - t0, "time/rewards_s": t2 - t1, "time/reference_s": t3 - t2,
+            "time/update_s": t4 - t3, "time/step_s": t4 - t0,
+            "rollout_tokens_per_s": float(lengths.sum()) / max(t1 - t0, 1e-9),
+            "update_tokens_per_s": real_tokens * g.num_iterations / max(t4 - t3, 1e-9),
+        }
+        return state, record
+
+    # --- the loop ------------------------------------------------------------------------------------------------
+    def _check(self, meta: dict) -> None:
+        from synpro_jax.influence.probe import first_difference
+
+        found = first_difference(meta.get("fingerprint"), self.fingerprint)
+        if found is not None:
+            field, then, now = found
+            raise ValueError(f"{self.out_dir / 'checkpoints'} holds a GRPO run made with a different {field}: "
+                             f"{then!r} then, {now!r} now; use a new out_dir to train with these settings")
+
+    def run(self) -> dict:
+        run = self.run_cfg
+        ckpt = Checkpointer(self.out_dir / "checkpoints", save_every=run.checkpoint_every,
+                            keep=run.keep_checkpoints, async_save=run.async_checkpoints)
+        state = {"train": self.step_fn.init(jax.random.key(run.seed), self.init_params)}
+        try:
+            restored = ckpt.restore(state, check_meta=self._check)
+        except BaseException:
+            ckpt.close()
+            raise
+        start = 0
+        if restored is not None:
+            state, _, start = restored
+            self.sampler.update_params(state["train"].params)
+            log.info("GRPO: resuming from step %d", start)
+        metrics_log = MetricsLog(self.out_dir, start)
+        previous = signal.getsignal(signal.SIGTERM)
+        in_main = threading.current_thread() is threading.main_thread()
+        if in_main:
+            signal.signal(signal.SIGTERM, lambda *_: self._stop.set())
+        bar = tqdm(total=run.num_steps, initial=start, unit="step", dynamic_ncols=True, desc="grpo",
+                   disable=not run.progress or jax.process_index() != 0)
+        step, preempted = start, False
+        try:
+            while step < run.num_steps:
+                state["train"], record = self.train_step(state["train"], step)
+                step += 1
+                bar.update(1)
+                bar.set_postfix(reward=f"{record['reward/total_mean']:.3f}", kl=f"{record.get('kl', 0.0):.2g}",
+                                refresh=False)
+                if step % run.log_every == 0 or step == run.num_steps:
+                    metrics_log.write(record)
+                meta = {"step": step, "fingerprint": self.fingerprint, "time": time.time()}
+                if self._stop.is_set():
+                    ckpt.save(step, state, meta, force=True)
+                    preempted = True
+                    log.warning("SIGTERM: saved GRPO step %d; rerun the same command to resume", step)
+                    break
+                ckpt.save(step, state, meta, force=step == run.num_steps)
+        finally:
+            bar.close()
+            metrics_log.close()
+            ckpt.close()
+            if in_main:
+                signal.signal(signal.SIGTERM, previous)
+        self.state = state["train"]
+        summary = self._summary(metrics_log.records, step, preempted)
+        if not preempted:
+            summary["export"] = str(self.export(state["train"].params, step, summary))
+        if jax.process_index() == 0:
+            if metrics_log.records:
+                plot_reward_curves(metrics_log.records, self.out_dir / "reward_curves.png",
+                                   title=f"GRPO {self.prompts.operation} ({self.cfg.name})")
+            tmp = self.out_dir / ".summary.json.tmp"
+            tmp.write_text(json.dumps(summary, indent=2))
+            os.replace(tmp, self.out_dir / "summary.json")
+        return summary
+
+    def _summary(self, records: list[dict], step: int, preempted: bool) -> dict:
+        def mean_of(key, part):
+            vals = [r[key] for r in part if key in r]
+            return float(np.mean(vals)) if vals else None
+
+        k = max(1, len(records) // 10)
+        rewards = sorted({key for r in records for key in r if key.startswith("reward/") and key.endswith("_mean")})
+        return {
+            "steps": step, "preempted": preempted, "operation": self.prompts.operation,
+            "prompts": len(self.prompts), "out_dir": str(self.out_dir),
+            "first_rewards": {key: mean_of(key, records[:k]) for key in rewards},
+            "last_rewards": {key: mean_of(key, records[-k:]) for key in rewards},
+            "rollout_tokens_per_s": mean_of("rollout_tokens_per_s", records[1:]),
+            "update_tokens_per_s": mean_of("update_tokens_per_s", records[1:]),
+            "step_time_s": mean_of("time/step_s", records[1:]),
+        }
+
+    def export(self, params: Any, step: int, summary: dict | None = None) -> Path:
+        """The generator as an HF OLMo-2 directory ``out_dir/export`` (with its vocabulary and a provenance file),
+        replaced atomically; only process 0 writes. Every process must call it (the weights are gathered)."""
+        from synpro_jax.models import hf
+
+        host = jax.tree.map(_host, params)
+        out = self.out_dir / EXPORT_DIR
+        if jax.process_index() != 0:
+            return out
+        tmp = self.out_dir / f".{EXPORT_DIR}.tmp-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        hf.save(self.cfg, host, tmp, dtype=self.run_cfg.export_dtype)
+        for f in self.vocabulary_files:
+            src = Path(f)
+            if src.suffix == ".model":
+                shutil.copyfile(src, tmp / "tokenizer.model")
+            elif src.is_dir():
+                shutil.copyfile(src / "tokenizer.json", tmp / "tokenizer.json")
+            else:
+                shutil.copyfile(src, tmp / "tokenizer.json")
+        info = {"step": step, "operation": self.prompts.operation, "fingerprint": self.fingerprint,
+                "summary": summary or {}}
+        (tmp / EXPORT_INFO).write_text(json.dumps(info, indent=2, default=str))
+        if out.exists():
+            old = self.out_dir / f".{EXPORT_DIR}.old-{os.getpid()}"
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old)
+            log.info("replaced %s with the generator at step %d", out, step)
+        else:
+            os.replace(tmp, out)
+        return out
+
