@@ -1,0 +1,375 @@
+"""Time per GRPO step, split into rollout, reference log-probs, rewards and update: synpro_jax against TRL's
+``GRPOTrainer`` (torch, no vLLM) and, in a separate venv, tunix's ``GRPOLearner`` (see ``bench/peers/``).
+
+Same setting on every side: one random model exported with ``synpro_jax.models.hf.save`` (transformers loads the
+directory as Olmo2ForCausalLM, so TRL runs the identical weights), a local word-level tokenizer (one word per id,
+no hub download), ``--prompts`` prompts of exactly ``--prompt_len`` tokens per step, G = ``--num_generations``
+completions each of exactly ``--completion_len`` tokens (no EOS is ever sampled: ours has no stop id, TRL gets
+``min_new_tokens`` = max_new_tokens), temperature 1.0, top-p 0.9, beta 0.005 (k3 KL against a frozen reference),
+token-mean loss, one optimizer step per rollout batch (no accumulation, num_iterations 1), AdamW lr 1e-6. The
+rewards are the same Python code on both sides: synpro_jax's ``format`` + ``length`` RewardSuite on the decoded text.
+
+Phases of one step (median over ``--steps`` timed steps after ``--warmup`` untimed ones, which compile):
+
+- rollout: prompts -> completion ids and decoded texts. Ours: ``Sampler.rollout`` (block_until_ready) plus
+  ``RolloutBatch.texts``. TRL: ``GRPOTrainer._generate`` (prompt tokenization, ``model.generate``, decoding).
+- ref_logprobs: log-probs of the completions under the frozen reference. Ours: ``GRPOStep.ref_logprobs``. TRL: every
+  ``_get_per_token_logps_and_entropies`` call made with autograd off (with these settings only the reference pass:
+  no old-policy pass is needed when generation and optimizer steps are aligned).
+- rewards: the reward functions only. Ours: ``RewardSuite`` on the texts. TRL: ``GRPOTrainer._calculate_rewards``.
+- update: the rest of the step, total minus the three above. Ours: advantages, the jitted GRPO update
+  (``GRPOStep.__call__``, block_until_ready) and ``Sampler.update_params``. TRL: advantages, padding/bookkeeping in
+  ``_generate_and_score_completions``, the loss forward + backward, grad clipping, ``optimizer.step`` and the LR
+  scheduler.
+- total: wall time of the whole step. Ours: around the loop body. TRL: from the ``on_step_begin`` to the
+  ``on_step_end`` trainer callback (the rollout happens inside, in ``_prepare_inputs``).
+
+Tokens/s: rollout = rows * completion_len / rollout time; update = rows * (prompt_len + completion_len) / update
+time. Ratios are TRL time / our time (so > 1 means we are faster), per phase and total.
+
+    python bench/grpo_step.py                                         # CPU, writes bench/results/grpo_step.json
+    python bench/grpo_step.py --torch_device cuda --peers trl --out bench/results/grpo_step_h100.json   # GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from report import write_report  # noqa: E402
+from synpro_jax import models, sharding  # noqa: E402
+from synpro_jax.generation import Sampler  # noqa: E402
+from synpro_jax.models import hf  # noqa: E402
+from synpro_jax.rl import grpo  # noqa: E402
+from synpro_jax.rl.config import GRPOConfig  # noqa: E402
+from synpro_jax.rl.learner import GRPOStep  # noqa: E402
+from synpro_jax.rl.rewards import RewardInputs, RewardSuite, make_reward  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_OUT = HERE / "results" / "grpo_step.json"
+PHASES = ("rollout", "ref_logprobs", "rewards", "update", "total")
+PAD, EOS, UNK = 0, 1, 2  # special ids of the bench tokenizer; prompts use ids >= 3
+DEFAULT_TUNIX_PYTHON = "/work/venv_tunix/bin/python"
+
+
+# --- shared setting ----------------------------------------------------------------------------------------------
+
+def word(i: int) -> str:
+    return f"w{i}"
+
+
+def build_tokenizer(vocab_size: int):
+    """A word-level tokenizer with one word per model id ("w17" <-> 17), so a prompt of n words is n tokens."""
+    from tokenizers import Tokenizer, pre_tokenizers
+    from tokenizers import models as tok_models
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": PAD, "<eos>": EOS, "<unk>": UNK, **{word(i): i for i in range(3, vocab_size)}}
+    tok = Tokenizer(tok_models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>")
+
+
+def make_prompts(vocab_size: int, count: int, length: int, seed: int = 0) -> list[list[int]]:
+    rng = np.random.default_rng(seed)
+    return rng.integers(3, vocab_size, size=(count, length)).tolist()
+
+
+def export_model(cfg, out_dir: Path) -> None:
+    """The random model as an HF directory; EOS/pad set to the bench tokenizer's ids for transformers."""
+    hf.save(cfg, jax.device_get(models.init_params(cfg, jax.random.key(0))), out_dir)
+    config = json.loads((out_dir / "config.json").read_text())
+    config.update(eos_token_id=EOS, pad_token_id=PAD, bos_token_id=None)
+    (out_dir / "config.json").write_text(json.dumps(config, indent=2))
+    gen = out_dir / "generation_config.json"
+    if gen.exists():
+        gen.unlink()
+
+
+def make_scorer(num_generations: int):
+    """format + length (weights 1, 1) on decoded text: one Python reward used unchanged by every side."""
+    suite = RewardSuite({"format": make_reward("format"), "length": make_reward("length")},
+                        {"format": 1.0, "length": 1.0})
+
+    def score(sources, completions) -> np.ndarray:
+        group = np.arange(len(completions)) // num_generations
+        return suite(RewardInputs("rephrase", list(sources), list(completions), group)).total
+
+    return score
+
+
+def summarize(per_step: dict[str, list[float]], rows: int, prompt_len: int, completion_len: int) -> dict:
+    ms = {k: 1e3 * float(np.median(v)) for k, v in per_step.items()}
+    return {
+        "ms_per_step": ms,
+        "ms_per_step_all": {k: [round(1e3 * x, 3) for x in v] for k, v in per_step.items()},
+        "rollout_tokens_per_s": rows * completion_len / (ms["rollout"] / 1e3),
+        "update_tokens_per_s": rows * (prompt_len + completion_len) / (ms["update"] / 1e3),
+    }
+
+
+# --- synpro_jax ---------------------------------------------------------------------------------------------------
+
+def run_ours(cfg, model_dir: Path, tokenizer, prompt_steps, args) -> dict:
+    loaded_cfg, params = hf.load(model_dir)
+    cfg = loaded_cfg.replace(name=cfg.name, dtype=args.dtype, scan_unroll=cfg.scan_unroll)
+    mesh = sharding.single_device_mesh()
+    g, c = args.num_generations, args.completion_len
+    total_steps = args.warmup + args.steps
+    grpo_cfg = GRPOConfig(num_generations=g, beta=0.005, max_completion_tokens=c)
+    learner = GRPOStep(cfg, mesh, grpo_cfg, total_steps=total_steps)
+    sampler = Sampler(cfg, params, mesh=mesh)
+    state = learner.init(jax.random.key(1), params)
+    ref = learner.copy_params(state.params)
+    score = make_scorer(g)
+    decode = tokenizer.decode
+    per_step = {k: [] for k in PHASES}
+    for step in range(total_steps):
+        prompts = prompt_steps[step]
+        sources = [tokenizer.decode(p) for p in prompts for _ in range(g)]
+        t0 = time.perf_counter()
+        rollout = sampler.rollout(prompts, num_generations=g, max_new_tokens=c, temperature=grpo_cfg.temperature,
+                                  top_p=grpo_cfg.top_p, seed=step, eos_id=None, pad_id=PAD)
+        jax.block_until_ready(rollout)
+        texts = rollout.texts(decode)
+        t1 = time.perf_counter()
+        batch = {"tokens": rollout.tokens, "positions": rollout.positions, "segment_ids": rollout.segment_ids,
+                 "completion_mask": rollout.completion_mask}
+        batch["ref_logp"] = jax.block_until_ready(learner.ref_logprobs(ref, batch))
+        t2 = time.perf_counter()
+        rewards = score(sources, texts)
+        t3 = time.perf_counter()
+        batch["advantages"] = grpo.compute_advantages(rewards, grpo_cfg)
+        state, metrics = learner(state, batch)
+        jax.block_until_ready((state, metrics))
+        sampler.update_params(state.params)
+        jax.block_until_ready(sampler.params)
+        t4 = time.perf_counter()
+        if step >= args.warmup:
+            for k, v in zip(PHASES, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t4 - t0)):
+                per_step[k].append(v)
+        assert rollout.tokens.shape[1] == args.prompt_len + c, rollout.tokens.shape  # no extra prompt padding
+        assert int(np.min(jax.device_get(rollout.lengths))) == c
+    out = summarize(per_step, len(prompts) * g, args.prompt_len, c)
+    out.update(system="synpro_jax", jax=jax.__version__, device=str(jax.devices()[0]),
+               backend=jax.default_backend(), last_loss=float(metrics["loss"]) if "loss" in metrics else None)
+    return out
+
+
+# --- TRL ----------------------------------------------------------------------------------------------------------
+
+class _PhaseClock:
+    """Accumulates wall time per phase inside one trainer step; the callback closes the step."""
+
+    def __init__(self, sync):
+        self.sync, self.current, self.steps = sync, {}, []
+
+    def timed(self, phase, fn):
+        def wrapper(*a, **k):
+            self.sync()
+            t = time.perf_counter()
+            out = fn(*a, **k)
+            self.sync()
+            self.current[phase] = self.current.get(phase, 0.0) + time.perf_counter() - t
+            return out
+        return wrapper
+
+
+def run_trl(model_dir: Path, tokenizer, prompt_steps, args) -> dict:
+    import datasets
+    import torch
+    import transformers
+    import trl
+
+    device = args.torch_device
+    torch.manual_seed(0)
+    torch.set_num_threads(args.threads)
+
+    def sync():
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    clock = _PhaseClock(sync)
+    g, c = args.num_generations, args.completion_len
+    total_steps = args.warmup + args.steps
+    n = len(prompt_steps[0])
+    score = make_scorer(g)
+
+    def synpro_rewards(prompts, completions, **_):
+        return score(prompts, completions).tolist()
+
+    class StepClock(transformers.TrainerCallback):
+        def on_step_begin(self, *a, **k):
+            sync()
+            clock.current = {}
+            self.t = time.perf_counter()
+
+        def on_step_end(self, *a, **k):
+            sync()
+            clock.current["total"] = time.perf_counter() - self.t
+            clock.steps.append(clock.current)
+
+    # The prompts of the whole run (TRL's RepeatSampler shuffles them; all have prompt_len tokens).
+    texts = [tokenizer.decode(p) for step in prompt_steps for p in step]
+    data = datasets.Dataset.from_dict({"prompt": texts})
+    with tempfile.TemporaryDirectory() as out_dir:
+        config = trl.GRPOConfig(
+            output_dir=out_dir, per_device_train_batch_size=n * g, gradient_accumulation_steps=1,
+            num_generations=g, max_completion_length=c, temperature=1.0, top_p=0.9, top_k=0, beta=0.005,
+            learning_rate=1e-6, lr_scheduler_type="cosine", warmup_steps=0.1, max_steps=total_steps,
+            logging_steps=10**6, save_strategy="no", report_to="none", use_cpu=device == "cpu", bf16=False,
+            fp16=False, seed=0, dataloader_num_workers=0, disable_tqdm=True,
+            generation_kwargs={"min_new_tokens": c},  # every completion runs to max length, as on our side
+        )
+        model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+        trainer = trl.GRPOTrainer(model=model, reward_funcs=[synpro_rewards], args=config, train_dataset=data,
+                                  processing_class=tokenizer, callbacks=[StepClock()])
+        trainer._generate = clock.timed("rollout", trainer._generate)
+        trainer._calculate_rewards = clock.timed("rewards", trainer._calculate_rewards)
+        logps = trainer._get_per_token_logps_and_entropies
+        timed_logps = clock.timed("ref_logprobs", logps)
+        trainer._get_per_token_logps_and_entropies = (
+            lambda *a, **k: logps(*a, **k) if torch.is_grad_enabled() else timed_logps(*a, **k))
+        prompt_lens = []
+        tokenize = trainer._tokenize_prompts
+
+        def check_tokenize(prompts):
+            out = tokenize(prompts)
+            prompt_lens.extend(len(p) for p in out[0])
+            return out
+
+        trainer._tokenize_prompts = check_tokenize
+        trainer.train()
+        param = next(trainer.model.parameters())
+    if set(prompt_lens) != {args.prompt_len}:
+        raise RuntimeError(f"TRL tokenized prompts to lengths {sorted(set(prompt_lens))}, not {args.prompt_len}")
+    timed = clock.steps[args.warmup:]
+    per_step = {k: [s.get(k, 0.0) for s in timed] for k in PHASES if k != "update"}
+    per_step["update"] = [s["total"] - s.get("rollout", 0) - s.get("ref_logprobs", 0) - s.get("rewards", 0)
+                          for s in timed]
+    out = summarize(per_step, n * g, args.prompt_len, c)
+    out.update(system="trl", trl=trl.__version__, transformers=transformers.__version__, torch=torch.__version__,
+               device=str(param.device), torch_threads=torch.get_num_threads())
+    return out
+
+
+# --- tunix (subprocess in its own venv) ---------------------------------------------------------------------------
+
+def run_tunix(model_dir: Path, prompt_steps, args) -> dict:
+    python = args.tunix_python
+    if not Path(python).exists():
+        return {"system": "tunix", "skipped": f"no tunix interpreter at {python} (--tunix_python); install with "
+                                              "`python -m venv /work/venv_tunix && /work/venv_tunix/bin/pip install "
+                                              "google-tunix`"}
+    with tempfile.TemporaryDirectory() as tmp:
+        spec = Path(tmp) / "spec.json"
+        result = Path(tmp) / "result.json"
+        spec.write_text(json.dumps({
+            "model_dir": str(model_dir), "prompt_steps": prompt_steps, "num_generations": args.num_generations,
+            "prompt_len": args.prompt_len, "completion_len": args.completion_len, "warmup": args.warmup,
+            "steps": args.steps, "dtype": args.dtype, "repo": str(HERE.parent),
+        }))
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+        proc = subprocess.run([python, str(HERE / "peers" / "tunix_grpo.py"), str(spec), str(result)],
+                              capture_output=True, text=True, env=env, timeout=args.tunix_timeout)
+        if proc.returncode != 0 or not result.exists():
+            return {"system": "tunix", "error": f"exit {proc.returncode}", "stderr_tail": proc.stderr[-3000:]}
+        out = json.loads(result.read_text())
+    return out
+
+
+# --- main ---------------------------------------------------------------------------------------------------------
+
+def ratios(ours: dict, peer: dict) -> dict:
+    if "ms_per_step" not in peer:
+        return {}
+    return {k: peer["ms_per_step"][k] / ours["ms_per_step"][k] for k in PHASES}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="cpu_small", help="synpro_jax model preset (random weights)")
+    p.add_argument("--dtype", default="float32", help="compute dtype on our side (TRL and tunix run float32)")
+    p.add_argument("--prompts", type=int, default=4, help="prompts per step")
+    p.add_argument("--num_generations", type=int, default=8, help="G")
+    p.add_argument("--prompt_len", type=int, default=64, help="prompt tokens (a power of two >= 16: no padding)")
+    p.add_argument("--completion_len", type=int, default=64, help="completion tokens (every completion runs out)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps (compiles, allocator warm-up)")
+    p.add_argument("--steps", type=int, default=5, help="timed steps (medians reported)")
+    p.add_argument("--peers", default="trl,tunix", help="comma list of trl, tunix (empty: ours only)")
+    p.add_argument("--torch_device", default=None, help="cpu or cuda (default: cuda if available)")
+    p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads")
+    p.add_argument("--tunix_python", default=DEFAULT_TUNIX_PYTHON, help="python of a venv with google-tunix")
+    p.add_argument("--tunix_timeout", type=int, default=900)
+    p.add_argument("--out", default=str(DEFAULT_OUT))
+    args = p.parse_args()
+    peers = [x for x in args.peers.split(",") if x]
+    unknown = set(peers) - {"trl", "tunix"}
+    if unknown:
+        p.error(f"--peers: unknown {sorted(unknown)}; choose from trl, tunix")
+    if args.prompt_len < 16 or args.prompt_len & (args.prompt_len - 1):
+        p.error(f"--prompt_len={args.prompt_len}: use a power of two >= 16 so the sampler adds no prompt padding "
+                "and both sides see the same sequence length")
+    if args.torch_device is None and "trl" in peers:
+        import torch
+
+        args.torch_device = "cuda" if torch.cuda.is_available() else "cpu"
+
+    cfg = models.get_preset(args.preset)
+    tokenizer = build_tokenizer(cfg.vocab_size)
+    total_steps = args.warmup + args.steps
+    flat = make_prompts(cfg.vocab_size, args.prompts * total_steps, args.prompt_len)
+    prompt_steps = [flat[i * args.prompts:(i + 1) * args.prompts] for i in range(total_steps)]
+    rows = args.prompts * args.num_generations
+    settings = {
+        "preset": args.preset, "params": cfg.num_params(), "vocab_size": cfg.vocab_size, "d_model": cfg.d_model,
+        "num_layers": cfg.num_layers, "dtype": args.dtype, "num_generations": args.num_generations,
+        "prompts_per_step": args.prompts, "rows_per_step": rows, "prompt_len": args.prompt_len,
+        "completion_len": args.completion_len, "beta": 0.005, "temperature": 1.0, "top_p": 0.9,
+        "warmup_steps": args.warmup, "timed_steps": args.steps, "rewards": "format + length (synpro_jax)",
+    }
+    print(settings, flush=True)
+    systems = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = Path(tmp) / "model"
+        export_model(cfg, model_dir)
+        tokenizer.save_pretrained(model_dir)
+        systems["synpro_jax"] = run_ours(cfg, model_dir, tokenizer, prompt_steps, args)
+        print("synpro_jax", systems["synpro_jax"]["ms_per_step"], flush=True)
+        if "trl" in peers:
+            systems["trl"] = run_trl(model_dir, tokenizer, prompt_steps, args)
+            print("trl", systems["trl"]["ms_per_step"], flush=True)
+        if "tunix" in peers:
+            systems["tunix"] = run_tunix(model_dir, prompt_steps, args)
+            print("tunix", systems["tunix"].get("ms_per_step", systems["tunix"]), flush=True)
+    ours = systems["synpro_jax"]
+    report = {
+        "benchmark": "GRPO step time by phase: synpro_jax vs TRL GRPOTrainer vs tunix GRPOLearner",
+        "settings": settings, "cpu_count": os.cpu_count(), "platform": platform.platform(),
+        "torch_device": args.torch_device,
+        "systems": systems,
+        "speedup_vs": {name: ratios(ours, s) for name, s in systems.items() if name != "synpro_jax"},
+        "note": "speedup_vs[peer][phase] = peer ms / synpro_jax ms (> 1: synpro_jax is faster); update = total - "
+                "rollout - ref_logprobs - rewards on every side",
+    }
+    for name, r in report["speedup_vs"].items():
+        if r:
+            print(f"speedup vs {name}:", {k: round(v, 2) for k, v in r.items()}, flush=True)
+    write_report(report, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
