@@ -445,7 +445,7 @@ def _scan(gin_files: Sequence[str], bindings: Sequence[str], paths: Sequence[str
 def _parameters(classes: Sequence[type]) -> dict[str, list[str]]:
     """Full selector -> the parameter names it accepts, for every synpro configurable."""
     table = {f"synpro.{cls.__name__}": [f.name for f in dataclasses.fields(cls) if f.init] for cls in classes}
-    for fn in (pretrain, probe, finetuned_dir, influence_server, synthesize):
+    for fn in (pretrain, probe, finetuned_dir, influence_server, synthesize, grpo):
         params = inspect.signature(fn).parameters.values()
         table[f"synpro.{fn.__name__}"] = [p.name for p in params if p.kind != p.VAR_KEYWORD]
     table["synpro.preset"] = list(dict.fromkeys(["name", *_model_fields()]))
