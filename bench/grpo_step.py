@@ -43,8 +43,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import jax
-import numpy as np
+# JAX and torch share the GPU in this one process: JAX must not reserve 75% of its memory up front.
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -164,7 +167,7 @@ def run_ours(cfg, model_dir: Path, tokenizer, prompt_steps, args) -> dict:
         assert int(np.min(jax.device_get(rollout.lengths))) == c
     out = summarize(per_step, len(prompts) * g, args.prompt_len, c)
     out.update(system="synpro_jax", jax=jax.__version__, device=str(jax.devices()[0]),
-               backend=jax.default_backend(), last_loss=float(metrics["loss"]) if "loss" in metrics else None)
+               backend=jax.default_backend(), model="OLMo-2 (synpro_jax), the exported weights", last_loss=float(metrics["loss"]) if "loss" in metrics else None)
     return out
 
 
@@ -229,8 +232,8 @@ def run_trl(model_dir: Path, tokenizer, prompt_steps, args) -> dict:
             output_dir=out_dir, per_device_train_batch_size=n * g, gradient_accumulation_steps=1,
             num_generations=g, max_completion_length=c, temperature=1.0, top_p=0.9, top_k=0, beta=0.005,
             learning_rate=1e-6, lr_scheduler_type="cosine", warmup_steps=0.1, max_steps=total_steps,
-            logging_steps=10**6, save_strategy="no", report_to="none", use_cpu=device == "cpu", bf16=False,
-            fp16=False, seed=0, dataloader_num_workers=0, disable_tqdm=True,
+            logging_steps=10**6, save_strategy="no", report_to="none", use_cpu=device == "cpu",
+            bf16=args.dtype == "bfloat16", fp16=False, seed=0, dataloader_num_workers=0, disable_tqdm=True,
             generation_kwargs={"min_new_tokens": c},  # every completion runs to max length, as on our side
         )
         model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
@@ -261,7 +264,8 @@ def run_trl(model_dir: Path, tokenizer, prompt_steps, args) -> dict:
                           for s in timed]
     out = summarize(per_step, n * g, args.prompt_len, c)
     out.update(system="trl", trl=trl.__version__, transformers=transformers.__version__, torch=torch.__version__,
-               device=str(param.device), torch_threads=torch.get_num_threads())
+               device=str(param.device), model="Olmo2ForCausalLM from the same export (identical weights)",
+               torch_threads=torch.get_num_threads())
     return out
 
 
@@ -282,8 +286,11 @@ def run_tunix(model_dir: Path, prompt_steps, args) -> dict:
             "steps": args.steps, "dtype": args.dtype, "repo": str(HERE.parent),
         }))
         env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
-        proc = subprocess.run([python, str(HERE / "peers" / "tunix_grpo.py"), str(spec), str(result)],
-                              capture_output=True, text=True, env=env, timeout=args.tunix_timeout)
+        try:
+            proc = subprocess.run([python, str(HERE / "peers" / "tunix_grpo.py"), str(spec), str(result)],
+                                  capture_output=True, text=True, env=env, timeout=args.tunix_timeout)
+        except subprocess.TimeoutExpired:
+            return {"system": "tunix", "error": f"timed out after {args.tunix_timeout} s (--tunix_timeout)"}
         if proc.returncode != 0 or not result.exists():
             return {"system": "tunix", "error": f"exit {proc.returncode}", "stderr_tail": proc.stderr[-3000:]}
         out = json.loads(result.read_text())
@@ -301,7 +308,9 @@ def ratios(ours: dict, peer: dict) -> dict:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="cpu_small", help="synpro_jax model preset (random weights)")
-    p.add_argument("--dtype", default="float32", help="compute dtype on our side (TRL and tunix run float32)")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                   help="compute dtype (float32 master weights everywhere; bfloat16 = TRL's bf16 autocast, "
+                        "tunix's Qwen3 dtype)")
     p.add_argument("--prompts", type=int, default=4, help="prompts per step")
     p.add_argument("--num_generations", type=int, default=8, help="G")
     p.add_argument("--prompt_len", type=int, default=64, help="prompt tokens (a power of two >= 16: no padding)")
@@ -322,10 +331,15 @@ def main() -> int:
     if args.prompt_len < 16 or args.prompt_len & (args.prompt_len - 1):
         p.error(f"--prompt_len={args.prompt_len}: use a power of two >= 16 so the sampler adds no prompt padding "
                 "and both sides see the same sequence length")
-    if args.torch_device is None and "trl" in peers:
+    if "trl" in peers:
         import torch
 
-        args.torch_device = "cuda" if torch.cuda.is_available() else "cpu"
+        if args.torch_device is None:
+            args.torch_device = "cuda" if torch.cuda.is_available() else "cpu"
+        if args.torch_device not in ("cpu", "cuda"):
+            p.error(f"--torch_device={args.torch_device!r}: choose cpu or cuda")
+        if args.torch_device == "cuda" and not torch.cuda.is_available():
+            p.error("--torch_device=cuda but torch.cuda.is_available() is False")
 
     cfg = models.get_preset(args.preset)
     tokenizer = build_tokenizer(cfg.vocab_size)
@@ -349,8 +363,13 @@ def main() -> int:
         systems["synpro_jax"] = run_ours(cfg, model_dir, tokenizer, prompt_steps, args)
         print("synpro_jax", systems["synpro_jax"]["ms_per_step"], flush=True)
         if "trl" in peers:
-            systems["trl"] = run_trl(model_dir, tokenizer, prompt_steps, args)
-            print("trl", systems["trl"]["ms_per_step"], flush=True)
+            try:
+                import trl  # noqa: F401
+            except ImportError as e:  # a GPU box without the bench extra: record why, keep our numbers
+                systems["trl"] = {"system": "trl", "skipped": f"import trl failed: {e}"}
+            else:
+                systems["trl"] = run_trl(model_dir, tokenizer, prompt_steps, args)
+            print("trl", systems["trl"].get("ms_per_step", systems["trl"]), flush=True)
         if "tunix" in peers:
             systems["tunix"] = run_tunix(model_dir, prompt_steps, args)
             print("tunix", systems["tunix"].get("ms_per_step", systems["tunix"]), flush=True)

@@ -34,6 +34,7 @@ def main(spec_path: str, result_path: str) -> None:
     spec = json.loads(Path(spec_path).read_text())
     sys.path.insert(0, spec["repo"])
     import jax
+    import jax.numpy as jnp
     import optax
     import transformers
     from flax import nnx
@@ -55,6 +56,7 @@ def main(spec_path: str, result_path: str) -> None:
         hidden_dim=hf_cfg["intermediate_size"], num_heads=heads, head_dim=hf_cfg["hidden_size"] // heads,
         num_kv_heads=hf_cfg.get("num_key_value_heads", heads), rope_theta=int(hf_cfg.get("rope_theta", 10000)),
         norm_eps=hf_cfg.get("rms_norm_eps", 1e-6), use_tied_embedding=False,
+        dtype=jnp.bfloat16 if spec["dtype"] == "bfloat16" else jnp.float32, param_dtype=jnp.float32,
     )
     mesh = jax.make_mesh((1, 1), ("fsdp", "tp"), axis_types=(jax.sharding.AxisType.Auto,) * 2)
     with jax.set_mesh(mesh):
@@ -134,7 +136,6 @@ def main(spec_path: str, result_path: str) -> None:
                           for s in timed_steps]
     rows = len(spec["prompt_steps"][0]) * g
     ms = {k: 1e3 * float(np.median(v)) for k, v in per_step.items()}
-    import tunix  # noqa: F401  (version below)
     from importlib.metadata import version
 
     result = {
