@@ -219,3 +219,34 @@ def test_sigkill_at_a_random_step_then_resume_gives_the_uninterrupted_parameters
     pa, pb = np.load(straight / "final_params.npz"), np.load(killed / "final_params.npz")
     for key in pa.files:
         np.testing.assert_array_equal(pa[key], pb[key], err_msg=key)
+
+
+# --- gin ------------------------------------------------------------------------------------------------------------
+
+FILLED = ["GENERATOR='g'", "PROMPTS=['p']", "OUT_DIR='o'", "THETA='t'", "THETA_PRIME='tp'", "PROMPTS_PER_STEP=4",
+          "QUALITY_DATA='q'"]
+
+
+@pytest.mark.parametrize("run_file, steps, families", [
+    ("gin/runs/grpo_rephrase.gin", 300, {"data_influence", "quality", "similarity", "structure", "length", "format"}),
+    ("gin/runs/grpo_reformat.gin", 240, {"data_influence", "faithfulness", "quality", "format"}),
+])
+def test_the_release_run_files_hold_its_settings_and_require_their_macros(run_file, steps, families, tmp_path,
+                                                                          monkeypatch):
+    import gin
+
+    from synpro_jax import configs
+
+    monkeypatch.chdir(tmp_path)  # found beside the package, from anywhere
+    try:
+        configs.parse([run_file], FILLED)
+        run, algo = gin.get_bindings("synpro.GRPORunConfig"), gin.get_bindings("synpro.GRPOConfig")
+        assert run["num_steps"] == steps and run["accum_steps"] == 4
+        assert (algo["num_generations"], algo["beta"], algo["learning_rate"], algo["top_p"]) == (8, 0.005, 1e-6, 0.9)
+        weights = gin.get_bindings("synpro.RewardsConfig")["weights"]
+        assert set(weights) == families and weights["data_influence"] == 3.0
+        gin.clear_config()
+        with pytest.raises(configs.GinConfigError, match=r"\['THETA'\] are REQUIRED"):
+            configs.parse([run_file], [b for b in FILLED if not b.startswith("THETA=")])
+    finally:
+        gin.clear_config()
