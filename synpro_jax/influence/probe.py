@@ -144,8 +144,7 @@ class Probe:
         """Rows [B, L] (L <= max_len + 1) with masks -> influence, loss_before, loss_after ([B] float32), where
         influence = loss_before - loss_after (positive: x helps the reference task)."""
         rows = sharding.batch_sharding(self.mesh)
-        axes = rows.spec[0] if len(rows.spec) else None
-        ways = int(np.prod([self.mesh.shape[a] for a in ((axes,) if isinstance(axes, str) else axes or ())]))
+        ways = sharding.batch_shards(self.mesh)
         if len(tokens) % ways:
             raise ValueError(f"influence batch of {len(tokens)} rows does not divide over the mesh's {ways} data "
                              "shards; make the batch size a multiple of it")

@@ -74,9 +74,7 @@ class LMEmbedder:
         self.cfg, self.encode, self.max_len, self.batch_size = cfg, encode, max_len, batch_size
         self.bos_id, self.pad_id = bos_id, pad_id
         self.mesh = mesh or sharding.single_device_mesh()
-        spec = sharding.batch_sharding(self.mesh).spec
-        axes = spec[0] if len(spec) else None
-        ways = int(np.prod([self.mesh.shape[a] for a in ((axes,) if isinstance(axes, str) else axes or ())]))
+        ways = sharding.batch_shards(self.mesh)
         if batch_size % ways:
             raise ValueError(f"LMEmbedder batch_size={batch_size} does not divide over the mesh's {ways} data "
                              "shards; make it a multiple")
