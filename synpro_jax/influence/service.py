@@ -17,7 +17,6 @@ scoring had started.
 
 from __future__ import annotations
 
-import collections
 import concurrent.futures
 import dataclasses
 import json
@@ -33,15 +32,13 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from synpro_jax.device_queue import DeviceQueue, QueueFull
+
 log = logging.getLogger(__name__)
 
 DEFAULT_PORT = 24775  # generator/data_influence_reward.py in the release calls 127.0.0.1:24775
 _DIGITS = re.compile(r"[0-9]{1,18}")
 _SCORE_KEYS = ("influence", "loss_before", "loss_after")
-
-
-class QueueFull(Exception):
-    """The scoring queue holds ``max_queued`` requests already."""
 
 
 @dataclasses.dataclass(eq=False)
@@ -61,7 +58,7 @@ def bucket_width(num_tokens: int, max_len: int, min_bucket: int = 16) -> int:
     return min(max(min_bucket, 1 << (predictions - 1).bit_length()), max_len) + 1
 
 
-class ScoringQueue:
+class ScoringQueue(DeviceQueue[Job]):
     """Scores queued jobs on the device, one fixed-shape block at a time, in a single background thread.
 
     ``probe`` needs only ``score(tokens [B, T] int32, mask [B, T]) -> {"influence", "loss_before",
@@ -69,38 +66,21 @@ class ScoringQueue:
     """
 
     def __init__(self, probe: Any, batch_size: int, pad_id: int = 0, max_queued: int = 64, min_bucket: int = 16):
-        if batch_size < 1 or max_queued < 1 or min_bucket < 1:
-            raise ValueError(f"ScoringQueue: batch_size={batch_size}, max_queued={max_queued} and "
-                             f"min_bucket={min_bucket} must be >= 1")
-        self.probe, self.batch_size, self.pad_id = probe, batch_size, pad_id
-        self.max_queued, self.min_bucket = max_queued, min_bucket
-        self.stats: collections.Counter = collections.Counter()  # texts_scored, requests_cancelled, ...
-        self._jobs: collections.deque[Job] = collections.deque()
-        self._cv = threading.Condition()
-        self._closed = False
-        self._thread = threading.Thread(target=self._loop, name="influence-device", daemon=True)
-        self._thread.start()
+        if batch_size < 1 or min_bucket < 1:
+            raise ValueError(f"ScoringQueue: batch_size={batch_size} and min_bucket={min_bucket} must be >= 1")
+        super().__init__(max_queued=max_queued, thread_name="influence-device")  # stats: texts_scored, ...
+        self.probe, self.batch_size, self.pad_id, self.min_bucket = probe, batch_size, pad_id, min_bucket
+        self._start()
 
     @property
     def max_len(self) -> int:
         return int(self.probe.max_len)
 
-    def queued(self) -> int:
-        with self._cv:
-            return len(self._jobs)
-
     def submit(self, docs: Sequence[Sequence[int]], timeout_s: float) -> Job:
         """Queue one request's token lists; raises :class:`QueueFull` rather than waiting."""
         job = Job([np.asarray(d[: self.max_len + 1], np.int32) for d in docs], concurrent.futures.Future(),
                   time.monotonic() + timeout_s)
-        with self._cv:
-            if self._closed:
-                raise RuntimeError("the influence service is shutting down")
-            if len(self._jobs) >= self.max_queued:
-                self.stats["requests_rejected"] += 1
-                raise QueueFull(f"{len(self._jobs)} requests are waiting (max_queued={self.max_queued})")
-            self._jobs.append(job)
-            self._cv.notify()
+        self._enqueue(job)
         return job
 
     def abandon(self, job: Job) -> None:
@@ -110,7 +90,7 @@ class ScoringQueue:
                 return
             if job.future.cancel():
                 try:
-                    self._jobs.remove(job)
+                    self._queue.remove(job)
                 except ValueError:
                     pass
             else:
@@ -121,13 +101,11 @@ class ScoringQueue:
         """Running jobs holding at least ``batch_size`` texts (or all that wait); None once closed."""
         with self._cv:
             while True:
-                while not self._jobs and not self._closed:
-                    self._cv.wait()
-                if self._closed:
+                if not self._wait_for_items():
                     return None
                 taken, count, now = [], 0, time.monotonic()
-                while self._jobs and count < self.batch_size:
-                    job = self._jobs.popleft()
+                while self._queue and count < self.batch_size:
+                    job = self._queue.popleft()
                     if now > job.deadline:  # its handler is about to give up on it anyway
                         job.future.cancel()
                         self.stats["requests_expired"] += 1
@@ -138,7 +116,7 @@ class ScoringQueue:
                 if taken:
                     return taken
 
-    def _score(self, jobs: list[Job]) -> None:
+    def _run(self, jobs: list[Job]) -> None:
         results = [{k: np.zeros(len(job.docs), np.float32) for k in _SCORE_KEYS} for job in jobs]
         # Shortest first, so each block holds texts of similar length and pads to a small bucket.
         items = sorted((len(doc), j, i) for j, job in enumerate(jobs) for i, doc in enumerate(job.docs))
@@ -162,25 +140,6 @@ class ScoringQueue:
         for job, res in zip(jobs, results):
             if not job.abandoned:
                 job.future.set_result({k: v.tolist() for k, v in res.items()})
-
-    def _loop(self) -> None:
-        while (jobs := self._take()) is not None:
-            try:
-                self._score(jobs)
-            except Exception as e:  # a failure answers every waiting request instead of hanging them
-                log.exception("influence scoring failed")
-                for job in jobs:
-                    if not job.future.done():
-                        job.future.set_exception(e)
-
-    def close(self) -> None:
-        with self._cv:
-            self._closed = True
-            for job in self._jobs:
-                job.future.cancel()
-            self._jobs.clear()
-            self._cv.notify_all()
-        self._thread.join(timeout=10)
 
 
 def _encode_all(encode: Callable[[list[str]], list[list[int]]], lock: threading.Lock,

@@ -13,17 +13,14 @@ import collections
 import concurrent.futures
 import dataclasses
 import logging
-import threading
 import time
 from typing import Any, Sequence
 
 import numpy as np
 
+from synpro_jax.device_queue import DeviceQueue, QueueFull
+
 log = logging.getLogger(__name__)
-
-
-class QueueFull(Exception):
-    """``max_queued`` requests are already waiting."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,7 +49,7 @@ class RowResult:
     generated: int  # tokens the device produced, a final stop id included (the usage count)
 
 
-class GenerationQueue:
+class GenerationQueue(DeviceQueue[GenRequest]):
     """A queue of :class:`GenRequest` and the device thread that serves it through ``sampler``.
 
     ``sampler`` needs ``generate(prompts, max_new_tokens=, temperature=, top_k=, top_p=, seed=, eos_id=, pad_id=,
@@ -62,42 +59,30 @@ class GenerationQueue:
 
     def __init__(self, sampler: Any, *, stop_ids: Sequence[int], pad_id: int = 0, max_rows: int = 32,
                  max_queued: int = 256, batch_wait_s: float = 0.005):
-        if max_rows < 1 or max_queued < 1 or batch_wait_s < 0:
-            raise ValueError(f"GenerationQueue: max_rows={max_rows} and max_queued={max_queued} must be >= 1, "
-                             f"batch_wait_s={batch_wait_s} >= 0")
+        if max_rows < 1 or batch_wait_s < 0:
+            raise ValueError(f"GenerationQueue: max_rows={max_rows} must be >= 1, batch_wait_s={batch_wait_s} >= 0")
+        super().__init__(max_queued=max_queued, thread_name="serve-device")
         self.sampler, self.stop_ids, self.pad_id = sampler, sorted(set(int(i) for i in stop_ids)), int(pad_id)
-        self.max_rows, self.max_queued, self.batch_wait_s = max_rows, max_queued, batch_wait_s
+        self.max_rows, self.batch_wait_s = max_rows, batch_wait_s
         self.batches: collections.deque[tuple[int, int]] = collections.deque(maxlen=10_000)  # the latest calls
-        self.stats: collections.Counter = collections.Counter()
-        self._queue: collections.deque[GenRequest] = collections.deque()
-        self._cv = threading.Condition()
-        self._closed = False
-        self._thread = threading.Thread(target=self._loop, name="serve-device", daemon=True)
-        self._thread.start()
+        self._start()
 
     def submit(self, request: GenRequest) -> concurrent.futures.Future:
         if len(request.prompts) > self.max_rows:
             raise ValueError(f"{len(request.prompts)} rows (prompts x n) exceed the server's max_rows="
                              f"{self.max_rows}; send fewer prompts or choices per request")
-        with self._cv:
-            if self._closed:
-                raise RuntimeError("the server is shutting down")
-            if len(self._queue) >= self.max_queued:
-                self.stats["requests_rejected"] += 1
-                raise QueueFull(f"{len(self._queue)} requests are waiting (max_queued={self.max_queued})")
-            self._queue.append(request)
-            self._cv.notify()
+        self._enqueue(request)
         return request.future
 
     def _take(self) -> list[GenRequest] | None:
         with self._cv:
-            while not self._queue and not self._closed:
-                self._cv.wait()
-            if self._closed:
+            if not self._wait_for_items():
                 return None
         if self.batch_wait_s:
             time.sleep(self.batch_wait_s)  # let requests sent together arrive together
         with self._cv:
+            if not self._queue:  # closed meanwhile
+                return None if self._closed else []
             first = self._queue[0]
             taken, rows, keep = [], 0, collections.deque()
             while self._queue:
@@ -135,23 +120,5 @@ class GenerationQueue:
             r.future.set_result(results[at:at + len(r.prompts)])
             at += len(r.prompts)
 
-    def _loop(self) -> None:
-        while (requests := self._take()) is not None:
-            if not requests:
-                continue
-            try:
-                self._run(requests)
-            except Exception as e:  # answer every waiting request instead of hanging them
-                log.exception("generation failed")
-                for r in requests:
-                    if not r.future.done():
-                        r.future.set_exception(e)
 
-    def close(self) -> None:
-        with self._cv:
-            self._closed = True
-            for r in self._queue:
-                r.future.cancel()
-            self._queue.clear()
-            self._cv.notify_all()
-        self._thread.join(timeout=10)
+__all__ = ["GenerationQueue", "GenRequest", "Knobs", "QueueFull", "RowResult"]
