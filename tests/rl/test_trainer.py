@@ -67,6 +67,60 @@ def test_prompts_skip_short_documents_and_refuse_when_none_is_left(workspace, tm
         PromptSet([str(workspace["organic"])], vocab, "rephrase", max_prompt_tokens=8)
 
 
+# --- one step ---------------------------------------------------------------------------------------------------
+
+def test_one_step_is_the_scored_rollout_then_one_learner_update_and_the_sampler_gets_the_new_weights(
+        workspace, tmp_path):
+    from grpo_job import LetterShare
+
+    from synpro_jax import sharding
+    from synpro_jax.generation.sampler import Sampler
+    from synpro_jax.models import hf
+    from synpro_jax.rl.config import GRPOConfig
+    from synpro_jax.rl.rewards.base import RewardSuite
+    from synpro_jax.rl.trainer import GRPORunConfig, GRPOTrainer
+
+    cfg, params = hf.load(workspace["generator"])
+    vocab = load_vocabulary(str(workspace["vocab"]))
+    g = 4
+    algo = GRPOConfig(num_generations=g, max_prompt_tokens=MAX_PROMPT_TOKENS, max_completion_tokens=16,
+                      learning_rate=1e-4, warmup_ratio=0.0)
+    prompt_set = PromptSet([str(workspace["organic"])], vocab, "rephrase", max_prompt_tokens=MAX_PROMPT_TOKENS)
+    suite = RewardSuite({"letter_e": LetterShare()}, {"letter_e": 2.0})
+    run = GRPORunConfig(out_dir=str(tmp_path), num_steps=4, prompts_per_step=2, progress=False)
+    trainer = GRPOTrainer(cfg, sharding.make_mesh(sharding.MeshConfig()), params, vocab, prompt_set, suite, run,
+                          algo)
+    with pytest.raises(ValueError, match="prompts_per_step=3 x GRPOConfig.num_generations=4 = 12 completions"):
+        GRPOTrainer(cfg, sharding.make_mesh(sharding.MeshConfig()), params, vocab, prompt_set, suite,
+                    GRPORunConfig(out_dir=str(tmp_path), num_steps=4, prompts_per_step=3), algo)
+
+    # By hand: the step's rollout, its texts, rewards and group advantages in NumPy, one GRPOStep update.
+    items, rollout = trainer.rollouts(1)
+    texts, lengths, finished = trainer.completion_texts(rollout)
+    r = 2.0 * LetterShare()(type("Inputs", (), {"completions": texts})()).astype(np.float64).reshape(-1, g)
+    adv = ((r - r.mean(1, keepdims=True)) / (r.std(1, ddof=1, keepdims=True) + 1e-4)).reshape(-1)
+    assert np.abs(adv).max() > 0
+    batch = {"tokens": rollout.tokens, "positions": rollout.positions, "segment_ids": rollout.segment_ids,
+             "completion_mask": rollout.completion_mask, "advantages": adv.astype(np.float32)}
+    batch = trainer.step_fn.place(batch)
+    batch["ref_logp"] = trainer.step_fn.logprobs(trainer.step_fn.copy_params(params), batch)
+    expected, _ = trainer.step_fn(trainer.step_fn.init(jax.random.key(0), params), batch)
+
+    state, record = trainer.train_step(trainer.step_fn.init(jax.random.key(0), params), 1)
+    for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(expected.params)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
+    assert record["step"] == 2 and record["reward/letter_e_mean"] == pytest.approx(r.mean() / 2.0, abs=1e-6)
+    assert record["reward/total_mean"] == pytest.approx(r.mean(), abs=1e-6)
+    assert record["completion_length"] == lengths.mean() and record["truncated_share"] == 1 - finished.mean()
+    assert np.abs(np.asarray(jax.tree.leaves(state.params)[0]) - np.asarray(jax.tree.leaves(params)[0])).max() > 0
+
+    # The sampler now samples from the updated weights (greedy completions equal a fresh sampler's).
+    prompts = [it.ids for it in items]
+    fresh = Sampler(cfg, jax.device_get(state.params), mesh=trainer.mesh)
+    kw = dict(max_new_tokens=8, temperature=0.0, eos_id=trainer.stop_ids)
+    np.testing.assert_array_equal(trainer.sampler.generate(prompts, **kw).tokens, fresh.generate(prompts, **kw).tokens)
+
+
 # --- synpro grpo end to end -----------------------------------------------------------------------------------------
 
 def grpo_gin(workspace, out_dir: Path, weights: str = '{"format": 1.0, "length": 1.0}') -> str:
