@@ -380,6 +380,12 @@ def main() -> int:
         "torch_device": args.torch_device,
         "systems": systems,
         "speedup_vs": {name: ratios(ours, s) for name, s in systems.items() if name != "synpro_jax"},
+        "peer_setup": {
+            "trl": "pip install trl==1.16.0 -c <(echo torch==2.13.0+cpu; echo transformers==5.24.0) (adds accelerate, "
+                   "datasets; no vLLM)",
+            "tunix": "python -m venv /work/venv_tunix && /work/venv_tunix/bin/pip install google-tunix==0.1.7 "
+                     "gin-config (own jax 0.10.2, transformers 5.12.1; gin-config for synpro_jax's rewards)",
+        },
         "note": "speedup_vs[peer][phase] = peer ms / synpro_jax ms (> 1: synpro_jax is faster); update = total - "
                 "rollout - ref_logprobs - rewards on every side",
     }
