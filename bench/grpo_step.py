@@ -355,6 +355,7 @@ def main() -> int:
         "warmup_steps": args.warmup, "timed_steps": args.steps, "rewards": "format + length (synpro_jax)",
     }
     print(settings, flush=True)
+    load_start = os.getloadavg()  # the CPU numbers are only comparable on an otherwise idle machine
     systems = {}
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = Path(tmp) / "model"
@@ -376,7 +377,8 @@ def main() -> int:
     ours = systems["synpro_jax"]
     report = {
         "benchmark": "GRPO step time by phase: synpro_jax vs TRL GRPOTrainer vs tunix GRPOLearner",
-        "settings": settings, "cpu_count": os.cpu_count(), "platform": platform.platform(),
+        "settings": settings, "cpu_count": os.cpu_count(),
+        "load_average_1_5_15min": {"start": load_start, "end": os.getloadavg()}, "platform": platform.platform(),
         "torch_device": args.torch_device,
         "systems": systems,
         "speedup_vs": {name: ratios(ours, s) for name, s in systems.items() if name != "synpro_jax"},
