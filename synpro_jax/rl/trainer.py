@@ -262,7 +262,10 @@ class GRPOTrainer:
         run = self.run_cfg
         ckpt = Checkpointer(self.out_dir / "checkpoints", save_every=run.checkpoint_every,
                             keep=run.keep_checkpoints, async_save=run.async_checkpoints)
+        if self.init_params is None:
+            raise RuntimeError("GRPOTrainer.run() runs once: make a new trainer to run again")
         state = {"train": self.step_fn.init(jax.random.key(run.seed), self.init_params)}
+        self.init_params = None  # the state holds its own copy; do not keep a third one on the device
         try:
             restored = ckpt.restore(state, check_meta=self._check)
         except BaseException:
