@@ -20,8 +20,9 @@ MAX_SOURCE_CHARS = 7_000  # the release's cut for RL prompts
 
 # Bump whenever the instructions, the system prompt, the chat template or the way a long source is cut change:
 # synthesis refuses to resume a shard written under another version. History: 1, sources cut after
-# max_source_chars at a sentence boundary; 2, the middle of a long source is cut (characters, then tokens).
-PROMPT_VERSION = 2
+# max_source_chars at a sentence boundary; 2, the middle of a long source is cut (characters, then tokens); 3, the
+# heading is matched as whole words only (what a record keeps changes with it).
+PROMPT_VERSION = 3
 # Stands where the middle of an over-long source was cut out (the release puts "..." there).
 CUT_MARKER = " ... "
 
@@ -189,8 +190,11 @@ class Answer:
 
 def _heading_pattern(heading: str) -> re.Pattern:
     # Tolerate the model's common variations: case, surrounding markdown emphasis, spacing, a missing colon.
+    # Whole words only: "...the rewritten documents" or "...documented" is not the heading (a policy under the
+    # format reward learns such near misses).
     words = heading.rstrip(":").split()
-    return re.compile(r"[*_#\s]*" + r"\s+".join(map(re.escape, words)) + r"\s*:?[*_]*", re.IGNORECASE)
+    return re.compile(r"[*_#\s]*(?<![\w])" + r"\s+".join(map(re.escape, words)) + r"(?![\w])\s*:?[*_]*",
+                      re.IGNORECASE)
 
 
 _PATTERNS = {op: _heading_pattern(h) for op, h in HEADINGS.items()}

@@ -43,6 +43,9 @@ def test_parse_answer_finds_heading_variants():
     bold = parse_answer("**here is the REWRITTEN document**\nBody", "rephrase")
     assert bold.text == "Body" and bold.headings == 1
     assert parse_answer("no heading at all", "rephrase") == prompts.Answer(0, "")
+    for near_miss in ("Here is the rewritten documents: x", "Here is the rewritten documented x",
+                      "There is the rewritten document: x"):
+        assert parse_answer(near_miss, "rephrase").headings == 0, near_miss
     twice = parse_answer(f"{HEADINGS['rephrase']} a\n{HEADINGS['reformat']} b", "rephrase")
     assert twice.headings == 2 and not twice.ok
     for junk in ("", None, 42, "\x00\uffff" * 10):
@@ -89,7 +92,7 @@ def test_prompt_version_pins_the_prompt_text():
 
     text = json.dumps([prompts.prompt_parts(op) for op in prompts.OPERATIONS] + [prompts.CUT_MARKER])
     digest = hashlib.sha256(text.encode()).hexdigest()[:16]
-    assert (prompts.PROMPT_VERSION, digest) == (2, PINNED_PROMPT_DIGEST), "bump prompts.PROMPT_VERSION"
+    assert (prompts.PROMPT_VERSION, digest) == (3, PINNED_PROMPT_DIGEST), "bump prompts.PROMPT_VERSION"
 
 
 PINNED_PROMPT_DIGEST = "f79623ed0b3466ab"

@@ -249,7 +249,7 @@ def test_changed_prompt_version_is_refused(workspace, generator, finished, parti
     _, shards = workspace
     monkeypatch.setattr(synthesize.prompts_lib, "PROMPT_VERSION", synthesize.prompts_lib.PROMPT_VERSION + 1)
     for out in (finished, partial):
-        with pytest.raises(ValueError, match=r"prompt_version: was 2, now 3"):
+        with pytest.raises(ValueError, match=r"prompt_version: was 3, now 4"):
             make(generator).run([str(shards[0])], out, progress=False)
 
 
@@ -278,7 +278,7 @@ def test_same_settings_resume_the_partial_shard(workspace, generator, partial, t
     assert manifest["shards"][0]["resumed"] == 2
     lines = (out / "part0.jsonl").read_text().splitlines()
     assert lines[:2] == kept and len(lines) == 5
-    assert manifest["fingerprint"]["generator_step"] == 7 and manifest["prompt_version"] == 2
+    assert manifest["fingerprint"]["generator_step"] == 7 and manifest["prompt_version"] == 3
 
 
 @pytest.mark.parametrize("state", ["finished", "partial"])
