@@ -285,18 +285,27 @@ def grpo(generator: str = gin.REQUIRED, prompts=gin.REQUIRED, run=gin.REQUIRED, 
             influence_model = hf.read_config(influence_checkpoint)
         ivocab_spec = influence_vocabulary or vocab_spec
         ivocab = load_vocabulary(ivocab_spec)
+        if ivocab.vocab_size > influence_model.vocab_size:
+            raise ValueError(f"synpro.grpo.influence_vocabulary: {ivocab_spec} has {ivocab.vocab_size} tokens but the "
+                             f"influence model's vocab_size is {influence_model.vocab_size}; name theta's own "
+                             "vocabulary")
         theta = load(influence_model, mesh_obj, influence_checkpoint)
         tuned = load_finetuned(influence_model, influence_finetuned, theta)  # refuses a theta' of another theta
         probe = Probe(influence_model, mesh_obj, theta.params, tuned, max_len=influence_max_len)
         runtime["scorer"] = probe_scorer(probe, encoder_for(ivocab), influence_batch_size, pad_id=ivocab.pad_id)
         extra_fp["influence"] = {"theta": _canonical_generator(str(influence_checkpoint)), "theta_step": theta.step,
                                  "finetuned": _canonical_generator(str(influence_finetuned)),
-                                 "max_len": influence_max_len,
+                                 "max_len": influence_max_len, "batch_size": influence_batch_size,
                                  "vocabulary": vocabulary_fingerprint(ivocab_spec, ivocab)}
         del theta
+    if vocab.vocab_size > model.vocab_size:
+        raise ValueError(f"synpro.grpo.vocabulary: {vocab_spec} has {vocab.vocab_size} tokens but the generator's "
+                         f"vocab_size is {model.vocab_size}")
     loaded = load(model, mesh_obj, generator)
-    if "similarity" in rewards.weights:
+    if "similarity" in rewards.weights and rewards.variant("similarity") == "similarity_local":
         from synpro_jax.rl.rewards.similarity import LMEmbedder
+
+        extra_fp["similarity"] = {"max_len": similarity_max_len, "embedder": "the starting generator"}
 
         runtime["embedder"] = LMEmbedder(model, loaded.params, encoder_for(vocab), mesh=mesh_obj,
                                          max_len=similarity_max_len, batch_size=similarity_batch_size)
@@ -312,17 +321,17 @@ def grpo(generator: str = gin.REQUIRED, prompts=gin.REQUIRED, run=gin.REQUIRED, 
         "rewards": json.loads(json.dumps(dataclasses.asdict(rewards), default=str)),
         "prompt_files": files_fingerprint(_as_tuple(prompts)), **extra_fp,
     }
+    files = [vocab_spec] if isinstance(vocab_spec, (str, os.PathLike)) else []  # a Passthrough vocab has no file
     trainer = GRPOTrainer(model, mesh_obj, loaded.params, vocab, prompt_set, suite, run, algorithm,
-                          stop_ids=stop_ids, fingerprint=fingerprint, vocabulary_files=[vocab_spec])
+                          stop_ids=stop_ids, fingerprint=fingerprint, vocabulary_files=files)
     del loaded
     if jax.process_index() == 0:
         print(model.describe())
         print(f"mesh {sharding.devices_summary(mesh_obj)} | {run.prompts_per_step} prompts x G="
               f"{algorithm.num_generations} per step | {len(prompt_set)} prompt documents | rewards "
               f"{dict(rewards.weights)} | {run.num_steps} steps -> {run.out_dir}")
-        Path(run.out_dir).mkdir(parents=True, exist_ok=True)
-        _write_config(run.out_dir)
-    return trainer.run()
+    # config.gin describes the checkpoints: written only once the trainer has accepted them
+    return trainer.run(on_start=lambda: _write_config(run.out_dir))
 
 
 def _write_config(out_dir: str | Path) -> None:

@@ -71,16 +71,25 @@ class DeviceQueue(Generic[Item]):
         raise NotImplementedError
 
     def _loop(self) -> None:
-        while (items := self._take()) is not None:
-            if not items:
-                continue
-            try:
-                self._run(items)
-            except Exception as e:  # answer every taken request instead of hanging it
-                log.exception("%s failed", type(self).__name__)
-                for item in items:
-                    if not item.future.done():
-                        item.future.set_exception(e)
+        try:
+            while (items := self._take()) is not None:
+                if not items:
+                    continue
+                try:
+                    self._run(items)
+                except Exception as e:  # answer every taken request instead of hanging it
+                    log.exception("%s failed", type(self).__name__)
+                    for item in items:
+                        if not item.future.done():
+                            item.future.set_exception(e)
+        finally:  # the thread is ending (closed, or an error outside _run): refuse new work, cancel what waits
+            with self._cv:
+                if not self._closed:
+                    log.error("%s: the device thread stopped; the queue is closed", type(self).__name__)
+                self._closed = True
+                for item in self._queue:
+                    item.future.cancel()
+                self._queue.clear()
 
     def close(self) -> None:
         with self._cv:

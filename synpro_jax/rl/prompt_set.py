@@ -11,7 +11,6 @@ prompts the uninterrupted run would have, and no host needs to tell another whic
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
 import json
 import logging
@@ -45,7 +44,10 @@ class PromptSet:
 
         if max_documents is not None and max_documents < 1:
             raise ValueError(f"GRPORunConfig.max_documents={max_documents}: must be >= 1 or None")
+        if not isinstance(seed, int) or seed < 0:
+            raise ValueError(f"GRPORunConfig.seed={seed!r}: must be an int >= 0")
         self.operation, self.seed = operation, int(seed)
+        self._orders: dict[int, np.ndarray] = {}
         # The character cut happens here (at a sentence); the builder only cuts tokens, in the middle.
         builder = PromptBuilder(vocab, SynthesisConfig(operation=operation, max_source_chars=10**9,
                                                        max_prompt_tokens=max_prompt_tokens,
@@ -78,9 +80,12 @@ class PromptSet:
     def __len__(self) -> int:
         return len(self.items)
 
-    @functools.lru_cache(maxsize=4)
     def _order(self, epoch: int) -> np.ndarray:
-        return np.random.default_rng([self.seed, epoch]).permutation(len(self.items))
+        if epoch not in self._orders:
+            if len(self._orders) > 4:  # steps read one or two epochs at a time
+                self._orders.clear()
+            self._orders[epoch] = np.random.default_rng([self.seed, epoch]).permutation(len(self.items))
+        return self._orders[epoch]
 
     def indices(self, step: int, prompts_per_step: int) -> list[int]:
         """Document indices of step ``step`` (0-based)."""

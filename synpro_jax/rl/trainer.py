@@ -16,10 +16,17 @@ checkpoint's fingerprint (so is everything that decides the run: model, GRPO set
 vocabulary, seed). Rollout randomness is drawn from (seed, step). So a job killed at any step and restarted gives
 the parameters of an uninterrupted run. SIGTERM saves after the current step and returns ``preempted``.
 
-Outputs in ``out_dir``: ``checkpoints/``, ``metrics.jsonl`` and ``tensorboard/`` (per-reward mean and std, the
-weighted total, KL, clip fraction, completion length, truncated share, the time and tokens/s of each phase),
-``reward_curves.png``, ``summary.json`` and ``export/``: the final generator as an HF OLMo-2 directory with its
-vocabulary, which transformers loads and ``synpro synthesize`` takes as ``GENERATOR``.
+Outputs in ``out_dir``: ``checkpoints/``, ``metrics.jsonl`` and ``tensorboard/``, ``reward_curves.png``,
+``summary.json`` and ``export/``: the final generator as an HF OLMo-2 directory with its vocabulary, which
+transformers loads and ``synpro synthesize`` takes as ``GENERATOR``. Metrics of a step:
+
+- ``reward/<name>_mean``, ``_std`` per reward and ``reward/total_*`` of the weighted sum; ``reward_failures/<name>``
+  (completions given the fallback); ``zero_std_groups`` (share of groups whose total is constant: no signal);
+- ``loss``, ``policy_loss``, ``kl``, ``clip_fraction``, ``grad_norm``, ``learning_rate`` of the step's last update;
+- ``completion_length`` (generated tokens, a final stop token included) and ``truncated_share`` (completions that
+  used their whole budget without a stop token);
+- ``time/*_s`` per phase; ``rollout_tokens_per_s`` = generated tokens / rollout time (sampling, the host copy and
+  decoding to text); ``update_tokens_per_s`` = prompt + completion tokens x num_iterations / update time.
 """
 
 from __future__ import annotations
@@ -33,9 +40,10 @@ import signal
 import threading
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
@@ -91,6 +99,8 @@ class GRPORunConfig:
             raise ValueError(f"GRPORunConfig.export_dtype={self.export_dtype!r}: 'float32' or 'bfloat16'")
         if self.min_source_chars < 0:
             raise ValueError(f"GRPORunConfig.min_source_chars={self.min_source_chars}: must be >= 0")
+        if not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"GRPORunConfig.seed={self.seed!r}: must be an int >= 0")
 
 
 def step_seed(seed: int, step: int) -> int:
@@ -102,6 +112,11 @@ def _host(x) -> np.ndarray:
     if isinstance(x, jax.Array) and not x.is_fully_addressable:
         return np.asarray(multihost_utils.process_allgather(x, tiled=True))
     return np.asarray(x)
+
+
+@jax.jit
+def _count_tokens(segment_ids: jax.Array) -> jax.Array:
+    return jnp.sum(segment_ids > 0)
 
 
 def reward_metrics(result, num_generations: int) -> dict[str, float]:
@@ -169,6 +184,9 @@ class GRPOTrainer:
             raise ValueError(f"GRPORunConfig.prompts_per_step={run.prompts_per_step} x GRPOConfig.num_generations="
                              f"{g.num_generations} = {rows} completions per step must divide into accum_steps="
                              f"{run.accum_steps} micro-batches over the mesh's {shards} data shards")
+        if run.logits_chunk is not None and g.max_completion_tokens % run.logits_chunk:
+            raise ValueError(f"GRPORunConfig.logits_chunk={run.logits_chunk} must divide GRPOConfig."
+                             f"max_completion_tokens={g.max_completion_tokens} (the completion slots)")
         self.cfg, self.mesh, self.vocab, self.prompts, self.suite = cfg, mesh, vocab, prompts, suite
         self.run_cfg, self.grpo = run, g
         self.out_dir = Path(run.out_dir)
@@ -178,13 +196,19 @@ class GRPOTrainer:
         self.step_fn = GRPOStep(cfg, mesh, g, total_steps=run.num_steps * g.num_iterations,
                                 accum_steps=run.accum_steps, logits_chunk=run.logits_chunk, rules=rules)
         self.init_params = params
-        self.ref_params = self.step_fn.copy_params(params) if g.beta > 0 else None
+        # The actor is built by a jit (fresh buffers, the ones later donated), so the reference can share the
+        # starting params' buffers instead of holding another copy.
+        self.ref_params = jax.device_put(jax.tree.map(lambda x: x if x.dtype == np.float32 else
+                                                      x.astype(np.float32), params),
+                                         self.step_fn.param_shardings) if g.beta > 0 else None
         self.sampler = Sampler(cfg, params, mesh=mesh)
         self.fingerprint = json.loads(json.dumps({
             "model": dataclasses.asdict(cfg), "grpo": dataclasses.asdict(g),
             "run": {k: v for k, v in dataclasses.asdict(run).items()
                     if k in ("num_steps", "prompts_per_step", "seed", "max_source_chars", "min_source_chars",
-                             "max_documents")},
+                             "max_documents", "accum_steps", "logits_chunk")},
+            # numpy's Generator streams decide the prompt order and the rollout seeds
+            "numpy": np.__version__,
             "prompts": prompts.fingerprint(), "stop_ids": self.stop_ids, **(fingerprint or {}),
         }, default=str))
         self._stop = threading.Event()
@@ -217,6 +241,9 @@ class GRPOTrainer:
         sources = [it.source for it in items for _ in range(g.num_generations)]
         group = np.repeat(np.arange(len(items)), g.num_generations)
         result = self.suite(RewardInputs(self.prompts.operation, sources, texts, group))
+        if jax.process_count() > 1:  # every host scores; process 0's totals decide (judges may disagree)
+            result = dataclasses.replace(result, total=np.asarray(
+                multihost_utils.broadcast_one_to_all(np.asarray(result.total, np.float32))))
         advantages = np.asarray(grpo.compute_advantages(result.total, g), np.float32)
         t2 = time.perf_counter()
         batch = {"tokens": rollout.tokens, "positions": rollout.positions, "segment_ids": rollout.segment_ids,
@@ -233,7 +260,7 @@ class GRPOTrainer:
         metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
         t4 = time.perf_counter()
         self.sampler.update_params(state.params)
-        real_tokens = float(np.sum(_host(rollout.segment_ids) > 0))
+        real_tokens = float(jax.device_get(_count_tokens(rollout.segment_ids)))
         record = {
             "step": step + 1,
             **reward_metrics(result, g.num_generations),
@@ -258,16 +285,22 @@ class GRPOTrainer:
             raise ValueError(f"{self.out_dir / 'checkpoints'} holds a GRPO run made with a different {field}: "
                              f"{then!r} then, {now!r} now; use a new out_dir to train with these settings")
 
-    def run(self) -> dict:
+    def run(self, on_start: Callable[[], None] | None = None) -> dict:
+        """Train to ``num_steps`` (resuming from ``out_dir`` if it holds a checkpoint of this run) and export.
+        ``on_start`` is called once the checkpoint (if any) is accepted, before the first step: the place to
+        write files describing the run, which a refused restart must not touch."""
         run = self.run_cfg
-        ckpt = Checkpointer(self.out_dir / "checkpoints", save_every=run.checkpoint_every,
-                            keep=run.keep_checkpoints, async_save=run.async_checkpoints)
         if self.init_params is None:
             raise RuntimeError("GRPOTrainer.run() runs once: make a new trainer to run again")
-        state = {"train": self.step_fn.init(jax.random.key(run.seed), self.init_params)}
-        self.init_params = None  # the state holds its own copy; do not keep a third one on the device
+        ckpt = Checkpointer(self.out_dir / "checkpoints", save_every=run.checkpoint_every,
+                            keep=run.keep_checkpoints, async_save=run.async_checkpoints)
         try:
-            restored = ckpt.restore(state, check_meta=self._check)
+            # Restore into an abstract template: a restart never holds a fresh state and the restored one at once.
+            template = {"train": jax.tree.map(
+                lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh),
+                jax.eval_shape(self.step_fn.init, jax.random.key(run.seed), self.init_params),
+                self.step_fn.state_shardings)}
+            restored = ckpt.restore(template, check_meta=self._check)
         except BaseException:
             ckpt.close()
             raise
@@ -275,7 +308,13 @@ class GRPOTrainer:
         if restored is not None:
             state, _, start = restored
             self.sampler.update_params(state["train"].params)
-            log.info("GRPO: resuming from step %d", start)
+            if jax.process_index() == 0:
+                print(f"GRPO: resuming from step {start} ({ckpt.directory})", flush=True)
+        else:
+            state = {"train": self.step_fn.init(jax.random.key(run.seed), self.init_params)}
+        self.init_params = None  # the state holds its own copy; do not keep a third one on the device
+        if on_start is not None:
+            on_start()
         metrics_log = MetricsLog(self.out_dir, start)
         previous = signal.getsignal(signal.SIGTERM)
         in_main = threading.current_thread() is threading.main_thread()
@@ -294,7 +333,7 @@ class GRPOTrainer:
                 if step % run.log_every == 0 or step == run.num_steps:
                     metrics_log.write(record)
                 meta = {"step": step, "fingerprint": self.fingerprint, "time": time.time()}
-                if self._stop.is_set():
+                if self._stop_requested() and step < run.num_steps:
                     ckpt.save(step, state, meta, force=True)
                     preempted = True
                     log.warning("SIGTERM: saved GRPO step %d; rerun the same command to resume", step)
@@ -319,6 +358,13 @@ class GRPOTrainer:
             os.replace(tmp, self.out_dir / "summary.json")
         return summary
 
+    def _stop_requested(self) -> bool:
+        """SIGTERM seen here, or (on a pod) on any host: every host stops after the same step."""
+        stop = self._stop.is_set()
+        if jax.process_count() > 1:
+            stop = bool(np.max(multihost_utils.process_allgather(np.int32(stop))))
+        return stop
+
     def _summary(self, records: list[dict], step: int, preempted: bool) -> dict:
         def mean_of(key, part):
             vals = [r[key] for r in part if key in r]
@@ -341,29 +387,39 @@ class GRPOTrainer:
         replaced atomically; only process 0 writes. Every process must call it (the weights are gathered)."""
         from synpro_jax.models import hf
 
-        host = jax.tree.map(_host, params)
         out = self.out_dir / EXPORT_DIR
+        info_path = out / EXPORT_INFO
+        if info_path.exists():
+            try:
+                old = json.loads(info_path.read_text())
+            except (OSError, ValueError):
+                old = {}
+            if old.get("step") == step and old.get("fingerprint") == self.fingerprint \
+                    and old.get("dtype") == self.run_cfg.export_dtype:
+                return out  # a finished run restarted: its export is already there
+        host = jax.tree.map(_host, params)
         if jax.process_index() != 0:
             return out
+        for stale in self.out_dir.glob(f".{EXPORT_DIR}.*"):  # left by a kill inside an earlier export
+            shutil.rmtree(stale, ignore_errors=True)
         tmp = self.out_dir / f".{EXPORT_DIR}.tmp-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
         hf.save(self.cfg, host, tmp, dtype=self.run_cfg.export_dtype)
         for f in self.vocabulary_files:
-            src = Path(f)
+            src = Path(os.fspath(f))
             if src.suffix == ".model":
                 shutil.copyfile(src, tmp / "tokenizer.model")
             elif src.is_dir():
                 shutil.copyfile(src / "tokenizer.json", tmp / "tokenizer.json")
             else:
                 shutil.copyfile(src, tmp / "tokenizer.json")
-        info = {"step": step, "operation": self.prompts.operation, "fingerprint": self.fingerprint,
-                "summary": summary or {}}
+        info = {"step": step, "operation": self.prompts.operation, "dtype": self.run_cfg.export_dtype,
+                "fingerprint": self.fingerprint, "summary": summary or {}}
         (tmp / EXPORT_INFO).write_text(json.dumps(info, indent=2, default=str))
         if out.exists():
             old = self.out_dir / f".{EXPORT_DIR}.old-{os.getpid()}"
             os.replace(out, old)
             os.replace(tmp, out)
-            shutil.rmtree(old)
+            shutil.rmtree(old, ignore_errors=True)
             log.info("replaced %s with the generator at step %d", out, step)
         else:
             os.replace(tmp, out)

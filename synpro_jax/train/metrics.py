@@ -57,6 +57,24 @@ def device_peak_flops(dtype: str = "float32") -> tuple[float, str]:
     return measure_matmul_flops(jdtype), f"measured {dtype} matmul rate ({kind})"
 
 
+def _read_records(path: Path) -> list[dict]:
+    """The JSONL records of ``path``; a torn last line (a kill or a full disk mid-write) is dropped with a warning,
+    a bad line elsewhere is an error naming it."""
+    lines = path.read_text().splitlines()
+    records = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            if i == len(lines) - 1:
+                log.warning("%s: dropping its torn last line %d", path, i + 1)
+                continue
+            raise ValueError(f"{path}:{i + 1}: not a JSON record") from None
+    return records
+
+
 class MetricsLog:
     """metrics.jsonl plus TensorBoard, written by process 0 only. On a resume from step s, records after s (which
     are about to be redone) are dropped from the JSONL and purged from TensorBoard."""
@@ -69,7 +87,7 @@ class MetricsLog:
             return
         out_dir.mkdir(parents=True, exist_ok=True)
         if self.path.exists():  # keep what the checkpoint covers; steps after it are about to be redone
-            kept = [r for r in map(json.loads, self.path.read_text().splitlines()) if r.get("step", 0) <= resume_step]
+            kept = [r for r in _read_records(self.path) if r.get("step", 0) <= resume_step]
             tmp = self.path.with_suffix(".jsonl.tmp")
             tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
             os.replace(tmp, self.path)

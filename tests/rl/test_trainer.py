@@ -93,6 +93,9 @@ def test_one_step_is_the_scored_rollout_then_one_learner_update_and_the_sampler_
     with pytest.raises(ValueError, match="prompts_per_step=3 x GRPOConfig.num_generations=4 = 12 completions"):
         GRPOTrainer(cfg, sharding.make_mesh(sharding.MeshConfig()), params, vocab, prompt_set, suite,
                     GRPORunConfig(out_dir=str(tmp_path), num_steps=4, prompts_per_step=3), algo)
+    with pytest.raises(ValueError, match="GRPORunConfig.logits_chunk=5 must divide GRPOConfig.max_completion_tok"):
+        GRPOTrainer(cfg, sharding.make_mesh(sharding.MeshConfig()), params, vocab, prompt_set, suite,
+                    GRPORunConfig(out_dir=str(tmp_path), num_steps=4, prompts_per_step=2, logits_chunk=5), algo)
 
     # By hand: the step's rollout, its texts, rewards and group advantages in NumPy, one GRPOStep update.
     items, rollout = trainer.rollouts(1)
@@ -213,9 +216,11 @@ def test_the_export_is_the_trained_generator_transformers_loads_it_and_synthesiz
 def test_a_rerun_with_another_reward_weight_is_refused_naming_it(cli_run, workspace):
     root, out, _ = cli_run
     (root / "changed.gin").write_text(grpo_gin(workspace, out, '{"format": 1.0, "length": 2.0}'))
+    config = (out / "config.gin").read_text()
     result = synpro("grpo", f"--gin_file={root / 'changed.gin'}")
     assert result.returncode == 2
     assert "different rewards.weights.length: 1.0 then, 2.0 now" in result.stderr
+    assert (out / "config.gin").read_text() == config  # still describes the checkpoints
 
 
 # --- kill and resume ------------------------------------------------------------------------------------------------
@@ -235,7 +240,12 @@ def start(workspace_root: Path, out_dir: Path) -> subprocess.Popen:
 def logged_steps(out_dir: Path) -> int:
     path = out_dir / "metrics.jsonl"
     lines = [line for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
-    return json.loads(lines[-1])["step"] if lines else 0
+    for line in reversed(lines):  # the last line may be half-written
+        try:
+            return json.loads(line)["step"]
+        except ValueError:
+            continue
+    return 0
 
 
 def records(out_dir: Path) -> list[dict]:
@@ -251,7 +261,7 @@ def test_sigkill_at_a_random_step_then_resume_gives_the_uninterrupted_parameters
     out, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, out[-3000:]
 
-    kill_at = int(np.random.default_rng(int(time.time())).integers(2, STEPS - 1))
+    kill_at = int(np.random.default_rng(int(time.time())).integers(3, STEPS - 1))  # checkpoints every 2 steps
     killed = tmp_path / "killed"
     proc = start(ws, killed)
     deadline = time.time() + 600
@@ -262,9 +272,11 @@ def test_sigkill_at_a_random_step_then_resume_gives_the_uninterrupted_parameters
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert logged_steps(killed) < STEPS
+    committed = max(int(p.name) for p in (killed / "checkpoints").iterdir() if p.name.isdigit())
     proc = start(ws, killed)
     out, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, out[-3000:]
+    assert f"GRPO: resuming from step {committed}" in out and committed >= 2  # it did resume, mid-run
 
     a, b = records(straight), records(killed)
     assert [r["step"] for r in b] == list(range(1, STEPS + 1))  # every step logged exactly once
