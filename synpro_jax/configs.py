@@ -112,13 +112,11 @@ def pretrain(model: ModelConfig = gin.REQUIRED, mesh: MeshConfig = MeshConfig(),
         print(f"mesh {sharding.devices_summary(mesh_obj)} | global batch {trainer.global_batch} x seq "
               f"{trainer.seq_len} | {trainer.num_steps} steps -> {trainer.out_dir}")
         print(summarize(streams.info))
-        out = Path(trainer.out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        _write_config(out)
     runner = Trainer(model, mesh_obj, optimizer, trainer, streams.train, streams.validation, init_params,
                      data_fingerprint=streams.info["fingerprint"],
                      summary_extra={"organic_unigram_entropy": streams.info["organic_unigram_entropy"]})
-    return runner.run()
+    # config.gin describes the checkpoints: written only once the trainer has accepted them
+    return runner.run(on_start=lambda: _write_config(trainer.out_dir))
 
 
 @gin.configurable(module="synpro")

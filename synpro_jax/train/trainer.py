@@ -208,7 +208,9 @@ class Trainer:
         return {"val_loss": val, "val_ppl": math.exp(min(val, 50.0)), "val_tokens": tokens}
 
     # --- the loop ------------------------------------------------------------------------------------------------
-    def run(self) -> dict:
+    def run(self, on_start=None) -> dict:
+        """Train (resuming from ``out_dir``'s checkpoint if there is one). ``on_start`` is called once that
+        checkpoint is accepted, before the first step: a refused restart must not rewrite the run's files."""
         cfg = self.cfg
         ckpt = Checkpointer(self.out_dir / "checkpoints", save_every=cfg.checkpoint_every,
                             keep=cfg.keep_checkpoints, async_save=cfg.async_checkpoints)
@@ -229,6 +231,8 @@ class Trainer:
             state, meta, start = restored
             self.plateau.load_state_dict(meta.get("plateau", {}))
             log.info("resuming from step %d", start)
+        if on_start is not None:
+            on_start()
         metrics_log = MetricsLog(self.out_dir, start)
         peak = device_peak_flops(self.model_cfg.dtype)[0] * jax.device_count()
         fpt = self.model_cfg.train_flops_per_token(cfg.seq_len)
