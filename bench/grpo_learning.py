@@ -51,6 +51,7 @@ from synpro_jax import models, sharding  # noqa: E402
 from synpro_jax.data.vocab import load_vocabulary  # noqa: E402
 from synpro_jax.generation import prompts as P  # noqa: E402
 from synpro_jax.train import params_io  # noqa: E402
+from synpro_jax.train.metrics import save_png  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
 PRETRAIN_DIR = ROOT / "runs" / "cpu_organic"
@@ -345,10 +346,7 @@ def plot(report: dict, path: Path) -> None:
     for ax in axes:
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_png(fig, path)
 
 
 def main() -> None:

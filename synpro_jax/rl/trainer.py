@@ -59,7 +59,7 @@ from synpro_jax.rl.learner import GRPOStep
 from synpro_jax.rl.prompt_set import PromptSet
 from synpro_jax.rl.rewards.base import RewardInputs, RewardSuite
 from synpro_jax.train.checkpoint import Checkpointer
-from synpro_jax.train.metrics import MetricsLog
+from synpro_jax.train.metrics import MetricsLog, save_png
 
 log = logging.getLogger(__name__)
 
@@ -155,10 +155,7 @@ def plot_reward_curves(records: Sequence[dict], path: Path, title: str = "") -> 
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_png(fig, path)
 
 
 class GRPOTrainer:

@@ -57,6 +57,17 @@ def device_peak_flops(dtype: str = "float32") -> tuple[float, str]:
     return measure_matmul_flops(jdtype), f"measured {dtype} matmul rate ({kind})"
 
 
+def save_png(fig, path: Path, dpi: int = 110) -> None:
+    """Write a matplotlib figure as a PNG atomically (temp file, then rename) and close it."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp, dpi=dpi)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
 def _read_records(path: Path) -> list[dict]:
     """The JSONL records of ``path``; a torn last line (a kill or a full disk mid-write) is dropped with a warning,
     a bad line elsewhere is an error naming it."""

@@ -36,7 +36,7 @@ from synpro_jax.data.packing import PackedStream
 from synpro_jax.data.pipeline import TrainBatches
 from synpro_jax.models import LossSums, ModelConfig
 from synpro_jax.train.checkpoint import Checkpointer
-from synpro_jax.train.metrics import MetricsLog, device_peak_flops
+from synpro_jax.train.metrics import MetricsLog, device_peak_flops, save_png
 from synpro_jax.train.optimizer import OptimizerConfig
 from synpro_jax.train.plateau import PlateauDetector
 from synpro_jax.train.step import TrainStep, batch_loss_sums
@@ -94,10 +94,7 @@ def plot_loss_curve(records: list[dict], path: Path, title: str = "") -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_png(fig, path)
 
 
 def micro_batched_eval(step: TrainStep):
