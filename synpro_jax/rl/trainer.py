@@ -289,18 +289,14 @@ class GRPOTrainer:
         run = self.run_cfg
         if self.init_params is None:
             raise RuntimeError("GRPOTrainer.run() runs once: make a new trainer to run again")
+        # Restore into an abstract template: a restart never holds a fresh state and the restored one at once.
+        template = {"train": jax.tree.map(
+            lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh),
+            jax.eval_shape(self.step_fn.init, jax.random.key(run.seed), self.init_params),
+            self.step_fn.state_shardings)}
         ckpt = Checkpointer(self.out_dir / "checkpoints", save_every=run.checkpoint_every,
                             keep=run.keep_checkpoints, async_save=run.async_checkpoints)
-        try:
-            # Restore into an abstract template: a restart never holds a fresh state and the restored one at once.
-            template = {"train": jax.tree.map(
-                lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh),
-                jax.eval_shape(self.step_fn.init, jax.random.key(run.seed), self.init_params),
-                self.step_fn.state_shardings)}
-            restored = ckpt.restore(template, check_meta=self._check)
-        except BaseException:
-            ckpt.close()
-            raise
+        restored = ckpt.restore(template, check_meta=self._check)  # closes itself if it raises
         start = 0
         if restored is not None:
             state, _, start = restored

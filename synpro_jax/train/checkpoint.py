@@ -46,7 +46,15 @@ class Checkpointer:
     def restore(self, state_template: Any, step: int | None = None,
                 check_meta: Callable[[dict], None] | None = None) -> tuple[Any, dict, int] | None:
         """(state, meta, step) of ``step`` (default: the latest), laid out like ``state_template``; None if the
-        directory holds no checkpoint. ``check_meta`` sees the metadata first and may raise to refuse it."""
+        directory holds no checkpoint. ``check_meta`` sees the metadata first and may raise to refuse it; any
+        failure closes the manager (its background threads) before it propagates."""
+        try:
+            return self._restore(state_template, step, check_meta)
+        except BaseException:
+            self.close()
+            raise
+
+    def _restore(self, state_template: Any, step: int | None, check_meta: Callable[[dict], None] | None):
         step = self.latest_step() if step is None else step
         if step is None:
             return None

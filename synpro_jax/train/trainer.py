@@ -218,11 +218,7 @@ class Trainer:
                 raise ValueError(f"{ckpt.directory} holds a checkpoint of a different configuration (model, "
                                  "optimizer, batch, sequence length, seed or data changed); use a new out_dir")
 
-        try:
-            restored = ckpt.restore(state, check_meta=same_config)
-        except BaseException:
-            ckpt.close()
-            raise
+        restored = ckpt.restore(state, check_meta=same_config)  # closes itself if it raises
         start = 0
         if restored is not None:
             state, meta, start = restored
