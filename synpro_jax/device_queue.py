@@ -8,6 +8,7 @@ failed batch instead of hanging it, and shutdown cancelling what still waits.
 
 from __future__ import annotations
 
+import abc
 import collections
 import logging
 import threading
@@ -22,7 +23,7 @@ class QueueFull(Exception):
     """``max_queued`` requests are already waiting."""
 
 
-class DeviceQueue(Generic[Item]):
+class DeviceQueue(abc.ABC, Generic[Item]):
     """Subclasses implement :meth:`_take` (wait with :meth:`_wait_for_items`, then pick a batch under
     ``self._cv``) and :meth:`_run` (compute and set each taken item's future), and call :meth:`_start` last in
     their ``__init__``."""
@@ -63,12 +64,13 @@ class DeviceQueue(Generic[Item]):
             self._cv.wait()
         return not self._closed
 
+    @abc.abstractmethod
     def _take(self) -> list[Item] | None:
         """The next batch (possibly empty), or None once closed."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _run(self, items: list[Item]) -> None:
-        raise NotImplementedError
+        """Compute the batch and set each item's future."""
 
     def _loop(self) -> None:
         try:

@@ -163,6 +163,16 @@ def batch_shards(mesh: Mesh, rules: Rules = DEFAULT_RULES) -> int:
     return math.prod(mesh.shape[a] for a in axes if a in mesh.shape)
 
 
+def to_host(x) -> np.ndarray:
+    """A (possibly multi-host, globally sharded) array's whole value on this host: np.asarray alone would see only
+    this host's shards on a pod, so those arrays are gathered (every process must call this)."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(x)
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 

@@ -32,7 +32,6 @@ from typing import Any, Callable, NamedTuple, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 
 from synpro_jax import models, sharding
@@ -101,19 +100,12 @@ class RolloutBatch(NamedTuple):
 
     def completions(self) -> list[list[int]]:
         """Completion token ids per row (a host copy of the completion slots only)."""
-        tokens, lengths = _host(self.tokens[:, self.prompt_slots:]), _host(self.lengths)
+        tokens, lengths = sharding.to_host(self.tokens[:, self.prompt_slots:]), sharding.to_host(self.lengths)
         return [row[:n].tolist() for row, n in zip(tokens, lengths)]
 
     def texts(self, decode: Callable[[list[int]], str]) -> list[str]:
         """Completions as text through ``decode`` (e.g. a tokenizer's decode): only text rewards need this."""
         return [decode(c) for c in self.completions()]
-
-
-def _host(x) -> np.ndarray:
-    """A host copy of a (possibly multi-host, globally sharded) array."""
-    if isinstance(x, jax.Array) and not x.is_fully_addressable:
-        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-    return np.asarray(x)
 
 
 def decode_windows(new_slots: int, prompt_slots: int = 0) -> list[int]:
@@ -296,7 +288,7 @@ class Sampler:
         ``num_generations=G`` each prompt is prefilled once and completed G times: rows i*G..i*G+G-1."""
         _, out, width, n = self._run(prompts, max_new_tokens, temperature, top_k, top_p, seed, eos_id, pad_id,
                                      stream_ids, num_generations)
-        out_tokens, logprobs, out_lengths, finished = (_host(x)[:n] for x in out)
+        out_tokens, logprobs, out_lengths, finished = (sharding.to_host(x)[:n] for x in out)
         return SampleOutput(out_tokens[:, :width], out_lengths, logprobs[:, :width], finished)
 
     def rollout(

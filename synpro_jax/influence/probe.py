@@ -124,13 +124,6 @@ def finetune(cfg: ModelConfig, mesh: Mesh, params: Any, reference, pcfg: ProbeCo
     return state.params
 
 
-def _host(x: jax.Array) -> np.ndarray:
-    """A global array's value on every host (np.asarray only sees this host's shards on a pod)."""
-    if x.is_fully_addressable:
-        return np.asarray(x)
-    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-
-
 class Probe:
     """Scores documents by influence = L_theta - L_theta' (two forward passes, sharded over the mesh)."""
 
@@ -152,7 +145,7 @@ class Probe:
         mask = jax.device_put(np.asarray(mask, np.float32), rows)
         with jax.set_mesh(self.mesh):
             before, after = compiled_loss_pair(self.cfg, self.mesh)(self.params, self.params_ft, tokens, mask)
-        before, after = _host(before), _host(after)
+        before, after = sharding.to_host(before), sharding.to_host(after)
         return {"influence": before - after, "loss_before": before, "loss_after": after}
 
     def rows(self, docs: Sequence[np.ndarray], batch_size: int, pad_id: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
+from synpro_jax import sharding
 from synpro_jax.influence.probe import first_difference
 from synpro_jax.models import ModelConfig
 from synpro_jax.train import params_io
@@ -143,10 +144,9 @@ def load_pair(cfg: ModelConfig, mesh: Mesh, checkpoint: str, finetuned: str) -> 
 
 def _save_finetuned(cfg: ModelConfig, tuned: Any, path: Path, provenance: dict) -> None:
     """HF directory plus provenance, renamed into place in one step (process 0 only)."""
-    from synpro_jax.influence.probe import _host
     from synpro_jax.models import hf
 
-    host = jax.tree.map(_host, tuned)  # every process takes part in the gather
+    host = jax.tree.map(sharding.to_host, tuned)  # every process takes part in the gather
     if jax.process_index() != 0:
         return
     tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")

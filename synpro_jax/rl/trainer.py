@@ -108,12 +108,6 @@ def step_seed(seed: int, step: int) -> int:
     return int(np.random.default_rng([seed, step]).integers(0, 2**31 - 1))
 
 
-def _host(x) -> np.ndarray:
-    if isinstance(x, jax.Array) and not x.is_fully_addressable:
-        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-    return np.asarray(x)
-
-
 @jax.jit
 def _count_tokens(segment_ids: jax.Array) -> jax.Array:
     return jnp.sum(segment_ids > 0)
@@ -223,7 +217,7 @@ class GRPOTrainer:
 
     def completion_texts(self, rollout) -> tuple[list[str], np.ndarray, np.ndarray]:
         """(texts without their stop token, lengths in tokens, finished) of a rollout, on the host."""
-        finished = _host(rollout.finished).astype(bool)
+        finished = sharding.to_host(rollout.finished).astype(bool)
         ids = rollout.completions()
         texts = [self.vocab.decode(c[:-1] if f and c else c) for c, f in zip(ids, finished)]
         return texts, np.array([len(c) for c in ids]), finished
@@ -390,7 +384,7 @@ class GRPOTrainer:
             if old.get("step") == step and old.get("fingerprint") == self.fingerprint \
                     and old.get("dtype") == self.run_cfg.export_dtype:
                 return out  # a finished run restarted: its export is already there
-        host = jax.tree.map(_host, params)
+        host = jax.tree.map(sharding.to_host, params)
         if jax.process_index() != 0:
             return out
         for stale in self.out_dir.glob(f".{EXPORT_DIR}.*"):  # left by a kill inside an earlier export
