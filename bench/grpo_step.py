@@ -132,7 +132,7 @@ def run_ours(cfg, model_dir: Path, tokenizer, prompt_steps, args) -> dict:
     g, c = args.num_generations, args.completion_len
     total_steps = args.warmup + args.steps
     grpo_cfg = GRPOConfig(num_generations=g, beta=0.005, max_completion_tokens=c)
-    learner = GRPOStep(cfg, mesh, grpo_cfg, total_steps=total_steps)
+    learner = GRPOStep(cfg, mesh, grpo_cfg, total_steps=total_steps, prompt_group=g)  # as GRPOTrainer runs it
     sampler = Sampler(cfg, params, mesh=mesh)
     state = learner.init(jax.random.key(1), params)
     ref = learner.copy_params(state.params)

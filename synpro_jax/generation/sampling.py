@@ -2,8 +2,13 @@
 
 Top-k and top-p find their cut-off by binary search over float32 values instead of sorting the vocabulary (the
 approach of t5x's ``binary_search.py``): 32 masked reductions over [B, V] find the exact threshold, which is
-cheaper than a sort of a 100k vocabulary on TPU and lets k and p be traced values, so changing them does not
-recompile. Ties at the threshold are kept, as in HF's warpers.
+cheaper than a sort of a 100k vocabulary on TPU (and ~7x cheaper than ``jnp.sort`` on CPU at [32, 4096]) and
+lets k and p be traced values, so changing them does not recompile. Ties at the threshold are kept, as in HF's
+warpers.
+
+The draw itself inverts the CDF of the filtered distribution in vocabulary order: one uniform number per row and
+one cumulative sum, where a Gumbel-max draw (``jax.random.categorical``) needs a random number and two logs per
+vocabulary entry (on CPU at [32, 4096]: 0.5 ms against 2.4 ms, a sixth of a small model's decode step).
 """
 
 from __future__ import annotations
@@ -76,6 +81,26 @@ def filter_logits(logits: jax.Array, temperature: jax.Array, top_k: jax.Array, t
     return jax.lax.cond(top_p < 1.0, top_p_mask, lambda x, _: x, scaled, top_p)
 
 
+def inverse_cdf_draw(keys: jax.Array, logits: jax.Array) -> jax.Array:
+    """One token per row from softmax(logits) [B, V] (-inf entries never drawn), with one key per row.
+
+    u ~ U[0, total mass) per row; the token is the first index whose running mass exceeds u, so a token of zero
+    mass is never chosen (the running mass does not grow there).
+    """
+    mass = jnp.exp(logits - jnp.max(logits, axis=-1, keepdims=True))
+    return invert_cdf(mass, jax.vmap(lambda k: jax.random.uniform(k, (), jnp.float32))(keys))
+
+
+def invert_cdf(mass: jax.Array, u: jax.Array) -> jax.Array:
+    """The token [B] at fraction u [B] in [0, 1] of the running mass [B, V] (unnormalised, >= 0)."""
+    v = mass.shape[-1]
+    cdf = jnp.cumsum(mass, axis=-1)
+    index = jnp.sum(cdf <= (u * cdf[:, -1])[:, None], axis=-1).astype(jnp.int32)
+    # u * total can round up to the total itself: then the last token with mass is the one
+    last = (v - 1 - jnp.argmax(mass[:, ::-1] > 0, axis=-1)).astype(jnp.int32)
+    return jnp.where(index < v, index, last)
+
+
 def choose_tokens(
     logits: jax.Array,
     keys: jax.Array,
@@ -94,7 +119,7 @@ def choose_tokens(
 
     def draw(_):
         filtered = filter_logits(logits, temperature, jnp.asarray(top_k, jnp.int32), jnp.asarray(top_p, jnp.float32))
-        return jax.vmap(jax.random.categorical)(keys, filtered).astype(jnp.int32)
+        return inverse_cdf_draw(keys, filtered)
 
     tokens = jax.lax.cond(temperature > 0, draw, lambda _: greedy, None)
     return tokens, jnp.take_along_axis(logp, tokens[:, None], axis=-1)[:, 0]

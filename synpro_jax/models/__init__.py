@@ -13,7 +13,7 @@ from jax.sharding import Mesh
 from synpro_jax import sharding
 from synpro_jax.models.config import ModelConfig
 from synpro_jax.models.losses import LossSums, loss_sums, per_example_loss, token_nll
-from synpro_jax.models.olmo import Decoder, KVCache, decode, layer_params
+from synpro_jax.models.olmo import Decoder, KVCache, PrefixKV, decode, layer_params
 from synpro_jax.models.presets import PRESETS, describe_presets, get_preset
 
 Params = Any
@@ -21,7 +21,7 @@ Params = Any
 __all__ = [
     "ModelConfig", "PRESETS", "get_preset", "describe_presets", "Decoder", "forward", "init_params", "random_params",
     "abstract_params", "param_logical_axes", "param_shardings", "LossSums", "loss_sums", "per_example_loss",
-    "token_nll", "KVCache", "init_cache", "forward_cached", "split_layers", "layer_params",
+    "token_nll", "KVCache", "PrefixKV", "init_cache", "forward_cached", "split_layers", "layer_params",
 ]
 
 
@@ -33,14 +33,19 @@ def forward(
     positions: jax.Array | None = None,
     segment_ids: jax.Array | None = None,
     return_hidden: bool = False,
-) -> jax.Array:
+    prefix: PrefixKV | None = None,
+    return_kv: bool = False,
+) -> Any:
     """Logits [B, T, V] in float32 for int tokens [B, T].
 
     ``positions`` (RoPE positions, default 0..T-1) and ``segment_ids`` (tokens attend only within their
-    segment, default one segment) let packed documents be kept apart.
+    segment, default one segment) let packed documents be kept apart. ``return_hidden`` gives the final hidden
+    states [B, T, D] instead; ``return_kv`` gives each layer's (keys, values) [layers, B, KV, T, hd] instead, to
+    serve as the ``prefix`` of a later call whose tokens follow them (see :class:`PrefixKV`).
     """
     return Decoder(cfg).apply(
-        {"params": params}, tokens, positions=positions, segment_ids=segment_ids, return_hidden=return_hidden
+        {"params": params}, tokens, positions=positions, segment_ids=segment_ids, return_hidden=return_hidden,
+        prefix=prefix, return_kv=return_kv,
     )
 
 

@@ -130,9 +130,14 @@ class Attention(nn.Module):
     cfg: ModelConfig
 
     @nn.compact
-    def __call__(self, x, positions, mask, cache=None):
+    def __call__(self, x, positions, mask, cache=None, prefix=None, return_kv=False, prefix_repeat=1):
         """``cache`` = (k, v, index, attend) of this layer: the new keys/values go into slots index.. and attention
-        reads the first ``attend`` slots (all when None); the updated (k, v) is returned alongside the output."""
+        reads the first ``attend`` slots (all when None); the updated (k, v) is returned alongside the output.
+
+        ``prefix`` = (k, v) of this layer: keys/values [B/prefix_repeat, KV, S, hd] of S slots that precede every
+        token of x, each shared by ``prefix_repeat`` consecutive rows (so a prompt's K/V serve all its completions; the
+        repeat happens here, per layer, and its gradient sums back into the shared rows). ``return_kv`` returns
+        this call's own (k, v) [B, KV, T, hd] instead of the cache."""
         cfg, dt = self.cfg, self.cfg.compute_dtype
         heads = (cfg.num_heads, cfg.head_dim)
         kv_heads = (cfg.num_kv_heads, cfg.head_dim)
@@ -153,6 +158,14 @@ class Attention(nn.Module):
             v_buf = jax.lax.dynamic_update_slice(v_buf, vh.astype(v_buf.dtype), (zero, zero, index, zero))
             new_cache = (k_buf, v_buf)
             kh, vh = k_buf[:, :, :attend], v_buf[:, :, :attend]
+        elif return_kv:
+            new_cache = (kh, vh)
+        if prefix is not None:
+            def expand(pre, own):
+                pre = jnp.repeat(pre.astype(own.dtype), prefix_repeat, axis=0, total_repeat_length=own.shape[0])
+                return jnp.concatenate([constrain(pre, ("batch", "kv_heads", "length", "head_dim")), own], axis=2)
+
+            kh, vh = expand(prefix[0], kh), expand(prefix[1], vh)
         out = dot_product_attention(q, kh, vh, mask)
         return Dense((cfg.d_model,), ("heads", "head_dim"), ("embed",), dt, name="o_proj")(out), new_cache
 
@@ -172,49 +185,83 @@ class MLP(nn.Module):
 class Block(nn.Module):
     """One decoder layer in OLMo-2 order: x + norm(attn(x)), then h + norm(mlp(h)).
 
-    Returns (x, None) as a scan body; with a layer cache (k, v, index, attend) it returns (x, (k, v)) instead.
+    Returns (x, None) as a scan body; with a layer cache (k, v, index, attend), or ``return_kv``, it returns
+    (x, (k, v)) instead. ``prefix`` is the layer's shared (k, v), each row of it repeated for ``prefix_repeat``
+    rows of x (see :class:`Attention`).
     """
 
     cfg: ModelConfig
+    return_kv: bool = False
+    prefix_repeat: int = 1
 
     @nn.compact
-    def __call__(self, x, positions, mask, cache=None):
+    def __call__(self, x, positions, mask, cache=None, prefix=None):
         cfg = self.cfg
-        h, new_cache = Attention(cfg, name="attn")(x, positions, mask, cache)
+        h, new_cache = Attention(cfg, name="attn")(x, positions, mask, cache, prefix, self.return_kv,
+                                                  self.prefix_repeat)
         x = x + RMSNorm(cfg.norm_eps, ("embed",), name="post_attn_norm")(h)
         h = MLP(cfg, name="mlp")(x)
         x = x + RMSNorm(cfg.norm_eps, ("embed",), name="post_mlp_norm")(h)
         return constrain(x, ("batch", "length", "embed")), new_cache
 
 
+class PrefixKV(NamedTuple):
+    """Keys and values of S slots that precede a batch's tokens, stacked over layers [layers, B/repeat, KV, S, hd]
+    (what ``Decoder(return_kv=True)`` returns for the prefix tokens), their segment ids [B, S] (per full row) and
+    ``repeat``: how many consecutive rows share each prefix row (a prompt and its G completions)."""
+
+    k: jax.Array
+    v: jax.Array
+    segments: jax.Array
+    repeat: int
+
+
 class Decoder(nn.Module):
-    """tokens [B, T] -> float32 logits [B, T, V] (or final hidden states with ``return_hidden``)."""
+    """tokens [B, T] -> float32 logits [B, T, V] (or final hidden states with ``return_hidden``).
+
+    With ``prefix`` (a :class:`PrefixKV`) the tokens come after the prefix's S slots and attend to them as well;
+    ``return_kv`` returns each layer's keys and values [layers, B, KV, T, hd] instead (a prefix for a later call).
+    """
 
     cfg: ModelConfig
 
     @nn.compact
-    def __call__(self, tokens, positions=None, segment_ids=None, return_hidden: bool = False):
+    def __call__(self, tokens, positions=None, segment_ids=None, return_hidden: bool = False,
+                 prefix: PrefixKV | None = None, return_kv: bool = False):
         cfg = self.cfg
         b, t = tokens.shape
         index = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
         positions = index if positions is None else positions
         segment_ids = jnp.ones((b, t), jnp.int32) if segment_ids is None else segment_ids
-        mask = attention_mask(segment_ids, segment_ids, index, index)
+        if prefix is None:
+            mask = attention_mask(segment_ids, segment_ids, index, index)
+        else:  # the prefix's slots 0..S-1 come before every token (slots S..S+T-1)
+            s = prefix.segments.shape[1]
+            k_index = jnp.broadcast_to(jnp.arange(s + t, dtype=jnp.int32), (b, s + t))
+            mask = attention_mask(segment_ids, jnp.concatenate([prefix.segments, segment_ids], axis=1),
+                                  index + s, k_index)
 
         embedding = self.param("embedding", _param_init(("vocab", "embed")), (cfg.vocab_size, cfg.d_model),
                                jnp.float32)
         x = embed(cfg, embedding, tokens)
         block = nn.remat(Block, prevent_cse=False) if cfg.remat else Block
+        in_axes = (nn.broadcast, nn.broadcast) if prefix is None else (nn.broadcast, nn.broadcast, nn.broadcast, 0)
         layers = nn.scan(
             block,
             variable_axes={"params": 0},
             split_rngs={"params": True},
-            in_axes=(nn.broadcast, nn.broadcast),
+            in_axes=in_axes,
             length=cfg.num_layers,
             unroll=cfg.scan_unroll,
             metadata_params={nn.PARTITION_NAME: "layers"},
         )
-        x, _ = layers(cfg, name="layers")(x, positions, mask)
+        if prefix is None:
+            x, kv = layers(cfg, return_kv, name="layers")(x, positions, mask)
+        else:
+            x, kv = layers(cfg, return_kv, prefix.repeat, name="layers")(x, positions, mask, None,
+                                                                         (prefix.k, prefix.v))
+        if return_kv:
+            return kv
         x = RMSNorm(cfg.norm_eps, ("embed",), name="final_norm")(x)
         if return_hidden:
             return x

@@ -14,7 +14,11 @@ Batch layout (one row per completion, the G completions of a prompt contiguous; 
   :meth:`GRPOStep.ref_logprobs` computes them).
 
 Completion token j of a row sits at slot P + j and is predicted by the logits at slot P - 1 + j, so C is read off
-``completion_mask`` and P = L - C. All log-probs are of softmax(logits / temperature) in float32, as the sampler's
+``completion_mask`` and P = L - C. With ``prompt_group`` G > 1 (:class:`GRPOStep`) each run of G consecutive rows
+must share its prompt slots (tokens, positions and segment ids), as a rollout's do: the prompt's slots 0..P-2 then
+run through the model once per group and the G rows run only slots P-1..L-2, attending to the shared keys and
+values. The log-probs and gradients are those of the unshared pass (to float rounding); the saving is the
+prompt's share of the compute times (G - 1) / G. All log-probs are of softmax(logits / temperature) in float32, as the sampler's
 are, so the importance ratio compares like with like.
 
 :class:`GRPOStep` is :class:`~synpro_jax.train.step.TrainStep` for GRPO: the same :class:`TrainState`, mesh
@@ -52,13 +56,14 @@ __all__ = ["GRPOStep", "TrainState", "token_logprobs", "check_batch", "grpo_loss
 
 def token_logprobs(cfg: ModelConfig, params: Any, tokens: jax.Array, positions: jax.Array,
                    segment_ids: jax.Array, completion_mask: jax.Array, temperature: float = 1.0,
-                   logits_chunk: int | None = None) -> jax.Array:
+                   logits_chunk: int | None = None, prompt_group: int = 1) -> jax.Array:
     """log softmax(logits / temperature) of each completion token, float32 [B, C], 0 where the mask is off.
 
     Only the C hidden states that predict completion tokens go through the output head (the prompt's logits,
     P x V per row, are never formed). With ``logits_chunk`` K (dividing C) the head runs over K completion slots
     at a time under rematerialization, so neither pass holds more than [B, K, V] logits (a 100k vocabulary
-    makes [B, C, V] the largest tensor of the step).
+    makes [B, C, V] the largest tensor of the step). With ``prompt_group`` G > 1, each G consecutive rows share
+    one pass over their prompt (see the module docstring).
     """
     b, length = tokens.shape
     c = completion_mask.shape[-1]
@@ -66,8 +71,24 @@ def token_logprobs(cfg: ModelConfig, params: Any, tokens: jax.Array, positions: 
     if p < 1:
         raise ValueError(f"completion_mask has {c} slots but tokens have {length}: need at least one prompt slot "
                          "before the completion (the logits at slot P-1 predict completion token 0)")
-    hidden = models.forward(cfg, params, tokens, positions=positions, segment_ids=segment_ids, return_hidden=True)
-    hidden = hidden[:, p - 1:length - 1]
+    if prompt_group > 1 and p > 1:
+        if b % prompt_group:
+            raise ValueError(f"{b} rows are not whole groups of prompt_group={prompt_group}")
+        def first(x):  # each group's prompt, its last slot excepted
+            # (a reshape, not x[::G]: on a (2,2,2) mesh inside the accumulation loop, XLA's SPMD partitioner
+            # gives the strided slice's embedding gradient to the wrong rows; the mesh test pins this down)
+            return x.reshape((b // prompt_group, prompt_group) + x.shape[1:])[:, 0, :p - 1]
+
+        k, v = models.forward(cfg, params, first(tokens), positions=first(positions),
+                              segment_ids=first(segment_ids), return_kv=True)
+        prefix = models.PrefixKV(k, v, segment_ids[:, :p - 1], prompt_group)
+        rest = lambda x: x[:, p - 1:length - 1]  # noqa: E731
+        hidden = models.forward(cfg, params, rest(tokens), positions=rest(positions), segment_ids=rest(segment_ids),
+                                return_hidden=True, prefix=prefix)
+    else:
+        hidden = models.forward(cfg, params, tokens, positions=positions, segment_ids=segment_ids,
+                                return_hidden=True)
+        hidden = hidden[:, p - 1:length - 1]
     targets = tokens[:, p:]
     head = params["lm_head"]
 
@@ -92,8 +113,10 @@ def token_logprobs(cfg: ModelConfig, params: Any, tokens: jax.Array, positions: 
     return jnp.where(completion_mask.astype(bool), logp, 0.0)
 
 
-def check_batch(batch: dict, grpo_cfg: GRPOConfig | None = None, accum_steps: int = 1) -> None:
-    """Clear errors for a batch that does not follow the layout in the module docstring."""
+def check_batch(batch: dict, grpo_cfg: GRPOConfig | None = None, accum_steps: int = 1,
+                prompt_group: int = 1) -> None:
+    """Clear errors for a batch that does not follow the layout in the module docstring. Whether the rows of a
+    prompt group share their prompt is checked only on host (NumPy) arrays: device arrays are not fetched."""
     unknown = set(batch) - set(REQUIRED_KEYS) - set(OPTIONAL_KEYS)
     missing = [k for k in REQUIRED_KEYS if k not in batch]
     if unknown or missing:
@@ -113,6 +136,19 @@ def check_batch(batch: dict, grpo_cfg: GRPOConfig | None = None, accum_steps: in
             raise ValueError(f"batch[{key!r}] has shape {tuple(batch[key].shape)}: need {expected}")
     if b % accum_steps:
         raise ValueError(f"GRPO batch of {b} rows is not divisible by GRPOStep.accum_steps={accum_steps}")
+    if prompt_group > 1:
+        if b % prompt_group:
+            raise ValueError(f"GRPO batch of {b} rows is not whole groups of GRPOStep.prompt_group={prompt_group}")
+        p = length - c_shape[1]
+        for key in ("tokens", "positions", "segment_ids"):
+            x = batch[key]
+            if isinstance(x, np.ndarray):
+                groups = x[:, :p].reshape(b // prompt_group, prompt_group, p)
+                bad = np.flatnonzero(np.any(groups != groups[:, :1], axis=(1, 2)))
+                if bad.size:
+                    raise ValueError(f"GRPOStep.prompt_group={prompt_group}: rows {bad[0] * prompt_group}.."
+                                     f"{(bad[0] + 1) * prompt_group - 1} differ in batch[{key!r}][:, :{p}] (the "
+                                     "prompt slots); each group of consecutive rows must share one prompt")
     if grpo_cfg is not None:
         if grpo_cfg.beta > 0 and "ref_logp" not in batch:
             raise ValueError(f"GRPOConfig.beta={grpo_cfg.beta}: the KL term needs batch['ref_logp'] "
@@ -122,43 +158,62 @@ def check_batch(batch: dict, grpo_cfg: GRPOConfig | None = None, accum_steps: in
                              "batch['old_logp'] (the sampling policy's log-probs), else every ratio is 1")
 
 
-def _split(x: jax.Array, accum_steps: int) -> jax.Array:
-    """[B, ...] -> [A, B/A, ...]; row i goes to micro-batch i % A, so each device keeps its share of each one."""
-    b = x.shape[0]
-    x = x.reshape((b // accum_steps, accum_steps) + x.shape[1:]).swapaxes(0, 1)
+def micro_layout(rows: int, accum_steps: int, prompt_group: int) -> tuple[int, int]:
+    """How :func:`_split` deals rows to micro-batches: (unit, group within a micro-batch).
+
+    Units of ``unit`` consecutive rows go round-robin to the A micro-batches, so each device keeps its share of
+    each one. Whole prompt groups are dealt when the groups divide evenly; otherwise single rows, and then a
+    micro-batch still holds runs of G/A rows of one prompt when A divides G (else no sharing: group 1).
+    """
+    if accum_steps == 1:
+        return 1, prompt_group
+    if prompt_group > 1 and (rows // prompt_group) % accum_steps == 0:
+        return prompt_group, prompt_group
+    return 1, prompt_group // accum_steps if prompt_group % accum_steps == 0 else 1
+
+
+def _split(x: jax.Array, accum_steps: int, unit: int = 1) -> jax.Array:
+    """[B, ...] -> [A, B/A, ...]; unit k of ``unit`` rows goes to micro-batch k % A."""
+    b, rest = x.shape[0], x.shape[1:]
+    x = x.reshape((b // (accum_steps * unit), accum_steps, unit) + rest).swapaxes(0, 1)
+    x = x.reshape((accum_steps, b // accum_steps) + rest)
     return sharding.constrain(x, (None, "batch") + (None,) * (x.ndim - 2))
 
 
-def _unsplit(x: jax.Array) -> jax.Array:
+def _unsplit(x: jax.Array, unit: int = 1) -> jax.Array:
     """Inverse of :func:`_split`."""
-    a, m = x.shape[:2]
-    return x.swapaxes(0, 1).reshape((a * m,) + x.shape[2:])
+    a, m, rest = x.shape[0], x.shape[1], x.shape[2:]
+    x = x.reshape((a, m // unit, unit) + rest).swapaxes(0, 1)
+    return x.reshape((a * m,) + rest)
 
 
 def batch_logprobs(cfg: ModelConfig, params: Any, batch: Batch, *, temperature: float,
-                   accum_steps: int = 1, logits_chunk: int | None = None) -> jax.Array:
+                   accum_steps: int = 1, logits_chunk: int | None = None, prompt_group: int = 1) -> jax.Array:
     """:func:`token_logprobs` of a batch, in ``accum_steps`` sequential micro-batches (bounds the logits' memory)."""
+    unit, group = micro_layout(batch["tokens"].shape[0], accum_steps, prompt_group)
+
     def one(b):
         return token_logprobs(cfg, params, b["tokens"], b["positions"], b["segment_ids"], b["completion_mask"],
-                              temperature, logits_chunk)
+                              temperature, logits_chunk, group)
 
     sub = {k: batch[k] for k in LOGPROB_KEYS}
     if accum_steps == 1:
         return one(sub)
-    return _unsplit(jax.lax.map(one, jax.tree.map(lambda x: _split(x, accum_steps), sub)))
+    return _unsplit(jax.lax.map(one, jax.tree.map(lambda x: _split(x, accum_steps, unit), sub)), unit)
 
 
 def grpo_loss_and_grads(cfg: ModelConfig, grpo_cfg: GRPOConfig, params: Any, batch: Batch, *,
-                        accum_steps: int = 1, logits_chunk: int | None = None
+                        accum_steps: int = 1, logits_chunk: int | None = None, prompt_group: int = 1
                         ) -> tuple[dict[str, grpo.Pair], jax.Array, Any]:
     """The batch's GRPO terms as (sum, denominator) pairs, the loss denominator D of the whole batch, and the
     gradient of loss_sum / D, accumulated over ``accum_steps`` micro-batches."""
     denom = grpo.loss_denominator(batch["completion_mask"], grpo_cfg)
     scale = 1.0 / jnp.maximum(denom, 1e-30)  # D == 0 only when every mask is empty: then every sum is 0 too
+    unit, group = micro_layout(batch["tokens"].shape[0], accum_steps, prompt_group)
 
     def objective(p, mb):
         logp = token_logprobs(cfg, p, mb["tokens"], mb["positions"], mb["segment_ids"], mb["completion_mask"],
-                              grpo_cfg.temperature, logits_chunk)
+                              grpo_cfg.temperature, logits_chunk, group)
         terms = grpo.grpo_loss_terms(logp, mb.get("old_logp"), mb.get("ref_logp"), mb["advantages"],
                                      mb["completion_mask"], grpo_cfg)
         return terms["loss"][0] * scale, terms
@@ -168,7 +223,7 @@ def grpo_loss_and_grads(cfg: ModelConfig, grpo_cfg: GRPOConfig, params: Any, bat
         grads, terms = grad_fn(params, batch)
         return terms, denom, grads
 
-    micro = jax.tree.map(lambda x: _split(x, accum_steps), batch)
+    micro = jax.tree.map(lambda x: _split(x, accum_steps, unit), batch)
     first = jax.tree.map(lambda x: x[0], micro)
     zero_terms = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
                               jax.eval_shape(lambda p, b: objective(p, b)[1], params, first))
@@ -185,7 +240,8 @@ def grpo_loss_and_grads(cfg: ModelConfig, grpo_cfg: GRPOConfig, params: Any, bat
 
 def grpo_step(cfg: ModelConfig, grpo_cfg: GRPOConfig, optimizer: optax.GradientTransformation,
               schedule: optax.Schedule, state: TrainState, batch: Batch, *,
-              accum_steps: int, logits_chunk: int | None = None) -> tuple[TrainState, dict]:
+              accum_steps: int, logits_chunk: int | None = None, prompt_group: int = 1
+              ) -> tuple[TrainState, dict]:
     """One GRPO update: accumulated gradients, then the optimizer (global-norm clip + AdamW) and metrics.
 
     Metrics (replicated scalars): ``loss``, ``policy_loss`` (aggregated as ``loss_agg_mode``), ``kl`` (token mean;
@@ -193,7 +249,7 @@ def grpo_step(cfg: ModelConfig, grpo_cfg: GRPOConfig, optimizer: optax.GradientT
     clipping), ``param_norm``, ``learning_rate`` (of this update), ``completion_tokens`` and ``loss_denominator``.
     """
     terms, denom, grads = grpo_loss_and_grads(cfg, grpo_cfg, state.params, batch, accum_steps=accum_steps,
-                                              logits_chunk=logits_chunk)
+                                              logits_chunk=logits_chunk, prompt_group=prompt_group)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = grpo.finalize(terms)
@@ -228,6 +284,7 @@ class GRPOStep:
     total_steps: int | None = None
     accum_steps: int = 1
     logits_chunk: int | None = None  # completion slots per output-head pass (None: all at once)
+    prompt_group: int = 1  # consecutive rows sharing one prompt (a rollout's G): its forward runs once per group
     rules: sharding.Rules = sharding.DEFAULT_RULES
     donate: bool = True
 
@@ -236,6 +293,8 @@ class GRPOStep:
             raise ValueError(f"GRPOStep.accum_steps={self.accum_steps!r}: must be an int >= 1")
         if self.logits_chunk is not None and (not isinstance(self.logits_chunk, int) or self.logits_chunk < 1):
             raise ValueError(f"GRPOStep.logits_chunk={self.logits_chunk!r}: must be an int >= 1, or None")
+        if not isinstance(self.prompt_group, int) or self.prompt_group < 1:
+            raise ValueError(f"GRPOStep.prompt_group={self.prompt_group!r}: must be an int >= 1")
         if self.opt_cfg is None:
             if self.total_steps is None:
                 raise ValueError("GRPOStep: give total_steps (for GRPOConfig.optimizer_config's schedule) or opt_cfg")
@@ -251,7 +310,8 @@ class GRPOStep:
         def step_fn(state, batch):
             with sharding.use_rules(self.rules):
                 return grpo_step(self.cfg, self.grpo, self.optimizer, self.schedule, state, batch,
-                                 accum_steps=self.accum_steps, logits_chunk=self.logits_chunk)
+                                 accum_steps=self.accum_steps, logits_chunk=self.logits_chunk,
+                                 prompt_group=self.prompt_group)
 
         self._step = jax.jit(step_fn, in_shardings=(self.state_shardings, self.batch_sharding),
                              out_shardings=(self.state_shardings, rep),
@@ -261,7 +321,8 @@ class GRPOStep:
             with sharding.use_rules(self.rules):
                 terms, denom, grads = grpo_loss_and_grads(self.cfg, self.grpo, params, batch,
                                                           accum_steps=self.accum_steps,
-                                                          logits_chunk=self.logits_chunk)
+                                                          logits_chunk=self.logits_chunk,
+                                                          prompt_group=self.prompt_group)
                 return grpo.finalize(terms), grads
 
         self._loss_and_grads = jax.jit(grads_fn, in_shardings=(self.param_shardings, self.batch_sharding),
@@ -270,7 +331,8 @@ class GRPOStep:
         def logprobs_fn(params, batch):
             with sharding.use_rules(self.rules):
                 return batch_logprobs(self.cfg, params, batch, temperature=self.grpo.temperature,
-                                      accum_steps=self.accum_steps, logits_chunk=self.logits_chunk)
+                                      accum_steps=self.accum_steps, logits_chunk=self.logits_chunk,
+                                      prompt_group=self.prompt_group)
 
         # One executable for the reference and the actor (same shapes, same shardings).
         self._logprobs = jax.jit(logprobs_fn, in_shardings=(self.param_shardings, self.batch_sharding),
@@ -292,7 +354,7 @@ class GRPOStep:
     def shard_batch(self, batch: dict) -> Batch:
         """Check a host batch (the same on every process) and place it on the mesh, rows over the data axes.
         ``ref_logp`` and ``old_logp`` may be added afterwards (see :meth:`ref_logprobs`)."""
-        check_batch(batch, None, self.accum_steps)
+        check_batch(batch, None, self.accum_steps, self.prompt_group)
         return {k: jax.device_put(np.asarray(v), self.batch_sharding) for k, v in batch.items()}
 
     def place(self, batch: Batch) -> Batch:
@@ -301,13 +363,13 @@ class GRPOStep:
         return jax.device_put(batch, self.batch_sharding)
 
     def __call__(self, state: TrainState, batch: Batch) -> tuple[TrainState, dict]:
-        check_batch(batch, self.grpo, self.accum_steps)
+        check_batch(batch, self.grpo, self.accum_steps, self.prompt_group)
         with jax.set_mesh(self.mesh):
             return self._step(state, self.place(batch))
 
     def loss_and_grads(self, params: Any, batch: Batch) -> tuple[dict, Any]:
         """The finalized GRPO terms and the gradient of the loss, without updating anything."""
-        check_batch(batch, self.grpo, self.accum_steps)
+        check_batch(batch, self.grpo, self.accum_steps, self.prompt_group)
         with jax.set_mesh(self.mesh):
             return self._loss_and_grads(params, self.place(batch))
 
@@ -315,7 +377,7 @@ class GRPOStep:
         """[B, C] completion log-probs under ``params`` at the config's temperature (0 off the mask): the
         reference's, or the actor's before its first update (``old_logp`` when num_iterations > 1)."""
         check_batch({**{k: batch[k] for k in LOGPROB_KEYS}, "advantages": batch["tokens"][:, 0]},
-                    None, self.accum_steps)
+                    None, self.accum_steps, self.prompt_group)
         with jax.set_mesh(self.mesh):
             return self._logprobs(params, self.place({k: batch[k] for k in LOGPROB_KEYS}))
 

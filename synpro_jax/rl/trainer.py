@@ -77,6 +77,7 @@ class GRPORunConfig:
     prompts_per_step: int  # prompts per step; the batch is prompts_per_step * num_generations completions
     accum_steps: int = 1  # micro-batches per update (the release: 4)
     logits_chunk: int | None = None  # completion slots per output-head pass (None: all at once)
+    share_prompts: bool = True  # the learner runs each prompt once for its G completions (GRPOStep.prompt_group)
     max_source_chars: int = 7000  # the release's cut of an RL source, at a sentence boundary
     min_source_chars: int = 0
     max_documents: int | None = None  # read at most this many prompt documents
@@ -185,7 +186,8 @@ class GRPOTrainer:
         self.pad_id = int(getattr(vocab, "pad_id", 0) or 0)
         self.vocabulary_files = list(vocabulary_files)
         self.step_fn = GRPOStep(cfg, mesh, g, total_steps=run.num_steps * g.num_iterations,
-                                accum_steps=run.accum_steps, logits_chunk=run.logits_chunk, rules=rules)
+                                accum_steps=run.accum_steps, logits_chunk=run.logits_chunk,
+                                prompt_group=g.num_generations if run.share_prompts else 1, rules=rules)
         self.init_params = params
         # The actor is built by a jit (fresh buffers, the ones later donated), so the reference can share the
         # starting params' buffers instead of holding another copy.
@@ -197,7 +199,7 @@ class GRPOTrainer:
             "model": dataclasses.asdict(cfg), "grpo": dataclasses.asdict(g),
             "run": {k: v for k, v in dataclasses.asdict(run).items()
                     if k in ("num_steps", "prompts_per_step", "seed", "max_source_chars", "min_source_chars",
-                             "max_documents", "accum_steps", "logits_chunk")},
+                             "max_documents", "accum_steps", "logits_chunk", "share_prompts")},
             # numpy's Generator streams decide the prompt order and the rollout seeds
             "numpy": np.__version__,
             "prompts": prompts.fingerprint(), "stop_ids": self.stop_ids, **(fingerprint or {}),

@@ -12,7 +12,8 @@ from scipy import stats
 
 from synpro_jax import models
 from synpro_jax.generation import sample
-from synpro_jax.generation.sampling import choose_tokens, filter_logits, largest_threshold, top_k_mask, top_p_mask
+from synpro_jax.generation.sampling import (choose_tokens, filter_logits, invert_cdf, largest_threshold, top_k_mask,
+                                            top_p_mask)
 
 ALPHA = 1e-3
 DRAWS = 40_000
@@ -71,6 +72,13 @@ def test_draws_follow_the_truncated_distribution(temperature, top_k, top_p):
     assert p_value > ALPHA, f"chi-square p={p_value:.2e} for T={temperature} k={top_k} p={top_p}"
     # The reported log-prob is under softmax(logits / T), before truncation.
     np.testing.assert_allclose(logp, np.log(np_softmax(LOGITS / temperature))[tokens], atol=1e-5)
+
+
+def test_the_cdf_inversion_never_lands_on_a_token_without_mass():
+    mass = jnp.asarray([[0.0, 2.0, 0.0, 1.0, 1.0, 0.0], [0.0, 0.0, 3.0, 0.0, 0.0, 0.0]])
+    for u, want in ((0.0, [1, 2]), (0.49, [1, 2]), (0.5, [3, 2]), (0.75, [4, 2]), (0.999, [4, 2]), (1.0, [4, 2])):
+        got = invert_cdf(mass, jnp.full((2,), u, jnp.float32))
+        np.testing.assert_array_equal(np.asarray(got), want, err_msg=f"u={u}")
 
 
 def test_chi_square_rejects_a_wrong_temperature():

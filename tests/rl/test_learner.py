@@ -9,7 +9,7 @@ import pytest
 from synpro_jax import models, sharding
 from synpro_jax.rl import grpo
 from synpro_jax.rl.config import GRPOConfig
-from synpro_jax.rl.learner import GRPOStep, check_batch, token_logprobs
+from synpro_jax.rl.learner import GRPOStep, _split, _unsplit, check_batch, micro_layout, token_logprobs
 
 CFG = models.get_preset("tiny")
 AGG_MODES = ("token-mean", "sequence-mean-token-mean", "sequence-sum-fixed-length")
@@ -54,11 +54,12 @@ def grpo_cfg(**kw):
     return GRPOConfig(**base)
 
 
-def make_step(mesh, gcfg, accum_steps=1, logits_chunk=None):
+def make_step(mesh, gcfg, accum_steps=1, logits_chunk=None, prompt_group=1):
     # eps=1: Adam's first update is lr * g / (|g| + 1), which follows the gradient's size, not just its sign,
     # so comparing params after a step compares gradients.
     opt_cfg = gcfg.optimizer_config(10, warmup_steps=0, eps=1.0)
-    return GRPOStep(CFG, mesh, gcfg, opt_cfg, accum_steps=accum_steps, logits_chunk=logits_chunk)
+    return GRPOStep(CFG, mesh, gcfg, opt_cfg, accum_steps=accum_steps, logits_chunk=logits_chunk,
+                    prompt_group=prompt_group)
 
 
 def host(tree):
@@ -135,6 +136,54 @@ def test_token_logprobs_need_a_prompt_slot(params):
                        b["completion_mask"])
 
 
+# ---------------------------------------------------------------------------------------------- shared prompts
+
+def make_group_batch(groups=4, g=4, p=8, c=6, seed=7, **kw):
+    """make_batch with each run of g rows given its first row's prompt slots (a rollout's layout)."""
+    batch = make_batch(b=groups * g, p=p, c=c, seed=seed, **kw)
+    for key in ("tokens", "positions", "segment_ids"):
+        batch[key][:, :p] = np.repeat(batch[key][::g, :p], g, axis=0)
+    return batch
+
+
+def test_a_shared_prompt_pass_gives_the_unshared_logprobs_and_gradients(params):
+    batch = make_group_batch()
+    args = tuple(batch[k] for k in ("tokens", "positions", "segment_ids", "completion_mask"))
+
+    def total(p, group, chunk=None):
+        logp = token_logprobs(CFG, p, *args, 0.8, chunk, group)
+        return jnp.sum(logp * jnp.asarray(batch["advantages"])[:, None]), logp
+
+    (_, lp_one), g_one = jax.jit(jax.value_and_grad(lambda p: total(p, 1), has_aux=True))(params)
+    for group, chunk in ((4, None), (2, 3)):  # whole groups; and pairs within them, with a chunked head
+        (_, lp), grads = jax.jit(jax.value_and_grad(lambda p: total(p, group, chunk), has_aux=True))(params)
+        np.testing.assert_allclose(np.asarray(lp), np.asarray(lp_one), atol=1e-5, rtol=0)
+        # Whole-model gradients (entries up to ~20 here, summed in another order): the 1e-4 model tolerance.
+        assert_trees_close(grads, g_one, atol=1e-4, rtol=1e-4)
+    assert np.any(np.asarray(lp_one) != 0)
+    # The prompt really runs once per group: the shared pass's FLOPs are below the unshared pass's.
+    flops = {group: jax.jit(lambda p: total(p, group)[0]).lower(params).compile().cost_analysis()["flops"]
+             for group in (1, 4)}
+    assert flops[4] < 0.8 * flops[1], flops
+
+
+def test_micro_batches_keep_prompt_groups_together_when_they_can():
+    # (rows, accum_steps, prompt_group) -> (rows dealt per unit, rows sharing a prompt within a micro-batch)
+    cases = {(16, 1, 4): (1, 4), (16, 2, 4): (4, 4), (16, 4, 4): (4, 4), (24, 4, 4): (1, 1), (24, 4, 8): (1, 2),
+             (24, 2, 8): (1, 4), (32, 4, 8): (8, 8), (16, 4, 1): (1, 1)}
+    for (rows, accum, group), want in cases.items():
+        assert micro_layout(rows, accum, group) == want, (rows, accum, group)
+        batch = make_group_batch(groups=rows // group, g=group, p=4, c=2)
+        unit, inner = want
+        for key in ("tokens", "positions", "segment_ids"):
+            x = batch[key]
+            micro = np.asarray(_split(jnp.asarray(x), accum, unit)) if accum > 1 else x[None]
+            np.testing.assert_array_equal(np.asarray(_unsplit(jnp.asarray(micro), unit)), x)
+            for mb in micro:  # every run of `inner` rows of a micro-batch shares one prompt
+                runs = mb[:, :4].reshape(-1, inner, 4)
+                np.testing.assert_array_equal(runs, np.repeat(runs[:, :1], inner, axis=1))
+
+
 # ------------------------------------------------------------------------------------------------ accumulation
 
 @pytest.mark.slow
@@ -171,13 +220,15 @@ def test_accumulation_over_4_micro_batches_equals_one_batch(params, mode):
 
 @pytest.mark.slow
 def test_grpo_steps_on_8_1_1_and_2_2_2_meshes_equal_one_device(params):
+    # The sharded steps also share each group's prompt pass (rows of one prompt are dealt to a micro-batch
+    # together); the one-device step runs every row on its own.
     gcfg = grpo_cfg()
-    batch = make_batch(b=16, seed=3, with_ref=False)
+    batch = make_group_batch(groups=4, g=4, p=8, c=8, seed=3, with_ref=False)
     results = {}
     for shape in ((1, 1, 1), (8, 1, 1), (2, 2, 2)):
         n = int(np.prod(shape))
         mesh = sharding.make_mesh(sharding.MeshConfig(*shape), devices=jax.devices()[:n])
-        step = make_step(mesh, gcfg, accum_steps=2, logits_chunk=4)
+        step = make_step(mesh, gcfg, accum_steps=2, logits_chunk=4, prompt_group=1 if n == 1 else 4)
         state = step.init(jax.random.key(0), params)
         ref = step.copy_params(state.params)  # the frozen reference: must survive the donated steps
         b = step.shard_batch(batch)
@@ -262,3 +313,11 @@ def test_bad_batches_are_named():
         GRPOStep(CFG, sharding.single_device_mesh(), gcfg, total_steps=10, logits_chunk=0)
     with pytest.raises(ValueError, match="GRPOStep.accum_steps"):
         GRPOStep(CFG, sharding.single_device_mesh(), gcfg, total_steps=10, accum_steps=0)
+    with pytest.raises(ValueError, match="GRPOStep.prompt_group"):
+        GRPOStep(CFG, sharding.single_device_mesh(), gcfg, total_steps=10, prompt_group=0)
+    grouped = make_group_batch(groups=2, g=2, p=8, c=8)
+    check_batch(grouped, gcfg, prompt_group=2)
+    with pytest.raises(ValueError, match="whole groups of GRPOStep.prompt_group=3"):
+        check_batch(grouped, gcfg, prompt_group=3)
+    with pytest.raises(ValueError, match=r"prompt_group=4: rows 0..3 differ in batch\['tokens'\]\[:, :8\]"):
+        check_batch(grouped, gcfg, prompt_group=4)
