@@ -7,19 +7,26 @@ Layout of one call (B rows, P prompt slots, N new-token slots, all bucketed to p
 
 Prompts are left-padded so every row's next token goes into the same slot; padded slots have segment id 0 and
 are never attended by real tokens, and RoPE positions count from each row's first real token (as HF does from
-the attention mask). The prefill jit fills the cache, the decode jit takes the cache donated and writes one token
-per loop step in place, stopping when every row has hit EOS or its budget. Sampling knobs (temperature, top-k,
-top-p), the seed and the budgets are traced values, so only a new (B, P, N) bucket compiles.
+the attention mask). The prefill jit fills the prompts' cache; the decode jit reads it as a shared prefix and
+writes one token per loop step in place into the completions' own cache, stopping when every row has hit EOS or
+its budget. Sampling knobs (temperature, top-k, top-p), the seed and the budgets are traced values, so only a new
+(B, P, N) bucket compiles.
 
 Each row draws from its own PRNG stream, ``fold_in(fold_in(key(seed), stream_id), step)``, where stream_id
 defaults to the row's index in the call: a prompt's sample does not depend on the padding or batch around it.
 
-For GRPO-style groups (``num_generations=G``) each prompt is prefilled once and its cache and logits are repeated
-to its G rows inside the prefill jit; row i*G+g then draws from stream i*G+g, the stream it would have had with
-the prompt written out G times. Decode runs in phases whose attention window grows with the filled slots
-(:func:`decode_windows`), so a step reads the prompt and the completion so far rounded up to the next window,
-not the whole prompt+budget cache. :meth:`Sampler.rollout` returns the device-resident [prompt | completion]
-batch a learner consumes (:class:`RolloutBatch`); only text rewards need :meth:`RolloutBatch.texts`.
+For GRPO-style groups (``num_generations=G``) each prompt is prefilled once; its logits are repeated to its G
+rows, and its cache is not: the G rows attend to the one copy (:func:`synpro_jax.models.olmo.prefix_attention`),
+so a step reads the prompt's keys and values once per group, not G times. Row i*G+g draws from stream i*G+g,
+the stream it would have had with the prompt written out G times.
+
+Decode runs in phases whose completion cache grows with the filled slots (:func:`decode_windows`), so a step
+reads the completion so far rounded up to the next window, not the whole budget. Each phase's loop carries a
+cache of exactly its window and attends to all of it: attending to a slice of a bigger cache makes XLA:CPU copy
+the whole cache on every step (the update and the slice fuse), while growing it costs one copy per phase.
+
+:meth:`Sampler.rollout` returns the device-resident [prompt | completion] batch a learner consumes
+(:class:`RolloutBatch`); only text rewards need :meth:`RolloutBatch.texts`.
 """
 
 from __future__ import annotations
@@ -124,27 +131,29 @@ def _is_names(x) -> bool:
     return isinstance(x, tuple) and all(isinstance(n, str) for n in x)
 
 
-def _prefill(cfg: ModelConfig, cache_dtype: str, params, tokens, segments, positions, slots: int, groups: int):
+def _prefill(cfg: ModelConfig, cache_dtype: str, params, tokens, segments, positions, groups: int):
+    """The prompts' KV cache (one row per prompt, exactly its slots) and next-token logits, one row per decode
+    row: each prompt's logits go to its G rows, while its cache stays single (the decode shares it)."""
     TRACE_COUNTS["prefill"] += 1
-    b, p = tokens.shape
-    all_segments = jnp.concatenate([segments, jnp.ones((b, slots - p), jnp.int32)], axis=1)
-    cache = models.init_cache(cfg, all_segments, jnp.dtype(cache_dtype))
-    axes = models.KVCache.logical_axes(cfg.num_layers)
-    cache = jax.tree.map(sharding.constrain, cache, axes, is_leaf=_is_names)
-    logits, cache = models.forward_cached(cfg, params, tokens, cache, 0, positions=positions, segment_ids=segments,
-                                          attend_slots=p)  # the prompt only: the decode slots are still empty
-    if groups > 1:  # one prefill per prompt, its cache and next-token logits copied to its G rows
+    cache = models.init_cache(cfg, segments, jnp.dtype(cache_dtype))
+    cache = jax.tree.map(sharding.constrain, cache, models.KVCache.logical_axes(cfg.num_layers), is_leaf=_is_names)
+    logits, cache = models.forward_cached(cfg, params, tokens, cache, 0, positions=positions, segment_ids=segments)
+    if groups > 1:
         logits = jnp.repeat(logits, groups, axis=0)
-        cache = jax.tree.map(lambda x: jnp.repeat(x, groups, axis=0), cache)
-        cache = jax.tree.map(sharding.constrain, cache, axes, is_leaf=_is_names)
     return logits, cache
 
 
-def _decode(cfg: ModelConfig, params, cache, logits, prompt_lengths, budgets, stream_ids, seed, temperature,
+def _decode(cfg: ModelConfig, params, prompt_cache, logits, prompt_lengths, budgets, stream_ids, seed, temperature,
             top_k, top_p, eos_ids, pad_id, new_slots: int):
+    """Decode rows (G consecutive rows per prompt row of ``prompt_cache``): the prompt's keys and values are a
+    shared, read-only prefix, and the completions get their own cache, grown phase by phase."""
     TRACE_COUNTS["decode"] += 1
     b = logits.shape[0]
-    prompt_slots = cache.segments.shape[1] - new_slots
+    prompt_slots = prompt_cache.segments.shape[1]
+    groups = b // prompt_cache.segments.shape[0]
+    prefix = models.PrefixKV(prompt_cache.k, prompt_cache.v, jnp.repeat(prompt_cache.segments, groups, axis=0),
+                             groups)
+    cache = models.init_cache(cfg, jnp.ones((b, 0), jnp.int32), prompt_cache.k[0].dtype)
     base = jax.random.key(seed)
     streams = jax.vmap(lambda i: jax.random.fold_in(base, i))(stream_ids)
 
@@ -152,7 +161,7 @@ def _decode(cfg: ModelConfig, params, cache, logits, prompt_lengths, budgets, st
         t, done = state[0], state[5]
         return (t < end) & ~jnp.all(done)
 
-    def body(window, state):
+    def body(state):
         t, cache, logits, tokens, logprobs, done, lengths, finished = state
         keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(streams, t)
         tok, lp = choose_tokens(logits, keys, temperature, top_k, top_p)
@@ -166,9 +175,8 @@ def _decode(cfg: ModelConfig, params, cache, logits, prompt_lengths, budgets, st
         finished = finished | hit_eos
         done = done | hit_eos | (lengths >= budgets)
         positions = (prompt_lengths + t)[:, None]
-        logits, cache = models.forward_cached(cfg, params, tok[:, None], cache, prompt_slots + t,
-                                              positions=positions, segment_ids=jnp.ones((b, 1), jnp.int32),
-                                              attend_slots=window)
+        logits, cache = models.forward_cached(cfg, params, tok[:, None], cache, t, positions=positions,
+                                              segment_ids=jnp.ones((b, 1), jnp.int32), prefix=prefix)
         return t + 1, cache, logits, tokens, logprobs, done, lengths, finished
 
     state = (
@@ -176,13 +184,28 @@ def _decode(cfg: ModelConfig, params, cache, logits, prompt_lengths, budgets, st
         jnp.full((b, new_slots), pad_id, jnp.int32), jnp.zeros((b, new_slots), jnp.float32),
         budgets <= 0, jnp.zeros((b,), jnp.int32), jnp.zeros((b,), bool),
     )
-    # Phase by phase the window grows with the filled slots (step t fills slot prompt_slots + t); a phase
+    # Phase by phase the completion cache grows with the filled slots (step t fills its slot t); a phase
     # whose rows are all done exits at once.
     for end in decode_windows(new_slots, prompt_slots):
-        state = jax.lax.while_loop(functools.partial(cond, end), functools.partial(body, prompt_slots + end), state)
-    _, cache, _, tokens, logprobs, _, lengths, finished = state
-    # The cache goes back out so the donated input buffer is the loop's in-place storage.
-    return tokens, logprobs, lengths, finished, cache
+        state = (state[0], _resize_cache(cfg, state[1], end)) + state[2:]
+        state = jax.lax.while_loop(functools.partial(cond, end), body, state)
+    _, _, _, tokens, logprobs, _, lengths, finished = state
+    return tokens, logprobs, lengths, finished
+
+
+def _resize_cache(cfg: ModelConfig, cache: models.KVCache, slots: int) -> models.KVCache:
+    """The completion cache grown (empty slots: zeros, segment 1) or cut to ``slots`` slots."""
+    have = cache.segments.shape[1]
+    if have == slots:
+        return cache
+    if have > slots:
+        kv = lambda x: x[:, :, :slots]  # noqa: E731
+        segments = cache.segments[:, :slots]
+    else:
+        kv = lambda x: jnp.pad(x, ((0, 0), (0, 0), (0, slots - have), (0, 0)))  # noqa: E731
+        segments = jnp.pad(cache.segments, ((0, 0), (0, slots - have)), constant_values=1)
+    cache = models.KVCache(tuple(map(kv, cache.k)), tuple(map(kv, cache.v)), segments)
+    return jax.tree.map(sharding.constrain, cache, models.KVCache.logical_axes(cfg.num_layers), is_leaf=_is_names)
 
 
 class Sampler:
@@ -262,13 +285,13 @@ class Sampler:
         row_streams = per_row(streams) * g + np.tile(np.arange(g, dtype=np.int32), rows)
 
         with jax.set_mesh(self.mesh), sharding.use_rules(self.rules):
-            logits, cache = self._prefill(self.params, tokens, segments, positions, p_slots + n_slots, g)
+            logits, cache = self._prefill(self.params, tokens, segments, positions, g)
             out = self._decode(
                 self.params, cache, logits, per_row(lengths), per_row(budgets), row_streams,
                 np.uint32(seed % 2**32), np.float32(temperature), np.int32(top_k or 0),
                 np.float32(1.0 if top_p is None else top_p), _eos_array(eos), np.int32(pad_id), n_slots,
             )
-        return (tokens, segments, positions), out[:4], int(budgets.max()), n * g
+        return (tokens, segments, positions), out, int(budgets.max()), n * g
 
     def generate(
         self,
@@ -401,14 +424,13 @@ def _compiled(cfg: ModelConfig, mesh: Mesh, rules: sharding.Rules, cache_dtype: 
     scalar = sharding.replicated(mesh)
     place = jax.jit(functools.partial(_place, cfg), out_shardings=params)
     prefill = jax.jit(
-        functools.partial(_prefill, cfg, cache_dtype), static_argnums=(4, 5),
+        functools.partial(_prefill, cfg, cache_dtype), static_argnums=(4,),
         in_shardings=(params, rows2, rows2, rows2), out_shardings=(logits, cache),
     )
     decode = jax.jit(
         functools.partial(_decode, cfg), static_argnums=(12,),
         in_shardings=(params, cache, logits, rows, rows, rows, scalar, scalar, scalar, scalar, scalar, scalar),
-        out_shardings=(rows2, rows2, rows, rows, cache),
-        donate_argnums=(1,),
+        out_shardings=(rows2, rows2, rows, rows),
     )
     assemble = jax.jit(_assemble, static_argnums=(7, 8, 9))
     return place, prefill, decode, assemble

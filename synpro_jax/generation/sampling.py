@@ -38,19 +38,20 @@ def largest_threshold(values: jax.Array, holds: Callable[[jax.Array], jax.Array]
 
     ``holds`` maps a keep-mask [B, V] to a bool [B]; it must hold for the all-true mask and be monotone (a
     larger threshold keeps fewer entries). The search runs over the uint32 images of floats, so after 32
-    halvings the threshold is exact: it equals one of the row's values.
+    halvings the threshold is exact: it equals one of the row's values. Each halving is one fused pass (compare
+    and reduce): the all-true case is decided on the bounds, not by another reduction over the row.
     """
-    keys = _sortable(values)
-    lo = jnp.min(keys, axis=-1)  # keeps everything: holds
+    keys = _sortable(values)  # compared as keys, not floats: exact for -0.0 and for denormals (flushed on CPU)
+    lowest = jnp.min(keys, axis=-1)  # keeps everything: holds
     hi = jnp.max(keys, axis=-1) + 1  # keeps nothing
 
     def body(_, bounds):
         lo, hi = bounds
         mid = lo + (hi - lo) // 2
-        ok = holds(keys >= mid[:, None])
+        ok = (mid <= lowest) | holds(keys >= mid[:, None])
         return jnp.where(ok, mid, lo), jnp.where(ok, hi, mid)
 
-    lo, _ = jax.lax.fori_loop(0, 32, body, (lo, hi))
+    lo, _ = jax.lax.fori_loop(0, 32, body, (lowest, hi))
     return _unsortable(lo)
 
 
@@ -66,8 +67,8 @@ def top_p_mask(logits: jax.Array, p: jax.Array) -> jax.Array:
     probs = jax.nn.softmax(logits, axis=-1)
     p = jnp.asarray(p, jnp.float32)
 
-    def holds(keep):  # keeping everything always qualifies, whatever float32 rounding does to the total
-        return (jnp.sum(jnp.where(keep, probs, 0.0), axis=-1) >= p) | jnp.all(keep, axis=-1)
+    def holds(keep):  # (keeping everything qualifies whatever float32 rounding does to the total: see above)
+        return jnp.sum(jnp.where(keep, probs, 0.0), axis=-1) >= p
 
     threshold = largest_threshold(logits, holds)
     return jnp.where(logits >= threshold[:, None], logits, _NEG_INF)

@@ -108,6 +108,39 @@ def dot_product_attention(q: jax.Array, kh: jax.Array, vh: jax.Array, mask: jax.
     return out.reshape(b, kv, g, t, hd).transpose(0, 3, 1, 2, 4).reshape(b, t, h, hd)
 
 
+def prefix_attention(q: jax.Array, k_pre: jax.Array, v_pre: jax.Array, kh: jax.Array, vh: jax.Array,
+                     mask: jax.Array, repeat: int) -> jax.Array:
+    """:func:`dot_product_attention` over a shared prefix and the rows' own keys: q [B,T,H,hd]; k_pre/v_pre
+    [B/repeat, KV, S, hd], each prefix row shared by ``repeat`` consecutive rows of q; kh/vh [B, KV, S', hd];
+    mask [B, T, S + S'] (prefix slots first) -> [B, T, H, hd].
+
+    One softmax over both parts, so it is the attention over the concatenated keys. The prefix is never copied
+    per row: the ``repeat`` rows' queries are stacked against its keys (one matmul per prefix row), so the
+    shared prompt of G completions is read once, not G times.
+    """
+    b, t, h, hd = q.shape
+    kv, s = k_pre.shape[1], k_pre.shape[2]
+    g, bp = h // kv, b // repeat
+    qh = q.reshape(b, t, kv, g, hd).transpose(0, 2, 3, 1, 4).reshape(b, kv, g * t, hd)
+
+    def to_groups(x):  # [B, KV, Q, n] <-> [B/repeat, KV, repeat*Q, n]
+        return x.reshape(bp, repeat, kv, -1, x.shape[-1]).transpose(0, 2, 1, 3, 4).reshape(bp, kv, -1, x.shape[-1])
+
+    def from_groups(x):
+        return x.reshape(bp, kv, repeat, -1, x.shape[-1]).transpose(0, 2, 1, 3, 4).reshape(b, kv, -1, x.shape[-1])
+
+    s_pre = from_groups(jnp.einsum("bkqd,bksd->bkqs", to_groups(qh), k_pre, preferred_element_type=jnp.float32))
+    s_own = jnp.einsum("bkqd,bksd->bkqs", qh, kh, preferred_element_type=jnp.float32)
+    scores = jnp.concatenate([s_pre, s_own], axis=-1) * (hd**-0.5)
+    scores = scores.reshape(b, kv, g, t, -1)
+    scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(vh.dtype).reshape(b, kv, g * t, -1)
+    out = from_groups(jnp.einsum("bkqs,bksd->bkqd", to_groups(probs[..., :s]), v_pre.astype(vh.dtype),
+                                 preferred_element_type=jnp.float32))
+    out = out + jnp.einsum("bkqs,bksd->bkqd", probs[..., s:], vh, preferred_element_type=jnp.float32)
+    return out.astype(vh.dtype).reshape(b, kv, g, t, hd).transpose(0, 3, 1, 2, 4).reshape(b, t, h, hd)
+
+
 class KVCache(NamedTuple):
     """Keys and values, one [B, KV, S, hd] buffer per layer (compute dtype unless init_cache is given another),
     and the segment id of every slot [B, S] (0 marks left padding, which no real token attends to).
@@ -135,9 +168,9 @@ class Attention(nn.Module):
         reads the first ``attend`` slots (all when None); the updated (k, v) is returned alongside the output.
 
         ``prefix`` = (k, v) of this layer: keys/values [B/prefix_repeat, KV, S, hd] of S slots that precede every
-        token of x, each shared by ``prefix_repeat`` consecutive rows (so a prompt's K/V serve all its completions; the
-        repeat happens here, per layer, and its gradient sums back into the shared rows). ``return_kv`` returns
-        this call's own (k, v) [B, KV, T, hd] instead of the cache."""
+        token of x, each shared by ``prefix_repeat`` consecutive rows (so a prompt's K/V serve all its completions,
+        read once per group: :func:`prefix_attention`). ``return_kv`` returns
+        this call's own (k, v) [B, KV, T, hd] instead of the cache. ``mask`` covers the prefix slots first."""
         cfg, dt = self.cfg, self.cfg.compute_dtype
         heads = (cfg.num_heads, cfg.head_dim)
         kv_heads = (cfg.num_kv_heads, cfg.head_dim)
@@ -160,13 +193,10 @@ class Attention(nn.Module):
             kh, vh = k_buf[:, :, :attend], v_buf[:, :, :attend]
         elif return_kv:
             new_cache = (kh, vh)
-        if prefix is not None:
-            def expand(pre, own):
-                pre = jnp.repeat(pre.astype(own.dtype), prefix_repeat, axis=0, total_repeat_length=own.shape[0])
-                return jnp.concatenate([constrain(pre, ("batch", "kv_heads", "length", "head_dim")), own], axis=2)
-
-            kh, vh = expand(prefix[0], kh), expand(prefix[1], vh)
-        out = dot_product_attention(q, kh, vh, mask)
+        if prefix is None:
+            out = dot_product_attention(q, kh, vh, mask)
+        else:
+            out = prefix_attention(q, prefix[0].astype(kh.dtype), prefix[1], kh, vh, mask, prefix_repeat)
         return Dense((cfg.d_model,), ("heads", "head_dim"), ("embed",), dt, name="o_proj")(out), new_cache
 
 
@@ -206,9 +236,10 @@ class Block(nn.Module):
 
 
 class PrefixKV(NamedTuple):
-    """Keys and values of S slots that precede a batch's tokens, stacked over layers [layers, B/repeat, KV, S, hd]
-    (what ``Decoder(return_kv=True)`` returns for the prefix tokens), their segment ids [B, S] (per full row) and
-    ``repeat``: how many consecutive rows share each prefix row (a prompt and its G completions)."""
+    """Keys and values of S slots that precede a batch's tokens, [B/repeat, KV, S, hd] per layer: stacked over
+    layers (what ``Decoder(return_kv=True)`` returns for the prefix tokens) or a tuple of layers (a prefilled
+    :class:`KVCache`'s); their segment ids [B, S] (per full row); and ``repeat``, how many consecutive rows share
+    each prefix row (a prompt and its G completions). The prefix is never copied per row."""
 
     k: jax.Array
     v: jax.Array
@@ -292,12 +323,14 @@ def layer_params(params, i: int):
 
 
 def decode(cfg: ModelConfig, params, tokens, positions, segment_ids, cache: KVCache, cache_index,
-           attend_slots: int | None = None):
+           attend_slots: int | None = None, prefix: PrefixKV | None = None):
     """Tokens [B, T] into cache slots cache_index..cache_index+T: (float32 logits of the last slot [B, V], cache).
 
     The layers run as an unrolled Python loop over per-layer cache buffers, each updated in place. ``params``
     may hold ``layers`` stacked or split per layer (the sampler splits once so no step slices weights).
     ``attend_slots`` (static) limits attention to the first slots, e.g. to the prompt during prefill.
+    ``prefix`` (its k and v indexable by layer: stacked, or per-layer tuples) holds slots that precede every
+    cache slot and are shared by ``prefix.repeat`` consecutive rows, such as a prompt and its G completions.
     """
     b, t = tokens.shape
     slots = cache.segments.shape[1] if attend_slots is None else attend_slots
@@ -305,11 +338,15 @@ def decode(cfg: ModelConfig, params, tokens, positions, segment_ids, cache: KVCa
     q_index = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t)) + cache_index
     k_index = jnp.broadcast_to(jnp.arange(slots, dtype=jnp.int32), (b, slots))
     mask = attention_mask(segment_ids, cache.segments[:, :slots], q_index, k_index)
+    if prefix is not None:  # every prefix slot comes first: only the segments decide
+        mask = jnp.concatenate([segment_ids[:, :, None] == prefix.segments[:, None, :], mask], axis=-1)
     x = embed(cfg, params["embedding"], tokens)
+    block = Block(cfg, prefix_repeat=1 if prefix is None else prefix.repeat)
     new_k, new_v = [], []
     for i in range(cfg.num_layers):
-        x, (k, v) = Block(cfg).apply({"params": layer_params(params, i)}, x, positions, mask,
-                                     (cache.k[i], cache.v[i], cache_index, attend_slots))
+        x, (k, v) = block.apply({"params": layer_params(params, i)}, x, positions, mask,
+                                (cache.k[i], cache.v[i], cache_index, attend_slots),
+                                None if prefix is None else (prefix.k[i], prefix.v[i]))
         new_k.append(k)
         new_v.append(v)
     x = RMSNorm(cfg.norm_eps, ("embed",)).apply({"params": params["final_norm"]}, x[:, -1:])

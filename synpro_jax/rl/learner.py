@@ -18,8 +18,8 @@ Completion token j of a row sits at slot P + j and is predicted by the logits at
 must share its prompt slots (tokens, positions and segment ids), as a rollout's do: the prompt's slots 0..P-2 then
 run through the model once per group and the G rows run only slots P-1..L-2, attending to the shared keys and
 values. The log-probs and gradients are those of the unshared pass (to float rounding); the saving is the
-prompt's share of the compute times (G - 1) / G. All log-probs are of softmax(logits / temperature) in float32, as the sampler's
-are, so the importance ratio compares like with like.
+prompt's share of the compute times (G - 1) / G. All log-probs are of softmax(logits / temperature) in float32,
+as the sampler's are, so the importance ratio compares like with like.
 
 :class:`GRPOStep` is :class:`~synpro_jax.train.step.TrainStep` for GRPO: the same :class:`TrainState`, mesh
 shardings (FSDP/TP rules from :mod:`synpro_jax.sharding`), donation and row-interleaved micro-batches. The loss

@@ -101,23 +101,30 @@ def test_shared_prefill_runs_the_prompt_once(tiny):
     ids = jax.ShapeDtypeStruct((rows, slots), jnp.int32)
     big = jax.ShapeDtypeStruct((rows * g, slots), jnp.int32)
 
-    def flops(x, groups):
+    def lowered(x, groups):
         with jax.set_mesh(s.mesh), sharding.use_rules(s.rules):
-            cost = s._prefill.lower(s.params, x, x, x, slots + 16, groups).compile().cost_analysis()
+            return s._prefill.lower(s.params, x, x, x, groups)
+
+    def flops(x, groups):
+        cost = lowered(x, groups).compile().cost_analysis()
         return (cost[0] if isinstance(cost, list) else cost)["flops"]
 
     assert flops(ids, g) < 0.25 * flops(big, 1)
+    # The logits go to every generation; the cache stays one row per prompt (the decode shares it).
+    logits, cache = lowered(ids, g).out_info
+    assert logits.shape == (rows * g, cfg.vocab_size)
+    assert {x.shape for x in cache.k} == {(rows, cfg.num_kv_heads, slots, cfg.head_dim)}
 
 
-def _attention_widths(jaxpr) -> set[int]:
-    """Key lengths of the attention-score products (einsum 'bkqd,bksd->bkqs') anywhere in a jaxpr."""
+def _attention_widths(jaxpr) -> set[tuple[int, int]]:
+    """(rows, key length) of the attention-score products (einsum 'bkqd,bksd->bkqs') anywhere in a jaxpr."""
     widths = set()
     for eqn in jaxpr.eqns:
         if eqn.primitive.name == "dot_general":
             (contract, batch) = eqn.params["dimension_numbers"]
             lhs, rhs = (v.aval.shape for v in eqn.invars)
             if len(lhs) == 4 and len(rhs) == 4 and contract == ((3,), (3,)) and batch == ((0, 1), (0, 1)):
-                widths.add(rhs[2])
+                widths.add((rhs[0], rhs[2]))
         for sub in _subjaxprs(eqn):
             widths |= _attention_widths(sub)
     return widths
@@ -133,21 +140,23 @@ def _subjaxprs(eqn):
 
 
 def test_decode_windows_follow_the_filled_slots(tiny):
-    """Decode attends to prompt + completion-so-far rounded up to a window, not to the whole prompt+budget cache."""
+    """Decode attends to the prompt (one cache row per prompt, shared by its G rows) and to the completion so far
+    rounded up to a window, not to a whole prompt+budget cache per row."""
     cfg, params = tiny
     assert sampler_lib.decode_windows(16) == [16]
     assert sampler_lib.decode_windows(128) == [16, 32, 64, 128]
     assert sampler_lib.decode_windows(128, prompt_slots=256) == [64, 128]  # long prompts: fewer phases
     assert sampler_lib.decode_windows(8, prompt_slots=1024) == [8]
     s = Sampler(cfg, params)
-    b, p, n = 2, 16, 64
-    cache = models.init_cache(cfg, jnp.ones((b, p + n), jnp.int32), jnp.float32)
+    prompts, g, p, n = 2, 3, 8, 64
+    b = prompts * g
+    cache = models.init_cache(cfg, jnp.ones((prompts, p), jnp.int32), jnp.float32)
     rows = jnp.zeros((b,), jnp.int32)
     scalar = jnp.zeros((), jnp.float32)
     jaxpr = jax.make_jaxpr(sampler_lib._decode, static_argnums=(0, 13))(
         cfg, s.params, cache, jnp.zeros((b, cfg.vocab_size)), rows + 3, rows + n, rows, jnp.uint32(0), scalar,
         jnp.int32(0), scalar + 1, jnp.full((8,), -1, jnp.int32), jnp.int32(0), n)
-    assert _attention_widths(jaxpr.jaxpr) == {p + 16, p + 32, p + 64}
+    assert _attention_widths(jaxpr.jaxpr) == {(prompts, p), (b, 16), (b, 32), (b, 64)}
 
 
 @pytest.mark.slow

@@ -143,3 +143,32 @@ def test_kv_cache_chunks_match_full_forward():
         logits, cache = step(split if start else params, tokens[:, start:stop], cache, start,
                              positions[:, start:stop])
         np.testing.assert_allclose(np.asarray(logits), full[:, stop - 1], atol=1e-5, rtol=0)
+
+
+def test_a_shared_prefix_equals_the_rows_written_out():
+    """Two prompts, each shared by 3 rows as a prefix (its K/V held once), then different continuations through a
+    cache: logits equal a full forward of each row's prompt + continuation. Both forms of a prefix are used: the
+    layer-stacked one ``forward(return_kv=True)`` gives, and the per-layer one of a prefilled cache."""
+    cfg = models.get_preset("tiny")
+    params = models.init_params(cfg, jax.random.key(6))
+    g, p, c = 3, 7, 5
+    prompts = jax.random.randint(jax.random.key(7), (2, p), 1, cfg.vocab_size)
+    rest = jax.random.randint(jax.random.key(8), (2 * g, c), 1, cfg.vocab_size)
+    rows = jnp.concatenate([jnp.repeat(prompts, g, axis=0), rest], axis=1)
+    full = np.asarray(models.forward(cfg, params, rows))
+    ones = jnp.ones((2 * g, p), jnp.int32)
+    pos = jnp.broadcast_to(jnp.arange(p + c), (2 * g, p + c))
+
+    k, v = models.forward(cfg, params, prompts, return_kv=True)  # [layers, 2, KV, p, hd]
+    stacked = models.PrefixKV(k, v, ones, g)
+    logits = models.forward(cfg, params, rest, positions=pos[:, p:], prefix=stacked)
+    np.testing.assert_allclose(np.asarray(logits), full[:, p:], atol=1e-4, rtol=0)
+
+    prompt_cache = models.init_cache(cfg, jnp.ones((2, p), jnp.int32))
+    _, prompt_cache = models.forward_cached(cfg, params, prompts, prompt_cache, 0, positions=pos[:2, :p])
+    per_layer = models.PrefixKV(prompt_cache.k, prompt_cache.v, ones, g)
+    cache = models.init_cache(cfg, jnp.ones((2 * g, c), jnp.int32))
+    for t in range(c):
+        logits, cache = models.forward_cached(cfg, params, rest[:, t:t + 1], cache, t,
+                                              positions=pos[:, p + t:p + t + 1], prefix=per_layer)
+        np.testing.assert_allclose(np.asarray(logits), full[:, p + t], atol=1e-4, rtol=0)
