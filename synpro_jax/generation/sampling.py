@@ -82,24 +82,29 @@ def filter_logits(logits: jax.Array, temperature: jax.Array, top_k: jax.Array, t
     return jax.lax.cond(top_p < 1.0, top_p_mask, lambda x, _: x, scaled, top_p)
 
 
-def inverse_cdf_draw(keys: jax.Array, logits: jax.Array) -> jax.Array:
+def inverse_cdf_draw(keys: jax.Array, logits: jax.Array, fallback: jax.Array | None = None) -> jax.Array:
     """One token per row from softmax(logits) [B, V] (-inf entries never drawn), with one key per row.
-
-    u ~ U[0, total mass) per row; the token is the first index whose running mass exceeds u, so a token of zero
-    mass is never chosen (the running mass does not grow there).
-    """
+    ``fallback`` [B] is a token of positive mass per row (default: the argmax); see :func:`invert_cdf`."""
     mass = jnp.exp(logits - jnp.max(logits, axis=-1, keepdims=True))
-    return invert_cdf(mass, jax.vmap(lambda k: jax.random.uniform(k, (), jnp.float32))(keys))
+    if fallback is None:
+        fallback = jnp.argmax(logits, axis=-1)
+    return invert_cdf(mass, jax.vmap(lambda k: jax.random.uniform(k, (), jnp.float32))(keys), fallback)
 
 
-def invert_cdf(mass: jax.Array, u: jax.Array) -> jax.Array:
-    """The token [B] at fraction u [B] in [0, 1] of the running mass [B, V] (unnormalised, >= 0)."""
+def invert_cdf(mass: jax.Array, u: jax.Array, fallback: jax.Array) -> jax.Array:
+    """The token [B] at fraction u [B] in [0, 1) of the running mass [B, V] (unnormalised, >= 0): the first
+    index whose running mass exceeds u * total, so a token without mass is never chosen.
+
+    A parallel cumulative sum is not exactly monotone in float32, so next to a zero-mass token the count can land
+    on it (about once in 1e7 draws); such a row, or one whose count runs off the end, takes ``fallback`` (a
+    token with mass) instead.
+    """
     v = mass.shape[-1]
     cdf = jnp.cumsum(mass, axis=-1)
-    index = jnp.sum(cdf <= (u * cdf[:, -1])[:, None], axis=-1).astype(jnp.int32)
-    # u * total can round up to the total itself: then the last token with mass is the one
-    last = (v - 1 - jnp.argmax(mass[:, ::-1] > 0, axis=-1)).astype(jnp.int32)
-    return jnp.where(index < v, index, last)
+    index = jnp.minimum(jnp.sum(cdf <= (u * cdf[:, -1])[:, None], axis=-1), v - 1).astype(jnp.int32)
+    # the chosen token's mass, as a masked sum (a gather costs more here)
+    has_mass = jnp.sum(jnp.where(jnp.arange(v) == index[:, None], mass, 0.0), axis=-1) > 0
+    return jnp.where(has_mass, index, fallback.astype(jnp.int32))
 
 
 def choose_tokens(
@@ -120,7 +125,7 @@ def choose_tokens(
 
     def draw(_):
         filtered = filter_logits(logits, temperature, jnp.asarray(top_k, jnp.int32), jnp.asarray(top_p, jnp.float32))
-        return inverse_cdf_draw(keys, filtered)
+        return inverse_cdf_draw(keys, filtered, greedy)  # truncation keeps the argmax
 
     tokens = jax.lax.cond(temperature > 0, draw, lambda _: greedy, None)
     return tokens, jnp.take_along_axis(logp, tokens[:, None], axis=-1)[:, 0]

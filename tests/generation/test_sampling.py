@@ -76,9 +76,12 @@ def test_draws_follow_the_truncated_distribution(temperature, top_k, top_p):
 
 def test_the_cdf_inversion_never_lands_on_a_token_without_mass():
     mass = jnp.asarray([[0.0, 2.0, 0.0, 1.0, 1.0, 0.0], [0.0, 0.0, 3.0, 0.0, 0.0, 0.0]])
-    for u, want in ((0.0, [1, 2]), (0.49, [1, 2]), (0.5, [3, 2]), (0.75, [4, 2]), (0.999, [4, 2]), (1.0, [4, 2])):
-        got = invert_cdf(mass, jnp.full((2,), u, jnp.float32))
+    fallback = jnp.asarray([1, 2])
+    for u, want in ((0.0, [1, 2]), (0.49, [1, 2]), (0.5, [3, 2]), (0.75, [4, 2]), (0.999, [4, 2])):
+        got = invert_cdf(mass, jnp.full((2,), u, jnp.float32), fallback)
         np.testing.assert_array_equal(np.asarray(got), want, err_msg=f"u={u}")
+    # A count that lands past the last token with mass (u = 1 is never drawn) takes the fallback.
+    np.testing.assert_array_equal(np.asarray(invert_cdf(mass, jnp.ones((2,)), fallback)), [1, 2])
 
 
 def test_chi_square_rejects_a_wrong_temperature():
