@@ -47,6 +47,7 @@ setup(
         "starlette>=0.37",  # synpro serve
         "uvicorn>=0.30",  # synpro serve
         "httpx>=0.27",  # the remote judges' client
+        "scipy>=1.10",  # the effective-token fit
     ],
     extras_require={
         # torch and transformers are only ever a test/benchmark peer, never used by the library.

@@ -7,6 +7,7 @@
     synpro probe --gin_file=gin/experiments/cpu_organic_probe.gin
     synpro influence-server --gin_file=gin/experiments/cpu_organic_probe.gin
     synpro synthesize --gin_file=gin/experiments/cpu_organic_rephrase.gin
+    synpro eval --checkpoint runs/grpo/export --tasks arc_easy,sciq --data_root ../shared/data/eval
     synpro --version
 
 The gin files ship with the package, so these work from any directory; ``--gin_search_paths=DIR1,DIR2`` (as in
@@ -21,6 +22,7 @@ import logging
 import os
 import sys
 import tempfile
+from pathlib import Path
 
 DEFAULT_EXPERIMENT = "gin/experiments/markov_tiny.gin"
 
@@ -205,6 +207,19 @@ def cmd_vocab_train(args) -> int:
     return 0
 
 
+def cmd_eval(args) -> int:
+    from synpro_jax.eval import run
+
+    results = run.evaluate(args.checkpoint, [t for item in args.tasks for t in item.split(",") if t], ppl=args.ppl,
+                           preset=args.preset, vocab=args.vocab, dtype=args.dtype, data_root=args.data_root,
+                           limit=args.limit, ppl_limit=args.ppl_limit, text_field=args.text_field, rows=args.rows,
+                           max_len=args.max_len, all_devices=args.all_devices, progress=not args.no_progress)
+    print(run.format_table(results))
+    out = run.write_json(results, args.out or Path(args.checkpoint) / "eval.json")
+    print(f"wrote {out}")
+    return 0
+
+
 def cmd_serve(args) -> int:
     from synpro_jax.serve import server
 
@@ -250,6 +265,26 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--overwrite", action="store_true")
     v.set_defaults(func=cmd_vocab_train)
 
+    p = sub.add_parser("eval", help="perplexity and zero-shot multiple choice (acc, acc_norm) of a checkpoint")
+    p.add_argument("--checkpoint", required=True, help="an HF OLMo-2 directory, or a synpro run with --preset")
+    p.add_argument("--tasks", action="append", default=[],
+                   help="comma list: arc_easy, arc_challenge, sciq, piqa, hellaswag (under --data_root), NAME=PATH, "
+                        "or FILE.jsonl lines of {\"context\", \"choices\", \"label\"} (repeatable)")
+    p.add_argument("--ppl", action="append", default=[], help="held-out documents for perplexity (repeatable)")
+    p.add_argument("--data_root", help="folder laid out as ../shared/data/eval")
+    p.add_argument("--preset", help="model preset of a synpro run directory")
+    p.add_argument("--vocab", help="tokenizer.json or SentencePiece .model (default: found in --checkpoint)")
+    p.add_argument("--dtype", help="compute dtype, e.g. bfloat16 (default: the model's)")
+    p.add_argument("--limit", type=int, help="first N items of each task")
+    p.add_argument("--ppl_limit", type=int, help="first N documents of each --ppl file")
+    p.add_argument("--text_field", default="text", help="JSON field of the --ppl documents")
+    p.add_argument("--rows", type=int, default=32, help="rows per device call")
+    p.add_argument("--max_len", type=int, help="context window (default: the model's max_seq_len)")
+    p.add_argument("--all_devices", action="store_true", help="shard the rows over every local device")
+    p.add_argument("--out", help="results JSON (default: CHECKPOINT/eval.json)")
+    p.add_argument("--no_progress", action="store_true")
+    p.set_defaults(func=cmd_eval)
+
     p = sub.add_parser("serve", help="OpenAI-compatible server (/v1/completions, /v1/chat/completions, /v1/models)")
     p.add_argument("--model", required=True, help="an HF OLMo-2 directory, or a synpro run directory with --preset")
     p.add_argument("--vocab", help="tokenizer.json or SentencePiece .model (default: found in --model)")
@@ -273,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     takes_extra = getattr(args, "takes_extra", False)
     if extra and not takes_extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    _quiet_startup(needs_tensorflow=takes_extra or args.command == "vocab")
+    _quiet_startup(needs_tensorflow=takes_extra or args.command in ("vocab", "eval"))
     try:
         return args.func(args, extra) if takes_extra else args.func(args)
     except (ValueError, KeyError, FileNotFoundError, FileExistsError) as e:  # config errors name their knob
