@@ -51,7 +51,7 @@ setup(
     ],
     extras_require={
         # torch and transformers are only ever a test/benchmark peer, never used by the library.
-        "test": ["pytest>=8", "torch==2.13.0", "transformers>=4.48,<6"],
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "torch==2.13.0", "transformers>=4.48,<6"],
         # TRL is the GRPO peer of bench/grpo_step.py; tunix (bench/peers/tunix_grpo.py) needs its own venv: it pins
         # an older transformers than the tests use.
         "bench": ["torch==2.13.0", "transformers>=4.48,<6", "trl==1.16.0"],

@@ -338,11 +338,9 @@ def _write_config(out_dir: str | Path) -> None:
 
     if jax.process_index() != 0:  # one writer for a shared file
         return
-    path = Path(out_dir) / "config.gin"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(gin.config_str())
-    os.replace(tmp, path)
+    from synpro_jax import atomic
+
+    atomic.write_text(Path(out_dir) / "config.gin", gin.config_str())
 
 
 # --- parsing: search paths and checks made before any work -------------------------------------------------------

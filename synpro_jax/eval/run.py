@@ -11,10 +11,7 @@ files in the generic format (:mod:`synpro_jax.eval.tasks`).
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Sequence
@@ -134,16 +131,9 @@ def write_json(results: dict, out: str | Path) -> Path:
     """Write atomically (temp file, then rename); only process 0 writes."""
     import jax
 
+    from synpro_jax import atomic
+
     out = Path(out)
-    if jax.process_index() != 0:
-        return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(results, f, indent=2)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    if jax.process_index() == 0:
+        atomic.write_json(out, results)
     return out

@@ -42,6 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
+from synpro_jax import atomic
 from synpro_jax.checks import positive_ints
 from synpro_jax.generation import prompts as prompts_lib
 from synpro_jax.generation.sampler import Sampler
@@ -179,12 +180,7 @@ def _read_partial(path: Path, expect: dict) -> list[str]:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    atomic.write_text(path, text)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -32,7 +32,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
-from synpro_jax import models, sharding
+from synpro_jax import atomic, models, sharding
 from synpro_jax.checks import positive_ints
 from synpro_jax.influence.kernel import compiled_loss_pair
 from synpro_jax.models import ModelConfig
@@ -189,7 +189,7 @@ def _atomic_savez(path: Path, **arrays) -> None:
 
 
 def _atomic_json(path: Path, obj) -> None:
-    _atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=2, sort_keys=True)), ".tmp")
+    atomic.write_json(path, obj, sort_keys=True)
 
 
 def unique_keys(doc_ids: Sequence[str]) -> list[str]:

@@ -23,10 +23,11 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable
+
+from synpro_jax import atomic
 
 log = logging.getLogger(__name__)
 
@@ -127,19 +128,8 @@ class Manifest:
     def _save(self) -> None:
         if not self.is_writer:
             return
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        payload = {"version": VERSION, "config": self.config,
-                   "stages": [dataclasses.asdict(s) for s in self.stages.values()]}
-        fd, tmp = tempfile.mkstemp(dir=self.run_dir, prefix=".loop.json.")
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(payload, f, indent=2)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic.write_json(self.path, {"version": VERSION, "config": self.config,
+                                      "stages": [dataclasses.asdict(s) for s in self.stages.values()]})
 
     def record(self, round_: int, name: str) -> StageRecord | None:
         return self.stages.get(f"r{round_}/{name}")

@@ -49,7 +49,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
-from synpro_jax import sharding
+from synpro_jax import atomic, sharding
 from synpro_jax.checks import positive_ints
 from synpro_jax.generation.sampler import Sampler
 from synpro_jax.models import ModelConfig
@@ -342,9 +342,7 @@ class GRPOTrainer:
             if metrics_log.records:
                 plot_reward_curves(metrics_log.records, self.out_dir / "reward_curves.png",
                                    title=f"GRPO {self.prompts.operation} ({self.cfg.name})")
-            tmp = self.out_dir / ".summary.json.tmp"
-            tmp.write_text(json.dumps(summary, indent=2))
-            os.replace(tmp, self.out_dir / "summary.json")
+            atomic.write_json(self.out_dir / "summary.json", summary)
         return summary
 
     def _stop_requested(self) -> bool:

@@ -17,7 +17,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import signal
 import threading
 import time
@@ -30,7 +29,7 @@ import numpy as np
 from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
-from synpro_jax import sharding
+from synpro_jax import atomic, sharding
 from synpro_jax.checks import positive_ints
 from synpro_jax.data.packing import PackedStream
 from synpro_jax.data.pipeline import TrainBatches
@@ -290,8 +289,6 @@ class Trainer:
             summary["val_loss"] = vals[-1]
         if jax.process_index() == 0 and metrics_log.records:
             plot_loss_curve(metrics_log.records, self.out_dir / "loss_curve.png", title=self.model_cfg.name)
-            tmp = self.out_dir / "summary.json.tmp"
-            tmp.write_text(json.dumps(summary, indent=2))
-            os.replace(tmp, self.out_dir / "summary.json")
+            atomic.write_json(self.out_dir / "summary.json", summary)
         self.state = state
         return summary
