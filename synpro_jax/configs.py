@@ -85,9 +85,14 @@ def _as_tuple(x):
 @gin.configurable(module="synpro")
 def pretrain(model: ModelConfig = gin.REQUIRED, mesh: MeshConfig = MeshConfig(),
              optimizer: OptimizerConfig = gin.REQUIRED, trainer=gin.REQUIRED, data=gin.REQUIRED,
-             init_from_hf: str | None = None) -> dict:
+             init_from_hf: str | None = None, init_from: str | None = None) -> dict:
     """Build the data streams and the trainer, then train (resuming from ``trainer.out_dir`` if it holds a
-    checkpoint). Returns the trainer's summary."""
+    checkpoint). Returns the trainer's summary.
+
+    ``init_from_hf`` starts from an HF directory's weights. ``init_from`` continues another synpro run (its
+    latest checkpoint: weights, AdamW moments and step, so the schedule goes on), e.g. a SynPro round going on
+    from the plateau checkpoint on a new mixture; an HF directory there gives the weights only.
+    """
     import jax
 
     from synpro_jax import sharding
@@ -95,7 +100,16 @@ def pretrain(model: ModelConfig = gin.REQUIRED, mesh: MeshConfig = MeshConfig(),
     from synpro_jax.models import hf
     from synpro_jax.train.trainer import Trainer
 
-    init_params = None
+    init_params, init_adam, init_step, init_source = None, None, 0, ""
+    if init_from_hf and init_from:
+        raise ValueError("synpro.pretrain: set init_from_hf or init_from, not both")
+    mesh_obj = sharding.make_mesh(mesh)
+    if init_from:
+        from synpro_jax.train import params_io
+
+        loaded = params_io.load(model, mesh_obj, init_from, with_adam=True)
+        init_params, init_adam, init_step = loaded.params, loaded.adam, loaded.step
+        init_source = f"{loaded.source}@{loaded.step}"
     if init_from_hf:
         hf_cfg, init_params = hf.load(init_from_hf)
         if (hf_cfg.d_model, hf_cfg.num_layers, hf_cfg.vocab_size) != (model.d_model, model.num_layers,
@@ -106,7 +120,6 @@ def pretrain(model: ModelConfig = gin.REQUIRED, mesh: MeshConfig = MeshConfig(),
     if streams.info["vocab_size"] > model.vocab_size:
         raise ValueError(f"the vocabulary has {streams.info['vocab_size']} tokens but the model's vocab_size is "
                          f"{model.vocab_size}; set synpro.preset.vocab_size")
-    mesh_obj = sharding.make_mesh(mesh)
     if jax.process_index() == 0:
         print(model.describe())
         print(f"mesh {sharding.devices_summary(mesh_obj)} | global batch {trainer.global_batch} x seq "
@@ -114,7 +127,8 @@ def pretrain(model: ModelConfig = gin.REQUIRED, mesh: MeshConfig = MeshConfig(),
         print(summarize(streams.info))
     runner = Trainer(model, mesh_obj, optimizer, trainer, streams.train, streams.validation, init_params,
                      data_fingerprint=streams.info["fingerprint"],
-                     summary_extra={"organic_unigram_entropy": streams.info["organic_unigram_entropy"]})
+                     summary_extra={"organic_unigram_entropy": streams.info["organic_unigram_entropy"]},
+                     init_adam=init_adam, init_step=init_step, init_source=init_source)
     # config.gin describes the checkpoints: written only once the trainer has accepted them
     return runner.run(on_start=lambda: _write_config(trainer.out_dir))
 

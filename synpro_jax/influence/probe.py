@@ -25,9 +25,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 from tqdm.auto import tqdm
@@ -96,21 +94,7 @@ def finetune(cfg: ModelConfig, mesh: Mesh, params: Any, reference, pcfg: ProbeCo
     if adam is None:
         log.warning("the probe's theta has no optimizer state (an HF directory): AdamW starts from zero moments "
                     "at count 0, where the release continues the checkpoint's")
-        state = state.replace(step=jnp.asarray(step, jnp.int32))
-    else:
-        for name, tree in (("mu", adam.mu), ("nu", adam.nu)):
-            if jax.tree.structure(tree) != jax.tree.structure(state.params):
-                raise ValueError(f"the checkpoint's Adam {name} is not shaped like the model's params")
-
-        def resume(st, mu, nu, count):
-            count = jnp.asarray(count, jnp.int32)
-            opt = optax.tree_utils.tree_set(st.opt_state, mu=mu, nu=nu, count=count)
-            return st.replace(step=jnp.asarray(step, jnp.int32), opt_state=opt)
-
-        moment_sh = (ts.param_shardings, ts.param_shardings, sharding.replicated(mesh))
-        with jax.set_mesh(mesh):  # jit outputs are new buffers: the caller's moments survive the donation below
-            state = jax.jit(resume, in_shardings=(ts.state_shardings,) + moment_sh,
-                            out_shardings=ts.state_shardings)(state, adam.mu, adam.nu, adam.count)
+    state = ts.continue_from(state, adam, step)
     bar = tqdm(total=pcfg.steps, desc="probe fine-tune", unit="step",
                disable=not progress or jax.process_index() != 0)
     for i in range(pcfg.steps):

@@ -194,6 +194,25 @@ class TrainStep:
         """A fresh state (random params, or ``params`` such as an imported checkpoint), laid out on the mesh."""
         return init_state(self.cfg, self.optimizer, self.state_shardings, rng, params)
 
+    def continue_from(self, state: TrainState, adam, step: int) -> TrainState:
+        """``state`` (fresh, holding the params to continue) with another run's Adam moments and count and its
+        training step, so AdamW and the schedule go on where that run stopped. ``adam`` is an
+        :class:`~synpro_jax.train.checkpoint.AdamMoments`; None keeps zero moments and only sets the step."""
+        if adam is None:
+            return state.replace(step=jnp.asarray(step, jnp.int32))
+        for name, tree in (("mu", adam.mu), ("nu", adam.nu)):
+            if jax.tree.structure(tree) != jax.tree.structure(state.params):
+                raise ValueError(f"the checkpoint's Adam {name} is not shaped like the model's params")
+
+        def resume(st, mu, nu, count):
+            opt = optax.tree_utils.tree_set(st.opt_state, mu=mu, nu=nu, count=jnp.asarray(count, jnp.int32))
+            return st.replace(step=jnp.asarray(step, jnp.int32), opt_state=opt)
+
+        moments = (self.param_shardings, self.param_shardings, sharding.replicated(self.mesh))
+        with jax.set_mesh(self.mesh):  # jit outputs are new buffers: the caller's moments survive later donation
+            return jax.jit(resume, in_shardings=(self.state_shardings,) + moments,
+                           out_shardings=self.state_shardings)(state, adam.mu, adam.nu, adam.count)
+
     def shard_batch(self, batch: dict) -> Batch:
         """Place a host batch (the same on every process) on the mesh, batch over the data axes."""
         check_batch(batch)

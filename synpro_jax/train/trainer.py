@@ -125,7 +125,12 @@ class Trainer:
     def __init__(self, model_cfg: ModelConfig, mesh: Mesh, opt_cfg: OptimizerConfig, cfg: TrainerConfig,
                  train_stream,  # a streams.MixtureInput (the seqio Mixture) or any stream with .rows
                  val_stream: PackedStream | None = None,
-                 init_params: Any | None = None, data_fingerprint: str = "", summary_extra: dict | None = None):
+                 init_params: Any | None = None, data_fingerprint: str = "", summary_extra: dict | None = None,
+                 init_adam: Any | None = None, init_step: int = 0, init_source: str = ""):
+        """``init_params`` start a fresh run from given weights; with ``init_adam`` (AdamMoments) and
+        ``init_step`` it continues another run's optimizer and schedule too (a SynPro round continuing from the
+        plateau checkpoint on a new mixture). ``init_source`` names that start in the run's fingerprint. A
+        checkpoint in ``out_dir`` always wins: a restarted run resumes its own progress."""
         if train_stream.row_len != cfg.seq_len + 1:
             raise ValueError(f"the train stream packs rows of {train_stream.row_len} tokens but "
                              f"TrainerConfig.seq_len={cfg.seq_len} needs {cfg.seq_len + 1}")
@@ -139,19 +144,22 @@ class Trainer:
         self.val_batches = TrainBatches(val_stream, cfg.global_batch, self.step_fn.batch_sharding) if val_stream else None
         self.eval_step = micro_batched_eval(self.step_fn)
         self.eval_plan = self._plan_validation(val_stream)
-        self.init_params = init_params
+        self.init_params, self.init_adam, self.init_step = init_params, init_adam, int(init_step)
         self.summary_extra = dict(summary_extra or {})
         self.plateau = PlateauDetector(cfg.plateau_window, cfg.plateau_min_rel_improvement)
         self.stream_names = getattr(train_stream, "names", None)
         self.fingerprint = hashlib.sha1(json.dumps(
             [dataclasses.asdict(model_cfg), dataclasses.asdict(opt_cfg), cfg.global_batch, cfg.seq_len,
-             cfg.accum_steps, cfg.z_loss, cfg.seed, data_fingerprint], sort_keys=True, default=str).encode()
+             cfg.accum_steps, cfg.z_loss, cfg.seed, data_fingerprint]
+            + ([init_source, int(init_step)] if init_source else []), sort_keys=True, default=str).encode()
         ).hexdigest()[:16]
         self._stop = threading.Event()
 
     # --- state ---------------------------------------------------------------------------------------------------
     def _fresh_state(self) -> dict:
         train = self.step_fn.init(jax.random.key(self.cfg.seed), params=self.init_params)
+        if self.init_adam is not None or self.init_step:
+            train = self.step_fn.continue_from(train, self.init_adam, self.init_step)
         return {"train": train, "rng": jax.random.key_data(jax.random.key(self.cfg.seed + 1))}
 
     def _meta(self, step: int) -> dict:

@@ -151,3 +151,51 @@ def test_restart_before_the_first_checkpoint_leaves_no_stale_events(tmp_path):
     assert [s for s, _ in losses] == [1, 2] and 99.0 not in [v for _, v in losses]
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2] and all(r["loss"] != 99.0 for r in records)
+
+
+def test_a_run_continues_another_runs_weights_optimizer_and_schedule(tmp_path):
+    """A SynPro round goes on from the plateau checkpoint on a new mixture: run B starts from run A's latest
+    checkpoint (weights, AdamW moments and count, step) and trains on its own stream. Its parameters equal A's
+    restored training state stepped by hand through B's first batches, and its schedule continues A's warmup."""
+    from synpro_jax.train import params_io
+    from synpro_jax.train.checkpoint import Checkpointer
+
+    cfg = models.get_preset("tiny")
+    mesh = sharding.make_mesh(sharding.MeshConfig(2, 2, 2))
+    opt = OptimizerConfig(learning_rate=3e-3, warmup_steps=8)
+
+    def trainer(out, stream_seed, **init):
+        return Trainer(cfg, mesh, opt, TrainerConfig(out_dir=str(out), num_steps=3, global_batch=8, seq_len=SEQ,
+                                                     log_every=1, eval_every=100, checkpoint_every=100,
+                                                     async_checkpoints=False, progress=False),
+                       train_stream=PackedStream(corpus(stream_seed, 120), SEQ + 1, eos_id=EOS, seed=0), **init)
+
+    a = trainer(tmp_path / "a", 0)
+    a.run()
+    loaded = params_io.load(cfg, mesh, tmp_path / "a", with_adam=True)
+    assert loaded.step == 3 and loaded.adam is not None
+    b = trainer(tmp_path / "b", 5, init_params=loaded.params, init_adam=loaded.adam, init_step=loaded.step,
+                init_source=loaded.source)
+    b.run()
+
+    ckpt = Checkpointer(tmp_path / "a" / "checkpoints", save_every=100, keep=1, async_save=False)
+    state, _, _ = ckpt.restore(a._fresh_state())
+    ckpt.close()
+    train = state["train"]
+    lrs = []
+    for i in range(3):
+        batch, _ = b.batches(i)
+        train, metrics = b.step_fn(train, batch)
+        lrs.append(float(metrics["learning_rate"]))
+    got = jax.device_get(b.state["train"])
+    assert int(got.step) == 6
+    for x, y in zip(jax.tree.leaves(got.params), jax.tree.leaves(jax.device_get(train.params))):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    records = [json.loads(line) for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["learning_rate"] for r in records] == pytest.approx(lrs)
+    assert lrs == pytest.approx([3e-3 * s / 8 for s in (3, 4, 5)], rel=1e-5)  # warmup goes on from step 3
+    # A restart of B with another starting point is refused: the start is part of its fingerprint.
+    other = trainer(tmp_path / "b", 5, init_params=loaded.params, init_adam=loaded.adam, init_step=loaded.step,
+                    init_source=loaded.source + "-elsewhere")
+    with pytest.raises(ValueError, match="different configuration"):
+        other.run()
