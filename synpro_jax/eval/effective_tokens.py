@@ -13,8 +13,10 @@ Nothing is extrapolated silently. Each effective-token number carries a ``status
 ``ok`` (inside the oracle runs' loss range), ``extrapolated_below`` (a loss above every oracle run's: fewer
 tokens than the smallest run), ``extrapolated_above`` (a loss below every oracle run's but above E: more tokens
 than the largest run) or ``below_floor`` (a loss at or under the fitted irreducible loss E: no finite D reaches
-it, the value is inf). Fewer than 3 distinct oracle token counts cannot determine 3 parameters and raise; an
-oracle curve that does not fall as D grows is fitted anyway and flagged in ``ScalingFit.warnings``.
+it, the value is inf). Fewer than 3 distinct oracle token counts cannot determine 3 parameters and raise; with
+exactly 3 the curve passes through them and every resample refits the same curve, so there is no interval (NaN,
+and a warning: give at least 4 runs). An oracle curve that does not fall as D grows is fitted anyway and flagged
+in ``ScalingFit.warnings``.
 """
 
 from __future__ import annotations
@@ -118,6 +120,11 @@ def fit_oracle(tokens: Sequence[float], losses: Sequence[float], *, bootstrap: i
                         f"D={rises[0][1]:.4g} ({len(rises)} such step(s)): the fit is robust, but check those runs")
         log.warning("effective tokens: %s", warnings[-1])
     e, b, beta = _fit_once(d, loss)
+    if distinct < 4 and bootstrap:
+        warnings.append(f"{distinct} distinct oracle token counts: the fit passes through them and every "
+                        "bootstrap resample refits the same curve, so no interval is reported (give at least 4)")
+        log.warning("effective tokens: %s", warnings[-1])
+        bootstrap = 0
     rng = np.random.default_rng(seed)
     fits = []
     for _ in range(bootstrap):
@@ -167,7 +174,7 @@ def effective_tokens(fit: ScalingFit, loss: float, *, level: float = 0.9) -> Est
     if note:
         log.warning("effective tokens: %s", note)
     value = float(_tokens_at(float(loss), fit.E, fit.B, fit.beta))
-    boot = _tokens_at(float(loss), *fit.bootstrap.T) if len(fit.bootstrap) else np.array([value])
+    boot = _tokens_at(float(loss), *fit.bootstrap.T) if len(fit.bootstrap) else np.array([math.nan])
     low, high = _interval(boot, level)
     return Estimate(value, low, high, status, note)
 
@@ -179,10 +186,13 @@ def multiplier(fit: ScalingFit, loss: float, repetition_loss: float, *, level: f
     with np.errstate(divide="ignore", invalid="ignore"):
         value = a.value / b.value if np.isfinite(b.value) else math.nan
         if len(fit.bootstrap):
-            ratios = _tokens_at(float(loss), *fit.bootstrap.T) / _tokens_at(float(repetition_loss), *fit.bootstrap.T)
+            run = _tokens_at(float(loss), *fit.bootstrap.T)
+            rep = _tokens_at(float(repetition_loss), *fit.bootstrap.T)
+            # a refit where either loss is out of reach has no ratio (0 and inf alike are dropped)
+            ratios = np.where(np.isfinite(run) & np.isfinite(rep), run / rep, np.nan)
         else:
-            ratios = np.array([value])
-    low, high = _interval(np.where(np.isfinite(ratios), ratios, np.nan), level)
+            ratios = np.array([math.nan])
+    low, high = _interval(ratios, level)
     worst = max((a, b), key=lambda x: STATUSES.index(x.status))
     note = "; ".join(n for n in (a.note and f"run: {a.note}", b.note and f"repetition: {b.note}") if n)
     return Estimate(float(value), low, high, worst.status, note)

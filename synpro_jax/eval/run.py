@@ -97,6 +97,7 @@ def evaluate(checkpoint: str | Path, task_specs: Sequence[str] = (), *, ppl: Seq
                                                          mesh=mesh)
     else:
         cfg, params, step, vocab_obj = model
+        vocab = vocab or "(given)"
     eos = _eos(vocab_obj)
     scorer = harness.LoglikelihoodScorer(cfg, params, mesh, rows=rows, max_len=max_len)
     results = {"checkpoint": str(checkpoint), "step": int(step), "model": cfg.name, "vocabulary": str(vocab),
@@ -111,7 +112,8 @@ def evaluate(checkpoint: str | Path, task_specs: Sequence[str] = (), *, ppl: Seq
         start = time.perf_counter()
         texts = _read_texts(spec, text_field, ppl_limit)
         out = harness.perplexity(scorer, texts, vocab_obj, eos, progress=progress)
-        results["perplexity"][Path(spec).name] = {**out, "file": spec, "seconds": round(time.perf_counter() - start, 3)}
+        key = Path(spec).name if Path(spec).name not in results["perplexity"] else spec
+        results["perplexity"][key] = {**out, "file": spec, "seconds": round(time.perf_counter() - start, 3)}
     return results
 
 

@@ -5,10 +5,14 @@ Known formats (the files of ``../shared/data/eval``; ``DATA_FILES`` gives each t
 - ``arc_easy`` / ``arc_challenge``: HF ``ai2_arc`` JSON lines (``question``, ``choices{text,label}``, ``answerKey``);
   context ``"Question: {question}\\nAnswer:"``, as lm-evaluation-harness formats ARC.
 - ``sciq``: HF ``sciq`` JSON lines (``support``, ``question``, ``distractor1..3``, ``correct_answer``); context
-  ``"{support}\\nQuestion: {question}\\nAnswer:"``; choices the three distractors, then the answer (label 3).
+  ``"{support}\\nQuestion: {question}\\nAnswer:"`` (support left-stripped, the newline kept when it is empty, as
+  lm-evaluation-harness writes it); choices the three distractors, then the answer (label 3).
 - ``piqa``: the original ``valid.jsonl`` (``goal``, ``sol1``, ``sol2``) with ``valid-labels.lst`` beside it;
   context ``"Question: {goal}\\nAnswer:"``.
-- ``hellaswag``: the text form, optionally ``.bz2``: 6 lines per item (context, gold index, 4 endings).
+- ``hellaswag``: the text form, optionally ``.bz2``: 6 lines per item (context, gold index, 4 endings), cleaned
+  as lm-evaluation-harness cleans HellaSwag (`` [title]`` -> ``. ``, other ``[...]`` tags and double spaces
+  dropped). The text form has no separate ``ctx_b``, so lm-eval's capitalisation of it is not applied: scores
+  are close to, not identical with, published lm-eval numbers.
 - ``jsonl``: any other task, one object per line: ``{"context": str, "choices": [str, ...], "label": int}``.
 
 A choice continues its context after a single space, unless the context already ends in whitespace
@@ -20,6 +24,7 @@ from __future__ import annotations
 import bz2
 import dataclasses
 import json
+import re
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -100,7 +105,7 @@ def read_sciq(path: Path) -> list[MCItem]:
         question = _field(row, "question", str, path, number)
         choices = [_field(row, k, str, path, number) for k in ("distractor1", "distractor2", "distractor3",
                                                                "correct_answer")]
-        context = f"{support.strip()}\nQuestion: {question}\nAnswer:".lstrip("\n")
+        context = f"{support.lstrip()}\nQuestion: {question}\nAnswer:"
         items.append(_item(path, number, context, choices, 3))
     return items
 
@@ -138,8 +143,14 @@ def read_hellaswag(path: Path) -> list[MCItem]:
         gold = lines[start + 1].strip()
         if not gold.isdigit() or int(gold) > 3:
             raise TaskFormatError(f"{path}:{start + 2}: the gold index is 0..3, got {gold!r}")
-        items.append(_item(path, start + 1, lines[start], lines[start + 2:start + 6], int(gold)))
+        items.append(_item(path, start + 1, _clean_hellaswag(lines[start]),
+                           [_clean_hellaswag(e) for e in lines[start + 2:start + 6]], int(gold)))
     return items
+
+
+def _clean_hellaswag(text: str) -> str:
+    text = text.strip().replace(" [title]", ". ")
+    return re.sub(r"\[.*?\]", "", text).replace("  ", " ")
 
 
 def read_jsonl(path: Path) -> list[MCItem]:

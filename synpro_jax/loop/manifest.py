@@ -93,7 +93,8 @@ class Manifest:
 
     def __init__(self, run_dir: str | os.PathLike, config: dict | None = None, *, is_writer: bool | None = None):
         """Open (or create) the manifest. ``config`` is the run-wide configuration: a manifest made under a
-        different one is refused, naming the first difference."""
+        different one is refused, naming the first difference. ``config=None`` opens an existing manifest as it
+        is (to inspect it)."""
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / "loop.json"
         if is_writer is None:
@@ -101,11 +102,12 @@ class Manifest:
 
             is_writer = jax.process_index() == 0
         self.is_writer = is_writer
-        self.config = _canonical(config or {})
+        self.config = None if config is None else _canonical(config)
         self.stages: dict[str, StageRecord] = {}
         if self.path.exists():
             self._load()
         else:
+            self.config = self.config or {}
             self._save()
 
     def _load(self) -> None:
@@ -117,6 +119,8 @@ class Manifest:
         if data.get("version") != VERSION:
             raise ManifestError(f"{self.path}: manifest version {data.get('version')!r}, this synpro_jax writes "
                                 f"{VERSION}")
+        if self.config is None:
+            self.config = data.get("config", {})
         found = first_difference(data.get("config", {}), self.config)
         if found:
             raise ManifestError(f"{self.path} was made by a run with another configuration: {found}. Use a new "

@@ -197,7 +197,8 @@ class TrainStep:
     def continue_from(self, state: TrainState, adam, step: int) -> TrainState:
         """``state`` (fresh, holding the params to continue) with another run's Adam moments and count and its
         training step, so AdamW and the schedule go on where that run stopped. ``adam`` is an
-        :class:`~synpro_jax.train.checkpoint.AdamMoments`; None keeps zero moments and only sets the step."""
+        :class:`~synpro_jax.train.checkpoint.AdamMoments`; None keeps zero moments at count 0 (so the optimizer's
+        own schedule also starts at 0) and only sets ``state.step``: what the probe wants for an HF theta."""
         if adam is None:
             return state.replace(step=jnp.asarray(step, jnp.int32))
         for name, tree in (("mu", adam.mu), ("nu", adam.nu)):

@@ -225,6 +225,7 @@ class Trainer:
                 raise ValueError(f"{ckpt.directory} holds a checkpoint of a different configuration (model, "
                                  "optimizer, batch, sequence length, seed or data changed); use a new out_dir")
 
+        self.init_params = self.init_adam = None  # in the state now: do not hold a second copy for the run
         restored = ckpt.restore(state, check_meta=same_config)  # closes itself if it raises
         start = 0
         if restored is not None:

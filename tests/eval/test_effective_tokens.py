@@ -74,6 +74,15 @@ def test_too_few_or_bad_oracle_runs_are_refused():
         fit_oracle([1e6, 1e7, 1e8], [3.0, 2.9])
 
 
+def test_three_oracle_runs_fit_exactly_and_give_no_interval():
+    fit = fit_oracle(D[[0, 3, 7]], (E + B / D**BETA)[[0, 3, 7]], bootstrap=50)
+    assert len(fit.bootstrap) == 0 and "no interval is reported" in fit.warnings[0]
+    est = effective_tokens(fit, E + B / 3e7**BETA)
+    assert est.status == "ok" and est.value == pytest.approx(3e7, rel=0.05)
+    assert math.isnan(est.low) and math.isnan(est.high)
+    assert math.isnan(multiplier(fit, fit.losses.mean(), fit.losses.max()).low)
+
+
 def test_a_non_monotone_oracle_curve_is_fitted_and_flagged():
     loss = E + B / D**BETA
     loss[5], loss[6] = loss[6], loss[5]  # two runs swapped: the curve rises once

@@ -37,9 +37,9 @@ def test_each_format_reads_to_context_choices_and_label(tmp_path):
         {"question": "Q?", "distractor1": "a", "distractor2": "b", "distractor3": "c", "correct_answer": "d",
          "support": ""}])
     assert read_task("sciq", sciq) == [
-        MCItem("Plants photosynthesize.\nQuestion: What do plants make?\nAnswer:", ("salt", "iron", "gold", "sugar"),
+        MCItem("Plants photosynthesize. \nQuestion: What do plants make?\nAnswer:", ("salt", "iron", "gold", "sugar"),
                3),
-        MCItem("Question: Q?\nAnswer:", ("a", "b", "c", "d"), 3)]
+        MCItem("\nQuestion: Q?\nAnswer:", ("a", "b", "c", "d"), 3)]  # lm-eval's layout, empty support included
 
     piqa = write_lines(tmp_path / "valid.jsonl", [{"goal": "Open a jar", "sol1": "twist", "sol2": "bite"},
                                                  {"goal": "Dry hair", "sol1": "wet it", "sol2": "use a towel"}])
@@ -47,12 +47,12 @@ def test_each_format_reads_to_context_choices_and_label(tmp_path):
     assert read_task("piqa", piqa) == [MCItem("Question: Open a jar\nAnswer:", ("twist", "bite"), 0),
                                        MCItem("Question: Dry hair\nAnswer:", ("wet it", "use a towel"), 1)]
 
-    text = "Cooking: A man cracks eggs. he\n2\nsings.\nflies.\nwhisks them.\nsleeps.\n" \
+    text = "Cooking: A man cracks eggs [title] Step one. he\n2\nsings.\nflies.\nwhisks [header] them.\nsleeps.\n" \
            "Sports: She runs. she\n0\nwins.\nmelts.\nboils.\nfreezes.\n"
     (tmp_path / "hs.txt").write_text(text)
     with bz2.open(tmp_path / "hs.txt.bz2", "wt") as f:
         f.write(text)
-    want = [MCItem("Cooking: A man cracks eggs. he", ("sings.", "flies.", "whisks them.", "sleeps."), 2),
+    want = [MCItem("Cooking: A man cracks eggs. Step one. he", ("sings.", "flies.", "whisks them.", "sleeps."), 2),
             MCItem("Sports: She runs. she", ("wins.", "melts.", "boils.", "freezes."), 0)]
     assert read_task("hellaswag", tmp_path / "hs.txt") == want
     assert read_task("hellaswag", tmp_path / "hs.txt.bz2") == want

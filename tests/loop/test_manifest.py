@@ -69,6 +69,12 @@ def test_changed_inputs_or_config_are_refused_naming_the_difference(tmp_path):
         Manifest(tmp_path, {}, is_writer=True)
 
 
+def test_a_manifest_opens_as_it_is_for_inspection(tmp_path):
+    Manifest(tmp_path, {"model": "tiny"}, is_writer=True).run(0, "eval", {"k": 1}, lambda: {"acc": 0.25})
+    seen = Manifest(tmp_path, None, is_writer=False)
+    assert seen.config == {"model": "tiny"} and seen.record(0, "eval").outputs == {"acc": 0.25}
+
+
 def test_only_the_writer_process_writes(tmp_path):
     reader = Manifest(tmp_path / "run", {"a": 1}, is_writer=False)
     reader.run(0, "eval", {}, lambda: {"acc": 0.5})
