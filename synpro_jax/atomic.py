@@ -7,9 +7,9 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-__all__ = ["write_text", "write_json"]
+__all__ = ["write_text", "write_json", "write_file"]
 
 
 def _default_mode() -> int:
@@ -41,3 +41,25 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
 
 def write_json(path: str | os.PathLike, obj: Any, **dump_kwargs) -> Path:
     return write_text(path, json.dumps(obj, **{"indent": 2, **dump_kwargs}))
+
+
+def write_file(path: str | os.PathLike, write: Callable[[str], None], suffix: str = ".tmp") -> Path:
+    """``write(tmp)`` fills a temp file (named with ``suffix``, for writers that pick a format by it, such as
+    ``np.savez`` or ``savefig``), which then replaces ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.chmod(tmp, _MODE)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

@@ -14,3 +14,20 @@ def test_an_atomic_write_replaces_the_file_whole_with_default_permissions(tmp_pa
     os.umask(mask)
     assert path.stat().st_mode & 0o777 == 0o666 & ~mask
     assert sorted(p.name for p in path.parent.iterdir()) == ["out.json"]  # no temp file left
+
+
+def test_a_failed_write_leaves_the_old_file_and_no_temp_file(tmp_path):
+    import numpy as np
+    import pytest
+
+    path = atomic.write_file(tmp_path / "a.npz", lambda tmp: np.savez(tmp, x=np.arange(3)), suffix=".npz")
+    assert np.load(path)["x"].tolist() == [0, 1, 2]
+
+    def broken(tmp):
+        open(tmp, "w").write("half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        atomic.write_file(path, broken)
+    assert np.load(path)["x"].tolist() == [0, 1, 2]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.npz"]

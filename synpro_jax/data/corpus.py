@@ -12,12 +12,12 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
+from synpro_jax import atomic
 from synpro_jax.data.sources import Document, ReadReport
 
 log = logging.getLogger(__name__)
@@ -63,15 +63,8 @@ class TokenizedCorpus:
 
     def save(self, path: Path) -> None:
         """Atomic write of an ``.npz`` (tokens, offsets, ids)."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp.npz", dir=path.parent)
-        os.close(fd)
-        try:
-            np.savez(tmp, tokens=self.tokens, offsets=self.offsets, doc_ids=np.array(self.doc_ids, dtype=np.str_))
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        atomic.write_file(path, lambda tmp: np.savez(tmp, tokens=self.tokens, offsets=self.offsets,
+                                                     doc_ids=np.array(self.doc_ids, dtype=np.str_)), suffix=".npz")
 
     @classmethod
     def load(cls, path: Path) -> "TokenizedCorpus":
@@ -173,9 +166,7 @@ def build_corpus(source, vocab, cache_dir: str | os.PathLike | None = None, name
     if cache is not None:
         corpus.save(cache)
         if report is not None:
-            tmp = cache.with_suffix(".report.txt.tmp")
-            tmp.write_text(report.summary() + "\n")
-            os.replace(tmp, cache.with_suffix(".report.txt"))
+            atomic.write_text(cache.with_suffix(".report.txt"), report.summary() + "\n")
     return corpus, report
 
 

@@ -19,8 +19,6 @@ import collections
 import dataclasses
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -157,19 +155,8 @@ class Probe:
 # --- corpus scoring -------------------------------------------------------------------------------------------
 
 
-def _atomic_write(path: Path, write: Callable[[str], None], suffix: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def _atomic_savez(path: Path, **arrays) -> None:
-    _atomic_write(path, lambda tmp: np.savez(tmp, **arrays), ".tmp.npz")
+    atomic.write_file(path, lambda tmp: np.savez(tmp, **arrays), suffix=".npz")
 
 
 def _atomic_json(path: Path, obj) -> None:

@@ -7,12 +7,13 @@ import functools
 import json
 import logging
 import math
-import os
 import time
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+
+from synpro_jax import atomic
 
 log = logging.getLogger(__name__)
 
@@ -61,11 +62,10 @@ def save_png(fig, path: Path, dpi: int = 110) -> None:
     """Write a matplotlib figure as a PNG atomically (temp file, then rename) and close it."""
     import matplotlib.pyplot as plt
 
-    path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=dpi)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        atomic.write_file(path, lambda tmp: fig.savefig(tmp, dpi=dpi), suffix=".png")
+    finally:
+        plt.close(fig)
 
 
 def _read_records(path: Path) -> list[dict]:
@@ -99,9 +99,7 @@ class MetricsLog:
         out_dir.mkdir(parents=True, exist_ok=True)
         if self.path.exists():  # keep what the checkpoint covers; steps after it are about to be redone
             kept = [r for r in _read_records(self.path) if r.get("step", 0) <= resume_step]
-            tmp = self.path.with_suffix(".jsonl.tmp")
-            tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
-            os.replace(tmp, self.path)
+            atomic.write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
             self.records = kept
         tb_dir = out_dir / "tensorboard"
         stale = sorted(tb_dir.glob("events.out.tfevents.*")) if resume_step == 0 else []

@@ -13,9 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import re
-import tempfile
 import zlib
 from pathlib import Path
 from typing import Sequence
@@ -78,18 +76,12 @@ class QualityClassifier:
         return np.where([bool(t.strip()) for t in texts], s, FLOOR) if len(texts) else s
 
     def save(self, path: str | Path) -> None:
-        """Atomic: a temp file in the same folder, then os.replace."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".npz", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, weights=self.weights, bias=np.float64(self.bias), ngrams=np.int64(self.ngrams),
-                         version=np.int64(FORMAT_VERSION))
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        """Atomic: a temp file in the same folder, then a rename (synpro_jax.atomic)."""
+        from synpro_jax import atomic
+
+        atomic.write_file(path, lambda tmp: np.savez(tmp, weights=self.weights, bias=np.float64(self.bias),
+                                                     ngrams=np.int64(self.ngrams), version=np.int64(FORMAT_VERSION)),
+                          suffix=".npz")
 
     @classmethod
     def load(cls, path: str | Path) -> "QualityClassifier":
