@@ -189,7 +189,7 @@ def _generator_setup(generator: str, model: ModelConfig | None, vocabulary: str 
                      dtype: str | None, stage: str):
     """(model config, vocabulary, vocabulary spec, stop ids) of a generator: an HF Olmo2 directory (its
     config.json and tokenizer.json/.model are the defaults) or a synpro run (``model`` and ``vocabulary`` needed)."""
-    from synpro_jax.data.vocab import load_vocabulary
+    from synpro_jax.data.vocab import find_vocabulary, load_vocabulary
 
     path = Path(generator)
     if model is None:
@@ -202,11 +202,11 @@ def _generator_setup(generator: str, model: ModelConfig | None, vocabulary: str 
     if dtype is not None:
         model = model.replace(dtype=dtype)
     if vocabulary is None:
-        found = [path / name for name in ("tokenizer.json", "tokenizer.model") if (path / name).exists()]
-        if not found:
+        found = find_vocabulary(path)
+        if found is None:
             raise ValueError(f"synpro.{stage}.vocabulary: {generator} has no tokenizer.json or tokenizer.model; "
                              "name the generator's vocabulary")
-        vocabulary = str(found[0])
+        vocabulary = str(found)
     vocab = load_vocabulary(vocabulary)
     stop_ids = []
     for token in stop_tokens:

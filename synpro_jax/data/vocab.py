@@ -213,6 +213,16 @@ class TrainedSentencePiece:
             raise ValueError(f"TrainedSentencePiece.size={self.size}: must be at least 8")
 
 
+def find_vocabulary(model_dir: str | os.PathLike) -> Path | None:
+    """The tokenizer shipped in a model directory: ``tokenizer.json``, else ``tokenizer.model``, else another
+    SentencePiece ``.model``; None if there is none."""
+    path = Path(model_dir)
+    for candidate in (path / "tokenizer.json", path / "tokenizer.model", *sorted(path.glob("*.model"))):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
 def load_vocabulary(spec) -> seqio.Vocabulary:
     """``*.model`` -> SentencePiece; ``tokenizer.json`` or a directory holding one -> HF tokenizers;
     :class:`PassthroughVocabulary` -> token ids as they are. A seqio.Vocabulary is returned unchanged."""

@@ -27,7 +27,7 @@ def load_model(checkpoint: str | Path, *, preset: str | None = None, vocab: str 
                dtype: str | None = None, mesh=None):
     """(config, params placed on ``mesh``, step, vocabulary, vocabulary path) of an HF directory or a synpro run."""
     from synpro_jax import models, sharding
-    from synpro_jax.data.vocab import load_vocabulary
+    from synpro_jax.data.vocab import find_vocabulary, load_vocabulary
     from synpro_jax.models import hf
     from synpro_jax.train import params_io
 
@@ -46,10 +46,10 @@ def load_model(checkpoint: str | Path, *, preset: str | None = None, vocab: str 
         cfg = cfg.replace(dtype=dtype)
     params, step = params_io.load_params_and_step(cfg, mesh, path)
     if vocab is None:
-        found = [path / name for name in ("tokenizer.json", "tokenizer.model") if (path / name).exists()]
-        if not found:
+        found = find_vocabulary(path)
+        if found is None:
             raise ValueError(f"--checkpoint {path} has no tokenizer.json or tokenizer.model: pass --vocab")
-        vocab = str(found[0])
+        vocab = str(found)
     vocab_obj = load_vocabulary(vocab)
     if vocab_obj.vocab_size > cfg.vocab_size:
         raise ValueError(f"--vocab {vocab}: {vocab_obj.vocab_size} tokens but the model has {cfg.vocab_size}")

@@ -16,9 +16,10 @@ Each row draws from its own PRNG stream, ``fold_in(fold_in(key(seed), stream_id)
 defaults to the row's index in the call: a prompt's sample does not depend on the padding or batch around it.
 
 For GRPO-style groups (``num_generations=G``) each prompt is prefilled once; its logits are repeated to its G
-rows, and its cache is not: the G rows attend to the one copy (:func:`synpro_jax.models.olmo.prefix_attention`),
-so a step reads the prompt's keys and values once per group, not G times. Row i*G+g draws from stream i*G+g,
-the stream it would have had with the prompt written out G times.
+rows, and its cache is not: the G rows attend to the one copy (a shared prefix in
+:func:`synpro_jax.models.olmo.dot_product_attention`), so a step reads the prompt's keys and values once per
+group, not G times. Row i*G+g draws from stream i*G+g, the stream it would have had with the prompt written out
+G times.
 
 Decode runs in phases whose completion cache grows with the filled slots (:func:`decode_windows`), so a step
 reads the completion so far rounded up to the next window, not the whole budget. Each phase's loop carries a
@@ -187,23 +188,17 @@ def _decode(cfg: ModelConfig, params, prompt_cache, logits, prompt_lengths, budg
     # Phase by phase the completion cache grows with the filled slots (step t fills its slot t); a phase
     # whose rows are all done exits at once.
     for end in decode_windows(new_slots, prompt_slots):
-        state = (state[0], _resize_cache(cfg, state[1], end)) + state[2:]
+        state = (state[0], _grow_cache(cfg, state[1], end)) + state[2:]
         state = jax.lax.while_loop(functools.partial(cond, end), body, state)
     _, _, _, tokens, logprobs, _, lengths, finished = state
     return tokens, logprobs, lengths, finished
 
 
-def _resize_cache(cfg: ModelConfig, cache: models.KVCache, slots: int) -> models.KVCache:
-    """The completion cache grown (empty slots: zeros, segment 1) or cut to ``slots`` slots."""
-    have = cache.segments.shape[1]
-    if have == slots:
-        return cache
-    if have > slots:
-        kv = lambda x: x[:, :, :slots]  # noqa: E731
-        segments = cache.segments[:, :slots]
-    else:
-        kv = lambda x: jnp.pad(x, ((0, 0), (0, 0), (0, slots - have), (0, 0)))  # noqa: E731
-        segments = jnp.pad(cache.segments, ((0, 0), (0, slots - have)), constant_values=1)
+def _grow_cache(cfg: ModelConfig, cache: models.KVCache, slots: int) -> models.KVCache:
+    """The completion cache grown to ``slots`` slots (the new ones empty: zeros, segment 1)."""
+    more = slots - cache.segments.shape[1]
+    kv = lambda x: jnp.pad(x, ((0, 0), (0, 0), (0, more), (0, 0)))  # noqa: E731
+    segments = jnp.pad(cache.segments, ((0, 0), (0, more)), constant_values=1)
     cache = models.KVCache(tuple(map(kv, cache.k)), tuple(map(kv, cache.v)), segments)
     return jax.tree.map(sharding.constrain, cache, models.KVCache.logical_axes(cfg.num_layers), is_leaf=_is_names)
 

@@ -79,20 +79,18 @@ def forward_cached(
     *,
     positions: jax.Array,
     segment_ids: jax.Array | None = None,
-    attend_slots: int | None = None,
     prefix: PrefixKV | None = None,
 ) -> tuple[jax.Array, KVCache]:
     """Run tokens [B, T] into cache slots ``cache_index..cache_index+T``.
 
     Returns the float32 logits of the last slot [B, V] (the next-token distribution) and the updated cache.
     ``positions`` are the RoPE positions of the new tokens (with left padding they differ from slot numbers);
-    ``segment_ids`` default to 1 (real tokens). ``params`` may be stacked or :func:`split_layers`. A static
-    ``attend_slots`` restricts attention to the first slots (a prefill need not scan the empty rest). ``prefix``
+    ``segment_ids`` default to 1 (real tokens). ``params`` may be stacked or :func:`split_layers`. ``prefix``
     adds shared slots ahead of the cache (a prompt's, read once for its G completions; see :class:`PrefixKV`).
     """
     if segment_ids is None:
         segment_ids = jnp.ones(tokens.shape, jnp.int32)
-    return decode(cfg, params, tokens, positions, segment_ids, cache, cache_index, attend_slots, prefix)
+    return decode(cfg, params, tokens, positions, segment_ids, cache, cache_index, prefix)
 
 
 def _boxed_init(cfg: ModelConfig, rng: jax.Array):

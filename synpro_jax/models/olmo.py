@@ -88,38 +88,22 @@ def attention_mask(q_segments: jax.Array, k_segments: jax.Array, q_index: jax.Ar
     return causal & same_doc
 
 
-def dot_product_attention(q: jax.Array, kh: jax.Array, vh: jax.Array, mask: jax.Array) -> jax.Array:
+def dot_product_attention(q: jax.Array, kh: jax.Array, vh: jax.Array, mask: jax.Array,
+                          prefix: tuple[jax.Array, jax.Array] | None = None, repeat: int = 1) -> jax.Array:
     """Grouped-query attention. q [B,T,H,hd], kh/vh [B,KV,S,hd] (heads ahead of slots, the KV-cache layout),
     mask [B,T,S] -> [B,T,H,hd].
 
     Query head h reads kv head h // (H // KV), as HF's repeat_kv does. Scores and softmax are float32. Heads
     are moved ahead of time so both products are plain batched matmuls over (batch, kv head): XLA:CPU runs
     that form about 2x faster than a 5-D einsum.
+
+    ``prefix`` = (k, v) [B/repeat, KV, S0, hd]: slots ahead of kh/vh shared by ``repeat`` consecutive rows (a
+    prompt and its G completions); then mask is [B, T, S0 + S], prefix slots first. One softmax covers both
+    parts. The prefix is never copied per row: the ``repeat`` rows' queries are stacked against its keys (one
+    matmul per prefix row), so a shared prompt is read once per group, not G times.
     """
     b, t, h, hd = q.shape
-    kv, s = kh.shape[1], kh.shape[2]
-    g = h // kv
-    qh = q.reshape(b, t, kv, g, hd).transpose(0, 2, 3, 1, 4).reshape(b, kv, g * t, hd)
-    scores = jnp.einsum("bkqd,bksd->bkqs", qh, kh, preferred_element_type=jnp.float32) * (hd**-0.5)
-    scores = scores.reshape(b, kv, g, t, s)
-    scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(vh.dtype).reshape(b, kv, g * t, s)
-    out = jnp.einsum("bkqs,bksd->bkqd", probs, vh, preferred_element_type=jnp.float32).astype(vh.dtype)
-    return out.reshape(b, kv, g, t, hd).transpose(0, 3, 1, 2, 4).reshape(b, t, h, hd)
-
-
-def prefix_attention(q: jax.Array, k_pre: jax.Array, v_pre: jax.Array, kh: jax.Array, vh: jax.Array,
-                     mask: jax.Array, repeat: int) -> jax.Array:
-    """:func:`dot_product_attention` over a shared prefix and the rows' own keys: q [B,T,H,hd]; k_pre/v_pre
-    [B/repeat, KV, S, hd], each prefix row shared by ``repeat`` consecutive rows of q; kh/vh [B, KV, S', hd];
-    mask [B, T, S + S'] (prefix slots first) -> [B, T, H, hd].
-
-    One softmax over both parts, so it is the attention over the concatenated keys. The prefix is never copied
-    per row: the ``repeat`` rows' queries are stacked against its keys (one matmul per prefix row), so the
-    shared prompt of G completions is read once, not G times.
-    """
-    b, t, h, hd = q.shape
-    kv, s = k_pre.shape[1], k_pre.shape[2]
+    kv = kh.shape[1]
     g, bp = h // kv, b // repeat
     qh = q.reshape(b, t, kv, g, hd).transpose(0, 2, 3, 1, 4).reshape(b, kv, g * t, hd)
 
@@ -129,15 +113,20 @@ def prefix_attention(q: jax.Array, k_pre: jax.Array, v_pre: jax.Array, kh: jax.A
     def from_groups(x):
         return x.reshape(bp, kv, repeat, -1, x.shape[-1]).transpose(0, 2, 1, 3, 4).reshape(b, kv, -1, x.shape[-1])
 
-    s_pre = from_groups(jnp.einsum("bkqd,bksd->bkqs", to_groups(qh), k_pre, preferred_element_type=jnp.float32))
-    s_own = jnp.einsum("bkqd,bksd->bkqs", qh, kh, preferred_element_type=jnp.float32)
-    scores = jnp.concatenate([s_pre, s_own], axis=-1) * (hd**-0.5)
-    scores = scores.reshape(b, kv, g, t, -1)
+    scores = jnp.einsum("bkqd,bksd->bkqs", qh, kh, preferred_element_type=jnp.float32)
+    s0 = 0
+    if prefix is not None:
+        k_pre, v_pre = prefix[0].astype(kh.dtype), prefix[1].astype(vh.dtype)
+        s0 = k_pre.shape[2]
+        s_pre = jnp.einsum("bkqd,bksd->bkqs", to_groups(qh), k_pre, preferred_element_type=jnp.float32)
+        scores = jnp.concatenate([from_groups(s_pre), scores], axis=-1)
+    scores = (scores * (hd**-0.5)).reshape(b, kv, g, t, -1)
     scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1).astype(vh.dtype).reshape(b, kv, g * t, -1)
-    out = from_groups(jnp.einsum("bkqs,bksd->bkqd", to_groups(probs[..., :s]), v_pre.astype(vh.dtype),
-                                 preferred_element_type=jnp.float32))
-    out = out + jnp.einsum("bkqs,bksd->bkqd", probs[..., s:], vh, preferred_element_type=jnp.float32)
+    out = jnp.einsum("bkqs,bksd->bkqd", probs[..., s0:], vh, preferred_element_type=jnp.float32)
+    if prefix is not None:
+        out = out + from_groups(jnp.einsum("bkqs,bksd->bkqd", to_groups(probs[..., :s0]), v_pre,
+                                           preferred_element_type=jnp.float32))
     return out.astype(vh.dtype).reshape(b, kv, g, t, hd).transpose(0, 3, 1, 2, 4).reshape(b, t, h, hd)
 
 
@@ -164,13 +153,13 @@ class Attention(nn.Module):
 
     @nn.compact
     def __call__(self, x, positions, mask, cache=None, prefix=None, return_kv=False, prefix_repeat=1):
-        """``cache`` = (k, v, index, attend) of this layer: the new keys/values go into slots index.. and attention
-        reads the first ``attend`` slots (all when None); the updated (k, v) is returned alongside the output.
+        """``cache`` = (k, v, index) of this layer: the new keys/values go into slots index.. and attention reads
+        the whole buffer; the updated (k, v) is returned alongside the output.
 
         ``prefix`` = (k, v) of this layer: keys/values [B/prefix_repeat, KV, S, hd] of S slots that precede every
-        token of x, each shared by ``prefix_repeat`` consecutive rows (so a prompt's K/V serve all its completions,
-        read once per group: :func:`prefix_attention`). ``return_kv`` returns
-        this call's own (k, v) [B, KV, T, hd] instead of the cache. ``mask`` covers the prefix slots first."""
+        token of x, each shared by ``prefix_repeat`` consecutive rows (a prompt's K/V serve all its completions,
+        read once per group: see :func:`dot_product_attention`). ``return_kv`` returns this call's own (k, v)
+        [B, KV, T, hd] instead of the cache. ``mask`` covers the prefix slots first."""
         cfg, dt = self.cfg, self.cfg.compute_dtype
         heads = (cfg.num_heads, cfg.head_dim)
         kv_heads = (cfg.num_kv_heads, cfg.head_dim)
@@ -185,18 +174,14 @@ class Attention(nn.Module):
         kh, vh = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [B, KV, T, hd]
         new_cache = None
         if cache is not None:
-            k_buf, v_buf, index, attend = cache
+            k_buf, v_buf, index = cache
             zero = jnp.zeros((), jnp.int32)
             k_buf = jax.lax.dynamic_update_slice(k_buf, kh.astype(k_buf.dtype), (zero, zero, index, zero))
             v_buf = jax.lax.dynamic_update_slice(v_buf, vh.astype(v_buf.dtype), (zero, zero, index, zero))
-            new_cache = (k_buf, v_buf)
-            kh, vh = k_buf[:, :, :attend], v_buf[:, :, :attend]
+            new_cache = kh, vh = k_buf, v_buf
         elif return_kv:
             new_cache = (kh, vh)
-        if prefix is None:
-            out = dot_product_attention(q, kh, vh, mask)
-        else:
-            out = prefix_attention(q, prefix[0].astype(kh.dtype), prefix[1], kh, vh, mask, prefix_repeat)
+        out = dot_product_attention(q, kh, vh, mask, prefix, prefix_repeat)
         return Dense((cfg.d_model,), ("heads", "head_dim"), ("embed",), dt, name="o_proj")(out), new_cache
 
 
@@ -215,7 +200,7 @@ class MLP(nn.Module):
 class Block(nn.Module):
     """One decoder layer in OLMo-2 order: x + norm(attn(x)), then h + norm(mlp(h)).
 
-    Returns (x, None) as a scan body; with a layer cache (k, v, index, attend), or ``return_kv``, it returns
+    Returns (x, None) as a scan body; with a layer cache (k, v, index), or ``return_kv``, it returns
     (x, (k, v)) instead. ``prefix`` is the layer's shared (k, v), each row of it repeated for ``prefix_repeat``
     rows of x (see :class:`Attention`).
     """
@@ -323,21 +308,21 @@ def layer_params(params, i: int):
 
 
 def decode(cfg: ModelConfig, params, tokens, positions, segment_ids, cache: KVCache, cache_index,
-           attend_slots: int | None = None, prefix: PrefixKV | None = None):
+           prefix: PrefixKV | None = None):
     """Tokens [B, T] into cache slots cache_index..cache_index+T: (float32 logits of the last slot [B, V], cache).
 
     The layers run as an unrolled Python loop over per-layer cache buffers, each updated in place. ``params``
     may hold ``layers`` stacked or split per layer (the sampler splits once so no step slices weights).
-    ``attend_slots`` (static) limits attention to the first slots, e.g. to the prompt during prefill.
+    Attention reads the whole cache (slots not yet written are masked as the future): size it to what is needed.
     ``prefix`` (its k and v indexable by layer: stacked, or per-layer tuples) holds slots that precede every
     cache slot and are shared by ``prefix.repeat`` consecutive rows, such as a prompt and its G completions.
     """
     b, t = tokens.shape
-    slots = cache.segments.shape[1] if attend_slots is None else attend_slots
+    slots = cache.segments.shape[1]
     cache_index = jnp.asarray(cache_index, jnp.int32)
     q_index = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t)) + cache_index
     k_index = jnp.broadcast_to(jnp.arange(slots, dtype=jnp.int32), (b, slots))
-    mask = attention_mask(segment_ids, cache.segments[:, :slots], q_index, k_index)
+    mask = attention_mask(segment_ids, cache.segments, q_index, k_index)
     if prefix is not None:  # every prefix slot comes first: only the segments decide
         mask = jnp.concatenate([segment_ids[:, :, None] == prefix.segments[:, None, :], mask], axis=-1)
     x = embed(cfg, params["embedding"], tokens)
@@ -345,7 +330,7 @@ def decode(cfg: ModelConfig, params, tokens, positions, segment_ids, cache: KVCa
     new_k, new_v = [], []
     for i in range(cfg.num_layers):
         x, (k, v) = block.apply({"params": layer_params(params, i)}, x, positions, mask,
-                                (cache.k[i], cache.v[i], cache_index, attend_slots),
+                                (cache.k[i], cache.v[i], cache_index),
                                 None if prefix is None else (prefix.k[i], prefix.v[i]))
         new_k.append(k)
         new_v.append(v)

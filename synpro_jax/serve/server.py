@@ -381,9 +381,11 @@ def build_app(engine: Engine, injector: FaultInjector | None = None):
 
 
 def default_vocab_path(model_dir: Path) -> Path:
-    for candidate in (model_dir / "tokenizer.json", *sorted(model_dir.glob("*.model"))):
-        if candidate.is_file():
-            return candidate
+    from synpro_jax.data.vocab import find_vocabulary
+
+    found = find_vocabulary(model_dir)
+    if found is not None:
+        return found
     raise FileNotFoundError(f"--model {model_dir}: no tokenizer.json or SentencePiece .model in it; pass --vocab")
 
 
