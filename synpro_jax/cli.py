@@ -7,6 +7,7 @@
     synpro probe --gin_file=gin/experiments/cpu_organic_probe.gin
     synpro influence-server --gin_file=gin/experiments/cpu_organic_probe.gin
     synpro synthesize --gin_file=gin/experiments/cpu_organic_rephrase.gin
+    synpro loop --gin_file=gin/experiments/cpu_loop.gin
     synpro eval --checkpoint runs/grpo/export --tasks arc_easy,sciq --data_root ../shared/data/eval
     synpro --version
 
@@ -177,6 +178,27 @@ def cmd_grpo(args, extra: list[str]) -> int:
     return EXIT_PREEMPTED if summary.get("preempted") else 0
 
 
+def cmd_loop(args, extra: list[str]) -> int:
+    if not _gin_stage(args, extra, "loop", "gin/experiments/cpu_loop.gin"):
+        return 2
+    from synpro_jax import configs
+    from synpro_jax.loop.runner import EXIT_PREEMPTED
+
+    summary = configs.loop()
+    runs = summary["runs"]
+    for run, rounds in runs.items():
+        losses = ", ".join(f"r{r['round']} {r['val_loss']:.4f}" for r in rounds if r.get("val_loss") is not None)
+        print(f"{run}: validation loss {losses or '(none yet)'}")
+    effective = summary["effective_tokens"]
+    for run, entry in effective.get("runs", {}).items():
+        m = entry.get("multiplier_over_repetition")
+        if m:
+            print(f"{run}: {m['value']:.2f}x the effective tokens of repetition [{m['low']:.2f}, {m['high']:.2f}]"
+                  f"{'' if m['status'] == 'ok' else ' (' + m['status'] + ')'}")
+    print(f"wrote {Path(summary['out_dir']) / 'loop_summary.json'}")
+    return EXIT_PREEMPTED if summary["preempted"] else 0
+
+
 def cmd_train(args, extra: list[str]) -> int:
     if not _parse_gin(args.gin_file or [DEFAULT_EXPERIMENT], extra, _search_paths(args)):
         return 2
@@ -244,6 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
         ("influence-server", cmd_influence_server, "serve POST /get_influence and GET /health"),
         ("synthesize", cmd_synthesize, "run a rephrase/reformat generator over organic shards (resumable)"),
         ("grpo", cmd_grpo, "train a rephrase/reformat generator with GRPO (resumable; exports an HF directory)"),
+        ("loop", cmd_loop, "SynPro rounds (pretrain, probe, GRPO, synthesize, mix, continue) and the baselines, "
+                           "resumable through OUT/loop.json"),
     ]
     for name, func, text in gin_stages:
         p = sub.add_parser(name, help=text, description="Extra --gin.KEY=VALUE flags bind gin parameters or macros.")

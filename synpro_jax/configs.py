@@ -67,13 +67,15 @@ def _lazy_configurables() -> tuple[type, ...]:
     from synpro_jax.data.vocab import PassthroughVocabulary, TrainedSentencePiece
     from synpro_jax.generation.synthesize import SynthesisConfig
     from synpro_jax.influence.probe import ProbeConfig
+    from synpro_jax.loop.config import LoopConfig
+    from synpro_jax.loop.plan import GeneratorSpec
     from synpro_jax.rl.config import GRPOConfig
     from synpro_jax.rl.rewards.config import RewardsConfig
     from synpro_jax.rl.trainer import GRPORunConfig
     from synpro_jax.train.trainer import TrainerConfig
 
     lazy = (DataConfig, SyntheticShards, PassthroughVocabulary, TrainedSentencePiece, TrainerConfig, ProbeConfig,
-            SynthesisConfig, GRPOConfig, RewardsConfig, GRPORunConfig)
+            SynthesisConfig, GRPOConfig, RewardsConfig, GRPORunConfig, LoopConfig, GeneratorSpec)
     _register(*lazy)
     return (MeshConfig, OptimizerConfig, ModelConfig) + lazy
 
@@ -97,6 +99,7 @@ def pretrain(model: ModelConfig = gin.REQUIRED, mesh: MeshConfig = MeshConfig(),
 
     from synpro_jax import sharding
     from synpro_jax.data.streams import build_streams, summarize
+    from synpro_jax.data.tasks import organic_task_name
     from synpro_jax.models import hf
     from synpro_jax.train.trainer import Trainer
 
@@ -127,7 +130,9 @@ def pretrain(model: ModelConfig = gin.REQUIRED, mesh: MeshConfig = MeshConfig(),
         print(summarize(streams.info))
     runner = Trainer(model, mesh_obj, optimizer, trainer, streams.train, streams.validation, init_params,
                      data_fingerprint=streams.info["fingerprint"],
-                     summary_extra={"organic_unigram_entropy": streams.info["organic_unigram_entropy"]},
+                     summary_extra={"organic_unigram_entropy": streams.info["organic_unigram_entropy"],
+                                    "organic_tokens": streams.info["tasks"][organic_task_name(data.corpus)]["tokens"],
+                                    "start_step": init_step},
                      init_adam=init_adam, init_step=init_step, init_source=init_source)
     # config.gin describes the checkpoints: written only once the trainer has accepted them
     return runner.run(on_start=lambda: _write_config(trainer.out_dir))
@@ -221,23 +226,30 @@ def _generator_setup(generator: str, model: ModelConfig | None, vocabulary: str 
 def synthesize(generator: str = gin.REQUIRED, shards=gin.REQUIRED, out_dir: str = gin.REQUIRED,
                settings=gin.REQUIRED, model: ModelConfig | None = None, mesh: MeshConfig = MeshConfig(),
                vocabulary: str | None = None, stop_tokens: Sequence[str] = (), dtype: str | None = None,
-               progress: bool = True) -> dict:
+               progress: bool = True, documents: str | Sequence[str] | None = None) -> dict:
     """Run a generator over organic shards into out_dir (resumable; see generation/synthesize.py).
 
     ``generator`` is an HF Olmo2 directory (its config.json gives the model unless ``model`` is set; its
     tokenizer.json or tokenizer.model is the default vocabulary) or a synpro run/checkpoint directory (then ``model`` and
     ``vocabulary`` are required). ``stop_tokens`` end a completion besides the vocabulary's EOS; ``dtype``
-    ("bfloat16") overrides the compute dtype.
+    ("bfloat16") overrides the compute dtype. ``documents`` limits synthesis to these source ids: a text file of
+    one id per line, or the ids themselves (the loop passes its training split, never the validation documents).
     """
     from synpro_jax import sharding
     from synpro_jax.generation.synthesize import Synthesizer
+
+    if isinstance(documents, (str, os.PathLike)):
+        try:
+            documents = [line for line in Path(documents).read_text(encoding="utf-8").splitlines() if line]
+        except OSError as e:
+            raise ValueError(f"synpro.synthesize.documents={documents}: {e}") from None
     from synpro_jax.train.params_io import load_params_and_step
 
     model, vocab, _, stop_ids = _generator_setup(generator, model, vocabulary, stop_tokens, dtype, "synthesize")
     mesh_obj = sharding.make_mesh(mesh)
     params, step = load_params_and_step(model, mesh_obj, generator)
     synth = Synthesizer(model, params, vocab, settings, mesh=mesh_obj, generator=str(generator),
-                        generator_step=step, stop_ids=stop_ids)
+                        generator_step=step, stop_ids=stop_ids, documents=documents)
     del params  # the sampler holds its own cast, per-layer copy
     manifest = synth.run(_as_tuple(shards), out_dir, progress=progress)
     _write_config(out_dir)
@@ -344,6 +356,19 @@ def grpo(generator: str = gin.REQUIRED, prompts=gin.REQUIRED, run=gin.REQUIRED, 
               f"{dict(rewards.weights)} | {run.num_steps} steps -> {run.out_dir}")
     # config.gin describes the checkpoints: written only once the trainer has accepted them
     return trainer.run(on_start=lambda: _write_config(run.out_dir))
+
+
+@gin.configurable(module="synpro")
+def loop(config=gin.REQUIRED, model: ModelConfig = gin.REQUIRED, data=gin.REQUIRED, progress: bool = True) -> dict:
+    """A SynPro experiment and its baselines (loop/runner.py), resumable through ``config.out_dir/loop.json``.
+    ``config`` is a LoopConfig; ``model`` the pretraining LM (also theta for the probe and the influence reward);
+    ``data`` the round-0 DataConfig the later rounds extend. Every stage's other settings come from its usual
+    gin bindings (gin/runs/loop.gin includes them)."""
+    from synpro_jax.loop.runner import run_loop
+
+    Path(config.out_dir).mkdir(parents=True, exist_ok=True)
+    _write_config(config.out_dir)
+    return run_loop(config, model, data, progress=progress)
 
 
 def _write_config(out_dir: str | Path) -> None:
@@ -464,7 +489,7 @@ def _scan(gin_files: Sequence[str], bindings: Sequence[str], paths: Sequence[str
 def _parameters(classes: Sequence[type]) -> dict[str, list[str]]:
     """Full selector -> the parameter names it accepts, for every synpro configurable."""
     table = {f"synpro.{cls.__name__}": [f.name for f in dataclasses.fields(cls) if f.init] for cls in classes}
-    for fn in (pretrain, probe, finetuned_dir, influence_server, synthesize, grpo):
+    for fn in (pretrain, probe, finetuned_dir, influence_server, synthesize, grpo, loop):
         params = inspect.signature(fn).parameters.values()
         table[f"synpro.{fn.__name__}"] = [p.name for p in params if p.kind != p.VAR_KEYWORD]
     table["synpro.preset"] = list(dict.fromkeys(["name", *_model_fields()]))

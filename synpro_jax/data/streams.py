@@ -70,23 +70,30 @@ def open_organic(cfg: DataConfig, eos_id: int | None = None, vocab_size: int | N
         raise ValueError(f"DataConfig.organic: {e}") from None
 
 
-def build_streams(cfg: DataConfig, seq_len: int, progress: bool = True) -> Streams:
-    """Tokenize (cached), hold out validation documents, apply the budget, register the Tasks and the packed
-    Mixture, and return the trainer's input."""
+def organic_split(cfg: DataConfig, progress: bool = True):
+    """(vocabulary, training documents, held-out validation documents or None, read report) of the organic
+    corpus: tokenized (cached), ``validation_docs`` held out, then the data-bound budget applied to the rest.
+    The SynPro loop synthesizes exactly the training documents' ids."""
     vocab = resolve_vocabulary(cfg.vocabulary, cache_dir=cfg.cache_dir, corpus=cfg.corpus,
                                texts=lambda: (d.text for d in open_organic(cfg) if d.text))
-    reports: dict[str, str] = {}
-
-    organic_name = tasks_lib.organic_task_name(cfg.corpus)
     organic, report = build_corpus(open_organic(cfg, vocab.eos_id, vocab.vocab_size), vocab, cfg.cache_dir,
-                                   name=organic_name, progress=progress)
-    reports[organic_name] = report.summary() if report else "(from cache)"
+                                   name=tasks_lib.organic_task_name(cfg.corpus), progress=progress)
     if cfg.validation_docs:
         train_organic, val_organic = split_validation(organic, cfg.validation_docs, cfg.seed)
     else:
         train_organic, val_organic = organic, None
     if cfg.organic_budget_tokens is not None:
         train_organic = data_bound_budget(train_organic, cfg.organic_budget_tokens, seed=cfg.seed)
+    return vocab, train_organic, val_organic, report
+
+
+def build_streams(cfg: DataConfig, seq_len: int, progress: bool = True) -> Streams:
+    """Tokenize (cached), hold out validation documents, apply the budget, register the Tasks and the packed
+    Mixture, and return the trainer's input."""
+    reports: dict[str, str] = {}
+    organic_name = tasks_lib.organic_task_name(cfg.corpus)
+    vocab, train_organic, val_organic, report = organic_split(cfg, progress)
+    reports[organic_name] = report.summary() if report else "(from cache)"
     splits = {"train": train_organic, **({"validation": val_organic} if val_organic is not None else {})}
     tasks_lib.register_corpus_task(organic_name, splits, vocab)
     corpora: dict[str, TokenizedCorpus] = {organic_name: train_organic}

@@ -35,7 +35,7 @@ import os
 import time
 import zlib
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Collection, Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -225,8 +225,12 @@ class Synthesizer:
 
     def __init__(self, cfg: ModelConfig, params: Any, vocab, settings: SynthesisConfig, *,
                  mesh: Mesh | None = None, generator: str = "", generator_step: int = 0,
-                 template: prompts_lib.ChatTemplate = prompts_lib.OLMO2_CHAT, stop_ids: Sequence[int] = ()):
+                 template: prompts_lib.ChatTemplate = prompts_lib.OLMO2_CHAT, stop_ids: Sequence[int] = (),
+                 documents: Collection[str] | None = None):
+        """``documents``: synthesize only the source documents with these ids (e.g. the training split of a
+        run's organic corpus, so held-out validation documents never reach pretraining as synthetic text)."""
         self.cfg, self.vocab, self.settings = cfg, vocab, settings
+        self.documents = None if documents is None else frozenset(map(str, documents))
         self.sampler = Sampler(cfg, params, mesh=mesh)
         self.generator, self.generator_step = generator, int(generator_step)
         self.generator_weights = weights_identity(params)
@@ -254,6 +258,9 @@ class Synthesizer:
             "prompt_version": prompts_lib.PROMPT_VERSION,
             "prompt_sha256": self.prompts.text_sha256,
             "stop_ids": self.stop_ids,
+            **({} if self.documents is None else {"documents": {
+                "count": len(self.documents),
+                "sha256": hashlib.sha256("\n".join(sorted(self.documents)).encode()).hexdigest()}}),
             "vocabulary": {"size": int(self.vocab.vocab_size), "eos_id": int(self.vocab.eos_id),
                            "probe_sha256": hashlib.sha256(json.dumps(probe).encode()).hexdigest()},
         }
@@ -355,7 +362,7 @@ class Synthesizer:
         if progress is not None and done:
             progress(len(done), 0)
         counts = {k: 0 for k in STATUSES} | {"resumed": len(done), "duplicate_ids": 0, "completion_tokens": 0,
-                                             "source_cut": 0}
+                                             "source_cut": 0, "not_selected": 0}
         source = self._documents(path)
         seen = set(done)
         batch: list[tuple[str, int, Prompt]] = []
@@ -380,6 +387,11 @@ class Synthesizer:
                         log.warning("%s: document id %r repeats; only its first occurrence is used", path, doc.id)
                     continue
                 seen.add(doc.id)
+                if self.documents is not None and doc.id not in self.documents:
+                    counts["not_selected"] += 1
+                    if progress is not None:
+                        progress(1, 0)
+                    continue
                 text = doc.text or ""
                 prompt = self.prompts(text)
                 if prompt.ids is None:

@@ -38,9 +38,12 @@ class GeneratorSpec:
 
     name: str  # used in stage and task names, e.g. "reformat"
     operation: str  # "rephrase" or "reformat"
-    start: str  # the starting policy: an HF directory
+    start: str  # the starting policy: an HF directory, or "r0/pretrain" (round 0's LM, for runs without one)
     mode: str = "fresh"  # "fresh", "continue" or "as_is" (see the module docstring)
     train_rounds: tuple[int, ...] | None = None  # rounds (>= 1) it is GRPO-trained in; None: every round
+    # GRPO steps in the rounds it trains in (the i-th entry for its i-th training round, the last one after
+    # that); None: synpro.GRPORunConfig.num_steps. The release: rephrase 300, reformat (240, 120).
+    grpo_steps: int | tuple[int, ...] | None = None
 
     def __post_init__(self):
         if not self.name or not self.name.replace("_", "").isalnum() or not self.name.islower():
@@ -57,9 +60,22 @@ class GeneratorSpec:
                 raise ValueError(f"GeneratorSpec({self.name}).train_rounds={self.train_rounds!r}: rounds are "
                                  "integers >= 1")
             object.__setattr__(self, "train_rounds", tuple(sorted(set(rounds))))
+        if self.grpo_steps is not None:
+            steps = (self.grpo_steps,) if isinstance(self.grpo_steps, int) else tuple(self.grpo_steps)
+            if not steps or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in steps):
+                raise ValueError(f"GeneratorSpec({self.name}).grpo_steps={self.grpo_steps!r}: a positive integer "
+                                 "or a tuple of them (one per training round)")
+            object.__setattr__(self, "grpo_steps", steps)
         if self.mode == "as_is" and self.train_rounds:
             raise ValueError(f"GeneratorSpec({self.name}): mode 'as_is' is never GRPO-trained, so train_rounds "
                              "must be empty")
+
+    def steps_in(self, round_: int) -> int | None:
+        """GRPO steps of its training in ``round_`` (None: the GRPORunConfig's)."""
+        if self.grpo_steps is None:
+            return None
+        nth = sum(self.trains_in(r) for r in range(1, round_))  # training rounds before this one
+        return self.grpo_steps[min(nth, len(self.grpo_steps) - 1)]
 
     def trains_in(self, round_: int) -> bool:
         if self.mode == "as_is":

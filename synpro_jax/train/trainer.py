@@ -245,10 +245,12 @@ class Trainer:
         bar = tqdm(total=cfg.num_steps, initial=start, unit="step", dynamic_ncols=True,
                    disable=not cfg.progress or jax.process_index() != 0)
         window_t, window_tokens = time.perf_counter(), 0
-        preempted = plateaued = False
+        preempted = False
+        # A run killed after it stopped on a plateau must not train on when restarted: it is finished.
+        plateaued = restored is not None and self.plateau.plateaued
         step = start
         try:
-            while step < cfg.num_steps:
+            while step < cfg.num_steps and not (plateaued and cfg.stop_on_plateau):
                 batch, info = self.batches(step)
                 state["train"], metrics = self.step_fn(state["train"], batch)
                 step += 1

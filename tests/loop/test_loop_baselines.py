@@ -1,0 +1,51 @@
+"""`synpro loop` baselines on tiny presets: repetition and oracle runs continue from the shared round 0 at the
+same compute, the effective-token fit uses them, and a rerun with a changed input is refused by the manifest."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+import loop_job  # noqa: E402
+from test_loop import run_to_end, stages  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    return loop_job.make_workspace(tmp_path_factory.mktemp("loop_ws"))
+
+
+def test_baselines_and_effective_tokens_and_a_changed_input_is_refused(workspace, tmp_path):
+    """Repetition and two oracle budgets continue from the shared round 0 at the same steps; with repetition
+    they are the 3 oracle points of the effective-token fit. A rerun with other round steps is refused."""
+    out = tmp_path / "baselines"
+    settings = ["--gin.ROUNDS=1", "--gin.ROUND_STEPS=[4, 4]", "--gin.METHODS=['repetition', 'oracle']",
+                "--gin.ORACLE_BUDGETS=[600, 880]", "--gin.GENERATORS=[]",
+                "--gin.synpro.DataConfig.organic_budget_tokens=300"]
+    run_to_end(workspace, out, *settings)
+    got = stages(out)
+    assert list(got) == ["r0/pretrain", "r0/eval", "r1/repetition/pretrain", "r1/repetition/eval",
+                         "r1/oracle_600/pretrain", "r1/oracle_600/eval", "r1/oracle_880/pretrain",
+                         "r1/oracle_880/eval"]
+    unique = {run: got[f"r1/{run}/pretrain"]["outputs"]["organic_tokens"]
+              for run in ("repetition", "oracle_600", "oracle_880")}
+    assert unique == {"repetition": 300, "oracle_600": 600, "oracle_880": 880}
+    assert {got[f"r1/{run}/pretrain"]["outputs"]["train_step"] for run in unique} == {8}  # the same compute
+    assert got["r0/pretrain"]["outputs"]["organic_tokens"] == 300
+    summary = json.loads((out / "loop_summary.json").read_text())
+    effective = summary["effective_tokens"]
+    assert effective["status"] == "fitted" and effective["fit"]["oracle_tokens"] == [300, 600, 880]
+    rep = effective["runs"]["repetition"]["multiplier_over_repetition"]
+    assert rep["value"] == pytest.approx(1.0)
+    assert set(summary["runs"]) == {"repetition", "oracle_600", "oracle_880"}
+    assert sorted((out / "tensorboard").iterdir()) == [out / "tensorboard" / r for r in sorted(summary["runs"])]
+
+    changed = loop_job.start_loop(workspace, out, tmp_path / "changed.log", *settings[:1], "--gin.ROUND_STEPS=[4, 5]",
+                                  *settings[2:])
+    assert changed.wait(timeout=300) == 2
+    text = (tmp_path / "changed.log").read_text()
+    assert "stage r1/repetition/pretrain was recorded with other inputs: steps: 4 then, 5 now" in text
