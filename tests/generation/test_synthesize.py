@@ -391,3 +391,29 @@ def test_cpu_organic_rephrase_config_writes_no_too_long_records():
     prompts = [build(json.loads(line)["text"]) for line in shard.read_text().splitlines() if line.strip()]
     assert len(prompts) == 900 and all(p.ids is not None and len(p.ids) <= 768 for p in prompts)
     assert sum(p.cut_tokens > 0 for p in prompts) > 100  # a good share of them needed the cut
+
+
+def test_a_document_selection_synthesizes_only_those_ids_and_is_part_of_the_fingerprint(workspace, generator,
+                                                                                       finished, tmp_path):
+    """The loop synthesizes a run's training split only: held-out documents never come back as synthetic text."""
+    _, shards = workspace
+    cfg, params, vocab = generator
+    chosen = ["part0.jsonl:2", "part0.jsonl:4", "part0.jsonl:5"]
+
+    def selecting(ids):
+        return synthesize.Synthesizer(cfg, params, vocab, synthesize.SynthesisConfig(**BASE), generator="gen",
+                                      generator_step=7, documents=ids)
+
+    out = tmp_path / "selected"
+    manifest = selecting(chosen).run([str(shards[0])], out, progress=False)
+    assert [r["source_id"] for r in synthesize.iter_records(out)] == chosen
+    assert manifest["shards"][0]["not_selected"] == 2
+    # Same sampling streams as an unselected run: each kept record equals the full run's for its id.
+    full = {r["source_id"]: r for r in synthesize.iter_records(finished)}
+    for r in synthesize.iter_records(out):
+        assert r == full[r["source_id"]]
+    # Another selection (or none) is another job: refused, naming the field.
+    with pytest.raises(ValueError, match="documents: was"):
+        selecting(chosen[:2]).run([str(shards[0])], out, progress=False)
+    with pytest.raises(ValueError, match="documents: was"):
+        make(generator).run([str(shards[0])], out, progress=False)

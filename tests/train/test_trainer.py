@@ -199,3 +199,25 @@ def test_a_run_continues_another_runs_weights_optimizer_and_schedule(tmp_path):
                     init_source=loaded.source + "-elsewhere")
     with pytest.raises(ValueError, match="different configuration"):
         other.run()
+
+
+def test_a_run_stopped_on_its_plateau_stays_stopped_when_restarted(tmp_path):
+    """The loop's round 0 ends at the plateau: a restart (the loop killed before it recorded the stage) must not
+    train on past it."""
+    def trainer():
+        return Trainer(models.get_preset("tiny"), sharding.make_mesh(sharding.MeshConfig(1, 1, 1),
+                                                                     devices=jax.devices()[:1]),
+                       OptimizerConfig(learning_rate=3e-3, warmup_steps=0),
+                       TrainerConfig(out_dir=str(tmp_path), num_steps=20, global_batch=8, seq_len=SEQ, log_every=1,
+                                     eval_every=1, eval_batches=1, checkpoint_every=100, async_checkpoints=False,
+                                     plateau_window=1, plateau_min_rel_improvement=1.0, stop_on_plateau=True,
+                                     progress=False),
+                       train_stream=PackedStream(corpus(0, 120), SEQ + 1, eos_id=EOS, seed=0),
+                       val_stream=PackedStream(corpus(1, 6), SEQ + 1, eos_id=EOS, seed=0, shuffle=False))
+
+    first = trainer().run()
+    assert first["plateaued"] and first["step"] == 2  # 2 evaluations: any gain under 100% is a plateau
+    again = trainer().run()
+    assert again["plateaued"] and again["step"] == 2
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2]
