@@ -110,9 +110,11 @@ def make_workspace(root: Path) -> Path:
 
 def start_loop(gin_file: Path, out_dir: Path, log_path: Path, *extra: str) -> subprocess.Popen:
     """``synpro loop`` on 2 host devices (``extra``: more --gin.KEY=VALUE flags), its output appended to
-    ``log_path``."""
+    ``log_path``. The runs of one workspace share JAX's persistent compilation cache: a restarted loop reuses
+    what the killed one compiled, as a user's would with JAX_COMPILATION_CACHE_DIR set."""
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu",
-               TF_CPP_MIN_LOG_LEVEL="3")
+               TF_CPP_MIN_LOG_LEVEL="3", JAX_COMPILATION_CACHE_DIR=str(gin_file.parent / "jax_cache"),
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1")
     cache = out_dir.parent / f"{out_dir.name}_cache"
     cmd = [sys.executable, "-m", "synpro_jax.cli", "loop", f"--gin_file={gin_file}", f"--gin.LOOP_DIR='{out_dir}'",
            f"--gin.synpro.DataConfig.cache_dir='{cache}'", *extra]

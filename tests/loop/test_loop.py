@@ -16,11 +16,6 @@ import loop_job  # noqa: E402
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def workspace(tmp_path_factory):
-    return loop_job.make_workspace(tmp_path_factory.mktemp("loop_ws"))
-
-
 def run_to_end(gin_file: Path, out: Path, *extra: str, timeout: float = 600) -> str:
     log = out.parent / f"{out.name}.log"
     proc = loop_job.start_loop(gin_file, out, log, *extra)
@@ -67,8 +62,6 @@ def records(directory: Path) -> list[dict]:
 
 
 def test_killed_in_grpo_and_in_synthesis_the_loop_resumes_to_the_uninterrupted_result(workspace, tmp_path):
-    clean = tmp_path / "clean"
-    uninterrupted = loop_job.start_loop(workspace, clean, tmp_path / "clean.log")  # alongside the killed one
     killed = tmp_path / "killed"
     grpo_ckpts = killed / "synpro" / "r1" / "grpo_rephrase" / "checkpoints"
     run_until_killed(workspace, killed, lambda: grpo_ckpts.is_dir() and any(
@@ -83,7 +76,8 @@ def test_killed_in_grpo_and_in_synthesis_the_loop_resumes_to_the_uninterrupted_r
     text = run_to_end(workspace, killed)
     assert "r0/pretrain: done, skipping" in text and "r1/synpro/synthesize_rephrase: resuming" in text
 
-    assert uninterrupted.wait(timeout=600) == 0, (tmp_path / "clean.log").read_text(errors="replace")[-4000:]
+    clean = tmp_path / "clean"
+    run_to_end(workspace, clean)
 
     # The same manifest: every stage done once with the same inputs and outputs (only the kills' starts differ).
     a, b = stages(killed), stages(clean)

@@ -14,11 +14,6 @@ from test_loop import run_to_end, stages  # noqa: E402
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def workspace(tmp_path_factory):
-    return loop_job.make_workspace(tmp_path_factory.mktemp("loop_ws"))
-
-
 def test_baselines_and_effective_tokens_and_a_changed_input_is_refused(workspace, tmp_path):
     """Repetition and two oracle budgets continue from the shared round 0 at the same steps; with repetition
     they are the 3 oracle points of the effective-token fit. A rerun with other round steps is refused."""
