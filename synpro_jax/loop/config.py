@@ -81,12 +81,6 @@ class LoopConfig:
     def round_steps(self, round_: int) -> int:
         return self.steps[round_]
 
-    def manifest_config(self) -> dict:
-        """What must stay the same for a run directory to be resumed (the rest is checked stage by stage)."""
-        return {"rounds": self.rounds, "methods": list(self.methods),
-                "generators": [dataclasses.asdict(g) for g in self.generators],
-                "oracle_budget_tokens": list(self.oracle_budget_tokens)}
-
 
 def method_names(cfg: LoopConfig) -> list[tuple[str, str, int | None]]:
     """(run name, method, oracle budget) of each run of the experiment: "synpro", "repetition", "oracle_<D>"."""

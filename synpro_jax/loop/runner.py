@@ -208,12 +208,14 @@ def run_loop(cfg: LoopConfig, model, data, progress: bool = True) -> dict:
 
     from synpro_jax import atomic
 
+    exp = stages.Experiment(cfg, model, data, progress=progress)
+    if "synpro" in cfg.methods and cfg.rounds:
+        exp.check_generators()  # before any work: a wrong path fails now, not after round 0
     root = Path(cfg.out_dir)
     writer = jax.process_index() == 0
     if writer:
         root.mkdir(parents=True, exist_ok=True)
     manifest = Manifest(root, {"layout": "synpro_jax loop v1"})
-    exp = stages.Experiment(cfg, model, data, progress=progress)
     order = stage_order(cfg)
     runs = [name for name, _, _ in method_names(cfg)]
     specs = {g.name: g for g in cfg.generators}

@@ -98,6 +98,14 @@ class Experiment:
         ids = self.training_documents()
         return {"count": len(ids), "sha256": hashlib.sha256("\n".join(sorted(ids)).encode()).hexdigest()[:16]}
 
+    def check_generators(self) -> None:
+        """The generators' starting points and the text vocabulary they and the probe need."""
+        self.vocabulary_path()
+        for spec in self.cfg.generators:
+            if spec.start != ROUND0_START and not (Path(spec.start) / "config.json").exists():
+                raise ValueError(f"GeneratorSpec({spec.name}).start={spec.start}: not an HF OLMo-2 directory (no "
+                                 f"config.json); give one, or {ROUND0_START!r} to start from round 0's LM")
+
     # --- the policy a generator stage starts from ---------------------------------------------------------------
     def policy(self, spec: GeneratorSpec, plan: StagePlan, outputs: dict[str, dict], resolve) -> tuple[str, bool]:
         """(the policy's directory as recorded, whether it is a synpro run rather than an HF directory)."""

@@ -94,3 +94,17 @@ def test_the_cpu_loop_experiment_parses_into_its_stage_settings():
         assert data.organic_budget_tokens == 200000
     finally:
         gin.clear_config()
+
+
+def test_a_missing_generator_or_a_token_id_vocabulary_fails_before_any_work(tmp_path):
+    from synpro_jax.data.vocab import PassthroughVocabulary
+
+    class Data:
+        vocabulary = "sp.model"
+
+    cfg = LoopConfig(str(tmp_path / "exp"), 1, (4, 2), generators=({**GEN, "start": str(tmp_path / "nowhere")},))
+    with pytest.raises(ValueError, match=r"GeneratorSpec\(reformat\).start=.*nowhere: not an HF OLMo-2 directory"):
+        stages.Experiment(cfg, None, Data()).check_generators()
+    Data.vocabulary = PassthroughVocabulary(256)
+    with pytest.raises(ValueError, match="PassthroughVocabulary .* need a text vocabulary"):
+        stages.Experiment(cfg, None, Data()).check_generators()
