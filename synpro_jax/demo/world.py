@@ -1,0 +1,283 @@
+"""A built-in world of synthetic biographies: the demo's organic data, reference task, evaluation and the
+generators' prior skill, all made from a seed with no files and no downloads.
+
+After the controlled-knowledge experiments of Allen-Zhu and Li ("Physics of Language Models, Part 3.1", 2023):
+a model trained on one biography per person, repeated for many epochs, stores the facts poorly; the same model
+trained on several rewritings of each biography extracts them well. That is SynPro's thesis in miniature, and
+every part of it can be measured exactly here:
+
+- **People.** Each person has a unique full name and six attributes: birth date, birth city, university, major,
+  employer and the employer's city.
+- **Organic corpus.** One biography per person: one sentence per attribute, each from a template drawn at random
+  (``TEMPLATES``), in a random order after the first, which names the person in full.
+- **Evaluation.** Held-out biographies of the same people written only with templates their organic biography
+  did not use (knowledge, not memorized wording), and 4-way questions asked in a phrasing no biography uses.
+- **Reference task** (the probe's FLAN): question/answer pairs about a subset of the people; QA accuracy is then
+  measured on the others.
+- **The generators' prior skill** (an instruct model's, in the release): supervised rewriting pairs built from a
+  *disjoint* population, so the generator knows how to rephrase and reformat but none of the organic people.
+- **Faithfulness** is exact: :func:`fact_check` finds which of the person's facts a rewrite states and which
+  values of the same kind it states wrongly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Sequence
+
+import numpy as np
+
+from synpro_jax.generation import prompts
+
+__all__ = ["ATTRIBUTES", "TEMPLATES", "Person", "World", "make_world", "fact_check", "FactCheck"]
+
+ATTRIBUTES = ("birth_date", "birth_city", "university", "major", "employer", "employer_city")
+
+FIRST = ("Anya Bruno Celia Dario Elena Farid Greta Hugo Ines Jonas Kaia Luca Mira Nils Olga Pavel Rosa Sven Tara Uli "
+         "Vera Wim Yara Zane Alma Boris Clara Dmitri Edda Felix Gaia Henrik Ilse Jasper Kira Lionel Maren Oskar Petra "
+         "Quentin").split()
+MIDDLE = "Ash Bay Cove Dale Elm Fern Glen Hale Ivy Jade Kent Lark Moss Nash Oak Pine Reed Sage Teal Wren".split()
+LAST = ("Abbott Brandt Castell Dorsey Ekholm Falk Garrow Holm Ivers Jansky Keller Lindqvist Moreau Norling Ortega "
+        "Pell Quist Rask Sorel Thorne Ulman Varga Weller Yates Zorn Alder Bexley Crane Drummond Ellery").split()
+MONTHS = ("January February March April May June July August September October November December").split()
+CITIES = ("Aberdeen Bergen Cordoba Dresden Eindhoven Florence Ghent Hamburg Innsbruck Jaipur Kyoto Lisbon Malmo "
+          "Nantes Oslo Porto Quebec Riga Seville Tampere Utrecht Valencia Warsaw Xiamen York Zagreb Antwerp Bilbao "
+          "Cardiff Dublin").split()
+UNIVERSITIES = tuple(f"{p} {k}" for p, k in [
+    ("Northfield", "University"), ("Eastbrook", "College"), ("Westmoor", "Institute"), ("Southgate", "University"),
+    ("Riverside", "Polytechnic"), ("Highland", "University"), ("Lakeshore", "College"), ("Stonebridge", "Institute"),
+    ("Greenvale", "University"), ("Ironwood", "College"), ("Silverton", "University"), ("Redcliff", "Institute"),
+    ("Oakhurst", "University"), ("Brightwater", "College"), ("Kingsmere", "University"), ("Foxhollow", "Institute"),
+])
+MAJORS = ("astronomy biology chemistry economics geology history linguistics mathematics music philosophy physics "
+          "psychology sociology statistics architecture botany").split()
+EMPLOYERS = ("Arcwell Bluepeak Cobaltix Driftline Emberly Fathom Glimmer Harbora Inkstone Junipero Keystar Lumora "
+             "Meridox Northwind Orbitra Pallasys Quarryton Ravenstack Solvane Tidewell").split()
+
+# One sentence per attribute; {n} is the subject (the full name in the first sentence, a pronoun or the name
+# after it), {v} the value. A person's organic biography draws one template per attribute; the held-out
+# biographies use only the others.
+TEMPLATES = {
+    "birth_date": ("{n} was born on {v}.", "{n} came into the world on {v}.", "{n} celebrates a birthday on {v}.",
+                   "The birth of {n} took place on {v}.", "{n} first saw daylight on {v}."),
+    "birth_city": ("{n} was born in {v}.", "{n} spent early childhood in {v}.", "{n} grew up in {v}.",
+                   "The hometown of {n} is {v}.", "{n} comes from {v}."),
+    "university": ("{n} studied at {v}.", "{n} attended {v}.", "{n} graduated from {v}.",
+                   "{n} received an education at {v}.", "{n} was a student at {v}."),
+    "major": ("{n} majored in {v}.", "{n} earned a degree in {v}.", "{n} chose {v} as a field of study.",
+              "The academic focus of {n} was {v}.", "{n} specialized in {v}."),
+    "employer": ("{n} works for {v}.", "{n} is employed by {v}.", "{n} holds a job at {v}.",
+                 "{n} joined the staff of {v}.", "The employer of {n} is {v}."),
+    "employer_city": ("{n} works in {v}.", "{n} has an office in {v}.", "{n} commutes to a workplace in {v}.",
+                      "The job of {n} is based in {v}.", "{n} is stationed in {v}."),
+}
+# Questions use a phrasing no template uses, so answering needs the fact, not the sentence.
+QUESTIONS = {
+    "birth_date": "What is the birth date of {name}?",
+    "birth_city": "Which city was {name} born in?",
+    "university": "Which university did {name} attend?",
+    "major": "What did {name} study?",
+    "employer": "Which company does {name} work for?",
+    "employer_city": "Which city does {name} work in?",
+}
+TOPICS = {"birth_date": "Birth date", "birth_city": "Birthplace", "university": "Education", "major": "Field of study",
+          "employer": "Employer", "employer_city": "Workplace"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Person:
+    name: str
+    pronoun: str  # "He" / "She" / "They"
+    facts: dict  # attribute -> value (strings)
+    organic_templates: tuple[int, ...]  # the template index per attribute in the organic biography
+    organic_order: tuple[int, ...]  # the attribute order after the first sentence
+
+    def sentence(self, attribute: str, template: int, subject: str) -> str:
+        return TEMPLATES[attribute][template].format(n=subject, v=self.facts[attribute])
+
+
+def _date(rng) -> str:
+    return f"{MONTHS[rng.integers(12)]} {rng.integers(1, 29)}, {rng.integers(1940, 2001)}"
+
+
+def _people(rng, count: int, names: list[str]) -> list[Person]:
+    people = []
+    for name in names[:count]:
+        facts = {"birth_date": _date(rng), "birth_city": str(rng.choice(CITIES)),
+                 "university": str(rng.choice(UNIVERSITIES)), "major": str(rng.choice(MAJORS)),
+                 "employer": str(rng.choice(EMPLOYERS)), "employer_city": str(rng.choice(CITIES))}
+        templates = tuple(int(rng.integers(len(TEMPLATES[a]))) for a in ATTRIBUTES)
+        order = tuple(int(i) for i in rng.permutation(len(ATTRIBUTES)))
+        people.append(Person(name, str(rng.choice(["He", "She", "They"])), facts, templates, order))
+    return people
+
+
+def biography(person: Person, templates: Sequence[int], order: Sequence[int], rng=None) -> str:
+    """The sentences in ``order`` (attribute indices), each from its template; the first names the person in
+    full, later ones use the pronoun or the first name (drawn with ``rng``, else the pronoun)."""
+    out = []
+    for k, a in enumerate(order):
+        attribute = ATTRIBUTES[a]
+        if k == 0:
+            subject = person.name
+        elif rng is not None and rng.random() < 0.3:
+            subject = person.name.split()[0]
+        else:
+            subject = person.pronoun
+        if subject == person.pronoun and not TEMPLATES[attribute][templates[a]].startswith("{n}"):
+            subject = person.name.split()[0]  # "The employer of Kira", never "of She"
+        sentence = person.sentence(attribute, templates[a], subject)
+        if subject == person.pronoun and person.pronoun == "They":  # plural verb agreement, kept simple
+            sentence = _they(sentence)
+        out.append(sentence)
+    return " ".join(out)
+
+
+_THEY = [(" was ", " were "), (" is ", " are "), (" works ", " work "), (" holds ", " hold "), (" has ", " have "),
+         (" comes ", " come "), (" commutes ", " commute "), (" celebrates ", " celebrate ")]
+
+
+def _they(sentence: str) -> str:
+    if not sentence.startswith("They "):
+        return sentence
+    head, rest = "They", sentence[4:]
+    for a, b in _THEY:
+        if rest.startswith(a):
+            return head + b + rest[len(a):]
+    return sentence
+
+
+def organic_biography(person: Person) -> str:
+    return biography(person, person.organic_templates, person.organic_order)
+
+
+def rewrite_rephrase(person: Person, rng) -> str:
+    """A perfect rephrasing: every fact, templates other than the organic ones, a new order."""
+    templates = [int((t + rng.integers(1, len(TEMPLATES[a]))) % len(TEMPLATES[a]))
+                 for a, t in zip(ATTRIBUTES, person.organic_templates)]
+    return biography(person, templates, [int(i) for i in rng.permutation(len(ATTRIBUTES))], rng)
+
+
+def rewrite_reformat(person: Person, rng) -> str:
+    """Perfect structured entries: one ``- Topic: ... Content: ...`` line per fact, in a random order."""
+    lines = []
+    for a in rng.permutation(len(ATTRIBUTES)):
+        attribute = ATTRIBUTES[int(a)]
+        t = int(rng.integers(len(TEMPLATES[attribute])))
+        lines.append(f"- Topic: {TOPICS[attribute]} of {person.name} Content: "
+                     f"{person.sentence(attribute, t, person.name)}")
+    return "\n".join(lines)
+
+
+def answer(operation: str, body: str) -> str:
+    """A generator's whole answer: the operation's heading, then the rewrite."""
+    return f"{prompts.HEADINGS[operation]}\n{body}"
+
+
+@dataclasses.dataclass(frozen=True)
+class FactCheck:
+    stated: int  # the person's facts the text states
+    wrong: int  # values of an attribute's kind that are not the person's
+    total: int
+
+    @property
+    def recall(self) -> float:
+        return self.stated / self.total
+
+    @property
+    def score(self) -> float:
+        """Recall, minus the share of stated values that are wrong: 1 for a perfect rewrite, <= 0 for invented
+        facts only."""
+        said = self.stated + self.wrong
+        return self.recall - (self.wrong / said if said else 0.0)
+
+
+_VALUES = {"birth_city": CITIES, "employer_city": CITIES, "university": UNIVERSITIES, "major": MAJORS,
+           "employer": EMPLOYERS}
+_DATE = re.compile(r"\b(?:" + "|".join(MONTHS) + r") \d{1,2}, \d{4}\b")
+
+
+def fact_check(person: Person, text: str) -> FactCheck:
+    """Which of ``person``'s facts ``text`` states, and how many values of the same kinds it gets wrong (a city,
+    university, major, company or date that is not the person's). Cities count as one kind: a city that is
+    neither the birth city nor the work city is wrong."""
+    stated = sum(1 for a in ATTRIBUTES if person.facts[a] in text)
+    wrong = sum(1 for d in set(_DATE.findall(text)) if d != person.facts["birth_date"])
+    cities = {person.facts["birth_city"], person.facts["employer_city"]}
+    for attribute, values in _VALUES.items():
+        own = cities if attribute.endswith("city") else {person.facts[attribute]}
+        if attribute == "employer_city":
+            continue  # counted with birth_city
+        for v in values:
+            if v not in own and re.search(rf"\b{re.escape(v)}\b", text):
+                wrong += 1
+    return FactCheck(stated, wrong, len(ATTRIBUTES))
+
+
+@dataclasses.dataclass
+class World:
+    """Every text of one seeded world (see the module docstring)."""
+
+    seed: int
+    people: list[Person]  # the organic population
+    teachers: list[Person]  # the disjoint population the generators' prior skill is learned on
+    reference_people: int  # people[:reference_people] are in the reference task; QA is measured on the rest
+
+    def organic(self) -> list[dict]:
+        return [{"id": f"person{i}", "text": organic_biography(p)} for i, p in enumerate(self.people)]
+
+    def heldout(self, per_person: int = 1) -> list[dict]:
+        """Biographies of the same people with none of their organic templates (unseen combinations)."""
+        rng = np.random.default_rng([self.seed, 2])
+        out = []
+        for i, p in enumerate(self.people):
+            for k in range(per_person):
+                out.append({"id": f"person{i}.heldout{k}", "text": rewrite_rephrase(p, rng)})
+        return out
+
+    def _question(self, p: Person, attribute: str, rng) -> dict:
+        values = _VALUES.get(attribute)
+        right = p.facts[attribute]
+        wrong: list[str] = []
+        while len(wrong) < 3:
+            v = _date(rng) if values is None else str(rng.choice(values))
+            if v != right and v not in wrong:
+                wrong.append(v)
+        choices = wrong + [right]
+        order = [int(i) for i in rng.permutation(4)]
+        return {"context": f"Question: {QUESTIONS[attribute].format(name=p.name)}\nAnswer:",
+                "choices": [choices[i] for i in order], "label": order.index(3)}
+
+    def reference(self) -> list[dict]:
+        """The probe's reference task: prompt/completion pairs about people[:reference_people]."""
+        return [{"prompt": QUESTIONS[a].format(name=p.name), "completion": p.facts[a]}
+                for p in self.people[:self.reference_people] for a in ATTRIBUTES]
+
+    def qa(self) -> list[dict]:
+        """4-way questions (the generic eval JSONL) about the people outside the reference subset."""
+        rng = np.random.default_rng([self.seed, 3])
+        return [self._question(p, a, rng) for p in self.people[self.reference_people:] for a in ATTRIBUTES]
+
+    def sft_pairs(self, operation: str, per_person: int = 2) -> list[dict]:
+        """Supervised rewriting pairs from the disjoint population: ``{"document", "answer"}`` with the answer
+        in the operation's output format (heading included)."""
+        rng = np.random.default_rng([self.seed, 4, prompts.OPERATIONS.index(operation)])
+        write = rewrite_rephrase if operation == "rephrase" else rewrite_reformat
+        return [{"document": organic_biography(p), "answer": answer(operation, write(p, rng))}
+                for p in self.teachers for _ in range(per_person)]
+
+    def person_of(self, doc_id: str) -> Person:
+        return self.people[int(doc_id.removeprefix("person").split(".")[0])]
+
+
+def make_world(people: int = 300, teachers: int = 200, reference_fraction: float = 0.5, seed: int = 0) -> World:
+    """A world of ``people`` organic people and ``teachers`` disjoint ones, all with distinct names."""
+    names = [f"{f} {m} {last}" for f in FIRST for m in MIDDLE for last in LAST]
+    if people + teachers > len(names):
+        raise ValueError(f"make_world: {people} + {teachers} people need more than the {len(names)} distinct names")
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(names))
+    chosen = [names[i] for i in order[:people + teachers]]
+    population = _people(rng, people + teachers, chosen)
+    return World(seed, population[:people], population[people:], int(round(people * reference_fraction)))
