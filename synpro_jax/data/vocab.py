@@ -45,8 +45,13 @@ def train_sentencepiece(
     character_coverage: float = 0.9995,
     max_sentences: int = 2_000_000,
     overwrite: bool = False,
+    keep_newlines: bool = False,
 ) -> Path:
-    """Train a SentencePiece model with seqio's special-token layout; writes ``out_path`` atomically."""
+    """Train a SentencePiece model with seqio's special-token layout; writes ``out_path`` atomically.
+
+    SentencePiece's default normalization (NFKC, extra whitespace removed) turns a newline into a space, so text
+    laid out in lines (a reformat generator's entries) comes back as one line. ``keep_newlines`` trains without
+    normalization: a newline round-trips as its byte piece."""
     out = Path(out_path)
     if out.suffix != ".model":
         raise ValueError(f"--out {out}: a SentencePiece model path must end in .model")
@@ -72,6 +77,7 @@ def train_sentencepiece(
             bos_id=-1,
             byte_fallback=True,  # no text is ever unencodable
             minloglevel=2,
+            **({"normalization_rule_name": "identity", "remove_extra_whitespaces": False} if keep_newlines else {}),
         )
         os.replace(tmp / "sp.model", out)
         os.replace(tmp / "sp.vocab", out.with_suffix(".vocab"))

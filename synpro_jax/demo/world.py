@@ -11,7 +11,8 @@ every part of it can be measured exactly here:
 - **Organic corpus.** One biography per person: one sentence per attribute, each from a template drawn at random
   (``TEMPLATES``), in a random order after the first, which names the person in full.
 - **Evaluation.** Held-out biographies of the same people written only with templates their organic biography
-  did not use (knowledge, not memorized wording), and 4-way questions asked in a phrasing no biography uses.
+  did not use (knowledge, not memorized wording), and 4-way cloze questions in such a wording: "The hometown
+  of Kira Teal Lindqvist is" ... "Warsaw." among four cities (chance 0.25).
 - **Reference task** (the probe's FLAN): question/answer pairs about a subset of the people; QA accuracy is then
   measured on the others.
 - **The generators' prior skill** (an instruct model's, in the release): supervised rewriting pairs built from a
@@ -72,7 +73,7 @@ TEMPLATES = {
     "employer_city": ("{n} works in {v}.", "{n} has an office in {v}.", "{n} commutes to a workplace in {v}.",
                       "The job of {n} is based in {v}.", "{n} is stationed in {v}."),
 }
-# Questions use a phrasing no template uses, so answering needs the fact, not the sentence.
+# The reference task's questions (the probe's prompt/completion pairs) use a phrasing no template uses.
 QUESTIONS = {
     "birth_date": "What is the birth date of {name}?",
     "birth_city": "Which city was {name} born in?",
@@ -237,6 +238,8 @@ class World:
         return out
 
     def _question(self, p: Person, attribute: str, rng) -> dict:
+        """A cloze question: the start of a sentence from a template the person's organic biography did not use
+        for this attribute ("The hometown of Kira Teal Lindqvist is"), and 4 values to end it with."""
         values = _VALUES.get(attribute)
         right = p.facts[attribute]
         wrong: list[str] = []
@@ -246,8 +249,10 @@ class World:
                 wrong.append(v)
         choices = wrong + [right]
         order = [int(i) for i in rng.permutation(4)]
-        return {"context": f"Question: {QUESTIONS[attribute].format(name=p.name)}\nAnswer:",
-                "choices": [choices[i] for i in order], "label": order.index(3)}
+        used = p.organic_templates[ATTRIBUTES.index(attribute)]
+        t = int((used + rng.integers(1, len(TEMPLATES[attribute]))) % len(TEMPLATES[attribute]))
+        context = TEMPLATES[attribute][t].split("{v}")[0].rstrip().format(n=p.name)
+        return {"context": context, "choices": [f"{choices[i]}." for i in order], "label": order.index(3)}
 
     def reference(self) -> list[dict]:
         """The probe's reference task: prompt/completion pairs about people[:reference_people]."""
@@ -255,7 +260,8 @@ class World:
                 for p in self.people[:self.reference_people] for a in ATTRIBUTES]
 
     def qa(self) -> list[dict]:
-        """4-way questions (the generic eval JSONL) about the people outside the reference subset."""
+        """4-way cloze questions (the generic eval JSONL) about the people outside the reference subset, each in a
+        wording the person's organic biography did not use."""
         rng = np.random.default_rng([self.seed, 3])
         return [self._question(p, a, rng) for p in self.people[self.reference_people:] for a in ATTRIBUTES]
 

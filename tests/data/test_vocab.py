@@ -82,3 +82,15 @@ def test_hf_tokenizer_errors(tmp_path):
     bad.write_text(json.dumps({"hello": 1}))
     with pytest.raises(ValueError, match="not a Hugging Face tokenizer.json"):
         vocab_lib.HFTokenizerVocabulary(bad)
+
+
+def test_keep_newlines_round_trips_lines(tmp_path):
+    """A reformat generator writes one entry per line: its vocabulary must give the newlines back."""
+    from synpro_jax.data.vocab import load_vocabulary, train_sentencepiece
+
+    texts = ["- Topic: Rivers Content: Water runs downhill to the sea.", "Plain prose about cats and dogs."] * 40
+    text = "Heading:\n- Topic: Rivers Content: water.\n- Topic: Cats Content: cats."
+    kept = load_vocabulary(str(train_sentencepiece(texts, tmp_path / "kept.model", 290, keep_newlines=True)))
+    assert kept.decode(kept.encode(text)) == text
+    default = load_vocabulary(str(train_sentencepiece(texts, tmp_path / "default.model", 290)))
+    assert "\n" not in default.decode(default.encode(text))  # why the option exists

@@ -1,0 +1,91 @@
+"""The demo generators' prior skill: supervised rewriting on the world's teaching population.
+
+The release starts GRPO from an instruct model that can already rephrase and reformat. The demo has none, so it
+teaches a small model from scratch on rewriting pairs of a *disjoint* population of people (world.py): the chat
+prompt of the release's instruction over a teacher's biography, and a fresh perfect rewrite as the answer. Each
+batch draws new teachers and new rewrites, so the model learns the operation (copy every fact into other
+sentences or into entries, add nothing), not the pairs. The loss is on the answer and its EOS only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Sequence
+
+import numpy as np
+
+from synpro_jax.demo import world as W
+from synpro_jax.generation import prompts
+
+__all__ = ["TeachingStream", "sft_batch"]
+
+
+@dataclasses.dataclass
+class TeachingStream:
+    """Endless (prompt ids, answer ids) rows for ``operations`` over ``teachers``, seeded per batch."""
+
+    teachers: Sequence[W.Person]
+    vocab: object
+    operations: Sequence[str] = prompts.OPERATIONS
+    seed: int = 0
+
+    def __post_init__(self):
+        if not self.teachers:
+            raise ValueError("TeachingStream: no teaching population (World.teachers is empty)")
+        self._before = {op: list(self.vocab.encode(prompts.prompt_parts(op)[0])) for op in self.operations}
+        self._after = {op: list(self.vocab.encode(prompts.prompt_parts(op)[1])) for op in self.operations}
+
+    def row(self, rng) -> tuple[list[int], list[int], str]:
+        person = self.teachers[int(rng.integers(len(self.teachers)))]
+        op = self.operations[int(rng.integers(len(self.operations)))]
+        # The document is a fresh biography in random wordings too: the skill must not hang on one wording.
+        templates = [int(rng.integers(len(W.TEMPLATES[a]))) for a in W.ATTRIBUTES]
+        document = W.biography(person, templates, [int(i) for i in rng.permutation(len(W.ATTRIBUTES))], rng)
+        body = W.rewrite_rephrase(person, rng) if op == "rephrase" else W.rewrite_reformat(person, rng)
+        prompt = self._before[op] + list(self.vocab.encode(document)) + self._after[op]
+        answer = list(self.vocab.encode(W.answer(op, body))) + [int(self.vocab.eos_id)]
+        return prompt, answer, op
+
+    def batch(self, step: int, size: int, length: int, pad_id: int = 0) -> dict:
+        rng = np.random.default_rng([self.seed, step])
+        return sft_batch([self.row(rng)[:2] for _ in range(size)], length, pad_id)
+
+
+def sft_batch(rows: Sequence[tuple[list[int], list[int]]], length: int, pad_id: int = 0) -> dict:
+    """Next-token rows ``[prompt | answer]`` padded (or cut) to ``length`` tokens, the loss on the answer only."""
+    from synpro_jax.train.step import next_token_batch
+
+    tokens = np.full((len(rows), length), pad_id, np.int32)
+    mask = np.zeros((len(rows), length), np.float32)
+    seg = np.zeros((len(rows), length), np.int32)
+    for r, (prompt, answer) in enumerate(rows):
+        row = (list(prompt) + list(answer))[:length]
+        tokens[r, :len(row)] = row
+        mask[r, len(prompt):len(row)] = 1.0
+        seg[r, :len(row)] = 1
+    batch = next_token_batch(tokens, mask)
+    batch["segment_ids"] = seg[:, :-1]
+    batch["positions"] = np.broadcast_to(np.arange(length - 1, dtype=np.int32), batch["inputs"].shape).copy()
+    return batch
+
+
+def evaluate_rewrites(sampler, vocab, people: Sequence[W.Person], operation: str, *, max_new_tokens: int,
+                      seed: int = 0, temperature: float = 1.0, top_p: float | None = 0.9,
+                      on_text: Callable[[W.Person, str], None] | None = None) -> dict:
+    """Rewrite each person's organic biography and score it: the share with exactly one heading (format), the
+    mean exact fact score (world.fact_check), and the mean recall of the person's facts."""
+    before, after = (list(vocab.encode(part)) for part in prompts.prompt_parts(operation))
+    ids = [before + list(vocab.encode(W.organic_biography(p))) + after for p in people]
+    out = sampler.generate(ids, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed,
+                           eos_id=[int(vocab.eos_id)], pad_id=0)
+    fmt, score, recall = [], [], []
+    for person, completion, finished in zip(people, out.completions(), out.finished):
+        text = vocab.decode(completion[:-1] if finished else completion)
+        parsed = prompts.parse_answer(text, operation)
+        check = W.fact_check(person, parsed.text)
+        fmt.append(parsed.headings == 1)
+        score.append(check.score)
+        recall.append(check.recall)
+        if on_text is not None:
+            on_text(person, text)
+    return {"format": float(np.mean(fmt)), "fact_score": float(np.mean(score)), "recall": float(np.mean(recall))}
