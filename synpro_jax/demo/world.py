@@ -203,16 +203,13 @@ def fact_check(person: Person, text: str) -> FactCheck:
     """Which of ``person``'s facts ``text`` states, and how many values of the same kinds it gets wrong (a city,
     university, major, company or date that is not the person's). Cities count as one kind: a city that is
     neither the birth city nor the work city is wrong."""
-    stated = sum(1 for a in ATTRIBUTES if person.facts[a] in text)
-    wrong = sum(1 for d in set(_DATE.findall(text)) if d != person.facts["birth_date"])
-    cities = {person.facts["birth_city"], person.facts["employer_city"]}
-    for attribute, values in _VALUES.items():
-        own = cities if attribute.endswith("city") else {person.facts[attribute]}
-        if attribute == "employer_city":
-            continue  # counted with birth_city
-        for v in values:
-            if v not in own and re.search(rf"\b{re.escape(v)}\b", text):
-                wrong += 1
+    f = person.facts
+    stated = sum(1 for a in ATTRIBUTES if f[a] in text)
+    wrong = sum(1 for d in set(_DATE.findall(text)) if d != f["birth_date"])
+    kinds = [(CITIES, {f["birth_city"], f["employer_city"]}), (UNIVERSITIES, {f["university"]}),
+             (MAJORS, {f["major"]}), (EMPLOYERS, {f["employer"]})]
+    for values, mine in kinds:
+        wrong += sum(1 for v in values if v not in mine and re.search(rf"\b{re.escape(v)}\b", text))
     return FactCheck(stated, wrong, len(ATTRIBUTES))
 
 

@@ -258,9 +258,7 @@ class Synthesizer:
             "prompt_version": prompts_lib.PROMPT_VERSION,
             "prompt_sha256": self.prompts.text_sha256,
             "stop_ids": self.stop_ids,
-            **({} if self.documents is None else {"documents": {
-                "count": len(self.documents),
-                "sha256": hashlib.sha256("\n".join(sorted(self.documents)).encode()).hexdigest()}}),
+            **({} if self.documents is None else {"documents": selection_identity(self.documents)}),
             "vocabulary": {"size": int(self.vocab.vocab_size), "eos_id": int(self.vocab.eos_id),
                            "probe_sha256": hashlib.sha256(json.dumps(probe).encode()).hexdigest()},
         }
@@ -450,6 +448,12 @@ class Synthesizer:
         }
         _write_atomic(out / MANIFEST, json.dumps(manifest, indent=2) + "\n")
         return manifest
+
+
+def selection_identity(ids) -> dict:
+    """A set of source ids as it is fingerprinted: its size and the sha256 of the sorted ids."""
+    ids = sorted(map(str, ids))
+    return {"count": len(ids), "sha256": hashlib.sha256("\n".join(ids).encode()).hexdigest()}
 
 
 def synthetic_spec(operation: str, round_: int, out_dir: str | Path) -> str:

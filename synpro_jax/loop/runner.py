@@ -117,8 +117,7 @@ def _curves(exp: stages.Experiment, done: dict[str, dict], runs: list[str]) -> d
     for run in runs:
         points, bounds = [], []
         for r in range(exp.cfg.rounds + 1):
-            key = "r0/pretrain" if r == 0 else f"r{r}/{run}/pretrain"
-            o = done.get(key)
+            o = done.get(_resolver(run)(f"r{r}/pretrain"))
             if o is None:
                 break
             path = exp.path(o["dir"]) / "metrics.jsonl"
@@ -187,8 +186,7 @@ def _summary(exp: stages.Experiment, done: dict[str, dict], runs: list[str], pre
     for run in runs:
         rounds = []
         for r in range(exp.cfg.rounds + 1):
-            pre = done.get("r0/pretrain" if r == 0 else f"r{r}/{run}/pretrain")
-            ev = done.get("r0/eval" if r == 0 else f"r{r}/{run}/eval")
+            pre, ev = (done.get(_resolver(run)(f"r{r}/{name}")) for name in ("pretrain", "eval"))
             if pre is None:
                 break
             rounds.append({"round": r, "train_step": pre["train_step"], "tokens": pre["tokens"],
@@ -261,8 +259,6 @@ def run_loop(cfg: LoopConfig, model, data, progress: bool = True) -> dict:
     finally:
         board.close()
     summary = _summary(exp, done, runs, preempted)
-    if writer:
+    if writer:  # loop_summary.png is redrawn after every pretraining stage, done or skipped
         atomic.write_json(root / "loop_summary.json", summary)
-        if done:
-            _plot(root / "loop_summary.png", _curves(exp, done, runs))
     return summary

@@ -14,7 +14,6 @@ experiment directory, so the directory can move), the work, and the check that i
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 from pathlib import Path
@@ -47,6 +46,12 @@ def gin_make(selector: str, **overrides):
     import gin
 
     return gin.get_configurable(selector)(**overrides)
+
+
+def stage_name(run: str, plan: StagePlan) -> str:
+    """A stage's name in loop.json within its round: round 0's are shared ("pretrain"), later ones belong to a
+    run ("synpro/grpo_reformat")."""
+    return plan.name if plan.round == 0 else f"{run}/{plan.name}"
 
 
 class Experiment:
@@ -94,9 +99,6 @@ class Experiment:
                 atomic.write_text(path, text)
         return self._documents
 
-    def documents_identity(self) -> dict:
-        ids = self.training_documents()
-        return {"count": len(ids), "sha256": hashlib.sha256("\n".join(sorted(ids)).encode()).hexdigest()[:16]}
 
     def check_generators(self) -> None:
         """The generators' starting points and the text vocabulary they and the probe need."""
@@ -198,7 +200,7 @@ def pretrain(exp: Experiment, run: str, plan: StagePlan, budget: int | None, out
     def ok(o: dict) -> bool:
         return (exp.path(o["dir"]) / "checkpoints" / str(o["step"])).is_dir()
 
-    return StageCall(plan.name if plan.round == 0 else f"{run}/{plan.name}", inputs, work, ok)
+    return StageCall(stage_name(run, plan), inputs, work, ok)
 
 
 def probe(exp: Experiment, run: str, plan: StagePlan, outputs: dict, resolve) -> StageCall:
@@ -214,7 +216,7 @@ def probe(exp: Experiment, run: str, plan: StagePlan, outputs: dict, resolve) ->
         result = {**_scalars(result), "scores": _rel(exp, result["scores"])} if "scores" in result else result
         return {"dir": rel, "finetuned": f"{rel}/finetuned", **_scalars(result)}
 
-    return StageCall(f"{run}/{plan.name}", inputs, work,
+    return StageCall(stage_name(run, plan), inputs, work,
                      lambda o: (exp.path(o["finetuned"]) / "config.json").exists())
 
 
@@ -248,7 +250,7 @@ def grpo(exp: Experiment, run: str, plan: StagePlan, spec: GeneratorSpec, output
         return {"dir": rel, "export": f"{rel}/export", "steps": int(summary["steps"]),
                 "last_rewards": summary.get("last_rewards", {})}
 
-    return StageCall(f"{run}/{plan.name}", inputs, work,
+    return StageCall(stage_name(run, plan), inputs, work,
                      lambda o: (exp.path(o["export"]) / "config.json").exists())
 
 
@@ -256,12 +258,12 @@ def synthesize(exp: Experiment, run: str, plan: StagePlan, spec: GeneratorSpec, 
     import gin
 
     from synpro_jax import configs
-    from synpro_jax.generation.synthesize import MANIFEST
+    from synpro_jax.generation.synthesize import MANIFEST, selection_identity
 
     rel = exp.stage_dir(run, plan)
     policy, is_run = exp.policy(spec, plan, outputs, resolve)
     inputs = {"kind": "synthesize", "generator": spec.name, "operation": spec.operation, "round": plan.round,
-              "policy": _rel(exp, policy), "shards": list(exp.data.organic), "documents": exp.documents_identity()}
+              "policy": _rel(exp, policy), "shards": list(exp.data.organic), "documents": selection_identity(exp.training_documents())}
 
     def work() -> dict:
         with gin.config_scope(spec.name):
@@ -276,7 +278,7 @@ def synthesize(exp: Experiment, run: str, plan: StagePlan, spec: GeneratorSpec, 
         d = exp.path(o["dir"])
         return (d / MANIFEST).exists() and not list(d.glob("*.partial"))
 
-    return StageCall(f"{run}/{plan.name}", inputs, work, ok)
+    return StageCall(stage_name(run, plan), inputs, work, ok)
 
 
 def tally_records(directory: Path) -> dict:
@@ -332,5 +334,5 @@ def evaluate(exp: Experiment, run: str, plan: StagePlan, outputs: dict, resolve)
         return {"dir": rel, "file": f"{rel}/eval.json", "val_loss": trained.get("val_loss"),
                 "tokens": trained.get("tokens"), "tasks": tasks, "perplexity": ppl}
 
-    return StageCall(plan.name if plan.round == 0 else f"{run}/{plan.name}", inputs, work,
+    return StageCall(stage_name(run, plan), inputs, work,
                      lambda o: exp.path(o["file"]).exists())

@@ -64,24 +64,22 @@ def test_each_format_reads_to_context_choices_and_label(tmp_path):
         [MCItem("c", ("a", "b"), 0)] * 2
 
 
-def test_bad_files_name_the_file_and_line(tmp_path):
+@pytest.mark.parametrize("text,message", [
+    ('{"context": "c", "choices": ["a", "b"], "label": 0}\n{"context": "c", "choices": ["a"], "label": 0}\n',
+     r"bad.jsonl:2: a multiple-choice item needs at least 2 choices"),
+    ('{"context": "c", "choices": ["a", "b"], "label": 2}\n', r"bad.jsonl:1: label 2 is not an index into 2 choices"),
+    ('{"context": "c", "choices": ["a", "b"]}\n', r"bad.jsonl:1: missing field 'label'"),
+    ('{"context": "c", "choices": ["a", "b"], "label": true}\n', r"bad.jsonl:1: field 'label' must be int"),
+    ('\n{"context": "c",\n', r"bad.jsonl:2: not JSON"),
+])
+def test_bad_generic_lines_name_the_file_and_line(tmp_path, text, message):
     bad = tmp_path / "bad.jsonl"
-    bad.write_text('{"context": "c", "choices": ["a", "b"], "label": 0}\n{"context": "c", "choices": ["a"], '
-                   '"label": 0}\n')
-    with pytest.raises(TaskFormatError, match=r"bad.jsonl:2: a multiple-choice item needs at least 2 choices"):
+    bad.write_text(text)
+    with pytest.raises(TaskFormatError, match=message):
         read_task("jsonl", bad)
-    bad.write_text('{"context": "c", "choices": ["a", "b"], "label": 2}\n')
-    with pytest.raises(TaskFormatError, match=r"bad.jsonl:1: label 2 is not an index into 2 choices"):
-        read_task("jsonl", bad)
-    bad.write_text('{"context": "c", "choices": ["a", "b"]}\n')
-    with pytest.raises(TaskFormatError, match=r"bad.jsonl:1: missing field 'label'"):
-        read_task("jsonl", bad)
-    bad.write_text('{"context": "c", "choices": ["a", "b"], "label": true}\n')
-    with pytest.raises(TaskFormatError, match=r"bad.jsonl:1: field 'label' must be int"):
-        read_task("jsonl", bad)
-    bad.write_text('\n{"context": "c",\n')
-    with pytest.raises(TaskFormatError, match=r"bad.jsonl:2: not JSON"):
-        read_task("jsonl", bad)
+
+
+def test_bad_files_name_the_file_and_line(tmp_path):
     arc = write_lines(tmp_path / "arc.jsonl", [{"question": "q", "choices": {"text": ["x", "y"],
                                                                              "label": ["A", "B"]}, "answerKey": "E"}])
     with pytest.raises(TaskFormatError, match=r"arc.jsonl:1: answerKey 'E' is not among the labels"):
