@@ -27,8 +27,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from synpro_jax import atomic, models, sharding  # noqa: E402
-from synpro_jax.data.vocab import load_vocabulary, train_sentencepiece  # noqa: E402
+from synpro_jax.data.vocab import load_vocabulary  # noqa: E402
 from synpro_jax.demo import sft  # noqa: E402
+from synpro_jax.demo.tokenizer import train_world_tokenizer  # noqa: E402
 from synpro_jax.demo import world as W  # noqa: E402
 from synpro_jax.generation import prompts  # noqa: E402
 from synpro_jax.generation.sampler import Sampler  # noqa: E402
@@ -40,10 +41,10 @@ def world_vocabulary(world, path: Path, size: int):
     if not path.exists():
         rng = np.random.default_rng(0)
         texts = [d["text"] for d in world.organic()] + [W.organic_biography(p) for p in world.teachers]
-        texts += [W.answer("reformat", W.rewrite_reformat(p, rng)) for p in world.teachers[:300]]
-        texts += [W.answer("rephrase", W.rewrite_rephrase(p, rng)) for p in world.teachers[:300]]
-        parts = [x for op in prompts.OPERATIONS for x in prompts.prompt_parts(op)]
-        train_sentencepiece(texts + parts * 20, path, size, keep_newlines=True)
+        texts += [W.answer("reformat", W.rewrite_reformat(p, rng)) for p in world.teachers[:600]]
+        texts += [W.answer("rephrase", W.rewrite_rephrase(p, rng)) for p in world.teachers[:600]]
+        texts += [f"{q['prompt']} {q['completion']}" for q in world.reference()]
+        train_world_tokenizer(texts, path, size)
     return load_vocabulary(str(path))
 
 
@@ -52,28 +53,31 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=600)
     p.add_argument("--eval_every", type=int, default=150)
     p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--length", type=int, default=640)
+    p.add_argument("--length", type=int, default=192)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--d_model", type=int, default=128)
     p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--partial", type=float, default=0.5)
+    p.add_argument("--rope_theta", type=float, default=10_000.0)
+    p.add_argument("--head_dim", type=int, default=32)
     p.add_argument("--eval_people", type=int, default=24)
-    p.add_argument("--vocab_size", type=int, default=768)
+    p.add_argument("--vocab_size", type=int, default=2048)
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "demo_generator.json"))
     p.add_argument("--work", default="/tmp/demo_generator")
     args = p.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     world = W.make_world(people=300, teachers=2000, seed=0)
-    vocab = world_vocabulary(world, work / f"sp{args.vocab_size}.model", args.vocab_size)
-    heads = max(args.d_model // 32, 1)
+    vocab = world_vocabulary(world, work / f"tokenizer{args.vocab_size}.json", args.vocab_size)
+    heads = max(args.d_model // args.head_dim, 1)
     cfg = models.get_preset("tiny").replace(d_model=args.d_model, num_layers=args.layers, num_heads=heads,
-                                            num_kv_heads=heads, head_dim=32, mlp_dim=4 * args.d_model,
+                                            num_kv_heads=heads, head_dim=args.head_dim, rope_theta=args.rope_theta, mlp_dim=4 * args.d_model,
                                             vocab_size=vocab.vocab_size, max_seq_len=1024, name="demo_generator")
     mesh = sharding.make_mesh(sharding.MeshConfig(data=-1))
     ts = TrainStep(cfg, mesh, OptimizerConfig(learning_rate=args.lr, warmup_steps=30, schedule="cosine",
                                               total_steps=args.steps, weight_decay=0.0, clip_norm=1.0))
     state = ts.init(jax.random.key(0))
-    stream = sft.TeachingStream(world.teachers, vocab, seed=0)
+    stream = sft.TeachingStream(world.teachers, vocab, seed=0, partial=args.partial)
     sampler = Sampler(cfg, state.params, mesh=mesh)
     people = world.people[:args.eval_people]
     history, samples = [], {}
@@ -83,7 +87,7 @@ def main() -> int:
         row = {"step": step}
         for op in prompts.OPERATIONS:
             texts = []
-            scores = sft.evaluate_rewrites(sampler, vocab, people, op, max_new_tokens=320 if op == "reformat" else 150,
+            scores = sft.evaluate_rewrites(sampler, vocab, people, op, max_new_tokens=160 if op == "reformat" else 80,
                                            seed=step, on_text=lambda person, t: texts.append(t))
             row.update({f"{op}/{k}": v for k, v in scores.items()})
             samples[f"{op}@{step}"] = {"source": W.organic_biography(people[0]), "rewrite": texts[0]}

@@ -199,6 +199,18 @@ def cmd_loop(args, extra: list[str]) -> int:
     return EXIT_PREEMPTED if summary["preempted"] else 0
 
 
+def cmd_demo(args, extra: list[str]) -> int:
+    files = args.gin_file or ["gin/experiments/demo_quick.gin" if args.quick else "gin/experiments/demo.gin"]
+    macros = [f"--gin.DEMO_DIR={json.dumps(args.out)}", f"--gin.SEED={args.seed}"]
+    if not _parse_gin(files, macros + extra, _search_paths(args)):
+        return 2
+    from synpro_jax import configs
+    from synpro_jax.demo.runner import EXIT_PREEMPTED
+
+    report = configs.demo()
+    return EXIT_PREEMPTED if report.get("preempted") else 0
+
+
 def cmd_train(args, extra: list[str]) -> int:
     if not _parse_gin(args.gin_file or [DEFAULT_EXPERIMENT], extra, _search_paths(args)):
         return 2
@@ -277,6 +289,16 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--gin_search_paths", action="append", default=[],
                        help="comma-separated folders to look for gin files and their includes in (repeatable)")
         p.set_defaults(func=func, takes_extra=True)
+
+    p = sub.add_parser("demo", help="the whole method on a built-in world of synthetic biographies: oracle, "
+                                    "repetition and SynPro arms, with their result table (resumable)",
+                       description="Extra --gin.KEY=VALUE flags bind gin parameters or macros.")
+    p.add_argument("--out", default="runs/demo", help="the demo's directory (rerun the same command to resume)")
+    p.add_argument("--seed", type=int, default=0, help="the world, the teaching and every stage")
+    p.add_argument("--quick", action="store_true", help="a smaller world and fewer steps (about 2 minutes)")
+    p.add_argument("--gin_file", action="append", default=[], help="instead of gin/experiments/demo.gin")
+    p.add_argument("--gin_search_paths", action="append", default=[])
+    p.set_defaults(func=cmd_demo, takes_extra=True)
 
     p = sub.add_parser("vocab", help="vocabulary tools")
     vsub = p.add_subparsers(dest="vocab_command", required=True)

@@ -73,9 +73,12 @@ def _lazy_configurables() -> tuple[type, ...]:
     from synpro_jax.rl.rewards.config import RewardsConfig
     from synpro_jax.rl.trainer import GRPORunConfig
     from synpro_jax.train.trainer import TrainerConfig
+    from synpro_jax.demo.config import DemoConfig
+    from synpro_jax.demo.teach import TeachConfig
 
     lazy = (DataConfig, SyntheticShards, PassthroughVocabulary, TrainedSentencePiece, TrainerConfig, ProbeConfig,
-            SynthesisConfig, GRPOConfig, RewardsConfig, GRPORunConfig, LoopConfig, GeneratorSpec)
+            SynthesisConfig, GRPOConfig, RewardsConfig, GRPORunConfig, LoopConfig, GeneratorSpec, DemoConfig,
+            TeachConfig)
     _register(*lazy)
     return (MeshConfig, OptimizerConfig, ModelConfig) + lazy
 
@@ -371,6 +374,17 @@ def loop(config=gin.REQUIRED, model: ModelConfig = gin.REQUIRED, data=gin.REQUIR
     return run_loop(config, model, data, progress=progress)
 
 
+@gin.configurable(module="synpro")
+def demo(config=gin.REQUIRED, model: ModelConfig = gin.REQUIRED, progress: bool = True) -> dict:
+    """``synpro demo``: the built-in world's files, the generators' teaching, then the SynPro experiment
+    (``synpro.loop``) and its result table (demo/runner.py). ``config`` is a DemoConfig; ``model`` the LM and the
+    taught generators."""
+    from synpro_jax.demo.runner import run_demo
+
+    Path(config.out_dir).mkdir(parents=True, exist_ok=True)
+    return run_demo(config, model, progress=progress)
+
+
 def _write_config(out_dir: str | Path) -> None:
     """The run's full gin configuration as ``out_dir/config.gin`` (atomically)."""
     import jax
@@ -489,7 +503,7 @@ def _scan(gin_files: Sequence[str], bindings: Sequence[str], paths: Sequence[str
 def _parameters(classes: Sequence[type]) -> dict[str, list[str]]:
     """Full selector -> the parameter names it accepts, for every synpro configurable."""
     table = {f"synpro.{cls.__name__}": [f.name for f in dataclasses.fields(cls) if f.init] for cls in classes}
-    for fn in (pretrain, probe, finetuned_dir, influence_server, synthesize, grpo, loop):
+    for fn in (pretrain, probe, finetuned_dir, influence_server, synthesize, grpo, loop, demo):
         params = inspect.signature(fn).parameters.values()
         table[f"synpro.{fn.__name__}"] = [p.name for p in params if p.kind != p.VAR_KEYWORD]
     table["synpro.preset"] = list(dict.fromkeys(["name", *_model_fields()]))

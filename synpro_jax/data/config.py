@@ -69,6 +69,11 @@ class DataConfig:
     organic_budget_tokens: int | None = None  # data-bound mode: exactly this many unique organic tokens
     mixing: Any = "tokens"  # "tokens" (rates proportional to token counts) or {"organic": 3, "rephrase_r1": 1}
     validation_docs: int = 64  # organic documents held out for validation perplexity
+    # Validation documents read from these sources instead (a fixed held-out set); validation_docs is then unused.
+    validation: tuple[str, ...] = ()
+    # The order the data-bound budget takes documents in: "random" (seeded) or "corpus" (the sources' own order,
+    # for a corpus written in priority order, such as the demo world's: one biography per person first).
+    budget_order: str = "random"
     block_rows: int = 1024
     seed: int = 0
     cache_dir: str = "runs/cache"
@@ -96,6 +101,10 @@ class DataConfig:
             raise ValueError(f"DataConfig.organic_budget_tokens={self.organic_budget_tokens}: must be positive")
         if self.validation_docs < 0:
             raise ValueError(f"DataConfig.validation_docs={self.validation_docs}: must be >= 0")
+        validation = (self.validation,) if isinstance(self.validation, str) else tuple(self.validation or ())
+        object.__setattr__(self, "validation", validation)
+        if self.budget_order not in ("random", "corpus"):
+            raise ValueError(f"DataConfig.budget_order={self.budget_order!r}: 'random' or 'corpus'")
         if self.block_rows < 1:
             raise ValueError(f"DataConfig.block_rows={self.block_rows}: must be >= 1")
 

@@ -72,18 +72,30 @@ def open_organic(cfg: DataConfig, eos_id: int | None = None, vocab_size: int | N
 
 def organic_split(cfg: DataConfig, progress: bool = True):
     """(vocabulary, training documents, held-out validation documents or None, read report) of the organic
-    corpus: tokenized (cached), ``validation_docs`` held out, then the data-bound budget applied to the rest.
-    The SynPro loop synthesizes exactly the training documents' ids."""
+    corpus: tokenized (cached), ``validation_docs`` held out (or the ``validation`` sources read), then the
+    data-bound budget applied to the rest. The SynPro loop synthesizes exactly the training documents' ids."""
     vocab = resolve_vocabulary(cfg.vocabulary, cache_dir=cfg.cache_dir, corpus=cfg.corpus,
                                texts=lambda: (d.text for d in open_organic(cfg) if d.text))
     organic, report = build_corpus(open_organic(cfg, vocab.eos_id, vocab.vocab_size), vocab, cfg.cache_dir,
                                    name=tasks_lib.organic_task_name(cfg.corpus), progress=progress)
-    if cfg.validation_docs:
+    if cfg.validation:
+        try:
+            source = sources_lib.open_sources(cfg.validation, text_field=cfg.text_field, eos_id=vocab.eos_id,
+                                              vocab_size=vocab.vocab_size)
+        except ValueError as e:
+            raise ValueError(f"DataConfig.validation: {e}") from None
+        val_organic, _ = build_corpus(source, vocab, cfg.cache_dir,
+                                      name=tasks_lib.organic_task_name(cfg.corpus) + "_validation", progress=progress)
+        if val_organic.num_docs == 0:
+            raise ValueError(f"DataConfig.validation={list(cfg.validation)}: no usable documents")
+        train_organic = organic
+    elif cfg.validation_docs:
         train_organic, val_organic = split_validation(organic, cfg.validation_docs, cfg.seed)
     else:
         train_organic, val_organic = organic, None
     if cfg.organic_budget_tokens is not None:
-        train_organic = data_bound_budget(train_organic, cfg.organic_budget_tokens, seed=cfg.seed)
+        train_organic = data_bound_budget(train_organic, cfg.organic_budget_tokens, seed=cfg.seed,
+                                          order=cfg.budget_order)
     return vocab, train_organic, val_organic, report
 
 

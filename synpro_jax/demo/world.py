@@ -33,6 +33,9 @@ from synpro_jax.generation import prompts
 
 __all__ = ["ATTRIBUTES", "TEMPLATES", "Person", "World", "make_world", "fact_check", "FactCheck"]
 
+# Bump when the world a seed makes changes (people, templates, texts): written worlds record it.
+VERSION = 2
+
 ATTRIBUTES = ("birth_date", "birth_city", "university", "major", "employer", "employer_city")
 
 FIRST = ("Anya Bruno Celia Dario Elena Farid Greta Hugo Ines Jonas Kaia Luca Mira Nils Olga Pavel Rosa Sven Tara Uli "
@@ -42,9 +45,13 @@ MIDDLE = "Ash Bay Cove Dale Elm Fern Glen Hale Ivy Jade Kent Lark Moss Nash Oak 
 LAST = ("Abbott Brandt Castell Dorsey Ekholm Falk Garrow Holm Ivers Jansky Keller Lindqvist Moreau Norling Ortega "
         "Pell Quist Rask Sorel Thorne Ulman Varga Weller Yates Zorn Alder Bexley Crane Drummond Ellery").split()
 MONTHS = ("January February March April May June July August September October November December").split()
-CITIES = ("Aberdeen Bergen Cordoba Dresden Eindhoven Florence Ghent Hamburg Innsbruck Jaipur Kyoto Lisbon Malmo "
-          "Nantes Oslo Porto Quebec Riga Seville Tampere Utrecht Valencia Warsaw Xiamen York Zagreb Antwerp Bilbao "
-          "Cardiff Dublin").split()
+BIRTH_CITIES = ("Aberdeen Bergen Cordoba Dresden Eindhoven Florence Ghent Hamburg Innsbruck Jaipur Kyoto Lisbon "
+                "Malmo Nantes Oslo Porto Quebec Riga Seville Tampere").split()
+# Work cities are another set: each attribute's values are then of their own kind, which a small generator
+# learns to find and copy from a source far sooner than a value it must tell apart by its sentence.
+WORK_CITIES = ("Utrecht Valencia Warsaw Xiamen York Zagreb Antwerp Bilbao Cardiff Dublin Geneva Helsinki Krakow Lyon "
+               "Munich Naples Prague Salzburg Toulouse Vienna").split()
+CITIES = BIRTH_CITIES + WORK_CITIES
 UNIVERSITIES = tuple(f"{p} {k}" for p, k in [
     ("Northfield", "University"), ("Eastbrook", "College"), ("Westmoor", "Institute"), ("Southgate", "University"),
     ("Riverside", "Polytechnic"), ("Highland", "University"), ("Lakeshore", "College"), ("Stonebridge", "Institute"),
@@ -105,9 +112,9 @@ def _date(rng) -> str:
 def _people(rng, count: int, names: list[str]) -> list[Person]:
     people = []
     for name in names[:count]:
-        facts = {"birth_date": _date(rng), "birth_city": str(rng.choice(CITIES)),
+        facts = {"birth_date": _date(rng), "birth_city": str(rng.choice(BIRTH_CITIES)),
                  "university": str(rng.choice(UNIVERSITIES)), "major": str(rng.choice(MAJORS)),
-                 "employer": str(rng.choice(EMPLOYERS)), "employer_city": str(rng.choice(CITIES))}
+                 "employer": str(rng.choice(EMPLOYERS)), "employer_city": str(rng.choice(WORK_CITIES))}
         templates = tuple(int(rng.integers(len(TEMPLATES[a]))) for a in ATTRIBUTES)
         order = tuple(int(i) for i in rng.permutation(len(ATTRIBUTES)))
         people.append(Person(name, str(rng.choice(["He", "She", "They"])), facts, templates, order))
@@ -153,18 +160,22 @@ def organic_biography(person: Person) -> str:
     return biography(person, person.organic_templates, person.organic_order)
 
 
-def rewrite_rephrase(person: Person, rng) -> str:
-    """A perfect rephrasing: every fact, templates other than the organic ones, a new order."""
+def rewrite_rephrase(person: Person, rng, attributes: Sequence[int] | None = None) -> str:
+    """A perfect rephrasing: every fact (of ``attributes``, indices into ATTRIBUTES; default all), templates
+    other than the organic ones, a new order."""
     templates = [int((t + rng.integers(1, len(TEMPLATES[a]))) % len(TEMPLATES[a]))
                  for a, t in zip(ATTRIBUTES, person.organic_templates)]
-    return biography(person, templates, [int(i) for i in rng.permutation(len(ATTRIBUTES))], rng)
+    keep = range(len(ATTRIBUTES)) if attributes is None else attributes
+    return biography(person, templates, [int(keep[i]) for i in rng.permutation(len(keep))], rng)
 
 
-def rewrite_reformat(person: Person, rng) -> str:
-    """Perfect structured entries: one ``- Topic: ... Content: ...`` line per fact, in a random order."""
+def rewrite_reformat(person: Person, rng, attributes: Sequence[int] | None = None) -> str:
+    """Perfect structured entries: one ``- Topic: ... Content: ...`` line per fact (of ``attributes``; default
+    all), in a random order."""
+    keep = range(len(ATTRIBUTES)) if attributes is None else attributes
     lines = []
-    for a in rng.permutation(len(ATTRIBUTES)):
-        attribute = ATTRIBUTES[int(a)]
+    for i in rng.permutation(len(keep)):
+        attribute = ATTRIBUTES[int(keep[int(i)])]
         t = int(rng.integers(len(TEMPLATES[attribute])))
         lines.append(f"- Topic: {TOPICS[attribute]} of {person.name} Content: "
                      f"{person.sentence(attribute, t, person.name)}")
@@ -194,7 +205,7 @@ class FactCheck:
         return self.recall - (self.wrong / said if said else 0.0)
 
 
-_VALUES = {"birth_city": CITIES, "employer_city": CITIES, "university": UNIVERSITIES, "major": MAJORS,
+_VALUES = {"birth_city": BIRTH_CITIES, "employer_city": WORK_CITIES, "university": UNIVERSITIES, "major": MAJORS,
            "employer": EMPLOYERS}
 _DATE = re.compile(r"\b(?:" + "|".join(MONTHS) + r") \d{1,2}, \d{4}\b")
 

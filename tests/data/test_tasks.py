@@ -206,3 +206,25 @@ def test_trained_sentencepiece_vocabulary_is_cached(workspace, tmp_path):
     mtime = os.path.getmtime(model)
     streams_lib.build_streams(cfg, seq_len=16, progress=False)
     assert os.path.getmtime(model) == mtime
+
+
+def test_validation_sources_and_a_budget_in_corpus_order(workspace, tmp_path):
+    """A fixed validation file replaces the held-out split (every organic document trains), and the budget in
+    corpus order takes the first documents, each larger budget a superset (the demo's oracle runs)."""
+    root, organic, *_ = workspace
+    heldout = tmp_path / "heldout.jsonl"
+    write_jsonl(heldout, [{"id": f"h{i}", "text": " ".join(WORDS[i:i + 6])} for i in range(7)])
+    cfg = config(workspace, synthetic=(), validation=str(heldout), validation_docs=5, budget_order="corpus")
+    vocab, train, val, _ = streams_lib.organic_split(cfg, progress=False)
+    assert val.num_docs == 7 and train.num_docs == 40  # all readable organic documents train
+    small = streams_lib.organic_split(config(workspace, synthetic=(), validation=str(heldout),
+                                             budget_order="corpus", organic_budget_tokens=100), progress=False)[1]
+    large = streams_lib.organic_split(config(workspace, synthetic=(), validation=str(heldout),
+                                             budget_order="corpus", organic_budget_tokens=200), progress=False)[1]
+    assert list(small.doc_ids) == list(train.doc_ids)[:small.num_docs]
+    assert list(large.doc_ids)[:small.num_docs - 1] == list(small.doc_ids)[:-1]
+    assert small.num_tokens == 100 and large.num_tokens == 200
+    with pytest.raises(ValueError, match="DataConfig.budget_order='first'"):
+        config(workspace, budget_order="first")
+    with pytest.raises(FileNotFoundError, match="no file matches"):
+        streams_lib.organic_split(config(workspace, validation="/nonexistent/*.jsonl"), progress=False)

@@ -1,0 +1,45 @@
+"""What ``synpro demo`` runs (gin: ``synpro.DemoConfig``): the world's size, the oracle's unique data, and the
+generators' teaching; the experiment itself is the loop's configuration in ``gin/experiments/demo.gin``."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from synpro_jax.demo.teach import TeachConfig
+
+__all__ = ["DemoConfig"]
+
+
+@dataclasses.dataclass(frozen=True)
+class DemoConfig:
+    out_dir: str
+    seed: int = 0
+    people: int = 300  # the organic population, one biography each
+    teachers: int = 2000  # the disjoint teaching population
+    reference_fraction: float = 0.5  # people in the probe's reference task; QA is asked about the others
+    oracle_copies: int = 4  # unique biographies per person in the oracle's corpus
+    oracle_multiples: tuple[int, ...] = (2, 4)  # each oracle run's unique biographies per person
+    vocab_size: int = 2048  # the world tokenizer's cap
+    teach: TeachConfig = TeachConfig()
+    samples: int = 3  # sample rewrites per generator in the report
+
+    def __post_init__(self):
+        if self.people < 8:
+            raise ValueError(f"DemoConfig.people={self.people}: at least 8")
+        if not 0 < self.reference_fraction < 1:
+            raise ValueError(f"DemoConfig.reference_fraction={self.reference_fraction}: in (0, 1), so both the "
+                             "reference task and the QA evaluation have people")
+        multiples = tuple(self.oracle_multiples)
+        object.__setattr__(self, "oracle_multiples", multiples)
+        if not multiples or any(isinstance(m, bool) or not isinstance(m, int) or m < 2 for m in multiples) \
+                or len(set(multiples)) != len(multiples):
+            raise ValueError(f"DemoConfig.oracle_multiples={self.oracle_multiples!r}: distinct integers >= 2 (with "
+                             "repetition at 1, the effective-token fit needs at least 2 oracle runs)")
+        if len(multiples) < 2:
+            raise ValueError(f"DemoConfig.oracle_multiples={self.oracle_multiples!r}: give at least 2, so the "
+                             "fit has 3 points with repetition")
+        if max(multiples) > self.oracle_copies:
+            raise ValueError(f"DemoConfig.oracle_multiples={self.oracle_multiples!r}: at most "
+                             f"DemoConfig.oracle_copies={self.oracle_copies} biographies per person exist")
+        if self.samples < 0:
+            raise ValueError(f"DemoConfig.samples={self.samples}: must be >= 0")

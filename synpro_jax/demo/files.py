@@ -1,0 +1,118 @@
+"""The world on disk: the files a SynPro experiment reads, written once per world and reused on a resume.
+
+``world/``:
+
+- ``corpus.jsonl``: the organic corpus, one biography per person (ids ``person<i>``), followed by the oracle's
+  further unique data: ``oracle_copies - 1`` perfect rephrasings per person (``person<i>.oracle<k>``, other
+  templates, another order). The pretraining budget takes documents in this order (``budget_order="corpus"``), so
+  a budget of the organic tokens is exactly the organic corpus and each oracle budget adds whole rephrasings.
+- ``organic.jsonl``: the organic biographies alone (GRPO's prompts and the probe's scored documents).
+- ``heldout.jsonl``: the validation documents, one held-out biography per person in wordings the organic one did
+  not use.
+- ``qa.jsonl``: 4-way cloze questions about the people outside the reference subset (the eval task).
+- ``reference.jsonl``: the probe's reference task, prompt/completion pairs about the reference subset.
+- ``tokenizer.json``: the world's tokenizer (tokenizer.py), shared by the LM and the generators.
+- ``world.json``: the world's parameters, written last: the world is complete when it exists.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+
+from synpro_jax import atomic
+from synpro_jax.demo import world as W
+from synpro_jax.demo.tokenizer import train_world_tokenizer
+
+__all__ = ["WorldFiles", "write_world"]
+
+
+@dataclasses.dataclass(frozen=True)
+class WorldFiles:
+    root: Path
+    spec: dict
+
+    @property
+    def corpus(self) -> Path:
+        return self.root / "corpus.jsonl"
+
+    @property
+    def organic(self) -> Path:
+        return self.root / "organic.jsonl"
+
+    @property
+    def heldout(self) -> Path:
+        return self.root / "heldout.jsonl"
+
+    @property
+    def qa(self) -> Path:
+        return self.root / "qa.jsonl"
+
+    @property
+    def reference(self) -> Path:
+        return self.root / "reference.jsonl"
+
+    @property
+    def tokenizer(self) -> Path:
+        return self.root / "tokenizer.json"
+
+    @property
+    def world_json(self) -> Path:
+        return self.root / "world.json"
+
+    def world(self) -> W.World:
+        return W.make_world(**self.spec["world"])
+
+
+def _jsonl(path: Path, records) -> None:
+    atomic.write_text(path, "".join(json.dumps(r) + "\n" for r in records))
+
+
+def oracle_documents(world: W.World, copies: int) -> list[dict]:
+    """The oracle's unique data after the organic corpus: ``copies - 1`` perfect rephrasings of each person,
+    round by round (every person's first rephrasing, then every person's second, ...)."""
+    rng = np.random.default_rng([world.seed, 5])
+    return [{"id": f"person{i}.oracle{k}", "text": W.rewrite_rephrase(p, rng)}
+            for k in range(1, copies) for i, p in enumerate(world.people)]
+
+
+def write_world(root: Path, *, people: int, teachers: int, reference_fraction: float, seed: int,
+                oracle_copies: int, vocab_size: int = 2048) -> WorldFiles:
+    """Write (or find) the world's files under ``root``. A world already there with other parameters is refused:
+    nothing is overwritten."""
+    root = Path(root)
+    spec = {"world": {"people": people, "teachers": teachers, "reference_fraction": reference_fraction,
+                      "seed": seed},
+            "oracle_copies": oracle_copies, "vocab_size": vocab_size, "version": W.VERSION}
+    files = WorldFiles(root, spec)
+    if files.world_json.exists():
+        found = json.loads(files.world_json.read_text(encoding="utf-8"))
+        if found != spec:
+            raise ValueError(f"{files.world_json} describes another world ({found}); use another --out")
+        return files
+    if oracle_copies < 2:
+        raise ValueError(f"oracle_copies={oracle_copies}: the oracle needs at least 2 biographies per person")
+    root.mkdir(parents=True, exist_ok=True)
+    world = W.make_world(**spec["world"])
+    organic = world.organic()
+    oracle = oracle_documents(world, oracle_copies)
+    heldout = world.heldout()
+    _jsonl(files.corpus, organic + oracle)
+    _jsonl(files.organic, organic)
+    _jsonl(files.heldout, heldout)
+    _jsonl(files.qa, world.qa())
+    _jsonl(files.reference, world.reference())
+    # The tokenizer sees every text the LM and the generators will read or write, the teaching rewrites included.
+    rng = np.random.default_rng([seed, 6])
+    texts = [d["text"] for d in organic + oracle + heldout]
+    texts += [W.organic_biography(p) for p in world.teachers]
+    texts += [W.answer("rephrase", W.rewrite_rephrase(p, rng)) for p in world.teachers]
+    texts += [W.answer("reformat", W.rewrite_reformat(p, rng)) for p in world.teachers]
+    texts += [f"{q['prompt']} {q['completion']}" for q in world.reference()]
+    texts += [f"{q['context']} {c}" for q in world.qa() for c in q["choices"]]
+    train_world_tokenizer(texts, files.tokenizer, vocab_size)
+    atomic.write_json(files.world_json, spec)
+    return files
