@@ -50,11 +50,11 @@ def world_vocabulary(world, path: Path, size: int):
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--steps", type=int, default=600)
-    p.add_argument("--eval_every", type=int, default=150)
+    p.add_argument("--steps", type=int, default=800)
+    p.add_argument("--eval_every", type=int, default=200)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--length", type=int, default=192)
-    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--d_model", type=int, default=128)
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--partial", type=float, default=0.5)

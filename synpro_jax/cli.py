@@ -200,8 +200,15 @@ def cmd_loop(args, extra: list[str]) -> int:
 
 
 def cmd_demo(args, extra: list[str]) -> int:
-    files = args.gin_file or ["gin/experiments/demo_quick.gin" if args.quick else "gin/experiments/demo.gin"]
+    if args.quick and args.corpus:
+        print("error: synpro demo: --quick runs the built-in world; drop it with --corpus", file=sys.stderr)
+        return 2
+    default = "demo_corpus" if args.corpus else "demo_quick" if args.quick else "demo"
+    files = args.gin_file or [f"gin/experiments/{default}.gin"]
     macros = [f"--gin.DEMO_DIR={json.dumps(args.out)}", f"--gin.SEED={args.seed}"]
+    for knob, value in (("corpus", args.corpus), ("reference", args.reference), ("generator", args.generator)):
+        if value:
+            macros.append(f"--gin.synpro.DemoConfig.{knob}={json.dumps(value)}")
     if not _parse_gin(files, macros + extra, _search_paths(args)):
         return 2
     from synpro_jax import configs
@@ -296,6 +303,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/demo", help="the demo's directory (rerun the same command to resume)")
     p.add_argument("--seed", type=int, default=0, help="the world, the teaching and every stage")
     p.add_argument("--quick", action="store_true", help="a smaller world and fewer steps (about 2 minutes)")
+    p.add_argument("--corpus", nargs="+", help="your own text instead of the world: files or globs (.jsonl, .txt, "
+                                               ".parquet, ...); needs --reference")
+    p.add_argument("--reference", nargs="+", help="with --corpus: the probe's reference task (FLAN CoT .tsv or "
+                                                  "prompt/completion .jsonl)")
+    p.add_argument("--generator", help="an HF OLMo-2 instruct directory both generators start from (e.g. "
+                                       "OLMo-2-0425-1B-Instruct) instead of the taught one")
     p.add_argument("--gin_file", action="append", default=[], help="instead of gin/experiments/demo.gin")
     p.add_argument("--gin_search_paths", action="append", default=[])
     p.set_defaults(func=cmd_demo, takes_extra=True)

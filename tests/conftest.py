@@ -12,6 +12,18 @@ import pytest  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
 
+# The jobs tests start as real processes (killed, resumed, rerun) share JAX's persistent compilation cache, as a
+# user's restarts would with JAX_COMPILATION_CACHE_DIR set: a restarted job skips what the killed one compiled.
+# Set after jax is imported, so it reaches only those processes, not this one.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    import atexit  # noqa: E402
+    import shutil  # noqa: E402
+    import tempfile  # noqa: E402
+
+    _CACHE = tempfile.mkdtemp(prefix="synpro-tests-jax-cache-")
+    atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
+    os.environ.update(JAX_COMPILATION_CACHE_DIR=_CACHE, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5")
+
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 

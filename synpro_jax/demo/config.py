@@ -22,6 +22,10 @@ class DemoConfig:
     vocab_size: int = 2048  # the world tokenizer's cap
     teach: TeachConfig = TeachConfig()
     samples: int = 3  # sample rewrites per generator in the report
+    # Your own text instead of the world (synpro demo --corpus FILES --reference FILES [--generator HF_DIR]).
+    corpus: tuple[str, ...] = ()
+    reference: tuple[str, ...] = ()  # the probe's reference task for --corpus (FLAN .tsv, prompt/completion .jsonl)
+    generator: str | None = None  # an HF instruct model both generators start from (default: taught / round 0)
 
     def __post_init__(self):
         if self.people < 8:
@@ -41,5 +45,10 @@ class DemoConfig:
         if max(multiples) > self.oracle_copies:
             raise ValueError(f"DemoConfig.oracle_multiples={self.oracle_multiples!r}: at most "
                              f"DemoConfig.oracle_copies={self.oracle_copies} biographies per person exist")
+        for knob in ("corpus", "reference"):
+            value = getattr(self, knob)
+            object.__setattr__(self, knob, (value,) if isinstance(value, str) else tuple(value or ()))
+        if self.reference and not self.corpus:
+            raise ValueError("DemoConfig.reference: the world brings its own reference task; give it with --corpus")
         if self.samples < 0:
             raise ValueError(f"DemoConfig.samples={self.samples}: must be >= 0")

@@ -116,3 +116,63 @@ def write_world(root: Path, *, people: int, teachers: int, reference_fraction: f
     train_world_tokenizer(texts, files.tokenizer, vocab_size)
     atomic.write_json(files.world_json, spec)
     return files
+
+
+@dataclasses.dataclass(frozen=True)
+class CorpusFiles:
+    """The demo's files for the user's own text (``synpro demo --corpus``): the same layout as the world's, without
+    the QA task; the reference task is the user's (``--reference``)."""
+
+    root: Path
+    spec: dict
+    reference_files: tuple[str, ...]
+
+    corpus = WorldFiles.corpus
+    organic = WorldFiles.organic
+    heldout = WorldFiles.heldout
+    tokenizer = WorldFiles.tokenizer
+
+    @property
+    def done(self) -> Path:
+        return self.root / "corpus.json"
+
+
+def write_corpus(root: Path, sources, reference, *, share: float, heldout_docs: int = 64, text_field: str = "text",
+                 vocab_size: int = 4096) -> CorpusFiles:
+    """The user's documents under ``root``: every ``k``-th held out for validation (at most ``heldout_docs``), the
+    rest in their order as ``corpus.jsonl``; ``organic.jsonl`` is its first ``share`` of the documents (round 0's
+    data, GRPO's prompts); a byte-level BPE tokenizer with the generators' prompt text as added tokens. Found, not
+    rewritten, when written before with the same parameters; refused with others."""
+    from synpro_jax.data import sources as sources_lib
+
+    root = Path(root)
+    sources, reference = [str(s) for s in sources], [str(r) for r in reference]
+    if not reference:
+        raise ValueError("synpro demo --corpus needs --reference FILES: the probe's reference task (FLAN CoT .tsv "
+                         "or prompt/completion .jsonl)")
+    spec = {"corpus": sources, "heldout_docs": heldout_docs, "share": share, "text_field": text_field,
+            "vocab_size": vocab_size}
+    files = CorpusFiles(root, spec, tuple(reference))
+    if files.done.exists():
+        found = json.loads(files.done.read_text(encoding="utf-8"))
+        if found != spec:
+            raise ValueError(f"{files.done} was written for another corpus ({found}); use another --out")
+        return files
+    try:
+        docs = [{"id": d.id, "text": d.text} for d in sources_lib.open_sources(sources, text_field=text_field)
+                if d.text and d.text.strip()]
+    except ValueError as e:
+        raise ValueError(f"synpro demo --corpus: {e}") from None
+    if len(docs) < 20:
+        raise ValueError(f"synpro demo --corpus {sources}: {len(docs)} usable documents; give at least 20")
+    every = max(2, len(docs) // heldout_docs)
+    held = [d for i, d in enumerate(docs) if i % every == every - 1][:heldout_docs]
+    held_ids = {d["id"] for d in held}
+    train = [d for d in docs if d["id"] not in held_ids]
+    root.mkdir(parents=True, exist_ok=True)
+    _jsonl(files.corpus, train)
+    _jsonl(files.organic, train[:max(1, int(len(train) * share))])
+    _jsonl(files.heldout, held)
+    train_world_tokenizer((d["text"] for d in train), files.tokenizer, vocab_size)
+    atomic.write_json(files.done, spec)
+    return files

@@ -42,17 +42,41 @@ def _reward_curve(grpo_dir: Path) -> list[dict]:
     return out
 
 
-def _synthesized(world: W.World, corpus: Path, synth_dir: Path, samples: int) -> dict:
-    """Exact fact scores of the synthesized records, the lexical heuristic beside them, and samples."""
+def _synthesized_text(corpus: Path, synth_dir: Path, samples: int) -> dict:
+    """Without a world (your own corpus): the lexical support of the synthesized records, and samples."""
+    records = [r for f in sorted(synth_dir.glob("*.jsonl")) for r in _records(f)]
+    sources = {f"{corpus.name}:{i + 1}": json.loads(line)["text"]
+               for i, line in enumerate(corpus.read_text(encoding="utf-8").splitlines()) if line.strip()}
+    lexical, shown, statuses = [], [], {}
+    for r in records:
+        statuses[r.get("status")] = statuses.get(r.get("status"), 0) + 1
+        source = sources.get(str(r.get("source_id", "")))
+        text = r.get("text") or r.get("output") or ""
+        if source is None or not text:
+            continue
+        lexical.append(support(text, set(words(source))))
+        if len(shown) < samples:
+            shown.append({"source": source[:700], "rewrite": text})
+    return {"records": len(records), "statuses": statuses, "lexical_support": _mean(lexical), "samples": shown}
+
+
+def _synthesized(world: W.World, corpus: Path, synth_dir: Path, samples: int, before_people: int) -> dict:
+    """Exact fact scores of the synthesized records (all, and those of the ``before_people`` people whose
+    rewrites were scored before GRPO), the lexical heuristic beside them, and samples."""
     records = [r for f in sorted(synth_dir.glob("*.jsonl")) for r in _records(f)]
     # Records name their source as "corpus.jsonl:<line>"; the organic biographies are the first lines.
-    organic = {f"{corpus.name}:{i + 1}": p for i, p in enumerate(world.people)}
-    exact, recall, lexical, shown = [], [], [], []
+    organic = {f"{corpus.name}:{i + 1}": (i, p) for i, p in enumerate(world.people)}
+    exact, recall, lexical, shown, same = [], [], [], [], []
     for r in records:
-        person = organic.get(str(r.get("source_id", "")))
-        if person is None or r.get("status") != "ok":
+        i, person = organic.get(str(r.get("source_id", "")), (None, None))
+        if person is None:
             continue
-        check = W.fact_check(person, r["text"])
+        # A record without a parsed answer (no heading) scores 0, as the faithfulness reward scores it.
+        check = W.fact_check(person, r["text"] if r.get("status") == "ok" else "")
+        if i < before_people:
+            same.append(check.score)
+        if r.get("status") != "ok":
+            continue
         exact.append(check.score)
         recall.append(check.recall)
         # The generic local check: the share of the rewrite's content words found in the source.
@@ -65,6 +89,7 @@ def _synthesized(world: W.World, corpus: Path, synth_dir: Path, samples: int) ->
     agree = float(np.corrcoef(exact, lexical)[0, 1]) if len(exact) > 2 and np.std(exact) > 0 \
         and np.std(lexical) > 0 else None
     return {"records": len(records), "statuses": statuses, "fact_score": _mean(exact), "recall": _mean(recall),
+            "fact_score_before_people": _mean(same),
             "lexical_support": _mean(lexical), "exact_vs_lexical_pearson": agree,
             "perfect": _mean([s == 1.0 for s in exact]), "samples": shown}
 
@@ -148,7 +173,7 @@ def _mean(xs) -> float | None:
 
 def build(cfg, files, taught: dict, loop_dir: Path, summary: dict, organic_tokens: int,
           oracle_multiples: dict[str, int], model_cfg) -> dict:
-    world = files.world()
+    world = files.world() if hasattr(files, "world") else None  # None: your own corpus
     runs = summary["runs"]
     checkpoints = {"round 0": loop_dir / "r0" / "pretrain"}
     checkpoints.update({run: loop_dir / run / f"r{rounds[-1]['round']}" / "pretrain" for run, rounds in runs.items()})
@@ -168,14 +193,18 @@ def build(cfg, files, taught: dict, loop_dir: Path, summary: dict, organic_token
                      "qa_accuracy": last.get("eval", {}).get("tasks", {}).get("qa", {}).get("acc"),
                      "effective_tokens": e.get("effective_tokens"), "multiplier": e.get("multiplier")})
     generators = {}
+    synth = loop_dir / "synpro" / "r1"
     for op in prompts.OPERATIONS:
         grpo = loop_dir / "synpro" / "r1" / f"grpo_{op}"
         generators[op] = {"rewards": _reward_curve(grpo), "before_grpo": taught.get("rewrites", {}).get(op),
                           "before_sample": taught.get("samples", {}).get(op),
-                          "after_grpo": _synthesized(world, files.corpus,
-                                                     loop_dir / "synpro" / "r1" / f"synthesize_{op}", cfg.samples)}
+                          "after_grpo": _synthesized(world, files.corpus, synth / f"synthesize_{op}", cfg.samples,
+                                                     cfg.teach.eval_people) if world is not None
+                          else _synthesized_text(files.corpus, synth / f"synthesize_{op}", cfg.samples)}
     curves = {run: _loss_curve(loop_dir, run, rounds) for run, rounds in runs.items()}
-    return {"seed": cfg.seed, "people": cfg.people, "organic_tokens": organic_tokens, "arms": arms,
+    return {"seed": cfg.seed, "people": cfg.people if world is not None else None,
+            "corpus": list(cfg.corpus), "before_people": cfg.teach.eval_people,
+            "organic_tokens": organic_tokens, "arms": arms,
             "fit": (effective or {}).get("fit"), "interval": "90% over resampled held-out biographies"
             if effective else None, "generators": generators, "curves": curves, "out_dir": str(Path(cfg.out_dir))}
 
@@ -251,37 +280,56 @@ def _interval(e: dict | None, fmt: str) -> str:
 
 
 def table(report: dict) -> str:
-    lines = [f"synpro demo, seed {report['seed']}: {report['people']} people, {report['organic_tokens']:,} organic "
-             f"tokens; every arm after round 0 trains the same steps",
-             f"{'arm':<16}{'bios/person':>12}{'unique tok':>12}{'tokens':>11}{'held-out':>10}{'QA acc':>8}"
-             f"  {'effective tokens [90%]':<32}{'x repetition [90%]'}"]
+    lines = [f"synpro demo, seed {report['seed']}: "
+             + (f"{report['people']} people, " if report.get("people") else "")
+             + f"{report['organic_tokens']:,} organic tokens; every arm after round 0 trains the same steps",
+             f"{'arm':<16}{'bios/person' if report.get('people') else 'x organic':>12}{'unique tok':>12}{'tokens':>11}{'held-out':>10}{'QA acc':>8}"
+             f"  {'effective tokens [90%]':<44}{'x repetition [90%]'}"]
     for a in report["arms"]:
         qa = f"{a['qa_accuracy']:.3f}" if a.get("qa_accuracy") is not None else "-"
         loss = f"{a['heldout_loss']:.4f}"
         lines.append(f"{a['arm']:<16}{a['biographies_per_person']:>12}{a['unique_tokens']:>12,}{a['tokens']:>11,}"
-                     f"{loss:>10}{qa:>8}  {_interval(a.get('effective_tokens'), ',.0f'):<32}"
+                     f"{loss:>10}{qa:>8}  {_interval(a.get('effective_tokens'), ',.0f'):<44}"
                      f"{_interval(a.get('multiplier'), '.2f')}")
     lines.append("")
-    lines.append("generators (exact fact score: facts stated minus the share of wrong ones; 1 is perfect)")
+    lines.append("generators" + (" (exact fact score: facts stated minus the share of wrong ones; 1 is perfect)"
+                                 if report.get("people") else ""))
     for op, g in report["generators"].items():
         curve = g["rewards"]
         if curve:
             k = max(1, len(curve) // 4)
-            first = np.mean([c["total"] for c in curve[:k]])
-            last = np.mean([c["total"] for c in curve[-k:]])
-            lines.append(f"  {op}: GRPO total reward {first:.3f} (first {k} steps) -> {last:.3f} (last {k}), "
-                         f"{len(curve)} steps")
+            parts = []
+            for name in ["total"] + [n for n in curve[0] if n not in ("step", "total")]:
+                first = np.mean([c[name] for c in curve[:k] if name in c])
+                last = np.mean([c[name] for c in curve[-k:] if name in c])
+                parts.append(f"{name} {first:.3f} -> {last:.3f}")
+            lines.append(f"  {op}: GRPO rewards, mean of the first {k} steps -> the last {k} ({len(curve)} steps): "
+                         + ", ".join(parts))
         before, after = g.get("before_grpo") or {}, g["after_grpo"]
         if before:
-            lines.append(f"    before GRPO: fact score {before['fact_score']:.3f}, recall {before['recall']:.3f}, "
-                         f"format {before['format']:.2f}")
+            lines.append(f"    before GRPO (the taught generator): fact score {before['fact_score']:.3f}, recall "
+                         f"{before['recall']:.3f}, format {before['format']:.2f} on the first "
+                         f"{report.get('before_people')} people" + (
+                             f"; after GRPO, the same people's synthesized records: fact score "
+                             f"{after['fact_score_before_people']:.3f}"
+                             if after.get("fact_score_before_people") is not None else ""))
+        if after.get("fact_score") is None and after.get("lexical_support") is not None:
+            lines.append(f"    synthesized: {after['records']} records {after['statuses']}; lexical support "
+                         f"{after['lexical_support']:.3f}")
         if after.get("fact_score") is not None:
             pearson = after["exact_vs_lexical_pearson"]
             lines.append(f"    synthesized: fact score {after['fact_score']:.3f}, recall {after['recall']:.3f}, "
                          f"perfect {after['perfect']:.2f} of {after['records']} records; lexical support "
                          f"{after['lexical_support']:.3f}" + (f", r(exact, lexical) {pearson:.2f}"
                                                                if pearson is not None else ""))
-        for s in after.get("samples", [])[:1]:
-            lines.append(f"    source:  {s['source']}")
-            lines.append(f"    rewrite: {s['rewrite'][:400]!r} (fact score {s['fact_score']:.2f})")
+        shown = after.get("samples", [])[:1]
+        if shown:
+            lines.append(f"    source:        {shown[0]['source']}")
+        b = g.get("before_sample")
+        if b and shown and b["source"] == shown[0]["source"]:
+            text = prompts.parse_answer(b["rewrite"], op).text
+            lines.append(f"    before GRPO:   {text[:700]!r} (fact score {b['fact_score']:.2f})")
+        for s in shown:
+            score = f" (fact score {s['fact_score']:.2f})" if "fact_score" in s else ""
+            lines.append(f"    after GRPO:    {s['rewrite'][:700]!r}{score}")
     return "\n".join(lines)

@@ -53,25 +53,48 @@ class TeachingStream:
         return prompt, answer, op
 
     def batch(self, step: int, size: int, length: int, pad_id: int = 0) -> dict:
+        """``size`` rows of ``length`` tokens for ``step``, each packed with whole examples (segment ids keep them
+        apart), so short rewrites waste no compute on padding."""
         rng = np.random.default_rng([self.seed, step])
-        return sft_batch([self.row(rng)[:2] for _ in range(size)], length, pad_id)
+        rows: list[list[tuple[list[int], list[int]]]] = [[] for _ in range(size)]
+        r, used = 0, 0
+        while r < size:
+            prompt, answer, _ = self.row(rng)
+            n = len(prompt) + len(answer)
+            if n > length:
+                raise ValueError(f"a teaching example of {n} tokens does not fit TeachConfig.length={length}")
+            if used + n > length:
+                r, used = r + 1, 0
+                if r == size:
+                    break
+            rows[r].append((prompt, answer))
+            used += n
+        return sft_batch(rows, length, pad_id)
 
 
-def sft_batch(rows: Sequence[tuple[list[int], list[int]]], length: int, pad_id: int = 0) -> dict:
-    """Next-token rows ``[prompt | answer]`` padded (or cut) to ``length`` tokens, the loss on the answer only."""
+def sft_batch(rows: Sequence[Sequence[tuple[list[int], list[int]]]], length: int, pad_id: int = 0) -> dict:
+    """Next-token rows of packed ``[prompt | answer]`` examples (each its own segment, positions from 0), padded
+    to ``length`` tokens, the loss on the answers only. An example that does not fit is cut."""
     from synpro_jax.train.step import next_token_batch
 
     tokens = np.full((len(rows), length), pad_id, np.int32)
     mask = np.zeros((len(rows), length), np.float32)
     seg = np.zeros((len(rows), length), np.int32)
-    for r, (prompt, answer) in enumerate(rows):
-        row = (list(prompt) + list(answer))[:length]
-        tokens[r, :len(row)] = row
-        mask[r, len(prompt):len(row)] = 1.0
-        seg[r, :len(row)] = 1
+    pos = np.zeros((len(rows), length), np.int32)
+    for r, examples in enumerate(rows):
+        at = 0
+        for k, (prompt, answer) in enumerate(examples, 1):
+            row = (list(prompt) + list(answer))[:length - at]
+            tokens[r, at:at + len(row)] = row
+            mask[r, at + len(prompt):at + len(row)] = 1.0
+            seg[r, at:at + len(row)] = k
+            pos[r, at:at + len(row)] = np.arange(len(row))
+            at += len(row)
+            if at >= length:
+                break
     batch = next_token_batch(tokens, mask)
     batch["segment_ids"] = seg[:, :-1]
-    batch["positions"] = np.broadcast_to(np.arange(length - 1, dtype=np.int32), batch["inputs"].shape).copy()
+    batch["positions"] = pos[:, :-1]
     return batch
 
 

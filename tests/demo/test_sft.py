@@ -45,16 +45,19 @@ def test_rows_are_the_chat_prompt_and_a_faithful_answer_of_a_teacher(setup):
 def test_batches_mask_the_prompt_and_are_seeded_by_step(setup):
     world, vocab = setup
     stream = sft.TeachingStream(world.teachers, vocab, seed=0)
-    a, b = stream.batch(3, 4, 700), stream.batch(3, 4, 700)
+    a, b = stream.batch(3, 4, 400), stream.batch(3, 4, 400)
     assert all(np.array_equal(a[k], b[k]) for k in a)
-    assert not np.array_equal(a["inputs"], stream.batch(4, 4, 700)["inputs"])
-    rows = [([5, 6, 7], [8, 9, 1]), ([5, 6], [8, 1])]
-    batch = sft.sft_batch(rows, 8)
-    # targets are tokens 1..7; the loss is on the answer tokens (incl. EOS) only
-    np.testing.assert_array_equal(batch["targets"][0], [6, 7, 8, 9, 1, 0, 0])
-    np.testing.assert_array_equal(batch["loss_mask"][0], [0, 0, 1, 1, 1, 0, 0])
-    np.testing.assert_array_equal(batch["loss_mask"][1], [0, 1, 1, 0, 0, 0, 0])
-    np.testing.assert_array_equal(batch["segment_ids"][1], [1, 1, 1, 1, 0, 0, 0])
+    assert not np.array_equal(a["inputs"], stream.batch(4, 4, 400)["inputs"])
+    assert a["segment_ids"].max() >= 2 and (a["segment_ids"][:, 0] == 1).all()  # rows are packed
+    rows = [[([5, 6, 7], [8, 9, 1])], [([5, 6], [8, 1]), ([5], [9, 1])]]
+    batch = sft.sft_batch(rows, 9)
+    # targets are tokens 1..8; the loss is on the answer tokens (incl. EOS) only, never across examples
+    np.testing.assert_array_equal(batch["targets"][0], [6, 7, 8, 9, 1, 0, 0, 0])
+    np.testing.assert_array_equal(batch["loss_mask"][0], [0, 0, 1, 1, 1, 0, 0, 0])
+    np.testing.assert_array_equal(batch["targets"][1], [6, 8, 1, 5, 9, 1, 0, 0])
+    np.testing.assert_array_equal(batch["loss_mask"][1], [0, 1, 1, 0, 1, 1, 0, 0])
+    np.testing.assert_array_equal(batch["segment_ids"][1], [1, 1, 1, 1, 2, 2, 2, 0])
+    np.testing.assert_array_equal(batch["positions"][1], [0, 1, 2, 3, 0, 1, 2, 0])
 
 
 def test_an_empty_teaching_population_is_refused():

@@ -1,0 +1,75 @@
+"""`synpro demo --quick` end to end as a user runs it: a real process, SIGKILLed once in the middle of the
+experiment, rerun to the end; its table has every arm, and a rerun of the finished demo reports the same table
+without redoing any work."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def start(out: Path, log: Path) -> subprocess.Popen:
+    env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
+    env.pop("XLA_FLAGS", None)  # one CPU device, as on a user's laptop
+    with open(log, "ab") as fh:
+        return subprocess.Popen([sys.executable, "-m", "synpro_jax.cli", "demo", "--quick", "--out", str(out)],
+                                stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=out.parent)
+
+
+def done_stages(out: Path) -> list[str]:
+    path = out / "loop" / "loop.json"
+    if not path.exists():
+        return []
+    try:
+        stages = json.loads(path.read_text())["stages"]
+    except ValueError:
+        return []
+    return [f"r{s['round']}/{s['name']}" for s in stages if s["status"] == "done"]
+
+
+def test_quick_demo_killed_and_rerun_reports_every_arm(tmp_path):
+    out, log = tmp_path / "demo", tmp_path / "demo.log"
+    proc = start(out, log)
+    deadline = time.monotonic() + 600
+    while proc.poll() is None and time.monotonic() < deadline:
+        if "r1/synpro/grpo_rephrase" in done_stages(out):  # killed while GRPO trains the second generator
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.05)
+    assert proc.wait(timeout=60) == -signal.SIGKILL, log.read_text(errors="replace")[-3000:]
+    assert not (out / "demo.json").exists()
+    proc = start(out, log)
+    assert proc.wait(timeout=600) == 0, log.read_text(errors="replace")[-4000:]
+    text = log.read_text(errors="replace")
+    assert "r1/synpro/grpo_rephrase: done, skipping" in text and "r1/synpro/grpo_reformat: resuming" in text
+
+    report = json.loads((out / "demo.json").read_text())
+    arms = {a["arm"]: a for a in report["arms"]}
+    assert list(arms)[:3] == ["round 0", "synpro", "repetition"] and len(arms) == 5
+    oracles = [a for name, a in arms.items() if name.startswith("oracle_")]
+    assert [a["biographies_per_person"] for a in oracles] == [2, 4]
+    assert arms["synpro"]["unique_tokens"] == arms["repetition"]["unique_tokens"] < oracles[0]["unique_tokens"]
+    assert len({a["tokens"] for name, a in arms.items() if name != "round 0"}) == 1  # the same compute
+    assert all(0 <= a["qa_accuracy"] <= 1 for a in arms.values())
+    assert oracles[1]["heldout_loss"] < arms["repetition"]["heldout_loss"]  # unique data teaches more
+    assert arms["repetition"]["multiplier"]["value"] == pytest.approx(1.0)
+    for op in ("rephrase", "reformat"):
+        g = report["generators"][op]
+        assert [r["step"] for r in g["rewards"]] == [1, 2] and {"total", "format"} <= set(g["rewards"][0])
+        assert g["before_grpo"] is not None and g["after_grpo"]["records"] == 60  # every organic biography once
+    assert (out / "demo.png").stat().st_size > 10_000
+
+    # A finished demo reruns nothing and reports the same table.
+    first = (out / "demo.json").read_text()
+    proc = start(out, log)
+    assert proc.wait(timeout=300) == 0
+    assert (out / "demo.json").read_text() == first
+    last = log.read_text(errors="replace").split("[demo 1/4 |")[-1]
+    assert last.count("done, skipping") == 15 and "starting" not in last
