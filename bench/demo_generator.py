@@ -60,6 +60,8 @@ def main() -> int:
     p.add_argument("--partial", type=float, default=0.5)
     p.add_argument("--rope_theta", type=float, default=10_000.0)
     p.add_argument("--head_dim", type=int, default=32)
+    p.add_argument("--schedule", default="cosine", choices=["cosine", "constant", "linear"])
+    p.add_argument("--seed", type=int, default=0, help="the world, the initialization and the teaching batches")
     p.add_argument("--eval_people", type=int, default=24)
     p.add_argument("--vocab_size", type=int, default=2048)
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "demo_generator.json"))
@@ -67,17 +69,17 @@ def main() -> int:
     args = p.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    world = W.make_world(people=300, teachers=2000, seed=0)
-    vocab = world_vocabulary(world, work / f"tokenizer{args.vocab_size}.json", args.vocab_size)
+    world = W.make_world(people=300, teachers=2000, seed=args.seed)
+    vocab = world_vocabulary(world, work / f"tokenizer{args.vocab_size}-seed{args.seed}.json", args.vocab_size)
     heads = max(args.d_model // args.head_dim, 1)
     cfg = models.get_preset("tiny").replace(d_model=args.d_model, num_layers=args.layers, num_heads=heads,
                                             num_kv_heads=heads, head_dim=args.head_dim, rope_theta=args.rope_theta, mlp_dim=4 * args.d_model,
                                             vocab_size=vocab.vocab_size, max_seq_len=1024, name="demo_generator")
     mesh = sharding.make_mesh(sharding.MeshConfig(data=-1))
-    ts = TrainStep(cfg, mesh, OptimizerConfig(learning_rate=args.lr, warmup_steps=30, schedule="cosine",
+    ts = TrainStep(cfg, mesh, OptimizerConfig(learning_rate=args.lr, warmup_steps=30, schedule=args.schedule,
                                               total_steps=args.steps, weight_decay=0.0, clip_norm=1.0))
-    state = ts.init(jax.random.key(0))
-    stream = sft.TeachingStream(world.teachers, vocab, seed=0, partial=args.partial)
+    state = ts.init(jax.random.key(args.seed))
+    stream = sft.TeachingStream(world.teachers, vocab, seed=args.seed, partial=args.partial)
     sampler = Sampler(cfg, state.params, mesh=mesh)
     people = world.people[:args.eval_people]
     history, samples = [], {}

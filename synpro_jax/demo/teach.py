@@ -37,6 +37,9 @@ class TeachConfig:
     length: int = 192  # tokens per row: fits the longest example (a prompt of ~48 and a reformat of ~140)
     learning_rate: float = 3e-3
     warmup_steps: int = 30
+    # Constant after warmup: copying the facts is learned in a sudden transition whose step varies by seed
+    # (about 350 to 700+); a decaying rate can starve a late one (bench/demo_generator.py --schedule).
+    schedule: str = "constant"
     checkpoint_every: int = 100
     eval_people: int = 24  # organic people whose rewrites are scored when the job ends
     seed: int = 0
@@ -72,7 +75,7 @@ def teach_generator(world: W.World, world_spec: dict, vocab_path: Path, model_cf
         return summary
     vocab = load_vocabulary(str(vocab_path))
     ts = TrainStep(model_cfg, mesh, OptimizerConfig(
-        learning_rate=cfg.learning_rate, warmup_steps=cfg.warmup_steps, schedule="cosine", total_steps=cfg.steps,
+        learning_rate=cfg.learning_rate, warmup_steps=cfg.warmup_steps, schedule=cfg.schedule, total_steps=cfg.steps,
         weight_decay=0.0, clip_norm=1.0))
     state = ts.init(jax.random.key(cfg.seed))
     ckpt = Checkpointer(out_dir / "checkpoints", save_every=cfg.checkpoint_every, keep=1)
