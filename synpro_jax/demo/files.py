@@ -99,20 +99,20 @@ def write_world(root: Path, *, people: int, teachers: int, reference_fraction: f
     world = W.make_world(**spec["world"])
     organic = world.organic()
     oracle = oracle_documents(world, oracle_copies)
-    heldout = world.heldout()
+    heldout, qa, reference = world.heldout(), world.qa(), world.reference()
     _jsonl(files.corpus, organic + oracle)
     _jsonl(files.organic, organic)
     _jsonl(files.heldout, heldout)
-    _jsonl(files.qa, world.qa())
-    _jsonl(files.reference, world.reference())
+    _jsonl(files.qa, qa)
+    _jsonl(files.reference, reference)
     # The tokenizer sees every text the LM and the generators will read or write, the teaching rewrites included.
     rng = np.random.default_rng([seed, 6])
     texts = [d["text"] for d in organic + oracle + heldout]
     texts += [W.organic_biography(p) for p in world.teachers]
     texts += [W.answer("rephrase", W.rewrite_rephrase(p, rng)) for p in world.teachers]
     texts += [W.answer("reformat", W.rewrite_reformat(p, rng)) for p in world.teachers]
-    texts += [f"{q['prompt']} {q['completion']}" for q in world.reference()]
-    texts += [f"{q['context']} {c}" for q in world.qa() for c in q["choices"]]
+    texts += [f"{q['prompt']} {q['completion']}" for q in reference]
+    texts += [f"{q['context']} {c}" for q in qa for c in q["choices"]]
     train_world_tokenizer(texts, files.tokenizer, vocab_size)
     atomic.write_json(files.world_json, spec)
     return files

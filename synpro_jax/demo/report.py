@@ -27,9 +27,10 @@ __all__ = ["build", "write", "table"]
 
 
 def _records(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    """A JSONL file's records (a torn last line dropped, as the metrics log drops it); none if it is absent."""
+    from synpro_jax.train.metrics import read_records
+
+    return read_records(path) if path.exists() else []
 
 
 def _reward_curve(grpo_dir: Path) -> list[dict]:

@@ -68,7 +68,7 @@ def save_png(fig, path: Path, dpi: int = 110) -> None:
         plt.close(fig)
 
 
-def _read_records(path: Path) -> list[dict]:
+def read_records(path: Path) -> list[dict]:
     """The JSONL records of ``path``; a torn last line (a kill or a full disk mid-write) is dropped with a warning,
     a bad line elsewhere is an error naming it."""
     lines = path.read_text().splitlines()
@@ -98,7 +98,7 @@ class MetricsLog:
             return
         out_dir.mkdir(parents=True, exist_ok=True)
         if self.path.exists():  # keep what the checkpoint covers; steps after it are about to be redone
-            kept = [r for r in _read_records(self.path) if r.get("step", 0) <= resume_step]
+            kept = [r for r in read_records(self.path) if r.get("step", 0) <= resume_step]
             atomic.write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
             self.records = kept
         tb_dir = out_dir / "tensorboard"
