@@ -426,7 +426,7 @@ class Synthesizer:
             tokens[0] += new_tokens
             if bar is not None:
                 bar.update(docs)
-                bar.set_postfix(tok_s=f"{tokens[0] / max(time.perf_counter() - start, 1e-9):,.0f}")
+                bar.set_postfix(tok_s=f"{tokens[0] / max(time.perf_counter() - start, 1e-9):,.0f}", refresh=False)
 
         results = []
         try:
