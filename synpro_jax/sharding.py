@@ -14,14 +14,16 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import math
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 MESH_AXES: tuple[str, ...] = ("data", "fsdp", "tensor")
+log = logging.getLogger(__name__)
 
 MeshAxes = str | tuple[str, ...] | None
 Rules = tuple[tuple[str, MeshAxes], ...]
@@ -110,11 +112,13 @@ def logical_to_spec(
     *,
     shape: Sequence[int] | None = None,
     mesh: Mesh | None = None,
+    on_drop: Callable[[int, str, int], None] | None = None,
 ) -> PartitionSpec:
     """Map logical axis names to a PartitionSpec.
 
     With ``shape`` and ``mesh`` given, a mesh axis is dropped from a dimension it does not divide (for example
-    4 kv heads on an 8-way tensor axis): that dimension is then replicated over it instead of failing to shard.
+    4 kv heads on an 8-way tensor axis): that dimension is then replicated over it instead of failing to shard,
+    and ``on_drop(dim, mesh_axis, shards)`` is told.
     """
     table = dict(rules)
     used: set[str] = set()
@@ -132,6 +136,8 @@ def logical_to_spec(
             if shape is not None and mesh is not None:
                 size = math.prod(mesh.shape[a] for a in kept) * mesh.shape[axis]
                 if shape[dim] % size:
+                    if on_drop is not None and mesh.shape[axis] > 1:
+                        on_drop(dim, axis, size)
                     continue
             kept.append(axis)
         used.update(kept)
@@ -141,13 +147,28 @@ def logical_to_spec(
     return PartitionSpec(*out)
 
 
+_warned: set[tuple] = set()
+
+
 def tree_shardings(logical_axes: Any, abstract: Any, mesh: Mesh, rules: Rules = DEFAULT_RULES) -> Any:
-    """NamedShardings for a pytree, given a matching pytree of logical-name tuples and of shaped arrays."""
+    """NamedShardings for a pytree, given a matching pytree of logical-name tuples and of shaped arrays.
 
-    def one(names, leaf):
-        return NamedSharding(mesh, logical_to_spec(names, rules, shape=leaf.shape, mesh=mesh))
+    A mesh axis that does not divide a dimension leaves it replicated over that axis; that is logged once per
+    parameter, dimension and mesh shape, since it costs memory a config may not have planned for.
+    """
 
-    return jax.tree.map(one, logical_axes, abstract, is_leaf=lambda x: isinstance(x, tuple))
+    def one(path, names, leaf):
+        def warn(dim, axis, shards):
+            key = (jax.tree_util.keystr(path), dim, axis, tuple(mesh.shape.items()), leaf.shape)
+            if key not in _warned:
+                _warned.add(key)
+                log.warning("sharding: %s has shape %s; dimension %d (%s) is not divisible by %d shards, so it is "
+                            "replicated over mesh axis %r instead", key[0], tuple(leaf.shape), dim, names[dim],
+                            shards, axis)
+
+        return NamedSharding(mesh, logical_to_spec(names, rules, shape=leaf.shape, mesh=mesh, on_drop=warn))
+
+    return jax.tree_util.tree_map_with_path(one, logical_axes, abstract, is_leaf=lambda x: isinstance(x, tuple))
 
 
 def batch_sharding(mesh: Mesh, rules: Rules = DEFAULT_RULES, ndim: int = 2) -> NamedSharding:

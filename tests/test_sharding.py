@@ -46,6 +46,18 @@ def test_rules_resolve_conflicts_and_divisibility():
     assert sharding.logical_to_spec(("vocab", "embed"), sharding.SAMPLING_RULES) == P("tensor")
 
 
+def test_an_axis_that_does_not_divide_a_parameter_warns_once_naming_it(caplog):
+    cfg = models.get_preset("tiny").replace(num_kv_heads=2)  # 2 kv heads on a 4-way tensor axis
+    mesh = sharding.make_mesh(sharding.MeshConfig(2, 1, 4))
+    with caplog.at_level("WARNING", logger="synpro_jax.sharding"):
+        models.param_shardings(cfg, mesh)
+        models.param_shardings(cfg, mesh)
+    warned = [r.getMessage() for r in caplog.records if "not divisible" in r.getMessage()]
+    assert len(warned) == 3, warned  # k_proj, v_proj and k_norm, once each
+    assert any("['layers']['attn']['k_proj']['kernel']" in m and "mesh axis 'tensor'" in m for m in warned)
+    assert all("kv_heads" in m for m in warned)
+
+
 def test_param_shardings_follow_the_rules():
     cfg = models.get_preset("tiny")
     mesh = sharding.make_mesh(sharding.MeshConfig(2, 2, 2))
@@ -77,9 +89,13 @@ def single_device_reference():
     return cfg, batch, jax.device_get(params), float(sums.loss(1e-4)), jax.device_get(grads)
 
 
-@pytest.mark.parametrize("shape", [(8, 1, 1), (2, 4, 1), (2, 2, 2), (1, 1, 8)])
-def test_sharded_loss_and_grads_equal_single_device(shape, single_device_reference):
+@pytest.mark.parametrize("shape, memory", [
+    ((8, 1, 1), {}), ((2, 4, 1), {}), ((2, 2, 2), {}), ((1, 1, 8), {}),
+    ((2, 2, 2), dict(loss_chunk=5, attention="xla", remat="dots_saveable")),  # the memory-saving paths
+])
+def test_sharded_loss_and_grads_equal_single_device(shape, memory, single_device_reference):
     cfg, batch, params, ref_loss, ref_grads = single_device_reference
+    cfg = cfg.replace(**memory)
     mesh = sharding.make_mesh(sharding.MeshConfig(*shape))
     step = TrainStep(cfg, mesh, z_loss=1e-4)
     sharded_params = jax.device_put(params, step.param_shardings)

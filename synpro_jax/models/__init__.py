@@ -12,15 +12,16 @@ from jax.sharding import Mesh
 
 from synpro_jax import sharding
 from synpro_jax.models.config import ModelConfig
-from synpro_jax.models.losses import LossSums, loss_sums, per_example_loss, token_nll
-from synpro_jax.models.olmo import Decoder, KVCache, PrefixKV, decode, layer_params
+from synpro_jax.models.losses import LossSums, chunked_loss_sums, loss_sums, per_example_loss, token_nll
+from synpro_jax.models.olmo import Decoder, KVCache, PrefixKV, decode, layer_params, unembed
 from synpro_jax.models.presets import PRESETS, describe_presets, get_preset
 
 Params = Any
 
 __all__ = [
     "ModelConfig", "PRESETS", "get_preset", "describe_presets", "Decoder", "forward", "init_params", "random_params",
-    "abstract_params", "param_logical_axes", "param_shardings", "LossSums", "loss_sums", "per_example_loss",
+    "abstract_params", "param_logical_axes", "param_shardings", "LossSums", "loss_sums", "chunked_loss_sums",
+    "forward_loss_sums", "per_example_loss",
     "token_nll", "KVCache", "PrefixKV", "init_cache", "forward_cached", "split_layers", "layer_params",
 ]
 
@@ -47,6 +48,33 @@ def forward(
         {"params": params}, tokens, positions=positions, segment_ids=segment_ids, return_hidden=return_hidden,
         prefix=prefix, return_kv=return_kv,
     )
+
+
+def forward_loss_sums(
+    cfg: ModelConfig,
+    params: Params,
+    inputs: jax.Array,
+    targets: jax.Array,
+    loss_mask: jax.Array | None = None,
+    *,
+    positions: jax.Array | None = None,
+    segment_ids: jax.Array | None = None,
+) -> LossSums:
+    """Next-token :class:`LossSums` of ``targets`` under the model on ``inputs``.
+
+    With ``cfg.loss_chunk`` > 0 the output head and the loss run over that many positions at a time
+    (:func:`chunked_loss_sums`), so the full float32 [B, T, V] logits never exist, forward or backward.
+    """
+    if not cfg.loss_chunk:
+        logits = forward(cfg, params, inputs, positions=positions, segment_ids=segment_ids)
+        return loss_sums(logits, targets, loss_mask)
+    hidden = forward(cfg, params, inputs, positions=positions, segment_ids=segment_ids, return_hidden=True)
+    head = params["lm_head"]
+
+    def logits_fn(h):
+        return sharding.constrain(unembed(cfg, head, h), ("batch", "length", "vocab"))
+
+    return chunked_loss_sums(logits_fn, hidden, targets, loss_mask, chunk=cfg.loss_chunk)
 
 
 def init_cache(cfg: ModelConfig, segments: jax.Array, dtype: Any = None) -> KVCache:
@@ -94,8 +122,8 @@ def forward_cached(
 
 
 def _boxed_init(cfg: ModelConfig, rng: jax.Array):
-    tokens = jnp.zeros((1, 1), jnp.int32)
-    return Decoder(cfg).init(rng, tokens)["params"]
+    tokens = jnp.zeros((1, 1), jnp.int32)  # the parameters do not depend on the attention kernel
+    return Decoder(cfg.replace(attention="reference")).init(rng, tokens)["params"]
 
 
 def random_params(cfg: ModelConfig, rng: jax.Array) -> Params:

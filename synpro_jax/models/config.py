@@ -9,6 +9,10 @@ import jax.numpy as jnp
 from synpro_jax.checks import positive_ints
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+# What the backward pass keeps of each block: nothing (recompute all), the matmul outputs, or everything.
+REMAT_POLICIES = ("none", "full", "dots_saveable")
+# How attention is computed: "auto" picks cuDNN flash on GPU (bf16), splash on TPU, the reference elsewhere.
+ATTENTION_IMPLS = ("auto", "reference", "xla", "cudnn", "splash")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,11 +30,21 @@ class ModelConfig:
     norm_eps: float = 1e-6
     max_seq_len: int = 4096
     dtype: str = "float32"  # compute dtype; parameters are always float32
-    remat: bool = False  # recompute each block's activations in the backward pass
+    remat: str = "none"  # REMAT_POLICIES; True/False read as "full"/"none"
+    attention: str = "auto"  # ATTENTION_IMPLS
+    loss_chunk: int = 0  # > 0: the loss runs over this many positions at a time, never holding [B, T, V] logits
     scan_unroll: int = 1  # layers per scan iteration; unrolling trades compile time for speed (helps on CPU)
     name: str = "custom"
 
     def __post_init__(self):
+        if isinstance(self.remat, bool):
+            object.__setattr__(self, "remat", "full" if self.remat else "none")
+        if self.remat not in REMAT_POLICIES:
+            raise ValueError(f"ModelConfig.remat={self.remat!r}: choose one of {REMAT_POLICIES}")
+        if self.attention not in ATTENTION_IMPLS:
+            raise ValueError(f"ModelConfig.attention={self.attention!r}: choose one of {ATTENTION_IMPLS}")
+        if not isinstance(self.loss_chunk, int) or self.loss_chunk < 0:
+            raise ValueError(f"ModelConfig.loss_chunk={self.loss_chunk!r}: must be an int >= 0 (0: the dense loss)")
         positive_ints(self, "vocab_size", "d_model", "num_layers", "num_heads", "mlp_dim", "max_seq_len")
         if self.num_kv_heads is None:
             object.__setattr__(self, "num_kv_heads", self.num_heads)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -41,3 +41,39 @@ def per_example_loss(logits: jax.Array, targets: jax.Array, loss_mask: jax.Array
     nll, _ = token_nll(logits, targets)
     mask = jnp.ones_like(nll) if loss_mask is None else loss_mask.astype(jnp.float32)
     return jnp.sum(nll * mask, axis=-1) / jnp.maximum(jnp.sum(mask, axis=-1), 1.0)
+
+
+def chunked_loss_sums(logits_fn: Callable[[jax.Array], jax.Array], hidden: jax.Array, targets: jax.Array,
+                      loss_mask: jax.Array | None = None, *, chunk: int) -> LossSums:
+    """:func:`loss_sums` of ``logits_fn(hidden)`` without ever holding the [B, T, V] logits.
+
+    The sequence is scanned ``chunk`` positions at a time (padded with masked positions to a multiple of it).
+    Each chunk's float32 logits live only inside a rematerialised scan body, so the backward pass recomputes
+    them chunk by chunk too: peak logits memory is [B, chunk, V] instead of [B, T, V], and the batch keeps its
+    sharding. ``logits_fn`` maps hidden states [B, c, D] to logits [B, c, V].
+    """
+    if chunk < 1:
+        raise ValueError(f"chunked_loss_sums: chunk={chunk} must be >= 1")
+    b, t = targets.shape
+    mask = jnp.ones((b, t), jnp.float32) if loss_mask is None else loss_mask.astype(jnp.float32)
+    n = -(-t // chunk)
+    pad = n * chunk - t
+    if pad:
+        hidden = jnp.pad(hidden, ((0, 0), (0, pad), (0, 0)))
+        targets = jnp.pad(targets, ((0, 0), (0, pad)))
+        mask = jnp.pad(mask, ((0, 0), (0, pad)))
+
+    def split(x):  # [B, n*c, ...] -> [n, B, c, ...]
+        return x.reshape((b, n, chunk) + x.shape[2:]).swapaxes(0, 1)
+
+    @jax.checkpoint
+    def one(h, y, m):
+        nll, lse = token_nll(logits_fn(h), y)
+        return LossSums(jnp.sum(nll * m), jnp.sum(jnp.square(lse) * m), jnp.sum(m))
+
+    def body(acc, xs):
+        return acc + one(*xs), None
+
+    zero = LossSums(jnp.float32(0), jnp.float32(0), jnp.float32(0))
+    sums, _ = jax.lax.scan(body, zero, (split(hidden), split(targets), split(mask)))
+    return sums

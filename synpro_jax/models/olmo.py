@@ -15,6 +15,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from synpro_jax.models import attention
+from synpro_jax.models.attention import attention_mask, dot_product_attention
 from synpro_jax.models.config import ModelConfig
 from synpro_jax.sharding import constrain
 
@@ -78,58 +80,6 @@ def rotary(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
     return (xf * cos + rotated * sin).astype(x.dtype)
 
 
-def attention_mask(q_segments: jax.Array, k_segments: jax.Array, q_index: jax.Array, k_index: jax.Array) -> jax.Array:
-    """[B, T, S] bool: causal by slot index and kept within a segment (packed documents do not see each other).
-
-    Indices are slot numbers in the sequence (or KV cache), so the same rule serves training and cached decode.
-    """
-    causal = k_index[:, None, :] <= q_index[:, :, None]
-    same_doc = q_segments[:, :, None] == k_segments[:, None, :]
-    return causal & same_doc
-
-
-def dot_product_attention(q: jax.Array, kh: jax.Array, vh: jax.Array, mask: jax.Array,
-                          prefix: tuple[jax.Array, jax.Array] | None = None, repeat: int = 1) -> jax.Array:
-    """Grouped-query attention. q [B,T,H,hd], kh/vh [B,KV,S,hd] (heads ahead of slots, the KV-cache layout),
-    mask [B,T,S] -> [B,T,H,hd].
-
-    Query head h reads kv head h // (H // KV), as HF's repeat_kv does. Scores and softmax are float32. Heads
-    are moved ahead of time so both products are plain batched matmuls over (batch, kv head): XLA:CPU runs
-    that form about 2x faster than a 5-D einsum.
-
-    ``prefix`` = (k, v) [B/repeat, KV, S0, hd]: slots ahead of kh/vh shared by ``repeat`` consecutive rows (a
-    prompt and its G completions); then mask is [B, T, S0 + S], prefix slots first. One softmax covers both
-    parts. The prefix is never copied per row: the ``repeat`` rows' queries are stacked against its keys (one
-    matmul per prefix row), so a shared prompt is read once per group, not G times.
-    """
-    b, t, h, hd = q.shape
-    kv = kh.shape[1]
-    g, bp = h // kv, b // repeat
-    qh = q.reshape(b, t, kv, g, hd).transpose(0, 2, 3, 1, 4).reshape(b, kv, g * t, hd)
-
-    def to_groups(x):  # [B, KV, Q, n] <-> [B/repeat, KV, repeat*Q, n]
-        return x.reshape(bp, repeat, kv, -1, x.shape[-1]).transpose(0, 2, 1, 3, 4).reshape(bp, kv, -1, x.shape[-1])
-
-    def from_groups(x):
-        return x.reshape(bp, kv, repeat, -1, x.shape[-1]).transpose(0, 2, 1, 3, 4).reshape(b, kv, -1, x.shape[-1])
-
-    scores = jnp.einsum("bkqd,bksd->bkqs", qh, kh, preferred_element_type=jnp.float32)
-    s0 = 0
-    if prefix is not None:
-        k_pre, v_pre = prefix[0].astype(kh.dtype), prefix[1].astype(vh.dtype)
-        s0 = k_pre.shape[2]
-        s_pre = jnp.einsum("bkqd,bksd->bkqs", to_groups(qh), k_pre, preferred_element_type=jnp.float32)
-        scores = jnp.concatenate([from_groups(s_pre), scores], axis=-1)
-    scores = (scores * (hd**-0.5)).reshape(b, kv, g, t, -1)
-    scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(vh.dtype).reshape(b, kv, g * t, -1)
-    out = jnp.einsum("bkqs,bksd->bkqd", probs[..., s0:], vh, preferred_element_type=jnp.float32)
-    if prefix is not None:
-        out = out + from_groups(jnp.einsum("bkqs,bksd->bkqd", to_groups(probs[..., :s0]), v_pre,
-                                           preferred_element_type=jnp.float32))
-    return out.astype(vh.dtype).reshape(b, kv, g, t, hd).transpose(0, 3, 1, 2, 4).reshape(b, t, h, hd)
-
-
 class KVCache(NamedTuple):
     """Keys and values, one [B, KV, S, hd] buffer per layer (compute dtype unless init_cache is given another),
     and the segment id of every slot [B, S] (0 marks left padding, which no real token attends to).
@@ -150,6 +100,7 @@ class KVCache(NamedTuple):
 
 class Attention(nn.Module):
     cfg: ModelConfig
+    fused: str = ""  # a fused kernel (see models.attention); then ``mask`` is the segment ids [B, T] or None
 
     @nn.compact
     def __call__(self, x, positions, mask, cache=None, prefix=None, return_kv=False, prefix_repeat=1):
@@ -171,6 +122,9 @@ class Attention(nn.Module):
         q = constrain(rotary(q, positions, cfg.rope_theta), ("batch", "length", "heads", "head_dim"))
         k = constrain(rotary(k, positions, cfg.rope_theta), ("batch", "length", "kv_heads", "head_dim"))
         v = constrain(v, ("batch", "length", "kv_heads", "head_dim"))
+        if self.fused:
+            out = attention.fused_attention(q, k, v, mask, self.fused)
+            return Dense((cfg.d_model,), ("heads", "head_dim"), ("embed",), dt, name="o_proj")(out), None
         kh, vh = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [B, KV, T, hd]
         new_cache = None
         if cache is not None:
@@ -208,11 +162,12 @@ class Block(nn.Module):
     cfg: ModelConfig
     return_kv: bool = False
     prefix_repeat: int = 1
+    fused: str = ""
 
     @nn.compact
     def __call__(self, x, positions, mask, cache=None, prefix=None):
         cfg = self.cfg
-        h, new_cache = Attention(cfg, name="attn")(x, positions, mask, cache, prefix, self.return_kv,
+        h, new_cache = Attention(cfg, self.fused, name="attn")(x, positions, mask, cache, prefix, self.return_kv,
                                                   self.prefix_repeat)
         x = x + RMSNorm(cfg.norm_eps, ("embed",), name="post_attn_norm")(h)
         h = MLP(cfg, name="mlp")(x)
@@ -248,8 +203,14 @@ class Decoder(nn.Module):
         b, t = tokens.shape
         index = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
         positions = index if positions is None else positions
+        one_document = segment_ids is None
         segment_ids = jnp.ones((b, t), jnp.int32) if segment_ids is None else segment_ids
-        if prefix is None:
+        # A fused kernel serves plain forwards; keys and values to return, or a prefix, need the reference path.
+        fused = attention.resolve(cfg.attention, cfg.compute_dtype, t, cfg.head_dim)
+        fused = "" if fused == "reference" or prefix is not None or return_kv else fused
+        if fused:
+            mask = None if one_document else segment_ids
+        elif prefix is None:
             mask = attention_mask(segment_ids, segment_ids, index, index)
         else:  # the prefix's slots 0..S-1 come before every token (slots S..S+T-1)
             s = prefix.segments.shape[1]
@@ -260,7 +221,8 @@ class Decoder(nn.Module):
         embedding = self.param("embedding", _param_init(("vocab", "embed")), (cfg.vocab_size, cfg.d_model),
                                jnp.float32)
         x = embed(cfg, embedding, tokens)
-        block = nn.remat(Block, prevent_cse=False) if cfg.remat else Block
+        policy = {"full": None, "dots_saveable": jax.checkpoint_policies.dots_saveable}.get(cfg.remat)
+        block = Block if cfg.remat == "none" else nn.remat(Block, prevent_cse=False, policy=policy)
         in_axes = (nn.broadcast, nn.broadcast) if prefix is None else (nn.broadcast, nn.broadcast, nn.broadcast, 0)
         layers = nn.scan(
             block,
@@ -272,7 +234,7 @@ class Decoder(nn.Module):
             metadata_params={nn.PARTITION_NAME: "layers"},
         )
         if prefix is None:
-            x, kv = layers(cfg, return_kv, name="layers")(x, positions, mask)
+            x, kv = layers(cfg, return_kv, 1, fused, name="layers")(x, positions, mask)
         else:
             x, kv = layers(cfg, return_kv, prefix.repeat, name="layers")(x, positions, mask, None,
                                                                          (prefix.k, prefix.v))

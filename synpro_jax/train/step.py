@@ -51,9 +51,8 @@ def check_batch(batch: Batch) -> None:
 
 
 def batch_loss_sums(cfg: ModelConfig, params: Any, batch: Batch) -> LossSums:
-    logits = models.forward(cfg, params, batch["inputs"], positions=batch.get("positions"),
-                            segment_ids=batch.get("segment_ids"))
-    return models.loss_sums(logits, batch["targets"], batch.get("loss_mask"))
+    return models.forward_loss_sums(cfg, params, batch["inputs"], batch["targets"], batch.get("loss_mask"),
+                                    positions=batch.get("positions"), segment_ids=batch.get("segment_ids"))
 
 
 def loss_and_grads(cfg: ModelConfig, params: Any, batch: Batch, *, z_loss: float = 0.0,

@@ -38,13 +38,15 @@ def test_quick_demo_killed_and_rerun_reports_every_arm(tmp_path):
     out, log = tmp_path / "demo", tmp_path / "demo.log"
     proc = start(out, log)
     deadline = time.monotonic() + 600
+    first_step = out / "loop" / "synpro" / "r1" / "grpo_reformat" / "checkpoints" / "1"
     while proc.poll() is None and time.monotonic() < deadline:
-        if "r1/synpro/grpo_rephrase" in done_stages(out):  # killed while GRPO trains the second generator
+        if first_step.exists():  # killed while GRPO trains the second generator, after its first step
             proc.send_signal(signal.SIGKILL)
             break
-        time.sleep(0.05)
+        time.sleep(0.02)
     assert proc.wait(timeout=60) == -signal.SIGKILL, log.read_text(errors="replace")[-3000:]
     assert not (out / "demo.json").exists()
+    assert "r1/synpro/grpo_rephrase" in done_stages(out) and "r1/synpro/grpo_reformat" not in done_stages(out)
     proc = start(out, log)
     assert proc.wait(timeout=600) == 0, log.read_text(errors="replace")[-4000:]
     text = log.read_text(errors="replace")
@@ -62,7 +64,7 @@ def test_quick_demo_killed_and_rerun_reports_every_arm(tmp_path):
     assert arms["repetition"]["multiplier"]["value"] == pytest.approx(1.0)
     for op in ("rephrase", "reformat"):
         g = report["generators"][op]
-        assert [r["step"] for r in g["rewards"]] == [1, 2] and {"total", "format"} <= set(g["rewards"][0])
+        assert [r["step"] for r in g["rewards"]] == [1, 2, 3] and {"total", "format"} <= set(g["rewards"][0])
         assert g["before_grpo"] is not None and g["after_grpo"]["records"] == 60  # every organic biography once
     assert (out / "demo.png").stat().st_size > 10_000
 
