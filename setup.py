@@ -22,7 +22,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["synpro_jax", "synpro_jax.*"]) + GIN_PACKAGES,
     package_dir={"synpro_jax.gin": "gin"},
-    package_data={name: ["*.gin"] for name in GIN_PACKAGES},
+    package_data={name: ["*.gin", "*.sweep"] for name in GIN_PACKAGES},
     install_requires=[
         "jax>=0.7",
         "flax>=0.11",
@@ -55,6 +55,8 @@ setup(
         # TRL is the GRPO peer of bench/grpo_step.py; tunix (bench/peers/tunix_grpo.py) needs its own venv: it pins
         # an older transformers than the tests use.
         "bench": ["torch==2.13.0", "transformers>=4.48,<6", "trl==1.16.0"],
+        # Cloud TPU VMs (tpu/install.py): JAX with libtpu, and gcsfs for gs:// paths when TensorFlow is absent.
+        "tpu": ["jax[tpu]", "gcsfs"],
     },
     entry_points={"console_scripts": ["synpro=synpro_jax.cli:main"]},
 )

@@ -8,6 +8,8 @@
     synpro influence-server --gin_file=gin/experiments/cpu_organic_probe.gin
     synpro synthesize --gin_file=gin/experiments/cpu_organic_rephrase.gin
     synpro loop --gin_file=gin/experiments/cpu_loop.gin
+    synpro sweep --gin_file=gin/experiments/markov_tiny.gin --sweep=gin/sweeps/markov_lr_steps.sweep
+    synpro sweep --summary --out=runs/sweep/markov_lr_steps
     synpro eval --checkpoint runs/grpo/export --tasks arc_easy,sciq --data_root ../shared/data/eval
     synpro --version
 
@@ -23,7 +25,8 @@ import logging
 import os
 import sys
 import tempfile
-from pathlib import Path
+
+from etils.epath import Path
 
 DEFAULT_EXPERIMENT = "gin/experiments/markov_tiny.gin"
 
@@ -229,6 +232,40 @@ def cmd_train(args, extra: list[str]) -> int:
     return EXIT_PREEMPTED if summary.get("preempted") else 0
 
 
+def cmd_sweep(args, extra: list[str]) -> int:
+    from synpro_jax import sweep
+
+    if args.summary:
+        if not args.out:
+            print("error: synpro sweep --summary needs --out (the sweep's directory)", file=sys.stderr)
+            return 2
+        sweep.summarize(args.out)
+        return 0
+    if not args.gin_file or not args.sweep:
+        print("error: synpro sweep needs --gin_file=EXPERIMENT and --sweep=SWEEP_FILE "
+              "(e.g. --gin_file=gin/experiments/markov_tiny.gin --sweep=gin/sweeps/markov_lr.sweep)", file=sys.stderr)
+        return 2
+    bindings = _gin_bindings(extra)
+    if bindings is None:
+        return 2
+    out = args.out or str(Path("runs") / "sweep" / Path(args.sweep).stem)
+    job = sweep.Sweep(args.command, tuple(args.gin_file), args.sweep, out, tuple(bindings),
+                      tuple(_search_paths(args)))
+    manifest = job.run(dry_run=args.dry_run)
+    if args.dry_run:
+        return 0
+    statuses = [p["status"] for p in manifest["points"]]
+    if "preempted" in statuses:
+        return sweep.EXIT_PREEMPTED
+    failed = [p["name"] for p in manifest["points"] if p["status"] == "failed"]
+    if failed:
+        print(f"error: {len(failed)} sweep point(s) failed: {', '.join(failed)} (their logs are above; rerun to "
+              "retry them)", file=sys.stderr)
+        return 1
+    print(f"sweep done: {len(statuses)} points in {out}; synpro sweep --summary --out={out}")
+    return 0
+
+
 def cmd_vocab_train(args) -> int:
     from synpro_jax.data.sources import open_source
     from synpro_jax.data.vocab import train_sentencepiece
@@ -302,7 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Extra --gin.KEY=VALUE flags bind gin parameters or macros.")
     p.add_argument("--out", default="runs/demo", help="the demo's directory (rerun the same command to resume)")
     p.add_argument("--seed", type=int, default=0, help="the world, the teaching and every stage")
-    p.add_argument("--quick", action="store_true", help="about 1.5 minutes on 2 CPU cores: a smaller world, model and step counts; every stage runs, not the effect")
+    p.add_argument("--quick", action="store_true", help="under 2 minutes on 2 CPU cores: a smaller world, model and step counts; every stage runs, not the effect")
     p.add_argument("--corpus", nargs="+", help="your own text instead of the world: files or globs (.jsonl, .txt, "
                                                ".parquet, ...); needs --reference")
     p.add_argument("--reference", nargs="+", help="with --corpus: the probe's reference task (FLAN CoT .tsv or "
@@ -312,6 +349,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gin_file", action="append", default=[], help="instead of gin/experiments/demo.gin")
     p.add_argument("--gin_search_paths", action="append", default=[])
     p.set_defaults(func=cmd_demo, takes_extra=True)
+
+    p = sub.add_parser("sweep", help="run a gin config over the points of a sweep file (grid and zip axes), one "
+                                     "run directory each; done points are skipped on rerun",
+                       description="Extra --gin.KEY=VALUE flags bind gin parameters or macros for every point.")
+    p.add_argument("--gin_file", action="append", default=[], help="the experiment's gin file(s)")
+    p.add_argument("--sweep", help="the sweep file: BINDING = [values] lines, grid: and zip: groups")
+    p.add_argument("--command", default="train", choices=["train", "grpo", "probe", "synthesize", "loop", "demo"],
+                   help="the synpro command each point runs")
+    p.add_argument("--out", help="the sweep's directory (default runs/sweep/<sweep file name>)")
+    p.add_argument("--dry_run", action="store_true", help="check every point, print their commands, run nothing")
+    p.add_argument("--summary", action="store_true", help="gather the points' results into summary.csv/.png")
+    p.add_argument("--gin_search_paths", action="append", default=[])
+    p.set_defaults(func=cmd_sweep, takes_extra=True)
 
     p = sub.add_parser("vocab", help="vocabulary tools")
     vsub = p.add_subparsers(dest="vocab_command", required=True)

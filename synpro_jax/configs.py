@@ -19,9 +19,9 @@ import inspect
 import json
 import logging
 import os
-from pathlib import Path
 from typing import Any, Sequence
 
+from etils.epath import Path
 import gin
 from gin import config_parser
 

@@ -12,7 +12,7 @@ def test_an_atomic_write_replaces_the_file_whole_with_default_permissions(tmp_pa
     assert path.read_text() == "second"
     mask = os.umask(0)
     os.umask(mask)
-    assert path.stat().st_mode & 0o777 == 0o666 & ~mask
+    assert os.stat(path).st_mode & 0o777 == 0o666 & ~mask
     assert sorted(p.name for p in path.parent.iterdir()) == ["out.json"]  # no temp file left
 
 

@@ -12,9 +12,9 @@ import hashlib
 import json
 import logging
 import os
-from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
+from etils.epath import Path
 import numpy as np
 
 from synpro_jax import atomic
@@ -68,7 +68,7 @@ class TokenizedCorpus:
 
     @classmethod
     def load(cls, path: Path) -> "TokenizedCorpus":
-        with np.load(path, allow_pickle=False) as z:
+        with atomic.load_npz(path) as z:
             return cls(z["tokens"], z["offsets"], [str(i) for i in z["doc_ids"]])
 
 
@@ -140,7 +140,7 @@ def _fingerprint(source, vocab) -> str:
         if hasattr(source, attr):
             parts[attr] = getattr(source, attr)
     vocab_file = getattr(vocab, "sentencepiece_model_file", None) or getattr(vocab, "_path", None)
-    if vocab_file and os.path.exists(vocab_file):
+    if vocab_file and Path(vocab_file).exists():
         parts["vocab_file_sha1"] = hashlib.sha1(Path(vocab_file).read_bytes()).hexdigest()
     return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 

@@ -10,10 +10,12 @@ import logging
 import os
 import shutil
 import tempfile
-from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
+from etils.epath import Path
 import numpy as np
+
+from synpro_jax import atomic
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter out of the logs
 import seqio  # noqa: E402
@@ -59,9 +61,10 @@ def train_sentencepiece(
         raise FileExistsError(f"{out} exists; pass overwrite to replace it")
     if vocab_size < 8:
         raise ValueError(f"--vocab_size {vocab_size}: must be at least 8")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    if not atomic.is_remote(out):
+        out.parent.mkdir(parents=True, exist_ok=True)
     lines = (line for text in texts for line in text.splitlines() if line.strip())
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.stem}.tmp-", dir=out.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.stem}.tmp-"))  # SentencePiece writes local files
     try:
         spm.SentencePieceTrainer.train(
             sentence_iterator=lines,
@@ -79,8 +82,8 @@ def train_sentencepiece(
             minloglevel=2,
             **({"normalization_rule_name": "identity", "remove_extra_whitespaces": False} if keep_newlines else {}),
         )
-        os.replace(tmp / "sp.model", out)
-        os.replace(tmp / "sp.vocab", out.with_suffix(".vocab"))
+        atomic.write_bytes(out.with_suffix(".vocab"), (tmp / "sp.vocab").read_bytes())
+        atomic.write_bytes(out, (tmp / "sp.model").read_bytes())
     except RuntimeError as e:  # e.g. a vocab_size below the 256 byte pieces plus the corpus's characters
         raise ValueError(f"SentencePiece training failed (--vocab_size {vocab_size}): {e}") from None
     finally:
@@ -105,7 +108,7 @@ class HFTokenizerVocabulary(seqio.Vocabulary):
         if not self._path.is_file():
             raise FileNotFoundError(f"tokenizer file {self._path} does not exist")
         try:
-            self._tok = Tokenizer.from_file(str(self._path))
+            self._tok = Tokenizer.from_str(self._path.read_text(encoding="utf-8"))  # a local or gs:// file
         except Exception as e:  # the tokenizers library raises a bare Exception on bad files
             raise ValueError(f"{self._path}: not a Hugging Face tokenizer.json ({e})") from None
         self._tok.no_padding()

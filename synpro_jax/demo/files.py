@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from pathlib import Path
 
+from etils.epath import Path
 import numpy as np
 
 from synpro_jax import atomic

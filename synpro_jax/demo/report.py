@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
+from etils.epath import Path
 import numpy as np
 
 from synpro_jax import atomic

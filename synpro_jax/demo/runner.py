@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
 
+from etils.epath import Path
 import gin
 
 from synpro_jax.demo.config import DemoConfig

@@ -16,8 +16,8 @@ import json
 import logging
 import shutil
 import time
-from pathlib import Path
 
+from etils.epath import Path
 import jax
 
 from synpro_jax import atomic

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import os
 import tempfile
-from pathlib import Path
 from typing import Iterable, Sequence
+
+from etils.epath import Path
 
 from synpro_jax.generation import prompts
 

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
 from typing import Sequence
+
+from etils.epath import Path
 
 from synpro_jax.eval import harness, tasks
 

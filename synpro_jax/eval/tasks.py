@@ -25,8 +25,9 @@ import bz2
 import dataclasses
 import json
 import re
-from pathlib import Path
 from typing import Callable, Iterator
+
+from etils.epath import Path
 
 __all__ = ["MCItem", "TaskFormatError", "continuation", "read_task", "resolve_task", "TASK_READERS", "DATA_FILES"]
 
@@ -54,7 +55,7 @@ def continuation(context: str, choice: str) -> str:
 
 
 def _json_lines(path: Path) -> Iterator[tuple[int, dict]]:
-    with open(path, encoding="utf-8") as f:
+    with Path(path).open(encoding="utf-8") as f:
         for number, line in enumerate(f, 1):
             if not line.strip():
                 continue

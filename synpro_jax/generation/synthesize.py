@@ -34,9 +34,9 @@ import logging
 import os
 import time
 import zlib
-from pathlib import Path
 from typing import Any, Collection, Iterator, Sequence
 
+from etils.epath import Path
 import jax
 import jax.numpy as jnp
 import numpy as np

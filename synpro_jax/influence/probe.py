@@ -19,9 +19,9 @@ import collections
 import dataclasses
 import json
 import logging
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from etils.epath import Path
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
@@ -203,7 +203,7 @@ def check_fingerprint(old: dict, new: dict, where: str) -> None:
 
 def _load_part(path: Path) -> dict[str, np.ndarray]:
     try:
-        with np.load(path) as z:  # numpy refuses pickles by default: ids are stored as fixed-width unicode
+        with atomic.load_npz(path) as z:  # numpy refuses pickles: ids are stored as fixed-width unicode
             part = {k: z[k] for k in ("ids",) + SCORE_KEYS}
     except Exception as e:
         raise ValueError(f"{path}: unreadable score part ({e}); delete it to score its documents again") from e
@@ -297,7 +297,7 @@ def score_corpus(probe: Probe, docs: Sequence[np.ndarray], doc_ids: Sequence[str
 
 def _verify_final(path: Path, keys: Sequence[str]) -> None:
     """As many scores as ids, no duplicate ids, and exactly this corpus's ids in its order."""
-    with np.load(path) as z:
+    with atomic.load_npz(path) as z:
         ids = z["ids"].tolist()
         lengths = {k: len(z[k]) for k in SCORE_KEYS}
     if len(set(ids)) != len(ids):

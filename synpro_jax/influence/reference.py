@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from pathlib import Path
 from typing import Iterator, Sequence
 
+from etils.epath import Path
 import numpy as np
 
 from synpro_jax.data.sources import ReadReport, expand_paths

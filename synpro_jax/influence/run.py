@@ -14,16 +14,15 @@ import hashlib
 import json
 import logging
 import os
-import shutil
-from pathlib import Path
 from typing import Any, Sequence
 
+from etils.epath import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from synpro_jax import sharding
+from synpro_jax import atomic, sharding
 from synpro_jax.influence.probe import first_difference
 from synpro_jax.models import ModelConfig
 from synpro_jax.train import params_io
@@ -67,8 +66,12 @@ def files_fingerprint(specs: Sequence[str]) -> list:
             out.append(str(spec))
             continue
         for f in expand_paths(spec):
-            st = f.stat()
-            out.append([str(f.resolve()), st.st_size, st.st_mtime_ns])
+            if atomic.is_remote(f):  # an object's generation changes with every write; size and mtime suffice
+                st = f.stat()
+                out.append([str(f), st.length, st.mtime])
+            else:
+                st = os.stat(f)
+                out.append([str(f.resolve()), st.st_size, st.st_mtime_ns])
     return out
 
 
@@ -77,7 +80,7 @@ def vocabulary_fingerprint(spec: str, vocab) -> dict:
     path = getattr(vocab, "sentencepiece_model_file", None) or getattr(vocab, "_path", None)
     if not path and Path(str(spec)).is_file():
         path = spec
-    if path and os.path.exists(path):
+    if path and Path(path).exists():
         fp["sha1"] = hashlib.sha1(Path(path).read_bytes()).hexdigest()
     return fp
 
@@ -149,11 +152,11 @@ def _save_finetuned(cfg: ModelConfig, tuned: Any, path: Path, provenance: dict) 
     host = jax.tree.map(sharding.to_host, tuned)  # every process takes part in the gather
     if jax.process_index() != 0:
         return
-    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    hf.save(cfg, host, tmp)
-    (tmp / PROVENANCE).write_text(json.dumps(provenance, indent=2))
-    os.replace(tmp, path)
+    def fill(tmp):
+        hf.write_dir(cfg, host, tmp)
+        (tmp / PROVENANCE).write_text(json.dumps(provenance, indent=2))
+
+    atomic.publish_dir(path, fill, last=(PROVENANCE, "config.json"))
 
 
 # --- the stage ------------------------------------------------------------------------------------------------
@@ -208,7 +211,7 @@ def probe_and_score(cfg: ModelConfig, mesh: Mesh, checkpoint: str, vocabulary: s
                    "text_field": text_field}
     path = score_corpus(probe, docs, docs_corpus.doc_ids, out / "scores", fingerprint=fingerprint,
                         batch_size=batch_size, progress=progress)
-    with np.load(path) as z:
+    with atomic.load_npz(path) as z:
         infl = z["influence"]
         summary = {"scores": str(path), "documents": int(len(infl)), "theta_step": theta.step,
                    "adam_restored": theta.adam is not None, "influence_mean": float(infl.mean()),

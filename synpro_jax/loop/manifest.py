@@ -24,8 +24,9 @@ import json
 import logging
 import os
 import time
-from pathlib import Path
 from typing import Any, Callable
+
+from etils.epath import Path
 
 from synpro_jax import atomic
 

@@ -25,7 +25,8 @@ import logging
 import math
 import shutil
 import time
-from pathlib import Path
+
+from etils.epath import Path
 
 from synpro_jax.loop import stages
 from synpro_jax.loop.config import LoopConfig, method_names

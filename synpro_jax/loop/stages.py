@@ -16,8 +16,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-from pathlib import Path
 from typing import Any, Callable
+
+from etils.epath import Path
 
 from synpro_jax.loop.config import LoopConfig
 from synpro_jax.loop.plan import GeneratorSpec, StagePlan

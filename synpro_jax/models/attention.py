@@ -105,8 +105,7 @@ def fused_attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.A
 def _splash(q, k, v, segment_ids):
     from jax.experimental.pallas.ops.tpu import splash_attention as sa
 
-    b, t, h, hd = q.shape
-    kv = k.shape[2]
+    b, t = q.shape[:2]
     if t % _SPLASH_BLOCK:
         raise ValueError(f"ModelConfig.attention='splash' needs a sequence length that is a multiple of "
                          f"{_SPLASH_BLOCK}; got {t}")

@@ -9,16 +9,17 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import tempfile
-from pathlib import Path
 from typing import Any, Callable
 
+from etils.epath import Path
 import jax
 import ml_dtypes
 import numpy as np
 from safetensors import safe_open
 from safetensors.numpy import save_file
+
+from synpro_jax import atomic
 
 from synpro_jax.models import abstract_params
 from synpro_jax.models.config import ModelConfig
@@ -193,9 +194,18 @@ def read_config(path: str | os.PathLike, name: str | None = None) -> ModelConfig
 def load(path: str | os.PathLike, name: str | None = None) -> tuple[ModelConfig, dict]:
     """Read an HF Olmo2ForCausalLM directory into (ModelConfig, float32 NumPy params).
 
-    Place the params on a mesh with ``jax.device_put(params, models.param_shardings(cfg, mesh))``.
+    Place the params on a mesh with ``jax.device_put(params, models.param_shardings(cfg, mesh))``. A directory
+    on an object store (``gs://``) is copied to a local temp folder first (safetensors maps local files).
     """
     path = Path(path)
+    if atomic.is_remote(path):
+        with tempfile.TemporaryDirectory(prefix="synpro_hf_") as local:
+            _read_hf_config(path)  # a clear error before any copy
+            for f in path.iterdir():
+                if f.is_file() and (f.suffix in (".json", ".safetensors")):
+                    (Path(local) / f.name).write_bytes(f.read_bytes())
+            cfg, params = load(local, name=name or path.name)
+            return cfg, params
     hf = _read_hf_config(path)
     cfg = config_from_hf(hf, str(path / "config.json"), name=name or path.name)
     files = _tensor_files(path)
@@ -257,21 +267,33 @@ def save(
     overwrite: bool = False,
     extra_config: dict | None = None,
 ) -> Path:
-    """Write an HF Olmo2ForCausalLM directory. Atomic: built in a temp dir beside ``out_dir``, then renamed.
+    """Write an HF Olmo2ForCausalLM directory, whole or not at all (:func:`synpro_jax.atomic.publish_dir`; on
+    an object store ``config.json`` goes up last). ``params`` must be host values (gather global arrays with
+    :func:`synpro_jax.sharding.to_host` first, on every process).
 
     An existing non-empty ``out_dir`` is an error unless ``overwrite=True``.
     """
-    if dtype not in _SAVE_DTYPES:
-        raise ValueError(f"save(dtype={dtype!r}): choose one of {sorted(_SAVE_DTYPES)}")
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(f"{out} exists and is not empty; pass overwrite=True to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    return atomic.publish_dir(out, lambda tmp: write_dir(cfg, params, tmp, dtype=dtype,
+                                                         max_shard_bytes=max_shard_bytes, extra_config=extra_config),
+                              last=("config.json",))
 
+
+def write_dir(cfg: ModelConfig, params: Any, tmp: Path, *, dtype: str = "float32",
+              max_shard_bytes: int = 5 * 1024**3, extra_config: dict | None = None) -> None:
+    """The HF directory's files (safetensors shards, their index, config.json) into the local folder ``tmp``."""
+    if dtype not in _SAVE_DTYPES:
+        raise ValueError(f"save(dtype={dtype!r}): choose one of {sorted(_SAVE_DTYPES)}")
     np_dtype = _SAVE_DTYPES[dtype]
     tensors: dict[str, np.ndarray] = {}
     for hf_name, ours, _, to_hf in _mapping(cfg):
-        value = np.asarray(_get(params, ours), dtype=np.float32)
+        leaf = _get(params, ours)
+        if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
+            raise ValueError(f"hf.save: parameter {ours} is a global array spread over hosts; gather it with "
+                             "synpro_jax.sharding.to_host on every process first")
+        value = np.asarray(leaf, dtype=np.float32)
         names = [hf_name.format(i=i) for i in range(cfg.num_layers)] if "{i}" in hf_name else [hf_name]
         values = list(value) if "{i}" in hf_name else [value]
         for n, v in zip(names, values):
@@ -287,30 +309,17 @@ def save(
         shards[-1][n] = v
         size += v.nbytes
 
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        meta = {"format": "pt"}
-        if len(shards) == 1:
-            save_file(shards[0], str(tmp / SINGLE_FILE), metadata=meta)
-        else:
-            width = max(5, int(math.log10(len(shards))) + 1)
-            weight_map = {}
-            for k, shard in enumerate(shards, start=1):
-                fname = f"model-{k:0{width}d}-of-{len(shards):0{width}d}.safetensors"
-                save_file(shard, str(tmp / fname), metadata=meta)
-                weight_map.update({n: fname for n in shard})
-            total = sum(v.nbytes for v in tensors.values())
-            (tmp / INDEX_FILE).write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map},
-                                                     indent=2))
-        (tmp / "config.json").write_text(json.dumps(config_to_hf(cfg, dtype, extra_config), indent=2))
-        if out.exists():
-            backup = out.with_name(f".{out.name}.old-{os.getpid()}")
-            os.replace(out, backup)
-            os.replace(tmp, out)
-            shutil.rmtree(backup)
-        else:
-            os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-    return out
+    meta = {"format": "pt"}
+    if len(shards) == 1:
+        save_file(shards[0], os.fspath(tmp / SINGLE_FILE), metadata=meta)
+    else:
+        width = max(5, int(math.log10(len(shards))) + 1)
+        weight_map = {}
+        for k, shard in enumerate(shards, start=1):
+            fname = f"model-{k:0{width}d}-of-{len(shards):0{width}d}.safetensors"
+            save_file(shard, os.fspath(tmp / fname), metadata=meta)
+            weight_map.update({n: fname for n in shard})
+        total = sum(v.nbytes for v in tensors.values())
+        (tmp / INDEX_FILE).write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map},
+                                                 indent=2))
+    (tmp / "config.json").write_text(json.dumps(config_to_hf(cfg, dtype, extra_config), indent=2))

@@ -35,13 +35,12 @@ import dataclasses
 import json
 import logging
 import os
-import shutil
 import signal
 import threading
 import time
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from etils.epath import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -387,28 +386,24 @@ class GRPOTrainer:
         host = jax.tree.map(sharding.to_host, params)
         if jax.process_index() != 0:
             return out
-        for stale in self.out_dir.glob(f".{EXPORT_DIR}.*"):  # left by a kill inside an earlier export
-            shutil.rmtree(stale, ignore_errors=True)
-        tmp = self.out_dir / f".{EXPORT_DIR}.tmp-{os.getpid()}"
-        hf.save(self.cfg, host, tmp, dtype=self.run_cfg.export_dtype)
-        for f in self.vocabulary_files:
-            src = Path(os.fspath(f))
-            if src.suffix == ".model":
-                shutil.copyfile(src, tmp / "tokenizer.model")
-            elif src.is_dir():
-                shutil.copyfile(src / "tokenizer.json", tmp / "tokenizer.json")
-            else:
-                shutil.copyfile(src, tmp / "tokenizer.json")
         info = {"step": step, "operation": self.prompts.operation, "dtype": self.run_cfg.export_dtype,
                 "fingerprint": self.fingerprint, "summary": summary or {}}
-        (tmp / EXPORT_INFO).write_text(json.dumps(info, indent=2, default=str))
-        if out.exists():
-            old = self.out_dir / f".{EXPORT_DIR}.old-{os.getpid()}"
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
+
+        def fill(tmp):
+            hf.write_dir(self.cfg, host, tmp, dtype=self.run_cfg.export_dtype)
+            for f in self.vocabulary_files:
+                src = Path(os.fspath(f))
+                if src.suffix == ".model":
+                    (tmp / "tokenizer.model").write_bytes(src.read_bytes())
+                elif src.is_dir():
+                    (tmp / "tokenizer.json").write_bytes((src / "tokenizer.json").read_bytes())
+                else:
+                    (tmp / "tokenizer.json").write_bytes(src.read_bytes())
+            (tmp / EXPORT_INFO).write_text(json.dumps(info, indent=2, default=str))
+
+        replacing = out.exists()
+        atomic.publish_dir(out, fill, last=(EXPORT_INFO, "config.json"))
+        if replacing:
             log.info("replaced %s with the generator at step %d", out, step)
-        else:
-            os.replace(tmp, out)
         return out
 

@@ -29,9 +29,9 @@ import os
 import secrets
 import threading
 import time
-from pathlib import Path
 from typing import Any, Sequence
 
+from etils.epath import Path
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse

@@ -7,8 +7,12 @@ import functools
 import json
 import logging
 import math
+import os
+import shutil
+import tempfile
 import time
-from pathlib import Path
+
+from etils import epath
 
 import jax
 import jax.numpy as jnp
@@ -58,7 +62,7 @@ def device_peak_flops(dtype: str = "float32") -> tuple[float, str]:
     return measure_matmul_flops(jdtype), f"measured {dtype} matmul rate ({kind})"
 
 
-def save_png(fig, path: Path, dpi: int = 110) -> None:
+def save_png(fig, path: epath.PathLike, dpi: int = 110) -> None:
     """Write a matplotlib figure as a PNG atomically (temp file, then rename) and close it."""
     import matplotlib.pyplot as plt
 
@@ -68,10 +72,10 @@ def save_png(fig, path: Path, dpi: int = 110) -> None:
         plt.close(fig)
 
 
-def read_records(path: Path) -> list[dict]:
+def read_records(path: epath.PathLike) -> list[dict]:
     """The JSONL records of ``path``; a torn last line (a kill or a full disk mid-write) is dropped with a warning,
     a bad line elsewhere is an error naming it."""
-    lines = path.read_text().splitlines()
+    lines = epath.Path(path).read_text().splitlines()
     records = []
     for i, line in enumerate(lines):
         if not line.strip():
@@ -88,12 +92,20 @@ def read_records(path: Path) -> list[dict]:
 
 class MetricsLog:
     """metrics.jsonl plus TensorBoard, written by process 0 only. On a resume from step s, records after s (which
-    are about to be redone) are dropped from the JSONL and purged from TensorBoard."""
+    are about to be redone) are dropped from the JSONL and purged from TensorBoard.
 
-    def __init__(self, out_dir: Path, resume_step: int):
+    On an object store (``gs://``), which has no append, the JSONL is rewritten whole and the TensorBoard events
+    (written to a local staging folder) are uploaded at most every ``flush_s`` seconds, and on close.
+    """
+
+    def __init__(self, out_dir: epath.PathLike, resume_step: int, flush_s: float = 30.0):
+        out_dir = epath.Path(out_dir)
         self.enabled = jax.process_index() == 0
         self.path = out_dir / "metrics.jsonl"
         self.records: list[dict] = []
+        self.remote = atomic.is_remote(out_dir)
+        self.flush_s = flush_s
+        self._last_flush = time.monotonic()
         if not self.enabled:
             return
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -101,31 +113,53 @@ class MetricsLog:
             kept = [r for r in read_records(self.path) if r.get("step", 0) <= resume_step]
             atomic.write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
             self.records = kept
-        tb_dir = out_dir / "tensorboard"
-        stale = sorted(tb_dir.glob("events.out.tfevents.*")) if resume_step == 0 else []
+        self._tb_dir = out_dir / "tensorboard"
+        stale = sorted(self._tb_dir.glob("events.out.tfevents.*")) if resume_step == 0 else []
         for path in stale:  # an attempt that never checkpointed: every step it logged is about to be redone
             path.unlink()
         if stale:
             log.warning("removed %d TensorBoard event file(s) in %s left by an attempt that stopped before its first "
-                        "checkpoint; training starts again at step 0", len(stale), tb_dir)
-        self._fh = self.path.open("a", encoding="utf-8")
+                        "checkpoint; training starts again at step 0", len(stale), self._tb_dir)
+        self._fh = None if self.remote else self.path.open("a", encoding="utf-8")
+        self._staging = tempfile.mkdtemp(prefix="synpro_tensorboard_") if self.remote else None
         from tensorboardX import SummaryWriter
 
         # After a checkpoint at step s, the purge event makes TensorBoard drop the older files' steps > s.
-        self._tb = SummaryWriter(str(tb_dir), purge_step=resume_step + 1 if resume_step else None)
+        self._tb = SummaryWriter(self._staging or os.fspath(self._tb_dir),
+                                 purge_step=resume_step + 1 if resume_step else None)
 
     def write(self, record: dict) -> None:
         if not self.enabled:
             return
         self.records.append(record)
-        self._fh.write(json.dumps(record) + "\n")
-        self._fh.flush()
+        if self._fh is not None:
+            self._fh.write(json.dumps(record) + "\n")
+            self._fh.flush()
         for key, value in record.items():
             if key != "step" and isinstance(value, (int, float)) and math.isfinite(value):
                 self._tb.add_scalar(key, value, record["step"])
+        if self.remote and time.monotonic() - self._last_flush >= self.flush_s:
+            self.flush()
+
+    def flush(self) -> None:
+        """Make everything written so far visible at ``out_dir`` (a no-op locally: lines go out as written)."""
+        if not self.enabled:
+            return
+        self._tb.flush()
+        if self.remote:
+            atomic.write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.records))
+            self._tb_dir.mkdir(parents=True, exist_ok=True)
+            for name in os.listdir(self._staging):
+                with open(os.path.join(self._staging, name), "rb") as f:
+                    atomic.write_bytes(self._tb_dir / name, f.read())
+        self._last_flush = time.monotonic()
 
     def close(self) -> None:
         if self.enabled:
-            self._fh.close()
+            if self._fh is not None:
+                self._fh.close()
             self._tb.flush()
             self._tb.close()
+            self.flush()
+            if self._staging:
+                shutil.rmtree(self._staging, ignore_errors=True)

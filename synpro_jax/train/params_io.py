@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from pathlib import Path
 from typing import Any
 
+from etils.epath import Path
 import jax
 from jax.sharding import Mesh
 

@@ -20,9 +20,9 @@ import math
 import signal
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
+from etils.epath import Path
 import jax
 import jax.numpy as jnp
 import numpy as np

@@ -10,9 +10,9 @@ import logging
 import os
 import re
 import zlib
-from pathlib import Path
 from typing import Sequence
 
+from etils.epath import Path
 import numpy as np
 
 log = logging.getLogger(__name__)
@@ -72,6 +72,18 @@ class ReadReport:
         return text
 
 
+def _glob(pattern: str) -> list[Path]:
+    """Local glob, or an object store's (``gs://bucket/dir/*.jsonl``) through etils.epath."""
+    if "://" not in pattern:
+        return [Path(m) for m in glob.glob(os.path.expanduser(pattern))]
+    parts = pattern.split("/")
+    first = next((i for i, part in enumerate(parts) if glob.has_magic(part)), None)
+    if first is None:
+        path = Path(pattern)
+        return [path] if path.exists() else []
+    return list(Path("/".join(parts[:first])).glob("/".join(parts[first:])))
+
+
 def expand_paths(patterns: str | os.PathLike | Sequence[str | os.PathLike], what: str = "source") -> list[Path]:
     """Glob patterns -> sorted existing files; an error naming the pattern when one matches nothing."""
     if isinstance(patterns, (str, os.PathLike)):
@@ -79,10 +91,10 @@ def expand_paths(patterns: str | os.PathLike | Sequence[str | os.PathLike], what
     patterns = [str(p) for p in patterns]
     files: list[Path] = []
     for pattern in patterns:
-        matches = sorted(glob.glob(os.path.expanduser(pattern)))
+        matches = sorted(_glob(pattern))
         if not matches:
             raise FileNotFoundError(f"{what}: no file matches {pattern!r}")
-        files.extend(Path(m) for m in matches if Path(m).is_file())
+        files.extend(m for m in matches if m.is_file())
     if not files:
         raise FileNotFoundError(f"{what}: {patterns} matched only directories")
     return files
@@ -108,7 +120,7 @@ class _ZstdRaw(io.RawIOBase):
         import zstandard
 
         self._zstd = zstandard
-        self._fh = open(path, "rb")
+        self._fh = Path(path).open("rb")  # a local or gs:// file
         self._dctx = zstandard.ZstdDecompressor()
         self._obj = None  # the decompressor of the frame being read
         self._pending = b""  # compressed bytes after the end of the last frame
@@ -148,7 +160,7 @@ def open_binary(path: Path):
     """A file as a stream of bytes, decompressing ``.gz`` and ``.zst``/``.zstd`` on the fly; iterate it for lines."""
     lowered = path.name.lower()
     if lowered.endswith(".gz"):
-        return gzip.open(path, "rb")
+        return gzip.GzipFile(fileobj=path.open("rb"), mode="rb")
     if lowered.endswith((".zst", ".zstd")):
         return io.BufferedReader(_ZstdRaw(path), buffer_size=1 << 16)
     return path.open("rb")

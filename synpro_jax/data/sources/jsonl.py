@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Iterator, Sequence
+
+from etils.epath import Path
 
 from synpro_jax.data.sources.base import READ_ERRORS, Document, ReadReport, expand_paths, lone_surrogate, open_binary
 

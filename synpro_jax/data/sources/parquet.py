@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
+
 from typing import Iterator, Sequence
 
+from etils.epath import Path
+
+from synpro_jax import atomic
 from synpro_jax.data.sources.base import READ_ERRORS, Document, ReadReport, expand_paths
 
 
@@ -43,7 +47,7 @@ class ParquetSource:
         import pyarrow.parquet as pq
 
         try:
-            pf = pq.ParquetFile(path)
+            pf = pq.ParquetFile(path.open("rb") if atomic.is_remote(path) else os.fspath(path))
         except (OSError, pa.ArrowException) as e:
             raise ValueError(f"{path}: not a readable parquet file ({e})") from None
         schema = pf.schema_arrow

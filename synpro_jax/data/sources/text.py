@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Iterator, Sequence
+
+from etils.epath import Path
 
 from synpro_jax.data.sources.base import READ_ERRORS, Document, ReadReport, expand_paths, open_binary
 

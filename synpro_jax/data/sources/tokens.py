@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import io
+import os
+
 from typing import Iterator, Sequence
 
+from etils.epath import Path
 import numpy as np
 
+from synpro_jax import atomic
 from synpro_jax.data.sources.base import Document, ReadReport, expand_paths
 
 NPY_MAGIC = b"\x93NUMPY"
@@ -57,10 +61,13 @@ class NpyTokenSource:
         try:
             with path.open("rb") as fh:
                 has_header = fh.read(len(NPY_MAGIC)) == NPY_MAGIC
-            if has_header:
+            if atomic.is_remote(path):  # no memory map over an object store: read it whole
+                data = path.read_bytes()
+                arr = np.load(io.BytesIO(data)) if has_header else np.frombuffer(data, self.dtype)
+            elif has_header:
                 arr = np.load(path, mmap_mode="r")
             else:
-                size = path.stat().st_size
+                size = os.stat(path).st_size
                 if size % self.dtype.itemsize:
                     raise ValueError(f"its {size} bytes are not a whole number of {self.dtype.name} tokens "
                                      "(wrong dtype, or a cut file?)")

@@ -15,13 +15,14 @@ import json
 import logging
 import re
 import zlib
-from pathlib import Path
 from typing import Sequence
 
+from etils.epath import Path
 import numpy as np
 import scipy.optimize
 import scipy.sparse
 
+from synpro_jax import atomic
 from synpro_jax.rl.rewards.base import RewardInputs, register_reward
 from synpro_jax.rl.rewards.common import answers, call_scorer, group_sources
 
@@ -88,7 +89,7 @@ class QualityClassifier:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"quality_local model={str(path)!r} does not exist")
-        with np.load(path, allow_pickle=False) as z:
+        with atomic.load_npz(path) as z:
             if "version" not in z or int(z["version"]) != FORMAT_VERSION:
                 raise ValueError(f"{path}: not a quality_local model of format {FORMAT_VERSION}")
             return cls(np.asarray(z["weights"], np.float64), float(z["bias"]), int(z["ngrams"]))
@@ -97,7 +98,7 @@ class QualityClassifier:
 def read_labelled(path: str | Path) -> tuple[list[str], np.ndarray]:
     """(texts, 0/1 labels) from a JSONL file of ``{"text": ..., "label": 0|1}``; a bad line is named file:line."""
     texts, labels = [], []
-    with open(path, encoding="utf-8") as f:
+    with Path(path).open(encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
                 continue

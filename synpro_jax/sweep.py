@@ -1,0 +1,433 @@
+"""Gin config sweeps: a sweep file of grid and zip axes over gin bindings, one run directory per point.
+
+A sweep file lists ``BINDING = [value, value, ...]`` lines (gin syntax: macros, parameters, references)::
+
+    # crossed with each other (a grid)
+    LEARNING_RATE = [3e-4, 6e-4]
+    ORGANIC_BUDGET = [100_000, 200_000]
+
+    zip:  # these advance together: one axis of 2 points
+    NUM_STEPS = [100, 200]
+    WARMUP_STEPS = [10, 20]
+
+Lines before any header, or under ``grid:``, are grid axes; each ``zip:`` header starts a group whose lists have
+one length. Points are the product of the axes. Every point is parsed and its configs constructed before the
+first one runs, so one bad binding fails the whole sweep up front. ``OUT/sweep.json`` lists every point with
+its status; a rerun skips done points and resumes a preempted one. Each point runs as its own ``synpro
+COMMAND`` process (fresh JAX state, the same command a TPU launcher runs on a slice) in ``OUT/<point>/``, with
+``point.gin`` (the experiment's files and the point's bindings, enough to rerun it alone).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import itertools
+import json
+import logging
+import math
+import re
+import subprocess
+import sys
+import time
+from typing import Any, Sequence
+
+from etils import epath
+
+from synpro_jax import atomic
+
+log = logging.getLogger(__name__)
+
+# The gin macro that names each command's output directory, and the summary file a finished run leaves there.
+COMMANDS: dict[str, tuple[str, str, str]] = {  # command -> (entry configurable, directory macro, summary file)
+    "train": ("synpro.pretrain", "OUT_DIR", "summary.json"),
+    "grpo": ("synpro.grpo", "OUT_DIR", "summary.json"),
+    "probe": ("synpro.probe", "OUT_DIR", "summary.json"),
+    "synthesize": ("synpro.synthesize", "OUT_DIR", "manifest.json"),
+    "loop": ("synpro.loop", "LOOP_DIR", "loop_summary.json"),
+    "demo": ("synpro.demo", "DEMO_DIR", "demo.json"),
+}
+EXIT_PREEMPTED = 143
+MANIFEST = "sweep.json"
+
+
+class SweepError(ValueError):
+    """A sweep file or point that cannot run; the message names the file and line, or the point."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Axis:
+    bindings: tuple[str, ...]  # one binding (a grid axis) or several that advance together (a zip group)
+    values: tuple[tuple[str, ...], ...]  # per step along the axis: one gin value text per binding
+
+
+@dataclasses.dataclass(frozen=True)
+class Point:
+    index: int
+    name: str
+    bindings: tuple[tuple[str, str], ...]  # (binding, gin value text)
+
+    def gin_lines(self) -> list[str]:
+        return [f"{k} = {v}" for k, v in self.bindings]
+
+
+def split_list(text: str, where: str) -> list[str]:
+    """``[a, b, [c, d], 'e,f']`` -> the top-level items' texts."""
+    text = text.strip()
+    if not (text.startswith("[") and text.endswith("]")):
+        raise SweepError(f"{where}: a sweep axis is a list of values in [...]; got {text!r}")
+    items, depth, quote, start = [], 0, "", 1
+    for i, ch in enumerate(text[1:-1], 1):
+        if quote:
+            if ch == quote and text[i - 1] != "\\":
+                quote = ""
+        elif ch in "'\"":
+            quote = ch
+        elif ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            items.append(text[start:i].strip())
+            start = i + 1
+    last = text[start:-1].strip()
+    if last:
+        items.append(last)
+    if quote or depth:
+        raise SweepError(f"{where}: unbalanced brackets or quotes in {text!r}")
+    if not items or any(not item for item in items):
+        raise SweepError(f"{where}: empty value in {text!r}")
+    return items
+
+
+def _strip_comment(line: str) -> str:
+    quote = ""
+    for i, ch in enumerate(line):
+        if quote:
+            quote = "" if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch == "#":
+            return line[:i].strip()
+    return line.strip()
+
+
+def parse_sweep(text: str, source: str = "<sweep>") -> list[Axis]:
+    """The axes of a sweep file (see the module docstring)."""
+    axes: list[Axis] = []
+    zip_group: list[tuple[str, list[str], str]] | None = None
+    seen: dict[str, str] = {}
+
+    def close_zip():
+        nonlocal zip_group
+        if zip_group is not None:
+            if not zip_group:
+                raise SweepError(f"{source}: an empty zip: group")
+            lengths = {len(v) for _, v, _ in zip_group}
+            if len(lengths) > 1:
+                detail = ", ".join(f"{k} has {len(v)} ({w})" for k, v, w in zip_group)
+                raise SweepError(f"{source}: a zip group's lists must have one length: {detail}")
+            axes.append(Axis(tuple(k for k, _, _ in zip_group), tuple(zip(*(v for _, v, _ in zip_group)))))
+        zip_group = None
+
+    lines = text.splitlines()
+    i = 0
+    while i < len(lines):
+        where = f"{source}:{i + 1}"
+        line = _strip_comment(lines[i])
+        i += 1
+        if not line:
+            continue
+        if line in ("grid:", "zip:"):
+            close_zip()
+            zip_group = [] if line == "zip:" else None
+            continue
+        if "=" not in line:
+            raise SweepError(f"{where}: expected 'BINDING = [values]', 'grid:' or 'zip:'; got {line!r}")
+        key, value = (part.strip() for part in line.split("=", 1))
+        while value.count("[") > value.count("]") and i < len(lines):  # a list over several lines
+            value += " " + _strip_comment(lines[i])
+            i += 1
+        if not re.fullmatch(r"[A-Za-z_][\w./]*", key):
+            raise SweepError(f"{where}: {key!r} is not a gin binding or macro name")
+        if key in seen:
+            raise SweepError(f"{where}: {key} is swept twice (first at {seen[key]})")
+        seen[key] = where
+        values = split_list(value, where)
+        if zip_group is not None:
+            zip_group.append((key, values, where))
+        else:
+            axes.append(Axis((key,), tuple((v,) for v in values)))
+    close_zip()
+    if not axes:
+        raise SweepError(f"{source}: no axes; write lines like LEARNING_RATE = [3e-4, 6e-4]")
+    return axes
+
+
+def _slug(text: str, limit: int = 32) -> str:
+    text = re.sub(r"[^A-Za-z0-9.+-]+", "_", text.strip("'\"")).strip("_")
+    return text[:limit] or "x"
+
+
+def expand(axes: Sequence[Axis]) -> list[Point]:
+    """Every point of the axes' product, each named by its index and values (a valid directory name)."""
+    points = []
+    width = len(str(math.prod(len(a.values) for a in axes) - 1))
+    for index, combo in enumerate(itertools.product(*(a.values for a in axes))):
+        bindings = tuple((k, v) for axis, step in zip(axes, combo) for k, v in zip(axis.bindings, step))
+        label = "-".join(f"{_slug(k.rsplit('.', 1)[-1], 20)}={_slug(v)}" for k, v in bindings)
+        points.append(Point(index, f"{index:0{width}d}-{label}"[:120], bindings))
+    return points
+
+
+def _evaluate(value: Any) -> Any:
+    import gin
+
+    if isinstance(value, gin.config.ConfigurableReference):
+        return value.scoped_configurable_fn() if value.evaluate else value
+    if isinstance(value, (list, tuple)):
+        return type(value)(_evaluate(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _evaluate(v) for k, v in value.items()}
+    return value
+
+
+def check_point(command: str, gin_files: Sequence[str], bindings: Sequence[str],
+                search_paths: Sequence[str] = ()) -> None:
+    """Parse the point's configuration and construct everything its command's entry point is bound to, so a
+    bad binding (unknown knob, invalid value, missing REQUIRED) fails here. Leaves gin cleared."""
+    import gin
+
+    from synpro_jax import configs
+
+    entry = COMMANDS[command][0]
+    fn = getattr(configs, entry.split(".", 1)[1])
+    try:
+        configs.parse(gin_files, bindings, gin_search_paths=search_paths)
+        for name, param in inspect.signature(inspect.unwrap(fn)).parameters.items():
+            try:
+                value = gin.query_parameter(f"{entry}.{name}")
+            except ValueError:
+                if param.default is gin.REQUIRED:
+                    raise ValueError(f"{entry}.{name} is REQUIRED but not bound")
+                continue
+            _evaluate(value)
+    finally:
+        gin.clear_config()
+
+
+@dataclasses.dataclass
+class Sweep:
+    """A sweep over ``gin_files`` for ``command``, its points in ``out_dir``."""
+
+    command: str
+    gin_files: tuple[str, ...]
+    sweep_file: str
+    out_dir: str
+    extra: tuple[str, ...] = ()  # bindings every point shares (the command line's --gin.KEY=VALUE)
+    search_paths: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        if self.command not in COMMANDS:
+            raise SweepError(f"synpro sweep --command={self.command!r}: choose one of {sorted(COMMANDS)}")
+        from synpro_jax import configs
+
+        if "://" in self.sweep_file:
+            path = epath.Path(self.sweep_file)
+        else:  # like a gin file: the working directory, --gin_search_paths, then the files synpro_jax ships
+            try:
+                path = epath.Path(configs.find_gin_file(self.sweep_file, configs.search_paths(self.search_paths)))
+            except configs.GinConfigError as e:
+                raise SweepError(f"synpro sweep --sweep: {e}".replace("gin file", "sweep file")) from None
+        self.axes = parse_sweep(path.read_text(), str(path))
+        self.points = expand(self.axes)
+        self.root = epath.Path(self.out_dir)
+        self.dir_macro = COMMANDS[self.command][1]
+        swept = {k for a in self.axes for k in a.bindings}
+        if self.dir_macro in swept:
+            raise SweepError(f"{self.sweep_file}: {self.dir_macro} is set by the sweep for each point; do not sweep it")
+
+    def point_dir(self, point: Point) -> epath.Path:
+        return self.root / point.name
+
+    def bindings(self, point: Point) -> list[str]:
+        return list(self.extra) + point.gin_lines() + [f"{self.dir_macro} = {json.dumps(str(self.point_dir(point)))}"]
+
+    def argv(self, point: Point) -> list[str]:
+        """The point's command line (what runs locally, or on a TPU slice)."""
+        argv = ["synpro", self.command]
+        argv += [f"--gin_file={f}" for f in self.gin_files]
+        argv += [f"--gin_search_paths={p}" for p in self.search_paths]
+        argv += [f"--gin.{b.replace(' = ', '=', 1)}" for b in self.bindings(point)]
+        return argv
+
+    # --- the manifest -------------------------------------------------------------------------------------
+    def definition(self) -> dict:
+        return {"command": self.command, "gin_files": list(self.gin_files), "extra": list(self.extra),
+                "axes": [{"bindings": list(a.bindings), "values": [list(v) for v in a.values]} for a in self.axes]}
+
+    def load_manifest(self) -> dict:
+        path = self.root / MANIFEST
+        fresh = {**self.definition(), "points": [
+            {"name": p.name, "bindings": dict(p.bindings), "status": "pending"} for p in self.points]}
+        if not path.exists():
+            return fresh
+        old = json.loads(path.read_text())
+        mine = self.definition()
+        changed = [k for k in mine if old.get(k) != mine[k]]
+        if changed:
+            raise SweepError(f"{path} holds another sweep (its {', '.join(changed)} differ); rerun it as it was, "
+                             f"or give this sweep another --out")
+        return old
+
+    def save_manifest(self, manifest: dict) -> None:
+        import jax
+
+        if jax.process_index() == 0:
+            atomic.write_json(self.root / MANIFEST, manifest)
+
+    # --- running ------------------------------------------------------------------------------------------
+    def check(self) -> None:
+        """Every point's configuration, before any runs (one bad binding fails the sweep)."""
+        for point in self.points:
+            try:
+                check_point(self.command, self.gin_files, self.bindings(point), self.search_paths)
+            except Exception as e:  # noqa: BLE001 - reported with the point's name, then raised as one error
+                raise SweepError(f"sweep point {point.name} ({', '.join(point.gin_lines())}): "
+                                 f"{' '.join(str(e).split())}") from e
+
+    def run(self, dry_run: bool = False, stream=None) -> dict:
+        """Run the points one after another (done ones skipped). Returns the manifest."""
+        stream = stream or sys.stdout
+        manifest = self.load_manifest()
+        self.check()
+        if dry_run:
+            for point in self.points:
+                print(" ".join(_quote(a) for a in self.argv(point)), file=stream)
+            return manifest
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.save_manifest(manifest)
+        entries = {e["name"]: e for e in manifest["points"]}
+        t0 = time.perf_counter()
+        for n, point in enumerate(self.points, 1):
+            entry = entries[point.name]
+            if entry["status"] == "done":
+                print(f"[sweep {n}/{len(self.points)}] {point.name}: done, skipping", file=stream, flush=True)
+                continue
+            state = "resuming" if entry["status"] != "pending" else "starting"
+            elapsed = time.perf_counter() - t0
+            print(f"[sweep {n}/{len(self.points)} | {elapsed:,.0f}s] {point.name}: {state}", file=stream, flush=True)
+            directory = self.point_dir(point)
+            directory.mkdir(parents=True, exist_ok=True)
+            atomic.write_text(directory / "point.gin", self.point_gin(point))
+            start = time.perf_counter()
+            code = subprocess.call([sys.executable, "-m", "synpro_jax.cli", *self.argv(point)[1:]])
+            entry.update(exit_code=code, seconds=round(time.perf_counter() - start, 1),
+                         status="done" if code == 0 else "preempted" if code == EXIT_PREEMPTED else "failed")
+            self.save_manifest(manifest)
+            print(f"[sweep {n}/{len(self.points)}] {point.name}: {entry['status']} in {entry['seconds']:,.1f}s"
+                  + ("" if code == 0 else f" (exit {code})"), file=stream, flush=True)
+            if code == EXIT_PREEMPTED:  # the machine is going away: stop here, rerun to resume
+                break
+        return manifest
+
+    def point_gin(self, point: Point) -> str:
+        lines = [f"# sweep point {point.name} of {self.root / MANIFEST}",
+                 f"#   synpro {self.command} --gin_file={self.point_dir(point) / 'point.gin'}"]
+        lines += [f"include {json.dumps(f)}" for f in self.gin_files]
+        lines += self.bindings(point)
+        return "\n".join(lines) + "\n"
+
+
+def _quote(arg: str) -> str:
+    import shlex
+
+    return shlex.quote(arg)
+
+
+# --- the summary --------------------------------------------------------------------------------------------
+def _final_val_loss(summary: dict) -> float | None:
+    for key in ("final_val_loss", "val_loss", "best_val_loss"):
+        if isinstance(summary.get(key), (int, float)):
+            return float(summary[key])
+    runs = summary.get("runs")  # a loop: the SynPro run's last round
+    if isinstance(runs, dict):
+        for rounds in runs.values():
+            losses = [r.get("val_loss") for r in rounds if r.get("val_loss") is not None]
+            if losses:
+                return float(losses[-1])
+    return None
+
+
+def summarize(out_dir: str, stream=None) -> list[dict]:
+    """One row per point (its swept values, status, final validation loss) from ``OUT/sweep.json`` and each
+    point's summary; writes ``summary.csv`` and ``summary.png`` (the swept knob against final validation loss)."""
+    stream = stream or sys.stdout
+    root = epath.Path(out_dir)
+    path = root / MANIFEST
+    if not path.exists():
+        raise SweepError(f"synpro sweep --summary --out={out_dir}: no {MANIFEST} there")
+    manifest = json.loads(path.read_text())
+    summary_file = COMMANDS[manifest["command"]][2]
+    keys = [k for a in manifest["axes"] for k in a["bindings"]]
+    rows = []
+    for entry in manifest["points"]:
+        row = {"point": entry["name"], **entry["bindings"], "status": entry["status"], "final_val_loss": None}
+        summary = root / entry["name"] / summary_file
+        if summary.exists():
+            try:
+                row["final_val_loss"] = _final_val_loss(json.loads(summary.read_text()))
+            except ValueError:
+                row["status"] += " (unreadable summary)"
+        rows.append(row)
+    columns = ["point", *keys, "status", "final_val_loss"]
+    import csv
+    import io
+
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic.write_text(root / "summary.csv", buf.getvalue())
+    widths = {c: max(len(c), *(len(_cell(r[c])) for r in rows)) for c in columns[1:]}
+    print("  ".join(c.ljust(widths[c]) for c in columns[1:]), file=stream)
+    for r in rows:
+        print("  ".join(_cell(r[c]).ljust(widths[c]) for c in columns[1:]), file=stream)
+    _plot(root / "summary.png", manifest, rows, keys)
+    print(f"wrote {root / 'summary.csv'} and {root / 'summary.png'}", file=stream)
+    return rows
+
+
+def _cell(v) -> str:
+    return "-" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)
+
+
+def _plot(path: epath.Path, manifest: dict, rows: list[dict], keys: list[str]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    axis = manifest["axes"][0]
+    knob = axis["bindings"][0]
+    others = [k for k in keys if k not in axis["bindings"]]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    groups: dict[tuple, list] = {}
+    for r in rows:
+        groups.setdefault(tuple(r[k] for k in others), []).append(r)
+    for group, members in groups.items():
+        xs = [m[knob] for m in members if m["final_val_loss"] is not None]
+        ys = [m["final_val_loss"] for m in members if m["final_val_loss"] is not None]
+        try:
+            xs = [float(x) for x in xs]
+        except ValueError:
+            pass  # categorical values: matplotlib places strings in order
+        label = ", ".join(f"{k}={v}" for k, v in zip(others, group)) or None
+        ax.plot(xs, ys, marker="o", label=label)
+    ax.set_xlabel(knob)
+    ax.set_ylabel("final validation loss")
+    if others:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    atomic.write_file(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"), suffix=".png")
+    plt.close(fig)

@@ -1,0 +1,123 @@
+"""Storage through etils.epath: the same writers and readers on a local folder and on a gs:// bucket (an
+in-memory fsspec filesystem standing in for GCS), so a run directory on a bucket works like a local one."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+from etils import epath
+from fsspec.implementations.memory import MemoryFileSystem
+
+from synpro_jax import atomic, models
+from synpro_jax.train.metrics import MetricsLog, read_records
+
+
+class FakeGCS(MemoryFileSystem):  # paths as gcsfs gives them: "bucket/key", no root slash, no scheme
+    protocol = ("gs", "gcs")
+    root_marker = ""
+    store: dict = {}
+    pseudo_dirs = [""]
+
+    @classmethod
+    def _strip_protocol(cls, path):
+        path = str(path)
+        for scheme in ("gs://", "gcs://"):
+            path = path[len(scheme):] if path.startswith(scheme) else path
+        return path.strip("/")
+
+
+@pytest.fixture
+def fake_gcs(monkeypatch):
+    """gs:// paths served by fsspec's in-memory filesystem (epath would use TensorFlow's GCS client)."""
+    import importlib
+
+    from etils.epath import gpath
+
+    monkeypatch.setattr(gpath, "_is_tf_installed", lambda: False)
+    registry = importlib.import_module("fsspec.registry")  # the module (fsspec.registry is its read-only view)
+    for protocol in ("gs", "gcs"):  # epath asks fsspec for "gcs"
+        monkeypatch.setitem(registry._registry, protocol, FakeGCS)
+    FakeGCS.store.clear()  # epath keeps its filesystem object: empty the class's store instead
+    FakeGCS.pseudo_dirs[:] = [""]
+    yield epath.Path("gs://bucket/run")
+
+
+@pytest.fixture(params=["local", "gs"])
+def root(request, tmp_path):
+    if request.param == "local":
+        return epath.Path(tmp_path) / "run"
+    return request.getfixturevalue("fake_gcs")
+
+
+def test_a_gs_path_keeps_its_scheme():
+    path = epath.Path("gs://b/x") / "y.json"
+    assert os.fspath(path) == "gs://b/x/y.json" and atomic.is_remote(path)
+    assert not atomic.is_remote(epath.Path("/tmp/x"))
+
+
+def test_atomic_writes_and_npz(root):
+    atomic.write_json(root / "a" / "summary.json", {"step": 3})
+    assert json.loads((root / "a" / "summary.json").read_text()) == {"step": 3}
+    atomic.write_text(root / "a" / "summary.json", "{}")  # replaced whole
+    assert (root / "a" / "summary.json").read_text() == "{}"
+    atomic.write_file(root / "scores.npz", lambda tmp: np.savez(tmp, x=np.arange(4)), suffix=".npz")
+    with atomic.load_npz(root / "scores.npz") as z:
+        np.testing.assert_array_equal(z["x"], np.arange(4))
+    assert sorted(p.name for p in root.iterdir()) == ["a", "scores.npz"]  # no temp files left behind
+
+
+def test_publish_dir_replaces_a_directory_whole(root):
+    def fill(files):
+        def write(tmp):
+            for name, text in files.items():
+                (tmp / name).write_text(text)
+        return write
+
+    atomic.publish_dir(root / "export", fill({"config.json": "1", "model.bin": "a", "old.txt": "x"}))
+    atomic.publish_dir(root / "export", fill({"config.json": "2", "model.bin": "b"}), last=("config.json",))
+    assert sorted(p.name for p in (root / "export").iterdir()) == ["config.json", "model.bin"]
+    assert (root / "export" / "config.json").read_text() == "2"
+    assert [p.name for p in root.iterdir()] == ["export"]
+
+
+def test_metrics_log_on_a_bucket_resumes_like_a_local_one(root):
+    log = MetricsLog(root, resume_step=0, flush_s=0.0)
+    for step in range(1, 5):
+        log.write({"step": step, "loss": 1.0 / step})
+    log.close()
+    assert [r["step"] for r in read_records(root / "metrics.jsonl")] == [1, 2, 3, 4]
+    assert list((root / "tensorboard").glob("events.out.tfevents.*"))
+    log = MetricsLog(root, resume_step=2)  # a resume from the step-2 checkpoint redoes 3 and 4
+    log.write({"step": 3, "loss": 0.5})
+    log.close()
+    assert [r["step"] for r in read_records(root / "metrics.jsonl")] == [1, 2, 3]
+
+
+def test_hf_export_round_trips(root):
+    from synpro_jax.models import hf
+
+    cfg = models.get_preset("tiny")
+    params = jax.device_get(models.init_params(cfg, jax.random.key(0)))
+    hf.save(cfg, params, root / "hf")
+    assert (root / "hf" / "config.json").exists()
+    cfg2, loaded = hf.load(root / "hf")
+    assert cfg2.d_model == cfg.d_model
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(loaded)):
+        np.testing.assert_array_equal(np.asarray(a), b)
+
+
+def test_sources_glob_and_read_a_bucket(root):
+    from synpro_jax.data.sources import expand_paths, open_source
+
+    for i in range(2):
+        atomic.write_text(root / "shards" / f"part-{i}.jsonl",
+                          "".join(json.dumps({"text": f"doc {i}.{j}"}) + "\n" for j in range(3)))
+    atomic.write_text(root / "shards" / "notes.txt", "not a shard")
+    files = expand_paths(os.fspath(root / "shards" / "*.jsonl"))
+    assert [f.name for f in files] == ["part-0.jsonl", "part-1.jsonl"]
+    docs = [d.text for d in open_source(os.fspath(root / "shards" / "*.jsonl"))]
+    assert docs == [f"doc {i}.{j}" for i in range(2) for j in range(3)]
+    with pytest.raises(FileNotFoundError, match="no file matches"):
+        expand_paths(os.fspath(root / "shards" / "*.parquet"))

@@ -1,0 +1,27 @@
+"""Install synpro_jax on every worker of a TPU VM or pod slice, into ~/synpro_jax, with JAX's TPU wheels.
+
+    python tpu/install.py --name synpro-v4 --zone us-central2-b --repo https://github.com/ORG/synpro_jax --ref main
+    python tpu/install.py --name synpro-v4 --zone us-central2-b --scp_from .     # this checkout, copied as it is
+
+Rerun it to move every worker to another ref (or to a fresh copy of LOCAL_DIR).
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # gcloud.py beside this file, from any cwd
+import gcloud  # noqa: E402
+
+
+def main(argv=None) -> int:
+    p = gcloud.parser(__file__, "Install synpro_jax on all workers of a TPU VM (git clone/update or scp, then "
+                                "pip).")
+    gcloud.add_install(p)
+    args = p.parse_args(argv)
+    gcloud.check(p, args)
+    commands = gcloud.install(args.name, args.zone, args.project, args.repo, args.ref, args.scp_from)
+    return gcloud.run_all(commands, args.dry_run)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,30 @@
+"""Run a command (a synpro job) on every worker of a TPU VM or pod slice at once, inside ~/synpro_jax.
+
+    python tpu/launch.py --name synpro-v4 --zone us-central2-b -- \
+        synpro train --gin_file=gin/experiments/olmo_400m_dclm.gin --gin.OUT_DIR='"gs://BUCKET/runs/olmo_400m"'
+
+Each host appends the job's output to ~/synpro_logs/<run_name>.log and writes its exit status to
+~/synpro_logs/<run_name>.exit when it ends. By default the job is detached (nohup) and the ssh returns at once;
+--attach streams the output and returns the job's exit status.
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # gcloud.py beside this file, from any cwd
+import gcloud  # noqa: E402
+
+
+def main(argv=None) -> int:
+    p = gcloud.parser(__file__, "Run `-- COMMAND ...` on all workers of a TPU VM, logged to "
+                                "~/synpro_logs/<run_name>.log.")
+    gcloud.add_run_name(p)
+    p.add_argument("--attach", action="store_true", help="stay attached: stream the output, wait for the job")
+    args, command = gcloud.parse_with_command(p, sys.argv[1:] if argv is None else argv)
+    gcloud.check(p, args)
+    ssh = gcloud.launch(args.name, args.zone, args.project, command, args.run_name, args.attach)
+    return gcloud.run_all([ssh], args.dry_run)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
