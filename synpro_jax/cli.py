@@ -311,6 +311,10 @@ def cmd_serve(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="synpro", description="SynPro in JAX/Flax.")
     parser.add_argument("--version", action="version", version=f"synpro_jax {version()}")
+    multi = parser.add_argument_group("several processes (on a Cloud TPU VM slice these are found automatically)")
+    multi.add_argument("--coordinator_address", help="host:port of process 0 (or JAX_COORDINATOR_ADDRESS)")
+    multi.add_argument("--num_processes", type=int, help="how many processes the job has (or JAX_NUM_PROCESSES)")
+    multi.add_argument("--process_id", type=int, help="this process's index, 0 first (or JAX_PROCESS_ID)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("presets", help="list model presets with their parameter counts")
@@ -419,6 +423,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     _quiet_startup(needs_tensorflow=takes_extra or args.command in ("vocab", "eval"))
     try:
+        if args.command not in ("presets", "vocab", "sweep"):  # jobs that run JAX programs: one job, many hosts
+            from synpro_jax import distributed
+
+            distributed.initialize(distributed.DistributedConfig.from_env(
+                coordinator_address=args.coordinator_address, num_processes=args.num_processes,
+                process_id=args.process_id))
         return args.func(args, extra) if takes_extra else args.func(args)
     except (ValueError, KeyError, FileNotFoundError, FileExistsError) as e:  # config errors name their knob
         print(f"error: {_one_line(e)}", file=sys.stderr)

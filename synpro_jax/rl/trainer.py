@@ -35,8 +35,6 @@ import dataclasses
 import json
 import logging
 import os
-import signal
-import threading
 import time
 from typing import Any, Callable, Sequence
 
@@ -49,6 +47,7 @@ from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
 from synpro_jax import atomic, sharding
+from synpro_jax.distributed import Preemption
 from synpro_jax.checks import positive_ints
 from synpro_jax.generation.sampler import Sampler
 from synpro_jax.models import ModelConfig
@@ -203,7 +202,7 @@ class GRPOTrainer:
             "numpy": np.__version__,
             "prompts": prompts.fingerprint(), "stop_ids": self.stop_ids, **(fingerprint or {}),
         }, default=str))
-        self._stop = threading.Event()
+        self.preemption = Preemption()  # SIGTERM: every host saves the same step, then the job exits 143
 
     # --- one step ------------------------------------------------------------------------------------------------
     def rollouts(self, step: int):
@@ -304,10 +303,7 @@ class GRPOTrainer:
         if on_start is not None:
             on_start()
         metrics_log = MetricsLog(self.out_dir, start)
-        previous = signal.getsignal(signal.SIGTERM)
-        in_main = threading.current_thread() is threading.main_thread()
-        if in_main:
-            signal.signal(signal.SIGTERM, lambda *_: self._stop.set())
+        self.preemption.__enter__()
         bar = tqdm(total=run.num_steps, initial=start, unit="step", dynamic_ncols=True, desc="grpo",
                    disable=not run.progress or jax.process_index() != 0)
         step, preempted = start, False
@@ -321,7 +317,7 @@ class GRPOTrainer:
                 if step % run.log_every == 0 or step == run.num_steps:
                     metrics_log.write(record)
                 meta = {"step": step, "fingerprint": self.fingerprint, "time": time.time()}
-                if self._stop_requested() and step < run.num_steps:
+                if self.preemption.stop_after(step) and step < run.num_steps:
                     ckpt.save(step, state, meta, force=True)
                     preempted = True
                     log.warning("SIGTERM: saved GRPO step %d; rerun the same command to resume", step)
@@ -331,8 +327,7 @@ class GRPOTrainer:
             bar.close()
             metrics_log.close()
             ckpt.close()
-            if in_main:
-                signal.signal(signal.SIGTERM, previous)
+            self.preemption.__exit__()
         self.state = state["train"]
         summary = self._summary(metrics_log.records, step, preempted)
         if not preempted:
@@ -343,13 +338,6 @@ class GRPOTrainer:
                                    title=f"GRPO {self.prompts.operation} ({self.cfg.name})")
             atomic.write_json(self.out_dir / "summary.json", summary)
         return summary
-
-    def _stop_requested(self) -> bool:
-        """SIGTERM seen here, or (on a pod) on any host: every host stops after the same step."""
-        stop = self._stop.is_set()
-        if jax.process_count() > 1:
-            stop = bool(np.max(multihost_utils.process_allgather(np.int32(stop))))
-        return stop
 
     def _summary(self, records: list[dict], step: int, preempted: bool) -> dict:
         def mean_of(key, part):

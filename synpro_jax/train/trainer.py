@@ -17,8 +17,6 @@ import hashlib
 import json
 import logging
 import math
-import signal
-import threading
 import time
 from typing import Any
 
@@ -30,6 +28,7 @@ from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
 from synpro_jax import atomic, sharding
+from synpro_jax.distributed import Preemption
 from synpro_jax.checks import positive_ints
 from synpro_jax.data.packing import PackedStream
 from synpro_jax.data.pipeline import TrainBatches
@@ -153,14 +152,16 @@ class Trainer:
              cfg.accum_steps, cfg.z_loss, cfg.seed, data_fingerprint]
             + ([init_source, int(init_step)] if init_source else []), sort_keys=True, default=str).encode()
         ).hexdigest()[:16]
-        self._stop = threading.Event()
+        self.preemption = Preemption()  # SIGTERM: every host saves the same step, then the job exits 143
 
     # --- state ---------------------------------------------------------------------------------------------------
     def _fresh_state(self) -> dict:
         train = self.step_fn.init(jax.random.key(self.cfg.seed), params=self.init_params)
         if self.init_adam is not None or self.init_step:
             train = self.step_fn.continue_from(train, self.init_adam, self.init_step)
-        return {"train": train, "rng": jax.random.key_data(jax.random.key(self.cfg.seed + 1))}
+        # Replicated on the mesh, not on one local device: every host then saves and restores the same array.
+        rng = jax.device_put(jax.random.key_data(jax.random.key(self.cfg.seed + 1)), sharding.replicated(self.mesh))
+        return {"train": train, "rng": rng}
 
     def _meta(self, step: int) -> dict:
         return {"step": step, "rows_consumed": step * self.cfg.global_batch, "fingerprint": self.fingerprint,
@@ -238,10 +239,7 @@ class Trainer:
         peak = device_peak_flops(self.model_cfg.dtype)[0] * jax.device_count()
         fpt = self.model_cfg.train_flops_per_token(cfg.seq_len)
 
-        previous = signal.getsignal(signal.SIGTERM)
-        in_main = threading.current_thread() is threading.main_thread()
-        if in_main:
-            signal.signal(signal.SIGTERM, lambda *_: self._stop.set())
+        self.preemption.__enter__()
         bar = tqdm(total=cfg.num_steps, initial=start, unit="step", dynamic_ncols=True,
                    disable=not cfg.progress or jax.process_index() != 0)
         window_t, window_tokens = time.perf_counter(), 0
@@ -277,7 +275,7 @@ class Trainer:
                     metrics_log.write(record)
                     bar.set_postfix({k: f"{record[k]:.3f}" for k in ("loss", "val_loss") if k in record})
                 ckpt.save(step, state, self._meta(step))
-                if self._stop.is_set():
+                if self.preemption.stop_after(step):
                     preempted = True
                     break
                 if plateaued and cfg.stop_on_plateau:
@@ -288,8 +286,7 @@ class Trainer:
             bar.close()
             ckpt.close()
             metrics_log.close()
-            if in_main:
-                signal.signal(signal.SIGTERM, previous)
+            self.preemption.__exit__()
         summary = {"step": step, "preempted": preempted, "plateaued": plateaued,
                    "out_dir": str(self.out_dir), "checkpoint_step": step, **self.summary_extra}
         last = [r for r in metrics_log.records if "loss" in r]

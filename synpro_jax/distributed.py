@@ -1,0 +1,151 @@
+"""Several hosts as one job: starting jax.distributed, hosts agreeing on values, and SIGTERM stops every host
+after the same step.
+
+On a Cloud TPU VM slice ``jax.distributed.initialize()`` finds the coordinator itself; elsewhere (GPU clusters,
+several local CPU processes in tests) it takes ``--coordinator_address``, ``--num_processes`` and
+``--process_id`` (or JAX's own JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID variables).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import os
+import signal
+import threading
+
+import jax
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class DistributedConfig:
+    coordinator_address: str | None = None  # host:port of process 0
+    num_processes: int | None = None
+    process_id: int | None = None
+    local_device_ids: tuple[int, ...] | None = None
+
+    @classmethod
+    def from_env(cls, **flags) -> "DistributedConfig":
+        """Flags win; JAX's environment variables fill what they leave unset."""
+        env = {"coordinator_address": os.environ.get("JAX_COORDINATOR_ADDRESS"),
+               "num_processes": os.environ.get("JAX_NUM_PROCESSES"),
+               "process_id": os.environ.get("JAX_PROCESS_ID")}
+        merged = {k: flags.get(k) if flags.get(k) is not None else v for k, v in env.items()}
+        for key in ("num_processes", "process_id"):
+            if merged[key] is not None:
+                try:
+                    merged[key] = int(merged[key])
+                except ValueError:
+                    raise ValueError(f"--{key}={merged[key]!r}: must be an integer") from None
+        return cls(**merged, local_device_ids=flags.get("local_device_ids"))
+
+    @property
+    def explicit(self) -> bool:
+        return any(v is not None for v in (self.coordinator_address, self.num_processes, self.process_id))
+
+    def check(self) -> None:
+        missing = [k for k in ("coordinator_address", "num_processes", "process_id") if getattr(self, k) is None]
+        if self.explicit and missing:
+            raise ValueError(f"multi-process JAX needs --coordinator_address, --num_processes and --process_id "
+                             f"together; missing {', '.join('--' + m for m in missing)}")
+        if self.explicit and not 0 <= self.process_id < self.num_processes:
+            raise ValueError(f"--process_id={self.process_id}: must be in [0, --num_processes={self.num_processes})")
+
+
+def on_multihost_tpu() -> bool:
+    """A Cloud TPU VM that is one of several hosts of a slice (its metadata lists the workers)."""
+    hosts = os.environ.get("TPU_WORKER_HOSTNAMES", "")
+    return len([h for h in hosts.split(",") if h]) > 1
+
+
+def initialize(config: DistributedConfig | None = None) -> bool:
+    """Start jax.distributed when this is one process of several; returns whether it did. Call it before any
+    other JAX call (the CLI does, for every command)."""
+    config = config or DistributedConfig.from_env()
+    config.check()
+    if config.explicit:
+        jax.distributed.initialize(config.coordinator_address, num_processes=config.num_processes,
+                                   process_id=config.process_id,
+                                   local_device_ids=list(config.local_device_ids) if config.local_device_ids else None)
+    elif on_multihost_tpu():
+        jax.distributed.initialize()  # the TPU runtime tells every host the coordinator and its own id
+    else:
+        return False
+    log.info("jax.distributed: process %d of %d, %d local of %d devices", jax.process_index(), jax.process_count(),
+             jax.local_device_count(), jax.device_count())
+    return True
+
+
+def agree(value: str, what: str) -> None:
+    """Every process must hold the same ``value`` (a run directory, a config fingerprint); a clear error naming
+    ``what`` and process 0's value otherwise. A no-op on one process."""
+    if jax.process_count() == 1:
+        return
+    from jax.experimental import multihost_utils
+
+    digest = np.frombuffer(hashlib.sha256(value.encode()).digest()[:8], np.int64)
+    digests = np.asarray(multihost_utils.process_allgather(digest)).reshape(-1)
+    if len(set(digests.tolist())) > 1:
+        differ = [i for i, d in enumerate(digests.tolist()) if d != digests[0]]
+        raise ValueError(f"hosts disagree on {what}: process {jax.process_index()} has {value!r}; processes "
+                         f"{differ} differ from process 0. Launch every host with the same configuration.")
+
+
+def _sync_manager_ready() -> bool:
+    try:
+        from jax._src import distributed as _distributed
+
+        return _distributed.global_state.preemption_sync_manager is not None
+    except (ImportError, AttributeError):
+        return False
+
+
+class Preemption:
+    """SIGTERM, as a stop every process takes after the same step.
+
+    One process: a Python handler sets a flag that :meth:`stop_after` reads. Several: JAX's preemption notifier
+    (started by jax.distributed) catches SIGTERM on any host and ``reached_preemption_sync_point`` turns it
+    into one agreed step, without a collective per step; where that service is missing the local flags are
+    all-gathered instead. Use as a context manager around the step loop; call :meth:`stop_after` on every
+    process at every step.
+    """
+
+    def __init__(self):
+        self._flag = threading.Event()
+        self._previous = None
+        self._installed = False
+        self._sync = jax.process_count() > 1 and _sync_manager_ready()
+
+    def request(self) -> None:
+        """Ask for a stop as SIGTERM does (this process only; with several processes only SIGTERM is seen by
+        the sync service)."""
+        self._flag.set()
+
+    def __enter__(self) -> "Preemption":
+        if not self._sync and threading.current_thread() is threading.main_thread():
+            self._previous = signal.getsignal(signal.SIGTERM)
+            signal.signal(signal.SIGTERM, lambda *_: self._flag.set())
+            self._installed = True
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._installed:
+            signal.signal(signal.SIGTERM, self._previous)
+            self._installed = False
+
+    def stop_after(self, step: int) -> bool:
+        """Whether every process stops after ``step`` (the same answer on all of them)."""
+        if self._sync:
+            from jax.experimental import multihost_utils
+
+            return bool(multihost_utils.reached_preemption_sync_point(step))
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            flags = multihost_utils.process_allgather(np.int32(self._flag.is_set()))
+            return bool(np.max(np.asarray(flags)))
+        return self._flag.is_set()
