@@ -266,6 +266,36 @@ def cmd_sweep(args, extra: list[str]) -> int:
     return 0
 
 
+def cmd_compile(args, extra: list[str]) -> int:
+    if not _gin_stage(args, extra, "compile", "gin/experiments/olmo_400m_dclm.gin"):
+        return 2
+    from synpro_jax import compile as aot
+
+    try:
+        reports = aot.compile_experiment(args.topology)
+        fallback = ""
+    except RuntimeError as e:  # libtpu cannot make the topology here: XLA:CPU's analysis of the same program
+        fallback = str(e)
+        reports = aot.compile_experiment("cpu")
+    for r in reports:
+        if fallback:
+            r.target += f" [fallback: {fallback}]"
+        print(r.line())
+    if args.json:
+        from synpro_jax import atomic
+
+        atomic.write_text(args.json, aot.to_json(reports))
+        print(f"wrote {args.json}")
+    too_big = [r for r in reports if r.fits is False]
+    if too_big:
+        print(f"error: {too_big[0].program} needs {too_big[0].total_bytes / 2**30:,.2f} GiB per device but "
+              f"{args.topology} has {too_big[0].hbm_bytes / 2**30:,.0f} GiB: shard more (synpro.MeshConfig), "
+              "remat (synpro.preset.remat), chunk the loss (synpro.preset.loss_chunk) or lower the batch",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
 def cmd_vocab_train(args) -> int:
     from synpro_jax.data.sources import open_source
     from synpro_jax.data.vocab import train_sentencepiece
@@ -354,6 +384,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gin_search_paths", action="append", default=[])
     p.set_defaults(func=cmd_demo, takes_extra=True)
 
+    p = sub.add_parser("compile", help="compile the pretraining step ahead of time for a TPU topology (libtpu, no "
+                                       "TPU needed) and report its memory per device",
+                       description="Extra --gin.KEY=VALUE flags bind gin parameters or macros.")
+    p.add_argument("--gin_file", action="append", default=[])
+    p.add_argument("--gin_search_paths", action="append", default=[])
+    p.add_argument("--topology", default="v5e-8", help="a Cloud TPU name (v5e-8, v4-32, ...) or cpu")
+    p.add_argument("--json", help="also write the report here")
+    p.set_defaults(func=cmd_compile, takes_extra=True)
+
     p = sub.add_parser("sweep", help="run a gin config over the points of a sweep file (grid and zip axes), one "
                                      "run directory each; done points are skipped on rerun",
                        description="Extra --gin.KEY=VALUE flags bind gin parameters or macros for every point.")
@@ -423,7 +462,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     _quiet_startup(needs_tensorflow=takes_extra or args.command in ("vocab", "eval"))
     try:
-        if args.command not in ("presets", "vocab", "sweep"):  # jobs that run JAX programs: one job, many hosts
+        if args.command not in ("presets", "vocab", "sweep", "compile"):  # jobs that run JAX programs: one job, many hosts
             from synpro_jax import distributed
 
             distributed.initialize(distributed.DistributedConfig.from_env(
