@@ -83,7 +83,9 @@ def topology_devices(topology: str) -> tuple[list[Any], int | None, str]:
     from jax.experimental import topologies
 
     try:
-        desc = topologies.get_topology_desc(name, platform="tpu")
+        # v4 and v5p as JAX runs them: one megacore device per chip (two TensorCores).
+        extra = {"chip_config_name": "megacore"} if name.startswith(("v4:", "v5p:")) else {}
+        desc = topologies.get_topology_desc(name, platform="tpu", **extra)
     except Exception as e:  # noqa: BLE001 - libtpu missing, or it cannot describe this topology here
         raise RuntimeError(f"libtpu cannot describe {topology} ({name}) on this machine: "
                            f"{' '.join(str(e).split())[:300]}") from e

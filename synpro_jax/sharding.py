@@ -194,6 +194,15 @@ def to_host(x) -> np.ndarray:
     return np.asarray(x)
 
 
+def host_to_global(x, where: NamedSharding) -> jax.Array:
+    """A host value that is the same on every process, as one global array laid out as ``where``: each process
+    places only its own shards (jit refuses host arrays with a non-trivial sharding on several processes)."""
+    x = np.asarray(x)
+    if jax.process_count() == 1:
+        return jax.device_put(x, where)
+    return jax.make_array_from_callback(x.shape, where, lambda index: x[index])
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 

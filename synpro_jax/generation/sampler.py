@@ -279,13 +279,18 @@ class Sampler:
         # that row would have if the prompts were written out g times (stream_ids there: range(n * g)).
         row_streams = per_row(streams) * g + np.tile(np.arange(g, dtype=np.int32), rows)
 
+        # Global arrays from the host values every process holds alike (each places its own shards).
+        rows_in = NamedSharding(self.mesh, sharding.logical_to_spec(("batch",), self.rules))
+        rows2_in = NamedSharding(self.mesh, sharding.logical_to_spec(("batch", "length"), self.rules))
+        one = sharding.replicated(self.mesh)
+        tokens, segments, positions = (sharding.host_to_global(x, rows2_in) for x in (tokens, segments, positions))
+        per_row_in = [sharding.host_to_global(x, rows_in) for x in (per_row(lengths), per_row(budgets), row_streams)]
+        scalars = [sharding.host_to_global(x, one) for x in (
+            np.uint32(seed % 2**32), np.float32(temperature), np.int32(top_k or 0),
+            np.float32(1.0 if top_p is None else top_p), _eos_array(eos), np.int32(pad_id))]
         with jax.set_mesh(self.mesh), sharding.use_rules(self.rules):
             logits, cache = self._prefill(self.params, tokens, segments, positions, g)
-            out = self._decode(
-                self.params, cache, logits, per_row(lengths), per_row(budgets), row_streams,
-                np.uint32(seed % 2**32), np.float32(temperature), np.int32(top_k or 0),
-                np.float32(1.0 if top_p is None else top_p), _eos_array(eos), np.int32(pad_id), n_slots,
-            )
+            out = self._decode(self.params, cache, logits, *per_row_in, *scalars, n_slots)
         return (tokens, segments, positions), out, int(budgets.max()), n * g
 
     def generate(

@@ -49,7 +49,7 @@ class LetterShare:
 
 
 def main(workspace: str, out_dir: str, steps: int) -> int:
-    from synpro_jax import sharding
+    from synpro_jax import distributed, sharding
     from synpro_jax.data.vocab import load_vocabulary
     from synpro_jax.models import hf
     from synpro_jax.rl.config import GRPOConfig
@@ -57,6 +57,7 @@ def main(workspace: str, out_dir: str, steps: int) -> int:
     from synpro_jax.rl.rewards.base import RewardSuite, make_reward
     from synpro_jax.rl.trainer import EXIT_PREEMPTED, GRPORunConfig, GRPOTrainer
 
+    distributed.initialize()  # JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID: one job of several
     ws = Path(workspace)
     cfg, params = hf.load(ws / "generator")
     vocab = load_vocabulary(str(ws / "generator" / "tokenizer.model"))
@@ -65,14 +66,15 @@ def main(workspace: str, out_dir: str, steps: int) -> int:
     prompt_set = PromptSet([str(ws / "organic.jsonl")], vocab, "rephrase", max_prompt_tokens=MAX_PROMPT_TOKENS)
     suite = RewardSuite({"letter_e": LetterShare(), "format": make_reward("format")},
                         {"letter_e": 1.0, "format": 1.0})
-    run = GRPORunConfig(out_dir=out_dir, num_steps=steps, prompts_per_step=2, accum_steps=2, checkpoint_every=2,
+    run = GRPORunConfig(out_dir=out_dir, num_steps=steps, prompts_per_step=2 * max(1, jax.device_count() // 4), accum_steps=2, checkpoint_every=2,
                         keep_checkpoints=2, progress=False)
-    mesh = sharding.make_mesh(sharding.MeshConfig(2, 2, 1))
+    mesh = sharding.make_mesh(sharding.MeshConfig(-1, 2, 1))
     trainer = GRPOTrainer(cfg, mesh, params, vocab, prompt_set, suite, run, algo)
     summary = trainer.run()
-    final = jax.device_get(trainer.state.params)
+    final = jax.tree.map(sharding.to_host, trainer.state.params)  # every process takes part in the gather
     flat = {jax.tree_util.keystr(p): np.asarray(v) for p, v in jax.tree_util.tree_flatten_with_path(final)[0]}
-    np.savez(os.path.join(out_dir, "final_params.npz"), **flat)
+    if jax.process_index() == 0:
+        np.savez(os.path.join(out_dir, "final_params.npz"), **flat)
     return EXIT_PREEMPTED if summary["preempted"] else 0
 
 
