@@ -373,7 +373,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Extra --gin.KEY=VALUE flags bind gin parameters or macros.")
     p.add_argument("--out", default="runs/demo", help="the demo's directory (rerun the same command to resume)")
     p.add_argument("--seed", type=int, default=0, help="the world, the teaching and every stage")
-    p.add_argument("--quick", action="store_true", help="under 2 minutes on 2 CPU cores: a smaller world, model and step counts; every stage runs, not the effect")
+    p.add_argument("--quick", action="store_true", help="under 2 minutes on 2 CPU cores: a smaller world, model "
+                                                        "and step counts; every stage runs, not the effect")
     p.add_argument("--corpus", nargs="+", help="your own text instead of the world: files or globs (.jsonl, .txt, "
                                                ".parquet, ...); needs --reference")
     p.add_argument("--reference", nargs="+", help="with --corpus: the probe's reference task (FLAN CoT .tsv or "

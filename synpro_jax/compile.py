@@ -62,7 +62,8 @@ class MemoryReport:
 
     def line(self) -> str:
         gib = lambda b: f"{b / GiB:,.2f} GiB"  # noqa: E731
-        hbm = "" if self.hbm_bytes is None else f" of {gib(self.hbm_bytes)} HBM ({'fits' if self.fits else 'DOES NOT FIT'})"
+        verdict = "fits" if self.fits else "DOES NOT FIT"
+        hbm = "" if self.hbm_bytes is None else f" of {gib(self.hbm_bytes)} HBM ({verdict})"
         if self.note:
             return f"{self.program} on {self.target} ({self.devices} devices, mesh {self.mesh}): {self.note}{hbm}"
         return (f"{self.program} on {self.target} ({self.devices} devices, mesh {self.mesh}): per device arguments "

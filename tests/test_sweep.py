@@ -2,6 +2,7 @@
 summary table; a bad binding in any point fails before the first point runs."""
 
 import csv
+import io
 import json
 import os
 import subprocess
@@ -79,12 +80,14 @@ def test_a_2x2_sweep_runs_skips_done_points_and_summarises(tmp_path):
         assert f"NUM_STEPS = {p['bindings']['NUM_STEPS']}" in (point / "point.gin").read_text()
         assert json.loads((point / "summary.json").read_text())["step"] == int(p["bindings"]["NUM_STEPS"])
 
-    again = run_cli(*args, cwd=tmp_path)
-    assert again.returncode == 0 and again.stdout.count("done, skipping") == 4, again.stdout
-    assert "starting" not in again.stdout
+    # In this process from here on (a point would start a subprocess, so none may be left to run).
+    job = sweep.Sweep("train", ("gin/experiments/markov_tiny.gin",), args[1].split("=", 1)[1], str(out),
+                      tuple(a[len("--gin."):] for a in args[3:]))
+    log = io.StringIO()
+    job.run(stream=log)
+    assert log.getvalue().count("done, skipping") == 4 and "starting" not in log.getvalue(), log.getvalue()
 
-    summary = run_cli("--summary", f"--out={out}", cwd=tmp_path)
-    assert summary.returncode == 0, summary.stderr[-2000:]
+    sweep.summarize(str(out), stream=io.StringIO())
     rows = list(csv.DictReader((out / "summary.csv").open()))
     assert len(rows) == 4
     assert {(r["LEARNING_RATE"], r["NUM_STEPS"]) for r in rows} == {(a, b) for a in ("1e-3", "3e-3") for b in "24"}
@@ -92,8 +95,10 @@ def test_a_2x2_sweep_runs_skips_done_points_and_summarises(tmp_path):
     assert (out / "summary.png").stat().st_size > 5_000
 
     # The same directory refuses another sweep instead of mixing points.
-    changed = run_cli(*tiny_args(tmp_path, "LEARNING_RATE = [1e-3]\n"), cwd=tmp_path)
-    assert changed.returncode == 2 and "holds another sweep (its axes differ)" in changed.stderr
+    (tmp_path / "other.sweep").write_text("LEARNING_RATE = [1e-3]\n")
+    other = sweep.Sweep("train", ("gin/experiments/markov_tiny.gin",), str(tmp_path / "other.sweep"), str(out))
+    with pytest.raises(sweep.SweepError, match="holds another sweep \\(its extra, axes differ\\)"):
+        other.run(stream=io.StringIO())
 
 
 @pytest.mark.parametrize("text, match", [

@@ -94,3 +94,16 @@ def test_sigterm_to_one_process_stops_both_at_the_same_step(tmp_path):
     assert steps[0] == steps[1] > 0
     saved = [int(p.name) for p in (out / "checkpoints").iterdir() if p.name.isdigit()]
     assert max(saved) == steps[0]  # the step both hosts stopped after is the latest checkpoint
+
+
+def test_hosts_launched_with_different_run_directories_refuse_to_start(tmp_path):
+    port = free_port()
+    procs = []
+    for i in range(2):
+        cmd = [sys.executable, "-m", "synpro_jax.cli", f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
+               f"--process_id={i}", *TRAIN, "--gin.NUM_STEPS=2", f'--gin.OUT_DIR="{tmp_path / f"run{i}"}"']
+        procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env(4)))
+    outputs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [2, 2], outputs[0][-2000:]
+    assert all("hosts disagree on the run directory (synpro.TrainerConfig.out_dir)" in o for o in outputs)
+    assert not (tmp_path / "run0" / "checkpoints").exists()

@@ -47,6 +47,7 @@ from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
 from synpro_jax import atomic, sharding
+from synpro_jax import distributed
 from synpro_jax.distributed import Preemption
 from synpro_jax.checks import positive_ints
 from synpro_jax.generation.sampler import Sampler
@@ -283,6 +284,9 @@ class GRPOTrainer:
         run = self.run_cfg
         if self.init_params is None:
             raise RuntimeError("GRPOTrainer.run() runs once: make a new trainer to run again")
+        distributed.agree(str(self.out_dir), "the run directory (synpro.GRPORunConfig.out_dir)")
+        distributed.agree(json.dumps(self.fingerprint, sort_keys=True, default=str),
+                          "the GRPO run's configuration (its fingerprint)")
         # Restore into an abstract template: a restart never holds a fresh state and the restored one at once.
         template = {"train": jax.tree.map(
             lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh),

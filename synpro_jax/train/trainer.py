@@ -28,6 +28,7 @@ from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
 from synpro_jax import atomic, sharding
+from synpro_jax import distributed
 from synpro_jax.distributed import Preemption
 from synpro_jax.checks import positive_ints
 from synpro_jax.data.packing import PackedStream
@@ -217,6 +218,8 @@ class Trainer:
         """Train (resuming from ``out_dir``'s checkpoint if there is one). ``on_start`` is called once that
         checkpoint is accepted, before the first step: a refused restart must not rewrite the run's files."""
         cfg = self.cfg
+        distributed.agree(str(self.out_dir), "the run directory (synpro.TrainerConfig.out_dir)")
+        distributed.agree(self.fingerprint, "the run's configuration and data (its fingerprint)")
         ckpt = Checkpointer(self.out_dir / "checkpoints", save_every=cfg.checkpoint_every,
                             keep=cfg.keep_checkpoints, async_save=cfg.async_checkpoints)
         state = self._fresh_state()
