@@ -93,34 +93,28 @@ def topology_devices(topology: str) -> tuple[list[Any], int | None, str]:
     return list(desc.devices), hbm, f"{topology} ({name}, {desc.devices[0].device_kind})"
 
 
-def abstract_like(tree: Any, shardings: Any) -> Any:
-    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
-
-
 def train_step_memory(model, mesh_cfg, opt_cfg, global_batch: int, seq_len: int, z_loss: float, accum_steps: int,
                       topology: str) -> MemoryReport:
     """Compile the pretraining step for ``topology`` and report its memory per device."""
     import jax.numpy as jnp
 
-    from synpro_jax import sharding
-    from synpro_jax.train.step import TrainStep
+    from synpro_jax import models, sharding
+    from synpro_jax.train.step import TrainState, TrainStep
 
     devices, hbm, target = topology_devices(topology)
     mesh = sharding.make_mesh(mesh_cfg, devices=devices)
     step = TrainStep(model, mesh, opt_cfg, z_loss=z_loss, accum_steps=accum_steps)
-    from synpro_jax import models
-    from synpro_jax.train.step import TrainState
-
     params = models.abstract_params(model)
     opt_state = jax.eval_shape(step.optimizer.init, params)
     state = TrainState(jax.ShapeDtypeStruct((), jnp.int32), params, opt_state)
-    abstract_state = abstract_like(state, step.state_shardings)
+    abstract_state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state,
+                                  step.state_shardings)
     row = jax.ShapeDtypeStruct((global_batch, seq_len), jnp.int32, sharding=step.batch_sharding)
     batch = {"inputs": row, "targets": row}
     program = (f"train step ({model.name}, batch {global_batch} x {seq_len}, accum {accum_steps}, {model.dtype}, "
                f"remat {model.remat}, attention {model.attention}, loss_chunk {model.loss_chunk})")
+    lowered = step.lower(abstract_state, batch)
     with jax.set_mesh(mesh):
-        lowered = step._step.lower(abstract_state, batch)
         try:
             compiled = lowered.compile()
         except Exception as e:  # noqa: BLE001 - XLA:TPU refuses a program that cannot fit its HBM
@@ -141,41 +135,17 @@ def train_step_memory(model, mesh_cfg, opt_cfg, global_batch: int, seq_len: int,
 
 
 def compile_experiment(topology: str) -> list[MemoryReport]:
-    """The parsed gin experiment's pretraining step on ``topology`` (gin must be parsed already)."""
-    import gin
-
-    from synpro_jax.sweep import _evaluate
-
-    def bound(name, default=None):
-        try:
-            return _evaluate(gin.query_parameter(f"synpro.pretrain.{name}"))
-        except ValueError:
-            return default
-
+    """The parsed gin experiment's pretraining step on ``topology`` (gin must be parsed already). TrainerConfig's
+    batch shape is read knob by knob: constructing it would need its REQUIRED out_dir."""
+    from synpro_jax.configs import bound
     from synpro_jax.sharding import MeshConfig
 
-    model, mesh_cfg, opt_cfg, trainer = bound("model"), bound("mesh", MeshConfig()), bound("optimizer"), \
-        _trainer_shape()
-    report = train_step_memory(model, mesh_cfg, opt_cfg, trainer["global_batch"], trainer["seq_len"],
-                               trainer["z_loss"], trainer["accum_steps"], topology)
+    report = train_step_memory(
+        bound("synpro.pretrain.model"), bound("synpro.pretrain.mesh", MeshConfig()),
+        bound("synpro.pretrain.optimizer"), bound("synpro.TrainerConfig.global_batch"),
+        bound("synpro.TrainerConfig.seq_len"), bound("synpro.TrainerConfig.z_loss", 1e-5),
+        bound("synpro.TrainerConfig.accum_steps", 1), topology)
     return [report]
-
-
-def _trainer_shape() -> dict:
-    """Batch shape knobs of synpro.TrainerConfig without constructing it (its REQUIRED out_dir may be unset)."""
-    import gin
-
-    from synpro_jax.sweep import _evaluate
-
-    out = {}
-    for key, default in (("global_batch", None), ("seq_len", None), ("z_loss", 1e-5), ("accum_steps", 1)):
-        try:
-            out[key] = _evaluate(gin.query_parameter(f"synpro.TrainerConfig.{key}"))
-        except ValueError:
-            if default is None:
-                raise ValueError(f"synpro compile: synpro.TrainerConfig.{key} is not bound by the gin files")
-            out[key] = default
-    return out
 
 
 def to_json(reports: list[MemoryReport]) -> str:

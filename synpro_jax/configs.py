@@ -396,6 +396,31 @@ def _write_config(out_dir: str | Path) -> None:
     atomic.write_text(Path(out_dir) / "config.gin", gin.config_str())
 
 
+_UNSET = object()
+
+
+def bound(name: str, default: Any = _UNSET) -> Any:
+    """The value gin binds to ``name`` (``"synpro.TrainerConfig.seq_len"``) with its references evaluated, so a
+    bound config class is constructed and validated; ``default`` when unbound (an error naming it without one)."""
+    try:
+        value = gin.query_parameter(name)
+    except ValueError:
+        if default is _UNSET:
+            raise ValueError(f"{name} is not bound by the gin files") from None
+        return default
+    return _evaluate(value)
+
+
+def _evaluate(value: Any) -> Any:
+    if isinstance(value, gin.config.ConfigurableReference):
+        return value.scoped_configurable_fn() if value.evaluate else value
+    if isinstance(value, (list, tuple)):
+        return type(value)(_evaluate(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _evaluate(v) for k, v in value.items()}
+    return value
+
+
 # --- parsing: search paths and checks made before any work -------------------------------------------------------
 class GinConfigError(ValueError):
     """A gin file or binding that cannot work; the message is one line and names the binding."""

@@ -30,7 +30,7 @@ import re
 import subprocess
 import sys
 import time
-from typing import Any, Sequence
+from typing import Sequence
 
 from etils import epath
 
@@ -180,18 +180,6 @@ def expand(axes: Sequence[Axis]) -> list[Point]:
     return points
 
 
-def _evaluate(value: Any) -> Any:
-    import gin
-
-    if isinstance(value, gin.config.ConfigurableReference):
-        return value.scoped_configurable_fn() if value.evaluate else value
-    if isinstance(value, (list, tuple)):
-        return type(value)(_evaluate(v) for v in value)
-    if isinstance(value, dict):
-        return {k: _evaluate(v) for k, v in value.items()}
-    return value
-
-
 def check_point(command: str, gin_files: Sequence[str], bindings: Sequence[str],
                 search_paths: Sequence[str] = ()) -> None:
     """Parse the point's configuration and construct everything its command's entry point is bound to, so a
@@ -205,13 +193,9 @@ def check_point(command: str, gin_files: Sequence[str], bindings: Sequence[str],
     try:
         configs.parse(gin_files, bindings, gin_search_paths=search_paths)
         for name, param in inspect.signature(inspect.unwrap(fn)).parameters.items():
-            try:
-                value = gin.query_parameter(f"{entry}.{name}")
-            except ValueError:
-                if param.default is gin.REQUIRED:
-                    raise ValueError(f"{entry}.{name} is REQUIRED but not bound")
-                continue
-            _evaluate(value)
+            missing = object()  # constructs what is bound (validating it); only an unbound REQUIRED is an error
+            if configs.bound(f"{entry}.{name}", missing) is missing and param.default is gin.REQUIRED:
+                raise ValueError(f"{entry}.{name} is REQUIRED but not bound")
     finally:
         gin.clear_config()
 

@@ -223,7 +223,8 @@ class Sampler:
             cpu = self.mesh.devices.flat[0].platform == "cpu"
             cache_dtype = "float32" if cpu else cfg.dtype
         self.cache_dtype = cache_dtype
-        self._place, self._prefill, self._decode, self._assemble = _compiled(cfg, self.mesh, rules, cache_dtype)
+        (self._place, self._prefill, self._decode, self._assemble,
+         self._inputs) = _compiled(cfg, self.mesh, rules, cache_dtype)
         self.batch_shards = sharding.batch_shards(self.mesh, rules)
         self._shapes = _shapes(params)
         self.params = self._place(params)
@@ -280,9 +281,7 @@ class Sampler:
         row_streams = per_row(streams) * g + np.tile(np.arange(g, dtype=np.int32), rows)
 
         # Global arrays from the host values every process holds alike (each places its own shards).
-        rows_in = NamedSharding(self.mesh, sharding.logical_to_spec(("batch",), self.rules))
-        rows2_in = NamedSharding(self.mesh, sharding.logical_to_spec(("batch", "length"), self.rules))
-        one = sharding.replicated(self.mesh)
+        rows_in, rows2_in, one = self._inputs
         tokens, segments, positions = (sharding.host_to_global(x, rows2_in) for x in (tokens, segments, positions))
         per_row_in = [sharding.host_to_global(x, rows_in) for x in (per_row(lengths), per_row(budgets), row_streams)]
         scalars = [sharding.host_to_global(x, one) for x in (
@@ -414,7 +413,8 @@ def _check_knobs(cfg, prompts, budgets, temperature, top_k, top_p, pad_id) -> No
 @functools.lru_cache(maxsize=16)
 def _compiled(cfg: ModelConfig, mesh: Mesh, rules: sharding.Rules, cache_dtype: str):
     """The jitted placement, prefill, decode and rollout assembly for one (config, mesh, rules, cache dtype),
-    with explicit shardings; weights are arguments, so new weights reuse every compile."""
+    with explicit shardings, and the shardings of the host inputs (rows, rows x length, scalars); weights are
+    arguments, so new weights reuse every compile."""
     params = _split_shardings(models.param_shardings(cfg, mesh, rules), cfg.num_layers)
     rows = NamedSharding(mesh, sharding.logical_to_spec(("batch",), rules))
     rows2 = NamedSharding(mesh, sharding.logical_to_spec(("batch", "length"), rules))
@@ -433,7 +433,7 @@ def _compiled(cfg: ModelConfig, mesh: Mesh, rules: sharding.Rules, cache_dtype: 
         out_shardings=(rows2, rows2, rows, rows),
     )
     assemble = jax.jit(_assemble, static_argnums=(7, 8, 9))
-    return place, prefill, decode, assemble
+    return place, prefill, decode, assemble, (rows, rows2, scalar)
 
 
 def sample(

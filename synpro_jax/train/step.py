@@ -218,6 +218,11 @@ class TrainStep:
         check_batch(batch)
         return {k: jax.device_put(np.asarray(v), self.batch_sharding) for k, v in batch.items()}
 
+    def lower(self, state: Any, batch: Any):
+        """The step lowered for (abstract) inputs, for ahead-of-time compilation (``synpro compile``)."""
+        with jax.set_mesh(self.mesh):
+            return self._step.lower(state, batch)
+
     def __call__(self, state: TrainState, batch: Batch) -> tuple[TrainState, dict]:
         with jax.set_mesh(self.mesh):
             return self._step(state, batch)
