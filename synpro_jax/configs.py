@@ -145,8 +145,9 @@ def pretrain(model: ModelConfig = gin.REQUIRED, mesh: MeshConfig = MeshConfig(),
 def probe(model: ModelConfig = gin.REQUIRED, mesh: MeshConfig = MeshConfig(), checkpoint: str = gin.REQUIRED,
           vocabulary: str = gin.REQUIRED, reference=gin.REQUIRED, corpus=gin.REQUIRED, out_dir: str = gin.REQUIRED,
           settings=None, text_field: str = "text", max_len: int = 2048, batch_size: int = 32,
-          max_reference_examples: int | None = None) -> dict:
-    """The influence probe: fine-tune theta' on the reference task, then score every corpus document."""
+          max_reference_examples: int | None = None, chunk_docs: int = 512) -> dict:
+    """The influence probe: fine-tune theta' on the reference task, then score every corpus document (saved in
+    parts of ``chunk_docs`` documents: what a killed job keeps)."""
     from synpro_jax import sharding
     from synpro_jax.influence.probe import ProbeConfig
     from synpro_jax.influence.run import probe_and_score
@@ -156,7 +157,8 @@ def probe(model: ModelConfig = gin.REQUIRED, mesh: MeshConfig = MeshConfig(), ch
     _write_config(out_dir)
     return probe_and_score(model, mesh_obj, checkpoint, vocabulary, _as_tuple(reference), _as_tuple(corpus),
                            out_dir, settings or ProbeConfig(), text_field=text_field, max_len=max_len,
-                           batch_size=batch_size, max_reference_examples=max_reference_examples)
+                           batch_size=batch_size, max_reference_examples=max_reference_examples,
+                           chunk_docs=chunk_docs)
 
 
 @gin.configurable(module="synpro")
@@ -251,6 +253,13 @@ def synthesize(generator: str = gin.REQUIRED, shards=gin.REQUIRED, out_dir: str 
     model, vocab, _, stop_ids = _generator_setup(generator, model, vocabulary, stop_tokens, dtype, "synthesize")
     mesh_obj = sharding.make_mesh(mesh)
     params, step = load_params_and_step(model, mesh_obj, generator)
+    import jax
+
+    if jax.process_count() > 1:  # each host samples its own documents on its own devices (see Synthesizer.run)
+        from synpro_jax import models as models_lib
+
+        mesh_obj = sharding.host_mesh(mesh_obj)
+        params = sharding.onto_host_mesh(params, models_lib.param_shardings(model, mesh_obj))
     synth = Synthesizer(model, params, vocab, settings, mesh=mesh_obj, generator=str(generator),
                         generator_step=step, stop_ids=stop_ids, documents=documents)
     del params  # the sampler holds its own cast, per-layer copy

@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import threading
+import zlib
 
 import jax
 import numpy as np
@@ -93,6 +94,23 @@ def agree(value: str, what: str) -> None:
         differ = [i for i, d in enumerate(digests.tolist()) if d != digests[0]]
         raise ValueError(f"hosts disagree on {what}: process {jax.process_index()} has {value!r}; processes "
                          f"{differ} differ from process 0. Launch every host with the same configuration.")
+
+
+def host_of(key: str, num_processes: int | None = None) -> int:
+    """The process that handles a document in bulk jobs (synthesis, corpus scoring): a stable hash of its id, so
+    the split depends neither on reading order nor on batch sizes, and every copy of a repeated id lands on one
+    host."""
+    n = jax.process_count() if num_processes is None else num_processes
+    return zlib.crc32(str(key).encode("utf-8")) % n
+
+
+def barrier(name: str) -> None:
+    """Every process waits here for the others (a no-op on one process): e.g. all have listed what earlier runs
+    left before any writes more."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
 
 
 def _sync_manager_ready() -> bool:

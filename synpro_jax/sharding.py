@@ -95,6 +95,22 @@ def make_mesh(config: MeshConfig | Sequence[int] = MeshConfig(), devices: Sequen
     return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES), devices=devices)
 
 
+def host_mesh(like: Mesh) -> Mesh:
+    """This host's own devices as a mesh of ``like``'s axes (its tensor and fsdp sizes where they fit, the rest
+    on data). Bulk inference (synthesis, corpus scoring) runs one replica per host on the host's share of the
+    documents: no collective ties the hosts together, so a lost host loses only its own part."""
+    local = jax.local_devices()
+    tensor = like.shape["tensor"] if len(local) % like.shape["tensor"] == 0 else 1
+    fsdp = like.shape["fsdp"] if len(local) % (like.shape["fsdp"] * tensor) == 0 else 1
+    return make_mesh(MeshConfig(data=-1, fsdp=fsdp, tensor=tensor), local)
+
+
+def onto_host_mesh(tree: Any, shardings: Any) -> Any:
+    """Copies of (possibly global) arrays on this host's devices, laid out as ``shardings`` (every process must
+    call this: global arrays are gathered first)."""
+    return jax.device_put(jax.tree.map(to_host, tree), shardings)
+
+
 def single_device_mesh(device: Any | None = None) -> Mesh:
     """A (1, 1, 1) mesh: the same code path as a pod, on one device."""
     return make_mesh(MeshConfig(1, 1, 1), devices=[device or jax.devices()[0]])

@@ -121,3 +121,51 @@ def test_sources_glob_and_read_a_bucket(root):
     assert docs == [f"doc {i}.{j}" for i in range(2) for j in range(3)]
     with pytest.raises(FileNotFoundError, match="no file matches"):
         expand_paths(os.fspath(root / "shards" / "*.parquet"))
+
+
+@pytest.fixture(scope="module")
+def synthesis_workspace(tmp_path_factory):
+    from bulk_job import make_workspace
+
+    return make_workspace(tmp_path_factory.mktemp("synthesis") / "ws")
+
+
+def test_synthesis_on_a_bucket_resumes_a_killed_shard(root, synthesis_workspace):
+    """A bucket cannot append: the shard in progress is one object per batch, and a resumed job continues it."""
+    from bulk_job import DOCUMENTS
+
+    from synpro_jax.data.vocab import load_vocabulary
+    from synpro_jax.generation.synthesize import SynthesisConfig, Synthesizer
+    from synpro_jax.models import hf
+
+    ws = synthesis_workspace
+    cfg, params = hf.load(ws / "model")
+    settings = SynthesisConfig(operation="rephrase", max_prompt_tokens=720, max_new_tokens=4, batch_size=4,
+                               keep_unparsed=True)
+
+    def job(batches: int | None = None) -> Synthesizer:
+        synth = Synthesizer(cfg, params, load_vocabulary(str(ws / "sp.model")), settings, generator="gen")
+        generate, made = synth._generate, [0]
+
+        def generate_until_killed(batch):
+            made[0] += 1
+            if batches is not None and made[0] > batches:
+                raise KeyboardInterrupt  # the job stops here, mid-shard
+            return generate(batch)
+
+        synth._generate = generate_until_killed
+        return synth
+
+    out = root / "synthesis"
+    with pytest.raises(KeyboardInterrupt):
+        job(batches=2).run([str(ws / "organic.jsonl")], out, progress=False)
+    partial = out / "organic.jsonl.partial"
+    if atomic.is_remote(out):
+        assert sorted(p.name for p in partial.iterdir()) == ["000000000.jsonl", "000000001.jsonl"]
+    else:
+        assert len(partial.read_text().splitlines()) == 8
+    manifest = job().run([str(ws / "organic.jsonl")], out, progress=False)
+    assert manifest["shards"][0]["resumed"] == 8 and not partial.exists()
+    ids = [json.loads(line)["source_id"] for line in (out / "organic.jsonl").read_text().splitlines()]
+    assert sorted(ids) == sorted(f"organic.jsonl:{i}" for i in range(1, DOCUMENTS + 1))
+    assert json.loads((out / "synthesis.json").read_text())["shards"][0]["shard"] == "organic.jsonl"

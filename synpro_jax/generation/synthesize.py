@@ -3,10 +3,16 @@
 Layout of ``out_dir``::
 
     <shard>.jsonl            finished shards (one per input file), never appended to
-    <shard>.jsonl.partial    the shard in progress: whole batches of records, appended and fsynced
+    <shard>.jsonl.partial    the shard in progress: whole batches of records, appended and fsynced (on gs://,
+                             which cannot append, a folder of one object per batch)
     <shard>.jsonl.meta.json  what made the shard: operation, generator (path, step), seed, sampling knobs,
                              prompt version, vocabulary; written before the shard's first record
     synthesis.json           the manifest: settings, generator, per-shard counts, rate, the DataConfig spec
+
+On N > 1 processes (a pod slice) each host generates, on its own devices, the documents that
+:func:`synpro_jax.distributed.host_of` gives it (a hash of the source id), into its own part
+``<shard>.host-I-of-N.jsonl`` (with its own ``.partial`` and sidecar), and ``synthesis.host-I-of-N.json``;
+process 0 writes the manifest once every host is done. A killed host loses only its unfinished batch.
 
 Resuming: a finished shard is skipped; a partial one is cut back to its last complete line and continued with
 the documents it does not hold yet, then renamed into place. So after any kill every source id ends up in
@@ -27,11 +33,14 @@ task.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import logging
 import os
+import re
+import shutil
 import time
 import zlib
 from typing import Any, Collection, Iterator, Sequence
@@ -42,7 +51,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from synpro_jax import atomic
+from synpro_jax import atomic, distributed, sharding
 from synpro_jax.checks import positive_ints
 from synpro_jax.generation import prompts as prompts_lib
 from synpro_jax.generation.sampler import Sampler
@@ -103,6 +112,119 @@ def shard_name(path: Path) -> str:
     return name
 
 
+_HOST_PART = re.compile(r"^(?P<name>.+)\.host-(?P<index>\d+)-of-(?P<count>\d+)\.jsonl$")
+
+
+def part_name(name: str, index: int = 0, count: int = 1) -> str:
+    """The output file of shard ``name`` written by process ``index`` of ``count``: ``name.jsonl`` for one
+    process, ``name.host-I-of-N.jsonl`` for several (each host writes the documents :func:`distributed.host_of`
+    gives it)."""
+    return f"{name}.jsonl" if count == 1 else f"{name}.host-{index}-of-{count}.jsonl"
+
+
+def _layouts(out: Path) -> dict[str, dict[int, dict[int, str]]]:
+    """What earlier runs left in ``out``: shard name -> process count -> part index -> "finished" or "partial"."""
+    found: dict[str, dict[int, dict[int, str]]] = {}
+    for entry in out.iterdir() if out.is_dir() else []:
+        file = entry.name
+        state = "partial" if file.endswith(".partial") else "finished"
+        file = file.removesuffix(".partial")
+        m = _HOST_PART.match(file)
+        if m:
+            name, index, count = m["name"], int(m["index"]), int(m["count"])
+        elif file.endswith(".jsonl"):
+            name, index, count = file.removesuffix(".jsonl"), 0, 1
+        else:
+            continue
+        parts = found.setdefault(name, {}).setdefault(count, {})
+        if parts.get(index) != "finished":
+            parts[index] = state
+    return found
+
+
+def _finished_elsewhere(out: Path, name: str, layouts: dict[int, dict[int, str]], count: int) -> int | None:
+    """The process count that finished shard ``name`` already with another split than this job's (then the
+    shard is skipped), None if none did. Parts left unfinished by another process count cannot be resumed here:
+    refused, naming them."""
+    others = {m: parts for m, parts in layouts.items() if m != count}
+    if not others:
+        return None
+    if len(layouts) == 1:
+        (m, parts), = others.items()
+        if sorted(parts) == list(range(m)) and all(v == "finished" for v in parts.values()):
+            return m
+    files = sorted(part_name(name, i, m) + ("" if state == "finished" else ".partial")
+                   for m, parts in layouts.items() for i, state in parts.items())
+    raise ValueError(
+        f"synthesis shard {name} in {out} was started by {sorted(others)} process(es) and is not finished "
+        f"({', '.join(files)}), but this job runs {count}: each process resumes only its own part. Rerun with "
+        f"{'/'.join(map(str, sorted(others)))} process(es), or delete those files to synthesize the shard again.")
+
+
+class _Partial:
+    """The records of a shard in progress, in whole batches. A local file is appended to and fsynced; object
+    stores (gs://) cannot append, so there each batch is one more object under ``<part>.jsonl.partial/``."""
+
+    def __init__(self, final: Path):
+        self.final, self.path = final, final.with_name(final.name + ".partial")
+        self.remote = atomic.is_remote(final)
+        self._next = 0
+
+    def exists(self) -> bool:
+        return self.path.exists()
+
+    def _chunks(self) -> list[Path]:
+        return sorted(self.path.glob("*.jsonl")) if self.path.is_dir() else []
+
+    def read(self, expect: dict) -> list[str]:
+        """The complete records so far (a local file is cut back to them before appending)."""
+        if not self.remote:
+            kept = _read_partial(self.path, expect)
+            atomic.write_text(self.path, "".join(kept))
+            return kept
+        chunks = self._chunks()
+        self._next = 1 + max(int(c.stem) for c in chunks) if chunks else 0
+        return [line for c in chunks for line in _read_partial(c, expect)]
+
+    @contextlib.contextmanager
+    def appender(self):
+        if self.remote:
+            def append(text: str) -> None:
+                atomic.write_text(self.path / f"{self._next:09d}.jsonl", text)
+                self._next += 1
+
+            yield append
+            return
+        with self.path.open("a", encoding="utf-8") as fh:
+            def append(text: str) -> None:
+                fh.write(text)
+                fh.flush()
+                os.fsync(fh.fileno())
+
+            yield append
+
+    def finish(self) -> None:
+        """The partial becomes the finished part in one step."""
+        if not self.remote:
+            os.replace(self.path, self.final)
+            return
+        chunks = self._chunks()
+
+        def concatenate(tmp: str) -> None:
+            with open(tmp, "wb") as fh:
+                for c in chunks:
+                    fh.write(c.read_bytes())
+
+        atomic.write_file(self.final, concatenate, suffix=".jsonl")
+        self.remove()
+
+    def remove(self) -> None:
+        if self.path.is_dir():
+            self.path.rmtree(missing_ok=True)
+        else:
+            self.path.unlink(missing_ok=True)
+
+
 def meta_path(final: Path) -> Path:
     """The sidecar that says what made ``final`` and its ``.partial``."""
     return final.with_name(final.name + META_SUFFIX)
@@ -111,13 +233,11 @@ def meta_path(final: Path) -> Path:
 def weights_identity(params: Any, head: int = 4096) -> str:
     """sha256 over the first ``head`` values of every weight tensor, as exact bytes (no sums whose order could
     drift between meshes): tells apart two exports to one path, e.g. a GRPO generator re-saved each round."""
-    from jax.experimental import multihost_utils
-
     leaves = jax.tree.leaves(params)
     heads = jax.jit(lambda ls: [x.reshape(-1)[:head].astype(jnp.float32) for x in ls])(leaves)
     digest = hashlib.sha256()
-    for x in heads:
-        digest.update(np.asarray(multihost_utils.process_allgather(x, tiled=True)).tobytes())
+    for x in heads:  # a host's own copy is read as is; a global array is gathered
+        digest.update(sharding.to_host(x).tobytes())
     return digest.hexdigest()
 
 
@@ -293,9 +413,12 @@ class Synthesizer:
                 f"synthesis out_dir {out} holds shards made with other settings than this job's; resuming would mix "
                 "them:\n" + "\n".join(lines) + "\nUse another out_dir, or set synpro.SynthesisConfig.overwrite = "
                 "True (--gin.synpro.SynthesisConfig.overwrite=True) to delete and remake these shards.")
+        if jax.process_index() != 0:  # process 0 deletes; run() waits for it before any host writes
+            return
         for final in conflicts:
             log.warning("overwrite: deleting %s (made with other settings) to remake it", final)
-            for path in (final, final.with_name(final.name + ".partial"), meta_path(final)):
+            _Partial(final).remove()
+            for path in (final, meta_path(final)):
                 path.unlink(missing_ok=True)
 
     # --- one document ----------------------------------------------------------------------------------------
@@ -339,12 +462,15 @@ class Synthesizer:
         s = self.settings
         return sources.open_source(str(path), text_field=s.text_field, id_field=s.id_field)
 
-    def run_shard(self, path: Path, out_dir: Path, progress=None) -> dict:
-        """Synthesize one input file into out_dir/<shard>.jsonl, resuming its partial file if there is one."""
-        final = out_dir / f"{shard_name(path)}.jsonl"
-        partial = final.with_name(final.name + ".partial")
+    def run_shard(self, path: Path, out_dir: Path, progress=None, index: int = 0, count: int = 1) -> dict:
+        """Synthesize this process's part of one input file (every document when ``count`` is 1) into
+        out_dir/<part>.jsonl, resuming its partial records if there are some."""
+        final = out_dir / part_name(shard_name(path), index, count)
+        partial = _Partial(final)
         self._claim(out_dir, [final])
         if final.exists():
+            if partial.exists():  # killed while the remote chunks behind this part were being removed
+                partial.remove()
             if progress is not None:
                 progress(_count_lines(path), 0)
             return {"shard": final.name, "skipped": "finished earlier"}
@@ -353,24 +479,20 @@ class Synthesizer:
                 {"shard": final.name, "source": str(path), "fingerprint": self.fingerprint()}, indent=2) + "\n")
         s = self.settings
         expect = {"operation": s.operation, "round": s.round, "generator_step": self.generator_step}
-        kept = _read_partial(partial, expect) if partial.exists() else []
-        if partial.exists():  # cut back to whole lines before appending
-            _write_atomic(partial, "".join(kept))
+        kept = partial.read(expect) if partial.exists() else []
         done = {json.loads(line)["source_id"] for line in kept}
         if progress is not None and done:
             progress(len(done), 0)
         counts = {k: 0 for k in STATUSES} | {"resumed": len(done), "duplicate_ids": 0, "completion_tokens": 0,
-                                             "source_cut": 0, "not_selected": 0}
+                                             "source_cut": 0, "not_selected": 0, "other_hosts": 0}
         source = self._documents(path)
         seen = set(done)
         batch: list[tuple[str, int, Prompt]] = []
-        with partial.open("a", encoding="utf-8") as fh:
+        with partial.appender() as append:
             def flush(records: list[dict]) -> None:
                 if not records:
                     return
-                fh.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
-                fh.flush()
-                os.fsync(fh.fileno())
+                append("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
                 for r in records:
                     counts[r["status"]] += 1
                     counts["completion_tokens"] += r["completion_tokens"]
@@ -379,6 +501,11 @@ class Synthesizer:
                     progress(len(records), sum(r["completion_tokens"] for r in records))
 
             for doc in source:
+                if count > 1 and distributed.host_of(doc.id, count) != index:
+                    counts["other_hosts"] += 1
+                    if progress is not None:
+                        progress(1, 0)
+                    continue
                 if doc.id in seen:
                     if doc.id not in done:
                         counts["duplicate_ids"] += 1
@@ -400,16 +527,21 @@ class Synthesizer:
                     flush(self._generate(batch))
                     batch = []
             flush(self._generate(batch) if batch else [])
-        os.replace(partial, final)
+        partial.finish()
         counts["read"] = source.report.summary()
         return {"shard": final.name, **counts}
 
     def run(self, shards: Sequence[str], out_dir: str | Path, progress: bool = True) -> dict:
-        """Synthesize every input file; returns (and writes) the manifest."""
+        """Synthesize every input file; returns (and writes) the manifest.
+
+        On several processes each host writes its own part of every shard (the documents
+        :func:`distributed.host_of` gives it), on its own devices; the job's files hold every document once
+        whichever hosts were killed, and a rerun with the same process count resumes each part."""
         from synpro_jax.data.sources import expand_paths
 
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
+        index, count = jax.process_index(), jax.process_count()
         files = expand_paths(list(shards), "synthesis shards")
         names: dict[str, Path] = {}
         for f in files:
@@ -418,7 +550,11 @@ class Synthesizer:
                 raise ValueError(f"synthesis shards {other} and {f} would both write {shard_name(f)}.jsonl; "
                                  "rename one or synthesize them into different out_dirs")
         # Every shard in out_dir is checked before any work: the DataConfig glob reads them all together.
-        self._claim(out, [out / f"{name}.jsonl" for name in names], every=True)
+        self._claim(out, [], every=True)
+        distributed.barrier(f"synthesis claimed {out}")  # what overwrite deletes is gone before anyone looks
+        layouts = _layouts(out)
+        elsewhere = {name: _finished_elsewhere(out, name, layouts.get(name, {}), count) for name in names}
+        distributed.barrier(f"synthesis listed {out}")  # no host writes before all have looked
         bar = _progress_bar(files, progress)
         start, tokens = time.perf_counter(), [0]
 
@@ -431,22 +567,37 @@ class Synthesizer:
         results = []
         try:
             for f in files:
-                results.append(self.run_shard(f, out, advance))
+                if elsewhere[shard_name(f)] is not None:
+                    advance(_count_lines(f), 0)
+                    results.append({"shard": shard_name(f), "skipped":
+                                    f"finished earlier by {elsewhere[shard_name(f)]} process(es)"})
+                else:
+                    results.append(self.run_shard(f, out, advance, index, count))
                 log.info("synthesis %s", results[-1])
         finally:
             if bar is not None:
                 bar.close()
         elapsed = time.perf_counter() - start
+        if count > 1:  # each host's own account; process 0 adds them up once every host is done
+            _write_atomic(out / f"synthesis.host-{index}-of-{count}.json",
+                          json.dumps({"shards": results, "completion_tokens": tokens[0], "seconds": elapsed}) + "\n")
+            distributed.barrier(f"synthesis done {out}")
+            hosts = [json.loads((out / f"synthesis.host-{i}-of-{count}.json").read_text()) for i in range(count)]
+            results = [{**r, "host": i} for i, h in enumerate(hosts) for r in h["shards"]]
+            tokens[0] = sum(h["completion_tokens"] for h in hosts)
+            elapsed = max(h["seconds"] for h in hosts)
         s = self.settings
         manifest = {
             "operation": s.operation, "round": s.round, "generator": self.generator,
             "generator_step": self.generator_step, "settings": dataclasses.asdict(s),
             "prompt_version": prompts_lib.PROMPT_VERSION, "fingerprint": self.fingerprint(),
-            "shards": results, "completion_tokens": tokens[0], "seconds": round(elapsed, 3),
+            "processes": count, "shards": results, "completion_tokens": tokens[0], "seconds": round(elapsed, 3),
             "tokens_per_second": tokens[0] / elapsed if elapsed > 0 else 0.0,
             "data_config_synthetic": synthetic_spec(s.operation, s.round, out),
         }
-        _write_atomic(out / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+        if index == 0:
+            _write_atomic(out / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+        distributed.barrier(f"synthesis manifest {out}")
         return manifest
 
 

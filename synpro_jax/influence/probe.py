@@ -24,11 +24,10 @@ from typing import Any, Callable, Sequence
 from etils.epath import Path
 import jax
 import numpy as np
-from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
-from synpro_jax import atomic, models, sharding
+from synpro_jax import atomic, distributed, models, sharding
 from synpro_jax.checks import positive_ints
 from synpro_jax.influence.kernel import compiled_loss_pair
 from synpro_jax.models import ModelConfig
@@ -223,25 +222,33 @@ def score_corpus(probe: Probe, docs: Sequence[np.ndarray], doc_ids: Sequence[str
     job scores only the ids no part holds, so changing ``chunk_docs`` or ``batch_size`` between runs is safe.
     ``fingerprint`` names what the scores depend on (theta's step, the probe config, the vocabulary, the corpus
     files...; ``max_len`` is added here): a directory made under another fingerprint is refused, naming the field.
-    The merged output is checked to hold exactly one score per id. Only process 0 writes.
+    The merged output is checked to hold exactly one score per id.
+
+    On several processes each host scores, on its own devices (``probe`` must sit on a
+    :func:`synpro_jax.sharding.host_mesh`), the documents :func:`synpro_jax.distributed.host_of` gives it, and
+    writes its own parts; process 0 merges them once every host is done. A killed host loses only its unfinished
+    chunk, and a rerun (with any process count) scores only what no part holds.
     """
     if len(docs) != len(doc_ids):
         raise ValueError(f"score_corpus: {len(docs)} documents but {len(doc_ids)} ids")
     if batch_size < 1 or chunk_docs < 1:
         raise ValueError(f"score_corpus batch_size={batch_size}, chunk_docs={chunk_docs}: must be >= 1")
+    index, count = jax.process_index(), jax.process_count()
+    if count > 1 and not all(d.process_index == index for d in probe.mesh.devices.flat):
+        raise ValueError("score_corpus on several processes scores each host's documents on its own devices: "
+                         "build the Probe on sharding.host_mesh(mesh)")
     keys = unique_keys(doc_ids)
     fp = {**(fingerprint or {}), "max_len": probe.max_len,
           "documents": {"count": len(docs), "ids_sha1": _ids_digest(keys)}}
     out_dir = Path(out_dir)
     final, parts, manifest_path = out_dir / "influence.npz", out_dir / "parts", out_dir / "manifest.json"
-    writer = jax.process_index() == 0
     if manifest_path.exists():
         recorded = json.loads(manifest_path.read_text()).get("fingerprint")
         if not isinstance(recorded, dict):
             raise ValueError(f"{manifest_path} records no fingerprint (written by an older synpro), so these "
                              "scores cannot be checked against this job; score into a new directory")
         check_fingerprint(recorded, fp, str(out_dir))
-    elif writer:
+    elif index == 0:
         parts.mkdir(parents=True, exist_ok=True)
         _atomic_json(manifest_path, {"fingerprint": fp})
     if final.exists():
@@ -257,24 +264,22 @@ def score_corpus(probe: Probe, docs: Sequence[np.ndarray], doc_ids: Sequence[str
     stray = set(done) - set(keys)
     if stray:
         raise ValueError(f"{parts} holds scores of {len(stray)} ids not in this corpus (e.g. {sorted(stray)[0]!r})")
-    if jax.process_count() > 1:  # every host must agree on what is left before process 0 writes more
-        multihost_utils.sync_global_devices(f"score_corpus listed {out_dir}")
-    todo = [i for i, k in enumerate(keys) if k not in done]
-    bar = tqdm(total=len(docs), initial=len(docs) - len(todo), desc="influence", unit="doc",
-               disable=not progress or not writer)
+    distributed.barrier(f"score_corpus listed {out_dir}")  # every host has seen what is done before any writes
+    mine = [i for i, k in enumerate(keys) if count == 1 or distributed.host_of(k, count) == index]
+    todo = [i for i in mine if keys[i] not in done]
+    parts.mkdir(parents=True, exist_ok=True)
+    bar = tqdm(total=len(mine), initial=len(mine) - len(todo), desc="influence", unit="doc", disable=not progress)
     for c in range(0, len(todo), chunk_docs):
         idx = todo[c:c + chunk_docs]
         scores = probe.score_docs([docs[i] for i in idx], batch_size, pad_id)
-        if writer:
-            path = parts / f"part-{idx[0]:09d}-{idx[-1]:09d}.npz"
-            if path.exists():
-                raise ValueError(f"{path} exists but its documents were not scored; delete it and rerun")
-            _atomic_savez(path, ids=np.array([keys[i] for i in idx], dtype=str), **scores)
+        path = parts / f"part-{idx[0]:09d}-{idx[-1]:09d}.npz"  # first ids differ: no two hosts pick one name
+        if path.exists():
+            raise ValueError(f"{path} exists but its documents were not scored; delete it and rerun")
+        _atomic_savez(path, ids=np.array([keys[i] for i in idx], dtype=str), **scores)
         bar.update(len(idx))
     bar.close()
-    if jax.process_count() > 1:
-        multihost_utils.sync_global_devices(f"score_corpus scored {out_dir}")
-    if writer:
+    distributed.barrier(f"score_corpus scored {out_dir}")
+    if index == 0:
         by_id: dict[str, tuple[float, float, float]] = {}
         for path in sorted(parts.glob("part-*.npz")):
             part = _load_part(path)
@@ -290,8 +295,7 @@ def score_corpus(probe: Probe, docs: Sequence[np.ndarray], doc_ids: Sequence[str
         _atomic_savez(final, ids=np.array(keys, dtype=str),
                       **{s: merged[:, j] for j, s in enumerate(SCORE_KEYS)})
         _verify_final(final, keys)
-    if jax.process_count() > 1:
-        multihost_utils.sync_global_devices(f"score_corpus merged {out_dir}")
+    distributed.barrier(f"score_corpus merged {out_dir}")
     return final
 
 

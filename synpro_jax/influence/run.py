@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from synpro_jax import atomic, sharding
+from synpro_jax import atomic, models, sharding
 from synpro_jax.influence.probe import first_difference
 from synpro_jax.models import ModelConfig
 from synpro_jax.train import params_io
@@ -164,7 +164,8 @@ def _save_finetuned(cfg: ModelConfig, tuned: Any, path: Path, provenance: dict) 
 
 def probe_and_score(cfg: ModelConfig, mesh: Mesh, checkpoint: str, vocabulary: str, reference: Sequence[str],
                     corpus: Sequence[str], out_dir: str, probe_cfg, *, text_field: str = "text", max_len: int = 2048,
-                    batch_size: int = 32, max_reference_examples: int | None = None, progress: bool = True) -> dict:
+                    batch_size: int = 32, max_reference_examples: int | None = None, chunk_docs: int = 512,
+                    progress: bool = True) -> dict:
     """Fine-tune theta' (saved as an HF directory in out_dir/finetuned, reused if it comes from this theta and
     probe config) and score every document of ``corpus`` into out_dir/scores/influence.npz."""
     from synpro_jax.data.corpus import build_corpus
@@ -204,13 +205,19 @@ def probe_and_score(cfg: ModelConfig, mesh: Mesh, checkpoint: str, vocabulary: s
                                        vocab, cache_dir=out / "cache", name="probe_corpus", progress=progress)
     if report is not None:
         print(f"corpus: {report.summary()}")
-    probe = Probe(cfg, mesh, theta.params, tuned, max_len=max_len)
+    if jax.process_count() > 1:  # each host scores its own documents on its own devices (see score_corpus)
+        mesh = sharding.host_mesh(mesh)
+        on_host = models.param_shardings(cfg, mesh)
+        theta_params, tuned = sharding.onto_host_mesh(theta.params, on_host), sharding.onto_host_mesh(tuned, on_host)
+    else:
+        theta_params = theta.params
+    probe = Probe(cfg, mesh, theta_params, tuned, max_len=max_len)
     docs = [docs_corpus.doc(i) for i in range(docs_corpus.num_docs)]
     fingerprint = {"theta_source": theta.source, "theta_step": theta.step, "probe": probe_fp,
                    "vocabulary": probe_fp["vocabulary"], "corpus": files_fingerprint(corpus),
                    "text_field": text_field}
     path = score_corpus(probe, docs, docs_corpus.doc_ids, out / "scores", fingerprint=fingerprint,
-                        batch_size=batch_size, progress=progress)
+                        batch_size=batch_size, chunk_docs=chunk_docs, progress=progress)
     with atomic.load_npz(path) as z:
         infl = z["influence"]
         summary = {"scores": str(path), "documents": int(len(infl)), "theta_step": theta.step,

@@ -417,3 +417,23 @@ def test_a_document_selection_synthesizes_only_those_ids_and_is_part_of_the_fing
         selecting(chosen[:2]).run([str(shards[0])], out, progress=False)
     with pytest.raises(ValueError, match="documents: was"):
         make(generator).run([str(shards[0])], out, progress=False)
+
+
+def test_parts_of_another_process_count_are_skipped_when_finished_and_refused_when_not(tmp_path):
+    from etils import epath
+
+    out = epath.Path(tmp_path)
+    (out / "a.jsonl").write_text("{}\n")  # finished by one process
+    (out / "b.host-0-of-2.jsonl").write_text("{}\n")  # started by two: host 1 still partial
+    (out / "b.host-1-of-2.jsonl.partial").write_text("{}\n")
+    (out / "c.host-0-of-2.jsonl").write_text("{}\n")
+    (out / "c.host-1-of-2.jsonl").write_text("{}\n")
+    layouts = synthesize._layouts(out)
+    assert layouts["b"] == {2: {0: "finished", 1: "partial"}}
+    assert synthesize._finished_elsewhere(out, "a", layouts["a"], 2) == 1
+    assert synthesize._finished_elsewhere(out, "c", layouts["c"], 1) == 2
+    assert synthesize._finished_elsewhere(out, "c", layouts["c"], 2) is None  # this job's own layout
+    with pytest.raises(ValueError, match=r"shard b .* started by \[2\] process\(es\) and is not finished "
+                                         r"\(b.host-0-of-2.jsonl, b.host-1-of-2.jsonl.partial\), but this job runs 1"):
+        synthesize._finished_elsewhere(out, "b", layouts["b"], 1)
+    assert synthesize.part_name("b", 1, 2) == "b.host-1-of-2.jsonl" and synthesize.part_name("b") == "b.jsonl"
