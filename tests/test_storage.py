@@ -169,3 +169,20 @@ def test_synthesis_on_a_bucket_resumes_a_killed_shard(root, synthesis_workspace)
     ids = [json.loads(line)["source_id"] for line in (out / "organic.jsonl").read_text().splitlines()]
     assert sorted(ids) == sorted(f"organic.jsonl:{i}" for i in range(1, DOCUMENTS + 1))
     assert json.loads((out / "synthesis.json").read_text())["shards"][0]["shard"] == "organic.jsonl"
+
+
+def test_tensorboard_events_reach_a_bucket_and_the_loop_board_starts_afresh(root):
+    from synpro_jax.loop.runner import _Board
+    from synpro_jax.train.metrics import TensorBoard
+
+    board = TensorBoard(root / "tensorboard" / "synpro")
+    board.add_scalar("pretrain/loss", 2.5, 1)
+    board.flush()  # the event file is there before the writer closes (a long stage)
+    events = list((root / "tensorboard" / "synpro").glob("events.out.tfevents.*"))
+    assert len(events) == 1
+    board.close()
+    assert b"pretrain/loss" in events[0].read_bytes()
+    loop_board = _Board(root, ["synpro"], enabled=True)  # a resumed loop rebuilds its runs' boards whole
+    loop_board.close()
+    rebuilt = list((root / "tensorboard" / "synpro").iterdir())
+    assert len(rebuilt) == 1 and b"pretrain/loss" not in rebuilt[0].read_bytes()

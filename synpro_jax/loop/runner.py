@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import shutil
 import time
 
 from etils.epath import Path
@@ -70,13 +69,13 @@ class _Board:
         self.enabled, self.writers, self.offset = enabled, {}, {r: 0 for r in runs}
         if not enabled:
             return
-        from tensorboardX import SummaryWriter
+        from synpro_jax.train.metrics import TensorBoard
 
         for run in runs:
             directory = root / "tensorboard" / run
             if directory.exists():
-                shutil.rmtree(directory)
-            self.writers[run] = SummaryWriter(str(directory))
+                directory.rmtree()
+            self.writers[run] = TensorBoard(directory)
 
     def stage(self, runs: list[str], exp: stages.Experiment, plan: StagePlan, outputs: dict) -> None:
         if not self.enabled:

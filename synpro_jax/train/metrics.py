@@ -90,6 +90,36 @@ def read_records(path: epath.PathLike) -> list[dict]:
     return records
 
 
+class TensorBoard:
+    """A tensorboardX writer for ``directory``, local or on an object store. An object store cannot append, so
+    there the events go to a local staging folder and each file is uploaded whole on :meth:`flush`."""
+
+    def __init__(self, directory: epath.PathLike, purge_step: int | None = None):
+        from tensorboardX import SummaryWriter
+
+        self.directory = epath.Path(directory)
+        self.remote = atomic.is_remote(self.directory)
+        self._staging = tempfile.mkdtemp(prefix="synpro_tensorboard_") if self.remote else None
+        self._writer = SummaryWriter(self._staging or os.fspath(self.directory), purge_step=purge_step)
+
+    def add_scalar(self, tag: str, value: float, step: int) -> None:
+        self._writer.add_scalar(tag, value, step)
+
+    def flush(self) -> None:
+        self._writer.flush()
+        if self.remote:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            for name in os.listdir(self._staging):
+                with open(os.path.join(self._staging, name), "rb") as f:
+                    atomic.write_bytes(self.directory / name, f.read())
+
+    def close(self) -> None:
+        self._writer.close()
+        self.flush()
+        if self._staging:
+            shutil.rmtree(self._staging, ignore_errors=True)
+
+
 class MetricsLog:
     """metrics.jsonl plus TensorBoard, written by process 0 only. On a resume from step s, records after s (which
     are about to be redone) are dropped from the JSONL and purged from TensorBoard.
@@ -121,12 +151,8 @@ class MetricsLog:
             log.warning("removed %d TensorBoard event file(s) in %s left by an attempt that stopped before its first "
                         "checkpoint; training starts again at step 0", len(stale), self._tb_dir)
         self._fh = None if self.remote else self.path.open("a", encoding="utf-8")
-        self._staging = tempfile.mkdtemp(prefix="synpro_tensorboard_") if self.remote else None
-        from tensorboardX import SummaryWriter
-
         # After a checkpoint at step s, the purge event makes TensorBoard drop the older files' steps > s.
-        self._tb = SummaryWriter(self._staging or os.fspath(self._tb_dir),
-                                 purge_step=resume_step + 1 if resume_step else None)
+        self._tb = TensorBoard(self._tb_dir, purge_step=resume_step + 1 if resume_step else None)
 
     def write(self, record: dict) -> None:
         if not self.enabled:
@@ -148,18 +174,12 @@ class MetricsLog:
         self._tb.flush()
         if self.remote:
             atomic.write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.records))
-            self._tb_dir.mkdir(parents=True, exist_ok=True)
-            for name in os.listdir(self._staging):
-                with open(os.path.join(self._staging, name), "rb") as f:
-                    atomic.write_bytes(self._tb_dir / name, f.read())
         self._last_flush = time.monotonic()
 
     def close(self) -> None:
         if self.enabled:
             if self._fh is not None:
                 self._fh.close()
-            self._tb.flush()
             self._tb.close()
-            self.flush()
-            if self._staging:
-                shutil.rmtree(self._staging, ignore_errors=True)
+            if self.remote:
+                atomic.write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.records))
