@@ -245,12 +245,27 @@ def cmd_sweep(args, extra: list[str]) -> int:
         print("error: synpro sweep needs --gin_file=EXPERIMENT and --sweep=SWEEP_FILE "
               "(e.g. --gin_file=gin/experiments/markov_tiny.gin --sweep=gin/sweeps/markov_lr.sweep)", file=sys.stderr)
         return 2
+    tpu_flags = {k: getattr(args, k) for k in ("tpu_prefix", "zone", "accelerator_type", "project", "version", "repo",
+                                               "ref", "scp_from") if getattr(args, k) is not None}
+    provisioning = next((k for k in ("spot", "preemptible", "reserved") if getattr(args, k)), None)
+    if args.launcher != "tpu" and (tpu_flags or provisioning):
+        print(f"error: synpro sweep --{next(iter(tpu_flags), provisioning)}: applies to --launcher=tpu",
+              file=sys.stderr)
+        return 2
     bindings = _gin_bindings(extra)
     if bindings is None:
         return 2
     out = args.out or str(Path("runs") / "sweep" / Path(args.sweep).stem)
     job = sweep.Sweep(args.command, tuple(args.gin_file), args.sweep, out, tuple(bindings),
                       tuple(_search_paths(args)))
+    if args.launcher == "tpu":
+        manifest = job.launch(sweep.TpuLauncher(**tpu_flags, provisioning=provisioning), dry_run=args.dry_run)
+        failed = [p["name"] for p in manifest["points"] if p["status"] == "launch_failed"]
+        if failed:
+            print(f"error: launching sweep point {failed[0]} failed (the gcloud command is above); rerun to retry",
+                  file=sys.stderr)
+            return 1
+        return 0
     manifest = job.run(dry_run=args.dry_run)
     if args.dry_run:
         return 0
@@ -271,12 +286,18 @@ def cmd_compile(args, extra: list[str]) -> int:
         return 2
     from synpro_jax import compile as aot
 
+    hbm = None if args.hbm_gib is None else int(args.hbm_gib * 2**30)
+    topology, fallback = args.topology, ""
     try:
-        reports = aot.compile_experiment(args.topology)
-        fallback = ""
-    except RuntimeError as e:  # libtpu cannot make the topology here: XLA:CPU's analysis of the same program
-        fallback = str(e)
-        reports = aot.compile_experiment("cpu")
+        try:
+            aot.topology_devices(topology)
+        except RuntimeError as e:  # libtpu cannot make the topology here: XLA:CPU's analysis of the same programs
+            topology, fallback = "cpu", str(e)
+        reports = aot.compile_experiment(topology, hbm)
+    except ValueError as e:  # an unknown topology, or shapes the programs cannot take (say, a batch that does
+        # not divide over the mesh)
+        print(f"error: {_one_line(e)}", file=sys.stderr)
+        return 2
     for r in reports:
         if fallback:
             r.target += f" [fallback: {fallback}]"
@@ -286,14 +307,11 @@ def cmd_compile(args, extra: list[str]) -> int:
 
         atomic.write_text(args.json, aot.to_json(reports))
         print(f"wrote {args.json}")
-    too_big = [r for r in reports if r.fits is False]
-    if too_big:
-        print(f"error: {too_big[0].program} needs {too_big[0].total_bytes / 2**30:,.2f} GiB per device but "
-              f"{args.topology} has {too_big[0].hbm_bytes / 2**30:,.0f} GiB: shard more (synpro.MeshConfig), "
-              "remat (synpro.preset.remat), chunk the loss (synpro.preset.loss_chunk) or lower the batch",
-              file=sys.stderr)
-        return 1
-    return 0
+    where = f"--hbm_gib={args.hbm_gib:g}" if args.hbm_gib is not None else args.topology
+    for r in (r for r in reports if r.fits is False):
+        print(f"error: {r.kind} needs {r.total_bytes / 2**30:,.2f} GiB per device but {where} has "
+              f"{r.hbm_bytes / 2**30:,.2f} GiB: {aot.hint(r)}", file=sys.stderr)
+    return 1 if any(r.fits is False for r in reports) else 0
 
 
 def cmd_vocab_train(args) -> int:
@@ -385,12 +403,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gin_search_paths", action="append", default=[])
     p.set_defaults(func=cmd_demo, takes_extra=True)
 
-    p = sub.add_parser("compile", help="compile the pretraining step ahead of time for a TPU topology (libtpu, no "
-                                       "TPU needed) and report its memory per device",
+    p = sub.add_parser("compile", help="compile the pretraining step, the GRPO step and the rollout sampler ahead of "
+                                       "time for a TPU topology (libtpu, no TPU needed) and report their memory per "
+                                       "device",
                        description="Extra --gin.KEY=VALUE flags bind gin parameters or macros.")
     p.add_argument("--gin_file", action="append", default=[])
     p.add_argument("--gin_search_paths", action="append", default=[])
     p.add_argument("--topology", default="v5e-8", help="a Cloud TPU name (v5e-8, v4-32, ...) or cpu")
+    p.add_argument("--hbm_gib", type=float, help="HBM per device to check against instead of the topology's (a "
+                                                 "verdict for --topology=cpu, or a what-if)")
     p.add_argument("--json", help="also write the report here")
     p.set_defaults(func=cmd_compile, takes_extra=True)
 
@@ -405,6 +426,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry_run", action="store_true", help="check every point, print their commands, run nothing")
     p.add_argument("--summary", action="store_true", help="gather the points' results into summary.csv/.png")
     p.add_argument("--gin_search_paths", action="append", default=[])
+    p.add_argument("--launcher", default="local", choices=["local", "tpu"],
+                   help="local: points run here one after another; tpu: each point on its own Cloud TPU slice "
+                        "(tpu/ scripts: create, install, launch), --out on gs://")
+    t = p.add_argument_group("--launcher=tpu", "the tpu/ scripts' flags; every point gets a slice PREFIX-<point>")
+    t.add_argument("--tpu_prefix", help="the slices' name prefix (lowercase letters, digits, hyphens)")
+    t.add_argument("--zone", help="the slices' zone, e.g. us-west4-a (v5e) or us-central2-b (v4)")
+    t.add_argument("--accelerator_type", help="each slice's type, e.g. v5litepod-8 or v4-32")
+    t.add_argument("--project", help="the Google Cloud project (default: gcloud's configured project)")
+    t.add_argument("--version", help="TPU runtime (default: Google's JAX runtime for the generation)")
+    kind = t.add_mutually_exclusive_group()
+    kind.add_argument("--spot", action="store_true", help="Spot slices")
+    kind.add_argument("--preemptible", action="store_true", help="preemptible slices")
+    kind.add_argument("--reserved", action="store_true", help="slices from the project's reservation")
+    t.add_argument("--repo", help="git URL the workers clone synpro_jax from")
+    t.add_argument("--ref", help="branch, tag or commit of --repo (pin one for a long sweep)")
+    t.add_argument("--scp_from", metavar="LOCAL_DIR", help="copy this checkout to the workers instead of git")
     p.set_defaults(func=cmd_sweep, takes_extra=True)
 
     p = sub.add_parser("vocab", help="vocabulary tools")

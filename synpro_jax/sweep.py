@@ -16,20 +16,28 @@ first one runs, so one bad binding fails the whole sweep up front. ``OUT/sweep.j
 its status; a rerun skips done points and resumes a preempted one. Each point runs as its own ``synpro
 COMMAND`` process (fresh JAX state, the same command a TPU launcher runs on a slice) in ``OUT/<point>/``, with
 ``point.gin`` (the experiment's files and the point's bindings, enough to rerun it alone).
+
+``Sweep.launch`` hands the points to Cloud TPU instead: one slice each, made by the tpu/ scripts' functions (create,
+install, launch: one cycle of tpu/babysit.py, which can then keep the point running through preemptions).
 """
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import dataclasses
 import inspect
 import itertools
 import json
 import logging
 import math
+import os
 import re
+import shlex
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Sequence
 
 from etils import epath
@@ -43,7 +51,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {  # command -> (entry configurable,
     "train": ("synpro.pretrain", "OUT_DIR", "summary.json"),
     "grpo": ("synpro.grpo", "OUT_DIR", "summary.json"),
     "probe": ("synpro.probe", "OUT_DIR", "summary.json"),
-    "synthesize": ("synpro.synthesize", "OUT_DIR", "manifest.json"),
+    "synthesize": ("synpro.synthesize", "OUT_DIR", "synthesis.json"),  # written once every shard is done
     "loop": ("synpro.loop", "LOOP_DIR", "loop_summary.json"),
     "demo": ("synpro.demo", "DEMO_DIR", "demo.json"),
 }
@@ -237,11 +245,12 @@ class Sweep:
     def bindings(self, point: Point) -> list[str]:
         return list(self.extra) + point.gin_lines() + [f"{self.dir_macro} = {json.dumps(str(self.point_dir(point)))}"]
 
-    def argv(self, point: Point) -> list[str]:
-        """The point's command line (what runs locally, or on a TPU slice)."""
+    def argv(self, point: Point, gin_files: Sequence[str] | None = None,
+             search_paths: Sequence[str] | None = None) -> list[str]:
+        """The point's command line (what runs locally, or on a TPU slice, with the files as its workers see them)."""
         argv = ["synpro", self.command]
-        argv += [f"--gin_file={f}" for f in self.gin_files]
-        argv += [f"--gin_search_paths={p}" for p in self.search_paths]
+        argv += [f"--gin_file={f}" for f in (self.gin_files if gin_files is None else gin_files)]
+        argv += [f"--gin_search_paths={p}" for p in (self.search_paths if search_paths is None else search_paths)]
         argv += [f"--gin.{b.replace(' = ', '=', 1)}" for b in self.bindings(point)]
         return argv
 
@@ -280,6 +289,13 @@ class Sweep:
                 raise SweepError(f"sweep point {point.name} ({', '.join(point.gin_lines())}): "
                                  f"{' '.join(str(e).split())}") from e
 
+    def launch(self, tpu: TpuLauncher, dry_run: bool = False, stream=None, runner=None) -> dict:
+        """Launch each point not done (nor already launched) on its own TPU slice: the tpu/ scripts' create,
+        install and launch commands, run in order with ``runner`` (gcloud.run), stopping at a failure; printed
+        instead with ``dry_run``. Flags, ``--out`` and every point's bindings are checked first. Returns the
+        manifest, where each launched point records its slice and the babysit.py line that keeps it running."""
+        return _launch(self, tpu, dry_run, stream, runner)
+
     def run(self, dry_run: bool = False, stream=None) -> dict:
         """Run the points one after another (done ones skipped). Returns the manifest."""
         stream = stream or sys.stdout
@@ -295,8 +311,7 @@ class Sweep:
         t0 = time.perf_counter()
         for n, point in enumerate(self.points, 1):
             entry = entries[point.name]
-            if entry["status"] == "done":
-                print(f"[sweep {n}/{len(self.points)}] {point.name}: done, skipping", file=stream, flush=True)
+            if self._skip(point, entry, f"[sweep {n}/{len(self.points)}]", stream):
                 continue
             state = "resuming" if entry["status"] != "pending" else "starting"
             elapsed = time.perf_counter() - t0
@@ -306,14 +321,38 @@ class Sweep:
             atomic.write_text(directory / "point.gin", self.point_gin(point))
             start = time.perf_counter()
             code = subprocess.call([sys.executable, "-m", "synpro_jax.cli", *self.argv(point)[1:]])
-            entry.update(exit_code=code, seconds=round(time.perf_counter() - start, 1),
+            entry.update(launcher="local", exit_code=code, seconds=round(time.perf_counter() - start, 1),
                          status="done" if code == 0 else "preempted" if code == EXIT_PREEMPTED else "failed")
             self.save_manifest(manifest)
             print(f"[sweep {n}/{len(self.points)}] {point.name}: {entry['status']} in {entry['seconds']:,.1f}s"
                   + ("" if code == 0 else f" (exit {code})"), file=stream, flush=True)
             if code == EXIT_PREEMPTED:  # the machine is going away: stop here, rerun to resume
                 break
+        self.save_manifest(manifest)  # launched points found finished by _skip
         return manifest
+
+    def finished(self, point: Point) -> bool:
+        """Whether the point's directory holds the summary of a finished run: how a point launched on a TPU slice
+        becomes done (its summary is written there; a preempted run's says so)."""
+        path = self.point_dir(point) / COMMANDS[self.command][2]
+        try:
+            summary = json.loads(path.read_text()) if path.exists() else None
+        except ValueError:
+            return False
+        return isinstance(summary, dict) and not summary.get("preempted") and summary.get("complete") is not False
+
+    def _skip(self, point: Point, entry: dict, tag: str, stream) -> bool:
+        """Done points, and points running on a TPU slice (a second copy would share their directory)."""
+        if entry["status"] == "launched" and self.finished(point):
+            entry["status"] = "done"
+        if entry["status"] == "done":
+            print(f"{tag} {point.name}: done, skipping", file=stream, flush=True)
+            return True
+        if entry["status"] == "launched":
+            print(f"{tag} {point.name}: launched on slice {entry.get('slice')}, not done yet; skipping (babysit it: "
+                  f"{entry.get('babysit')})", file=stream, flush=True)
+            return True
+        return False
 
     def point_gin(self, point: Point) -> str:
         lines = [f"# sweep point {point.name} of {self.root / MANIFEST}",
@@ -321,6 +360,171 @@ class Sweep:
         lines += [f"include {json.dumps(f)}" for f in self.gin_files]
         lines += self.bindings(point)
         return "\n".join(lines) + "\n"
+
+
+# --- launching on Cloud TPU ------------------------------------------------------------------------------------
+TPU_DIR = Path(__file__).resolve().parents[1] / "tpu"  # the checkout's launch scripts (no part of a wheel)
+
+
+def tpu_scripts():
+    """(gcloud, babysit): tpu/gcloud.py and tpu/babysit.py, imported as the scripts import each other."""
+    if not (TPU_DIR / "babysit.py").is_file():
+        raise SweepError(f"synpro sweep --launcher=tpu: needs the tpu/ scripts of a synpro_jax checkout (pip install "
+                         f"-e CHECKOUT); there are none at {TPU_DIR}")
+    if str(TPU_DIR) not in sys.path:
+        sys.path.insert(0, str(TPU_DIR))
+    import babysit
+    import gcloud
+
+    if Path(gcloud.__file__).resolve().parent != TPU_DIR:
+        raise SweepError(f"synpro sweep --launcher=tpu: `import gcloud` found {gcloud.__file__}, not {TPU_DIR}")
+    return gcloud, babysit
+
+
+class _FlagError:
+    """gcloud.check's parser: its one-line errors (naming the flag) raised as a SweepError."""
+
+    def error(self, message: str):
+        raise SweepError(f"synpro sweep --launcher=tpu: {message}")
+
+
+@dataclasses.dataclass(frozen=True)
+class TpuLauncher:
+    """A slice per point: ``synpro sweep --launcher=tpu``'s flags, named as the tpu/ scripts name them."""
+
+    tpu_prefix: str | None = None  # each slice is PREFIX-<point name>, made a valid TPU name
+    zone: str | None = None
+    accelerator_type: str | None = None
+    project: str | None = None
+    version: str | None = None
+    provisioning: str | None = None  # None (on demand), "spot", "preemptible" or "reserved"
+    repo: str | None = None
+    ref: str | None = None
+    scp_from: str | None = None
+
+    def slice_name(self, point: Point) -> str:
+        # The point's name leads with its index, so names stay distinct when cut to 63 characters.
+        slug = re.sub(r"[^a-z0-9]+", "-", point.name.lower()).strip("-")
+        return f"{self.tpu_prefix}-{slug}"[:63].rstrip("-")
+
+    def args(self, point: Point) -> argparse.Namespace:
+        """The point's slice as the tpu/ scripts' parsed flags (what gcloud.check and babysit.Babysitter take)."""
+        name = self.slice_name(point)
+        return argparse.Namespace(
+            name=name, zone=self.zone, project=self.project, accelerator_type=self.accelerator_type,
+            version=self.version, **{kind: self.provisioning == kind for kind in ("spot", "preemptible", "reserved")},
+            repo=self.repo, ref=self.ref, scp_from=self.scp_from, run_name=name)
+
+    def check(self, points: Sequence[Point], gcloud) -> None:
+        """Bad flags fail here, naming the flag, before any point is checked or command printed."""
+        for flag, value, example in (("--tpu_prefix", self.tpu_prefix, "e.g. lr-sweep"),
+                                     ("--zone", self.zone, "e.g. us-west4-a for v5e, us-central2-b for v4"),
+                                     ("--accelerator_type", self.accelerator_type, "e.g. v5litepod-8 or v4-32")):
+            if not value:
+                raise SweepError(f"synpro sweep --launcher=tpu needs {flag} ({example})")
+        width = len(str(len(points) - 1))
+        if not gcloud.NAME_RE.match(self.tpu_prefix) or len(self.tpu_prefix) > 62 - width:
+            raise SweepError(f"synpro sweep --tpu_prefix: {self.tpu_prefix!r} must be lowercase letters, digits and "
+                             f"hyphens, start with a letter, not end with a hyphen, and be at most {62 - width} "
+                             f"characters (slices are PREFIX-<point>, at most 63)")
+        if self.provisioning not in (None, "spot", "preemptible", "reserved"):
+            raise SweepError(f"synpro sweep: unknown provisioning {self.provisioning!r}")
+        names = [self.slice_name(p) for p in points]
+        if len(set(names)) != len(names):  # not expected: the names lead with distinct indices
+            raise SweepError(f"synpro sweep --tpu_prefix={self.tpu_prefix}: slice names collide: {names}")
+        for point in points:
+            gcloud.check(_FlagError(), self.args(point))
+
+
+def _in_checkout(path: str | os.PathLike, flag: str) -> str:
+    """`path` relative to the checkout: the workers' working directory is their copy of it (tpu/install.py)."""
+    root = TPU_DIR.parent
+    try:
+        return str(Path(path).resolve().relative_to(root))
+    except ValueError:
+        raise SweepError(f"synpro sweep {flag}: {path} is outside the synpro_jax checkout {root}, so the TPU workers "
+                         "will not have it (they get the checkout: tpu/install.py); move it under the checkout") from None
+
+
+def _launch(sweep: Sweep, tpu: TpuLauncher, dry_run: bool = False, stream=None, runner=None) -> dict:
+    stream = stream or sys.stdout
+    gcloud, babysit = tpu_scripts()
+    runner = runner or gcloud.run
+    tpu.check(sweep.points, gcloud)
+    if not atomic.is_remote(sweep.root):
+        raise SweepError(f"synpro sweep --launcher=tpu --out={sweep.out_dir}: the out directory must be one that every "
+                         "worker and this machine share, such as gs://BUCKET/sweeps/NAME (the points' runs go there, "
+                         "and sweep.json here sees them finish)")
+    try:
+        manifest = sweep.load_manifest()
+    except SweepError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a dry run may plan without the bucket's credentials
+        if not dry_run:
+            raise
+        manifest = {"points": [{"name": p.name, "status": "pending"} for p in sweep.points]}
+        print(f"# could not read {sweep.root / MANIFEST} ({' '.join(str(e).split())[:200]}); showing every point",
+              file=stream)
+    sweep.check()
+    from synpro_jax import configs
+
+    search = tuple(_in_checkout(p, "--gin_search_paths") for p in configs.search_paths(sweep.search_paths)[:-1])
+    files = tuple(_in_checkout(configs.find_gin_file(f, configs.search_paths(sweep.search_paths)), "--gin_file")
+                  for f in sweep.gin_files)
+    script = os.path.relpath(TPU_DIR / "babysit.py")
+    script = script if not script.startswith("..") else str(TPU_DIR / "babysit.py")
+    entries = {e["name"]: e for e in manifest["points"]}
+    if not dry_run:
+        sweep.root.mkdir(parents=True, exist_ok=True)
+        sweep.save_manifest(manifest)
+    launched = []
+    for n, point in enumerate(sweep.points, 1):
+        entry, tag = entries[point.name], f"[sweep {n}/{len(sweep.points)}]"
+        if sweep._skip(point, entry, ("# " if dry_run else "") + tag, stream):
+            continue
+        args = tpu.args(point)
+        argv = sweep.argv(point, files, search)
+        # One babysit.py cycle (create, install, launch): the babysitter, started later, relaunches the same.
+        sitter = babysit.Babysitter(args, argv, runner)
+        babysit_line = shlex.join(["python", script, *gcloud.script_flags(args), "--", *argv])
+        # A slice whose create succeeded before (its install or launch failed) is kept: create would fail now.
+        create = [] if entry.get("created") and entry.get("slice") == args.name else sitter.create_commands()
+        rest = sitter.install_commands() + sitter.launch_commands()
+        if dry_run:
+            print(f"# {tag} {point.name} on slice {args.name}", file=stream)
+            with contextlib.redirect_stdout(stream):
+                gcloud.run_all(create + rest, dry_run=True)
+            print(f"#   babysit: {babysit_line}", file=stream)
+            continue
+        print(f"{tag} {point.name}: launching on slice {args.name}", file=stream, flush=True)
+        directory = sweep.point_dir(point)
+        directory.mkdir(parents=True, exist_ok=True)
+        atomic.write_text(directory / "point.gin", sweep.point_gin(point))
+        entry.update(launcher="tpu", slice=args.name, zone=tpu.zone, project=tpu.project,
+                     accelerator_type=tpu.accelerator_type, babysit=babysit_line)
+        code = gcloud.run_all(create, dry_run=False, runner=runner)
+        if code == 0:
+            entry["created"] = True
+            code = gcloud.run_all(rest, dry_run=False, runner=runner)
+        entry.update(status="launched" if code == 0 else "launch_failed", exit_code=code)
+        sweep.save_manifest(manifest)
+        if code:
+            step = "create" if not entry.get("created") else "install or launch"
+            print(f"{tag} {point.name}: {step} failed (exit {code}); stopping here. Rerun to retry"
+                  + (f" (slice {args.name} is kept; the rerun does not create it again)" if entry.get("created")
+                     else ""), file=stream, flush=True)
+            break
+        launched.append(babysit_line)
+        print(f"{tag} {point.name}: launched; its log is ~/{gcloud.LOG_DIR}/{args.name}.log on every worker",
+              file=stream, flush=True)
+    if not dry_run:
+        sweep.save_manifest(manifest)  # launched points found finished by _skip
+    if launched:
+        print("# Spot or preemptible slices: keep each point running through preemptions with its babysitter "
+              "(one per slice, e.g. in tmux):", file=stream)
+        for line in launched:
+            print(line, file=stream)
+    return manifest
 
 
 def _quote(arg: str) -> str:

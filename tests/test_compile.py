@@ -1,7 +1,8 @@
-"""`synpro compile`: the pretraining step compiled ahead of time, with its memory per device (XLA:CPU here;
-XLA:TPU through libtpu where it is installed)."""
+"""`synpro compile`: the pretraining step, the GRPO step and the rollout sampler compiled ahead of time, with
+their memory per device (XLA:CPU here; XLA:TPU through libtpu where it is installed)."""
 
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -9,9 +10,23 @@ import sys
 import pytest
 
 from synpro_jax import compile as aot
-from synpro_jax import models
+from synpro_jax import configs, models
+from synpro_jax.rl.config import GRPOConfig
 from synpro_jax.sharding import MeshConfig
 from synpro_jax.train.optimizer import OptimizerConfig
+
+# A tiny GRPO: 8 prompts x G 4 = 32 completions of 48 (bucketed to 64) prompt + 32 completion slots.
+GRPO = GRPOConfig(num_generations=4, max_prompt_tokens=48, max_completion_tokens=32)
+TINY_GRPO_GIN = """include 'gin/experiments/markov_tiny.gin'
+synpro.grpo.model = %MODEL
+synpro.grpo.algorithm = @synpro.GRPOConfig()
+synpro.GRPOConfig.num_generations = 4
+synpro.GRPOConfig.max_prompt_tokens = 48
+synpro.GRPOConfig.max_completion_tokens = 32
+synpro.GRPORunConfig.prompts_per_step = 8
+synpro.GRPORunConfig.share_prompts = False  # (shorter compiles: no prompt sharing, float32)
+synpro.grpo.dtype = None
+"""
 
 
 def report(**knobs):
@@ -37,14 +52,84 @@ def test_an_unknown_topology_is_named():
         aot.topology_devices("v9-8")
 
 
-def test_the_cli_reports_and_writes_json(tmp_path):
+def grpo_model():
+    return models.get_preset("tiny").replace(vocab_size=2048)
+
+
+def test_the_grpo_step_is_compiled_with_its_batch_and_the_buffers_beside_it():
+    r = aot.grpo_step_memory(grpo_model(), MeshConfig(2, 2, 2), GRPO, 8, accum_steps=2, topology="cpu")
+    assert r.kind == "grpo_step" and r.devices == 8 and r.argument_bytes > 0 and r.temp_bytes > 0
+    assert "32 completions = 8 prompts x G 4, 64 prompt + 32 completion slots, accum 2" in r.line()
+    # The frozen reference (float32) and the sampler's weights live through the update: counted, not arguments.
+    assert r.resident == "frozen reference, sampler weights" and r.resident_bytes > 0
+    assert r.total_bytes == (r.argument_bytes + r.output_bytes - r.alias_bytes + r.temp_bytes + r.code_bytes
+                             + r.resident_bytes)
+    with pytest.raises(ValueError, match="must divide into accum_steps=3"):
+        aot.grpo_step_memory(grpo_model(), MeshConfig(2, 2, 2), GRPO, 8, accum_steps=3, topology="cpu")
+
+
+def test_the_sampler_prefill_and_decode_are_compiled_beside_the_learner():
+    prefill, decode = aot.sampler_memory(grpo_model(), MeshConfig(2, 2, 2), GRPO, 8, "cpu")
+    assert (prefill.kind, decode.kind) == ("sampler_prefill", "sampler_decode")
+    for r in (prefill, decode):
+        assert r.argument_bytes > 0 and r.temp_bytes > 0 and r.fits is None
+        assert r.resident == "learner state, frozen reference" and r.resident_bytes > r.argument_bytes
+    # The decode takes the prefill's KV cache besides the weights; G rows per prompt, 32 new slots.
+    assert decode.argument_bytes > prefill.argument_bytes
+    assert "8 prompts x 64 slots x G 4 + 32 new slots" in decode.line()
+    alone, _ = aot.sampler_memory(grpo_model(), MeshConfig(2, 2, 2), GRPO, 8, "cpu", with_learner=False)
+    assert alone.resident_bytes == 0 and alone.argument_bytes == prefill.argument_bytes
+
+
+def test_a_program_over_its_hbm_budget_does_not_fit():
+    prefill, _ = aot.sampler_memory(grpo_model(), MeshConfig(2, 2, 2), GRPO, 8, "cpu", hbm_bytes=2**20)
+    assert prefill.hbm_bytes == 2**20 and prefill.total_bytes > 2**20 and prefill.fits is False
+    assert "of 0.00 GiB HBM (DOES NOT FIT)" in prefill.line() and "accum_steps" in aot.hint(
+        aot.MemoryReport("p", "cpu", 8, {}, 0, 0, 0, 0, 0, None, kind="grpo_step"))
+
+
+def test_an_experiment_without_grpo_gets_the_release_generator():
+    try:
+        configs.parse(["gin/experiments/markov_tiny.gin"], [])
+        default = aot.grpo_shapes()
+        configs.parse(["gin/experiments/cpu_grpo_rephrase.gin"], [])
+        configured = aot.grpo_shapes()
+    finally:
+        import gin
+
+        gin.clear_config()
+    assert default.model.name == "olmo2_1b_instruct" and default.model.dtype == "bfloat16"
+    assert default.algorithm == GRPOConfig() and default.prompts_per_step is None and default.accum_steps == 4
+    assert default.mesh == MeshConfig() and default.source == (
+        "GRPO knobs from gin; unbound, so: the olmo2_1b_instruct preset, bf16, synpro.grpo's data-parallel mesh, "
+        "GRPOConfig(), 4 prompts per data shard, accum 4")
+    # A GRPO experiment's own knobs (its dtype None keeps the model's float32).
+    assert configured.model.name == "cpu_small" and configured.model.dtype == "float32"
+    assert configured.prompts_per_step == 4 and configured.accum_steps == 1
+    assert configured.algorithm.max_completion_tokens == 128
+    assert configured.source == "GRPO knobs from gin; unbound, so: synpro.grpo's data-parallel mesh"
+
+
+def test_the_cli_reports_every_program_writes_json_and_fails_on_those_over_budget(tmp_path):
+    gin_file, out = tmp_path / "tiny_grpo.gin", tmp_path / "mem.json"
+    gin_file.write_text(TINY_GRPO_GIN)
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    out = tmp_path / "mem.json"
-    result = subprocess.run([sys.executable, "-m", "synpro_jax.cli", "compile",
-                             "--gin_file=gin/experiments/markov_tiny.gin", "--topology=cpu", f"--json={out}"],
+    # 4 MiB per device: the train and GRPO steps need more here (~13 and ~7 MiB), the sampler's programs less.
+    result = subprocess.run([sys.executable, "-m", "synpro_jax.cli", "compile", f"--gin_file={gin_file}",
+                             "--topology=cpu", "--hbm_gib=0.004", f"--json={out}"],
                             capture_output=True, text=True, env=env, timeout=600)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert "per device arguments" in result.stdout and out.exists()
+    assert result.returncode == 1, result.stderr[-2000:]
+    lines = [line for line in result.stdout.splitlines() if "per device arguments" in line]
+    assert [line.split(" (")[0] for line in lines] == ["train step", "grpo step", "sampler prefill",
+                                                       "sampler decode"]
+    assert [line.endswith("(DOES NOT FIT)") for line in lines] == [True, True, False, False]
+    rows = json.loads(out.read_text())
+    assert [r["kind"] for r in rows] == ["train_step", "grpo_step", "sampler_prefill", "sampler_decode"]
+    assert all(r["argument_bytes"] > 0 and r["temp_bytes"] > 0 for r in rows)
+    assert [r["fits"] for r in rows] == [False, False, True, True]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert [e.split(" needs")[0] for e in errors] == ["error: train_step", "error: grpo_step"]
+    assert "--hbm_gib=0.004 has 0.00 GiB" in errors[1] and "GRPORunConfig.accum_steps" in errors[1]
 
 
 @pytest.mark.skipif(importlib.util.find_spec("libtpu") is None, reason="libtpu is not installed (pip install libtpu)")
@@ -52,3 +137,7 @@ def test_xla_tpu_compiles_for_a_v5e_8_without_a_tpu():
     cfg = models.get_preset("tiny").replace(dtype="bfloat16")
     r = aot.train_step_memory(cfg, MeshConfig(1, -1, 1), OptimizerConfig(), 16, 256, 1e-5, 1, "v5e-8")
     assert r.devices == 8 and r.hbm_bytes == 16 * 2**30 and r.fits
+    g = aot.grpo_step_memory(cfg, MeshConfig(1, -1, 1), GRPO, 8, accum_steps=2, topology="v5e-8")
+    prefill, decode = aot.sampler_memory(cfg, MeshConfig(1, -1, 1), GRPO, 8, "v5e-8")
+    assert "kv cache bfloat16" in decode.line()  # a TPU sampler keeps its cache in the compute dtype
+    assert all(x.fits and x.temp_bytes > 0 for x in (g, prefill, decode))

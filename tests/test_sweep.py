@@ -5,10 +5,13 @@ import csv
 import io
 import json
 import os
+import shlex
 import subprocess
 import sys
 
 import pytest
+from etils import epath
+from fsspec.implementations.memory import MemoryFileSystem
 
 from synpro_jax import sweep
 
@@ -111,3 +114,191 @@ def test_one_bad_point_fails_the_sweep_before_any_point_runs(tmp_path, text, mat
     assert result.stderr.startswith("error: ") and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert __import__("re").search(match, result.stderr), result.stderr
     assert not (tmp_path / "sweep").exists()  # nothing ran, nothing written
+
+
+# --- --launcher=tpu: one slice per point, through the tpu/ scripts' functions; gcloud never runs ---
+
+gcloud, babysit = sweep.tpu_scripts()
+TINY_EXTRA = ("synpro.TrainerConfig.eval_every=2", "synpro.TrainerConfig.checkpoint_every=100", "WARMUP_STEPS=1")
+TPU = dict(tpu_prefix="lr", zone="us-west4-a", accelerator_type="v5litepod-8", provisioning="spot",
+           repo="https://github.com/o/synpro_jax.git", ref="v1")
+
+
+class FakeGCS(MemoryFileSystem):  # as tests/test_storage.py: gs:// paths in memory, as gcsfs gives them
+    protocol = ("gs", "gcs")
+    root_marker = ""
+    store: dict = {}
+    pseudo_dirs = [""]
+
+    @classmethod
+    def _strip_protocol(cls, path):
+        path = str(path)
+        for scheme in ("gs://", "gcs://"):
+            path = path[len(scheme):] if path.startswith(scheme) else path
+        return path.strip("/")
+
+
+@pytest.fixture
+def bucket(monkeypatch):
+    import importlib
+
+    from etils.epath import gpath
+
+    monkeypatch.setattr(gpath, "_is_tf_installed", lambda: False)
+    registry = importlib.import_module("fsspec.registry")
+    for protocol in ("gs", "gcs"):
+        monkeypatch.setitem(registry._registry, protocol, FakeGCS)
+    FakeGCS.store.clear()
+    FakeGCS.pseudo_dirs[:] = [""]
+    return "gs://bucket/sweep"
+
+
+class Runner:
+    """A fake gcloud runner: records every command; fails the `fail`-th call (1-based) once."""
+
+    def __init__(self, fail=None):
+        self.calls, self.fail = [], fail
+
+    def __call__(self, argv, capture=False):
+        self.calls.append(argv)
+        return gcloud.Result(9 if len(self.calls) == self.fail else 0)
+
+
+def tpu_sweep(tmp_path, out, text="LEARNING_RATE = [1e-3, 3e-3]\nNUM_STEPS = [2, 4]\n", gin_file=None):
+    path = tmp_path / "lr.sweep"
+    path.write_text(text)
+    return sweep.Sweep("train", (gin_file or "gin/experiments/markov_tiny.gin",), str(path), out, TINY_EXTRA)
+
+
+def point_commands(job, launcher, point):
+    """What the point's slice gets, built here from tpu/gcloud.py's functions."""
+    name = launcher.slice_name(point)
+    argv = job.argv(point)  # the gin file is already relative to the checkout
+    return [gcloud.create(name, "us-west4-a", None, "v5litepod-8", None, "spot"),
+            *gcloud.install(name, "us-west4-a", None, TPU["repo"], "v1"),
+            gcloud.launch(name, "us-west4-a", None, argv, name)]
+
+
+def test_tpu_dry_run_prints_every_points_slice_commands_and_runs_nothing(tmp_path, bucket, capsys):
+    job, launcher, runner, log = tpu_sweep(tmp_path, bucket), sweep.TpuLauncher(**TPU), Runner(), io.StringIO()
+    job.launch(launcher, dry_run=True, stream=log, runner=runner)
+    assert runner.calls == [] and FakeGCS.store == {}  # nothing ran, nothing written
+    lines = log.getvalue().splitlines()
+    commands = [line for line in lines if not line.startswith("#")]
+    names = [launcher.slice_name(p) for p in job.points]
+    assert names[0] == "lr-0-learning-rate-1e-3-num-steps-2" and len(set(names)) == 4
+    assert commands == [shlex.join(c) for p in job.points for c in point_commands(job, launcher, p)]
+    for point, name in zip(job.points, names):
+        launch = commands[3 * point.index + 2]
+        lr, steps = dict(point.bindings)["LEARNING_RATE"], dict(point.bindings)["NUM_STEPS"]
+        assert f" {name} " in launch and f"--gin.LEARNING_RATE={lr} --gin.NUM_STEPS={steps}" in launch
+        assert f'--gin.OUT_DIR="{bucket}/{point.name}"' in launch
+        # The babysit.py line it suggests relaunches exactly these commands.
+        [line] = [ln for ln in lines if ln.startswith("#   babysit: ") and f" --name {name} " in ln]
+        argv = shlex.split(line[len("#   babysit: "):])
+        assert babysit.main(["--dry_run", *argv[2:]], runner=runner) == 0
+        assert capsys.readouterr().out.splitlines() == commands[3 * point.index:3 * point.index + 3]
+    assert runner.calls == []
+
+
+def test_a_dry_run_without_access_to_out_still_prints_every_point(tmp_path, bucket, monkeypatch):
+    def refuse(self, path, **kwargs):
+        raise PermissionError("403 no credentials")
+
+    monkeypatch.setattr(FakeGCS, "exists", refuse)
+    job, log, runner = tpu_sweep(tmp_path, bucket), io.StringIO(), Runner()
+    job.launch(sweep.TpuLauncher(**TPU), dry_run=True, stream=log, runner=runner)
+    assert "could not read gs://bucket/sweep/sweep.json (403 no credentials)" in log.getvalue()
+    assert len([line for line in log.getvalue().splitlines() if line.startswith("gcloud ")]) == 12
+    with pytest.raises(PermissionError):  # a real launch needs the manifest
+        job.launch(sweep.TpuLauncher(**TPU), stream=log, runner=runner)
+    assert runner.calls == []
+
+
+def test_tpu_launch_records_slices_and_skips_launched_and_finished_points_on_rerun(tmp_path, bucket):
+    job, launcher, runner = tpu_sweep(tmp_path, bucket), sweep.TpuLauncher(**TPU), Runner()
+    job.launch(launcher, stream=io.StringIO(), runner=runner)
+    assert runner.calls == [c for p in job.points for c in point_commands(job, launcher, p)]
+    manifest = json.loads(epath.Path(f"{bucket}/sweep.json").read_text())
+    for point, entry in zip(job.points, manifest["points"]):
+        assert entry["status"] == "launched" and entry["launcher"] == "tpu"
+        assert entry["slice"] == launcher.slice_name(point) and "tpu/babysit.py --name " + entry["slice"] in \
+            entry["babysit"]
+        assert "LEARNING_RATE = " + entry["bindings"]["LEARNING_RATE"] in \
+            epath.Path(f"{bucket}/{point.name}/point.gin").read_text()
+
+    # Rerun: launched points are left to their slices; a finished one becomes done.
+    epath.Path(f"{bucket}/{job.points[0].name}/summary.json").write_text('{"step": 2, "preempted": false}')
+    epath.Path(f"{bucket}/{job.points[1].name}/summary.json").write_text('{"step": 1, "preempted": true}')
+    log, again = io.StringIO(), Runner()
+    manifest = job.launch(launcher, stream=log, runner=again)
+    assert again.calls == []
+    assert [p["status"] for p in manifest["points"]] == ["done", "launched", "launched", "launched"]
+    assert json.loads(epath.Path(f"{bucket}/sweep.json").read_text()) == manifest
+    assert log.getvalue().count("not done yet; skipping") == 3
+    # A local rerun leaves them to their slices too (two runs would share a directory).
+    log = io.StringIO()
+    job.run(stream=log)
+    assert log.getvalue().count("not done yet; skipping") == 3 and "starting" not in log.getvalue()
+
+
+def test_a_failed_launch_stops_the_sweep_and_the_rerun_keeps_the_created_slice(tmp_path, bucket):
+    job, launcher = tpu_sweep(tmp_path, bucket), sweep.TpuLauncher(**TPU)
+    runner = Runner(fail=5)  # point 1's install (point 0: create, install, launch; point 1: create, install)
+    log = io.StringIO()
+    manifest = job.launch(launcher, stream=log, runner=runner)
+    assert len(runner.calls) == 5 and "install or launch failed (exit 9)" in log.getvalue()
+    assert [p["status"] for p in manifest["points"]] == ["launched", "launch_failed", "pending", "pending"]
+    retry = Runner()
+    job.launch(launcher, stream=io.StringIO(), runner=retry)
+    assert retry.calls == [c for p in job.points[1:] for c in point_commands(job, launcher, p)][1:]  # no create
+    assert [p["status"] for p in json.loads(epath.Path(f"{bucket}/sweep.json").read_text())["points"]] == \
+        ["launched"] * 4
+
+
+@pytest.mark.parametrize("text, match", [
+    ("LEARNING_RATE = [1e-3, -1]", "sweep point 1-LEARNING_RATE=-1 .*learning_rate=-1: must be positive"),
+    ("synpro.TrainerConfig.eval_evry = [1, 2]", "sweep point 0-eval_evry=1 .*did you mean eval_every"),
+])
+def test_tpu_mode_checks_every_point_before_any_command(tmp_path, bucket, text, match):
+    runner, log = Runner(), io.StringIO()  # point 0 of the first is fine, and still nothing is printed
+    with pytest.raises(sweep.SweepError, match=match):
+        tpu_sweep(tmp_path, bucket, text + "\n").launch(sweep.TpuLauncher(**TPU), dry_run=True, stream=log,
+                                                         runner=runner)
+    assert runner.calls == [] and log.getvalue() == "" and FakeGCS.store == {}
+
+
+@pytest.mark.parametrize("change, match", [
+    (dict(zone=None), "needs --zone"),
+    (dict(tpu_prefix=None), "needs --tpu_prefix"),
+    (dict(accelerator_type=None), "needs --accelerator_type"),
+    (dict(tpu_prefix="LR"), "--tpu_prefix: 'LR'"),
+    (dict(tpu_prefix="a" * 62), "--tpu_prefix: .* at most 61 characters"),
+    (dict(accelerator_type="v5e-8"), "--accelerator_type: 'v5e-8' .*v5litepod"),
+    (dict(repo=None, ref=None), "--repo: say where the workers get synpro_jax"),
+    (dict(scp_from="no/such/dir", repo=None, ref=None), "--scp_from"),
+    (dict(out="runs/local"), "--out=runs/local: the out directory must be one that every worker"),
+])
+def test_tpu_mode_flag_errors_name_the_flag(tmp_path, bucket, change, match):
+    change = dict(change)
+    job, runner = tpu_sweep(tmp_path, change.pop("out", bucket)), Runner()
+    with pytest.raises(sweep.SweepError, match=match):
+        job.launch(sweep.TpuLauncher(**{**TPU, **change}), dry_run=True, stream=io.StringIO(), runner=runner)
+    assert runner.calls == []
+
+
+def test_tpu_mode_refuses_a_gin_file_the_workers_lack(tmp_path, bucket):
+    (tmp_path / "mine.gin").write_text("include 'gin/experiments/markov_tiny.gin'\n")
+    job = tpu_sweep(tmp_path, bucket, gin_file=str(tmp_path / "mine.gin"))
+    with pytest.raises(sweep.SweepError, match="--gin_file: .*mine.gin is outside the synpro_jax checkout"):
+        job.launch(sweep.TpuLauncher(**TPU), dry_run=True, stream=io.StringIO(), runner=Runner())
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--launcher=tpu", "--tpu_prefix=lr", "--accelerator_type=v4-8", "--repo=r"], "needs --zone ("),
+    (["--zone=z"], "synpro sweep --zone: applies to --launcher=tpu"),
+])
+def test_cli_tpu_flag_errors(tmp_path, args, message):
+    result = run_cli(*tiny_args(tmp_path, "LEARNING_RATE = [1e-3]\n"), *args, "--dry_run", cwd=tmp_path)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.startswith("error: ") and message in result.stderr, result.stderr

@@ -94,8 +94,9 @@ def check(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if args.project is not None and not args.project.strip():
         p.error("--project: empty")
     if getattr(args, "accelerator_type", None) is not None and not ACCELERATOR_RE.match(args.accelerator_type):
+        hint = " (gcloud calls v5e v5litepod)" if args.accelerator_type.startswith("v5e-") else ""
         p.error(f"--accelerator_type: {args.accelerator_type!r} is not a TPU type such as v5litepod-8, v4-32, "
-                f"v5p-8 or v6e-8 (pattern {ACCELERATOR_RE.pattern})")
+                f"v5p-8 or v6e-8 (pattern {ACCELERATOR_RE.pattern}){hint}")
     if hasattr(args, "scp_from"):
         if args.scp_from is not None and args.repo is not None:
             p.error("--scp_from: give either --repo or --scp_from, not both")
@@ -109,6 +110,23 @@ def check(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         args.run_name = args.run_name or args.name
         if not RUN_NAME_RE.match(args.run_name):
             p.error(f"--run_name: {args.run_name!r} must be letters, digits, '.', '_' or '-' (it names log files)")
+
+
+SCRIPT_FLAGS = ("name", "zone", "project", "accelerator_type", "version", "spot", "preemptible", "reserved", "repo",
+                "ref", "scp_from", "run_name")
+
+
+def script_flags(args: argparse.Namespace) -> list[str]:
+    """The flags that give `args` to a script again (unset ones left out): how a caller that built its own
+    namespace (synpro sweep --launcher=tpu) prints the babysit.py line for a slice it launched."""
+    flags = []
+    for key in SCRIPT_FLAGS:
+        value = getattr(args, key, None)
+        if value is True:
+            flags.append(f"--{key}")
+        elif value not in (None, False) and not (key == "run_name" and value == args.name):
+            flags += [f"--{key}", str(value)]
+    return flags
 
 
 def where(zone: str, project: str | None) -> list[str]:

@@ -224,7 +224,7 @@ class Sampler:
             cache_dtype = "float32" if cpu else cfg.dtype
         self.cache_dtype = cache_dtype
         (self._place, self._prefill, self._decode, self._assemble,
-         self._inputs) = _compiled(cfg, self.mesh, rules, cache_dtype)
+         self._inputs) = programs(cfg, self.mesh, rules, cache_dtype)
         self.batch_shards = sharding.batch_shards(self.mesh, rules)
         self._shapes = _shapes(params)
         self.params = self._place(params)
@@ -411,7 +411,7 @@ def _check_knobs(cfg, prompts, budgets, temperature, top_k, top_p, pad_id) -> No
 
 
 @functools.lru_cache(maxsize=16)
-def _compiled(cfg: ModelConfig, mesh: Mesh, rules: sharding.Rules, cache_dtype: str):
+def programs(cfg: ModelConfig, mesh: Mesh, rules: sharding.Rules, cache_dtype: str):
     """The jitted placement, prefill, decode and rollout assembly for one (config, mesh, rules, cache dtype),
     with explicit shardings, and the shardings of the host inputs (rows, rows x length, scalars); weights are
     arguments, so new weights reuse every compile."""

@@ -341,6 +341,11 @@ class GRPOStep:
     def _state_shardings(self) -> TrainState:
         return state_shardings(self.cfg, self.mesh, self.optimizer, self.param_shardings)
 
+    def lower(self, state: Any, batch: Any):
+        """The update lowered for (abstract) inputs, for ahead-of-time compilation (``synpro compile``)."""
+        with jax.set_mesh(self.mesh):
+            return self._step.lower(state, batch)
+
     def init(self, rng: jax.Array, params: Any | None = None) -> TrainState:
         """A fresh state (random params, or ``params`` such as the generator's), laid out on the mesh."""
         return init_state(self.cfg, self.optimizer, self.state_shardings, rng, params)

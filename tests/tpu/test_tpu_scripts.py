@@ -173,6 +173,20 @@ def test_bad_input_is_one_line_naming_the_flag(name, args, flag):
     assert re.search(rf"(^|\s){re.escape(flag)}([:,\s]|$)", line[len(f"{name}.py: error: "):]), line
 
 
+def test_script_flags_give_a_script_the_same_arguments():
+    """What `synpro sweep --launcher=tpu` prints a babysit.py line with, for each slice it launched."""
+    argv = [*WHERE, "--accelerator_type", "v4-32", "--spot", "--repo", "https://g/r.git", "--ref", "v1",
+            "--run_name", "r1", "--", "synpro", "train"]
+    p = gcloud.parser("babysit.py", "")
+    gcloud.add_accelerator(p)
+    gcloud.add_install(p)
+    gcloud.add_run_name(p)
+    args, command = gcloud.parse_with_command(p, argv)
+    assert gcloud.script_flags(args) + ["--", *command] == argv
+    args.run_name = args.name  # the default is left out
+    assert "--run_name" not in gcloud.script_flags(args)
+
+
 def test_longest_valid_name():
     assert dry("delete", "--name", "t" * 63, "--zone", "z")
 
