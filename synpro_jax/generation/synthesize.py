@@ -40,7 +40,6 @@ import json
 import logging
 import os
 import re
-import shutil
 import time
 import zlib
 from typing import Any, Collection, Iterator, Sequence
