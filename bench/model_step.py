@@ -7,6 +7,12 @@ matmul rate measured here (or --peak_tflops on an accelerator).
 
     python bench/model_step.py                      # the two CPU presets, JSON to bench/results/
     python bench/model_step.py --presets olmo_400m --seq 2048 --batch 8 --dtypes bfloat16 --no_hf   # on a GPU
+
+The MFU check of issue 13 (bf16, the fused attention and the chunked loss), on one H100/H200:
+
+    python bench/model_step.py --presets olmo_400m,olmo_1b --seq 2048 --batch 8 --dtypes bfloat16 \
+        --attention cudnn --loss_chunk 512 --remat dots_saveable --no_hf --peak_tflops 989 \
+        --out bench/results/model_step_gpu_mfu.json
 """
 
 from __future__ import annotations
@@ -109,13 +115,15 @@ def summarize(times, tokens_per_step, flops_per_token, peak):
 
 
 def bench_preset(name, dtype, peak, args, opt_cfg, threads) -> dict:
-    cfg = models.get_preset(name, dtype=dtype, remat=args.remat)
+    cfg = models.get_preset(name, dtype=dtype, remat=args.remat, attention=args.attention,
+                            loss_chunk=args.loss_chunk)
     tokens = np.random.default_rng(0).integers(0, cfg.vocab_size, size=(args.batch, args.seq + 1))
     params = jax.device_get(models.init_params(cfg, jax.random.key(0)))
     fpt = cfg.train_flops_per_token(args.seq)
     tokens_per_step = args.batch * args.seq
     row = {"preset": name, "params": cfg.num_params(), "batch": args.batch, "seq": args.seq,
-           "dtype": dtype, "flops_per_token": fpt}
+           "dtype": dtype, "flops_per_token": fpt, "attention": cfg.attention, "loss_chunk": cfg.loss_chunk,
+           "remat": cfg.remat}
     times, compile_s, jax_loss = bench_jax(cfg, params, tokens, args.steps, args.warmup, opt_cfg)
     row["jax"] = {**summarize(times, tokens_per_step, fpt, peak), "compile_s": compile_s, "first_loss": jax_loss}
     print(f"[{name} {dtype}] jax  {row['jax']['tokens_per_s']:10,.0f} tok/s  MFU {row['jax']['mfu']:.1%}  "
@@ -143,7 +151,9 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--dtypes", default="float32,bfloat16", help="comma list of float32 / bfloat16")
-    p.add_argument("--remat", action="store_true")
+    p.add_argument("--remat", default="none", choices=("none", "full", "dots_saveable"))
+    p.add_argument("--attention", default="auto", help="ModelConfig.attention: auto, reference, xla, cudnn, splash")
+    p.add_argument("--loss_chunk", type=int, default=0, help="ModelConfig.loss_chunk (0: the dense loss)")
     p.add_argument("--no_hf", action="store_true", help="skip the transformers peer (e.g. on a GPU box)")
     p.add_argument("--peak_tflops", type=float, default=None,
                    help="device peak for MFU (e.g. 989 for H100 bf16 dense); default: measured matmul rate")
