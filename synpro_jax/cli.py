@@ -261,7 +261,7 @@ def cmd_sweep(args, extra: list[str]) -> int:
     if args.launcher == "tpu":
         manifest = job.launch(sweep.TpuLauncher(**tpu_flags, provisioning=provisioning), dry_run=args.dry_run)
         failed = [p["name"] for p in manifest["points"] if p["status"] == "launch_failed"]
-        if failed:
+        if failed and not args.dry_run:  # a dry run launched nothing: an earlier failure is retried in its plan
             print(f"error: launching sweep point {failed[0]} failed (the gcloud command is above); rerun to retry",
                   file=sys.stderr)
             return 1
@@ -293,7 +293,8 @@ def cmd_compile(args, extra: list[str]) -> int:
             aot.topology_devices(topology)
         except RuntimeError as e:  # libtpu cannot make the topology here: XLA:CPU's analysis of the same programs
             topology, fallback = "cpu", str(e)
-        reports = aot.compile_experiment(topology, hbm)
+        programs = None if args.programs == "auto" else tuple(x for x in args.programs.split(",") if x)
+        reports = aot.compile_experiment(topology, hbm, programs)
     except ValueError as e:  # an unknown topology, or shapes the programs cannot take (say, a batch that does
         # not divide over the mesh)
         print(f"error: {_one_line(e)}", file=sys.stderr)
@@ -412,6 +413,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--topology", default="v5e-8", help="a Cloud TPU name (v5e-8, v4-32, ...) or cpu")
     p.add_argument("--hbm_gib", type=float, help="HBM per device to check against instead of the topology's (a "
                                                  "verdict for --topology=cpu, or a what-if)")
+    p.add_argument("--programs", default="auto",
+                   help="comma list of train, grpo, sampler (default: what the experiment runs: train when it "
+                        "binds synpro.TrainerConfig, grpo and sampler when it binds synpro.grpo)")
     p.add_argument("--json", help="also write the report here")
     p.set_defaults(func=cmd_compile, takes_extra=True)
 

@@ -399,25 +399,54 @@ def grpo_shapes() -> GRPOShapes:
                       knob("synpro.GRPORunConfig.share_prompts", True), source)
 
 
-def compile_experiment(topology: str, hbm_bytes: int | None = None) -> list[MemoryReport]:
-    """The parsed gin experiment's programs on ``topology`` (gin must be parsed already): the pretraining step
-    (when the experiment pretrains), the GRPO step and the rollout sampler's prefill and decode. TrainerConfig
-    and GRPORunConfig are read knob by knob: constructing them would need their REQUIRED out_dir."""
+PROGRAMS = ("train", "grpo", "sampler")
+
+
+def experiment_programs() -> tuple[str, ...]:
+    """What the parsed experiment runs: the pretraining step when it binds synpro.TrainerConfig, the GRPO step and
+    the sampler when it binds a GRPO generator (synpro.grpo)."""
+    found = ("train",) if _is_bound("synpro.TrainerConfig.global_batch") else ()
+    if _is_bound("synpro.grpo.generator") or _is_bound("synpro.grpo.model"):
+        found += ("grpo", "sampler")
+    return found
+
+
+def compile_experiment(topology: str, hbm_bytes: int | None = None,
+                       programs: tuple[str, ...] | None = None) -> list[MemoryReport]:
+    """The parsed gin experiment's programs on ``topology`` (gin must be parsed already): ``programs`` among
+    train (the pretraining step), grpo (the GRPO step) and sampler (the rollout's prefill and decode); None: what
+    the experiment runs (:func:`experiment_programs`). TrainerConfig and GRPORunConfig are read knob by knob:
+    constructing them would need their REQUIRED out_dir."""
     from synpro_jax.configs import bound
     from synpro_jax.sharding import MeshConfig
 
+    if programs is None:
+        programs = experiment_programs()
+        if not programs:
+            raise ValueError("the experiment binds neither synpro.TrainerConfig (pretraining) nor synpro.grpo "
+                             "(GRPO), so there is nothing to compile; name the programs with --programs=train,grpo,"
+                             "sampler")
+    unknown = sorted(set(programs) - set(PROGRAMS))
+    if unknown:
+        raise ValueError(f"--programs: unknown {unknown}; choose among {', '.join(PROGRAMS)}")
     reports = []
-    if _is_bound("synpro.TrainerConfig.global_batch"):
+    if "train" in programs:
+        if not _is_bound("synpro.TrainerConfig.global_batch"):
+            raise ValueError("--programs=train: the experiment binds no synpro.TrainerConfig.global_batch")
         reports.append(train_step_memory(
             bound("synpro.pretrain.model"), bound("synpro.pretrain.mesh", MeshConfig()),
             bound("synpro.pretrain.optimizer"), bound("synpro.TrainerConfig.global_batch"),
             bound("synpro.TrainerConfig.seq_len"), bound("synpro.TrainerConfig.z_loss", 1e-5),
             bound("synpro.TrainerConfig.accum_steps", 1), topology, hbm_bytes=hbm_bytes))
-    s = grpo_shapes()
-    reports.append(grpo_step_memory(s.model, s.mesh, s.algorithm, s.prompts_per_step, s.accum_steps, s.logits_chunk,
-                                    s.share_prompts, topology, hbm_bytes=hbm_bytes, source=s.source))
-    reports += sampler_memory(s.model, s.mesh, s.algorithm, s.prompts_per_step, topology, hbm_bytes=hbm_bytes,
-                              source=s.source)
+    if "grpo" in programs or "sampler" in programs:
+        s = grpo_shapes()
+        if "grpo" in programs:
+            reports.append(grpo_step_memory(s.model, s.mesh, s.algorithm, s.prompts_per_step, s.accum_steps,
+                                            s.logits_chunk, s.share_prompts, topology, hbm_bytes=hbm_bytes,
+                                            source=s.source))
+        if "sampler" in programs:
+            reports += sampler_memory(s.model, s.mesh, s.algorithm, s.prompts_per_step, topology,
+                                      hbm_bytes=hbm_bytes, source=s.source)
     return reports
 
 

@@ -101,7 +101,8 @@ def host_mesh(like: Mesh) -> Mesh:
     documents: no collective ties the hosts together, so a lost host loses only its own part."""
     local = jax.local_devices()
     tensor = like.shape["tensor"] if len(local) % like.shape["tensor"] == 0 else 1
-    fsdp = like.shape["fsdp"] if len(local) % (like.shape["fsdp"] * tensor) == 0 else 1
+    # An fsdp axis wider than the host (chosen because the weights need it) shards over all the host's devices.
+    fsdp = math.gcd(like.shape["fsdp"], len(local) // tensor)
     return make_mesh(MeshConfig(data=-1, fsdp=fsdp, tensor=tensor), local)
 
 

@@ -36,3 +36,17 @@ def shared_data() -> Path:
 
 def pytest_configure(config):
     assert len(jax.devices()) == 8, "tests expect 8 forced host devices; was jax imported before conftest?"
+
+
+@pytest.fixture
+def fake_gcs(monkeypatch):
+    """gs:// paths served from memory (tests/fake_gcs.py); yields gs://bucket/run."""
+    from etils import epath
+
+    import fake_gcs as fake
+
+    fake.install(monkeypatch)
+    yield epath.Path("gs://bucket/run")
+    from etils.epath import backend
+
+    backend.fsspec_backend._get_filesystem.cache_clear()  # no later test reaches this test's objects

@@ -97,6 +97,8 @@ def test_corpus_scoring_killed_on_one_host_ends_with_every_document_once(bulk_wo
     # Chunks of 3 documents: process 1 dies before its second chunk; process 0 scores all of its own.
     kill_when(launch_bulk("probe", bulk_workspace, out, 1, tmp_path), tmp_path, "probe", host0_done)
     kept = {p.name: p.stat().st_mtime_ns for p in parts.glob("part-*.npz")}
+    hosts = [{host_of(k, 2) for k in np.load(parts / name)["ids"].tolist()} for name in kept]
+    assert {1} in hosts and {0} in hosts  # the killed host kept its first chunk: the rerun resumes it
     assert not (out / "scores" / "influence.npz").exists()
     assert wait_all(launch_bulk("probe", bulk_workspace, out, 0, tmp_path), tmp_path) == [0, 0]
     assert "reusing theta' from" in (tmp_path / "probe-p0.log").read_text()

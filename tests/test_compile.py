@@ -92,12 +92,18 @@ def test_an_experiment_without_grpo_gets_the_release_generator():
     try:
         configs.parse(["gin/experiments/markov_tiny.gin"], [])
         default = aot.grpo_shapes()
+        pretraining_only = aot.experiment_programs()
+        with pytest.raises(ValueError, match=r"--programs: unknown \['rollout'\]"):
+            aot.compile_experiment("cpu", programs=("train", "rollout"))
         configs.parse(["gin/experiments/cpu_grpo_rephrase.gin"], [])
         configured = aot.grpo_shapes()
+        grpo_only = aot.experiment_programs()
     finally:
         import gin
 
         gin.clear_config()
+    # What is compiled by default: what the experiment runs (a pretraining one never pays for a 1B generator).
+    assert pretraining_only == ("train",) and grpo_only == ("grpo", "sampler")
     assert default.model.name == "olmo2_1b_instruct" and default.model.dtype == "bfloat16"
     assert default.algorithm == GRPOConfig() and default.prompts_per_step is None and default.accum_steps == 4
     assert default.mesh == MeshConfig() and default.source == (

@@ -120,3 +120,13 @@ def test_full_step_on_mesh_matches_single_device(single_device_reference):
         assert abs(m1[key] - m2[key]) <= 1e-5 * max(1.0, abs(m1[key])), key
     np.testing.assert_allclose(p1["layers"]["mlp"]["up_proj"]["kernel"], p2["layers"]["mlp"]["up_proj"]["kernel"],
                                atol=1e-5)
+
+
+def test_a_host_mesh_takes_the_fsdp_and_tensor_axes_that_fit_on_the_host(monkeypatch):
+    """Bulk jobs run one replica per host: an fsdp axis wider than the host shards over all its devices."""
+    wide = sharding.make_mesh(sharding.MeshConfig(data=1, fsdp=8))
+    split = sharding.make_mesh(sharding.MeshConfig(data=1, fsdp=4, tensor=2))
+    monkeypatch.setattr(jax, "local_devices", lambda: jax.devices()[:4])  # a host with 4 of the 8 devices
+    assert dict(sharding.host_mesh(wide).shape) == {"data": 1, "fsdp": 4, "tensor": 1}
+    assert dict(sharding.host_mesh(split).shape) == {"data": 1, "fsdp": 2, "tensor": 2}
+    assert list(sharding.host_mesh(wide).devices.flat) == jax.devices()[:4]

@@ -8,40 +8,9 @@ import jax
 import numpy as np
 import pytest
 from etils import epath
-from fsspec.implementations.memory import MemoryFileSystem
 
 from synpro_jax import atomic, models
 from synpro_jax.train.metrics import MetricsLog, read_records
-
-
-class FakeGCS(MemoryFileSystem):  # paths as gcsfs gives them: "bucket/key", no root slash, no scheme
-    protocol = ("gs", "gcs")
-    root_marker = ""
-    store: dict = {}
-    pseudo_dirs = [""]
-
-    @classmethod
-    def _strip_protocol(cls, path):
-        path = str(path)
-        for scheme in ("gs://", "gcs://"):
-            path = path[len(scheme):] if path.startswith(scheme) else path
-        return path.strip("/")
-
-
-@pytest.fixture
-def fake_gcs(monkeypatch):
-    """gs:// paths served by fsspec's in-memory filesystem (epath would use TensorFlow's GCS client)."""
-    import importlib
-
-    from etils.epath import gpath
-
-    monkeypatch.setattr(gpath, "_is_tf_installed", lambda: False)
-    registry = importlib.import_module("fsspec.registry")  # the module (fsspec.registry is its read-only view)
-    for protocol in ("gs", "gcs"):  # epath asks fsspec for "gcs"
-        monkeypatch.setitem(registry._registry, protocol, FakeGCS)
-    FakeGCS.store.clear()  # epath keeps its filesystem object: empty the class's store instead
-    FakeGCS.pseudo_dirs[:] = [""]
-    yield epath.Path("gs://bucket/run")
 
 
 @pytest.fixture(params=["local", "gs"])
@@ -169,6 +138,12 @@ def test_synthesis_on_a_bucket_resumes_a_killed_shard(root, synthesis_workspace)
     ids = [json.loads(line)["source_id"] for line in (out / "organic.jsonl").read_text().splitlines()]
     assert sorted(ids) == sorted(f"organic.jsonl:{i}" for i in range(1, DOCUMENTS + 1))
     assert json.loads((out / "synthesis.json").read_text())["shards"][0]["shard"] == "organic.jsonl"
+    # Killed after the finished part was written but before its batches were removed: a rerun removes them.
+    leftover = partial / "000000000.jsonl" if atomic.is_remote(out) else partial
+    leftover.parent.mkdir(parents=True, exist_ok=True)
+    leftover.write_text('{"source_id": "organic.jsonl:1"}\n')
+    assert job().run([str(ws / "organic.jsonl")], out, progress=False)["shards"][0]["skipped"] == "finished earlier"
+    assert not partial.exists()
 
 
 def test_tensorboard_events_reach_a_bucket_and_the_loop_board_starts_afresh(root):
@@ -186,3 +161,25 @@ def test_tensorboard_events_reach_a_bucket_and_the_loop_board_starts_afresh(root
     loop_board.close()
     rebuilt = list((root / "tensorboard" / "synpro").iterdir())
     assert len(rebuilt) == 1 and b"pretrain/loss" not in rebuilt[0].read_bytes()
+
+
+def test_a_partial_shard_keeps_only_whole_records_and_becomes_the_finished_part(root):
+    from synpro_jax.generation.synthesize import _Partial
+
+    final = root / "synthesis" / "x.jsonl"
+    final.parent.mkdir(parents=True, exist_ok=True)
+    part = _Partial(final)
+    with part.appender() as append:
+        append('{"source_id": "a"}\n')
+        append('{"source_id": "b"}\n')
+    damaged = '{"source_id": "b"}\n{not json\n'  # a line that cannot be read: its document is redone
+    if part.remote:
+        (part.path / "000000001.jsonl").write_text(damaged)
+    else:
+        part.path.write_text('{"source_id": "a"}\n' + damaged)
+    assert [json.loads(line)["source_id"] for line in part.read({})] == ["a", "b"]
+    with part.appender() as append:
+        append('{"source_id": "c"}\n')
+    part.finish()
+    assert final.read_text().splitlines() == ['{"source_id": "a"}', '{"source_id": "b"}', '{"source_id": "c"}']
+    assert not part.exists()

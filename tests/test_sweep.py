@@ -11,7 +11,7 @@ import sys
 
 import pytest
 from etils import epath
-from fsspec.implementations.memory import MemoryFileSystem
+from fake_gcs import FakeGCS
 
 from synpro_jax import sweep
 
@@ -124,32 +124,8 @@ TPU = dict(tpu_prefix="lr", zone="us-west4-a", accelerator_type="v5litepod-8", p
            repo="https://github.com/o/synpro_jax.git", ref="v1")
 
 
-class FakeGCS(MemoryFileSystem):  # as tests/test_storage.py: gs:// paths in memory, as gcsfs gives them
-    protocol = ("gs", "gcs")
-    root_marker = ""
-    store: dict = {}
-    pseudo_dirs = [""]
-
-    @classmethod
-    def _strip_protocol(cls, path):
-        path = str(path)
-        for scheme in ("gs://", "gcs://"):
-            path = path[len(scheme):] if path.startswith(scheme) else path
-        return path.strip("/")
-
-
 @pytest.fixture
-def bucket(monkeypatch):
-    import importlib
-
-    from etils.epath import gpath
-
-    monkeypatch.setattr(gpath, "_is_tf_installed", lambda: False)
-    registry = importlib.import_module("fsspec.registry")
-    for protocol in ("gs", "gcs"):
-        monkeypatch.setitem(registry._registry, protocol, FakeGCS)
-    FakeGCS.store.clear()
-    FakeGCS.pseudo_dirs[:] = [""]
+def bucket(fake_gcs):
     return "gs://bucket/sweep"
 
 

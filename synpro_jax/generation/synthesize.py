@@ -183,7 +183,13 @@ class _Partial:
             return kept
         chunks = self._chunks()
         self._next = 1 + max(int(c.stem) for c in chunks) if chunks else 0
-        return [line for c in chunks for line in _read_partial(c, expect)]
+        lines = []
+        for c in chunks:
+            kept = _read_partial(c, expect)
+            if "".join(kept).encode("utf-8") != c.read_bytes():  # its dropped lines are redone: they must go
+                atomic.write_text(c, "".join(kept))
+            lines += kept
+        return lines
 
     @contextlib.contextmanager
     def appender(self):
@@ -550,6 +556,11 @@ class Synthesizer:
                                  "rename one or synthesize them into different out_dirs")
         # Every shard in out_dir is checked before any work: the DataConfig glob reads them all together.
         self._claim(out, [], every=True)
+        if index == 0:  # a part finished just before a kill removed its remote chunks: they are done with
+            for leftover in out.glob("*.jsonl.partial"):
+                final = leftover.with_name(leftover.name.removesuffix(".partial"))
+                if final.exists():
+                    _Partial(final).remove()
         distributed.barrier(f"synthesis claimed {out}")  # what overwrite deletes is gone before anyone looks
         layouts = _layouts(out)
         elsewhere = {name: _finished_elsewhere(out, name, layouts.get(name, {}), count) for name in names}

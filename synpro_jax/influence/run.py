@@ -205,23 +205,24 @@ def probe_and_score(cfg: ModelConfig, mesh: Mesh, checkpoint: str, vocabulary: s
                                        vocab, cache_dir=out / "cache", name="probe_corpus", progress=progress)
     if report is not None:
         print(f"corpus: {report.summary()}")
+    theta_params, theta_step, adam_restored = theta.params, theta.step, theta.adam is not None
+    fingerprint = {"theta_source": theta.source, "theta_step": theta_step, "probe": probe_fp,
+                   "vocabulary": probe_fp["vocabulary"], "corpus": files_fingerprint(corpus),
+                   "text_field": text_field}
+    del theta  # its Adam moments are not needed to score
     if jax.process_count() > 1:  # each host scores its own documents on its own devices (see score_corpus)
         mesh = sharding.host_mesh(mesh)
         on_host = models.param_shardings(cfg, mesh)
-        theta_params, tuned = sharding.onto_host_mesh(theta.params, on_host), sharding.onto_host_mesh(tuned, on_host)
-    else:
-        theta_params = theta.params
+        theta_params, tuned = sharding.onto_host_mesh(theta_params, on_host), sharding.onto_host_mesh(tuned, on_host)
     probe = Probe(cfg, mesh, theta_params, tuned, max_len=max_len)
+    del theta_params, tuned  # the probe holds its own placed copies
     docs = [docs_corpus.doc(i) for i in range(docs_corpus.num_docs)]
-    fingerprint = {"theta_source": theta.source, "theta_step": theta.step, "probe": probe_fp,
-                   "vocabulary": probe_fp["vocabulary"], "corpus": files_fingerprint(corpus),
-                   "text_field": text_field}
     path = score_corpus(probe, docs, docs_corpus.doc_ids, out / "scores", fingerprint=fingerprint,
                         batch_size=batch_size, chunk_docs=chunk_docs, progress=progress)
     with atomic.load_npz(path) as z:
         infl = z["influence"]
-        summary = {"scores": str(path), "documents": int(len(infl)), "theta_step": theta.step,
-                   "adam_restored": theta.adam is not None, "influence_mean": float(infl.mean()),
+        summary = {"scores": str(path), "documents": int(len(infl)), "theta_step": theta_step,
+                   "adam_restored": adam_restored, "influence_mean": float(infl.mean()),
                    "influence_std": float(infl.std()), "loss_before_mean": float(z["loss_before"].mean()),
                    "loss_after_mean": float(z["loss_after"].mean())}
     if jax.process_index() == 0:
