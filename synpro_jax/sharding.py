@@ -113,8 +113,9 @@ def onto_host_mesh(tree: Any, shardings: Any) -> Any:
 
 
 def single_device_mesh(device: Any | None = None) -> Mesh:
-    """A (1, 1, 1) mesh: the same code path as a pod, on one device."""
-    return make_mesh(MeshConfig(1, 1, 1), devices=[device or jax.devices()[0]])
+    """A (1, 1, 1) mesh: the same code path as a pod, on one device (default: this host's first, so every host
+    of a pod runs its own copy of a small program)."""
+    return make_mesh(MeshConfig(1, 1, 1), devices=[device or jax.local_devices()[0]])
 
 
 def _as_tuple(axes: MeshAxes) -> tuple[str, ...]:

@@ -161,7 +161,10 @@ class Trainer:
         if self.init_adam is not None or self.init_step:
             train = self.step_fn.continue_from(train, self.init_adam, self.init_step)
         # Replicated on the mesh, not on one local device: every host then saves and restores the same array.
-        rng = jax.device_put(jax.random.key_data(jax.random.key(self.cfg.seed + 1)), sharding.replicated(self.mesh))
+        # placed from host values: device_put of a one-device array onto a mesh spanning other processes can
+        # build an array orbax cannot save (seen with one device per host)
+        rng = sharding.host_to_global(np.asarray(jax.random.key_data(jax.random.key(self.cfg.seed + 1))),
+                                      sharding.replicated(self.mesh))
         return {"train": train, "rng": rng}
 
     def _meta(self, step: int) -> dict:
