@@ -248,18 +248,12 @@ def synthesize(generator: str = gin.REQUIRED, shards=gin.REQUIRED, out_dir: str 
             documents = [line for line in Path(documents).read_text(encoding="utf-8").splitlines() if line]
         except OSError as e:
             raise ValueError(f"synpro.synthesize.documents={documents}: {e}") from None
-    from synpro_jax.train.params_io import load_params_and_step
+    from synpro_jax.train.params_io import load_params_and_step, per_host
 
     model, vocab, _, stop_ids = _generator_setup(generator, model, vocabulary, stop_tokens, dtype, "synthesize")
     mesh_obj = sharding.make_mesh(mesh)
     params, step = load_params_and_step(model, mesh_obj, generator)
-    import jax
-
-    if jax.process_count() > 1:  # each host samples its own documents on its own devices (see Synthesizer.run)
-        from synpro_jax import models as models_lib
-
-        mesh_obj = sharding.host_mesh(mesh_obj)
-        params = sharding.onto_host_mesh(params, models_lib.param_shardings(model, mesh_obj))
+    mesh_obj, params = per_host(model, mesh_obj, params)  # each host samples its own documents (Synthesizer.run)
     synth = Synthesizer(model, params, vocab, settings, mesh=mesh_obj, generator=str(generator),
                         generator_step=step, stop_ids=stop_ids, documents=documents)
     del params  # the sampler holds its own cast, per-layer copy

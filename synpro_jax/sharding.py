@@ -106,12 +106,6 @@ def host_mesh(like: Mesh) -> Mesh:
     return make_mesh(MeshConfig(data=-1, fsdp=fsdp, tensor=tensor), local)
 
 
-def onto_host_mesh(tree: Any, shardings: Any) -> Any:
-    """Copies of (possibly global) arrays on this host's devices, laid out as ``shardings`` (every process must
-    call this: global arrays are gathered first)."""
-    return jax.device_put(jax.tree.map(to_host, tree), shardings)
-
-
 def single_device_mesh(device: Any | None = None) -> Mesh:
     """A (1, 1, 1) mesh: the same code path as a pod, on one device (default: this host's first, so every host
     of a pod runs its own copy of a small program)."""

@@ -303,7 +303,7 @@ class Sweep:
         self.check()
         if dry_run:
             for point in self.points:
-                print(" ".join(_quote(a) for a in self.argv(point)), file=stream)
+                print(shlex.join(self.argv(point)), file=stream)
             return manifest
         self.root.mkdir(parents=True, exist_ok=True)
         self.save_manifest(manifest)
@@ -525,12 +525,6 @@ def _launch(sweep: Sweep, tpu: TpuLauncher, dry_run: bool = False, stream=None, 
         for line in launched:
             print(line, file=stream)
     return manifest
-
-
-def _quote(arg: str) -> str:
-    import shlex
-
-    return shlex.quote(arg)
 
 
 # --- the summary --------------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from synpro_jax import atomic, models, sharding
+from synpro_jax import atomic, sharding
 from synpro_jax.influence.probe import first_difference
 from synpro_jax.models import ModelConfig
 from synpro_jax.train import params_io
@@ -210,10 +210,7 @@ def probe_and_score(cfg: ModelConfig, mesh: Mesh, checkpoint: str, vocabulary: s
                    "vocabulary": probe_fp["vocabulary"], "corpus": files_fingerprint(corpus),
                    "text_field": text_field}
     del theta  # its Adam moments are not needed to score
-    if jax.process_count() > 1:  # each host scores its own documents on its own devices (see score_corpus)
-        mesh = sharding.host_mesh(mesh)
-        on_host = models.param_shardings(cfg, mesh)
-        theta_params, tuned = sharding.onto_host_mesh(theta_params, on_host), sharding.onto_host_mesh(tuned, on_host)
+    mesh, theta_params, tuned = params_io.per_host(cfg, mesh, theta_params, tuned)  # see score_corpus
     probe = Probe(cfg, mesh, theta_params, tuned, max_len=max_len)
     del theta_params, tuned  # the probe holds its own placed copies
     docs = [docs_corpus.doc(i) for i in range(docs_corpus.num_docs)]

@@ -307,31 +307,30 @@ class GRPOTrainer:
         if on_start is not None:
             on_start()
         metrics_log = MetricsLog(self.out_dir, start)
-        self.preemption.__enter__()
-        bar = tqdm(total=run.num_steps, initial=start, unit="step", dynamic_ncols=True, desc="grpo",
-                   disable=not run.progress or jax.process_index() != 0)
-        step, preempted = start, False
-        try:
-            while step < run.num_steps:
-                state["train"], record = self.train_step(state["train"], step)
-                step += 1
-                bar.update(1)
-                bar.set_postfix(reward=f"{record['reward/total_mean']:.3f}", kl=f"{record.get('kl', 0.0):.2g}",
-                                refresh=False)
-                if step % run.log_every == 0 or step == run.num_steps:
-                    metrics_log.write(record)
-                meta = {"step": step, "fingerprint": self.fingerprint, "time": time.time()}
-                if self.preemption.stop_after(step) and step < run.num_steps:
-                    ckpt.save(step, state, meta, force=True)
-                    preempted = True
-                    log.warning("SIGTERM: saved GRPO step %d; rerun the same command to resume", step)
-                    break
-                ckpt.save(step, state, meta, force=step == run.num_steps)
-        finally:
-            bar.close()
-            metrics_log.close()
-            ckpt.close()
-            self.preemption.__exit__()
+        with self.preemption:  # SIGTERM handled for the loop's length
+            bar = tqdm(total=run.num_steps, initial=start, unit="step", dynamic_ncols=True, desc="grpo",
+                       disable=not run.progress or jax.process_index() != 0)
+            step, preempted = start, False
+            try:
+                while step < run.num_steps:
+                    state["train"], record = self.train_step(state["train"], step)
+                    step += 1
+                    bar.update(1)
+                    bar.set_postfix(reward=f"{record['reward/total_mean']:.3f}", kl=f"{record.get('kl', 0.0):.2g}",
+                                    refresh=False)
+                    if step % run.log_every == 0 or step == run.num_steps:
+                        metrics_log.write(record)
+                    meta = {"step": step, "fingerprint": self.fingerprint, "time": time.time()}
+                    if self.preemption.stop_after(step) and step < run.num_steps:
+                        ckpt.save(step, state, meta, force=True)
+                        preempted = True
+                        log.warning("SIGTERM: saved GRPO step %d; rerun the same command to resume", step)
+                        break
+                    ckpt.save(step, state, meta, force=step == run.num_steps)
+            finally:
+                bar.close()
+                metrics_log.close()
+                ckpt.close()
         self.state = state["train"]
         summary = self._summary(metrics_log.records, step, preempted)
         if not preempted:

@@ -76,3 +76,14 @@ def load_params_and_step(cfg: ModelConfig, mesh: Mesh, source: str | Path) -> tu
 def load_params(cfg: ModelConfig, mesh: Mesh, source: str | Path) -> Any:
     """Parameters only; see :func:`load_params_and_step`."""
     return load(cfg, mesh, source).params
+
+
+def per_host(cfg: ModelConfig, mesh: Mesh, *trees: Any) -> tuple[Any, ...]:
+    """``(mesh, *trees)`` for bulk inference, which runs one replica per host on its own share of the documents:
+    on several processes, :func:`sharding.host_mesh` and copies of the parameter trees laid out on it (every
+    process must call this: global arrays are gathered first); on one process, unchanged."""
+    if jax.process_count() == 1:
+        return (mesh, *trees)
+    local = sharding.host_mesh(mesh)
+    shardings = models.param_shardings(cfg, local)
+    return (local, *(jax.device_put(jax.tree.map(sharding.to_host, t), shardings) for t in trees))

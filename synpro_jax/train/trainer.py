@@ -245,54 +245,53 @@ class Trainer:
         peak = device_peak_flops(self.model_cfg.dtype)[0] * jax.device_count()
         fpt = self.model_cfg.train_flops_per_token(cfg.seq_len)
 
-        self.preemption.__enter__()
-        bar = tqdm(total=cfg.num_steps, initial=start, unit="step", dynamic_ncols=True,
-                   disable=not cfg.progress or jax.process_index() != 0)
-        window_t, window_tokens = time.perf_counter(), 0
-        preempted = False
-        # A run killed after it stopped on a plateau must not train on when restarted: it is finished.
-        plateaued = restored is not None and self.plateau.plateaued
-        step = start
-        try:
-            while step < cfg.num_steps and not (plateaued and cfg.stop_on_plateau):
-                batch, info = self.batches(step)
-                state["train"], metrics = self.step_fn(state["train"], batch)
-                step += 1
-                window_tokens += cfg.global_batch * cfg.seq_len
-                bar.update(1)
-                if step == start + 1:  # keep compilation out of the throughput numbers
-                    jax.block_until_ready(metrics)
-                    window_t, window_tokens = time.perf_counter(), 0
-                record = None
-                if step % cfg.log_every == 0 or step == cfg.num_steps:
-                    metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                    dt = time.perf_counter() - window_t
-                    tps = window_tokens / dt if window_tokens else float("nan")
-                    record = {"step": step, **metrics, "tokens_per_s": tps,
-                              "tokens_per_s_per_device": tps / jax.device_count(), "mfu": tps * fpt / peak,
-                              "epoch": int(info["epochs"].max())}
-                    window_t, window_tokens = time.perf_counter(), 0
-                if self.val_batches is not None and (step % cfg.eval_every == 0 or step == cfg.num_steps):
-                    record = record or {"step": step}
-                    record.update(self.evaluate(state["train"].params))
-                    plateaued = self.plateau.update(record["val_loss"])
-                    record["plateau"] = plateaued
-                if record:
-                    metrics_log.write(record)
-                    bar.set_postfix({k: f"{record[k]:.3f}" for k in ("loss", "val_loss") if k in record})
-                ckpt.save(step, state, self._meta(step))
-                if self.preemption.stop_after(step):
-                    preempted = True
-                    break
-                if plateaued and cfg.stop_on_plateau:
-                    break
-            if ckpt.latest_step() != step:
-                ckpt.save(step, state, self._meta(step), force=True)
-        finally:
-            bar.close()
-            ckpt.close()
-            metrics_log.close()
-            self.preemption.__exit__()
+        with self.preemption:  # SIGTERM handled for the loop's length
+            bar = tqdm(total=cfg.num_steps, initial=start, unit="step", dynamic_ncols=True,
+                       disable=not cfg.progress or jax.process_index() != 0)
+            window_t, window_tokens = time.perf_counter(), 0
+            preempted = False
+            # A run killed after it stopped on a plateau must not train on when restarted: it is finished.
+            plateaued = restored is not None and self.plateau.plateaued
+            step = start
+            try:
+                while step < cfg.num_steps and not (plateaued and cfg.stop_on_plateau):
+                    batch, info = self.batches(step)
+                    state["train"], metrics = self.step_fn(state["train"], batch)
+                    step += 1
+                    window_tokens += cfg.global_batch * cfg.seq_len
+                    bar.update(1)
+                    if step == start + 1:  # keep compilation out of the throughput numbers
+                        jax.block_until_ready(metrics)
+                        window_t, window_tokens = time.perf_counter(), 0
+                    record = None
+                    if step % cfg.log_every == 0 or step == cfg.num_steps:
+                        metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                        dt = time.perf_counter() - window_t
+                        tps = window_tokens / dt if window_tokens else float("nan")
+                        record = {"step": step, **metrics, "tokens_per_s": tps,
+                                  "tokens_per_s_per_device": tps / jax.device_count(), "mfu": tps * fpt / peak,
+                                  "epoch": int(info["epochs"].max())}
+                        window_t, window_tokens = time.perf_counter(), 0
+                    if self.val_batches is not None and (step % cfg.eval_every == 0 or step == cfg.num_steps):
+                        record = record or {"step": step}
+                        record.update(self.evaluate(state["train"].params))
+                        plateaued = self.plateau.update(record["val_loss"])
+                        record["plateau"] = plateaued
+                    if record:
+                        metrics_log.write(record)
+                        bar.set_postfix({k: f"{record[k]:.3f}" for k in ("loss", "val_loss") if k in record})
+                    ckpt.save(step, state, self._meta(step))
+                    if self.preemption.stop_after(step):
+                        preempted = True
+                        break
+                    if plateaued and cfg.stop_on_plateau:
+                        break
+                if ckpt.latest_step() != step:
+                    ckpt.save(step, state, self._meta(step), force=True)
+            finally:
+                bar.close()
+                ckpt.close()
+                metrics_log.close()
         summary = {"step": step, "preempted": preempted, "plateaued": plateaued,
                    "out_dir": str(self.out_dir), "checkpoint_step": step, **self.summary_extra}
         last = [r for r in metrics_log.records if "loss" in r]
