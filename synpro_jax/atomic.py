@@ -15,7 +15,8 @@ from typing import Any, Callable
 
 from etils import epath
 
-__all__ = ["write_text", "write_bytes", "write_json", "write_file", "publish_dir", "load_npz", "is_remote"]
+__all__ = ["write_text", "write_bytes", "write_json", "write_file", "publish_dir", "load_npz", "is_remote",
+           "absolute", "file_fingerprint"]
 
 PathLike = str | os.PathLike
 
@@ -23,6 +24,20 @@ PathLike = str | os.PathLike
 def is_remote(path: PathLike) -> bool:
     """True for object-store paths (gs://, s3://, ...), which have no rename and no append."""
     return "://" in os.fspath(path)
+
+
+def absolute(path: PathLike) -> epath.Path:
+    """``path`` made absolute. A remote path is already absolute, and etils' ``absolute()``/``resolve()`` would turn
+    ``gs://b/x`` into a local ``<cwd>/gs:/b/x``."""
+    path = epath.Path(path)
+    return path if is_remote(path) else path.absolute()
+
+
+def file_fingerprint(path: PathLike) -> tuple[str, int, int]:
+    """(absolute name, size, mtime) of a local file or an object, for cache keys."""
+    path = absolute(path)
+    st = path.stat()
+    return str(path if is_remote(path) else path.resolve()), int(st.length), int(st.mtime)
 
 
 def _default_mode() -> int:

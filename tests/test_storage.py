@@ -1,5 +1,5 @@
-"""Storage through etils.epath: the same writers and readers on a local folder and on a gs:// bucket (an
-in-memory fsspec filesystem standing in for GCS), so a run directory on a bucket works like a local one."""
+"""Storage through etils.epath: the same writers and readers on a local folder and on a gs:// bucket of a real GCS
+emulator (fake-gcs-server, tests/gcs_emulator.py), so a run directory on a bucket works like a local one."""
 
 import json
 import os
@@ -17,7 +17,7 @@ from synpro_jax.train.metrics import MetricsLog, read_records
 def root(request, tmp_path):
     if request.param == "local":
         return epath.Path(tmp_path) / "run"
-    return request.getfixturevalue("fake_gcs")
+    return request.getfixturevalue("gcs")
 
 
 def test_a_gs_path_keeps_its_scheme():

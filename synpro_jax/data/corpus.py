@@ -135,7 +135,7 @@ def _fingerprint(source, vocab) -> str:
         parts["describe"] = source.describe()
     files = getattr(source, "files", None)
     if files:
-        parts["files"] = [(str(Path(f).resolve()), os.path.getsize(f), int(os.path.getmtime(f))) for f in files]
+        parts["files"] = [atomic.file_fingerprint(f) for f in files]
     for attr in ("text_field", "id_field", "split", "name", "eos_id"):
         if hasattr(source, attr):
             parts[attr] = getattr(source, attr)

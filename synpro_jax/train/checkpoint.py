@@ -21,6 +21,8 @@ import jax
 import orbax.checkpoint as ocp
 from jax.sharding import NamedSharding, PartitionSpec
 
+from synpro_jax import atomic
+
 log = logging.getLogger(__name__)
 
 
@@ -30,7 +32,7 @@ class Checkpointer:
             raise ValueError(f"checkpoint save_every={save_every}: must be >= 1")
         if keep < 1:
             raise ValueError(f"checkpoint keep={keep}: must be >= 1")
-        self.directory = Path(directory).absolute()
+        self.directory = atomic.absolute(directory)
         options = ocp.CheckpointManagerOptions(save_interval_steps=save_every, max_to_keep=keep,
                                                enable_async_checkpointing=async_save, create=True)
         self.manager = ocp.CheckpointManager(self.directory, options=options)
@@ -141,7 +143,7 @@ def read_params(source: str | Path, target: Any, *, step: int | None = None, wit
         raise FileNotFoundError(f"checkpoint {source}: no such directory (expected a run's out_dir or its "
                                 "checkpoints/)")
     handlers = {"state": ocp.PyTreeCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
-    manager = ocp.CheckpointManager(directory.absolute(), item_handlers=handlers)
+    manager = ocp.CheckpointManager(atomic.absolute(directory), item_handlers=handlers)
     try:
         step = manager.latest_step() if step is None else step
         if step is None:

@@ -15,7 +15,7 @@ from etils.epath import Path
 import jax
 from jax.sharding import Mesh
 
-from synpro_jax import models, sharding
+from synpro_jax import atomic, models, sharding
 from synpro_jax.models import ModelConfig
 from synpro_jax.train.checkpoint import AdamMoments, checkpoint_dir, read_params
 
@@ -58,12 +58,12 @@ def load(cfg: ModelConfig, mesh: Mesh, source: str | Path, *, with_adam: bool = 
         if want != have:
             raise ValueError(f"{path}: {hf_cfg.describe()} does not match the configured model {cfg.describe()}")
         params = jax.device_put(params, models.param_shardings(cfg, mesh, rules))
-        return LoadedParams(params, 0, str(path.absolute()), "hf")
+        return LoadedParams(params, 0, str(atomic.absolute(path)), "hf")
     if not checkpoint_dir(path).is_dir():
         raise FileNotFoundError(f"checkpoint {source}: neither an HF directory (config.json) nor a run with "
                                 "checkpoints")
     saved = read_params(path, abstract_target(cfg, mesh, rules), with_adam=with_adam)
-    return LoadedParams(saved.params, saved.step, str(path.absolute()), "checkpoint", saved.adam)
+    return LoadedParams(saved.params, saved.step, str(atomic.absolute(path)), "checkpoint", saved.adam)
 
 
 def load_params_and_step(cfg: ModelConfig, mesh: Mesh, source: str | Path) -> tuple[Any, int]:
