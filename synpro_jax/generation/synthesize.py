@@ -51,6 +51,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from synpro_jax import atomic, distributed, sharding
+from synpro_jax import heartbeat
 from synpro_jax.checks import positive_ints
 from synpro_jax.generation import prompts as prompts_lib
 from synpro_jax.generation.sampler import Sampler
@@ -506,6 +507,7 @@ class Synthesizer:
                     progress(len(records), sum(r["completion_tokens"] for r in records))
 
             for doc in source:
+                heartbeat.beat()
                 if count > 1 and distributed.host_of(doc.id, count) != index:
                     counts["other_hosts"] += 1
                     if progress is not None:

@@ -28,6 +28,7 @@ from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
 from synpro_jax import atomic, distributed, models, sharding
+from synpro_jax import heartbeat
 from synpro_jax.checks import positive_ints
 from synpro_jax.influence.kernel import compiled_loss_pair
 from synpro_jax.models import ModelConfig
@@ -277,6 +278,7 @@ def score_corpus(probe: Probe, docs: Sequence[np.ndarray], doc_ids: Sequence[str
             raise ValueError(f"{path} exists but its documents were not scored; delete it and rerun")
         _atomic_savez(path, ids=np.array([keys[i] for i in idx], dtype=str), **scores)
         bar.update(len(idx))
+        heartbeat.beat()
     bar.close()
     distributed.barrier(f"score_corpus scored {out_dir}")
     if index == 0:

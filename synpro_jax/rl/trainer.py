@@ -48,6 +48,7 @@ from tqdm.auto import tqdm
 
 from synpro_jax import atomic, sharding
 from synpro_jax import distributed
+from synpro_jax import heartbeat
 from synpro_jax.distributed import Preemption
 from synpro_jax.checks import positive_ints
 from synpro_jax.generation.sampler import Sampler
@@ -316,6 +317,7 @@ class GRPOTrainer:
                     state["train"], record = self.train_step(state["train"], step)
                     step += 1
                     bar.update(1)
+                    heartbeat.beat()
                     bar.set_postfix(reward=f"{record['reward/total_mean']:.3f}", kl=f"{record.get('kl', 0.0):.2g}",
                                     refresh=False)
                     if step % run.log_every == 0 or step == run.num_steps:

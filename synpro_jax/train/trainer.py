@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from synpro_jax import atomic, sharding
 from synpro_jax import distributed
+from synpro_jax import heartbeat
 from synpro_jax.distributed import Preemption
 from synpro_jax.checks import positive_ints
 from synpro_jax.data.packing import PackedStream
@@ -260,6 +261,7 @@ class Trainer:
                     step += 1
                     window_tokens += cfg.global_batch * cfg.seq_len
                     bar.update(1)
+                    heartbeat.beat()
                     if step == start + 1:  # keep compilation out of the throughput numbers
                         jax.block_until_ready(metrics)
                         window_t, window_tokens = time.perf_counter(), 0
