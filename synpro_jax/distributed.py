@@ -1,7 +1,8 @@
 """Several hosts as one job: starting jax.distributed, hosts agreeing on values, and SIGTERM stops every host
 after the same step.
 
-On a Cloud TPU VM slice ``jax.distributed.initialize()`` finds the coordinator itself; elsewhere (GPU clusters,
+On a Cloud TPU VM that is one host of several (a GCE slice, whose metadata server lists the workers, or GKE, whose
+environment does) ``jax.distributed.initialize()`` finds the coordinator itself; elsewhere (GPU clusters,
 several local CPU processes in tests) it takes ``--coordinator_address``, ``--num_processes`` and
 ``--process_id`` (or JAX's own JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID variables).
 """
@@ -9,11 +10,15 @@ several local CPU processes in tests) it takes ``--coordinator_address``, ``--nu
 from __future__ import annotations
 
 import dataclasses
+import glob
 import hashlib
 import logging
 import os
 import signal
 import threading
+import time
+import urllib.error
+import urllib.request
 import zlib
 
 import jax
@@ -57,10 +62,65 @@ class DistributedConfig:
             raise ValueError(f"--process_id={self.process_id}: must be in [0, --num_processes={self.num_processes})")
 
 
+# Where a Cloud TPU VM learns its slice, as JAX's own cluster detection reads it (jax/_src/clusters/
+# cloud_tpu_cluster.py): GKE injects the workers as environment variables; a GCE TPU VM (tpu-vm create, queued
+# resources) has them only in its metadata server.
+GKE_WORKER_VARS = ("TPU_PROCESS_ADDRESSES", "TPU_WORKER_HOSTNAMES")
+METADATA_URL = "http://{host}/computeMetadata/v1/instance/attributes/{key}"
+
+
+def _has_tpu_chips() -> bool:
+    """TPU chips attached to this VM (the device files libtpu opens: /dev/accel* on v4/v5p, /dev/vfio on v5e+)."""
+    return bool(glob.glob("/dev/accel[0-9]*") or glob.glob("/dev/vfio/[0-9]*"))
+
+
+def gce_metadata(key: str, timeout_s: float = 5.0, tries: int = 3) -> str | None:
+    """An attribute of this VM from the GCE metadata server (GCE_METADATA_IP, as JAX reads it), or None when there
+    is no server or no such attribute."""
+    host = os.environ.get("GCE_METADATA_IP", "metadata.google.internal")
+    request = urllib.request.Request(METADATA_URL.format(host=host, key=key), headers={"Metadata-Flavor": "Google"})
+    for attempt in range(tries):
+        try:
+            with urllib.request.urlopen(request, timeout=timeout_s) as response:
+                return response.read().decode()
+        except urllib.error.HTTPError as e:
+            if e.code == 404:
+                return None
+        except (urllib.error.URLError, OSError):
+            pass
+        if attempt + 1 < tries:
+            time.sleep(0.5)
+    return None
+
+
+def _workers(listing: str | None) -> int:
+    return len([w for w in (listing or "").split(",") if w.strip()])
+
+
+def tpu_cluster() -> tuple[str, int] | None:
+    """("gke" or "gce", hosts in the job) on a Cloud TPU VM, None elsewhere. Multislice jobs
+    (MEGASCALE_NUM_SLICES) count every slice's hosts."""
+    slices = int(os.environ.get("MEGASCALE_NUM_SLICES") or 1)
+    for var in GKE_WORKER_VARS:
+        if os.environ.get(var):
+            return "gke", _workers(os.environ[var]) * slices
+    if not _has_tpu_chips() or os.environ.get("TPU_SKIP_MDS_QUERY"):
+        return None
+    endpoints = gce_metadata("worker-network-endpoints")
+    if endpoints is None:
+        return None
+    if "MEGASCALE_NUM_SLICES" not in os.environ:
+        for line in (gce_metadata("tpu-env") or "").splitlines():  # "MEGASCALE_NUM_SLICES: '2'"
+            key, _, value = line.partition(":")
+            if key.strip() == "MEGASCALE_NUM_SLICES" and value.strip().strip("'"):
+                slices = int(value.strip().strip("'"))
+    return "gce", _workers(endpoints) * slices
+
+
 def on_multihost_tpu() -> bool:
-    """A Cloud TPU VM that is one of several hosts of a slice (its metadata lists the workers)."""
-    hosts = os.environ.get("TPU_WORKER_HOSTNAMES", "")
-    return len([h for h in hosts.split(",") if h]) > 1
+    """A Cloud TPU VM that is one of several hosts of a job (a pod slice, or several slices)."""
+    cluster = tpu_cluster()
+    return cluster is not None and cluster[1] > 1
 
 
 def initialize(config: DistributedConfig | None = None) -> bool:
@@ -73,7 +133,7 @@ def initialize(config: DistributedConfig | None = None) -> bool:
                                    process_id=config.process_id,
                                    local_device_ids=list(config.local_device_ids) if config.local_device_ids else None)
     elif on_multihost_tpu():
-        jax.distributed.initialize()  # the TPU runtime tells every host the coordinator and its own id
+        jax.distributed.initialize()  # JAX's cluster detection finds the coordinator and this host's id
     else:
         return False
     log.info("jax.distributed: process %d of %d, %d local of %d devices", jax.process_index(), jax.process_count(),

@@ -73,6 +73,9 @@ def test_two_processes_train_like_one_process_with_eight_devices(tmp_path):
             if key in ra:
                 assert rb[key] == pytest.approx(ra[key], abs=1e-5), (ra["step"], key)
     assert "process 1 of 2, 4 local of 8 devices" in (tmp_path / "p1.log").read_text()
+    for i in range(2):  # orbax's async checkpointer needs jax.distributed on every host
+        assert f"orbax async checkpointer on {two / 'checkpoints'} (process {i} of 2)" in \
+            (tmp_path / f"p{i}.log").read_text()
     assert {"3", "6"} <= {p.name for p in (two / "checkpoints").iterdir()}
 
 

@@ -187,11 +187,14 @@ class HFTokenizerVocabulary(seqio.Vocabulary):
 
     def __eq__(self, other) -> bool:
         return isinstance(other, HFTokenizerVocabulary) and (
-            self._path.resolve() == other._path.resolve() and self._size == other._size
+            self._key() == other._key() and self._size == other._size
             and self._eos == other._eos and self._pad == other._pad)
 
     def __hash__(self) -> int:
-        return hash((str(self._path.resolve()), self._size))
+        return hash((self._key(), self._size))
+
+    def _key(self) -> str:
+        return str(self._path if atomic.is_remote(self._path) else self._path.resolve())
 
     def __repr__(self) -> str:
         return f"HFTokenizerVocabulary({str(self._path)!r}, vocab_size={self._size}, eos={self._eos})"

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from synpro_jax import atomic, sharding
+from synpro_jax import atomic, distributed, sharding
 from synpro_jax.influence.probe import first_difference
 from synpro_jax.models import ModelConfig
 from synpro_jax.train import params_io
@@ -200,6 +200,7 @@ def probe_and_score(cfg: ModelConfig, mesh: Mesh, checkpoint: str, vocabulary: s
                          progress=progress, on_step=lambda s, p, m: losses.append(float(m["loss"])))
         _save_finetuned(cfg, tuned, tuned_dir, {"theta": identity, "probe": probe_fp,
                                                 "reference_loss": {"first_step": losses[0], "last_step": losses[-1]}})
+        distributed.barrier(f"probe theta' {tuned_dir}")  # the influence server and reruns read it on every host
     docs_corpus, report = build_corpus(open_sources(list(corpus), text_field=text_field, eos_id=vocab.eos_id,
                                                     vocab_size=vocab.vocab_size),
                                        vocab, cache_dir=out / "cache", name="probe_corpus", progress=progress)
@@ -224,4 +225,5 @@ def probe_and_score(cfg: ModelConfig, mesh: Mesh, checkpoint: str, vocabulary: s
                    "loss_after_mean": float(z["loss_after"].mean())}
     if jax.process_index() == 0:
         _atomic_json(out / "summary.json", summary)
+    distributed.barrier(f"probe summary {out}")
     return summary

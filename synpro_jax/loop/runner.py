@@ -204,7 +204,7 @@ def run_loop(cfg: LoopConfig, model, data, progress: bool = True) -> dict:
     """Run (or resume) the experiment; returns the summary also written to loop_summary.json."""
     import jax
 
-    from synpro_jax import atomic
+    from synpro_jax import atomic, distributed
 
     exp = stages.Experiment(cfg, model, data, progress=progress)
     if "synpro" in cfg.methods and cfg.rounds:
@@ -248,6 +248,8 @@ def run_loop(cfg: LoopConfig, model, data, progress: bool = True) -> dict:
                 preempted = True
                 break
             done[key] = outputs
+            # The next stage reads what this one wrote (process 0 alone writes exports, summaries, manifests).
+            distributed.barrier(f"loop {key}")
             if writer:
                 notes = ", ".join(f"{k} {outputs[k]:.4g}" if isinstance(outputs[k], float) else f"{k} {outputs[k]}"
                                   for k in ("train_step", "val_loss", "steps", "records") if outputs.get(k) is not None)

@@ -153,6 +153,23 @@ def plot_reward_curves(records: Sequence[dict], path: Path, title: str = "") -> 
     save_png(fig, path)
 
 
+def check_config(cfg: ModelConfig, run: GRPORunConfig, algorithm: GRPOConfig, batch_shards: int) -> None:
+    """What a run refuses before it builds anything (``synpro sweep`` checks every point with it up front);
+    ``batch_shards``: how many ways the mesh splits the batch (sharding.batch_shards)."""
+    g = algorithm
+    if g.max_prompt_tokens + g.max_completion_tokens > cfg.max_seq_len:
+        raise ValueError(f"GRPOConfig.max_prompt_tokens={g.max_prompt_tokens} + max_completion_tokens="
+                         f"{g.max_completion_tokens} exceeds the generator's max_seq_len={cfg.max_seq_len}")
+    rows = run.prompts_per_step * g.num_generations
+    if rows % (run.accum_steps * batch_shards):
+        raise ValueError(f"GRPORunConfig.prompts_per_step={run.prompts_per_step} x GRPOConfig.num_generations="
+                         f"{g.num_generations} = {rows} completions per step must divide into accum_steps="
+                         f"{run.accum_steps} micro-batches over the mesh's {batch_shards} data shards")
+    if run.logits_chunk is not None and g.max_completion_tokens % run.logits_chunk:
+        raise ValueError(f"GRPORunConfig.logits_chunk={run.logits_chunk} must divide GRPOConfig."
+                         f"max_completion_tokens={g.max_completion_tokens} (the completion slots)")
+
+
 class GRPOTrainer:
     """GRPO for one generator on one mesh; see the module docstring.
 
@@ -167,18 +184,7 @@ class GRPOTrainer:
                  fingerprint: dict | None = None, vocabulary_files: Sequence[str] = (),
                  rules: sharding.Rules = sharding.DEFAULT_RULES):
         g = algorithm
-        if g.max_prompt_tokens + g.max_completion_tokens > cfg.max_seq_len:
-            raise ValueError(f"GRPOConfig.max_prompt_tokens={g.max_prompt_tokens} + max_completion_tokens="
-                             f"{g.max_completion_tokens} exceeds the generator's max_seq_len={cfg.max_seq_len}")
-        rows = run.prompts_per_step * g.num_generations
-        shards = sharding.batch_shards(mesh, rules)
-        if rows % (run.accum_steps * shards):
-            raise ValueError(f"GRPORunConfig.prompts_per_step={run.prompts_per_step} x GRPOConfig.num_generations="
-                             f"{g.num_generations} = {rows} completions per step must divide into accum_steps="
-                             f"{run.accum_steps} micro-batches over the mesh's {shards} data shards")
-        if run.logits_chunk is not None and g.max_completion_tokens % run.logits_chunk:
-            raise ValueError(f"GRPORunConfig.logits_chunk={run.logits_chunk} must divide GRPOConfig."
-                             f"max_completion_tokens={g.max_completion_tokens} (the completion slots)")
+        check_config(cfg, run, g, sharding.batch_shards(mesh, rules))
         self.cfg, self.mesh, self.vocab, self.prompts, self.suite = cfg, mesh, vocab, prompts, suite
         self.run_cfg, self.grpo = run, g
         self.out_dir = Path(run.out_dir)
@@ -363,7 +369,13 @@ class GRPOTrainer:
 
     def export(self, params: Any, step: int, summary: dict | None = None) -> Path:
         """The generator as an HF OLMo-2 directory ``out_dir/export`` (with its vocabulary and a provenance file),
-        replaced atomically; only process 0 writes. Every process must call it (the weights are gathered)."""
+        replaced atomically; only process 0 writes. Every process must call it (the weights are gathered), and
+        every process returns once the export is in place: the next stage (synthesis) reads it on every host."""
+        out = self._export(params, step, summary)
+        distributed.barrier(f"grpo export {out}")
+        return out
+
+    def _export(self, params: Any, step: int, summary: dict | None) -> Path:
         from synpro_jax.models import hf
 
         out = self.out_dir / EXPORT_DIR

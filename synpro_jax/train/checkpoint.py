@@ -36,6 +36,10 @@ class Checkpointer:
         options = ocp.CheckpointManagerOptions(save_interval_steps=save_every, max_to_keep=keep,
                                                enable_async_checkpointing=async_save, create=True)
         self.manager = ocp.CheckpointManager(self.directory, options=options)
+        # Across hosts orbax's async checkpointer needs jax.distributed's client; a host that did not start it fails
+        # above. Logged so a multi-host run shows each host got this far.
+        log.info("orbax %s checkpointer on %s (process %d of %d)", "async" if async_save else "synchronous",
+                 self.directory, jax.process_index(), jax.process_count())
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
