@@ -9,8 +9,13 @@ import jax.numpy as jnp
 from synpro_jax.checks import positive_ints
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-# What the backward pass keeps of each block: nothing (recompute all), the matmul outputs, or everything.
-REMAT_POLICIES = ("none", "full", "dots_saveable")
+# What the backward pass keeps of each block: everything ("none"), nothing (recompute all: "full"), every matmul's
+# output ("dots_saveable", attention scores included), or only the named projections ("projections": q, k, v, o and
+# the MLP's gate, up and down outputs; attention scores and elementwise work are recomputed, as MaxText's
+# save-the-projections policies do).
+REMAT_POLICIES = ("none", "full", "dots_saveable", "projections")
+# The names "projections" saves (jax.ad_checkpoint.checkpoint_name in models/olmo.py).
+PROJECTION_NAMES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 # How attention is computed: "auto" picks cuDNN flash on GPU (bf16), splash on TPU, the reference elsewhere.
 ATTENTION_IMPLS = ("auto", "reference", "xla", "cudnn", "splash")
 
@@ -34,6 +39,9 @@ class ModelConfig:
     attention: str = "auto"  # ATTENTION_IMPLS
     loss_chunk: int = 0  # > 0: the loss runs over this many positions at a time, never holding [B, T, V] logits
     scan_unroll: int = 1  # layers per scan iteration; unrolling trades compile time for speed (helps on CPU)
+    # False: the layers as straight-line code (the scan fully unrolled), as MaxText runs them on GPU; parameters
+    # stay stacked on a leading layers axis either way, so checkpoints and HF interop do not change.
+    scan_layers: bool = True
     name: str = "custom"
 
     def __post_init__(self):

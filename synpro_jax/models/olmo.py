@@ -14,10 +14,11 @@ from typing import NamedTuple, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 
 from synpro_jax.models import attention
 from synpro_jax.models.attention import attention_mask, dot_product_attention
-from synpro_jax.models.config import ModelConfig
+from synpro_jax.models.config import PROJECTION_NAMES, ModelConfig
 from synpro_jax.sharding import constrain
 
 _INIT_STD = 0.02
@@ -114,9 +115,9 @@ class Attention(nn.Module):
         cfg, dt = self.cfg, self.cfg.compute_dtype
         heads = (cfg.num_heads, cfg.head_dim)
         kv_heads = (cfg.num_kv_heads, cfg.head_dim)
-        q = Dense(heads, ("embed",), ("heads", "head_dim"), dt, name="q_proj")(x)
-        k = Dense(kv_heads, ("embed",), ("kv_heads", "head_dim"), dt, name="k_proj")(x)
-        v = Dense(kv_heads, ("embed",), ("kv_heads", "head_dim"), dt, name="v_proj")(x)
+        q = checkpoint_name(Dense(heads, ("embed",), ("heads", "head_dim"), dt, name="q_proj")(x), "q_proj")
+        k = checkpoint_name(Dense(kv_heads, ("embed",), ("kv_heads", "head_dim"), dt, name="k_proj")(x), "k_proj")
+        v = checkpoint_name(Dense(kv_heads, ("embed",), ("kv_heads", "head_dim"), dt, name="v_proj")(x), "v_proj")
         q = RMSNorm(cfg.norm_eps, ("heads", "head_dim"), name="q_norm")(q)
         k = RMSNorm(cfg.norm_eps, ("kv_heads", "head_dim"), name="k_norm")(k)
         q = constrain(rotary(q, positions, cfg.rope_theta), ("batch", "length", "heads", "head_dim"))
@@ -124,7 +125,7 @@ class Attention(nn.Module):
         v = constrain(v, ("batch", "length", "kv_heads", "head_dim"))
         if self.fused:
             out = attention.fused_attention(q, k, v, mask, self.fused)
-            return Dense((cfg.d_model,), ("heads", "head_dim"), ("embed",), dt, name="o_proj")(out), None
+            return self._out(out), None
         kh, vh = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [B, KV, T, hd]
         new_cache = None
         if cache is not None:
@@ -136,7 +137,12 @@ class Attention(nn.Module):
         elif return_kv:
             new_cache = (kh, vh)
         out = dot_product_attention(q, kh, vh, mask, prefix, prefix_repeat)
-        return Dense((cfg.d_model,), ("heads", "head_dim"), ("embed",), dt, name="o_proj")(out), new_cache
+        return self._out(out), new_cache
+
+    def _out(self, out):
+        cfg = self.cfg
+        o = Dense((cfg.d_model,), ("heads", "head_dim"), ("embed",), cfg.compute_dtype, name="o_proj")(out)
+        return checkpoint_name(o, "o_proj")
 
 
 class MLP(nn.Module):
@@ -145,10 +151,10 @@ class MLP(nn.Module):
     @nn.compact
     def __call__(self, x):
         cfg, dt = self.cfg, self.cfg.compute_dtype
-        gate = Dense((cfg.mlp_dim,), ("embed",), ("mlp",), dt, name="gate_proj")(x)
-        up = Dense((cfg.mlp_dim,), ("embed",), ("mlp",), dt, name="up_proj")(x)
+        gate = checkpoint_name(Dense((cfg.mlp_dim,), ("embed",), ("mlp",), dt, name="gate_proj")(x), "gate_proj")
+        up = checkpoint_name(Dense((cfg.mlp_dim,), ("embed",), ("mlp",), dt, name="up_proj")(x), "up_proj")
         hidden = constrain(nn.silu(gate) * up, ("batch", "length", "mlp"))
-        return Dense((cfg.d_model,), ("mlp",), ("embed",), dt, name="down_proj")(hidden)
+        return checkpoint_name(Dense((cfg.d_model,), ("mlp",), ("embed",), dt, name="down_proj")(hidden), "down_proj")
 
 
 class Block(nn.Module):
@@ -221,7 +227,8 @@ class Decoder(nn.Module):
         embedding = self.param("embedding", _param_init(("vocab", "embed")), (cfg.vocab_size, cfg.d_model),
                                jnp.float32)
         x = embed(cfg, embedding, tokens)
-        policy = {"full": None, "dots_saveable": jax.checkpoint_policies.dots_saveable}.get(cfg.remat)
+        policy = {"full": None, "dots_saveable": jax.checkpoint_policies.dots_saveable,
+                  "projections": jax.checkpoint_policies.save_only_these_names(*PROJECTION_NAMES)}.get(cfg.remat)
         block = Block if cfg.remat == "none" else nn.remat(Block, prevent_cse=False, policy=policy)
         in_axes = (nn.broadcast, nn.broadcast) if prefix is None else (nn.broadcast, nn.broadcast, nn.broadcast, 0)
         layers = nn.scan(
@@ -230,7 +237,7 @@ class Decoder(nn.Module):
             split_rngs={"params": True},
             in_axes=in_axes,
             length=cfg.num_layers,
-            unroll=cfg.scan_unroll,
+            unroll=cfg.scan_unroll if cfg.scan_layers else cfg.num_layers,
             metadata_params={nn.PARTITION_NAME: "layers"},
         )
         if prefix is None:

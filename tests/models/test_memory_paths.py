@@ -136,7 +136,7 @@ def test_auto_picks_a_kernel_per_backend():
     assert attention.resolve("splash", f32, 100, 64, backend="cpu") == "splash"  # an explicit choice stands
 
 
-@pytest.mark.parametrize("policy", ["full", "dots_saveable"])
+@pytest.mark.parametrize("policy", ["full", "dots_saveable", "projections"])
 def test_remat_policies_give_the_same_gradients(policy):
     cfg = ModelConfig(**SMALL)
     params = models.init_params(cfg, jax.random.key(3))
@@ -149,6 +149,60 @@ def test_remat_policies_give_the_same_gradients(policy):
     g2 = jax.grad(lambda p: loss(cfg.replace(remat=policy), p))(params)
     for a, c in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
         np.testing.assert_allclose(np.asarray(c), np.asarray(a), atol=1e-6)
+
+
+def _saved(cfg, params, batch) -> str:
+    """What the backward pass keeps of a forward, as JAX prints it."""
+    import contextlib
+    import io
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        jax.ad_checkpoint.print_saved_residuals(
+            lambda p: models.forward_loss_sums(cfg, p, batch["inputs"], batch["targets"]).loss(), params)
+    return out.getvalue()
+
+
+def test_the_projections_policy_keeps_the_named_projections_and_not_the_attention_scores():
+    cfg = ModelConfig(**SMALL)
+    params = models.init_params(cfg, jax.random.key(3))
+    b, t, L, h, kv, hd = 2, 16, cfg.num_layers, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    batch = packed_batch(b, t, cfg.vocab_size, seed=4)
+
+    def per_layer(text):  # shapes the layer scan saves for the backward pass
+        import re
+
+        return {m for m in re.findall(r"(\S+) output of scan", text)}
+
+    saved = per_layer(_saved(cfg.replace(remat="projections"), params, batch))
+    expected = {f"f32[{L},{b},{t},{h},{hd}]",  # q
+                f"f32[{L},{b},{t},{kv},{hd}]",  # k, v
+                f"f32[{L},{b},{t},{cfg.mlp_dim}]",  # gate, up
+                f"f32[{L},{b},{t},{cfg.d_model}]",  # o, down, and each layer's input
+                f"f32[{b},{t},{cfg.d_model}]"}  # the scan's carry
+    assert saved == expected, saved
+    dots = per_layer(_saved(cfg.replace(remat="dots_saveable"), params, batch))
+    assert dots != saved  # dots_saveable keeps every matmul (the attention scores too), as 2-D dot outputs
+
+
+def test_unscanned_layers_give_the_same_logits_and_gradients():
+    cfg = ModelConfig(**SMALL)
+    params = models.init_params(cfg, jax.random.key(5))
+    batch = packed_batch(2, 16, cfg.vocab_size, seed=6)
+    flat = cfg.replace(scan_layers=False)
+    np.testing.assert_allclose(np.asarray(models.forward(flat, params, batch["inputs"])),
+                               np.asarray(models.forward(cfg, params, batch["inputs"])), atol=1e-5)
+
+    def loss(c, p):
+        return models.forward_loss_sums(c, p, batch["inputs"], batch["targets"]).loss()
+
+    for a, b in zip(jax.tree.leaves(jax.grad(lambda p: loss(cfg, p))(params)),
+                    jax.tree.leaves(jax.grad(lambda p: loss(flat, p))(params))):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=1e-6)
+    # Unscanned, the program holds every layer's matmuls; scanned, one body inside a loop.
+    text = jax.jit(lambda p: models.forward(flat, p, batch["inputs"])).lower(params).as_text()
+    assert "while" not in text and "while" in \
+        jax.jit(lambda p: models.forward(cfg, p, batch["inputs"])).lower(params).as_text()
 
 
 def test_bad_knobs_are_named():
