@@ -19,7 +19,7 @@ setup(
     description="SynPro in JAX/Flax: RL-trained generators that rephrase and reformat organic pretraining data",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
-    python_requires=">=3.10",
+    python_requires=">=3.11",
     packages=find_packages(include=["synpro_jax", "synpro_jax.*"]) + GIN_PACKAGES,
     package_dir={"synpro_jax.gin": "gin"},
     package_data={name: ["*.gin", "*.sweep"] for name in GIN_PACKAGES},

@@ -4,11 +4,27 @@
         --repo https://github.com/ORG/synpro_jax --ref main -- synpro train --gin_file=...
 
 Every --poll_s seconds it reads the slice's state (gcloud ... describe --format='value(state)') and, while the
-slice is READY, the job's exit status on worker 0 (~/synpro_logs/<run_name>.exit, written by tpu/launch.py's
-command). A slice that is PREEMPTED, TERMINATED or gone is deleted and created again, synpro_jax reinstalled and
-the same command launched; a job that exited 143 (SIGTERM, after saving) is launched again on the same slice.
-synpro jobs resume from their latest checkpoint, so launching the identical command is the resume. It stops when
-the job exits 0, and gives up on any other exit status or after --max_restarts restarts.
+slice is READY, with one ssh to worker 0, the job's exit status (~/synpro_logs/<run_name>.exit, written by
+tpu/launch.py's command) and the age of its heartbeat (~/synpro_logs/<run_name>.heartbeat, which synpro jobs touch
+at most once a minute as they step: synpro_jax/heartbeat.py).
+
+- A slice that is PREEMPTED, TERMINATED or gone is deleted and created again, synpro_jax reinstalled and the same
+  command launched. synpro jobs resume from their latest checkpoint, so launching the identical command is the
+  resume.
+- A job that exited 143 (SIGTERM, after saving) is launched again on the same slice at once.
+- A job with no exit status whose heartbeat is older than --stale_s (a hung job; no heartbeat counts from the
+  launch) is launched again: every launch first stops a copy still running on each worker.
+- Any other failure is taken to be transient (an XLA or storage error, a lost host) and launched again after
+  --backoff_s seconds, doubled for each failure in a row (at most an hour), except exit 2 (a configuration or
+  usage error: synpro's CLI exits 2 on a bad flag or gin binding), 126 and 127 (the command cannot run), which
+  the same command would hit again: it gives up on those at once.
+- It stops when the job exits 0, and gives up after --max_restarts restarts (slices created plus launches again).
+
+With --queued the slice is a queued resource (gcloud compute tpus queued-resources): its state is read first.
+WAITING_FOR_RESOURCES, ACCEPTED, CREATING and PROVISIONING (in the queue, or being provisioned), SUSPENDING and
+DELETING are waited out; SUSPENDED (its node was preempted and deleted) and FAILED (not provisioned) are deleted
+(--force, which deletes a node left) and requested again; ACTIVE means the node exists, and the node's own state
+decides as above.
 
 Start it after tpu/launch.py (a READY slice without an exit status is taken to be running the job), or on a slice
 that does not exist yet: it creates one and launches the job itself.
@@ -16,50 +32,81 @@ that does not exist yet: it creates one and launches the job itself.
 
 from __future__ import annotations
 
+import math
 import os
 import shlex
 import sys
 import time
-from typing import Callable
+from collections.abc import Callable
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # gcloud.py beside this file, from any cwd
-import gcloud  # noqa: E402
+import gcloud
 
-GONE = {None, "PREEMPTED", "TERMINATED"}  # None: the slice does not exist
+GONE = {None, "PREEMPTED", "TERMINATED", "SUSPENDED", "FAILED"}  # None: the slice (or queued resource) does not exist
+# Exit statuses the same command would hit again: 2 is synpro's configuration or usage error (a bad flag or gin
+# binding, a missing file: synpro_jax/cli.py), 126 and 127 are the shell's "cannot execute" and "command not found".
+DETERMINISTIC = {2, 126, 127}
+STALE_S = 1800.0
+BACKOFF_S = 60.0
+BACKOFF_CAP_S = 3600.0
 
 
-def next_action(state: str | None, exit_code: int | None) -> str:
-    """What to do given the slice's state (None if it does not exist) and the job's exit status on worker 0
-    (None while it runs, or when it could not be read).
+def next_action(state: str | None, exit_code: int | None, stale: bool = False) -> str:
+    """What to do given the slice's state (None if it does not exist), the job's exit status on worker 0 (None
+    while it runs, or when it could not be read) and whether its heartbeat is older than --stale_s.
 
-    "done" (exit 0); "give_up" (any failure but 143: the same command would fail again); "recreate" (the slice
-    is preempted, terminated or gone); "relaunch" (exit 143 on a READY slice); "wait" (the job runs, or the slice
-    is in a passing state such as CREATING, RESTARTING or REPAIRING).
+    "done" (exit 0); "give_up" (exit 2, 126 or 127: the same command would fail again); "recreate" (the slice is
+    preempted, terminated or gone; a queued resource suspended or failed); "relaunch" (exit 143, or a stale
+    heartbeat, on a READY slice); "retry" (any other failure on a READY slice: relaunch after a backoff); "wait"
+    (the job runs, or the slice is in a passing state such as CREATING, RESTARTING, REPAIRING or, queued,
+    WAITING_FOR_RESOURCES).
     """
     if exit_code == 0:
         return "done"
-    if exit_code is not None and exit_code != gcloud.EXIT_PREEMPTED:
+    if exit_code in DETERMINISTIC:
         return "give_up"
     if state in GONE:
         return "recreate"
-    if state == "READY" and exit_code == gcloud.EXIT_PREEMPTED:
+    if state != "READY":
+        return "wait"
+    if exit_code == gcloud.EXIT_PREEMPTED:
         return "relaunch"
-    return "wait"
+    if exit_code is not None:
+        return "retry"
+    return "relaunch" if stale else "wait"
+
+
+def backoff(failures: int, base_s: float) -> float:
+    """Seconds to wait before relaunching after `failures` earlier failures in a row: base_s, doubled each time,
+    at most an hour (or base_s, if that is more)."""
+    return min(base_s * 2 ** failures, max(base_s, BACKOFF_CAP_S))
 
 
 class Babysitter:
     def __init__(self, args, command: list[str], runner: gcloud.Runner = gcloud.run,
-                 sleep: Callable[[float], None] = time.sleep, log: Callable[[str], None] | None = None):
-        self.args, self.command, self.runner, self.sleep = args, command, runner, sleep
+                 sleep: Callable[[float], None] = time.sleep, log: Callable[[str], None] | None = None,
+                 clock: Callable[[], float] = time.monotonic):
+        self.args, self.command, self.runner, self.sleep, self.clock = args, command, runner, sleep, clock
         self.log = log or (lambda line: print(f"[babysit {time.strftime('%H:%M:%S')}] {line}", file=sys.stderr,
                                               flush=True))
+        # A namespace built elsewhere (synpro sweep --launcher=tpu) may lack the babysitter's own flags.
+        self.queued = getattr(args, "queued", False)
+        self.stale_s = getattr(args, "stale_s", STALE_S)
+        self.backoff_s = getattr(args, "backoff_s", BACKOFF_S)
+        self.exists = False  # whether there is a slice (or queued resource) to delete before creating one
+        # A job launched before the babysitter started gets the same grace as one it launched itself.
+        self.launched_at = clock()
 
     def _where(self) -> tuple[str, str, str | None]:
         return self.args.name, self.args.zone, self.args.project
 
     def create_commands(self) -> list[list[str]]:
         a = self.args
-        return [gcloud.create(*self._where(), a.accelerator_type, a.version, gcloud.provisioning(a))]
+        create = gcloud.queued_create if self.queued else gcloud.create
+        return [create(*self._where(), a.accelerator_type, a.version, gcloud.provisioning(a))]
+
+    def delete_command(self) -> list[str]:
+        return (gcloud.queued_delete if self.queued else gcloud.delete)(*self._where(), quiet=True)
 
     def install_commands(self) -> list[list[str]]:
         a = self.args
@@ -68,27 +115,54 @@ class Babysitter:
     def launch_commands(self) -> list[list[str]]:
         return [gcloud.launch(*self._where(), self.command, self.args.run_name)]
 
-    def state(self) -> str | None:
-        """The slice's state; None if it does not exist; "UNKNOWN" when gcloud failed otherwise (a network or
-        auth error must not look like a vanished slice, which would be deleted)."""
-        result = self.runner(gcloud.describe(*self._where()), capture=True)
+    def _describe(self, argv: list[str]) -> tuple[bool, str | None]:
+        """(found, state): (False, None) if the resource does not exist; (True, "UNKNOWN") when gcloud failed
+        otherwise (a network or auth error must not look like a vanished slice, which would be deleted)."""
+        result = self.runner(argv, capture=True)
         if result.returncode == 0:
-            return result.stdout.strip() or "UNKNOWN"
+            return True, result.stdout.strip() or "UNKNOWN"
         if "NOT_FOUND" in result.stderr or "was not found" in result.stderr:
-            return None
+            return False, None
         last = (result.stderr.strip().splitlines() or [f"exit status {result.returncode}"])[-1]
         self.log(f"describe failed ({last}); state unknown")
-        return "UNKNOWN"
+        return True, "UNKNOWN"
 
-    def exit_code(self) -> int | None:
-        result = self.runner(gcloud.read_exit(*self._where(), self.args.run_name), capture=True)
-        lines = result.stdout.strip().splitlines()
-        if result.returncode != 0 or not lines:
-            return None
+    def state(self) -> str | None:
+        """The slice's state (None if it does not exist); with --queued, the queued resource's state unless it is
+        ACTIVE, then its node's (ACTIVE again while the node cannot be seen: the queued resource says what
+        happened to it soon after)."""
+        if not self.queued:
+            self.exists, state = self._describe(gcloud.describe(*self._where()))
+            return state
+        self.exists, state = self._describe(gcloud.queued_describe(*self._where()))
+        if state != "ACTIVE":
+            return state
+        found, node = self._describe(gcloud.describe(*self._where()))
+        return node if found else "ACTIVE"
+
+    def status(self) -> tuple[int | None, float | None]:
+        """(exit status, heartbeat age in seconds) on worker 0: exit None while the job runs; age math.inf when there
+        is no heartbeat file, None when the ssh failed (nothing is known, so nothing is stale)."""
+        result = self.runner(gcloud.read_status(*self._where(), self.args.run_name), capture=True)
+        if result.returncode != 0:
+            return None, None
+        fields = dict(line.partition("=")[::2] for line in result.stdout.splitlines() if "=" in line)
         try:
-            return int(lines[-1])
-        except ValueError:
-            return None
+            code = int(fields["exit"]) if fields.get("exit", "").strip() else None
+            age = float(fields["heartbeat_age"]) if fields.get("heartbeat_age", "").strip() else math.inf
+        except (KeyError, ValueError):
+            return None, None
+        return code, age
+
+    def since_launch(self) -> float:
+        return self.clock() - self.launched_at
+
+    def stale(self, age: float | None) -> bool:
+        """Whether the job has shown no sign of life for --stale_s: no heartbeat since the launch counts from the
+        launch (a job just launched has none yet). --stale_s 0 turns the check off."""
+        if age is None or self.stale_s <= 0:
+            return False
+        return min(age, self.since_launch()) > self.stale_s
 
     def _run(self, commands: list[list[str]]) -> list[list[str]]:
         """Runs commands in order until one fails; returns those still to run (the failed one first)."""
@@ -98,46 +172,65 @@ class Babysitter:
                 self.log("failed; retrying after the next poll")
                 return commands[i:]
             self.log("ok")
+        self.launched_at = self.clock()  # the heartbeat's grace counts from here
         return []
 
     def run(self) -> int:
-        restarts = 0
+        a = self.args
+        restarts = failures = 0  # failures: transient job failures in a row, for the backoff
         owed: list[list[str]] = []  # install/launch steps a READY slice still needs (one failed, or not run)
         while True:
             state = self.state()
             if owed and state == "READY":
                 owed = self._run(owed)
-                self.sleep(self.args.poll_s)
+                self.sleep(a.poll_s)
                 continue
-            code = self.exit_code() if state == "READY" else None
-            action = next_action(state, code)
-            self.log(f"state={state} exit={code} -> {action}")
+            code, age = self.status() if state == "READY" else (None, None)
+            stale = self.stale(age)
+            action = next_action(state, code, stale)
+            beat = "" if age is None else " heartbeat=none" if math.isinf(age) else f" heartbeat={age:.0f}s"
+            self.log(f"state={state} exit={code}{beat} -> {action}")
             if action == "done":
                 return 0
             if action == "give_up":
-                self.log(f"the job failed with exit status {code}; see ~/synpro_logs/{self.args.run_name}.log")
+                self.log(f"the job exited {code}: a configuration or usage error (or a command that cannot run) "
+                         f"that the same command would hit again; see ~/synpro_logs/{a.run_name}.log")
                 return 1
-            if action in ("recreate", "relaunch"):
-                if restarts >= self.args.max_restarts:
-                    self.log(f"giving up after --max_restarts={self.args.max_restarts} restarts")
-                    return 1
-                if action == "relaunch":
+            if action == "wait":
+                if age is not None and age < self.since_launch():
+                    failures = 0  # it has stepped since its launch
+            elif restarts >= a.max_restarts:
+                self.log(f"giving up after --max_restarts={a.max_restarts} restarts")
+                return 1
+            elif action in ("relaunch", "retry"):
+                if action == "retry":
+                    delay = backoff(failures, self.backoff_s)
+                    failures += 1
+                    self.log(f"the job exited {code} (failure {failures} in a row); launching it again in "
+                             f"{delay:g} s")
+                    self.sleep(delay)
+                elif stale:
+                    self.log(f"no heartbeat for over --stale_s={self.stale_s:g} s: the job is taken to be hung; "
+                             "the launch stops it and starts it again")
+                restarts += 1
+                owed = self._run(self.launch_commands())
+            else:  # recreate
+                # Owed from here on: a create that gcloud reports failed (a timeout) may still bring the slice
+                # up, and a new slice needs both.
+                owed = self.install_commands() + self.launch_commands()
+                delete = [self.delete_command()] if self.exists else []
+                # A failed create (no Spot capacity, most often) is retried after the next poll and not
+                # counted: only slices actually created count as restarts.
+                if not self._run(delete + self.create_commands()):
                     restarts += 1
-                    owed = self._run(self.launch_commands())
-                else:
-                    # Owed from here on: a create that gcloud reports failed (a timeout) may still bring the slice
-                    # up, and a new slice needs both.
-                    owed = self.install_commands() + self.launch_commands()
-                    delete = [] if state is None else [gcloud.delete(*self._where(), quiet=True)]
-                    # A failed create (no Spot capacity, most often) is retried after the next poll and not
-                    # counted: only slices actually created count as restarts.
-                    if not self._run(delete + self.create_commands()):
-                        restarts += 1
+                    # A queued resource is only in the queue now: the owed steps run once its node is READY.
+                    if not self.queued:
                         owed = self._run(owed)
-            self.sleep(self.args.poll_s)
+            self.sleep(a.poll_s)
 
 
-def main(argv=None, runner: gcloud.Runner = gcloud.run, sleep: Callable[[float], None] = time.sleep) -> int:
+def main(argv=None, runner: gcloud.Runner = gcloud.run, sleep: Callable[[float], None] = time.sleep,
+         clock: Callable[[], float] = time.monotonic) -> int:
     p = gcloud.parser(__file__, "Recreate a preempted TPU slice, reinstall and relaunch the same job until it "
                                 "exits 0.")
     gcloud.add_accelerator(p)
@@ -145,15 +238,26 @@ def main(argv=None, runner: gcloud.Runner = gcloud.run, sleep: Callable[[float],
     gcloud.add_run_name(p)
     p.add_argument("--poll_s", type=float, default=60.0, help="seconds between checks (default 60)")
     p.add_argument("--max_restarts", type=int, default=20,
-                   help="slices created plus jobs relaunched before giving up (default 20); a failed create "
+                   help="slices created plus jobs launched again before giving up (default 20); a failed create "
                         "(no capacity) is retried every poll without counting")
+    p.add_argument("--stale_s", type=float, default=STALE_S,
+                   help=f"launch a job again whose heartbeat is older than this (default {STALE_S:g}; 0: never). "
+                        "synpro train, grpo, synthesize, influence scoring and the loop beat; other commands do "
+                        "not, so give them 0")
+    p.add_argument("--backoff_s", type=float, default=BACKOFF_S,
+                   help=f"seconds before launching a failed job again (default {BACKOFF_S:g}), doubled for each "
+                        "failure in a row, at most an hour")
     args, command = gcloud.parse_with_command(p, sys.argv[1:] if argv is None else argv)
     gcloud.check(p, args)
     if args.poll_s <= 0:
         p.error(f"--poll_s: {args.poll_s} must be positive")
     if args.max_restarts < 0:
         p.error(f"--max_restarts: {args.max_restarts} must be at least 0")
-    sitter = Babysitter(args, command, runner, sleep)
+    if args.stale_s < 0:
+        p.error(f"--stale_s: {args.stale_s} must be at least 0 (0 turns the heartbeat check off)")
+    if args.backoff_s < 0:
+        p.error(f"--backoff_s: {args.backoff_s} must be at least 0")
+    sitter = Babysitter(args, command, runner, sleep, clock=clock)
     if args.dry_run:  # one recreation cycle
         cycle = sitter.create_commands() + sitter.install_commands() + sitter.launch_commands()
         return gcloud.run_all(cycle, dry_run=True)

@@ -12,9 +12,11 @@ import re
 import shlex
 import subprocess
 import sys
-from typing import Callable, NamedTuple, Sequence
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 TPU_VM = ("gcloud", "compute", "tpus", "tpu-vm")
+QUEUED = ("gcloud", "compute", "tpus", "queued-resources")
 ACCELERATOR_RE = re.compile(r"^(v2|v3|v4|v5litepod|v5p|v6e)-\d+$")
 # Cloud resource names (RFC 1035): lowercase letters, digits and hyphens, a letter first, no hyphen last.
 NAME_RE = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
@@ -29,8 +31,12 @@ DEFAULT_VERSIONS = {
     "v6e": "v2-alpha-tpuv6e",
 }
 REMOTE_DIR = "synpro_jax"  # the checkout on every worker, relative to the home directory
-LOG_DIR = "synpro_logs"  # <run>.log and <run>.exit on every worker, relative to the home directory
+VENV_DIR = "synpro_venv"  # the Python >= 3.11 environment tpu/install.py makes on every worker
+LOG_DIR = "synpro_logs"  # <run>.log, .exit, .pid and .heartbeat on every worker, relative to the home directory
 EXIT_PREEMPTED = 143  # what synpro jobs exit with after SIGTERM (they save first): rerun the same command
+PYTHON = "3.12"  # the venv's Python (uv fetches a managed CPython): jax>=0.7 needs >= 3.11, the runtimes ship 3.10
+JAX = "jax[tpu]"
+KILL_WAIT_S = 120  # how long a launch lets a running copy save after SIGTERM before it SIGKILLs it
 
 
 class Parser(argparse.ArgumentParser):
@@ -58,6 +64,9 @@ def add_accelerator(p: argparse.ArgumentParser) -> None:
     kind.add_argument("--spot", action="store_true", help="a Spot slice (preemptible, no time limit)")
     kind.add_argument("--preemptible", action="store_true", help="a preemptible slice (at most 24 hours)")
     kind.add_argument("--reserved", action="store_true", help="from the project's reserved capacity")
+    p.add_argument("--queued", action="store_true",
+                   help="request the slice as a queued resource (gcloud compute tpus queued-resources create), which "
+                        "waits in Google's queue for capacity instead of failing; with --spot, --reserved or neither")
 
 
 def add_install(p: argparse.ArgumentParser) -> None:
@@ -97,6 +106,8 @@ def check(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         hint = " (gcloud calls v5e v5litepod)" if args.accelerator_type.startswith("v5e-") else ""
         p.error(f"--accelerator_type: {args.accelerator_type!r} is not a TPU type such as v5litepod-8, v4-32, "
                 f"v5p-8 or v6e-8 (pattern {ACCELERATOR_RE.pattern}){hint}")
+    if getattr(args, "queued", False) and getattr(args, "preemptible", False):
+        p.error("--queued: queued resources take --spot or --reserved (or neither), not --preemptible")
     if hasattr(args, "scp_from"):
         if args.scp_from is not None and args.repo is not None:
             p.error("--scp_from: give either --repo or --scp_from, not both")
@@ -112,8 +123,8 @@ def check(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
             p.error(f"--run_name: {args.run_name!r} must be letters, digits, '.', '_' or '-' (it names log files)")
 
 
-SCRIPT_FLAGS = ("name", "zone", "project", "accelerator_type", "version", "spot", "preemptible", "reserved", "repo",
-                "ref", "scp_from", "run_name")
+SCRIPT_FLAGS = ("name", "zone", "project", "accelerator_type", "version", "spot", "preemptible", "reserved", "queued",
+                "repo", "ref", "scp_from", "run_name")
 
 
 def script_flags(args: argparse.Namespace) -> list[str]:
@@ -141,6 +152,24 @@ def create(name: str, zone: str, project: str | None, accelerator_type: str, ver
             f"--version={version}"] + ([f"--{provisioning}"] if provisioning else [])
 
 
+def queued_create(name: str, zone: str, project: str | None, accelerator_type: str, version: str | None = None,
+                  provisioning: str | None = None) -> list[str]:
+    """A queued resource named `name` whose node is `name` too; `provisioning`: None, "spot" or "reserved"."""
+    version = version or DEFAULT_VERSIONS[accelerator_type.split("-")[0]]
+    return [*QUEUED, "create", name, f"--node-id={name}", *where(zone, project),
+            f"--accelerator-type={accelerator_type}", f"--runtime-version={version}",
+            *([f"--{provisioning}"] if provisioning else [])]
+
+
+def queued_delete(name: str, zone: str, project: str | None, quiet: bool = False) -> list[str]:
+    """--force deletes the node first: without it a queued resource whose node exists is not deleted."""
+    return [*QUEUED, "delete", name, *where(zone, project), "--force"] + (["--quiet"] if quiet else [])
+
+
+def queued_describe(name: str, zone: str, project: str | None) -> list[str]:
+    return [*QUEUED, "describe", name, *where(zone, project), "--format=value(state.state)"]
+
+
 def provisioning(args: argparse.Namespace) -> str | None:
     return next((kind for kind in ("spot", "preemptible", "reserved") if getattr(args, kind)), None)
 
@@ -162,76 +191,158 @@ def scp(local_dir: str, name: str, zone: str, project: str | None) -> list[str]:
 
 
 # The remote side runs in the workers' login shell (bash). Paths use "$HOME" rather than ~, which a shell does not
-# expand inside quotes. ~/.local/bin is where a non-root `pip install` puts the `synpro` script, and a
-# non-interactive ssh shell does not add it to PATH.
+# expand inside quotes.
 def _home(path: str) -> str:
     """A path under the remote home directory, quoted for the remote shell."""
     return f'"$HOME/{path}"'
 
 
 _HOME_DIR = _home(REMOTE_DIR)
-_PIP = "python3 -m pip install"
-_PIP_STEPS = [f"{_PIP} -U pip", f"{_PIP} -U 'jax[tpu]'", f"{_PIP} -e ."]
+_VENV = _home(VENV_DIR)
+_VENV_PYTHON = _home(f"{VENV_DIR}/bin/python")
+
+
+def _venv_steps(python: str, jax: str) -> list[str]:
+    """Make ~/synpro_venv with a Python >= 3.11 and install jax[tpu] and the checkout (the working directory) in it.
+
+    The stock TPU runtimes ship Python 3.10, and jax>=0.7 needs 3.11. uv (a pip-installable binary) makes the venv
+    with a managed CPython it downloads, as MaxText's install does (uv venv --python 3.12, then uv pip install -e
+    .[tpu]); levanter's infra/helpers/setup-tpu-vm.sh gets its newer Python from the deadsnakes PPA instead. Without
+    uv (no pip, no network to PyPI) the newest python3.1x >= 3.11 with venv on the worker makes it.
+    """
+    q_python = shlex.quote(python)
+    candidates = [q_python if "/" in python else f"python{q_python}", "python3.13", "python3.12", "python3.11"]
+    fallback = [
+        (f"py=; for c in {' '.join(dict.fromkeys(candidates))}; do "
+         """if "$c" -c 'import sys, ensurepip, venv; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then """
+         "py=$c; break; fi; done"),
+        ('[ -n "$py" ] || { echo "install: could not install uv, and this worker has no Python >= 3.11 with venv" '
+         ">&2; exit 1; }"),
+        f'"$py" -m venv {_VENV}',
+        f'venv_install() {{ {_VENV_PYTHON} -m pip install "$@"; }}',
+    ]
+    return [
+        # --user: the system Python's site-packages is root's; the binary lands in ~/.local/bin, found by -m uv.
+        (f"if python3 -m pip install --user -U uv && python3 -m uv venv --allow-existing --python {q_python} "
+         f'{_VENV}; then venv_install() {{ python3 -m uv pip install --python {_VENV_PYTHON} "$@"; }}; '
+         f"else {'; '.join(fallback)}; fi"),
+        f"venv_install -U {shlex.quote(jax)}",
+        "venv_install -e '.[tpu]'",
+    ]
+
+
+def worker_install_script(repo: str | None = None, ref: str | None = None, python: str = PYTHON,
+                          jax: str = JAX) -> str:
+    """The shell text every worker runs to install: with `repo`, clone or update ~/synpro_jax at `ref` first
+    (without, ~/synpro_jax is already there: copied by scp); then ~/synpro_venv (see _venv_steps).
+
+    `python` (a version for uv, or an interpreter's path) and `jax` (a requirement) are parameters only so a test can
+    run this same text offline with a local interpreter and a stand-in package.
+    """
+    steps = ["set -e"]
+    if repo is not None:
+        q_repo, q_ref = shlex.quote(repo), shlex.quote(ref or "HEAD")
+        steps += [
+            f"if [ ! -d {_home(REMOTE_DIR + '/.git')} ]; then git clone {q_repo} {_HOME_DIR}; fi",
+            f"cd {_HOME_DIR}",
+            f"git remote set-url origin {q_repo}",
+            "git fetch --force --tags origin",
+            # A branch or tag, or a commit the server hands out by id; else a commit the fetch above brought.
+            (f"{{ git fetch origin {q_ref} && git checkout --force --detach FETCH_HEAD; }} || "
+             f"git checkout --force --detach {q_ref}"),
+        ]
+    else:
+        steps.append(f"cd {_HOME_DIR}")
+    return "; ".join(steps + _venv_steps(python, jax))
 
 
 def install(name: str, zone: str, project: str | None, repo: str | None = None, ref: str | None = None,
             scp_from: str | None = None) -> list[list[str]]:
-    """Commands that put synpro_jax at `ref` (or a copy of `scp_from`) in ~/synpro_jax on every worker and
-    pip-install it there with JAX's TPU wheels. Rerunning them updates an existing install."""
+    """Commands that put synpro_jax at `ref` (or a copy of `scp_from`) in ~/synpro_jax on every worker and install
+    it, with JAX's TPU wheels, in ~/synpro_venv. Rerunning them updates an existing install."""
     if scp_from is not None:
         # A fresh copy each time: scp into an existing directory would nest the new copy inside the old one.
         return [ssh(name, zone, project, f"rm -rf {_HOME_DIR}"),
                 scp(scp_from, name, zone, project),
-                ssh(name, zone, project, "; ".join(["set -e", f"cd {_HOME_DIR}", *_PIP_STEPS]))]
-    q_repo, q_ref = shlex.quote(repo), shlex.quote(ref or "HEAD")
-    steps = [
-        "set -e",
-        f"if [ ! -d {_home(REMOTE_DIR + '/.git')} ]; then git clone {q_repo} {_HOME_DIR}; fi",
-        f"cd {_HOME_DIR}",
-        f"git remote set-url origin {q_repo}",
-        "git fetch --force --tags origin",
-        # A branch or tag, or a commit the server hands out by id; else a commit the fetch above brought.
-        f"{{ git fetch origin {q_ref} && git checkout --force --detach FETCH_HEAD; }} || "
-        f"git checkout --force --detach {q_ref}",
-        *_PIP_STEPS,
-    ]
-    return [ssh(name, zone, project, "; ".join(steps))]
+                ssh(name, zone, project, worker_install_script())]
+    return [ssh(name, zone, project, worker_install_script(repo, ref))]
+
+
+def run_file(run_name: str, suffix: str) -> str:
+    """A remote file of a run (<run_name>.log, .exit, .pid, .heartbeat), quoted for the remote shell."""
+    return _home(f"{LOG_DIR}/{run_name}{suffix}")
 
 
 def log_files(run_name: str) -> tuple[str, str]:
     """The remote (log, exit status) files of a run, quoted for the remote shell."""
-    return _home(f"{LOG_DIR}/{run_name}.log"), _home(f"{LOG_DIR}/{run_name}.exit")
+    return run_file(run_name, ".log"), run_file(run_name, ".exit")
+
+
+# The job's process group is read back from <run>.pid with its start time (field 22 of /proc/PID/stat), so a pid the
+# kernel gave to another process since is never signalled. Field 3 is the state: a zombie (Z) has ended.
+_PROC_FUNCTIONS = ('started() { local f; read -ra f 2>/dev/null < "/proc/$1/stat" && echo "${f[21]}"; }',
+                   'alive() { local f; read -ra f 2>/dev/null < "/proc/$1/stat" && [ "${f[2]}" != Z ]; }')
+
+
+def _kill_previous(pid_file: str, kill_wait_s: int) -> str:
+    """Shell text that ends a copy of the run still going on this host: SIGTERM to its process group (a synpro job
+    saves and exits 143), up to `kill_wait_s` seconds for it to end, then SIGKILL to whatever is left of the group."""
+    return (f"if [ -f {pid_file} ]; then read -r old start < {pid_file} || true; "
+            'if [ -n "$start" ] && [ "$(started "$old")" = "$start" ]; then '
+            'echo "launch: stopping the running copy (process group $old)" >&2; '
+            'kill -TERM -- "-$old" 2>/dev/null || true; '
+            f'i=0; while alive "$old" && [ $i -lt {int(kill_wait_s)} ]; do sleep 1; i=$((i + 1)); done; '
+            'kill -KILL -- "-$old" 2>/dev/null || true; fi; fi')
 
 
 def launch(name: str, zone: str, project: str | None, command: Sequence[str], run_name: str,
-           attach: bool = False) -> list[str]:
-    """One ssh to every worker that runs `command` in ~/synpro_jax, appending its output to
-    ~/synpro_logs/<run_name>.log and writing its exit status to <run_name>.exit when it ends.
+           attach: bool = False, kill_wait_s: int = KILL_WAIT_S) -> list[str]:
+    """One ssh to every worker that runs `command` in ~/synpro_jax with ~/synpro_venv/bin first on PATH (see
+    launch_script)."""
+    return ssh(name, zone, project, launch_script(command, run_name, attach, kill_wait_s))
+
+
+def launch_script(command: Sequence[str], run_name: str, attach: bool = False,
+                  kill_wait_s: int = KILL_WAIT_S) -> str:
+    """The shell text of a launch: it ends a copy of the run still going on this host, then runs `command`,
+    appending its output to ~/synpro_logs/<run_name>.log and writing its exit status to <run_name>.exit when it
+    ends. The job gets SYNPRO_HEARTBEAT=~/synpro_logs/<run_name>.heartbeat, which synpro jobs touch as they go
+    (synpro_jax/heartbeat.py), and its process group is kept in <run_name>.pid.
 
     Nothing in it differs between hosts: each TPU VM finds the slice's coordinator itself. Detached (the default)
     the job runs in a background subshell with its streams off the ssh session, so the ssh returns at once;
     attached, its output is also shown (tee) and the ssh returns the job's exit status when it ends.
     """
     log, exit_file = log_files(run_name)
-    tmp = _home(f"{LOG_DIR}/{run_name}.exit.tmp")
+    tmp, pid, heartbeat = (run_file(run_name, s) for s in (".exit.tmp", ".pid", ".heartbeat"))
     job = shlex.join(command)
     record = f"echo $code > {tmp}; mv -f {tmp} {exit_file}"  # renamed into place: a reader never sees half of it
+    # `set -m` only while the subshell forks: it gets a process group of its own (its pid), which the job shares, so
+    # the next launch can signal all of it; `set +m` again so bash prints no job notices.
+    keep_pid = f'echo "$! $(started $!)" > {pid}'
     if attach:
-        run = f"{job} 2>&1 | tee -a {log}; code=${{PIPESTATUS[0]}}; {record}; exit $code"
+        run = (f"set -m; ( {job} 2>&1 | tee -a {log}; exit ${{PIPESTATUS[0]}} ) & set +m; {keep_pid}; "
+               f"code=0; wait $! || code=$?; {record}; exit $code")
     else:
         # A subshell rather than `nohup bash -c '...'`, which would quote the job once more. It ignores SIGHUP (as
         # nohup would) when the ssh session ends, and traps SIGTERM only to outlive it and record the job's 143;
         # `set +e` so a failing job still gets its exit status recorded.
-        run = (f'( set +e; trap "" HUP; trap : TERM; {job} >> {log} 2>&1; code=$?; {record} ) '
-               "> /dev/null 2>&1 < /dev/null &")
-    steps = ["set -e", 'export PATH="$HOME/.local/bin:$PATH"', f"mkdir -p {_home(LOG_DIR)}", f"cd {_HOME_DIR}",
-             f"rm -f {exit_file}", run]
-    return ssh(name, zone, project, "; ".join(steps))
+        run = (f'set -m; ( set +e; trap "" HUP; trap : TERM; {job} >> {log} 2>&1; code=$?; {record} ) '
+               f"> /dev/null 2>&1 < /dev/null & set +m; {keep_pid}")
+    steps = ["set -e", f'export PATH="$HOME/{VENV_DIR}/bin:$PATH"', *_PROC_FUNCTIONS, f"mkdir -p {_home(LOG_DIR)}",
+             f"cd {_HOME_DIR}", f"export SYNPRO_HEARTBEAT={heartbeat}", _kill_previous(pid, kill_wait_s),
+             f"rm -f {exit_file} {heartbeat}", run]
+    return "; ".join(steps)
 
 
-def read_exit(name: str, zone: str, project: str | None, run_name: str) -> list[str]:
-    """Prints the job's exit status on worker 0, or nothing while it runs (or never ran)."""
-    return ssh(name, zone, project, f"cat {log_files(run_name)[1]} 2>/dev/null || true", worker="0")
+def read_status(name: str, zone: str, project: str | None, run_name: str) -> list[str]:
+    """One ssh to worker 0 that prints `exit=<the job's exit status; empty while it runs, or if it never ran>` and
+    `heartbeat_age=<seconds since the job last touched its heartbeat file; empty if it has not>`."""
+    exit_file, heartbeat = run_file(run_name, ".exit"), run_file(run_name, ".heartbeat")
+    command = (f'echo "exit=$(cat {exit_file} 2>/dev/null)"; '
+               f"if t=$(stat -c %Y {heartbeat} 2>/dev/null); then "
+               'echo "heartbeat_age=$(( $(date +%s) - t ))"; else echo heartbeat_age=; fi')
+    return ssh(name, zone, project, command, worker="0")
 
 
 class Result(NamedTuple):
@@ -246,7 +357,7 @@ Runner = Callable[..., Result]  # runner(argv, capture=False) -> Result
 def run(argv: list[str], capture: bool = False) -> Result:
     """Runs a gcloud command; with `capture`, returns its stdout and stderr instead of showing them."""
     try:
-        done = subprocess.run(argv, text=True, stdout=subprocess.PIPE if capture else None,
+        done = subprocess.run(argv, check=False, text=True, stdout=subprocess.PIPE if capture else None,
                               stderr=subprocess.PIPE if capture else None)
     except FileNotFoundError:
         raise SystemExit(f"error: {argv[0]} is not on PATH; install the Google Cloud CLI (cloud.google.com/sdk)")

@@ -3,16 +3,20 @@
     python tpu/launch.py --name synpro-v4 --zone us-central2-b -- \
         synpro train --gin_file=gin/experiments/olmo_400m_dclm.gin --gin.OUT_DIR='"gs://BUCKET/runs/olmo_400m"'
 
-Each host appends the job's output to ~/synpro_logs/<run_name>.log and writes its exit status to
-~/synpro_logs/<run_name>.exit when it ends. By default the job is detached (nohup) and the ssh returns at once;
---attach streams the output and returns the job's exit status.
+Each host runs the command with ~/synpro_venv/bin (tpu/install.py) first on PATH, appends the job's output to
+~/synpro_logs/<run_name>.log and writes its exit status to ~/synpro_logs/<run_name>.exit when it ends. A copy of
+the run still going on a host is stopped first (SIGTERM to its process group, kept in <run_name>.pid; SIGKILL after
+two minutes), so launching again never leaves two copies. The job gets
+SYNPRO_HEARTBEAT=~/synpro_logs/<run_name>.heartbeat, the file synpro jobs touch as they step (tpu/babysit.py
+--stale_s reads its age). By default the job is detached and the ssh returns at once; --attach streams the output
+and returns the job's exit status.
 """
 
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # gcloud.py beside this file, from any cwd
-import gcloud  # noqa: E402
+import gcloud
 
 
 def main(argv=None) -> int:

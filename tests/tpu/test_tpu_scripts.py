@@ -19,23 +19,50 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tpu"))
-import babysit  # noqa: E402
-import gcloud  # noqa: E402
+import babysit
+import gcloud
 
 WHERE = ["--name", "synpro-v4", "--zone", "us-central2-b", "--project", "my-proj"]
 GIN = ["synpro", "train", "--gin_file=gin/experiments/olmo_400m_dclm.gin", '--gin.OUT_DIR="gs://b/run"',
        "--gin.LIST=[1, 2]"]
 SSH = "gcloud compute tpus tpu-vm ssh synpro-v4 --zone=us-central2-b --project=my-proj --worker=all"
-PIP = ("python3 -m pip install -U pip; python3 -m pip install -U '\"'\"'jax[tpu]'\"'\"'; "
-       "python3 -m pip install -e .")
-LAUNCH = (
-    SSH + """ '--command=set -e; export PATH="$HOME/.local/bin:$PATH"; mkdir -p "$HOME/synpro_logs"; """
-    """cd "$HOME/synpro_jax"; rm -f "$HOME/synpro_logs/synpro-v4.exit"; ( set +e; trap "" HUP; trap : TERM; """
-    """synpro train --gin_file=gin/experiments/olmo_400m_dclm.gin '"'"'--gin.OUT_DIR="gs://b/run"'"'"' """
-    """'"'"'--gin.LIST=[1, 2]'"'"' >> "$HOME/synpro_logs/synpro-v4.log" 2>&1; code=$?; """
-    """echo $code > "$HOME/synpro_logs/synpro-v4.exit.tmp"; """
+# What every worker runs after the checkout (unquoted: as the remote shell receives it).
+VENV_STEPS = (
+    """if python3 -m pip install --user -U uv && """
+    """python3 -m uv venv --allow-existing --python 3.12 "$HOME/synpro_venv"; """
+    """then venv_install() { python3 -m uv pip install --python "$HOME/synpro_venv/bin/python" "$@"; }; """
+    """else py=; for c in python3.12 python3.13 python3.11; do """
+    """if "$c" -c 'import sys, ensurepip, venv; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then py=$c; """
+    """break; fi; done; [ -n "$py" ] || { echo "install: could not install uv, and this worker has no Python >= 3.11 """
+    """with venv" >&2; exit 1; }; "$py" -m venv "$HOME/synpro_venv"; """
+    """venv_install() { "$HOME/synpro_venv/bin/python" -m pip install "$@"; }; fi; """
+    """venv_install -U 'jax[tpu]'; venv_install -e '.[tpu]'""")
+LAUNCH_SCRIPT = (
+    """set -e; export PATH="$HOME/synpro_venv/bin:$PATH"; """
+    """started() { local f; read -ra f 2>/dev/null < "/proc/$1/stat" && echo "${f[21]}"; }; """
+    """alive() { local f; read -ra f 2>/dev/null < "/proc/$1/stat" && [ "${f[2]}" != Z ]; }; """
+    """mkdir -p "$HOME/synpro_logs"; cd "$HOME/synpro_jax"; """
+    """export SYNPRO_HEARTBEAT="$HOME/synpro_logs/synpro-v4.heartbeat"; """
+    """if [ -f "$HOME/synpro_logs/synpro-v4.pid" ]; then """
+    """read -r old start < "$HOME/synpro_logs/synpro-v4.pid" || true; """
+    """if [ -n "$start" ] && [ "$(started "$old")" = "$start" ]; then """
+    """echo "launch: stopping the running copy (process group $old)" >&2; kill -TERM -- "-$old" 2>/dev/null || true; """
+    """i=0; while alive "$old" && [ $i -lt 120 ]; do sleep 1; i=$((i + 1)); done; """
+    """kill -KILL -- "-$old" 2>/dev/null || true; fi; fi; """
+    """rm -f "$HOME/synpro_logs/synpro-v4.exit" "$HOME/synpro_logs/synpro-v4.heartbeat"; """
+    """set -m; ( set +e; trap "" HUP; trap : TERM; """
+    """synpro train --gin_file=gin/experiments/olmo_400m_dclm.gin '--gin.OUT_DIR="gs://b/run"' '--gin.LIST=[1, 2]' """
+    """>> "$HOME/synpro_logs/synpro-v4.log" 2>&1; code=$?; echo $code > "$HOME/synpro_logs/synpro-v4.exit.tmp"; """
     """mv -f "$HOME/synpro_logs/synpro-v4.exit.tmp" "$HOME/synpro_logs/synpro-v4.exit" ) """
-    """> /dev/null 2>&1 < /dev/null &'""")
+    """> /dev/null 2>&1 < /dev/null & set +m; echo "$! $(started $!)" > """
+    '"$HOME/synpro_logs/synpro-v4.pid"')
+
+
+def ssh_line(command: str, worker: str = "all") -> str:
+    return f"{SSH.replace('--worker=all', f'--worker={worker}')} {shlex.quote('--command=' + command)}"
+
+
+LAUNCH = ssh_line(LAUNCH_SCRIPT)
 
 
 # The scripts run with a `gcloud` first on PATH that fails: a test that forgot --dry_run must not reach a real one.
@@ -48,7 +75,7 @@ GUARDED = {**os.environ, "PATH": f"{_GUARD}{os.pathsep}{os.environ['PATH']}"}
 
 def script(name, *args, env=None):
     return subprocess.run([sys.executable, f"tpu/{name}.py", *args], cwd=REPO, capture_output=True, text=True,
-                          env=env or GUARDED, timeout=30)
+                          env=env or GUARDED, timeout=30, check=False)
 
 
 def dry(name, *args) -> list[str]:
@@ -69,19 +96,33 @@ def remote_command(line: str) -> str:
 
 def test_create_dry_run():
     assert dry("create", *WHERE, "--accelerator_type", "v4-32", "--spot") == [
-        "gcloud compute tpus tpu-vm create synpro-v4 --zone=us-central2-b --project=my-proj --accelerator-type=v4-32 "
-        "--version=tpu-ubuntu2204-base --spot"]
+        ("gcloud compute tpus tpu-vm create synpro-v4 --zone=us-central2-b --project=my-proj --accelerator-type=v4-32 "
+        "--version=tpu-ubuntu2204-base --spot")]
     assert dry("create", "--name", "synpro-v5e", "--zone", "us-west4-a", "--accelerator_type", "v5litepod-8") == [
-        "gcloud compute tpus tpu-vm create synpro-v5e --zone=us-west4-a --accelerator-type=v5litepod-8 "
-        "--version=v2-alpha-tpuv5-lite"]
+        ("gcloud compute tpus tpu-vm create synpro-v5e --zone=us-west4-a --accelerator-type=v5litepod-8 "
+        "--version=v2-alpha-tpuv5-lite")]
     assert dry("create", *WHERE, "--accelerator_type", "v4-8", "--version", "tpu-vm-base", "--preemptible") == [
-        "gcloud compute tpus tpu-vm create synpro-v4 --zone=us-central2-b --project=my-proj --accelerator-type=v4-8 "
-        "--version=tpu-vm-base --preemptible"]
+        ("gcloud compute tpus tpu-vm create synpro-v4 --zone=us-central2-b --project=my-proj --accelerator-type=v4-8 "
+        "--version=tpu-vm-base --preemptible")]
     assert dry("create", *WHERE, "--accelerator_type", "v6e-16", "--reserved")[0].endswith(
         "--accelerator-type=v6e-16 --version=v2-alpha-tpuv6e --reserved")
 
 
-@pytest.mark.parametrize("accelerator, version", [
+def test_queued_create_and_delete_dry_run():
+    """Google's form: gcloud compute tpus queued-resources create QR --node-id=NODE --zone=Z --accelerator-type=T
+    --runtime-version=V [--spot | --reserved]; delete --force also deletes the node."""
+    assert dry("create", *WHERE, "--accelerator_type", "v4-32", "--spot", "--queued") == [
+        ("gcloud compute tpus queued-resources create synpro-v4 --node-id=synpro-v4 --zone=us-central2-b "
+        "--project=my-proj --accelerator-type=v4-32 --runtime-version=tpu-ubuntu2204-base --spot")]
+    assert dry("create", "--name", "q", "--zone", "us-west4-a", "--accelerator_type", "v5litepod-8", "--queued") == [
+        ("gcloud compute tpus queued-resources create q --node-id=q --zone=us-west4-a --accelerator-type=v5litepod-8 "
+        "--runtime-version=v2-alpha-tpuv5-lite")]
+    assert dry("delete", *WHERE, "--queued", "--yes") == [
+        ("gcloud compute tpus queued-resources delete synpro-v4 --zone=us-central2-b --project=my-proj --force "
+        "--quiet")]
+
+
+@pytest.mark.parametrize(("accelerator", "version"), [
     ("v2-8", "tpu-ubuntu2204-base"), ("v3-32", "tpu-ubuntu2204-base"), ("v4-32", "tpu-ubuntu2204-base"),
     ("v5litepod-8", "v2-alpha-tpuv5-lite"), ("v5p-8", "v2-alpha-tpuv5"), ("v6e-8", "v2-alpha-tpuv6e")])
 def test_default_runtime_per_generation(accelerator, version):
@@ -89,27 +130,27 @@ def test_default_runtime_per_generation(accelerator, version):
 
 
 def test_delete_dry_run():
-    assert dry("delete", *WHERE) == ["gcloud compute tpus tpu-vm delete synpro-v4 --zone=us-central2-b "
-                                     "--project=my-proj"]
-    assert dry("delete", *WHERE, "--yes") == ["gcloud compute tpus tpu-vm delete synpro-v4 --zone=us-central2-b "
-                                              "--project=my-proj --quiet"]
+    assert dry("delete", *WHERE) == [("gcloud compute tpus tpu-vm delete synpro-v4 --zone=us-central2-b "
+                                     "--project=my-proj")]
+    assert dry("delete", *WHERE, "--yes") == [("gcloud compute tpus tpu-vm delete synpro-v4 --zone=us-central2-b "
+                                              "--project=my-proj --quiet")]
 
 
 def test_install_from_git_dry_run():
-    assert dry("install", *WHERE, "--repo", "https://github.com/o/synpro_jax.git", "--ref", "v0.3") == [
-        SSH + """ '--command=set -e; if [ ! -d "$HOME/synpro_jax/.git" ]; then git clone """
+    assert dry("install", *WHERE, "--repo", "https://github.com/o/synpro_jax.git", "--ref", "v0.3") == [ssh_line(
+        """set -e; if [ ! -d "$HOME/synpro_jax/.git" ]; then git clone """
         """https://github.com/o/synpro_jax.git "$HOME/synpro_jax"; fi; cd "$HOME/synpro_jax"; """
         """git remote set-url origin https://github.com/o/synpro_jax.git; git fetch --force --tags origin; """
         """{ git fetch origin v0.3 && git checkout --force --detach FETCH_HEAD; } || """
-        f"""git checkout --force --detach v0.3; {PIP}'"""]
+        f"""git checkout --force --detach v0.3; {VENV_STEPS}""")]
 
 
 def test_install_by_scp_dry_run():
     assert dry("install", *WHERE, "--scp_from", ".") == [
         SSH + """ '--command=rm -rf "$HOME/synpro_jax"'""",
-        "gcloud compute tpus tpu-vm scp --recurse . 'synpro-v4:~/synpro_jax' --worker=all --zone=us-central2-b "
-        "--project=my-proj",
-        SSH + f""" '--command=set -e; cd "$HOME/synpro_jax"; {PIP}'"""]
+        ("gcloud compute tpus tpu-vm scp --recurse . 'synpro-v4:~/synpro_jax' --worker=all --zone=us-central2-b "
+        "--project=my-proj"),
+        ssh_line(f"""set -e; cd "$HOME/synpro_jax"; {VENV_STEPS}""")]
 
 
 def test_launch_dry_run_quotes_the_command():
@@ -118,25 +159,30 @@ def test_launch_dry_run_quotes_the_command():
 
 def test_launch_attached_dry_run():
     [line] = dry("launch", *WHERE, "--run_name", "r1", "--attach", "--", "synpro", "train", "--gin.LIST=[1, 2]")
-    assert remote_command(line) == (
-        """set -e; export PATH="$HOME/.local/bin:$PATH"; mkdir -p "$HOME/synpro_logs"; cd "$HOME/synpro_jax"; """
-        """rm -f "$HOME/synpro_logs/r1.exit"; synpro train '--gin.LIST=[1, 2]' 2>&1 | """
-        """tee -a "$HOME/synpro_logs/r1.log"; code=${PIPESTATUS[0]}; echo $code > "$HOME/synpro_logs/r1.exit.tmp"; """
+    script = remote_command(line)
+    assert script.startswith(LAUNCH_SCRIPT.split("; set -m; ")[0].replace("synpro-v4", "r1"))
+    assert script.endswith(
+        """; set -m; ( synpro train '--gin.LIST=[1, 2]' 2>&1 | tee -a "$HOME/synpro_logs/r1.log"; """
+        """exit ${PIPESTATUS[0]} ) & set +m; echo "$! $(started $!)" > "$HOME/synpro_logs/r1.pid"; """
+        """code=0; wait $! || code=$?; echo $code > "$HOME/synpro_logs/r1.exit.tmp"; """
         """mv -f "$HOME/synpro_logs/r1.exit.tmp" "$HOME/synpro_logs/r1.exit"; exit $code""")
 
 
 def test_babysit_dry_run_prints_one_cycle():
     lines = dry("babysit", *WHERE, "--accelerator_type", "v4-32", "--spot", "--scp_from", ".", "--", *GIN)
     assert lines == [
-        "gcloud compute tpus tpu-vm create synpro-v4 --zone=us-central2-b --project=my-proj --accelerator-type=v4-32 "
-        "--version=tpu-ubuntu2204-base --spot",
+        ("gcloud compute tpus tpu-vm create synpro-v4 --zone=us-central2-b --project=my-proj --accelerator-type=v4-32 "
+        "--version=tpu-ubuntu2204-base --spot"),
         *dry("install", *WHERE, "--scp_from", "."),
         LAUNCH]
+    queued = dry("babysit", *WHERE, "--accelerator_type", "v4-32", "--spot", "--queued", "--scp_from", ".", "--",
+                 *GIN)
+    assert queued == [*dry("create", *WHERE, "--accelerator_type", "v4-32", "--spot", "--queued"), *lines[1:]]
 
 
 # --- bad input: exit 2, one line naming the flag ---
 
-@pytest.mark.parametrize("name, args, flag", [
+@pytest.mark.parametrize(("name", "args", "flag"), [
     ("create", ["--name", "Synpro", "--zone", "z", "--accelerator_type", "v4-8"], "--name"),
     ("create", ["--name", "1tpu", "--zone", "z", "--accelerator_type", "v4-8"], "--name"),
     ("create", ["--name", "tpu_a", "--zone", "z", "--accelerator_type", "v4-8"], "--name"),
@@ -148,6 +194,8 @@ def test_babysit_dry_run_prints_one_cycle():
     ("create", ["--name", "tpu", "--accelerator_type", "v4-8"], "--zone"),
     ("create", ["--name", "tpu", "--zone", "z", "--accelerator_type", "v4-8", "--spot", "--preemptible"],
      "--preemptible"),
+    ("create", ["--name", "tpu", "--zone", "z", "--accelerator_type", "v4-8", "--preemptible", "--queued"],
+     "--queued"),
     ("install", ["--name", "tpu", "--zone", "z"], "--repo"),
     ("install", ["--name", "tpu", "--zone", "z", "--repo", "r", "--scp_from", "."], "--scp_from"),
     ("install", ["--name", "tpu", "--zone", "z", "--scp_from", "no/such/dir"], "--scp_from"),
@@ -162,6 +210,12 @@ def test_babysit_dry_run_prints_one_cycle():
     ("babysit", ["--name", "tpu", "--zone", "z", "--accelerator_type", "v4-8", "--", "x"], "--repo"),
     ("babysit", ["--name", "tpu", "--zone", "z", "--accelerator_type", "v4-8", "--repo", "r", "--poll_s", "0",
                  "--", "x"], "--poll_s"),
+    ("babysit", ["--name", "tpu", "--zone", "z", "--accelerator_type", "v4-8", "--repo", "r", "--stale_s", "-1",
+                 "--", "x"], "--stale_s"),
+    ("babysit", ["--name", "tpu", "--zone", "z", "--accelerator_type", "v4-8", "--repo", "r", "--backoff_s", "-5",
+                 "--", "x"], "--backoff_s"),
+    ("babysit", ["--name", "tpu", "--zone", "z", "--accelerator_type", "v4-8", "--repo", "r", "--preemptible",
+                 "--queued", "--", "x"], "--queued"),
     ("delete", ["--name", "my.tpu", "--zone", "z"], "--name"),
 ])
 def test_bad_input_is_one_line_naming_the_flag(name, args, flag):
@@ -175,14 +229,14 @@ def test_bad_input_is_one_line_naming_the_flag(name, args, flag):
 
 def test_script_flags_give_a_script_the_same_arguments():
     """What `synpro sweep --launcher=tpu` prints a babysit.py line with, for each slice it launched."""
-    argv = [*WHERE, "--accelerator_type", "v4-32", "--spot", "--repo", "https://g/r.git", "--ref", "v1",
+    argv = [*WHERE, "--accelerator_type", "v4-32", "--spot", "--queued", "--repo", "https://g/r.git", "--ref", "v1",
             "--run_name", "r1", "--", "synpro", "train"]
     p = gcloud.parser("babysit.py", "")
     gcloud.add_accelerator(p)
     gcloud.add_install(p)
     gcloud.add_run_name(p)
     args, command = gcloud.parse_with_command(p, argv)
-    assert gcloud.script_flags(args) + ["--", *command] == argv
+    assert [*gcloud.script_flags(args), "--", *command] == argv
     args.run_name = args.name  # the default is left out
     assert "--run_name" not in gcloud.script_flags(args)
 
@@ -195,9 +249,11 @@ def test_longest_valid_name():
 
 FAKE_SYNPRO = f"""#!{sys.executable}
 import json, os, signal, sys, time
-print(json.dumps({{"argv": sys.argv[1:], "cwd": os.getcwd()}}), flush=True)
-if os.environ.get("FAKE_MODE") == "wait_for_sigterm":  # as a synpro job: save, then exit 143
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+print(json.dumps({{"argv": sys.argv[1:], "cwd": os.getcwd(), "heartbeat": os.environ.get("SYNPRO_HEARTBEAT")}}),
+      flush=True)
+mode = os.environ.get("FAKE_MODE")
+if mode in ("wait_for_sigterm", "ignore_sigterm"):  # a synpro job saves, then exits 143; a hung one does not
+    signal.signal(signal.SIGTERM, (lambda *_: sys.exit(143)) if mode == "wait_for_sigterm" else signal.SIG_IGN)
     with open(os.environ["FAKE_PIDS"] + ".tmp", "w") as f:
         f.write(f"{{os.getpid()}} {{os.getppid()}}")
     os.rename(os.environ["FAKE_PIDS"] + ".tmp", os.environ["FAKE_PIDS"])  # never seen half written
@@ -208,11 +264,11 @@ sys.exit(3)
 
 @pytest.fixture
 def worker(tmp_path):
-    """A stand-in worker: a home directory with a checkout and a fake `synpro` in ~/.local/bin."""
+    """A stand-in worker: a home directory with a checkout and a fake `synpro` in ~/synpro_venv/bin."""
     home = tmp_path / "home"
     (home / "synpro_jax").mkdir(parents=True)
-    (home / ".local" / "bin").mkdir(parents=True)
-    fake = home / ".local" / "bin" / "synpro"
+    (home / "synpro_venv" / "bin").mkdir(parents=True)
+    fake = home / "synpro_venv" / "bin" / "synpro"
     fake.write_text(FAKE_SYNPRO)
     fake.chmod(0o755)
     env = {"HOME": str(home), "PATH": os.environ["PATH"], "FAKE_PIDS": str(tmp_path / "pids")}
@@ -227,46 +283,140 @@ def wait_for(path: Path, timeout=10.0) -> str:
     return path.read_text()
 
 
+def running(pid: int) -> bool:
+    """Whether `pid` is a live process (a zombie has ended: this container's init may never reap it)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def fake_jobs(home: Path) -> list[int]:
+    """The live processes running this worker's fake synpro."""
+    fake, pids = str(home / "synpro_venv" / "bin" / "synpro").encode(), []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and fake in (entry / "cmdline").read_bytes() and running(int(entry.name)):
+                pids.append(int(entry.name))
+        except OSError:
+            continue
+    return pids
+
+
+def run_remote(line_or_argv, env, timeout=30) -> subprocess.CompletedProcess:
+    line = line_or_argv if isinstance(line_or_argv, str) else shlex.join(line_or_argv)
+    return subprocess.run(["bash", "-c", remote_command(line)], env=env, capture_output=True, text=True,
+                          timeout=timeout, check=False)
+
+
 def test_launched_command_reaches_the_job_intact(worker):
     home, env = worker
-    command = GIN + ["--gin.ORGANIC=['/d/*.jsonl.zst']", "it's", "$HOME", "a;b"]
-    ssh = gcloud.launch("t", "z", None, command, "run1")
+    command = [*GIN, "--gin.ORGANIC=['/d/*.jsonl.zst']", "it's", "$HOME", "a;b"]
     started = time.monotonic()
-    done = subprocess.run(["bash", "-c", remote_command(shlex.join(ssh))], env=env, capture_output=True, text=True,
-                          timeout=30)
+    done = run_remote(gcloud.launch("t", "z", None, command, "run1"), env)
     assert done.returncode == 0 and done.stdout == "", done
     assert time.monotonic() - started < 5  # detached: the ssh returns without waiting for the job
     assert wait_for(home / "synpro_logs" / "run1.exit") == "3\n"
     record = json.loads((home / "synpro_logs" / "run1.log").read_text())
-    assert record == {"argv": command[1:], "cwd": str(home / "synpro_jax")}
+    assert record == {"argv": command[1:], "cwd": str(home / "synpro_jax"),
+                      "heartbeat": str(home / "synpro_logs" / "run1.heartbeat")}
     assert not (home / "synpro_logs" / "run1.exit.tmp").exists()
+    pid, start = (home / "synpro_logs" / "run1.pid").read_text().split()
+    assert int(pid) > 1 and int(start) > 0
 
 
 def test_attached_launch_streams_and_returns_the_exit_status(worker):
     home, env = worker
     (home / "synpro_logs").mkdir()
     (home / "synpro_logs" / "r.exit").write_text("143\n")  # a previous run's status is cleared at launch
-    ssh = gcloud.launch("t", "z", None, GIN, "r", attach=True)
-    done = subprocess.run(["bash", "-c", remote_command(shlex.join(ssh))], env=env, capture_output=True, text=True,
-                          timeout=30)
+    (home / "synpro_logs" / "r.heartbeat").write_text("")  # and its heartbeat
+    done = run_remote(gcloud.launch("t", "z", None, GIN, "r", attach=True), env)
     assert done.returncode == 3
     assert json.loads(done.stdout)["argv"] == GIN[1:]
     assert (home / "synpro_logs" / "r.log").read_text() == done.stdout
     assert (home / "synpro_logs" / "r.exit").read_text() == "3\n"
+    assert not (home / "synpro_logs" / "r.heartbeat").exists()  # the fake job does not beat
+    assert done.stderr == ""  # no job-control notices
 
 
 def test_sigterm_to_every_process_records_143(worker):
     """A preemption or maintenance event SIGTERMs every process: the job saves and exits 143, and the shell around
     it survives long enough to record that."""
     home, env = worker
-    ssh = gcloud.launch("t", "z", None, ["synpro", "train"], "r")
-    subprocess.run(["bash", "-c", remote_command(shlex.join(ssh))], env={**env, "FAKE_MODE": "wait_for_sigterm"},
-                   check=True, timeout=30)
+    run_remote(gcloud.launch("t", "z", None, ["synpro", "train"], "r"), {**env, "FAKE_MODE": "wait_for_sigterm"})
     job, wrapper = map(int, wait_for(Path(env["FAKE_PIDS"])).split())
     assert job > 1 and wrapper > 1 and wrapper != os.getpid()
     os.kill(wrapper, signal.SIGTERM)
     os.kill(job, signal.SIGTERM)
     assert wait_for(home / "synpro_logs" / "r.exit") == "143\n"
+
+
+@pytest.mark.parametrize("mode", ["wait_for_sigterm", "ignore_sigterm"])
+def test_a_launch_stops_the_running_copy_first(worker, mode):
+    """Launching again (a babysitter relaunching a hung job, or a user) never leaves two copies on a worker: the one
+    running gets SIGTERM (a synpro job saves and exits 143), and SIGKILL if it is still there after the wait."""
+    home, env = worker
+    env = {**env, "FAKE_MODE": mode}
+    pids = Path(env["FAKE_PIDS"])
+    launch = gcloud.launch("t", "z", None, ["synpro", "train"], "r", kill_wait_s=2)
+    first = run_remote(launch, env)
+    assert first.returncode == 0 and "stopping" not in first.stderr, first
+    job1, wrapper1 = map(int, wait_for(pids).split())
+    pids.unlink()
+    try:
+        second = run_remote(launch, env)
+        assert second.returncode == 0, second
+        assert f"launch: stopping the running copy (process group {wrapper1})" in second.stderr
+        assert not running(job1) and not running(wrapper1)
+        # The first copy's exit status (143 when it saved) was written before the launch cleared it, not after.
+        assert not (home / "synpro_logs" / "r.exit").exists()
+        job2, _wrapper2 = map(int, wait_for(pids).split())
+        assert fake_jobs(home) == [job2]
+    finally:
+        for pid in fake_jobs(home):
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_a_launch_never_signals_a_process_it_did_not_start(worker):
+    """A pid file whose process is gone names a pid the kernel may have given to another process group since: the
+    start time recorded beside it tells them apart."""
+    home, env = worker
+    other = subprocess.Popen(["sleep", "30"], start_new_session=True)  # a group leader, as a job's wrapper is
+    try:
+        (home / "synpro_logs").mkdir()
+        (home / "synpro_logs" / "r.pid").write_text(f"{other.pid} 1\n")
+        done = run_remote(gcloud.launch("t", "z", None, ["synpro", "train"], "r"), env)
+        assert done.returncode == 0 and "stopping" not in done.stderr, done
+        assert wait_for(home / "synpro_logs" / "r.exit") == "3\n"
+        assert other.poll() is None
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_status_read_gives_exit_and_heartbeat_age(worker):
+    """The babysitter's one ssh to worker 0, run here: nothing yet; a running job's heartbeat age; an exit."""
+    home, env = worker
+    read = gcloud.read_status("t", "z", None, "r")
+    assert read[-2] == "--worker=0"
+
+    def status():
+        def local(argv, capture=False):
+            done = run_remote(argv, env)
+            return gcloud.Result(done.returncode, done.stdout, done.stderr)
+        args = type("Args", (), {"name": "t", "zone": "z", "project": None, "run_name": "r"})()
+        return babysit.Babysitter(args, [], local).status()
+
+    assert run_remote(read, env).stdout == "exit=\nheartbeat_age=\n"
+    assert status() == (None, float("inf"))
+    (home / "synpro_logs").mkdir()
+    beat = home / "synpro_logs" / "r.heartbeat"
+    beat.write_text("")
+    os.utime(beat, (time.time() - 100, time.time() - 100))
+    code, age = status()
+    assert code is None and 99 <= age <= 110
+    (home / "synpro_logs" / "r.exit").write_text("143\n")
+    assert status()[0] == 143
 
 
 def git(*args, cwd):
@@ -294,12 +444,112 @@ def test_install_checks_out_the_ref_and_updates_on_rerun(tmp_path):
     env = {"HOME": str(home), "PATH": f"{bin_dir}:{os.environ['PATH']}", "GIT_CONFIG_NOSYSTEM": "1"}
     for ref, expected in (("v1", commits[0]), ("main", commits[2]), (commits[1], commits[1]), ("HEAD", commits[2])):
         [ssh] = gcloud.install("t", "z", None, repo=str(origin), ref=ref)
-        done = subprocess.run(["bash", "-c", remote_command(shlex.join(ssh))], env=env, capture_output=True,
-                              text=True, timeout=60)
+        done = run_remote(ssh, env, timeout=60)
         assert done.returncode == 0, done.stderr
         assert git("rev-parse", "HEAD", cwd=home / "synpro_jax") == expected, ref
-    assert (tmp_path / "pip.log").read_text().splitlines() == ["-m pip install -U pip", "-m pip install -U jax[tpu]",
-                                                               "-m pip install -e ."] * 4
+    uv_pip = f"-m uv pip install --python {home}/synpro_venv/bin/python"
+    assert (tmp_path / "pip.log").read_text().splitlines() == [
+        "-m pip install --user -U uv", f"-m uv venv --allow-existing --python 3.12 {home}/synpro_venv",
+        f"{uv_pip} -U jax[tpu]", f"{uv_pip} -e .[tpu]"] * 4
+
+
+# A stand-in build backend (PEP 517 and 660) with no requirements, so the install test builds its packages offline:
+# `synpro_standin` (the checkout, with a `synpro` console script) and `jax_standin` (in place of jax[tpu]).
+STANDIN_BACKEND = '''
+import base64, hashlib, json, os, zipfile
+
+
+def _build(directory, editable):
+    spec = json.load(open("standin.json"))
+    name = spec["name"]
+    dist = name + "-0.1.dist-info"
+    files = {dist + "/METADATA": "Metadata-Version: 2.1\\nName: " + name + "\\nVersion: 0.1\\nProvides-Extra: tpu\\n",
+             dist + "/WHEEL": "Wheel-Version: 1.0\\nGenerator: standin\\nRoot-Is-Purelib: true\\nTag: py3-none-any\\n",
+             dist + "/entry_points.txt": "[console_scripts]\\n" + "".join(
+                 f"{k} = {v}\\n" for k, v in spec["scripts"].items())}
+    if editable:
+        files[name + ".pth"] = os.getcwd() + "\\n"
+    else:
+        files[name + ".py"] = open(name + ".py").read()
+    wheel, record = name + "-0.1-py3-none-any.whl", []
+    with zipfile.ZipFile(os.path.join(directory, wheel), "w") as z:
+        for path, text in files.items():
+            data = text.encode()
+            z.writestr(path, data)
+            digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+            record.append(f"{path},sha256={digest},{len(data)}")
+        z.writestr(dist + "/RECORD", "\\n".join([*record, dist + "/RECORD,,"]) + "\\n")
+    return wheel
+
+
+def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
+    return _build(wheel_directory, editable=False)
+
+
+def build_editable(wheel_directory, config_settings=None, metadata_directory=None):
+    return _build(wheel_directory, editable=True)
+'''
+
+
+def standin_package(directory: Path, name: str, scripts: dict) -> Path:
+    directory.mkdir(parents=True)
+    (directory / "pyproject.toml").write_text('[build-system]\nrequires = []\nbuild-backend = "standin_backend"\n'
+                                              'backend-path = ["."]\n')
+    (directory / "standin_backend.py").write_text(STANDIN_BACKEND)
+    (directory / "standin.json").write_text(json.dumps({"name": name, "scripts": scripts}))
+    (directory / f"{name}.py").write_text(f"def main():\n    print('{name} runs')\n")
+    return directory
+
+
+def _has_uv() -> bool:
+    """uv importable by this interpreter, which is no venv (pip --user refuses to run inside one)."""
+    import importlib.util
+
+    return importlib.util.find_spec("uv") is not None and sys.prefix == sys.base_prefix
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("way", ["uv", "venv"])
+def test_install_script_makes_a_python_311_venv_with_synpro(tmp_path, way):
+    """The worker-side install run here for real in a fresh home: the same script text, with this machine's Python
+    for the uv-managed 3.12 and a stand-in package for jax[tpu] (and one for the checkout), so nothing is
+    downloaded. `uv`: pip finds uv installed (no index) and uv makes the venv; `venv`: python3 has no pip, so uv
+    cannot be installed and the newest Python >= 3.11 on PATH makes it with `-m venv`."""
+    if way == "uv" and not _has_uv():
+        pytest.skip("uv is not installed in this (non-venv) Python: pip install uv")
+    origin = standin_package(tmp_path / "origin", "synpro_standin", {"synpro": "synpro_standin:main"})
+    git("init", "-q", "-b", "main", cwd=origin)
+    git("add", ".", cwd=origin)
+    git("commit", "-q", "-m", "stand-in", cwd=origin)
+    jax = standin_package(tmp_path / "jax_standin", "jax_standin", {})
+    home, bin_dir = tmp_path / "home", tmp_path / "bin"
+    home.mkdir()
+    bin_dir.mkdir()
+    if way == "uv":
+        python3 = sys.executable
+    else:
+        subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(tmp_path / "bare")], check=True)
+        python3 = str(tmp_path / "bare" / "bin" / "python")
+    (bin_dir / "python3").write_text(f'#!/bin/sh\nexec {shlex.quote(python3)} "$@"\n')
+    (bin_dir / "python3").chmod(0o755)
+    script = gcloud.worker_install_script(str(origin), "main", python=sys.executable, jax=str(jax))
+    assert remote_command(shlex.join(gcloud.install("t", "z", None, str(origin), "main")[0])) == \
+        gcloud.worker_install_script(str(origin), "main")  # what the workers get: 3.12 and jax[tpu] in its place
+    env = {"HOME": str(home), "PATH": f"{bin_dir}:{os.environ['PATH']}", "GIT_CONFIG_NOSYSTEM": "1",
+           "PIP_NO_INDEX": "1", "UV_OFFLINE": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+    done = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    venv = home / "synpro_venv"
+    assert ("uv = " in (venv / "pyvenv.cfg").read_text()) == (way == "uv")
+    version = subprocess.run([venv / "bin" / "python", "-c", "import sys; print(*sys.version_info[:2])"],
+                             capture_output=True, text=True, check=True).stdout.split()
+    assert tuple(map(int, version)) >= (3, 11)
+    ran = subprocess.run([venv / "bin" / "synpro"], capture_output=True, text=True, check=True, env=env)
+    assert ran.stdout == "synpro_standin runs\n"
+    subprocess.run([venv / "bin" / "python", "-c", "import jax_standin"], check=True)
+    # Rerun (an update): the venv is kept and the install runs again.
+    again = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert again.returncode == 0, again.stdout + again.stderr
 
 
 def test_scripts_run_the_commands_and_stop_at_a_failure(tmp_path):
@@ -319,48 +569,70 @@ def test_scripts_run_the_commands_and_stop_at_a_failure(tmp_path):
 
 # --- the babysitter ---
 
-GONE, PASSING = [None, "PREEMPTED", "TERMINATED"], ["CREATING", "RESTARTING", "REPAIRING", "STOPPED", "UNKNOWN"]
+GONE = [None, "PREEMPTED", "TERMINATED", "SUSPENDED", "FAILED"]  # the last two: a queued resource's
+PASSING = ["CREATING", "RESTARTING", "REPAIRING", "STOPPED", "UNKNOWN", "WAITING_FOR_RESOURCES", "PROVISIONING",
+           "ACCEPTED", "SUSPENDING", "ACTIVE"]
 
 
-@pytest.mark.parametrize("state", GONE + ["READY"] + PASSING)
-@pytest.mark.parametrize("exit_code", [None, 0, 1, 2, 137, 143])
-def test_next_action_truth_table(state, exit_code):
+@pytest.mark.parametrize("state", [*GONE, "READY", *PASSING])
+@pytest.mark.parametrize("exit_code", [None, 0, 1, 2, 126, 127, 137, 143])
+@pytest.mark.parametrize("stale", [False, True])
+def test_next_action_truth_table(state, exit_code, stale):
     if exit_code == 0:
         expected = "done"  # finished: never recreate a slice for a finished job
-    elif exit_code != 143 and exit_code is not None:
-        expected = "give_up"  # a real failure: the same command would fail again
+    elif exit_code in (2, 126, 127):
+        expected = "give_up"  # a configuration error, a command that cannot run: the same command would fail again
     elif state in GONE:
         expected = "recreate"
-    elif state == "READY":
-        expected = {None: "wait", 143: "relaunch"}[exit_code]
+    elif state != "READY":
+        expected = "wait"  # passing states: look again later (a failure is relaunched once READY)
+    elif exit_code == 143:
+        expected = "relaunch"
+    elif exit_code is not None:
+        expected = "retry"  # a transient failure: relaunch after a backoff
     else:
-        expected = "wait"  # passing states: look again later (143 relaunches once READY)
-    assert babysit.next_action(state, exit_code) == expected
+        expected = "relaunch" if stale else "wait"
+    assert babysit.next_action(state, exit_code, stale) == expected
 
 
 def test_next_action_key_cases():
-    assert babysit.next_action("READY", None) == "wait"
+    assert babysit.next_action("READY", None) == "wait"  # running
+    assert babysit.next_action("READY", None, stale=True) == "relaunch"  # hung
     assert babysit.next_action("READY", 143) == "relaunch"
     assert babysit.next_action("READY", 0) == "done"
-    assert babysit.next_action("READY", 1) == "give_up"
+    assert babysit.next_action("READY", 1) == "retry"
+    assert babysit.next_action("READY", 137) == "retry"
+    assert babysit.next_action("READY", 2) == "give_up"  # synpro's exit status for a configuration error
     assert babysit.next_action("PREEMPTED", None) == "recreate"
     assert babysit.next_action("TERMINATED", None) == "recreate"
     assert babysit.next_action(None, None) == "recreate"
     assert babysit.next_action("CREATING", None) == "wait"
+    assert babysit.next_action("CREATING", None, stale=True) == "wait"
+    assert babysit.next_action("WAITING_FOR_RESOURCES", None) == "wait"
+    assert babysit.next_action("SUSPENDED", None) == "recreate"
+    assert babysit.next_action("FAILED", None) == "recreate"
+
+
+def test_backoff_doubles_up_to_an_hour():
+    assert [babysit.backoff(n, 60) for n in range(8)] == [60, 120, 240, 480, 960, 1920, 3600, 3600]
+    assert babysit.backoff(0, 0) == 0
+    assert babysit.backoff(3, 5000) == 5000  # a base over the cap is kept
 
 
 class FakeGcloud:
-    """Answers describe and the exit-status read from scripts; records every command; fails the commands whose
+    """Answers describe (tpu-vm's from `states`, queued-resources' from `queued`) and the status read from `exits`
+    (an exit status, or (exit status, heartbeat age), or "error"); records every command; fails the commands whose
     verb is in `fail` once each."""
 
-    def __init__(self, states, exits, fail=()):
-        self.states, self.exits, self.fail, self.calls = list(states), list(exits), list(fail), []
+    def __init__(self, states, exits, fail=(), queued=()):
+        self.states, self.exits, self.fail, self.queued = list(states), list(exits), list(fail), list(queued)
+        self.calls = []
 
     def __call__(self, argv, capture=False):
         self.calls.append(argv)
         verb = argv[4]
         if verb == "describe":
-            state = self.states.pop(0)
+            state = (self.queued if argv[3] == "queued-resources" else self.states).pop(0)
             if state == "error":
                 return gcloud.Result(1, "", "ERROR: (gcloud) There was a problem refreshing your credentials.")
             if state is None:
@@ -368,26 +640,46 @@ class FakeGcloud:
                                             "'projects/p/locations/z/nodes/t' was not found")
             return gcloud.Result(0, state + "\n")
         if verb == "ssh" and "--worker=0" in argv:
-            code = self.exits.pop(0)
-            return gcloud.Result(0, "" if code is None else f"{code}\n")
+            status = self.exits.pop(0)
+            if status == "error":
+                return gcloud.Result(255, "", "ssh: connect to host 10.0.0.2 port 22: Connection timed out")
+            code, age = status if isinstance(status, tuple) else (status, 5)  # 5: running, it beat 5 s ago
+            code, age = ("" if v is None else v for v in (code, age))
+            return gcloud.Result(0, f"exit={code}\nheartbeat_age={age}\n")
         if verb in self.fail:
             self.fail.remove(verb)
             return gcloud.Result(1)
         return gcloud.Result(0)
 
     def verbs(self):
-        """The calls, short: describe, exit (the status read), create, delete, install, launch, scp."""
+        """The calls, short: describe, exit (the status read), create, delete, install, launch, scp; q-prefixed for
+        queued resources (qdescribe, qcreate, qdelete)."""
         def short(argv):
             if argv[4] == "ssh":
                 command = argv[-1]
                 return "exit" if "--worker=0" in argv else "launch" if "synpro_logs" in command else "install"
-            return argv[4]
+            return ("q" if argv[3] == "queued-resources" else "") + argv[4]
         return [short(argv) for argv in self.calls]
 
 
-def sit(fake, *extra):
+class FakeClock:
+    """The babysitter's clock and sleep: sleeping moves the clock; every sleep is recorded."""
+
+    def __init__(self):
+        self.now, self.sleeps = 0.0, []
+
+    def __call__(self):
+        return self.now
+
+    def sleep(self, seconds):
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+def sit(fake, *extra, clock=None):
+    clock = clock or FakeClock()
     return babysit.main([*WHERE, "--accelerator_type", "v4-32", "--spot", "--repo", "https://g/r.git",
-                         "--poll_s", "5", *extra, "--", *GIN], runner=fake, sleep=lambda s: None)
+                         "--poll_s", "5", *extra, "--", *GIN], runner=fake, sleep=clock.sleep, clock=clock)
 
 
 def test_babysit_recreates_a_preempted_slice_and_stops_when_the_job_is_done():
@@ -401,7 +693,10 @@ def test_babysit_recreates_a_preempted_slice_and_stops_when_the_job_is_done():
     assert [shlex.join(c) for c in fake.calls[4:7]] == dry(
         "babysit", *WHERE, "--accelerator_type", "v4-32", "--spot", "--repo", "https://g/r.git", "--", *GIN)
     assert fake.calls[0] == [*gcloud.TPU_VM, "describe", *name, "--format=value(state)"]
-    assert fake.calls[1][-2:] == ["--worker=0", '--command=cat "$HOME/synpro_logs/synpro-v4.exit" 2>/dev/null || true']
+    assert shlex.join(fake.calls[1]) == ssh_line(
+        """echo "exit=$(cat "$HOME/synpro_logs/synpro-v4.exit" 2>/dev/null)"; """
+        """if t=$(stat -c %Y "$HOME/synpro_logs/synpro-v4.heartbeat" 2>/dev/null); then """
+        """echo "heartbeat_age=$(( $(date +%s) - t ))"; else echo heartbeat_age=; fi""", worker="0")
 
 
 def test_babysit_relaunches_after_sigterm_and_creates_a_missing_slice():
@@ -409,6 +704,66 @@ def test_babysit_relaunches_after_sigterm_and_creates_a_missing_slice():
     assert sit(fake) == 0
     assert fake.verbs() == ["describe", "create", "install", "launch", "describe", "describe", "exit", "describe",
                             "exit", "launch", "describe", "exit"]
+
+
+def test_babysit_relaunches_a_job_whose_heartbeat_is_stale():
+    """--stale_s 100, a poll every 5 s (clock seconds): a job that stopped beating is relaunched once its heartbeat
+    and its launch are both older than 100 s; after the relaunch it has no heartbeat yet, and gets 100 s again."""
+    clock = FakeClock()
+    # At t=0 the babysitter starts (the job's launch is taken to be now). Polls at t=0, 5, ..., 100, 105.
+    ages = [(None, 50 + t) for t in range(0, 105, 5)]  # last beat at t=-50: stale once t > 100 (and age > 100)
+    fresh = [(None, None)] * 20 + [(None, 3), (0, None)]  # none for 100 s after the relaunch: not stale; then beats
+    fake = FakeGcloud(states=["READY"] * 100, exits=[*ages, (None, 155), *fresh])
+    assert sit(fake, "--stale_s", "100", clock=clock) == 0
+    verbs = fake.verbs()
+    assert verbs.count("launch") == 1
+    assert verbs.index("launch") == 2 * 22  # after the 22nd status read (t=105: age 155 and launched 105 s ago)
+    assert verbs[-2:] == ["describe", "exit"] and len(verbs) == 2 * 22 + 1 + 2 * 22
+
+
+def test_babysit_does_not_call_a_job_stale_when_its_status_cannot_be_read():
+    fake = FakeGcloud(states=["READY"] * 4, exits=["error", "error", "error", 0])
+    assert sit(fake, "--stale_s", "100", "--poll_s", "1000") == 0  # 3000 s without a status read
+    assert "launch" not in fake.verbs()
+
+
+def test_babysit_without_heartbeat_check():
+    """--stale_s 0: a command that does not beat (synpro eval, a script) is never taken to be hung."""
+    fake = FakeGcloud(states=["READY"] * 3, exits=[(None, None), (None, None), 0])
+    clock = FakeClock()
+    assert sit(fake, "--stale_s", "0", "--poll_s", "5000", clock=clock) == 0
+    assert "launch" not in fake.verbs()
+
+
+def test_babysit_relaunches_a_transient_failure_after_a_doubling_backoff():
+    """exit 1 (an XLA or storage error): relaunched after --backoff_s, 2x, ...; a job that beats again after its
+    launch resets the count."""
+    fake = FakeGcloud(states=["READY"] * 7, exits=[1, 1, (None, 2), 1, 137, 0])
+    clock = FakeClock()
+    assert sit(fake, "--backoff_s", "10", clock=clock) == 0
+    assert fake.verbs() == ["describe", "exit", "launch", "describe", "exit", "launch", "describe", "exit",
+                            "describe", "exit", "launch", "describe", "exit", "launch", "describe", "exit"]
+    # backoff, poll; the heartbeat 2 s old, newer than the launch 5 s ago, resets it
+    assert clock.sleeps == [10, 5, 20, 5, 5, 10, 5, 20, 5]
+
+
+def test_babysit_gives_up_on_a_configuration_error():
+    for code in (2, 127):
+        fake = FakeGcloud(states=["READY"], exits=[code])
+        assert sit(fake) == 1
+        assert fake.verbs() == ["describe", "exit"]
+
+
+def test_babysit_gives_up_after_max_restarts():
+    fake = FakeGcloud(states=["READY"] * 3, exits=[1, 1, 1])
+    assert sit(fake, "--max_restarts", "2") == 1
+    assert fake.verbs() == ["describe", "exit", "launch"] * 2 + ["describe", "exit"]
+    fake = FakeGcloud(states=["PREEMPTED", "PREEMPTED", "PREEMPTED"], exits=[])
+    assert sit(fake, "--max_restarts", "2") == 1
+    assert fake.verbs() == ["describe", "delete", "create", "install", "launch"] * 2 + ["describe"]
+    fake = FakeGcloud(states=["READY"] * 2, exits=[143, 1])  # relaunches of every kind count
+    assert sit(fake, "--max_restarts", "1") == 1
+    assert fake.verbs() == ["describe", "exit", "launch", "describe", "exit"]
 
 
 def test_babysit_retries_a_failed_create_and_a_failed_install():
@@ -433,34 +788,73 @@ def test_babysit_never_deletes_on_a_describe_error():
     assert fake.verbs() == ["describe", "describe", "exit"]
 
 
+def test_babysit_queued_resource_through_its_states():
+    """--queued: no queued resource -> request one; WAITING_FOR_RESOURCES, PROVISIONING, ACCEPTED, SUSPENDING: wait;
+    ACTIVE: the node's state decides (install and launch once it is READY; wait while it cannot be seen);
+    SUSPENDED (its node was preempted) or FAILED (not provisioned): delete --force, request again."""
+    fake = FakeGcloud(
+        queued=[None, "WAITING_FOR_RESOURCES", "PROVISIONING", "ACTIVE", "ACTIVE", "ACTIVE", "SUSPENDING",
+                "SUSPENDED", "FAILED", "ACCEPTED", "ACTIVE", "ACTIVE", "ACTIVE"],
+        states=["CREATING", "READY", "READY", None, "READY", "READY"],
+        exits=[None, 0])
+    assert sit(fake, "--queued") == 0
+    assert fake.verbs() == [
+        "qdescribe", "qcreate",  # none: requested; its node does not exist yet, so nothing is installed now
+        "qdescribe", "qdescribe",  # in the queue, then provisioning
+        "qdescribe", "describe",  # ACTIVE, its node CREATING
+        "qdescribe", "describe", "install", "launch",  # ACTIVE, its node READY: the owed install and launch
+        "qdescribe", "describe", "exit",  # the job runs
+        "qdescribe",  # SUSPENDING
+        "qdescribe", "qdelete", "qcreate",  # SUSPENDED
+        "qdescribe", "qdelete", "qcreate",  # FAILED
+        "qdescribe",  # ACCEPTED
+        "qdescribe", "describe",  # ACTIVE, its node not seen yet: nothing deleted
+        "qdescribe", "describe", "install", "launch",
+        "qdescribe", "describe", "exit"]  # exit 0
+    name = ["synpro-v4", "--zone=us-central2-b", "--project=my-proj"]
+    assert fake.calls[0] == [*gcloud.QUEUED, "describe", *name, "--format=value(state.state)"]
+    assert fake.calls[1] == [*gcloud.QUEUED, "create", "synpro-v4", "--node-id=synpro-v4", *name[1:],
+                             "--accelerator-type=v4-32", "--runtime-version=tpu-ubuntu2204-base", "--spot"]
+    assert fake.calls[15] == [*gcloud.QUEUED, "delete", *name, "--force", "--quiet"]
+    assert fake.calls[5] == [*gcloud.TPU_VM, "describe", *name, "--format=value(state)"]
+
+
+def test_babysit_queued_recreates_a_preempted_node_of_an_active_resource():
+    """A node PREEMPTED before its queued resource moved on is recreated the same way; restarts count as ever."""
+    fake = FakeGcloud(queued=["ACTIVE", "SUSPENDED"], states=["PREEMPTED"], exits=[])
+    assert sit(fake, "--queued", "--max_restarts", "1") == 1
+    assert fake.verbs() == ["qdescribe", "describe", "qdelete", "qcreate", "qdescribe"]
+
+
 def test_babysit_script_reads_gcloud_output(tmp_path):
     """The script as run, against a gcloud on PATH that prints a READY slice and a job that exited 0."""
     fake = tmp_path / "gcloud"
     fake.write_text(f"#!{sys.executable}\nimport sys\n"
                     "if 'describe' in sys.argv: print('READY')\n"
-                    "elif '--worker=0' in sys.argv: print('0')\n"
+                    "elif '--worker=0' in sys.argv: print('exit=0'); print('heartbeat_age=')\n"
                     "else: sys.exit(1)\n")
     fake.chmod(0o755)
     done = script("babysit", *WHERE, "--accelerator_type", "v4-32", "--repo", "r", "--", "synpro", "train",
                   env={**os.environ, "PATH": f"{tmp_path}{os.pathsep}{os.environ['PATH']}"})
     assert done.returncode == 0, done.stderr
-    assert done.stderr.strip().endswith("state=READY exit=0 -> done")
-
-
-def test_babysit_gives_up_on_a_failed_job_and_after_max_restarts():
-    fake = FakeGcloud(states=["READY"], exits=[1])
-    assert sit(fake) == 1
-    assert fake.verbs() == ["describe", "exit"]
-    fake = FakeGcloud(states=["PREEMPTED", "PREEMPTED", "PREEMPTED"], exits=[])
-    assert sit(fake, "--max_restarts", "2") == 1
-    assert fake.verbs() == ["describe", "delete", "create", "install", "launch"] * 2 + ["describe"]
+    assert done.stderr.strip().endswith("state=READY exit=0 heartbeat=none -> done")
 
 
 def test_readme_commands_parse():
     """Every `python tpu/...` command in tpu/README.md is accepted as written."""
     text = (REPO / "tpu" / "README.md").read_text().replace("\\\n", " ")
     commands = [shlex.split(line) for line in text.splitlines() if line.startswith("python tpu/")]
-    assert len(commands) == 10
+    assert len(commands) == 13
+    flags = {arg for argv in commands for arg in argv if arg.startswith("--")}
+    assert {"--queued", "--stale_s", "--backoff_s", "--max_restarts"} <= flags
     for argv in commands:
         name = Path(argv[1]).stem
         assert dry(name, *argv[2:]), argv
+
+
+def test_the_workers_venv_python_meets_setup_py():
+    """setup.py asks for the Python jax>=0.7 needs; the venv tpu/install.py makes on the workers has it (the stock
+    runtimes' 3.10 does not)."""
+    required = re.search(r'python_requires="([^"]+)"', (REPO / "setup.py").read_text()).group(1)
+    assert required == ">=3.11"
+    assert tuple(map(int, gcloud.PYTHON.split("."))) >= (3, 11)
