@@ -10,6 +10,7 @@ list the bucket's objects through the emulator's own API and check that no local
 import io
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -133,12 +134,19 @@ def bucket(gcs_emulator, tmp_path_factory):
     return Bucket(gcs_emulator, "synpro-runs", tmp_path_factory.mktemp("cwd"))
 
 
+def readme_train_command(bucket_url: str) -> list[str]:
+    """The `synpro train` command tpu/README.md launches on a v5e-8, as written, with gs://BUCKET replaced."""
+    text = (REPO / "tpu" / "README.md").read_text().replace("\\\n", " ")
+    launch = next(line for line in text.splitlines() if line.startswith("python tpu/launch.py"))
+    argv = shlex.split(launch)
+    command = argv[argv.index("--") + 1:]
+    assert command[:2] == ["synpro", "train"], command
+    return [a.replace("gs://BUCKET", bucket_url) for a in command[1:]]
+
+
 def train_flags(b: Bucket, steps: int) -> list[str]:
     """tpu/README.md's v5e-8 command, with the model, batch and schedule made tiny."""
-    return ["train", "--gin_file=gin/experiments/olmo_400m_dclm.gin",
-            f"--gin.OUT_DIR=\"{b.url}/runs/olmo_400m\"",
-            f"--gin.ORGANIC=[\"{b.url}/dclm/*.jsonl.zst\"]",
-            f"--gin.VOCABULARY=\"{b.url}/tokenizers/dolma2/tokenizer.json\"",
+    return [*readme_train_command(b.url),
             # the shipped pretrain.gin keeps the corpus cache in runs/cache: on the bucket here
             f"--gin.synpro.DataConfig.cache_dir=\"{b.url}/cache\"",
             "--gin.synpro.preset.name=\"tiny\"", "--gin.synpro.preset.dtype=\"float32\"",
