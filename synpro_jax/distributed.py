@@ -70,15 +70,31 @@ METADATA_URL = "http://{host}/computeMetadata/v1/instance/attributes/{key}"
 
 
 def _has_tpu_chips() -> bool:
-    """TPU chips attached to this VM (the device files libtpu opens: /dev/accel* on v4/v5p, /dev/vfio on v5e+)."""
-    return bool(glob.glob("/dev/accel[0-9]*") or glob.glob("/dev/vfio/[0-9]*"))
+    """TPU chips attached to this VM, counted as JAX counts them (Google's PCI devices), with libtpu to drive
+    them: JAX's own test before it reads any TPU metadata."""
+    import importlib.util
+
+    if importlib.util.find_spec("libtpu") is None:
+        return False
+    try:
+        from jax._src import hardware_utils
+
+        return hardware_utils.num_available_tpu_chips_and_device_id()[0] > 0
+    except (ImportError, AttributeError, OSError):  # another JAX layout: the device files libtpu opens
+        return bool(glob.glob("/dev/accel[0-9]*"))
+
+
+class MetadataUnavailable(OSError):
+    pass
 
 
 def gce_metadata(key: str, timeout_s: float = 5.0, tries: int = 3) -> str | None:
-    """An attribute of this VM from the GCE metadata server (GCE_METADATA_IP, as JAX reads it), or None when there
-    is no server or no such attribute."""
+    """An attribute of this VM from the GCE metadata server (GCE_METADATA_IP, as JAX reads it), or None when the
+    server says there is no such attribute. Raises MetadataUnavailable when no server answers."""
     host = os.environ.get("GCE_METADATA_IP", "metadata.google.internal")
-    request = urllib.request.Request(METADATA_URL.format(host=host, key=key), headers={"Metadata-Flavor": "Google"})
+    url = METADATA_URL.format(host=host, key=key)
+    request = urllib.request.Request(url, headers={"Metadata-Flavor": "Google"})
+    last = ""
     for attempt in range(tries):
         try:
             with urllib.request.urlopen(request, timeout=timeout_s) as response:
@@ -86,11 +102,12 @@ def gce_metadata(key: str, timeout_s: float = 5.0, tries: int = 3) -> str | None
         except urllib.error.HTTPError as e:
             if e.code == 404:
                 return None
-        except (urllib.error.URLError, OSError):
-            pass
+            last = f"HTTP {e.code}"
+        except (urllib.error.URLError, OSError) as e:
+            last = str(getattr(e, "reason", e))
         if attempt + 1 < tries:
             time.sleep(0.5)
-    return None
+    raise MetadataUnavailable(f"{url}: {last}")
 
 
 def _workers(listing: str | None) -> int:
@@ -106,11 +123,18 @@ def tpu_cluster() -> tuple[str, int] | None:
             return "gke", _workers(os.environ[var]) * slices
     if not _has_tpu_chips() or os.environ.get("TPU_SKIP_MDS_QUERY"):
         return None
-    endpoints = gce_metadata("worker-network-endpoints")
+    try:
+        endpoints = gce_metadata("worker-network-endpoints")
+        tpu_env = "" if "MEGASCALE_NUM_SLICES" in os.environ else gce_metadata("tpu-env") or ""
+    except MetadataUnavailable as e:
+        # Guessing "one host" here would run every host of a slice as its own job, writing over each other.
+        raise ValueError(f"this VM has TPU chips but its GCE metadata server did not answer ({e}), so whether it is "
+                         "one host of a slice is unknown: set TPU_SKIP_MDS_QUERY=1 to run it as one host, or pass "
+                         "--coordinator_address, --num_processes and --process_id") from None
     if endpoints is None:
         return None
-    if "MEGASCALE_NUM_SLICES" not in os.environ:
-        for line in (gce_metadata("tpu-env") or "").splitlines():  # "MEGASCALE_NUM_SLICES: '2'"
+    if tpu_env:
+        for line in tpu_env.splitlines():  # "MEGASCALE_NUM_SLICES: '2'"
             key, _, value = line.partition(":")
             if key.strip() == "MEGASCALE_NUM_SLICES" and value.strip().strip("'"):
                 slices = int(value.strip().strip("'"))

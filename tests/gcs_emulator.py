@@ -17,12 +17,26 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+import warnings
 
 
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _death_signal():
+    """A function for the emulator's child process to call before exec: be sent SIGTERM when the test process
+    dies, even by SIGKILL (Linux's PR_SET_PDEATHSIG). Bound here, so the forked child runs only a C call."""
+    try:
+        import ctypes
+        import signal
+
+        prctl = ctypes.CDLL("libc.so.6", use_errno=True).prctl
+    except OSError:
+        return None
+    return lambda: prctl(1, signal.SIGTERM)
 
 
 def binary() -> str | None:
@@ -46,20 +60,26 @@ class GCSEmulator:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self._log = open(os.path.join(self.root, "server.log"), "wb")
-        self.proc = subprocess.Popen(
-            [exe, "-scheme", "http", "-host", "127.0.0.1", "-port", str(self.port), "-external-url", self.url,
-             "-backend", "filesystem", "-filesystem-root", os.path.join(self.root, "data"), "-log-level", "error"],
-            stdout=self._log, stderr=subprocess.STDOUT)
+        with warnings.catch_warnings():  # JAX warns of any fork; the child runs one C call, then execs
+            warnings.simplefilter("ignore", RuntimeWarning)
+            self.proc = subprocess.Popen(
+                [exe, "-scheme", "http", "-host", "127.0.0.1", "-port", str(self.port), "-external-url", self.url,
+                 "-backend", "filesystem", "-filesystem-root", os.path.join(self.root, "data"), "-log-level", "error"],
+                stdout=self._log, stderr=subprocess.STDOUT, preexec_fn=_death_signal())
         deadline = time.monotonic() + 30
         while True:
             try:
                 urllib.request.urlopen(f"{self.url}/storage/v1/b", timeout=1).read()
-                break
+                # Answered; but if our server exited (the port was taken meanwhile), someone else's did.
+                if self.proc.poll() is None:
+                    break
             except (urllib.error.URLError, ConnectionError, OSError):
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    self.stop()
-                    raise RuntimeError(f"fake-gcs-server did not start; see {self.root}/server.log")
-                time.sleep(0.05)
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                log = open(os.path.join(self.root, "server.log"), errors="replace").read()[-2000:]
+                self.stop()
+                raise RuntimeError(f"fake-gcs-server did not start on port {self.port}:\n{log}")
+            time.sleep(0.05)
 
     @property
     def env(self) -> dict[str, str]:

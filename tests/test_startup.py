@@ -114,15 +114,43 @@ def test_no_tpu_no_metadata_query_and_nothing_started(monkeypatch, clean_env):
     assert distributed.tpu_cluster() is None
 
 
-def test_a_vm_with_chips_but_no_metadata_server_starts_nothing(monkeypatch, clean_env):
+def test_a_vm_with_chips_whose_metadata_has_no_worker_list_starts_nothing(monkeypatch, clean_env):
     monkeypatch.setattr(distributed, "_has_tpu_chips", lambda: True)
-    server = Metadata({})  # answers, but has no worker list (404)
+    server = Metadata({})  # answers 404 for every attribute: not a TPU VM slice
     monkeypatch.setenv("GCE_METADATA_IP", server.address)
     assert distributed.gce_metadata("worker-network-endpoints", timeout_s=1, tries=1) is None
     assert distributed.tpu_cluster() is None
+    assert distributed.initialize(distributed.DistributedConfig()) is False and clean_env == []
     server.shutdown()
     server.server_close()
-    assert distributed.initialize(distributed.DistributedConfig()) is False and clean_env == []
+
+
+def test_chips_and_no_metadata_server_is_a_clear_error_not_a_guess(monkeypatch, clean_env):
+    """Guessing one host would run each host of a slice as its own job; the error names the way out."""
+    import socket
+
+    monkeypatch.setattr(distributed, "_has_tpu_chips", lambda: True)
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        monkeypatch.setenv("GCE_METADATA_IP", f"127.0.0.1:{s.getsockname()[1]}")
+    with pytest.raises(ValueError, match="metadata server did not answer.*TPU_SKIP_MDS_QUERY=1"):
+        distributed.tpu_cluster()
+    assert clean_env == []
+    monkeypatch.setenv("TPU_SKIP_MDS_QUERY", "1")
+    assert distributed.initialize(distributed.DistributedConfig()) is False
+
+
+def test_chips_are_counted_as_jax_counts_them_and_need_libtpu(monkeypatch):
+    import importlib.util
+
+    from jax._src import hardware_utils
+
+    monkeypatch.setattr(hardware_utils, "num_available_tpu_chips_and_device_id", lambda: (4, None))
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "libtpu" else real(name, *a))
+    assert distributed._has_tpu_chips()
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "libtpu" else real(name, *a))
+    assert not distributed._has_tpu_chips()  # chips without libtpu: JAX would not use them either
 
 
 def test_explicit_flags_win_over_the_tpu_environment(monkeypatch, clean_env):

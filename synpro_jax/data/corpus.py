@@ -17,7 +17,7 @@ from typing import Callable, Iterable, Sequence
 from etils.epath import Path
 import numpy as np
 
-from synpro_jax import atomic
+from synpro_jax import atomic, heartbeat
 from synpro_jax.data.sources import Document, ReadReport
 
 log = logging.getLogger(__name__)
@@ -99,6 +99,7 @@ def tokenize_documents(docs: Iterable[Document], encode_batch: Callable[[list[st
     bar = tqdm(desc=desc, unit="doc", disable=not progress)
     for doc in docs:
         bar.update(1)
+        heartbeat.beat()  # tokenizing a large corpus can outlast a supervisor's stale timeout
         if doc.tokens is not None:
             if len(doc.tokens):
                 token_lists.append(doc.tokens.astype(np.int32))

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from synpro_jax import models, sharding
+from synpro_jax import heartbeat, models, sharding
 from synpro_jax.eval.tasks import MCItem, continuation
 from synpro_jax.generation.sampler import bucket
 from synpro_jax.models import ModelConfig
@@ -104,6 +104,7 @@ class LoglikelihoodScorer:
                 placed = [jax.device_put(a, self._batch) for a in arrays]
                 sums = sharding.to_host(self._fn(self.params, *placed))
                 out[members] = sums[:len(members)]
+                heartbeat.beat()
                 bar.update(len(members))
         bar.close()
         return out

@@ -27,8 +27,7 @@ import numpy as np
 from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
-from synpro_jax import atomic, distributed, models, sharding
-from synpro_jax import heartbeat
+from synpro_jax import atomic, distributed, heartbeat, models, sharding
 from synpro_jax.checks import positive_ints
 from synpro_jax.influence.kernel import compiled_loss_pair
 from synpro_jax.models import ModelConfig
@@ -99,6 +98,7 @@ def finetune(cfg: ModelConfig, mesh: Mesh, params: Any, reference, pcfg: ProbeCo
         state, metrics = ts(state, ts.shard_batch(reference.batch(i, pcfg.batch_size)))
         if on_step is not None:
             on_step(i + 1, state.params, metrics)
+        heartbeat.beat()
         bar.update(1)
         if (i + 1) % 10 == 0 or i + 1 == pcfg.steps:
             bar.set_postfix(ref_loss=f"{float(metrics['loss']):.3f}")

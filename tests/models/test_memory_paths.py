@@ -169,17 +169,18 @@ def test_the_projections_policy_keeps_the_named_projections_and_not_the_attentio
     b, t, L, h, kv, hd = 2, 16, cfg.num_layers, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
     batch = packed_batch(b, t, cfg.vocab_size, seed=4)
 
-    def per_layer(text):  # shapes the layer scan saves for the backward pass
+    def per_layer(text):  # shapes the layer scan saves for the backward pass, with how many of each
+        import collections
         import re
 
-        return {m for m in re.findall(r"(\S+) output of scan", text)}
+        return collections.Counter(re.findall(r"(\S+) output of scan", text))
 
     saved = per_layer(_saved(cfg.replace(remat="projections"), params, batch))
-    expected = {f"f32[{L},{b},{t},{h},{hd}]",  # q
-                f"f32[{L},{b},{t},{kv},{hd}]",  # k, v
-                f"f32[{L},{b},{t},{cfg.mlp_dim}]",  # gate, up
-                f"f32[{L},{b},{t},{cfg.d_model}]",  # o, down, and each layer's input
-                f"f32[{b},{t},{cfg.d_model}]"}  # the scan's carry
+    expected = {f"f32[{L},{b},{t},{h},{hd}]": 1,  # q
+                f"f32[{L},{b},{t},{kv},{hd}]": 2,  # k, v
+                f"f32[{L},{b},{t},{cfg.mlp_dim}]": 2,  # gate, up
+                f"f32[{L},{b},{t},{cfg.d_model}]": 3,  # o, down, and each layer's input
+                f"f32[{b},{t},{cfg.d_model}]": 1}  # the scan's carry
     assert saved == expected, saved
     dots = per_layer(_saved(cfg.replace(remat="dots_saveable"), params, batch))
     assert dots != saved  # dots_saveable keeps every matmul (the attention scores too), as 2-D dot outputs
