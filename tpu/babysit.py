@@ -6,7 +6,7 @@
 Every --poll_s seconds it reads the slice's state (gcloud ... describe --format='value(state)') and, while the
 slice is READY, with one ssh to worker 0, the job's exit status (~/synpro_logs/<run_name>.exit, written by
 tpu/launch.py's command) and the age of its heartbeat (~/synpro_logs/<run_name>.heartbeat, which synpro jobs touch
-at most once a minute as they step: synpro_jax/heartbeat.py).
+at most once a minute in their long phases: steps, batches, chunks; synpro_jax/heartbeat.py).
 
 - A slice that is PREEMPTED, TERMINATED or gone is deleted and created again, synpro_jax reinstalled and the same
   command launched. synpro jobs resume from their latest checkpoint, so launching the identical command is the
@@ -18,7 +18,8 @@ at most once a minute as they step: synpro_jax/heartbeat.py).
   --backoff_s seconds, doubled for each failure in a row (at most an hour), except exit 2 (a configuration or
   usage error: synpro's CLI exits 2 on a bad flag or gin binding), 126 and 127 (the command cannot run), which
   the same command would hit again: it gives up on those at once.
-- It stops when the job exits 0, and gives up after --max_restarts restarts (slices created plus launches again).
+- It stops when the job exits 0, and gives up after --max_restarts restarts (slices created plus launches again),
+  or after --max_restarts failures in a row of the install or launch a slice needs (a bad --ref, no network).
 
 With --queued the slice is a queued resource (gcloud compute tpus queued-resources): its state is read first.
 WAITING_FOR_RESOURCES, ACCEPTED, CREATING and PROVISIONING (in the queue, or being provisioned), SUSPENDING and
@@ -49,6 +50,25 @@ DETERMINISTIC = {2, 126, 127}
 STALE_S = 1800.0
 BACKOFF_S = 60.0
 BACKOFF_CAP_S = 3600.0
+
+
+def _heartbeat_interval_s() -> float:
+    """How often at most a job touches its heartbeat: synpro_jax/heartbeat.py's DEFAULT_INTERVAL_S, read from the
+    checkout this script is in (a stdlib-only module, loaded by its path: no jax, nothing installed needed); 60, its
+    value when this was written, if that file is not there."""
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "synpro_jax", "heartbeat.py")
+    try:
+        spec = importlib.util.spec_from_file_location("_synpro_heartbeat", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return float(module.DEFAULT_INTERVAL_S)
+    except (OSError, ImportError, SyntaxError, AttributeError, TypeError, ValueError):  # missing or broken
+        return 60.0
+
+
+HEARTBEAT_INTERVAL_S = _heartbeat_interval_s()
 
 
 def next_action(state: str | None, exit_code: int | None, stale: bool = False) -> str:
@@ -82,6 +102,10 @@ def backoff(failures: int, base_s: float) -> float:
     return min(base_s * 2 ** failures, max(base_s, BACKOFF_CAP_S))
 
 
+class GiveUp(Exception):
+    """Stop babysitting; the message says why, in one line."""
+
+
 class Babysitter:
     def __init__(self, args, command: list[str], runner: gcloud.Runner = gcloud.run,
                  sleep: Callable[[float], None] = time.sleep, log: Callable[[str], None] | None = None,
@@ -94,6 +118,7 @@ class Babysitter:
         self.stale_s = getattr(args, "stale_s", STALE_S)
         self.backoff_s = getattr(args, "backoff_s", BACKOFF_S)
         self.exists = False  # whether there is a slice (or queued resource) to delete before creating one
+        self.owed_failures = 0  # install/launch steps that failed in a row (a bad --ref, no network to the workers)
         # A job launched before the babysitter started gets the same grace as one it launched itself.
         self.launched_at = clock()
 
@@ -169,20 +194,44 @@ class Babysitter:
         for i, argv in enumerate(commands):
             self.log(f"run: {shlex.join(argv)}")
             if self.runner(argv).returncode != 0:
-                self.log("failed; retrying after the next poll")
+                self.log("failed")
                 return commands[i:]
             self.log("ok")
         self.launched_at = self.clock()  # the heartbeat's grace counts from here
         return []
 
+    def _run_owed(self, commands: list[list[str]]) -> list[list[str]]:
+        """_run for install and launch steps, which a slice that exists needs: their failures in a row (any step
+        that succeeds starts the count again) are counted, and after --max_restarts of them (at least 1) the
+        babysitter gives up (GiveUp): a step that always fails (a bad --ref, a repo or network the workers cannot
+        reach) would otherwise be retried every poll forever."""
+        left = self._run(commands)
+        if len(left) < len(commands):
+            self.owed_failures = 0
+        if not left:
+            return left
+        self.owed_failures += 1
+        if self.owed_failures >= max(1, self.args.max_restarts):
+            raise GiveUp(f"giving up after {self.owed_failures} failures in a row (--max_restarts="
+                         f"{self.args.max_restarts}) of: {shlex.join(left[0])}")
+        self.log(f"failure {self.owed_failures} in a row; retrying after the next poll")
+        return left
+
     def run(self) -> int:
+        try:
+            return self._loop()
+        except GiveUp as e:
+            self.log(str(e))
+            return 1
+
+    def _loop(self) -> int:
         a = self.args
         restarts = failures = 0  # failures: transient job failures in a row, for the backoff
         owed: list[list[str]] = []  # install/launch steps a READY slice still needs (one failed, or not run)
         while True:
             state = self.state()
             if owed and state == "READY":
-                owed = self._run(owed)
+                owed = self._run_owed(owed)
                 self.sleep(a.poll_s)
                 continue
             code, age = self.status() if state == "READY" else (None, None)
@@ -213,7 +262,7 @@ class Babysitter:
                     self.log(f"no heartbeat for over --stale_s={self.stale_s:g} s: the job is taken to be hung; "
                              "the launch stops it and starts it again")
                 restarts += 1
-                owed = self._run(self.launch_commands())
+                owed = self._run_owed(self.launch_commands())
             else:  # recreate
                 # Owed from here on: a create that gcloud reports failed (a timeout) may still bring the slice
                 # up, and a new slice needs both.
@@ -221,11 +270,13 @@ class Babysitter:
                 delete = [self.delete_command()] if self.exists else []
                 # A failed create (no Spot capacity, most often) is retried after the next poll and not
                 # counted: only slices actually created count as restarts.
-                if not self._run(delete + self.create_commands()):
+                if self._run(delete + self.create_commands()):
+                    self.log("retrying after the next poll")
+                else:
                     restarts += 1
                     # A queued resource is only in the queue now: the owed steps run once its node is READY.
                     if not self.queued:
-                        owed = self._run(owed)
+                        owed = self._run_owed(owed)
             self.sleep(a.poll_s)
 
 
@@ -239,11 +290,13 @@ def main(argv=None, runner: gcloud.Runner = gcloud.run, sleep: Callable[[float],
     p.add_argument("--poll_s", type=float, default=60.0, help="seconds between checks (default 60)")
     p.add_argument("--max_restarts", type=int, default=20,
                    help="slices created plus jobs launched again before giving up (default 20); a failed create "
-                        "(no capacity) is retried every poll without counting")
+                        "(no capacity) is retried every poll without counting; this many install or launch "
+                        "failures in a row give up too")
     p.add_argument("--stale_s", type=float, default=STALE_S,
-                   help=f"launch a job again whose heartbeat is older than this (default {STALE_S:g}; 0: never). "
-                        "synpro train, grpo, synthesize, influence scoring and the loop beat; other commands do "
-                        "not, so give them 0")
+                   help=f"launch a job again whose heartbeat is older than this (default {STALE_S:g}; 0: never; "
+                        f"else at least {2 * HEARTBEAT_INTERVAL_S:g}, twice the heartbeat interval), longer than any "
+                        "phase without a beat (compilation, a checkpoint, a barrier). synpro train, probe, grpo, "
+                        "synthesize, eval and loop beat; other commands do not, so give them 0")
     p.add_argument("--backoff_s", type=float, default=BACKOFF_S,
                    help=f"seconds before launching a failed job again (default {BACKOFF_S:g}), doubled for each "
                         "failure in a row, at most an hour")
@@ -255,6 +308,10 @@ def main(argv=None, runner: gcloud.Runner = gcloud.run, sleep: Callable[[float],
         p.error(f"--max_restarts: {args.max_restarts} must be at least 0")
     if args.stale_s < 0:
         p.error(f"--stale_s: {args.stale_s} must be at least 0 (0 turns the heartbeat check off)")
+    if 0 < args.stale_s < 2 * HEARTBEAT_INTERVAL_S:
+        p.error(f"--stale_s: {args.stale_s:g} is under twice the heartbeat interval ({HEARTBEAT_INTERVAL_S:g} s: a "
+                f"job touches its heartbeat at most that often), so a healthy job would look hung; give at least "
+                f"{2 * HEARTBEAT_INTERVAL_S:g}, or 0 to turn the check off")
     if args.backoff_s < 0:
         p.error(f"--backoff_s: {args.backoff_s} must be at least 0")
     sitter = Babysitter(args, command, runner, sleep, clock=clock)

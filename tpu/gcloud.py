@@ -208,12 +208,15 @@ def _venv_steps(python: str, jax: str) -> list[str]:
     The stock TPU runtimes ship Python 3.10, and jax>=0.7 needs 3.11. uv (a pip-installable binary) makes the venv
     with a managed CPython it downloads, as MaxText's install does (uv venv --python 3.12, then uv pip install -e
     .[tpu]); levanter's infra/helpers/setup-tpu-vm.sh gets its newer Python from the deadsnakes PPA instead. Without
-    uv (no pip, no network to PyPI) the newest python3.1x >= 3.11 with venv on the worker makes it.
+    uv (no pip, no network to PyPI) the newest python3.1x >= 3.11 with venv on the worker makes it, trying
+    python3.13, python3.12 and python3.11 in that order.
     """
     q_python = shlex.quote(python)
-    candidates = [q_python if "/" in python else f"python{q_python}", "python3.13", "python3.12", "python3.11"]
+    candidates = [q_python] if "/" in python else []  # an interpreter named by its path (a test's) is tried first
+    versions = {"3.13", "3.12", "3.11"} | ({python} if re.fullmatch(r"3\.\d+", python) else set())
+    candidates += [f"python{v}" for v in sorted(versions, key=lambda v: int(v.split(".")[1]), reverse=True)]
     fallback = [
-        (f"py=; for c in {' '.join(dict.fromkeys(candidates))}; do "
+        (f"py=; for c in {' '.join(candidates)}; do "
          """if "$c" -c 'import sys, ensurepip, venv; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then """
          "py=$c; break; fi; done"),
         ('[ -n "$py" ] || { echo "install: could not install uv, and this worker has no Python >= 3.11 with venv" '
@@ -278,21 +281,35 @@ def log_files(run_name: str) -> tuple[str, str]:
     return run_file(run_name, ".log"), run_file(run_name, ".exit")
 
 
-# The job's process group is read back from <run>.pid with its start time (field 22 of /proc/PID/stat), so a pid the
-# kernel gave to another process since is never signalled. Field 3 is the state: a zombie (Z) has ended.
-_PROC_FUNCTIONS = ('started() { local f; read -ra f 2>/dev/null < "/proc/$1/stat" && echo "${f[21]}"; }',
-                   'alive() { local f; read -ra f 2>/dev/null < "/proc/$1/stat" && [ "${f[2]}" != Z ]; }')
+# The job's process group is read back from <run>.pid with its start time, so a pid the kernel gave to another process
+# since is never signalled. /proc/PID/stat is read after its last ")" (the command name before it may hold spaces):
+# [0] is the state (Z: a zombie, which has ended and holds no files or devices), [2] the process group, [19] the start
+# time. A group is alive while any process in it is (not only its leader, the wrapper shell: the job and whatever it
+# started are in it too).
+_PROC_FUNCTIONS = (
+    'stat_fields() { local s; read -r s 2>/dev/null < "/proc/$1/stat" || return 1; read -ra f <<< "${s##*) }"; }',
+    'started() { local f; stat_fields "$1" && echo "${f[19]}"; }',
+    ('group_alive() { local p f; for p in /proc/[0-9]*; do stat_fields "${p#/proc/}" && [ "${f[2]}" = "$1" ] && '
+     '[ "${f[0]}" != Z ] && return 0; done; return 1; }'),
+    # Waits up to $2 seconds while group $1 is alive; fails if it still is.
+    ('wait_group() { local end=$((SECONDS + $2)); while group_alive "$1"; do [ $SECONDS -lt $end ] || return 1; '
+     'sleep 0.2; done; }'),
+)
+KILLED_WAIT_S = 30  # how long a launch waits for a SIGKILLed copy to be gone (its devices released) before failing
 
 
 def _kill_previous(pid_file: str, kill_wait_s: int) -> str:
     """Shell text that ends a copy of the run still going on this host: SIGTERM to its process group (a synpro job
-    saves and exits 143), up to `kill_wait_s` seconds for it to end, then SIGKILL to whatever is left of the group."""
+    saves and exits 143), up to `kill_wait_s` seconds for every process of the group to end, then SIGKILL to whatever
+    is left of it and up to KILLED_WAIT_S seconds for that to be gone too, so the new job never finds the TPU
+    (/dev/accel*, /dev/vfio) still held by the old one; a group still there after that fails the launch."""
     return (f"if [ -f {pid_file} ]; then read -r old start < {pid_file} || true; "
             'if [ -n "$start" ] && [ "$(started "$old")" = "$start" ]; then '
             'echo "launch: stopping the running copy (process group $old)" >&2; '
             'kill -TERM -- "-$old" 2>/dev/null || true; '
-            f'i=0; while alive "$old" && [ $i -lt {int(kill_wait_s)} ]; do sleep 1; i=$((i + 1)); done; '
-            'kill -KILL -- "-$old" 2>/dev/null || true; fi; fi')
+            f'if ! wait_group "$old" {int(kill_wait_s)}; then kill -KILL -- "-$old" 2>/dev/null || true; '
+            f'wait_group "$old" {KILLED_WAIT_S} || {{ echo "launch: process group $old is still running '
+            f'{KILLED_WAIT_S} s after SIGKILL; not launching a second copy" >&2; exit 1; }}; fi; fi; fi')
 
 
 def launch(name: str, zone: str, project: str | None, command: Sequence[str], run_name: str,

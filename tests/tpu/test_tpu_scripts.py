@@ -31,7 +31,7 @@ VENV_STEPS = (
     """if python3 -m pip install --user -U uv && """
     """python3 -m uv venv --allow-existing --python 3.12 "$HOME/synpro_venv"; """
     """then venv_install() { python3 -m uv pip install --python "$HOME/synpro_venv/bin/python" "$@"; }; """
-    """else py=; for c in python3.12 python3.13 python3.11; do """
+    """else py=; for c in python3.13 python3.12 python3.11; do """
     """if "$c" -c 'import sys, ensurepip, venv; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then py=$c; """
     """break; fi; done; [ -n "$py" ] || { echo "install: could not install uv, and this worker has no Python >= 3.11 """
     """with venv" >&2; exit 1; }; "$py" -m venv "$HOME/synpro_venv"; """
@@ -39,16 +39,21 @@ VENV_STEPS = (
     """venv_install -U 'jax[tpu]'; venv_install -e '.[tpu]'""")
 LAUNCH_SCRIPT = (
     """set -e; export PATH="$HOME/synpro_venv/bin:$PATH"; """
-    """started() { local f; read -ra f 2>/dev/null < "/proc/$1/stat" && echo "${f[21]}"; }; """
-    """alive() { local f; read -ra f 2>/dev/null < "/proc/$1/stat" && [ "${f[2]}" != Z ]; }; """
+    """stat_fields() { local s; read -r s 2>/dev/null < "/proc/$1/stat" || return 1; read -ra f <<< "${s##*) }"; }; """
+    """started() { local f; stat_fields "$1" && echo "${f[19]}"; }; """
+    """group_alive() { local p f; for p in /proc/[0-9]*; do stat_fields "${p#/proc/}" && [ "${f[2]}" = "$1" ] && """
+    """[ "${f[0]}" != Z ] && return 0; done; return 1; }; """
+    """wait_group() { local end=$((SECONDS + $2)); while group_alive "$1"; do [ $SECONDS -lt $end ] || return 1; """
+    """sleep 0.2; done; }; """
     """mkdir -p "$HOME/synpro_logs"; cd "$HOME/synpro_jax"; """
     """export SYNPRO_HEARTBEAT="$HOME/synpro_logs/synpro-v4.heartbeat"; """
     """if [ -f "$HOME/synpro_logs/synpro-v4.pid" ]; then """
     """read -r old start < "$HOME/synpro_logs/synpro-v4.pid" || true; """
     """if [ -n "$start" ] && [ "$(started "$old")" = "$start" ]; then """
     """echo "launch: stopping the running copy (process group $old)" >&2; kill -TERM -- "-$old" 2>/dev/null || true; """
-    """i=0; while alive "$old" && [ $i -lt 120 ]; do sleep 1; i=$((i + 1)); done; """
-    """kill -KILL -- "-$old" 2>/dev/null || true; fi; fi; """
+    """if ! wait_group "$old" 120; then kill -KILL -- "-$old" 2>/dev/null || true; """
+    """wait_group "$old" 30 || { echo "launch: process group $old is still running 30 s after SIGKILL; """
+    """not launching a second copy" >&2; exit 1; }; fi; fi; fi; """
     """rm -f "$HOME/synpro_logs/synpro-v4.exit" "$HOME/synpro_logs/synpro-v4.heartbeat"; """
     """set -m; ( set +e; trap "" HUP; trap : TERM; """
     """synpro train --gin_file=gin/experiments/olmo_400m_dclm.gin '--gin.OUT_DIR="gs://b/run"' '--gin.LIST=[1, 2]' """
@@ -212,6 +217,10 @@ def test_babysit_dry_run_prints_one_cycle():
                  "--", "x"], "--poll_s"),
     ("babysit", ["--name", "tpu", "--zone", "z", "--accelerator_type", "v4-8", "--repo", "r", "--stale_s", "-1",
                  "--", "x"], "--stale_s"),
+    ("babysit", ["--name", "tpu", "--zone", "z", "--accelerator_type", "v4-8", "--repo", "r", "--stale_s", "30",
+                 "--", "x"], "--stale_s"),
+    ("babysit", ["--name", "tpu", "--zone", "z", "--accelerator_type", "v4-8", "--repo", "r", "--stale_s", "119",
+                 "--", "x"], "--stale_s"),
     ("babysit", ["--name", "tpu", "--zone", "z", "--accelerator_type", "v4-8", "--repo", "r", "--backoff_s", "-5",
                  "--", "x"], "--backoff_s"),
     ("babysit", ["--name", "tpu", "--zone", "z", "--accelerator_type", "v4-8", "--repo", "r", "--preemptible",
@@ -247,15 +256,43 @@ def test_longest_valid_name():
 
 # --- the remote commands, run here with bash as the workers' login shell would ---
 
+# A process the fake job starts in its process group (FAKE_CHILD=1): on SIGTERM it takes 3 s to "save" (writes
+# $FAKE_PIDS.saved, exits 143), or, hung, ignores it. It says "ready" once its handler is in place.
+FAKE_CHILD = """
+import os, signal, sys, time
+def save(*_):
+    time.sleep(3)
+    open(os.environ["FAKE_PIDS"] + ".saved", "w").close()
+    sys.exit(143)
+signal.signal(signal.SIGTERM, save if sys.argv[1] == "wait_for_sigterm" else signal.SIG_IGN)
+print("ready", flush=True)
+time.sleep(30)
+"""
+
 FAKE_SYNPRO = f"""#!{sys.executable}
-import json, os, signal, sys, time
-print(json.dumps({{"argv": sys.argv[1:], "cwd": os.getcwd(), "heartbeat": os.environ.get("SYNPRO_HEARTBEAT")}}),
-      flush=True)
+import json, os, signal, subprocess, sys, time
+record = {{"argv": sys.argv[1:], "cwd": os.getcwd(), "heartbeat": os.environ.get("SYNPRO_HEARTBEAT")}}
+if os.environ.get("FAKE_OLD_GROUP"):  # the live (not zombie) processes of that group as this job starts
+    alive = []
+    for entry in os.listdir("/proc"):
+        try:
+            fields = open(f"/proc/{{entry}}/stat").read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if fields[2] == os.environ["FAKE_OLD_GROUP"] and fields[0] != "Z":
+            alive.append(int(entry))
+    record["old_group_alive"] = alive
+print(json.dumps(record), flush=True)
 mode = os.environ.get("FAKE_MODE")
 if mode in ("wait_for_sigterm", "ignore_sigterm"):  # a synpro job saves, then exits 143; a hung one does not
     signal.signal(signal.SIGTERM, (lambda *_: sys.exit(143)) if mode == "wait_for_sigterm" else signal.SIG_IGN)
+    pids = [os.getpid(), os.getppid()]
+    if os.environ.get("FAKE_CHILD"):
+        child = subprocess.Popen([sys.executable, "-c", {FAKE_CHILD!r}, mode], stdout=subprocess.PIPE)
+        assert child.stdout.readline() == b"ready\\n"
+        pids.append(child.pid)
     with open(os.environ["FAKE_PIDS"] + ".tmp", "w") as f:
-        f.write(f"{{os.getpid()}} {{os.getppid()}}")
+        f.write(" ".join(map(str, pids)))
     os.rename(os.environ["FAKE_PIDS"] + ".tmp", os.environ["FAKE_PIDS"])  # never seen half written
     time.sleep(30)
 sys.exit(3)
@@ -354,27 +391,79 @@ def test_sigterm_to_every_process_records_143(worker):
 @pytest.mark.parametrize("mode", ["wait_for_sigterm", "ignore_sigterm"])
 def test_a_launch_stops_the_running_copy_first(worker, mode):
     """Launching again (a babysitter relaunching a hung job, or a user) never leaves two copies on a worker: the one
-    running gets SIGTERM (a synpro job saves and exits 143), and SIGKILL if it is still there after the wait."""
+    running gets SIGTERM, and every process of its group (the job started one) is waited for, not only the wrapper
+    shell: one still saving is not cut short, and the new job starts only once none is left (a dying copy could
+    still hold the TPU). A hung copy gets SIGKILL after the wait."""
     home, env = worker
-    env = {**env, "FAKE_MODE": mode}
+    env = {**env, "FAKE_MODE": mode, "FAKE_CHILD": "1"}
     pids = Path(env["FAKE_PIDS"])
-    launch = gcloud.launch("t", "z", None, ["synpro", "train"], "r", kill_wait_s=2)
+    saved = Path(f"{pids}.saved")
+    launch = gcloud.launch("t", "z", None, ["synpro", "train"], "r",
+                           kill_wait_s=10 if mode == "wait_for_sigterm" else 2)
     first = run_remote(launch, env)
     assert first.returncode == 0 and "stopping" not in first.stderr, first
-    job1, wrapper1 = map(int, wait_for(pids).split())
+    job1, wrapper1, child1 = map(int, wait_for(pids).split())
     pids.unlink()
     try:
-        second = run_remote(launch, env)
+        started = time.monotonic()
+        second = run_remote(launch, {**env, "FAKE_OLD_GROUP": str(wrapper1)})
         assert second.returncode == 0, second
         assert f"launch: stopping the running copy (process group {wrapper1})" in second.stderr
-        assert not running(job1) and not running(wrapper1)
+        assert not running(job1) and not running(wrapper1) and not running(child1)
+        if mode == "wait_for_sigterm":  # the job itself (and so the wrapper) ended at once; its child saved for 3 s
+            assert saved.exists()
+            assert time.monotonic() - started < 9  # not the whole wait: the group was gone once it had saved
+        else:
+            assert not saved.exists()
         # The first copy's exit status (143 when it saved) was written before the launch cleared it, not after.
         assert not (home / "synpro_logs" / "r.exit").exists()
-        job2, _wrapper2 = map(int, wait_for(pids).split())
+        job2, _wrapper2, _child2 = map(int, wait_for(pids).split())
         assert fake_jobs(home) == [job2]
+        assert json.loads((home / "synpro_logs" / "r.log").read_text().splitlines()[-1])["old_group_alive"] == []
     finally:
-        for pid in fake_jobs(home):
+        for pid in [*fake_jobs(home), *map(int, pids.read_text().split()[2:] if pids.exists() else [])]:
             os.kill(pid, signal.SIGKILL)
+
+
+def test_a_launch_fails_if_the_old_copy_outlives_sigkill():
+    """The wait after SIGKILL is bounded: a group still there (a process stuck in the kernel) fails the launch in one
+    line instead of starting a second copy beside it."""
+    script = gcloud.launch_script(["synpro", "train"], "r")
+    assert gcloud.KILLED_WAIT_S == 30
+    assert ('kill -KILL -- "-$old" 2>/dev/null || true; wait_group "$old" 30 || { echo "launch: process group $old '
+            'is still running 30 s after SIGKILL; not launching a second copy" >&2; exit 1; }') in script
+
+
+def test_the_launch_scripts_group_functions():
+    """group_alive: any live process of the group, not only its leader (gone here); zombies have ended. wait_group:
+    true once the group is gone, false after its bounded wait while it is not."""
+    functions = "; ".join(gcloud._PROC_FUNCTIONS)
+
+    def shell(command):
+        return subprocess.run(["bash", "-c", f"set -e; {functions}; {command}"], capture_output=True, text=True,
+                              timeout=30, check=False)
+
+    # A group whose leader exits at once, leaving a member that sleeps for 2 s.
+    group = subprocess.Popen(["bash", "-c", "sleep 2 & echo $!"], stdout=subprocess.PIPE, text=True,
+                             start_new_session=True)
+    member = int(group.stdout.readline())
+    group.wait()
+    zombie = subprocess.Popen(["true"], start_new_session=True)  # never waited for until the end: a zombie
+    try:
+        while running(zombie.pid):
+            time.sleep(0.02)
+        assert shell(f"started {member}").stdout.strip() == Path(f"/proc/{member}/stat").read_text().split()[21]
+        assert shell(f"group_alive {group.pid}").returncode == 0
+        assert shell(f"group_alive {zombie.pid}").returncode == 1
+        assert shell("group_alive 99999999").returncode == 1  # no such group (above any pid_max)
+        started = time.monotonic()
+        assert shell(f"wait_group {group.pid} 0").returncode == 1
+        assert shell(f"wait_group {group.pid} 10").returncode == 0
+        assert time.monotonic() - started < 8 and not running(member)
+    finally:
+        zombie.wait()
+        if running(member):
+            os.kill(member, signal.SIGKILL)
 
 
 def test_a_launch_never_signals_a_process_it_did_not_start(worker):
@@ -622,7 +711,7 @@ def test_backoff_doubles_up_to_an_hour():
 class FakeGcloud:
     """Answers describe (tpu-vm's from `states`, queued-resources' from `queued`) and the status read from `exits`
     (an exit status, or (exit status, heartbeat age), or "error"); records every command; fails the commands whose
-    verb is in `fail` once each."""
+    verb (create, ssh, ...) or short name (install, launch: see verbs) is in `fail` once each."""
 
     def __init__(self, states, exits, fail=(), queued=()):
         self.states, self.exits, self.fail, self.queued = list(states), list(exits), list(fail), list(queued)
@@ -646,20 +735,23 @@ class FakeGcloud:
             code, age = status if isinstance(status, tuple) else (status, 5)  # 5: running, it beat 5 s ago
             code, age = ("" if v is None else v for v in (code, age))
             return gcloud.Result(0, f"exit={code}\nheartbeat_age={age}\n")
-        if verb in self.fail:
-            self.fail.remove(verb)
-            return gcloud.Result(1)
+        for name in (verb, self.short(argv)):
+            if name in self.fail:
+                self.fail.remove(name)
+                return gcloud.Result(1)
         return gcloud.Result(0)
+
+    @staticmethod
+    def short(argv):
+        if argv[4] == "ssh":
+            command = argv[-1]
+            return "exit" if "--worker=0" in argv else "launch" if "synpro_logs" in command else "install"
+        return ("q" if argv[3] == "queued-resources" else "") + argv[4]
 
     def verbs(self):
         """The calls, short: describe, exit (the status read), create, delete, install, launch, scp; q-prefixed for
         queued resources (qdescribe, qcreate, qdelete)."""
-        def short(argv):
-            if argv[4] == "ssh":
-                command = argv[-1]
-                return "exit" if "--worker=0" in argv else "launch" if "synpro_logs" in command else "install"
-            return ("q" if argv[3] == "queued-resources" else "") + argv[4]
-        return [short(argv) for argv in self.calls]
+        return [self.short(argv) for argv in self.calls]
 
 
 class FakeClock:
@@ -707,23 +799,23 @@ def test_babysit_relaunches_after_sigterm_and_creates_a_missing_slice():
 
 
 def test_babysit_relaunches_a_job_whose_heartbeat_is_stale():
-    """--stale_s 100, a poll every 5 s (clock seconds): a job that stopped beating is relaunched once its heartbeat
-    and its launch are both older than 100 s; after the relaunch it has no heartbeat yet, and gets 100 s again."""
+    """--stale_s 200, a poll every 10 s (clock seconds): a job that stopped beating is relaunched once its heartbeat
+    and its launch are both older than 200 s; after the relaunch it has no heartbeat yet, and gets 200 s again."""
     clock = FakeClock()
-    # At t=0 the babysitter starts (the job's launch is taken to be now). Polls at t=0, 5, ..., 100, 105.
-    ages = [(None, 50 + t) for t in range(0, 105, 5)]  # last beat at t=-50: stale once t > 100 (and age > 100)
-    fresh = [(None, None)] * 20 + [(None, 3), (0, None)]  # none for 100 s after the relaunch: not stale; then beats
-    fake = FakeGcloud(states=["READY"] * 100, exits=[*ages, (None, 155), *fresh])
-    assert sit(fake, "--stale_s", "100", clock=clock) == 0
+    # At t=0 the babysitter starts (the job's launch is taken to be now). Polls at t=0, 10, ..., 200, 210.
+    ages = [(None, 100 + t) for t in range(0, 210, 10)]  # last beat at t=-100: stale once t > 200 (and age > 200)
+    fresh = [(None, None)] * 20 + [(None, 6), (0, None)]  # none for 200 s after the relaunch: not stale; then beats
+    fake = FakeGcloud(states=["READY"] * 100, exits=[*ages, (None, 310), *fresh])
+    assert sit(fake, "--stale_s", "200", "--poll_s", "10", clock=clock) == 0
     verbs = fake.verbs()
     assert verbs.count("launch") == 1
-    assert verbs.index("launch") == 2 * 22  # after the 22nd status read (t=105: age 155 and launched 105 s ago)
+    assert verbs.index("launch") == 2 * 22  # after the 22nd status read (t=210: age 310 and launched 210 s ago)
     assert verbs[-2:] == ["describe", "exit"] and len(verbs) == 2 * 22 + 1 + 2 * 22
 
 
 def test_babysit_does_not_call_a_job_stale_when_its_status_cannot_be_read():
     fake = FakeGcloud(states=["READY"] * 4, exits=["error", "error", "error", 0])
-    assert sit(fake, "--stale_s", "100", "--poll_s", "1000") == 0  # 3000 s without a status read
+    assert sit(fake, "--stale_s", "200", "--poll_s", "1000") == 0  # 3000 s without a status read
     assert "launch" not in fake.verbs()
 
 
@@ -773,6 +865,47 @@ def test_babysit_retries_a_failed_create_and_a_failed_install():
     assert sit(fake) == 0
     assert fake.verbs() == ["describe", "create", "describe", "create", "install", "describe", "install", "launch",
                             "describe", "exit"]
+
+
+def test_babysit_stale_s_floor_is_twice_the_heartbeat_interval():
+    """A job beats at most once per synpro_jax/heartbeat.py's interval, so --stale_s under twice that would call
+    every healthy job hung; 0 (off) and exactly twice are accepted."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("heartbeat_for_test", REPO / "synpro_jax" / "heartbeat.py")
+    heartbeat = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(heartbeat)
+    assert babysit.HEARTBEAT_INTERVAL_S == heartbeat.DEFAULT_INTERVAL_S == 60
+    base = ["--name", "tpu", "--zone", "z", "--accelerator_type", "v4-8", "--repo", "r"]
+    for ok in ("0", "120", "1800"):
+        assert dry("babysit", *base, "--stale_s", ok, "--", "x")
+
+
+def test_babysit_gives_up_on_an_install_that_always_fails(capsys):
+    """A bad --ref or a repo the workers cannot reach fails the install on every poll: after --max_restarts failures
+    in a row it gives up, naming the command; a failed create (no capacity) is still never counted."""
+    fake = FakeGcloud(states=[None, None, *["READY"] * 10], exits=[], fail=["create", *["ssh"] * 10])
+    assert sit(fake, "--max_restarts", "3") == 1
+    assert fake.verbs() == ["describe", "create", "describe", "create", "install", "describe", "install",
+                            "describe", "install"]
+    last = capsys.readouterr().err.splitlines()[-1]
+    install = shlex.join(gcloud.install("synpro-v4", "us-central2-b", "my-proj", "https://g/r.git")[0])
+    assert last.endswith(f"] giving up after 3 failures in a row (--max_restarts=3) of: {install}")
+
+
+def test_babysit_gives_up_on_a_launch_that_always_fails_and_counts_only_failures_in_a_row(capsys):
+    # the install fails twice, then works; the launch fails twice, then works: never 3 in a row
+    fake = FakeGcloud(states=[None, *["READY"] * 5], exits=[0], fail=["install", "install", "launch", "launch"])
+    assert sit(fake, "--max_restarts", "3") == 0
+    assert fake.verbs() == ["describe", "create", "install", "describe", "install", "describe", "install", "launch",
+                            "describe", "launch", "describe", "launch", "describe", "exit"]
+    # a relaunch (exit 143) whose launch keeps failing
+    fake = FakeGcloud(states=["READY"] * 5, exits=[143], fail=["ssh"] * 10)
+    assert sit(fake, "--max_restarts", "2") == 1
+    assert fake.verbs() == ["describe", "exit", "launch", "describe", "launch"]
+    launch = shlex.join(gcloud.launch("synpro-v4", "us-central2-b", "my-proj", GIN, "synpro-v4"))
+    assert capsys.readouterr().err.splitlines()[-1].endswith(
+        f"] giving up after 2 failures in a row (--max_restarts=2) of: {launch}")
 
 
 def test_babysit_installs_a_slice_whose_create_reported_failure():
@@ -850,6 +983,16 @@ def test_readme_commands_parse():
     for argv in commands:
         name = Path(argv[1]).stem
         assert dry(name, *argv[2:]), argv
+
+
+def test_venv_fallback_tries_the_newest_python_first():
+    """Without uv the newest python3.1x >= 3.11 makes the venv (tpu/README.md): 3.13 before 3.12 before 3.11."""
+    def order(python):
+        return re.search(r"for c in ([^;]+); do", gcloud.worker_install_script(python=python)).group(1).split()
+
+    assert order(gcloud.PYTHON) == ["python3.13", "python3.12", "python3.11"]
+    assert order("3.14") == ["python3.14", "python3.13", "python3.12", "python3.11"]
+    assert order("/opt/py/bin/python3") == ["/opt/py/bin/python3", "python3.13", "python3.12", "python3.11"]
 
 
 def test_the_workers_venv_python_meets_setup_py():
