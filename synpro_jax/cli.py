@@ -20,6 +20,7 @@ t5x) adds folders to look in after the working directory.
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import logging
 import os
@@ -82,6 +83,47 @@ def _import_tensorflow_quietly() -> None:
         finally:
             os.dup2(saved, 2)
             os.close(saved)
+
+
+def tpu_present() -> bool:
+    """Whether this machine has TPU chips, or its environment describes a TPU slice: TPU device nodes (/dev/accel*
+    on v4 and v5e, /dev/vfio groups on v5p and v6e), a Google TPU on the PCI bus, or the variables GKE and
+    multi-host launchers set."""
+    if glob.glob("/dev/accel[0-9]*") or glob.glob("/dev/vfio/[0-9]*"):
+        return True
+    for vendor in glob.glob("/sys/bus/pci/devices/*/vendor"):
+        try:
+            if Path(vendor).read_text().strip() == "0x1ae0":  # Google
+                return True
+        except OSError:
+            continue
+    return any(os.environ.get(v) for v in ("TPU_ACCELERATOR_TYPE", "TPU_WORKER_HOSTNAMES", "TPU_PROCESS_ADDRESSES",
+                                           "JAX_FORCE_TPU_INIT"))
+
+
+def keep_jax_off_absent_tpu() -> bool:
+    """With libtpu installed on a machine without TPUs, JAX tries the TPU backend first and libtpu logs an
+    INVALID_ARGUMENT line about TPU_WORKER_HOSTNAMES (and its metadata search) on every command. Run JAX on CPU
+    there: JAX_PLATFORMS=cpu, set before JAX starts its backend and inherited by the processes synpro starts.
+    A JAX_PLATFORMS the user set, or a GPU beside libtpu, is left alone. ``synpro compile`` still reaches
+    libtpu's topologies: describing one needs no TPU backend. Returns whether it set JAX_PLATFORMS."""
+    import importlib.util
+
+    if "JAX_PLATFORMS" in os.environ or tpu_present():
+        return False
+    if importlib.util.find_spec("libtpu") is None and not os.environ.get("TPU_LIBRARY_PATH"):
+        return False
+    if glob.glob("/dev/nvidia[0-9]*") or os.path.exists("/dev/dxg") or os.path.exists("/dev/kfd"):
+        return False
+    os.environ["JAX_PLATFORMS"] = "cpu"
+    if "jax" in sys.modules:  # imported already (by an embedding program): its config read the variable then
+        import jax
+
+        try:
+            jax.config.update("jax_platforms", "cpu")
+        except RuntimeError:  # its backend is up: too late to choose
+            pass
+    return True
 
 
 def _quiet_startup(needs_tensorflow: bool) -> None:
@@ -281,27 +323,64 @@ def cmd_sweep(args, extra: list[str]) -> int:
     return 0
 
 
+COMPILE_REEXEC = "SYNPRO_COMPILE_STAND_IN"  # set in the process compile starts for more XLA:CPU devices
+
+
+def _compile_in_fresh_process(args, n: int) -> int:
+    """This ``synpro compile`` again, in a process whose JAX starts with ``n`` CPU devices (this one's backend
+    is up with fewer). Its output is this command's."""
+    import subprocess
+
+    if os.environ.get(COMPILE_REEXEC):  # the fresh process has too few too: stop rather than loop
+        print(f"error: synpro compile: XLA:CPU's estimate needs {n} CPU devices and JAX would not start with them "
+              f"(JAX_NUM_CPU_DEVICES={n})", file=sys.stderr)
+        return 1
+    env = dict(os.environ, JAX_NUM_CPU_DEVICES=str(n), JAX_PLATFORMS="cpu", **{COMPILE_REEXEC: "1"})
+    sys.stdout.flush()
+    sys.stderr.flush()
+    return subprocess.call([sys.executable, "-m", "synpro_jax.cli", *args.argv], env=env)
+
+
 def cmd_compile(args, extra: list[str]) -> int:
-    if not _gin_stage(args, extra, "compile", "gin/experiments/olmo_400m_dclm.gin"):
-        return 2
     from synpro_jax import compile as aot
 
     hbm = None if args.hbm_gib is None else int(args.hbm_gib * 2**30)
-    topology, fallback = args.topology, ""
-    try:
+    if args.topology == "cpu" and hbm is None:  # the local devices have no HBM size to check against
+        print("error: synpro compile --topology=cpu needs --hbm_gib (a budget per device) for a verdict; or name a "
+              "TPU topology, e.g. --topology=v5e-8", file=sys.stderr)
+        return 2
+    if args.topology != "cpu":
         try:
-            aot.topology_devices(topology)
-        except RuntimeError as e:  # libtpu cannot make the topology here: XLA:CPU's analysis of the same programs
-            topology, fallback = "cpu", str(e)
+            aot.topology_devices(args.topology)
+        except ValueError as e:  # an unknown topology
+            print(f"error: {_one_line(e)}", file=sys.stderr)
+            return 2
+        except RuntimeError:  # libtpu cannot describe it: CPU devices stand in for its chips, one each
+            n = aot.chip_count(args.topology)
+            if not aot.use_cpu_devices(n):
+                return _compile_in_fresh_process(args, n)
+    if not args.gin_file:
+        print("error: synpro compile needs --gin_file (e.g. gin/experiments/olmo_400m_dclm.gin)", file=sys.stderr)
+        return 2
+    bindings = _gin_bindings(extra)
+    if bindings is None:
+        return 2
+    try:  # compile reads no data: the REQUIRED macros left unset (paths, run directories) get placeholders
+        unset = aot.unset_macros(args.gin_file, bindings, _search_paths(args))
+    except Exception:  # noqa: BLE001 - a file that cannot be read: _parse_gin says so
+        unset = []
+    if unset:
+        print(f"compile reads no data: the unset REQUIRED macros {', '.join(unset)} are placeholders")
+    placeholders = [f"--gin.{b}" for b in aot.placeholder_bindings(unset)]
+    if not _parse_gin(args.gin_file, extra + placeholders, _search_paths(args)):
+        return 2
+    try:
         programs = None if args.programs == "auto" else tuple(x for x in args.programs.split(",") if x)
-        reports = aot.compile_experiment(topology, hbm, programs)
-    except ValueError as e:  # an unknown topology, or shapes the programs cannot take (say, a batch that does
-        # not divide over the mesh)
+        reports = aot.compile_experiment(args.topology, hbm, programs)
+    except ValueError as e:  # shapes the programs cannot take (say, a batch that does not divide over the mesh)
         print(f"error: {_one_line(e)}", file=sys.stderr)
         return 2
     for r in reports:
-        if fallback:
-            r.target += f" [fallback: {fallback}]"
         print(r.line())
     if args.json:
         from synpro_jax import atomic
@@ -499,9 +578,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # for a command that restarts itself
     takes_extra = getattr(args, "takes_extra", False)
     if extra and not takes_extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    keep_jax_off_absent_tpu()
     _quiet_startup(needs_tensorflow=takes_extra or args.command in ("vocab", "eval"))
     try:
         if args.command not in ("presets", "vocab", "sweep", "compile"):  # jobs that run JAX programs: one job, many hosts

@@ -5,24 +5,32 @@ TPU topology that libtpu describes (no TPU needed, only the ``libtpu`` package):
 step and the GRPO rollout sampler (its prefill and its decode loop). Each is lowered with abstract inputs
 (ShapeDtypeStructs laid out on the topology's mesh) through the same jitted callables the runs use, compiled
 with XLA:TPU, and reported per device: arguments, outputs, temporaries and the total against the chip's HBM. A
-program that does not fit fails with the numbers. Without libtpu (or with ``--topology=cpu``) the same programs
-are compiled for the local CPU devices, whose memory analysis is the fallback report.
+program that does not fit fails with the numbers. Where libtpu cannot describe the topology (not installed, or
+too old for it), as many XLA:CPU devices as the topology has chips stand in for them: the same programs on the
+same mesh shape, checked against the chip's HBM, reported as XLA:CPU's estimate. ``--topology=cpu`` compiles
+for the local devices (a verdict only with a budget, ``hbm_bytes``).
 
 The GRPO programs run beside buffers that are not their arguments (GRPOTrainer keeps the frozen reference and
-the sampler's weights through the update, and the learner's state through the rollout); their per-device size
-is counted in the total as ``resident``. The GRPO shapes come from the experiment's GRPO bindings, as ``synpro
-grpo`` reads them; what an experiment leaves unbound (a pretraining experiment: all of it) takes the release's
-values: the olmo2_1b_instruct generator in bf16, GRPOConfig's defaults, 4 prompts per data shard, 4
-micro-batches, on synpro.grpo's default (data-parallel) mesh. The report lines say which were filled in.
+the sampler's weights through the update, and the learner's state through the rollout; the data_influence
+reward keeps theta and theta' throughout); their per-device size is counted in the total as ``resident``. The
+GRPO shapes come from the experiment's GRPO bindings, as ``synpro grpo`` reads them; what an experiment leaves
+unbound (a pretraining experiment: all of it) takes the release's values: the olmo2_1b_instruct generator in
+bf16, GRPOConfig's defaults, 4 prompts per data shard, 4 micro-batches, on synpro.grpo's default
+(data-parallel) mesh. The report lines say which were filled in.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import glob
 import json
 import logging
 import math
+import os
 import re
+import sys
+import tempfile
 from typing import Any
 
 import jax
@@ -75,7 +83,7 @@ class MemoryReport:
         return None if self.hbm_bytes is None else self.total_bytes <= self.hbm_bytes
 
     def line(self) -> str:
-        gib = lambda b: f"{b / GiB:,.2f} GiB"  # noqa: E731
+        gib = lambda b: f"{b / GiB:,.2f} GiB"
         verdict = "fits" if self.fits else "DOES NOT FIT"
         hbm = "" if self.hbm_bytes is None else f" of {gib(self.hbm_bytes)} HBM ({verdict})"
         beside = f", resident {gib(self.resident_bytes)} ({self.resident})" if self.resident_bytes else ""
@@ -91,23 +99,84 @@ class MemoryReport:
         return {**dataclasses.asdict(self), "total_bytes": self.total_bytes, "fits": self.fits}
 
 
-def topology_devices(topology: str) -> tuple[list[Any], int | None, str]:
-    """(devices, HBM bytes per device, what they are) for a Cloud TPU name, or the local devices for "cpu"."""
-    if topology == "cpu":
-        return list(jax.devices()), None, f"cpu ({jax.device_count()} local devices)"
+def chip_count(topology: str) -> int:
+    """The devices JAX sees on a Cloud TPU topology: its chips (v4 and v5p as one megacore device per chip)."""
     if topology not in TOPOLOGIES:
         raise ValueError(f"--topology={topology!r}: choose one of {sorted(TOPOLOGIES)} or cpu")
-    name, hbm = TOPOLOGIES[topology]
+    return math.prod(int(d) for d in TOPOLOGIES[topology][0].split(":")[1].split("x"))
+
+
+def _describe(name: str):
+    """libtpu's description of a topology. libtpu logs its search for TPU workers and metadata to stderr even
+    when it only describes one (E0000 ... TPU_WORKER_HOSTNAMES): captured, and replayed only if it fails."""
     from jax.experimental import topologies
 
+    # v4 and v5p as JAX runs them: one megacore device per chip (two TensorCores).
+    extra = {"chip_config_name": "megacore"} if name.startswith(("v4:", "v5p:")) else {}
+    if not glob.glob("/dev/accel[0-9]*") and not glob.glob("/dev/vfio/[0-9]*"):
+        # No chips to guard: libtpu's one-process lockfile would only stop a second compile running beside this one.
+        os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as capture:
+        sys.stderr.flush()
+        os.dup2(capture.fileno(), 2)
+        try:
+            return topologies.get_topology_desc(name, platform="tpu", **extra)
+        except BaseException:
+            os.dup2(saved, 2)
+            capture.seek(0)
+            sys.stderr.write(capture.read().decode(errors="replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def topology_devices(topology: str) -> tuple[list[Any], int | None, str]:
+    """(devices, HBM bytes per device, what they are) for a Cloud TPU name through libtpu, or the local devices
+    for "cpu". A RuntimeError when libtpu cannot describe it (see :func:`cpu_stand_in`)."""
+    if topology == "cpu":
+        return list(jax.devices()), None, f"cpu ({jax.device_count()} local devices)"
+    chip_count(topology)  # an unknown name fails first
+    name, hbm = TOPOLOGIES[topology]
     try:
-        # v4 and v5p as JAX runs them: one megacore device per chip (two TensorCores).
-        extra = {"chip_config_name": "megacore"} if name.startswith(("v4:", "v5p:")) else {}
-        desc = topologies.get_topology_desc(name, platform="tpu", **extra)
-    except Exception as e:  # noqa: BLE001 - libtpu missing, or it cannot describe this topology here
+        desc = _describe(name)
+    except Exception as e:  # libtpu missing, or it cannot describe this topology here
         raise RuntimeError(f"libtpu cannot describe {topology} ({name}) on this machine: "
                            f"{' '.join(str(e).split())[:300]}") from e
     return list(desc.devices), hbm, f"{topology} ({name}, {desc.devices[0].device_kind})"
+
+
+def use_cpu_devices(n: int) -> bool:
+    """Ask for ``n`` XLA:CPU devices; False when JAX's backend already started with fewer (the caller must then
+    run in a fresh process, e.g. with JAX_NUM_CPU_DEVICES=n)."""
+    try:
+        jax.config.update("jax_num_cpu_devices", n)
+        return True
+    except RuntimeError:  # the backend is up: its devices are what there is
+        return len(jax.devices("cpu")) >= n
+
+
+def cpu_stand_in(topology: str, reason: str = "") -> tuple[list[Any], int, str]:
+    """(the first chip_count(topology) CPU devices, the chip's HBM, what they are): XLA:CPU's estimate for a
+    topology libtpu cannot describe. A RuntimeError naming JAX_NUM_CPU_DEVICES when there are too few."""
+    n, hbm = chip_count(topology), TOPOLOGIES[topology][1]
+    if not use_cpu_devices(n):
+        raise RuntimeError(f"XLA:CPU's estimate for {topology} needs {n} CPU devices but JAX started with "
+                           f"{len(jax.devices('cpu'))}; rerun in a fresh process with JAX_NUM_CPU_DEVICES={n}")
+    why = f"; {reason}" if reason else ""
+    return (jax.devices("cpu")[:n], hbm,
+            f"XLA:CPU's estimate for {topology} ({n} CPU devices standing in for its chips, their HBM{why})")
+
+
+def target_devices(topology: str) -> tuple[list[Any], int | None, str]:
+    """:func:`topology_devices`, falling back to :func:`cpu_stand_in` where libtpu cannot describe it."""
+    try:
+        return topology_devices(topology)
+    except RuntimeError as e:
+        if topology == "cpu":
+            raise
+        return cpu_stand_in(topology, str(e))
 
 
 # The release's GRPO batch (docs/reference.md): 8 completions of a prompt (G) per device per micro-batch and 4
@@ -138,7 +207,7 @@ def _target(mesh_cfg, topology: str, hbm_bytes: int | None):
     overrides the topology's (a budget for the CPU fallback, or a what-if)."""
     from synpro_jax import sharding
 
-    devices, hbm, target = topology_devices(topology)
+    devices, hbm, target = target_devices(topology)
     return sharding.make_mesh(mesh_cfg, devices=devices), hbm if hbm_bytes is None else hbm_bytes, target
 
 
@@ -155,12 +224,12 @@ def per_device_bytes(tree) -> int:
 def _compile(lowered, mesh, program: str, kind: str, target: str, hbm: int | None, resident_bytes: int = 0,
              resident: str = "") -> MemoryReport:
     """Compile ``lowered`` and report its memory; XLA:TPU's out-of-HBM refusal becomes a report with a note."""
-    common = dict(program=program, target=target, devices=mesh.size, mesh=dict(mesh.shape), hbm_bytes=hbm,
-                  resident_bytes=resident_bytes, resident=resident, kind=kind)
+    common = {"program": program, "target": target, "devices": mesh.size, "mesh": dict(mesh.shape),
+              "hbm_bytes": hbm, "resident_bytes": resident_bytes, "resident": resident, "kind": kind}
     with jax.set_mesh(mesh):
         try:
             compiled = lowered.compile()
-        except Exception as e:  # noqa: BLE001 - XLA:TPU refuses a program that cannot fit its HBM
+        except Exception as e:  # XLA:TPU refuses a program that cannot fit its HBM
             text = " ".join(str(e).split())
             need = re.search(r"required for HLO temporaries \(([\d.]+)([KMGT])\)", text)
             if "RESOURCE_EXHAUSTED" not in text or need is None:
@@ -216,14 +285,15 @@ def _learner_buffers(step, model, grpo_cfg) -> tuple[Any, Any]:
     return _abstract(state, step.state_shardings), ref
 
 
-def _sampler_programs(model, mesh):
+def _sampler_programs(model, mesh, on_cpu: bool = False):
     """The sampler's jitted (place, prefill, decode, input shardings) for this mesh, and its KV cache dtype:
     the very callables ``Sampler`` compiles (it needs real weights to build, so it is not built here)."""
     from synpro_jax import sharding
     from synpro_jax.generation import sampler as sampler_lib
 
-    # Sampler's own default: float32 on CPU (bf16 decode attention is slow there), else the compute dtype.
-    cache_dtype = "float32" if mesh.devices.flat[0].platform == "cpu" else model.dtype
+    # Sampler's own default: float32 when it runs on CPU (bf16 decode attention is slow there), else the compute
+    # dtype; CPU devices standing in for a TPU topology estimate the TPU's cache.
+    cache_dtype = "float32" if on_cpu else model.dtype
     place, prefill, decode, _, inputs = sampler_lib.programs(model, mesh, sharding.SAMPLING_RULES, cache_dtype)
     return place, prefill, decode, inputs, cache_dtype
 
@@ -235,6 +305,15 @@ def _sampler_weights(model, mesh, place):
         return jax.eval_shape(place, models.abstract_params(model))
 
 
+def influence_bytes(influence, mesh) -> int:
+    """Per device: theta and theta' of the data_influence reward, float32 in their parameter shardings (as
+    influence.Probe places them on the GRPO mesh)."""
+    from synpro_jax import models
+
+    params = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, jnp.float32), models.abstract_params(influence))
+    return 2 * per_device_bytes(_abstract(params, models.param_shardings(influence, mesh)))
+
+
 def _prompts(prompts_per_step: int | None, mesh) -> int:
     """The step's prompts; None: the release's 4 per data shard of the learner's mesh."""
     from synpro_jax import sharding
@@ -244,12 +323,13 @@ def _prompts(prompts_per_step: int | None, mesh) -> int:
 
 def grpo_step_memory(model, mesh_cfg, grpo_cfg, prompts_per_step: int | None = None, accum_steps: int = 1,
                      logits_chunk: int | None = None, share_prompts: bool = True, topology: str = "cpu", *,
-                     hbm_bytes: int | None = None, source: str = "") -> MemoryReport:
+                     hbm_bytes: int | None = None, source: str = "", influence=None) -> MemoryReport:
     """Compile GRPOTrainer's update (GRPOStep) for ``topology`` and report its memory per device.
 
     The batch is a rollout at its largest: ``prompts_per_step`` x G rows of the bucketed max_prompt_tokens
     slots plus max_completion_tokens, with ref_logp when beta > 0 and old_logp when num_iterations > 1. The
-    frozen reference and the sampler's weights, held beside it, are counted as resident."""
+    frozen reference and the sampler's weights, held beside it, are counted as resident, and so are theta and
+    theta' of the data_influence reward when ``influence`` (their model config) is given."""
     from synpro_jax import sharding
     from synpro_jax.generation.sampler import MIN_PROMPT_BUCKET, bucket
 
@@ -267,7 +347,7 @@ def grpo_step_memory(model, mesh_cfg, grpo_cfg, prompts_per_step: int | None = N
     step = _grpo_step(model, mesh, g, accum_steps, logits_chunk, share_prompts)
     state, ref = _learner_buffers(step, model, g)
     p, c = bucket(g.max_prompt_tokens, MIN_PROMPT_BUCKET), g.max_completion_tokens
-    leaf = lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype, sharding=step.batch_sharding)  # noqa: E731
+    leaf = lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype, sharding=step.batch_sharding)
     batch = {"tokens": leaf((rows, p + c), jnp.int32), "positions": leaf((rows, p + c), jnp.int32),
              "segment_ids": leaf((rows, p + c), jnp.int32), "completion_mask": leaf((rows, c), jnp.bool_),
              "advantages": leaf((rows,), jnp.float32)}
@@ -279,6 +359,9 @@ def grpo_step_memory(model, mesh_cfg, grpo_cfg, prompts_per_step: int | None = N
     weights = per_device_bytes(_sampler_weights(model, mesh, _sampler_programs(model, mesh)[0]))
     beside = ([per_device_bytes(ref)] if ref is not None else []) + [weights]
     what = ("frozen reference, " if ref is not None else "") + "sampler weights"
+    if influence is not None:
+        beside.append(influence_bytes(influence, mesh))
+        what += f", influence theta and theta' ({influence.name})"
     program = (f"grpo step ({model.name}, {rows} completions = {prompts} prompts x G {g.num_generations}, {p} prompt "
                f"+ {c} completion slots, accum {accum_steps}, logits_chunk {logits_chunk}, prompt_group "
                f"{step.prompt_group}, beta {g.beta}, {model.dtype}, remat {model.remat}"
@@ -287,26 +370,28 @@ def grpo_step_memory(model, mesh_cfg, grpo_cfg, prompts_per_step: int | None = N
 
 
 def sampler_memory(model, mesh_cfg, grpo_cfg, prompts_per_step: int | None = None, topology: str = "cpu", *,
-                   with_learner: bool = True, hbm_bytes: int | None = None, source: str = "") -> list[MemoryReport]:
+                   with_learner: bool = True, hbm_bytes: int | None = None, source: str = "",
+                   influence=None) -> list[MemoryReport]:
     """Compile the GRPO rollout sampler's prefill and decode for ``topology``; one report each.
 
     ``prompts_per_step`` prompts of the bucketed max_prompt_tokens slots, G = num_generations completions each of
     the bucketed max_completion_tokens slots, through the jitted programs :class:`Sampler` uses. With
     ``with_learner`` the learner's state (and the frozen reference when beta > 0), which GRPOTrainer holds
-    through the rollout, is counted as resident."""
+    through the rollout, is counted as resident, and so are theta and theta' of the data_influence reward when
+    ``influence`` (their model config) is given."""
     from synpro_jax import sharding
     from synpro_jax.generation.sampler import MIN_NEW_BUCKET, MIN_PROMPT_BUCKET, bucket
 
     mesh, hbm, target = _target(mesh_cfg, topology, hbm_bytes)
     g = grpo_cfg
-    place, prefill, decode, (row_s, grid_s, one_s), cache_dtype = _sampler_programs(model, mesh)
+    place, prefill, decode, (row_s, grid_s, one_s), cache_dtype = _sampler_programs(model, mesh, topology == "cpu")
     prompts = _prompts(prompts_per_step, mesh)
     rows = bucket(prompts, 1, sharding.batch_shards(mesh, sharding.SAMPLING_RULES))  # as Sampler._run pads
     p, n = bucket(g.max_prompt_tokens, MIN_PROMPT_BUCKET), bucket(g.max_completion_tokens, MIN_NEW_BUCKET)
     weights = _sampler_weights(model, mesh, place)
     grid = jax.ShapeDtypeStruct((rows, p), jnp.int32, sharding=grid_s)
     per_row = jax.ShapeDtypeStruct((rows * g.num_generations,), jnp.int32, sharding=row_s)
-    one = lambda dtype, shape=(): jax.ShapeDtypeStruct(shape, dtype, sharding=one_s)  # noqa: E731
+    one = lambda dtype, shape=(): jax.ShapeDtypeStruct(shape, dtype, sharding=one_s)
     with jax.set_mesh(mesh), sharding.use_rules(sharding.SAMPLING_RULES):
         pre = prefill.lower(weights, grid, grid, grid, g.num_generations)
         logits, cache = pre.out_info
@@ -318,6 +403,9 @@ def sampler_memory(model, mesh_cfg, grpo_cfg, prompts_per_step: int | None = Non
         state, ref = _learner_buffers(_grpo_step(model, mesh, g), model, g)
         resident_bytes = per_device_bytes(state) + (per_device_bytes(ref) if ref is not None else 0)
         resident = "learner state" + (", frozen reference" if ref is not None else "")
+    if influence is not None:
+        resident_bytes += influence_bytes(influence, mesh)
+        resident += (", " if resident else "") + f"influence theta and theta' ({influence.name})"
     tail = f"; {source})" if source else ")"
     shape = f"{model.name}, {rows} prompts x {p} slots"
     return [
@@ -340,6 +428,39 @@ class GRPOShapes:
     logits_chunk: int | None
     share_prompts: bool
     source: str
+    influence: Any = None  # theta's model config when the data_influence reward runs its local probe
+
+
+# What ``synpro compile`` binds to a REQUIRED macro left unset (a path to data, a run directory): it reads no data.
+UNSET = "synpro-compile-unset"
+
+
+def unset_macros(gin_files, bindings, search_paths=()) -> list[str]:
+    """The REQUIRED macros that neither the gin files nor the bindings set."""
+    from synpro_jax import configs
+
+    file_bindings, cli, _ = configs._scan(gin_files, bindings, configs.search_paths(search_paths))
+    final = {b.name: b.value for b in file_bindings + cli if not b.param}
+    return [name for name, value in final.items() if repr(value) == "%gin.REQUIRED"]
+
+
+def placeholder_bindings(macros) -> list[str]:
+    return [f'{m} = "{UNSET}:{m}"' for m in macros]
+
+
+def _unset_macro(value) -> str | None:
+    return value.split(":", 1)[1] if isinstance(value, str) and value.startswith(UNSET + ":") else None
+
+
+def _read(name: str, *default):
+    """configs.bound, refusing a shape knob that comes from a REQUIRED macro compile left unset."""
+    from synpro_jax.configs import bound
+
+    value = bound(name, *default)
+    macro = _unset_macro(value)
+    if macro:
+        raise ValueError(f"{name} = %{macro}, a REQUIRED macro: set it (--gin.{macro}=VALUE) to compile")
+    return value
 
 
 def _is_bound(name: str) -> bool:
@@ -356,7 +477,8 @@ def grpo_shapes() -> GRPOShapes:
     """The GRPO step's and sampler's settings as ``synpro grpo`` (and the loop's GRPO stage) take them from the
     parsed gin files. What is unbound (or a REQUIRED macro) takes the release's value from gin/runs/grpo.gin
     (bf16, 4 micro-batches, GRPOConfig's defaults), 4 prompts per data shard, and for a generator without a
-    model config the olmo2_1b_instruct preset; ``source`` lists what was so filled in."""
+    model config the olmo2_1b_instruct preset; ``source`` lists what was so filled in. With a local
+    data_influence reward, theta's model (synpro.grpo.influence_model, or THETA's config.json) is ``influence``."""
     from etils.epath import Path
 
     from synpro_jax import models
@@ -366,19 +488,23 @@ def grpo_shapes() -> GRPOShapes:
 
     filled = []
 
-    def knob(name, default, what=""):
+    def knob(name, default, what="", path=False):
         if _is_bound(name):
-            try:
-                return bound(name)
-            except Exception:  # noqa: BLE001 - a REQUIRED macro: nothing to read
-                pass
+            value = UNSET
+            with contextlib.suppress(Exception):  # a REQUIRED macro: nothing to read
+                value = bound(name)
+            macro = _unset_macro(value)
+            if macro and not path:  # a path only names a shape (its config.json): unset is as unbound
+                raise ValueError(f"{name} = %{macro}, a REQUIRED macro: set it (--gin.{macro}=VALUE) to compile")
+            if value is not UNSET and not macro:
+                return value
         if what:
             filled.append(what)
         return default
 
     model = knob("synpro.grpo.model", None)
     if model is None:  # an HF generator names its shape in config.json
-        generator = knob("synpro.grpo.generator", None)
+        generator = knob("synpro.grpo.generator", None, path=True)
         if isinstance(generator, str) and (Path(generator) / "config.json").exists():
             from synpro_jax.models import hf
 
@@ -394,9 +520,20 @@ def grpo_shapes() -> GRPOShapes:
     prompts = knob("synpro.GRPORunConfig.prompts_per_step", None,
                    f"{RELEASE_PROMPTS_PER_SHARD} prompts per data shard")
     accum = knob("synpro.GRPORunConfig.accum_steps", RELEASE_ACCUM_STEPS, f"accum {RELEASE_ACCUM_STEPS}")
+    influence = None
+    weights, variants = knob("synpro.RewardsConfig.weights", {}), knob("synpro.RewardsConfig.variants", {})
+    if weights.get("data_influence") and variants.get("data_influence", "data_influence") == "data_influence":
+        influence = knob("synpro.grpo.influence_model", None)
+        theta = knob("synpro.grpo.influence_checkpoint", None, path=True)
+        if influence is None and isinstance(theta, str) and (Path(theta) / "config.json").exists():
+            from synpro_jax.models import hf
+
+            influence = hf.read_config(theta)
+        if influence is None:
+            filled.append("no model for data_influence's theta, so theta and theta' are not counted")
     source = "GRPO knobs from gin" + (f"; unbound, so: {', '.join(filled)}" if filled else "")
     return GRPOShapes(model, mesh, algorithm, prompts, accum, knob("synpro.GRPORunConfig.logits_chunk", None),
-                      knob("synpro.GRPORunConfig.share_prompts", True), source)
+                      knob("synpro.GRPORunConfig.share_prompts", True), source, influence)
 
 
 PROGRAMS = ("train", "grpo", "sampler")
@@ -417,7 +554,6 @@ def compile_experiment(topology: str, hbm_bytes: int | None = None,
     train (the pretraining step), grpo (the GRPO step) and sampler (the rollout's prefill and decode); None: what
     the experiment runs (:func:`experiment_programs`). TrainerConfig and GRPORunConfig are read knob by knob:
     constructing them would need their REQUIRED out_dir."""
-    from synpro_jax.configs import bound
     from synpro_jax.sharding import MeshConfig
 
     if programs is None:
@@ -434,19 +570,19 @@ def compile_experiment(topology: str, hbm_bytes: int | None = None,
         if not _is_bound("synpro.TrainerConfig.global_batch"):
             raise ValueError("--programs=train: the experiment binds no synpro.TrainerConfig.global_batch")
         reports.append(train_step_memory(
-            bound("synpro.pretrain.model"), bound("synpro.pretrain.mesh", MeshConfig()),
-            bound("synpro.pretrain.optimizer"), bound("synpro.TrainerConfig.global_batch"),
-            bound("synpro.TrainerConfig.seq_len"), bound("synpro.TrainerConfig.z_loss", 1e-5),
-            bound("synpro.TrainerConfig.accum_steps", 1), topology, hbm_bytes=hbm_bytes))
+            _read("synpro.pretrain.model"), _read("synpro.pretrain.mesh", MeshConfig()),
+            _read("synpro.pretrain.optimizer"), _read("synpro.TrainerConfig.global_batch"),
+            _read("synpro.TrainerConfig.seq_len"), _read("synpro.TrainerConfig.z_loss", 1e-5),
+            _read("synpro.TrainerConfig.accum_steps", 1), topology, hbm_bytes=hbm_bytes))
     if "grpo" in programs or "sampler" in programs:
         s = grpo_shapes()
         if "grpo" in programs:
             reports.append(grpo_step_memory(s.model, s.mesh, s.algorithm, s.prompts_per_step, s.accum_steps,
                                             s.logits_chunk, s.share_prompts, topology, hbm_bytes=hbm_bytes,
-                                            source=s.source))
+                                            source=s.source, influence=s.influence))
         if "sampler" in programs:
             reports += sampler_memory(s.model, s.mesh, s.algorithm, s.prompts_per_step, topology,
-                                      hbm_bytes=hbm_bytes, source=s.source)
+                                      hbm_bytes=hbm_bytes, source=s.source, influence=s.influence)
     return reports
 
 

@@ -11,9 +11,10 @@ A sweep file lists ``BINDING = [value, value, ...]`` lines (gin syntax: macros, 
     WARMUP_STEPS = [10, 20]
 
 Lines before any header, or under ``grid:``, are grid axes; each ``zip:`` header starts a group whose lists have
-one length. Points are the product of the axes. Every point is parsed and its configs constructed before the
-first one runs, so one bad binding fails the whole sweep up front. ``OUT/sweep.json`` lists every point with
-its status; a rerun skips done points and resumes a preempted one. Each point runs as its own ``synpro
+one length. Points are the product of the axes. Every point is parsed, its configs constructed and its trainer's
+own checks run (model against sequence length, batch against the mesh of the devices it will run on; nothing is
+allocated or compiled) before the first one runs, so one bad binding fails the whole sweep up front.
+``OUT/sweep.json`` lists every point with its status; a rerun skips done points and resumes a preempted one. Each point runs as its own ``synpro
 COMMAND`` process (fresh JAX state, the same command a TPU launcher runs on a slice) in ``OUT/<point>/``, with
 ``point.gin`` (the experiment's files and the point's bindings, enough to rerun it alone).
 
@@ -37,8 +38,8 @@ import shlex
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from etils import epath
 
@@ -189,23 +190,82 @@ def expand(axes: Sequence[Axis]) -> list[Point]:
 
 
 def check_point(command: str, gin_files: Sequence[str], bindings: Sequence[str],
-                search_paths: Sequence[str] = ()) -> None:
+                search_paths: Sequence[str] = (), devices: int | None = None) -> None:
     """Parse the point's configuration and construct everything its command's entry point is bound to, so a
-    bad binding (unknown knob, invalid value, missing REQUIRED) fails here. Leaves gin cleared."""
+    bad binding (unknown knob, invalid value, missing REQUIRED) fails here; with ``devices`` (how many the point
+    will run on), also the checks its trainer makes before it builds anything (:func:`run_checks`). Leaves gin
+    cleared."""
     import gin
-
     from synpro_jax import configs
 
     entry = COMMANDS[command][0]
     fn = getattr(configs, entry.split(".", 1)[1])
     try:
         configs.parse(gin_files, bindings, gin_search_paths=search_paths)
+        values = {}
         for name, param in inspect.signature(inspect.unwrap(fn)).parameters.items():
             missing = object()  # constructs what is bound (validating it); only an unbound REQUIRED is an error
-            if configs.bound(f"{entry}.{name}", missing) is missing and param.default is gin.REQUIRED:
-                raise ValueError(f"{entry}.{name} is REQUIRED but not bound")
+            values[name] = configs.bound(f"{entry}.{name}", missing)
+            if values[name] is missing:
+                if param.default is gin.REQUIRED:
+                    raise ValueError(f"{entry}.{name} is REQUIRED but not bound")
+                values[name] = param.default
+        if devices is not None:
+            run_checks(command, values, devices)
     finally:
         gin.clear_config()
+
+
+def _batch_shards(mesh_cfg, devices: int) -> int:
+    """How many ways the point's mesh splits the batch on ``devices`` devices (MeshConfig's own error when they
+    do not make the mesh), without the devices: an abstract mesh of the same shape."""
+    import jax
+
+    from synpro_jax import sharding
+
+    return sharding.batch_shards(jax.sharding.AbstractMesh(mesh_cfg.resolve(devices), sharding.MESH_AXES))
+
+
+def run_checks(command: str, values: dict, devices: int) -> None:
+    """The checks the command's trainer makes before it allocates anything (train.trainer.check_config,
+    rl.trainer.check_config), on the entry point's constructed arguments ``values`` and a mesh of ``devices``."""
+    if command == "train":
+        from synpro_jax.train.trainer import check_config
+
+        check_config(values["model"], values["trainer"], _batch_shards(values["mesh"], devices))
+    elif command == "grpo":
+        from synpro_jax.rl.config import GRPOConfig
+        from synpro_jax.rl.trainer import check_config
+
+        model = values["model"]
+        if model is None:  # an HF generator: its config.json, when this machine can read it
+            try:
+                from synpro_jax.models import hf
+
+                model = hf.read_config(values["generator"])
+            except Exception:  # noqa: BLE001 - made by an earlier stage, or on a bucket: the run checks it
+                return
+        if values["dtype"] is not None:
+            model = model.replace(dtype=values["dtype"])
+        check_config(model, values["run"], values["algorithm"] or GRPOConfig(), _batch_shards(values["mesh"], devices))
+
+
+def slice_devices(accelerator_type: str) -> int:
+    """The JAX devices of a Cloud TPU slice: v4 and v5p count TensorCores in their names (one megacore device per
+    two), the others chips (v2 and v3: one device per core)."""
+    kind, count = accelerator_type.rsplit("-", 1)
+    return int(count) // 2 if kind in ("v4", "v5p") else int(count)
+
+
+def local_devices() -> int:
+    """How many devices a point run here sees, asked of a fresh process as the points are: JAX started in this
+    one would hold a TPU its points need."""
+    result = subprocess.run([sys.executable, "-c", "import jax; print(jax.device_count())"], check=False,
+                            capture_output=True, text=True, timeout=600)
+    if result.returncode:
+        tail = (result.stderr.strip().splitlines() or ["(no output)"])[-1]
+        raise SweepError(f"synpro sweep: JAX could not list this machine's devices: {tail}")
+    return int(result.stdout.split()[-1])
 
 
 @dataclasses.dataclass
@@ -274,18 +334,17 @@ class Sweep:
         return old
 
     def save_manifest(self, manifest: dict) -> None:
-        import jax
-
-        if jax.process_index() == 0:
-            atomic.write_json(self.root / MANIFEST, manifest)
+        # One process writes it: the sweep never starts JAX's backend (it would hold a TPU its points need).
+        atomic.write_json(self.root / MANIFEST, manifest)
 
     # --- running ------------------------------------------------------------------------------------------
-    def check(self) -> None:
-        """Every point's configuration, before any runs (one bad binding fails the sweep)."""
+    def check(self, devices: int | None = None) -> None:
+        """Every point's configuration, before any runs (one bad binding fails the sweep); with ``devices`` (how
+        many each point runs on), its trainer's checks too."""
         for point in self.points:
             try:
-                check_point(self.command, self.gin_files, self.bindings(point), self.search_paths)
-            except Exception as e:  # noqa: BLE001 - reported with the point's name, then raised as one error
+                check_point(self.command, self.gin_files, self.bindings(point), self.search_paths, devices)
+            except Exception as e:  # reported with the point's name, then raised as one error
                 raise SweepError(f"sweep point {point.name} ({', '.join(point.gin_lines())}): "
                                  f"{' '.join(str(e).split())}") from e
 
@@ -300,7 +359,7 @@ class Sweep:
         """Run the points one after another (done ones skipped). Returns the manifest."""
         stream = stream or sys.stdout
         manifest = self.load_manifest()
-        self.check()
+        self.check(local_devices())
         if dry_run:
             for point in self.points:
                 print(shlex.join(self.argv(point)), file=stream)
@@ -459,13 +518,13 @@ def _launch(sweep: Sweep, tpu: TpuLauncher, dry_run: bool = False, stream=None, 
         manifest = sweep.load_manifest()
     except SweepError:
         raise
-    except Exception as e:  # noqa: BLE001 - a dry run may plan without the bucket's credentials
+    except Exception as e:  # a dry run may plan without the bucket's credentials
         if not dry_run:
             raise
         manifest = {"points": [{"name": p.name, "status": "pending"} for p in sweep.points]}
         print(f"# could not read {sweep.root / MANIFEST} ({' '.join(str(e).split())[:200]}); showing every point",
               file=stream)
-    sweep.check()
+    sweep.check(slice_devices(tpu.accelerator_type))
     from synpro_jax import configs
 
     search = tuple(_in_checkout(p, "--gin_search_paths") for p in configs.search_paths(sweep.search_paths)[:-1])

@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
+from synpro_jax import cli, configs, models, sharding
 from synpro_jax import compile as aot
-from synpro_jax import configs, models
 from synpro_jax.rl.config import GRPOConfig
 from synpro_jax.sharding import MeshConfig
 from synpro_jax.train.optimizer import OptimizerConfig
@@ -57,11 +57,16 @@ def grpo_model():
 
 
 def test_the_grpo_step_is_compiled_with_its_batch_and_the_buffers_beside_it():
-    r = aot.grpo_step_memory(grpo_model(), MeshConfig(2, 2, 2), GRPO, 8, accum_steps=2, topology="cpu")
+    theta = models.get_preset("tiny")
+    r = aot.grpo_step_memory(grpo_model(), MeshConfig(2, 2, 2), GRPO, 8, accum_steps=2, topology="cpu",
+                             influence=theta)
     assert r.kind == "grpo_step" and r.devices == 8 and r.argument_bytes > 0 and r.temp_bytes > 0
     assert "32 completions = 8 prompts x G 4, 64 prompt + 32 completion slots, accum 2" in r.line()
-    # The frozen reference (float32) and the sampler's weights live through the update: counted, not arguments.
-    assert r.resident == "frozen reference, sampler weights" and r.resident_bytes > 0
+    # The frozen reference (float32), the sampler's weights and data_influence's theta and theta' live through the
+    # update: counted, not arguments.
+    assert r.resident == "frozen reference, sampler weights, influence theta and theta' (tiny)"
+    mesh = sharding.make_mesh(MeshConfig(2, 2, 2))
+    assert r.resident_bytes > aot.influence_bytes(theta, mesh) > 0
     assert r.total_bytes == (r.argument_bytes + r.output_bytes - r.alias_bytes + r.temp_bytes + r.code_bytes
                              + r.resident_bytes)
     with pytest.raises(ValueError, match="must divide into accum_steps=3"):
@@ -116,6 +121,36 @@ def test_an_experiment_without_grpo_gets_the_release_generator():
     assert configured.source == "GRPO knobs from gin; unbound, so: synpro.grpo's data-parallel mesh"
 
 
+def test_compile_fills_unset_required_macros_but_not_for_a_shape(tmp_path, capsys):
+    """compile reads no data: a run directory or data path left REQUIRED gets a placeholder; a knob compile reads
+    (the batch) from a REQUIRED macro is refused, naming it."""
+    gin_file = tmp_path / "exp.gin"
+    gin_file.write_text("include 'gin/experiments/markov_tiny.gin'\nOUT_DIR = %gin.REQUIRED\nORGANIC = %gin.REQUIRED\n")
+    args = ["compile", f"--gin_file={gin_file}", "--topology=cpu", "--hbm_gib=1"]
+    assert cli.main(args) == 0
+    out = capsys.readouterr().out
+    assert "the unset REQUIRED macros OUT_DIR, ORGANIC are placeholders" in out and "of 1.00 GiB HBM (fits)" in out
+    assert cli.main([*args, "--gin.GLOBAL_BATCH=%gin.REQUIRED"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "error: synpro.TrainerConfig.global_batch = %GLOBAL_BATCH, a REQUIRED macro: set it (--gin.GLOBAL_BATCH=VALUE) "
+        "to compile")
+
+
+def test_the_v5e_grpo_experiment_counts_theta_beside_the_generator():
+    try:
+        configs.parse(["gin/experiments/olmo2_grpo_rephrase_v5e.gin"],
+                      aot.placeholder_bindings(aot.unset_macros(["gin/experiments/olmo2_grpo_rephrase_v5e.gin"], [])))
+        shapes = aot.grpo_shapes()
+    finally:
+        import gin
+
+        gin.clear_config()
+    assert shapes.model.name == "olmo2_1b_instruct" and shapes.model.remat == "full"
+    assert shapes.model.dtype == "bfloat16" and shapes.mesh == MeshConfig(data=1, fsdp=-1)
+    assert (shapes.prompts_per_step, shapes.accum_steps, shapes.logits_chunk) == (16, 8, 256)
+    assert shapes.influence.name == "olmo_400m" and shapes.source == "GRPO knobs from gin"
+
+
 def test_the_cli_reports_every_program_writes_json_and_fails_on_those_over_budget(tmp_path):
     gin_file, out = tmp_path / "tiny_grpo.gin", tmp_path / "mem.json"
     gin_file.write_text(TINY_GRPO_GIN)
@@ -123,7 +158,7 @@ def test_the_cli_reports_every_program_writes_json_and_fails_on_those_over_budge
     # 4 MiB per device: the train and GRPO steps need more here (~13 and ~7 MiB), the sampler's programs less.
     result = subprocess.run([sys.executable, "-m", "synpro_jax.cli", "compile", f"--gin_file={gin_file}",
                              "--topology=cpu", "--hbm_gib=0.004", f"--json={out}"],
-                            capture_output=True, text=True, env=env, timeout=600)
+                            check=False, capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 1, result.stderr[-2000:]
     lines = [line for line in result.stdout.splitlines() if "per device arguments" in line]
     assert [line.split(" (")[0] for line in lines] == ["train step", "grpo step", "sampler prefill",

@@ -116,6 +116,33 @@ def test_one_bad_point_fails_the_sweep_before_any_point_runs(tmp_path, text, mat
     assert not (tmp_path / "sweep").exists()  # nothing ran, nothing written
 
 
+def test_a_dry_run_runs_every_points_trainer_checks_before_any_point(tmp_path):
+    """The tiny model has 512 positions: point 1's SEQ_LEN is refused up front, as its trainer would refuse it,
+    naming the point and the knob; nothing is printed or written."""
+    result = run_cli(*tiny_args(tmp_path, "SEQ_LEN = [128, 1024]\n"), "--dry_run", cwd=tmp_path)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.strip() == ("error: sweep point 1-SEQ_LEN=1024 (SEQ_LEN = 1024): TrainerConfig.seq_len=1024 "
+                                     "exceeds ModelConfig.max_seq_len=512"), result.stderr
+    assert not (tmp_path / "sweep").exists()
+
+
+@pytest.mark.parametrize("bindings, match", [
+    (["synpro.GRPOConfig.max_completion_tokens = 1024"],
+     r"GRPOConfig.max_prompt_tokens=512 \+ max_completion_tokens=1024 exceeds the generator's max_seq_len=1024"),
+    (["PROMPTS_PER_STEP = 3"], ("= 24 completions per step must divide into accum_steps=1 micro-batches over the "
+                                "mesh's 16 data shards")),
+    (["synpro.GRPORunConfig.logits_chunk = 96"], "GRPORunConfig.logits_chunk=96 must divide"),
+])
+def test_a_grpo_point_is_checked_as_its_trainer_checks(bindings, match):
+    sweep.check_point("grpo", ["gin/experiments/cpu_grpo_rephrase.gin"], [], devices=16)  # the shipped one is fine
+    with pytest.raises(ValueError, match=match):
+        sweep.check_point("grpo", ["gin/experiments/cpu_grpo_rephrase.gin"], bindings, devices=16)
+
+
+def test_slice_devices_are_the_chips_jax_sees():
+    assert [sweep.slice_devices(t) for t in ("v5litepod-8", "v4-32", "v5p-8", "v6e-16", "v3-8")] == [8, 16, 4, 16, 8]
+
+
 # --- --launcher=tpu: one slice per point, through the tpu/ scripts' functions; gcloud never runs ---
 
 gcloud, babysit = sweep.tpu_scripts()
@@ -235,6 +262,9 @@ def test_a_failed_launch_stops_the_sweep_and_the_rerun_keeps_the_created_slice(t
 @pytest.mark.parametrize("text, match", [
     ("LEARNING_RATE = [1e-3, -1]", "sweep point 1-LEARNING_RATE=-1 .*learning_rate=-1: must be positive"),
     ("synpro.TrainerConfig.eval_evry = [1, 2]", "sweep point 0-eval_evry=1 .*did you mean eval_every"),
+    # a v5litepod-8's 8 chips split the batch 8 ways (this machine's devices do not count)
+    ("GLOBAL_BATCH = [16, 12]", ("sweep point 1-GLOBAL_BATCH=12 .*TrainerConfig.global_batch=12 does not divide "
+                                 "over the mesh's 8 data shards")),
 ])
 def test_tpu_mode_checks_every_point_before_any_command(tmp_path, bucket, text, match):
     runner, log = Runner(), io.StringIO()  # point 0 of the first is fine, and still nothing is printed

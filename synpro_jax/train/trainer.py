@@ -122,6 +122,17 @@ def micro_batched_eval(step: TrainStep):
                    out_shardings=sharding.replicated(step.mesh))
 
 
+def check_config(model_cfg: ModelConfig, cfg: TrainerConfig, batch_shards: int) -> None:
+    """What a run refuses before it builds anything (``synpro sweep`` checks every point with it up front);
+    ``batch_shards``: how many ways the mesh splits the batch (sharding.batch_shards)."""
+    if cfg.seq_len > model_cfg.max_seq_len:
+        raise ValueError(f"TrainerConfig.seq_len={cfg.seq_len} exceeds ModelConfig.max_seq_len="
+                         f"{model_cfg.max_seq_len}")
+    if cfg.global_batch % batch_shards:
+        raise ValueError(f"TrainerConfig.global_batch={cfg.global_batch} does not divide over the mesh's "
+                         f"{batch_shards} data shards (MeshConfig data x fsdp)")
+
+
 class Trainer:
     def __init__(self, model_cfg: ModelConfig, mesh: Mesh, opt_cfg: OptimizerConfig, cfg: TrainerConfig,
                  train_stream,  # a streams.MixtureInput (the seqio Mixture) or any stream with .rows
@@ -135,9 +146,7 @@ class Trainer:
         if train_stream.row_len != cfg.seq_len + 1:
             raise ValueError(f"the train stream packs rows of {train_stream.row_len} tokens but "
                              f"TrainerConfig.seq_len={cfg.seq_len} needs {cfg.seq_len + 1}")
-        if cfg.seq_len > model_cfg.max_seq_len:
-            raise ValueError(f"TrainerConfig.seq_len={cfg.seq_len} exceeds ModelConfig.max_seq_len="
-                             f"{model_cfg.max_seq_len}")
+        check_config(model_cfg, cfg, sharding.batch_shards(mesh))
         self.model_cfg, self.mesh, self.opt_cfg, self.cfg = model_cfg, mesh, opt_cfg, cfg
         self.out_dir = Path(cfg.out_dir)
         self.step_fn = TrainStep(model_cfg, mesh, opt_cfg, z_loss=cfg.z_loss, accum_steps=cfg.accum_steps)
