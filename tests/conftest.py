@@ -68,17 +68,3 @@ def gcs(gcs_emulator, monkeypatch, request):
     root = epath.Path(gcs_emulator.create_bucket(name)) / "run"
     yield root
     emulator.clear_client_caches()  # no later test reaches this emulator through a cached client
-
-
-@pytest.fixture
-def fake_gcs(monkeypatch):
-    """gs:// paths served from memory (tests/fake_gcs.py); yields gs://bucket/run."""
-    from etils import epath
-
-    import fake_gcs as fake
-
-    fake.install(monkeypatch)
-    yield epath.Path("gs://bucket/run")
-    from etils.epath import backend
-
-    backend.fsspec_backend._get_filesystem.cache_clear()  # no later test reaches this test's objects

@@ -11,7 +11,6 @@ import sys
 
 import pytest
 from etils import epath
-from fake_gcs import FakeGCS
 
 from synpro_jax import sweep
 
@@ -152,8 +151,13 @@ TPU = dict(tpu_prefix="lr", zone="us-west4-a", accelerator_type="v5litepod-8", p
 
 
 @pytest.fixture
-def bucket(fake_gcs):
-    return "gs://bucket/sweep"
+def bucket(gcs):
+    return str(gcs.parent / "sweep")
+
+
+def bucket_objects(gcs_emulator, bucket: str) -> list[str]:
+    """Every object of the test's bucket, asked of the GCS emulator itself."""
+    return gcs_emulator.objects(bucket[len("gs://"):].split("/")[0])
 
 
 class Runner:
@@ -182,10 +186,10 @@ def point_commands(job, launcher, point):
             gcloud.launch(name, "us-west4-a", None, argv, name)]
 
 
-def test_tpu_dry_run_prints_every_points_slice_commands_and_runs_nothing(tmp_path, bucket, capsys):
+def test_tpu_dry_run_prints_every_points_slice_commands_and_runs_nothing(tmp_path, bucket, capsys, gcs_emulator):
     job, launcher, runner, log = tpu_sweep(tmp_path, bucket), sweep.TpuLauncher(**TPU), Runner(), io.StringIO()
     job.launch(launcher, dry_run=True, stream=log, runner=runner)
-    assert runner.calls == [] and FakeGCS.store == {}  # nothing ran, nothing written
+    assert runner.calls == [] and bucket_objects(gcs_emulator, bucket) == []  # nothing ran, nothing written
     lines = log.getvalue().splitlines()
     commands = [line for line in lines if not line.startswith("#")]
     names = [launcher.slice_name(p) for p in job.points]
@@ -208,10 +212,12 @@ def test_a_dry_run_without_access_to_out_still_prints_every_point(tmp_path, buck
     def refuse(self, path, **kwargs):
         raise PermissionError("403 no credentials")
 
-    monkeypatch.setattr(FakeGCS, "exists", refuse)
+    import gcsfs
+
+    monkeypatch.setattr(gcsfs.GCSFileSystem, "exists", refuse)
     job, log, runner = tpu_sweep(tmp_path, bucket), io.StringIO(), Runner()
     job.launch(sweep.TpuLauncher(**TPU), dry_run=True, stream=log, runner=runner)
-    assert "could not read gs://bucket/sweep/sweep.json (403 no credentials)" in log.getvalue()
+    assert f"could not read {bucket}/sweep.json (403 no credentials)" in log.getvalue()
     assert len([line for line in log.getvalue().splitlines() if line.startswith("gcloud ")]) == 12
     with pytest.raises(PermissionError):  # a real launch needs the manifest
         job.launch(sweep.TpuLauncher(**TPU), stream=log, runner=runner)
@@ -266,12 +272,12 @@ def test_a_failed_launch_stops_the_sweep_and_the_rerun_keeps_the_created_slice(t
     ("GLOBAL_BATCH = [16, 12]", ("sweep point 1-GLOBAL_BATCH=12 .*TrainerConfig.global_batch=12 does not divide "
                                  "over the mesh's 8 data shards")),
 ])
-def test_tpu_mode_checks_every_point_before_any_command(tmp_path, bucket, text, match):
+def test_tpu_mode_checks_every_point_before_any_command(tmp_path, bucket, text, match, gcs_emulator):
     runner, log = Runner(), io.StringIO()  # point 0 of the first is fine, and still nothing is printed
     with pytest.raises(sweep.SweepError, match=match):
         tpu_sweep(tmp_path, bucket, text + "\n").launch(sweep.TpuLauncher(**TPU), dry_run=True, stream=log,
                                                          runner=runner)
-    assert runner.calls == [] and log.getvalue() == "" and FakeGCS.store == {}
+    assert runner.calls == [] and log.getvalue() == "" and bucket_objects(gcs_emulator, bucket) == []
 
 
 @pytest.mark.parametrize("change, match", [
