@@ -25,7 +25,6 @@ import json
 import logging
 import os
 import sys
-import tempfile
 
 from etils.epath import Path
 
@@ -64,25 +63,15 @@ def _import_tensorflow_quietly() -> None:
     """
     if "tensorflow" in sys.modules:
         return
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as capture:
-        sys.stderr.flush()
-        os.dup2(capture.fileno(), 2)
-        try:
-            import tensorflow as tf
+    from synpro_jax import native_stderr
 
-            try:
-                tf.config.set_visible_devices([], "GPU")
-            except RuntimeError:  # devices already initialized by an earlier import: leave them
-                pass
-        except BaseException:
-            os.dup2(saved, 2)
-            capture.seek(0)
-            sys.stderr.write(capture.read().decode(errors="replace"))
-            raise
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
+    with native_stderr.held():
+        import tensorflow as tf
+
+        try:
+            tf.config.set_visible_devices([], "GPU")
+        except RuntimeError:  # devices already initialized by an earlier import: leave them
+            pass
 
 
 def tpu_present() -> bool:

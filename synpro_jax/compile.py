@@ -29,12 +29,12 @@ import logging
 import math
 import os
 import re
-import sys
-import tempfile
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+
+from synpro_jax import native_stderr
 
 log = logging.getLogger(__name__)
 
@@ -116,20 +116,8 @@ def _describe(name: str):
     if not glob.glob("/dev/accel[0-9]*") and not glob.glob("/dev/vfio/[0-9]*"):
         # No chips to guard: libtpu's one-process lockfile would only stop a second compile running beside this one.
         os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as capture:
-        sys.stderr.flush()
-        os.dup2(capture.fileno(), 2)
-        try:
-            return topologies.get_topology_desc(name, platform="tpu", **extra)
-        except BaseException:
-            os.dup2(saved, 2)
-            capture.seek(0)
-            sys.stderr.write(capture.read().decode(errors="replace"))
-            raise
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
+    with native_stderr.held():
+        return topologies.get_topology_desc(name, platform="tpu", **extra)
 
 
 def topology_devices(topology: str) -> tuple[list[Any], int | None, str]:
