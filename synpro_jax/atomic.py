@@ -16,7 +16,7 @@ from typing import Any, Callable
 from etils import epath
 
 __all__ = ["write_text", "write_bytes", "write_json", "write_file", "publish_dir", "load_npz", "is_remote",
-           "absolute", "file_fingerprint"]
+           "absolute", "canonical_name", "file_fingerprint"]
 
 PathLike = str | os.PathLike
 
@@ -33,11 +33,16 @@ def absolute(path: PathLike) -> epath.Path:
     return path if is_remote(path) else path.absolute()
 
 
+def canonical_name(path: PathLike) -> str:
+    """One name per file: resolved (symlinks followed) on a local disk, as given on an object store."""
+    path = epath.Path(path)
+    return str(path if is_remote(path) else path.resolve())
+
+
 def file_fingerprint(path: PathLike) -> tuple[str, int, int]:
-    """(absolute name, size, mtime) of a local file or an object, for cache keys."""
-    path = absolute(path)
-    st = path.stat()
-    return str(path if is_remote(path) else path.resolve()), int(st.length), int(st.mtime)
+    """(canonical name, size, mtime) of a local file or an object, for cache keys."""
+    st = epath.Path(path).stat()
+    return canonical_name(path), int(st.length), int(st.mtime)
 
 
 def _default_mode() -> int:

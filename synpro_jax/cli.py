@@ -75,17 +75,12 @@ def _import_tensorflow_quietly() -> None:
 
 
 def tpu_present() -> bool:
-    """Whether this machine has TPU chips, or its environment describes a TPU slice: TPU device nodes (/dev/accel*
-    on v4 and v5e, /dev/vfio groups on v5p and v6e), a Google TPU on the PCI bus, or the variables GKE and
-    multi-host launchers set."""
-    if glob.glob("/dev/accel[0-9]*") or glob.glob("/dev/vfio/[0-9]*"):
+    """Whether this machine has TPU chips (:mod:`synpro_jax.tpu_chips`), or its environment describes a TPU slice
+    (the variables GKE and multi-host launchers set)."""
+    from synpro_jax import tpu_chips
+
+    if tpu_chips.present():
         return True
-    for vendor in glob.glob("/sys/bus/pci/devices/*/vendor"):
-        try:
-            if Path(vendor).read_text().strip() == "0x1ae0":  # Google
-                return True
-        except OSError:
-            continue
     return any(os.environ.get(v) for v in ("TPU_ACCELERATOR_TYPE", "TPU_WORKER_HOSTNAMES", "TPU_PROCESS_ADDRESSES",
                                            "JAX_FORCE_TPU_INIT"))
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import glob
 import json
 import logging
 import math
@@ -34,7 +33,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from synpro_jax import native_stderr
+from synpro_jax import native_stderr, tpu_chips
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +82,7 @@ class MemoryReport:
         return None if self.hbm_bytes is None else self.total_bytes <= self.hbm_bytes
 
     def line(self) -> str:
-        gib = lambda b: f"{b / GiB:,.2f} GiB"
+        gib = lambda b: f"{b / GiB:,.2f} GiB"  # noqa: E731
         verdict = "fits" if self.fits else "DOES NOT FIT"
         hbm = "" if self.hbm_bytes is None else f" of {gib(self.hbm_bytes)} HBM ({verdict})"
         beside = f", resident {gib(self.resident_bytes)} ({self.resident})" if self.resident_bytes else ""
@@ -113,7 +112,7 @@ def _describe(name: str):
 
     # v4 and v5p as JAX runs them: one megacore device per chip (two TensorCores).
     extra = {"chip_config_name": "megacore"} if name.startswith(("v4:", "v5p:")) else {}
-    if not glob.glob("/dev/accel[0-9]*") and not glob.glob("/dev/vfio/[0-9]*"):
+    if not tpu_chips.present():
         # No chips to guard: libtpu's one-process lockfile would only stop a second compile running beside this one.
         os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     with native_stderr.held():
@@ -129,7 +128,7 @@ def topology_devices(topology: str) -> tuple[list[Any], int | None, str]:
     name, hbm = TOPOLOGIES[topology]
     try:
         desc = _describe(name)
-    except Exception as e:  # libtpu missing, or it cannot describe this topology here
+    except Exception as e:  # noqa: BLE001 - libtpu missing, or it cannot describe this topology here
         raise RuntimeError(f"libtpu cannot describe {topology} ({name}) on this machine: "
                            f"{' '.join(str(e).split())[:300]}") from e
     return list(desc.devices), hbm, f"{topology} ({name}, {desc.devices[0].device_kind})"
@@ -217,7 +216,7 @@ def _compile(lowered, mesh, program: str, kind: str, target: str, hbm: int | Non
     with jax.set_mesh(mesh):
         try:
             compiled = lowered.compile()
-        except Exception as e:  # XLA:TPU refuses a program that cannot fit its HBM
+        except Exception as e:  # noqa: BLE001 - XLA:TPU refuses a program that cannot fit its HBM
             text = " ".join(str(e).split())
             need = re.search(r"required for HLO temporaries \(([\d.]+)([KMGT])\)", text)
             if "RESOURCE_EXHAUSTED" not in text or need is None:
@@ -335,7 +334,7 @@ def grpo_step_memory(model, mesh_cfg, grpo_cfg, prompts_per_step: int | None = N
     step = _grpo_step(model, mesh, g, accum_steps, logits_chunk, share_prompts)
     state, ref = _learner_buffers(step, model, g)
     p, c = bucket(g.max_prompt_tokens, MIN_PROMPT_BUCKET), g.max_completion_tokens
-    leaf = lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype, sharding=step.batch_sharding)
+    leaf = lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype, sharding=step.batch_sharding)  # noqa: E731
     batch = {"tokens": leaf((rows, p + c), jnp.int32), "positions": leaf((rows, p + c), jnp.int32),
              "segment_ids": leaf((rows, p + c), jnp.int32), "completion_mask": leaf((rows, c), jnp.bool_),
              "advantages": leaf((rows,), jnp.float32)}
@@ -379,7 +378,7 @@ def sampler_memory(model, mesh_cfg, grpo_cfg, prompts_per_step: int | None = Non
     weights = _sampler_weights(model, mesh, place)
     grid = jax.ShapeDtypeStruct((rows, p), jnp.int32, sharding=grid_s)
     per_row = jax.ShapeDtypeStruct((rows * g.num_generations,), jnp.int32, sharding=row_s)
-    one = lambda dtype, shape=(): jax.ShapeDtypeStruct(shape, dtype, sharding=one_s)
+    one = lambda dtype, shape=(): jax.ShapeDtypeStruct(shape, dtype, sharding=one_s)  # noqa: E731
     with jax.set_mesh(mesh), sharding.use_rules(sharding.SAMPLING_RULES):
         pre = prefill.lower(weights, grid, grid, grid, g.num_generations)
         logits, cache = pre.out_info
@@ -440,6 +439,10 @@ def _unset_macro(value) -> str | None:
     return value.split(":", 1)[1] if isinstance(value, str) and value.startswith(UNSET + ":") else None
 
 
+def _refuse_unset(name: str, macro: str):
+    raise ValueError(f"{name} = %{macro}, a REQUIRED macro: set it (--gin.{macro}=VALUE) to compile")
+
+
 def _read(name: str, *default):
     """configs.bound, refusing a shape knob that comes from a REQUIRED macro compile left unset."""
     from synpro_jax.configs import bound
@@ -447,7 +450,7 @@ def _read(name: str, *default):
     value = bound(name, *default)
     macro = _unset_macro(value)
     if macro:
-        raise ValueError(f"{name} = %{macro}, a REQUIRED macro: set it (--gin.{macro}=VALUE) to compile")
+        _refuse_unset(name, macro)
     return value
 
 
@@ -483,7 +486,7 @@ def grpo_shapes() -> GRPOShapes:
                 value = bound(name)
             macro = _unset_macro(value)
             if macro and not path:  # a path only names a shape (its config.json): unset is as unbound
-                raise ValueError(f"{name} = %{macro}, a REQUIRED macro: set it (--gin.{macro}=VALUE) to compile")
+                _refuse_unset(name, macro)
             if value is not UNSET and not macro:
                 return value
         if what:

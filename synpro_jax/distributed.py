@@ -10,7 +10,6 @@ several local CPU processes in tests) it takes ``--coordinator_address``, ``--nu
 from __future__ import annotations
 
 import dataclasses
-import glob
 import hashlib
 import logging
 import os
@@ -70,18 +69,13 @@ METADATA_URL = "http://{host}/computeMetadata/v1/instance/attributes/{key}"
 
 
 def _has_tpu_chips() -> bool:
-    """TPU chips attached to this VM, counted as JAX counts them (Google's PCI devices), with libtpu to drive
-    them: JAX's own test before it reads any TPU metadata."""
+    """TPU chips attached to this VM, with libtpu to drive them: JAX's own test before it reads any TPU
+    metadata."""
     import importlib.util
 
-    if importlib.util.find_spec("libtpu") is None:
-        return False
-    try:
-        from jax._src import hardware_utils
+    from synpro_jax import tpu_chips
 
-        return hardware_utils.num_available_tpu_chips_and_device_id()[0] > 0
-    except (ImportError, AttributeError, OSError):  # another JAX layout: the device files libtpu opens
-        return bool(glob.glob("/dev/accel[0-9]*"))
+    return importlib.util.find_spec("libtpu") is not None and tpu_chips.present()
 
 
 class MetadataUnavailable(OSError):

@@ -344,7 +344,7 @@ class Sweep:
         for point in self.points:
             try:
                 check_point(self.command, self.gin_files, self.bindings(point), self.search_paths, devices)
-            except Exception as e:  # reported with the point's name, then raised as one error
+            except Exception as e:  # noqa: BLE001 - reported with the point's name, then raised as one error
                 raise SweepError(f"sweep point {point.name} ({', '.join(point.gin_lines())}): "
                                  f"{' '.join(str(e).split())}") from e
 
@@ -518,7 +518,7 @@ def _launch(sweep: Sweep, tpu: TpuLauncher, dry_run: bool = False, stream=None, 
         manifest = sweep.load_manifest()
     except SweepError:
         raise
-    except Exception as e:  # a dry run may plan without the bucket's credentials
+    except Exception as e:  # noqa: BLE001 - a dry run may plan without the bucket's credentials
         if not dry_run:
             raise
         manifest = {"points": [{"name": p.name, "status": "pending"} for p in sweep.points]}

@@ -51,7 +51,7 @@ def gcs_emulator():
 
 
 @pytest.fixture
-def gcs(gcs_emulator, monkeypatch, request):
+def gcs(gcs_emulator, request):
     """A new, empty bucket on the GCS emulator, with this process's GCS clients pointed at it; yields
     gs://<bucket>/run. The emulator is ``gcs.emulator`` (its ``env`` for a subprocess, ``objects()``)."""
     import re
@@ -59,12 +59,6 @@ def gcs(gcs_emulator, monkeypatch, request):
 
     from etils import epath
 
-    import gcs_emulator as emulator
-
-    for key, value in gcs_emulator.env.items():
-        monkeypatch.setenv(key, value)
-    emulator.clear_client_caches()
     name = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower())[:40].strip("-") + "-" + uuid.uuid4().hex[:8]
-    root = epath.Path(gcs_emulator.create_bucket(name)) / "run"
-    yield root
-    emulator.clear_client_caches()  # no later test reaches this emulator through a cached client
+    with gcs_emulator.clients():
+        yield epath.Path(gcs_emulator.create_bucket(name)) / "run"

@@ -8,6 +8,7 @@ a ``synpro`` subprocess.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -93,6 +94,22 @@ class GCSEmulator:
             "TENSORSTORE_GCS_HTTP_URL": self.url,  # orbax's checkpoints
             "GOOGLE_AUTH_TOKEN_FOR_TESTING": "emulator",
         }
+
+    @contextlib.contextmanager
+    def clients(self):
+        """This process's GCS clients pointed at the emulator for the block; the environment restored after."""
+        saved = {k: os.environ.get(k) for k in self.env}
+        os.environ.update(self.env)
+        clear_client_caches()
+        try:
+            yield
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+            clear_client_caches()  # nothing later reaches the emulator through a cached client
 
     def create_bucket(self, name: str) -> str:
         req = urllib.request.Request(f"{self.url}/storage/v1/b?project=test", method="POST",

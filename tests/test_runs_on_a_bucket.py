@@ -67,7 +67,7 @@ class Bucket:
     def put(self, key: str, data: bytes) -> None:
         from etils import epath
 
-        with _emulator_env(self.emulator):
+        with self.emulator.clients():
             epath.Path(f"{self.url}/{key}").write_bytes(data)
 
     def objects(self, prefix: str = "") -> list[str]:
@@ -119,30 +119,6 @@ class Bucket:
     def no_local_gs_folder(self) -> None:
         found = [str(p) for p in [self.tmp, REPO] if (p / "gs:").exists()]
         assert not found, f"a local gs: folder appeared: {found}"
-
-
-class _emulator_env:
-    """This process's GCS clients pointed at the emulator for a block (the test's own uploads and reads)."""
-
-    def __init__(self, emulator):
-        self.emulator = emulator
-
-    def __enter__(self):
-        import gcs_emulator
-
-        self.saved = {k: os.environ.get(k) for k in self.emulator.env}
-        os.environ.update(self.emulator.env)
-        gcs_emulator.clear_client_caches()
-
-    def __exit__(self, *exc):
-        import gcs_emulator
-
-        for k, v in self.saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        gcs_emulator.clear_client_caches()
 
 
 @pytest.fixture(scope="module")
@@ -202,7 +178,7 @@ def test_train_on_a_bucket_checkpoints_and_resumes(bucket, trained):
     assert "runs/olmo_400m/summary.json" in objects and "runs/olmo_400m/metrics.jsonl" in objects
     assert any(o.startswith("runs/olmo_400m/tensorboard/events.out.tfevents") for o in objects)
     assert "runs/olmo_400m/checkpoints/9/commit_success.txt" in objects
-    with _emulator_env(bucket.emulator):
+    with bucket.emulator.clients():
         from etils import epath
 
         from synpro_jax.train.metrics import read_records
@@ -239,7 +215,7 @@ def test_probe_on_a_bucket_scores_every_document_after_a_kill(bucket, trained):
     assert done.returncode == 0, done.stderr[-4000:]
     objects = bucket.objects("probe/")
     assert "probe/scores/influence.npz" in objects and "probe/finetuned/config.json" in objects
-    with _emulator_env(bucket.emulator):
+    with bucket.emulator.clients():
         from etils import epath
 
         data = (epath.Path(bucket.url) / "probe/scores/influence.npz").read_bytes()
@@ -268,7 +244,7 @@ def test_synthesis_on_a_bucket_writes_every_document_once_after_a_kill(bucket, t
     batches = lambda objects: [o for o in objects if ".jsonl.partial/" in o]  # noqa: E731
     bucket.kill_when(bucket.start(*synth_flags(bucket)), lambda objects: len(batches(objects)) >= 2)
     kept = batches(bucket.objects())
-    with _emulator_env(bucket.emulator):
+    with bucket.emulator.clients():
         from etils import epath
 
         before = {}  # the records the killed run wrote, by source id
@@ -281,7 +257,7 @@ def test_synthesis_on_a_bucket_writes_every_document_once_after_a_kill(bucket, t
     objects = bucket.objects("synthetic/rephrase_r1/")
     assert "synthetic/rephrase_r1/synthesis.json" in objects
     assert not batches(objects), "batch objects of finished parts are left behind"
-    with _emulator_env(bucket.emulator):
+    with bucket.emulator.clients():
         from etils import epath
 
         from synpro_jax.generation import synthesize

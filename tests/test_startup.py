@@ -143,9 +143,9 @@ def test_chips_and_no_metadata_server_is_a_clear_error_not_a_guess(monkeypatch, 
 def test_chips_are_counted_as_jax_counts_them_and_need_libtpu(monkeypatch):
     import importlib.util
 
-    from jax._src import hardware_utils
+    from synpro_jax import tpu_chips
 
-    monkeypatch.setattr(hardware_utils, "num_available_tpu_chips_and_device_id", lambda: (4, None))
+    monkeypatch.setattr(tpu_chips, "count", lambda *a: 4)
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "libtpu" else real(name, *a))
     assert distributed._has_tpu_chips()
@@ -158,3 +158,19 @@ def test_explicit_flags_win_over_the_tpu_environment(monkeypatch, clean_env):
     cfg = distributed.DistributedConfig(coordinator_address="127.0.0.1:1234", num_processes=2, process_id=1)
     assert distributed.initialize(cfg) is True
     assert clean_env == [(("127.0.0.1:1234",), {"num_processes": 2, "process_id": 1, "local_device_ids": None})]
+
+
+def test_tpu_chips_are_google_pci_devices_with_a_tpu_id_not_its_network_card(tmp_path):
+    from synpro_jax import tpu_chips
+
+    def device(name, vendor, device_id):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "vendor").write_text(vendor + "\n")
+        (tmp_path / name / "device").write_text(device_id + "\n")
+
+    device("0000:00:04.0", "0x1ae0", "0x0042")  # gVNIC, on every GCE VM
+    device("0000:00:05.0", "0x8086", "0x0063")  # another vendor's device with a TPU-like id
+    assert tpu_chips.count(str(tmp_path)) == 0
+    for i in range(4):  # a v5e host's 4 chips
+        device(f"0000:00:1{i}.0", "0x1ae0", "0x0063")
+    assert tpu_chips.count(str(tmp_path)) == 4

@@ -187,14 +187,11 @@ class HFTokenizerVocabulary(seqio.Vocabulary):
 
     def __eq__(self, other) -> bool:
         return isinstance(other, HFTokenizerVocabulary) and (
-            self._key() == other._key() and self._size == other._size
+            atomic.canonical_name(self._path) == atomic.canonical_name(other._path) and self._size == other._size
             and self._eos == other._eos and self._pad == other._pad)
 
     def __hash__(self) -> int:
-        return hash((self._key(), self._size))
-
-    def _key(self) -> str:
-        return str(self._path if atomic.is_remote(self._path) else self._path.resolve())
+        return hash((atomic.canonical_name(self._path), self._size))
 
     def __repr__(self) -> str:
         return f"HFTokenizerVocabulary({str(self._path)!r}, vocab_size={self._size}, eos={self._eos})"
