@@ -200,9 +200,13 @@ def cmd_grpo(args, extra: list[str]) -> int:
     if not _gin_stage(args, extra, "grpo", "gin/experiments/cpu_grpo_rephrase.gin"):
         return 2
     from synpro_jax import configs
-    from synpro_jax.rl.trainer import EXIT_PREEMPTED
+    from synpro_jax.rl.trainer import EXIT_PREEMPTED, EXIT_STALLED, GRPOStalled
 
-    summary = configs.grpo()
+    try:
+        summary = configs.grpo()
+    except GRPOStalled as e:  # a run outcome, not a bug: its message names the cause
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_STALLED
     print(json.dumps(summary, indent=2))
     return EXIT_PREEMPTED if summary.get("preempted") else 0
 

@@ -72,13 +72,14 @@ def _lazy_configurables() -> tuple[type, ...]:
     from synpro_jax.rl.config import GRPOConfig
     from synpro_jax.rl.rewards.config import RewardsConfig
     from synpro_jax.rl.trainer import GRPORunConfig
+    from synpro_jax.rl.warm_start import WarmStartConfig
     from synpro_jax.train.trainer import TrainerConfig
     from synpro_jax.demo.config import DemoConfig
     from synpro_jax.demo.teach import TeachConfig
 
     lazy = (DataConfig, SyntheticShards, PassthroughVocabulary, TrainedSentencePiece, TrainerConfig, ProbeConfig,
             SynthesisConfig, GRPOConfig, RewardsConfig, GRPORunConfig, LoopConfig, GeneratorSpec, DemoConfig,
-            TeachConfig)
+            TeachConfig, WarmStartConfig)
     _register(*lazy)
     return (MeshConfig, OptimizerConfig, ModelConfig) + lazy
 
@@ -269,7 +270,7 @@ def grpo(generator: str = gin.REQUIRED, prompts=gin.REQUIRED, run=gin.REQUIRED, 
          influence_checkpoint: str | None = None, influence_finetuned: str | None = None,
          influence_model: ModelConfig | None = None, influence_vocabulary: str | None = None,
          influence_max_len: int = 1024, influence_batch_size: int = 8, similarity_max_len: int = 512,
-         similarity_batch_size: int = 8) -> dict:
+         similarity_batch_size: int = 8, warm_start=None) -> dict:
     """Train a rephrase/reformat generator with GRPO (resumable; see rl/trainer.py). Returns the run's summary.
 
     ``generator``: the starting generator, an HF Olmo2 directory or a synpro run (then ``model`` and
@@ -332,6 +333,32 @@ def grpo(generator: str = gin.REQUIRED, prompts=gin.REQUIRED, run=gin.REQUIRED, 
         raise ValueError(f"synpro.grpo.vocabulary: {vocab_spec} has {vocab.vocab_size} tokens but the generator's "
                          f"vocab_size is {model.vocab_size}")
     loaded = load(model, mesh_obj, generator)
+    start_identity = {"path": _canonical_generator(str(generator)), "step": loaded.step,
+                      "weights": weights_identity(loaded.params)}
+    prompt_set = PromptSet(_as_tuple(prompts), vocab, rewards.operation, max_prompt_tokens=algorithm.max_prompt_tokens,
+                           max_source_chars=run.max_source_chars, min_source_chars=run.min_source_chars,
+                           max_documents=run.max_documents, text_field=run.text_field, id_field=run.id_field,
+                           seed=run.seed)
+    if warm_start is not None:
+        from synpro_jax.rl.warm_start import run_warm_start
+
+        warm_dir = Path(run.out_dir) / "warm_start"
+        warm = run_warm_start(
+            warm_start, model, mesh_obj, loaded.params, vocab, warm_dir, operation=rewards.operation,
+            max_prompt_tokens=algorithm.max_prompt_tokens, max_source_chars=run.max_source_chars,
+            eval_prompts=[it.ids for it in prompt_set.items[-warm_start.eval_prompts:]],
+            sampling={"num_generations": algorithm.num_generations, "max_new_tokens": algorithm.max_completion_tokens,
+                      "temperature": algorithm.temperature, "top_p": algorithm.top_p,
+                      "stop_ids": sorted({int(vocab.eos_id), *stop_ids})},
+            inputs={"generator": start_identity, "vocabulary": vocabulary_fingerprint(vocab_spec, vocab)},
+            progress=run.progress)
+        if jax.process_index() == 0:
+            print(f"warm start: {warm['steps']} supervised steps on {warm['rows']} rows; sampled completions with "
+                  f"one heading {warm['after']['format_rate']:.2f}, stopped {warm['after']['stopped']:.2f}")
+        del loaded
+        loaded = load(model, mesh_obj, warm_dir)
+        extra_fp["warm_start"] = {"config": json.loads(json.dumps(dataclasses.asdict(warm_start), default=str)),
+                                  "weights": weights_identity(loaded.params)}
     if "similarity" in rewards.weights and rewards.variant("similarity") == "similarity_local":
         from synpro_jax.rl.rewards.similarity import LMEmbedder
 
@@ -340,13 +367,8 @@ def grpo(generator: str = gin.REQUIRED, prompts=gin.REQUIRED, run=gin.REQUIRED, 
         runtime["embedder"] = LMEmbedder(model, loaded.params, encoder_for(vocab), mesh=mesh_obj,
                                          max_len=similarity_max_len, batch_size=similarity_batch_size)
     suite = build_suite(rewards, **runtime)
-    prompt_set = PromptSet(_as_tuple(prompts), vocab, rewards.operation, max_prompt_tokens=algorithm.max_prompt_tokens,
-                           max_source_chars=run.max_source_chars, min_source_chars=run.min_source_chars,
-                           max_documents=run.max_documents, text_field=run.text_field, id_field=run.id_field,
-                           seed=run.seed)
     fingerprint = {
-        "generator": {"path": _canonical_generator(str(generator)), "step": loaded.step,
-                      "weights": weights_identity(loaded.params)},
+        "generator": start_identity,
         "vocabulary": vocabulary_fingerprint(vocab_spec, vocab),
         "rewards": json.loads(json.dumps(dataclasses.asdict(rewards), default=str)),
         "prompt_files": files_fingerprint(_as_tuple(prompts)), **extra_fp,

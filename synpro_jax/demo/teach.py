@@ -15,7 +15,6 @@ import dataclasses
 import json
 import logging
 import shutil
-import time
 
 from etils.epath import Path
 import jax
@@ -61,9 +60,7 @@ def teach_generator(world: W.World, world_spec: dict, vocab_path: Path, model_cf
     from synpro_jax.data.vocab import load_vocabulary
     from synpro_jax.generation.sampler import Sampler
     from synpro_jax.train import OptimizerConfig
-    from synpro_jax.train.checkpoint import Checkpointer
-    from synpro_jax.train.metrics import MetricsLog
-    from synpro_jax.train.step import TrainStep
+    from synpro_jax.train.supervised import train_supervised
 
     out_dir = Path(out_dir)
     summary_path, hf_dir = out_dir / "summary.json", out_dir / "hf"
@@ -74,46 +71,13 @@ def teach_generator(world: W.World, world_spec: dict, vocab_path: Path, model_cf
             raise ValueError(f"{out_dir} holds a generator taught with other settings; use another --out")
         return summary
     vocab = load_vocabulary(str(vocab_path))
-    ts = TrainStep(model_cfg, mesh, OptimizerConfig(
-        learning_rate=cfg.learning_rate, warmup_steps=cfg.warmup_steps, schedule=cfg.schedule, total_steps=cfg.steps,
-        weight_decay=0.0, clip_norm=1.0))
-    state = ts.init(jax.random.key(cfg.seed))
-    ckpt = Checkpointer(out_dir / "checkpoints", save_every=cfg.checkpoint_every, keep=1)
-
-    def same_inputs(meta: dict) -> None:
-        if meta.get("inputs") != inputs:
-            raise ValueError(f"{out_dir / 'checkpoints'} was written with other settings; use another --out")
-
-    start = 0
-    restored = ckpt.restore(state, check_meta=same_inputs)
-    if restored is not None:
-        state, _, start = restored
-        log.info("teach: resuming at step %d", start)
-    metrics = MetricsLog(out_dir, start)
     stream = sft.TeachingStream(world.teachers, vocab, seed=cfg.seed)
-    bar = None
-    if progress and jax.process_index() == 0:
-        from tqdm import tqdm
-
-        bar = tqdm(total=cfg.steps, initial=start, desc="teach generator", unit="step", dynamic_ncols=True)
-    t0 = time.perf_counter()
-    try:
-        for step in range(start + 1, cfg.steps + 1):
-            state, m = ts(state, ts.shard_batch(stream.batch(step, cfg.batch, cfg.length)))
-            if step % 10 == 0 or step == cfg.steps:
-                loss = float(m["loss"])
-                metrics.write({"step": step, "teach/answer_loss": loss})
-                if bar is not None:
-                    bar.set_postfix(loss=f"{loss:.3f}")
-            ckpt.save(step, state, {"inputs": inputs}, force=step == cfg.steps)
-            if bar is not None:
-                bar.update(1)
-    finally:
-        if bar is not None:
-            bar.close()
-        ckpt.close()
-        metrics.close()
-    seconds = time.perf_counter() - t0
+    optimizer = OptimizerConfig(learning_rate=cfg.learning_rate, warmup_steps=cfg.warmup_steps,
+                                schedule=cfg.schedule, total_steps=cfg.steps, weight_decay=0.0, clip_norm=1.0)
+    state, records, seconds = train_supervised(
+        model_cfg, mesh, optimizer, lambda step: stream.batch(step, cfg.batch, cfg.length), cfg.steps, out_dir,
+        inputs, seed=cfg.seed, checkpoint_every=cfg.checkpoint_every, metric="teach/answer_loss",
+        desc="teach generator", progress=progress)
 
     # Before GRPO: rewrites of organic biographies the generator never saw, scored exactly.
     sampler = Sampler(model_cfg, state.params, mesh=mesh)
@@ -129,7 +93,7 @@ def teach_generator(world: W.World, world_spec: dict, vocab_path: Path, model_cf
     if jax.process_index() == 0:
         _export(model_cfg, state.params, vocab_path, hf_dir)
         summary = {"inputs": inputs, "hf": str(hf_dir), "steps": cfg.steps, "seconds": round(seconds, 1),
-                   "final_loss": metrics.records[-1]["teach/answer_loss"] if metrics.records else None,
+                   "final_loss": records[-1]["teach/answer_loss"] if records else None,
                    "rewrites": scores, "samples": samples}
         atomic.write_json(summary_path, summary)
     else:

@@ -64,6 +64,7 @@ from synpro_jax.train.metrics import MetricsLog, save_png
 log = logging.getLogger(__name__)
 
 EXIT_PREEMPTED = 143
+EXIT_STALLED = 3  # GRPOStalled: the run stopped because no group carried a learning signal
 EXPORT_DIR = "export"
 EXPORT_INFO = "synpro_grpo.json"
 
@@ -90,10 +91,18 @@ class GRPORunConfig:
     export_dtype: str = "float32"  # of the HF export ("bfloat16" halves it)
     seed: int = 0
     progress: bool = True
+    # A step where every group's total reward is constant gives every completion advantage 0: nothing to learn.
+    # After this many such steps in a row the run warns; after ``stall_stop_steps`` it stops, naming the cause.
+    stall_warn_steps: int = 3
+    stall_stop_steps: int | None = 10  # None: never stop
 
     def __post_init__(self):
         positive_ints(self, "num_steps", "prompts_per_step", "accum_steps", "max_source_chars", "log_every",
-                      "checkpoint_every", "keep_checkpoints")
+                      "checkpoint_every", "keep_checkpoints", "stall_warn_steps")
+        if self.stall_stop_steps is not None and (not isinstance(self.stall_stop_steps, int)
+                                                  or self.stall_stop_steps < self.stall_warn_steps):
+            raise ValueError(f"GRPORunConfig.stall_stop_steps={self.stall_stop_steps!r}: must be an int >= "
+                             f"stall_warn_steps={self.stall_warn_steps}, or None to never stop")
         if self.logits_chunk is not None and (not isinstance(self.logits_chunk, int) or self.logits_chunk < 1):
             raise ValueError(f"GRPORunConfig.logits_chunk={self.logits_chunk!r}: must be an int >= 1, or None")
         if self.export_dtype not in ("float32", "bfloat16"):
@@ -128,6 +137,31 @@ def reward_metrics(result, num_generations: int) -> dict[str, float]:
     groups = total.reshape(-1, num_generations)
     out["zero_std_groups"] = float(np.mean(groups.max(axis=1) == groups.min(axis=1)))
     return out
+
+
+class GRPOStalled(RuntimeError):
+    """Every group had zero reward spread for ``GRPORunConfig.stall_stop_steps`` steps in a row."""
+
+
+def stall_cause(records: Sequence[dict]) -> str:
+    """Why the groups of ``records`` (zero-spread steps) carried no signal, in words: the rewards that were
+    constant and their values, and whether every completion ran to its budget."""
+    last = records[-1]
+    names = sorted(k[len("reward/"):-len("_mean")] for k in last
+                   if k.startswith("reward/") and k.endswith("_mean") and k != "reward/total_mean")
+    flat = [f"{n}={last[f'reward/{n}_mean']:.3f}" for n in names
+            if all(r.get(f"reward/{n}_std", 1.0) == 0.0 for r in records)]
+    parts = [f"every reward was constant across all completions ({', '.join(flat)})" if len(flat) == len(names)
+             else f"constant rewards: {', '.join(flat) or 'none'}"]
+    if all(r.get("truncated_share") == 1.0 for r in records):
+        parts.append("every completion ran to max_completion_tokens without a stop token")
+    fmt = last.get("reward/format_mean")
+    if fmt == 0.0:
+        parts.append("the generator never writes the answer heading (format 0): start from a generator that "
+                     "does, e.g. with a supervised warm start (synpro.grpo.warm_start)")
+    elif fmt == 1.0:
+        parts.append("format is already 1 everywhere and the other rewards do not separate completions")
+    return "; ".join(parts)
 
 
 def plot_reward_curves(records: Sequence[dict], path: Path, title: str = "") -> None:
@@ -314,6 +348,7 @@ class GRPOTrainer:
         if on_start is not None:
             on_start()
         metrics_log = MetricsLog(self.out_dir, start)
+        stalled: list[dict] = []  # the current run of zero-spread steps
         with self.preemption:  # SIGTERM handled for the loop's length
             bar = tqdm(total=run.num_steps, initial=start, unit="step", dynamic_ncols=True, desc="grpo",
                        disable=not run.progress or jax.process_index() != 0)
@@ -324,10 +359,13 @@ class GRPOTrainer:
                     step += 1
                     bar.update(1)
                     heartbeat.beat()
-                    bar.set_postfix(reward=f"{record['reward/total_mean']:.3f}", kl=f"{record.get('kl', 0.0):.2g}",
-                                    refresh=False)
+                    bar.set_postfix(reward=f"{record['reward/total_mean']:.3f}",
+                                    signal=f"{1.0 - record['zero_std_groups']:.2f}",
+                                    kl=f"{record.get('kl', 0.0):.2g}", refresh=False)
                     if step % run.log_every == 0 or step == run.num_steps:
                         metrics_log.write(record)
+                    stalled = stalled + [record] if record["zero_std_groups"] == 1.0 else []
+                    self._check_stall(stalled)
                     meta = {"step": step, "fingerprint": self.fingerprint, "time": time.time()}
                     if self.preemption.stop_after(step) and step < run.num_steps:
                         ckpt.save(step, state, meta, force=True)
@@ -349,6 +387,21 @@ class GRPOTrainer:
                                    title=f"GRPO {self.prompts.operation} ({self.cfg.name})")
             atomic.write_json(self.out_dir / "summary.json", summary)
         return summary
+
+    def _check_stall(self, stalled: list[dict]) -> None:
+        run = self.run_cfg
+        if len(stalled) < run.stall_warn_steps:
+            return
+        steps = f"steps {stalled[0]['step']}-{stalled[-1]['step']}"
+        if run.stall_stop_steps is not None and len(stalled) >= run.stall_stop_steps:
+            raise GRPOStalled(
+                f"GRPO stopped at step {stalled[-1]['step']}: every prompt group's total reward had zero spread for "
+                f"{len(stalled)} steps in a row ({steps}; GRPORunConfig.stall_stop_steps={run.stall_stop_steps}), "
+                f"so every advantage was 0 and nothing was learned. Cause: {stall_cause(stalled)}. The last "
+                f"checkpoint in {self.out_dir / 'checkpoints'} is kept.")
+        if len(stalled) == run.stall_warn_steps or len(stalled) % 10 == 0:
+            log.warning("GRPO learns nothing: every group's total reward has had zero spread for %d steps in a "
+                        "row (%s): %s", len(stalled), steps, stall_cause(stalled))
 
     def _summary(self, records: list[dict], step: int, preempted: bool) -> dict:
         def mean_of(key, part):

@@ -76,16 +76,42 @@ def registered_rewards() -> list[str]:
 @dataclasses.dataclass(frozen=True)
 class SuiteResult:
     values: dict[str, np.ndarray]  # per reward, [N] float32 (after any fallback)
-    total: np.ndarray  # [N] float32: the weighted sum
+    total: np.ndarray  # [N] float32: the weighted sum (of the group-normalized rewards under normalize="group")
     failures: dict[str, int]  # per reward: completions whose value is a fallback
+
+
+NORMALIZATIONS = ("none", "group")
+GROUP_EPS = 1e-4  # as GRPO's advantage denominator (TRL's constant)
+
+
+def group_normalize(values: np.ndarray, group: np.ndarray) -> np.ndarray:
+    """``(r - mean) / (std + 1e-4)`` within each prompt group, the std unbiased (ddof=1) as GRPO's advantage
+    takes it; a constant group, or a group of one, is 0."""
+    values = np.asarray(values, np.float64)
+    out = np.zeros_like(values)
+    for g in np.unique(group):
+        rows = np.flatnonzero(group == g)
+        v = values[rows]
+        std = v.std(ddof=1) if len(v) > 1 else 0.0
+        out[rows] = 0.0 if std == 0.0 else (v - v.mean()) / (std + GROUP_EPS)
+    return out
 
 
 class RewardSuite:
     """Rewards with weights; ``fallbacks[name]`` (a float) replaces a reward that raised :class:`RewardError`,
-    counted in ``failures``. A reward without a fallback that fails fails the step, naming the reward."""
+    counted in ``failures``. A reward without a fallback that fails fails the step, naming the reward.
+
+    ``normalize``: ``"none"`` (default, TRL's): the total is the weighted sum of the raw rewards, so a reward's
+    say in the advantage grows with its spread; ``"group"``: each reward is first standardized within its prompt
+    group (:func:`group_normalize`), so the weights alone set each reward's share of the signal, whatever its
+    scale (a reward whose values within a group differ by 0.01, like data_influence, is otherwise drowned by a
+    0/1 reward)."""
 
     def __init__(self, rewards: Mapping[str, Reward], weights: Mapping[str, float],
-                 fallbacks: Mapping[str, float] | None = None):
+                 fallbacks: Mapping[str, float] | None = None, normalize: str = "none"):
+        if normalize not in NORMALIZATIONS:
+            raise ValueError(f"reward normalize={normalize!r}: one of {NORMALIZATIONS}")
+        self.normalize = normalize
         missing = sorted(set(rewards) ^ set(weights))
         if missing:
             raise ValueError(f"reward weights and rewards differ on {missing}")
@@ -114,5 +140,7 @@ class RewardSuite:
             values[name] = v
         total = np.zeros(n, np.float32)
         for name, v in values.items():
+            if self.normalize == "group":
+                v = group_normalize(v, np.asarray(inputs.group)).astype(np.float32)
             total += np.float32(self.weights[name]) * v
         return SuiteResult(values, total, failures)

@@ -15,7 +15,7 @@ from typing import Any, Mapping
 
 import gin
 
-from synpro_jax.rl.rewards.base import OPERATIONS, RewardSuite, make_reward, registered_rewards
+from synpro_jax.rl.rewards.base import NORMALIZATIONS, OPERATIONS, RewardSuite, make_reward, registered_rewards
 
 FAMILIES = ("format", "length", "data_influence", "quality", "similarity", "structure", "faithfulness")
 LOCAL_VARIANTS = {"format": "format", "length": "length", "data_influence": "data_influence",
@@ -27,15 +27,20 @@ LOCAL_VARIANTS = {"format": "format", "length": "length", "data_influence": "dat
 class RewardsConfig:
     """``weights``: family -> weight (families left out are off). ``variants``: family -> registered reward name,
     over the local defaults. ``fallbacks``: family -> value used (and counted) when the reward raises
-    RewardError; a family without one fails the step. ``options``: family -> keyword arguments of its factory."""
+    RewardError; a family without one fails the step. ``options``: family -> keyword arguments of its factory.
+    ``normalize``: "none" (TRL's weighted sum of raw rewards, the release's) or "group" (each reward standardized
+    within its prompt group before weighting; see ``RewardSuite``)."""
 
     operation: str = "rephrase"
     weights: Mapping[str, float] = dataclasses.field(default_factory=dict)
     variants: Mapping[str, str] = dataclasses.field(default_factory=dict)
     fallbacks: Mapping[str, float] = dataclasses.field(default_factory=dict)
     options: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
+    normalize: str = "none"
 
     def __post_init__(self):
+        if self.normalize not in NORMALIZATIONS:
+            raise ValueError(f"RewardsConfig.normalize={self.normalize!r}: one of {NORMALIZATIONS}")
         if self.operation not in OPERATIONS:
             raise ValueError(f"RewardsConfig.operation={self.operation!r}: one of {OPERATIONS}")
         if not self.weights:
@@ -86,7 +91,7 @@ def build_suite(config: RewardsConfig, **runtime) -> RewardSuite:
         except TypeError as e:
             raise ValueError(f"RewardsConfig.options[{family!r}]: {name} does not take these options ({e})") from e
     return RewardSuite(rewards, {f: float(w) for f, w in config.weights.items()},
-                       {f: float(v) for f, v in config.fallbacks.items()})
+                       {f: float(v) for f, v in config.fallbacks.items()}, normalize=config.normalize)
 
 
 try:
