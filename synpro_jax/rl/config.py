@@ -4,8 +4,8 @@ Defaults are the SynPro release's GRPO settings (``reference.md``, "GRPO setting
 against the frozen starting model, lr 1e-6 with 10% linear warmup then cosine to 0.1x, temperature 1.0, top-p 0.9.
 
 Where the release leaned on a TRL default, the default here is what TRL's ``GRPOTrainer`` does. The release pins no
-TRL version; this was checked against the TRL source at version 1.10.0.dev0 (huggingface/trl main, July 2026,
-``trl/trainer/grpo_trainer.py`` and ``grpo_config.py``), which agrees with reference.md's account of TRL 1.16:
+TRL version; reference.md describes TRL 1.16, and every default below was checked against the source of TRL 1.16.0
+(the PyPI wheel: ``trl/trainer/grpo_config.py``, ``grpo_trainer.py``, ``base_config.py`` and ``utils.py``):
 
 - ``loss_type="dapo"`` -> ``loss_agg_mode="token-mean"``: the per-token loss (clipped policy term + beta * KL) is
   summed over the active completion tokens and divided by the number of active tokens in the whole accumulated,
@@ -13,11 +13,23 @@ TRL version; this was checked against the TRL source at version 1.10.0.dev0 (hug
 - ``scale_rewards="group"``: the weighted reward sum first, then (r - mean_G) / (std_G + 1e-4), where std_G is the
   unbiased (Bessel-corrected, ddof=1) std over the G completions of one prompt (TRL's ``nanstd``). ``"batch"``
   keeps the group mean but divides by the std of the whole batch; ``"none"`` only subtracts the group mean.
-- ``epsilon=0.2`` with ``epsilon_high`` equal to it, ``num_iterations=1``, token-level importance ratios.
+- ``epsilon=0.2`` with ``epsilon_high`` equal to it, ``num_iterations=1``, token-level importance ratios
+  (``importance_sampling_level="token"``).
 - with ``beta > 0`` the KL term is the k3 estimator exp(ref - logp) - (ref - logp) - 1, added per token before
   aggregation. (TRL's own ``beta`` default is 0.0; the release set 0.005.)
-- the optimizer is the HF Trainer's AdamW: betas (0.9, 0.999), eps 1e-8, weight decay 0.0, grad-norm clip 1.0
-  (see :meth:`GRPOConfig.optimizer_config`).
+- ``use_bias_correction_kl=True`` -> ``kl_bias_correction=True``: the per-token KL is multiplied by the unclipped
+  importance ratio exp(logp - old_logp), old_logp detached. On-policy the ratio is 1 but its gradient is not zero,
+  so the KL gradient per token is logp - ref (the unbiased reverse-KL gradient of DeepSeek-V3.2) instead of k3's
+  own 1 - exp(ref - logp). ``kl_bias_correction=False`` is the plain k3 term (what this module did before the knob
+  was added).
+- ``num_generations=8``, ``learning_rate=1e-6`` and ``temperature=1.0`` are TRL's defaults as well as the
+  release's.
+- the optimizer is the HF Trainer's AdamW, which TRL does not override: betas (0.9, 0.999), eps 1e-8, weight decay
+  0.0, grad-norm clip 1.0 (see :meth:`GRPOConfig.optimizer_config`).
+
+Defaults here that are the release's and not TRL 1.16's: ``beta`` (TRL 0.0), ``top_p`` 0.9 (TRL 1.0),
+``max_completion_tokens`` 2048 (TRL ``max_completion_length`` 512; TRL 1.16 has no prompt-length limit), and the
+schedule (TRL: HF's linear decay, no warmup; here 10% warmup, cosine to 0.1x).
 """
 
 from __future__ import annotations
@@ -40,6 +52,9 @@ class GRPOConfig:
     epsilon: float = 0.2  # lower clip: ratio >= 1 - epsilon
     epsilon_high: float | None = None  # upper clip: ratio <= 1 + epsilon_high; None = epsilon (DAPO uses 0.28)
     kl_loss_mode: str = "k3"  # k1 = logp - ref, k2 = (logp - ref)^2 / 2, k3 = exp(ref - logp) - (ref - logp) - 1
+    # TRL 1.16's use_bias_correction_kl (default True there): multiply the per-token KL by the importance ratio
+    # exp(logp - sg(old_logp)), so its gradient is the unbiased reverse-KL one even on-policy. False = plain KL term.
+    kl_bias_correction: bool = True
     loss_agg_mode: str = "token-mean"
     advantage_estimator: str = "grpo"  # a name in grpo.registered_advantages()
     policy_loss_fn: str = "grpo"  # a name in grpo.registered_policy_losses()
@@ -69,6 +84,8 @@ class GRPOConfig:
             object.__setattr__(self, "epsilon_high", self.epsilon)
         elif not (math.isfinite(self.epsilon_high) and self.epsilon_high > 0):
             bad("epsilon_high", "must be positive, or None to use epsilon")
+        if not isinstance(self.kl_bias_correction, bool):
+            bad("kl_bias_correction", "must be a bool (TRL 1.16's use_bias_correction_kl)")
         if self.kl_loss_mode not in KL_LOSS_MODES:
             bad("kl_loss_mode", f"choose one of {KL_LOSS_MODES}")
         if self.loss_agg_mode not in LOSS_AGG_MODES:

@@ -197,9 +197,15 @@ def grpo_loss_terms(logp, old_logp, ref_logp, advantages, completion_mask, cfg: 
     ``old_logp`` None means on-policy (num_iterations 1): the ratio is exp(logp - stop_gradient(logp)) = 1, which
     still carries the policy gradient. ``ref_logp`` may be None only when ``cfg.beta == 0``.
 
+    With ``cfg.kl_bias_correction`` (TRL 1.16's ``use_bias_correction_kl``, on by default there and here) the
+    per-token KL is multiplied by the importance ratio rho = exp(logp - stop_gradient(old_logp)), unclipped, as TRL
+    does: rho is 1 on-policy, but its gradient is not zero, so the KL term's gradient becomes
+    d(kl)/dlogp + kl, which for k3 is logp - ref_logp (the unbiased reverse-KL gradient) instead of
+    1 - exp(ref_logp - logp).
+
     Returns ``loss`` (policy term + beta * KL per token, aggregated by ``cfg.loss_agg_mode``), ``policy_loss``
-    (same aggregation, no KL), and token means over the active tokens: ``kl`` (the ``cfg.kl_loss_mode`` estimate;
-    absent when ref_logp is None) and ``clip_fraction``.
+    (same aggregation, no KL), and token means over the active tokens: ``kl`` (the ``cfg.kl_loss_mode`` estimate,
+    times rho under ``kl_bias_correction`` as TRL logs it; absent when ref_logp is None) and ``clip_fraction``.
     """
     m = jnp.asarray(completion_mask).astype(bool)
     # Zero the masked slots first: padding log-probs may be -inf/NaN, and jnp.where alone would still send NaN
@@ -212,6 +218,8 @@ def grpo_loss_terms(logp, old_logp, ref_logp, advantages, completion_mask, cfg: 
     tokens = jnp.sum(m.astype(pg.dtype))
     if ref_logp is not None:
         kl = kl_per_token(logp, jnp.where(m, _float(ref_logp), 0.0), cfg.kl_loss_mode)
+        if cfg.kl_bias_correction:
+            kl = kl * jnp.exp(logp - jax.lax.stop_gradient(old_logp))
         terms["kl"] = (jnp.sum(jnp.where(m, kl, 0.0)), tokens)
         if cfg.beta:
             per_token = pg + cfg.beta * kl

@@ -87,6 +87,8 @@ def np_aggregate(x, mask, mode, L):
 def np_loss(logp, old, ref, adv, mask, cfg):
     pg, clipped = np_clip_loss(logp, old, adv, cfg.epsilon, cfg.epsilon_high)
     kl = np_kl(logp, ref, cfg.kl_loss_mode)
+    if cfg.kl_bias_correction:  # TRL 1.16's use_bias_correction_kl: the KL times the importance ratio
+        kl = kl * np.exp(logp - old)
     n = mask.sum()
     return {
         "loss": np_aggregate(pg + cfg.beta * kl, mask, cfg.loss_agg_mode, cfg.max_completion_tokens),
@@ -222,12 +224,13 @@ def test_fixed_length_mode_needs_a_length():
 
 # ---------------------------------------------------------------------------------------------- the whole loss
 
+@pytest.mark.parametrize("kl_bias_correction", [True, False])
 @pytest.mark.parametrize("mode", AGG_MODES)
 @pytest.mark.parametrize("kl_mode", ["k1", "k2", "k3"])
-def test_grpo_loss_terms_match_numpy(x64, mode, kl_mode):
+def test_grpo_loss_terms_match_numpy(x64, mode, kl_mode, kl_bias_correction):
     logp, old, ref, adv, mask = random_batch(6)
     cfg = GRPOConfig(num_generations=4, beta=0.3, epsilon=0.2, epsilon_high=0.28, kl_loss_mode=kl_mode,
-                     loss_agg_mode=mode, max_completion_tokens=9)
+                     loss_agg_mode=mode, max_completion_tokens=9, kl_bias_correction=kl_bias_correction)
     terms = grpo.grpo_loss_terms(*map(jnp.asarray, (logp, old, ref, adv, mask)), cfg)
     got = {k: float(v) for k, v in grpo.finalize(terms).items()}
     want = np_loss(clean(logp, mask), clean(old, mask), clean(ref, mask), adv, mask, cfg)
@@ -317,6 +320,180 @@ def test_float32_loss_close_to_float64_reference():
         np.testing.assert_allclose(float(jitted[k]), want[k], rtol=1e-5, atol=1e-7, err_msg=k)
 
 
+# ------------------------------------------------------------------ KL bias correction (TRL's use_bias_correction_kl)
+
+GRAD_RTOL = 1e-5  # float32 gradients against the float64 NumPy reference
+
+
+def np_loss_grad(logp, old, ref, adv, mask, cfg):
+    """d loss / d logp of the whole batch, written out per token (old_logp is a constant: no gradient)."""
+    n, t = logp.shape
+    rows = [i for i in range(n) if mask[i].sum() > 0]
+    grad = np.zeros_like(logp)
+    for i in rows:
+        for j in range(t):
+            if not mask[i, j]:
+                continue
+            rho, a = math.exp(logp[i, j] - old[i, j]), adv[i]
+            unclipped, clip = rho * a, min(max(rho, 1 - cfg.epsilon), 1 + cfg.epsilon_high) * a
+            d_pg = -a * rho if unclipped <= clip else 0.0  # the min picks the clipped constant otherwise
+            d = logp[i, j] - ref[i, j]
+            kl, d_kl = {"k1": (d, 1.0), "k2": (0.5 * d * d, d),
+                        "k3": (math.exp(-d) + d - 1, 1 - math.exp(-d))}[cfg.kl_loss_mode]
+            if cfg.kl_bias_correction:  # d(kl * rho) = d_kl * rho + kl * rho, since d rho / d logp = rho
+                d_kl = d_kl * rho + kl * rho
+            if cfg.loss_agg_mode == "token-mean":
+                w = 1 / mask.sum()
+            elif cfg.loss_agg_mode == "sequence-mean-token-mean":
+                w = 1 / (mask[i].sum() * len(rows))
+            else:
+                w = 1 / (cfg.max_completion_tokens * len(rows))
+            grad[i, j] = (d_pg + cfg.beta * d_kl) * w
+    return grad
+
+
+def jax_loss_and_grad(logp, old, ref, adv, mask, cfg, dtype=jnp.float32):
+    args = [None if a is None else jnp.asarray(a, dtype) for a in (old, ref, adv, mask)]
+
+    def loss(lp):
+        return grpo.finalize(grpo.grpo_loss_terms(lp, *args, cfg))["loss"]
+
+    value, grad = jax.value_and_grad(loss)(jnp.asarray(logp, dtype))
+    return float(value), np.asarray(grad, np.float64)
+
+
+def test_numpy_reference_gradient_matches_finite_differences():
+    """The analytic NumPy gradient below is itself checked against central differences of the NumPy loss."""
+    logp, old, ref, adv, mask = random_batch(11, n=4, t=5, empty_rows=(1,))
+    logp, old, ref = (clean(a, mask) for a in (logp, old, ref))
+    for bias in (True, False):
+        for kl_mode in ("k1", "k3"):
+            for agg in AGG_MODES:
+                cfg = GRPOConfig(num_generations=2, beta=0.3, epsilon_high=0.28, kl_loss_mode=kl_mode,
+                                 loss_agg_mode=agg, max_completion_tokens=5, kl_bias_correction=bias)
+                want = np_loss_grad(logp, old, ref, adv, mask, cfg)
+                fd = np.zeros_like(logp)
+                h = 1e-6
+                for i, j in zip(*np.nonzero(mask)):
+                    up, dn = logp.copy(), logp.copy()
+                    up[i, j] += h
+                    dn[i, j] -= h
+                    fd[i, j] = (np_loss(up, old, ref, adv, mask, cfg)["loss"]
+                                - np_loss(dn, old, ref, adv, mask, cfg)["loss"]) / (2 * h)
+                np.testing.assert_allclose(want, fd, rtol=1e-6, atol=1e-9, err_msg=f"{bias} {kl_mode} {agg}")
+
+
+@pytest.mark.parametrize("on_policy", [True, False])
+@pytest.mark.parametrize("mode", AGG_MODES)
+@pytest.mark.parametrize("kl_bias_correction", [True, False])
+def test_kl_bias_correction_loss_and_gradient_match_numpy_in_float32(kl_bias_correction, mode, on_policy):
+    logp, old, ref, adv, mask = random_batch(12, n=12, t=16, empty_rows=(5,))
+    cfg = GRPOConfig(num_generations=4, beta=0.3, epsilon_high=0.28, loss_agg_mode=mode, max_completion_tokens=16,
+                     kl_bias_correction=kl_bias_correction)
+    lp, o, r = clean(logp, mask), clean(old, mask), clean(ref, mask)
+    if on_policy:
+        o = lp
+    value, grad = jax_loss_and_grad(logp, None if on_policy else old, ref, adv, mask, cfg)
+    want_grad = np_loss_grad(lp, o, r, adv, mask, cfg)
+    np.testing.assert_allclose(value, np_loss(lp, o, r, adv, mask, cfg)["loss"], rtol=GRAD_RTOL, atol=1e-7)
+    np.testing.assert_allclose(grad, want_grad, rtol=GRAD_RTOL, atol=GRAD_RTOL * np.abs(want_grad).max())
+    assert np.all(grad[mask == 0] == 0)
+
+
+def test_on_policy_kl_gradient_is_the_reverse_kl_gradient_with_the_correction():
+    """With A = 0 only the KL term is left: per token beta * (logp - ref) / N with the correction (k3 * rho, rho = 1
+    but d rho = rho), beta * (1 - exp(ref - logp)) / N without it."""
+    logp, _, ref, _, mask = random_batch(13, n=8, t=12)
+    lp, r, n = clean(logp, mask), clean(ref, mask), mask.sum()
+    zero = np.zeros(logp.shape[0])
+    grads = {}
+    for bias in (True, False):
+        cfg = GRPOConfig(num_generations=4, beta=0.5, kl_bias_correction=bias)
+        value, grads[bias] = jax_loss_and_grad(logp, None, ref, zero, mask, cfg)
+        # The loss value on-policy does not depend on the setting: rho = 1.
+        np.testing.assert_allclose(value, 0.5 * (np_kl(lp, r, "k3") * mask).sum() / n, rtol=GRAD_RTOL)
+    np.testing.assert_allclose(grads[True], 0.5 * (lp - r) * mask / n, rtol=GRAD_RTOL, atol=1e-9)
+    np.testing.assert_allclose(grads[False], 0.5 * (1 - np.exp(r - lp)) * mask / n, rtol=GRAD_RTOL, atol=1e-9)
+    assert np.linalg.norm(grads[True] - grads[False]) > 0.1 * np.linalg.norm(grads[False])
+
+
+def test_kl_metric_is_the_corrected_term_off_policy(x64):
+    logp, old, ref, adv, mask = random_batch(14)
+    arrays = tuple(map(jnp.asarray, (logp, old, ref, adv, mask)))
+    lp, o, r = clean(logp, mask), clean(old, mask), clean(ref, mask)
+    for bias in (True, False):
+        got = grpo.finalize(grpo.grpo_loss_terms(*arrays, GRPOConfig(num_generations=4, kl_bias_correction=bias)))
+        kl = np_kl(lp, r, "k3") * (np.exp(lp - o) if bias else 1)
+        np.testing.assert_allclose(float(got["kl"]), (kl * mask).sum() / mask.sum(), rtol=RTOL, atol=ATOL)
+
+
+TRL_LOSS_TYPES = {"dapo": "token-mean", "grpo": "sequence-mean-token-mean", "dr_grpo": "sequence-sum-fixed-length"}
+
+
+def trl_compute_loss(logp, old, ref, adv, mask, *, loss_type, beta, epsilon, epsilon_high, bias_correction,
+                     max_len):
+    """TRL 1.16's ``GRPOTrainer._compute_loss`` itself, on a stand-in trainer whose model returns ``logp``.
+
+    One process, no accumulation (steps_per_generation 1), no vLLM, no entropy terms: the settings of the release.
+    Returns the loss, d loss / d logp and TRL's logged metrics."""
+    import collections
+    import types
+
+    import torch
+    from trl.trainer.grpo_trainer import GRPOTrainer
+
+    f32 = lambda a: torch.tensor(np.asarray(a), dtype=torch.float32)  # noqa: E731
+    lp = f32(logp).requires_grad_(True)
+    n, t = logp.shape
+    accelerator = types.SimpleNamespace(num_processes=1, gather=lambda x: x, reduce=lambda x, reduction: x)
+    trainer = types.SimpleNamespace(
+        _get_per_token_logps_and_entropies=lambda *a, **k: (lp, torch.zeros_like(lp), None),
+        aux_loss_enabled=False, top_entropy_quantile=1.0, off_policy_mask_threshold=None,
+        importance_sampling_level="token", beta=beta, loss_type=loss_type, epsilon_low=epsilon,
+        epsilon_high=epsilon_high, use_vllm=False, model=types.SimpleNamespace(training=True),
+        accelerator=accelerator, current_gradient_accumulation_steps=1, _entropy_bonus_enabled=False,
+        max_completion_length=max_len, _metrics={"train": collections.defaultdict(list)},
+        args=types.SimpleNamespace(use_bias_correction_kl=bias_correction, delta=None, steps_per_generation=1))
+    inputs = {"prompt_ids": torch.zeros((n, 1), dtype=torch.long), "prompt_mask": torch.ones((n, 1)),
+              "completion_ids": torch.zeros((n, t), dtype=torch.long), "completion_mask": f32(mask),
+              "advantages": f32(adv), "ref_per_token_logps": f32(ref), "num_items_in_batch": f32(mask.sum())}
+    if old is not None:
+        inputs["old_per_token_logps"] = f32(old)
+    loss = GRPOTrainer._compute_loss(trainer, None, inputs)
+    loss.backward()
+    metrics = {k: v[-1] for k, v in trainer._metrics["train"].items()}
+    return float(loss.detach()), lp.grad.numpy().astype(np.float64), metrics
+
+
+@pytest.mark.parametrize("on_policy", [True, False])
+@pytest.mark.parametrize("loss_type", sorted(TRL_LOSS_TYPES))
+@pytest.mark.parametrize("kl_bias_correction", [True, False])
+def test_loss_and_gradient_match_trl_1_16(kl_bias_correction, loss_type, on_policy):
+    pytest.importorskip("torch", reason="torch is not installed (setup.py's bench extra)")
+    trl = pytest.importorskip("trl", reason="trl is not installed (pip install trl==1.16.0, setup.py's bench extra)")
+    if trl.__version__ != "1.16.0":
+        pytest.skip(f"trl {trl.__version__} installed: this stand-in trainer follows TRL 1.16.0's _compute_loss")
+    # No empty rows: TRL's "grpo" and "dr_grpo" count them in the mean over sequences, this module does not.
+    logp, old, ref, adv, mask = random_batch(15, n=8, t=10, empty_rows=())
+    lp, o, r = clean(logp, mask), clean(old, mask), clean(ref, mask)
+    cfg = GRPOConfig(num_generations=4, beta=0.3, epsilon=0.2, epsilon_high=0.28,
+                     loss_agg_mode=TRL_LOSS_TYPES[loss_type], max_completion_tokens=10,
+                     kl_bias_correction=kl_bias_correction)
+    want, want_grad, trl_metrics = trl_compute_loss(
+        lp, None if on_policy else o, r, adv, mask, loss_type=loss_type, beta=cfg.beta, epsilon=cfg.epsilon,
+        epsilon_high=cfg.epsilon_high, bias_correction=kl_bias_correction, max_len=cfg.max_completion_tokens)
+    value, grad = jax_loss_and_grad(logp, None if on_policy else old, ref, adv, mask, cfg)
+    np.testing.assert_allclose(value, want, rtol=GRAD_RTOL, atol=1e-7)
+    np.testing.assert_allclose(grad, want_grad, rtol=GRAD_RTOL, atol=GRAD_RTOL * np.abs(want_grad).max())
+    f32 = lambda a: None if a is None else jnp.asarray(a, jnp.float32)  # noqa: E731
+    terms = grpo.finalize(grpo.grpo_loss_terms(f32(logp), f32(None if on_policy else old), f32(ref), f32(adv),
+                                               f32(mask), cfg))
+    np.testing.assert_allclose(float(terms["kl"]), trl_metrics["kl"], rtol=GRAD_RTOL)
+    np.testing.assert_allclose(float(terms["clip_fraction"]), trl_metrics["clip_ratio/region_mean"], atol=1e-7)
+    if not on_policy:
+        assert float(terms["clip_fraction"]) > 0
+
+
 # ------------------------------------------------------------------------------------------------- registries
 
 def test_registries_plug_in_new_estimators_and_losses(x64):
@@ -349,6 +526,7 @@ def test_config_defaults_are_the_release_settings():
     assert (c.num_generations, c.num_iterations, c.beta, c.epsilon, c.epsilon_high) == (8, 1, 0.005, 0.2, 0.2)
     assert (c.kl_loss_mode, c.loss_agg_mode, c.scale_rewards, c.advantage_eps) == ("k3", "token-mean", "group", 1e-4)
     assert (c.learning_rate, c.warmup_ratio, c.min_lr_ratio, c.temperature, c.top_p) == (1e-6, 0.1, 0.1, 1.0, 0.9)
+    assert c.kl_bias_correction is True  # TRL 1.16's use_bias_correction_kl default
     assert GRPOConfig(epsilon_high=0.28).epsilon_high == 0.28
     with pytest.raises(dataclasses.FrozenInstanceError):
         c.beta = 0.1
@@ -366,7 +544,7 @@ def test_config_defaults_are_the_release_settings():
     ("kl_loss_mode", "low_var_kl"), ("loss_agg_mode", "seq-mean-token-sum"), ("advantage_estimator", "ppo"),
     ("policy_loss_fn", "cispo"), ("scale_rewards", "std"), ("advantage_eps", 0.0), ("learning_rate", 0.0),
     ("warmup_ratio", 1.0), ("min_lr_ratio", 1.5), ("temperature", 0.0), ("top_p", 0.0),
-    ("max_prompt_tokens", 0), ("max_completion_tokens", 0),
+    ("max_prompt_tokens", 0), ("max_completion_tokens", 0), ("kl_bias_correction", "yes"),
 ])
 def test_config_errors_name_the_knob(knob, value):
     with pytest.raises(ValueError, match=rf"GRPOConfig\.{knob}="):
