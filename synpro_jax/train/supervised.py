@@ -46,9 +46,11 @@ def train_supervised(model_cfg: ModelConfig, mesh: Mesh, optimizer: OptimizerCon
             raise ValueError(f"{out_dir / 'checkpoints'} was written with other settings; use another out_dir")
 
     start = 0
-    restored = ckpt.restore(state, check_meta=same_inputs)
+    # Saved as the trainer saves, under "train": the run loads wherever a synpro run does (train/params_io.py).
+    restored = ckpt.restore({"train": state}, check_meta=same_inputs)
     if restored is not None:
-        state, _, start = restored
+        saved, _, start = restored
+        state = saved["train"]
         log.info("%s: resuming at step %d", desc, start)
     metrics = MetricsLog(out_dir, start)
     bar = None
@@ -65,7 +67,7 @@ def train_supervised(model_cfg: ModelConfig, mesh: Mesh, optimizer: OptimizerCon
                 metrics.write({"step": step, metric: loss})
                 if bar is not None:
                     bar.set_postfix(loss=f"{loss:.3f}")
-            ckpt.save(step, state, {"inputs": inputs}, force=step == steps)
+            ckpt.save(step, {"train": state}, {"inputs": inputs}, force=step == steps)
             if bar is not None:
                 bar.update(1)
     finally:

@@ -144,6 +144,12 @@ synpro.GRPORunConfig.progress = False
 synpro.GRPOConfig.num_generations = 4
 synpro.GRPOConfig.max_prompt_tokens = {MAX_PROMPT_TOKENS}
 synpro.GRPOConfig.max_completion_tokens = 16
+synpro.grpo.warm_start = @synpro.WarmStartConfig()
+synpro.WarmStartConfig.documents = ["{workspace['organic']}"]
+synpro.WarmStartConfig.min_source_chars = 0
+synpro.WarmStartConfig.steps = 2
+synpro.WarmStartConfig.batch = 8
+synpro.WarmStartConfig.answer_tokens = 8
 """
 
 
@@ -173,6 +179,12 @@ def test_synpro_grpo_writes_every_metric_the_curves_and_a_summary(cli_run):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steps"] == 2 and not summary["preempted"] and '"steps": 2' in result.stdout
     assert (out / "config.gin").exists()
+    # The warm start ran first, in out/warm_start, and GRPO started from it (its weights are in the fingerprint).
+    warm = json.loads((out / "warm_start" / "warm_start.json").read_text())
+    assert warm["steps"] == 2 and warm["rows"] == 12 and 0 <= warm["after"]["format_rate"] <= 1
+    assert "warm start: 2 supervised steps on 12 rows" in result.stdout
+    info = json.loads((out / "export" / "synpro_grpo.json").read_text())
+    assert info["fingerprint"]["warm_start"]["config"]["steps"] == 2
 
 
 @pytest.mark.slow
