@@ -13,6 +13,7 @@ import collections
 import concurrent.futures
 import dataclasses
 import logging
+import math
 import time
 from typing import Any, Sequence
 
@@ -68,6 +69,11 @@ class GenerationQueue(DeviceQueue[GenRequest]):
         self._start()
 
     def submit(self, request: GenRequest) -> concurrent.futures.Future:
+        k = request.knobs
+        if not (math.isfinite(k.temperature) and k.temperature >= 0) or (
+                k.top_p is not None and not (math.isfinite(k.top_p) and 0 < k.top_p <= 1)):
+            # a request's bad knobs must fail it alone, never the device call it would share with others
+            raise ValueError(f"temperature={k.temperature} must be finite and >= 0, top_p={k.top_p} in (0, 1]")
         if len(request.prompts) > self.max_rows:
             raise ValueError(f"{len(request.prompts)} rows (prompts x n) exceed the server's max_rows="
                              f"{self.max_rows}; send fewer prompts or choices per request")

@@ -1,27 +1,32 @@
-"""A tiny random OLMo-2 HF directory with a SentencePiece vocabulary, and `synpro serve` run as a real process."""
+"""A tiny random OLMo-2 HF directory with a SentencePiece vocabulary, and `synpro serve` run as a real process;
+without JAX: a fake tokenizer and sampler, the app served by uvicorn in a thread, and raw HTTP over a socket."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
-import jax
 import numpy as np
-
-from synpro_jax import models
-from synpro_jax.data.vocab import train_sentencepiece
-from synpro_jax.models import hf
 
 WORDS = "the a cat dog river stone light quickly under over green blue seven runs sleeps reads map city".split()
 
 
 def make_model_dir(root: Path) -> tuple[Path, Path]:
     """(HF directory with sp.model inside, the sp.model path)."""
+    import jax
+
+    from synpro_jax import models
+    from synpro_jax.data.vocab import train_sentencepiece
+    from synpro_jax.models import hf
+
     rng = np.random.default_rng(0)
     texts = [" ".join(rng.choice(WORDS, rng.integers(4, 12))).capitalize() + "." for _ in range(200)]
     model_dir = root / "tiny_olmo"
@@ -90,3 +95,117 @@ class ServeProcess:
                 self.proc.kill()
                 self.proc.wait()
         self._log.close()
+
+
+class CharVocab:
+    """One token per character (ids = code points + 2); eos 1, pad 0."""
+
+    eos_id, pad_id, vocab_size = 1, 0, 300
+
+    def encode(self, text):
+        return [ord(c) + 2 for c in text]
+
+    def decode(self, ids):
+        return "".join(chr(i - 2) for i in ids)
+
+
+class EchoSampler:
+    """Each row answers its own prompt reversed, then eos if that fits the budget; can be told to fail."""
+
+    def __init__(self):
+        self.fail = False
+
+    def generate(self, prompts, *, max_new_tokens, stream_ids, eos_id, **kw):
+        if self.fail:
+            raise RuntimeError("device lost")
+        width = max(max_new_tokens)
+        tokens, lengths, finished = np.zeros((len(prompts), width), int), [], []
+        for r, (p, b) in enumerate(zip(prompts, max_new_tokens)):
+            row = (list(reversed(p)) + [eos_id[0]])[:b]
+            tokens[r, :len(row)] = row
+            lengths.append(len(row))
+            finished.append(row[-1] == eos_id[0])
+        return SimpleNamespace(tokens=tokens, lengths=np.array(lengths), finished=np.array(finished))
+
+
+def echo_engine(vocab=None, **settings):
+    """An Engine over :class:`CharVocab` (or ``vocab``) and :class:`EchoSampler`: a 64-token context."""
+    from synpro_jax.serve.server import Engine, ServeConfig
+
+    settings = {"model_name": "echo", "batch_wait_s": 0.0, **settings}
+    return Engine(SimpleNamespace(max_seq_len=64, vocab_size=300), EchoSampler(), vocab or CharVocab(),
+                  ServeConfig(**settings))
+
+
+class ThreadServer:
+    """An ASGI app on uvicorn (as ``synpro serve`` runs it) in a daemon thread on a free port: a real socket, no
+    subprocess; a context manager."""
+
+    def __init__(self, app):
+        import uvicorn
+
+        from synpro_jax.serve.server import uvicorn_options
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/v1"
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, lifespan="on",
+                                                    **uvicorn_options()))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc):
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+def raw_http(port: int, request: bytes, *, timeout_s: float = 10.0, then=None) -> tuple[int, dict, bytes]:
+    """Send ``request`` bytes as they are, optionally call ``then(sock)`` (to send more or stall), and read one
+    response: (status, lower-cased headers, body). ``timeout_s`` bounds every socket read: a server that does not
+    answer raises ``TimeoutError`` (socket.timeout) instead of hanging the test."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout_s) as sock:
+        sock.sendall(request)
+        if then is not None:
+            then(sock)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise ConnectionError(f"the server closed the connection without a full response: {data!r}")
+            data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split()[1])
+        headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+        want = int(headers.get("content-length", -1))
+        while want < 0 or len(body) < want:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            body += chunk
+        return status, headers, body[:want] if want >= 0 else body
+
+
+def post_bytes(path: str, body: bytes, *, content_type: str | None = "application/json",
+               content_length: int | None = None, extra: str = "") -> bytes:
+    """A raw HTTP/1.1 POST: ``content_length`` may lie about ``body``'s size; ``extra``: more header lines."""
+    length = len(body) if content_length is None else content_length
+    head = f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {length}\r\n"
+    if content_type:
+        head += f"Content-Type: {content_type}\r\n"
+    return (head + extra + "\r\n").encode() + body
+
+
+def json_error(body: bytes) -> dict:
+    """The OpenAI error object of an error reply's body (fails the test on anything else)."""
+    error = json.loads(body)["error"]
+    assert set(error) >= {"message", "type", "param", "code"}, error
+    assert isinstance(error["message"], str) and error["message"], error
+    return error

@@ -1,43 +1,13 @@
 """The HTTP layer in process (no JAX): Starlette's test client over an Engine with a fake tokenizer and sampler."""
 
+import json
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
 from starlette.testclient import TestClient
 
+from serve_helpers import CharVocab, EchoSampler, json_error
 from synpro_jax.serve.server import Engine, Fault, FaultInjector, ServeConfig, build_app
-
-
-class CharVocab:
-    """One token per character (ids = code points + 2); eos 1, pad 0."""
-
-    eos_id, pad_id, vocab_size = 1, 0, 300
-
-    def encode(self, text):
-        return [ord(c) + 2 for c in text]
-
-    def decode(self, ids):
-        return "".join(chr(i - 2) for i in ids)
-
-
-class EchoSampler:
-    """Each row answers its own prompt reversed, then eos if that fits the budget; can be told to fail."""
-
-    def __init__(self):
-        self.fail = False
-
-    def generate(self, prompts, *, max_new_tokens, stream_ids, eos_id, **kw):
-        if self.fail:
-            raise RuntimeError("device lost")
-        width = max(max_new_tokens)
-        tokens, lengths, finished = np.zeros((len(prompts), width), int), [], []
-        for r, (p, b) in enumerate(zip(prompts, max_new_tokens)):
-            row = (list(reversed(p)) + [eos_id[0]])[:b]
-            tokens[r, :len(row)] = row
-            lengths.append(len(row))
-            finished.append(row[-1] == eos_id[0])
-        return SimpleNamespace(tokens=tokens, lengths=np.array(lengths), finished=np.array(finished))
 
 
 @pytest.fixture
@@ -89,3 +59,114 @@ def test_fault_endpoint_is_off_by_default():
     with TestClient(build_app(engine)) as client:
         r = client.post("/synpro/faults", json={"kind": "5xx"})
         assert r.status_code == 403 and "--allow_fault_injection" in r.json()["error"]["message"]
+
+
+NUMBER_FIELDS = ["temperature", "top_p", "top_k", "n", "max_tokens", "max_completion_tokens", "seed",
+                 "presence_penalty", "frequency_penalty"]
+
+
+def post_raw(client, path, text, content_type="application/json"):
+    return client.post(path, content=text.encode(), headers={"content-type": content_type})
+
+
+@pytest.mark.parametrize("literal", ["1e400", "-1e400", "NaN", "Infinity", "-Infinity"])
+@pytest.mark.parametrize("field", NUMBER_FIELDS)
+def test_non_finite_numbers_are_a_400_naming_the_field(app, field, literal):
+    """Python's json reads 1e400 as inf and takes NaN/Infinity: none of them may reach int() or the sampler."""
+    client, _, _ = app
+    for path, rest in [("/v1/completions", '"prompt": "abc"'),
+                       ("/v1/chat/completions", '"messages": [{"role": "user", "content": "hi"}]')]:
+        r = post_raw(client, path, f'{{{rest}, "{field}": {literal}}}')
+        assert r.status_code == 400, (path, field, literal, r.text)
+        error = json_error(r.content)
+        assert error["param"] == field and field in error["message"], error
+        assert error["type"] == "invalid_request_error"
+
+
+def test_non_finite_numbers_anywhere_are_a_400_naming_where(app):
+    client, _, _ = app
+    r = post_raw(client, "/v1/completions", '{"prompt": "abc", "logit_bias": {"5": 1e400}}')
+    assert r.status_code == 400 and json_error(r.content)["param"] == "logit_bias.5", r.text
+    r = post_raw(client, "/v1/completions", '{"prompt": [[3, 4], [5, NaN]]}')
+    assert r.status_code == 400 and json_error(r.content)["param"] == "prompt[1][1]", r.text
+
+
+@pytest.mark.parametrize("field", ["top_k", "n", "max_tokens", "seed"])
+@pytest.mark.parametrize("value", [2.5, "3", True, [1]])
+def test_integer_fields_take_only_integers(app, field, value):
+    client, _, _ = app
+    r = client.post("/v1/completions", json={"prompt": "abc", field: value})
+    assert r.status_code == 400, (field, value, r.text)
+    error = json_error(r.content)
+    assert error["param"] == field and field in error["message"] and "integer" in error["message"], error
+
+
+def test_integral_floats_and_huge_integers(app):
+    client, _, _ = app
+    r = client.post("/v1/completions", json={"prompt": "abc", "n": 2.0, "max_tokens": 3.0, "temperature": 0})
+    assert r.status_code == 200 and len(r.json()["choices"]) == 2, r.text
+    # huge integers are refused by their bounds before anything is sized by them (10**30 rows would never end)
+    for field, word in [("n", "max_rows"), ("max_tokens", "context")]:
+        r = post_raw(client, "/v1/completions", f'{{"prompt": "abc", "{field}": {10**30}}}')
+        assert r.status_code == 400 and word in json_error(r.content)["message"], r.text
+    r = post_raw(client, "/v1/completions", f'{{"prompt": "abc", "top_k": {10**30}, "seed": {10**30}}}')
+    assert r.status_code == 200, r.text  # top_k past the vocabulary is no top-k; the seed is taken mod 2**32
+    r = client.post("/v1/completions", json={"prompt": [[3, True]]})
+    assert r.status_code == 400 and json_error(r.content)["param"] == "prompt", r.text
+
+
+def test_every_error_is_an_openai_error_object(app):
+    client, sampler, _ = app
+    cases = [
+        (post_raw(client, "/v1/completions", '{"prompt": "abc",'), 400, None),  # malformed JSON
+        (client.post("/v1/completions", content=b'{"prompt": "\xff\xfe"}'), 400, None),  # not UTF-8
+        (post_raw(client, "/v1/completions", '{"prompt": "a\\ud800"}'), 400, "prompt"),  # a lone surrogate
+        (post_raw(client, "/v1/completions", "[1, 2]"), 400, None),  # not an object
+        (post_raw(client, "/v1/completions", "[" * 100_000 + "]" * 100_000), 400, None),  # too deep to parse
+        (post_raw(client, "/v1/completions", '{"prompt": "abc"}', "text/plain"), 415, None),
+        (post_raw(client, "/v1/completions", "prompt=abc", "application/x-www-form-urlencoded"), 415, None),
+        (client.get("/v1/nothing"), 404, None),
+        (client.post("/v2/completions", json={"prompt": "abc"}), 404, None),
+        (client.get("/v1/completions"), 405, None),
+        (client.delete("/v1/models"), 405, None),
+        (client.post("/v1/completions", json={"prompt": "abc", "model": "other"}), 404, "model"),
+        (client.post("/v1/completions", json={"max_tokens": 3}), 400, "prompt"),
+        (client.post("/v1/chat/completions", json={"messages": "hi"}), 400, "messages"),
+        (client.post("/synpro/faults", json={"kind": "5xx", "count": 2.5}), 400, "count"),
+        (post_raw(client, "/synpro/faults", '{"kind": "5xx", "count": 1e400}'), 400, "count"),
+    ]
+    for r, status, param in cases:
+        assert r.status_code == status, (status, r.text)
+        assert r.headers["content-type"] == "application/json", r.headers
+        error = json_error(r.content)
+        assert error["type"] == "invalid_request_error" and error["param"] == param, error
+    assert "POST" in client.get("/v1/completions").headers["allow"]
+    r = post_raw(client, "/v1/completions", '{"prompt": "abc"}', "application/json; charset=utf-8")
+    assert r.status_code == 200, r.text
+    r = client.post("/v1/completions", content=b'{"prompt": "abc"}')  # no content type: read as JSON
+    assert r.status_code == 200, r.text
+
+
+def test_an_unexpected_server_fault_is_a_json_500():
+    class BrokenVocab(CharVocab):
+        def encode(self, text):
+            raise KeyError("broken tokenizer")
+
+    engine = Engine(SimpleNamespace(max_seq_len=64, vocab_size=300), EchoSampler(), BrokenVocab(),
+                    ServeConfig(model_name="echo", batch_wait_s=0.0))
+    with TestClient(build_app(engine), raise_server_exceptions=False) as client:
+        r = client.post("/v1/completions", json={"prompt": "abc"})
+        assert r.status_code == 500 and json_error(r.content)["type"] == "server_error", r.text
+        assert client.post("/v1/completions", json={"prompt": [3, 4]}).status_code == 200  # still serving
+
+
+def test_bodies_over_the_limit_are_a_413():
+    engine = Engine(SimpleNamespace(max_seq_len=64, vocab_size=300), EchoSampler(), CharVocab(),
+                    ServeConfig(model_name="echo", batch_wait_s=0.0, max_body_bytes=1000))
+    with TestClient(build_app(engine)) as client:
+        r = client.post("/v1/completions", content=json.dumps({"prompt": "x" * 2000}).encode(),
+                        headers={"content-type": "application/json"})
+        assert r.status_code == 413, r.text
+        error = json_error(r.content)
+        assert "1000" in error["message"] and error["type"] == "invalid_request_error"
+        assert client.post("/v1/completions", json={"prompt": "x" * 20}).status_code == 200

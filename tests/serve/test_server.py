@@ -7,7 +7,7 @@ import time
 import httpx
 import pytest
 
-from serve_helpers import ServeProcess, make_model_dir
+from serve_helpers import ServeProcess, json_error, make_model_dir, post_bytes, raw_http
 from synpro_jax.data.vocab import load_vocabulary
 from synpro_jax.generation import prompts as prompts_lib
 from synpro_jax.generation.sampler import sample
@@ -33,7 +33,8 @@ def server(served):
 
 
 def client(server, **kw):
-    settings = dict(model="tiny_olmo", timeout_s=30.0, max_retries=2, backoff_s=0.05, breaker_failures=10, breaker_cooldown_s=5.0)
+    settings = dict(model="tiny_olmo", timeout_s=30.0, max_retries=2, backoff_s=0.05, breaker_failures=10,
+                    breaker_cooldown_s=5.0)
     settings.update(kw)
     return OpenAIClient(ClientConfig(base_url=server.url, **settings))
 
@@ -103,6 +104,47 @@ def test_bad_requests_are_400_naming_the_field(server):
     r = httpx.post(f"{server.url}/chat/completions", json={"messages": [{"role": "tool", "content": "x"}]},
                    timeout=30)
     assert r.status_code == 400 and "role" in r.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("field,literal", [("n", "1e400"), ("top_k", "1e400"), ("temperature", "NaN"),
+                                           ("top_p", "-Infinity"), ("max_tokens", "1e400"), ("seed", "NaN")])
+def test_non_finite_numbers_are_a_json_400_naming_the_field(server, field, literal):
+    """1e400 is valid JSON that Python reads as infinity; NaN and Infinity are literals it takes too."""
+    rest = "" if field == "max_tokens" else ', "max_tokens": 2'
+    body = f'{{"prompt": "the cat"{rest}, "{field}": {literal}}}'
+    r = httpx.post(f"{server.url}/completions", content=body, headers={"content-type": "application/json"},
+                   timeout=30)
+    assert r.status_code == 400, r.text
+    error = json_error(r.content)
+    assert error["param"] == field and field in error["message"]
+
+
+def test_a_huge_content_length_is_refused_at_once(server):
+    """Content-Length: 10**12 and a 78-byte body: a JSON 413 (the default limit), not a wait for the rest."""
+    body = b'{"model": "tiny_olmo", "prompt": "the cat runs", "max_tokens": 4, "temperature": 0}'[:78]
+    status, headers, reply = raw_http(server.port, post_bytes("/v1/completions", body, content_length=10**12),
+                                      timeout_s=10)
+    assert status == 413 and headers["connection"] == "close"
+    assert json_error(reply)["code"] == "request_too_large"
+
+
+def test_the_openai_client(server):
+    openai = pytest.importorskip("openai")
+    c = openai.OpenAI(base_url=server.url, api_key="unused", max_retries=0, timeout=60)
+    r = c.completions.create(model="tiny_olmo", prompt="the cat", max_tokens=4, temperature=0, n=2)
+    assert len(r.choices) == 2 and r.choices[0].text == r.choices[1].text
+    r = c.chat.completions.create(model="tiny_olmo", messages=[{"role": "user", "content": "hi"}], max_tokens=4)
+    assert r.choices[0].message.role == "assistant"
+    for kw, param in [({"n": 1.5}, "n"), ({"n": 10**400}, "n"), ({"temperature": -1}, "temperature"),
+                      ({"extra_body": {"top_k": 2.5}}, "top_k"), ({"max_tokens": 10**400}, "max_tokens")]:
+        with pytest.raises(openai.BadRequestError) as e:
+            c.completions.create(model="tiny_olmo", prompt="the cat", **kw)
+        assert e.value.param == param, (kw, e.value)
+    with pytest.raises(openai.NotFoundError):
+        c.completions.create(model="other", prompt="the cat")
+    with pytest.raises(openai.APIStatusError) as e:  # over the default limit of 1 MiB
+        c.completions.create(model="tiny_olmo", prompt="the cat " * 200_000, max_tokens=2)
+    assert e.value.status_code == 413
 
 
 def test_concurrent_requests_share_device_calls(server):
