@@ -5,7 +5,12 @@
 
 Binds 127.0.0.1:24775 by default (the port the release's client calls). Each request is read, validated and
 tokenized in its own connection thread, so a text that fails to encode fails only its request (400 naming the
-index). The token lists then wait in a bounded queue (full: 503 with Retry-After). One device thread takes up to
+index). A request holding a text that cannot be scored is refused whole, before anything is scored, with a 400
+naming each such text's index and why: a lone UTF-16 surrogate (JSON ``"\\ud800"``: not Unicode text, so no
+tokenizer can encode it), or fewer than 2 tokens after tokenization (``""``, ``"a"``: a text of T tokens has T - 1
+next-token predictions, so there is no loss to compare and no influence to report).
+
+The token lists then wait in a bounded queue (full: 503 with Retry-After). One device thread takes up to
 ``batch_size`` texts at a time from one or several requests, sorts them by length and scores them in
 ``[batch_size, bucket + 1]`` blocks, where ``bucket`` is a power of two (at least ``min_bucket``, at most the
 probe's ``max_len``): short texts are not padded to ``max_len`` and there are only a few shapes to compile.
@@ -39,6 +44,8 @@ log = logging.getLogger(__name__)
 DEFAULT_PORT = 24775  # generator/data_influence_reward.py in the release calls 127.0.0.1:24775
 _DIGITS = re.compile(r"[0-9]{1,18}")
 _SCORE_KEYS = ("influence", "loss_before", "loss_after")
+MIN_TOKENS = 2  # a text of T tokens is scored on its T - 1 next-token predictions
+_MAX_NAMED = 10  # texts named in one refusal's message (all are in its "indices")
 
 
 @dataclasses.dataclass(eq=False)
@@ -166,6 +173,37 @@ def _encode_all(encode: Callable[[list[str]], list[list[int]]], lock: threading.
     return ids, None, ""
 
 
+def surrogate_errors(texts: Sequence[str]) -> list[tuple[int, str]]:
+    """(index, why) for each text holding a lone UTF-16 surrogate (valid JSON, not Unicode text)."""
+    out = []
+    for i, text in enumerate(texts):
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as e:
+            out.append((i, f"invalid UTF-16 surrogate {text[e.start]!r} at character {e.start}"))
+    return out
+
+
+def too_short_errors(ids: Sequence[Sequence[int]]) -> list[tuple[int, str]]:
+    """(index, why) for each text with fewer than MIN_TOKENS tokens: nothing to predict, so nothing to score."""
+    return [(i, f"nothing to predict ({len(one)} token{'' if len(one) == 1 else 's'}; a text needs at least "
+                f"{MIN_TOKENS})") for i, one in enumerate(ids) if len(one) < MIN_TOKENS]
+
+
+def refusal(problems: list[tuple[int, str]]) -> dict:
+    """The 400 body for texts that cannot be scored: each named by its index, the first in ``index``."""
+    named = "; ".join(f"texts[{i}]: {why}" for i, why in problems[:_MAX_NAMED])
+    more = f"; and {len(problems) - _MAX_NAMED} more" if len(problems) > _MAX_NAMED else ""
+    return {"error": f"{named}{more}. Nothing in this request was scored.", "index": problems[0][0],
+            "indices": [i for i, _ in problems]}
+
+
+def _json_error(e: ValueError) -> str:
+    if isinstance(e, json.JSONDecodeError):  # its msg can end in " at" ("Invalid control character at")
+        return f"{e.msg.removesuffix(' at')} at line {e.lineno}, column {e.colno} (char {e.pos})"
+    return str(e)
+
+
 def make_handler(scoring: ScoringQueue, encode: Callable[[list[str]], list[list[int]]], *, max_texts: int,
                  max_body_bytes: int, timeout_s: float, socket_timeout_s: float, retry_after_s: int,
                  poll_s: float = 0.05):
@@ -248,7 +286,7 @@ def make_handler(scoring: ScoringQueue, encode: Callable[[list[str]], list[list[
             try:
                 payload = json.loads(raw)
             except (json.JSONDecodeError, UnicodeDecodeError) as e:
-                return self._reply(400, {"error": f"invalid JSON: {e}"})
+                return self._reply(400, {"error": f"invalid JSON: {_json_error(e)}"})
             texts = payload.get("texts") if isinstance(payload, dict) else None
             if not isinstance(texts, list):
                 return self._reply(400, {"error": "expected a JSON object with a list field 'texts'"})
@@ -260,9 +298,15 @@ def make_handler(scoring: ScoringQueue, encode: Callable[[list[str]], list[list[
                 return self._reply(413, {"error": f"{len(texts)} texts exceed the limit of {max_texts} per request"})
             if not texts:
                 return self._reply(200, {"influence_scores": [], "loss_before": [], "loss_after": []})
+            problems = surrogate_errors(texts)
+            if problems:
+                return self._reply(400, refusal(problems))
             ids, bad, why = _encode_all(encode, encode_lock, texts)
             if ids is None:
                 return self._reply(400, {"error": f"texts[{bad}] could not be encoded: {why}", "index": bad})
+            problems = too_short_errors(ids)
+            if problems:
+                return self._reply(400, refusal(problems))
             busy = {"Retry-After": str(retry_after_s)}
             try:
                 job = scoring.submit(ids, timeout_s)

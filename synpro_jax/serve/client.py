@@ -1,15 +1,25 @@
 """A client for any OpenAI-compatible endpoint (vLLM, ``synpro serve``, ...), on httpx.
 
-Each call has a timeout, is retried with exponential backoff (``backoff_s * 2**attempt``, capped, with jitter) on
-timeouts, dropped connections, 408/429/5xx and malformed bodies, and goes through a circuit breaker: after
+Each call is retried with exponential backoff (``backoff_s * 2**attempt``, capped, with jitter) on timeouts,
+dropped connections, 408/429/5xx and malformed bodies, and goes through a circuit breaker: after
 ``breaker_failures`` consecutive failed calls (each after its retries) the client fails fast for
 ``breaker_cooldown_s``, then lets one trial call through; its success closes the breaker again.
+
+Time is bounded twice, by wall clock rather than per socket read (a server that trickles its reply a byte at a
+time resets a read timeout forever): ``timeout_s`` bounds one attempt as a whole (connect, send, the status line,
+headers and the whole body), and ``deadline_s`` the whole call (every attempt and every backoff sleep between
+them). An attempt runs in its own thread, so the caller gets its answer at the deadline even while a server is
+still dribbling headers; the attempt's thread stops at its next chunk. A call past its deadline raises
+:class:`DeadlineExceeded`, naming the URL and the deadline, and is not retried.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
+import json
 import logging
+import math
 import random
 import threading
 import time
@@ -34,31 +44,51 @@ class MalformedReply(RemoteError):
     """The endpoint answered 200 with a body that is not an OpenAI reply."""
 
 
+class DeadlineExceeded(RemoteError):
+    """The call's deadline passed (during an attempt or before the next retry could start)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class ClientConfig:
     base_url: str  # e.g. http://127.0.0.1:8000/v1
     model: str | None = None  # None: the first model GET /models lists
     api_key: str = "EMPTY"
-    timeout_s: float = 60.0
+    timeout_s: float = 60.0  # one attempt, whole: connect, send and the complete reply
     connect_timeout_s: float = 5.0
     max_retries: int = 3  # attempts after the first
     backoff_s: float = 0.5
     max_backoff_s: float = 8.0
     breaker_failures: int = 5
     breaker_cooldown_s: float = 30.0
+    deadline_s: float | None = None  # one call, whole (all attempts and sleeps); None: call_deadline_s's bound
 
     def __post_init__(self):
         if not self.base_url.startswith(("http://", "https://")):
             raise ValueError(f"base_url={self.base_url!r}: an http(s) URL such as http://127.0.0.1:8000/v1")
         for name in ("timeout_s", "connect_timeout_s"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"ClientConfig.{name}={getattr(self, name)} must be > 0")
+            if not (getattr(self, name) > 0 and math.isfinite(getattr(self, name))):
+                raise ValueError(f"ClientConfig.{name}={getattr(self, name)} must be a finite number > 0")
+        if self.deadline_s is not None and not (self.deadline_s > 0 and math.isfinite(self.deadline_s)):
+            raise ValueError(f"ClientConfig.deadline_s={self.deadline_s} must be a finite number > 0 (or None)")
         for name in ("backoff_s", "max_backoff_s", "breaker_cooldown_s"):
             if getattr(self, name) < 0:
                 raise ValueError(f"ClientConfig.{name}={getattr(self, name)} must be >= 0")
         if self.max_retries < 0 or self.breaker_failures < 1:
             raise ValueError(f"ClientConfig.max_retries={self.max_retries} must be >= 0 and breaker_failures="
                              f"{self.breaker_failures} >= 1")
+
+    def backoff_cap(self, attempt: int) -> float:
+        """The longest sleep before attempt ``attempt`` (1 = the first retry); jitter takes 50-100% of it."""
+        return min(self.backoff_s * 2 ** (attempt - 1), self.max_backoff_s)
+
+    @property
+    def call_deadline_s(self) -> float:
+        """Seconds one call may take in all: ``deadline_s``, or else every attempt's ``timeout_s`` plus the longest
+        backoff sleeps between them (what the retries could take at worst)."""
+        if self.deadline_s is not None:
+            return float(self.deadline_s)
+        return (self.max_retries + 1) * self.timeout_s + sum(self.backoff_cap(a)
+                                                             for a in range(1, self.max_retries + 1))
 
 
 class CircuitBreaker:
@@ -100,7 +130,11 @@ class CircuitBreaker:
 
 
 class OpenAIClient:
-    """``completions(prompts, **knobs) -> [text]`` and ``chat(messages, **knobs) -> text``; thread-safe."""
+    """``completions(prompts, **knobs) -> [text]`` and ``chat(messages, **knobs) -> text``; thread-safe.
+
+    Both take ``deadline_at`` (a ``time.monotonic()`` instant): the call ends by then or by its own
+    ``call_deadline_s``, whichever comes first, so several calls can share one deadline.
+    """
 
     def __init__(self, config: ClientConfig, transport: httpx.BaseTransport | None = None):
         self.config = config
@@ -108,7 +142,8 @@ class OpenAIClient:
         self._http = httpx.Client(base_url=config.base_url.rstrip("/") + "/", timeout=timeout, transport=transport,
                                   headers={"Authorization": f"Bearer {config.api_key}"})
         self.breaker = CircuitBreaker(config.breaker_failures, config.breaker_cooldown_s)
-        self.stats: dict[str, int] = {"calls": 0, "attempts": 0, "retries": 0, "failures": 0, "fast_failures": 0}
+        self.stats: dict[str, int] = {"calls": 0, "attempts": 0, "retries": 0, "failures": 0, "fast_failures": 0,
+                                      "deadlines_exceeded": 0}
         self._stats_lock = threading.Lock()
         self._model = config.model
 
@@ -118,50 +153,117 @@ class OpenAIClient:
 
     @property
     def model(self) -> str:
+        return self._model_name(None)
+
+    def _model_name(self, deadline_at: float | None) -> str:
         if self._model is None:
-            reply = self._request("GET", "models", None)
+            reply = self._request("GET", "models", None, deadline_at=deadline_at)
             try:
                 self._model = str(reply["data"][0]["id"])
             except (KeyError, IndexError, TypeError):
                 raise MalformedReply(f"{self.config.base_url}/models lists no model: {str(reply)[:200]}") from None
         return self._model
 
-    def _attempt(self, method: str, path: str, body: dict | None) -> Any:
-        response = self._http.request(method, path, json=body)
-        if response.status_code in RETRY_STATUS:
-            raise _Retryable(f"HTTP {response.status_code} from {path}: {response.text[:200]}")
-        if response.status_code != 200:
-            raise RemoteError(f"HTTP {response.status_code} from {self.config.base_url}/{path}: "
-                              f"{response.text[:300]}")
-        try:
-            return response.json()
-        except ValueError:
-            raise _Retryable(f"malformed JSON body from {path}: {response.text[:200]!r}", malformed=True) from None
+    def _exchange(self, method: str, path: str, body: dict | None, until: float,
+                  stop: threading.Event) -> tuple[int, bytes, str]:
+        """(status, body bytes, encoding), read in chunks; stops at ``until`` or once ``stop`` is set."""
+        left = until - time.monotonic()
+        if left <= 0:
+            raise _OutOfTime
+        timeout = httpx.Timeout(min(self.config.timeout_s, left), connect=min(self.config.connect_timeout_s, left))
+        with self._http.stream(method, path, json=body, timeout=timeout) as response:
+            chunks = []
+            for chunk in response.iter_bytes():
+                if stop.is_set() or time.monotonic() > until:
+                    raise _OutOfTime
+                chunks.append(chunk)
+            return response.status_code, b"".join(chunks), response.encoding or "utf-8"
 
-    def _request(self, method: str, path: str, body: dict | None, check=None) -> Any:
+    def _attempt(self, method: str, path: str, body: dict | None, until: float) -> Any:
+        """One attempt, over by ``until`` whatever the server does: it runs in its own thread and is abandoned
+        (it stops at its next chunk, or when its socket timeout fires) when ``until`` passes; raises _OutOfTime."""
+        box: concurrent.futures.Future = concurrent.futures.Future()
+        stop = threading.Event()
+
+        def work():
+            try:
+                box.set_result(self._exchange(method, path, body, until, stop))
+            except BaseException as e:  # noqa: BLE001 - handed to the caller
+                box.set_exception(e)
+
+        threading.Thread(target=work, name="openai-client-attempt", daemon=True).start()
+        try:
+            status, raw, encoding = box.result(timeout=max(until - time.monotonic(), 0.0))
+        except concurrent.futures.TimeoutError:
+            stop.set()
+            raise _OutOfTime from None
+        try:
+            text = raw.decode(encoding, errors="replace")
+        except LookupError:  # a charset Python does not know
+            text = raw.decode("utf-8", errors="replace")
+        if status in RETRY_STATUS:
+            raise _Retryable(f"HTTP {status} from {path}: {text[:200]}")
+        if status != 200:
+            raise RemoteError(f"HTTP {status} from {self.config.base_url}/{path}: {text[:300]}")
+        try:
+            return json.loads(raw)
+        except ValueError:
+            raise _Retryable(f"malformed JSON body from {path}: {text[:200]!r}", malformed=True) from None
+
+    def _request(self, method: str, path: str, body: dict | None, check=None, deadline_at: float | None = None,
+                 started: float | None = None) -> Any:
         """One call: retries with backoff, then the breaker's verdict. ``check(reply)`` raises MalformedReply for
-        a body that parses as JSON but is not the expected shape (retried like a malformed body)."""
+        a body that parses as JSON but is not the expected shape (retried like a malformed body). The call ends by
+        ``deadline_at`` (monotonic) or ``call_deadline_s`` after it started, whichever is first."""
+        cfg, last = self.config, None
+        url = f"{cfg.base_url.rstrip('/')}/{path}"
+        if deadline_at is not None and time.monotonic() >= deadline_at:  # e.g. queued behind calls that used it up
+            self._count("deadlines_exceeded")
+            raise DeadlineExceeded(f"{url}: the shared deadline passed before this call started; nothing was sent")
         try:
             self.breaker.before_call()
         except CircuitOpenError:
             self._count("fast_failures")
             raise
         self._count("calls")
-        cfg, last = self.config, None
+        started = time.monotonic() if started is None else started
+        deadline = started + cfg.call_deadline_s
+        if deadline_at is not None:
+            deadline = min(deadline, deadline_at)
+
+        def out_of_time(attempts: int, why: str) -> DeadlineExceeded:
+            self.breaker.record(False)
+            self._count("failures")
+            self._count("deadlines_exceeded")
+            earlier = f"; the attempt before failed with: {last}" if last else ""
+            return DeadlineExceeded(f"{url}: no reply within the call's deadline of {deadline - started:.1f}s "
+                                    f"({why}; {attempts} attempt(s) made{earlier})")
+
         for attempt in range(cfg.max_retries + 1):
             if attempt:
-                delay = min(cfg.backoff_s * 2 ** (attempt - 1), cfg.max_backoff_s) * (0.5 + random.random() / 2)
+                delay = cfg.backoff_cap(attempt) * (0.5 + random.random() / 2)
+                if time.monotonic() + delay >= deadline:
+                    raise out_of_time(attempt, f"the retry after a {delay:.2f}s backoff would start past it")
                 self._count("retries")
                 log.info("retrying %s in %.2fs after: %s", path, delay, last)
                 time.sleep(delay)
+            if time.monotonic() >= deadline:
+                raise out_of_time(attempt, "it passed before this attempt could start")
             self._count("attempts")
+            until = min(time.monotonic() + cfg.timeout_s, deadline)
             try:
-                reply = self._attempt(method, path, body)
+                reply = self._attempt(method, path, body, until)
                 if check is not None:
                     check(reply)
                 self.breaker.record(True)
                 return reply
+            except _OutOfTime:
+                if until >= deadline:
+                    raise out_of_time(attempt + 1, "the last attempt was still waiting for its reply") from None
+                last = f"no complete reply within timeout_s={cfg.timeout_s}"
             except (httpx.TimeoutException, httpx.TransportError) as e:
+                if isinstance(e, httpx.TimeoutException) and time.monotonic() >= deadline:
+                    raise out_of_time(attempt + 1, f"the last attempt timed out at it: {type(e).__name__}") from None
                 last = f"{type(e).__name__}: {e}"
             except _Retryable as e:
                 last = str(e)
@@ -173,15 +275,15 @@ class OpenAIClient:
                 raise
         self.breaker.record(False)
         self._count("failures")
-        raise RemoteError(f"{self.config.base_url}/{path}: failed after {cfg.max_retries + 1} attempts; last "
-                          f"error: {last}")
+        raise RemoteError(f"{url}: failed after {cfg.max_retries + 1} attempts; last error: {last}")
 
-    def completions(self, prompts: Sequence[str], **knobs) -> list[str]:
+    def completions(self, prompts: Sequence[str], *, deadline_at: float | None = None, **knobs) -> list[str]:
         """One text per prompt (n=1), in order; ``knobs`` are OpenAI fields (max_tokens, temperature, stop, ...)."""
         prompts = list(prompts)
         if not prompts:
             return []
-        body = {"model": self.model, "prompt": prompts, **knobs}
+        started = time.monotonic()
+        body = {"model": self._model_name(deadline_at), "prompt": prompts, **knobs}
 
         def check(reply):
             choices = reply.get("choices") if isinstance(reply, dict) else None
@@ -191,11 +293,12 @@ class OpenAIClient:
                     or sorted(c["index"] for c in choices) != list(range(len(prompts)))):
                 raise MalformedReply(f"expected {len(prompts)} choices with text and index: {str(reply)[:200]}")
 
-        reply = self._request("POST", "completions", body, check)
+        reply = self._request("POST", "completions", body, check, deadline_at, started)
         return [c["text"] for c in sorted(reply["choices"], key=lambda c: c["index"])]
 
-    def chat(self, messages: Sequence[dict], **knobs) -> str:
-        body = {"model": self.model, "messages": list(messages), **knobs}
+    def chat(self, messages: Sequence[dict], *, deadline_at: float | None = None, **knobs) -> str:
+        started = time.monotonic()
+        body = {"model": self._model_name(deadline_at), "messages": list(messages), **knobs}
 
         def check(reply):
             try:
@@ -205,10 +308,15 @@ class OpenAIClient:
             if not isinstance(content, str):
                 raise MalformedReply(f"expected choices[0].message.content: {str(reply)[:200]}")
 
-        return self._request("POST", "chat/completions", body, check)["choices"][0]["message"]["content"]
+        return self._request("POST", "chat/completions", body, check, deadline_at,
+                             started)["choices"][0]["message"]["content"]
 
     def close(self) -> None:
         self._http.close()
+
+
+class _OutOfTime(Exception):
+    """An attempt reached its end time (its own timeout_s or the call's deadline)."""
 
 
 class _Retryable(RemoteError):

@@ -21,7 +21,10 @@ from synpro_jax.influence.service import InfluenceServer, bucket_width
 MAX_LEN = 64
 
 
-def encode(texts):  # bytes as tokens; a lone surrogate raises UnicodeEncodeError, as real tokenizers do
+def encode(texts):  # bytes as tokens; a text holding "UNENCODABLE" fails, as a tokenizer refusing a text would
+    for t in texts:
+        if "UNENCODABLE" in t:
+            raise ValueError("this tokenizer refuses the text")
     return [[2 + b for b in t.encode("utf-8")] for t in texts]
 
 
@@ -259,13 +262,59 @@ def test_encode_failure_fails_only_its_request():
         assert probe.entered.wait(10)
         t1, out1 = post_async(srv, ["also fine"])
         wait_until(lambda: srv.scoring.queued() == 1)
-        bad = ["ok", "ok too", "broken \ud800 text", "ok"]
+        bad = ["ok", "ok too", "broken UNENCODABLE text", "ok"]
         r = requests.Session().post(url(srv), json={"texts": bad}, timeout=5)  # answered while the device is held
         assert r.status_code == 400 and r.json()["index"] == 2
-        assert "texts[2]" in r.json()["error"] and "UnicodeEncodeError" in r.json()["error"]
+        assert "texts[2] could not be encoded: ValueError: this tokenizer refuses" in r.json()["error"]
         probe.gate.set()
         for t, out, texts in ((t0, out0, good), (t1, out1, ["also fine"])):
             t.join(10)
             out["resp"].raise_for_status()
             assert out["resp"].json()["influence_scores"] == expected(texts)
         assert probe.rows_scored == 3
+
+
+def hf_encoder():
+    """A real Hugging Face tokenizer (byte-level BPE with no merges: one token per byte), as the service is given
+    one by `synpro influence-server`; it raises TypeError on a lone surrogate."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    tok = Tokenizer(models.BPE(vocab={c: i for i, c in enumerate(sorted(alphabet))}, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    return lambda texts: [e.ids for e in tok.encode_batch(list(texts))]
+
+
+@pytest.mark.parametrize("texts, indices, message", [
+    (["fine", "", "fine too"], [1], "texts[1]: nothing to predict (0 tokens; a text needs at least 2)"),
+    (["a", "fine", "b"], [0, 2], "texts[0]: nothing to predict (1 token; a text needs at least 2); texts[2]: "
+                                 "nothing to predict (1 token;"),
+    (["fine", "lone \ud800", "x\udc00y"], [1, 2], "texts[1]: invalid UTF-16 surrogate '\\ud800' at character 5; "
+                                                    "texts[2]: invalid UTF-16 surrogate '\\udc00' at character 1"),
+])
+def test_unscorable_texts_refuse_the_request_whole_through_a_real_tokenizer(texts, indices, message):
+    probe = GatedProbe()
+    encode_hf = hf_encoder()
+    assert [len(ids) for ids in encode_hf(["", "a", "fine"])] == [0, 1, 4]
+    srv = InfluenceServer(probe, encode_hf, port=0, batch_size=4).start()
+    try:
+        r = requests.Session().post(url(srv), json={"texts": texts}, timeout=10)
+        assert r.status_code == 400, r.text
+        assert r.json()["index"] == indices[0] and r.json()["indices"] == indices
+        assert r.json()["error"].startswith(message) and "Nothing in this request was scored" in r.json()["error"]
+        assert "TypeError" not in r.json()["error"]  # the tokenizer's words for a surrogate, before this check
+        assert probe.rows_scored == 0 and probe.shapes == []
+        r = requests.Session().post(url(srv), json={"texts": ["ab", "fine"]}, timeout=10)
+        assert r.status_code == 200 and r.json()["influence_scores"] == [2.0, 4.0]
+    finally:
+        srv.close()
+
+
+def test_a_json_error_reads_once_at_its_position():
+    probe = GatedProbe()
+    with serving(probe) as srv:
+        r = requests.Session().post(url(srv), data=b'{"texts": ["a\tb"]}', timeout=10)
+        assert r.status_code == 400
+        assert r.json()["error"] == "invalid JSON: Invalid control character at line 1, column 14 (char 13)"
+        assert "at at" not in r.json()["error"] and "at:" not in r.json()["error"]

@@ -1,5 +1,6 @@
 """Remote judge rewards: known values from a rule-based stub judge (an OpenAI-compatible server in this process),
-their parsers and error paths, and transport faults, both on the stub and on a real `synpro serve` process."""
+their parsers and error paths, transport faults, both on the stub and on a real `synpro serve` process, and the
+reward call's total deadline against a real local server that trickles its replies."""
 
 import re
 import sys
@@ -21,6 +22,7 @@ from synpro_jax.serve.server import FaultInjector, FaultMiddleware, Fault
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "serve"))
 from serve_helpers import ServeProcess, free_port, make_model_dir  # noqa: E402
+from slow_http import ScriptedServer  # noqa: E402
 
 REPHRASE = "Here is the rewritten document:"
 REFORMAT = "Here are the structured entries drawn from the document:"
@@ -30,6 +32,9 @@ def judge(prompt: str) -> str:
     """Rules standing in for the judge models: what a trained judge would answer, in the formats they use."""
     if "GARBLE" in prompt:
         return "I would rather not say."
+    said = re.search(r"JUDGE SAYS <<(.*?)>>", prompt, re.DOTALL)
+    if said:  # a reply chosen by the test
+        return said.group(1)
     if "Overall Score (1-5)" in prompt:
         text = prompt.split("Text: ", 1)[1].rsplit("\nOverall Score", 1)[0]
         score = min(1 + text.count("good"), 5)
@@ -37,7 +42,7 @@ def judge(prompt: str) -> str:
     if "Answer (0 or 1)" in prompt:
         original = prompt.split("Original:\n", 1)[1].split("\n\nRewritten:\n", 1)[0]
         rewritten = prompt.split("\n\nRewritten:\n", 1)[1].rsplit("\n\nAnswer", 1)[0]
-        return "Both are lists. 1" if ("\n- " in original) == ("\n- " in rewritten) else "0"
+        return "Both are lists.\n1" if ("\n- " in original) == ("\n- " in rewritten) else "0"
     if "Topic/Content entries" in prompt:
         source = prompt.split("Source:\n", 1)[1].split("\n\nEntries:\n", 1)[0]
         entries = prompt.split("\n\nEntries:\n", 1)[1].split("\n\nReply with", 1)[0].splitlines()
@@ -149,7 +154,6 @@ def test_parsers():
     for bad in ["", "7", "about 3 or 4", "Overall Score: 9"]:
         with pytest.raises(RewardError, match="quality judge"):
             remote.parse_quality_score(bad)
-    assert [remote.parse_structure_verdict(r) for r in ["1", "Output: 0", "`1`."]] == [1, 0, 1]
     with pytest.raises(RewardError, match="structure judge"):
         remote.parse_structure_verdict("yes")
     assert remote.parse_faithfulness_labels("2. Unfaithful_Topic\n1. faithful", 3) == ["Faithful",
@@ -157,6 +161,44 @@ def test_parsers():
     assert remote.parse_faithfulness_labels("Faithful\nUnfaithful_Content", 2) == ["Faithful", "Unfaithful_Content"]
     with pytest.raises(RewardError, match="faithfulness judge"):
         remote.parse_faithfulness_labels("all good", 2)
+
+
+STRUCTURE_ACCEPTED = [("1", 1), ("0", 0), (" 1 \n", 1), ("\n\n0", 0), ("Both are bullet lists.\n1", 1),
+                      ("The original is prose, the rewrite a list.\n\n 0 \n\n", 0),
+                      ("<think>\nbullets on both sides, so 0 is wrong\n</think>\n\n1", 1),
+                      ("<think>\n\n</think>\n\n0", 0), ("<think>a</think>x<think>b</think>\n1", 1)]
+STRUCTURE_REJECTED = ["Error 500", "retry in 10", "10", "", "   \n ", "1.", "the answer is 1 or 0", "Output: 1",
+                      "`1`", "**0**", "1\nexplanation follows", "0 1", "01", "<think>\ncounting lists... 1",
+                      "<think>\n1\n</think>", "１"]
+
+
+@pytest.mark.parametrize("reply, verdict", STRUCTURE_ACCEPTED)
+def test_structure_verdict_accepts_a_lone_digit_or_a_last_line_holding_only_it(reply, verdict):
+    assert remote.parse_structure_verdict(reply) == verdict
+
+
+@pytest.mark.parametrize("reply", STRUCTURE_REJECTED)
+def test_structure_verdict_refuses_anything_else(reply):
+    with pytest.raises(RewardError, match="structure judge"):
+        remote.parse_structure_verdict(reply)
+
+
+@pytest.mark.parametrize("reply", ["Error 500", "retry in 10", "10", "", "1.", "the answer is 1 or 0"])
+def test_a_structure_reply_that_is_no_verdict_is_counted_as_a_failure(stub, reply):
+    """The release would score these 0 (their last character is a 0, or not a digit); the suite counts a failure
+    and applies the fallback, and without a fallback the step fails."""
+    url, _ = stub
+    reward = make_reward("structure_remote", base_url=url, **FAST)
+    inputs = rephrase_inputs(["Just prose.", "Just prose."],
+                             [f"{REPHRASE} Prose.", f"{REPHRASE} Prose. JUDGE SAYS <<{reply}>>"], [0, 0])
+    suite = RewardSuite({"structure_remote": reward}, {"structure_remote": 1.0}, {"structure_remote": -1.0})
+    result = suite(inputs)
+    assert result.failures == {"structure_remote": 2}  # the batch's value is the fallback, counted per completion
+    np.testing.assert_array_equal(result.values["structure_remote"], [-1.0, -1.0])
+    with pytest.raises(RewardError, match="structure_remote.*no fallback.*structure judge"):
+        RewardSuite({"structure_remote": reward}, {"structure_remote": 1.0})(inputs)
+    ok = rephrase_inputs(["Just prose."], [f"{REPHRASE} Prose. JUDGE SAYS <<Prose on both sides.\n1>>"])
+    assert suite(ok).failures == {"structure_remote": 0} and suite(ok).values["structure_remote"][0] == 1.0
 
 
 def test_unparseable_reply_is_an_error_never_a_zero(stub):
@@ -233,3 +275,58 @@ def test_remote_rewards_against_synpro_serve_with_each_fault(tmp_path):
         assert server.stats()["faults_injected"] == {"slow": 1, "5xx": 2, "drop": 1, "malformed": 3}
     finally:
         server.stop()
+
+
+HANG_GUARD_S = 3.0  # slack over a deadline before a reward call counts as hung (a guard, not a benchmark)
+
+
+@pytest.mark.parametrize("api", ["chat", "completions"])
+def test_a_trickling_judge_fails_the_reward_call_at_its_deadline(api):
+    """A judge that sends its reply one byte every 0.2 s (the whole reply would take ~30 s): the reward call ends
+    at deadline_s with a RewardError naming the server and the deadline, and the suite counts the failure."""
+    with ScriptedServer(["trickle"]) as server:
+        reward = make_reward("structure_remote", base_url=server.url, model="judge", api=api, timeout_s=30.0,
+                             max_retries=3, backoff_s=0.01, deadline_s=2.0, concurrency=2,
+                             breaker_failures=100)
+        inputs = rephrase_inputs(["Just prose."] * 5, [f"{REPHRASE} Prose {i}." for i in range(5)], [0] * 5)
+        t = time.monotonic()
+        with pytest.raises(RewardError, match=re.escape(server.url) + r"/.*completions.*deadline"):
+            reward(inputs)
+        assert time.monotonic() - t < 2.0 + HANG_GUARD_S
+        with pytest.raises(RewardError, match=r"structure_remote: the reward call's deadline_s=2 passed"):
+            reward(inputs)
+        suite = RewardSuite({"structure_remote": reward}, {"structure_remote": 1.0}, {"structure_remote": 0.5})
+        t = time.monotonic()
+        result = suite(inputs)
+        assert time.monotonic() - t < 2.0 + HANG_GUARD_S
+        assert result.failures == {"structure_remote": 5}
+        assert reward.judge.client.stats["deadlines_exceeded"] >= 3
+        # each call sent only what was in flight (chat: `concurrency` requests; completions: one); the prompts
+        # still queued when the deadline passed were never sent
+        assert len(server.requests) == 3 * (2 if api == "chat" else 1)
+
+
+def test_the_default_deadline_bounds_a_reward_call_with_timeout_s_alone():
+    """The finding: timeout_s=1 held a trickled reward call for 85 s. Without deadline_s the call now ends by its
+    attempts' timeouts plus the backoffs between them."""
+    with ScriptedServer(["trickle"]) as server:
+        reward = make_reward("quality_remote", base_url=server.url, model="judge", timeout_s=1.0, max_retries=1,
+                             backoff_s=0.01)
+        assert reward.judge.deadline_s == pytest.approx(2 * 1.0 + 0.01)
+        t = time.monotonic()
+        with pytest.raises(RewardError, match=re.escape(server.url)):
+            reward(rephrase_inputs(["src"], [f"{REPHRASE} good"]))
+        assert time.monotonic() - t < reward.judge.deadline_s + HANG_GUARD_S
+
+
+@pytest.mark.parametrize("api", ["chat", "completions"])
+def test_a_judge_answering_500s_then_a_verdict_works_within_the_deadline(api):
+    content = "The layouts match.\n1"
+    with ScriptedServer(["500", "500", "ok"], content=content) as server:
+        reward = make_reward("structure_remote", base_url=server.url, model="judge", api=api, timeout_s=5.0,
+                             max_retries=3, backoff_s=0.05, deadline_s=10.0)
+        t = time.monotonic()
+        np.testing.assert_array_equal(reward(rephrase_inputs(["Just prose."], [f"{REPHRASE} Prose."])), [1.0])
+        assert time.monotonic() - t < 10.0 + HANG_GUARD_S
+        assert reward.judge.client.stats["retries"] == 2
+        assert [a for a, _ in server.requests] == ["500", "500", "ok"]

@@ -1,8 +1,11 @@
-"""Fast unit tests: the client's retries and breaker over an httpx mock transport, fault specs, and the batching
-queue's grouping over a recording fake sampler."""
+"""Fast unit tests: the client's retries and breaker over an httpx mock transport, its total deadline against a real
+local server that trickles its replies, fault specs, and the batching queue's grouping over a recording fake
+sampler."""
 
+import sys
 import threading
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import httpx
@@ -11,7 +14,13 @@ import pytest
 
 from synpro_jax.serve import CircuitBreaker, CircuitOpenError, ClientConfig, OpenAIClient, RemoteError
 from synpro_jax.serve.batching import GenerationQueue, GenRequest, Knobs
+from synpro_jax.serve.client import DeadlineExceeded
 from synpro_jax.serve.server import Fault, FaultInjector, parse_faults
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from slow_http import ScriptedServer  # noqa: E402
+
+HANG_GUARD_S = 3.0  # slack over a deadline before a call counts as hung (a guard, not a benchmark)
 
 
 def mock_client(handler, **kw):
@@ -89,6 +98,88 @@ def test_client_config_names_bad_knobs():
         ClientConfig(base_url="http://x/v1", timeout_s=0)
     with pytest.raises(ValueError, match="breaker_failures"):
         ClientConfig(base_url="http://x/v1", breaker_failures=0)
+    for bad in (0, -1.0, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="deadline_s"):
+            ClientConfig(base_url="http://x/v1", deadline_s=bad)
+
+
+def test_a_call_without_deadline_s_is_bounded_by_its_retries_worst_case():
+    cfg = ClientConfig(base_url="http://x/v1", timeout_s=2.0, max_retries=3, backoff_s=0.5, max_backoff_s=1.5)
+    assert cfg.call_deadline_s == pytest.approx(4 * 2.0 + 0.5 + 1.0 + 1.5)
+    assert ClientConfig(base_url="http://x/v1", deadline_s=7.0).call_deadline_s == 7.0
+
+
+def chat_client(url, **kw):
+    return OpenAIClient(ClientConfig(base_url=url, model="judge", **kw))
+
+
+@pytest.mark.parametrize("action", ["trickle", "trickle_body"])
+def test_a_trickled_reply_fails_at_the_call_deadline_naming_the_url(action):
+    """One byte every 0.2 s resets a per-read timeout forever (the reply below takes ~30 s to arrive in full);
+    the call's deadline ends it, whether the status line and headers or only the body trickle."""
+    with ScriptedServer([action]) as server:
+        c = chat_client(server.url, timeout_s=30.0, max_retries=2, backoff_s=0.01, deadline_s=1.5)
+        t = time.monotonic()
+        with pytest.raises(DeadlineExceeded, match=r"127\.0\.0\.1:\d+/v1/chat/completions.*deadline of 1\.5s"):
+            c.chat([{"role": "user", "content": "hi"}])
+        assert time.monotonic() - t < 1.5 + HANG_GUARD_S
+        assert c.stats["deadlines_exceeded"] == 1 and c.stats["failures"] == 1 and c.breaker.consecutive == 1
+        assert len(server.requests) == 1  # one attempt held until the deadline, then no retry
+
+
+def test_timeout_s_bounds_a_whole_attempt_and_the_retry_succeeds():
+    with ScriptedServer(["trickle", "ok"]) as server:
+        c = chat_client(server.url, timeout_s=1.0, max_retries=2, backoff_s=0.01, deadline_s=20.0)
+        t = time.monotonic()
+        assert c.chat([{"role": "user", "content": "hi"}]) == "1"
+        assert time.monotonic() - t < 1.0 + HANG_GUARD_S  # not the ~30 s the trickle would take
+        assert c.stats["retries"] == 1 and c.stats["deadlines_exceeded"] == 0
+        assert [a for a, _ in server.requests] == ["trickle", "ok"]
+
+
+def test_the_default_deadline_bounds_a_trickle_with_timeout_s_alone():
+    """The finding's setting: timeout_s=1 and no deadline_s; the call ends by 2 attempts of 1 s plus a backoff."""
+    with ScriptedServer(["trickle"]) as server:
+        c = chat_client(server.url, timeout_s=1.0, max_retries=1, backoff_s=0.01)
+        t = time.monotonic()
+        with pytest.raises(RemoteError, match="chat/completions"):
+            c.chat([{"role": "user", "content": "hi"}])
+        assert time.monotonic() - t < c.config.call_deadline_s + HANG_GUARD_S
+        assert len(server.requests) >= 2  # timed-out attempts were retried
+
+
+def test_500s_then_success_within_the_deadline():
+    with ScriptedServer(["500", "500", "ok"], content="0") as server:
+        c = chat_client(server.url, timeout_s=5.0, max_retries=3, backoff_s=0.05, deadline_s=10.0)
+        t = time.monotonic()
+        assert c.chat([{"role": "user", "content": "hi"}]) == "0"
+        assert time.monotonic() - t < 10.0 + HANG_GUARD_S
+        assert c.stats["retries"] == 2 and c.stats["failures"] == 0 and c.breaker.state == "closed"
+
+
+def test_a_backoff_that_would_pass_the_deadline_fails_at_once():
+    calls = []
+
+    def handler(request):
+        calls.append(request)
+        return httpx.Response(503, text="busy")
+
+    c = OpenAIClient(ClientConfig(base_url="http://judge.test/v1", model="m", backoff_s=30.0, max_backoff_s=30.0,
+                                  max_retries=3, deadline_s=5.0), transport=httpx.MockTransport(handler))
+    t = time.monotonic()
+    with pytest.raises(DeadlineExceeded, match="judge.test/v1/completions.*backoff.*HTTP 503"):
+        c.completions(["a"])
+    assert time.monotonic() - t < HANG_GUARD_S  # it did not sleep 15-30 s first
+    assert len(calls) == 1 and c.stats["retries"] == 0
+
+
+def test_a_shared_deadline_at_caps_the_call():
+    with ScriptedServer(["trickle"]) as server:
+        c = chat_client(server.url, timeout_s=30.0, max_retries=0, deadline_s=60.0)
+        t = time.monotonic()
+        with pytest.raises(DeadlineExceeded, match="chat/completions"):
+            c.chat([{"role": "user", "content": "hi"}], deadline_at=time.monotonic() + 1.0)
+        assert time.monotonic() - t < 1.0 + HANG_GUARD_S
 
 
 def test_fault_spec_parsing():

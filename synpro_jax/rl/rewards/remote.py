@@ -5,8 +5,11 @@ release's (facts only, our own wording):
 
 - quality: a DataMan-style rater gives the text an overall score on a 1-5 scale; reward = score(output) -
   score(source). A source is scored once per distinct text and cached (not once per completion).
-- structure (rephrase): a judge answers 1 if the rewrite keeps the source's layout, else 0; its last character
-  is the verdict.
+- structure (rephrase): a judge answers 1 if the rewrite keeps the source's layout, else 0. The verdict is read
+  strictly: with any ``<think>...</think>`` block removed, the reply's last non-empty line must be exactly ``0`` or
+  ``1`` (so a bare digit, or a digit on its own line after an explanation). The release takes the reply's last
+  character and scores anything that is not 0 or 1 as 0; here "Error 500", "retry in 10" or "1." raise, and the
+  suite counts a failure rather than a silent 0.
 - faithfulness (reformat): a verifier labels each Topic/Content pair, against the source's first 3,000
   characters, as Faithful / Unfaithful_Topic / Unfaithful_Content, one numbered line per pair; reward = fraction
   Faithful, and 0 when no pair parses (no call is made). A pair the reply leaves unlabelled counts as not Faithful,
@@ -14,7 +17,11 @@ release's (facts only, our own wording):
 
 The text judged is what follows the operation's heading (empty when the heading is missing), as in the release.
 Calls go through :class:`synpro_jax.serve.client.OpenAIClient` (timeouts, retries with backoff, a circuit
-breaker). An unparseable reply, exhausted retries or an open breaker raise :class:`RewardError`; never a 0.
+breaker). Every reward call has a total deadline, ``deadline_s``: all its judge requests (queued, concurrent or
+batched), their retries, backoff sleeps and replies however slowly they trickle in end by then. The default is
+the worst case of one request's retries, ``(max_retries + 1) * timeout_s`` plus the longest backoffs; ``timeout_s``
+bounds one attempt as a whole (not each socket read). An unparseable reply, exhausted retries, a passed deadline or
+an open breaker raise :class:`RewardError`; never a 0.
 """
 
 from __future__ import annotations
@@ -23,13 +30,14 @@ import collections
 import concurrent.futures
 import re
 import threading
+import time
 from typing import Callable, Sequence
 
 import numpy as np
 
 from synpro_jax.generation import prompts as prompts_lib
 from synpro_jax.rl.rewards.base import RewardError, RewardInputs, register_reward
-from synpro_jax.serve.client import ClientConfig, OpenAIClient, RemoteError
+from synpro_jax.serve.client import ClientConfig, DeadlineExceeded, OpenAIClient, RemoteError
 
 APIS = ("chat", "completions")
 FAITHFULNESS_SOURCE_CHARS = 3000
@@ -84,11 +92,17 @@ def parse_quality_score(reply: str) -> int:
 
 
 def parse_structure_verdict(reply: str) -> int:
-    """0 or 1: the reply's last non-space character, as in the release; RewardError for anything else."""
-    text = _THINK.sub("", reply or "").strip().rstrip(".*`")
-    if not text or text[-1] not in "01":
-        raise RewardError(f"structure judge: the reply does not end in 0 or 1: {text[-120:]!r}")
-    return int(text[-1])
+    """0 or 1: the reply without its ``<think>...</think>`` blocks is exactly that digit, or its last non-empty line
+    is (whitespace stripped). RewardError for anything else ("Error 500", "10", "1.", "", an unclosed <think>)."""
+    text = _THINK.sub("", reply or "")
+    if "<think>" in text:
+        raise RewardError(f"structure judge: the reply's <think> block is not closed (max_tokens too small?): "
+                          f"{text[-120:]!r}")
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines or lines[-1] not in ("0", "1"):
+        raise RewardError(f"structure judge: the reply is not 0 or 1, nor does its last line hold only 0 or 1: "
+                          f"{text.strip()[-120:]!r}")
+    return int(lines[-1])
 
 
 def parse_faithfulness_labels(reply: str, num_entries: int) -> list[str]:
@@ -122,7 +136,7 @@ class RemoteJudge:
                  temperature: float = 0.0, seed: int | None = 1024, concurrency: int = 8, timeout_s: float = 60.0,
                  max_retries: int = 3, backoff_s: float = 0.5, max_backoff_s: float = 8.0,
                  breaker_failures: int = 5, breaker_cooldown_s: float = 30.0, api_key: str = "EMPTY",
-                 client: OpenAIClient | None = None, name: str = "judge"):
+                 deadline_s: float | None = None, client: OpenAIClient | None = None, name: str = "judge"):
         if api not in APIS:
             raise ValueError(f"{name}: api={api!r} must be one of {APIS}")
         if concurrency < 1 or max_tokens < 1:
@@ -134,20 +148,36 @@ class RemoteJudge:
         self.client = client or OpenAIClient(ClientConfig(
             base_url=base_url, model=model, api_key=api_key, timeout_s=timeout_s, max_retries=max_retries,
             backoff_s=backoff_s, max_backoff_s=max_backoff_s, breaker_failures=breaker_failures,
-            breaker_cooldown_s=breaker_cooldown_s))
+            breaker_cooldown_s=breaker_cooldown_s, deadline_s=deadline_s))
+        # One reward call's total time: the given deadline_s, or one request's worst case with its retries.
+        self.deadline_s = float(deadline_s) if deadline_s is not None else self.client.config.call_deadline_s
+        if not (self.deadline_s > 0 and self.deadline_s < float("inf")):
+            raise ValueError(f"{name}: deadline_s={deadline_s} must be a finite number > 0")
 
-    def ask(self, prompts: Sequence[str]) -> list[str]:
-        """One reply per prompt. Completions send the prompts in one request; chat sends one request each."""
+    def deadline_at(self) -> float:
+        """The ``time.monotonic()`` instant a reward call starting now must end by."""
+        return time.monotonic() + self.deadline_s
+
+    def ask(self, prompts: Sequence[str], deadline_at: float | None = None) -> list[str]:
+        """One reply per prompt, all by ``deadline_at`` (default: ``deadline_s`` from now). Completions send the
+        prompts in one request; chat sends one request each, ``concurrency`` at a time."""
         prompts = list(prompts)
         if not prompts:
             return []
+        deadline_at = self.deadline_at() if deadline_at is None else deadline_at
         try:
             if self.api == "completions":
-                return self.client.completions(prompts, **self.knobs)
+                return self.client.completions(prompts, deadline_at=deadline_at, **self.knobs)
             messages = [[{"role": "system", "content": JUDGE_SYSTEM}, {"role": "user", "content": p}]
                         for p in prompts]
-            with concurrent.futures.ThreadPoolExecutor(min(self.concurrency, len(prompts))) as pool:
-                return list(pool.map(lambda m: self.client.chat(m, **self.knobs), messages))
+            pool = concurrent.futures.ThreadPoolExecutor(min(self.concurrency, len(prompts)))
+            try:
+                futures = [pool.submit(self.client.chat, m, deadline_at=deadline_at, **self.knobs) for m in messages]
+                return [f.result() for f in futures]
+            finally:  # after a failure, the requests not yet sent are not sent
+                pool.shutdown(wait=True, cancel_futures=True)
+        except DeadlineExceeded as e:
+            raise RewardError(f"{self.name}: the reward call's deadline_s={self.deadline_s:g} passed: {e}") from e
         except RemoteError as e:
             raise RewardError(f"{self.name}: {e}") from e
 
@@ -180,13 +210,14 @@ class QualityRemote(_RemoteReward):
         self._source_scores: collections.OrderedDict[str, int] = collections.OrderedDict()
         self._lock = threading.Lock()
 
-    def score(self, texts: Sequence[str]) -> list[int]:
-        return [parse_quality_score(r) for r in self.judge.ask([QUALITY_PROMPT.format(text=t) for t in texts])]
+    def score(self, texts: Sequence[str], deadline_at: float | None = None) -> list[int]:
+        replies = self.judge.ask([QUALITY_PROMPT.format(text=t) for t in texts], deadline_at)
+        return [parse_quality_score(r) for r in replies]
 
-    def source_scores(self, sources: Sequence[str]) -> np.ndarray:
+    def source_scores(self, sources: Sequence[str], deadline_at: float | None = None) -> np.ndarray:
         with self._lock:
             missing = list(dict.fromkeys(s for s in sources if s not in self._source_scores))
-        scores = dict(zip(missing, self.score(missing)))
+        scores = dict(zip(missing, self.score(missing, deadline_at)))
         with self._lock:
             for s, v in scores.items():
                 self._source_scores[s] = v
@@ -197,7 +228,9 @@ class QualityRemote(_RemoteReward):
 
     def __call__(self, inputs: RewardInputs) -> np.ndarray:
         outputs = [_answer_text(c, inputs.operation) for c in inputs.completions]
-        return np.asarray(self.score(outputs), np.float32) - self.source_scores(inputs.sources)
+        deadline_at = self.judge.deadline_at()  # one deadline for the outputs' and the sources' requests
+        return np.asarray(self.score(outputs, deadline_at), np.float32) - self.source_scores(inputs.sources,
+                                                                                             deadline_at)
 
 
 @register_reward("structure_remote")
