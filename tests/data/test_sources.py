@@ -116,3 +116,13 @@ def test_real_shared_corpora(shared_data):
     assert sum(1 for _ in c4) > 0
     shakespeare = sources.TextSource(str(organic / "tinyshakespeare.txt"))
     assert sum(1 for _ in shakespeare) > 1000
+
+
+def test_a_control_character_is_named_once_with_its_column(tmp_path):
+    path = tmp_path / "docs.jsonl"
+    write_jsonl(path, [b'{"text": "a\tb"}\n', {"text": "fine"}])
+    src = sources.JsonlSource(path)
+    assert [d.text for d in src] == ["fine"]
+    summary = src.report.summary()
+    assert f"{path}:1" in summary and "invalid JSON (Invalid control character at column 12)" in summary
+    assert "at at" not in summary

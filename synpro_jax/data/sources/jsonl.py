@@ -74,7 +74,7 @@ class JsonlSource:
         try:
             record = json.loads(line)
         except json.JSONDecodeError as e:
-            self.report.problem("malformed", where, f"invalid JSON ({e.msg} at column {e.colno})")
+            self.report.problem("malformed", where, f"invalid JSON ({e.msg.removesuffix(' at')} at column {e.colno})")
             return None
         if not isinstance(record, dict) or self.text_field not in record:
             self.report.problem("malformed", where, f"no {self.text_field!r} field")
