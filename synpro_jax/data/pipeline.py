@@ -2,18 +2,22 @@
 
 Step ``s`` uses global rows ``[s * B, (s + 1) * B)``. Each process builds only the rows its devices hold (read
 off the batch sharding) and hands them to ``jax.make_array_from_process_local_data``, so a pod never moves
-input data between hosts, and the data position is the step number alone.
+input data between hosts. The data position is the step number and the stage's stream starts: a stage that
+continues another run's data reads each stream of its mixture from where that run left it
+(:func:`continue_streams`), fixed for the whole stage, so a killed stage resumes from its step number alone.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from typing import Mapping
 
 import jax
 import numpy as np
 from jax.sharding import NamedSharding
 
-from synpro_jax.data.packing import TRAINING_FEATURES
+from synpro_jax.data.mixture import MixedStream
+from synpro_jax.data.packing import TRAINING_FEATURES, PackedStream
 
 
 @dataclasses.dataclass
@@ -42,6 +46,37 @@ def host_rows(sharding: NamedSharding, global_batch: int, row_len: int) -> Shard
         raise ValueError("this process's devices hold a non-contiguous set of batch rows; order the mesh's devices "
                          "by process (jax.make_mesh does)")
     return ShardInfo(jax.process_index(), jax.process_count(), lo, hi)
+
+
+def continue_streams(stream, previous: Mapping | None = None):
+    """(the stream a stage reads, a :class:`MixedStream` of the same rows that counts what the stage read, how
+    each stream starts) for ``stream``: a :class:`~synpro_jax.data.streams.MixtureInput`, a
+    :class:`MixedStream` or a single :class:`PackedStream` (counted as the stream ``"train"``).
+
+    ``previous`` is the data position a continuing stage starts from: per stream name, the token position the
+    previous stage reached (:meth:`MixedStream.continuing`). A stream of the previous stage continues from the
+    first row it did not read; a stream new in this stage (or holding other documents) starts at row 0. Without
+    ``previous`` every stream starts where ``stream`` does. The counter is None for any other stream type."""
+    single = isinstance(stream, PackedStream)
+    if hasattr(stream, "counting_stream"):
+        counting = stream.counting_stream()
+    elif isinstance(stream, MixedStream):
+        counting = stream.detached()
+    elif single:
+        counting = MixedStream([stream], [1], names=["train"]).detached()
+    else:
+        if previous:
+            raise ValueError(f"a {type(stream).__name__} cannot continue another stage's data position (give a "
+                             "MixtureInput, MixedStream or PackedStream)")
+        return stream, None, {}
+    if not previous:
+        return stream, counting, {name: "new" for name in counting.names}
+    starts, how = counting.continuing(previous)
+    if single:
+        stream = MixedStream([stream], [1], names=["train"]) if starts.any() else stream
+    if starts.any() or not single:
+        stream = stream.starting_at(starts)
+    return stream, counting.starting_at(starts), how
 
 
 def seqio_shard_info():

@@ -7,6 +7,7 @@ documents packed for validation.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -26,10 +27,13 @@ log = logging.getLogger(__name__)
 
 @dataclasses.dataclass(frozen=True)
 class MixtureInput:
-    """The trainer's input: the registered mixture ``name`` read through seqio at ``seq_len``."""
+    """The trainer's input: the registered mixture ``name`` read through seqio at ``seq_len``; with ``starts``,
+    stream ``i`` of the mixture is read from its row ``starts[i]`` on (a stage continuing another's data, see
+    :meth:`~synpro_jax.data.mixture.MixedStream.starting_at`)."""
 
     name: str
     seq_len: int
+    starts: tuple[int, ...] = ()
 
     @property
     def mixture(self) -> tasks_lib.PackedMixture:
@@ -45,13 +49,34 @@ class MixtureInput:
     def names(self) -> list[str]:
         return self.mixture.task_names
 
+    def starting_at(self, starts) -> "MixtureInput":
+        return dataclasses.replace(self, starts=tuple(int(s) for s in starts))
+
+    def stream(self):
+        """The rows as a random-access :class:`~synpro_jax.data.mixture.MixedStream` (the registered mixture's
+        own packed streams, from ``starts``)."""
+        mixed = self.mixture.stream(self.seq_len)
+        return mixed.starting_at(self.starts) if any(self.starts) else mixed
+
+    def counting_stream(self):
+        """The same rows on packed streams of their own: the trainer counts what a stage read with it while
+        tf.data threads read the registered ones."""
+        return self.mixture.spec.stream(self.row_len).starting_at(self.starts)
+
     def dataset(self, shard_info=None, start_row: int = 0):
-        return self.mixture.get_dataset({"targets": self.seq_len}, split="train", shard_info=shard_info,
-                                        shuffle=False, start_row=start_row)
+        mixture = self.mixture
+        if any(self.starts):
+            # The registered Mixture reads every stream from its first row: read a copy of it whose stream at
+            # this length starts where this stage's streams start (the same packed streams, caches and lock).
+            started = mixture.stream(self.seq_len).starting_at(self.starts)
+            mixture = copy.copy(mixture)
+            mixture._streams = {self.seq_len: started}
+        return mixture.get_dataset({"targets": self.seq_len}, split="train", shard_info=shard_info,
+                                   shuffle=False, start_row=start_row)
 
     def rows(self, indices):
         """Random access to global rows (the same rows the dataset yields), for tools and tests."""
-        return self.mixture.stream(self.seq_len).rows(indices)
+        return self.stream().rows(indices)
 
 
 @dataclasses.dataclass

@@ -4,7 +4,10 @@ Round 0 (pretraining on organic data to the plateau, then evaluation) is shared 
 Then, round by round, each run does its stages (loop/plan.py): ``synpro`` probes, GRPO-trains and runs its
 generators and continues pretraining on the growing mixture; ``repetition`` continues on the organic data alone;
 each ``oracle_<D>`` continues on D unique organic tokens. Every later round runs ``LoopConfig.steps[r]`` steps in
-every run, so the runs compare at equal compute.
+every run, so the runs compare at equal compute. A round's pretraining continues the previous round's data too:
+each stream goes on from the rows the previous round read (a stream new in the round, or an oracle's larger
+organic set, starts at row 0), and ``loop.json`` records per stage the rows each stream read, the organic rows and
+the distinct organic tokens among them (``organic_rows``, ``organic_unique_tokens``).
 
 Layout of the experiment directory::
 
@@ -190,6 +193,8 @@ def _summary(exp: stages.Experiment, done: dict[str, dict], runs: list[str], pre
             if pre is None:
                 break
             rounds.append({"round": r, "train_step": pre["train_step"], "tokens": pre["tokens"],
+                           "organic_rows": pre.get("organic_rows"),
+                           "organic_unique_tokens": pre.get("organic_unique_tokens"),
                            "val_loss": pre.get("val_loss"), "plateaued": pre.get("plateaued"),
                            **({"eval": {"tasks": ev["tasks"], "perplexity": ev["perplexity"]}} if ev else {})})
             final[run] = {"val_loss": pre.get("val_loss"), "organic_tokens": pre.get("organic_tokens"),

@@ -182,21 +182,38 @@ def pretrain(exp: Experiment, run: str, plan: StagePlan, budget: int | None, out
               "init_from": None if previous is None else {"dir": previous["dir"], "step": previous["train_step"]},
               "synthetic": [{"generator": g, "round": r, "dir": d} for g, r, d in synthetic],
               "mixing": data.mixing if synthetic else None, "organic_budget_tokens": data.organic_budget_tokens}
+    data_start = {}
+    if previous is not None:
+        # The data goes on where the previous stage left it: each stream it read continues from the rows read (by
+        # token position and stream identity, see data/mixture.py); a stream new in this round starts at row 0.
+        if "data" not in previous:
+            raise ValueError(f"{resolve(plan.reads[0])} was recorded without its data position (by an older "
+                             "synpro_jax): continue this experiment from that round with the synpro_jax that made it, "
+                             "or start a new experiment directory")
+        data_start = {name: {"tokens": d["position_tokens"], "stream": d["stream"]}
+                      for name, d in previous["data"].items()}
+        inputs["data_start"] = data_start
 
     def work() -> dict:
+        from synpro_jax.data.tasks import organic_task_name
+
         trainer = gin_make("synpro.TrainerConfig", out_dir=str(exp.path(rel)), num_steps=steps,
-                           stop_on_plateau=plateau)
+                           stop_on_plateau=plateau, data_start=data_start)
         init_from = None if previous is None else str(exp.path(previous["dir"]))
         summary = configs.pretrain(model=exp.model, trainer=trainer, data=data, init_from=init_from)
         if summary.get("preempted"):
             raise StagePreempted(f"pretraining {rel} stopped at step {summary['step']}")
         train_step = int(summary.get("start_step", 0)) + int(summary["step"])
+        organic = summary["data"].get(organic_task_name(data.corpus), {})
         return {"dir": rel, "step": int(summary["step"]), "train_step": train_step,
                 "start_step": int(summary.get("start_step", 0)),
                 "tokens_per_step": trainer.global_batch * trainer.seq_len,
                 "tokens": train_step * trainer.global_batch * trainer.seq_len,
                 "val_loss": summary.get("val_loss"), "loss": summary.get("loss"),
-                "plateaued": bool(summary.get("plateaued")), "organic_tokens": summary.get("organic_tokens")}
+                "plateaued": bool(summary.get("plateaued")), "organic_tokens": summary.get("organic_tokens"),
+                # what this stage read: organic rows and the distinct organic tokens among them, and per stream
+                "organic_rows": organic.get("rows"), "organic_unique_tokens": organic.get("unique_tokens"),
+                "data": summary["data"]}
 
     def ok(o: dict) -> bool:
         return (exp.path(o["dir"]) / "checkpoints" / str(o["step"])).is_dir()
@@ -212,8 +229,8 @@ def probe(exp: Experiment, run: str, plan: StagePlan, outputs: dict, resolve) ->
     inputs = {"kind": "probe", "theta": {"dir": theta["dir"], "step": theta["train_step"]}}
 
     def work() -> dict:
-        result = configs.probe(model=exp.model, checkpoint=str(exp.path(theta["dir"])), vocabulary=exp.vocabulary_path(),
-                               out_dir=str(exp.path(rel)))
+        result = configs.probe(model=exp.model, checkpoint=str(exp.path(theta["dir"])),
+                               vocabulary=exp.vocabulary_path(), out_dir=str(exp.path(rel)))
         result = {**_scalars(result), "scores": _rel(exp, result["scores"])} if "scores" in result else result
         return {"dir": rel, "finetuned": f"{rel}/finetuned", **_scalars(result)}
 
@@ -264,7 +281,8 @@ def synthesize(exp: Experiment, run: str, plan: StagePlan, spec: GeneratorSpec, 
     rel = exp.stage_dir(run, plan)
     policy, is_run = exp.policy(spec, plan, outputs, resolve)
     inputs = {"kind": "synthesize", "generator": spec.name, "operation": spec.operation, "round": plan.round,
-              "policy": _rel(exp, policy), "shards": list(exp.data.organic), "documents": selection_identity(exp.training_documents())}
+              "policy": _rel(exp, policy), "shards": list(exp.data.organic),
+              "documents": selection_identity(exp.training_documents())}
 
     def work() -> dict:
         with gin.config_scope(spec.name):

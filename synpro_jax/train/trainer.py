@@ -2,9 +2,16 @@
 
 A :class:`Trainer` is one resumable stage. ``run()`` restores the latest checkpoint in ``out_dir`` if there is
 one (refusing a checkpoint written under a different configuration), trains to ``num_steps`` or until the
-validation loss plateaus, and returns a summary. Because batch ``s`` is a pure function of the step number, a run
-killed at any point and restarted continues exactly as if it had never stopped. SIGTERM (TPU preemption) saves
-a checkpoint after the current step and returns with ``preempted=True``.
+validation loss plateaus, and returns a summary. Because batch ``s`` is a pure function of the step number (and
+of the stage's stream starts, fixed for the stage), a run killed at any point and restarted continues exactly as
+if it had never stopped. SIGTERM (TPU preemption) saves a checkpoint after the current step and returns with
+``preempted=True``.
+
+A stage that continues another run (``init_step``, a SynPro round) continues its data too when
+``TrainerConfig.data_start`` gives the position the previous stage reached (its summary's ``data``): each stream
+of the mixture goes on from the rows already read, a stream new in this stage starts at row 0. The summary's
+``data`` says, per stream, which rows the stage read, their tokens, the distinct document tokens among them
+(a document read in two epochs counted once), the epochs, and the position the next stage continues from.
 
 Validation reads the held-out stream from its first row, in the train step's micro-batches, and never past the
 end of its first epoch: a held-out set smaller than ``eval_batches`` global batches is evaluated once, whole.
@@ -18,7 +25,7 @@ import json
 import logging
 import math
 import time
-from typing import Any
+from typing import Any, Mapping
 
 from etils.epath import Path
 import jax
@@ -33,7 +40,7 @@ from synpro_jax import heartbeat
 from synpro_jax.distributed import Preemption
 from synpro_jax.checks import positive_ints
 from synpro_jax.data.packing import PackedStream
-from synpro_jax.data.pipeline import TrainBatches
+from synpro_jax.data.pipeline import TrainBatches, continue_streams
 from synpro_jax.models import LossSums, ModelConfig
 from synpro_jax.train.checkpoint import Checkpointer
 from synpro_jax.train.metrics import MetricsLog, device_peak_flops, save_png
@@ -65,13 +72,35 @@ class TrainerConfig:
     stop_on_plateau: bool = False
     seed: int = 0
     progress: bool = True
+    # The data position a continuing stage starts from (the loop sets it from the previous stage's summary): per
+    # stream name, the token position the previous stage reached, an int or {"tokens": n, "stream": identity}
+    # (its summary's data[name]["position_tokens"] and ["stream"]). Empty: every stream starts at row 0.
+    data_start: Any = ()
 
     def __post_init__(self):
         positive_ints(self, "num_steps", "global_batch", "seq_len", "accum_steps", "log_every", "eval_every",
                       "eval_batches", "checkpoint_every", "keep_checkpoints")
+        start = self.data_start or {}
+        if not isinstance(start, Mapping):  # the normalized form below
+            start = {name: tokens if identity is None else {"tokens": tokens, "stream": identity}
+                     for name, tokens, identity in start}
+        entries = []
+        for name, entry in start.items():
+            tokens, identity = (entry.get("tokens"), entry.get("stream")) if isinstance(entry, Mapping) else \
+                (entry, None)
+            if isinstance(tokens, bool) or not isinstance(tokens, (int, np.integer)) or tokens < 0:
+                raise ValueError(f"TrainerConfig.data_start[{name!r}]={entry!r}: give a non-negative token "
+                                 "position, or {'tokens': n, 'stream': identity}")
+            entries.append((str(name), int(tokens), None if identity is None else str(identity)))
+        object.__setattr__(self, "data_start", tuple(sorted(entries)))  # hashable, as a frozen config should be
         if self.global_batch % self.accum_steps:
             raise ValueError(f"TrainerConfig.global_batch={self.global_batch} is not divisible by "
                              f"accum_steps={self.accum_steps}")
+
+    def data_start_positions(self) -> dict:
+        """``data_start`` as :func:`~synpro_jax.data.pipeline.continue_streams` takes it."""
+        return {name: tokens if identity is None else {"tokens": tokens, "stream": identity}
+                for name, tokens, identity in self.data_start}
 
 
 def plot_loss_curve(records: list[dict], path: Path, title: str = "") -> None:
@@ -150,8 +179,11 @@ class Trainer:
         self.model_cfg, self.mesh, self.opt_cfg, self.cfg = model_cfg, mesh, opt_cfg, cfg
         self.out_dir = Path(cfg.out_dir)
         self.step_fn = TrainStep(model_cfg, mesh, opt_cfg, z_loss=cfg.z_loss, accum_steps=cfg.accum_steps)
+        # the stream from this stage's data position on, and a counter of what the stage reads (see the docstring)
+        train_stream, self.data_count, self.data_from = continue_streams(train_stream, cfg.data_start_positions())
         self.batches = TrainBatches(train_stream, cfg.global_batch, self.step_fn.batch_sharding)
-        self.val_batches = TrainBatches(val_stream, cfg.global_batch, self.step_fn.batch_sharding) if val_stream else None
+        self.val_batches = (TrainBatches(val_stream, cfg.global_batch, self.step_fn.batch_sharding)
+                            if val_stream else None)
         self.eval_step = micro_batched_eval(self.step_fn)
         self.eval_plan = self._plan_validation(val_stream)
         self.init_params, self.init_adam, self.init_step = init_params, init_adam, int(init_step)
@@ -161,9 +193,25 @@ class Trainer:
         self.fingerprint = hashlib.sha1(json.dumps(
             [dataclasses.asdict(model_cfg), dataclasses.asdict(opt_cfg), cfg.global_batch, cfg.seq_len,
              cfg.accum_steps, cfg.z_loss, cfg.seed, data_fingerprint]
-            + ([init_source, int(init_step)] if init_source else []), sort_keys=True, default=str).encode()
-        ).hexdigest()[:16]
+            + ([init_source, int(init_step)] if init_source else [])
+            + ([["data_start", self._stream_starts()]] if any(self._stream_starts().values()) else []),
+            sort_keys=True, default=str).encode()).hexdigest()[:16]
         self.preemption = Preemption()  # SIGTERM: every host saves the same step, then the job exits 143
+
+    # --- data position -------------------------------------------------------------------------------------------
+    def _stream_starts(self) -> dict[str, int]:
+        """The row each stream of the mixture starts at in this stage."""
+        if self.data_count is None:
+            return {}
+        return {name: int(row) for name, row in zip(self.data_count.names, self.data_count.starts)}
+
+    def data_read(self, step: int) -> dict:
+        """Per stream, what the stage's first ``step`` steps read (``MixedStream.report``) and how the stream
+        started ("continued", "new" or "changed")."""
+        if self.data_count is None:
+            return {}
+        report = self.data_count.report(step * self.cfg.global_batch)
+        return {name: {**r, "from": self.data_from.get(name, "new")} for name, r in report.items()}
 
     # --- state ---------------------------------------------------------------------------------------------------
     def _fresh_state(self) -> dict:
@@ -178,8 +226,12 @@ class Trainer:
         return {"train": train, "rng": rng}
 
     def _meta(self, step: int) -> dict:
-        return {"step": step, "rows_consumed": step * self.cfg.global_batch, "fingerprint": self.fingerprint,
+        meta = {"step": step, "rows_consumed": step * self.cfg.global_batch, "fingerprint": self.fingerprint,
                 "plateau": self.plateau.state_dict(), "time": time.time()}
+        if self.data_count is not None:  # each stream's next row: the data position at this checkpoint
+            meta["stream_rows"] = {name: int(start + n) for name, start, n in zip(
+                self.data_count.names, self.data_count.starts, self.data_count.rows_read(step * self.cfg.global_batch))}
+        return meta
 
     def _plan_validation(self, val_stream) -> tuple[int, int]:
         """(global batches per evaluation, stream tokens it may read): at most ``eval_batches`` batches and never
@@ -305,6 +357,8 @@ class Trainer:
                 metrics_log.close()
         summary = {"step": step, "preempted": preempted, "plateaued": plateaued,
                    "out_dir": str(self.out_dir), "checkpoint_step": step, **self.summary_extra}
+        if self.data_count is not None:
+            summary["data"] = self.data_read(step)
         last = [r for r in metrics_log.records if "loss" in r]
         if last:
             summary.update({k: last[-1][k] for k in ("loss", "tokens_per_s", "mfu") if k in last[-1]})

@@ -12,7 +12,7 @@ seqio = pytest.importorskip("seqio")
 from synpro_jax import sharding  # noqa: E402
 from synpro_jax.data import streams as streams_lib, tasks, vocab as vocab_lib  # noqa: E402
 from synpro_jax.data.config import DataConfig, SyntheticShards  # noqa: E402
-from synpro_jax.data.pipeline import TrainBatches  # noqa: E402
+from synpro_jax.data.pipeline import TrainBatches, continue_streams  # noqa: E402
 
 WORDS = "the a model learns text from data every epoch while rates mix organic and synthetic streams".split()
 
@@ -135,6 +135,27 @@ def test_seqio_mixture_is_the_trainers_input_token_for_token(workspace):
         np.testing.assert_array_equal([r["targets"] for r in later], ref_batch["targets"][p::3][71:76])
     jumped, _ = batches(11)  # a resume at step 11 reopens the dataset there
     np.testing.assert_array_equal(np.asarray(jumped["targets"]), ref_batch["targets"][88:96])
+
+    # 4. a stage continuing this one's data position reads each stream on from its rows, through seqio as at
+    # random access, and the registered Mixture still reads from row 0
+    read = stream.detached().report(12 * 8)
+    train, counting, how = continue_streams(
+        streams.train, {n: {"tokens": r["position_tokens"], "stream": r["stream"]} for n, r in read.items()})
+    assert train.starts == tuple(r["end_row"] for r in read.values()) and any(train.starts)
+    assert set(how.values()) == {"continued"}
+    cont, cont_which = stream.starting_at(train.starts).rows(np.arange(24))
+    later = TrainBatches(train, 8, batch_sharding)
+    assert later.reads_seqio
+    for step in range(3):
+        batch, info = later(step)
+        np.testing.assert_array_equal(np.asarray(batch["targets"]), cont.training_batch()["targets"][step * 8:][:8])
+        np.testing.assert_array_equal(info["epochs"], cont.epochs[step * 8:(step + 1) * 8])
+    for s, packed in enumerate(stream.streams):
+        at = np.flatnonzero(cont_which == s)
+        np.testing.assert_array_equal(cont.tokens[at], packed.rows(train.starts[s] + np.arange(len(at))).tokens)
+    assert counting.report(24) == stream.starting_at(train.starts).detached().report(24)
+    np.testing.assert_array_equal([r["targets"] for r in _mixture_rows("synpro_toy_mix", 16, 8)],
+                                  ref_batch["targets"][:8])
 
 
 def test_token_shares_equal_configured_rates(workspace):

@@ -61,6 +61,63 @@ def records(directory: Path) -> list[dict]:
     return [json.loads(line) for f in sorted(directory.glob("*.jsonl")) for line in f.read_text().splitlines()]
 
 
+def organic_stream(workspace: Path, out: Path):
+    """The packed organic training stream of the workspace's loop (its tokenized corpus from the run's cache)."""
+    from synpro_jax.data.config import DataConfig
+    from synpro_jax.data.packing import PackedStream
+    from synpro_jax.data.streams import organic_split
+
+    ws = workspace.parent
+    cfg = DataConfig(corpus="toy", organic=(str(ws / "organic.jsonl"),), vocabulary=str(ws / "sp.model"),
+                     validation_docs=8, cache_dir=str(out.parent / f"{out.name}_cache"))
+    vocab, train, _, _ = organic_split(cfg, progress=False)
+    return PackedStream(train, 33, vocab.eos_id, seed=0)
+
+
+def distinct_tokens_by_hand(stream, start_row: int, end_row: int) -> int:
+    """The (document, offset) pairs that rows [start_row, end_row) hold, walked position by position through
+    each epoch's document order (EOS left out)."""
+    c, seen = stream.corpus, set()
+    a, b = start_row * stream.row_len, end_row * stream.row_len
+    for epoch in range(a // stream.epoch_tokens, (b - 1) // stream.epoch_tokens + 1):
+        pos = epoch * stream.epoch_tokens
+        for doc_id in stream.epoch_doc_order(epoch):
+            n = len(c.doc(c.doc_ids.index(doc_id)))
+            seen.update((doc_id, j) for j in range(n) if a <= pos + j < b)
+            pos += n + 1
+    return len(seen)
+
+
+def assert_data_goes_on(workspace: Path, out: Path, got: dict) -> None:
+    """Each round's pretraining reads every stream on from the rows the previous round read (a synthetic set
+    new in the round from row 0), all the rows of its steps, and loop.json counts the organic rows and distinct
+    organic tokens it read as a walk through the organic documents does."""
+    organic = organic_stream(workspace, out)
+    name, previous = "synpro_toy_organic", None
+    for r, steps in enumerate((4, 2, 2)):
+        stage = got["r0/pretrain" if r == 0 else f"r{r}/synpro/pretrain"]
+        data, outputs = stage["outputs"]["data"], stage["outputs"]
+        assert sum(d["rows"] for d in data.values()) == steps * 8  # global batch 8
+        for task, d in data.items():
+            before = (previous or {}).get(task)
+            assert d["start_row"] == (before["end_row"] if before else 0), (r, task)
+            assert d["from"] == ("continued" if before else "new"), (r, task)
+            assert d["end_row"] == d["start_row"] + d["rows"] and d["tokens"] == d["rows"] * 33
+        if previous is not None:
+            assert stage["inputs"]["data_start"] == {
+                task: {"tokens": d["end_row"] * 33, "stream": d["stream"]} for task, d in previous.items()}
+        assert set(data) == {name} | {f"synpro_toy_{g}_r{k}" for g in ("rephrase", "reformat")
+                                      for k in range(1, r + 1)}
+        org = data[name]
+        assert outputs["organic_rows"] == org["rows"] > 0
+        assert outputs["organic_unique_tokens"] == org["unique_tokens"] == distinct_tokens_by_hand(
+            organic, org["start_row"], org["end_row"]) <= outputs["organic_tokens"] == organic.corpus.num_tokens
+        assert org["epochs"] == [org["start_row"] * 33 // organic.epoch_tokens,
+                                 (org["end_row"] * 33 - 1) // organic.epoch_tokens]
+        previous = data
+    assert got["r1/synpro/pretrain"]["outputs"]["data"][name]["start_row"] == 32  # not row 0 again
+
+
 def test_killed_in_grpo_and_in_synthesis_the_loop_resumes_to_the_uninterrupted_result(workspace, tmp_path):
     killed = tmp_path / "killed"
     grpo_ckpts = killed / "synpro" / "r1" / "grpo_rephrase" / "checkpoints"
@@ -120,9 +177,12 @@ def test_killed_in_grpo_and_in_synthesis_the_loop_resumes_to_the_uninterrupted_r
         ("rephrase", 1), ("reformat", 1), ("rephrase", 2), ("reformat", 2)]
     assert pre["inputs"]["init_from"] == {"dir": "synpro/r1/pretrain", "step": 6}
     assert pre["outputs"]["train_step"] == 8
+    assert_data_goes_on(workspace, killed, a)
 
     summary = json.loads((killed / "loop_summary.json").read_text())
     assert summary["complete"] and [r["train_step"] for r in summary["runs"]["synpro"]] == [4, 6, 8]
+    assert [r["organic_rows"] for r in summary["runs"]["synpro"]] == [
+        a[k]["outputs"]["organic_rows"] for k in ("r0/pretrain", "r1/synpro/pretrain", "r2/synpro/pretrain")]
     assert summary["runs"]["synpro"][2]["eval"]["tasks"]["toy"]["items"] == 6
     assert (killed / "loop_summary.png").stat().st_size > 0
     events = list((killed / "tensorboard" / "synpro").glob("events.out.tfevents.*"))

@@ -31,6 +31,27 @@ def test_baselines_and_effective_tokens_and_a_changed_input_is_refused(workspace
     assert unique == {"repetition": 300, "oracle_600": 600, "oracle_880": 880}
     assert {got[f"r1/{run}/pretrain"]["outputs"]["train_step"] for run in unique} == {8}  # the same compute
     assert got["r0/pretrain"]["outputs"]["organic_tokens"] == 300
+    # The data goes on: repetition reads the organic rows after round 0's 4 x 8 (its epoch counter goes on), an
+    # oracle's larger organic set is another stream, read from row 0. Each stage reads 4 x 8 rows of 33 tokens,
+    # a whole epoch of every organic set here, so it reads each of its budget's tokens.
+    r0 = got["r0/pretrain"]["outputs"]
+    rep = got["r1/repetition/pretrain"]
+    assert (r0["organic_rows"], r0["organic_unique_tokens"]) == (32, 300)
+    org = rep["outputs"]["data"]["synpro_toy_organic"]
+    assert rep["inputs"]["data_start"]["synpro_toy_organic"]["tokens"] == 32 * 33
+    assert (org["start_row"], org["rows"], org["from"]) == (32, 32, "continued")
+    epoch = org["epoch_tokens"]
+    assert 300 < epoch and 32 * 33 >= 3 * epoch  # 300 tokens and an EOS per document: round 0 read 3+ epochs
+    logged = [json.loads(line) for line in (out / "repetition" / "r1" / "pretrain" / "metrics.jsonl").read_text()
+              .splitlines()]
+    last = [r for r in logged if "epoch" in r][-1]  # step 4 reads organic rows 56..63, round 0 read rows 0..31
+    assert last["step"] == 4 and last["epoch"] == (32 + 32 - 1) * 33 // epoch > (32 - 1) * 33 // epoch >= 3
+    for run, budget in unique.items():
+        outputs = got[f"r1/{run}/pretrain"]["outputs"]
+        d = outputs["data"]["synpro_toy_organic"]
+        assert d["epoch_tokens"] <= 32 * 33  # a whole epoch inside the stage's rows
+        assert (outputs["organic_rows"], outputs["organic_unique_tokens"]) == (32, budget)
+        assert (d["start_row"], d["from"]) == ((32, "continued") if run == "repetition" else (0, "changed"))
     summary = json.loads((out / "loop_summary.json").read_text())
     effective = summary["effective_tokens"]
     assert effective["status"] == "fitted" and effective["fit"]["oracle_tokens"] == [300, 600, 880]

@@ -30,7 +30,8 @@ def make_trainer(out_dir, val_docs=6, accum_steps=1, eval_batches=4, num_steps=2
     cfg = models.get_preset("tiny")
     devices = jax.devices()[:int(np.prod(mesh))]
     trainer = Trainer(
-        cfg, sharding.make_mesh(sharding.MeshConfig(*mesh), devices=devices), OptimizerConfig(learning_rate=3e-3, warmup_steps=0),
+        cfg, sharding.make_mesh(sharding.MeshConfig(*mesh), devices=devices),
+        OptimizerConfig(learning_rate=3e-3, warmup_steps=0),
         TrainerConfig(out_dir=str(out_dir), num_steps=num_steps, global_batch=8, seq_len=SEQ, log_every=1,
                       eval_every=100, eval_batches=eval_batches, checkpoint_every=100, accum_steps=accum_steps,
                       async_checkpoints=False, progress=False),
@@ -153,30 +154,58 @@ def test_restart_before_the_first_checkpoint_leaves_no_stale_events(tmp_path):
     assert [r["step"] for r in records] == [1, 2] and all(r["loss"] != 99.0 for r in records)
 
 
-def test_a_run_continues_another_runs_weights_optimizer_and_schedule(tmp_path):
+def test_a_run_continues_another_runs_weights_optimizer_schedule_and_data(tmp_path):
     """A SynPro round goes on from the plateau checkpoint on a new mixture: run B starts from run A's latest
-    checkpoint (weights, AdamW moments and count, step) and trains on its own stream. Its parameters equal A's
-    restored training state stepped by hand through B's first batches, and its schedule continues A's warmup."""
+    checkpoint (weights, AdamW moments and count, step) and trains on its own mixture. Its parameters equal A's
+    restored training state stepped by hand through B's first batches, and its schedule continues A's warmup.
+    Its data continues A's too: the organic stream goes on from the rows A read (not from A's first rows), its
+    epoch counter goes on, and a stream new in B starts at row 0. B killed after a step and resumed is B."""
+    from synpro_jax.data.mixture import MixedStream
     from synpro_jax.train import params_io
     from synpro_jax.train.checkpoint import Checkpointer
 
     cfg = models.get_preset("tiny")
     mesh = sharding.make_mesh(sharding.MeshConfig(2, 2, 2))
     opt = OptimizerConfig(learning_rate=3e-3, warmup_steps=8)
+    organic_docs = corpus(0, 20)  # ~460 stream tokens: A's 3 steps of 8 rows x 33 tokens read 1.7 epochs
+    organic = PackedStream(organic_docs, SEQ + 1, eos_id=EOS, seed=0)
+    new = PackedStream(corpus(5, 120), SEQ + 1, eos_id=EOS, seed=0)
 
-    def trainer(out, stream_seed, **init):
-        return Trainer(cfg, mesh, opt, TrainerConfig(out_dir=str(out), num_steps=3, global_batch=8, seq_len=SEQ,
-                                                     log_every=1, eval_every=100, checkpoint_every=100,
-                                                     async_checkpoints=False, progress=False),
-                       train_stream=PackedStream(corpus(stream_seed, 120), SEQ + 1, eos_id=EOS, seed=0), **init)
+    def trainer(out, streams, num_steps=3, data_start=(), **init):
+        mixed = MixedStream(list(streams.values()), [1] * len(streams), names=list(streams), block_rows=16)
+        return Trainer(cfg, mesh, opt, TrainerConfig(out_dir=str(out), num_steps=num_steps, global_batch=8,
+                                                     seq_len=SEQ, log_every=1, eval_every=100, checkpoint_every=100,
+                                                     async_checkpoints=False, progress=False, data_start=data_start),
+                       train_stream=mixed, **init)
 
-    a = trainer(tmp_path / "a", 0)
-    a.run()
+    a = trainer(tmp_path / "a", {"organic": organic})
+    read = a.run()["data"]
+    assert read["organic"] | {"stream": None} == {
+        "start_row": 0, "rows": 24, "end_row": 24, "row_len": SEQ + 1, "tokens": 24 * (SEQ + 1),
+        "unique_tokens": organic_docs.num_tokens, "epoch_tokens": organic.epoch_tokens, "epochs": [0, 1],
+        "position_tokens": 24 * (SEQ + 1), "stream": None, "from": "new"}
     loaded = params_io.load(cfg, mesh, tmp_path / "a", with_adam=True)
     assert loaded.step == 3 and loaded.adam is not None
-    b = trainer(tmp_path / "b", 5, init_params=loaded.params, init_adam=loaded.adam, init_step=loaded.step,
-                init_source=loaded.source)
-    b.run()
+    init = dict(init_params=loaded.params, init_adam=loaded.adam, init_step=loaded.step, init_source=loaded.source)
+    position = {name: {"tokens": r["position_tokens"], "stream": r["stream"]} for name, r in read.items()}
+    streams = {"organic": organic, "synthetic": new}
+    b = trainer(tmp_path / "b", streams, data_start=position, **init)
+    got_read = b.run()["data"]
+
+    # B's first batch: organic rows 24, 25, ... (A's first batch began at row 0), the new stream from row 0
+    batch, info = b.batches(0)
+    first_a, _ = a.batches(0)
+    targets = np.asarray(batch["targets"])
+    assert not np.array_equal(targets, np.asarray(first_a["targets"]))
+    for s, (name, stream) in enumerate(streams.items()):
+        at = np.flatnonzero(info["stream"] == s)
+        assert len(at) > 0, name
+        rows = (24 if name == "organic" else 0) + np.arange(len(at))
+        np.testing.assert_array_equal(targets[at], stream.rows(rows).training_batch()["targets"], err_msg=name)
+    assert {n: (r["start_row"], r["from"]) for n, r in got_read.items()} == {
+        "organic": (24, "continued"), "synthetic": (0, "new")}
+    assert sum(r["rows"] for r in got_read.values()) == 3 * 8
+    assert got_read["organic"]["end_row"] == 24 + got_read["organic"]["rows"]
 
     ckpt = Checkpointer(tmp_path / "a" / "checkpoints", save_every=100, keep=1, async_save=False)
     state, _, _ = ckpt.restore(a._fresh_state())
@@ -194,11 +223,28 @@ def test_a_run_continues_another_runs_weights_optimizer_and_schedule(tmp_path):
     records = [json.loads(line) for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
     assert [r["learning_rate"] for r in records] == pytest.approx(lrs)
     assert lrs == pytest.approx([3e-3 * s / 8 for s in (3, 4, 5)], rel=1e-5)  # warmup goes on from step 3
-    # A restart of B with another starting point is refused: the start is part of its fingerprint.
-    other = trainer(tmp_path / "b", 5, init_params=loaded.params, init_adam=loaded.adam, init_step=loaded.step,
-                    init_source=loaded.source + "-elsewhere")
-    with pytest.raises(ValueError, match="different configuration"):
-        other.run()
+    # the epoch counter goes on: step 1 reads organic rows from 24 on, in epoch 24 * 33 // epoch_tokens = 1
+    assert records[0]["epoch"] == (24 + int((info["stream"] == 0).sum()) - 1) * (SEQ + 1) // organic.epoch_tokens
+    assert records[0]["epoch"] >= 1
+
+    # B killed after its first step and resumed reads the same rows: the same parameters, losses and data read.
+    (tmp_path / "b2").mkdir()
+    trainer(tmp_path / "b2", streams, num_steps=1, data_start=position, **init).run()
+    init = dict(init_params=loaded.params, init_adam=loaded.adam, init_step=loaded.step, init_source=loaded.source)
+    resumed = trainer(tmp_path / "b2", streams, data_start=position, **init)
+    assert resumed.run()["data"] == got_read
+    for x, y in zip(jax.tree.leaves(got.params), jax.tree.leaves(jax.device_get(resumed.state["train"].params))):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    again = [json.loads(line) for line in (tmp_path / "b2" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["loss"] for r in again] == [r["loss"] for r in records]
+
+    # A restart of B with another starting point or data position is refused: both are part of its fingerprint.
+    init = dict(init_params=loaded.params, init_adam=loaded.adam, init_step=loaded.step)
+    for other in (trainer(tmp_path / "b", streams, data_start=position, init_source=loaded.source + "-elsewhere",
+                          **init),
+                  trainer(tmp_path / "b", streams, data_start={"organic": 0}, init_source=loaded.source, **init)):
+        with pytest.raises(ValueError, match="different configuration"):
+            other.run()
 
 
 def test_a_run_stopped_on_its_plateau_stays_stopped_when_restarted(tmp_path):
