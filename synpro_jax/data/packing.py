@@ -7,7 +7,9 @@ Packing: epoch ``e`` lays the documents out in a seeded permutation, each follow
 epochs follow each other with no gap, so every document appears exactly once per epoch. Row ``r`` is the slice
 ``[r * L, (r + 1) * L)`` of that endless stream. Each row carries segment ids (1, 2, ... per document piece) and
 positions (restarting at each piece) so attention never crosses documents, and a loss mask that skips the one
-prediction that would cross a boundary (EOS -> the next document's first token).
+prediction that would cross a boundary (EOS -> the next document's first token): :meth:`Rows.training_batch`,
+pretraining's layout. :meth:`Rows.concatenated_batch` is OLMo's instead (the release's probe trains on it): the
+row is one plain sequence, documents attend to each other and positions run on across them.
 """
 
 from __future__ import annotations
@@ -38,6 +40,25 @@ class Rows:
             "segment_ids": seg[:, :-1],
             "positions": self.positions[:, :-1],
             "loss_mask": (seg[:, 1:] == seg[:, :-1]).astype(np.float32),
+        }
+
+    def concatenated_batch(self) -> dict[str, np.ndarray]:
+        """OLMo's layout of an L-token slice, without document masking: inputs are the row's L tokens, one
+        segment, positions 0..L-1 running on across documents (which attend to each other); target t is token
+        t + 1, every one counts, including the next document's first token after an EOS. The last position's
+        next token starts the next row, so it has no target (token 0, masked), as OLMo drops the last logits.
+        All [N, L]."""
+        n, length = self.tokens.shape
+        targets = np.zeros((n, length), np.int32)
+        targets[:, :-1] = self.tokens[:, 1:]
+        mask = np.ones((n, length), np.float32)
+        mask[:, -1] = 0.0
+        return {
+            "inputs": self.tokens,
+            "targets": targets,
+            "segment_ids": np.ones((n, length), np.int32),
+            "positions": np.broadcast_to(np.arange(length, dtype=np.int32), (n, length)).copy(),
+            "loss_mask": mask,
         }
 
 

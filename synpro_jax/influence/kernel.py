@@ -12,6 +12,10 @@ mode pushes one tangent ``d`` forward through the per-example loss vector, about
 no per-example backward pass; ``per_example`` mode forms each row's full gradient with ``grad`` a micro-batch at a
 time and dots it with ``d`` (the reference for tests and small models). With ``d = -grad L_ref`` it is the
 TracIn-style score.
+
+A row is scored by its mean loss over its own (unmasked) tokens, so padding and batch-mates never change a
+score. The release's units differ (fixed 2,048-token chunks of token files; in its service, padded batch means
+with no mask): see :mod:`synpro_jax.influence.run`.
 """
 
 from __future__ import annotations

@@ -4,7 +4,12 @@
    (0.9, 0.95, eps 1e-8) at a constant lr 1e-4 from the first step, weight decay 0.1 on everything but the
    embeddings (norms decayed), z-loss 1e-5, clip 1.0, 100 steps of 64 packed rows (answer tokens only). Adam
    continues from the checkpoint's moments and count, as the release restores the optimizer state and keeps the
-   global step; only a source without them (an HF directory) starts from zero moments.
+   global step; only a source without them (an HF directory) starts from zero moments. Because the moments are
+   restored, the scale of the gradient matters, and two details follow OLMo's trainer (olmo/train.py), which the
+   release fine-tunes with: the summed answer-token loss is divided by every token of the batch, prompt tokens
+   included (``ProbeConfig.loss_normalization="batch_tokens"``; ``"answer_tokens"`` divides by the answer
+   tokens), and the rows are plain slices of the concatenated examples, which attend to each other with
+   positions running on (``ProbeConfig.packing="release"``; ``"separate"`` keeps them apart).
 2. influence(x) = L_theta(x) - L_theta'(x), the mean token loss of document x cut to ``max_len`` tokens
    (:func:`synpro_jax.influence.influence_scores`). Positive means x helps the reference task.
 
@@ -30,6 +35,7 @@ from tqdm.auto import tqdm
 from synpro_jax import atomic, distributed, heartbeat, models, sharding
 from synpro_jax.checks import positive_ints
 from synpro_jax.influence.kernel import compiled_loss_pair
+from synpro_jax.influence.reference import PACKINGS
 from synpro_jax.models import ModelConfig
 from synpro_jax.train.checkpoint import AdamMoments
 from synpro_jax.train.optimizer import OptimizerConfig
@@ -38,6 +44,8 @@ from synpro_jax.train.step import TrainStep
 log = logging.getLogger(__name__)
 
 SCORE_KEYS = ("influence", "loss_before", "loss_after")
+# ProbeConfig.loss_normalization -> TrainStep.loss_normalization
+LOSS_NORMALIZATIONS = {"batch_tokens": "batch_tokens", "answer_tokens": "loss_tokens"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,9 +64,23 @@ class ProbeConfig:
     seq_len: int = 2048
     accum_steps: int = 1  # micro-batches per step (the release: 64 rows as 8 x 8)
     seed: int = 0
+    # What the summed answer-token loss is divided by: "batch_tokens", every input token of the step's 64 rows,
+    # prompt tokens included (the release: OLMo's loss over batch_size_in_tokens), or "answer_tokens", their
+    # count (a mean over the answer tokens).
+    loss_normalization: str = "batch_tokens"
+    # How examples are laid into rows: "release", plain seq_len-token slices of the concatenated examples (no
+    # document masking, positions run on), or "separate", pretraining's packing (segment ids, positions restart).
+    packing: str = "release"
 
     def __post_init__(self):
         positive_ints(self, "steps", "batch_size", "seq_len", "accum_steps")
+        if self.loss_normalization not in LOSS_NORMALIZATIONS:
+            raise ValueError(f"ProbeConfig.loss_normalization={self.loss_normalization!r}: must be one of "
+                             f"{tuple(LOSS_NORMALIZATIONS)}")
+        if self.packing not in PACKINGS:
+            raise ValueError(f"ProbeConfig.packing={self.packing!r}: must be one of {PACKINGS}")
+        if self.packing == "release" and self.seq_len < 2:
+            raise ValueError(f"ProbeConfig.seq_len={self.seq_len}: must be >= 2 with packing='release'")
         if self.batch_size % self.accum_steps:
             raise ValueError(f"ProbeConfig.batch_size={self.batch_size} is not divisible by "
                              f"accum_steps={self.accum_steps}")
@@ -74,6 +96,10 @@ class ProbeConfig:
         except ValueError as e:
             raise ValueError(str(e).replace("OptimizerConfig.", "ProbeConfig.")) from None
 
+    def train_normalization(self) -> str:
+        """The train step's name for :attr:`loss_normalization` (its loss mask is the answer mask)."""
+        return LOSS_NORMALIZATIONS[self.loss_normalization]
+
 
 def finetune(cfg: ModelConfig, mesh: Mesh, params: Any, reference, pcfg: ProbeConfig = ProbeConfig(), *,
              adam: AdamMoments | None = None, step: int = 0, progress: bool = True,
@@ -84,9 +110,15 @@ def finetune(cfg: ModelConfig, mesh: Mesh, params: Any, reference, pcfg: ProbeCo
     ``adam`` holds theta's Adam moments and count (see :func:`synpro_jax.train.params_io.load`): the probe's AdamW
     continues from them, so bias correction continues from the pretraining step. ``None`` starts from zero
     moments at count 0 (logged). ``step`` is theta's training step. ``on_step(step, params, metrics)`` sees each
-    step's result (e.g. to keep snapshots).
+    step's result (e.g. to keep snapshots). A ``reference`` that says how it packs (``.packing``) must pack as
+    ``pcfg.packing`` says.
     """
-    ts = TrainStep(cfg, mesh, pcfg.optimizer(), z_loss=pcfg.z_loss, accum_steps=pcfg.accum_steps)
+    packing = getattr(reference, "packing", None)
+    if packing is not None and packing != pcfg.packing:
+        raise ValueError(f"ProbeConfig.packing={pcfg.packing!r}, but the reference rows are packed {packing!r}; "
+                         "build the PackedReference with packing=ProbeConfig.packing")
+    ts = TrainStep(cfg, mesh, pcfg.optimizer(), z_loss=pcfg.z_loss, accum_steps=pcfg.accum_steps,
+                   loss_normalization=pcfg.train_normalization())
     state = ts.init(jax.random.key(pcfg.seed), params=params)  # a fresh copy: params are never donated
     if adam is None:
         log.warning("the probe's theta has no optimizer state (an HF directory): AdamW starts from zero moments "

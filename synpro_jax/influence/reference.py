@@ -7,9 +7,19 @@ fields) and JSONL records ``{"prompt": ..., "completion": ...}``. Bad rows are s
 Two layouts of the encoded examples (prompt, answer, EOS; the loss on answer and EOS tokens only):
 
 - :class:`PackedReference`: the probe's training batches. As in the release, examples are packed back to back
-  into full rows, so a step sees as many answer tokens as its rows hold. Packing is pretraining's
-  (:class:`~synpro_jax.data.packing.PackedStream`): seeded order reshuffled each epoch, segment ids and positions
-  so packed examples never attend to each other.
+  into full rows, so a step sees as many answer tokens as its rows hold. The examples follow each other in a
+  seeded order reshuffled each epoch (:class:`~synpro_jax.data.packing.PackedStream`), each closed by EOS, and
+  the rows are consecutive slices of that stream. Two ways to lay a slice out (``packing``):
+
+  - ``"release"`` (the default): as the release trains (OLMo's MemMapDataset over the FLAN token file, no
+    ``generate_doc_lengths``): a row is a plain ``seq_len``-token slice, examples attend to the ones before
+    them in the row, positions run on, and an example cut by the row's end continues at the next row's start.
+    The release's order is its FLAN file's, slices shuffled; here the examples are shuffled and the slices
+    read in order: the same kind of rows, not the same rows. How the release tokenized FLAN (the prompt
+    format, the separator, whether EOS carries loss) is not in the release, whose flan/input_ids.npy and
+    label_mask.npy come prebuilt; OLMo's reader adds no tokens, so its separators are whatever the file holds.
+  - ``"separate"``: pretraining's layout, rows of ``seq_len + 1`` tokens with segment ids and positions that
+    restart, so packed examples never attend to each other (synpro's earlier probe).
 - :func:`encode_examples`: one example per padded row, for per-example reference losses.
 """
 
@@ -103,38 +113,61 @@ def _encode(examples: Sequence[ReferenceExample], vocab) -> tuple[list, list]:
     return encode([format_prompt(e.prompt) for e in examples]), encode([" " + e.completion for e in examples])
 
 
+PACKINGS = ("release", "separate")  # how PackedReference lays packed examples into rows (module docstring)
+
+
+def check_packing(packing: str, where: str = "packing") -> None:
+    if packing not in PACKINGS:
+        raise ValueError(f"{where}={packing!r}: must be one of {PACKINGS}")
+
+
 class PackedReference:
-    """Reference examples packed into full training rows of ``seq_len + 1`` tokens (see the module docstring).
+    """Reference examples packed into full training rows (see the module docstring).
 
     ``batch(step, rows)`` is a pure function of (seed, step): rows ``[step * rows, (step + 1) * rows)`` of the
     endless packed stream, as inputs/targets/segment_ids/positions/loss_mask ``[rows, seq_len]``. A target
-    counts when it is an answer token (or the closing EOS) of the same example as its input token.
+    counts when it is an answer token (or the closing EOS); with ``packing="separate"`` it must also belong to
+    the same example as its input token, and with ``"release"`` the row's last input has no target.
+    ``row_len`` is the tokens a row takes from the stream: ``seq_len`` (release) or ``seq_len + 1``.
     """
 
-    def __init__(self, examples: Sequence[ReferenceExample], vocab, seq_len: int, seed: int = 0):
+    def __init__(self, examples: Sequence[ReferenceExample], vocab, seq_len: int, seed: int = 0,
+                 packing: str = "release"):
         from synpro_jax.data.corpus import TokenizedCorpus
         from synpro_jax.data.packing import PackedStream
 
+        check_packing(packing)
         if not examples:
             raise ValueError("reference task: no examples to pack")
-        if seq_len < 1:
-            raise ValueError(f"reference seq_len={seq_len}: must be >= 1")
+        if seq_len < (2 if packing == "release" else 1):  # a release row is its own inputs: 2 tokens at least
+            raise ValueError(f"reference seq_len={seq_len}: must be >= {2 if packing == 'release' else 1} with "
+                             f"packing={packing!r}")
         prompts, answers = _encode(examples, vocab)
         ids = [e.id for e in examples]
         docs = [np.asarray(list(p) + list(a), np.int32) for p, a in zip(prompts, answers)]
         answer = [np.asarray([0] * len(p) + [1] * len(a), np.int32) for p, a in zip(prompts, answers)]
-        self.seq_len, self.seed, self.num_examples = seq_len, seed, len(examples)
+        self.seq_len, self.seed, self.num_examples, self.packing = seq_len, seed, len(examples), packing
+        self.row_len = seq_len if packing == "release" else seq_len + 1
         self.answer_tokens = int(sum(len(a) + 1 for a in answers))  # with each EOS, per epoch
         self.epoch_tokens = int(sum(len(d) + 1 for d in docs))
         # Two streams over corpora of equal lengths share their layout: the second carries the answer mask
         # (EOS "token" 1: the closing EOS is an answer token).
-        self._tokens = PackedStream(TokenizedCorpus.from_token_lists(docs, ids), seq_len + 1, vocab.eos_id, seed)
-        self._answer = PackedStream(TokenizedCorpus.from_token_lists(answer, ids), seq_len + 1, 1, seed)
+        self._tokens = PackedStream(TokenizedCorpus.from_token_lists(docs, ids), self.row_len, vocab.eos_id, seed)
+        self._answer = PackedStream(TokenizedCorpus.from_token_lists(answer, ids), self.row_len, 1, seed)
+
+    def epoch_order(self, epoch: int) -> list[str]:
+        """The example ids in the order epoch ``epoch`` lays them out."""
+        return self._tokens.epoch_doc_order(epoch)
 
     def rows(self, indices) -> dict[str, np.ndarray]:
         rows = self._tokens.rows(indices)
-        batch = rows.training_batch()  # its loss_mask already drops predictions across examples
-        batch["loss_mask"] = batch["loss_mask"] * self._answer.rows(indices).tokens[:, 1:].astype(np.float32)
+        answer = self._answer.rows(indices).tokens.astype(np.float32)
+        if self.packing == "separate":
+            batch = rows.training_batch()  # its loss_mask already drops predictions across examples
+            batch["loss_mask"] = batch["loss_mask"] * answer[:, 1:]
+            return batch
+        batch = rows.concatenated_batch()  # its loss_mask drops only the last position (no next token)
+        batch["loss_mask"][:, :-1] *= answer[:, 1:]
         return batch
 
     def batch(self, step: int, rows: int) -> dict[str, np.ndarray]:

@@ -4,6 +4,21 @@ Everything written records what it was made from. ``finetuned/probe.json`` holds
 source, step and a digest of its weights; the probe config, reference files and vocabulary), checked before
 theta' is reused. The corpus scores carry a fingerprint (theta's step, the probe, ``max_len``, the vocabulary
 and the corpus files) that a resumed job must match; see :func:`synpro_jax.influence.probe.score_corpus`.
+
+What is scored, beside the release's contract. The release scores two kinds of unit, and both differ from ours:
+
+- its corpus pass (scripts/probe_influence.py) scores fixed 2,048-token chunks of the pretraining token files
+  (OLMo's MemMapDataset slices, which cross document boundaries), each by its mean loss over 2,047 predictions;
+- its influence service (generator/infer/get_influence.py, the GRPO reward) tokenizes each text, appends EOS,
+  cuts it to 2,048 tokens and pads a batch of 8 to its longest text with the pad id, without an attention or
+  label mask: a text's mean loss runs over the padding as well (predicting pad tokens), so its score depends on
+  which texts share its batch.
+
+Here the unit is the whole document (its tokens as the corpus reader or the service's encoder yields them, no
+EOS appended, cut to ``max_len + 1`` tokens: ``max_len`` predictions), scored by its mean loss over its own
+tokens only: padding is masked, so a score depends on nothing but the document, theta and theta'. We keep this
+on purpose (no mode reproduces the release's chunks or its padded means); scores agree with the release's in
+sign and meaning, not number for number.
 """
 
 from __future__ import annotations
@@ -192,9 +207,10 @@ def probe_and_score(cfg: ModelConfig, mesh: Mesh, checkpoint: str, vocabulary: s
         raise ValueError(f"{tuned_dir} exists but holds no theta' (no config.json); remove it to fine-tune again")
     else:
         examples = reference_examples(reference, max_reference_examples)
-        packed = PackedReference(examples, vocab, probe_cfg.seq_len, seed=probe_cfg.seed)
+        packed = PackedReference(examples, vocab, probe_cfg.seq_len, seed=probe_cfg.seed, packing=probe_cfg.packing)
         print(f"reference: {packed.num_examples} examples, {packed.answer_tokens} answer tokens per epoch, packed "
-              f"into rows of {probe_cfg.seq_len + 1} tokens")
+              f"into rows of {packed.row_len} tokens ({probe_cfg.packing}); loss over "
+              f"{probe_cfg.loss_normalization}")
         losses = []
         tuned = finetune(cfg, mesh, theta.params, packed, probe_cfg, adam=theta.adam, step=theta.step,
                          progress=progress, on_step=lambda s, p, m: losses.append(float(m["loss"])))

@@ -22,6 +22,10 @@ from synpro_jax.train.optimizer import OptimizerConfig, make_optimizer, make_sch
 
 Batch = dict[str, jax.Array]
 BATCH_KEYS = ("inputs", "targets", "loss_mask", "positions", "segment_ids")
+# What the summed loss is divided by before the gradient: "loss_tokens", the unmasked targets (a mean over the
+# tokens trained on; pretraining's), or "batch_tokens", every input position of the global batch, masked or
+# not (OLMo's trainer, which the release's probe runs: the summed label-masked loss over batch_size_in_tokens).
+LOSS_NORMALIZATIONS = ("loss_tokens", "batch_tokens")
 
 
 @flax.struct.dataclass
@@ -55,12 +59,29 @@ def batch_loss_sums(cfg: ModelConfig, params: Any, batch: Batch) -> LossSums:
                                     positions=batch.get("positions"), segment_ids=batch.get("segment_ids"))
 
 
+def check_loss_normalization(normalization: str, where: str = "TrainStep.loss_normalization") -> None:
+    if normalization not in LOSS_NORMALIZATIONS:
+        raise ValueError(f"{where}={normalization!r}: must be one of {LOSS_NORMALIZATIONS}")
+
+
+def loss_denominator(sums: LossSums, batch: Batch, normalization: str = "loss_tokens") -> jax.Array:
+    """What the summed loss ``sums`` of ``batch`` is divided by (see :data:`LOSS_NORMALIZATIONS`):
+    the unmasked target count (at least 1), or every position of ``batch["inputs"]`` (padding included, as
+    OLMo's ``input_ids.numel()``). Shapes are global under jit, so this is the whole batch on every device."""
+    check_loss_normalization(normalization, "loss_normalization")
+    if normalization == "batch_tokens":
+        return jnp.float32(np.prod(batch["inputs"].shape))
+    return jnp.maximum(sums.tokens, 1.0)
+
+
 def loss_and_grads(cfg: ModelConfig, params: Any, batch: Batch, *, z_loss: float = 0.0,
-                   accum_steps: int = 1) -> tuple[LossSums, Any]:
-    """Summed losses and the gradient of the mean (cross-entropy + z-loss) over every unmasked token.
+                   accum_steps: int = 1, normalization: str = "loss_tokens") -> tuple[LossSums, Any]:
+    """Summed losses and the gradient of (cross-entropy + z-loss) summed over the unmasked tokens and divided by
+    :func:`loss_denominator`: by default their count (a mean), with ``normalization="batch_tokens"`` every
+    input position of the batch.
 
     With ``accum_steps`` > 1 the batch is split into micro-batches scanned one after another; sums (not means)
-    are accumulated, so the result equals the single-pass one up to float rounding.
+    are accumulated and divided once, so the result equals the single-pass one up to float rounding.
     """
 
     def objective(p, b):
@@ -89,20 +110,24 @@ def loss_and_grads(cfg: ModelConfig, params: Any, batch: Batch, *, z_loss: float
         zeros = jax.tree.map(jnp.zeros_like, params)
         zero_sums = LossSums(jnp.float32(0), jnp.float32(0), jnp.float32(0))
         (grads, sums), _ = jax.lax.scan(body, (zeros, zero_sums), micro)
-    denom = jnp.maximum(sums.tokens, 1.0)
+    denom = loss_denominator(sums, batch, normalization)
     return sums, jax.tree.map(lambda g: g / denom, grads)
 
 
 def train_step(cfg: ModelConfig, optimizer: optax.GradientTransformation, schedule: optax.Schedule,
-               state: TrainState, batch: Batch, *, z_loss: float, accum_steps: int) -> tuple[TrainState, dict]:
-    sums, grads = loss_and_grads(cfg, state.params, batch, z_loss=z_loss, accum_steps=accum_steps)
+               state: TrainState, batch: Batch, *, z_loss: float, accum_steps: int,
+               normalization: str = "loss_tokens") -> tuple[TrainState, dict]:
+    """One update. ``loss`` and ``z_loss`` are means over the unmasked tokens whatever the normalization;
+    ``total_loss`` is the objective the gradient is taken of (divided by :func:`loss_denominator`)."""
+    sums, grads = loss_and_grads(cfg, state.params, batch, z_loss=z_loss, accum_steps=accum_steps,
+                                 normalization=normalization)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     denom = jnp.maximum(sums.tokens, 1.0)
     metrics = {
         "loss": sums.nll / denom,
         "z_loss": sums.z / denom,
-        "total_loss": sums.loss(z_loss),
+        "total_loss": (sums.nll + z_loss * sums.z) / loss_denominator(sums, batch, normalization),
         "grad_norm": optax.tree.norm(grads),
         "param_norm": optax.tree.norm(params),
         "learning_rate": schedule(state.step),
@@ -151,12 +176,14 @@ class TrainStep:
     accum_steps: int = 1
     rules: sharding.Rules = sharding.DEFAULT_RULES
     donate: bool = True
+    loss_normalization: str = "loss_tokens"  # see LOSS_NORMALIZATIONS; the probe sets "batch_tokens"
 
     def __post_init__(self):
         if self.accum_steps < 1:
             raise ValueError(f"TrainStep.accum_steps={self.accum_steps}: must be >= 1")
         if self.z_loss < 0:
             raise ValueError(f"TrainStep.z_loss={self.z_loss}: must be >= 0")
+        check_loss_normalization(self.loss_normalization)
         self.optimizer = make_optimizer(self.opt_cfg)
         self.schedule = make_schedule(self.opt_cfg)
         self.param_shardings = models.param_shardings(self.cfg, self.mesh, self.rules)
@@ -167,7 +194,7 @@ class TrainStep:
         def step_fn(state, batch):
             with sharding.use_rules(self.rules):
                 return train_step(self.cfg, self.optimizer, self.schedule, state, batch, z_loss=self.z_loss,
-                                  accum_steps=self.accum_steps)
+                                  accum_steps=self.accum_steps, normalization=self.loss_normalization)
 
         self._step = jax.jit(
             step_fn,
@@ -178,7 +205,8 @@ class TrainStep:
 
         def loss_grad_fn(params, batch):
             with sharding.use_rules(self.rules):
-                return loss_and_grads(self.cfg, params, batch, z_loss=self.z_loss, accum_steps=self.accum_steps)
+                return loss_and_grads(self.cfg, params, batch, z_loss=self.z_loss, accum_steps=self.accum_steps,
+                                      normalization=self.loss_normalization)
 
         self._loss_and_grads = jax.jit(
             loss_grad_fn,
@@ -228,6 +256,7 @@ class TrainStep:
             return self._step(state, batch)
 
     def loss_and_grads(self, params: Any, batch: Batch) -> tuple[LossSums, Any]:
-        """The step's loss sums and mean gradient, without updating anything (for tests and probes)."""
+        """The step's loss sums and its gradient (of the sum over the step's denominator), without updating
+        anything (for tests and probes)."""
         with jax.set_mesh(self.mesh):
             return self._loss_and_grads(params, batch)

@@ -59,6 +59,20 @@ def test_packing_boundaries_segments_positions_and_mask():
     np.testing.assert_array_equal(stream.rows([2]).epochs, [1])  # 12 tokens per epoch
 
 
+def test_concatenated_batch_is_the_plain_row():
+    """OLMo's layout: the row is the input, one segment, positions run on across documents, every next token is
+    a target but the last position's (it lies in the next row)."""
+    corpus = TokenizedCorpus.from_token_lists([[5, 6, 7], [8, 9], [11, 12, 13, 14]], ["a", "b", "c"])
+    rows = PackedStream(corpus, row_len=6, eos_id=EOS, shuffle=False).rows([0, 1])
+    batch = rows.concatenated_batch()
+    np.testing.assert_array_equal(batch["inputs"], [[5, 6, 7, EOS, 8, 9], [EOS, 11, 12, 13, 14, EOS]])
+    np.testing.assert_array_equal(batch["targets"][:, :-1], [[6, 7, EOS, 8, 9], [11, 12, 13, 14, EOS]])
+    np.testing.assert_array_equal(batch["loss_mask"], [[1, 1, 1, 1, 1, 0], [1, 1, 1, 1, 1, 0]])
+    np.testing.assert_array_equal(batch["positions"], [list(range(6))] * 2)
+    np.testing.assert_array_equal(batch["segment_ids"], np.ones((2, 6)))
+    assert set(batch) == {"inputs", "targets", "segment_ids", "positions", "loss_mask"}
+
+
 def test_data_bound_budget_is_exact_and_seeded():
     corpus = toy_corpus(50, seed=1)
     budget = corpus.num_tokens // 3

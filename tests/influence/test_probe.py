@@ -1,7 +1,9 @@
 """The probe as the release runs it (AdamW continuing the checkpoint's moments, constant lr from step 1, norms
-decayed, packed reference rows), the sign of influence on crafted texts, and corpus scoring that cannot
-misalign (ids, fingerprints, resume with another chunk size, verified merge, checked theta' reuse)."""
+decayed, plain slices of the concatenated reference examples, the answer loss over every token of the batch),
+the sign of influence on crafted texts, and corpus scoring that cannot misalign (ids, fingerprints, resume with
+another chunk size, verified merge, checked theta' reuse)."""
 
+import functools
 import json
 import logging
 from pathlib import Path
@@ -19,7 +21,7 @@ from synpro_jax.data.packing import PackedStream
 from synpro_jax.influence import influence_scores
 from synpro_jax.influence.kernel import example_losses
 from synpro_jax.influence.probe import Probe, ProbeConfig, finetune, score_corpus, unique_keys
-from synpro_jax.influence.reference import PackedReference, ReferenceExample
+from synpro_jax.influence.reference import PackedReference, ReferenceExample, format_prompt
 from synpro_jax.influence.run import _save_finetuned, load_finetuned, theta_identity
 from synpro_jax.train import OptimizerConfig, TrainStep, make_optimizer, make_schedule, params_io
 from synpro_jax.train.checkpoint import Checkpointer
@@ -61,8 +63,36 @@ def world(tmp_path_factory):
     return cfg, mesh, out, packed
 
 
-def plain_loss(cfg, params, batch, z_loss):
-    """Mean over answer tokens of cross-entropy + z_loss * logsumexp^2, written here from the model's logits."""
+def release_rows(examples, order, seq_len, rows):
+    """The release's FLAN rows, built here and not by the library: every example as prompt tokens, answer
+    tokens and an EOS (label 1 on the answer and the EOS), in ``order`` (ids, one epoch after another), laid end
+    to end in one stream, cut into plain ``seq_len``-token slices (OLMo's MemMapDataset chunks)."""
+    vocab, by_id = CharVocab(), {e.id: e for e in examples}
+    tokens, labels = [], []
+    for epoch_ids in order:
+        for i in epoch_ids:
+            prompt = vocab.encode(format_prompt(by_id[i].prompt))
+            answer = vocab.encode(" " + by_id[i].completion) + [vocab.eos_id]
+            tokens += prompt + answer
+            labels += [0] * len(prompt) + [1] * len(answer)
+    n = rows * seq_len
+    assert len(tokens) >= n
+    return np.asarray(tokens[:n]).reshape(rows, seq_len), np.asarray(labels[:n], np.float32).reshape(rows, seq_len)
+
+
+def release_loss(cfg, params, tokens, labels, z_loss):
+    """OLMo's train_micro_batch: the model reads the whole row (no document masking, positions 0..L-1), the
+    last position's logits are dropped, labels are the next tokens with prompt tokens ignored, and the summed
+    cross-entropy + z_loss * logsumexp^2 is divided by input_ids.numel(), every token of the batch."""
+    logits = models.forward(cfg, params, tokens)[:, :-1]
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:])
+    z = jax.nn.logsumexp(logits, axis=-1) ** 2
+    return jnp.sum((ce + z_loss * z) * labels[:, 1:]) / tokens.size
+
+
+def separate_loss(cfg, params, batch, z_loss):
+    """synpro's earlier probe: examples kept apart, the mean over answer tokens of cross-entropy + z_loss *
+    logsumexp^2, written here from the model's logits."""
     logits = models.forward(cfg, params, batch["inputs"], positions=batch["positions"],
                             segment_ids=batch["segment_ids"])
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"])
@@ -71,14 +101,58 @@ def plain_loss(cfg, params, batch, z_loss):
     return jnp.sum((ce + z_loss * z) * m) / jnp.sum(m)
 
 
+def optax_probe(params, run_adam, losses, clip_norm=1.0):
+    """The probe's AdamW written with plain optax, its Adam state replaced by the run's, one step per loss."""
+    def not_embedding(p):
+        return {k: jax.tree.map(lambda _: k != "embedding", v) for k, v in p.items()}
+
+    tx = optax.chain(optax.clip_by_global_norm(clip_norm),
+                     optax.adamw(1e-4, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, mask=not_embedding))
+    state = tx.init(params)
+    state = (state[0], (state[1][0]._replace(mu=run_adam.mu, nu=run_adam.nu, count=run_adam.count),) + state[1][1:])
+    for loss in losses:
+        grads = jax.grad(loss)(params)
+        updates, state = tx.update(grads, state, params)
+        params = optax.apply_updates(params, updates)
+    return params
+
+
+def max_diff(a, b):
+    return max(float(np.abs(np.asarray(x) - np.asarray(y)).max()) for x, y in zip(jax.tree.leaves(a),
+                                                                                   jax.tree.leaves(b)))
+
+
+def assert_same_params(got, want):
+    for path, a in jax.tree_util.tree_leaves_with_path(got):
+        b = want
+        for k in path:
+            b = b[k.key]
+        np.testing.assert_allclose(a, b, atol=1e-5, rtol=0, err_msg=jax.tree_util.keystr(path))
+
+
 @pytest.mark.slow
-def test_probe_equals_an_independent_optax_adamw_from_the_restored_moments(world):
+def test_probe_is_the_release_fine_tune_from_the_restored_moments(world):
+    """theta' equals an independent recomputation of the release's fine-tune: its rows (plain slices of the
+    concatenated examples), its loss (answer tokens summed over every token of the batch) and AdamW continuing
+    from the checkpoint's moments. synpro's earlier probe (answer-token mean, examples kept apart), still
+    available as loss_normalization="answer_tokens", packing="separate", equals its own recomputation and lands
+    elsewhere.
+
+    Here the gradient's norm is above 1 under either normalization (about 1.6 and 4.7), so with the release's
+    clip of 1.0 the two differ only in the packing; a clip that does not bind (10) shows the normalization."""
     cfg, mesh, out, packed = world
-    pcfg = ProbeConfig(steps=3, batch_size=8, seq_len=32)
+    steps, rows, seq_len = 3, 8, 32
     theta = params_io.load(cfg, mesh, out, with_adam=True)
     assert theta.step == 4 and theta.adam is not None
-    tuned = jax.device_get(finetune(cfg, mesh, theta.params, packed, pcfg, adam=theta.adam, step=theta.step,
-                                    progress=False))
+
+    def tune(packing="release", **kw):
+        ref = packed if packing == "release" else PackedReference(xyz_examples(48), CharVocab(), seq_len, seed=0,
+                                                                  packing=packing)
+        pcfg = ProbeConfig(steps=steps, batch_size=rows, seq_len=seq_len, packing=packing, **kw)
+        return jax.device_get(finetune(cfg, mesh, theta.params, ref, pcfg, adam=theta.adam, step=theta.step,
+                                       progress=False))
+
+    assert ProbeConfig().loss_normalization == "batch_tokens" and ProbeConfig().packing == "release"
 
     # the independent run: the checkpoint restored with the run's own optimizer template, then plain optax
     template = {"train": TrainStep(cfg, mesh, RUN_OPT).init(jax.random.key(0)),
@@ -88,25 +162,32 @@ def test_probe_equals_an_independent_optax_adamw_from_the_restored_moments(world
     ckpt.close()
     run_adam = restored.opt_state[1][0]  # (clip, adamw chain); adamw's first state is scale_by_adam's
     assert int(run_adam.count) == 4
-    params = restored.params
-    not_embedding = lambda p: {k: jax.tree.map(lambda _: k != "embedding", v) for k, v in p.items()}
-    tx = optax.chain(optax.clip_by_global_norm(1.0),
-                     optax.adamw(1e-4, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, mask=not_embedding))
-    state = tx.init(params)
-    state = (state[0], (state[1][0]._replace(mu=run_adam.mu, nu=run_adam.nu, count=run_adam.count),) + state[1][1:])
-    for i in range(3):
-        grads = jax.grad(plain_loss, argnums=1)(cfg, params, packed.batch(i, 8), 1e-5)
-        updates, state = tx.update(grads, state, params)
-        params = optax.apply_updates(params, updates)
-    for path, a in jax.tree_util.tree_leaves_with_path(tuned):
-        b = params
-        for k in path:
-            b = b[k.key]
-        np.testing.assert_allclose(a, b, atol=1e-5, rtol=0, err_msg=jax.tree_util.keystr(path))
+
+    order = [packed.epoch_order(e) for e in range(2)]  # only the example order is taken from the library
+    tokens, labels = release_rows(xyz_examples(48), order, seq_len, steps * rows)
+    assert 0.1 < labels.mean() < 0.5  # prompt tokens are most of the batch: the denominator matters
+    release_losses = [functools.partial(release_loss, cfg, tokens=tokens[i * rows:(i + 1) * rows],
+                                        labels=labels[i * rows:(i + 1) * rows], z_loss=1e-5) for i in range(steps)]
+    tuned = tune()
+    assert_same_params(tuned, optax_probe(restored.params, run_adam, release_losses))
+
+    # with a clip that does not bind, the answer-token mean (the earlier probe's loss) lands elsewhere
+    loose = optax_probe(restored.params, run_adam, release_losses, clip_norm=10.0)
+    assert_same_params(tune(clip_norm=10.0), loose)
+    update = max_diff(loose, restored.params)
+    assert max_diff(tune(clip_norm=10.0, loss_normalization="answer_tokens"), loose) > 0.1 * update
+
+    # synpro's earlier probe is still there, equal to its own recomputation, and away from the release's
+    separate = PackedReference(xyz_examples(48), CharVocab(), seq_len, seed=0, packing="separate")
+    old = tune("separate", loss_normalization="answer_tokens")
+    assert_same_params(old, optax_probe(restored.params, run_adam, [
+        functools.partial(separate_loss, cfg, batch=separate.batch(i, rows), z_loss=1e-5) for i in range(steps)]))
+    assert max_diff(old, tuned) > 0.1 * max_diff(tuned, restored.params)
 
     # the restored moments matter: starting from zero moments lands elsewhere
-    fresh = jax.device_get(finetune(cfg, mesh, theta.params, packed, pcfg, progress=False))
-    assert max(float(np.abs(a - b).max()) for a, b in zip(jax.tree.leaves(fresh), jax.tree.leaves(tuned))) > 1e-5
+    fresh = jax.device_get(finetune(cfg, mesh, theta.params, packed, ProbeConfig(steps=steps, batch_size=rows,
+                                                                                 seq_len=seq_len), progress=False))
+    assert max_diff(fresh, tuned) > 1e-5
 
 
 @pytest.mark.slow
@@ -335,3 +416,12 @@ def test_probe_config_errors_name_the_knob():
         ProbeConfig(learning_rate=0)
     with pytest.raises(ValueError, match="ProbeConfig.batch_size=6 is not divisible by accum_steps=4"):
         ProbeConfig(batch_size=6, accum_steps=4)
+    with pytest.raises(ValueError, match="ProbeConfig.loss_normalization='tokens': must be one of"):
+        ProbeConfig(loss_normalization="tokens")
+    with pytest.raises(ValueError, match="ProbeConfig.packing='olmo': must be one of"):
+        ProbeConfig(packing="olmo")
+    assert ProbeConfig(loss_normalization="answer_tokens").train_normalization() == "loss_tokens"
+    assert ProbeConfig().train_normalization() == "batch_tokens"
+    separate = PackedReference(xyz_examples(4), CharVocab(), seq_len=16, packing="separate")
+    with pytest.raises(ValueError, match="ProbeConfig.packing='release', but the reference rows are packed"):
+        finetune(None, None, None, separate, ProbeConfig(seq_len=16))

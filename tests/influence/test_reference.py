@@ -90,13 +90,14 @@ def _digit_examples(n, seed=0):
             for i in range(n)]
 
 
-def test_packed_rows_are_full_with_answer_only_loss():
-    """Rows hold examples back to back with no padding; the loss covers answer tokens (and each closing EOS) of
-    the same example as the input token, never a prompt token or a prediction across examples."""
+def test_separate_rows_are_full_with_answer_only_loss():
+    """packing="separate": rows hold examples back to back with no padding; the loss covers answer tokens (and
+    each closing EOS) of the same example as the input token, never a prompt token or a prediction across
+    examples."""
     from synpro_jax.influence.reference import PackedReference
 
     vocab = CharVocab()
-    packed = PackedReference(_digit_examples(40), vocab, seq_len=48, seed=3)
+    packed = PackedReference(_digit_examples(40), vocab, seq_len=48, seed=3, packing="separate")
     digit, space, eos = 2 + ord("7"), 2 + ord(" "), vocab.eos_id
     for step in (0, 1, 7):  # step 7 runs past the first epoch
         b = packed.batch(step, 4)
@@ -113,20 +114,21 @@ def test_packed_rows_are_full_with_answer_only_loss():
             starts = np.flatnonzero(np.diff(b["segment_ids"][r], prepend=0))
             assert (b["positions"][r, starts] == 0).all()
     assert packed.batch(2, 4)["inputs"].tolist() == PackedReference(
-        _digit_examples(40), vocab, seq_len=48, seed=3).batch(2, 4)["inputs"].tolist()  # pure function of the seed
+        _digit_examples(40), vocab, seq_len=48, seed=3, packing="separate").batch(2, 4)["inputs"].tolist()
 
 
 def test_packing_gives_more_answer_tokens_per_step_than_one_example_per_row():
     from synpro_jax.influence.reference import PackedReference
 
     examples = _digit_examples(64, seed=1)
-    packed = PackedReference(examples, CharVocab(), seq_len=96).batch(0, 8)
     _, one_per_row = encode_examples(examples[:8], CharVocab(), seq_len=96)
-    assert packed["loss_mask"].sum() > 2 * one_per_row[:, 1:].sum()  # ~3 examples per row here
+    for packing in ("release", "separate"):
+        packed = PackedReference(examples, CharVocab(), seq_len=96, packing=packing).batch(0, 8)
+        assert packed["loss_mask"].sum() > 2 * one_per_row[:, 1:].sum()  # ~3 examples per row here
 
 
-def test_packed_examples_do_not_attend_to_each_other():
-    """The loss of an example inside a packed row equals its loss alone in a row."""
+def test_separate_examples_do_not_attend_to_each_other():
+    """packing="separate": the loss of an example inside a packed row equals its loss alone in a row."""
     import jax
 
     from synpro_jax import models
@@ -134,10 +136,86 @@ def test_packed_examples_do_not_attend_to_each_other():
 
     cfg = models.get_preset("tiny")
     params = models.init_params(cfg, jax.random.key(0))
-    b = PackedReference(_digit_examples(30, seed=2), CharVocab(), seq_len=64).batch(0, 1)
+    b = PackedReference(_digit_examples(30, seed=2), CharVocab(), seq_len=64, packing="separate").batch(0, 1)
     logits = models.forward(cfg, params, b["inputs"], positions=b["positions"], segment_ids=b["segment_ids"])
     seg = b["segment_ids"][0]
     k = seg[-1] - 1  # a segment that starts and ends inside the row
     idx = np.flatnonzero(seg == k)
     alone = models.forward(cfg, params, b["inputs"][:, idx])
     np.testing.assert_allclose(np.asarray(logits[0, idx]), np.asarray(alone[0]), atol=1e-5)
+
+
+def _stream(examples, order):
+    """The examples laid end to end here, not by the library: prompt, answer and EOS each, in ``order`` (ids,
+    epoch after epoch), with label 1 on answer tokens and EOS."""
+    from synpro_jax.influence.reference import format_prompt
+
+    vocab, by_id = CharVocab(), {e.id: e for e in examples}
+    tokens, labels = [], []
+    for ids in order:
+        for i in ids:
+            prompt = vocab.encode(format_prompt(by_id[i].prompt))
+            answer = vocab.encode(" " + by_id[i].completion) + [vocab.eos_id]
+            tokens += prompt + answer
+            labels += [0] * len(prompt) + [1] * len(answer)
+    return np.asarray(tokens), np.asarray(labels, np.float32)
+
+
+def test_release_rows_are_plain_slices_of_the_concatenated_examples():
+    """packing="release" (the default): row r is tokens [r * L, (r + 1) * L) of the examples laid end to end,
+    one segment with positions 0..L-1; target t is token t + 1, counted when it is an answer token or EOS, the
+    row's last position has none. The seeded order is reshuffled each epoch, and rows run across epochs."""
+    from synpro_jax.influence.reference import PackedReference
+
+    examples, seq_len, rows = _digit_examples(40), 48, 4
+    packed = PackedReference(examples, CharVocab(), seq_len=seq_len, seed=3)
+    assert packed.packing == "release" and packed.row_len == seq_len
+    assert packed.epoch_order(0) != packed.epoch_order(1)
+    tokens, labels = _stream(examples, [packed.epoch_order(e) for e in range(3)])
+    assert len(tokens) > 2 * packed.epoch_tokens
+    for step in (0, 6, 9):  # step 6 holds the first epoch boundary, step 9 is in the second epoch
+        b = packed.batch(step, rows)
+        lo = step * rows * seq_len
+        want = tokens[lo:lo + rows * seq_len].reshape(rows, seq_len)
+        np.testing.assert_array_equal(b["inputs"], want)
+        np.testing.assert_array_equal(b["targets"][:, :-1], want[:, 1:])
+        want_mask = labels[lo:lo + rows * seq_len].reshape(rows, seq_len).copy()
+        want_mask[:, :-1] = want_mask[:, 1:]
+        want_mask[:, -1] = 0
+        np.testing.assert_array_equal(b["loss_mask"], want_mask)
+        np.testing.assert_array_equal(b["positions"], np.tile(np.arange(seq_len), (rows, 1)))
+        assert (b["segment_ids"] == 1).all()
+    assert 6 * rows * seq_len < packed.epoch_tokens < 7 * rows * seq_len
+
+
+def test_separate_packing_reproduces_the_earlier_rows():
+    """packing="separate" gives the rows synpro's probe trained on before: pretraining's PackedStream over the
+    examples with rows of seq_len + 1 tokens, its training batch, and the answer mask of a second stream."""
+    from synpro_jax.data.corpus import TokenizedCorpus
+    from synpro_jax.data.packing import PackedStream
+    from synpro_jax.influence.reference import PackedReference, format_prompt
+
+    examples, vocab = _digit_examples(40), CharVocab()
+    prompts = [vocab.encode(format_prompt(e.prompt)) for e in examples]
+    answers = [vocab.encode(" " + e.completion) for e in examples]
+    ids = [e.id for e in examples]
+    docs = TokenizedCorpus.from_token_lists([p + a for p, a in zip(prompts, answers)], ids)
+    marks = TokenizedCorpus.from_token_lists([[0] * len(p) + [1] * len(a) for p, a in zip(prompts, answers)], ids)
+    tokens, answer = PackedStream(docs, 49, vocab.eos_id, seed=3), PackedStream(marks, 49, 1, seed=3)
+    packed = PackedReference(examples, vocab, seq_len=48, seed=3, packing="separate")
+    assert packed.row_len == 49
+    for step in (0, 1, 7):
+        index = np.arange(step * 4, (step + 1) * 4)
+        want = tokens.rows(index).training_batch()
+        want["loss_mask"] = want["loss_mask"] * answer.rows(index).tokens[:, 1:]
+        got = packed.batch(step, 4)
+        assert set(got) == set(want)
+        for k in want:
+            np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+
+
+def test_packing_is_checked():
+    from synpro_jax.influence.reference import PackedReference
+
+    with pytest.raises(ValueError, match="packing='plain': must be one of"):
+        PackedReference(_digit_examples(4), CharVocab(), seq_len=16, packing="plain")

@@ -26,6 +26,35 @@ def test_gradient_accumulation_equals_one_pass():
         np.testing.assert_allclose(a, b, atol=1e-6)
 
 
+def test_batch_token_normalization_divides_by_every_input_position():
+    """The default divides the summed loss by the unmasked targets (pretraining's mean, unchanged);
+    loss_normalization="batch_tokens" (the probe's, OLMo's) by every input position of the batch, masked or not,
+    also under accumulation (the whole batch's count, not a micro-batch's)."""
+    cfg = models.get_preset("tiny")
+    rng = np.random.default_rng(1)
+    tokens = rng.integers(0, cfg.vocab_size, size=(8, 17))
+    mask = (rng.random((8, 17)) > 0.6).astype(np.float32)
+    batch = next_token_batch(tokens, mask)
+    params = models.init_params(cfg, jax.random.key(0))
+    mesh = sharding.make_mesh(sharding.MeshConfig(2, 1, 1), devices=jax.devices()[:2])
+    default = TrainStep(cfg, mesh, z_loss=1e-4)
+    assert default.loss_normalization == "loss_tokens"
+    sums, g_mean = default.loss_and_grads(jax.device_put(params, default.param_shardings), default.shard_batch(batch))
+    answer = float(mask[:, 1:].sum())
+    assert float(sums.tokens) == answer
+    step = TrainStep(cfg, mesh, z_loss=1e-4, accum_steps=4, loss_normalization="batch_tokens")
+    s, g = step.loss_and_grads(jax.device_put(params, step.param_shardings), step.shard_batch(batch))
+    assert float(s.tokens) == answer  # the sums are the same: only the denominator changes
+    for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g_mean)):
+        np.testing.assert_allclose(a, np.asarray(b) * answer / (8 * 16), atol=1e-7)
+    state = step.init(jax.random.key(0), params=params)
+    _, metrics = step(state, step.shard_batch(batch))
+    assert float(metrics["loss"]) == pytest.approx(float(sums.nll) / answer, rel=1e-5)  # still a mean per token
+    assert float(metrics["total_loss"]) == pytest.approx(float(sums.nll + 1e-4 * sums.z) / (8 * 16), rel=1e-5)
+    with pytest.raises(ValueError, match="TrainStep.loss_normalization='answer_tokens': must be one of"):
+        TrainStep(cfg, mesh, loss_normalization="answer_tokens")
+
+
 def test_decay_mask_skips_embeddings_and_decays_norms_by_default():
     """The release decays norms (decay_norm_and_bias: true) but never the embedding table."""
     abstract = models.abstract_params(models.get_preset("tiny"))
