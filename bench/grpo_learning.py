@@ -1,31 +1,31 @@
-"""Learning check of the GRPO loop on a CPU: does the rephrase generator learn its format, and what does the
-influence reward do meanwhile?
+"""Learning check of the GRPO loop on a CPU: does the rephrase generator learn its format, and does the
+data-influence reward (SynPro's point) rise under GRPO, or why not?
 
 1. The starting LM is ``runs/cpu_organic`` (cpu_small, 500 steps on the organic text; trained here through
    ``synpro train --gin_file=gin/experiments/cpu_organic.gin`` when missing).
-2. A base LM never writes the answer heading, so every group's format reward is constant and GRPO has zero
-   advantage everywhere. So the policy first gets a short supervised warm start, as an instruct model would have:
-   rows [generator chat prompt | heading + the document's first sentences + EOS] (loss on the answer only) on
-   dclm_annotated_web documents (not the GRPO prompts), in chunks of a few AdamW steps, until completions sampled
-   as GRPO samples them (temperature 1.0, top-p 0.9) carry exactly one heading at least ``--warm_target`` of the
-   time. Saved as an HF directory (runs/grpo_learning/warm_start) and reused.
-3. GRPO with format + length only (weights 1, 1) until the mean format reward of a step is >= 0.9 on two steps in
-   a row, or ``--format_steps`` steps (the bound). Stopping early uses the trainer's stop flag, the path a
-   SIGTERM takes, so that run's summary says ``preempted`` and it has no export.
-4. GRPO with format + length + data_influence (weights 1, 1, 3) from the same warm start, for three seeds
-   (seed = prompt order and rollout randomness): data_influence's mean per step and over training. theta is
-   runs/cpu_organic, theta' the probe's fine-tune of it on FLAN qasc with the settings of
-   gin/experiments/cpu_organic_probe.gin (made here, saved with its provenance, reused).
-5. Curves and settings as JSON and PNG (bench/results/grpo_learning.{json,png}).
+2. The shipped supervised warm start (``rl/warm_start.py``, as ``gin/experiments/cpu_grpo_rephrase.gin`` runs it):
+   rows [generator chat prompt | heading + the document's first sentences + EOS] on dclm_annotated_web documents
+   (not the GRPO prompts). A base LM never writes the heading, so without it every group has zero advantage.
+   Here it runs ``--warm_steps`` 48 steps, not the shipped 128 (which alone reach a heading rate near 0.97), so
+   that the format run starts lower and shows what GRPO adds.
+3. GRPO with format + length only (weights 1, 1) for ``--format_steps`` steps: the format reward's curve.
+4. From that policy (it writes the format), GRPO with format + length + data_influence (weights 1, 1, 3) for
+   ``--influence_steps`` steps, three seeds (seed = prompt order and rollout randomness), in two arms:
+   ``sum`` (TRL's weighted sum of raw rewards, the release's) and ``group`` (``RewardsConfig.normalize``: each
+   reward standardized within its group before weighting). theta is runs/cpu_organic, theta' the probe's
+   fine-tune of it on FLAN qasc with the settings of gin/experiments/cpu_organic_probe.gin (made here, reused).
+5. Diagnosis of the influence reward on the rollouts of those runs: its within-group spread against the others'
+   (the advantage it contributes), how much of its variance is within groups, a second scoring of the same texts
+   in other batches, and the exact against the first-order influence of the same answers.
+6. Curves, diagnosis and settings as JSON and PNG (bench/results/grpo_learning.{json,png}).
 
 Deliberate departures from the release, recorded in the JSON: learning rate (``--lr``, 3e-4 here; the release's
 1e-6 is for a 1B instruct model over hundreds of steps and moves this 6M-parameter model too little within a
-bounded CPU run; at 6e-4 the policy collapsed within 8 steps to never writing the heading, after which every group
-has zero advantage), completion budget (``--completion_tokens`` 96, not 2048) and the data_influence guard
+bounded CPU run), completion budget (``--completion_tokens`` 96, not 2048) and the data_influence guard
 (``--min_chars`` 100 instead of 500: answers of <= 96 tokens of this vocabulary are a few hundred characters, so
 with the release's guard nearly every answer would score 0).
 
-    python bench/grpo_learning.py [--fresh] [--format_steps 80 --influence_steps 10]
+    python bench/grpo_learning.py [--fresh] [--warm_steps 48 --format_steps 30 --influence_steps 16]
 """
 
 from __future__ import annotations
@@ -68,12 +68,6 @@ HEADING = P.HEADINGS[OPERATION]
 
 def log(msg: str) -> None:
     print(f"[grpo_learning {time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-def host_tree(tree):
-    from synpro_jax.influence.probe import _host
-
-    return jax.tree.map(_host, tree)
 
 
 # --- 1. the pretrained LM -----------------------------------------------------------------------------------------
@@ -132,114 +126,26 @@ def ensure_theta_prime(cfg, mesh, vocab) -> tuple[object, object, dict]:
 
 
 # --- 2. the supervised warm start ---------------------------------------------------------------------------------
-def warm_rows(vocab, args) -> list[tuple[list[int], list[int]]]:
-    """(prompt ids, answer ids) per warm-start document: heading + the document's first sentences + EOS."""
-    from synpro_jax.rl.prompt_set import PromptSet
-
-    ps = PromptSet([str(WARM_DOCS)], vocab, OPERATION, max_prompt_tokens=args.prompt_tokens, min_source_chars=500,
-                   max_documents=args.warm_documents)
-    rows = []
-    for item in ps.items:
-        answer = f"{HEADING}\n{P.cut_at_sentence(item.source, args.warm_answer_chars)}"
-        ids = list(vocab.encode(answer))[: args.warm_answer_tokens] + [int(vocab.eos_id)]
-        rows.append((item.ids, ids))
-    return rows
-
-
-def warm_batch(rows, idx, length: int, pad_id: int) -> dict:
-    """A next-token batch of [prompt | answer] rows padded to ``length`` tokens, loss on the answer only."""
-    from synpro_jax.train.step import next_token_batch
-
-    tokens = np.full((len(idx), length), pad_id, np.int32)
-    mask = np.zeros((len(idx), length), np.float32)
-    seg = np.zeros((len(idx), length), np.int32)
-    for r, i in enumerate(idx):
-        prompt, answer = rows[i]
-        row = prompt + answer
-        tokens[r, :len(row)] = row
-        mask[r, len(prompt):len(row)] = 1.0  # the targets that are answer tokens (shifted in next_token_batch)
-        seg[r, :len(row)] = 1
-    batch = next_token_batch(tokens, mask)
-    batch["segment_ids"] = seg[:, :-1]
-    batch["positions"] = np.broadcast_to(np.arange(length - 1, dtype=np.int32), batch["inputs"].shape).copy()
-    return batch
-
-
-def format_rate(sampler, vocab, items, args, seed: int) -> tuple[float, float]:
-    """(share of completions with exactly one heading, mean completion tokens), sampled as GRPO samples."""
-    out = sampler.rollout([it.ids for it in items], num_generations=args.G, max_new_tokens=args.completion_tokens,
-                          temperature=1.0, top_p=0.9, seed=seed, eos_id=[int(vocab.eos_id)], pad_id=0)
-    comps = out.completions()
-    texts = [vocab.decode([t for t in c if t != vocab.eos_id]) for c in comps]
-    ok = [P.parse_answer(t, OPERATION).headings == 1 for t in texts]
-    return float(np.mean(ok)), float(np.mean([len(c) for c in comps]))
-
-
 def ensure_warm_start(cfg, mesh, vocab, base_params, eval_items, args) -> dict:
-    from synpro_jax.generation.sampler import Sampler
-    from synpro_jax.models import hf
-    from synpro_jax.train.optimizer import OptimizerConfig
-    from synpro_jax.train.step import TrainStep
+    """The shipped warm start (rl/warm_start.py) with this bench's prompt and completion budgets."""
+    from synpro_jax.rl.warm_start import WarmStartConfig, run_warm_start
 
-    out = WORK / "warm_start"
-    info_path = out / "warm_start.json"
-    if info_path.exists():
-        log(f"reusing the warm start in {out}")
-        return json.loads(info_path.read_text())
-    t0 = time.perf_counter()
-    rows = warm_rows(vocab, args)
-    length = args.prompt_tokens + args.warm_answer_tokens + 2
-    opt = OptimizerConfig(learning_rate=args.warm_lr, warmup_steps=0, schedule="constant", weight_decay=0.0,
-                          b1=0.9, b2=0.95, clip_norm=1.0)
-    ts = TrainStep(cfg, mesh, opt)
-    state = ts.init(jax.random.key(0), params=base_params)
-    sampler = Sampler(cfg, base_params, mesh=mesh)
-    rng = np.random.default_rng(0)
-    rate, mean_len = format_rate(sampler, vocab, eval_items, args, seed=0)
-    history = [{"sft_step": 0, "format_rate": rate, "completion_tokens": mean_len}]
-    log(f"warm start: base LM heading rate {rate:.3f}")
-    step = 0
-    while step < args.warm_max_steps and rate < args.warm_target:
-        for _ in range(args.warm_chunk):
-            idx = rng.choice(len(rows), args.warm_batch, replace=False)
-            state, metrics = ts(state, ts.shard_batch(warm_batch(rows, idx, length, 0)))
-            step += 1
-        sampler.update_params(state.params)
-        rate, mean_len = format_rate(sampler, vocab, eval_items, args, seed=step)
-        history.append({"sft_step": step, "format_rate": rate, "completion_tokens": mean_len,
-                        "answer_loss": float(metrics["loss"])})
-        log(f"warm start step {step}: answer loss {float(metrics['loss']):.3f}, heading rate {rate:.3f}")
-    if rate < args.warm_target:
-        raise RuntimeError(f"the warm start reached a heading rate of {rate:.3f} < --warm_target="
-                           f"{args.warm_target} within --warm_max_steps={args.warm_max_steps}")
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    hf.save(cfg, host_tree(state.params), tmp)
-    info = {"dir": str(out.relative_to(ROOT)), "documents": str(WARM_DOCS), "rows": len(rows),
-            "steps": step, "batch": args.warm_batch, "learning_rate": args.warm_lr, "optimizer": "AdamW constant "
-            "lr, b2 0.95, no weight decay, clip 1.0", "answer": f"'{HEADING}' + newline + the document cut at a "
-            f"sentence before {args.warm_answer_chars} chars, at most {args.warm_answer_tokens} tokens, + EOS",
-            "loss": "answer tokens and EOS only", "target_rate": args.warm_target,
-            "eval": f"{len(eval_items)} GRPO prompts x G={args.G}, temperature 1.0, top-p 0.9, "
-                    f"{args.completion_tokens} new tokens", "history": history,
-            "final_format_rate": rate, "seconds": time.perf_counter() - t0}
-    (tmp / "warm_start.json").write_text(json.dumps(info, indent=2))
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
-    return info
+    wcfg = WarmStartConfig(documents=[str(WARM_DOCS)], steps=args.warm_steps)
+    summary = run_warm_start(
+        wcfg, cfg, mesh, base_params, vocab, WORK / "warm_start", operation=OPERATION,
+        max_prompt_tokens=args.prompt_tokens, max_source_chars=7000, eval_prompts=[it.ids for it in eval_items],
+        sampling={"num_generations": args.G, "max_new_tokens": args.completion_tokens, "temperature": 1.0,
+                  "top_p": 0.9, "stop_ids": [int(vocab.eos_id)]},
+        inputs={"generator": str(PRETRAIN_DIR.relative_to(ROOT))}, progress=False)
+    return {k: v for k, v in summary.items() if k != "inputs"} | {"settings": summary["inputs"]["warm_start"]}
 
 
 # --- 3./4. GRPO runs ----------------------------------------------------------------------------------------------
 def make_trainer_class():
     from synpro_jax.rl.trainer import GRPOTrainer
 
-    class StopAtFormat(GRPOTrainer):
-        """Stops (through the trainer's stop flag) once the mean format reward is >= ``stop_at`` on ``patience``
-        steps in a row."""
-
-        stop_at: float | None = None
-        patience: int = 2
+    class Recording(GRPOTrainer):
+        """Keeps a few samples and, per step, every completion's reward values, answer text and group."""
 
         def completion_texts(self, rollout):
             texts, lengths, finished = super().completion_texts(rollout)
@@ -248,15 +154,24 @@ def make_trainer_class():
             self.samples["last_step"] = texts[:6]
             return texts, lengths, finished
 
-        def train_step(self, state, step):
-            state, record = super().train_step(state, step)
-            self._recent = getattr(self, "_recent", []) + [record["reward/format_mean"]]
-            if self.stop_at is not None and len(self._recent) >= self.patience and \
-                    min(self._recent[-self.patience:]) >= self.stop_at:
-                self._stop.set()
-            return state, record
+    return Recording
 
-    return StopAtFormat
+
+class RecordingSuite:
+    """A RewardSuite that keeps what it scored: per step, each reward's values, the group ids and the answers."""
+
+    def __init__(self, suite):
+        self.suite, self.steps = suite, []
+
+    def __call__(self, inputs):
+        from synpro_jax.rl.rewards.common import answers
+
+        result = self.suite(inputs)
+        self.steps.append({"values": {k: np.asarray(v, np.float64).tolist() for k, v in result.values.items()},
+                           "total": np.asarray(result.total, np.float64).tolist(),
+                           "group": np.asarray(inputs.group).tolist(), "answers": answers(inputs),
+                           "sources": list(dict.fromkeys(inputs.sources))})
+        return result
 
 
 def read_records(out_dir: Path) -> list[dict]:
@@ -266,39 +181,126 @@ def read_records(out_dir: Path) -> list[dict]:
     return [by_step[s] for s in sorted(by_step)]
 
 
-def run_grpo(name: str, cfg, mesh, vocab, warm_params, suite, weights: dict, seed: int, steps: int, args,
-             stop_at: float | None = None, extra_fp: dict | None = None) -> dict:
+def run_grpo(name: str, cfg, mesh, vocab, start_params, suite, weights: dict, seed: int, steps: int, args,
+             start: str, extra_fp: dict | None = None) -> dict:
     from synpro_jax.rl.config import GRPOConfig
     from synpro_jax.rl.prompt_set import PromptSet
     from synpro_jax.rl.trainer import GRPORunConfig
 
     out = WORK / name
-    done = out / "grpo_learning_done.json"  # written last: a run without it (killed) resumes from its checkpoint
+    done = out / "grpo_learning_done.json"  # written last: a run without it (killed) starts again
     if done.exists():
         log(f"{name}: finished earlier, reading {out}")
         return {**json.loads(done.read_text()), "records": read_records(out)}
+    if out.exists():
+        shutil.rmtree(out)
     algo = GRPOConfig(num_generations=args.G, max_prompt_tokens=args.prompt_tokens,
                       max_completion_tokens=args.completion_tokens, learning_rate=args.lr)
     ps = PromptSet([str(PROMPTS)], vocab, OPERATION, max_prompt_tokens=args.prompt_tokens, min_source_chars=500,
                    max_documents=args.documents, seed=seed)
     run = GRPORunConfig(out_dir=str(out), num_steps=steps, prompts_per_step=args.prompts_per_step,
                         checkpoint_every=steps, seed=seed, progress=False)
-    cls = make_trainer_class()
-    trainer = cls(cfg, mesh, warm_params, vocab, ps, suite, run, algo,
-                  fingerprint={"generator": str(WORK / "warm_start"), "weights": weights, **(extra_fp or {})},
-                  vocabulary_files=[str(VOCAB)])
-    trainer.stop_at = stop_at
+    recording = RecordingSuite(suite)
+    trainer = make_trainer_class()(cfg, mesh, start_params, vocab, ps, recording, run, algo,
+                                   fingerprint={"generator": start, "weights": weights, **(extra_fp or {})},
+                                   vocabulary_files=[str(VOCAB)])
     t0 = time.perf_counter()
     summary = trainer.run()
     seconds = time.perf_counter() - t0
     records = read_records(out)
     tmp = done.with_name(f".{done.name}.tmp")
-    tmp.write_text(json.dumps({"summary": summary, "seconds": seconds,
-                               "samples": getattr(trainer, "samples", {})}, indent=2))
+    tmp.write_text(json.dumps({"summary": summary, "seconds": seconds, "samples": getattr(trainer, "samples", {}),
+                               "scored": recording.steps}))
     os.replace(tmp, done)
     log(f"{name}: {len(records)} steps in {seconds:.0f}s; format {records[0]['reward/format_mean']:.3f} -> "
         f"{records[-1]['reward/format_mean']:.3f}")
-    return {"summary": summary, "records": records, "seconds": seconds, "samples": getattr(trainer, "samples", {})}
+    return {"summary": summary, "records": records, "seconds": seconds, "samples": getattr(trainer, "samples", {}),
+            "scored": recording.steps}
+
+
+# --- 5. diagnosis of the influence reward -------------------------------------------------------------------------
+def spearman(a, b) -> float:
+    ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def within_group(values, group) -> np.ndarray:
+    v, g = np.asarray(values, np.float64), np.asarray(group)
+    out = np.empty_like(v)
+    for k in np.unique(g):
+        out[g == k] = v[g == k] - v[g == k].mean()
+    return out
+
+
+def advantage_shares(scored: list[dict], weights: dict) -> dict:
+    """Per reward over all scored steps: the mean within-group std of its raw values, of its weighted values, the
+    share of the weighted rewards' within-group variance that is its own, and the correlation of its within-group
+    deviations with the total's (how much it steers the advantage)."""
+    out = {}
+    dev = {name: [] for name in weights}
+    tot = []
+    for st in scored:
+        for name in weights:
+            dev[name].append(within_group(st["values"][name], st["group"]))
+        tot.append(within_group(st["total"], st["group"]))
+    tot = np.concatenate(tot)
+    var = {n: float(np.mean((weights[n] * np.concatenate(d)) ** 2)) for n, d in dev.items()}
+    for name, d in dev.items():
+        d = np.concatenate(d)
+        stds = [np.std(np.asarray(st["values"][name])[np.asarray(st["group"]) == k], ddof=1)
+                for st in scored for k in np.unique(st["group"])]
+        out[name] = {"weight": weights[name], "mean_within_group_std": float(np.mean(stds)),
+                     "weighted_within_group_std": float(weights[name] * np.mean(stds)),
+                     "share_of_within_group_variance": var[name] / max(sum(var.values()), 1e-30),
+                     "corr_with_total_deviation": float(np.corrcoef(d, tot)[0, 1]) if d.std() > 0 and tot.std() > 0
+                     else 0.0}
+    return out
+
+
+def influence_variance_split(scored: list[dict], min_chars: int) -> dict:
+    """How much of the influence reward's variance (over scored answers) lies within prompt groups."""
+    within, total = [], []
+    for st in scored:
+        v = np.asarray(st["values"]["data_influence"], np.float64)
+        g = np.asarray(st["group"])
+        keep = np.array([len(a) >= min_chars for a in st["answers"]])
+        if keep.sum() < 2:
+            continue
+        within.append(within_group(v[keep], g[keep]))
+        total.append(v[keep] - v[keep].mean())
+    w, t = np.concatenate(within), np.concatenate(total)
+    return {"scored_answers": int(len(t)), "within_group_share_of_variance": float((w ** 2).sum() / (t ** 2).sum())}
+
+
+def rescoring_and_first_order(cfg, mesh, theta, tuned, vocab, texts: list[str], batch: int) -> dict:
+    """The same answers scored again in other batches (reversed order, so other batch-mates and padding), and
+    their first-order influence -grad L_x(theta) . (theta' - theta) against the exact L_theta - L_theta'."""
+    from synpro_jax.data.corpus import encoder_for
+    from synpro_jax.influence.kernel import influence_scores
+    from synpro_jax.influence.probe import Probe
+
+    probe = Probe(cfg, mesh, theta, tuned, max_len=256)
+    docs = [np.asarray(d, np.int32) for d in encoder_for(vocab)(texts)]
+    keep = [i for i, d in enumerate(docs) if len(d) >= 2]
+    docs = [docs[i] for i in keep]
+    pad = int(getattr(vocab, "pad_id", 0) or 0)
+    first = probe.score_docs(docs, batch, pad)["influence"]
+    again = probe.score_docs(docs[::-1], batch, pad)["influence"][::-1]
+    exact, approx = [], []
+    for i in range(0, len(docs), batch):
+        chunk = docs[i:i + batch]
+        rows, mask = probe.rows(chunk, batch, pad)
+        exact.append(np.asarray(influence_scores(cfg, theta, tuned, rows, loss_mask=mask, method="exact"))[:len(chunk)])
+        approx.append(np.asarray(influence_scores(cfg, theta, tuned, rows, loss_mask=mask,
+                                                  method="first_order"))[:len(chunk)])
+    exact, approx = np.concatenate(exact), np.concatenate(approx)
+    return {"texts": len(docs),
+            "rescoring_max_abs_difference": float(np.max(np.abs(first - again))),
+            "influence_std_across_texts": float(np.std(first)),
+            "first_order_spearman": spearman(exact, approx),
+            "first_order_pearson": float(np.corrcoef(exact, approx)[0, 1]),
+            "first_order_sign_agreement": float(np.mean(np.sign(exact) == np.sign(approx))),
+            "exact_mean": float(exact.mean()), "first_order_mean": float(approx.mean())}
 
 
 CURVE_KEYS = ("reward/format_mean", "reward/length_mean", "reward/data_influence_mean", "reward/data_influence_std",
@@ -321,32 +323,38 @@ def plot(report: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-    warm = report["warm_start"]["history"]
-    axes[0].plot([h["sft_step"] for h in warm], [h["format_rate"] for h in warm], marker="o")
-    axes[0].axhline(report["settings"]["warm_target"], ls=":", c="grey")
-    axes[0].set(title="supervised warm start", xlabel="SFT step", ylabel="share with exactly one heading",
-                ylim=(-0.02, 1.02))
     fr = report["format_run"]["curves"]
     for key, label in (("reward/format_mean", "format"), ("reward/length_mean", "length"),
                        ("reward/total_mean", "total (format + length)")):
-        axes[1].plot(fr["step"], fr[key], label=label, lw=2 if key == "reward/format_mean" else 1)
-    axes[1].axhline(0.9, ls=":", c="grey")
+        axes[0].plot(fr["step"], fr[key], label=label, lw=2 if key == "reward/format_mean" else 1)
+    axes[0].axhline(0.9, ls=":", c="grey")
     s09 = report["format_run"]["first_step_at_or_above_0.9"]
-    axes[1].set(title=f"GRPO, format + length (format >= 0.9 at step {s09})", xlabel="GRPO step",
+    axes[0].set(title=f"after the warm start: format + length (>= 0.9 at step {s09})", xlabel="GRPO step",
                 ylabel="mean reward", ylim=(-0.02, 2.05))
-    axes[1].legend(fontsize=8)
-    for seed, run in report["influence_runs"].items():
-        c = run["curves"]
-        line, = axes[2].plot(c["step"], c["reward/data_influence_mean"], label=f"data_influence, seed {seed}")
-        axes[2].plot(c["step"], c["reward/format_mean"], ls="--", c=line.get_color(), alpha=0.6,
-                     label=f"format, seed {seed}")
-    axes[2].axhline(0.0, c="grey", lw=0.5)
-    axes[2].set(title="GRPO, format + length + 3 x data_influence", xlabel="GRPO step", ylabel="mean reward")
-    axes[2].legend(fontsize=7)
+    axes[0].legend(fontsize=8)
+    colors = {}
+    for arm, ls in (("sum", "-"), ("group", "--")):
+        for seed, run in report["influence_runs"][arm]["seeds"].items():
+            c = run["curves"]
+            color = colors.setdefault(seed, f"C{len(colors)}")
+            axes[1].plot(c["step"], c["reward/data_influence_mean"], ls=ls, c=color, label=f"{arm}, seed {seed}")
+            axes[2].plot(c["step"], c["reward/format_mean"], ls=ls, c=color, label=f"{arm}, seed {seed}")
+    axes[1].axhline(0.0, c="grey", lw=0.5)
+    axes[1].set(title="data_influence (weight 3): sum (solid) vs group-normalized (dashed)", xlabel="GRPO step",
+                ylabel="mean data_influence")
+    axes[2].set(title="format in the same runs", xlabel="GRPO step", ylabel="mean format", ylim=(-0.02, 1.02))
+    axes[1].legend(fontsize=7)
     for ax in axes:
         ax.grid(alpha=0.3)
     fig.tight_layout()
     save_png(fig, path)
+
+
+def direction(curve: list[float], k: int) -> dict:
+    v = np.asarray(curve, np.float64)
+    return {f"first_{k}_steps": float(v[:k].mean()), f"last_{k}_steps": float(v[-k:].mean()),
+            "change": float(v[-k:].mean() - v[:k].mean()), "mean_over_training": float(v.mean()),
+            "slope_per_step": float(np.polyfit(np.arange(len(v)), v, 1)[0])}
 
 
 def main() -> None:
@@ -358,22 +366,19 @@ def main() -> None:
     p.add_argument("--prompts_per_step", type=int, default=4)
     p.add_argument("--documents", type=int, default=300, help="GRPO prompt documents (openwebtext_900)")
     p.add_argument("--lr", type=float, default=3e-4, help="GRPO learning rate (release: 1e-6)")
-    p.add_argument("--format_steps", type=int, default=80, help="bound of the format + length run")
-    p.add_argument("--influence_steps", type=int, default=10)
+    p.add_argument("--format_steps", type=int, default=30)
+    p.add_argument("--influence_steps", type=int, default=16)
+    p.add_argument("--arms", default="sum,group", help="RewardsConfig.normalize of the influence runs")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--min_chars", type=int, default=100, help="data_influence guard (release: 500)")
-    p.add_argument("--warm_lr", type=float, default=3e-4)
-    p.add_argument("--warm_batch", type=int, default=8)
-    p.add_argument("--warm_chunk", type=int, default=4, help="SFT steps between heading-rate checks")
-    p.add_argument("--warm_max_steps", type=int, default=160)
-    p.add_argument("--warm_target", type=float, default=0.3)
-    p.add_argument("--warm_documents", type=int, default=400)
-    p.add_argument("--warm_answer_chars", type=int, default=240)
-    p.add_argument("--warm_answer_tokens", type=int, default=80)
+    p.add_argument("--warm_steps", type=int, default=48,
+                   help="warm-start steps: fewer than the shipped 128, so the format run starts lower and shows "
+                        "GRPO raising it")
     p.add_argument("--out", default=str(RESULTS / "grpo_learning.json"))
     args = p.parse_args()
 
     t_start = time.perf_counter()
+    load_start = os.getloadavg()
     if args.fresh and WORK.exists():
         for name in os.listdir(WORK):
             if name != "probe_finetuned":  # theta' depends only on theta and the probe settings
@@ -400,46 +405,56 @@ def main() -> None:
     fl_weights = {"format": 1.0, "length": 1.0}
     fl_suite = RewardSuite({"format": make_reward("format"), "length": make_reward("length")}, fl_weights)
     fmt = run_grpo("format", cfg, mesh, vocab, warm_params, fl_suite, fl_weights, 0, args.format_steps, args,
-                   stop_at=0.9)
+                   start="warm_start")
     fc = curves(fmt["records"])
     reached = [s for s, v in zip(fc["step"], fc["reward/format_mean"]) if v >= 0.9]
+    formatted = params_io.load(cfg, mesh, WORK / "format").params  # the policy that writes the format
 
     probe = Probe(cfg, mesh, theta, tuned, max_len=256)
     scorer = probe_scorer(probe, encoder_for(vocab), 8, pad_id=int(getattr(vocab, "pad_id", 0) or 0))
     di_weights = {"format": 1.0, "length": 1.0, "data_influence": 3.0}
-    di_suite = RewardSuite({"format": make_reward("format"), "length": make_reward("length"),
-                            "data_influence": make_reward("data_influence", scorer=scorer, min_chars=args.min_chars)},
-                           di_weights)
+    rewards = {"format": make_reward("format"), "length": make_reward("length"),
+               "data_influence": make_reward("data_influence", scorer=scorer, min_chars=args.min_chars)}
     k = 3
     influence_runs = {}
-    for seed in [int(s) for s in args.seeds.split(",")]:
-        res = run_grpo(f"influence_seed{seed}", cfg, mesh, vocab, warm_params, di_suite, di_weights, seed,
-                       args.influence_steps, args, extra_fp={"theta'": probe_info["dir"], "min_chars": args.min_chars})
-        c = curves(res["records"])
-        di = np.asarray(c["reward/data_influence_mean"], np.float64)
-        influence_runs[str(seed)] = {
-            "curves": c, "seconds": res["seconds"], "samples": res.get("samples"),
-            "data_influence_mean_over_training": float(di.mean()),
-            f"data_influence_mean_first_{k}_steps": float(di[:k].mean()),
-            f"data_influence_mean_last_{k}_steps": float(di[-k:].mean()),
-            "format_first_step": c["reward/format_mean"][0], "format_last_step": c["reward/format_mean"][-1],
+    for arm in args.arms.split(","):
+        suite = RewardSuite(rewards, di_weights, normalize=arm)
+        seeds, scored_all, last_answers = {}, [], []
+        for seed in [int(x) for x in args.seeds.split(",")]:
+            res = run_grpo(f"influence_{arm}_seed{seed}", cfg, mesh, vocab, formatted, suite, di_weights, seed,
+                           args.influence_steps, args, start="format",
+                           extra_fp={"theta'": probe_info["dir"], "min_chars": args.min_chars, "normalize": arm})
+            c = curves(res["records"])
+            scored_all += res["scored"]
+            last_answers += [a for a in res["scored"][-1]["answers"] if len(a) >= args.min_chars]
+            seeds[str(seed)] = {"curves": c, "seconds": res["seconds"], "samples": res.get("samples"),
+                                "data_influence": direction(c["reward/data_influence_mean"], k),
+                                "format": direction(c["reward/format_mean"], k)}
+        changes = np.array([r["data_influence"]["change"] for r in seeds.values()])
+        influence_runs[arm] = {
+            "seeds": seeds,
+            "data_influence_change_first_to_last": {"mean": float(changes.mean()), "std": float(changes.std()),
+                                                    "per_seed": changes.tolist(),
+                                                    "seeds_rising": int((changes > 0).sum())},
+            "diagnosis": {"advantage": advantage_shares(scored_all, di_weights),
+                          "variance": influence_variance_split(scored_all, args.min_chars),
+                          "last_step_answers": rescoring_and_first_order(cfg, mesh, theta, tuned, vocab,
+                                                                         last_answers, 8)},
         }
-    overall = np.array([r["data_influence_mean_over_training"] for r in influence_runs.values()])
-    first = np.array([r[f"data_influence_mean_first_{k}_steps"] for r in influence_runs.values()])
-    last = np.array([r[f"data_influence_mean_last_{k}_steps"] for r in influence_runs.values()])
+        log(f"{arm}: data_influence change first->last {k} steps per seed {changes.round(4).tolist()}")
 
     report = {
-        "what": "GRPO learning check on CPU: format + length until the mean format reward >= 0.9, then format + "
-                "length + data_influence over 3 seeds",
+        "what": "GRPO learning check on CPU: the shipped warm start, format + length GRPO, then format + length + "
+                "data_influence over 3 seeds with TRL's weighted sum and with group-normalized rewards, and a "
+                "diagnosis of the influence reward",
         "command": "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
+        "commit": subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
+                                 text=True).stdout.strip(),
         "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
-                    "device": jax.devices()[0].device_kind, "jax": jax.__version__},
+                    "device": jax.devices()[0].device_kind, "jax": jax.__version__,
+                    "load_average_start": load_start, "load_average_end": os.getloadavg()},
         "pretrained": pretrained,
-        "starting_point": "the cpu_organic LM after a supervised warm start on formatted examples (the base LM "
-                          "never writes the heading: its format reward is 0 for every completion, so every "
-                          "group has zero advantage)",
         "warm_start": warm,
-        "starting_format_reward": fc["reward/format_mean"][0],
         "settings": {
             "operation": OPERATION, "G": args.G, "prompts_per_step": args.prompts_per_step,
             "max_prompt_tokens": args.prompt_tokens, "max_completion_tokens": args.completion_tokens,
@@ -449,15 +464,14 @@ def main() -> None:
                                   "6M-parameter model needs a larger step to move within a bounded CPU run",
             "schedule": "GRPOConfig defaults: 10% linear warmup, cosine to 0.1x over each run's step bound",
             "beta": 0.005, "epsilon": 0.2, "temperature": 1.0, "top_p": 0.9, "loss_agg_mode": "token-mean",
-            "format_run": {"weights": fl_weights, "max_steps": args.format_steps,
-                           "stop": "mean format reward >= 0.9 on 2 steps in a row"},
+            "format_run": {"weights": fl_weights, "steps": args.format_steps, "start": "the warm start"},
             "influence_runs": {"weights": di_weights, "steps": args.influence_steps, "seeds": args.seeds,
+                               "start": "the format run's final policy", "arms": args.arms,
                                "min_chars": args.min_chars,
                                "min_chars_note": "release: 500; completions here are <= "
                                                  f"{args.completion_tokens} tokens (a few hundred characters), so "
                                                  "the guard is lowered to let their answers be scored",
                                "probe_max_len": 256},
-            "warm_target": args.warm_target,
         },
         "probe": probe_info,
         "format_run": {
@@ -467,20 +481,12 @@ def main() -> None:
             "format_last_step": fc["reward/format_mean"][-1],
         },
         "influence_runs": influence_runs,
-        "data_influence_over_seeds": {
-            "mean_over_training": {"mean": float(overall.mean()), "std": float(overall.std()),
-                                   "per_seed": overall.tolist()},
-            f"first_{k}_steps": {"mean": float(first.mean()), "std": float(first.std()), "per_seed": first.tolist()},
-            f"last_{k}_steps": {"mean": float(last.mean()), "std": float(last.std()), "per_seed": last.tolist()},
-        },
         "total_seconds": time.perf_counter() - t_start,
     }
     out = Path(args.out)
     write_report(report, out)
     plot(report, out.with_suffix(".png"))
-    log(f"wrote {out.with_suffix('.png')}; starting format reward {report['starting_format_reward']:.3f}, "
-        f">= 0.9 at step {report['format_run']['first_step_at_or_above_0.9']}; data_influence over training "
-        f"{overall.round(4).tolist()}; total {report['total_seconds']:.0f}s")
+    log(f"wrote {out} and its PNG in {report['total_seconds']:.0f}s")
 
 
 if __name__ == "__main__":
