@@ -5,9 +5,20 @@ Same setting on every side: one random model exported with ``synpro_jax.models.h
 directory as Olmo2ForCausalLM, so TRL runs the identical weights), a local word-level tokenizer (one word per id,
 no hub download), ``--prompts`` prompts of exactly ``--prompt_len`` tokens per step, G = ``--num_generations``
 completions each of exactly ``--completion_len`` tokens (no EOS is ever sampled: ours has no stop id, TRL gets
-``min_new_tokens`` = max_new_tokens), temperature 1.0, top-p 0.9, beta 0.005 (k3 KL against a frozen reference),
+``min_new_tokens`` = max_new_tokens), temperature 1.0, top-p 0.9, beta 0.005 (k3 KL against a frozen reference,
+times the importance ratio on both sides: ``GRPOConfig.kl_bias_correction`` = TRL's ``use_bias_correction_kl``),
 token-mean loss, one optimizer step per rollout batch (no accumulation, num_iterations 1), AdamW lr 1e-6. The
 rewards are the same Python code on both sides: synpro_jax's ``format`` + ``length`` RewardSuite on the decoded text.
+
+Activation recomputation is matched pair by pair (``--pairs``): TRL 1.16 turns ``gradient_checkpointing`` on by
+default, ours has none unless the model config asks for it, so the bench times
+
+- ``no_remat``: TRL with ``gradient_checkpointing=False`` against ours with ``ModelConfig.remat="none"``;
+- ``remat``: TRL with ``gradient_checkpointing=True`` (its default) against ours with ``remat="full"``.
+
+Only the update phase recomputes (TRL turns checkpointing off for generation and the reference pass). The runs are
+interleaved (ours, TRL, ours, TRL) and the load average is recorded around each, since CPU numbers are only
+comparable on an otherwise idle machine.
 
 Phases of one step (median over ``--steps`` timed steps after ``--warmup`` untimed ones, which compile):
 
@@ -27,7 +38,11 @@ Phases of one step (median over ``--steps`` timed steps after ``--warmup`` untim
 Tokens/s: rollout = rows * completion_len / rollout time; update = rows * (prompt_len + completion_len) / update
 time. Ratios are TRL time / our time (so > 1 means we are faster), per phase and total.
 
-    python bench/grpo_step.py                                         # CPU, writes bench/results/grpo_step.json
+    python bench/grpo_step.py --peers trl                             # CPU, writes bench/results/grpo_step.json
+    # on a shared CPU box: one core and one thread per side (torch's spinning thread pool slows 5-15x, erratically,
+    # when another process holds one of two cores; XLA's barely)
+    XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1" taskset -c 1 \
+        python bench/grpo_step.py --peers trl --threads 1
     python bench/grpo_step.py --torch_device cuda --peers trl --out bench/results/grpo_step_h100.json   # GPU
 """
 
@@ -125,9 +140,9 @@ def summarize(per_step: dict[str, list[float]], rows: int, prompt_len: int, comp
 
 # --- synpro_jax ---------------------------------------------------------------------------------------------------
 
-def run_ours(cfg, model_dir: Path, tokenizer, prompt_steps, args) -> dict:
+def run_ours(cfg, model_dir: Path, tokenizer, prompt_steps, args, remat: str = "none") -> dict:
     loaded_cfg, params = hf.load(model_dir)
-    cfg = loaded_cfg.replace(name=cfg.name, dtype=args.dtype, scan_unroll=cfg.scan_unroll)
+    cfg = loaded_cfg.replace(name=cfg.name, dtype=args.dtype, scan_unroll=cfg.scan_unroll, remat=remat)
     mesh = sharding.single_device_mesh()
     g, c = args.num_generations, args.completion_len
     total_steps = args.warmup + args.steps
@@ -167,7 +182,9 @@ def run_ours(cfg, model_dir: Path, tokenizer, prompt_steps, args) -> dict:
         assert int(np.min(jax.device_get(rollout.lengths))) == c
     out = summarize(per_step, len(prompts) * g, args.prompt_len, c)
     out.update(system="synpro_jax", jax=jax.__version__, device=str(jax.devices()[0]),
-               backend=jax.default_backend(), model="OLMo-2 (synpro_jax), the exported weights", last_loss=float(metrics["loss"]) if "loss" in metrics else None)
+               backend=jax.default_backend(), model="OLMo-2 (synpro_jax), the exported weights", remat=cfg.remat,
+               kl_bias_correction=grpo_cfg.kl_bias_correction,
+               last_loss=float(metrics["loss"]) if "loss" in metrics else None)
     return out
 
 
@@ -190,7 +207,7 @@ class _PhaseClock:
         return wrapper
 
 
-def run_trl(model_dir: Path, tokenizer, prompt_steps, args) -> dict:
+def run_trl(model_dir: Path, tokenizer, prompt_steps, args, gradient_checkpointing: bool = True) -> dict:
     import datasets
     import torch
     import transformers
@@ -235,6 +252,8 @@ def run_trl(model_dir: Path, tokenizer, prompt_steps, args) -> dict:
             logging_steps=10**6, save_strategy="no", report_to="none", use_cpu=device == "cpu",
             bf16=args.dtype == "bfloat16", fp16=False, seed=0, dataloader_num_workers=0, disable_tqdm=True,
             generation_kwargs={"min_new_tokens": c},  # every completion runs to max length, as on our side
+            gradient_checkpointing=gradient_checkpointing,
+            use_bias_correction_kl=GRPOConfig().kl_bias_correction,  # spelled out: ours follows TRL 1.16's default
         )
         model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
         trainer = trl.GRPOTrainer(model=model, reward_funcs=[synpro_rewards], args=config, train_dataset=data,
@@ -265,7 +284,8 @@ def run_trl(model_dir: Path, tokenizer, prompt_steps, args) -> dict:
     out = summarize(per_step, n * g, args.prompt_len, c)
     out.update(system="trl", trl=trl.__version__, transformers=transformers.__version__, torch=torch.__version__,
                device=str(param.device), model="Olmo2ForCausalLM from the same export (identical weights)",
-               torch_threads=torch.get_num_threads())
+               torch_threads=torch.get_num_threads(), gradient_checkpointing=config.gradient_checkpointing,
+               use_bias_correction_kl=config.use_bias_correction_kl)
     return out
 
 
@@ -305,6 +325,24 @@ def ratios(ours: dict, peer: dict) -> dict:
     return {k: peer["ms_per_step"][k] / ours["ms_per_step"][k] for k in PHASES}
 
 
+PAIRS = {"no_remat": ("none", False), "remat": ("full", True)}  # name: (our ModelConfig.remat, TRL's checkpointing)
+
+
+def git_commit() -> dict:
+    """The checkout's commit, and whether the files this bench runs differ from it."""
+    repo = HERE.parent
+
+    def git(*a):
+        try:
+            return subprocess.run(["git", *a], cwd=repo, capture_output=True, text=True, timeout=30).stdout
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    dirty = git("status", "--porcelain", "--", "bench/grpo_step.py", "synpro_jax")
+    return {"commit": git("rev-parse", "HEAD").strip() or None,
+            "dirty_files": [line[3:] for line in dirty.splitlines()]}
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="cpu_small", help="synpro_jax model preset (random weights)")
@@ -322,9 +360,16 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads")
     p.add_argument("--tunix_python", default=DEFAULT_TUNIX_PYTHON, help="python of a venv with google-tunix")
     p.add_argument("--tunix_timeout", type=int, default=900)
+    p.add_argument("--pairs", default="no_remat,remat",
+                   help="comma list of no_remat (TRL gradient_checkpointing=False vs our remat none), remat (TRL "
+                        "gradient_checkpointing=True, its default, vs our remat full)")
+    p.add_argument("--note", default=None, help="free text stored in the report (e.g. how the machine was shared)")
     p.add_argument("--out", default=str(DEFAULT_OUT))
     args = p.parse_args()
     peers = [x for x in args.peers.split(",") if x]
+    args.pairs = [x for x in args.pairs.split(",") if x]
+    if not args.pairs or set(args.pairs) - set(PAIRS):
+        p.error(f"--pairs={','.join(args.pairs)}: choose from {', '.join(PAIRS)}")
     unknown = set(peers) - {"trl", "tunix"}
     if unknown:
         p.error(f"--peers: unknown {sorted(unknown)}; choose from trl, tunix")
@@ -353,47 +398,72 @@ def main() -> int:
         "prompts_per_step": args.prompts, "rows_per_step": rows, "prompt_len": args.prompt_len,
         "completion_len": args.completion_len, "beta": 0.005, "temperature": 1.0, "top_p": 0.9,
         "warmup_steps": args.warmup, "timed_steps": args.steps, "rewards": "format + length (synpro_jax)",
+        "kl_bias_correction": GRPOConfig().kl_bias_correction, "pairs": args.pairs, "torch_threads": args.threads,
+        "xla_flags": os.environ.get("XLA_FLAGS"), "cpu_affinity": sorted(os.sched_getaffinity(0)),
     }
     print(settings, flush=True)
     load_start = os.getloadavg()  # the CPU numbers are only comparable on an otherwise idle machine
-    systems = {}
+    pairs = {}
+    tunix = None
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = Path(tmp) / "model"
         export_model(cfg, model_dir)
         tokenizer.save_pretrained(model_dir)
-        systems["synpro_jax"] = run_ours(cfg, model_dir, tokenizer, prompt_steps, args)
-        print("synpro_jax", systems["synpro_jax"]["ms_per_step"], flush=True)
+        trl_missing = None
         if "trl" in peers:
             try:
                 import trl  # noqa: F401
             except ImportError as e:  # a GPU box without the bench extra: record why, keep our numbers
-                systems["trl"] = {"system": "trl", "skipped": f"import trl failed: {e}"}
-            else:
-                systems["trl"] = run_trl(model_dir, tokenizer, prompt_steps, args)
-            print("trl", systems["trl"].get("ms_per_step", systems["trl"]), flush=True)
+                trl_missing = f"import trl failed: {e}"
+        for name in args.pairs:
+            remat, checkpointing = PAIRS[name]
+            pair = {"synpro_jax_remat": remat, "trl_gradient_checkpointing": checkpointing}
+            load = {"start": os.getloadavg()}
+            ours = run_ours(cfg, model_dir, tokenizer, prompt_steps, args, remat=remat)
+            load["after_synpro_jax"] = os.getloadavg()
+            print(name, "synpro_jax", ours["ms_per_step"], flush=True)
+            pair["systems"] = {"synpro_jax": ours}
+            if "trl" in peers:
+                peer = ({"system": "trl", "skipped": trl_missing} if trl_missing else
+                        run_trl(model_dir, tokenizer, prompt_steps, args, gradient_checkpointing=checkpointing))
+                load["after_trl"] = os.getloadavg()
+                print(name, "trl", peer.get("ms_per_step", peer), flush=True)
+                pair["systems"]["trl"] = peer
+                pair["speedup_vs_trl"] = ratios(ours, peer)
+            pair["load_average_1_5_15min"] = load
+            pairs[name] = pair
         if "tunix" in peers:
-            systems["tunix"] = run_tunix(model_dir, prompt_steps, args)
-            print("tunix", systems["tunix"].get("ms_per_step", systems["tunix"]), flush=True)
-    ours = systems["synpro_jax"]
+            tunix = run_tunix(model_dir, prompt_steps, args)
+            print("tunix", tunix.get("ms_per_step", tunix), flush=True)
     report = {
-        "benchmark": "GRPO step time by phase: synpro_jax vs TRL GRPOTrainer vs tunix GRPOLearner",
+        "benchmark": "GRPO step time by phase: synpro_jax vs TRL GRPOTrainer (recomputation matched pair by pair) "
+                     "vs tunix GRPOLearner",
+        "git_commit": git_commit(),
+        "measurement_note": args.note,
         "settings": settings, "cpu_count": os.cpu_count(),
         "load_average_1_5_15min": {"start": load_start, "end": os.getloadavg()}, "platform": platform.platform(),
         "torch_device": args.torch_device,
-        "systems": systems,
-        "speedup_vs": {name: ratios(ours, s) for name, s in systems.items() if name != "synpro_jax"},
+        "pairs": pairs,
         "peer_setup": {
-            "trl": "pip install trl==1.16.0 -c <(echo torch==2.13.0+cpu; echo transformers==5.24.0) (adds accelerate, "
-                   "datasets; no vLLM)",
+            "trl": "pip install trl==1.16.0 (setup.py's bench extra: torch==2.13.0, adds accelerate, datasets; "
+                   "no vLLM)",
             "tunix": "python -m venv /work/venv_tunix && /work/venv_tunix/bin/pip install google-tunix==0.1.7 "
                      "gin-config (own jax 0.10.2, transformers 5.12.1; gin-config for synpro_jax's rewards)",
         },
-        "note": "speedup_vs[peer][phase] = peer ms / synpro_jax ms (> 1: synpro_jax is faster); update = total - "
-                "rollout - ref_logprobs - rewards on every side",
+        "note": "pairs[name].speedup_vs_trl[phase] = TRL ms / synpro_jax ms (> 1: synpro_jax is faster); update = "
+                "total - rollout - ref_logprobs - rewards on every side. no_remat: TRL gradient_checkpointing=False "
+                "vs synpro_jax remat='none'; remat: TRL gradient_checkpointing=True (TRL 1.16's default) vs "
+                "synpro_jax remat='full'.",
     }
-    for name, r in report["speedup_vs"].items():
-        if r:
-            print(f"speedup vs {name}:", {k: round(v, 2) for k, v in r.items()}, flush=True)
+    if tunix is not None:
+        base = pairs.get("no_remat") or next(iter(pairs.values()))
+        report["tunix"] = {"system": tunix, "speedup_vs_tunix": ratios(base["systems"]["synpro_jax"], tunix),
+                           "against": "synpro_jax of the pair " + ("no_remat" if "no_remat" in pairs else
+                                                                   next(iter(pairs)))}
+    for name, pair in pairs.items():
+        if pair.get("speedup_vs_trl"):
+            print(f"{name}: speedup vs trl:", {k: round(v, 2) for k, v in pair["speedup_vs_trl"].items()},
+                  flush=True)
     write_report(report, args.out)
     return 0
 
