@@ -10,8 +10,8 @@ data-influence reward (SynPro's point) rise under GRPO, or why not?
    that the format run starts lower and shows what GRPO adds.
 3. GRPO with format + length only (weights 1, 1) for ``--format_steps`` steps: the format reward's curve.
 4. From that policy (it writes the format), GRPO with format + length + data_influence (weights 1, 1, 3) for
-   ``--influence_steps`` steps, three seeds (seed = prompt order and rollout randomness), in two arms:
-   ``sum`` (TRL's weighted sum of raw rewards, the release's) and ``group`` (``RewardsConfig.normalize``: each
+   ``--influence_steps`` steps, three seeds (seed = prompt order and rollout randomness), in two arms of
+   ``RewardsConfig.normalize``: ``none`` (TRL's weighted sum of raw rewards, the release's) and ``group`` (each
    reward standardized within its group before weighting). theta is runs/cpu_organic, theta' the probe's
    fine-tune of it on FLAN qasc with the settings of gin/experiments/cpu_organic_probe.gin (made here, reused).
 5. Diagnosis of the influence reward on the rollouts of those runs: its within-group spread against the others'
@@ -333,14 +333,14 @@ def plot(report: dict, path: Path) -> None:
                 ylabel="mean reward", ylim=(-0.02, 2.05))
     axes[0].legend(fontsize=8)
     colors = {}
-    for arm, ls in (("sum", "-"), ("group", "--")):
+    for arm, ls in (("none", "-"), ("group", "--")):
         for seed, run in report["influence_runs"][arm]["seeds"].items():
             c = run["curves"]
             color = colors.setdefault(seed, f"C{len(colors)}")
             axes[1].plot(c["step"], c["reward/data_influence_mean"], ls=ls, c=color, label=f"{arm}, seed {seed}")
             axes[2].plot(c["step"], c["reward/format_mean"], ls=ls, c=color, label=f"{arm}, seed {seed}")
     axes[1].axhline(0.0, c="grey", lw=0.5)
-    axes[1].set(title="data_influence (weight 3): sum (solid) vs group-normalized (dashed)", xlabel="GRPO step",
+    axes[1].set(title="data_influence (weight 3): TRL's sum (solid) vs group-normalized (dashed)", xlabel="GRPO step",
                 ylabel="mean data_influence")
     axes[2].set(title="format in the same runs", xlabel="GRPO step", ylabel="mean format", ylim=(-0.02, 1.02))
     axes[1].legend(fontsize=7)
@@ -368,7 +368,7 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=3e-4, help="GRPO learning rate (release: 1e-6)")
     p.add_argument("--format_steps", type=int, default=30)
     p.add_argument("--influence_steps", type=int, default=16)
-    p.add_argument("--arms", default="sum,group", help="RewardsConfig.normalize of the influence runs")
+    p.add_argument("--arms", default="none,group", help="RewardsConfig.normalize of the influence runs")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--min_chars", type=int, default=100, help="data_influence guard (release: 500)")
     p.add_argument("--warm_steps", type=int, default=48,
