@@ -7,7 +7,6 @@ documents packed for validation.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import hashlib
 import json
@@ -64,15 +63,8 @@ class MixtureInput:
         return self.mixture.spec.stream(self.row_len).starting_at(self.starts)
 
     def dataset(self, shard_info=None, start_row: int = 0):
-        mixture = self.mixture
-        if any(self.starts):
-            # The registered Mixture reads every stream from its first row: read a copy of it whose stream at
-            # this length starts where this stage's streams start (the same packed streams, caches and lock).
-            started = mixture.stream(self.seq_len).starting_at(self.starts)
-            mixture = copy.copy(mixture)
-            mixture._streams = {self.seq_len: started}
-        return mixture.get_dataset({"targets": self.seq_len}, split="train", shard_info=shard_info,
-                                   shuffle=False, start_row=start_row)
+        return self.mixture.get_dataset({"targets": self.seq_len}, split="train", shard_info=shard_info,
+                                        shuffle=False, start_row=start_row, stream_starts=self.starts)
 
     def rows(self, indices):
         """Random access to global rows (the same rows the dataset yields), for tools and tests."""

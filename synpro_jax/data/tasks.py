@@ -146,7 +146,8 @@ class PackedMixture(seqio.Mixture):
 
     Order and sharding are fixed by the run's seed: global row ``g`` is the same on every call. Shard ``p`` of
     ``P`` (``shard_info``) yields rows ``p, p + P, p + 2P, ...``, so batch ``s`` of ``b`` rows per host holds
-    the global rows ``[s * b * P, (s + 1) * b * P)``. ``start_row`` starts a shard at its ``start_row``-th row
+    the global rows ``[s * b * P, (s + 1) * b * P)``. ``stream_starts`` (one row per stream) starts each stream
+    there, as a stage that continues another reads it. ``start_row`` starts a shard at its ``start_row``-th row
     without building the ones before it (how the trainer resumes). The stream repeats the data-bound epochs by
     itself, so ``num_epochs`` must be None, and the seqio ``shuffle``/``seed`` arguments have no effect.
     """
@@ -173,7 +174,7 @@ class PackedMixture(seqio.Mixture):
     def get_dataset(self, sequence_length: Mapping[str, int] | None = None, split: str = "train",
                     use_cached: bool = False, shuffle: bool = True, seed: int | None = None,
                     shard_info: seqio.ShardInfo | None = None, num_epochs: int | None = None,
-                    start_row: int = 0, **unused) -> tf.data.Dataset:
+                    start_row: int = 0, stream_starts: Sequence[int] | None = None, **unused) -> tf.data.Dataset:
         if split != "train":
             raise ValueError(f"{self.name}: only the 'train' split is mixed; validation documents are the "
                              f"'validation' split of {self.task_names[0]}")
@@ -192,6 +193,8 @@ class PackedMixture(seqio.Mixture):
         if start_row < 0:
             raise ValueError(f"start_row={start_row}: must be >= 0")
         stream = self.stream(seq_len)
+        if stream_starts is not None and any(stream_starts):  # a stage that continues another: its stream positions
+            stream = stream.starting_at(stream_starts)
         k = self.CHUNK_ROWS
 
         def chunk(c):
