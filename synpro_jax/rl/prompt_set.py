@@ -33,12 +33,13 @@ class PromptItem:
 class PromptSet:
     """Prompts for ``operation`` over the documents of ``files`` (any format :mod:`synpro_jax.data.sources`
     reads). Documents shorter than ``min_source_chars`` are skipped (and counted): a rewrite of a few words
-    teaches the generator little and the release's influence reward needs 500 characters of output."""
+    teaches the generator little and the release's influence reward needs 500 characters of output. ``what``
+    names the documents in messages (the warm start reads its own)."""
 
     def __init__(self, files: Sequence[str], vocab, operation: str, *, max_prompt_tokens: int,
                  max_source_chars: int = prompts_lib.MAX_SOURCE_CHARS, min_source_chars: int = 0,
                  max_documents: int | None = None, text_field: str = "text", id_field: str | None = None,
-                 seed: int = 0, system_prompt: str = prompts_lib.SYSTEM_PROMPT):
+                 seed: int = 0, system_prompt: str = prompts_lib.SYSTEM_PROMPT, what: str = "GRPO prompts"):
         from synpro_jax.data.sources import open_sources
         from synpro_jax.generation.synthesize import PromptBuilder, SynthesisConfig
 
@@ -68,10 +69,10 @@ class PromptSet:
                 continue
             self.items.append(PromptItem(str(doc.id), text, list(prompt.ids)))
         if not self.items:
-            raise ValueError(f"GRPO prompts {list(files)}: no usable document (skipped {self.skipped}; "
+            raise ValueError(f"{what} {list(files)}: no usable document (skipped {self.skipped}; "
                              f"min_source_chars={min_source_chars}, max_prompt_tokens={max_prompt_tokens})")
         if any(self.skipped.values()):
-            log.warning("GRPO prompts: %d documents, skipped %s", len(self.items), self.skipped)
+            log.warning("%s: %d documents, skipped %s", what, len(self.items), self.skipped)
         digest = hashlib.sha256()
         for item in self.items:
             digest.update(json.dumps([item.doc_id, item.ids]).encode())

@@ -96,7 +96,7 @@ def warm_start_rows(cfg: WarmStartConfig, vocab, operation: str, max_prompt_toke
 
     ps = PromptSet(list(cfg.documents), vocab, operation, max_prompt_tokens=max_prompt_tokens,
                    max_source_chars=max_source_chars, min_source_chars=cfg.min_source_chars,
-                   max_documents=cfg.max_documents)
+                   max_documents=cfg.max_documents, what="WarmStartConfig.documents")
     rows = []
     for item in ps.items:
         ids = list(vocab.encode(answer_text(item.source, operation, cfg.answer_chars)))[: cfg.answer_tokens]

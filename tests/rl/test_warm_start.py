@@ -128,3 +128,10 @@ def test_a_run_whose_groups_never_differ_warns_then_stops_naming_the_cause(works
     assert Path(tmp_path / "run" / "checkpoints" / "1").is_dir()  # what it had is kept
     with pytest.raises(ValueError, match="stall_stop_steps=1: must be an int >= stall_warn_steps=3"):
         GRPORunConfig(out_dir="o", num_steps=1, prompts_per_step=1, stall_stop_steps=1)
+
+
+def test_warm_start_documents_that_give_no_row_are_named_as_such(workspace):
+    vocab = load_vocabulary(str(workspace["vocab"]))
+    cfg = WarmStartConfig(documents=[str(workspace["organic"])], min_source_chars=10**6)
+    with pytest.raises(ValueError, match=r"WarmStartConfig.documents \[.*organic.jsonl'\]: no usable document"):
+        warm_start_rows(cfg, vocab, "rephrase", MAX_PROMPT_TOKENS, 7000)
