@@ -3,6 +3,7 @@ stream from row 0), and counts what it read (rows, and distinct document tokens,
 
 import numpy as np
 import pytest
+from stream_walk import distinct_tokens_by_hand
 
 from synpro_jax.data.corpus import TokenizedCorpus
 from synpro_jax.data.mixture import MixedStream, stream_identity, unique_tokens
@@ -17,20 +18,6 @@ def corpus(n_docs, seed, prefix="d"):
     rng = np.random.default_rng(seed)
     docs = [rng.integers(2, 50, rng.integers(1, 20)) for _ in range(n_docs)]
     return TokenizedCorpus.from_token_lists(docs, [f"{prefix}{i}" for i in range(n_docs)])
-
-
-def distinct_tokens_by_hand(stream: PackedStream, start_row: int, end_row: int) -> int:
-    """Walk the stream position by position from the documents and each epoch's order: the (document, offset)
-    pairs read in ``[start_row, end_row)``, EOS left out."""
-    c, seen = stream.corpus, set()
-    a, b = start_row * stream.row_len, end_row * stream.row_len
-    for epoch in range(a // stream.epoch_tokens, max(b - 1, 0) // stream.epoch_tokens + 1):
-        pos = epoch * stream.epoch_tokens
-        for doc_id in stream.epoch_doc_order(epoch):
-            n = len(c.doc(c.doc_ids.index(doc_id)))
-            seen.update((doc_id, j) for j in range(n) if a <= pos + j < b)
-            pos += n + 1
-    return len(seen)
 
 
 def test_unique_tokens_count_each_document_token_once_over_epochs():

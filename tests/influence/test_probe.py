@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from flan_by_hand import examples_end_to_end
 
 from synpro_jax import models, sharding
 from synpro_jax.data.corpus import TokenizedCorpus
@@ -21,7 +22,7 @@ from synpro_jax.data.packing import PackedStream
 from synpro_jax.influence import influence_scores
 from synpro_jax.influence.kernel import example_losses
 from synpro_jax.influence.probe import Probe, ProbeConfig, finetune, score_corpus, unique_keys
-from synpro_jax.influence.reference import PackedReference, ReferenceExample, format_prompt
+from synpro_jax.influence.reference import PackedReference, ReferenceExample
 from synpro_jax.influence.run import _save_finetuned, load_finetuned, theta_identity
 from synpro_jax.train import OptimizerConfig, TrainStep, make_optimizer, make_schedule, params_io
 from synpro_jax.train.checkpoint import Checkpointer
@@ -64,20 +65,12 @@ def world(tmp_path_factory):
 
 
 def release_rows(examples, order, seq_len, rows):
-    """The release's FLAN rows, built here and not by the library: every example as prompt tokens, answer
-    tokens and an EOS (label 1 on the answer and the EOS), in ``order`` (ids, one epoch after another), laid end
-    to end in one stream, cut into plain ``seq_len``-token slices (OLMo's MemMapDataset chunks)."""
-    vocab, by_id = CharVocab(), {e.id: e for e in examples}
-    tokens, labels = [], []
-    for epoch_ids in order:
-        for i in epoch_ids:
-            prompt = vocab.encode(format_prompt(by_id[i].prompt))
-            answer = vocab.encode(" " + by_id[i].completion) + [vocab.eos_id]
-            tokens += prompt + answer
-            labels += [0] * len(prompt) + [1] * len(answer)
+    """The release's FLAN rows, built here and not by the library: the examples laid end to end in ``order``
+    (flan_by_hand), cut into plain ``seq_len``-token slices (OLMo's MemMapDataset chunks)."""
+    tokens, labels = examples_end_to_end(examples, order, CharVocab())
     n = rows * seq_len
     assert len(tokens) >= n
-    return np.asarray(tokens[:n]).reshape(rows, seq_len), np.asarray(labels[:n], np.float32).reshape(rows, seq_len)
+    return tokens[:n].reshape(rows, seq_len), labels[:n].reshape(rows, seq_len)
 
 
 def release_loss(cfg, params, tokens, labels, z_loss):

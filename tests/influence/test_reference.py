@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+from flan_by_hand import examples_end_to_end
 
 from synpro_jax.influence.reference import ReferenceSource, encode_examples, format_prompt
 
@@ -146,19 +147,8 @@ def test_separate_examples_do_not_attend_to_each_other():
 
 
 def _stream(examples, order):
-    """The examples laid end to end here, not by the library: prompt, answer and EOS each, in ``order`` (ids,
-    epoch after epoch), with label 1 on answer tokens and EOS."""
-    from synpro_jax.influence.reference import format_prompt
-
-    vocab, by_id = CharVocab(), {e.id: e for e in examples}
-    tokens, labels = [], []
-    for ids in order:
-        for i in ids:
-            prompt = vocab.encode(format_prompt(by_id[i].prompt))
-            answer = vocab.encode(" " + by_id[i].completion) + [vocab.eos_id]
-            tokens += prompt + answer
-            labels += [0] * len(prompt) + [1] * len(answer)
-    return np.asarray(tokens), np.asarray(labels, np.float32)
+    """The examples laid end to end here, not by the library (flan_by_hand)."""
+    return examples_end_to_end(examples, order, CharVocab())
 
 
 def test_release_rows_are_plain_slices_of_the_concatenated_examples():

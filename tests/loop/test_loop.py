@@ -12,6 +12,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 import loop_job  # noqa: E402
+from stream_walk import distinct_tokens_by_hand  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -72,20 +73,6 @@ def organic_stream(workspace: Path, out: Path):
                      validation_docs=8, cache_dir=str(out.parent / f"{out.name}_cache"))
     vocab, train, _, _ = organic_split(cfg, progress=False)
     return PackedStream(train, 33, vocab.eos_id, seed=0)
-
-
-def distinct_tokens_by_hand(stream, start_row: int, end_row: int) -> int:
-    """The (document, offset) pairs that rows [start_row, end_row) hold, walked position by position through
-    each epoch's document order (EOS left out)."""
-    c, seen = stream.corpus, set()
-    a, b = start_row * stream.row_len, end_row * stream.row_len
-    for epoch in range(a // stream.epoch_tokens, (b - 1) // stream.epoch_tokens + 1):
-        pos = epoch * stream.epoch_tokens
-        for doc_id in stream.epoch_doc_order(epoch):
-            n = len(c.doc(c.doc_ids.index(doc_id)))
-            seen.update((doc_id, j) for j in range(n) if a <= pos + j < b)
-            pos += n + 1
-    return len(seen)
 
 
 def assert_data_goes_on(workspace: Path, out: Path, got: dict) -> None:
