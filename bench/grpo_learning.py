@@ -219,11 +219,6 @@ def run_grpo(name: str, cfg, mesh, vocab, start_params, suite, weights: dict, se
 
 
 # --- 5. diagnosis of the influence reward -------------------------------------------------------------------------
-def spearman(a, b) -> float:
-    ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
-    return float(np.corrcoef(ra, rb)[0, 1])
-
-
 def within_group(values, group) -> np.ndarray:
     v, g = np.asarray(values, np.float64), np.asarray(group)
     out = np.empty_like(v)
@@ -275,6 +270,8 @@ def influence_variance_split(scored: list[dict], min_chars: int) -> dict:
 def rescoring_and_first_order(cfg, mesh, theta, tuned, vocab, texts: list[str], batch: int) -> dict:
     """The same answers scored again in other batches (reversed order, so other batch-mates and padding), and
     their first-order influence -grad L_x(theta) . (theta' - theta) against the exact L_theta - L_theta'."""
+    from scipy.stats import spearmanr
+
     from synpro_jax.data.corpus import encoder_for
     from synpro_jax.influence.kernel import influence_scores
     from synpro_jax.influence.probe import Probe
@@ -297,7 +294,7 @@ def rescoring_and_first_order(cfg, mesh, theta, tuned, vocab, texts: list[str], 
     return {"texts": len(docs),
             "rescoring_max_abs_difference": float(np.max(np.abs(first - again))),
             "influence_std_across_texts": float(np.std(first)),
-            "first_order_spearman": spearman(exact, approx),
+            "first_order_spearman": float(spearmanr(exact, approx).statistic),
             "first_order_pearson": float(np.corrcoef(exact, approx)[0, 1]),
             "first_order_sign_agreement": float(np.mean(np.sign(exact) == np.sign(approx))),
             "exact_mean": float(exact.mean()), "first_order_mean": float(approx.mean())}
