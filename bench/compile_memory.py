@@ -19,9 +19,9 @@ as it has chips (its target says so).
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 import re
 import time
-from pathlib import Path
 
 import jax
 
@@ -59,6 +59,7 @@ def shipped_experiments() -> list[tuple[str, str]]:
 def compile_experiment(gin_file: str, topology: str) -> list:
     """The experiment's programs as `synpro compile` builds them (its unset REQUIRED macros are placeholders)."""
     import gin
+
     from synpro_jax import configs
 
     configs.parse([gin_file], aot.placeholder_bindings(aot.unset_macros([gin_file], [])))
@@ -90,42 +91,78 @@ def main(argv=None):
         reports = reports if isinstance(reports, list) else [reports]
         for report in reports:
             print(report.line(), flush=True)
-            rows.append({"topology": topology, **fields, **report.as_dict(),
-                         "xla_cpu_estimate": report.target.startswith("XLA:CPU"),
-                         "compile_s": round((time.perf_counter() - t) / len(reports), 1)})
+            rows.append(
+                {
+                    "topology": topology,
+                    **fields,
+                    **report.as_dict(),
+                    "xla_cpu_estimate": report.target.startswith("XLA:CPU"),
+                    "compile_s": round((time.perf_counter() - t) / len(reports), 1),
+                }
+            )
 
     for topology in args.topologies.split(","):
         if "train" in programs:
             for name in args.models.split(","):
                 for setting in args.settings.split(","):
                     knobs = SETTINGS[setting]
-                    cfg = models.get_preset(name, dtype="bfloat16", remat=knobs["remat"],
-                                            loss_chunk=knobs["loss_chunk"])
-                    record(lambda t, cfg=cfg, accum=knobs["accum_steps"]: aot.train_step_memory(
-                               cfg, MESH, OptimizerConfig(), args.batch, args.seq, 1e-5, accum, t),
-                           topology, program="train_step", model=name, setting=setting, **knobs)
+                    cfg = models.get_preset(
+                        name, dtype="bfloat16", remat=knobs["remat"], loss_chunk=knobs["loss_chunk"]
+                    )
+                    record(
+                        lambda t, cfg=cfg, accum=knobs["accum_steps"]: aot.train_step_memory(
+                            cfg, MESH, OptimizerConfig(), args.batch, args.seq, 1e-5, accum, t
+                        ),
+                        topology,
+                        program="train_step",
+                        model=name,
+                        setting=setting,
+                        **knobs,
+                    )
         generator = models.get_preset(args.generator, dtype="bfloat16")
         if "grpo" in programs:
             for setting in args.settings.split(","):
                 knobs = GRPO_SETTINGS[setting]
                 cfg = generator.replace(remat=knobs["remat"])
-                record(lambda t, cfg=cfg, knobs=knobs: aot.grpo_step_memory(
-                           cfg, MESH, GRPOConfig(), None, knobs["accum_steps"], knobs["logits_chunk"], True, t),
-                       topology, program="grpo_step", model=args.generator, setting=setting, **knobs)
+                record(
+                    lambda t, cfg=cfg, knobs=knobs: aot.grpo_step_memory(
+                        cfg, MESH, GRPOConfig(), None, knobs["accum_steps"], knobs["logits_chunk"], True, t
+                    ),
+                    topology,
+                    program="grpo_step",
+                    model=args.generator,
+                    setting=setting,
+                    **knobs,
+                )
         if "sampler" in programs:
-            record(lambda t, g=generator: aot.sampler_memory(g, MESH, GRPOConfig(), None, t), topology,
-                   program="sampler", model=args.generator, setting="as_preset")
+            record(
+                lambda t, g=generator: aot.sampler_memory(g, MESH, GRPOConfig(), None, t),
+                topology,
+                program="sampler",
+                model=args.generator,
+                setting="as_preset",
+            )
     if "experiments" in programs:
         for gin_file, topology in shipped_experiments():
-            record(lambda t, f=gin_file: compile_experiment(f, t), topology, program="experiment",
-                   experiment=gin_file, setting="as_shipped")
-    result = {"jax": jax.__version__, "batch": args.batch, "seq": args.seq, "rows": rows,
-              "libtpu": _libtpu_version(),
-              "note": "XLA:TPU ahead-of-time compilation through libtpu on a CPU-only machine; total = arguments + "
-                      "outputs - aliased + temporaries + code + resident (buffers held beside the program), per "
-                      "device. grpo and sampler rows: the release's GRPO shapes (GRPOConfig defaults, 4 prompts "
-                      "per data shard). experiment rows: the shipped TPU experiments as synpro compile builds "
-                      "them (their GRPO resident includes data_influence's theta and theta')."}
+            record(
+                lambda t, f=gin_file: compile_experiment(f, t),
+                topology,
+                program="experiment",
+                experiment=gin_file,
+                setting="as_shipped",
+            )
+    result = {
+        "jax": jax.__version__,
+        "batch": args.batch,
+        "seq": args.seq,
+        "rows": rows,
+        "libtpu": _libtpu_version(),
+        "note": "XLA:TPU ahead-of-time compilation through libtpu on a CPU-only machine; total = arguments + "
+        "outputs - aliased + temporaries + code + resident (buffers held beside the program), per "
+        "device. grpo and sampler rows: the release's GRPO shapes (GRPOConfig defaults, 4 prompts "
+        "per data shard). experiment rows: the shipped TPU experiments as synpro compile builds "
+        "them (their GRPO resident includes data_influence's theta and theta').",
+    }
     atomic.write_json(args.out, result)
     print(f"wrote {args.out}")
 

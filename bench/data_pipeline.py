@@ -19,10 +19,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from pathlib import Path
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 import jax
 import numpy as np
@@ -30,6 +30,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from report import write_report  # noqa: E402
+
 from synpro_jax import models, sharding  # noqa: E402
 from synpro_jax.data.config import DataConfig  # noqa: E402
 from synpro_jax.data.pipeline import TrainBatches  # noqa: E402
@@ -70,8 +71,9 @@ def synthetic_shards(data: DataConfig, root: Path) -> list[tuple[str, int, str]]
 
 def paths(streams, args, batch_sharding, label: str) -> dict:
     seqio_tps = rate(TrainBatches(streams.train, args.batch, batch_sharding), args.pipeline_steps)
-    direct_tps = rate(TrainBatches(streams.train.mixture.stream(args.seq), args.batch, batch_sharding),
-                      args.pipeline_steps)
+    direct_tps = rate(
+        TrainBatches(streams.train.mixture.stream(args.seq), args.batch, batch_sharding), args.pipeline_steps
+    )
     print(f"{label}: seqio path {seqio_tps:,.0f} tok/s | direct {direct_tps:,.0f} tok/s", flush=True)
     return {"seqio_tokens_per_s": seqio_tps, "direct_tokens_per_s": direct_tps}
 
@@ -88,29 +90,53 @@ def main(argv=None):
 
     cache = Path(tempfile.mkdtemp(prefix="synpro-bench-"))
     if SHARED.is_dir():
-        organic = (str(SHARED / "openwebtext_900.jsonl"), str(SHARED / "dclm_annotated_web.jsonl"),
-                   str(SHARED / "c4-sample.0*.json.gz"))
-        data = DataConfig(corpus="organic", organic=organic, vocabulary=TrainedSentencePiece(4096),
-                          validation_docs=60, cache_dir=str(cache))
+        organic = (
+            str(SHARED / "openwebtext_900.jsonl"),
+            str(SHARED / "dclm_annotated_web.jsonl"),
+            str(SHARED / "c4-sample.0*.json.gz"),
+        )
+        data = DataConfig(
+            corpus="organic",
+            organic=organic,
+            vocabulary=TrainedSentencePiece(4096),
+            validation_docs=60,
+            cache_dir=str(cache),
+        )
         source = "shared/data/organic"
     else:
-        data = DataConfig(corpus="markov", organic=("markov:4096:4000:257",),
-                          vocabulary=PassthroughVocabulary(4096, 1), validation_docs=60, cache_dir=str(cache))
+        data = DataConfig(
+            corpus="markov",
+            organic=("markov:4096:4000:257",),
+            vocabulary=PassthroughVocabulary(4096, 1),
+            validation_docs=60,
+            cache_dir=str(cache),
+        )
         source = "built-in Markov corpus (shared/data absent)"
     print(f"data: {source}", flush=True)
 
     # tokenization (vocabulary training happens first and is not counted)
-    resolve_vocabulary(data.vocabulary, cache_dir=data.cache_dir, corpus=data.corpus,
-                       texts=lambda: (d.text for d in open_organic(data) if d.text))
+    resolve_vocabulary(
+        data.vocabulary,
+        cache_dir=data.cache_dir,
+        corpus=data.corpus,
+        texts=lambda: (d.text for d in open_organic(data) if d.text),
+    )
     t = time.perf_counter()
     streams = build_streams(data, args.seq, progress=False)
     tok_s = time.perf_counter() - t
     organic = next(iter(streams.info["tasks"].values()))
-    tokenize = {"seconds": tok_s, "documents_per_s": organic["documents"] / tok_s,
-                "tokens_per_s": organic["tokens"] / tok_s, "documents": organic["documents"],
-                "tokens": organic["tokens"]}
-    print(f"tokenize: {organic['documents']:,} docs, {organic['tokens']:,} tokens in {tok_s:.2f}s "
-          f"({tokenize['tokens_per_s']:,.0f} tok/s)", flush=True)
+    tokenize = {
+        "seconds": tok_s,
+        "documents_per_s": organic["documents"] / tok_s,
+        "tokens_per_s": organic["tokens"] / tok_s,
+        "documents": organic["documents"],
+        "tokens": organic["tokens"],
+    }
+    print(
+        f"tokenize: {organic['documents']:,} docs, {organic['tokens']:,} tokens in {tok_s:.2f}s "
+        f"({tokenize['tokens_per_s']:,.0f} tok/s)",
+        flush=True,
+    )
 
     cfg = models.get_preset(args.preset)
     mesh = sharding.make_mesh(sharding.MeshConfig(-1, 1, 1))
@@ -123,9 +149,13 @@ def main(argv=None):
     mixed = six.train.mixture.stream(args.seq)
     rows_read = (args.pipeline_steps + 1) * args.batch
     six_result["streams"] = {
-        name: {**six.info["tasks"][name], "epochs_built": s.epochs_built,
-               "epochs_touched": int(np.ceil(rows_read * s.row_len * s_rate / s.epoch_tokens)) + 1}
-        for name, s, s_rate in zip(mixed.names, mixed.streams, mixed.rates)}
+        name: {
+            **six.info["tasks"][name],
+            "epochs_built": s.epochs_built,
+            "epochs_touched": int(np.ceil(rows_read * s.row_len * s_rate / s.epoch_tokens)) + 1,
+        }
+        for name, s, s_rate in zip(mixed.names, mixed.streams, mixed.rates)
+    }
 
     batches = TrainBatches(streams.train, args.batch, step.batch_sharding)
     state = step.init(jax.random.key(0))
@@ -139,14 +169,20 @@ def main(argv=None):
     train_s = (time.perf_counter() - t) / args.train_steps
     trainer_tps = args.batch * args.seq / train_s
     ratio = one["seqio_tokens_per_s"] / trainer_tps
-    print(f"trainer ({args.preset}): {train_s * 1e3:.1f} ms/step -> {trainer_tps:,.0f} tok/s | the seqio path is "
-          f"{ratio:.1f}x faster", flush=True)
+    print(
+        f"trainer ({args.preset}): {train_s * 1e3:.1f} ms/step -> {trainer_tps:,.0f} tok/s | the seqio path is "
+        f"{ratio:.1f}x faster",
+        flush=True,
+    )
 
     report = {
         "benchmark": "data_pipeline",
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": {"cpu_count": os.cpu_count(), "device": jax.devices()[0].device_kind},
-        "data": source, "preset": args.preset, "batch": args.batch, "seq": args.seq,
+        "data": source,
+        "preset": args.preset,
+        "batch": args.batch,
+        "seq": args.seq,
         "tokenize": tokenize,
         "pipeline": one,
         "six_stream_mixture": six_result,

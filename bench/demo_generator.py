@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import argparse
 import os
+from pathlib import Path
 import sys
 import time
-from pathlib import Path
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
@@ -29,8 +29,8 @@ sys.path.insert(0, str(ROOT))
 from synpro_jax import atomic, models, sharding  # noqa: E402
 from synpro_jax.data.vocab import load_vocabulary  # noqa: E402
 from synpro_jax.demo import sft  # noqa: E402
-from synpro_jax.demo.tokenizer import train_world_tokenizer  # noqa: E402
 from synpro_jax.demo import world as W  # noqa: E402
+from synpro_jax.demo.tokenizer import train_world_tokenizer  # noqa: E402
 from synpro_jax.generation import prompts  # noqa: E402
 from synpro_jax.generation.sampler import Sampler  # noqa: E402
 from synpro_jax.train import OptimizerConfig  # noqa: E402
@@ -72,16 +72,35 @@ def main() -> int:
     world = W.make_world(people=300, teachers=2000, seed=args.seed)
     vocab = world_vocabulary(world, work / f"tokenizer{args.vocab_size}-seed{args.seed}.json", args.vocab_size)
     heads = max(args.d_model // args.head_dim, 1)
-    cfg = models.get_preset("tiny").replace(d_model=args.d_model, num_layers=args.layers, num_heads=heads,
-                                            num_kv_heads=heads, head_dim=args.head_dim, rope_theta=args.rope_theta, mlp_dim=4 * args.d_model,
-                                            vocab_size=vocab.vocab_size, max_seq_len=1024, name="demo_generator")
+    cfg = models.get_preset("tiny").replace(
+        d_model=args.d_model,
+        num_layers=args.layers,
+        num_heads=heads,
+        num_kv_heads=heads,
+        head_dim=args.head_dim,
+        rope_theta=args.rope_theta,
+        mlp_dim=4 * args.d_model,
+        vocab_size=vocab.vocab_size,
+        max_seq_len=1024,
+        name="demo_generator",
+    )
     mesh = sharding.make_mesh(sharding.MeshConfig(data=-1))
-    ts = TrainStep(cfg, mesh, OptimizerConfig(learning_rate=args.lr, warmup_steps=30, schedule=args.schedule,
-                                              total_steps=args.steps, weight_decay=0.0, clip_norm=1.0))
+    ts = TrainStep(
+        cfg,
+        mesh,
+        OptimizerConfig(
+            learning_rate=args.lr,
+            warmup_steps=30,
+            schedule=args.schedule,
+            total_steps=args.steps,
+            weight_decay=0.0,
+            clip_norm=1.0,
+        ),
+    )
     state = ts.init(jax.random.key(args.seed))
     stream = sft.TeachingStream(world.teachers, vocab, seed=args.seed, partial=args.partial)
     sampler = Sampler(cfg, state.params, mesh=mesh)
-    people = world.people[:args.eval_people]
+    people = world.people[: args.eval_people]
     history, samples = [], {}
 
     def evaluate(step: int) -> None:
@@ -89,8 +108,15 @@ def main() -> int:
         row = {"step": step}
         for op in prompts.OPERATIONS:
             texts = []
-            scores = sft.evaluate_rewrites(sampler, vocab, people, op, max_new_tokens=160 if op == "reformat" else 80,
-                                           seed=step, on_text=lambda person, t: texts.append(t))
+            scores = sft.evaluate_rewrites(
+                sampler,
+                vocab,
+                people,
+                op,
+                max_new_tokens=160 if op == "reformat" else 80,
+                seed=step,
+                on_text=lambda person, t: texts.append(t),
+            )
             row.update({f"{op}/{k}": v for k, v in scores.items()})
             samples[f"{op}@{step}"] = {"source": W.organic_biography(people[0]), "rewrite": texts[0]}
         history.append(row)
@@ -103,13 +129,22 @@ def main() -> int:
         if step % 25 == 0:
             losses.append({"step": step, "answer_loss": float(metrics["loss"])})
         if step % args.eval_every == 0 or step == args.steps:
-            print(f"step {step}: answer loss {float(metrics['loss']):.3f}, "
-                  f"{(time.perf_counter() - start) / step:.2f} s/step", flush=True)
+            print(
+                f"step {step}: answer loss {float(metrics['loss']):.3f}, "
+                f"{(time.perf_counter() - start) / step:.2f} s/step",
+                flush=True,
+            )
             evaluate(step)
     seconds = time.perf_counter() - start
-    out = {"device": str(jax.devices()[0].device_kind), "args": vars(args), "params": cfg.num_params(),
-           "seconds_training_and_eval": round(seconds, 1), "history": history, "losses": losses,
-           "samples": samples}
+    out = {
+        "device": str(jax.devices()[0].device_kind),
+        "args": vars(args),
+        "params": cfg.num_params(),
+        "seconds_training_and_eval": round(seconds, 1),
+        "history": history,
+        "losses": losses,
+        "samples": samples,
+    }
     atomic.write_json(Path(args.out), out)
     print(f"wrote {args.out}")
     return 0

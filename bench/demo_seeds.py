@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
@@ -27,8 +27,14 @@ def _stats(values) -> dict:
     v = np.asarray([x for x in values if x is not None], np.float64)
     if not v.size:
         return {"n": 0}
-    return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if v.size > 1 else 0.0, "min": float(v.min()),
-            "max": float(v.max()), "n": int(v.size), "values": [float(x) for x in v]}
+    return {
+        "mean": float(v.mean()),
+        "std": float(v.std(ddof=1)) if v.size > 1 else 0.0,
+        "min": float(v.min()),
+        "max": float(v.max()),
+        "n": int(v.size),
+        "values": [float(x) for x in v],
+    }
 
 
 def _arm_key(arm: dict) -> str:
@@ -40,8 +46,9 @@ def summarize(reports: list[dict]) -> dict:
     arms: dict[str, dict[str, list]] = {}
     for r in reports:
         for a in r["arms"]:
-            d = arms.setdefault(_arm_key(a), {"heldout_loss": [], "qa_accuracy": [], "effective_tokens": [],
-                                              "multiplier": []})
+            d = arms.setdefault(
+                _arm_key(a), {"heldout_loss": [], "qa_accuracy": [], "effective_tokens": [], "multiplier": []}
+            )
             d["heldout_loss"].append(a["heldout_loss"])
             d["qa_accuracy"].append(a["qa_accuracy"])
             d["effective_tokens"].append((a.get("effective_tokens") or {}).get("value"))
@@ -49,9 +56,18 @@ def summarize(reports: list[dict]) -> dict:
     generators: dict[str, dict[str, list]] = {}
     for r in reports:
         for op, g in r["generators"].items():
-            d = generators.setdefault(op, {"fact_score_before": [], "fact_score_after_same_people": [],
-                                           "fact_score_synthesized": [], "faithfulness_first": [],
-                                           "faithfulness_last": [], "total_first": [], "total_last": []})
+            d = generators.setdefault(
+                op,
+                {
+                    "fact_score_before": [],
+                    "fact_score_after_same_people": [],
+                    "fact_score_synthesized": [],
+                    "faithfulness_first": [],
+                    "faithfulness_last": [],
+                    "total_first": [],
+                    "total_last": [],
+                },
+            )
             d["fact_score_before"].append((g.get("before_grpo") or {}).get("fact_score"))
             d["fact_score_after_same_people"].append(g["after_grpo"].get("fact_score_before_people"))
             d["fact_score_synthesized"].append(g["after_grpo"].get("fact_score"))
@@ -60,9 +76,11 @@ def summarize(reports: list[dict]) -> dict:
             for name in ("faithfulness", "total"):
                 d[f"{name}_first"].append(float(np.mean([c[name] for c in curve[:k]])) if curve else None)
                 d[f"{name}_last"].append(float(np.mean([c[name] for c in curve[-k:]])) if curve else None)
-    return {"seeds": [r["seed"] for r in reports],
-            "arms": {a: {k: _stats(v) for k, v in d.items()} for a, d in arms.items()},
-            "generators": {op: {k: _stats(v) for k, v in d.items()} for op, d in generators.items()}}
+    return {
+        "seeds": [r["seed"] for r in reports],
+        "arms": {a: {k: _stats(v) for k, v in d.items()} for a, d in arms.items()},
+        "generators": {op: {k: _stats(v) for k, v in d.items()} for op, d in generators.items()},
+    }
 
 
 def main() -> int:
@@ -80,18 +98,25 @@ def main() -> int:
         for seed in args.seeds:
             out = Path(args.work) / f"seed{seed}"
             t0 = time.perf_counter()
-            subprocess.run([sys.executable, "-m", "synpro_jax.cli", "demo", "--out", str(out), "--seed", str(seed)],
-                           check=True)
+            subprocess.run(
+                [sys.executable, "-m", "synpro_jax.cli", "demo", "--out", str(out), "--seed", str(seed)], check=True
+            )
             seconds[seed] = round(time.perf_counter() - t0, 1)
             dirs.append(out)
     reports = [json.loads((d / "demo.json").read_text()) for d in dirs]
-    result = {"benchmark": "synpro demo over seeds", "dirs": [str(d) for d in dirs], "seconds": seconds,
-              **summarize(reports)}
+    result = {
+        "benchmark": "synpro demo over seeds",
+        "dirs": [str(d) for d in dirs],
+        "seconds": seconds,
+        **summarize(reports),
+    }
     atomic.write_json(Path(args.out), result)
     for arm, s in result["arms"].items():
         m, q = s["multiplier"], s["qa_accuracy"]
-        print(f"{arm:<14} multiplier {m.get('mean', float('nan')):.2f} +- {m.get('std', float('nan')):.2f}   "
-              f"QA {q.get('mean', float('nan')):.3f} +- {q.get('std', float('nan')):.3f}")
+        print(
+            f"{arm:<14} multiplier {m.get('mean', float('nan')):.2f} +- {m.get('std', float('nan')):.2f}   "
+            f"QA {q.get('mean', float('nan')):.3f} +- {q.get('std', float('nan')):.3f}"
+        )
     print(f"wrote {args.out}")
     return 0
 

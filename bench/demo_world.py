@@ -18,9 +18,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from pathlib import Path
 import sys
 import time
-from pathlib import Path
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
@@ -42,8 +42,17 @@ from synpro_jax.train.trainer import Trainer, TrainerConfig  # noqa: E402
 
 
 def model_config(vocab_size: int):
-    return models.get_preset("tiny").replace(d_model=128, num_layers=4, num_heads=4, num_kv_heads=4, head_dim=32,
-                                             mlp_dim=512, vocab_size=vocab_size, max_seq_len=256, name="demo_lm")
+    return models.get_preset("tiny").replace(
+        d_model=128,
+        num_layers=4,
+        num_heads=4,
+        num_kv_heads=4,
+        head_dim=32,
+        mlp_dim=512,
+        vocab_size=vocab_size,
+        max_seq_len=256,
+        name="demo_lm",
+    )
 
 
 def corpus(texts, vocab) -> TokenizedCorpus:
@@ -55,15 +64,26 @@ def run_arm(name, texts, vocab, world, args, work: Path, seed: int) -> dict:
     mesh = sharding.make_mesh(sharding.MeshConfig(data=-1))
     steps = args.tokens // (args.batch * args.seq_len)
     held = [d["text"] for d in world.heldout()]
-    trainer = Trainer(cfg, mesh, OptimizerConfig(learning_rate=args.lr, warmup_steps=20, schedule="cosine",
-                                                 total_steps=steps, weight_decay=0.1),
-                      TrainerConfig(out_dir=str(work / f"{name}_s{seed}"), num_steps=steps, global_batch=args.batch,
-                                    seq_len=args.seq_len, log_every=50, eval_every=max(steps // 4, 1),
-                                    eval_batches=4, checkpoint_every=steps, async_checkpoints=False, seed=seed,
-                                    progress=False),
-                      train_stream=PackedStream(corpus(texts, vocab), args.seq_len + 1, vocab.eos_id, seed=seed),
-                      val_stream=PackedStream(corpus(held, vocab), args.seq_len + 1, vocab.eos_id, seed=0,
-                                              shuffle=False))
+    trainer = Trainer(
+        cfg,
+        mesh,
+        OptimizerConfig(learning_rate=args.lr, warmup_steps=20, schedule="cosine", total_steps=steps, weight_decay=0.1),
+        TrainerConfig(
+            out_dir=str(work / f"{name}_s{seed}"),
+            num_steps=steps,
+            global_batch=args.batch,
+            seq_len=args.seq_len,
+            log_every=50,
+            eval_every=max(steps // 4, 1),
+            eval_batches=4,
+            checkpoint_every=steps,
+            async_checkpoints=False,
+            seed=seed,
+            progress=False,
+        ),
+        train_stream=PackedStream(corpus(texts, vocab), args.seq_len + 1, vocab.eos_id, seed=seed),
+        val_stream=PackedStream(corpus(held, vocab), args.seq_len + 1, vocab.eos_id, seed=0, shuffle=False),
+    )
     start = time.perf_counter()
     summary = trainer.run()
     seconds = time.perf_counter() - start
@@ -71,9 +91,18 @@ def run_arm(name, texts, vocab, world, args, work: Path, seed: int) -> dict:
     scorer = harness.LoglikelihoodScorer(cfg, params, rows=64, max_len=cfg.max_seq_len)
     items = [MCItem(q["context"], tuple(q["choices"]), q["label"]) for q in world.qa()]
     qa = harness.score_multiple_choice(scorer, items, vocab, vocab.eos_id)
-    return {"arm": name, "seed": seed, "steps": steps, "train_tokens": steps * args.batch * args.seq_len,
-            "unique_tokens": int(sum(len(vocab.encode(t)) for t in texts)), "heldout_loss": summary.get("val_loss"),
-            "qa_acc": qa["acc"], "qa_acc_norm": qa["acc_norm"], "qa_items": qa["items"], "seconds": round(seconds, 1)}
+    return {
+        "arm": name,
+        "seed": seed,
+        "steps": steps,
+        "train_tokens": steps * args.batch * args.seq_len,
+        "unique_tokens": int(sum(len(vocab.encode(t)) for t in texts)),
+        "heldout_loss": summary.get("val_loss"),
+        "qa_acc": qa["acc"],
+        "qa_acc_norm": qa["acc_norm"],
+        "qa_items": qa["items"],
+        "seconds": round(seconds, 1),
+    }
 
 
 def main() -> int:
@@ -106,8 +135,12 @@ def main() -> int:
             r = run_arm(name, texts, vocab, world, args, work, seed)
             print(json.dumps(r), flush=True)
             results.append(r)
-    out = {"device": str(jax.devices()[0].device_kind), "devices": jax.device_count(), "args": vars(args),
-           "results": results}
+    out = {
+        "device": str(jax.devices()[0].device_kind),
+        "devices": jax.device_count(),
+        "args": vars(args),
+        "results": results,
+    }
     atomic.write_json(Path(args.out), out)
     print(f"wrote {args.out}")
     return 0

@@ -51,12 +51,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from pathlib import Path
 import platform
 import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 # JAX and torch share the GPU in this one process: JAX must not reserve 75% of its memory up front.
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
@@ -67,6 +67,7 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from report import write_report  # noqa: E402
+
 from synpro_jax import models, sharding  # noqa: E402
 from synpro_jax.generation import Sampler  # noqa: E402
 from synpro_jax.models import hf  # noqa: E402
@@ -83,6 +84,7 @@ DEFAULT_TUNIX_PYTHON = "/work/venv_tunix/bin/python"
 
 
 # --- shared setting ----------------------------------------------------------------------------------------------
+
 
 def word(i: int) -> str:
     return f"w{i}"
@@ -118,8 +120,9 @@ def export_model(cfg, out_dir: Path) -> None:
 
 def make_scorer(num_generations: int):
     """format + length (weights 1, 1) on decoded text: one Python reward used unchanged by every side."""
-    suite = RewardSuite({"format": make_reward("format"), "length": make_reward("length")},
-                        {"format": 1.0, "length": 1.0})
+    suite = RewardSuite(
+        {"format": make_reward("format"), "length": make_reward("length")}, {"format": 1.0, "length": 1.0}
+    )
 
     def score(sources, completions) -> np.ndarray:
         group = np.arange(len(completions)) // num_generations
@@ -140,6 +143,7 @@ def summarize(per_step: dict[str, list[float]], rows: int, prompt_len: int, comp
 
 # --- synpro_jax ---------------------------------------------------------------------------------------------------
 
+
 def run_ours(cfg, model_dir: Path, tokenizer, prompt_steps, args, remat: str = "none") -> dict:
     loaded_cfg, params = hf.load(model_dir)
     cfg = loaded_cfg.replace(name=cfg.name, dtype=args.dtype, scan_unroll=cfg.scan_unroll, remat=remat)
@@ -158,13 +162,25 @@ def run_ours(cfg, model_dir: Path, tokenizer, prompt_steps, args, remat: str = "
         prompts = prompt_steps[step]
         sources = [tokenizer.decode(p) for p in prompts for _ in range(g)]
         t0 = time.perf_counter()
-        rollout = sampler.rollout(prompts, num_generations=g, max_new_tokens=c, temperature=grpo_cfg.temperature,
-                                  top_p=grpo_cfg.top_p, seed=step, eos_id=None, pad_id=PAD)
+        rollout = sampler.rollout(
+            prompts,
+            num_generations=g,
+            max_new_tokens=c,
+            temperature=grpo_cfg.temperature,
+            top_p=grpo_cfg.top_p,
+            seed=step,
+            eos_id=None,
+            pad_id=PAD,
+        )
         jax.block_until_ready(rollout)
         texts = rollout.texts(decode)
         t1 = time.perf_counter()
-        batch = {"tokens": rollout.tokens, "positions": rollout.positions, "segment_ids": rollout.segment_ids,
-                 "completion_mask": rollout.completion_mask}
+        batch = {
+            "tokens": rollout.tokens,
+            "positions": rollout.positions,
+            "segment_ids": rollout.segment_ids,
+            "completion_mask": rollout.completion_mask,
+        }
         batch["ref_logp"] = jax.block_until_ready(learner.ref_logprobs(ref, batch))
         t2 = time.perf_counter()
         rewards = score(sources, texts)
@@ -181,14 +197,21 @@ def run_ours(cfg, model_dir: Path, tokenizer, prompt_steps, args, remat: str = "
         assert rollout.tokens.shape[1] == args.prompt_len + c, rollout.tokens.shape  # no extra prompt padding
         assert int(np.min(jax.device_get(rollout.lengths))) == c
     out = summarize(per_step, len(prompts) * g, args.prompt_len, c)
-    out.update(system="synpro_jax", jax=jax.__version__, device=str(jax.devices()[0]),
-               backend=jax.default_backend(), model="OLMo-2 (synpro_jax), the exported weights", remat=cfg.remat,
-               kl_bias_correction=grpo_cfg.kl_bias_correction,
-               last_loss=float(metrics["loss"]) if "loss" in metrics else None)
+    out.update(
+        system="synpro_jax",
+        jax=jax.__version__,
+        device=str(jax.devices()[0]),
+        backend=jax.default_backend(),
+        model="OLMo-2 (synpro_jax), the exported weights",
+        remat=cfg.remat,
+        kl_bias_correction=grpo_cfg.kl_bias_correction,
+        last_loss=float(metrics["loss"]) if "loss" in metrics else None,
+    )
     return out
 
 
 # --- TRL ----------------------------------------------------------------------------------------------------------
+
 
 class _PhaseClock:
     """Accumulates wall time per phase inside one trainer step; the callback closes the step."""
@@ -204,6 +227,7 @@ class _PhaseClock:
             self.sync()
             self.current[phase] = self.current.get(phase, 0.0) + time.perf_counter() - t
             return out
+
         return wrapper
 
 
@@ -246,24 +270,48 @@ def run_trl(model_dir: Path, tokenizer, prompt_steps, args, gradient_checkpointi
     data = datasets.Dataset.from_dict({"prompt": texts})
     with tempfile.TemporaryDirectory() as out_dir:
         config = trl.GRPOConfig(
-            output_dir=out_dir, per_device_train_batch_size=n * g, gradient_accumulation_steps=1,
-            num_generations=g, max_completion_length=c, temperature=1.0, top_p=0.9, top_k=0, beta=0.005,
-            learning_rate=1e-6, lr_scheduler_type="cosine", warmup_steps=0.1, max_steps=total_steps,
-            logging_steps=10**6, save_strategy="no", report_to="none", use_cpu=device == "cpu",
-            bf16=args.dtype == "bfloat16", fp16=False, seed=0, dataloader_num_workers=0, disable_tqdm=True,
+            output_dir=out_dir,
+            per_device_train_batch_size=n * g,
+            gradient_accumulation_steps=1,
+            num_generations=g,
+            max_completion_length=c,
+            temperature=1.0,
+            top_p=0.9,
+            top_k=0,
+            beta=0.005,
+            learning_rate=1e-6,
+            lr_scheduler_type="cosine",
+            warmup_steps=0.1,
+            max_steps=total_steps,
+            logging_steps=10**6,
+            save_strategy="no",
+            report_to="none",
+            use_cpu=device == "cpu",
+            bf16=args.dtype == "bfloat16",
+            fp16=False,
+            seed=0,
+            dataloader_num_workers=0,
+            disable_tqdm=True,
             generation_kwargs={"min_new_tokens": c},  # every completion runs to max length, as on our side
             gradient_checkpointing=gradient_checkpointing,
             use_bias_correction_kl=GRPOConfig().kl_bias_correction,  # spelled out: ours follows TRL 1.16's default
         )
         model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-        trainer = trl.GRPOTrainer(model=model, reward_funcs=[synpro_rewards], args=config, train_dataset=data,
-                                  processing_class=tokenizer, callbacks=[StepClock()])
+        trainer = trl.GRPOTrainer(
+            model=model,
+            reward_funcs=[synpro_rewards],
+            args=config,
+            train_dataset=data,
+            processing_class=tokenizer,
+            callbacks=[StepClock()],
+        )
         trainer._generate = clock.timed("rollout", trainer._generate)
         trainer._calculate_rewards = clock.timed("rewards", trainer._calculate_rewards)
         logps = trainer._get_per_token_logps_and_entropies
         timed_logps = clock.timed("ref_logprobs", logps)
-        trainer._get_per_token_logps_and_entropies = (
-            lambda *a, **k: logps(*a, **k) if torch.is_grad_enabled() else timed_logps(*a, **k))
+        trainer._get_per_token_logps_and_entropies = lambda *a, **k: (
+            logps(*a, **k) if torch.is_grad_enabled() else timed_logps(*a, **k)
+        )
         prompt_lens = []
         tokenize = trainer._tokenize_prompts
 
@@ -277,38 +325,65 @@ def run_trl(model_dir: Path, tokenizer, prompt_steps, args, gradient_checkpointi
         param = next(trainer.model.parameters())
     if set(prompt_lens) != {args.prompt_len}:
         raise RuntimeError(f"TRL tokenized prompts to lengths {sorted(set(prompt_lens))}, not {args.prompt_len}")
-    timed = clock.steps[args.warmup:]
+    timed = clock.steps[args.warmup :]
     per_step = {k: [s.get(k, 0.0) for s in timed] for k in PHASES if k != "update"}
-    per_step["update"] = [s["total"] - s.get("rollout", 0) - s.get("ref_logprobs", 0) - s.get("rewards", 0)
-                          for s in timed]
+    per_step["update"] = [
+        s["total"] - s.get("rollout", 0) - s.get("ref_logprobs", 0) - s.get("rewards", 0) for s in timed
+    ]
     out = summarize(per_step, n * g, args.prompt_len, c)
-    out.update(system="trl", trl=trl.__version__, transformers=transformers.__version__, torch=torch.__version__,
-               device=str(param.device), model="Olmo2ForCausalLM from the same export (identical weights)",
-               torch_threads=torch.get_num_threads(), gradient_checkpointing=config.gradient_checkpointing,
-               use_bias_correction_kl=config.use_bias_correction_kl)
+    out.update(
+        system="trl",
+        trl=trl.__version__,
+        transformers=transformers.__version__,
+        torch=torch.__version__,
+        device=str(param.device),
+        model="Olmo2ForCausalLM from the same export (identical weights)",
+        torch_threads=torch.get_num_threads(),
+        gradient_checkpointing=config.gradient_checkpointing,
+        use_bias_correction_kl=config.use_bias_correction_kl,
+    )
     return out
 
 
 # --- tunix (subprocess in its own venv) ---------------------------------------------------------------------------
 
+
 def run_tunix(model_dir: Path, prompt_steps, args) -> dict:
     python = args.tunix_python
     if not Path(python).exists():
-        return {"system": "tunix", "skipped": f"no tunix interpreter at {python} (--tunix_python); install with "
-                                              "`python -m venv /work/venv_tunix && /work/venv_tunix/bin/pip install "
-                                              "google-tunix`"}
+        return {
+            "system": "tunix",
+            "skipped": f"no tunix interpreter at {python} (--tunix_python); install with "
+            "`python -m venv /work/venv_tunix && /work/venv_tunix/bin/pip install "
+            "google-tunix`",
+        }
     with tempfile.TemporaryDirectory() as tmp:
         spec = Path(tmp) / "spec.json"
         result = Path(tmp) / "result.json"
-        spec.write_text(json.dumps({
-            "model_dir": str(model_dir), "prompt_steps": prompt_steps, "num_generations": args.num_generations,
-            "prompt_len": args.prompt_len, "completion_len": args.completion_len, "warmup": args.warmup,
-            "steps": args.steps, "dtype": args.dtype, "repo": str(HERE.parent),
-        }))
+        spec.write_text(
+            json.dumps(
+                {
+                    "model_dir": str(model_dir),
+                    "prompt_steps": prompt_steps,
+                    "num_generations": args.num_generations,
+                    "prompt_len": args.prompt_len,
+                    "completion_len": args.completion_len,
+                    "warmup": args.warmup,
+                    "steps": args.steps,
+                    "dtype": args.dtype,
+                    "repo": str(HERE.parent),
+                }
+            )
+        )
         env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
         try:
-            proc = subprocess.run([python, str(HERE / "peers" / "tunix_grpo.py"), str(spec), str(result)],
-                                  capture_output=True, text=True, env=env, timeout=args.tunix_timeout)
+            proc = subprocess.run(
+                [python, str(HERE / "peers" / "tunix_grpo.py"), str(spec), str(result)],
+                capture_output=True,
+                text=True,
+                env=env,
+                timeout=args.tunix_timeout,
+            )
         except subprocess.TimeoutExpired:
             return {"system": "tunix", "error": f"timed out after {args.tunix_timeout} s (--tunix_timeout)"}
         if proc.returncode != 0 or not result.exists():
@@ -318,6 +393,7 @@ def run_tunix(model_dir: Path, prompt_steps, args) -> dict:
 
 
 # --- main ---------------------------------------------------------------------------------------------------------
+
 
 def ratios(ours: dict, peer: dict) -> dict:
     if "ms_per_step" not in peer:
@@ -339,16 +415,21 @@ def git_commit() -> dict:
             return ""
 
     dirty = git("status", "--porcelain", "--", "bench/grpo_step.py", "synpro_jax")
-    return {"commit": git("rev-parse", "HEAD").strip() or None,
-            "dirty_files": [line[3:] for line in dirty.splitlines()]}
+    return {
+        "commit": git("rev-parse", "HEAD").strip() or None,
+        "dirty_files": [line[3:] for line in dirty.splitlines()],
+    }
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="cpu_small", help="synpro_jax model preset (random weights)")
-    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
-                   help="compute dtype (float32 master weights everywhere; bfloat16 = TRL's bf16 autocast, "
-                        "tunix's Qwen3 dtype)")
+    p.add_argument(
+        "--dtype",
+        default="float32",
+        choices=("float32", "bfloat16"),
+        help="compute dtype (float32 master weights everywhere; bfloat16 = TRL's bf16 autocast, tunix's Qwen3 dtype)",
+    )
     p.add_argument("--prompts", type=int, default=4, help="prompts per step")
     p.add_argument("--num_generations", type=int, default=8, help="G")
     p.add_argument("--prompt_len", type=int, default=64, help="prompt tokens (a power of two >= 16: no padding)")
@@ -360,9 +441,12 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads")
     p.add_argument("--tunix_python", default=DEFAULT_TUNIX_PYTHON, help="python of a venv with google-tunix")
     p.add_argument("--tunix_timeout", type=int, default=900)
-    p.add_argument("--pairs", default="no_remat,remat",
-                   help="comma list of no_remat (TRL gradient_checkpointing=False vs our remat none), remat (TRL "
-                        "gradient_checkpointing=True, its default, vs our remat full)")
+    p.add_argument(
+        "--pairs",
+        default="no_remat,remat",
+        help="comma list of no_remat (TRL gradient_checkpointing=False vs our remat none), remat (TRL "
+        "gradient_checkpointing=True, its default, vs our remat full)",
+    )
     p.add_argument("--note", default=None, help="free text stored in the report (e.g. how the machine was shared)")
     p.add_argument("--out", default=str(DEFAULT_OUT))
     args = p.parse_args()
@@ -374,8 +458,10 @@ def main() -> int:
     if unknown:
         p.error(f"--peers: unknown {sorted(unknown)}; choose from trl, tunix")
     if args.prompt_len < 16 or args.prompt_len & (args.prompt_len - 1):
-        p.error(f"--prompt_len={args.prompt_len}: use a power of two >= 16 so the sampler adds no prompt padding "
-                "and both sides see the same sequence length")
+        p.error(
+            f"--prompt_len={args.prompt_len}: use a power of two >= 16 so the sampler adds no prompt padding "
+            "and both sides see the same sequence length"
+        )
     if "trl" in peers:
         import torch
 
@@ -390,16 +476,31 @@ def main() -> int:
     tokenizer = build_tokenizer(cfg.vocab_size)
     total_steps = args.warmup + args.steps
     flat = make_prompts(cfg.vocab_size, args.prompts * total_steps, args.prompt_len)
-    prompt_steps = [flat[i * args.prompts:(i + 1) * args.prompts] for i in range(total_steps)]
+    prompt_steps = [flat[i * args.prompts : (i + 1) * args.prompts] for i in range(total_steps)]
     rows = args.prompts * args.num_generations
     settings = {
-        "preset": args.preset, "params": cfg.num_params(), "vocab_size": cfg.vocab_size, "d_model": cfg.d_model,
-        "num_layers": cfg.num_layers, "dtype": args.dtype, "num_generations": args.num_generations,
-        "prompts_per_step": args.prompts, "rows_per_step": rows, "prompt_len": args.prompt_len,
-        "completion_len": args.completion_len, "beta": 0.005, "temperature": 1.0, "top_p": 0.9,
-        "warmup_steps": args.warmup, "timed_steps": args.steps, "rewards": "format + length (synpro_jax)",
-        "kl_bias_correction": GRPOConfig().kl_bias_correction, "pairs": args.pairs, "torch_threads": args.threads,
-        "xla_flags": os.environ.get("XLA_FLAGS"), "cpu_affinity": sorted(os.sched_getaffinity(0)),
+        "preset": args.preset,
+        "params": cfg.num_params(),
+        "vocab_size": cfg.vocab_size,
+        "d_model": cfg.d_model,
+        "num_layers": cfg.num_layers,
+        "dtype": args.dtype,
+        "num_generations": args.num_generations,
+        "prompts_per_step": args.prompts,
+        "rows_per_step": rows,
+        "prompt_len": args.prompt_len,
+        "completion_len": args.completion_len,
+        "beta": 0.005,
+        "temperature": 1.0,
+        "top_p": 0.9,
+        "warmup_steps": args.warmup,
+        "timed_steps": args.steps,
+        "rewards": "format + length (synpro_jax)",
+        "kl_bias_correction": GRPOConfig().kl_bias_correction,
+        "pairs": args.pairs,
+        "torch_threads": args.threads,
+        "xla_flags": os.environ.get("XLA_FLAGS"),
+        "cpu_affinity": sorted(os.sched_getaffinity(0)),
     }
     print(settings, flush=True)
     load_start = os.getloadavg()  # the CPU numbers are only comparable on an otherwise idle machine
@@ -424,8 +525,11 @@ def main() -> int:
             print(name, "synpro_jax", ours["ms_per_step"], flush=True)
             pair["systems"] = {"synpro_jax": ours}
             if "trl" in peers:
-                peer = ({"system": "trl", "skipped": trl_missing} if trl_missing else
-                        run_trl(model_dir, tokenizer, prompt_steps, args, gradient_checkpointing=checkpointing))
+                peer = (
+                    {"system": "trl", "skipped": trl_missing}
+                    if trl_missing
+                    else run_trl(model_dir, tokenizer, prompt_steps, args, gradient_checkpointing=checkpointing)
+                )
                 load["after_trl"] = os.getloadavg()
                 print(name, "trl", peer.get("ms_per_step", peer), flush=True)
                 pair["systems"]["trl"] = peer
@@ -437,33 +541,36 @@ def main() -> int:
             print("tunix", tunix.get("ms_per_step", tunix), flush=True)
     report = {
         "benchmark": "GRPO step time by phase: synpro_jax vs TRL GRPOTrainer (recomputation matched pair by pair) "
-                     "vs tunix GRPOLearner",
+        "vs tunix GRPOLearner",
         "git_commit": git_commit(),
         "measurement_note": args.note,
-        "settings": settings, "cpu_count": os.cpu_count(),
-        "load_average_1_5_15min": {"start": load_start, "end": os.getloadavg()}, "platform": platform.platform(),
+        "settings": settings,
+        "cpu_count": os.cpu_count(),
+        "load_average_1_5_15min": {"start": load_start, "end": os.getloadavg()},
+        "platform": platform.platform(),
         "torch_device": args.torch_device,
         "pairs": pairs,
         "peer_setup": {
             "trl": "pip install trl==1.16.0 (setup.py's bench extra: torch==2.13.0, adds accelerate, datasets; "
-                   "no vLLM)",
+            "no vLLM)",
             "tunix": "python -m venv /work/venv_tunix && /work/venv_tunix/bin/pip install google-tunix==0.1.7 "
-                     "gin-config (own jax 0.10.2, transformers 5.12.1; gin-config for synpro_jax's rewards)",
+            "gin-config (own jax 0.10.2, transformers 5.12.1; gin-config for synpro_jax's rewards)",
         },
         "note": "pairs[name].speedup_vs_trl[phase] = TRL ms / synpro_jax ms (> 1: synpro_jax is faster); update = "
-                "total - rollout - ref_logprobs - rewards on every side. no_remat: TRL gradient_checkpointing=False "
-                "vs synpro_jax remat='none'; remat: TRL gradient_checkpointing=True (TRL 1.16's default) vs "
-                "synpro_jax remat='full'.",
+        "total - rollout - ref_logprobs - rewards on every side. no_remat: TRL gradient_checkpointing=False "
+        "vs synpro_jax remat='none'; remat: TRL gradient_checkpointing=True (TRL 1.16's default) vs "
+        "synpro_jax remat='full'.",
     }
     if tunix is not None:
         base = pairs.get("no_remat") or next(iter(pairs.values()))
-        report["tunix"] = {"system": tunix, "speedup_vs_tunix": ratios(base["systems"]["synpro_jax"], tunix),
-                           "against": "synpro_jax of the pair " + ("no_remat" if "no_remat" in pairs else
-                                                                   next(iter(pairs)))}
+        report["tunix"] = {
+            "system": tunix,
+            "speedup_vs_tunix": ratios(base["systems"]["synpro_jax"], tunix),
+            "against": "synpro_jax of the pair " + ("no_remat" if "no_remat" in pairs else next(iter(pairs))),
+        }
     for name, pair in pairs.items():
         if pair.get("speedup_vs_trl"):
-            print(f"{name}: speedup vs trl:", {k: round(v, 2) for k, v in pair["speedup_vs_trl"].items()},
-                  flush=True)
+            print(f"{name}: speedup vs trl:", {k: round(v, 2) for k, v in pair["speedup_vs_trl"].items()}, flush=True)
     write_report(report, args.out)
     return 0
 

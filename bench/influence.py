@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import argparse
 import os
+from pathlib import Path
 import sys
 import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -23,6 +23,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from report import write_report  # noqa: E402
+
 from synpro_jax import models  # noqa: E402
 from synpro_jax.influence.kernel import _jvp, _per_example, example_losses  # noqa: E402
 
@@ -65,27 +66,43 @@ def main(argv=None):
         runs = {
             "forward": (lambda p, t, m: example_losses(cfg, p, t, m), (params, tokens, mask)),
             "jvp": (lambda p, d, t, m: _jvp(cfg, p, d, t, m), (params, direction, tokens, mask)),
-            "exact": (lambda p, d, t, m: _per_example(cfg, p, d, t, m, args.micro_batch),
-                      (params, direction, tokens, mask)),
-            "probe_two_forward": (lambda p0, p1, t, m: example_losses(cfg, p0, t, m) - example_losses(cfg, p1, t, m),
-                                  (params, params_ft, tokens, mask)),
+            "exact": (
+                lambda p, d, t, m: _per_example(cfg, p, d, t, m, args.micro_batch),
+                (params, direction, tokens, mask),
+            ),
+            "probe_two_forward": (
+                lambda p0, p1, t, m: example_losses(cfg, p0, t, m) - example_losses(cfg, p1, t, m),
+                (params, params_ft, tokens, mask),
+            ),
         }
         row = {"batch": b}
         for name, (fn, fargs) in runs.items():
             seconds, peak = timed(fn, fargs, args.reps)
             row[name] = {"seconds": seconds, "examples_per_s": b / seconds, "peak_bytes": peak}
-            print(f"batch {b:3d} {name:18s} {b / seconds:9.1f} ex/s  {seconds * 1e3:8.1f} ms  peak "
-                  f"{(peak or 0) / 2**20:8.1f} MiB", flush=True)
+            print(
+                f"batch {b:3d} {name:18s} {b / seconds:9.1f} ex/s  {seconds * 1e3:8.1f} ms  peak "
+                f"{(peak or 0) / 2**20:8.1f} MiB",
+                flush=True,
+            )
         row["jvp_over_forward"] = row["jvp"]["seconds"] / row["forward"]["seconds"]
         row["exact_over_jvp"] = row["exact"]["seconds"] / row["jvp"]["seconds"]
-        print(f"batch {b}: jvp costs {row['jvp_over_forward']:.2f}x a forward; exact is "
-              f"{row['exact_over_jvp']:.1f}x slower than jvp", flush=True)
+        print(
+            f"batch {b}: jvp costs {row['jvp_over_forward']:.2f}x a forward; exact is "
+            f"{row['exact_over_jvp']:.1f}x slower than jvp",
+            flush=True,
+        )
         results.append(row)
 
-    report = {"benchmark": "influence", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-              "machine": {"cpu_count": os.cpu_count(), "device": jax.devices()[0].device_kind},
-              "preset": args.preset, "params": cfg.num_params(), "seq": args.seq,
-              "exact_micro_batch": args.micro_batch, "results": results}
+    report = {
+        "benchmark": "influence",
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": {"cpu_count": os.cpu_count(), "device": jax.devices()[0].device_kind},
+        "preset": args.preset,
+        "params": cfg.num_params(),
+        "seq": args.seq,
+        "exact_micro_batch": args.micro_batch,
+        "results": results,
+    }
     write_report(report, args.out)
     return report
 

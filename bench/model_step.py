@@ -24,11 +24,11 @@ from __future__ import annotations
 
 import argparse
 import os
+from pathlib import Path
 import platform
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -37,6 +37,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from report import write_report  # noqa: E402
+
 from synpro_jax import models, sharding  # noqa: E402
 from synpro_jax.models import hf  # noqa: E402
 from synpro_jax.models.config import REMAT_POLICIES  # noqa: E402
@@ -84,8 +85,13 @@ def bench_hf(model_dir, tokens, steps, warmup, opt_cfg, threads, dtype):
     torch.set_num_threads(threads)
     model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=opt_cfg.learning_rate, betas=(opt_cfg.b1, opt_cfg.b2),
-                            eps=opt_cfg.eps, weight_decay=opt_cfg.weight_decay)
+    opt = torch.optim.AdamW(
+        model.parameters(),
+        lr=opt_cfg.learning_rate,
+        betas=(opt_cfg.b1, opt_cfg.b2),
+        eps=opt_cfg.eps,
+        weight_decay=opt_cfg.weight_decay,
+    )
     x = torch.as_tensor(tokens, dtype=torch.long)
     inputs, labels = x[:, :-1].contiguous(), x[:, 1:].contiguous()
     first = {}
@@ -122,8 +128,11 @@ def summarize(times, tokens_per_step, flops_per_token, peak):
 
 # MaxText's XLA flags for GPU training (its gpu_multi_process / end-to-end GPU scripts): the latency-hiding
 # scheduler, no Triton GEMMs (cuBLAS wins at these shapes), command buffers off.
-GPU_XLA_FLAGS = ("--xla_gpu_enable_latency_hiding_scheduler=true", "--xla_gpu_enable_triton_gemm=false",
-                 "--xla_gpu_enable_command_buffer=")
+GPU_XLA_FLAGS = (
+    "--xla_gpu_enable_latency_hiding_scheduler=true",
+    "--xla_gpu_enable_triton_gemm=false",
+    "--xla_gpu_enable_command_buffer=",
+)
 
 
 def _commit() -> str | None:
@@ -132,43 +141,64 @@ def _commit() -> str | None:
 
     here = os.path.dirname(os.path.abspath(__file__))
     try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
-                              check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
-                               capture_output=True, text=True).stdout.strip()
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=here, capture_output=True, text=True
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return None
     return head + ("+dirty" if dirty else "")
 
 
-def bench_preset(name, dtype, peak, args, opt_cfg, threads, remat="none", attention="auto",
-                 scan_layers=True) -> dict:
-    cfg = models.get_preset(name, dtype=dtype, remat=remat, attention=attention, loss_chunk=args.loss_chunk,
-                            scan_layers=scan_layers)
+def bench_preset(name, dtype, peak, args, opt_cfg, threads, remat="none", attention="auto", scan_layers=True) -> dict:
+    cfg = models.get_preset(
+        name, dtype=dtype, remat=remat, attention=attention, loss_chunk=args.loss_chunk, scan_layers=scan_layers
+    )
     tokens = np.random.default_rng(0).integers(0, cfg.vocab_size, size=(args.batch, args.seq + 1))
     params = jax.device_get(models.init_params(cfg, jax.random.key(0)))
     fpt = cfg.train_flops_per_token(args.seq)
     tokens_per_step = args.batch * args.seq
-    row = {"preset": name, "params": cfg.num_params(), "batch": args.batch, "seq": args.seq,
-           "dtype": dtype, "flops_per_token": fpt, "attention": cfg.attention, "loss_chunk": cfg.loss_chunk,
-           "remat": cfg.remat, "scan_layers": cfg.scan_layers}
+    row = {
+        "preset": name,
+        "params": cfg.num_params(),
+        "batch": args.batch,
+        "seq": args.seq,
+        "dtype": dtype,
+        "flops_per_token": fpt,
+        "attention": cfg.attention,
+        "loss_chunk": cfg.loss_chunk,
+        "remat": cfg.remat,
+        "scan_layers": cfg.scan_layers,
+    }
     times, compile_s, jax_loss = bench_jax(cfg, params, tokens, args.steps, args.warmup, opt_cfg)
     row["jax"] = {**summarize(times, tokens_per_step, fpt, peak), "compile_s": compile_s, "first_loss": jax_loss}
     knobs = f"{cfg.attention}/{cfg.remat}/{'scan' if cfg.scan_layers else 'unscanned'}"
-    print(f"[{name} {dtype} {knobs}] jax  {row['jax']['tokens_per_s']:10,.0f} tok/s  MFU {row['jax']['mfu']:.1%}  "
-          f"(step {row['jax']['step_s_median']:.3f}s, compile {compile_s:.1f}s)", flush=True)
+    print(
+        f"[{name} {dtype} {knobs}] jax  {row['jax']['tokens_per_s']:10,.0f} tok/s  MFU {row['jax']['mfu']:.1%}  "
+        f"(step {row['jax']['step_s_median']:.3f}s, compile {compile_s:.1f}s)",
+        flush=True,
+    )
     if not args.no_hf:
         with tempfile.TemporaryDirectory() as tmp:
             model_dir = hf.save(cfg, params, Path(tmp) / name)
             times, hf_loss, attn = bench_hf(model_dir, tokens, args.steps, args.warmup, opt_cfg, threads, dtype)
-        row["hf_transformers"] = {**summarize(times, tokens_per_step, fpt, peak), "first_loss": hf_loss,
-                                  "attn_implementation": attn, "torch_threads": threads}
+        row["hf_transformers"] = {
+            **summarize(times, tokens_per_step, fpt, peak),
+            "first_loss": hf_loss,
+            "attn_implementation": attn,
+            "torch_threads": threads,
+        }
         row["speedup_vs_hf"] = row["jax"]["tokens_per_s"] / row["hf_transformers"]["tokens_per_s"]
         # same weights and batch: the first-step losses must agree (a cheap check both ran the same model)
         row["first_loss_abs_diff"] = abs(jax_loss - hf_loss)
-        print(f"[{name} {dtype}] hf   {row['hf_transformers']['tokens_per_s']:10,.0f} tok/s  MFU "
-              f"{row['hf_transformers']['mfu']:.1%}  -> jax/hf = {row['speedup_vs_hf']:.2f}x "
-              f"(first-loss diff {row['first_loss_abs_diff']:.1e})", flush=True)
+        print(
+            f"[{name} {dtype}] hf   {row['hf_transformers']['tokens_per_s']:10,.0f} tok/s  MFU "
+            f"{row['hf_transformers']['mfu']:.1%}  -> jax/hf = {row['speedup_vs_hf']:.2f}x "
+            f"(first-loss diff {row['first_loss_abs_diff']:.1e})",
+            flush=True,
+        )
     return row
 
 
@@ -181,15 +211,25 @@ def main(argv=None):
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--dtypes", default="float32,bfloat16", help="comma list of float32 / bfloat16")
     p.add_argument("--remat", default="none", help=f"comma list of {', '.join(REMAT_POLICIES)}")
-    p.add_argument("--attention", default="auto",
-                   help="comma list of ModelConfig.attention values: auto, reference, xla, cudnn, splash")
+    p.add_argument(
+        "--attention",
+        default="auto",
+        help="comma list of ModelConfig.attention values: auto, reference, xla, cudnn, splash",
+    )
     p.add_argument("--scan_layers", default="true", help="comma list of true / false (false: layers unrolled)")
-    p.add_argument("--gpu_xla_flags", action="store_true",
-                   help="add MaxText's GPU XLA flags (GPU_XLA_FLAGS) to XLA_FLAGS; needs a fresh process")
+    p.add_argument(
+        "--gpu_xla_flags",
+        action="store_true",
+        help="add MaxText's GPU XLA flags (GPU_XLA_FLAGS) to XLA_FLAGS; needs a fresh process",
+    )
     p.add_argument("--loss_chunk", type=int, default=0, help="ModelConfig.loss_chunk (0: the dense loss)")
     p.add_argument("--no_hf", action="store_true", help="skip the transformers peer (e.g. on a GPU box)")
-    p.add_argument("--peak_tflops", type=float, default=None,
-                   help="device peak for MFU (e.g. 989 for H100 bf16 dense); default: measured matmul rate")
+    p.add_argument(
+        "--peak_tflops",
+        type=float,
+        default=None,
+        help="device peak for MFU (e.g. 989 for H100 bf16 dense); default: measured matmul rate",
+    )
     p.add_argument("--out", default=str(DEFAULT_OUT))
     args = p.parse_args(argv)
     remats = args.remat.split(",")
@@ -211,14 +251,18 @@ def main(argv=None):
         measured = measure_matmul_flops(jnp.bfloat16 if dtype == "bfloat16" else jnp.float32)
         peak = args.peak_tflops * 1e12 if args.peak_tflops else measured
         peaks[dtype] = {"measured_matmul_flops": measured, "mfu_denominator_flops": peak}
-        print(f"device {jax.devices()[0].device_kind} x{jax.device_count()} | measured {dtype} matmul peak "
-              f"{measured / 1e9:,.1f} GFLOP/s | MFU denominator {peak / 1e9:,.1f} GFLOP/s", flush=True)
+        print(
+            f"device {jax.devices()[0].device_kind} x{jax.device_count()} | measured {dtype} matmul peak "
+            f"{measured / 1e9:,.1f} GFLOP/s | MFU denominator {peak / 1e9:,.1f} GFLOP/s",
+            flush=True,
+        )
         for name in args.presets.split(","):
             for remat in remats:
                 for attention in args.attention.split(","):
                     for scan in args.scan_layers.split(","):
-                        results.append(bench_preset(name, dtype, peak, args, opt_cfg, threads, remat, attention,
-                                                    scans[scan]))
+                        results.append(
+                            bench_preset(name, dtype, peak, args, opt_cfg, threads, remat, attention, scans[scan])
+                        )
 
     import importlib.metadata as md
 
@@ -230,8 +274,12 @@ def main(argv=None):
         "commit": _commit(),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
-                    "device": jax.devices()[0].device_kind, "device_count": jax.device_count()},
+        "machine": {
+            "platform": platform.platform(),
+            "cpu_count": os.cpu_count(),
+            "device": jax.devices()[0].device_kind,
+            "device_count": jax.device_count(),
+        },
         "versions": versions,
         "peak_flops": peaks,
         "results": results,

@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import argparse
 import os
+from pathlib import Path
 import platform
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -33,6 +33,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from report import write_report  # noqa: E402
+
 from synpro_jax import models  # noqa: E402
 from synpro_jax.generation import Sampler  # noqa: E402
 from synpro_jax.generation import sampler as sampler_lib  # noqa: E402
@@ -90,9 +91,16 @@ def bench_rollout(sampler, cfg, prompts: int, groups: int, prompt: int, new: int
     shared(), plain()  # compile
     t_shared, t_plain = median_time(shared, repeats), median_time(plain, repeats)
     rows = prompts * groups
-    return {"prompts": prompts, "num_generations": groups, "prompt_tokens": prompt, "new_tokens": new,
-            "shared_prefill_seconds": t_shared, "written_out_seconds": t_plain,
-            "shared_tokens_per_s": rows * new / t_shared, "shared_prefill_speedup": t_plain / t_shared}
+    return {
+        "prompts": prompts,
+        "num_generations": groups,
+        "prompt_tokens": prompt,
+        "new_tokens": new,
+        "shared_prefill_seconds": t_shared,
+        "written_out_seconds": t_plain,
+        "shared_tokens_per_s": rows * new / t_shared,
+        "shared_prefill_speedup": t_plain / t_shared,
+    }
 
 
 def budgets(new: int) -> tuple[int, int]:
@@ -117,18 +125,27 @@ def bench_hf(model, torch, prompts, new: int, repeats: int, device: str = "cpu")
     def run(n):
         def go():
             with torch.no_grad():
-                out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=n, min_new_tokens=n,
-                                     do_sample=False, use_cache=True, pad_token_id=0, eos_token_id=None)
+                out = model.generate(
+                    input_ids=ids,
+                    attention_mask=mask,
+                    max_new_tokens=n,
+                    min_new_tokens=n,
+                    do_sample=False,
+                    use_cache=True,
+                    pad_token_id=0,
+                    eos_token_id=None,
+                )
             if device != "cpu":
                 torch.cuda.synchronize()
             return out
+
         return go
 
     out = {}
     tokens = run(new)()  # warm-up, and the tokens to compare
     for n in budgets(new):
         out[n] = median_time(run(n), repeats)
-    return out, tokens[:, ids.shape[1]:].cpu().numpy()
+    return out, tokens[:, ids.shape[1] :].cpu().numpy()
 
 
 def main() -> int:
@@ -136,15 +153,23 @@ def main() -> int:
     p.add_argument("--presets", default="cpu_small,cpu_medium")
     p.add_argument("--batches", default="1,8,32")
     p.add_argument("--prompt", type=int, default=128, help="prompt tokens per row")
-    p.add_argument("--new", type=int, default=128, help="new tokens per row (a power of two; the decode rate is "
-                                                         "measured between 5/8 new and new)")
+    p.add_argument(
+        "--new",
+        type=int,
+        default=128,
+        help="new tokens per row (a power of two; the decode rate is measured between 5/8 new and new)",
+    )
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--dtypes", default="float32,bfloat16", help="comma list of float32 / bfloat16")
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads for the peer")
     p.add_argument("--no_hf", action="store_true", help="skip the transformers peer")
     p.add_argument("--hf_device", default="cpu", help="torch device of the transformers peer (cuda on a GPU box)")
-    p.add_argument("--rollout", default="", help="also time GRPO rollouts: PROMPTS,G,PROMPT_TOKENS,NEW_TOKENS "
-                                                   "(shared prefill vs prompts written out), e.g. 4,8,512,256")
+    p.add_argument(
+        "--rollout",
+        default="",
+        help="also time GRPO rollouts: PROMPTS,G,PROMPT_TOKENS,NEW_TOKENS "
+        "(shared prefill vs prompts written out), e.g. 4,8,512,256",
+    )
     p.add_argument("--out", default=str(DEFAULT_OUT))
     args = p.parse_args()
 
@@ -181,9 +206,13 @@ def main() -> int:
             first, _ = budgets(args.new)
             decode_steps_s = (args.new - first) / (ours[args.new] - ours[first])
             row = {
-                "preset": name, "params": cfg.num_params(), "dtype": dtype, "cache_dtype": sampler.cache_dtype,
+                "preset": name,
+                "params": cfg.num_params(),
+                "dtype": dtype,
+                "cache_dtype": sampler.cache_dtype,
                 "batch": batch,
-                "prompt_tokens": args.prompt, "new_tokens": args.new,
+                "prompt_tokens": args.prompt,
+                "new_tokens": args.new,
                 "jax_decode_tokens_per_s": batch * decode_steps_s,
                 "jax_end_to_end_tokens_per_s": batch * args.new / ours[args.new],
                 "jax_seconds": {str(k): v for k, v in ours.items()},
@@ -195,32 +224,44 @@ def main() -> int:
             row.update({"mean_context": context, "mean_slots_read": slots_read, "bytes_per_decode_step": step_bytes})
             if bandwidth:
                 row["bandwidth_fraction"] = step_bytes * decode_steps_s / bandwidth
-                row["context_bandwidth_fraction"] = (bytes_per_step(cfg, batch, context, dtype_bytes, cache_bytes) *
-                                                     decode_steps_s / bandwidth)
+                row["context_bandwidth_fraction"] = (
+                    bytes_per_step(cfg, batch, context, dtype_bytes, cache_bytes) * decode_steps_s / bandwidth
+                )
             if model is not None:
                 theirs, hf_tokens = bench_hf(model, torch, prompts, args.new, args.repeats, args.hf_device)
                 hf_steps_s = (args.new - first) / (theirs[args.new] - theirs[first])
                 mine = sampler.generate(prompts, max_new_tokens=args.new).tokens
-                row.update({
-                    "hf_decode_tokens_per_s": batch * hf_steps_s,
-                    "hf_end_to_end_tokens_per_s": batch * args.new / theirs[args.new],
-                    "hf_seconds": {str(k): v for k, v in theirs.items()},
-                    "decode_speedup": decode_steps_s / hf_steps_s,
-                    "end_to_end_speedup": theirs[args.new] / ours[args.new],
-                    # random weights give near-tied logits, so long greedy runs may part after a while
-                    "greedy_tokens_equal_fraction": float((hf_tokens == mine).mean()),
-                    # transformers keeps its cache in the model dtype
-                    "hf_bandwidth_fraction": (bytes_per_step(cfg, batch, context, dtype_bytes, dtype_bytes) *
-                                              hf_steps_s / bandwidth) if bandwidth else None,
-                })
-            print({k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()
-                   if not isinstance(v, dict)}, flush=True)
+                row.update(
+                    {
+                        "hf_decode_tokens_per_s": batch * hf_steps_s,
+                        "hf_end_to_end_tokens_per_s": batch * args.new / theirs[args.new],
+                        "hf_seconds": {str(k): v for k, v in theirs.items()},
+                        "decode_speedup": decode_steps_s / hf_steps_s,
+                        "end_to_end_speedup": theirs[args.new] / ours[args.new],
+                        # random weights give near-tied logits, so long greedy runs may part after a while
+                        "greedy_tokens_equal_fraction": float((hf_tokens == mine).mean()),
+                        # transformers keeps its cache in the model dtype
+                        "hf_bandwidth_fraction": (
+                            bytes_per_step(cfg, batch, context, dtype_bytes, dtype_bytes) * hf_steps_s / bandwidth
+                        )
+                        if bandwidth
+                        else None,
+                    }
+                )
+            print(
+                {k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items() if not isinstance(v, dict)},
+                flush=True,
+            )
             results.append(row)
     report = {
         "benchmark": "sampler decode throughput vs transformers generate",
-        "device": str(jax.devices()[0]), "backend": jax.default_backend(), "cpu_count": os.cpu_count(),
-        "platform": platform.platform(), "jax": jax.__version__,
-        "torch": None if torch is None else torch.__version__, "torch_threads": args.threads,
+        "device": str(jax.devices()[0]),
+        "backend": jax.default_backend(),
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+        "jax": jax.__version__,
+        "torch": None if torch is None else torch.__version__,
+        "torch_threads": args.threads,
         "hf_device": None if torch is None else args.hf_device,
         "measured_read_bandwidth_gb_s": None if bandwidth is None else bandwidth / 1e9,
         "results": results,

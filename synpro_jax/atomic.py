@@ -8,15 +8,26 @@ never a torn one.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 import json
 import os
 import tempfile
-from typing import Any, Callable
+from typing import Any
 
 from etils import epath
 
-__all__ = ["write_text", "write_bytes", "write_json", "write_file", "publish_dir", "load_npz", "is_remote",
-           "absolute", "canonical_name", "file_fingerprint"]
+__all__ = [
+    "write_text",
+    "write_bytes",
+    "write_json",
+    "write_file",
+    "publish_dir",
+    "load_npz",
+    "is_remote",
+    "absolute",
+    "canonical_name",
+    "file_fingerprint",
+]
 
 PathLike = str | os.PathLike
 
@@ -91,8 +102,7 @@ def write_file(path: PathLike, write: Callable[[str], None], suffix: str = ".tmp
     remote = is_remote(path)
     if not remote:
         path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=None if remote else os.fspath(path.parent), prefix=f".{path.name}.",
-                               suffix=suffix)
+    fd, tmp = tempfile.mkstemp(dir=None if remote else os.fspath(path.parent), prefix=f".{path.name}.", suffix=suffix)
     os.close(fd)
     try:
         write(tmp)

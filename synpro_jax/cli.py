@@ -81,8 +81,10 @@ def tpu_present() -> bool:
 
     if tpu_chips.present():
         return True
-    return any(os.environ.get(v) for v in ("TPU_ACCELERATOR_TYPE", "TPU_WORKER_HOSTNAMES", "TPU_PROCESS_ADDRESSES",
-                                           "JAX_FORCE_TPU_INIT"))
+    return any(
+        os.environ.get(v)
+        for v in ("TPU_ACCELERATOR_TYPE", "TPU_WORKER_HOSTNAMES", "TPU_PROCESS_ADDRESSES", "JAX_FORCE_TPU_INIT")
+    )
 
 
 def keep_jax_off_absent_tpu() -> bool:
@@ -135,7 +137,7 @@ def _gin_bindings(extra: list[str]) -> list[str] | None:
         if not item.startswith("--gin."):
             print(f"error: unknown argument {item!r}; use --gin_file=FILE or --gin.KEY=VALUE", file=sys.stderr)
             return None
-        bindings.append(item[len("--gin."):])
+        bindings.append(item[len("--gin.") :])
     return bindings
 
 
@@ -226,8 +228,10 @@ def cmd_loop(args, extra: list[str]) -> int:
     for run, entry in effective.get("runs", {}).items():
         m = entry.get("multiplier_over_repetition")
         if m:
-            print(f"{run}: {m['value']:.2f}x the effective tokens of repetition [{m['low']:.2f}, {m['high']:.2f}]"
-                  f"{'' if m['status'] == 'ok' else ' (' + m['status'] + ')'}")
+            print(
+                f"{run}: {m['value']:.2f}x the effective tokens of repetition [{m['low']:.2f}, {m['high']:.2f}]"
+                f"{'' if m['status'] == 'ok' else ' (' + m['status'] + ')'}"
+            )
     print(f"wrote {Path(summary['out_dir']) / 'loop_summary.json'}")
     return EXIT_PREEMPTED if summary["preempted"] else 0
 
@@ -272,28 +276,36 @@ def cmd_sweep(args, extra: list[str]) -> int:
         sweep.summarize(args.out)
         return 0
     if not args.gin_file or not args.sweep:
-        print("error: synpro sweep needs --gin_file=EXPERIMENT and --sweep=SWEEP_FILE "
-              "(e.g. --gin_file=gin/experiments/markov_tiny.gin --sweep=gin/sweeps/markov_lr.sweep)", file=sys.stderr)
+        print(
+            "error: synpro sweep needs --gin_file=EXPERIMENT and --sweep=SWEEP_FILE "
+            "(e.g. --gin_file=gin/experiments/markov_tiny.gin --sweep=gin/sweeps/markov_lr.sweep)",
+            file=sys.stderr,
+        )
         return 2
-    tpu_flags = {k: getattr(args, k) for k in ("tpu_prefix", "zone", "accelerator_type", "project", "version", "repo",
-                                               "ref", "scp_from") if getattr(args, k) is not None}
+    tpu_flags = {
+        k: getattr(args, k)
+        for k in ("tpu_prefix", "zone", "accelerator_type", "project", "version", "repo", "ref", "scp_from")
+        if getattr(args, k) is not None
+    }
     provisioning = next((k for k in ("spot", "preemptible", "reserved") if getattr(args, k)), None)
     if args.launcher != "tpu" and (tpu_flags or provisioning):
-        print(f"error: synpro sweep --{next(iter(tpu_flags), provisioning)}: applies to --launcher=tpu",
-              file=sys.stderr)
+        print(
+            f"error: synpro sweep --{next(iter(tpu_flags), provisioning)}: applies to --launcher=tpu", file=sys.stderr
+        )
         return 2
     bindings = _gin_bindings(extra)
     if bindings is None:
         return 2
     out = args.out or str(Path("runs") / "sweep" / Path(args.sweep).stem)
-    job = sweep.Sweep(args.command, tuple(args.gin_file), args.sweep, out, tuple(bindings),
-                      tuple(_search_paths(args)))
+    job = sweep.Sweep(args.command, tuple(args.gin_file), args.sweep, out, tuple(bindings), tuple(_search_paths(args)))
     if args.launcher == "tpu":
         manifest = job.launch(sweep.TpuLauncher(**tpu_flags, provisioning=provisioning), dry_run=args.dry_run)
         failed = [p["name"] for p in manifest["points"] if p["status"] == "launch_failed"]
         if failed and not args.dry_run:  # a dry run launched nothing: an earlier failure is retried in its plan
-            print(f"error: launching sweep point {failed[0]} failed (the gcloud command is above); rerun to retry",
-                  file=sys.stderr)
+            print(
+                f"error: launching sweep point {failed[0]} failed (the gcloud command is above); rerun to retry",
+                file=sys.stderr,
+            )
             return 1
         return 0
     manifest = job.run(dry_run=args.dry_run)
@@ -304,8 +316,11 @@ def cmd_sweep(args, extra: list[str]) -> int:
         return sweep.EXIT_PREEMPTED
     failed = [p["name"] for p in manifest["points"] if p["status"] == "failed"]
     if failed:
-        print(f"error: {len(failed)} sweep point(s) failed: {', '.join(failed)} (their logs are above; rerun to "
-              "retry them)", file=sys.stderr)
+        print(
+            f"error: {len(failed)} sweep point(s) failed: {', '.join(failed)} (their logs are above; rerun to "
+            "retry them)",
+            file=sys.stderr,
+        )
         return 1
     print(f"sweep done: {len(statuses)} points in {out}; synpro sweep --summary --out={out}")
     return 0
@@ -320,8 +335,11 @@ def _compile_in_fresh_process(args, n: int) -> int:
     import subprocess
 
     if os.environ.get(COMPILE_REEXEC):  # the fresh process has too few too: stop rather than loop
-        print(f"error: synpro compile: XLA:CPU's estimate needs {n} CPU devices and JAX would not start with them "
-              f"(JAX_NUM_CPU_DEVICES={n})", file=sys.stderr)
+        print(
+            f"error: synpro compile: XLA:CPU's estimate needs {n} CPU devices and JAX would not start with them "
+            f"(JAX_NUM_CPU_DEVICES={n})",
+            file=sys.stderr,
+        )
         return 1
     env = dict(os.environ, JAX_NUM_CPU_DEVICES=str(n), JAX_PLATFORMS="cpu", **{COMPILE_REEXEC: "1"})
     sys.stdout.flush()
@@ -334,8 +352,11 @@ def cmd_compile(args, extra: list[str]) -> int:
 
     hbm = None if args.hbm_gib is None else int(args.hbm_gib * 2**30)
     if args.topology == "cpu" and hbm is None:  # the local devices have no HBM size to check against
-        print("error: synpro compile --topology=cpu needs --hbm_gib (a budget per device) for a verdict; or name a "
-              "TPU topology, e.g. --topology=v5e-8", file=sys.stderr)
+        print(
+            "error: synpro compile --topology=cpu needs --hbm_gib (a budget per device) for a verdict; or name a "
+            "TPU topology, e.g. --topology=v5e-8",
+            file=sys.stderr,
+        )
         return 2
     if args.topology != "cpu":
         try:
@@ -377,8 +398,11 @@ def cmd_compile(args, extra: list[str]) -> int:
         print(f"wrote {args.json}")
     where = f"--hbm_gib={args.hbm_gib:g}" if args.hbm_gib is not None else args.topology
     for r in (r for r in reports if r.fits is False):
-        print(f"error: {r.kind} needs {r.total_bytes / 2**30:,.2f} GiB per device but {where} has "
-              f"{r.hbm_bytes / 2**30:,.2f} GiB: {aot.hint(r)}", file=sys.stderr)
+        print(
+            f"error: {r.kind} needs {r.total_bytes / 2**30:,.2f} GiB per device but {where} has "
+            f"{r.hbm_bytes / 2**30:,.2f} GiB: {aot.hint(r)}",
+            file=sys.stderr,
+        )
     return 1 if any(r.fits is False for r in reports) else 0
 
 
@@ -395,8 +419,7 @@ def cmd_vocab_train(args) -> int:
                     yield doc.text
             print(f"{src.files if hasattr(src, 'files') else src}: {src.report.summary()}", file=sys.stderr)
 
-    out = train_sentencepiece(texts(), args.out, args.vocab_size, model_type=args.model_type,
-                              overwrite=args.overwrite)
+    out = train_sentencepiece(texts(), args.out, args.vocab_size, model_type=args.model_type, overwrite=args.overwrite)
     print(f"wrote {out}")
     return 0
 
@@ -404,10 +427,22 @@ def cmd_vocab_train(args) -> int:
 def cmd_eval(args) -> int:
     from synpro_jax.eval import run
 
-    results = run.evaluate(args.checkpoint, [t for item in args.tasks for t in item.split(",") if t], ppl=args.ppl,
-                           preset=args.preset, vocab=args.vocab, dtype=args.dtype, data_root=args.data_root,
-                           limit=args.limit, ppl_limit=args.ppl_limit, text_field=args.text_field, rows=args.rows,
-                           max_len=args.max_len, all_devices=args.all_devices, progress=not args.no_progress)
+    results = run.evaluate(
+        args.checkpoint,
+        [t for item in args.tasks for t in item.split(",") if t],
+        ppl=args.ppl,
+        preset=args.preset,
+        vocab=args.vocab,
+        dtype=args.dtype,
+        data_root=args.data_root,
+        limit=args.limit,
+        ppl_limit=args.ppl_limit,
+        text_field=args.text_field,
+        rows=args.rows,
+        max_len=args.max_len,
+        all_devices=args.all_devices,
+        progress=not args.no_progress,
+    )
     print(run.format_table(results))
     out = run.write_json(results, args.out or Path(args.checkpoint) / "eval.json")
     print(f"wrote {out}")
@@ -417,11 +452,22 @@ def cmd_eval(args) -> int:
 def cmd_serve(args) -> int:
     from synpro_jax.serve import server
 
-    server.serve(args.model, host=args.host, port=args.port, vocab=args.vocab, preset=args.preset, dtype=args.dtype,
-                 all_devices=args.all_devices, faults=args.faults, model_name=args.served_model_name,
-                 max_rows=args.max_rows, batch_wait_s=args.batch_wait_ms / 1000,
-                 allow_fault_injection=args.allow_fault_injection, max_body_bytes=args.max_body_bytes,
-                 body_timeout_s=args.body_timeout_s)
+    server.serve(
+        args.model,
+        host=args.host,
+        port=args.port,
+        vocab=args.vocab,
+        preset=args.preset,
+        dtype=args.dtype,
+        all_devices=args.all_devices,
+        faults=args.faults,
+        model_name=args.served_model_name,
+        max_rows=args.max_rows,
+        batch_wait_s=args.batch_wait_ms / 1000,
+        allow_fault_injection=args.allow_fault_injection,
+        max_body_bytes=args.max_body_bytes,
+        body_timeout_s=args.body_timeout_s,
+    )
     return 0
 
 
@@ -443,64 +489,111 @@ def build_parser() -> argparse.ArgumentParser:
         ("influence-server", cmd_influence_server, "serve POST /get_influence and GET /health"),
         ("synthesize", cmd_synthesize, "run a rephrase/reformat generator over organic shards (resumable)"),
         ("grpo", cmd_grpo, "train a rephrase/reformat generator with GRPO (resumable; exports an HF directory)"),
-        ("loop", cmd_loop, "SynPro rounds (pretrain, probe, GRPO, synthesize, mix, continue) and the baselines, "
-                           "resumable through OUT/loop.json"),
+        (
+            "loop",
+            cmd_loop,
+            "SynPro rounds (pretrain, probe, GRPO, synthesize, mix, continue) and the baselines, "
+            "resumable through OUT/loop.json",
+        ),
     ]
     for name, func, text in gin_stages:
         p = sub.add_parser(name, help=text, description="Extra --gin.KEY=VALUE flags bind gin parameters or macros.")
-        p.add_argument("--gin_file", action="append", default=[],
-                       help="gin file (repeatable); found in the working directory, --gin_search_paths, or among "
-                            "the files shipped with synpro_jax")
-        p.add_argument("--gin_search_paths", action="append", default=[],
-                       help="comma-separated folders to look for gin files and their includes in (repeatable)")
+        p.add_argument(
+            "--gin_file",
+            action="append",
+            default=[],
+            help="gin file (repeatable); found in the working directory, --gin_search_paths, or among "
+            "the files shipped with synpro_jax",
+        )
+        p.add_argument(
+            "--gin_search_paths",
+            action="append",
+            default=[],
+            help="comma-separated folders to look for gin files and their includes in (repeatable)",
+        )
         p.set_defaults(func=func, takes_extra=True)
 
-    p = sub.add_parser("demo", help="the whole method on a built-in world of synthetic biographies: oracle, "
-                                    "repetition and SynPro arms, with their result table (resumable)",
-                       description="Extra --gin.KEY=VALUE flags bind gin parameters or macros.")
+    p = sub.add_parser(
+        "demo",
+        help="the whole method on a built-in world of synthetic biographies: oracle, "
+        "repetition and SynPro arms, with their result table (resumable)",
+        description="Extra --gin.KEY=VALUE flags bind gin parameters or macros.",
+    )
     p.add_argument("--out", default="runs/demo", help="the demo's directory (rerun the same command to resume)")
     p.add_argument("--seed", type=int, default=0, help="the world, the teaching and every stage")
-    p.add_argument("--quick", action="store_true", help="under 2 minutes on 2 CPU cores: a smaller world, model "
-                                                        "and step counts; every stage runs, not the effect")
-    p.add_argument("--corpus", nargs="+", help="your own text instead of the world: files or globs (.jsonl, .txt, "
-                                               ".parquet, ...); needs --reference")
-    p.add_argument("--reference", nargs="+", help="with --corpus: the probe's reference task (FLAN CoT .tsv or "
-                                                  "prompt/completion .jsonl)")
-    p.add_argument("--generator", help="an HF OLMo-2 instruct directory both generators start from (e.g. "
-                                       "OLMo-2-0425-1B-Instruct) instead of the taught one")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="under 2 minutes on 2 CPU cores: a smaller world, model and step counts; every stage runs, not the effect",
+    )
+    p.add_argument(
+        "--corpus",
+        nargs="+",
+        help="your own text instead of the world: files or globs (.jsonl, .txt, .parquet, ...); needs --reference",
+    )
+    p.add_argument(
+        "--reference",
+        nargs="+",
+        help="with --corpus: the probe's reference task (FLAN CoT .tsv or prompt/completion .jsonl)",
+    )
+    p.add_argument(
+        "--generator",
+        help="an HF OLMo-2 instruct directory both generators start from (e.g. "
+        "OLMo-2-0425-1B-Instruct) instead of the taught one",
+    )
     p.add_argument("--gin_file", action="append", default=[], help="instead of gin/experiments/demo.gin")
     p.add_argument("--gin_search_paths", action="append", default=[])
     p.set_defaults(func=cmd_demo, takes_extra=True)
 
-    p = sub.add_parser("compile", help="compile the pretraining step, the GRPO step and the rollout sampler ahead of "
-                                       "time for a TPU topology (libtpu, no TPU needed) and report their memory per "
-                                       "device",
-                       description="Extra --gin.KEY=VALUE flags bind gin parameters or macros.")
+    p = sub.add_parser(
+        "compile",
+        help="compile the pretraining step, the GRPO step and the rollout sampler ahead of "
+        "time for a TPU topology (libtpu, no TPU needed) and report their memory per "
+        "device",
+        description="Extra --gin.KEY=VALUE flags bind gin parameters or macros.",
+    )
     p.add_argument("--gin_file", action="append", default=[])
     p.add_argument("--gin_search_paths", action="append", default=[])
     p.add_argument("--topology", default="v5e-8", help="a Cloud TPU name (v5e-8, v4-32, ...) or cpu")
-    p.add_argument("--hbm_gib", type=float, help="HBM per device to check against instead of the topology's (a "
-                                                 "verdict for --topology=cpu, or a what-if)")
-    p.add_argument("--programs", default="auto",
-                   help="comma list of train, grpo, sampler (default: what the experiment runs: train when it "
-                        "binds synpro.TrainerConfig, grpo and sampler when it binds synpro.grpo)")
+    p.add_argument(
+        "--hbm_gib",
+        type=float,
+        help="HBM per device to check against instead of the topology's (a verdict for --topology=cpu, or a what-if)",
+    )
+    p.add_argument(
+        "--programs",
+        default="auto",
+        help="comma list of train, grpo, sampler (default: what the experiment runs: train when it "
+        "binds synpro.TrainerConfig, grpo and sampler when it binds synpro.grpo)",
+    )
     p.add_argument("--json", help="also write the report here")
     p.set_defaults(func=cmd_compile, takes_extra=True)
 
-    p = sub.add_parser("sweep", help="run a gin config over the points of a sweep file (grid and zip axes), one "
-                                     "run directory each; done points are skipped on rerun",
-                       description="Extra --gin.KEY=VALUE flags bind gin parameters or macros for every point.")
+    p = sub.add_parser(
+        "sweep",
+        help="run a gin config over the points of a sweep file (grid and zip axes), one "
+        "run directory each; done points are skipped on rerun",
+        description="Extra --gin.KEY=VALUE flags bind gin parameters or macros for every point.",
+    )
     p.add_argument("--gin_file", action="append", default=[], help="the experiment's gin file(s)")
     p.add_argument("--sweep", help="the sweep file: BINDING = [values] lines, grid: and zip: groups")
-    p.add_argument("--command", default="train", choices=["train", "grpo", "probe", "synthesize", "loop", "demo"],
-                   help="the synpro command each point runs")
+    p.add_argument(
+        "--command",
+        default="train",
+        choices=["train", "grpo", "probe", "synthesize", "loop", "demo"],
+        help="the synpro command each point runs",
+    )
     p.add_argument("--out", help="the sweep's directory (default runs/sweep/<sweep file name>)")
     p.add_argument("--dry_run", action="store_true", help="check every point, print their commands, run nothing")
     p.add_argument("--summary", action="store_true", help="gather the points' results into summary.csv/.png")
     p.add_argument("--gin_search_paths", action="append", default=[])
-    p.add_argument("--launcher", default="local", choices=["local", "tpu"],
-                   help="local: points run here one after another; tpu: each point on its own Cloud TPU slice "
-                        "(tpu/ scripts: create, install, launch), --out on gs://")
+    p.add_argument(
+        "--launcher",
+        default="local",
+        choices=["local", "tpu"],
+        help="local: points run here one after another; tpu: each point on its own Cloud TPU slice "
+        "(tpu/ scripts: create, install, launch), --out on gs://",
+    )
     t = p.add_argument_group("--launcher=tpu", "the tpu/ scripts' flags; every point gets a slice PREFIX-<point>")
     t.add_argument("--tpu_prefix", help="the slices' name prefix (lowercase letters, digits, hyphens)")
     t.add_argument("--zone", help="the slices' zone, e.g. us-west4-a (v5e) or us-central2-b (v4)")
@@ -519,7 +612,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("vocab", help="vocabulary tools")
     vsub = p.add_subparsers(dest="vocab_command", required=True)
     v = vsub.add_parser("train", help="train a SentencePiece vocabulary on your own text")
-    v.add_argument("--corpus", nargs="+", required=True, help="files or globs: .jsonl/.json[.gz|.zst], .txt[.gz|.zst], .parquet, tfds:NAME/SPLIT")
+    v.add_argument(
+        "--corpus",
+        nargs="+",
+        required=True,
+        help="files or globs: .jsonl/.json[.gz|.zst], .txt[.gz|.zst], .parquet, tfds:NAME/SPLIT",
+    )
     v.add_argument("--vocab_size", type=int, required=True)
     v.add_argument("--out", required=True, help="output path ending in .model")
     v.add_argument("--text_field", default="text")
@@ -529,9 +627,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="perplexity and zero-shot multiple choice (acc, acc_norm) of a checkpoint")
     p.add_argument("--checkpoint", required=True, help="an HF OLMo-2 directory, or a synpro run with --preset")
-    p.add_argument("--tasks", action="append", default=[],
-                   help="comma list: arc_easy, arc_challenge, sciq, piqa, hellaswag (under --data_root), NAME=PATH, "
-                        "or FILE.jsonl lines of {\"context\", \"choices\", \"label\"} (repeatable)")
+    p.add_argument(
+        "--tasks",
+        action="append",
+        default=[],
+        help="comma list: arc_easy, arc_challenge, sciq, piqa, hellaswag (under --data_root), NAME=PATH, "
+        'or FILE.jsonl lines of {"context", "choices", "label"} (repeatable)',
+    )
     p.add_argument("--ppl", action="append", default=[], help="held-out documents for perplexity (repeatable)")
     p.add_argument("--data_root", help="folder laid out as ../shared/data/eval")
     p.add_argument("--preset", help="model preset of a synpro run directory")
@@ -560,10 +662,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--all_devices", action="store_true", help="shard the batch over every local device")
     p.add_argument("--allow_fault_injection", action="store_true", help="enable POST /synpro/faults (tests)")
     p.add_argument("--faults", help="faults for the first requests, e.g. slow:2:1.5,5xx:1,malformed:1,drop:1")
-    p.add_argument("--max_body_bytes", type=int, default=None,
-                   help="largest request body (413 past it); default: max(1 MiB, 32 bytes x max_rows x context)")
-    p.add_argument("--body_timeout_s", type=float, default=10.0,
-                   help="a request body must arrive whole within this (408 after)")
+    p.add_argument(
+        "--max_body_bytes",
+        type=int,
+        default=None,
+        help="largest request body (413 past it); default: max(1 MiB, 32 bytes x max_rows x context)",
+    )
+    p.add_argument(
+        "--body_timeout_s", type=float, default=10.0, help="a request body must arrive whole within this (408 after)"
+    )
     p.set_defaults(func=cmd_serve)
     return parser
 
@@ -578,12 +685,21 @@ def main(argv: list[str] | None = None) -> int:
     keep_jax_off_absent_tpu()
     _quiet_startup(needs_tensorflow=takes_extra or args.command in ("vocab", "eval"))
     try:
-        if args.command not in ("presets", "vocab", "sweep", "compile"):  # jobs that run JAX programs: one job, many hosts
+        if args.command not in (
+            "presets",
+            "vocab",
+            "sweep",
+            "compile",
+        ):  # jobs that run JAX programs: one job, many hosts
             from synpro_jax import distributed
 
-            distributed.initialize(distributed.DistributedConfig.from_env(
-                coordinator_address=args.coordinator_address, num_processes=args.num_processes,
-                process_id=args.process_id))
+            distributed.initialize(
+                distributed.DistributedConfig.from_env(
+                    coordinator_address=args.coordinator_address,
+                    num_processes=args.num_processes,
+                    process_id=args.process_id,
+                )
+            )
         return args.func(args, extra) if takes_extra else args.func(args)
     except (ValueError, KeyError, FileNotFoundError, FileExistsError) as e:  # config errors name their knob
         print(f"error: {_one_line(e)}", file=sys.stderr)

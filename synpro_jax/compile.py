@@ -72,8 +72,14 @@ class MemoryReport:
 
     @property
     def total_bytes(self) -> int:
-        return (self.argument_bytes + self.output_bytes - self.alias_bytes + self.temp_bytes + self.code_bytes
-                + self.resident_bytes)
+        return (
+            self.argument_bytes
+            + self.output_bytes
+            - self.alias_bytes
+            + self.temp_bytes
+            + self.code_bytes
+            + self.resident_bytes
+        )
 
     @property
     def fits(self) -> bool | None:
@@ -87,12 +93,15 @@ class MemoryReport:
         hbm = "" if self.hbm_bytes is None else f" of {gib(self.hbm_bytes)} HBM ({verdict})"
         beside = f", resident {gib(self.resident_bytes)} ({self.resident})" if self.resident_bytes else ""
         if self.note:
-            return (f"{self.program} on {self.target} ({self.devices} devices, mesh {self.mesh}): {self.note}"
-                    f"{beside}{hbm}")
-        return (f"{self.program} on {self.target} ({self.devices} devices, mesh {self.mesh}): per device arguments "
-                f"{gib(self.argument_bytes)}, outputs {gib(self.output_bytes)} (aliased {gib(self.alias_bytes)}), "
-                f"temporaries {gib(self.temp_bytes)}, code {gib(self.code_bytes)}{beside}; total "
-                f"{gib(self.total_bytes)}{hbm}")
+            return (
+                f"{self.program} on {self.target} ({self.devices} devices, mesh {self.mesh}): {self.note}{beside}{hbm}"
+            )
+        return (
+            f"{self.program} on {self.target} ({self.devices} devices, mesh {self.mesh}): per device arguments "
+            f"{gib(self.argument_bytes)}, outputs {gib(self.output_bytes)} (aliased {gib(self.alias_bytes)}), "
+            f"temporaries {gib(self.temp_bytes)}, code {gib(self.code_bytes)}{beside}; total "
+            f"{gib(self.total_bytes)}{hbm}"
+        )
 
     def as_dict(self) -> dict:
         return {**dataclasses.asdict(self), "total_bytes": self.total_bytes, "fits": self.fits}
@@ -129,8 +138,9 @@ def topology_devices(topology: str) -> tuple[list[Any], int | None, str]:
     try:
         desc = _describe(name)
     except Exception as e:  # noqa: BLE001 - libtpu missing, or it cannot describe this topology here
-        raise RuntimeError(f"libtpu cannot describe {topology} ({name}) on this machine: "
-                           f"{' '.join(str(e).split())[:300]}") from e
+        raise RuntimeError(
+            f"libtpu cannot describe {topology} ({name}) on this machine: {' '.join(str(e).split())[:300]}"
+        ) from e
     return list(desc.devices), hbm, f"{topology} ({name}, {desc.devices[0].device_kind})"
 
 
@@ -149,11 +159,16 @@ def cpu_stand_in(topology: str, reason: str = "") -> tuple[list[Any], int, str]:
     topology libtpu cannot describe. A RuntimeError naming JAX_NUM_CPU_DEVICES when there are too few."""
     n, hbm = chip_count(topology), TOPOLOGIES[topology][1]
     if not use_cpu_devices(n):
-        raise RuntimeError(f"XLA:CPU's estimate for {topology} needs {n} CPU devices but JAX started with "
-                           f"{len(jax.devices('cpu'))}; rerun in a fresh process with JAX_NUM_CPU_DEVICES={n}")
+        raise RuntimeError(
+            f"XLA:CPU's estimate for {topology} needs {n} CPU devices but JAX started with "
+            f"{len(jax.devices('cpu'))}; rerun in a fresh process with JAX_NUM_CPU_DEVICES={n}"
+        )
     why = f"; {reason}" if reason else ""
-    return (jax.devices("cpu")[:n], hbm,
-            f"XLA:CPU's estimate for {topology} ({n} CPU devices standing in for its chips, their HBM{why})")
+    return (
+        jax.devices("cpu")[:n],
+        hbm,
+        f"XLA:CPU's estimate for {topology} ({n} CPU devices standing in for its chips, their HBM{why})",
+    )
 
 
 def target_devices(topology: str) -> tuple[list[Any], int | None, str]:
@@ -175,13 +190,13 @@ GENERATOR_PRESET = "olmo2_1b_instruct"
 # What to turn when a program does not fit, by MemoryReport.kind.
 HINTS = {
     "train_step": "shard more (synpro.MeshConfig), remat (synpro.preset.remat), chunk the loss "
-                  "(synpro.preset.loss_chunk) or lower the batch",
+    "(synpro.preset.loss_chunk) or lower the batch",
     "grpo_step": "shard more (synpro.grpo.mesh), more micro-batches (synpro.GRPORunConfig.accum_steps), chunk the "
-                 "output head (synpro.GRPORunConfig.logits_chunk), remat, or fewer prompts per step / shorter "
-                 "GRPOConfig.max_prompt_tokens and max_completion_tokens",
+    "output head (synpro.GRPORunConfig.logits_chunk), remat, or fewer prompts per step / shorter "
+    "GRPOConfig.max_prompt_tokens and max_completion_tokens",
     "sampler": "shard more (synpro.grpo.mesh; tensor also splits the sampler's weights and KV cache), fewer "
-               "prompts per step (synpro.GRPORunConfig.prompts_per_step) or shorter GRPOConfig.max_prompt_tokens "
-               "and max_completion_tokens",
+    "prompts per step (synpro.GRPORunConfig.prompts_per_step) or shorter GRPOConfig.max_prompt_tokens "
+    "and max_completion_tokens",
 }
 
 
@@ -204,15 +219,23 @@ def _abstract(tree, shardings):
 
 def per_device_bytes(tree) -> int:
     """What one device holds of abstract arrays laid out by their shardings."""
-    return sum(math.prod(x.sharding.shard_shape(x.shape)) * jnp.dtype(x.dtype).itemsize
-               for x in jax.tree.leaves(tree))
+    return sum(math.prod(x.sharding.shard_shape(x.shape)) * jnp.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree))
 
 
-def _compile(lowered, mesh, program: str, kind: str, target: str, hbm: int | None, resident_bytes: int = 0,
-             resident: str = "") -> MemoryReport:
+def _compile(
+    lowered, mesh, program: str, kind: str, target: str, hbm: int | None, resident_bytes: int = 0, resident: str = ""
+) -> MemoryReport:
     """Compile ``lowered`` and report its memory; XLA:TPU's out-of-HBM refusal becomes a report with a note."""
-    common = {"program": program, "target": target, "devices": mesh.size, "mesh": dict(mesh.shape),
-              "hbm_bytes": hbm, "resident_bytes": resident_bytes, "resident": resident, "kind": kind}
+    common = {
+        "program": program,
+        "target": target,
+        "devices": mesh.size,
+        "mesh": dict(mesh.shape),
+        "hbm_bytes": hbm,
+        "resident_bytes": resident_bytes,
+        "resident": resident,
+        "kind": kind,
+    }
     with jax.set_mesh(mesh):
         try:
             compiled = lowered.compile()
@@ -222,18 +245,38 @@ def _compile(lowered, mesh, program: str, kind: str, target: str, hbm: int | Non
             if "RESOURCE_EXHAUSTED" not in text or need is None:
                 raise
             temp = int(float(need.group(1)) * 1024 ** " KMGT".index(need.group(2)))
-            return MemoryReport(argument_bytes=0, output_bytes=0, alias_bytes=0, temp_bytes=temp, code_bytes=0,
-                                note=f"XLA:TPU ran out of HBM: {need.group(1)}{need.group(2)} of temporaries alone",
-                                **common)
+            return MemoryReport(
+                argument_bytes=0,
+                output_bytes=0,
+                alias_bytes=0,
+                temp_bytes=temp,
+                code_bytes=0,
+                note=f"XLA:TPU ran out of HBM: {need.group(1)}{need.group(2)} of temporaries alone",
+                **common,
+            )
     mem = compiled.memory_analysis()
     return MemoryReport(
-        argument_bytes=int(mem.argument_size_in_bytes), output_bytes=int(mem.output_size_in_bytes),
-        alias_bytes=int(mem.alias_size_in_bytes), temp_bytes=int(mem.temp_size_in_bytes),
-        code_bytes=int(mem.generated_code_size_in_bytes), **common)
+        argument_bytes=int(mem.argument_size_in_bytes),
+        output_bytes=int(mem.output_size_in_bytes),
+        alias_bytes=int(mem.alias_size_in_bytes),
+        temp_bytes=int(mem.temp_size_in_bytes),
+        code_bytes=int(mem.generated_code_size_in_bytes),
+        **common,
+    )
 
 
-def train_step_memory(model, mesh_cfg, opt_cfg, global_batch: int, seq_len: int, z_loss: float, accum_steps: int,
-                      topology: str, *, hbm_bytes: int | None = None) -> MemoryReport:
+def train_step_memory(
+    model,
+    mesh_cfg,
+    opt_cfg,
+    global_batch: int,
+    seq_len: int,
+    z_loss: float,
+    accum_steps: int,
+    topology: str,
+    *,
+    hbm_bytes: int | None = None,
+) -> MemoryReport:
     """Compile the pretraining step for ``topology`` and report its memory per device."""
     from synpro_jax import models
     from synpro_jax.train.step import TrainState, TrainStep
@@ -244,18 +287,28 @@ def train_step_memory(model, mesh_cfg, opt_cfg, global_batch: int, seq_len: int,
     opt_state = jax.eval_shape(step.optimizer.init, params)
     state = _abstract(TrainState(jax.ShapeDtypeStruct((), jnp.int32), params, opt_state), step.state_shardings)
     row = jax.ShapeDtypeStruct((global_batch, seq_len), jnp.int32, sharding=step.batch_sharding)
-    program = (f"train step ({model.name}, batch {global_batch} x {seq_len}, accum {accum_steps}, {model.dtype}, "
-               f"remat {model.remat}, attention {model.attention}, loss_chunk {model.loss_chunk})")
+    program = (
+        f"train step ({model.name}, batch {global_batch} x {seq_len}, accum {accum_steps}, {model.dtype}, "
+        f"remat {model.remat}, attention {model.attention}, loss_chunk {model.loss_chunk})"
+    )
     return _compile(step.lower(state, {"inputs": row, "targets": row}), mesh, program, "train_step", target, hbm)
 
 
-def _grpo_step(model, mesh, grpo_cfg, accum_steps: int = 1, logits_chunk: int | None = None,
-               share_prompts: bool = True):
+def _grpo_step(
+    model, mesh, grpo_cfg, accum_steps: int = 1, logits_chunk: int | None = None, share_prompts: bool = True
+):
     from synpro_jax.rl.learner import GRPOStep
 
     # total_steps only shapes the learning-rate schedule, not the program's memory.
-    return GRPOStep(model, mesh, grpo_cfg, total_steps=1000, accum_steps=accum_steps, logits_chunk=logits_chunk,
-                    prompt_group=grpo_cfg.num_generations if share_prompts else 1)
+    return GRPOStep(
+        model,
+        mesh,
+        grpo_cfg,
+        total_steps=1000,
+        accum_steps=accum_steps,
+        logits_chunk=logits_chunk,
+        prompt_group=grpo_cfg.num_generations if share_prompts else 1,
+    )
 
 
 def _learner_buffers(step, model, grpo_cfg) -> tuple[Any, Any]:
@@ -267,8 +320,9 @@ def _learner_buffers(step, model, grpo_cfg) -> tuple[Any, Any]:
     state = TrainState(jax.ShapeDtypeStruct((), jnp.int32), params, jax.eval_shape(step.optimizer.init, params))
     ref = None
     if grpo_cfg.beta > 0:  # float32 copies in the learner's param shardings
-        ref = _abstract(jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, jnp.float32), params),
-                        step.param_shardings)
+        ref = _abstract(
+            jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, jnp.float32), params), step.param_shardings
+        )
     return _abstract(state, step.state_shardings), ref
 
 
@@ -308,9 +362,20 @@ def _prompts(prompts_per_step: int | None, mesh) -> int:
     return RELEASE_PROMPTS_PER_SHARD * sharding.batch_shards(mesh) if prompts_per_step is None else prompts_per_step
 
 
-def grpo_step_memory(model, mesh_cfg, grpo_cfg, prompts_per_step: int | None = None, accum_steps: int = 1,
-                     logits_chunk: int | None = None, share_prompts: bool = True, topology: str = "cpu", *,
-                     hbm_bytes: int | None = None, source: str = "", influence=None) -> MemoryReport:
+def grpo_step_memory(
+    model,
+    mesh_cfg,
+    grpo_cfg,
+    prompts_per_step: int | None = None,
+    accum_steps: int = 1,
+    logits_chunk: int | None = None,
+    share_prompts: bool = True,
+    topology: str = "cpu",
+    *,
+    hbm_bytes: int | None = None,
+    source: str = "",
+    influence=None,
+) -> MemoryReport:
     """Compile GRPOTrainer's update (GRPOStep) for ``topology`` and report its memory per device.
 
     The batch is a rollout at its largest: ``prompts_per_step`` x G rows of the bucketed max_prompt_tokens
@@ -323,21 +388,29 @@ def grpo_step_memory(model, mesh_cfg, grpo_cfg, prompts_per_step: int | None = N
     mesh, hbm, target = _target(mesh_cfg, topology, hbm_bytes)
     g = grpo_cfg
     if g.max_prompt_tokens + g.max_completion_tokens > model.max_seq_len:  # GRPOTrainer's own check
-        raise ValueError(f"GRPOConfig.max_prompt_tokens={g.max_prompt_tokens} + max_completion_tokens="
-                         f"{g.max_completion_tokens} exceeds {model.name}'s max_seq_len={model.max_seq_len}")
+        raise ValueError(
+            f"GRPOConfig.max_prompt_tokens={g.max_prompt_tokens} + max_completion_tokens="
+            f"{g.max_completion_tokens} exceeds {model.name}'s max_seq_len={model.max_seq_len}"
+        )
     prompts = _prompts(prompts_per_step, mesh)
     rows, shards = prompts * g.num_generations, sharding.batch_shards(mesh)
     if rows % (accum_steps * shards):
-        raise ValueError(f"{prompts} prompts x GRPOConfig.num_generations={g.num_generations} = {rows} completions "
-                         f"must divide into accum_steps={accum_steps} micro-batches over the mesh's {shards} data "
-                         "shards")
+        raise ValueError(
+            f"{prompts} prompts x GRPOConfig.num_generations={g.num_generations} = {rows} completions "
+            f"must divide into accum_steps={accum_steps} micro-batches over the mesh's {shards} data "
+            "shards"
+        )
     step = _grpo_step(model, mesh, g, accum_steps, logits_chunk, share_prompts)
     state, ref = _learner_buffers(step, model, g)
     p, c = bucket(g.max_prompt_tokens, MIN_PROMPT_BUCKET), g.max_completion_tokens
     leaf = lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype, sharding=step.batch_sharding)  # noqa: E731
-    batch = {"tokens": leaf((rows, p + c), jnp.int32), "positions": leaf((rows, p + c), jnp.int32),
-             "segment_ids": leaf((rows, p + c), jnp.int32), "completion_mask": leaf((rows, c), jnp.bool_),
-             "advantages": leaf((rows,), jnp.float32)}
+    batch = {
+        "tokens": leaf((rows, p + c), jnp.int32),
+        "positions": leaf((rows, p + c), jnp.int32),
+        "segment_ids": leaf((rows, p + c), jnp.int32),
+        "completion_mask": leaf((rows, c), jnp.bool_),
+        "advantages": leaf((rows,), jnp.float32),
+    }
     if g.beta > 0:
         batch["ref_logp"] = leaf((rows, c), jnp.float32)
     if g.num_iterations > 1:
@@ -349,16 +422,26 @@ def grpo_step_memory(model, mesh_cfg, grpo_cfg, prompts_per_step: int | None = N
     if influence is not None:
         beside.append(influence_bytes(influence, mesh))
         what += f", influence theta and theta' ({influence.name})"
-    program = (f"grpo step ({model.name}, {rows} completions = {prompts} prompts x G {g.num_generations}, {p} prompt "
-               f"+ {c} completion slots, accum {accum_steps}, logits_chunk {logits_chunk}, prompt_group "
-               f"{step.prompt_group}, beta {g.beta}, {model.dtype}, remat {model.remat}"
-               + (f"; {source})" if source else ")"))
+    program = (
+        f"grpo step ({model.name}, {rows} completions = {prompts} prompts x G {g.num_generations}, {p} prompt "
+        f"+ {c} completion slots, accum {accum_steps}, logits_chunk {logits_chunk}, prompt_group "
+        f"{step.prompt_group}, beta {g.beta}, {model.dtype}, remat {model.remat}" + (f"; {source})" if source else ")")
+    )
     return _compile(lowered, mesh, program, "grpo_step", target, hbm, sum(beside), what)
 
 
-def sampler_memory(model, mesh_cfg, grpo_cfg, prompts_per_step: int | None = None, topology: str = "cpu", *,
-                   with_learner: bool = True, hbm_bytes: int | None = None, source: str = "",
-                   influence=None) -> list[MemoryReport]:
+def sampler_memory(
+    model,
+    mesh_cfg,
+    grpo_cfg,
+    prompts_per_step: int | None = None,
+    topology: str = "cpu",
+    *,
+    with_learner: bool = True,
+    hbm_bytes: int | None = None,
+    source: str = "",
+    influence=None,
+) -> list[MemoryReport]:
     """Compile the GRPO rollout sampler's prefill and decode for ``topology``; one report each.
 
     ``prompts_per_step`` prompts of the bucketed max_prompt_tokens slots, G = num_generations completions each of
@@ -383,8 +466,21 @@ def sampler_memory(model, mesh_cfg, grpo_cfg, prompts_per_step: int | None = Non
         pre = prefill.lower(weights, grid, grid, grid, g.num_generations)
         logits, cache = pre.out_info
         # (seed, temperature, top_k, top_p, eos ids padded to 8, pad id), as Sampler._run passes them
-        dec = decode.lower(weights, cache, logits, per_row, per_row, per_row, one(jnp.uint32), one(jnp.float32),
-                           one(jnp.int32), one(jnp.float32), one(jnp.int32, (8,)), one(jnp.int32), n)
+        dec = decode.lower(
+            weights,
+            cache,
+            logits,
+            per_row,
+            per_row,
+            per_row,
+            one(jnp.uint32),
+            one(jnp.float32),
+            one(jnp.int32),
+            one(jnp.float32),
+            one(jnp.int32, (8,)),
+            one(jnp.int32),
+            n,
+        )
     resident_bytes, resident = 0, ""
     if with_learner:
         state, ref = _learner_buffers(_grpo_step(model, mesh, g), model, g)
@@ -396,10 +492,26 @@ def sampler_memory(model, mesh_cfg, grpo_cfg, prompts_per_step: int | None = Non
     tail = f"; {source})" if source else ")"
     shape = f"{model.name}, {rows} prompts x {p} slots"
     return [
-        _compile(pre, mesh, f"sampler prefill ({shape}, kv cache {cache_dtype}{tail}", "sampler_prefill", target,
-                 hbm, resident_bytes, resident),
-        _compile(dec, mesh, f"sampler decode ({shape} x G {g.num_generations} + {n} new slots, kv cache "
-                 f"{cache_dtype}{tail}", "sampler_decode", target, hbm, resident_bytes, resident),
+        _compile(
+            pre,
+            mesh,
+            f"sampler prefill ({shape}, kv cache {cache_dtype}{tail}",
+            "sampler_prefill",
+            target,
+            hbm,
+            resident_bytes,
+            resident,
+        ),
+        _compile(
+            dec,
+            mesh,
+            f"sampler decode ({shape} x G {g.num_generations} + {n} new slots, kv cache {cache_dtype}{tail}",
+            "sampler_decode",
+            target,
+            hbm,
+            resident_bytes,
+            resident,
+        ),
     ]
 
 
@@ -508,8 +620,7 @@ def grpo_shapes() -> GRPOShapes:
         model = model.replace(dtype=dtype)
     mesh = knob("synpro.grpo.mesh", MeshConfig(), "synpro.grpo's data-parallel mesh")
     algorithm = knob("synpro.grpo.algorithm", None, "GRPOConfig()") or GRPOConfig()
-    prompts = knob("synpro.GRPORunConfig.prompts_per_step", None,
-                   f"{RELEASE_PROMPTS_PER_SHARD} prompts per data shard")
+    prompts = knob("synpro.GRPORunConfig.prompts_per_step", None, f"{RELEASE_PROMPTS_PER_SHARD} prompts per data shard")
     accum = knob("synpro.GRPORunConfig.accum_steps", RELEASE_ACCUM_STEPS, f"accum {RELEASE_ACCUM_STEPS}")
     influence = None
     weights, variants = knob("synpro.RewardsConfig.weights", {}), knob("synpro.RewardsConfig.variants", {})
@@ -523,8 +634,17 @@ def grpo_shapes() -> GRPOShapes:
         if influence is None:
             filled.append("no model for data_influence's theta, so theta and theta' are not counted")
     source = "GRPO knobs from gin" + (f"; unbound, so: {', '.join(filled)}" if filled else "")
-    return GRPOShapes(model, mesh, algorithm, prompts, accum, knob("synpro.GRPORunConfig.logits_chunk", None),
-                      knob("synpro.GRPORunConfig.share_prompts", True), source, influence)
+    return GRPOShapes(
+        model,
+        mesh,
+        algorithm,
+        prompts,
+        accum,
+        knob("synpro.GRPORunConfig.logits_chunk", None),
+        knob("synpro.GRPORunConfig.share_prompts", True),
+        source,
+        influence,
+    )
 
 
 PROGRAMS = ("train", "grpo", "sampler")
@@ -539,8 +659,9 @@ def experiment_programs() -> tuple[str, ...]:
     return found
 
 
-def compile_experiment(topology: str, hbm_bytes: int | None = None,
-                       programs: tuple[str, ...] | None = None) -> list[MemoryReport]:
+def compile_experiment(
+    topology: str, hbm_bytes: int | None = None, programs: tuple[str, ...] | None = None
+) -> list[MemoryReport]:
     """The parsed gin experiment's programs on ``topology`` (gin must be parsed already): ``programs`` among
     train (the pretraining step), grpo (the GRPO step) and sampler (the rollout's prefill and decode); None: what
     the experiment runs (:func:`experiment_programs`). TrainerConfig and GRPORunConfig are read knob by knob:
@@ -550,9 +671,11 @@ def compile_experiment(topology: str, hbm_bytes: int | None = None,
     if programs is None:
         programs = experiment_programs()
         if not programs:
-            raise ValueError("the experiment binds neither synpro.TrainerConfig (pretraining) nor synpro.grpo "
-                             "(GRPO), so there is nothing to compile; name the programs with --programs=train,grpo,"
-                             "sampler")
+            raise ValueError(
+                "the experiment binds neither synpro.TrainerConfig (pretraining) nor synpro.grpo "
+                "(GRPO), so there is nothing to compile; name the programs with --programs=train,grpo,"
+                "sampler"
+            )
     unknown = sorted(set(programs) - set(PROGRAMS))
     if unknown:
         raise ValueError(f"--programs: unknown {unknown}; choose among {', '.join(PROGRAMS)}")
@@ -560,20 +683,48 @@ def compile_experiment(topology: str, hbm_bytes: int | None = None,
     if "train" in programs:
         if not _is_bound("synpro.TrainerConfig.global_batch"):
             raise ValueError("--programs=train: the experiment binds no synpro.TrainerConfig.global_batch")
-        reports.append(train_step_memory(
-            _read("synpro.pretrain.model"), _read("synpro.pretrain.mesh", MeshConfig()),
-            _read("synpro.pretrain.optimizer"), _read("synpro.TrainerConfig.global_batch"),
-            _read("synpro.TrainerConfig.seq_len"), _read("synpro.TrainerConfig.z_loss", 1e-5),
-            _read("synpro.TrainerConfig.accum_steps", 1), topology, hbm_bytes=hbm_bytes))
+        reports.append(
+            train_step_memory(
+                _read("synpro.pretrain.model"),
+                _read("synpro.pretrain.mesh", MeshConfig()),
+                _read("synpro.pretrain.optimizer"),
+                _read("synpro.TrainerConfig.global_batch"),
+                _read("synpro.TrainerConfig.seq_len"),
+                _read("synpro.TrainerConfig.z_loss", 1e-5),
+                _read("synpro.TrainerConfig.accum_steps", 1),
+                topology,
+                hbm_bytes=hbm_bytes,
+            )
+        )
     if "grpo" in programs or "sampler" in programs:
         s = grpo_shapes()
         if "grpo" in programs:
-            reports.append(grpo_step_memory(s.model, s.mesh, s.algorithm, s.prompts_per_step, s.accum_steps,
-                                            s.logits_chunk, s.share_prompts, topology, hbm_bytes=hbm_bytes,
-                                            source=s.source, influence=s.influence))
+            reports.append(
+                grpo_step_memory(
+                    s.model,
+                    s.mesh,
+                    s.algorithm,
+                    s.prompts_per_step,
+                    s.accum_steps,
+                    s.logits_chunk,
+                    s.share_prompts,
+                    topology,
+                    hbm_bytes=hbm_bytes,
+                    source=s.source,
+                    influence=s.influence,
+                )
+            )
         if "sampler" in programs:
-            reports += sampler_memory(s.model, s.mesh, s.algorithm, s.prompts_per_step, topology,
-                                      hbm_bytes=hbm_bytes, source=s.source, influence=s.influence)
+            reports += sampler_memory(
+                s.model,
+                s.mesh,
+                s.algorithm,
+                s.prompts_per_step,
+                topology,
+                hbm_bytes=hbm_bytes,
+                source=s.source,
+                influence=s.influence,
+            )
     return reports
 
 

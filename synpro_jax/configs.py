@@ -13,13 +13,14 @@ working directory: gin looks in the working directory, then in ``--gin_search_pa
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 import dataclasses
 import difflib
 import inspect
 import json
 import logging
 import os
-from typing import Any, Sequence
+from typing import Any
 
 from etils.epath import Path
 import gin
@@ -47,8 +48,10 @@ def preset(name: str = gin.REQUIRED, **overrides) -> ModelConfig:
     """A named model preset with field overrides (``synpro.preset.dtype = "bfloat16"``)."""
     unknown = sorted(set(overrides) - set(_model_fields()))
     if unknown:
-        raise ValueError(f"synpro.preset.{unknown[0]}: ModelConfig has no field {unknown[0]!r}"
-                         f"{_did_you_mean(unknown[0], _model_fields())}")
+        raise ValueError(
+            f"synpro.preset.{unknown[0]}: ModelConfig has no field {unknown[0]!r}"
+            f"{_did_you_mean(unknown[0], _model_fields())}"
+        )
     return get_preset(name, **overrides)
 
 
@@ -65,6 +68,8 @@ def _lazy_configurables() -> tuple[type, ...]:
     Returns every configurable class, for checking parameter names."""
     from synpro_jax.data.config import DataConfig, SyntheticShards
     from synpro_jax.data.vocab import PassthroughVocabulary, TrainedSentencePiece
+    from synpro_jax.demo.config import DemoConfig
+    from synpro_jax.demo.teach import TeachConfig
     from synpro_jax.generation.synthesize import SynthesisConfig
     from synpro_jax.influence.probe import ProbeConfig
     from synpro_jax.loop.config import LoopConfig
@@ -74,12 +79,24 @@ def _lazy_configurables() -> tuple[type, ...]:
     from synpro_jax.rl.trainer import GRPORunConfig
     from synpro_jax.rl.warm_start import WarmStartConfig
     from synpro_jax.train.trainer import TrainerConfig
-    from synpro_jax.demo.config import DemoConfig
-    from synpro_jax.demo.teach import TeachConfig
 
-    lazy = (DataConfig, SyntheticShards, PassthroughVocabulary, TrainedSentencePiece, TrainerConfig, ProbeConfig,
-            SynthesisConfig, GRPOConfig, RewardsConfig, GRPORunConfig, LoopConfig, GeneratorSpec, DemoConfig,
-            TeachConfig, WarmStartConfig)
+    lazy = (
+        DataConfig,
+        SyntheticShards,
+        PassthroughVocabulary,
+        TrainedSentencePiece,
+        TrainerConfig,
+        ProbeConfig,
+        SynthesisConfig,
+        GRPOConfig,
+        RewardsConfig,
+        GRPORunConfig,
+        LoopConfig,
+        GeneratorSpec,
+        DemoConfig,
+        TeachConfig,
+        WarmStartConfig,
+    )
     _register(*lazy)
     return (MeshConfig, OptimizerConfig, ModelConfig) + lazy
 
@@ -89,9 +106,15 @@ def _as_tuple(x):
 
 
 @gin.configurable(module="synpro")
-def pretrain(model: ModelConfig = gin.REQUIRED, mesh: MeshConfig = MeshConfig(),
-             optimizer: OptimizerConfig = gin.REQUIRED, trainer=gin.REQUIRED, data=gin.REQUIRED,
-             init_from_hf: str | None = None, init_from: str | None = None) -> dict:
+def pretrain(
+    model: ModelConfig = gin.REQUIRED,
+    mesh: MeshConfig = MeshConfig(),
+    optimizer: OptimizerConfig = gin.REQUIRED,
+    trainer=gin.REQUIRED,
+    data=gin.REQUIRED,
+    init_from_hf: str | None = None,
+    init_from: str | None = None,
+) -> dict:
     """Build the data streams and the trainer, then train (resuming from ``trainer.out_dir`` if it holds a
     checkpoint). Returns the trainer's summary.
 
@@ -119,34 +142,66 @@ def pretrain(model: ModelConfig = gin.REQUIRED, mesh: MeshConfig = MeshConfig(),
         init_source = f"{loaded.source}@{loaded.step}"
     if init_from_hf:
         hf_cfg, init_params = hf.load(init_from_hf)
-        if (hf_cfg.d_model, hf_cfg.num_layers, hf_cfg.vocab_size) != (model.d_model, model.num_layers,
-                                                                       model.vocab_size):
-            raise ValueError(f"synpro.pretrain.init_from_hf={init_from_hf}: {hf_cfg.describe()} does not match "
-                             f"the configured model {model.describe()}")
+        if (hf_cfg.d_model, hf_cfg.num_layers, hf_cfg.vocab_size) != (
+            model.d_model,
+            model.num_layers,
+            model.vocab_size,
+        ):
+            raise ValueError(
+                f"synpro.pretrain.init_from_hf={init_from_hf}: {hf_cfg.describe()} does not match "
+                f"the configured model {model.describe()}"
+            )
     streams = build_streams(data, trainer.seq_len, progress=trainer.progress)
     if streams.info["vocab_size"] > model.vocab_size:
-        raise ValueError(f"the vocabulary has {streams.info['vocab_size']} tokens but the model's vocab_size is "
-                         f"{model.vocab_size}; set synpro.preset.vocab_size")
+        raise ValueError(
+            f"the vocabulary has {streams.info['vocab_size']} tokens but the model's vocab_size is "
+            f"{model.vocab_size}; set synpro.preset.vocab_size"
+        )
     if jax.process_index() == 0:
         print(model.describe())
-        print(f"mesh {sharding.devices_summary(mesh_obj)} | global batch {trainer.global_batch} x seq "
-              f"{trainer.seq_len} | {trainer.num_steps} steps -> {trainer.out_dir}")
+        print(
+            f"mesh {sharding.devices_summary(mesh_obj)} | global batch {trainer.global_batch} x seq "
+            f"{trainer.seq_len} | {trainer.num_steps} steps -> {trainer.out_dir}"
+        )
         print(summarize(streams.info))
-    runner = Trainer(model, mesh_obj, optimizer, trainer, streams.train, streams.validation, init_params,
-                     data_fingerprint=streams.info["fingerprint"],
-                     summary_extra={"organic_unigram_entropy": streams.info["organic_unigram_entropy"],
-                                    "organic_tokens": streams.info["tasks"][organic_task_name(data.corpus)]["tokens"],
-                                    "start_step": init_step},
-                     init_adam=init_adam, init_step=init_step, init_source=init_source)
+    runner = Trainer(
+        model,
+        mesh_obj,
+        optimizer,
+        trainer,
+        streams.train,
+        streams.validation,
+        init_params,
+        data_fingerprint=streams.info["fingerprint"],
+        summary_extra={
+            "organic_unigram_entropy": streams.info["organic_unigram_entropy"],
+            "organic_tokens": streams.info["tasks"][organic_task_name(data.corpus)]["tokens"],
+            "start_step": init_step,
+        },
+        init_adam=init_adam,
+        init_step=init_step,
+        init_source=init_source,
+    )
     # config.gin describes the checkpoints: written only once the trainer has accepted them
     return runner.run(on_start=lambda: _write_config(trainer.out_dir))
 
 
 @gin.configurable(module="synpro")
-def probe(model: ModelConfig = gin.REQUIRED, mesh: MeshConfig = MeshConfig(), checkpoint: str = gin.REQUIRED,
-          vocabulary: str = gin.REQUIRED, reference=gin.REQUIRED, corpus=gin.REQUIRED, out_dir: str = gin.REQUIRED,
-          settings=None, text_field: str = "text", max_len: int = 2048, batch_size: int = 32,
-          max_reference_examples: int | None = None, chunk_docs: int = 512) -> dict:
+def probe(
+    model: ModelConfig = gin.REQUIRED,
+    mesh: MeshConfig = MeshConfig(),
+    checkpoint: str = gin.REQUIRED,
+    vocabulary: str = gin.REQUIRED,
+    reference=gin.REQUIRED,
+    corpus=gin.REQUIRED,
+    out_dir: str = gin.REQUIRED,
+    settings=None,
+    text_field: str = "text",
+    max_len: int = 2048,
+    batch_size: int = 32,
+    max_reference_examples: int | None = None,
+    chunk_docs: int = 512,
+) -> dict:
     """The influence probe: fine-tune theta' on the reference task, then score every corpus document (saved in
     parts of ``chunk_docs`` documents: what a killed job keeps)."""
     from synpro_jax import sharding
@@ -156,10 +211,21 @@ def probe(model: ModelConfig = gin.REQUIRED, mesh: MeshConfig = MeshConfig(), ch
     mesh_obj = sharding.make_mesh(mesh)
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     _write_config(out_dir)
-    return probe_and_score(model, mesh_obj, checkpoint, vocabulary, _as_tuple(reference), _as_tuple(corpus),
-                           out_dir, settings or ProbeConfig(), text_field=text_field, max_len=max_len,
-                           batch_size=batch_size, max_reference_examples=max_reference_examples,
-                           chunk_docs=chunk_docs)
+    return probe_and_score(
+        model,
+        mesh_obj,
+        checkpoint,
+        vocabulary,
+        _as_tuple(reference),
+        _as_tuple(corpus),
+        out_dir,
+        settings or ProbeConfig(),
+        text_field=text_field,
+        max_len=max_len,
+        batch_size=batch_size,
+        max_reference_examples=max_reference_examples,
+        chunk_docs=chunk_docs,
+    )
 
 
 @gin.configurable(module="synpro")
@@ -169,11 +235,22 @@ def finetuned_dir(probe_out: str = gin.REQUIRED) -> str:
 
 
 @gin.configurable(module="synpro")
-def influence_server(model: ModelConfig = gin.REQUIRED, mesh: MeshConfig = MeshConfig(),
-                     checkpoint: str = gin.REQUIRED, finetuned: str = gin.REQUIRED, vocabulary: str = gin.REQUIRED,
-                     max_len: int = 2048, batch_size: int = 32, host: str = "127.0.0.1", port: int = 24775,
-                     max_texts: int = 256, max_queued: int = 64, timeout_s: float = 600.0,
-                     socket_timeout_s: float = 30.0, retry_after_s: int = 5) -> None:
+def influence_server(
+    model: ModelConfig = gin.REQUIRED,
+    mesh: MeshConfig = MeshConfig(),
+    checkpoint: str = gin.REQUIRED,
+    finetuned: str = gin.REQUIRED,
+    vocabulary: str = gin.REQUIRED,
+    max_len: int = 2048,
+    batch_size: int = 32,
+    host: str = "127.0.0.1",
+    port: int = 24775,
+    max_texts: int = 256,
+    max_queued: int = 64,
+    timeout_s: float = 600.0,
+    socket_timeout_s: float = 30.0,
+    retry_after_s: int = 5,
+) -> None:
     """Serve POST /get_influence and GET /health for theta (checkpoint) and theta' (the probe's finetuned dir).
     ``max_queued`` requests wait for the device (more get 503 with Retry-After); ``timeout_s`` bounds a request's
     wait, ``socket_timeout_s`` each socket read and write."""
@@ -188,16 +265,34 @@ def influence_server(model: ModelConfig = gin.REQUIRED, mesh: MeshConfig = MeshC
     vocab = load_vocabulary(vocabulary)
     params, tuned = load_pair(model, mesh_obj, checkpoint, finetuned)  # theta' checked to come from this theta
     probe_obj = Probe(model, mesh_obj, params, tuned, max_len=max_len)
-    server = InfluenceServer(probe_obj, encoder_for(vocab), host=host, port=port, batch_size=batch_size,
-                             max_texts=max_texts, pad_id=vocab.pad_id, max_queued=max_queued, timeout_s=timeout_s,
-                             socket_timeout_s=socket_timeout_s, retry_after_s=retry_after_s)
-    print(f"serving influence on http://{server.address[0]}:{server.address[1]} (POST /get_influence, "
-          "GET /health)", flush=True)
+    server = InfluenceServer(
+        probe_obj,
+        encoder_for(vocab),
+        host=host,
+        port=port,
+        batch_size=batch_size,
+        max_texts=max_texts,
+        pad_id=vocab.pad_id,
+        max_queued=max_queued,
+        timeout_s=timeout_s,
+        socket_timeout_s=socket_timeout_s,
+        retry_after_s=retry_after_s,
+    )
+    print(
+        f"serving influence on http://{server.address[0]}:{server.address[1]} (POST /get_influence, GET /health)",
+        flush=True,
+    )
     server.serve_forever()
 
 
-def _generator_setup(generator: str, model: ModelConfig | None, vocabulary: str | None, stop_tokens: Sequence[str],
-                     dtype: str | None, stage: str):
+def _generator_setup(
+    generator: str,
+    model: ModelConfig | None,
+    vocabulary: str | None,
+    stop_tokens: Sequence[str],
+    dtype: str | None,
+    stage: str,
+):
     """(model config, vocabulary, vocabulary spec, stop ids) of a generator: an HF Olmo2 directory (its
     config.json and tokenizer.json/.model are the defaults) or a synpro run (``model`` and ``vocabulary`` needed)."""
     from synpro_jax.data.vocab import find_vocabulary, load_vocabulary
@@ -205,8 +300,7 @@ def _generator_setup(generator: str, model: ModelConfig | None, vocabulary: str 
     path = Path(generator)
     if model is None:
         if not (path / "config.json").exists():
-            raise ValueError(f"synpro.{stage}.generator={generator}: not an HF directory, so set "
-                             f"synpro.{stage}.model")
+            raise ValueError(f"synpro.{stage}.generator={generator}: not an HF directory, so set synpro.{stage}.model")
         from synpro_jax.models import hf
 
         model = hf.read_config(path)
@@ -215,8 +309,10 @@ def _generator_setup(generator: str, model: ModelConfig | None, vocabulary: str 
     if vocabulary is None:
         found = find_vocabulary(path)
         if found is None:
-            raise ValueError(f"synpro.{stage}.vocabulary: {generator} has no tokenizer.json or tokenizer.model; "
-                             "name the generator's vocabulary")
+            raise ValueError(
+                f"synpro.{stage}.vocabulary: {generator} has no tokenizer.json or tokenizer.model; "
+                "name the generator's vocabulary"
+            )
         vocabulary = str(found)
     vocab = load_vocabulary(vocabulary)
     stop_ids = []
@@ -229,14 +325,24 @@ def _generator_setup(generator: str, model: ModelConfig | None, vocabulary: str 
 
 
 @gin.configurable(module="synpro")
-def synthesize(generator: str = gin.REQUIRED, shards=gin.REQUIRED, out_dir: str = gin.REQUIRED,
-               settings=gin.REQUIRED, model: ModelConfig | None = None, mesh: MeshConfig = MeshConfig(),
-               vocabulary: str | None = None, stop_tokens: Sequence[str] = (), dtype: str | None = None,
-               progress: bool = True, documents: str | Sequence[str] | None = None) -> dict:
+def synthesize(
+    generator: str = gin.REQUIRED,
+    shards=gin.REQUIRED,
+    out_dir: str = gin.REQUIRED,
+    settings=gin.REQUIRED,
+    model: ModelConfig | None = None,
+    mesh: MeshConfig = MeshConfig(),
+    vocabulary: str | None = None,
+    stop_tokens: Sequence[str] = (),
+    dtype: str | None = None,
+    progress: bool = True,
+    documents: str | Sequence[str] | None = None,
+) -> dict:
     """Run a generator over organic shards into out_dir (resumable; see generation/synthesize.py).
 
     ``generator`` is an HF Olmo2 directory (its config.json gives the model unless ``model`` is set; its
-    tokenizer.json or tokenizer.model is the default vocabulary) or a synpro run/checkpoint directory (then ``model`` and
+    tokenizer.json or tokenizer.model is the default vocabulary) or a synpro run/checkpoint directory (then
+    ``model`` and
     ``vocabulary`` are required). ``stop_tokens`` end a completion besides the vocabulary's EOS; ``dtype``
     ("bfloat16") overrides the compute dtype. ``documents`` limits synthesis to these source ids: a text file of
     one id per line, or the ids themselves (the loop passes its training split, never the validation documents).
@@ -255,8 +361,17 @@ def synthesize(generator: str = gin.REQUIRED, shards=gin.REQUIRED, out_dir: str 
     mesh_obj = sharding.make_mesh(mesh)
     params, step = load_params_and_step(model, mesh_obj, generator)
     mesh_obj, params = per_host(model, mesh_obj, params)  # each host samples its own documents (Synthesizer.run)
-    synth = Synthesizer(model, params, vocab, settings, mesh=mesh_obj, generator=str(generator),
-                        generator_step=step, stop_ids=stop_ids, documents=documents)
+    synth = Synthesizer(
+        model,
+        params,
+        vocab,
+        settings,
+        mesh=mesh_obj,
+        generator=str(generator),
+        generator_step=step,
+        stop_ids=stop_ids,
+        documents=documents,
+    )
     del params  # the sampler holds its own cast, per-layer copy
     manifest = synth.run(_as_tuple(shards), out_dir, progress=progress)
     _write_config(out_dir)
@@ -264,13 +379,27 @@ def synthesize(generator: str = gin.REQUIRED, shards=gin.REQUIRED, out_dir: str 
 
 
 @gin.configurable(module="synpro")
-def grpo(generator: str = gin.REQUIRED, prompts=gin.REQUIRED, run=gin.REQUIRED, rewards=gin.REQUIRED,
-         algorithm=None, model: ModelConfig | None = None, mesh: MeshConfig = MeshConfig(),
-         vocabulary: str | None = None, stop_tokens: Sequence[str] = (), dtype: str | None = None,
-         influence_checkpoint: str | None = None, influence_finetuned: str | None = None,
-         influence_model: ModelConfig | None = None, influence_vocabulary: str | None = None,
-         influence_max_len: int = 1024, influence_batch_size: int = 8, similarity_max_len: int = 512,
-         similarity_batch_size: int = 8, warm_start=None) -> dict:
+def grpo(
+    generator: str = gin.REQUIRED,
+    prompts=gin.REQUIRED,
+    run=gin.REQUIRED,
+    rewards=gin.REQUIRED,
+    algorithm=None,
+    model: ModelConfig | None = None,
+    mesh: MeshConfig = MeshConfig(),
+    vocabulary: str | None = None,
+    stop_tokens: Sequence[str] = (),
+    dtype: str | None = None,
+    influence_checkpoint: str | None = None,
+    influence_finetuned: str | None = None,
+    influence_model: ModelConfig | None = None,
+    influence_vocabulary: str | None = None,
+    influence_max_len: int = 1024,
+    influence_batch_size: int = 8,
+    similarity_max_len: int = 512,
+    similarity_batch_size: int = 8,
+    warm_start=None,
+) -> dict:
     """Train a rephrase/reformat generator with GRPO (resumable; see rl/trainer.py). Returns the run's summary.
 
     ``generator``: the starting generator, an HF Olmo2 directory or a synpro run (then ``model`` and
@@ -300,9 +429,11 @@ def grpo(generator: str = gin.REQUIRED, prompts=gin.REQUIRED, run=gin.REQUIRED, 
     runtime, extra_fp = {}, {}
     if "data_influence" in rewards.weights and rewards.variant("data_influence") == "data_influence":
         if not influence_checkpoint or not influence_finetuned:
-            raise ValueError("RewardsConfig.weights has data_influence: set synpro.grpo.influence_checkpoint "
-                             "(theta, the pretraining run) and synpro.grpo.influence_finetuned (theta', the probe's "
-                             "finetuned directory)")
+            raise ValueError(
+                "RewardsConfig.weights has data_influence: set synpro.grpo.influence_checkpoint "
+                "(theta, the pretraining run) and synpro.grpo.influence_finetuned (theta', the probe's "
+                "finetuned directory)"
+            )
         from synpro_jax.data.vocab import load_vocabulary
         from synpro_jax.influence.probe import Probe
         from synpro_jax.influence.run import load_finetuned
@@ -311,77 +442,134 @@ def grpo(generator: str = gin.REQUIRED, prompts=gin.REQUIRED, run=gin.REQUIRED, 
 
         if influence_model is None:
             if not (Path(influence_checkpoint) / "config.json").exists():
-                raise ValueError(f"synpro.grpo.influence_checkpoint={influence_checkpoint} is not an HF "
-                                 "directory: set synpro.grpo.influence_model")
+                raise ValueError(
+                    f"synpro.grpo.influence_checkpoint={influence_checkpoint} is not an HF "
+                    "directory: set synpro.grpo.influence_model"
+                )
             influence_model = hf.read_config(influence_checkpoint)
         ivocab_spec = influence_vocabulary or vocab_spec
         ivocab = load_vocabulary(ivocab_spec)
         if ivocab.vocab_size > influence_model.vocab_size:
-            raise ValueError(f"synpro.grpo.influence_vocabulary: {ivocab_spec} has {ivocab.vocab_size} tokens but the "
-                             f"influence model's vocab_size is {influence_model.vocab_size}; name theta's own "
-                             "vocabulary")
+            raise ValueError(
+                f"synpro.grpo.influence_vocabulary: {ivocab_spec} has {ivocab.vocab_size} tokens but the "
+                f"influence model's vocab_size is {influence_model.vocab_size}; name theta's own "
+                "vocabulary"
+            )
         theta = load(influence_model, mesh_obj, influence_checkpoint)
         tuned = load_finetuned(influence_model, influence_finetuned, theta)  # refuses a theta' of another theta
         probe = Probe(influence_model, mesh_obj, theta.params, tuned, max_len=influence_max_len)
         runtime["scorer"] = probe_scorer(probe, encoder_for(ivocab), influence_batch_size, pad_id=ivocab.pad_id)
-        extra_fp["influence"] = {"theta": _canonical_generator(str(influence_checkpoint)), "theta_step": theta.step,
-                                 "finetuned": _canonical_generator(str(influence_finetuned)),
-                                 "max_len": influence_max_len, "batch_size": influence_batch_size,
-                                 "vocabulary": vocabulary_fingerprint(ivocab_spec, ivocab)}
+        extra_fp["influence"] = {
+            "theta": _canonical_generator(str(influence_checkpoint)),
+            "theta_step": theta.step,
+            "finetuned": _canonical_generator(str(influence_finetuned)),
+            "max_len": influence_max_len,
+            "batch_size": influence_batch_size,
+            "vocabulary": vocabulary_fingerprint(ivocab_spec, ivocab),
+        }
         del theta
     if vocab.vocab_size > model.vocab_size:
-        raise ValueError(f"synpro.grpo.vocabulary: {vocab_spec} has {vocab.vocab_size} tokens but the generator's "
-                         f"vocab_size is {model.vocab_size}")
+        raise ValueError(
+            f"synpro.grpo.vocabulary: {vocab_spec} has {vocab.vocab_size} tokens but the generator's "
+            f"vocab_size is {model.vocab_size}"
+        )
     loaded = load(model, mesh_obj, generator)
-    start_identity = {"path": _canonical_generator(str(generator)), "step": loaded.step,
-                      "weights": weights_identity(loaded.params)}
-    prompt_set = PromptSet(_as_tuple(prompts), vocab, rewards.operation, max_prompt_tokens=algorithm.max_prompt_tokens,
-                           max_source_chars=run.max_source_chars, min_source_chars=run.min_source_chars,
-                           max_documents=run.max_documents, text_field=run.text_field, id_field=run.id_field,
-                           seed=run.seed)
+    start_identity = {
+        "path": _canonical_generator(str(generator)),
+        "step": loaded.step,
+        "weights": weights_identity(loaded.params),
+    }
+    prompt_set = PromptSet(
+        _as_tuple(prompts),
+        vocab,
+        rewards.operation,
+        max_prompt_tokens=algorithm.max_prompt_tokens,
+        max_source_chars=run.max_source_chars,
+        min_source_chars=run.min_source_chars,
+        max_documents=run.max_documents,
+        text_field=run.text_field,
+        id_field=run.id_field,
+        seed=run.seed,
+    )
     if warm_start is not None:
         from synpro_jax.rl.warm_start import run_warm_start
 
         warm_dir = Path(run.out_dir) / "warm_start"
         warm = run_warm_start(
-            warm_start, model, mesh_obj, loaded.params, vocab, warm_dir, operation=rewards.operation,
-            max_prompt_tokens=algorithm.max_prompt_tokens, max_source_chars=run.max_source_chars,
-            eval_prompts=[it.ids for it in prompt_set.items[-warm_start.eval_prompts:]],
-            sampling={"num_generations": algorithm.num_generations, "max_new_tokens": algorithm.max_completion_tokens,
-                      "temperature": algorithm.temperature, "top_p": algorithm.top_p,
-                      "stop_ids": sorted({int(vocab.eos_id), *stop_ids})},
+            warm_start,
+            model,
+            mesh_obj,
+            loaded.params,
+            vocab,
+            warm_dir,
+            operation=rewards.operation,
+            max_prompt_tokens=algorithm.max_prompt_tokens,
+            max_source_chars=run.max_source_chars,
+            eval_prompts=[it.ids for it in prompt_set.items[-warm_start.eval_prompts :]],
+            sampling={
+                "num_generations": algorithm.num_generations,
+                "max_new_tokens": algorithm.max_completion_tokens,
+                "temperature": algorithm.temperature,
+                "top_p": algorithm.top_p,
+                "stop_ids": sorted({int(vocab.eos_id), *stop_ids}),
+            },
             inputs={"generator": start_identity, "vocabulary": vocabulary_fingerprint(vocab_spec, vocab)},
-            progress=run.progress)
+            progress=run.progress,
+        )
         if jax.process_index() == 0:
-            print(f"warm start: {warm['steps']} supervised steps on {warm['rows']} rows; sampled completions with "
-                  f"one heading {warm['after']['format_rate']:.2f}, stopped {warm['after']['stopped']:.2f}")
+            print(
+                f"warm start: {warm['steps']} supervised steps on {warm['rows']} rows; sampled completions with "
+                f"one heading {warm['after']['format_rate']:.2f}, stopped {warm['after']['stopped']:.2f}"
+            )
         del loaded
         loaded = load(model, mesh_obj, warm_dir)
-        extra_fp["warm_start"] = {"config": json.loads(json.dumps(dataclasses.asdict(warm_start), default=str)),
-                                  "weights": weights_identity(loaded.params)}
+        extra_fp["warm_start"] = {
+            "config": json.loads(json.dumps(dataclasses.asdict(warm_start), default=str)),
+            "weights": weights_identity(loaded.params),
+        }
     if "similarity" in rewards.weights and rewards.variant("similarity") == "similarity_local":
         from synpro_jax.rl.rewards.similarity import LMEmbedder
 
         extra_fp["similarity"] = {"max_len": similarity_max_len, "embedder": "the starting generator"}
 
-        runtime["embedder"] = LMEmbedder(model, loaded.params, encoder_for(vocab), mesh=mesh_obj,
-                                         max_len=similarity_max_len, batch_size=similarity_batch_size)
+        runtime["embedder"] = LMEmbedder(
+            model,
+            loaded.params,
+            encoder_for(vocab),
+            mesh=mesh_obj,
+            max_len=similarity_max_len,
+            batch_size=similarity_batch_size,
+        )
     suite = build_suite(rewards, **runtime)
     fingerprint = {
         "generator": start_identity,
         "vocabulary": vocabulary_fingerprint(vocab_spec, vocab),
         "rewards": json.loads(json.dumps(dataclasses.asdict(rewards), default=str)),
-        "prompt_files": files_fingerprint(_as_tuple(prompts)), **extra_fp,
+        "prompt_files": files_fingerprint(_as_tuple(prompts)),
+        **extra_fp,
     }
     files = [vocab_spec] if isinstance(vocab_spec, (str, os.PathLike)) else []  # a Passthrough vocab has no file
-    trainer = GRPOTrainer(model, mesh_obj, loaded.params, vocab, prompt_set, suite, run, algorithm,
-                          stop_ids=stop_ids, fingerprint=fingerprint, vocabulary_files=files)
+    trainer = GRPOTrainer(
+        model,
+        mesh_obj,
+        loaded.params,
+        vocab,
+        prompt_set,
+        suite,
+        run,
+        algorithm,
+        stop_ids=stop_ids,
+        fingerprint=fingerprint,
+        vocabulary_files=files,
+    )
     del loaded
     if jax.process_index() == 0:
         print(model.describe())
-        print(f"mesh {sharding.devices_summary(mesh_obj)} | {run.prompts_per_step} prompts x G="
-              f"{algorithm.num_generations} per step | {len(prompt_set)} prompt documents | rewards "
-              f"{dict(rewards.weights)} | {run.num_steps} steps -> {run.out_dir}")
+        print(
+            f"mesh {sharding.devices_summary(mesh_obj)} | {run.prompts_per_step} prompts x G="
+            f"{algorithm.num_generations} per step | {len(prompt_set)} prompt documents | rewards "
+            f"{dict(rewards.weights)} | {run.num_steps} steps -> {run.out_dir}"
+        )
     # config.gin describes the checkpoints: written only once the trainer has accepted them
     return trainer.run(on_start=lambda: _write_config(run.out_dir))
 
@@ -470,8 +658,10 @@ def find_gin_file(name: str, paths: Sequence[str]) -> Path:
     for candidate in candidates:
         if os.path.isfile(candidate):
             return Path(candidate)
-    raise GinConfigError(f"gin file {name!r} not found in the working directory {os.getcwd()} or the search paths "
-                         f"{list(paths)} (add its folder with --gin_search_paths)")
+    raise GinConfigError(
+        f"gin file {name!r} not found in the working directory {os.getcwd()} or the search paths "
+        f"{list(paths)} (add its folder with --gin_search_paths)"
+    )
 
 
 def _did_you_mean(name: str, known) -> str:
@@ -568,30 +758,37 @@ def _check(file_bindings: list[_Binding], cli: list[_Binding], macros_used: set[
     known |= {f"{sel}.{p}" for sel, params in table.items() for p in params}
     for b in cli:  # a command-line macro that nothing defines or reads is a typo of a real one
         if not b.param and b.name not in file_macros and b.name not in macros_used:
-            raise GinConfigError(f"{b.where}: no gin file defines or uses a macro {b.name}"
-                                 f"{_did_you_mean(b.name, known)}")
+            raise GinConfigError(
+                f"{b.where}: no gin file defines or uses a macro {b.name}{_did_you_mean(b.name, known)}"
+            )
     for b in file_bindings + cli:
         if not b.param:
             continue
         matches = [sel for sel in table if sel == b.selector or sel.endswith("." + b.selector)]
         if not matches and b.selector.startswith("synpro."):
-            raise GinConfigError(f"{b.where}: there is no configurable {b.selector}"
-                                 f"{_did_you_mean(b.selector, table) or '; known: ' + ', '.join(sorted(table))}")
+            raise GinConfigError(
+                f"{b.where}: there is no configurable {b.selector}"
+                f"{_did_you_mean(b.selector, table) or '; known: ' + ', '.join(sorted(table))}"
+            )
         if len(matches) == 1 and b.param not in table[matches[0]]:
             params = table[matches[0]]
-            raise GinConfigError(f"{b.where}: {matches[0]} has no parameter {b.param!r}"
-                                 f"{_did_you_mean(b.param, params) or '; its parameters: ' + ', '.join(params)}")
+            raise GinConfigError(
+                f"{b.where}: {matches[0]} has no parameter {b.param!r}"
+                f"{_did_you_mean(b.param, params) or '; its parameters: ' + ', '.join(params)}"
+            )
     final = {}
     for b in file_bindings + cli:  # later bindings override earlier ones, as in gin
         final[(b.name, b.param)] = b.value
     missing = [name for (name, param), value in final.items() if not param and repr(value) == "%gin.REQUIRED"]
     if missing:
-        raise GinConfigError(f"gin macros {missing} are REQUIRED: set them in an experiment file or with "
-                             f"--gin.{missing[0]}=VALUE")
+        raise GinConfigError(
+            f"gin macros {missing} are REQUIRED: set them in an experiment file or with --gin.{missing[0]}=VALUE"
+        )
     unset = [f"{name}.{param}" for (name, param), value in final.items() if param and repr(value) == "%gin.REQUIRED"]
     if unset:
-        raise GinConfigError(f"gin bindings {unset} are REQUIRED: set them in an experiment file or with "
-                             f"--gin.{unset[0]}=VALUE")
+        raise GinConfigError(
+            f"gin bindings {unset} are REQUIRED: set them in an experiment file or with --gin.{unset[0]}=VALUE"
+        )
 
 
 class _QuietGinSearch(logging.Filter):
@@ -599,8 +796,10 @@ class _QuietGinSearch(logging.Filter):
     file; a file that is truly missing raises instead, so these records say nothing."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.pathname.endswith(os.path.join("gin", "resource_reader.py"))
-                    and record.getMessage().startswith("Path not found"))
+        return not (
+            record.pathname.endswith(os.path.join("gin", "resource_reader.py"))
+            and record.getMessage().startswith("Path not found")
+        )
 
 
 _SEARCH_PATHS_ADDED: set[str] = set()
@@ -622,5 +821,6 @@ def parse(gin_files: Sequence[str], bindings: Sequence[str], gin_search_paths: S
             gin.add_config_file_search_path(path)
             _SEARCH_PATHS_ADDED.add(path)
     gin.clear_config()
-    gin.parse_config_files_and_bindings([str(find_gin_file(f, paths)) for f in gin_files], list(bindings),
-                                        finalize_config=False)
+    gin.parse_config_files_and_bindings(
+        [str(find_gin_file(f, paths)) for f in gin_files], list(bindings), finalize_config=False
+    )

@@ -34,11 +34,13 @@ class DistributedConfig:
     local_device_ids: tuple[int, ...] | None = None
 
     @classmethod
-    def from_env(cls, **flags) -> "DistributedConfig":
+    def from_env(cls, **flags) -> DistributedConfig:
         """Flags win; JAX's environment variables fill what they leave unset."""
-        env = {"coordinator_address": os.environ.get("JAX_COORDINATOR_ADDRESS"),
-               "num_processes": os.environ.get("JAX_NUM_PROCESSES"),
-               "process_id": os.environ.get("JAX_PROCESS_ID")}
+        env = {
+            "coordinator_address": os.environ.get("JAX_COORDINATOR_ADDRESS"),
+            "num_processes": os.environ.get("JAX_NUM_PROCESSES"),
+            "process_id": os.environ.get("JAX_PROCESS_ID"),
+        }
         merged = {k: flags.get(k) if flags.get(k) is not None else v for k, v in env.items()}
         for key in ("num_processes", "process_id"):
             if merged[key] is not None:
@@ -55,8 +57,10 @@ class DistributedConfig:
     def check(self) -> None:
         missing = [k for k in ("coordinator_address", "num_processes", "process_id") if getattr(self, k) is None]
         if self.explicit and missing:
-            raise ValueError(f"multi-process JAX needs --coordinator_address, --num_processes and --process_id "
-                             f"together; missing {', '.join('--' + m for m in missing)}")
+            raise ValueError(
+                f"multi-process JAX needs --coordinator_address, --num_processes and --process_id "
+                f"together; missing {', '.join('--' + m for m in missing)}"
+            )
         if self.explicit and not 0 <= self.process_id < self.num_processes:
             raise ValueError(f"--process_id={self.process_id}: must be in [0, --num_processes={self.num_processes})")
 
@@ -122,9 +126,11 @@ def tpu_cluster() -> tuple[str, int] | None:
         tpu_env = "" if "MEGASCALE_NUM_SLICES" in os.environ else gce_metadata("tpu-env") or ""
     except MetadataUnavailable as e:
         # Guessing "one host" here would run every host of a slice as its own job, writing over each other.
-        raise ValueError(f"this VM has TPU chips but its GCE metadata server did not answer ({e}), so whether it is "
-                         "one host of a slice is unknown: set TPU_SKIP_MDS_QUERY=1 to run it as one host, or pass "
-                         "--coordinator_address, --num_processes and --process_id") from None
+        raise ValueError(
+            f"this VM has TPU chips but its GCE metadata server did not answer ({e}), so whether it is "
+            "one host of a slice is unknown: set TPU_SKIP_MDS_QUERY=1 to run it as one host, or pass "
+            "--coordinator_address, --num_processes and --process_id"
+        ) from None
     if endpoints is None:
         return None
     if tpu_env:
@@ -147,15 +153,23 @@ def initialize(config: DistributedConfig | None = None) -> bool:
     config = config or DistributedConfig.from_env()
     config.check()
     if config.explicit:
-        jax.distributed.initialize(config.coordinator_address, num_processes=config.num_processes,
-                                   process_id=config.process_id,
-                                   local_device_ids=list(config.local_device_ids) if config.local_device_ids else None)
+        jax.distributed.initialize(
+            config.coordinator_address,
+            num_processes=config.num_processes,
+            process_id=config.process_id,
+            local_device_ids=list(config.local_device_ids) if config.local_device_ids else None,
+        )
     elif on_multihost_tpu():
         jax.distributed.initialize()  # JAX's cluster detection finds the coordinator and this host's id
     else:
         return False
-    log.info("jax.distributed: process %d of %d, %d local of %d devices", jax.process_index(), jax.process_count(),
-             jax.local_device_count(), jax.device_count())
+    log.info(
+        "jax.distributed: process %d of %d, %d local of %d devices",
+        jax.process_index(),
+        jax.process_count(),
+        jax.local_device_count(),
+        jax.device_count(),
+    )
     return True
 
 
@@ -170,8 +184,10 @@ def agree(value: str, what: str) -> None:
     digests = np.asarray(multihost_utils.process_allgather(digest)).reshape(-1)
     if len(set(digests.tolist())) > 1:
         differ = [i for i, d in enumerate(digests.tolist()) if d != digests[0]]
-        raise ValueError(f"hosts disagree on {what}: process {jax.process_index()} has {value!r}; processes "
-                         f"{differ} differ from process 0. Launch every host with the same configuration.")
+        raise ValueError(
+            f"hosts disagree on {what}: process {jax.process_index()} has {value!r}; processes "
+            f"{differ} differ from process 0. Launch every host with the same configuration."
+        )
 
 
 def host_of(key: str, num_processes: int | None = None) -> int:
@@ -221,7 +237,7 @@ class Preemption:
         the sync service)."""
         self._flag.set()
 
-    def __enter__(self) -> "Preemption":
+    def __enter__(self) -> Preemption:
         if not self._sync and threading.current_thread() is threading.main_thread():
             self._previous = signal.getsignal(signal.SIGTERM)
             signal.signal(signal.SIGTERM, lambda *_: self._flag.set())

@@ -12,15 +12,16 @@ propagates the rest. :func:`make_mesh` always asks for Auto; ``tests/test_shardi
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Sequence
 import contextlib
 import dataclasses
 import logging
 import math
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import jax
-import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+import numpy as np
 
 MESH_AXES: tuple[str, ...] = ("data", "fsdp", "tensor")
 log = logging.getLogger(__name__)
@@ -174,9 +175,16 @@ def tree_shardings(logical_axes: Any, abstract: Any, mesh: Mesh, rules: Rules = 
             key = (jax.tree_util.keystr(path), dim, axis, tuple(mesh.shape.items()), leaf.shape)
             if key not in _warned:
                 _warned.add(key)
-                log.warning("sharding: %s has shape %s; dimension %d (%s) is not divisible by %d shards, so it is "
-                            "replicated over mesh axis %r instead", key[0], tuple(leaf.shape), dim, names[dim],
-                            shards, axis)
+                log.warning(
+                    "sharding: %s has shape %s; dimension %d (%s) is not divisible by %d shards, so it is "
+                    "replicated over mesh axis %r instead",
+                    key[0],
+                    tuple(leaf.shape),
+                    dim,
+                    names[dim],
+                    shards,
+                    axis,
+                )
 
         return NamedSharding(mesh, logical_to_spec(names, rules, shape=leaf.shape, mesh=mesh, on_drop=warn))
 

@@ -14,9 +14,10 @@ Lines before any header, or under ``grid:``, are grid axes; each ``zip:`` header
 one length. Points are the product of the axes. Every point is parsed, its configs constructed and its trainer's
 own checks run (model against sequence length, batch against the mesh of the devices it will run on; nothing is
 allocated or compiled) before the first one runs, so one bad binding fails the whole sweep up front.
-``OUT/sweep.json`` lists every point with its status; a rerun skips done points and resumes a preempted one. Each point runs as its own ``synpro
-COMMAND`` process (fresh JAX state, the same command a TPU launcher runs on a slice) in ``OUT/<point>/``, with
-``point.gin`` (the experiment's files and the point's bindings, enough to rerun it alone).
+``OUT/sweep.json`` lists every point with its status; a rerun skips done points and resumes a preempted one. Each
+point runs as its own ``synpro COMMAND`` process (fresh JAX state, the same command a TPU launcher runs on a
+slice) in ``OUT/<point>/``, with ``point.gin`` (the experiment's files and the point's bindings, enough to rerun
+it alone).
 
 ``Sweep.launch`` hands the points to Cloud TPU instead: one slice each, made by the tpu/ scripts' functions (create,
 install, launch: one cycle of tpu/babysit.py, which can then keep the point running through preemptions).
@@ -25,6 +26,7 @@ install, launch: one cycle of tpu/babysit.py, which can then keep the point runn
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 import contextlib
 import dataclasses
 import inspect
@@ -33,13 +35,12 @@ import json
 import logging
 import math
 import os
+from pathlib import Path
 import re
 import shlex
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
-from pathlib import Path
 
 from etils import epath
 
@@ -189,13 +190,19 @@ def expand(axes: Sequence[Axis]) -> list[Point]:
     return points
 
 
-def check_point(command: str, gin_files: Sequence[str], bindings: Sequence[str],
-                search_paths: Sequence[str] = (), devices: int | None = None) -> None:
+def check_point(
+    command: str,
+    gin_files: Sequence[str],
+    bindings: Sequence[str],
+    search_paths: Sequence[str] = (),
+    devices: int | None = None,
+) -> None:
     """Parse the point's configuration and construct everything its command's entry point is bound to, so a
     bad binding (unknown knob, invalid value, missing REQUIRED) fails here; with ``devices`` (how many the point
     will run on), also the checks its trainer makes before it builds anything (:func:`run_checks`). Leaves gin
     cleared."""
     import gin
+
     from synpro_jax import configs
 
     entry = COMMANDS[command][0]
@@ -260,8 +267,13 @@ def slice_devices(accelerator_type: str) -> int:
 def local_devices() -> int:
     """How many devices a point run here sees, asked of a fresh process as the points are: JAX started in this
     one would hold a TPU its points need."""
-    result = subprocess.run([sys.executable, "-c", "import jax; print(jax.device_count())"], check=False,
-                            capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [sys.executable, "-c", "import jax; print(jax.device_count())"],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     if result.returncode:
         tail = (result.stderr.strip().splitlines() or ["(no output)"])[-1]
         raise SweepError(f"synpro sweep: JAX could not list this machine's devices: {tail}")
@@ -305,8 +317,9 @@ class Sweep:
     def bindings(self, point: Point) -> list[str]:
         return list(self.extra) + point.gin_lines() + [f"{self.dir_macro} = {json.dumps(str(self.point_dir(point)))}"]
 
-    def argv(self, point: Point, gin_files: Sequence[str] | None = None,
-             search_paths: Sequence[str] | None = None) -> list[str]:
+    def argv(
+        self, point: Point, gin_files: Sequence[str] | None = None, search_paths: Sequence[str] | None = None
+    ) -> list[str]:
         """The point's command line (what runs locally, or on a TPU slice, with the files as its workers see them)."""
         argv = ["synpro", self.command]
         argv += [f"--gin_file={f}" for f in (self.gin_files if gin_files is None else gin_files)]
@@ -316,21 +329,29 @@ class Sweep:
 
     # --- the manifest -------------------------------------------------------------------------------------
     def definition(self) -> dict:
-        return {"command": self.command, "gin_files": list(self.gin_files), "extra": list(self.extra),
-                "axes": [{"bindings": list(a.bindings), "values": [list(v) for v in a.values]} for a in self.axes]}
+        return {
+            "command": self.command,
+            "gin_files": list(self.gin_files),
+            "extra": list(self.extra),
+            "axes": [{"bindings": list(a.bindings), "values": [list(v) for v in a.values]} for a in self.axes],
+        }
 
     def load_manifest(self) -> dict:
         path = self.root / MANIFEST
-        fresh = {**self.definition(), "points": [
-            {"name": p.name, "bindings": dict(p.bindings), "status": "pending"} for p in self.points]}
+        fresh = {
+            **self.definition(),
+            "points": [{"name": p.name, "bindings": dict(p.bindings), "status": "pending"} for p in self.points],
+        }
         if not path.exists():
             return fresh
         old = json.loads(path.read_text())
         mine = self.definition()
         changed = [k for k in mine if old.get(k) != mine[k]]
         if changed:
-            raise SweepError(f"{path} holds another sweep (its {', '.join(changed)} differ); rerun it as it was, "
-                             f"or give this sweep another --out")
+            raise SweepError(
+                f"{path} holds another sweep (its {', '.join(changed)} differ); rerun it as it was, "
+                f"or give this sweep another --out"
+            )
         return old
 
     def save_manifest(self, manifest: dict) -> None:
@@ -345,8 +366,9 @@ class Sweep:
             try:
                 check_point(self.command, self.gin_files, self.bindings(point), self.search_paths, devices)
             except Exception as e:  # noqa: BLE001 - reported with the point's name, then raised as one error
-                raise SweepError(f"sweep point {point.name} ({', '.join(point.gin_lines())}): "
-                                 f"{' '.join(str(e).split())}") from e
+                raise SweepError(
+                    f"sweep point {point.name} ({', '.join(point.gin_lines())}): {' '.join(str(e).split())}"
+                ) from e
 
     def launch(self, tpu: TpuLauncher, dry_run: bool = False, stream=None, runner=None) -> dict:
         """Launch each point not done (nor already launched) on its own TPU slice: the tpu/ scripts' create,
@@ -380,11 +402,19 @@ class Sweep:
             atomic.write_text(directory / "point.gin", self.point_gin(point))
             start = time.perf_counter()
             code = subprocess.call([sys.executable, "-m", "synpro_jax.cli", *self.argv(point)[1:]])
-            entry.update(launcher="local", exit_code=code, seconds=round(time.perf_counter() - start, 1),
-                         status="done" if code == 0 else "preempted" if code == EXIT_PREEMPTED else "failed")
+            entry.update(
+                launcher="local",
+                exit_code=code,
+                seconds=round(time.perf_counter() - start, 1),
+                status="done" if code == 0 else "preempted" if code == EXIT_PREEMPTED else "failed",
+            )
             self.save_manifest(manifest)
-            print(f"[sweep {n}/{len(self.points)}] {point.name}: {entry['status']} in {entry['seconds']:,.1f}s"
-                  + ("" if code == 0 else f" (exit {code})"), file=stream, flush=True)
+            print(
+                f"[sweep {n}/{len(self.points)}] {point.name}: {entry['status']} in {entry['seconds']:,.1f}s"
+                + ("" if code == 0 else f" (exit {code})"),
+                file=stream,
+                flush=True,
+            )
             if code == EXIT_PREEMPTED:  # the machine is going away: stop here, rerun to resume
                 break
         self.save_manifest(manifest)  # launched points found finished by _skip
@@ -408,14 +438,20 @@ class Sweep:
             print(f"{tag} {point.name}: done, skipping", file=stream, flush=True)
             return True
         if entry["status"] == "launched":
-            print(f"{tag} {point.name}: launched on slice {entry.get('slice')}, not done yet; skipping (babysit it: "
-                  f"{entry.get('babysit')})", file=stream, flush=True)
+            print(
+                f"{tag} {point.name}: launched on slice {entry.get('slice')}, not done yet; skipping (babysit it: "
+                f"{entry.get('babysit')})",
+                file=stream,
+                flush=True,
+            )
             return True
         return False
 
     def point_gin(self, point: Point) -> str:
-        lines = [f"# sweep point {point.name} of {self.root / MANIFEST}",
-                 f"#   synpro {self.command} --gin_file={self.point_dir(point) / 'point.gin'}"]
+        lines = [
+            f"# sweep point {point.name} of {self.root / MANIFEST}",
+            f"#   synpro {self.command} --gin_file={self.point_dir(point) / 'point.gin'}",
+        ]
         lines += [f"include {json.dumps(f)}" for f in self.gin_files]
         lines += self.bindings(point)
         return "\n".join(lines) + "\n"
@@ -428,8 +464,10 @@ TPU_DIR = Path(__file__).resolve().parents[1] / "tpu"  # the checkout's launch s
 def tpu_scripts():
     """(gcloud, babysit): tpu/gcloud.py and tpu/babysit.py, imported as the scripts import each other."""
     if not (TPU_DIR / "babysit.py").is_file():
-        raise SweepError(f"synpro sweep --launcher=tpu: needs the tpu/ scripts of a synpro_jax checkout (pip install "
-                         f"-e CHECKOUT); there are none at {TPU_DIR}")
+        raise SweepError(
+            f"synpro sweep --launcher=tpu: needs the tpu/ scripts of a synpro_jax checkout (pip install "
+            f"-e CHECKOUT); there are none at {TPU_DIR}"
+        )
     if str(TPU_DIR) not in sys.path:
         sys.path.insert(0, str(TPU_DIR))
     import babysit
@@ -470,22 +508,34 @@ class TpuLauncher:
         """The point's slice as the tpu/ scripts' parsed flags (what gcloud.check and babysit.Babysitter take)."""
         name = self.slice_name(point)
         return argparse.Namespace(
-            name=name, zone=self.zone, project=self.project, accelerator_type=self.accelerator_type,
-            version=self.version, **{kind: self.provisioning == kind for kind in ("spot", "preemptible", "reserved")},
-            repo=self.repo, ref=self.ref, scp_from=self.scp_from, run_name=name)
+            name=name,
+            zone=self.zone,
+            project=self.project,
+            accelerator_type=self.accelerator_type,
+            version=self.version,
+            **{kind: self.provisioning == kind for kind in ("spot", "preemptible", "reserved")},
+            repo=self.repo,
+            ref=self.ref,
+            scp_from=self.scp_from,
+            run_name=name,
+        )
 
     def check(self, points: Sequence[Point], gcloud) -> None:
         """Bad flags fail here, naming the flag, before any point is checked or command printed."""
-        for flag, value, example in (("--tpu_prefix", self.tpu_prefix, "e.g. lr-sweep"),
-                                     ("--zone", self.zone, "e.g. us-west4-a for v5e, us-central2-b for v4"),
-                                     ("--accelerator_type", self.accelerator_type, "e.g. v5litepod-8 or v4-32")):
+        for flag, value, example in (
+            ("--tpu_prefix", self.tpu_prefix, "e.g. lr-sweep"),
+            ("--zone", self.zone, "e.g. us-west4-a for v5e, us-central2-b for v4"),
+            ("--accelerator_type", self.accelerator_type, "e.g. v5litepod-8 or v4-32"),
+        ):
             if not value:
                 raise SweepError(f"synpro sweep --launcher=tpu needs {flag} ({example})")
         width = len(str(len(points) - 1))
         if not gcloud.NAME_RE.match(self.tpu_prefix) or len(self.tpu_prefix) > 62 - width:
-            raise SweepError(f"synpro sweep --tpu_prefix: {self.tpu_prefix!r} must be lowercase letters, digits and "
-                             f"hyphens, start with a letter, not end with a hyphen, and be at most {62 - width} "
-                             f"characters (slices are PREFIX-<point>, at most 63)")
+            raise SweepError(
+                f"synpro sweep --tpu_prefix: {self.tpu_prefix!r} must be lowercase letters, digits and "
+                f"hyphens, start with a letter, not end with a hyphen, and be at most {62 - width} "
+                f"characters (slices are PREFIX-<point>, at most 63)"
+            )
         if self.provisioning not in (None, "spot", "preemptible", "reserved"):
             raise SweepError(f"synpro sweep: unknown provisioning {self.provisioning!r}")
         names = [self.slice_name(p) for p in points]
@@ -501,8 +551,10 @@ def _in_checkout(path: str | os.PathLike, flag: str) -> str:
     try:
         return str(Path(path).resolve().relative_to(root))
     except ValueError:
-        raise SweepError(f"synpro sweep {flag}: {path} is outside the synpro_jax checkout {root}, so the TPU workers "
-                         "will not have it (they get the checkout: tpu/install.py); move it under the checkout") from None
+        raise SweepError(
+            f"synpro sweep {flag}: {path} is outside the synpro_jax checkout {root}, so the TPU workers "
+            "will not have it (they get the checkout: tpu/install.py); move it under the checkout"
+        ) from None
 
 
 def _launch(sweep: Sweep, tpu: TpuLauncher, dry_run: bool = False, stream=None, runner=None) -> dict:
@@ -511,9 +563,11 @@ def _launch(sweep: Sweep, tpu: TpuLauncher, dry_run: bool = False, stream=None, 
     runner = runner or gcloud.run
     tpu.check(sweep.points, gcloud)
     if not atomic.is_remote(sweep.root):
-        raise SweepError(f"synpro sweep --launcher=tpu --out={sweep.out_dir}: the out directory must be one that every "
-                         "worker and this machine share, such as gs://BUCKET/sweeps/NAME (the points' runs go there, "
-                         "and sweep.json here sees them finish)")
+        raise SweepError(
+            f"synpro sweep --launcher=tpu --out={sweep.out_dir}: the out directory must be one that every "
+            "worker and this machine share, such as gs://BUCKET/sweeps/NAME (the points' runs go there, "
+            "and sweep.json here sees them finish)"
+        )
     try:
         manifest = sweep.load_manifest()
     except SweepError:
@@ -522,14 +576,18 @@ def _launch(sweep: Sweep, tpu: TpuLauncher, dry_run: bool = False, stream=None, 
         if not dry_run:
             raise
         manifest = {"points": [{"name": p.name, "status": "pending"} for p in sweep.points]}
-        print(f"# could not read {sweep.root / MANIFEST} ({' '.join(str(e).split())[:200]}); showing every point",
-              file=stream)
+        print(
+            f"# could not read {sweep.root / MANIFEST} ({' '.join(str(e).split())[:200]}); showing every point",
+            file=stream,
+        )
     sweep.check(slice_devices(tpu.accelerator_type))
     from synpro_jax import configs
 
     search = tuple(_in_checkout(p, "--gin_search_paths") for p in configs.search_paths(sweep.search_paths)[:-1])
-    files = tuple(_in_checkout(configs.find_gin_file(f, configs.search_paths(sweep.search_paths)), "--gin_file")
-                  for f in sweep.gin_files)
+    files = tuple(
+        _in_checkout(configs.find_gin_file(f, configs.search_paths(sweep.search_paths)), "--gin_file")
+        for f in sweep.gin_files
+    )
     script = os.path.relpath(TPU_DIR / "babysit.py")
     script = script if not script.startswith("..") else str(TPU_DIR / "babysit.py")
     entries = {e["name"]: e for e in manifest["points"]}
@@ -559,8 +617,14 @@ def _launch(sweep: Sweep, tpu: TpuLauncher, dry_run: bool = False, stream=None, 
         directory = sweep.point_dir(point)
         directory.mkdir(parents=True, exist_ok=True)
         atomic.write_text(directory / "point.gin", sweep.point_gin(point))
-        entry.update(launcher="tpu", slice=args.name, zone=tpu.zone, project=tpu.project,
-                     accelerator_type=tpu.accelerator_type, babysit=babysit_line)
+        entry.update(
+            launcher="tpu",
+            slice=args.name,
+            zone=tpu.zone,
+            project=tpu.project,
+            accelerator_type=tpu.accelerator_type,
+            babysit=babysit_line,
+        )
         code = gcloud.run_all(create, dry_run=False, runner=runner)
         if code == 0:
             entry["created"] = True
@@ -569,18 +633,27 @@ def _launch(sweep: Sweep, tpu: TpuLauncher, dry_run: bool = False, stream=None, 
         sweep.save_manifest(manifest)
         if code:
             step = "create" if not entry.get("created") else "install or launch"
-            print(f"{tag} {point.name}: {step} failed (exit {code}); stopping here. Rerun to retry"
-                  + (f" (slice {args.name} is kept; the rerun does not create it again)" if entry.get("created")
-                     else ""), file=stream, flush=True)
+            print(
+                f"{tag} {point.name}: {step} failed (exit {code}); stopping here. Rerun to retry"
+                + (f" (slice {args.name} is kept; the rerun does not create it again)" if entry.get("created") else ""),
+                file=stream,
+                flush=True,
+            )
             break
         launched.append(babysit_line)
-        print(f"{tag} {point.name}: launched; its log is ~/{gcloud.LOG_DIR}/{args.name}.log on every worker",
-              file=stream, flush=True)
+        print(
+            f"{tag} {point.name}: launched; its log is ~/{gcloud.LOG_DIR}/{args.name}.log on every worker",
+            file=stream,
+            flush=True,
+        )
     if not dry_run:
         sweep.save_manifest(manifest)  # launched points found finished by _skip
     if launched:
-        print("# Spot or preemptible slices: keep each point running through preemptions with its babysitter "
-              "(one per slice, e.g. in tmux):", file=stream)
+        print(
+            "# Spot or preemptible slices: keep each point running through preemptions with its babysitter "
+            "(one per slice, e.g. in tmux):",
+            file=stream,
+        )
         for line in launched:
             print(line, file=stream)
     return manifest

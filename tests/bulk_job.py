@@ -6,9 +6,9 @@ test_two_processes.py; process 1 can SIGKILL itself before its (N+1)-th batch (s
 
 import json
 import os
+from pathlib import Path
 import signal
 import sys
-from pathlib import Path
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
@@ -33,9 +33,12 @@ def make_workspace(root: Path) -> Path:
     cfg = models.get_preset("tiny", vocab_size=320).replace(max_seq_len=1024)
     hf.save(cfg, jax.device_get(models.init_params(cfg, jax.random.key(0))), root / "model")
     (root / "organic.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in text[:DOCUMENTS]))
-    (root / "ref.jsonl").write_text("".join(
-        json.dumps({"prompt": f"what is {WORDS[i % 12]}?", "completion": WORDS[(i + 1) % 12]}) + "\n"
-        for i in range(16)))
+    (root / "ref.jsonl").write_text(
+        "".join(
+            json.dumps({"prompt": f"what is {WORDS[i % 12]}?", "completion": WORDS[(i + 1) % 12]}) + "\n"
+            for i in range(16)
+        )
+    )
     return root
 
 
@@ -66,19 +69,33 @@ def main(kind: str, workspace: str, out: str, kill_after: str) -> None:
         from synpro_jax.generation.synthesize import SynthesisConfig, Synthesizer
 
         die_after(Synthesizer, "_generate", int(kill_after))
-        settings = SynthesisConfig(operation="rephrase", max_prompt_tokens=720, max_new_tokens=8, batch_size=2,
-                                   keep_unparsed=True)
-        configs.synthesize(generator=str(ws / "model"), shards=[str(ws / "organic.jsonl")], out_dir=out,
-                           settings=settings, vocabulary=str(ws / "sp.model"), progress=False)
+        settings = SynthesisConfig(
+            operation="rephrase", max_prompt_tokens=720, max_new_tokens=8, batch_size=2, keep_unparsed=True
+        )
+        configs.synthesize(
+            generator=str(ws / "model"),
+            shards=[str(ws / "organic.jsonl")],
+            out_dir=out,
+            settings=settings,
+            vocabulary=str(ws / "sp.model"),
+            progress=False,
+        )
     elif kind == "probe":
         from synpro_jax.influence.probe import Probe, ProbeConfig
 
         die_after(Probe, "score_docs", int(kill_after))
-        configs.probe(model=hf.read_config(ws / "model"), checkpoint=str(ws / "model"),
-                      vocabulary=str(ws / "sp.model"), reference=[str(ws / "ref.jsonl")],
-                      corpus=[str(ws / "organic.jsonl")], out_dir=out,
-                      settings=ProbeConfig(steps=2, batch_size=8, seq_len=32), max_len=32, batch_size=4,
-                      chunk_docs=3)
+        configs.probe(
+            model=hf.read_config(ws / "model"),
+            checkpoint=str(ws / "model"),
+            vocabulary=str(ws / "sp.model"),
+            reference=[str(ws / "ref.jsonl")],
+            corpus=[str(ws / "organic.jsonl")],
+            out_dir=out,
+            settings=ProbeConfig(steps=2, batch_size=8, seq_len=32),
+            max_len=32,
+            batch_size=4,
+            chunk_docs=3,
+        )
     else:
         raise SystemExit(f"unknown job {kind!r}")
 

@@ -64,9 +64,27 @@ class GCSEmulator:
         with warnings.catch_warnings():  # JAX warns of any fork; the child runs one C call, then execs
             warnings.simplefilter("ignore", RuntimeWarning)
             self.proc = subprocess.Popen(
-                [exe, "-scheme", "http", "-host", "127.0.0.1", "-port", str(self.port), "-external-url", self.url,
-                 "-backend", "filesystem", "-filesystem-root", os.path.join(self.root, "data"), "-log-level", "error"],
-                stdout=self._log, stderr=subprocess.STDOUT, preexec_fn=_death_signal())
+                [
+                    exe,
+                    "-scheme",
+                    "http",
+                    "-host",
+                    "127.0.0.1",
+                    "-port",
+                    str(self.port),
+                    "-external-url",
+                    self.url,
+                    "-backend",
+                    "filesystem",
+                    "-filesystem-root",
+                    os.path.join(self.root, "data"),
+                    "-log-level",
+                    "error",
+                ],
+                stdout=self._log,
+                stderr=subprocess.STDOUT,
+                preexec_fn=_death_signal(),
+            )
         deadline = time.monotonic() + 30
         while True:
             try:
@@ -112,9 +130,12 @@ class GCSEmulator:
             clear_client_caches()  # nothing later reaches the emulator through a cached client
 
     def create_bucket(self, name: str) -> str:
-        req = urllib.request.Request(f"{self.url}/storage/v1/b?project=test", method="POST",
-                                     data=json.dumps({"name": name}).encode(),
-                                     headers={"Content-Type": "application/json"})
+        req = urllib.request.Request(
+            f"{self.url}/storage/v1/b?project=test",
+            method="POST",
+            data=json.dumps({"name": name}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
         urllib.request.urlopen(req, timeout=10).read()
         return f"gs://{name}"
 
@@ -144,8 +165,8 @@ class GCSEmulator:
 
 def clear_client_caches() -> None:
     """Forget the GCS clients this process made, so the next one reads the current environment."""
-    import gcsfs
     from etils.epath import backend
+    import gcsfs
 
     backend.fsspec_backend._get_filesystem.cache_clear()
     gcsfs.GCSFileSystem.clear_instance_cache()

@@ -3,14 +3,13 @@ scoring, each host on its own share of the documents, killed on one host and res
 exactly once and the other host's finished work untouched."""
 
 import json
+from pathlib import Path
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
-
 from test_two_processes import env, free_port, wait_all
 
 pytestmark = pytest.mark.slow
@@ -32,8 +31,14 @@ def launch_bulk(kind: str, workspace: Path, out: Path, kill_after: int, logs: Pa
     for i in range(2):
         e = dict(env(4), JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(i))
         with open(logs / f"{kind}-p{i}.log", "ab") as fh:
-            procs.append(subprocess.Popen([sys.executable, str(BULK_JOB), kind, str(workspace), str(out),
-                                           str(kill_after)], stdout=fh, stderr=subprocess.STDOUT, env=e))
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, str(BULK_JOB), kind, str(workspace), str(out), str(kill_after)],
+                    stdout=fh,
+                    stderr=subprocess.STDOUT,
+                    env=e,
+                )
+            )
     return procs
 
 
@@ -80,8 +85,8 @@ def test_synthesis_killed_on_one_host_ends_with_every_document_once(bulk_workspa
 
 
 def test_corpus_scoring_killed_on_one_host_ends_with_every_document_once(bulk_workspace, tmp_path):
-    import numpy as np
     from bulk_job import DOCUMENTS
+    import numpy as np
 
     from synpro_jax.distributed import host_of
 

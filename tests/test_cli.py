@@ -1,12 +1,12 @@
 """The `synpro` command line, run as a real subprocess as a user would."""
 
+from importlib.metadata import version
 import json
 import os
+from pathlib import Path
 import subprocess
 import sys
 import zipfile
-from importlib.metadata import version
-from pathlib import Path
 
 import pytest
 
@@ -17,8 +17,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 def synpro(*args, cwd=REPO, env=None):
     env = env or {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
-    return subprocess.run([sys.executable, "-m", "synpro_jax.cli", *args], capture_output=True, text=True,
-                          env=env, cwd=cwd, timeout=900)
+    return subprocess.run(
+        [sys.executable, "-m", "synpro_jax.cli", *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=900
+    )
 
 
 def a_new_users_env() -> dict:
@@ -53,29 +54,43 @@ def test_a_new_users_first_run_from_any_directory_prints_no_errors(tmp_path):
 def test_a_wheel_ships_the_gin_files(tmp_path):
     """A regular (non-editable) install carries gin/ as synpro_jax/gin, and includes resolve inside it."""
     src = tmp_path / "src"
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True,
-                           text=True, check=True).stdout.split()
+    files = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout.split()
     for name in files:
         if (REPO / name).is_file():
             (src / name).parent.mkdir(parents=True, exist_ok=True)
             (src / name).write_bytes((REPO / name).read_bytes())
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
-    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path / "dist"), str(src)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path / "dist"), str(src)],
+        check=True,
+        capture_output=True,
+    )
     (wheel,) = (tmp_path / "dist").glob("synpro_jax-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    assert {"synpro_jax/gin/experiments/markov_tiny.gin", "synpro_jax/gin/models/tiny.gin",
-            "synpro_jax/gin/runs/pretrain.gin"} <= set(names)
+    assert {
+        "synpro_jax/gin/experiments/markov_tiny.gin",
+        "synpro_jax/gin/models/tiny.gin",
+        "synpro_jax/gin/runs/pretrain.gin",
+    } <= set(names)
     site = tmp_path / "site"
-    subprocess.run([*pip, "install", "--no-deps", "--target", str(site), str(wheel)], check=True,
-                   capture_output=True)
+    subprocess.run([*pip, "install", "--no-deps", "--target", str(site), str(wheel)], check=True, capture_output=True)
     (tmp_path / "cwd").mkdir()
-    check = ("import gin, synpro_jax; from synpro_jax import configs\n"
-             f"assert synpro_jax.__file__.startswith({str(site)!r}), synpro_jax.__file__\n"
-             "configs.parse(['gin/experiments/markov_tiny.gin'], ['NUM_STEPS=2'])\n"
-             "print(gin.get_bindings('synpro.preset')['name'], configs.gin_search_root())\n")
-    out = subprocess.run([sys.executable, "-c", check], cwd=tmp_path / "cwd", capture_output=True, text=True,
-                         env={**os.environ, "PYTHONPATH": str(site)}, timeout=300)
+    check = (
+        "import gin, synpro_jax; from synpro_jax import configs\n"
+        f"assert synpro_jax.__file__.startswith({str(site)!r}), synpro_jax.__file__\n"
+        "configs.parse(['gin/experiments/markov_tiny.gin'], ['NUM_STEPS=2'])\n"
+        "print(gin.get_bindings('synpro.preset')['name'], configs.gin_search_root())\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", check],
+        cwd=tmp_path / "cwd",
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(site)},
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.split() == ["tiny", str(site / "synpro_jax")]
 
@@ -89,11 +104,21 @@ def test_presets_lists_parameter_counts():
 @pytest.mark.slow
 def test_default_experiment_trains_sharded_and_resumes(tmp_path):
     run = tmp_path / "run"
-    flags = [f"--gin.OUT_DIR='{run}'", "--gin.NUM_STEPS=40", "--gin.GLOBAL_BATCH=8", "--gin.SEQ_LEN=32",
-             "--gin.synpro.MeshConfig.data=2", "--gin.synpro.MeshConfig.fsdp=2", "--gin.synpro.MeshConfig.tensor=2",
-             "--gin.synpro.TrainerConfig.eval_every=20", "--gin.synpro.TrainerConfig.log_every=10",
-             "--gin.LEARNING_RATE=1e-2", "--gin.WARMUP_STEPS=4", f"--gin.synpro.DataConfig.cache_dir='{tmp_path}/c'",
-             "--gin.ORGANIC=['markov:256:300:33']"]
+    flags = [
+        f"--gin.OUT_DIR='{run}'",
+        "--gin.NUM_STEPS=40",
+        "--gin.GLOBAL_BATCH=8",
+        "--gin.SEQ_LEN=32",
+        "--gin.synpro.MeshConfig.data=2",
+        "--gin.synpro.MeshConfig.fsdp=2",
+        "--gin.synpro.MeshConfig.tensor=2",
+        "--gin.synpro.TrainerConfig.eval_every=20",
+        "--gin.synpro.TrainerConfig.log_every=10",
+        "--gin.LEARNING_RATE=1e-2",
+        "--gin.WARMUP_STEPS=4",
+        f"--gin.synpro.DataConfig.cache_dir='{tmp_path}/c'",
+        "--gin.ORGANIC=['markov:256:300:33']",
+    ]
     out = synpro("train", *flags)
     assert out.returncode == 0, out.stderr[-3000:]
     summary = json.loads((run / "summary.json").read_text())
@@ -132,16 +157,42 @@ def test_vocab_train_cli(tmp_path):
     import zstandard
 
     corpus = tmp_path / "c.jsonl"
-    corpus.write_text("".join(json.dumps({"body": f"line {i} of some words and more words {i * 7}"}) + "\n"
-                              for i in range(300)) + "{bad\n")
+    corpus.write_text(
+        "".join(json.dumps({"body": f"line {i} of some words and more words {i * 7}"}) + "\n" for i in range(300))
+        + "{bad\n"
+    )
     zst = tmp_path / "d.jsonl.zst"  # read through the one format dispatch, with the same --text_field
-    zst.write_bytes(zstandard.ZstdCompressor().compress(
-        "".join(json.dumps({"body": f"more text {i}"}) + "\n" for i in range(50)).encode()))
-    out = synpro("vocab", "train", "--corpus", str(corpus), str(zst), "--text_field", "body", "--vocab_size", "300",
-                 "--out", str(tmp_path / "v.model"))
+    zst.write_bytes(
+        zstandard.ZstdCompressor().compress(
+            "".join(json.dumps({"body": f"more text {i}"}) + "\n" for i in range(50)).encode()
+        )
+    )
+    out = synpro(
+        "vocab",
+        "train",
+        "--corpus",
+        str(corpus),
+        str(zst),
+        "--text_field",
+        "body",
+        "--vocab_size",
+        "300",
+        "--out",
+        str(tmp_path / "v.model"),
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     assert "50 documents kept" in out.stderr
     assert (tmp_path / "v.model").exists() and "malformed 1" in out.stderr
-    again = synpro("vocab", "train", "--corpus", str(corpus), "--text_field", "body", "--vocab_size", "300",
-                   "--out", str(tmp_path / "v.model"))
+    again = synpro(
+        "vocab",
+        "train",
+        "--corpus",
+        str(corpus),
+        "--text_field",
+        "body",
+        "--vocab_size",
+        "300",
+        "--out",
+        str(tmp_path / "v.model"),
+    )
     assert again.returncode == 2 and "exists" in again.stderr

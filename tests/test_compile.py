@@ -39,8 +39,9 @@ def test_the_memory_report_sees_what_the_knobs_save():
     dense = report()
     assert dense.devices == 8 and dense.mesh == {"data": 2, "fsdp": 2, "tensor": 2}
     assert dense.argument_bytes > 0 and dense.temp_bytes > 0 and dense.fits is None  # no HBM size for a CPU
-    assert dense.total_bytes == (dense.argument_bytes + dense.output_bytes - dense.alias_bytes + dense.temp_bytes
-                                 + dense.code_bytes)
+    assert dense.total_bytes == (
+        dense.argument_bytes + dense.output_bytes - dense.alias_bytes + dense.temp_bytes + dense.code_bytes
+    )
     # The logits dominate here (8192 vocabulary): the chunked loss and micro-batches shrink the temporaries.
     assert report(loss_chunk=32).temp_bytes < dense.temp_bytes
     assert report(accum_steps=4).temp_bytes < dense.temp_bytes
@@ -58,8 +59,7 @@ def grpo_model():
 
 def test_the_grpo_step_is_compiled_with_its_batch_and_the_buffers_beside_it():
     theta = models.get_preset("tiny")
-    r = aot.grpo_step_memory(grpo_model(), MeshConfig(2, 2, 2), GRPO, 8, accum_steps=2, topology="cpu",
-                             influence=theta)
+    r = aot.grpo_step_memory(grpo_model(), MeshConfig(2, 2, 2), GRPO, 8, accum_steps=2, topology="cpu", influence=theta)
     assert r.kind == "grpo_step" and r.devices == 8 and r.argument_bytes > 0 and r.temp_bytes > 0
     assert "32 completions = 8 prompts x G 4, 64 prompt + 32 completion slots, accum 2" in r.line()
     # The frozen reference (float32), the sampler's weights and data_influence's theta and theta' live through the
@@ -67,8 +67,9 @@ def test_the_grpo_step_is_compiled_with_its_batch_and_the_buffers_beside_it():
     assert r.resident == "frozen reference, sampler weights, influence theta and theta' (tiny)"
     mesh = sharding.make_mesh(MeshConfig(2, 2, 2))
     assert r.resident_bytes > aot.influence_bytes(theta, mesh) > 0
-    assert r.total_bytes == (r.argument_bytes + r.output_bytes - r.alias_bytes + r.temp_bytes + r.code_bytes
-                             + r.resident_bytes)
+    assert r.total_bytes == (
+        r.argument_bytes + r.output_bytes - r.alias_bytes + r.temp_bytes + r.code_bytes + r.resident_bytes
+    )
     with pytest.raises(ValueError, match="must divide into accum_steps=3"):
         aot.grpo_step_memory(grpo_model(), MeshConfig(2, 2, 2), GRPO, 8, accum_steps=3, topology="cpu")
 
@@ -90,7 +91,8 @@ def test_a_program_over_its_hbm_budget_does_not_fit():
     prefill, _ = aot.sampler_memory(grpo_model(), MeshConfig(2, 2, 2), GRPO, 8, "cpu", hbm_bytes=2**20)
     assert prefill.hbm_bytes == 2**20 and prefill.total_bytes > 2**20 and prefill.fits is False
     assert "of 0.00 GiB HBM (DOES NOT FIT)" in prefill.line() and "accum_steps" in aot.hint(
-        aot.MemoryReport("p", "cpu", 8, {}, 0, 0, 0, 0, 0, None, kind="grpo_step"))
+        aot.MemoryReport("p", "cpu", 8, {}, 0, 0, 0, 0, 0, None, kind="grpo_step")
+    )
 
 
 def test_an_experiment_without_grpo_gets_the_release_generator():
@@ -113,7 +115,8 @@ def test_an_experiment_without_grpo_gets_the_release_generator():
     assert default.algorithm == GRPOConfig() and default.prompts_per_step is None and default.accum_steps == 4
     assert default.mesh == MeshConfig() and default.source == (
         "GRPO knobs from gin; unbound, so: the olmo2_1b_instruct preset, bf16, synpro.grpo's data-parallel mesh, "
-        "GRPOConfig(), 4 prompts per data shard, accum 4")
+        "GRPOConfig(), 4 prompts per data shard, accum 4"
+    )
     # A GRPO experiment's own knobs (its dtype None keeps the model's float32).
     assert configured.model.name == "cpu_small" and configured.model.dtype == "float32"
     assert configured.prompts_per_step == 4 and configured.accum_steps == 1
@@ -133,13 +136,16 @@ def test_compile_fills_unset_required_macros_but_not_for_a_shape(tmp_path, capsy
     assert cli.main([*args, "--gin.GLOBAL_BATCH=%gin.REQUIRED"]) == 2
     assert capsys.readouterr().err.strip() == (
         "error: synpro.TrainerConfig.global_batch = %GLOBAL_BATCH, a REQUIRED macro: set it (--gin.GLOBAL_BATCH=VALUE) "
-        "to compile")
+        "to compile"
+    )
 
 
 def test_the_v5e_grpo_experiment_counts_theta_beside_the_generator():
     try:
-        configs.parse(["gin/experiments/olmo2_grpo_rephrase_v5e.gin"],
-                      aot.placeholder_bindings(aot.unset_macros(["gin/experiments/olmo2_grpo_rephrase_v5e.gin"], [])))
+        configs.parse(
+            ["gin/experiments/olmo2_grpo_rephrase_v5e.gin"],
+            aot.placeholder_bindings(aot.unset_macros(["gin/experiments/olmo2_grpo_rephrase_v5e.gin"], [])),
+        )
         shapes = aot.grpo_shapes()
     finally:
         import gin
@@ -156,13 +162,26 @@ def test_the_cli_reports_every_program_writes_json_and_fails_on_those_over_budge
     gin_file.write_text(TINY_GRPO_GIN)
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     # 4 MiB per device: the train and GRPO steps need more here (~13 and ~7 MiB), the sampler's programs less.
-    result = subprocess.run([sys.executable, "-m", "synpro_jax.cli", "compile", f"--gin_file={gin_file}",
-                             "--topology=cpu", "--hbm_gib=0.004", f"--json={out}"],
-                            check=False, capture_output=True, text=True, env=env, timeout=600)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "synpro_jax.cli",
+            "compile",
+            f"--gin_file={gin_file}",
+            "--topology=cpu",
+            "--hbm_gib=0.004",
+            f"--json={out}",
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert result.returncode == 1, result.stderr[-2000:]
     lines = [line for line in result.stdout.splitlines() if "per device arguments" in line]
-    assert [line.split(" (")[0] for line in lines] == ["train step", "grpo step", "sampler prefill",
-                                                       "sampler decode"]
+    assert [line.split(" (")[0] for line in lines] == ["train step", "grpo step", "sampler prefill", "sampler decode"]
     assert [line.endswith("(DOES NOT FIT)") for line in lines] == [True, True, False, False]
     rows = json.loads(out.read_text())
     assert [r["kind"] for r in rows] == ["train_step", "grpo_step", "sampler_prefill", "sampler_decode"]

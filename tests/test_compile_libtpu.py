@@ -3,9 +3,9 @@ CPU devices as it has chips, against its HBM), and libtpu on a machine without T
 
 import importlib.util
 import os
+from pathlib import Path
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -23,8 +23,14 @@ TOO_BIG = ["--gin.synpro.preset.vocab_size=100352", "--gin.GLOBAL_BATCH=4096", "
 def users_env(**extra) -> dict:
     """A user's environment: none of the suite's device or platform settings."""
     # (JAX in this process set TPU_LIBRARY_PATH when it found libtpu)
-    drop = {"XLA_FLAGS", "JAX_PLATFORMS", "JAX_NUM_CPU_DEVICES", "TPU_LIBRARY_PATH", "TPU_SKIP_MDS_QUERY",
-            cli.COMPILE_REEXEC}
+    drop = {
+        "XLA_FLAGS",
+        "JAX_PLATFORMS",
+        "JAX_NUM_CPU_DEVICES",
+        "TPU_LIBRARY_PATH",
+        "TPU_SKIP_MDS_QUERY",
+        cli.COMPILE_REEXEC,
+    }
     return {**{k: v for k, v in os.environ.items() if k not in drop}, **extra}
 
 
@@ -41,8 +47,15 @@ def without_libtpu(tmp_path, monkeypatch):
 
 
 def synpro(*args, env):
-    return subprocess.run([sys.executable, "-m", "synpro_jax.cli", *args], check=False, capture_output=True,
-                          text=True, env=env, cwd=REPO, timeout=900)
+    return subprocess.run(
+        [sys.executable, "-m", "synpro_jax.cli", *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=900,
+    )
 
 
 def test_chip_counts_are_the_devices_jax_sees():
@@ -53,8 +66,12 @@ def test_chip_counts_are_the_devices_jax_sees():
 
 def test_without_libtpu_a_topology_gets_xla_cpus_estimate_against_its_hbm(without_libtpu):
     """A fresh process starts JAX with the topology's 8 chips as CPU devices and says whose estimate it is."""
-    result = synpro("compile", "--gin_file=gin/experiments/markov_tiny.gin", "--topology=v5e-8",
-                    env=users_env(PYTHONPATH=without_libtpu))
+    result = synpro(
+        "compile",
+        "--gin_file=gin/experiments/markov_tiny.gin",
+        "--topology=v5e-8",
+        env=users_env(PYTHONPATH=without_libtpu),
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     line = next(x for x in result.stdout.splitlines() if x.startswith("train step"))
     assert "on XLA:CPU's estimate for v5e-8 (8 CPU devices standing in for its chips" in line
@@ -63,7 +80,8 @@ def test_without_libtpu_a_topology_gets_xla_cpus_estimate_against_its_hbm(withou
 
 
 def test_without_libtpu_a_program_over_the_chips_hbm_fails_from_a_process_with_too_few_devices(
-        without_libtpu, monkeypatch, capfd):
+    without_libtpu, monkeypatch, capfd
+):
     """This process's JAX is up with 8 CPU devices; a v4-32 has 16 chips: the command reruns itself in a fresh
     process with 16, whose verdict (does not fit its 32 GiB) and exit status are the command's."""
     monkeypatch.setattr(aot, "_describe", lambda name: (_ for _ in ()).throw(RuntimeError("no libtpu here")))

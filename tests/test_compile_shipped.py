@@ -3,8 +3,8 @@ through libtpu, XLA:TPU's memory analysis of the experiment's own programs, as s
 
 import importlib.util
 import json
-import re
 from pathlib import Path
+import re
 
 import pytest
 
@@ -33,13 +33,13 @@ def test_every_tpu_experiment_names_known_topologies():
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(importlib.util.find_spec("libtpu") is None,
-                    reason="libtpu is not installed (pip install -e '.[test]')")
+@pytest.mark.skipif(
+    importlib.util.find_spec("libtpu") is None, reason="libtpu is not installed (pip install -e '.[test]')"
+)
 @pytest.mark.parametrize("experiment, topology", shipped())
 def test_a_shipped_experiment_fits_its_topology(experiment, topology, tmp_path, capsys):
     out = tmp_path / "memory.json"
-    code = cli.main(["compile", f"--gin_file=gin/experiments/{experiment}", f"--topology={topology}",
-                     f"--json={out}"])
+    code = cli.main(["compile", f"--gin_file=gin/experiments/{experiment}", f"--topology={topology}", f"--json={out}"])
     printed = capsys.readouterr()
     reports = json.loads(out.read_text())
     assert reports, printed.err

@@ -1,8 +1,8 @@
 """gin parsing in-process: mistakes fail before any work with one-line messages naming the closest known name, and
 the shipped gin files resolve from any working directory and through --gin_search_paths."""
 
-import re
 from pathlib import Path
+import re
 
 import gin
 import pytest
@@ -91,8 +91,11 @@ def test_gin_search_paths_as_in_t5x(tmp_path, monkeypatch):
 
 def test_no_gin_private_state_is_read():
     """gin's private module state (gin.config._CONFIG and friends) is no API; the checks parse the text."""
-    offenders = [str(p.relative_to(REPO)) for p in (REPO / "synpro_jax").rglob("*.py")
-                 if re.search(r"gin\.config\._[A-Za-z]", p.read_text())]
+    offenders = [
+        str(p.relative_to(REPO))
+        for p in (REPO / "synpro_jax").rglob("*.py")
+        if re.search(r"gin\.config\._[A-Za-z]", p.read_text())
+    ]
     assert offenders == []
 
 

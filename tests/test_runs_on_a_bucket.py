@@ -10,20 +10,21 @@ list the bucket's objects through the emulator's own API and check that no local
 import io
 import json
 import os
+from pathlib import Path
 import shlex
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 import zstandard
 
 REPO = Path(__file__).resolve().parents[1]
-WORDS = ("alpha beta gamma delta river mountain question answer because therefore seven eleven north south "
-         "garden window").split()
+WORDS = (
+    "alpha beta gamma delta river mountain question answer because therefore seven eleven north south garden window"
+).split()
 DOCS_PER_SHARD = 60
 
 pytestmark = pytest.mark.slow
@@ -41,8 +42,11 @@ def _tokenizer_json(texts) -> str:
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>", "<|pad|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=300,
+        special_tokens=["<|endoftext|>", "<|pad|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tok.train_from_iterator(texts, trainer)
     return tok.to_str()
 
@@ -57,12 +61,18 @@ class Bucket:
         self.texts = [" ".join(rng.choice(WORDS, size=int(rng.integers(20, 60)))) for _ in range(2 * DOCS_PER_SHARD)]
         self.put("tokenizers/dolma2/tokenizer.json", _tokenizer_json(self.texts).encode())
         for s in range(2):
-            rows = [{"text": t, "id": f"doc{s}-{i}"} for i, t in
-                    enumerate(self.texts[s * DOCS_PER_SHARD:(s + 1) * DOCS_PER_SHARD])]
+            rows = [
+                {"text": t, "id": f"doc{s}-{i}"}
+                for i, t in enumerate(self.texts[s * DOCS_PER_SHARD : (s + 1) * DOCS_PER_SHARD])
+            ]
             self.put(f"dclm/shard_{s:02d}.jsonl.zst", _zst_jsonl(rows))
-        self.put("flan/qa.jsonl", "".join(
-            json.dumps({"prompt": f"what follows {WORDS[i % 16]}?", "completion": WORDS[(i + 1) % 16]}) + "\n"
-            for i in range(24)).encode())
+        self.put(
+            "flan/qa.jsonl",
+            "".join(
+                json.dumps({"prompt": f"what follows {WORDS[i % 16]}?", "completion": WORDS[(i + 1) % 16]}) + "\n"
+                for i in range(24)
+            ).encode(),
+        )
 
     def put(self, key: str, data: bytes) -> None:
         from etils import epath
@@ -74,8 +84,12 @@ class Bucket:
         return self.emulator.objects(self.name, prefix)
 
     def env(self) -> dict:
-        return {**os.environ, **self.emulator.env, "JAX_PLATFORMS": "cpu",
-                "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+        return {
+            **os.environ,
+            **self.emulator.env,
+            "JAX_PLATFORMS": "cpu",
+            "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+        }
 
     def start(self, *args) -> tuple[subprocess.Popen, Path]:
         """synpro in its own process, from a scratch working directory (a relative ``gs:`` folder would show), its
@@ -83,8 +97,13 @@ class Bucket:
         self.runs = getattr(self, "runs", 0) + 1
         log = self.tmp / f"run{self.runs}.log"
         with open(log, "wb") as fh:
-            proc = subprocess.Popen([sys.executable, "-m", "synpro_jax.cli", *args], cwd=self.tmp, env=self.env(),
-                                    stdout=fh, stderr=subprocess.STDOUT)
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "synpro_jax.cli", *args],
+                cwd=self.tmp,
+                env=self.env(),
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+            )
         return proc, log
 
     def run(self, *args, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -104,8 +123,9 @@ class Bucket:
         try:
             while not ready(self.objects()):
                 if proc.poll() is not None:
-                    raise AssertionError(f"exited {proc.returncode} before the kill point:\n"
-                                         f"{log.read_text(errors='replace')[-3000:]}")
+                    raise AssertionError(
+                        f"exited {proc.returncode} before the kill point:\n{log.read_text(errors='replace')[-3000:]}"
+                    )
                 assert time.monotonic() < deadline, "the kill point never came"
                 time.sleep(0.05)
             proc.send_signal(signal.SIGKILL)
@@ -131,29 +151,41 @@ def readme_train_command(bucket_url: str) -> list[str]:
     text = (REPO / "tpu" / "README.md").read_text().replace("\\\n", " ")
     launch = next(line for line in text.splitlines() if line.startswith("python tpu/launch.py"))
     argv = shlex.split(launch)
-    command = argv[argv.index("--") + 1:]
+    command = argv[argv.index("--") + 1 :]
     assert command[:2] == ["synpro", "train"], command
     return [a.replace("gs://BUCKET", bucket_url) for a in command[1:]]
 
 
 def train_flags(b: Bucket, steps: int) -> list[str]:
     """tpu/README.md's v5e-8 command, with the model, batch and schedule made tiny."""
-    return [*readme_train_command(b.url),
-            # the shipped pretrain.gin keeps the corpus cache in runs/cache: on the bucket here
-            f"--gin.synpro.DataConfig.cache_dir=\"{b.url}/cache\"",
-            "--gin.synpro.preset.name=\"tiny\"", "--gin.synpro.preset.dtype=\"float32\"",
-            "--gin.synpro.preset.vocab_size=320",
-            *TINY_MEMORY_KNOBS,
-            f"--gin.NUM_STEPS={steps}", "--gin.GLOBAL_BATCH=8", "--gin.SEQ_LEN=64", "--gin.WARMUP_STEPS=2",
-            "--gin.synpro.DataConfig.organic_budget_tokens=4000", "--gin.synpro.DataConfig.validation_docs=8",
-            "--gin.synpro.TrainerConfig.checkpoint_every=3", "--gin.synpro.TrainerConfig.eval_every=3",
-            "--gin.synpro.TrainerConfig.eval_batches=1", "--gin.synpro.TrainerConfig.log_every=1",
-            "--gin.synpro.TrainerConfig.progress=False"]
+    return [
+        *readme_train_command(b.url),
+        # the shipped pretrain.gin keeps the corpus cache in runs/cache: on the bucket here
+        f'--gin.synpro.DataConfig.cache_dir="{b.url}/cache"',
+        '--gin.synpro.preset.name="tiny"',
+        '--gin.synpro.preset.dtype="float32"',
+        "--gin.synpro.preset.vocab_size=320",
+        *TINY_MEMORY_KNOBS,
+        f"--gin.NUM_STEPS={steps}",
+        "--gin.GLOBAL_BATCH=8",
+        "--gin.SEQ_LEN=64",
+        "--gin.WARMUP_STEPS=2",
+        "--gin.synpro.DataConfig.organic_budget_tokens=4000",
+        "--gin.synpro.DataConfig.validation_docs=8",
+        "--gin.synpro.TrainerConfig.checkpoint_every=3",
+        "--gin.synpro.TrainerConfig.eval_every=3",
+        "--gin.synpro.TrainerConfig.eval_batches=1",
+        "--gin.synpro.TrainerConfig.log_every=1",
+        "--gin.synpro.TrainerConfig.progress=False",
+    ]
 
 
 # The shipped experiment sets memory knobs for a 16 GiB chip (micro-batches, loss chunks); a tiny batch takes none.
-TINY_MEMORY_KNOBS = ["--gin.synpro.TrainerConfig.accum_steps=1", "--gin.synpro.preset.loss_chunk=0",
-                     "--gin.synpro.preset.remat=\"none\""]
+TINY_MEMORY_KNOBS = [
+    "--gin.synpro.TrainerConfig.accum_steps=1",
+    "--gin.synpro.preset.loss_chunk=0",
+    '--gin.synpro.preset.remat="none"',
+]
 
 
 @pytest.fixture(scope="module")
@@ -169,8 +201,13 @@ def trained(bucket):
 
 def test_train_on_a_bucket_checkpoints_and_resumes(bucket, trained):
     first, after_first, second = trained
-    ckpts = {int(name.split("/")[3]) for name in after_first if name.startswith("runs/olmo_400m/checkpoints/")
-             and name.endswith("/commit_success.txt") and name.count("/") == 4}
+    ckpts = {
+        int(name.split("/")[3])
+        for name in after_first
+        if name.startswith("runs/olmo_400m/checkpoints/")
+        and name.endswith("/commit_success.txt")
+        and name.count("/") == 4
+    }
     assert {3, 6} <= ckpts and max(ckpts) == 6, after_first  # orbax also keeps its first save (step 1)
     assert "resuming from step 6" in second.stderr, second.stderr[-3000:]
     objects = bucket.objects()
@@ -183,8 +220,9 @@ def test_train_on_a_bucket_checkpoints_and_resumes(bucket, trained):
 
         from synpro_jax.train.metrics import read_records
 
-        steps = [r["step"] for r in read_records(epath.Path(bucket.url) / "runs/olmo_400m/metrics.jsonl")
-                 if "loss" in r]
+        steps = [
+            r["step"] for r in read_records(epath.Path(bucket.url) / "runs/olmo_400m/metrics.jsonl") if "loss" in r
+        ]
         summary = json.loads((epath.Path(bucket.url) / "runs/olmo_400m/summary.json").read_text())
     assert steps == list(range(1, 10)), steps  # each step logged once: the resume redid nothing
     assert summary["step"] == 9
@@ -194,15 +232,22 @@ def test_train_on_a_bucket_checkpoints_and_resumes(bucket, trained):
 
 
 def probe_flags(b: Bucket) -> list[str]:
-    return ["probe", "--gin_file=gin/models/tiny.gin", "--gin_file=gin/runs/probe.gin",
-            "--gin.synpro.preset.vocab_size=320",
-            f"--gin.CHECKPOINT=\"{b.url}/runs/olmo_400m\"",
-            f"--gin.VOCABULARY=\"{b.url}/tokenizers/dolma2/tokenizer.json\"",
-            f"--gin.REFERENCE=[\"{b.url}/flan/qa.jsonl\"]",
-            f"--gin.PROBE_CORPUS=[\"{b.url}/dclm/*.jsonl.zst\"]",
-            f"--gin.PROBE_OUT=\"{b.url}/probe\"", "--gin.MAX_LEN=64",
-            "--gin.synpro.ProbeConfig.steps=2", "--gin.synpro.ProbeConfig.batch_size=4",
-            "--gin.synpro.probe.batch_size=4", "--gin.synpro.probe.chunk_docs=8"]
+    return [
+        "probe",
+        "--gin_file=gin/models/tiny.gin",
+        "--gin_file=gin/runs/probe.gin",
+        "--gin.synpro.preset.vocab_size=320",
+        f'--gin.CHECKPOINT="{b.url}/runs/olmo_400m"',
+        f'--gin.VOCABULARY="{b.url}/tokenizers/dolma2/tokenizer.json"',
+        f'--gin.REFERENCE=["{b.url}/flan/qa.jsonl"]',
+        f'--gin.PROBE_CORPUS=["{b.url}/dclm/*.jsonl.zst"]',
+        f'--gin.PROBE_OUT="{b.url}/probe"',
+        "--gin.MAX_LEN=64",
+        "--gin.synpro.ProbeConfig.steps=2",
+        "--gin.synpro.ProbeConfig.batch_size=4",
+        "--gin.synpro.probe.batch_size=4",
+        "--gin.synpro.probe.chunk_docs=8",
+    ]
 
 
 def test_probe_on_a_bucket_scores_every_document_after_a_kill(bucket, trained):
@@ -229,15 +274,22 @@ def test_probe_on_a_bucket_scores_every_document_after_a_kill(bucket, trained):
 
 
 def synth_flags(b: Bucket) -> list[str]:
-    return ["synthesize", "--gin_file=gin/runs/synthesize.gin",
-            f"--gin.GENERATOR=\"{b.url}/runs/olmo_400m\"",
-            f"--gin.SHARDS=[\"{b.url}/dclm/*.jsonl.zst\"]",
-            f"--gin.SYNTH_OUT=\"{b.url}/synthetic/rephrase_r1\"", "--gin.OPERATION=\"rephrase\"",
-            f"--gin.synpro.synthesize.vocabulary=\"{b.url}/tokenizers/dolma2/tokenizer.json\"",
-            "--gin.synpro.synthesize.model=%MODEL", "--gin_file=gin/models/tiny.gin",
-            "--gin.synpro.preset.vocab_size=320",
-            "--gin.synpro.SynthesisConfig.max_prompt_tokens=400", "--gin.synpro.SynthesisConfig.max_new_tokens=8",
-            "--gin.synpro.SynthesisConfig.batch_size=4", "--gin.synpro.SynthesisConfig.keep_unparsed=True"]
+    return [
+        "synthesize",
+        "--gin_file=gin/runs/synthesize.gin",
+        f'--gin.GENERATOR="{b.url}/runs/olmo_400m"',
+        f'--gin.SHARDS=["{b.url}/dclm/*.jsonl.zst"]',
+        f'--gin.SYNTH_OUT="{b.url}/synthetic/rephrase_r1"',
+        '--gin.OPERATION="rephrase"',
+        f'--gin.synpro.synthesize.vocabulary="{b.url}/tokenizers/dolma2/tokenizer.json"',
+        "--gin.synpro.synthesize.model=%MODEL",
+        "--gin_file=gin/models/tiny.gin",
+        "--gin.synpro.preset.vocab_size=320",
+        "--gin.synpro.SynthesisConfig.max_prompt_tokens=400",
+        "--gin.synpro.SynthesisConfig.max_new_tokens=8",
+        "--gin.synpro.SynthesisConfig.batch_size=4",
+        "--gin.synpro.SynthesisConfig.keep_unparsed=True",
+    ]
 
 
 def test_synthesis_on_a_bucket_writes_every_document_once_after_a_kill(bucket, trained):

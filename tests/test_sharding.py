@@ -1,9 +1,10 @@
 """Mesh construction, the logical-axis rules, and sharded results equal to single-device ones."""
 
 import jax
+from jax.sharding import AxisType
+from jax.sharding import PartitionSpec as P
 import numpy as np
 import pytest
-from jax.sharding import AxisType, PartitionSpec as P
 
 from synpro_jax import models, sharding
 from synpro_jax.train import OptimizerConfig, TrainStep, next_token_batch
@@ -17,10 +18,13 @@ def test_mesh_infers_minus_one_and_uses_auto_axes():
     assert mesh.axis_types == (AxisType.Auto,) * 3
 
 
-@pytest.mark.parametrize("cfg, match", [
-    (sharding.MeshConfig(3, 1, 1), "data\\*fsdp\\*tensor = 3 but 8 devices"),
-    (sharding.MeshConfig(-1, 3, 1), "multiply to 3, which does not divide the 8"),
-])
+@pytest.mark.parametrize(
+    "cfg, match",
+    [
+        (sharding.MeshConfig(3, 1, 1), "data\\*fsdp\\*tensor = 3 but 8 devices"),
+        (sharding.MeshConfig(-1, 3, 1), "multiply to 3, which does not divide the 8"),
+    ],
+)
 def test_mesh_wrong_product_is_a_clear_error(cfg, match):
     with pytest.raises(ValueError, match=match):
         sharding.make_mesh(cfg)
@@ -89,10 +93,16 @@ def single_device_reference():
     return cfg, batch, jax.device_get(params), float(sums.loss(1e-4)), jax.device_get(grads)
 
 
-@pytest.mark.parametrize("shape, memory", [
-    ((8, 1, 1), {}), ((2, 4, 1), {}), ((2, 2, 2), {}), ((1, 1, 8), {}),
-    ((2, 2, 2), dict(loss_chunk=5, attention="xla", remat="dots_saveable")),  # the memory-saving paths
-])
+@pytest.mark.parametrize(
+    "shape, memory",
+    [
+        ((8, 1, 1), {}),
+        ((2, 4, 1), {}),
+        ((2, 2, 2), {}),
+        ((1, 1, 8), {}),
+        ((2, 2, 2), dict(loss_chunk=5, attention="xla", remat="dots_saveable")),  # the memory-saving paths
+    ],
+)
 def test_sharded_loss_and_grads_equal_single_device(shape, memory, single_device_reference):
     cfg, batch, params, ref_loss, ref_grads = single_device_reference
     cfg = cfg.replace(**memory)
@@ -118,8 +128,9 @@ def test_full_step_on_mesh_matches_single_device(single_device_reference):
     (m1, p1), (m2, p2) = results
     for key in ("loss", "grad_norm", "z_loss"):  # z_loss is ~30 here: compare it relatively
         assert abs(m1[key] - m2[key]) <= 1e-5 * max(1.0, abs(m1[key])), key
-    np.testing.assert_allclose(p1["layers"]["mlp"]["up_proj"]["kernel"], p2["layers"]["mlp"]["up_proj"]["kernel"],
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        p1["layers"]["mlp"]["up_proj"]["kernel"], p2["layers"]["mlp"]["up_proj"]["kernel"], atol=1e-5
+    )
 
 
 def test_a_host_mesh_takes_the_fsdp_and_tensor_axes_that_fit_on_the_host(monkeypatch):

@@ -46,8 +46,15 @@ class Metadata(http.server.ThreadingHTTPServer):
 @pytest.fixture
 def clean_env(monkeypatch):
     """No TPU environment at all (jax itself sets TPU_SKIP_MDS_QUERY on a machine without chips)."""
-    for var in (*distributed.GKE_WORKER_VARS, "TPU_SKIP_MDS_QUERY", "MEGASCALE_NUM_SLICES", "GCE_METADATA_IP",
-                "JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
+    for var in (
+        *distributed.GKE_WORKER_VARS,
+        "TPU_SKIP_MDS_QUERY",
+        "MEGASCALE_NUM_SLICES",
+        "GCE_METADATA_IP",
+        "JAX_COORDINATOR_ADDRESS",
+        "JAX_NUM_PROCESSES",
+        "JAX_PROCESS_ID",
+    ):
         monkeypatch.delenv(var, raising=False)
     calls = []
     monkeypatch.setattr(distributed.jax.distributed, "initialize", lambda *a, **k: calls.append((a, k)))
@@ -73,9 +80,13 @@ def gce_vm(monkeypatch, clean_env):
 
 
 def test_a_v4_32_on_gce_starts_jax_distributed_from_its_metadata(gce_vm, clean_env):
-    server = gce_vm(**{"worker-network-endpoints": "t1v-n-0:0:10.0.0.2,t1v-n-1:1:10.0.0.3,t1v-n-2:2:10.0.0.4,"
-                                                   "t1v-n-3:3:10.0.0.5",
-                       "agent-worker-number": "2", "tpu-env": "ACCELERATOR_TYPE: 'v4-32'\n"})
+    server = gce_vm(
+        **{
+            "worker-network-endpoints": "t1v-n-0:0:10.0.0.2,t1v-n-1:1:10.0.0.3,t1v-n-2:2:10.0.0.4,t1v-n-3:3:10.0.0.5",
+            "agent-worker-number": "2",
+            "tpu-env": "ACCELERATOR_TYPE: 'v4-32'\n",
+        }
+    )
     assert distributed.tpu_cluster() == ("gce", 4)
     assert distributed.initialize(distributed.DistributedConfig()) is True
     assert clean_env == [((), {})]  # no arguments: JAX's GceTpuCluster reads the coordinator and id itself

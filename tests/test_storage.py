@@ -4,10 +4,10 @@ emulator (fake-gcs-server, tests/gcs_emulator.py), so a run directory on a bucke
 import json
 import os
 
+from etils import epath
 import jax
 import numpy as np
 import pytest
-from etils import epath
 
 from synpro_jax import atomic, models
 from synpro_jax.train.metrics import MetricsLog, read_records
@@ -42,6 +42,7 @@ def test_publish_dir_replaces_a_directory_whole(root):
         def write(tmp):
             for name, text in files.items():
                 (tmp / name).write_text(text)
+
         return write
 
     atomic.publish_dir(root / "export", fill({"config.json": "1", "model.bin": "a", "old.txt": "x"}))
@@ -81,8 +82,9 @@ def test_sources_glob_and_read_a_bucket(root):
     from synpro_jax.data.sources import expand_paths, open_source
 
     for i in range(2):
-        atomic.write_text(root / "shards" / f"part-{i}.jsonl",
-                          "".join(json.dumps({"text": f"doc {i}.{j}"}) + "\n" for j in range(3)))
+        atomic.write_text(
+            root / "shards" / f"part-{i}.jsonl", "".join(json.dumps({"text": f"doc {i}.{j}"}) + "\n" for j in range(3))
+        )
     atomic.write_text(root / "shards" / "notes.txt", "not a shard")
     files = expand_paths(os.fspath(root / "shards" / "*.jsonl"))
     assert [f.name for f in files] == ["part-0.jsonl", "part-1.jsonl"]
@@ -109,8 +111,9 @@ def test_synthesis_on_a_bucket_resumes_a_killed_shard(root, synthesis_workspace)
 
     ws = synthesis_workspace
     cfg, params = hf.load(ws / "model")
-    settings = SynthesisConfig(operation="rephrase", max_prompt_tokens=720, max_new_tokens=4, batch_size=4,
-                               keep_unparsed=True)
+    settings = SynthesisConfig(
+        operation="rephrase", max_prompt_tokens=720, max_new_tokens=4, batch_size=4, keep_unparsed=True
+    )
 
     def job(batches: int | None = None) -> Synthesizer:
         synth = Synthesizer(cfg, params, load_vocabulary(str(ws / "sp.model")), settings, generator="gen")

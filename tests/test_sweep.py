@@ -9,8 +9,8 @@ import shlex
 import subprocess
 import sys
 
-import pytest
 from etils import epath
+import pytest
 
 from synpro_jax import sweep
 
@@ -18,7 +18,8 @@ TINY = ["NUM_STEPS", "synpro.TrainerConfig.eval_every", "synpro.TrainerConfig.ch
 
 
 def test_grid_axes_cross_and_zip_groups_advance_together(tmp_path):
-    axes = sweep.parse_sweep("""
+    axes = sweep.parse_sweep(
+        """
 # a comment
 A = [1, 2]   # trailing comment
 B = ['x,y', "z#"]
@@ -30,7 +31,9 @@ E = [
   0.1,
   0.2,
 ]
-""", "s.sweep")
+""",
+        "s.sweep",
+    )
     points = sweep.expand(axes)
     assert len(points) == 2 * 2 * 2 * 2
     assert points[0].bindings == (("A", "1"), ("B", "'x,y'"), ("C", "[1, 2]"), ("D", "@foo()"), ("E", "0.1"))
@@ -40,14 +43,17 @@ E = [
     assert points[5].name == "05-A=1-B=z-C=1_2-D=foo-E=0.2"
 
 
-@pytest.mark.parametrize("text, match", [
-    ("A = 1", r"s.sweep:1: a sweep axis is a list of values in \[...\]"),
-    ("A = [1]\nA = [2]", r"s.sweep:2: A is swept twice \(first at s.sweep:1\)"),
-    ("zip:\nA = [1, 2]\nB = [1]", "s.sweep: a zip group's lists must have one length: A has 2"),
-    ("what is this", "s.sweep:1: expected 'BINDING = \\[values\\]'"),
-    ("A = [1,, 2]", "s.sweep:1: empty value"),
-    ("# nothing", "no axes"),
-])
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ("A = 1", r"s.sweep:1: a sweep axis is a list of values in \[...\]"),
+        ("A = [1]\nA = [2]", r"s.sweep:2: A is swept twice \(first at s.sweep:1\)"),
+        ("zip:\nA = [1, 2]\nB = [1]", "s.sweep: a zip group's lists must have one length: A has 2"),
+        ("what is this", "s.sweep:1: expected 'BINDING = \\[values\\]'"),
+        ("A = [1,, 2]", "s.sweep:1: empty value"),
+        ("# nothing", "no axes"),
+    ],
+)
 def test_sweep_file_mistakes_name_the_line(text, match):
     with pytest.raises(sweep.SweepError, match=match):
         sweep.parse_sweep(text, "s.sweep")
@@ -56,16 +62,29 @@ def test_sweep_file_mistakes_name_the_line(text, match):
 def run_cli(*args, cwd):
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     env.pop("XLA_FLAGS", None)
-    return subprocess.run([sys.executable, "-m", "synpro_jax.cli", "sweep", *args], capture_output=True, text=True,
-                          env=env, cwd=cwd, timeout=900)
+    return subprocess.run(
+        [sys.executable, "-m", "synpro_jax.cli", "sweep", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=900,
+    )
 
 
 def tiny_args(tmp_path, sweep_text):
     path = tmp_path / "lr.sweep"
     path.write_text(sweep_text)
-    return ["--gin_file=gin/experiments/markov_tiny.gin", f"--sweep={path}", f"--out={tmp_path / 'sweep'}",
-            "--gin.synpro.TrainerConfig.eval_every=2", "--gin.synpro.TrainerConfig.checkpoint_every=100",
-            "--gin.synpro.TrainerConfig.eval_batches=1", "--gin.WARMUP_STEPS=1", "--gin.synpro.preset.num_layers=1"]
+    return [
+        "--gin_file=gin/experiments/markov_tiny.gin",
+        f"--sweep={path}",
+        f"--out={tmp_path / 'sweep'}",
+        "--gin.synpro.TrainerConfig.eval_every=2",
+        "--gin.synpro.TrainerConfig.checkpoint_every=100",
+        "--gin.synpro.TrainerConfig.eval_batches=1",
+        "--gin.WARMUP_STEPS=1",
+        "--gin.synpro.preset.num_layers=1",
+    ]
 
 
 @pytest.mark.slow
@@ -83,8 +102,13 @@ def test_a_2x2_sweep_runs_skips_done_points_and_summarises(tmp_path):
         assert json.loads((point / "summary.json").read_text())["step"] == int(p["bindings"]["NUM_STEPS"])
 
     # In this process from here on (a point would start a subprocess, so none may be left to run).
-    job = sweep.Sweep("train", ("gin/experiments/markov_tiny.gin",), args[1].split("=", 1)[1], str(out),
-                      tuple(a[len("--gin."):] for a in args[3:]))
+    job = sweep.Sweep(
+        "train",
+        ("gin/experiments/markov_tiny.gin",),
+        args[1].split("=", 1)[1],
+        str(out),
+        tuple(a[len("--gin.") :] for a in args[3:]),
+    )
     log = io.StringIO()
     job.run(stream=log)
     assert log.getvalue().count("done, skipping") == 4 and "starting" not in log.getvalue(), log.getvalue()
@@ -103,10 +127,13 @@ def test_a_2x2_sweep_runs_skips_done_points_and_summarises(tmp_path):
         other.run(stream=io.StringIO())
 
 
-@pytest.mark.parametrize("text, match", [
-    ("LEARNING_RATE = [1e-3, -1]", "LEARNING_RATE=-1.*OptimizerConfig.learning_rate=-1: must be positive"),
-    ("synpro.TrainerConfig.eval_evry = [1, 2]", "eval_evry"),
-])
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ("LEARNING_RATE = [1e-3, -1]", "LEARNING_RATE=-1.*OptimizerConfig.learning_rate=-1: must be positive"),
+        ("synpro.TrainerConfig.eval_evry = [1, 2]", "eval_evry"),
+    ],
+)
 def test_one_bad_point_fails_the_sweep_before_any_point_runs(tmp_path, text, match):
     result = run_cli(*tiny_args(tmp_path, text + "\n"), cwd=tmp_path)
     assert result.returncode == 2
@@ -120,18 +147,27 @@ def test_a_dry_run_runs_every_points_trainer_checks_before_any_point(tmp_path):
     naming the point and the knob; nothing is printed or written."""
     result = run_cli(*tiny_args(tmp_path, "SEQ_LEN = [128, 1024]\n"), "--dry_run", cwd=tmp_path)
     assert result.returncode == 2 and result.stdout == ""
-    assert result.stderr.strip() == ("error: sweep point 1-SEQ_LEN=1024 (SEQ_LEN = 1024): TrainerConfig.seq_len=1024 "
-                                     "exceeds ModelConfig.max_seq_len=512"), result.stderr
+    assert result.stderr.strip() == (
+        "error: sweep point 1-SEQ_LEN=1024 (SEQ_LEN = 1024): TrainerConfig.seq_len=1024 "
+        "exceeds ModelConfig.max_seq_len=512"
+    ), result.stderr
     assert not (tmp_path / "sweep").exists()
 
 
-@pytest.mark.parametrize("bindings, match", [
-    (["synpro.GRPOConfig.max_completion_tokens = 1024"],
-     r"GRPOConfig.max_prompt_tokens=512 \+ max_completion_tokens=1024 exceeds the generator's max_seq_len=1024"),
-    (["PROMPTS_PER_STEP = 3"], ("= 24 completions per step must divide into accum_steps=1 micro-batches over the "
-                                "mesh's 16 data shards")),
-    (["synpro.GRPORunConfig.logits_chunk = 96"], "GRPORunConfig.logits_chunk=96 must divide"),
-])
+@pytest.mark.parametrize(
+    "bindings, match",
+    [
+        (
+            ["synpro.GRPOConfig.max_completion_tokens = 1024"],
+            r"GRPOConfig.max_prompt_tokens=512 \+ max_completion_tokens=1024 exceeds the generator's max_seq_len=1024",
+        ),
+        (
+            ["PROMPTS_PER_STEP = 3"],
+            ("= 24 completions per step must divide into accum_steps=1 micro-batches over the mesh's 16 data shards"),
+        ),
+        (["synpro.GRPORunConfig.logits_chunk = 96"], "GRPORunConfig.logits_chunk=96 must divide"),
+    ],
+)
 def test_a_grpo_point_is_checked_as_its_trainer_checks(bindings, match):
     sweep.check_point("grpo", ["gin/experiments/cpu_grpo_rephrase.gin"], [], devices=16)  # the shipped one is fine
     with pytest.raises(ValueError, match=match):
@@ -146,8 +182,14 @@ def test_slice_devices_are_the_chips_jax_sees():
 
 gcloud, babysit = sweep.tpu_scripts()
 TINY_EXTRA = ("synpro.TrainerConfig.eval_every=2", "synpro.TrainerConfig.checkpoint_every=100", "WARMUP_STEPS=1")
-TPU = dict(tpu_prefix="lr", zone="us-west4-a", accelerator_type="v5litepod-8", provisioning="spot",
-           repo="https://github.com/o/synpro_jax.git", ref="v1")
+TPU = dict(
+    tpu_prefix="lr",
+    zone="us-west4-a",
+    accelerator_type="v5litepod-8",
+    provisioning="spot",
+    repo="https://github.com/o/synpro_jax.git",
+    ref="v1",
+)
 
 
 @pytest.fixture
@@ -157,7 +199,7 @@ def bucket(gcs):
 
 def bucket_objects(gcs_emulator, bucket: str) -> list[str]:
     """Every object of the test's bucket, asked of the GCS emulator itself."""
-    return gcs_emulator.objects(bucket[len("gs://"):].split("/")[0])
+    return gcs_emulator.objects(bucket[len("gs://") :].split("/")[0])
 
 
 class Runner:
@@ -181,9 +223,11 @@ def point_commands(job, launcher, point):
     """What the point's slice gets, built here from tpu/gcloud.py's functions."""
     name = launcher.slice_name(point)
     argv = job.argv(point)  # the gin file is already relative to the checkout
-    return [gcloud.create(name, "us-west4-a", None, "v5litepod-8", None, "spot"),
-            *gcloud.install(name, "us-west4-a", None, TPU["repo"], "v1"),
-            gcloud.launch(name, "us-west4-a", None, argv, name)]
+    return [
+        gcloud.create(name, "us-west4-a", None, "v5litepod-8", None, "spot"),
+        *gcloud.install(name, "us-west4-a", None, TPU["repo"], "v1"),
+        gcloud.launch(name, "us-west4-a", None, argv, name),
+    ]
 
 
 def test_tpu_dry_run_prints_every_points_slice_commands_and_runs_nothing(tmp_path, bucket, capsys, gcs_emulator):
@@ -202,9 +246,9 @@ def test_tpu_dry_run_prints_every_points_slice_commands_and_runs_nothing(tmp_pat
         assert f'--gin.OUT_DIR="{bucket}/{point.name}"' in launch
         # The babysit.py line it suggests relaunches exactly these commands.
         [line] = [ln for ln in lines if ln.startswith("#   babysit: ") and f" --name {name} " in ln]
-        argv = shlex.split(line[len("#   babysit: "):])
+        argv = shlex.split(line[len("#   babysit: ") :])
         assert babysit.main(["--dry_run", *argv[2:]], runner=runner) == 0
-        assert capsys.readouterr().out.splitlines() == commands[3 * point.index:3 * point.index + 3]
+        assert capsys.readouterr().out.splitlines() == commands[3 * point.index : 3 * point.index + 3]
     assert runner.calls == []
 
 
@@ -231,10 +275,14 @@ def test_tpu_launch_records_slices_and_skips_launched_and_finished_points_on_rer
     manifest = json.loads(epath.Path(f"{bucket}/sweep.json").read_text())
     for point, entry in zip(job.points, manifest["points"]):
         assert entry["status"] == "launched" and entry["launcher"] == "tpu"
-        assert entry["slice"] == launcher.slice_name(point) and "tpu/babysit.py --name " + entry["slice"] in \
-            entry["babysit"]
-        assert "LEARNING_RATE = " + entry["bindings"]["LEARNING_RATE"] in \
-            epath.Path(f"{bucket}/{point.name}/point.gin").read_text()
+        assert (
+            entry["slice"] == launcher.slice_name(point)
+            and "tpu/babysit.py --name " + entry["slice"] in entry["babysit"]
+        )
+        assert (
+            "LEARNING_RATE = " + entry["bindings"]["LEARNING_RATE"]
+            in epath.Path(f"{bucket}/{point.name}/point.gin").read_text()
+        )
 
     # Rerun: launched points are left to their slices; a finished one becomes done.
     epath.Path(f"{bucket}/{job.points[0].name}/summary.json").write_text('{"step": 2, "preempted": false}')
@@ -261,36 +309,49 @@ def test_a_failed_launch_stops_the_sweep_and_the_rerun_keeps_the_created_slice(t
     retry = Runner()
     job.launch(launcher, stream=io.StringIO(), runner=retry)
     assert retry.calls == [c for p in job.points[1:] for c in point_commands(job, launcher, p)][1:]  # no create
-    assert [p["status"] for p in json.loads(epath.Path(f"{bucket}/sweep.json").read_text())["points"]] == \
-        ["launched"] * 4
+    assert [p["status"] for p in json.loads(epath.Path(f"{bucket}/sweep.json").read_text())["points"]] == [
+        "launched"
+    ] * 4
 
 
-@pytest.mark.parametrize("text, match", [
-    ("LEARNING_RATE = [1e-3, -1]", "sweep point 1-LEARNING_RATE=-1 .*learning_rate=-1: must be positive"),
-    ("synpro.TrainerConfig.eval_evry = [1, 2]", "sweep point 0-eval_evry=1 .*did you mean eval_every"),
-    # a v5litepod-8's 8 chips split the batch 8 ways (this machine's devices do not count)
-    ("GLOBAL_BATCH = [16, 12]", ("sweep point 1-GLOBAL_BATCH=12 .*TrainerConfig.global_batch=12 does not divide "
-                                 "over the mesh's 8 data shards")),
-])
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ("LEARNING_RATE = [1e-3, -1]", "sweep point 1-LEARNING_RATE=-1 .*learning_rate=-1: must be positive"),
+        ("synpro.TrainerConfig.eval_evry = [1, 2]", "sweep point 0-eval_evry=1 .*did you mean eval_every"),
+        # a v5litepod-8's 8 chips split the batch 8 ways (this machine's devices do not count)
+        (
+            "GLOBAL_BATCH = [16, 12]",
+            (
+                "sweep point 1-GLOBAL_BATCH=12 .*TrainerConfig.global_batch=12 does not divide "
+                "over the mesh's 8 data shards"
+            ),
+        ),
+    ],
+)
 def test_tpu_mode_checks_every_point_before_any_command(tmp_path, bucket, text, match, gcs_emulator):
     runner, log = Runner(), io.StringIO()  # point 0 of the first is fine, and still nothing is printed
     with pytest.raises(sweep.SweepError, match=match):
-        tpu_sweep(tmp_path, bucket, text + "\n").launch(sweep.TpuLauncher(**TPU), dry_run=True, stream=log,
-                                                         runner=runner)
+        tpu_sweep(tmp_path, bucket, text + "\n").launch(
+            sweep.TpuLauncher(**TPU), dry_run=True, stream=log, runner=runner
+        )
     assert runner.calls == [] and log.getvalue() == "" and bucket_objects(gcs_emulator, bucket) == []
 
 
-@pytest.mark.parametrize("change, match", [
-    (dict(zone=None), "needs --zone"),
-    (dict(tpu_prefix=None), "needs --tpu_prefix"),
-    (dict(accelerator_type=None), "needs --accelerator_type"),
-    (dict(tpu_prefix="LR"), "--tpu_prefix: 'LR'"),
-    (dict(tpu_prefix="a" * 62), "--tpu_prefix: .* at most 61 characters"),
-    (dict(accelerator_type="v5e-8"), "--accelerator_type: 'v5e-8' .*v5litepod"),
-    (dict(repo=None, ref=None), "--repo: say where the workers get synpro_jax"),
-    (dict(scp_from="no/such/dir", repo=None, ref=None), "--scp_from"),
-    (dict(out="runs/local"), "--out=runs/local: the out directory must be one that every worker"),
-])
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        (dict(zone=None), "needs --zone"),
+        (dict(tpu_prefix=None), "needs --tpu_prefix"),
+        (dict(accelerator_type=None), "needs --accelerator_type"),
+        (dict(tpu_prefix="LR"), "--tpu_prefix: 'LR'"),
+        (dict(tpu_prefix="a" * 62), "--tpu_prefix: .* at most 61 characters"),
+        (dict(accelerator_type="v5e-8"), "--accelerator_type: 'v5e-8' .*v5litepod"),
+        (dict(repo=None, ref=None), "--repo: say where the workers get synpro_jax"),
+        (dict(scp_from="no/such/dir", repo=None, ref=None), "--scp_from"),
+        (dict(out="runs/local"), "--out=runs/local: the out directory must be one that every worker"),
+    ],
+)
 def test_tpu_mode_flag_errors_name_the_flag(tmp_path, bucket, change, match):
     change = dict(change)
     job, runner = tpu_sweep(tmp_path, change.pop("out", bucket)), Runner()
@@ -306,10 +367,13 @@ def test_tpu_mode_refuses_a_gin_file_the_workers_lack(tmp_path, bucket):
         job.launch(sweep.TpuLauncher(**TPU), dry_run=True, stream=io.StringIO(), runner=Runner())
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--launcher=tpu", "--tpu_prefix=lr", "--accelerator_type=v4-8", "--repo=r"], "needs --zone ("),
-    (["--zone=z"], "synpro sweep --zone: applies to --launcher=tpu"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--launcher=tpu", "--tpu_prefix=lr", "--accelerator_type=v4-8", "--repo=r"], "needs --zone ("),
+        (["--zone=z"], "synpro sweep --zone: applies to --launcher=tpu"),
+    ],
+)
 def test_cli_tpu_flag_errors(tmp_path, args, message):
     result = run_cli(*tiny_args(tmp_path, "LEARNING_RATE = [1e-3]\n"), *args, "--dry_run", cwd=tmp_path)
     assert result.returncode == 2 and result.stdout == ""

@@ -33,12 +33,12 @@ that does not exist yet: it creates one and launches the job itself.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 import math
 import os
 import shlex
 import sys
 import time
-from collections.abc import Callable
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # gcloud.py beside this file, from any cwd
 import gcloud
@@ -99,7 +99,7 @@ def next_action(state: str | None, exit_code: int | None, stale: bool = False) -
 def backoff(failures: int, base_s: float) -> float:
     """Seconds to wait before relaunching after `failures` earlier failures in a row: base_s, doubled each time,
     at most an hour (or base_s, if that is more)."""
-    return min(base_s * 2 ** failures, max(base_s, BACKOFF_CAP_S))
+    return min(base_s * 2**failures, max(base_s, BACKOFF_CAP_S))
 
 
 class GiveUp(Exception):
@@ -107,12 +107,19 @@ class GiveUp(Exception):
 
 
 class Babysitter:
-    def __init__(self, args, command: list[str], runner: gcloud.Runner = gcloud.run,
-                 sleep: Callable[[float], None] = time.sleep, log: Callable[[str], None] | None = None,
-                 clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        args,
+        command: list[str],
+        runner: gcloud.Runner = gcloud.run,
+        sleep: Callable[[float], None] = time.sleep,
+        log: Callable[[str], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.args, self.command, self.runner, self.sleep, self.clock = args, command, runner, sleep, clock
-        self.log = log or (lambda line: print(f"[babysit {time.strftime('%H:%M:%S')}] {line}", file=sys.stderr,
-                                              flush=True))
+        self.log = log or (
+            lambda line: print(f"[babysit {time.strftime('%H:%M:%S')}] {line}", file=sys.stderr, flush=True)
+        )
         # A namespace built elsewhere (synpro sweep --launcher=tpu) may lack the babysitter's own flags.
         self.queued = getattr(args, "queued", False)
         self.stale_s = getattr(args, "stale_s", STALE_S)
@@ -212,8 +219,10 @@ class Babysitter:
             return left
         self.owed_failures += 1
         if self.owed_failures >= max(1, self.args.max_restarts):
-            raise GiveUp(f"giving up after {self.owed_failures} failures in a row (--max_restarts="
-                         f"{self.args.max_restarts}) of: {shlex.join(left[0])}")
+            raise GiveUp(
+                f"giving up after {self.owed_failures} failures in a row (--max_restarts="
+                f"{self.args.max_restarts}) of: {shlex.join(left[0])}"
+            )
         self.log(f"failure {self.owed_failures} in a row; retrying after the next poll")
         return left
 
@@ -242,8 +251,10 @@ class Babysitter:
             if action == "done":
                 return 0
             if action == "give_up":
-                self.log(f"the job exited {code}: a configuration or usage error (or a command that cannot run) "
-                         f"that the same command would hit again; see ~/synpro_logs/{a.run_name}.log")
+                self.log(
+                    f"the job exited {code}: a configuration or usage error (or a command that cannot run) "
+                    f"that the same command would hit again; see ~/synpro_logs/{a.run_name}.log"
+                )
                 return 1
             if action == "wait":
                 if age is not None and age < self.since_launch():
@@ -255,12 +266,13 @@ class Babysitter:
                 if action == "retry":
                     delay = backoff(failures, self.backoff_s)
                     failures += 1
-                    self.log(f"the job exited {code} (failure {failures} in a row); launching it again in "
-                             f"{delay:g} s")
+                    self.log(f"the job exited {code} (failure {failures} in a row); launching it again in {delay:g} s")
                     self.sleep(delay)
                 elif stale:
-                    self.log(f"no heartbeat for over --stale_s={self.stale_s:g} s: the job is taken to be hung; "
-                             "the launch stops it and starts it again")
+                    self.log(
+                        f"no heartbeat for over --stale_s={self.stale_s:g} s: the job is taken to be hung; "
+                        "the launch stops it and starts it again"
+                    )
                 restarts += 1
                 owed = self._run_owed(self.launch_commands())
             else:  # recreate
@@ -280,26 +292,41 @@ class Babysitter:
             self.sleep(a.poll_s)
 
 
-def main(argv=None, runner: gcloud.Runner = gcloud.run, sleep: Callable[[float], None] = time.sleep,
-         clock: Callable[[], float] = time.monotonic) -> int:
-    p = gcloud.parser(__file__, "Recreate a preempted TPU slice, reinstall and relaunch the same job until it "
-                                "exits 0.")
+def main(
+    argv=None,
+    runner: gcloud.Runner = gcloud.run,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> int:
+    p = gcloud.parser(__file__, "Recreate a preempted TPU slice, reinstall and relaunch the same job until it exits 0.")
     gcloud.add_accelerator(p)
     gcloud.add_install(p)
     gcloud.add_run_name(p)
     p.add_argument("--poll_s", type=float, default=60.0, help="seconds between checks (default 60)")
-    p.add_argument("--max_restarts", type=int, default=20,
-                   help="slices created plus jobs launched again before giving up (default 20); a failed create "
-                        "(no capacity) is retried every poll without counting; this many install or launch "
-                        "failures in a row give up too")
-    p.add_argument("--stale_s", type=float, default=STALE_S,
-                   help=f"launch a job again whose heartbeat is older than this (default {STALE_S:g}; 0: never; "
-                        f"else at least {2 * HEARTBEAT_INTERVAL_S:g}, twice the heartbeat interval), longer than any "
-                        "phase without a beat (compilation, a checkpoint, a barrier). synpro train, probe, grpo, "
-                        "synthesize, eval and loop beat; other commands do not, so give them 0")
-    p.add_argument("--backoff_s", type=float, default=BACKOFF_S,
-                   help=f"seconds before launching a failed job again (default {BACKOFF_S:g}), doubled for each "
-                        "failure in a row, at most an hour")
+    p.add_argument(
+        "--max_restarts",
+        type=int,
+        default=20,
+        help="slices created plus jobs launched again before giving up (default 20); a failed create "
+        "(no capacity) is retried every poll without counting; this many install or launch "
+        "failures in a row give up too",
+    )
+    p.add_argument(
+        "--stale_s",
+        type=float,
+        default=STALE_S,
+        help=f"launch a job again whose heartbeat is older than this (default {STALE_S:g}; 0: never; "
+        f"else at least {2 * HEARTBEAT_INTERVAL_S:g}, twice the heartbeat interval), longer than any "
+        "phase without a beat (compilation, a checkpoint, a barrier). synpro train, probe, grpo, "
+        "synthesize, eval and loop beat; other commands do not, so give them 0",
+    )
+    p.add_argument(
+        "--backoff_s",
+        type=float,
+        default=BACKOFF_S,
+        help=f"seconds before launching a failed job again (default {BACKOFF_S:g}), doubled for each "
+        "failure in a row, at most an hour",
+    )
     args, command = gcloud.parse_with_command(p, sys.argv[1:] if argv is None else argv)
     gcloud.check(p, args)
     if args.poll_s <= 0:
@@ -309,9 +336,11 @@ def main(argv=None, runner: gcloud.Runner = gcloud.run, sleep: Callable[[float],
     if args.stale_s < 0:
         p.error(f"--stale_s: {args.stale_s} must be at least 0 (0 turns the heartbeat check off)")
     if 0 < args.stale_s < 2 * HEARTBEAT_INTERVAL_S:
-        p.error(f"--stale_s: {args.stale_s:g} is under twice the heartbeat interval ({HEARTBEAT_INTERVAL_S:g} s: a "
-                f"job touches its heartbeat at most that often), so a healthy job would look hung; give at least "
-                f"{2 * HEARTBEAT_INTERVAL_S:g}, or 0 to turn the check off")
+        p.error(
+            f"--stale_s: {args.stale_s:g} is under twice the heartbeat interval ({HEARTBEAT_INTERVAL_S:g} s: a "
+            f"job touches its heartbeat at most that often), so a healthy job would look hung; give at least "
+            f"{2 * HEARTBEAT_INTERVAL_S:g}, or 0 to turn the check off"
+        )
     if args.backoff_s < 0:
         p.error(f"--backoff_s: {args.backoff_s} must be at least 0")
     sitter = Babysitter(args, command, runner, sleep, clock=clock)

@@ -17,14 +17,15 @@ import gcloud
 
 
 def main(argv=None) -> int:
-    p = gcloud.parser(__file__, "Create a TPU VM or pod slice (gcloud compute tpus tpu-vm create, or "
-                                "queued-resources create with --queued).")
+    p = gcloud.parser(
+        __file__,
+        "Create a TPU VM or pod slice (gcloud compute tpus tpu-vm create, or queued-resources create with --queued).",
+    )
     gcloud.add_accelerator(p)
     args = p.parse_args(argv)
     gcloud.check(p, args)
     create = gcloud.queued_create if args.queued else gcloud.create
-    command = create(args.name, args.zone, args.project, args.accelerator_type, args.version,
-                            gcloud.provisioning(args))
+    command = create(args.name, args.zone, args.project, args.accelerator_type, args.version, gcloud.provisioning(args))
     return gcloud.run_all([command], args.dry_run)
 
 

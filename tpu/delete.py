@@ -15,8 +15,11 @@ import gcloud
 def main(argv=None) -> int:
     p = gcloud.parser(__file__, "Delete a TPU VM or pod slice (gcloud compute tpus tpu-vm delete).")
     p.add_argument("--yes", action="store_true", help="do not ask for confirmation (gcloud --quiet)")
-    p.add_argument("--queued", action="store_true",
-                   help="delete the queued resource NAME and its node (queued-resources delete --force)")
+    p.add_argument(
+        "--queued",
+        action="store_true",
+        help="delete the queued resource NAME and its node (queued-resources delete --force)",
+    )
     args = p.parse_args(argv)
     gcloud.check(p, args)
     delete = gcloud.queued_delete if args.queued else gcloud.delete

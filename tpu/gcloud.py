@@ -7,12 +7,12 @@ can compare it; the scripts never go through a local shell.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable, Sequence
 import os
 import re
 import shlex
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 TPU_VM = ("gcloud", "compute", "tpus", "tpu-vm")
@@ -58,15 +58,21 @@ def parser(script: str, description: str) -> Parser:
 
 def add_accelerator(p: argparse.ArgumentParser) -> None:
     p.add_argument("--accelerator_type", required=True, help="e.g. v5litepod-8 (v5e, 1 host) or v4-32 (4 hosts)")
-    p.add_argument("--version", help="TPU runtime; default: Google's JAX runtime for the generation "
-                                     "(v5litepod: v2-alpha-tpuv5-lite, v4: tpu-ubuntu2204-base, ...)")
+    p.add_argument(
+        "--version",
+        help="TPU runtime; default: Google's JAX runtime for the generation "
+        "(v5litepod: v2-alpha-tpuv5-lite, v4: tpu-ubuntu2204-base, ...)",
+    )
     kind = p.add_mutually_exclusive_group()  # one provisioning model per slice
     kind.add_argument("--spot", action="store_true", help="a Spot slice (preemptible, no time limit)")
     kind.add_argument("--preemptible", action="store_true", help="a preemptible slice (at most 24 hours)")
     kind.add_argument("--reserved", action="store_true", help="from the project's reserved capacity")
-    p.add_argument("--queued", action="store_true",
-                   help="request the slice as a queued resource (gcloud compute tpus queued-resources create), which "
-                        "waits in Google's queue for capacity instead of failing; with --spot, --reserved or neither")
+    p.add_argument(
+        "--queued",
+        action="store_true",
+        help="request the slice as a queued resource (gcloud compute tpus queued-resources create), which "
+        "waits in Google's queue for capacity instead of failing; with --spot, --reserved or neither",
+    )
 
 
 def add_install(p: argparse.ArgumentParser) -> None:
@@ -85,7 +91,7 @@ def parse_with_command(p: argparse.ArgumentParser, argv: Sequence[str]) -> tuple
     argv = list(argv)
     i = argv.index("--") if "--" in argv else len(argv)
     args, unknown = p.parse_known_args(argv[:i])
-    command = argv[i + 1:]
+    command = argv[i + 1 :]
     if unknown and i < len(argv):
         p.error(f"unrecognized arguments: {' '.join(unknown)}")
     if not command:
@@ -96,16 +102,20 @@ def parse_with_command(p: argparse.ArgumentParser, argv: Sequence[str]) -> tuple
 def check(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Bad input fails here, in one line naming the flag, before any gcloud command runs (exit status 2)."""
     if not NAME_RE.match(args.name):
-        p.error(f"--name: {args.name!r} is not a valid TPU name (lowercase letters, digits and hyphens, starting "
-                "with a letter, not ending with a hyphen, at most 63 characters)")
+        p.error(
+            f"--name: {args.name!r} is not a valid TPU name (lowercase letters, digits and hyphens, starting "
+            "with a letter, not ending with a hyphen, at most 63 characters)"
+        )
     if not args.zone.strip():
         p.error("--zone: empty")
     if args.project is not None and not args.project.strip():
         p.error("--project: empty")
     if getattr(args, "accelerator_type", None) is not None and not ACCELERATOR_RE.match(args.accelerator_type):
         hint = " (gcloud calls v5e v5litepod)" if args.accelerator_type.startswith("v5e-") else ""
-        p.error(f"--accelerator_type: {args.accelerator_type!r} is not a TPU type such as v5litepod-8, v4-32, "
-                f"v5p-8 or v6e-8 (pattern {ACCELERATOR_RE.pattern}){hint}")
+        p.error(
+            f"--accelerator_type: {args.accelerator_type!r} is not a TPU type such as v5litepod-8, v4-32, "
+            f"v5p-8 or v6e-8 (pattern {ACCELERATOR_RE.pattern}){hint}"
+        )
     if getattr(args, "queued", False) and getattr(args, "preemptible", False):
         p.error("--queued: queued resources take --spot or --reserved (or neither), not --preemptible")
     if hasattr(args, "scp_from"):
@@ -123,8 +133,21 @@ def check(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
             p.error(f"--run_name: {args.run_name!r} must be letters, digits, '.', '_' or '-' (it names log files)")
 
 
-SCRIPT_FLAGS = ("name", "zone", "project", "accelerator_type", "version", "spot", "preemptible", "reserved", "queued",
-                "repo", "ref", "scp_from", "run_name")
+SCRIPT_FLAGS = (
+    "name",
+    "zone",
+    "project",
+    "accelerator_type",
+    "version",
+    "spot",
+    "preemptible",
+    "reserved",
+    "queued",
+    "repo",
+    "ref",
+    "scp_from",
+    "run_name",
+)
 
 
 def script_flags(args: argparse.Namespace) -> list[str]:
@@ -144,21 +167,46 @@ def where(zone: str, project: str | None) -> list[str]:
     return [f"--zone={zone}"] + ([f"--project={project}"] if project else [])
 
 
-def create(name: str, zone: str, project: str | None, accelerator_type: str, version: str | None = None,
-           provisioning: str | None = None) -> list[str]:
+def create(
+    name: str,
+    zone: str,
+    project: str | None,
+    accelerator_type: str,
+    version: str | None = None,
+    provisioning: str | None = None,
+) -> list[str]:
     """`provisioning`: None (on demand), "spot", "preemptible" or "reserved"."""
     version = version or DEFAULT_VERSIONS[accelerator_type.split("-")[0]]
-    return [*TPU_VM, "create", name, *where(zone, project), f"--accelerator-type={accelerator_type}",
-            f"--version={version}"] + ([f"--{provisioning}"] if provisioning else [])
+    return [
+        *TPU_VM,
+        "create",
+        name,
+        *where(zone, project),
+        f"--accelerator-type={accelerator_type}",
+        f"--version={version}",
+    ] + ([f"--{provisioning}"] if provisioning else [])
 
 
-def queued_create(name: str, zone: str, project: str | None, accelerator_type: str, version: str | None = None,
-                  provisioning: str | None = None) -> list[str]:
+def queued_create(
+    name: str,
+    zone: str,
+    project: str | None,
+    accelerator_type: str,
+    version: str | None = None,
+    provisioning: str | None = None,
+) -> list[str]:
     """A queued resource named `name` whose node is `name` too; `provisioning`: None, "spot" or "reserved"."""
     version = version or DEFAULT_VERSIONS[accelerator_type.split("-")[0]]
-    return [*QUEUED, "create", name, f"--node-id={name}", *where(zone, project),
-            f"--accelerator-type={accelerator_type}", f"--runtime-version={version}",
-            *([f"--{provisioning}"] if provisioning else [])]
+    return [
+        *QUEUED,
+        "create",
+        name,
+        f"--node-id={name}",
+        *where(zone, project),
+        f"--accelerator-type={accelerator_type}",
+        f"--runtime-version={version}",
+        *([f"--{provisioning}"] if provisioning else []),
+    ]
 
 
 def queued_delete(name: str, zone: str, project: str | None, quiet: bool = False) -> list[str]:
@@ -216,26 +264,31 @@ def _venv_steps(python: str, jax: str) -> list[str]:
     versions = {"3.13", "3.12", "3.11"} | ({python} if re.fullmatch(r"3\.\d+", python) else set())
     candidates += [f"python{v}" for v in sorted(versions, key=lambda v: int(v.split(".")[1]), reverse=True)]
     fallback = [
-        (f"py=; for c in {' '.join(candidates)}; do "
-         """if "$c" -c 'import sys, ensurepip, venv; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then """
-         "py=$c; break; fi; done"),
-        ('[ -n "$py" ] || { echo "install: could not install uv, and this worker has no Python >= 3.11 with venv" '
-         ">&2; exit 1; }"),
+        (
+            f"py=; for c in {' '.join(candidates)}; do "
+            """if "$c" -c 'import sys, ensurepip, venv; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then """
+            "py=$c; break; fi; done"
+        ),
+        (
+            '[ -n "$py" ] || { echo "install: could not install uv, and this worker has no Python >= 3.11 with venv" '
+            ">&2; exit 1; }"
+        ),
         f'"$py" -m venv {_VENV}',
         f'venv_install() {{ {_VENV_PYTHON} -m pip install "$@"; }}',
     ]
     return [
         # --user: the system Python's site-packages is root's; the binary lands in ~/.local/bin, found by -m uv.
-        (f"if python3 -m pip install --user -U uv && python3 -m uv venv --allow-existing --python {q_python} "
-         f'{_VENV}; then venv_install() {{ python3 -m uv pip install --python {_VENV_PYTHON} "$@"; }}; '
-         f"else {'; '.join(fallback)}; fi"),
+        (
+            f"if python3 -m pip install --user -U uv && python3 -m uv venv --allow-existing --python {q_python} "
+            f'{_VENV}; then venv_install() {{ python3 -m uv pip install --python {_VENV_PYTHON} "$@"; }}; '
+            f"else {'; '.join(fallback)}; fi"
+        ),
         f"venv_install -U {shlex.quote(jax)}",
         "venv_install -e '.[tpu]'",
     ]
 
 
-def worker_install_script(repo: str | None = None, ref: str | None = None, python: str = PYTHON,
-                          jax: str = JAX) -> str:
+def worker_install_script(repo: str | None = None, ref: str | None = None, python: str = PYTHON, jax: str = JAX) -> str:
     """The shell text every worker runs to install: with `repo`, clone or update ~/synpro_jax at `ref` first
     (without, ~/synpro_jax is already there: copied by scp); then ~/synpro_venv (see _venv_steps).
 
@@ -251,23 +304,33 @@ def worker_install_script(repo: str | None = None, ref: str | None = None, pytho
             f"git remote set-url origin {q_repo}",
             "git fetch --force --tags origin",
             # A branch or tag, or a commit the server hands out by id; else a commit the fetch above brought.
-            (f"{{ git fetch origin {q_ref} && git checkout --force --detach FETCH_HEAD; }} || "
-             f"git checkout --force --detach {q_ref}"),
+            (
+                f"{{ git fetch origin {q_ref} && git checkout --force --detach FETCH_HEAD; }} || "
+                f"git checkout --force --detach {q_ref}"
+            ),
         ]
     else:
         steps.append(f"cd {_HOME_DIR}")
     return "; ".join(steps + _venv_steps(python, jax))
 
 
-def install(name: str, zone: str, project: str | None, repo: str | None = None, ref: str | None = None,
-            scp_from: str | None = None) -> list[list[str]]:
+def install(
+    name: str,
+    zone: str,
+    project: str | None,
+    repo: str | None = None,
+    ref: str | None = None,
+    scp_from: str | None = None,
+) -> list[list[str]]:
     """Commands that put synpro_jax at `ref` (or a copy of `scp_from`) in ~/synpro_jax on every worker and install
     it, with JAX's TPU wheels, in ~/synpro_venv. Rerunning them updates an existing install."""
     if scp_from is not None:
         # A fresh copy each time: scp into an existing directory would nest the new copy inside the old one.
-        return [ssh(name, zone, project, f"rm -rf {_HOME_DIR}"),
-                scp(scp_from, name, zone, project),
-                ssh(name, zone, project, worker_install_script())]
+        return [
+            ssh(name, zone, project, f"rm -rf {_HOME_DIR}"),
+            scp(scp_from, name, zone, project),
+            ssh(name, zone, project, worker_install_script()),
+        ]
     return [ssh(name, zone, project, worker_install_script(repo, ref))]
 
 
@@ -289,11 +352,15 @@ def log_files(run_name: str) -> tuple[str, str]:
 _PROC_FUNCTIONS = (
     'stat_fields() { local s; read -r s 2>/dev/null < "/proc/$1/stat" || return 1; read -ra f <<< "${s##*) }"; }',
     'started() { local f; stat_fields "$1" && echo "${f[19]}"; }',
-    ('group_alive() { local p f; for p in /proc/[0-9]*; do stat_fields "${p#/proc/}" && [ "${f[2]}" = "$1" ] && '
-     '[ "${f[0]}" != Z ] && return 0; done; return 1; }'),
+    (
+        'group_alive() { local p f; for p in /proc/[0-9]*; do stat_fields "${p#/proc/}" && [ "${f[2]}" = "$1" ] && '
+        '[ "${f[0]}" != Z ] && return 0; done; return 1; }'
+    ),
     # Waits up to $2 seconds while group $1 is alive; fails if it still is.
-    ('wait_group() { local end=$((SECONDS + $2)); while group_alive "$1"; do [ $SECONDS -lt $end ] || return 1; '
-     'sleep 0.2; done; }'),
+    (
+        'wait_group() { local end=$((SECONDS + $2)); while group_alive "$1"; do [ $SECONDS -lt $end ] || return 1; '
+        "sleep 0.2; done; }"
+    ),
 )
 KILLED_WAIT_S = 30  # how long a launch waits for a SIGKILLed copy to be gone (its devices released) before failing
 
@@ -303,24 +370,32 @@ def _kill_previous(pid_file: str, kill_wait_s: int) -> str:
     saves and exits 143), up to `kill_wait_s` seconds for every process of the group to end, then SIGKILL to whatever
     is left of it and up to KILLED_WAIT_S seconds for that to be gone too, so the new job never finds the TPU
     (/dev/accel*, /dev/vfio) still held by the old one; a group still there after that fails the launch."""
-    return (f"if [ -f {pid_file} ]; then read -r old start < {pid_file} || true; "
-            'if [ -n "$start" ] && [ "$(started "$old")" = "$start" ]; then '
-            'echo "launch: stopping the running copy (process group $old)" >&2; '
-            'kill -TERM -- "-$old" 2>/dev/null || true; '
-            f'if ! wait_group "$old" {int(kill_wait_s)}; then kill -KILL -- "-$old" 2>/dev/null || true; '
-            f'wait_group "$old" {KILLED_WAIT_S} || {{ echo "launch: process group $old is still running '
-            f'{KILLED_WAIT_S} s after SIGKILL; not launching a second copy" >&2; exit 1; }}; fi; fi; fi')
+    return (
+        f"if [ -f {pid_file} ]; then read -r old start < {pid_file} || true; "
+        'if [ -n "$start" ] && [ "$(started "$old")" = "$start" ]; then '
+        'echo "launch: stopping the running copy (process group $old)" >&2; '
+        'kill -TERM -- "-$old" 2>/dev/null || true; '
+        f'if ! wait_group "$old" {int(kill_wait_s)}; then kill -KILL -- "-$old" 2>/dev/null || true; '
+        f'wait_group "$old" {KILLED_WAIT_S} || {{ echo "launch: process group $old is still running '
+        f'{KILLED_WAIT_S} s after SIGKILL; not launching a second copy" >&2; exit 1; }}; fi; fi; fi'
+    )
 
 
-def launch(name: str, zone: str, project: str | None, command: Sequence[str], run_name: str,
-           attach: bool = False, kill_wait_s: int = KILL_WAIT_S) -> list[str]:
+def launch(
+    name: str,
+    zone: str,
+    project: str | None,
+    command: Sequence[str],
+    run_name: str,
+    attach: bool = False,
+    kill_wait_s: int = KILL_WAIT_S,
+) -> list[str]:
     """One ssh to every worker that runs `command` in ~/synpro_jax with ~/synpro_venv/bin first on PATH (see
     launch_script)."""
     return ssh(name, zone, project, launch_script(command, run_name, attach, kill_wait_s))
 
 
-def launch_script(command: Sequence[str], run_name: str, attach: bool = False,
-                  kill_wait_s: int = KILL_WAIT_S) -> str:
+def launch_script(command: Sequence[str], run_name: str, attach: bool = False, kill_wait_s: int = KILL_WAIT_S) -> str:
     """The shell text of a launch: it ends a copy of the run still going on this host, then runs `command`,
     appending its output to ~/synpro_logs/<run_name>.log and writing its exit status to <run_name>.exit when it
     ends. The job gets SYNPRO_HEARTBEAT=~/synpro_logs/<run_name>.heartbeat, which synpro jobs touch as they go
@@ -338,17 +413,29 @@ def launch_script(command: Sequence[str], run_name: str, attach: bool = False,
     # the next launch can signal all of it; `set +m` again so bash prints no job notices.
     keep_pid = f'echo "$! $(started $!)" > {pid}'
     if attach:
-        run = (f"set -m; ( {job} 2>&1 | tee -a {log}; exit ${{PIPESTATUS[0]}} ) & set +m; {keep_pid}; "
-               f"code=0; wait $! || code=$?; {record}; exit $code")
+        run = (
+            f"set -m; ( {job} 2>&1 | tee -a {log}; exit ${{PIPESTATUS[0]}} ) & set +m; {keep_pid}; "
+            f"code=0; wait $! || code=$?; {record}; exit $code"
+        )
     else:
         # A subshell rather than `nohup bash -c '...'`, which would quote the job once more. It ignores SIGHUP (as
         # nohup would) when the ssh session ends, and traps SIGTERM only to outlive it and record the job's 143;
         # `set +e` so a failing job still gets its exit status recorded.
-        run = (f'set -m; ( set +e; trap "" HUP; trap : TERM; {job} >> {log} 2>&1; code=$?; {record} ) '
-               f"> /dev/null 2>&1 < /dev/null & set +m; {keep_pid}")
-    steps = ["set -e", f'export PATH="$HOME/{VENV_DIR}/bin:$PATH"', *_PROC_FUNCTIONS, f"mkdir -p {_home(LOG_DIR)}",
-             f"cd {_HOME_DIR}", f"export SYNPRO_HEARTBEAT={heartbeat}", _kill_previous(pid, kill_wait_s),
-             f"rm -f {exit_file} {heartbeat}", run]
+        run = (
+            f'set -m; ( set +e; trap "" HUP; trap : TERM; {job} >> {log} 2>&1; code=$?; {record} ) '
+            f"> /dev/null 2>&1 < /dev/null & set +m; {keep_pid}"
+        )
+    steps = [
+        "set -e",
+        f'export PATH="$HOME/{VENV_DIR}/bin:$PATH"',
+        *_PROC_FUNCTIONS,
+        f"mkdir -p {_home(LOG_DIR)}",
+        f"cd {_HOME_DIR}",
+        f"export SYNPRO_HEARTBEAT={heartbeat}",
+        _kill_previous(pid, kill_wait_s),
+        f"rm -f {exit_file} {heartbeat}",
+        run,
+    ]
     return "; ".join(steps)
 
 
@@ -356,9 +443,11 @@ def read_status(name: str, zone: str, project: str | None, run_name: str) -> lis
     """One ssh to worker 0 that prints `exit=<the job's exit status; empty while it runs, or if it never ran>` and
     `heartbeat_age=<seconds since the job last touched its heartbeat file; empty if it has not>`."""
     exit_file, heartbeat = run_file(run_name, ".exit"), run_file(run_name, ".heartbeat")
-    command = (f'echo "exit=$(cat {exit_file} 2>/dev/null)"; '
-               f"if t=$(stat -c %Y {heartbeat} 2>/dev/null); then "
-               'echo "heartbeat_age=$(( $(date +%s) - t ))"; else echo heartbeat_age=; fi')
+    command = (
+        f'echo "exit=$(cat {exit_file} 2>/dev/null)"; '
+        f"if t=$(stat -c %Y {heartbeat} 2>/dev/null); then "
+        'echo "heartbeat_age=$(( $(date +%s) - t ))"; else echo heartbeat_age=; fi'
+    )
     return ssh(name, zone, project, command, worker="0")
 
 
@@ -374,10 +463,17 @@ Runner = Callable[..., Result]  # runner(argv, capture=False) -> Result
 def run(argv: list[str], capture: bool = False) -> Result:
     """Runs a gcloud command; with `capture`, returns its stdout and stderr instead of showing them."""
     try:
-        done = subprocess.run(argv, check=False, text=True, stdout=subprocess.PIPE if capture else None,
-                              stderr=subprocess.PIPE if capture else None)
+        done = subprocess.run(
+            argv,
+            check=False,
+            text=True,
+            stdout=subprocess.PIPE if capture else None,
+            stderr=subprocess.PIPE if capture else None,
+        )
     except FileNotFoundError:
-        raise SystemExit(f"error: {argv[0]} is not on PATH; install the Google Cloud CLI (cloud.google.com/sdk)")
+        raise SystemExit(
+            f"error: {argv[0]} is not on PATH; install the Google Cloud CLI (cloud.google.com/sdk)"
+        ) from None
     return Result(done.returncode, done.stdout or "", done.stderr or "")
 
 

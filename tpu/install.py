@@ -16,8 +16,10 @@ import gcloud
 
 
 def main(argv=None) -> int:
-    p = gcloud.parser(__file__, "Install synpro_jax on all workers of a TPU VM (git clone/update or scp, then a "
-                                "Python 3.12 venv made by uv).")
+    p = gcloud.parser(
+        __file__,
+        "Install synpro_jax on all workers of a TPU VM (git clone/update or scp, then a Python 3.12 venv made by uv).",
+    )
     gcloud.add_install(p)
     args = p.parse_args(argv)
     gcloud.check(p, args)

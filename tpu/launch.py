@@ -20,8 +20,9 @@ import gcloud
 
 
 def main(argv=None) -> int:
-    p = gcloud.parser(__file__, "Run `-- COMMAND ...` on all workers of a TPU VM, logged to "
-                                "~/synpro_logs/<run_name>.log.")
+    p = gcloud.parser(
+        __file__, "Run `-- COMMAND ...` on all workers of a TPU VM, logged to ~/synpro_logs/<run_name>.log."
+    )
     gcloud.add_run_name(p)
     p.add_argument("--attach", action="store_true", help="stay attached: stream the output, wait for the job")
     args, command = gcloud.parse_with_command(p, sys.argv[1:] if argv is None else argv)

@@ -21,9 +21,9 @@ Phases, wrapped around tunix's own methods:
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
@@ -33,11 +33,11 @@ PHASES = ("rollout", "ref_logprobs", "rewards", "update", "total")
 def main(spec_path: str, result_path: str) -> None:
     spec = json.loads(Path(spec_path).read_text())
     sys.path.insert(0, spec["repo"])
+    from flax import nnx
     import jax
     import jax.numpy as jnp
     import optax
     import transformers
-    from flax import nnx
     from tunix.models.qwen3 import model as qwen3
     from tunix.rl import rl_cluster as rl_cluster_lib
     from tunix.rl.grpo import grpo_learner
@@ -52,42 +52,68 @@ def main(spec_path: str, result_path: str) -> None:
     total_steps = spec["warmup"] + spec["steps"]
     heads = hf_cfg["num_attention_heads"]
     cfg = qwen3.ModelConfig(
-        num_layers=hf_cfg["num_hidden_layers"], vocab_size=hf_cfg["vocab_size"], embed_dim=hf_cfg["hidden_size"],
-        hidden_dim=hf_cfg["intermediate_size"], num_heads=heads, head_dim=hf_cfg["hidden_size"] // heads,
-        num_kv_heads=hf_cfg.get("num_key_value_heads", heads), rope_theta=int(hf_cfg.get("rope_theta", 10000)),
-        norm_eps=hf_cfg.get("rms_norm_eps", 1e-6), use_tied_embedding=False,
-        dtype=jnp.bfloat16 if spec["dtype"] == "bfloat16" else jnp.float32, param_dtype=jnp.float32,
+        num_layers=hf_cfg["num_hidden_layers"],
+        vocab_size=hf_cfg["vocab_size"],
+        embed_dim=hf_cfg["hidden_size"],
+        hidden_dim=hf_cfg["intermediate_size"],
+        num_heads=heads,
+        head_dim=hf_cfg["hidden_size"] // heads,
+        num_kv_heads=hf_cfg.get("num_key_value_heads", heads),
+        rope_theta=int(hf_cfg.get("rope_theta", 10000)),
+        norm_eps=hf_cfg.get("rms_norm_eps", 1e-6),
+        use_tied_embedding=False,
+        dtype=jnp.bfloat16 if spec["dtype"] == "bfloat16" else jnp.float32,
+        param_dtype=jnp.float32,
     )
     mesh = jax.make_mesh((1, 1), ("fsdp", "tp"), axis_types=(jax.sharding.AxisType.Auto,) * 2)
     with jax.set_mesh(mesh):
         actor = qwen3.Qwen3(cfg, rngs=nnx.Rngs(0))
         reference = qwen3.Qwen3(cfg, rngs=nnx.Rngs(0))
 
-    suite = RewardSuite({"format": make_reward("format"), "length": make_reward("length")},
-                        {"format": 1.0, "length": 1.0})
+    suite = RewardSuite(
+        {"format": make_reward("format"), "length": make_reward("length")}, {"format": 1.0, "length": 1.0}
+    )
 
     def synpro_rewards(prompts, completions, **_):
         group = np.arange(len(completions)) // g
         return suite(RewardInputs("rephrase", list(prompts), list(completions), group)).total.tolist()
 
     schedule = optax.warmup_cosine_decay_schedule(0.0, 1e-6, max(1, round(0.1 * total_steps)), total_steps, 1e-7)
-    optimizer = optax.chain(optax.clip_by_global_norm(1.0),
-                            optax.adamw(schedule, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0))
-    cluster_config = rl_cluster_lib.ClusterConfig(
-        role_to_mesh={rl_cluster_lib.Role.ACTOR: mesh, rl_cluster_lib.Role.REFERENCE: mesh,
-                      rl_cluster_lib.Role.ROLLOUT: mesh},
-        rollout_engine="vanilla", offload_to_cpu=False,
-        training_config=rl_cluster_lib.RLTrainingConfig(
-            actor_optimizer=optimizer, eval_every_n_steps=10**9, max_steps=total_steps),
-        rollout_config=base_rollout.RolloutConfig(
-            max_tokens_to_generate=c_len, max_prompt_length=p_len, kv_cache_size=p_len + c_len + 16,
-            temperature=1.0, top_p=0.9, top_k=None,
-            eos_tokens=[hf_cfg["vocab_size"]]),  # an id outside the vocabulary: every completion runs out
+    optimizer = optax.chain(
+        optax.clip_by_global_norm(1.0), optax.adamw(schedule, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0)
     )
-    cluster = rl_cluster_lib.RLCluster(actor=actor, reference=reference, tokenizer=tokenizer,
-                                       cluster_config=cluster_config)
-    algo = grpo_learner.GRPOConfig(num_generations=g, num_iterations=1, beta=0.005, epsilon=0.2,
-                                   loss_agg_mode="token-mean", kl_loss_mode="low_var_kl")
+    cluster_config = rl_cluster_lib.ClusterConfig(
+        role_to_mesh={
+            rl_cluster_lib.Role.ACTOR: mesh,
+            rl_cluster_lib.Role.REFERENCE: mesh,
+            rl_cluster_lib.Role.ROLLOUT: mesh,
+        },
+        rollout_engine="vanilla",
+        offload_to_cpu=False,
+        training_config=rl_cluster_lib.RLTrainingConfig(
+            actor_optimizer=optimizer, eval_every_n_steps=10**9, max_steps=total_steps
+        ),
+        rollout_config=base_rollout.RolloutConfig(
+            max_tokens_to_generate=c_len,
+            max_prompt_length=p_len,
+            kv_cache_size=p_len + c_len + 16,
+            temperature=1.0,
+            top_p=0.9,
+            top_k=None,
+            eos_tokens=[hf_cfg["vocab_size"]],
+        ),  # an id outside the vocabulary: every completion runs out
+    )
+    cluster = rl_cluster_lib.RLCluster(
+        actor=actor, reference=reference, tokenizer=tokenizer, cluster_config=cluster_config
+    )
+    algo = grpo_learner.GRPOConfig(
+        num_generations=g,
+        num_iterations=1,
+        beta=0.005,
+        epsilon=0.2,
+        loss_agg_mode="token-mean",
+        kl_loss_mode="low_var_kl",
+    )
     learner = grpo_learner.GRPOLearner(rl_cluster=cluster, algo_config=algo, reward_fns=[synpro_rewards])
 
     current: dict[str, float] = {}
@@ -103,6 +129,7 @@ def main(spec_path: str, result_path: str) -> None:
                 out = jax.block_until_ready(out)
             current[phase] = current.get(phase, 0.0) + time.perf_counter() - t
             return out
+
         return wrapper
 
     generate = timed("rollout", cluster.generate)
@@ -130,19 +157,24 @@ def main(spec_path: str, result_path: str) -> None:
     learner.train(data)
     steps.append({**current, "total": time.perf_counter() - starts[-1]})
 
-    timed_steps = steps[spec["warmup"]:total_steps]
+    timed_steps = steps[spec["warmup"] : total_steps]
     per_step = {k: [s.get(k, 0.0) for s in timed_steps] for k in PHASES if k != "update"}
-    per_step["update"] = [s["total"] - s.get("rollout", 0) - s.get("ref_logprobs", 0) - s.get("rewards", 0)
-                          for s in timed_steps]
+    per_step["update"] = [
+        s["total"] - s.get("rollout", 0) - s.get("ref_logprobs", 0) - s.get("rewards", 0) for s in timed_steps
+    ]
     rows = len(spec["prompt_steps"][0]) * g
     ms = {k: 1e3 * float(np.median(v)) for k, v in per_step.items()}
     from importlib.metadata import version
 
     result = {
-        "system": "tunix", "tunix": version("google-tunix"), "jax": jax.__version__, "device": str(jax.devices()[0]),
+        "system": "tunix",
+        "tunix": version("google-tunix"),
+        "jax": jax.__version__,
+        "device": str(jax.devices()[0]),
         "model": f"tunix Qwen3 {cfg.num_layers} layers, d={cfg.embed_dim}, vocab {cfg.vocab_size} (random init; "
-                 "same sizes as the OLMo-2 export, not the same weights)",
-        "steps_seen": len(steps), "completion_lengths": sorted(set(lengths)),
+        "same sizes as the OLMo-2 export, not the same weights)",
+        "steps_seen": len(steps),
+        "completion_lengths": sorted(set(lengths)),
         "ms_per_step": ms,
         "ms_per_step_all": {k: [round(1e3 * x, 3) for x in v] for k, v in per_step.items()},
         "rollout_tokens_per_s": rows * c_len / (ms["rollout"] / 1e3),

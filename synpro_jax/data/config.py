@@ -11,8 +11,9 @@ Everything is a gin-native value, as a t5x user would write it::
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 import dataclasses
-from typing import Any, Mapping
+from typing import Any
 
 
 def check_name(name: str, knob: str) -> None:
@@ -41,7 +42,7 @@ class SyntheticShards:
         return f"{self.operation}_r{self.round}"
 
     @classmethod
-    def of(cls, value: Any) -> "SyntheticShards":
+    def of(cls, value: Any) -> SyntheticShards:
         """From a SyntheticShards, a tuple ``(operation, round, files)`` or a dict with those keys."""
         if isinstance(value, cls):
             return value
@@ -49,12 +50,15 @@ class SyntheticShards:
             try:
                 return cls(**dict(value))
             except TypeError as e:
-                raise ValueError(f"DataConfig.synthetic entry {dict(value)!r}: expected the keys operation, "
-                                 f"round, files ({e})") from None
+                raise ValueError(
+                    f"DataConfig.synthetic entry {dict(value)!r}: expected the keys operation, round, files ({e})"
+                ) from None
         if isinstance(value, (tuple, list)) and len(value) == 3:
             return cls(*value)
-        raise ValueError(f"DataConfig.synthetic entry {value!r}: expected (operation, round, files), e.g. "
-                         "('rephrase', 1, 'runs/r1/synth/*.jsonl')")
+        raise ValueError(
+            f"DataConfig.synthetic entry {value!r}: expected (operation, round, files), e.g. "
+            "('rephrase', 1, 'runs/r1/synth/*.jsonl')"
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,8 +97,10 @@ class DataConfig:
             raise ValueError(f"DataConfig.synthetic: {names} names a round twice")
         object.__setattr__(self, "synthetic", synthetic)
         if self.mixing != "tokens" and not isinstance(self.mixing, Mapping):
-            raise ValueError(f"DataConfig.mixing={self.mixing!r}: expected 'tokens' or a dict of rates such as "
-                             "{'organic': 3, 'rephrase_r1': 1}")
+            raise ValueError(
+                f"DataConfig.mixing={self.mixing!r}: expected 'tokens' or a dict of rates such as "
+                "{'organic': 3, 'rephrase_r1': 1}"
+            )
         if isinstance(self.mixing, Mapping):
             object.__setattr__(self, "mixing", dict(self.mixing))
         if self.organic_budget_tokens is not None and self.organic_budget_tokens < 1:

@@ -7,12 +7,12 @@ the result atomically under a key of (source files, sizes, mtimes, vocabulary) a
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Sequence
 import dataclasses
 import hashlib
 import json
 import logging
 import os
-from typing import Callable, Iterable, Sequence
 
 from etils.epath import Path
 import numpy as np
@@ -45,16 +45,16 @@ class TokenizedCorpus:
         return np.diff(self.offsets)
 
     def doc(self, i: int) -> np.ndarray:
-        return self.tokens[self.offsets[i]:self.offsets[i + 1]]
+        return self.tokens[self.offsets[i] : self.offsets[i + 1]]
 
     @classmethod
-    def from_token_lists(cls, docs: Sequence[np.ndarray | Sequence[int]], doc_ids: Sequence[str]) -> "TokenizedCorpus":
+    def from_token_lists(cls, docs: Sequence[np.ndarray | Sequence[int]], doc_ids: Sequence[str]) -> TokenizedCorpus:
         lengths = np.array([len(d) for d in docs], np.int64)
         offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-        tokens = (np.concatenate([np.asarray(d, np.int32) for d in docs]) if len(docs) else np.zeros(0, np.int32))
+        tokens = np.concatenate([np.asarray(d, np.int32) for d in docs]) if len(docs) else np.zeros(0, np.int32)
         return cls(tokens.astype(np.int32), offsets, list(doc_ids))
 
-    def subset(self, indices: Sequence[int], last_len: int | None = None) -> "TokenizedCorpus":
+    def subset(self, indices: Sequence[int], last_len: int | None = None) -> TokenizedCorpus:
         """The documents at ``indices`` (in that order); ``last_len`` truncates the final one."""
         docs = [self.doc(i) for i in indices]
         if last_len is not None and docs:
@@ -63,18 +63,28 @@ class TokenizedCorpus:
 
     def save(self, path: Path) -> None:
         """Atomic write of an ``.npz`` (tokens, offsets, ids)."""
-        atomic.write_file(path, lambda tmp: np.savez(tmp, tokens=self.tokens, offsets=self.offsets,
-                                                     doc_ids=np.array(self.doc_ids, dtype=np.str_)), suffix=".npz")
+        atomic.write_file(
+            path,
+            lambda tmp: np.savez(
+                tmp, tokens=self.tokens, offsets=self.offsets, doc_ids=np.array(self.doc_ids, dtype=np.str_)
+            ),
+            suffix=".npz",
+        )
 
     @classmethod
-    def load(cls, path: Path) -> "TokenizedCorpus":
+    def load(cls, path: Path) -> TokenizedCorpus:
         with atomic.load_npz(path) as z:
             return cls(z["tokens"], z["offsets"], [str(i) for i in z["doc_ids"]])
 
 
-def tokenize_documents(docs: Iterable[Document], encode_batch: Callable[[list[str]], list[list[int]]],
-                       batch_size: int = 512, progress: bool = False, desc: str = "tokenize",
-                       report: ReadReport | None = None) -> TokenizedCorpus:
+def tokenize_documents(
+    docs: Iterable[Document],
+    encode_batch: Callable[[list[str]], list[list[int]]],
+    batch_size: int = 512,
+    progress: bool = False,
+    desc: str = "tokenize",
+    report: ReadReport | None = None,
+) -> TokenizedCorpus:
     """Encode text documents in batches (pre-tokenized ones pass through). A document that encodes to no tokens
     is left out and counted in ``report`` as empty, with its id (file:line)."""
     from tqdm.auto import tqdm
@@ -130,8 +140,13 @@ def encoder_for(vocab) -> Callable[[list[str]], list[list[int]]]:
 def _fingerprint(source, vocab) -> str:
     """The cache key: what the source reads (its describe(): format, files, fields, dtype...), the files' sizes and
     mtimes, and the vocabulary (with its model file's hash)."""
-    parts = {"cache_format": 3, "source": type(source).__name__, "vocab": type(vocab).__name__,
-             "vocab_size": vocab.vocab_size, "eos": vocab.eos_id}
+    parts = {
+        "cache_format": 3,
+        "source": type(source).__name__,
+        "vocab": type(vocab).__name__,
+        "vocab_size": vocab.vocab_size,
+        "eos": vocab.eos_id,
+    }
     if hasattr(source, "describe"):
         parts["describe"] = source.describe()
     files = getattr(source, "files", None)
@@ -146,8 +161,9 @@ def _fingerprint(source, vocab) -> str:
     return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def build_corpus(source, vocab, cache_dir: str | os.PathLike | None = None, name: str = "corpus",
-                 progress: bool = True) -> tuple[TokenizedCorpus, ReadReport | None]:
+def build_corpus(
+    source, vocab, cache_dir: str | os.PathLike | None = None, name: str = "corpus", progress: bool = True
+) -> tuple[TokenizedCorpus, ReadReport | None]:
     """Tokenize ``source`` with ``vocab``, reusing a cached copy when the inputs are unchanged.
 
     Returns the corpus and the source's read report (None when it came from the cache: the report of the pass
@@ -160,8 +176,7 @@ def build_corpus(source, vocab, cache_dir: str | os.PathLike | None = None, name
             log.info("using cached corpus %s", cache)
             return TokenizedCorpus.load(cache), None
     report = getattr(source, "report", None)
-    corpus = tokenize_documents(source, encoder_for(vocab), progress=progress, desc=f"tokenize {name}",
-                                report=report)
+    corpus = tokenize_documents(source, encoder_for(vocab), progress=progress, desc=f"tokenize {name}", report=report)
     if report is not None:
         log.info("%s: %s", name, report.summary())
     if cache is not None:

@@ -13,11 +13,11 @@ a stream continues only where it is the same stream (:func:`stream_identity`); a
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 import copy
 import hashlib
 import json
 import math
-from typing import Mapping
 
 import numpy as np
 
@@ -29,8 +29,9 @@ def stream_identity(stream: PackedStream) -> str:
     lengths), EOS, and the packing seed and shuffle. The row length is not part of it: positions are carried in
     tokens."""
     c = stream.corpus
-    h = hashlib.sha1(json.dumps([int(stream.seed), bool(stream.shuffle), int(stream.eos_id), c.num_docs,
-                                 int(c.num_tokens)]).encode())
+    h = hashlib.sha1(
+        json.dumps([int(stream.seed), bool(stream.shuffle), int(stream.eos_id), c.num_docs, int(c.num_tokens)]).encode()
+    )
     h.update(np.ascontiguousarray(c.lengths(), np.int64).tobytes())
     h.update("\n".join(c.doc_ids).encode())
     return h.hexdigest()[:16]
@@ -72,20 +73,24 @@ def largest_remainder(rates, total: int) -> np.ndarray:
     return counts
 
 
-def resolve_rates(mixing: str | Mapping[str, float], token_counts: Mapping[str, int],
-                  short_names: Mapping[str, str]) -> dict[str, float]:
+def resolve_rates(
+    mixing: str | Mapping[str, float], token_counts: Mapping[str, int], short_names: Mapping[str, str]
+) -> dict[str, float]:
     """Each task's rate: ``"tokens"`` weighs tasks by their token counts; a mapping gives them by short name
     (``{"organic": 3, "rephrase_r1": 1}``) or full task name. ``short_names`` maps task name -> short name."""
     if mixing == "tokens":
         return {n: float(c) for n, c in token_counts.items()}
     if not isinstance(mixing, Mapping):
-        raise ValueError(f"DataConfig.mixing={mixing!r}: expected 'tokens' or a dict of rates "
-                         "such as {'organic': 3, 'rephrase_r1': 1}")
+        raise ValueError(
+            f"DataConfig.mixing={mixing!r}: expected 'tokens' or a dict of rates "
+            "such as {'organic': 3, 'rephrase_r1': 1}"
+        )
     known = set(token_counts) | set(short_names.values())
     unknown = sorted(set(mixing) - known)
     if unknown:
-        raise ValueError(f"DataConfig.mixing names {unknown}, which are not in this run's tasks "
-                         f"{sorted(short_names.values())}")
+        raise ValueError(
+            f"DataConfig.mixing names {unknown}, which are not in this run's tasks {sorted(short_names.values())}"
+        )
     out = {}
     for name in token_counts:
         short = short_names[name]
@@ -101,8 +106,15 @@ def resolve_rates(mixing: str | Mapping[str, float], token_counts: Mapping[str, 
 class MixedStream:
     """Rows drawn from several packed streams at fixed rates, block-deterministically."""
 
-    def __init__(self, streams: list[PackedStream], rates, names: list[str] | None = None, block_rows: int = 1024,
-                 seed: int = 0, starts=None):
+    def __init__(
+        self,
+        streams: list[PackedStream],
+        rates,
+        names: list[str] | None = None,
+        block_rows: int = 1024,
+        seed: int = 0,
+        starts=None,
+    ):
         if len(streams) != len(rates):
             raise ValueError(f"{len(streams)} streams but {len(rates)} rates")
         row_lens = {s.row_len for s in streams}
@@ -117,26 +129,32 @@ class MixedStream:
         self._identities: list[str] | None = None
 
     def _check_starts(self, starts) -> np.ndarray:
-        out = np.zeros(len(self.streams), np.int64) if starts is None or len(starts) == 0 else \
-            np.asarray(starts, np.int64)
+        out = (
+            np.zeros(len(self.streams), np.int64)
+            if starts is None or len(starts) == 0
+            else np.asarray(starts, np.int64)
+        )
         if out.shape != (len(self.streams),) or (out < 0).any():
-            raise ValueError(f"stream starts {list(np.asarray(starts).tolist())}: one non-negative row per stream "
-                             f"({len(self.streams)} streams)")
+            raise ValueError(
+                f"stream starts {list(np.asarray(starts).tolist())}: one non-negative row per stream "
+                f"({len(self.streams)} streams)"
+            )
         return out
 
-    def starting_at(self, starts) -> "MixedStream":
+    def starting_at(self, starts) -> MixedStream:
         """This mixture with stream ``i`` read from its row ``starts[i]`` on (the same packed streams, the same
         block order)."""
         out = copy.copy(self)
         out.starts, out._blocks = self._check_starts(starts), {}
         return out
 
-    def detached(self) -> "MixedStream":
+    def detached(self) -> MixedStream:
         """The same mixture on packed streams of its own (their epoch caches too): for counting what a stage
         read on one thread while another reads rows."""
         out = copy.copy(self)
-        out.streams = [PackedStream(s.corpus, s.row_len, s.eos_id, seed=s.seed, shuffle=s.shuffle)
-                       for s in self.streams]
+        out.streams = [
+            PackedStream(s.corpus, s.row_len, s.eos_id, seed=s.seed, shuffle=s.shuffle) for s in self.streams
+        ]
         out._blocks = {}
         return out
 
@@ -159,8 +177,9 @@ class MixedStream:
             if entry is None:
                 how[name] = "new"
                 continue
-            tokens, identity = (entry, None) if isinstance(entry, (int, np.integer)) else \
-                (entry["tokens"], entry.get("stream"))
+            tokens, identity = (
+                (entry, None) if isinstance(entry, (int, np.integer)) else (entry["tokens"], entry.get("stream"))
+            )
             if isinstance(tokens, bool) or int(tokens) != tokens or tokens < 0:
                 raise ValueError(f"data start of {name}: {entry!r}; give a non-negative token position")
             if identity is not None and identity != self.identities[i]:
@@ -186,11 +205,18 @@ class MixedStream:
         for i, (name, rows) in enumerate(zip(self.names, self.rows_read(n))):
             stream, start = self.streams[i], int(self.starts[i])
             end, length, epoch = start + int(rows), stream.row_len, stream.epoch_tokens
-            out[name] = {"start_row": start, "rows": int(rows), "end_row": end, "row_len": length,
-                         "tokens": int(rows) * length, "unique_tokens": unique_tokens(stream, start, end),
-                         "epoch_tokens": epoch,
-                         "epochs": [start * length // epoch, (end * length - 1) // epoch] if rows else [],
-                         "position_tokens": end * length, "stream": self.identities[i]}
+            out[name] = {
+                "start_row": start,
+                "rows": int(rows),
+                "end_row": end,
+                "row_len": length,
+                "tokens": int(rows) * length,
+                "unique_tokens": unique_tokens(stream, start, end),
+                "epoch_tokens": epoch,
+                "epochs": [start * length // epoch, (end * length - 1) // epoch] if rows else [],
+                "position_tokens": end * length,
+                "stream": self.identities[i],
+            }
         return out
 
     @property

@@ -20,7 +20,6 @@ import numpy as np
 
 from synpro_jax.data.corpus import TokenizedCorpus
 
-
 TRAINING_FEATURES = ("inputs", "targets", "segment_ids", "positions", "loss_mask")  # Rows.training_batch()
 
 
@@ -89,7 +88,7 @@ class PackedStream:
         if hit is not None:
             return hit
         n = self.corpus.num_docs
-        order = (np.random.default_rng([self.seed, epoch]).permutation(n) if self.shuffle else np.arange(n))
+        order = np.random.default_rng([self.seed, epoch]).permutation(n) if self.shuffle else np.arange(n)
         starts = np.concatenate([[0], np.cumsum(self._lengths[order])[:-1]])
         if len(self._epochs) >= 2:
             self._epochs.pop(max(self._epochs, key=lambda e: abs(e - epoch)))  # the farthest from this one
@@ -109,12 +108,12 @@ class PackedStream:
             take = min(len(doc) + 1 - within, self.row_len - filled)
             piece = np.empty(take, np.int32)
             from_doc = max(0, min(take, len(doc) - within))
-            piece[:from_doc] = doc[within:within + from_doc]
+            piece[:from_doc] = doc[within : within + from_doc]
             piece[from_doc:] = self.eos_id  # at most one EOS: the document's end
             segment += 1
-            out_tok[filled:filled + take] = piece
-            out_seg[filled:filled + take] = segment
-            out_pos[filled:filled + take] = np.arange(take)
+            out_tok[filled : filled + take] = piece
+            out_seg[filled : filled + take] = segment
+            out_pos[filled : filled + take] = np.arange(take)
             filled += take
             pos += take
 

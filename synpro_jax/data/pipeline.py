@@ -9,12 +9,12 @@ continues another run's data reads each stream of its mixture from where that ru
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 import dataclasses
-from typing import Mapping
 
 import jax
-import numpy as np
 from jax.sharding import NamedSharding
+import numpy as np
 
 from synpro_jax.data.mixture import MixedStream
 from synpro_jax.data.packing import TRAINING_FEATURES, PackedStream
@@ -41,10 +41,12 @@ def host_rows(sharding: NamedSharding, global_batch: int, row_len: int) -> Shard
     lo, hi = min(starts), max(stops)
     covered = np.zeros(hi - lo, bool)
     for idx in index_map.values():
-        covered[(idx[0].start or 0) - lo:(global_batch if idx[0].stop is None else idx[0].stop) - lo] = True
+        covered[(idx[0].start or 0) - lo : (global_batch if idx[0].stop is None else idx[0].stop) - lo] = True
     if not covered.all():
-        raise ValueError("this process's devices hold a non-contiguous set of batch rows; order the mesh's devices "
-                         "by process (jax.make_mesh does)")
+        raise ValueError(
+            "this process's devices hold a non-contiguous set of batch rows; order the mesh's devices "
+            "by process (jax.make_mesh does)"
+        )
     return ShardInfo(jax.process_index(), jax.process_count(), lo, hi)
 
 
@@ -66,8 +68,10 @@ def continue_streams(stream, previous: Mapping | None = None):
         counting = MixedStream([stream], [1], names=["train"]).detached()
     else:
         if previous:
-            raise ValueError(f"a {type(stream).__name__} cannot continue another stage's data position (give a "
-                             "MixtureInput, MixedStream or PackedStream)")
+            raise ValueError(
+                f"a {type(stream).__name__} cannot continue another stage's data position (give a "
+                "MixtureInput, MixedStream or PackedStream)"
+            )
         return stream, None, {}
     if not previous:
         return stream, counting, {name: "new" for name in counting.names}
@@ -103,8 +107,10 @@ class TrainBatches:
         self.shard = host_rows(sharding, global_batch, self.seq_len)
         self.local_batch = self.shard.row_stop - self.shard.row_start
         if global_batch % self.local_batch or self.shard.row_start % self.local_batch:
-            raise ValueError(f"global_batch={global_batch}: hosts hold unequal row blocks "
-                             f"({self.shard.row_start}:{self.shard.row_stop})")
+            raise ValueError(
+                f"global_batch={global_batch}: hosts hold unequal row blocks "
+                f"({self.shard.row_start}:{self.shard.row_stop})"
+            )
         self.num_row_shards = global_batch // self.local_batch
         self.row_shard = self.shard.row_start // self.local_batch
         self.prefetch = prefetch

@@ -48,7 +48,7 @@ class MixtureInput:
     def names(self) -> list[str]:
         return self.mixture.task_names
 
-    def starting_at(self, starts) -> "MixtureInput":
+    def starting_at(self, starts) -> MixtureInput:
         return dataclasses.replace(self, starts=tuple(int(s) for s in starts))
 
     def stream(self):
@@ -63,8 +63,14 @@ class MixtureInput:
         return self.mixture.spec.stream(self.row_len).starting_at(self.starts)
 
     def dataset(self, shard_info=None, start_row: int = 0):
-        return self.mixture.get_dataset({"targets": self.seq_len}, split="train", shard_info=shard_info,
-                                        shuffle=False, start_row=start_row, stream_starts=self.starts)
+        return self.mixture.get_dataset(
+            {"targets": self.seq_len},
+            split="train",
+            shard_info=shard_info,
+            shuffle=False,
+            start_row=start_row,
+            stream_starts=self.starts,
+        )
 
     def rows(self, indices):
         """Random access to global rows (the same rows the dataset yields), for tools and tests."""
@@ -91,18 +97,33 @@ def organic_split(cfg: DataConfig, progress: bool = True):
     """(vocabulary, training documents, held-out validation documents or None, read report) of the organic
     corpus: tokenized (cached), ``validation_docs`` held out (or the ``validation`` sources read), then the
     data-bound budget applied to the rest. The SynPro loop synthesizes exactly the training documents' ids."""
-    vocab = resolve_vocabulary(cfg.vocabulary, cache_dir=cfg.cache_dir, corpus=cfg.corpus,
-                               texts=lambda: (d.text for d in open_organic(cfg) if d.text))
-    organic, report = build_corpus(open_organic(cfg, vocab.eos_id, vocab.vocab_size), vocab, cfg.cache_dir,
-                                   name=tasks_lib.organic_task_name(cfg.corpus), progress=progress)
+    vocab = resolve_vocabulary(
+        cfg.vocabulary,
+        cache_dir=cfg.cache_dir,
+        corpus=cfg.corpus,
+        texts=lambda: (d.text for d in open_organic(cfg) if d.text),
+    )
+    organic, report = build_corpus(
+        open_organic(cfg, vocab.eos_id, vocab.vocab_size),
+        vocab,
+        cfg.cache_dir,
+        name=tasks_lib.organic_task_name(cfg.corpus),
+        progress=progress,
+    )
     if cfg.validation:
         try:
-            source = sources_lib.open_sources(cfg.validation, text_field=cfg.text_field, eos_id=vocab.eos_id,
-                                              vocab_size=vocab.vocab_size)
+            source = sources_lib.open_sources(
+                cfg.validation, text_field=cfg.text_field, eos_id=vocab.eos_id, vocab_size=vocab.vocab_size
+            )
         except ValueError as e:
             raise ValueError(f"DataConfig.validation: {e}") from None
-        val_organic, _ = build_corpus(source, vocab, cfg.cache_dir,
-                                      name=tasks_lib.organic_task_name(cfg.corpus) + "_validation", progress=progress)
+        val_organic, _ = build_corpus(
+            source,
+            vocab,
+            cfg.cache_dir,
+            name=tasks_lib.organic_task_name(cfg.corpus) + "_validation",
+            progress=progress,
+        )
         if val_organic.num_docs == 0:
             raise ValueError(f"DataConfig.validation={list(cfg.validation)}: no usable documents")
         train_organic = organic
@@ -111,8 +132,9 @@ def organic_split(cfg: DataConfig, progress: bool = True):
     else:
         train_organic, val_organic = organic, None
     if cfg.organic_budget_tokens is not None:
-        train_organic = data_bound_budget(train_organic, cfg.organic_budget_tokens, seed=cfg.seed,
-                                          order=cfg.budget_order)
+        train_organic = data_bound_budget(
+            train_organic, cfg.organic_budget_tokens, seed=cfg.seed, order=cfg.budget_order
+        )
     return vocab, train_organic, val_organic, report
 
 
@@ -134,8 +156,7 @@ def build_streams(cfg: DataConfig, seq_len: int, progress: bool = True) -> Strea
         corpus, report = build_corpus(source, vocab, cfg.cache_dir, name=name, progress=progress)
         reports[name] = report.summary() if report else "(from cache)"
         if corpus.num_docs == 0:
-            raise ValueError(f"DataConfig.synthetic {shards}: the shards hold no usable documents "
-                             f"({reports[name]})")
+            raise ValueError(f"DataConfig.synthetic {shards}: the shards hold no usable documents ({reports[name]})")
         tasks_lib.register_corpus_task(name, {"train": corpus}, vocab)
         corpora[name], short[name] = corpus, shards.short_name
 
@@ -145,22 +166,31 @@ def build_streams(cfg: DataConfig, seq_len: int, progress: bool = True) -> Strea
     mixture = tasks_lib.register_mixture(mix, spec)
     train = MixtureInput(mix, seq_len)
     row_rates = mixture.stream(seq_len).rates
-    validation = (PackedStream(val_organic, seq_len + 1, vocab.eos_id, seed=cfg.seed, shuffle=False)
-                  if val_organic is not None else None)
+    validation = (
+        PackedStream(val_organic, seq_len + 1, vocab.eos_id, seed=cfg.seed, shuffle=False)
+        if val_organic is not None
+        else None
+    )
     info = {
         "mixture": mix,
         "vocabulary": repr(vocab),
         "vocab_size": vocab.vocab_size,
-        "tasks": {n: {"documents": c.num_docs, "tokens": c.num_tokens, "rate": float(row_rates[i])}
-                  for i, (n, c) in enumerate(corpora.items())},
+        "tasks": {
+            n: {"documents": c.num_docs, "tokens": c.num_tokens, "rate": float(row_rates[i])}
+            for i, (n, c) in enumerate(corpora.items())
+        },
         "validation_docs": val_organic.num_docs if val_organic is not None else 0,
         "validation_tokens": val_organic.num_tokens if val_organic is not None else 0,
         "organic_unigram_entropy": unigram_entropy(train_organic.tokens),
         "reports": reports,
     }
-    info["fingerprint"] = hashlib.sha1(json.dumps(
-        [cfg.fingerprint_fields(), {n: [c.num_tokens, c.num_docs] for n, c in corpora.items()}],
-        sort_keys=True, default=str).encode()).hexdigest()[:16]
+    info["fingerprint"] = hashlib.sha1(
+        json.dumps(
+            [cfg.fingerprint_fields(), {n: [c.num_tokens, c.num_docs] for n, c in corpora.items()}],
+            sort_keys=True,
+            default=str,
+        ).encode()
+    ).hexdigest()[:16]
     return Streams(train, validation, mix, info)
 
 
@@ -168,8 +198,10 @@ def summarize(info: dict) -> str:
     lines = [f"mixture {info['mixture']} (vocab {info['vocab_size']}):"]
     for name, t in info["tasks"].items():
         lines.append(f"  {name}: {t['documents']:,} docs, {t['tokens']:,} tokens, rate {t['rate']:.3f}")
-    lines.append(f"  validation: {info['validation_tokens']:,} held-out organic tokens; organic unigram entropy "
-                 f"{info['organic_unigram_entropy']:.3f} nats/token")
+    lines.append(
+        f"  validation: {info['validation_tokens']:,} held-out organic tokens; organic unigram entropy "
+        f"{info['organic_unigram_entropy']:.3f} nats/token"
+    )
     for name, rep in info["reports"].items():
         lines.append(f"  {name} read: {rep}")
     return "\n".join(lines)

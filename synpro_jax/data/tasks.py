@@ -13,11 +13,11 @@ sampler weighs examples, i.e. documents, instead).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 import dataclasses
 import logging
 import os
 import threading
-from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -49,8 +49,9 @@ def mixture_name(corpus: str) -> str:
     return f"synpro_{corpus}_mix"
 
 
-def _add_task(name: str, dataset_fn, splits: Sequence[str], vocabulary: seqio.Vocabulary, tokenize: bool,
-              overwrite: bool) -> seqio.Task:
+def _add_task(
+    name: str, dataset_fn, splits: Sequence[str], vocabulary: seqio.Vocabulary, tokenize: bool, overwrite: bool
+) -> seqio.Task:
     if overwrite and name in seqio.TaskRegistry.names():
         seqio.TaskRegistry.remove(name)
     steps = [seqio.preprocessors.tokenize] if tokenize else []
@@ -62,8 +63,9 @@ def _add_task(name: str, dataset_fn, splits: Sequence[str], vocabulary: seqio.Vo
     )
 
 
-def register_corpus_task(name: str, splits: Mapping[str, TokenizedCorpus], vocabulary: seqio.Vocabulary,
-                         overwrite: bool = True) -> seqio.Task:
+def register_corpus_task(
+    name: str, splits: Mapping[str, TokenizedCorpus], vocabulary: seqio.Vocabulary, overwrite: bool = True
+) -> seqio.Task:
     """A Task whose splits are tokenized corpora, in corpus order: exactly the documents a run trains and
     validates on (after the held-out split and the data-bound budget)."""
 
@@ -71,8 +73,8 @@ def register_corpus_task(name: str, splits: Mapping[str, TokenizedCorpus], vocab
         corpus = splits[split]
         ragged = tf.RaggedTensor.from_row_splits(corpus.tokens, corpus.offsets)
         return tf.data.Dataset.from_tensor_slices(
-            {"targets": ragged, "id": np.array(corpus.doc_ids, dtype=object)}).map(
-            lambda ex: {"targets": ex["targets"], "id": ex["id"]})
+            {"targets": ragged, "id": np.array(corpus.doc_ids, dtype=object)}
+        ).map(lambda ex: {"targets": ex["targets"], "id": ex["id"]})
 
     task = _add_task(name, dataset_fn, list(splits), vocabulary, tokenize=False, overwrite=overwrite)
 
@@ -84,8 +86,9 @@ def register_corpus_task(name: str, splits: Mapping[str, TokenizedCorpus], vocab
     return task
 
 
-def register_text_task(name: str, open_reader: Callable[[], object], vocabulary: seqio.Vocabulary,
-                       overwrite: bool = True) -> seqio.Task:
+def register_text_task(
+    name: str, open_reader: Callable[[], object], vocabulary: seqio.Vocabulary, overwrite: bool = True
+) -> seqio.Task:
     """A Task whose ``train`` split is the text documents of ``open_reader()`` (a synpro source), tokenized by
     seqio."""
 
@@ -94,8 +97,9 @@ def register_text_task(name: str, open_reader: Callable[[], object], vocabulary:
             for doc in open_reader():
                 yield {"targets": doc.text, "id": doc.id}
 
-        return tf.data.Dataset.from_generator(gen, output_signature={
-            "targets": tf.TensorSpec((), tf.string), "id": tf.TensorSpec((), tf.string)})
+        return tf.data.Dataset.from_generator(
+            gen, output_signature={"targets": tf.TensorSpec((), tf.string), "id": tf.TensorSpec((), tf.string)}
+        )
 
     task = _add_task(name, dataset_fn, ["train"], vocabulary, tokenize=True, overwrite=overwrite)
     _READERS[name] = open_reader
@@ -105,6 +109,7 @@ def register_text_task(name: str, open_reader: Callable[[], object], vocabulary:
 def register_synthetic_task(corpus: str, operation: str, round_: int, pattern: str, vocabulary: seqio.Vocabulary):
     """Register generator shards (JSONL records {source_id, text, ...}, see generation/synthesize.py) as the task
     ``synpro_<corpus>_<operation>_r<round>``; returns the opener of its document reader."""
+
     def opener():
         return sources_lib.open_source(pattern, text_field="text", id_field="source_id")
 
@@ -132,8 +137,9 @@ class MixtureSpec:
     def stream(self, row_len: int) -> MixedStream:
         names = list(self.corpora)
         packed = [PackedStream(self.corpora[n], row_len, self.eos_id, seed=self.seed) for n in names]
-        return MixedStream(packed, [self.rates[n] for n in names], names=names, block_rows=self.block_rows,
-                           seed=self.seed)
+        return MixedStream(
+            packed, [self.rates[n] for n in names], names=names, block_rows=self.block_rows, seed=self.seed
+        )
 
 
 class PackedMixture(seqio.Mixture):
@@ -171,19 +177,31 @@ class PackedMixture(seqio.Mixture):
             self._streams[seq_len] = self.spec.stream(seq_len + 1)
         return self._streams[seq_len]
 
-    def get_dataset(self, sequence_length: Mapping[str, int] | None = None, split: str = "train",
-                    use_cached: bool = False, shuffle: bool = True, seed: int | None = None,
-                    shard_info: seqio.ShardInfo | None = None, num_epochs: int | None = None,
-                    start_row: int = 0, stream_starts: Sequence[int] | None = None, **unused) -> tf.data.Dataset:
+    def get_dataset(
+        self,
+        sequence_length: Mapping[str, int] | None = None,
+        split: str = "train",
+        use_cached: bool = False,
+        shuffle: bool = True,
+        seed: int | None = None,
+        shard_info: seqio.ShardInfo | None = None,
+        num_epochs: int | None = None,
+        start_row: int = 0,
+        stream_starts: Sequence[int] | None = None,
+        **unused,
+    ) -> tf.data.Dataset:
         if split != "train":
-            raise ValueError(f"{self.name}: only the 'train' split is mixed; validation documents are the "
-                             f"'validation' split of {self.task_names[0]}")
+            raise ValueError(
+                f"{self.name}: only the 'train' split is mixed; validation documents are the "
+                f"'validation' split of {self.task_names[0]}"
+            )
         if not sequence_length or not sequence_length.get("targets"):
-            raise ValueError(f"{self.name}.get_dataset: give sequence_length={{'targets': L}} (the packed row "
-                             "length)")
+            raise ValueError(f"{self.name}.get_dataset: give sequence_length={{'targets': L}} (the packed row length)")
         if num_epochs is not None:
-            raise ValueError(f"{self.name}.get_dataset(num_epochs={num_epochs}): the packed stream repeats the "
-                             "data-bound epochs itself; pass num_epochs=None")
+            raise ValueError(
+                f"{self.name}.get_dataset(num_epochs={num_epochs}): the packed stream repeats the "
+                "data-bound epochs itself; pass num_epochs=None"
+            )
         if use_cached:
             raise ValueError(f"{self.name}: rows are built from the run's tokenized cache; use_cached=False")
         seq_len = int(sequence_length["targets"])

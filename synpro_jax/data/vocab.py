@@ -4,13 +4,13 @@ Hugging Face ``tokenizer.json`` files such as OLMo's dolma2.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Sequence
 import dataclasses
 import json
 import logging
 import os
 import shutil
 import tempfile
-from typing import Callable, Iterable, Sequence
 
 from etils.epath import Path
 import numpy as np
@@ -18,8 +18,8 @@ import numpy as np
 from synpro_jax import atomic
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter out of the logs
-import seqio  # noqa: E402
 import sentencepiece as spm
+import seqio  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 # Data pipelines run on the host: keep TensorFlow off any accelerator JAX owns.
@@ -98,8 +98,14 @@ class HFTokenizerVocabulary(seqio.Vocabulary):
     dolma2) unless given. ``vocab_size`` can be padded up (OLMo pads 100,278 to 100,352).
     """
 
-    def __init__(self, tokenizer_file: str | os.PathLike, *, eos_token: str | None = None,
-                 pad_token: str | None = None, vocab_size: int | None = None):
+    def __init__(
+        self,
+        tokenizer_file: str | os.PathLike,
+        *,
+        eos_token: str | None = None,
+        pad_token: str | None = None,
+        vocab_size: int | None = None,
+    ):
         from tokenizers import Tokenizer
 
         self._path = Path(tokenizer_file)
@@ -122,7 +128,7 @@ class HFTokenizerVocabulary(seqio.Vocabulary):
         super().__init__(extra_ids=0)
 
     def _special_id(self, given, candidates, what, fallback=None) -> int:
-        for token in ([given] if given else list(candidates)):
+        for token in [given] if given else list(candidates):
             tid = self._tok.token_to_id(token)
             if tid is not None:
                 return tid
@@ -187,8 +193,11 @@ class HFTokenizerVocabulary(seqio.Vocabulary):
 
     def __eq__(self, other) -> bool:
         return isinstance(other, HFTokenizerVocabulary) and (
-            atomic.canonical_name(self._path) == atomic.canonical_name(other._path) and self._size == other._size
-            and self._eos == other._eos and self._pad == other._pad)
+            atomic.canonical_name(self._path) == atomic.canonical_name(other._path)
+            and self._size == other._size
+            and self._eos == other._eos
+            and self._pad == other._pad
+        )
 
     def __hash__(self) -> int:
         return hash((atomic.canonical_name(self._path), self._size))
@@ -206,8 +215,9 @@ class PassthroughVocabulary:
 
     def __post_init__(self):
         if self.size < 2 or not 0 <= self.eos_id < self.size:
-            raise ValueError(f"PassthroughVocabulary(size={self.size}, eos_id={self.eos_id}): need size >= 2 and "
-                             "0 <= eos_id < size")
+            raise ValueError(
+                f"PassthroughVocabulary(size={self.size}, eos_id={self.eos_id}): need size >= 2 and 0 <= eos_id < size"
+            )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -246,12 +256,15 @@ def load_vocabulary(spec) -> seqio.Vocabulary:
         return sentencepiece_vocabulary(path)
     if path.name.endswith(".json") or path.is_dir():
         return HFTokenizerVocabulary(path)
-    raise ValueError(f"vocabulary {spec!r}: expected a SentencePiece .model file, a tokenizer.json, "
-                     "PassthroughVocabulary(size, eos_id) or TrainedSentencePiece(size)")
+    raise ValueError(
+        f"vocabulary {spec!r}: expected a SentencePiece .model file, a tokenizer.json, "
+        "PassthroughVocabulary(size, eos_id) or TrainedSentencePiece(size)"
+    )
 
 
-def resolve_vocabulary(spec, *, cache_dir: str | os.PathLike, corpus: str,
-                       texts: Callable[[], Iterable[str]]) -> seqio.Vocabulary:
+def resolve_vocabulary(
+    spec, *, cache_dir: str | os.PathLike, corpus: str, texts: Callable[[], Iterable[str]]
+) -> seqio.Vocabulary:
     """The vocabulary ``spec`` names; a :class:`TrainedSentencePiece` is trained on ``texts()`` the first time
     and read from ``cache_dir`` after that."""
     if not isinstance(spec, TrainedSentencePiece):
@@ -267,5 +280,10 @@ def resolve_vocabulary(spec, *, cache_dir: str | os.PathLike, corpus: str,
 
 
 def describe(vocab: seqio.Vocabulary) -> dict:
-    return {"type": type(vocab).__name__, "vocab_size": vocab.vocab_size, "eos_id": vocab.eos_id,
-            "pad_id": vocab.pad_id, "repr": json.dumps(repr(vocab))}
+    return {
+        "type": type(vocab).__name__,
+        "vocab_size": vocab.vocab_size,
+        "eos_id": vocab.eos_id,
+        "pad_id": vocab.pad_id,
+        "repr": json.dumps(repr(vocab)),
+    }

@@ -31,20 +31,31 @@ class DemoConfig:
         if self.people < 8:
             raise ValueError(f"DemoConfig.people={self.people}: at least 8")
         if not 0 < self.reference_fraction < 1:
-            raise ValueError(f"DemoConfig.reference_fraction={self.reference_fraction}: in (0, 1), so both the "
-                             "reference task and the QA evaluation have people")
+            raise ValueError(
+                f"DemoConfig.reference_fraction={self.reference_fraction}: in (0, 1), so both the "
+                "reference task and the QA evaluation have people"
+            )
         multiples = tuple(self.oracle_multiples)
         object.__setattr__(self, "oracle_multiples", multiples)
-        if not multiples or any(isinstance(m, bool) or not isinstance(m, int) or m < 2 for m in multiples) \
-                or len(set(multiples)) != len(multiples):
-            raise ValueError(f"DemoConfig.oracle_multiples={self.oracle_multiples!r}: distinct integers >= 2 (with "
-                             "repetition at 1, the effective-token fit needs at least 2 oracle runs)")
+        if (
+            not multiples
+            or any(isinstance(m, bool) or not isinstance(m, int) or m < 2 for m in multiples)
+            or len(set(multiples)) != len(multiples)
+        ):
+            raise ValueError(
+                f"DemoConfig.oracle_multiples={self.oracle_multiples!r}: distinct integers >= 2 (with "
+                "repetition at 1, the effective-token fit needs at least 2 oracle runs)"
+            )
         if len(multiples) < 2:
-            raise ValueError(f"DemoConfig.oracle_multiples={self.oracle_multiples!r}: give at least 2, so the "
-                             "fit has 3 points with repetition")
+            raise ValueError(
+                f"DemoConfig.oracle_multiples={self.oracle_multiples!r}: give at least 2, so the "
+                "fit has 3 points with repetition"
+            )
         if max(multiples) > self.oracle_copies:
-            raise ValueError(f"DemoConfig.oracle_multiples={self.oracle_multiples!r}: at most "
-                             f"DemoConfig.oracle_copies={self.oracle_copies} biographies per person exist")
+            raise ValueError(
+                f"DemoConfig.oracle_multiples={self.oracle_multiples!r}: at most "
+                f"DemoConfig.oracle_copies={self.oracle_copies} biographies per person exist"
+            )
         for knob in ("corpus", "reference"):
             value = getattr(self, knob)
             object.__setattr__(self, knob, (value,) if isinstance(value, str) else tuple(value or ()))

@@ -75,18 +75,32 @@ def oracle_documents(world: W.World, copies: int) -> list[dict]:
     """The oracle's unique data after the organic corpus: ``copies - 1`` perfect rephrasings of each person,
     round by round (every person's first rephrasing, then every person's second, ...)."""
     rng = np.random.default_rng([world.seed, 5])
-    return [{"id": f"person{i}.oracle{k}", "text": W.rewrite_rephrase(p, rng)}
-            for k in range(1, copies) for i, p in enumerate(world.people)]
+    return [
+        {"id": f"person{i}.oracle{k}", "text": W.rewrite_rephrase(p, rng)}
+        for k in range(1, copies)
+        for i, p in enumerate(world.people)
+    ]
 
 
-def write_world(root: Path, *, people: int, teachers: int, reference_fraction: float, seed: int,
-                oracle_copies: int, vocab_size: int = 2048) -> WorldFiles:
+def write_world(
+    root: Path,
+    *,
+    people: int,
+    teachers: int,
+    reference_fraction: float,
+    seed: int,
+    oracle_copies: int,
+    vocab_size: int = 2048,
+) -> WorldFiles:
     """Write (or find) the world's files under ``root``. A world already there with other parameters is refused:
     nothing is overwritten."""
     root = Path(root)
-    spec = {"world": {"people": people, "teachers": teachers, "reference_fraction": reference_fraction,
-                      "seed": seed},
-            "oracle_copies": oracle_copies, "vocab_size": vocab_size, "version": W.VERSION}
+    spec = {
+        "world": {"people": people, "teachers": teachers, "reference_fraction": reference_fraction, "seed": seed},
+        "oracle_copies": oracle_copies,
+        "vocab_size": vocab_size,
+        "version": W.VERSION,
+    }
     files = WorldFiles(root, spec)
     if files.world_json.exists():
         found = json.loads(files.world_json.read_text(encoding="utf-8"))
@@ -137,8 +151,16 @@ class CorpusFiles:
         return self.root / "corpus.json"
 
 
-def write_corpus(root: Path, sources, reference, *, share: float, heldout_docs: int = 64, text_field: str = "text",
-                 vocab_size: int = 4096) -> CorpusFiles:
+def write_corpus(
+    root: Path,
+    sources,
+    reference,
+    *,
+    share: float,
+    heldout_docs: int = 64,
+    text_field: str = "text",
+    vocab_size: int = 4096,
+) -> CorpusFiles:
     """The user's documents under ``root``: every ``k``-th held out for validation (at most ``heldout_docs``), the
     rest in their order as ``corpus.jsonl``; ``organic.jsonl`` is its first ``share`` of the documents (round 0's
     data, GRPO's prompts); a byte-level BPE tokenizer with the generators' prompt text as added tokens. Found, not
@@ -148,10 +170,17 @@ def write_corpus(root: Path, sources, reference, *, share: float, heldout_docs: 
     root = Path(root)
     sources, reference = [str(s) for s in sources], [str(r) for r in reference]
     if not reference:
-        raise ValueError("synpro demo --corpus needs --reference FILES: the probe's reference task (FLAN CoT .tsv "
-                         "or prompt/completion .jsonl)")
-    spec = {"corpus": sources, "heldout_docs": heldout_docs, "share": share, "text_field": text_field,
-            "vocab_size": vocab_size}
+        raise ValueError(
+            "synpro demo --corpus needs --reference FILES: the probe's reference task (FLAN CoT .tsv "
+            "or prompt/completion .jsonl)"
+        )
+    spec = {
+        "corpus": sources,
+        "heldout_docs": heldout_docs,
+        "share": share,
+        "text_field": text_field,
+        "vocab_size": vocab_size,
+    }
     files = CorpusFiles(root, spec, tuple(reference))
     if files.done.exists():
         found = json.loads(files.done.read_text(encoding="utf-8"))
@@ -159,8 +188,11 @@ def write_corpus(root: Path, sources, reference, *, share: float, heldout_docs: 
             raise ValueError(f"{files.done} was written for another corpus ({found}); use another --out")
         return files
     try:
-        docs = [{"id": d.id, "text": d.text} for d in sources_lib.open_sources(sources, text_field=text_field)
-                if d.text and d.text.strip()]
+        docs = [
+            {"id": d.id, "text": d.text}
+            for d in sources_lib.open_sources(sources, text_field=text_field)
+            if d.text and d.text.strip()
+        ]
     except ValueError as e:
         raise ValueError(f"synpro demo --corpus: {e}") from None
     if len(docs) < 20:
@@ -171,7 +203,7 @@ def write_corpus(root: Path, sources, reference, *, share: float, heldout_docs: 
     train = [d for d in docs if d["id"] not in held_ids]
     root.mkdir(parents=True, exist_ok=True)
     _jsonl(files.corpus, train)
-    _jsonl(files.organic, train[:max(1, int(len(train) * share))])
+    _jsonl(files.organic, train[: max(1, int(len(train) * share))])
     _jsonl(files.heldout, held)
     train_world_tokenizer((d["text"] for d in train), files.tokenizer, vocab_size)
     atomic.write_json(files.done, spec)

@@ -36,8 +36,11 @@ def _records(path: Path) -> list[dict]:
 def _reward_curve(grpo_dir: Path) -> list[dict]:
     out = []
     for r in _records(grpo_dir / "metrics.jsonl"):
-        rewards = {k[len("reward/"):-len("_mean")]: round(v, 4) for k, v in r.items()
-                   if k.startswith("reward/") and k.endswith("_mean")}
+        rewards = {
+            k[len("reward/") : -len("_mean")]: round(v, 4)
+            for k, v in r.items()
+            if k.startswith("reward/") and k.endswith("_mean")
+        }
         if rewards:
             out.append({"step": r["step"], **rewards})
     return out
@@ -46,8 +49,11 @@ def _reward_curve(grpo_dir: Path) -> list[dict]:
 def _synthesized_text(corpus: Path, synth_dir: Path, samples: int) -> dict:
     """Without a world (your own corpus): the lexical support of the synthesized records, and samples."""
     records = [r for f in sorted(synth_dir.glob("*.jsonl")) for r in _records(f)]
-    sources = {f"{corpus.name}:{i + 1}": json.loads(line)["text"]
-               for i, line in enumerate(corpus.read_text(encoding="utf-8").splitlines()) if line.strip()}
+    sources = {
+        f"{corpus.name}:{i + 1}": json.loads(line)["text"]
+        for i, line in enumerate(corpus.read_text(encoding="utf-8").splitlines())
+        if line.strip()
+    }
     lexical, shown, statuses = [], [], {}
     for r in records:
         statuses[r.get("status")] = statuses.get(r.get("status"), 0) + 1
@@ -87,12 +93,22 @@ def _synthesized(world: W.World, corpus: Path, synth_dir: Path, samples: int, be
     statuses = {}
     for r in records:
         statuses[r.get("status")] = statuses.get(r.get("status"), 0) + 1
-    agree = float(np.corrcoef(exact, lexical)[0, 1]) if len(exact) > 2 and np.std(exact) > 0 \
-        and np.std(lexical) > 0 else None
-    return {"records": len(records), "statuses": statuses, "fact_score": _mean(exact), "recall": _mean(recall),
-            "fact_score_before_people": _mean(same),
-            "lexical_support": _mean(lexical), "exact_vs_lexical_pearson": agree,
-            "perfect": _mean([s == 1.0 for s in exact]), "samples": shown}
+    agree = (
+        float(np.corrcoef(exact, lexical)[0, 1])
+        if len(exact) > 2 and np.std(exact) > 0 and np.std(lexical) > 0
+        else None
+    )
+    return {
+        "records": len(records),
+        "statuses": statuses,
+        "fact_score": _mean(exact),
+        "recall": _mean(recall),
+        "fact_score_before_people": _mean(same),
+        "lexical_support": _mean(lexical),
+        "exact_vs_lexical_pearson": agree,
+        "perfect": _mean([s == 1.0 for s in exact]),
+        "samples": shown,
+    }
 
 
 def heldout_nll(model_cfg, checkpoints: dict[str, Path], heldout: Path, vocab_path: Path) -> dict:
@@ -121,8 +137,9 @@ def _tokens_at(loss, e, b, beta):
         return np.where(loss > e, (b / (loss - e)) ** (1.0 / beta), np.inf)
 
 
-def effective_tokens_by_documents(nll: dict, oracle_tokens: dict[str, int], *, resamples: int = 1000,
-                                  seed: int = 0, level: float = 0.9) -> dict:
+def effective_tokens_by_documents(
+    nll: dict, oracle_tokens: dict[str, int], *, resamples: int = 1000, seed: int = 0, level: float = 0.9
+) -> dict:
     """The oracle fit L(D) = E + B / D^beta through the oracle arms (``oracle_tokens``: arm -> D), each arm's
     effective tokens and its multiplier over repetition, with ``level`` intervals from resampling the held-out
     documents (the same resample for every arm, then a refit)."""
@@ -135,8 +152,7 @@ def effective_tokens_by_documents(nll: dict, oracle_tokens: dict[str, int], *, r
         return {a: float(nll[a]["nll"][idx].sum() / nll[a]["tokens"][idx].sum()) for a in arms}
 
     def solve(ls):
-        fit = et.fit_oracle([oracle_tokens[a] for a in oracle_tokens], [ls[a] for a in oracle_tokens],
-                            bootstrap=0)
+        fit = et.fit_oracle([oracle_tokens[a] for a in oracle_tokens], [ls[a] for a in oracle_tokens], bootstrap=0)
         eff = {a: float(_tokens_at(ls[a], fit.E, fit.B, fit.beta)) for a in arms}
         return fit, eff
 
@@ -157,13 +173,17 @@ def effective_tokens_by_documents(nll: dict, oracle_tokens: dict[str, int], *, r
     for a in arms:
         status = et.effective_tokens(fit, point[a]).status
         s = np.asarray(samples[a], np.float64)
-        low, high = (np.nanpercentile(s, [tail, 100 - tail]) if s.size else (math.nan, math.nan))
+        low, high = np.nanpercentile(s, [tail, 100 - tail]) if s.size else (math.nan, math.nan)
         entry = {"effective_tokens": {"value": eff[a], "low": float(low), "high": float(high), "status": status}}
         if "repetition" in eff and rep.size == s.size and s.size:
             ratio = s / rep
             mlow, mhigh = np.nanpercentile(ratio, [tail, 100 - tail])
-            entry["multiplier"] = {"value": eff[a] / eff["repetition"], "low": float(mlow), "high": float(mhigh),
-                                   "status": status}
+            entry["multiplier"] = {
+                "value": eff[a] / eff["repetition"],
+                "low": float(mlow),
+                "high": float(mhigh),
+                "status": status,
+            }
         out["arms"][a] = entry
     return out
 
@@ -172,14 +192,26 @@ def _mean(xs) -> float | None:
     return float(np.mean(xs)) if len(xs) else None
 
 
-def build(cfg, files, taught: dict, loop_dir: Path, summary: dict, organic_tokens: int,
-          oracle_multiples: dict[str, int], model_cfg) -> dict:
+def build(
+    cfg,
+    files,
+    taught: dict,
+    loop_dir: Path,
+    summary: dict,
+    organic_tokens: int,
+    oracle_multiples: dict[str, int],
+    model_cfg,
+) -> dict:
     world = files.world() if hasattr(files, "world") else None  # None: your own corpus
     runs = summary["runs"]
     checkpoints = {"round 0": loop_dir / "r0" / "pretrain"}
     checkpoints.update({run: loop_dir / run / f"r{rounds[-1]['round']}" / "pretrain" for run, rounds in runs.items()})
-    unique = {"round 0": organic_tokens, **{run: organic_tokens if run in ("synpro", "repetition")
-                                            else int(run.removeprefix("oracle_")) for run in runs}}
+    unique = {
+        "round 0": organic_tokens,
+        **{
+            run: organic_tokens if run in ("synpro", "repetition") else int(run.removeprefix("oracle_")) for run in runs
+        },
+    }
     nll = heldout_nll(model_cfg, checkpoints, files.heldout, files.tokenizer)
     oracle_arms = {a: unique[a] for a in runs if a == "repetition" or a.startswith("oracle_")}
     effective = effective_tokens_by_documents(nll, oracle_arms, seed=cfg.seed) if len(oracle_arms) >= 3 else None
@@ -189,25 +221,47 @@ def build(cfg, files, taught: dict, loop_dir: Path, summary: dict, organic_token
         last = rounds[-1]
         e = (effective or {}).get("arms", {}).get(arm, {})
         loss = float(nll[arm]["nll"].sum() / nll[arm]["tokens"].sum())
-        arms.append({"arm": arm, "biographies_per_person": oracle_multiples.get(arm, 1), "unique_tokens": unique[arm],
-                     "tokens": last["tokens"], "heldout_loss": loss, "trainer_val_loss": last["val_loss"],
-                     "qa_accuracy": last.get("eval", {}).get("tasks", {}).get("qa", {}).get("acc"),
-                     "effective_tokens": e.get("effective_tokens"), "multiplier": e.get("multiplier")})
+        arms.append(
+            {
+                "arm": arm,
+                "biographies_per_person": oracle_multiples.get(arm, 1),
+                "unique_tokens": unique[arm],
+                "tokens": last["tokens"],
+                "heldout_loss": loss,
+                "trainer_val_loss": last["val_loss"],
+                "qa_accuracy": last.get("eval", {}).get("tasks", {}).get("qa", {}).get("acc"),
+                "effective_tokens": e.get("effective_tokens"),
+                "multiplier": e.get("multiplier"),
+            }
+        )
     generators = {}
     synth = loop_dir / "synpro" / "r1"
     for op in prompts.OPERATIONS:
         grpo = loop_dir / "synpro" / "r1" / f"grpo_{op}"
-        generators[op] = {"rewards": _reward_curve(grpo), "before_grpo": taught.get("rewrites", {}).get(op),
-                          "before_sample": taught.get("samples", {}).get(op),
-                          "after_grpo": _synthesized(world, files.corpus, synth / f"synthesize_{op}", cfg.samples,
-                                                     cfg.teach.eval_people) if world is not None
-                          else _synthesized_text(files.corpus, synth / f"synthesize_{op}", cfg.samples)}
+        generators[op] = {
+            "rewards": _reward_curve(grpo),
+            "before_grpo": taught.get("rewrites", {}).get(op),
+            "before_sample": taught.get("samples", {}).get(op),
+            "after_grpo": _synthesized(
+                world, files.corpus, synth / f"synthesize_{op}", cfg.samples, cfg.teach.eval_people
+            )
+            if world is not None
+            else _synthesized_text(files.corpus, synth / f"synthesize_{op}", cfg.samples),
+        }
     curves = {run: _loss_curve(loop_dir, run, rounds) for run, rounds in runs.items()}
-    return {"seed": cfg.seed, "people": cfg.people if world is not None else None,
-            "corpus": list(cfg.corpus), "before_people": cfg.teach.eval_people,
-            "organic_tokens": organic_tokens, "arms": arms,
-            "fit": (effective or {}).get("fit"), "interval": "90% over resampled held-out biographies"
-            if effective else None, "generators": generators, "curves": curves, "out_dir": str(Path(cfg.out_dir))}
+    return {
+        "seed": cfg.seed,
+        "people": cfg.people if world is not None else None,
+        "corpus": list(cfg.corpus),
+        "before_people": cfg.teach.eval_people,
+        "organic_tokens": organic_tokens,
+        "arms": arms,
+        "fit": (effective or {}).get("fit"),
+        "interval": "90% over resampled held-out biographies" if effective else None,
+        "generators": generators,
+        "curves": curves,
+        "out_dir": str(Path(cfg.out_dir)),
+    }
 
 
 def _loss_curve(loop_dir: Path, run: str, rounds: list[dict]) -> list[list[float]]:
@@ -258,8 +312,14 @@ def _plot(report: dict, path: Path) -> None:
             eff = (a or {}).get("effective_tokens") or {}
             if a and eff.get("value") and math.isfinite(eff["value"]):
                 right.axhline(a["heldout_loss"], ls="--", lw=0.8, color="C1" if run == "synpro" else "C0")
-                right.plot([eff["value"]], [a["heldout_loss"]], "s", ms=7, label=f"{run}: {eff['value']:,.0f} tokens",
-                           color="C1" if run == "synpro" else "C0")
+                right.plot(
+                    [eff["value"]],
+                    [a["heldout_loss"]],
+                    "s",
+                    ms=7,
+                    label=f"{run}: {eff['value']:,.0f} tokens",
+                    color="C1" if run == "synpro" else "C0",
+                )
         right.set_xscale("log")
     right.set_xlabel("unique organic tokens D")
     right.set_ylabel("held-out loss after the last round")
@@ -274,27 +334,41 @@ def _interval(e: dict | None, fmt: str) -> str:
     if not e or e.get("value") is None or not math.isfinite(e["value"]):
         return "-"
     low, high = e.get("low"), e.get("high")
-    iv = f" [{low:{fmt}}, {high:{fmt}}]" if low is not None and high is not None and math.isfinite(low) \
-        and math.isfinite(high) else ""
+    iv = (
+        f" [{low:{fmt}}, {high:{fmt}}]"
+        if low is not None and high is not None and math.isfinite(low) and math.isfinite(high)
+        else ""
+    )
     flag = "" if e.get("status", "ok") == "ok" else f" ({e['status']})"
     return f"{e['value']:{fmt}}{iv}{flag}"
 
 
 def table(report: dict) -> str:
-    lines = [f"synpro demo, seed {report['seed']}: "
-             + (f"{report['people']} people, " if report.get("people") else "")
-             + f"{report['organic_tokens']:,} organic tokens; every arm after round 0 trains the same steps",
-             f"{'arm':<16}{'bios/person' if report.get('people') else 'x organic':>12}{'unique tok':>12}{'tokens':>11}{'held-out':>10}{'QA acc':>8}"
-             f"  {'effective tokens [90%]':<44}{'x repetition [90%]'}"]
+    lines = [
+        f"synpro demo, seed {report['seed']}: "
+        + (f"{report['people']} people, " if report.get("people") else "")
+        + f"{report['organic_tokens']:,} organic tokens; every arm after round 0 trains the same steps",
+        f"{'arm':<16}{'bios/person' if report.get('people') else 'x organic':>12}{'unique tok':>12}"
+        f"{'tokens':>11}{'held-out':>10}{'QA acc':>8}"
+        f"  {'effective tokens [90%]':<44}{'x repetition [90%]'}",
+    ]
     for a in report["arms"]:
         qa = f"{a['qa_accuracy']:.3f}" if a.get("qa_accuracy") is not None else "-"
         loss = f"{a['heldout_loss']:.4f}"
-        lines.append(f"{a['arm']:<16}{a['biographies_per_person']:>12}{a['unique_tokens']:>12,}{a['tokens']:>11,}"
-                     f"{loss:>10}{qa:>8}  {_interval(a.get('effective_tokens'), ',.0f'):<44}"
-                     f"{_interval(a.get('multiplier'), '.2f')}")
+        lines.append(
+            f"{a['arm']:<16}{a['biographies_per_person']:>12}{a['unique_tokens']:>12,}{a['tokens']:>11,}"
+            f"{loss:>10}{qa:>8}  {_interval(a.get('effective_tokens'), ',.0f'):<44}"
+            f"{_interval(a.get('multiplier'), '.2f')}"
+        )
     lines.append("")
-    lines.append("generators" + (" (exact fact score: facts stated minus the share of wrong ones; 1 is perfect)"
-                                 if report.get("people") else ""))
+    lines.append(
+        "generators"
+        + (
+            " (exact fact score: facts stated minus the share of wrong ones; 1 is perfect)"
+            if report.get("people")
+            else ""
+        )
+    )
     for op, g in report["generators"].items():
         curve = g["rewards"]
         if curve:
@@ -304,25 +378,36 @@ def table(report: dict) -> str:
                 first = np.mean([c[name] for c in curve[:k] if name in c])
                 last = np.mean([c[name] for c in curve[-k:] if name in c])
                 parts.append(f"{name} {first:.3f} -> {last:.3f}")
-            lines.append(f"  {op}: GRPO rewards, mean of the first {k} steps -> the last {k} ({len(curve)} steps): "
-                         + ", ".join(parts))
+            lines.append(
+                f"  {op}: GRPO rewards, mean of the first {k} steps -> the last {k} ({len(curve)} steps): "
+                + ", ".join(parts)
+            )
         before, after = g.get("before_grpo") or {}, g["after_grpo"]
         if before:
-            lines.append(f"    before GRPO (the taught generator): fact score {before['fact_score']:.3f}, recall "
-                         f"{before['recall']:.3f}, format {before['format']:.2f} on the first "
-                         f"{report.get('before_people')} people" + (
-                             f"; after GRPO, the same people's synthesized records: fact score "
-                             f"{after['fact_score_before_people']:.3f}"
-                             if after.get("fact_score_before_people") is not None else ""))
+            lines.append(
+                f"    before GRPO (the taught generator): fact score {before['fact_score']:.3f}, recall "
+                f"{before['recall']:.3f}, format {before['format']:.2f} on the first "
+                f"{report.get('before_people')} people"
+                + (
+                    f"; after GRPO, the same people's synthesized records: fact score "
+                    f"{after['fact_score_before_people']:.3f}"
+                    if after.get("fact_score_before_people") is not None
+                    else ""
+                )
+            )
         if after.get("fact_score") is None and after.get("lexical_support") is not None:
-            lines.append(f"    synthesized: {after['records']} records {after['statuses']}; lexical support "
-                         f"{after['lexical_support']:.3f}")
+            lines.append(
+                f"    synthesized: {after['records']} records {after['statuses']}; lexical support "
+                f"{after['lexical_support']:.3f}"
+            )
         if after.get("fact_score") is not None:
             pearson = after["exact_vs_lexical_pearson"]
-            lines.append(f"    synthesized: fact score {after['fact_score']:.3f}, recall {after['recall']:.3f}, "
-                         f"perfect {after['perfect']:.2f} of {after['records']} records; lexical support "
-                         f"{after['lexical_support']:.3f}" + (f", r(exact, lexical) {pearson:.2f}"
-                                                               if pearson is not None else ""))
+            lines.append(
+                f"    synthesized: fact score {after['fact_score']:.3f}, recall {after['recall']:.3f}, "
+                f"perfect {after['perfect']:.2f} of {after['records']} records; lexical support "
+                f"{after['lexical_support']:.3f}"
+                + (f", r(exact, lexical) {pearson:.2f}" if pearson is not None else "")
+            )
         shown = after.get("samples", [])[:1]
         if shown:
             lines.append(f"    source:        {shown[0]['source']}")

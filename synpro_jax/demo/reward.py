@@ -52,8 +52,10 @@ class FaithfulnessFactsReward:
         for s in sources:
             person = self.people.get(s.strip())
             if person is None:
-                raise RewardError(f"faithfulness_facts: a source is not an organic biography of {self.world}: "
-                                  f"{s[:60]!r}")
+                raise RewardError(
+                    f"faithfulness_facts: a source is not an organic biography of {self.world}: {s[:60]!r}"
+                )
             people.append(person)
-        return np.array([W.fact_check(people[where[i]], t).score if t else 0.0 for i, t in enumerate(texts)],
-                        np.float32)
+        return np.array(
+            [W.fact_check(people[where[i]], t).score if t else 0.0 for i, t in enumerate(texts)], np.float32
+        )

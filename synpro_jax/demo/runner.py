@@ -65,8 +65,10 @@ def organic_budgets(documents: int, multiples, progress: bool = True) -> tuple[i
     _, train, _, _ = organic_split(data, progress=progress)
     cum = np.cumsum(train.lengths())
     if documents * max(multiples) > len(cum):
-        raise ValueError(f"the corpus holds {len(cum)} training documents; the oracle runs need "
-                         f"{documents * max(multiples)} ({max(multiples)} x the {documents} organic ones)")
+        raise ValueError(
+            f"the corpus holds {len(cum)} training documents; the oracle runs need "
+            f"{documents * max(multiples)} ({max(multiples)} x the {documents} organic ones)"
+        )
     return int(cum[documents - 1]), {m: int(cum[m * documents - 1]) for m in multiples}
 
 
@@ -91,21 +93,38 @@ def run_demo(cfg: DemoConfig, model, progress: bool = True) -> dict:
 
     if cfg.corpus:
         t = steps.start(f"your corpus: {', '.join(cfg.corpus)}")
-        files = write_corpus(root / "corpus", cfg.corpus, cfg.reference, share=1 / max(cfg.oracle_multiples),
-                             vocab_size=cfg.vocab_size)
+        files = write_corpus(
+            root / "corpus", cfg.corpus, cfg.reference, share=1 / max(cfg.oracle_multiples), vocab_size=cfg.vocab_size
+        )
         organic_docs = sum(1 for line in files.organic.read_text(encoding="utf-8").splitlines() if line.strip())
-        steps.done(f"{files.root}: {organic_docs} organic documents, the rest for the oracle runs, held-out "
-                   "documents, tokenizer", t)
+        steps.done(
+            f"{files.root}: {organic_docs} organic documents, the rest for the oracle runs, held-out "
+            "documents, tokenizer",
+            t,
+        )
         t = steps.start("the generators")
         taught = {}
         start = cfg.generator or ROUND0_START
-        steps.done(f"both start from {start}" + ("" if cfg.generator else ": round 0's LM cannot rephrase, so "
-                                                 "its raw completions are kept; give --generator HF_DIR"), t)
+        steps.done(
+            f"both start from {start}"
+            + (
+                ""
+                if cfg.generator
+                else ": round 0's LM cannot rephrase, so its raw completions are kept; give --generator HF_DIR"
+            ),
+            t,
+        )
     else:
         t = steps.start(f"the world: {cfg.people} people, {cfg.teachers} teachers, seed {cfg.seed}")
-        files = write_world(root / "world", people=cfg.people, teachers=cfg.teachers,
-                            reference_fraction=cfg.reference_fraction, seed=cfg.seed,
-                            oracle_copies=cfg.oracle_copies, vocab_size=cfg.vocab_size)
+        files = write_world(
+            root / "world",
+            people=cfg.people,
+            teachers=cfg.teachers,
+            reference_fraction=cfg.reference_fraction,
+            seed=cfg.seed,
+            oracle_copies=cfg.oracle_copies,
+            vocab_size=cfg.vocab_size,
+        )
         organic_docs = cfg.people
         steps.done(f"{files.root}: corpus, held-out biographies, QA, reference task, tokenizer", t)
         if cfg.generator:
@@ -113,27 +132,52 @@ def run_demo(cfg: DemoConfig, model, progress: bool = True) -> dict:
             taught, start = {}, cfg.generator
             steps.done(f"both start from {start}", t)
         else:
-            t = steps.start(f"teaching the generators ({cfg.teach.steps} supervised steps on the teaching "
-                            "population)")
+            t = steps.start(f"teaching the generators ({cfg.teach.steps} supervised steps on the teaching population)")
             mesh = sharding.make_mesh(sharding.MeshConfig(data=-1))
-            taught = teach_generator(files.world(), files.spec, files.tokenizer, model, root / "teach",
-                                     dataclasses.replace(cfg.teach, seed=cfg.seed), mesh, progress=progress)
+            taught = teach_generator(
+                files.world(),
+                files.spec,
+                files.tokenizer,
+                model,
+                root / "teach",
+                dataclasses.replace(cfg.teach, seed=cfg.seed),
+                mesh,
+                progress=progress,
+            )
             start = taught["hf"]
-            steps.done("taught: " + ", ".join(f"{op} fact score {s['fact_score']:.2f}, format {s['format']:.2f}"
-                                              for op, s in taught.get("rewrites", {}).items()), t)
+            steps.done(
+                "taught: "
+                + ", ".join(
+                    f"{op} fact score {s['fact_score']:.2f}, format {s['format']:.2f}"
+                    for op, s in taught.get("rewrites", {}).items()
+                ),
+                t,
+            )
 
     t = steps.start("the SynPro experiment (synpro loop)")
     world = not cfg.corpus
-    _bind(LOOP_DIR=str(root / "loop"), ORGANIC=[str(files.corpus)], VOCABULARY=str(files.tokenizer),
-          REFERENCE=[str(files.reference)] if world else list(files.reference_files),
-          PROBE_CORPUS=[str(files.organic)], WORLD_JSON=str(files.world_json) if world else None,
-          GENERATORS=[{"name": op, "operation": op, "start": start} for op in ("rephrase", "reformat")])
-    _bind_params({"synpro.DataConfig.validation": [str(files.heldout)],
-                  "synpro.DataConfig.cache_dir": str(root / "cache"),
-                  "synpro.LoopConfig.grpo_prompts": [str(files.organic)],
-                  "synpro.LoopConfig.eval_tasks": [f"qa={files.qa}"] if world else [],
-                  **({} if world and cfg.generator is None else {"synpro.SynthesisConfig.keep_unparsed":
-                                                                 start == ROUND0_START})})
+    _bind(
+        LOOP_DIR=str(root / "loop"),
+        ORGANIC=[str(files.corpus)],
+        VOCABULARY=str(files.tokenizer),
+        REFERENCE=[str(files.reference)] if world else list(files.reference_files),
+        PROBE_CORPUS=[str(files.organic)],
+        WORLD_JSON=str(files.world_json) if world else None,
+        GENERATORS=[{"name": op, "operation": op, "start": start} for op in ("rephrase", "reformat")],
+    )
+    _bind_params(
+        {
+            "synpro.DataConfig.validation": [str(files.heldout)],
+            "synpro.DataConfig.cache_dir": str(root / "cache"),
+            "synpro.LoopConfig.grpo_prompts": [str(files.organic)],
+            "synpro.LoopConfig.eval_tasks": [f"qa={files.qa}"] if world else [],
+            **(
+                {}
+                if world and cfg.generator is None
+                else {"synpro.SynthesisConfig.keep_unparsed": start == ROUND0_START}
+            ),
+        }
+    )
     organic, oracle = organic_budgets(organic_docs, cfg.oracle_multiples, progress=progress)
     _bind(ORACLE_BUDGETS=[oracle[m] for m in cfg.oracle_multiples])
     _bind_params({"synpro.DataConfig.organic_budget_tokens": organic})
@@ -143,8 +187,16 @@ def run_demo(cfg: DemoConfig, model, progress: bool = True) -> dict:
         return {"preempted": True, "out_dir": str(root)}
 
     t = steps.start("the result table")
-    report = report_lib.build(cfg, files, taught, root / "loop", summary, organic,
-                              {f"oracle_{oracle[m]}": m for m in cfg.oracle_multiples}, model)
+    report = report_lib.build(
+        cfg,
+        files,
+        taught,
+        root / "loop",
+        summary,
+        organic,
+        {f"oracle_{oracle[m]}": m for m in cfg.oracle_multiples},
+        model,
+    )
     if writer:
         report_lib.write(report, root)
         print(report_lib.table(report), flush=True)

@@ -9,8 +9,8 @@ sentences or into entries, add nothing), not the pairs. The loss is on the answe
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 import dataclasses
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -44,8 +44,11 @@ class TeachingStream:
         # The document is a fresh biography in random wordings too: the skill must not hang on one wording.
         templates = [int(rng.integers(len(W.TEMPLATES[a]))) for a in W.ATTRIBUTES]
         n = len(W.ATTRIBUTES)
-        keep = sorted(int(i) for i in rng.permutation(n)[:rng.integers(1, n)]) if rng.random() < self.partial \
+        keep = (
+            sorted(int(i) for i in rng.permutation(n)[: rng.integers(1, n)])
+            if rng.random() < self.partial
             else list(range(n))
+        )
         document = W.biography(person, templates, [keep[int(i)] for i in rng.permutation(len(keep))], rng)
         body = (W.rewrite_rephrase if op == "rephrase" else W.rewrite_reformat)(person, rng, keep)
         prompt = self._before[op] + list(self.vocab.encode(document)) + self._after[op]
@@ -84,11 +87,11 @@ def sft_batch(rows: Sequence[Sequence[tuple[list[int], list[int]]]], length: int
     for r, examples in enumerate(rows):
         at = 0
         for k, (prompt, answer) in enumerate(examples, 1):
-            row = (list(prompt) + list(answer))[:length - at]
-            tokens[r, at:at + len(row)] = row
-            mask[r, at + len(prompt):at + len(row)] = 1.0
-            seg[r, at:at + len(row)] = k
-            pos[r, at:at + len(row)] = np.arange(len(row))
+            row = (list(prompt) + list(answer))[: length - at]
+            tokens[r, at : at + len(row)] = row
+            mask[r, at + len(prompt) : at + len(row)] = 1.0
+            seg[r, at : at + len(row)] = k
+            pos[r, at : at + len(row)] = np.arange(len(row))
             at += len(row)
             if at >= length:
                 break
@@ -98,15 +101,31 @@ def sft_batch(rows: Sequence[Sequence[tuple[list[int], list[int]]]], length: int
     return batch
 
 
-def evaluate_rewrites(sampler, vocab, people: Sequence[W.Person], operation: str, *, max_new_tokens: int,
-                      seed: int = 0, temperature: float = 1.0, top_p: float | None = 0.9,
-                      on_text: Callable[[W.Person, str], None] | None = None) -> dict:
+def evaluate_rewrites(
+    sampler,
+    vocab,
+    people: Sequence[W.Person],
+    operation: str,
+    *,
+    max_new_tokens: int,
+    seed: int = 0,
+    temperature: float = 1.0,
+    top_p: float | None = 0.9,
+    on_text: Callable[[W.Person, str], None] | None = None,
+) -> dict:
     """Rewrite each person's organic biography and score it: the share with exactly one heading (format), the
     mean exact fact score (world.fact_check), and the mean recall of the person's facts."""
     before, after = (list(vocab.encode(part)) for part in prompts.prompt_parts(operation))
     ids = [before + list(vocab.encode(W.organic_biography(p))) + after for p in people]
-    out = sampler.generate(ids, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed,
-                           eos_id=[int(vocab.eos_id)], pad_id=0)
+    out = sampler.generate(
+        ids,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        seed=seed,
+        eos_id=[int(vocab.eos_id)],
+        pad_id=0,
+    )
     fmt, score, recall = [], [], []
     for person, completion, finished in zip(people, out.completions(), out.finished):
         text = vocab.decode(completion[:-1] if finished else completion)

@@ -53,8 +53,16 @@ def _fingerprint(cfg: TeachConfig, model_cfg, world_spec: dict) -> dict:
     return {"teach": dataclasses.asdict(cfg), "model": dataclasses.asdict(model_cfg), "world": world_spec}
 
 
-def teach_generator(world: W.World, world_spec: dict, vocab_path: Path, model_cfg, out_dir: Path, cfg: TeachConfig,
-                    mesh, progress: bool = True) -> dict:
+def teach_generator(
+    world: W.World,
+    world_spec: dict,
+    vocab_path: Path,
+    model_cfg,
+    out_dir: Path,
+    cfg: TeachConfig,
+    mesh,
+    progress: bool = True,
+) -> dict:
     """Teach (or resume teaching) the generator; returns the job's summary (``out_dir/summary.json``) with the
     HF directory in ``"hf"``. A finished job is not redone; one recorded with other settings is refused."""
     from synpro_jax.data.vocab import load_vocabulary
@@ -72,29 +80,61 @@ def teach_generator(world: W.World, world_spec: dict, vocab_path: Path, model_cf
         return summary
     vocab = load_vocabulary(str(vocab_path))
     stream = sft.TeachingStream(world.teachers, vocab, seed=cfg.seed)
-    optimizer = OptimizerConfig(learning_rate=cfg.learning_rate, warmup_steps=cfg.warmup_steps,
-                                schedule=cfg.schedule, total_steps=cfg.steps, weight_decay=0.0, clip_norm=1.0)
+    optimizer = OptimizerConfig(
+        learning_rate=cfg.learning_rate,
+        warmup_steps=cfg.warmup_steps,
+        schedule=cfg.schedule,
+        total_steps=cfg.steps,
+        weight_decay=0.0,
+        clip_norm=1.0,
+    )
     state, records, seconds = train_supervised(
-        model_cfg, mesh, optimizer, lambda step: stream.batch(step, cfg.batch, cfg.length), cfg.steps, out_dir,
-        inputs, seed=cfg.seed, checkpoint_every=cfg.checkpoint_every, metric="teach/answer_loss",
-        desc="teach generator", progress=progress)
+        model_cfg,
+        mesh,
+        optimizer,
+        lambda step: stream.batch(step, cfg.batch, cfg.length),
+        cfg.steps,
+        out_dir,
+        inputs,
+        seed=cfg.seed,
+        checkpoint_every=cfg.checkpoint_every,
+        metric="teach/answer_loss",
+        desc="teach generator",
+        progress=progress,
+    )
 
     # Before GRPO: rewrites of organic biographies the generator never saw, scored exactly.
     sampler = Sampler(model_cfg, state.params, mesh=mesh)
-    people = world.people[:cfg.eval_people]
+    people = world.people[: cfg.eval_people]
     scores, samples = {}, {}
     for op in prompts.OPERATIONS:
         texts: list[tuple[W.Person, str]] = []
-        scores[op] = sft.evaluate_rewrites(sampler, vocab, people, op, max_new_tokens=cfg.length - 48,
-                                           seed=cfg.seed, on_text=lambda p, t: texts.append((p, t)))
+        scores[op] = sft.evaluate_rewrites(
+            sampler,
+            vocab,
+            people,
+            op,
+            max_new_tokens=cfg.length - 48,
+            seed=cfg.seed,
+            on_text=lambda p, t: texts.append((p, t)),
+        )
         person, text = texts[0]
-        samples[op] = {"source": W.organic_biography(person), "rewrite": text,
-                       "fact_score": W.fact_check(person, prompts.parse_answer(text, op).text).score}
+        samples[op] = {
+            "source": W.organic_biography(person),
+            "rewrite": text,
+            "fact_score": W.fact_check(person, prompts.parse_answer(text, op).text).score,
+        }
     if jax.process_index() == 0:
         _export(model_cfg, state.params, vocab_path, hf_dir)
-        summary = {"inputs": inputs, "hf": str(hf_dir), "steps": cfg.steps, "seconds": round(seconds, 1),
-                   "final_loss": records[-1]["teach/answer_loss"] if records else None,
-                   "rewrites": scores, "samples": samples}
+        summary = {
+            "inputs": inputs,
+            "hf": str(hf_dir),
+            "steps": cfg.steps,
+            "seconds": round(seconds, 1),
+            "final_loss": records[-1]["teach/answer_loss"] if records else None,
+            "rewrites": scores,
+            "samples": samples,
+        }
         atomic.write_json(summary_path, summary)
     else:
         summary = {"hf": str(hf_dir)}

@@ -9,9 +9,9 @@ biography it rewrites, not on the instruction, which makes the teaching steps ab
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 import os
 import tempfile
-from typing import Iterable, Sequence
 
 from etils.epath import Path
 
@@ -29,13 +29,14 @@ def fixed_prompt_text(template: prompts.ChatTemplate = prompts.OLMO2_CHAT) -> li
     for op in prompts.OPERATIONS:
         before, after = prompts.prompt_parts(op, template)
         if before.startswith(template.bos):
-            before = before[len(template.bos):]
+            before = before[len(template.bos) :]
         out += [before, after, prompts.HEADINGS[op]]
     return list(dict.fromkeys(out))
 
 
-def train_world_tokenizer(texts: Iterable[str], out_path: str | os.PathLike, vocab_size: int = 2048,
-                          fixed: Sequence[str] | None = None) -> Path:
+def train_world_tokenizer(
+    texts: Iterable[str], out_path: str | os.PathLike, vocab_size: int = 2048, fixed: Sequence[str] | None = None
+) -> Path:
     """Train a byte-level BPE on ``texts`` and add ``fixed`` (default :func:`fixed_prompt_text`) as whole tokens;
     writes ``out_path`` (a tokenizer.json) atomically. Byte-level BPE round-trips any text exactly."""
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -46,8 +47,12 @@ def train_world_tokenizer(texts: Iterable[str], out_path: str | os.PathLike, voc
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[PAD, EOS], show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[PAD, EOS],
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tok.train_from_iterator(texts, trainer)
     fixed = fixed_prompt_text() if fixed is None else list(fixed)
     tok.add_tokens([AddedToken(s, normalized=False, single_word=False, lstrip=False, rstrip=False) for s in fixed])

@@ -23,9 +23,9 @@ every part of it can be measured exactly here:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 import dataclasses
 import re
-from typing import Sequence
 
 import numpy as np
 
@@ -38,47 +38,104 @@ VERSION = 2
 
 ATTRIBUTES = ("birth_date", "birth_city", "university", "major", "employer", "employer_city")
 
-FIRST = ("Anya Bruno Celia Dario Elena Farid Greta Hugo Ines Jonas Kaia Luca Mira Nils Olga Pavel Rosa Sven Tara Uli "
-         "Vera Wim Yara Zane Alma Boris Clara Dmitri Edda Felix Gaia Henrik Ilse Jasper Kira Lionel Maren Oskar Petra "
-         "Quentin").split()
+FIRST = (
+    "Anya Bruno Celia Dario Elena Farid Greta Hugo Ines Jonas Kaia Luca Mira Nils Olga Pavel Rosa Sven Tara Uli "
+    "Vera Wim Yara Zane Alma Boris Clara Dmitri Edda Felix Gaia Henrik Ilse Jasper Kira Lionel Maren Oskar Petra "
+    "Quentin"
+).split()
 MIDDLE = "Ash Bay Cove Dale Elm Fern Glen Hale Ivy Jade Kent Lark Moss Nash Oak Pine Reed Sage Teal Wren".split()
-LAST = ("Abbott Brandt Castell Dorsey Ekholm Falk Garrow Holm Ivers Jansky Keller Lindqvist Moreau Norling Ortega "
-        "Pell Quist Rask Sorel Thorne Ulman Varga Weller Yates Zorn Alder Bexley Crane Drummond Ellery").split()
+LAST = (
+    "Abbott Brandt Castell Dorsey Ekholm Falk Garrow Holm Ivers Jansky Keller Lindqvist Moreau Norling Ortega "
+    "Pell Quist Rask Sorel Thorne Ulman Varga Weller Yates Zorn Alder Bexley Crane Drummond Ellery"
+).split()
 MONTHS = ("January February March April May June July August September October November December").split()
-BIRTH_CITIES = ("Aberdeen Bergen Cordoba Dresden Eindhoven Florence Ghent Hamburg Innsbruck Jaipur Kyoto Lisbon "
-                "Malmo Nantes Oslo Porto Quebec Riga Seville Tampere").split()
+BIRTH_CITIES = (
+    "Aberdeen Bergen Cordoba Dresden Eindhoven Florence Ghent Hamburg Innsbruck Jaipur Kyoto Lisbon "
+    "Malmo Nantes Oslo Porto Quebec Riga Seville Tampere"
+).split()
 # Work cities are another set: each attribute's values are then of their own kind, which a small generator
 # learns to find and copy from a source far sooner than a value it must tell apart by its sentence.
-WORK_CITIES = ("Utrecht Valencia Warsaw Xiamen York Zagreb Antwerp Bilbao Cardiff Dublin Geneva Helsinki Krakow Lyon "
-               "Munich Naples Prague Salzburg Toulouse Vienna").split()
+WORK_CITIES = (
+    "Utrecht Valencia Warsaw Xiamen York Zagreb Antwerp Bilbao Cardiff Dublin Geneva Helsinki Krakow Lyon "
+    "Munich Naples Prague Salzburg Toulouse Vienna"
+).split()
 CITIES = BIRTH_CITIES + WORK_CITIES
-UNIVERSITIES = tuple(f"{p} {k}" for p, k in [
-    ("Northfield", "University"), ("Eastbrook", "College"), ("Westmoor", "Institute"), ("Southgate", "University"),
-    ("Riverside", "Polytechnic"), ("Highland", "University"), ("Lakeshore", "College"), ("Stonebridge", "Institute"),
-    ("Greenvale", "University"), ("Ironwood", "College"), ("Silverton", "University"), ("Redcliff", "Institute"),
-    ("Oakhurst", "University"), ("Brightwater", "College"), ("Kingsmere", "University"), ("Foxhollow", "Institute"),
-])
-MAJORS = ("astronomy biology chemistry economics geology history linguistics mathematics music philosophy physics "
-          "psychology sociology statistics architecture botany").split()
-EMPLOYERS = ("Arcwell Bluepeak Cobaltix Driftline Emberly Fathom Glimmer Harbora Inkstone Junipero Keystar Lumora "
-             "Meridox Northwind Orbitra Pallasys Quarryton Ravenstack Solvane Tidewell").split()
+UNIVERSITIES = tuple(
+    f"{p} {k}"
+    for p, k in [
+        ("Northfield", "University"),
+        ("Eastbrook", "College"),
+        ("Westmoor", "Institute"),
+        ("Southgate", "University"),
+        ("Riverside", "Polytechnic"),
+        ("Highland", "University"),
+        ("Lakeshore", "College"),
+        ("Stonebridge", "Institute"),
+        ("Greenvale", "University"),
+        ("Ironwood", "College"),
+        ("Silverton", "University"),
+        ("Redcliff", "Institute"),
+        ("Oakhurst", "University"),
+        ("Brightwater", "College"),
+        ("Kingsmere", "University"),
+        ("Foxhollow", "Institute"),
+    ]
+)
+MAJORS = (
+    "astronomy biology chemistry economics geology history linguistics mathematics music philosophy physics "
+    "psychology sociology statistics architecture botany"
+).split()
+EMPLOYERS = (
+    "Arcwell Bluepeak Cobaltix Driftline Emberly Fathom Glimmer Harbora Inkstone Junipero Keystar Lumora "
+    "Meridox Northwind Orbitra Pallasys Quarryton Ravenstack Solvane Tidewell"
+).split()
 
 # One sentence per attribute; {n} is the subject (the full name in the first sentence, a pronoun or the name
 # after it), {v} the value. A person's organic biography draws one template per attribute; the held-out
 # biographies use only the others.
 TEMPLATES = {
-    "birth_date": ("{n} was born on {v}.", "{n} came into the world on {v}.", "{n} celebrates a birthday on {v}.",
-                   "The birth of {n} took place on {v}.", "{n} first saw daylight on {v}."),
-    "birth_city": ("{n} was born in {v}.", "{n} spent early childhood in {v}.", "{n} grew up in {v}.",
-                   "The hometown of {n} is {v}.", "{n} comes from {v}."),
-    "university": ("{n} studied at {v}.", "{n} attended {v}.", "{n} graduated from {v}.",
-                   "{n} received an education at {v}.", "{n} was a student at {v}."),
-    "major": ("{n} majored in {v}.", "{n} earned a degree in {v}.", "{n} chose {v} as a field of study.",
-              "The academic focus of {n} was {v}.", "{n} specialized in {v}."),
-    "employer": ("{n} works for {v}.", "{n} is employed by {v}.", "{n} holds a job at {v}.",
-                 "{n} joined the staff of {v}.", "The employer of {n} is {v}."),
-    "employer_city": ("{n} works in {v}.", "{n} has an office in {v}.", "{n} commutes to a workplace in {v}.",
-                      "The job of {n} is based in {v}.", "{n} is stationed in {v}."),
+    "birth_date": (
+        "{n} was born on {v}.",
+        "{n} came into the world on {v}.",
+        "{n} celebrates a birthday on {v}.",
+        "The birth of {n} took place on {v}.",
+        "{n} first saw daylight on {v}.",
+    ),
+    "birth_city": (
+        "{n} was born in {v}.",
+        "{n} spent early childhood in {v}.",
+        "{n} grew up in {v}.",
+        "The hometown of {n} is {v}.",
+        "{n} comes from {v}.",
+    ),
+    "university": (
+        "{n} studied at {v}.",
+        "{n} attended {v}.",
+        "{n} graduated from {v}.",
+        "{n} received an education at {v}.",
+        "{n} was a student at {v}.",
+    ),
+    "major": (
+        "{n} majored in {v}.",
+        "{n} earned a degree in {v}.",
+        "{n} chose {v} as a field of study.",
+        "The academic focus of {n} was {v}.",
+        "{n} specialized in {v}.",
+    ),
+    "employer": (
+        "{n} works for {v}.",
+        "{n} is employed by {v}.",
+        "{n} holds a job at {v}.",
+        "{n} joined the staff of {v}.",
+        "The employer of {n} is {v}.",
+    ),
+    "employer_city": (
+        "{n} works in {v}.",
+        "{n} has an office in {v}.",
+        "{n} commutes to a workplace in {v}.",
+        "The job of {n} is based in {v}.",
+        "{n} is stationed in {v}.",
+    ),
 }
 # The reference task's questions (the probe's prompt/completion pairs) use a phrasing no template uses.
 QUESTIONS = {
@@ -89,8 +146,14 @@ QUESTIONS = {
     "employer": "Which company does {name} work for?",
     "employer_city": "Which city does {name} work in?",
 }
-TOPICS = {"birth_date": "Birth date", "birth_city": "Birthplace", "university": "Education", "major": "Field of study",
-          "employer": "Employer", "employer_city": "Workplace"}
+TOPICS = {
+    "birth_date": "Birth date",
+    "birth_city": "Birthplace",
+    "university": "Education",
+    "major": "Field of study",
+    "employer": "Employer",
+    "employer_city": "Workplace",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,9 +175,14 @@ def _date(rng) -> str:
 def _people(rng, count: int, names: list[str]) -> list[Person]:
     people = []
     for name in names[:count]:
-        facts = {"birth_date": _date(rng), "birth_city": str(rng.choice(BIRTH_CITIES)),
-                 "university": str(rng.choice(UNIVERSITIES)), "major": str(rng.choice(MAJORS)),
-                 "employer": str(rng.choice(EMPLOYERS)), "employer_city": str(rng.choice(WORK_CITIES))}
+        facts = {
+            "birth_date": _date(rng),
+            "birth_city": str(rng.choice(BIRTH_CITIES)),
+            "university": str(rng.choice(UNIVERSITIES)),
+            "major": str(rng.choice(MAJORS)),
+            "employer": str(rng.choice(EMPLOYERS)),
+            "employer_city": str(rng.choice(WORK_CITIES)),
+        }
         templates = tuple(int(rng.integers(len(TEMPLATES[a]))) for a in ATTRIBUTES)
         order = tuple(int(i) for i in rng.permutation(len(ATTRIBUTES)))
         people.append(Person(name, str(rng.choice(["He", "She", "They"])), facts, templates, order))
@@ -142,8 +210,16 @@ def biography(person: Person, templates: Sequence[int], order: Sequence[int], rn
     return " ".join(out)
 
 
-_THEY = [(" was ", " were "), (" is ", " are "), (" works ", " work "), (" holds ", " hold "), (" has ", " have "),
-         (" comes ", " come "), (" commutes ", " commute "), (" celebrates ", " celebrate ")]
+_THEY = [
+    (" was ", " were "),
+    (" is ", " are "),
+    (" works ", " work "),
+    (" holds ", " hold "),
+    (" has ", " have "),
+    (" comes ", " come "),
+    (" commutes ", " commute "),
+    (" celebrates ", " celebrate "),
+]
 
 
 def _they(sentence: str) -> str:
@@ -152,7 +228,7 @@ def _they(sentence: str) -> str:
     head, rest = "They", sentence[4:]
     for a, b in _THEY:
         if rest.startswith(a):
-            return head + b + rest[len(a):]
+            return head + b + rest[len(a) :]
     return sentence
 
 
@@ -163,8 +239,10 @@ def organic_biography(person: Person) -> str:
 def rewrite_rephrase(person: Person, rng, attributes: Sequence[int] | None = None) -> str:
     """A perfect rephrasing: every fact (of ``attributes``, indices into ATTRIBUTES; default all), templates
     other than the organic ones, a new order."""
-    templates = [int((t + rng.integers(1, len(TEMPLATES[a]))) % len(TEMPLATES[a]))
-                 for a, t in zip(ATTRIBUTES, person.organic_templates)]
+    templates = [
+        int((t + rng.integers(1, len(TEMPLATES[a]))) % len(TEMPLATES[a]))
+        for a, t in zip(ATTRIBUTES, person.organic_templates)
+    ]
     keep = range(len(ATTRIBUTES)) if attributes is None else attributes
     return biography(person, templates, [int(keep[i]) for i in rng.permutation(len(keep))], rng)
 
@@ -177,8 +255,9 @@ def rewrite_reformat(person: Person, rng, attributes: Sequence[int] | None = Non
     for i in rng.permutation(len(keep)):
         attribute = ATTRIBUTES[int(keep[int(i)])]
         t = int(rng.integers(len(TEMPLATES[attribute])))
-        lines.append(f"- Topic: {TOPICS[attribute]} of {person.name} Content: "
-                     f"{person.sentence(attribute, t, person.name)}")
+        lines.append(
+            f"- Topic: {TOPICS[attribute]} of {person.name} Content: {person.sentence(attribute, t, person.name)}"
+        )
     return "\n".join(lines)
 
 
@@ -205,8 +284,13 @@ class FactCheck:
         return self.recall - (self.wrong / said if said else 0.0)
 
 
-_VALUES = {"birth_city": BIRTH_CITIES, "employer_city": WORK_CITIES, "university": UNIVERSITIES, "major": MAJORS,
-           "employer": EMPLOYERS}
+_VALUES = {
+    "birth_city": BIRTH_CITIES,
+    "employer_city": WORK_CITIES,
+    "university": UNIVERSITIES,
+    "major": MAJORS,
+    "employer": EMPLOYERS,
+}
 _DATE = re.compile(r"\b(?:" + "|".join(MONTHS) + r") \d{1,2}, \d{4}\b")
 
 
@@ -217,8 +301,12 @@ def fact_check(person: Person, text: str) -> FactCheck:
     f = person.facts
     stated = sum(1 for a in ATTRIBUTES if f[a] in text)
     wrong = sum(1 for d in set(_DATE.findall(text)) if d != f["birth_date"])
-    kinds = [(CITIES, {f["birth_city"], f["employer_city"]}), (UNIVERSITIES, {f["university"]}),
-             (MAJORS, {f["major"]}), (EMPLOYERS, {f["employer"]})]
+    kinds = [
+        (CITIES, {f["birth_city"], f["employer_city"]}),
+        (UNIVERSITIES, {f["university"]}),
+        (MAJORS, {f["major"]}),
+        (EMPLOYERS, {f["employer"]}),
+    ]
     for values, mine in kinds:
         wrong += sum(1 for v in values if v not in mine and re.search(rf"\b{re.escape(v)}\b", text))
     return FactCheck(stated, wrong, len(ATTRIBUTES))
@@ -264,22 +352,28 @@ class World:
 
     def reference(self) -> list[dict]:
         """The probe's reference task: prompt/completion pairs about people[:reference_people]."""
-        return [{"prompt": QUESTIONS[a].format(name=p.name), "completion": p.facts[a]}
-                for p in self.people[:self.reference_people] for a in ATTRIBUTES]
+        return [
+            {"prompt": QUESTIONS[a].format(name=p.name), "completion": p.facts[a]}
+            for p in self.people[: self.reference_people]
+            for a in ATTRIBUTES
+        ]
 
     def qa(self) -> list[dict]:
         """4-way cloze questions (the generic eval JSONL) about the people outside the reference subset, each in a
         wording the person's organic biography did not use."""
         rng = np.random.default_rng([self.seed, 3])
-        return [self._question(p, a, rng) for p in self.people[self.reference_people:] for a in ATTRIBUTES]
+        return [self._question(p, a, rng) for p in self.people[self.reference_people :] for a in ATTRIBUTES]
 
     def sft_pairs(self, operation: str, per_person: int = 2) -> list[dict]:
         """Supervised rewriting pairs from the disjoint population: ``{"document", "answer"}`` with the answer
         in the operation's output format (heading included)."""
         rng = np.random.default_rng([self.seed, 4, prompts.OPERATIONS.index(operation)])
         write = rewrite_rephrase if operation == "rephrase" else rewrite_reformat
-        return [{"document": organic_biography(p), "answer": answer(operation, write(p, rng))}
-                for p in self.teachers for _ in range(per_person)]
+        return [
+            {"document": organic_biography(p), "answer": answer(operation, write(p, rng))}
+            for p in self.teachers
+            for _ in range(per_person)
+        ]
 
     def person_of(self, doc_id: str) -> Person:
         return self.people[int(doc_id.removeprefix("person").split(".")[0])]
@@ -292,6 +386,6 @@ def make_world(people: int = 300, teachers: int = 200, reference_fraction: float
         raise ValueError(f"make_world: {people} + {teachers} people need more than the {len(names)} distinct names")
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(names))
-    chosen = [names[i] for i in order[:people + teachers]]
+    chosen = [names[i] for i in order[: people + teachers]]
     population = _people(rng, people + teachers, chosen)
     return World(seed, population[:people], population[people:], int(round(people * reference_fraction)))

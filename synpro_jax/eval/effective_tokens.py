@@ -21,10 +21,10 @@ in ``ScalingFit.warnings``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 import dataclasses
 import logging
 import math
-from typing import Sequence
 
 import numpy as np
 
@@ -52,9 +52,18 @@ class ScalingFit:
     def to_json(self) -> dict:
         low, high = np.percentile(self.bootstrap, [5, 95], axis=0) if len(self.bootstrap) else (None, None)
         interval = (lambda i: [float(low[i]), float(high[i])]) if low is not None else (lambda i: None)
-        return {"E": self.E, "B": self.B, "beta": self.beta, "E_90": interval(0), "B_90": interval(1),
-                "beta_90": interval(2), "oracle_tokens": self.tokens.tolist(), "oracle_losses": self.losses.tolist(),
-                "bootstrap_fits": len(self.bootstrap), "warnings": list(self.warnings)}
+        return {
+            "E": self.E,
+            "B": self.B,
+            "beta": self.beta,
+            "E_90": interval(0),
+            "B_90": interval(1),
+            "beta_90": interval(2),
+            "oracle_tokens": self.tokens.tolist(),
+            "oracle_losses": self.losses.tolist(),
+            "bootstrap_fits": len(self.bootstrap),
+            "warnings": list(self.warnings),
+        }
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,14 +100,14 @@ def _fit_once(tokens: np.ndarray, losses: np.ndarray) -> tuple[float, float, flo
         e, log_b, beta = x
         return (e + np.exp(log_b - beta * log_d) - losses) / scale
 
-    result = least_squares(residuals, x0, loss="soft_l1", f_scale=0.1,
-                           bounds=([-np.inf, -np.inf, 1e-4], [floor, np.inf, 10.0]))
+    result = least_squares(
+        residuals, x0, loss="soft_l1", f_scale=0.1, bounds=([-np.inf, -np.inf, 1e-4], [floor, np.inf, 10.0])
+    )
     e, log_b, beta = result.x
     return float(e), float(math.exp(min(log_b, 700.0))), float(beta)
 
 
-def fit_oracle(tokens: Sequence[float], losses: Sequence[float], *, bootstrap: int = 500,
-               seed: int = 0) -> ScalingFit:
+def fit_oracle(tokens: Sequence[float], losses: Sequence[float], *, bootstrap: int = 500, seed: int = 0) -> ScalingFit:
     """Fit L(D) = E + B / D^beta to oracle runs (D unique tokens, final validation loss), with ``bootstrap``
     refits on resampled runs for the intervals."""
     d = np.asarray(tokens, np.float64).reshape(-1)
@@ -109,20 +118,26 @@ def fit_oracle(tokens: Sequence[float], losses: Sequence[float], *, bootstrap: i
         raise ValueError("fit_oracle: token counts must be positive and finite, losses finite")
     distinct = np.unique(d).size
     if distinct < 3:
-        raise ValueError(f"fit_oracle: {distinct} distinct oracle token count(s); L(D) = E + B / D^beta has 3 "
-                         "parameters, so at least 3 oracle runs at different D are needed")
+        raise ValueError(
+            f"fit_oracle: {distinct} distinct oracle token count(s); L(D) = E + B / D^beta has 3 "
+            "parameters, so at least 3 oracle runs at different D are needed"
+        )
     order = np.argsort(d, kind="stable")
     d, loss = d[order], loss[order]
     warnings = []
     rises = [(float(d[i]), float(d[i + 1])) for i in range(d.size - 1) if d[i + 1] > d[i] and loss[i + 1] >= loss[i]]
     if rises:
-        warnings.append(f"the oracle loss does not fall as D grows between D={rises[0][0]:.4g} and "
-                        f"D={rises[0][1]:.4g} ({len(rises)} such step(s)): the fit is robust, but check those runs")
+        warnings.append(
+            f"the oracle loss does not fall as D grows between D={rises[0][0]:.4g} and "
+            f"D={rises[0][1]:.4g} ({len(rises)} such step(s)): the fit is robust, but check those runs"
+        )
         log.warning("effective tokens: %s", warnings[-1])
     e, b, beta = _fit_once(d, loss)
     if distinct < 4 and bootstrap:
-        warnings.append(f"{distinct} distinct oracle token counts: the fit passes through them and every "
-                        "bootstrap resample refits the same curve, so no interval is reported (give at least 4)")
+        warnings.append(
+            f"{distinct} distinct oracle token counts: the fit passes through them and every "
+            "bootstrap resample refits the same curve, so no interval is reported (give at least 4)"
+        )
         log.warning("effective tokens: %s", warnings[-1])
         bootstrap = 0
     rng = np.random.default_rng(seed)
@@ -147,14 +162,20 @@ def _tokens_at(loss: float, e, b, beta):
 
 def _status(fit: ScalingFit, loss: float) -> tuple[str, str]:
     if loss <= fit.E:
-        return "below_floor", (f"loss {loss:.4g} is at or below the fitted irreducible loss E={fit.E:.4g}: no "
-                               "number of unique tokens reaches it on this fit")
+        return "below_floor", (
+            f"loss {loss:.4g} is at or below the fitted irreducible loss E={fit.E:.4g}: no "
+            "number of unique tokens reaches it on this fit"
+        )
     if loss > fit.losses.max():
-        return "extrapolated_below", (f"loss {loss:.4g} is above every oracle run's (max {fit.losses.max():.4g}): "
-                                      f"extrapolated below the smallest oracle run (D={fit.tokens.min():.4g})")
+        return "extrapolated_below", (
+            f"loss {loss:.4g} is above every oracle run's (max {fit.losses.max():.4g}): "
+            f"extrapolated below the smallest oracle run (D={fit.tokens.min():.4g})"
+        )
     if loss < fit.losses.min():
-        return "extrapolated_above", (f"loss {loss:.4g} is below every oracle run's (min {fit.losses.min():.4g}): "
-                                      f"extrapolated beyond the largest oracle run (D={fit.tokens.max():.4g})")
+        return "extrapolated_above", (
+            f"loss {loss:.4g} is below every oracle run's (min {fit.losses.min():.4g}): "
+            f"extrapolated beyond the largest oracle run (D={fit.tokens.max():.4g})"
+        )
     return "ok", ""
 
 

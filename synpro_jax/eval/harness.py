@@ -18,13 +18,14 @@ into windows of half the model's context, each conditioned on the document's pre
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 import math
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.sharding import Mesh
+import numpy as np
 
 from synpro_jax import heartbeat, models, sharding
 from synpro_jax.eval.tasks import MCItem, continuation
@@ -42,9 +43,17 @@ Request = tuple[Sequence[int], Sequence[int]]
 class LoglikelihoodScorer:
     """log p(continuation | context) summed over the continuation's tokens, for batches of requests."""
 
-    def __init__(self, cfg: ModelConfig, params: Any, mesh: Mesh | None = None, *, rows: int = 32,
-                 max_len: int | None = None, logits_chunk: int = 64,
-                 rules: sharding.Rules = sharding.DEFAULT_RULES):
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        params: Any,
+        mesh: Mesh | None = None,
+        *,
+        rows: int = 32,
+        max_len: int | None = None,
+        logits_chunk: int = 64,
+        rules: sharding.Rules = sharding.DEFAULT_RULES,
+    ):
         from synpro_jax.rl.learner import token_logprobs
 
         self.cfg, self.mesh, self.rules = cfg, mesh or sharding.single_device_mesh(), rules
@@ -63,8 +72,9 @@ class LoglikelihoodScorer:
                 logp = token_logprobs(cfg, params, tokens, positions, segments, mask, 1.0, chunk)
                 return jnp.sum(logp.astype(jnp.float32), axis=-1)
 
-        self._fn = jax.jit(fn, in_shardings=(models.param_shardings(cfg, self.mesh, rules),) + (batch,) * 4,
-                           out_shardings=batch)
+        self._fn = jax.jit(
+            fn, in_shardings=(models.param_shardings(cfg, self.mesh, rules),) + (batch,) * 4, out_shardings=batch
+        )
 
     def layout(self, request: Request) -> tuple[list[int], list[int], int, int]:
         """(context ids as kept, continuation ids, L, C) of one request."""
@@ -74,9 +84,11 @@ class LoglikelihoodScorer:
         if not context:
             raise ValueError("a context must have at least one token (use the EOS token for none)")
         if len(cont) >= self.max_len:
-            raise ValueError(f"a continuation of {len(cont)} tokens does not fit the model's {self.max_len} slots "
-                             "with at least one token of context")
-        context = context[-(self.max_len - len(cont)):]
+            raise ValueError(
+                f"a continuation of {len(cont)} tokens does not fit the model's {self.max_len} slots "
+                "with at least one token of context"
+            )
+        context = context[-(self.max_len - len(cont)) :]
         c = bucket(len(cont), MIN_CONTINUATION)
         length = min(bucket(max(len(context) + len(cont), c + 1), MIN_LENGTH), self.max_len)
         if length <= c:  # the window caps L: keep one slot before the continuation's
@@ -103,7 +115,7 @@ class LoglikelihoodScorer:
                 arrays = self._rows([laid[i] for i in members], length, c)
                 placed = [jax.device_put(a, self._batch) for a in arrays]
                 sums = sharding.to_host(self._fn(self.params, *placed))
-                out[members] = sums[:len(members)]
+                out[members] = sums[: len(members)]
                 heartbeat.beat()
                 bar.update(len(members))
         bar.close()
@@ -116,10 +128,10 @@ class LoglikelihoodScorer:
         mask = np.zeros((self.rows, c), bool)
         for r, (context, cont, _, _) in enumerate(laid):
             ids = context + cont
-            tokens[r, length - len(ids):] = ids
-            positions[r, length - len(ids):] = np.arange(len(ids))
-            segments[r, length - len(ids):] = 1
-            mask[r, c - len(cont):] = True
+            tokens[r, length - len(ids) :] = ids
+            positions[r, length - len(ids) :] = np.arange(len(ids))
+            segments[r, length - len(ids) :] = 1
+            mask[r, c - len(cont) :] = True
         return tokens, positions, segments, mask
 
 
@@ -137,15 +149,19 @@ def multiple_choice(items: Sequence[MCItem], loglikelihoods: Sequence[float]) ->
     correct = correct_norm = 0
     start = 0
     for it in items:
-        scores = ll[start:start + len(it.choices)]
+        scores = ll[start : start + len(it.choices)]
         start += len(it.choices)
         chars = np.array([max(len(choice), 1) for choice in it.choices], np.float64)
         correct += int(np.argmax(scores)) == it.label
         correct_norm += int(np.argmax(scores / chars)) == it.label
     n = len(items)
-    return {"acc": correct / n, "acc_norm": correct_norm / n, "items": n,
-            "acc_stderr": math.sqrt(max(correct / n * (1 - correct / n), 0.0) / max(n - 1, 1)),
-            "acc_norm_stderr": math.sqrt(max(correct_norm / n * (1 - correct_norm / n), 0.0) / max(n - 1, 1))}
+    return {
+        "acc": correct / n,
+        "acc_norm": correct_norm / n,
+        "items": n,
+        "acc_stderr": math.sqrt(max(correct / n * (1 - correct / n), 0.0) / max(n - 1, 1)),
+        "acc_norm_stderr": math.sqrt(max(correct_norm / n * (1 - correct_norm / n), 0.0) / max(n - 1, 1)),
+    }
 
 
 def mc_requests(items: Sequence[MCItem], vocab, eos_id: int) -> list[Request]:
@@ -163,15 +179,17 @@ def mc_requests(items: Sequence[MCItem], vocab, eos_id: int) -> list[Request]:
     return requests
 
 
-def score_multiple_choice(scorer: Callable, items: Sequence[MCItem], vocab, eos_id: int, *,
-                          progress: bool = False, desc: str = "choices") -> dict:
+def score_multiple_choice(
+    scorer: Callable, items: Sequence[MCItem], vocab, eos_id: int, *, progress: bool = False, desc: str = "choices"
+) -> dict:
     """:func:`multiple_choice` of ``items`` scored by ``scorer`` (a :class:`LoglikelihoodScorer`)."""
     ll = scorer(mc_requests(items, vocab, eos_id), progress=progress, desc=desc)
     return multiple_choice(items, ll)
 
 
-def perplexity(scorer: LoglikelihoodScorer, texts: Sequence[str], vocab, eos_id: int, *,
-               progress: bool = False) -> dict:
+def perplexity(
+    scorer: LoglikelihoodScorer, texts: Sequence[str], vocab, eos_id: int, *, progress: bool = False
+) -> dict:
     """Token perplexity, mean NLL per token and bits per byte of held-out documents (see the module docstring)."""
     window = max(1, scorer.max_len // 2)
     requests, n_tokens, n_bytes = [], 0, 0
@@ -183,10 +201,15 @@ def perplexity(scorer: LoglikelihoodScorer, texts: Sequence[str], vocab, eos_id:
         n_bytes += len(text.encode("utf-8"))
         doc = [eos_id] + ids
         for start in range(1, len(doc), window):
-            requests.append((doc[:start], doc[start:start + window]))
+            requests.append((doc[:start], doc[start : start + window]))
     if not requests:
         raise ValueError("perplexity: no text to score (every document is empty)")
     total = float(np.sum(scorer(requests, progress=progress, desc="perplexity")))
     nll = -total / n_tokens
-    return {"ppl": math.exp(min(nll, 700.0)), "nll": nll, "bits_per_byte": -total / math.log(2) / n_bytes,
-            "tokens": n_tokens, "documents": len(texts)}
+    return {
+        "ppl": math.exp(min(nll, 700.0)),
+        "nll": nll,
+        "bits_per_byte": -total / math.log(2) / n_bytes,
+        "tokens": n_tokens,
+        "documents": len(texts),
+    }

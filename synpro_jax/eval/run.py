@@ -11,9 +11,9 @@ files in the generic format (:mod:`synpro_jax.eval.tasks`).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 import logging
 import time
-from typing import Sequence
 
 from etils.epath import Path
 
@@ -24,8 +24,9 @@ log = logging.getLogger(__name__)
 __all__ = ["load_model", "evaluate", "format_table", "write_json"]
 
 
-def load_model(checkpoint: str | Path, *, preset: str | None = None, vocab: str | None = None,
-               dtype: str | None = None, mesh=None):
+def load_model(
+    checkpoint: str | Path, *, preset: str | None = None, vocab: str | None = None, dtype: str | None = None, mesh=None
+):
     """(config, params placed on ``mesh``, step, vocabulary, vocabulary path) of an HF directory or a synpro run."""
     from synpro_jax import models, sharding
     from synpro_jax.data.vocab import find_vocabulary, load_vocabulary
@@ -41,8 +42,9 @@ def load_model(checkpoint: str | Path, *, preset: str | None = None, vocab: str 
     elif params_io.is_hf_dir(path):
         cfg = hf.read_config(path)
     else:
-        raise ValueError(f"--checkpoint {path}: not an HF directory (no config.json), so name the run's model with "
-                         "--preset")
+        raise ValueError(
+            f"--checkpoint {path}: not an HF directory (no config.json), so name the run's model with --preset"
+        )
     if dtype:
         cfg = cfg.replace(dtype=dtype)
     params, step = params_io.load_params_and_step(cfg, mesh, path)
@@ -78,11 +80,24 @@ def _read_texts(spec: str, text_field: str, limit: int | None) -> list[str]:
     return texts
 
 
-def evaluate(checkpoint: str | Path, task_specs: Sequence[str] = (), *, ppl: Sequence[str] = (),
-             preset: str | None = None, vocab: str | None = None, dtype: str | None = None,
-             data_root: str | Path | None = None, limit: int | None = None, ppl_limit: int | None = None,
-             text_field: str = "text", rows: int = 32, max_len: int | None = None, all_devices: bool = False,
-             progress: bool = True, model=None) -> dict:
+def evaluate(
+    checkpoint: str | Path,
+    task_specs: Sequence[str] = (),
+    *,
+    ppl: Sequence[str] = (),
+    preset: str | None = None,
+    vocab: str | None = None,
+    dtype: str | None = None,
+    data_root: str | Path | None = None,
+    limit: int | None = None,
+    ppl_limit: int | None = None,
+    text_field: str = "text",
+    rows: int = 32,
+    max_len: int | None = None,
+    all_devices: bool = False,
+    progress: bool = True,
+    model=None,
+) -> dict:
     """Score a checkpoint on the tasks and perplexity files; returns the results dict (see :func:`write_json`).
 
     ``model`` = (config, params, step, vocabulary) skips loading (the loop passes what it has in memory).
@@ -94,21 +109,31 @@ def evaluate(checkpoint: str | Path, task_specs: Sequence[str] = (), *, ppl: Seq
     resolved = [tasks.resolve_task(spec, data_root) for spec in task_specs]  # fail on a bad spec before loading
     mesh = sharding.make_mesh(sharding.MeshConfig(data=-1)) if all_devices else sharding.single_device_mesh()
     if model is None:
-        cfg, params, step, vocab_obj, vocab = load_model(checkpoint, preset=preset, vocab=vocab, dtype=dtype,
-                                                         mesh=mesh)
+        cfg, params, step, vocab_obj, vocab = load_model(checkpoint, preset=preset, vocab=vocab, dtype=dtype, mesh=mesh)
     else:
         cfg, params, step, vocab_obj = model
         vocab = vocab or "(given)"
     eos = _eos(vocab_obj)
     scorer = harness.LoglikelihoodScorer(cfg, params, mesh, rows=rows, max_len=max_len)
-    results = {"checkpoint": str(checkpoint), "step": int(step), "model": cfg.name, "vocabulary": str(vocab),
-               "max_len": scorer.max_len, "tasks": {}, "perplexity": {}}
+    results = {
+        "checkpoint": str(checkpoint),
+        "step": int(step),
+        "model": cfg.name,
+        "vocabulary": str(vocab),
+        "max_len": scorer.max_len,
+        "tasks": {},
+        "perplexity": {},
+    }
     for name, fmt, path in resolved:
         items = tasks.read_task(fmt, path, limit)
         start = time.perf_counter()
         scores = harness.score_multiple_choice(scorer, items, vocab_obj, eos, progress=progress, desc=name)
-        results["tasks"][name] = {**scores, "file": str(path), "format": fmt,
-                                  "seconds": round(time.perf_counter() - start, 3)}
+        results["tasks"][name] = {
+            **scores,
+            "file": str(path),
+            "format": fmt,
+            "seconds": round(time.perf_counter() - start, 3),
+        }
     for spec in ppl:
         start = time.perf_counter()
         texts = _read_texts(spec, text_field, ppl_limit)
@@ -119,8 +144,10 @@ def evaluate(checkpoint: str | Path, task_specs: Sequence[str] = (), *, ppl: Seq
 
 
 def format_table(results: dict) -> str:
-    lines = [f"{results['checkpoint']} (step {results['step']}, {results['model']})",
-             f"{'task':<24}{'items':>8}{'acc':>9}{'acc_norm':>10}"]
+    lines = [
+        f"{results['checkpoint']} (step {results['step']}, {results['model']})",
+        f"{'task':<24}{'items':>8}{'acc':>9}{'acc_norm':>10}",
+    ]
     for name, r in results["tasks"].items():
         lines.append(f"{name:<24}{r['items']:>8}{r['acc']:>9.4f}{r['acc_norm']:>10.4f}")
     if results["perplexity"]:

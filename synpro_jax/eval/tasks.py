@@ -22,10 +22,10 @@ A choice continues its context after a single space, unless the context already 
 from __future__ import annotations
 
 import bz2
+from collections.abc import Callable, Iterator
 import dataclasses
 import json
 import re
-from typing import Callable, Iterator
 
 from etils.epath import Path
 
@@ -104,8 +104,9 @@ def read_sciq(path: Path) -> list[MCItem]:
     for number, row in _json_lines(path):
         support = row.get("support") or ""
         question = _field(row, "question", str, path, number)
-        choices = [_field(row, k, str, path, number) for k in ("distractor1", "distractor2", "distractor3",
-                                                               "correct_answer")]
+        choices = [
+            _field(row, k, str, path, number) for k in ("distractor1", "distractor2", "distractor3", "correct_answer")
+        ]
         context = f"{support.lstrip()}\nQuestion: {question}\nAnswer:"
         items.append(_item(path, number, context, choices, 3))
     return items
@@ -124,9 +125,16 @@ def read_piqa(path: Path) -> list[MCItem]:
     rows = list(_json_lines(path))
     if len(rows) != len(labels):
         raise TaskFormatError(f"{path}: {len(rows)} items but {labels_path} has {len(labels)} labels")
-    return [_item(path, number, f"Question: {_field(row, 'goal', str, path, number)}\nAnswer:",
-                  [_field(row, "sol1", str, path, number), _field(row, "sol2", str, path, number)], label)
-            for (number, row), label in zip(rows, labels)]
+    return [
+        _item(
+            path,
+            number,
+            f"Question: {_field(row, 'goal', str, path, number)}\nAnswer:",
+            [_field(row, "sol1", str, path, number), _field(row, "sol2", str, path, number)],
+            label,
+        )
+        for (number, row), label in zip(rows, labels)
+    ]
 
 
 def read_hellaswag(path: Path) -> list[MCItem]:
@@ -137,15 +145,23 @@ def read_hellaswag(path: Path) -> list[MCItem]:
     if lines and lines[-1] == "":
         lines.pop()
     if len(lines) % 6:
-        raise TaskFormatError(f"{path}: {len(lines)} lines is not a whole number of 6-line items (context, gold "
-                              "index, 4 endings)")
+        raise TaskFormatError(
+            f"{path}: {len(lines)} lines is not a whole number of 6-line items (context, gold index, 4 endings)"
+        )
     items = []
     for start in range(0, len(lines), 6):
         gold = lines[start + 1].strip()
         if not gold.isdigit() or int(gold) > 3:
             raise TaskFormatError(f"{path}:{start + 2}: the gold index is 0..3, got {gold!r}")
-        items.append(_item(path, start + 1, _clean_hellaswag(lines[start]),
-                           [_clean_hellaswag(e) for e in lines[start + 2:start + 6]], int(gold)))
+        items.append(
+            _item(
+                path,
+                start + 1,
+                _clean_hellaswag(lines[start]),
+                [_clean_hellaswag(e) for e in lines[start + 2 : start + 6]],
+                int(gold),
+            )
+        )
     return items
 
 
@@ -167,13 +183,20 @@ def read_jsonl(path: Path) -> list[MCItem]:
 
 
 TASK_READERS: dict[str, Callable[[Path], list[MCItem]]] = {
-    "arc_easy": read_arc, "arc_challenge": read_arc, "sciq": read_sciq, "piqa": read_piqa,
-    "hellaswag": read_hellaswag, "jsonl": read_jsonl,
+    "arc_easy": read_arc,
+    "arc_challenge": read_arc,
+    "sciq": read_sciq,
+    "piqa": read_piqa,
+    "hellaswag": read_hellaswag,
+    "jsonl": read_jsonl,
 }
 # Each known task's file under a data root laid out as ../shared/data/eval.
 DATA_FILES = {
-    "arc_easy": "arc_easy/validation.jsonl", "arc_challenge": "arc_challenge/validation.jsonl",
-    "sciq": "sciq/validation.jsonl", "piqa": "piqa/valid.jsonl", "hellaswag": "hellaswag/hellaswag_val_full.txt.bz2",
+    "arc_easy": "arc_easy/validation.jsonl",
+    "arc_challenge": "arc_challenge/validation.jsonl",
+    "sciq": "sciq/validation.jsonl",
+    "piqa": "piqa/valid.jsonl",
+    "hellaswag": "hellaswag/hellaswag_val_full.txt.bz2",
 }
 
 
@@ -189,13 +212,17 @@ def resolve_task(spec: str, data_root: str | Path | None = None) -> tuple[str, s
         return name, name if name in TASK_READERS and name != "jsonl" else "jsonl", Path(path)
     if spec in DATA_FILES:
         if data_root is None:
-            raise ValueError(f"task {spec!r}: give the data root that holds {DATA_FILES[spec]} (--data_root), or "
-                             f"name a file: {spec}=PATH")
+            raise ValueError(
+                f"task {spec!r}: give the data root that holds {DATA_FILES[spec]} (--data_root), or "
+                f"name a file: {spec}=PATH"
+            )
         return spec, spec, Path(data_root) / DATA_FILES[spec]
     if spec.endswith(".jsonl"):
         return Path(spec).stem, "jsonl", Path(spec)
-    raise ValueError(f"task {spec!r}: not a known task ({', '.join(sorted(DATA_FILES))}), a NAME=PATH pair or a "
-                     ".jsonl file in the generic format")
+    raise ValueError(
+        f"task {spec!r}: not a known task ({', '.join(sorted(DATA_FILES))}), a NAME=PATH pair or a "
+        ".jsonl file in the generic format"
+    )
 
 
 def read_task(fmt: str, path: str | Path, limit: int | None = None) -> list[MCItem]:

@@ -10,9 +10,9 @@ dropped, and the rewards score whatever came back.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 import dataclasses
 import re
-from typing import Sequence
 
 OPERATIONS = ("rephrase", "reformat")
 MAX_ENTRIES = 8
@@ -42,7 +42,7 @@ _INSTRUCTIONS = {
         "- Leave out web clutter such as navigation links, menus, advertisements, footers and decorative lines.\n"
         "- Do not add facts, opinions or explanations that the document does not contain.\n"
         "- Keep the document's own order and layout where it has one (lists stay lists, steps stay steps).\n"
-        "Start your answer with the line \"{heading}\" and put nothing after the rewritten document.\n\n"
+        'Start your answer with the line "{heading}" and put nothing after the rewritten document.\n\n'
         "Document:\n{document}"
     ),
     "reformat": (
@@ -51,7 +51,7 @@ _INSTRUCTIONS = {
         "it>\n"
         "- Vary the kind of entry: {kinds}.\n"
         "- Use only information found in the document; do not invent details.\n"
-        "Start your answer with the line \"{heading}\" and write nothing after the entries.\n\n"
+        'Start your answer with the line "{heading}" and write nothing after the entries.\n\n'
         "Document:\n{document}"
     ),
 }
@@ -73,7 +73,7 @@ def cut_at_sentence(text: str, max_chars: int = MAX_SOURCE_CHARS) -> str:
     ends = [m.end() for m in re.finditer(r"[.!?][\"')\]]*(?=\s)|\n", head + " ")]
     ends = [e for e in ends if e <= max_chars]
     if ends and ends[-1] >= max_chars // 4:  # a boundary that keeps a fair share of the budget
-        return head[:ends[-1]].rstrip()
+        return head[: ends[-1]].rstrip()
     space = head.rfind(" ")
     return head[:space].rstrip() if space > 0 else head
 
@@ -84,7 +84,7 @@ def middle_cut(text: str, max_chars: int) -> tuple[str, str | None]:
     if len(text) <= max_chars:
         return text, None
     head = (max_chars + 1) // 2
-    return text[:head], text[len(text) - (max_chars - head):]
+    return text[:head], text[len(text) - (max_chars - head) :]
 
 
 def instruction(operation: str, document: str, max_source_chars: int | None = MAX_SOURCE_CHARS) -> str:
@@ -95,7 +95,8 @@ def instruction(operation: str, document: str, max_source_chars: int | None = MA
     return _INSTRUCTIONS[operation].format(
         heading=HEADINGS[operation],
         document=document if max_source_chars is None else cut_at_sentence(document, max_source_chars),
-        max_entries=MAX_ENTRIES, kinds=", ".join(ENTRY_KINDS),
+        max_entries=MAX_ENTRIES,
+        kinds=", ".join(ENTRY_KINDS),
     )
 
 
@@ -125,13 +126,20 @@ class ChatTemplate:
 OLMO2_CHAT = ChatTemplate()
 
 
-def chat_prompt(operation: str, document: str, template: ChatTemplate = OLMO2_CHAT,
-                system: str = SYSTEM_PROMPT, max_source_chars: int | None = MAX_SOURCE_CHARS) -> str:
+def chat_prompt(
+    operation: str,
+    document: str,
+    template: ChatTemplate = OLMO2_CHAT,
+    system: str = SYSTEM_PROMPT,
+    max_source_chars: int | None = MAX_SOURCE_CHARS,
+) -> str:
     """The full generator prompt text: system prompt, the instruction, and the assistant tag to continue from."""
-    return template.render([
-        {"role": "system", "content": system},
-        {"role": "user", "content": instruction(operation, document, max_source_chars)},
-    ])
+    return template.render(
+        [
+            {"role": "system", "content": system},
+            {"role": "user", "content": instruction(operation, document, max_source_chars)},
+        ]
+    )
 
 
 _SLOT = "\x00SOURCE\x00"
@@ -147,8 +155,14 @@ def prompt_parts(operation: str, template: ChatTemplate = OLMO2_CHAT, system: st
     return before, after
 
 
-def fit_source(before: Sequence[int], head: Sequence[int], tail: Sequence[int] | None, after: Sequence[int],
-               marker: Sequence[int], max_tokens: int) -> tuple[list[int], int] | None:
+def fit_source(
+    before: Sequence[int],
+    head: Sequence[int],
+    tail: Sequence[int] | None,
+    after: Sequence[int],
+    marker: Sequence[int],
+    max_tokens: int,
+) -> tuple[list[int], int] | None:
     """Prompt ids ``before + source + after`` of at most ``max_tokens``, and how many source tokens were cut out.
 
     The source is ``head``, or ``head`` and ``tail`` when its middle was already cut out (in characters); then
@@ -172,7 +186,7 @@ def fit_source(before: Sequence[int], head: Sequence[int], tail: Sequence[int] |
     if tail is not None:  # one gap: it must cover the join of head and tail
         first = min(first, len(head))
         first = max(first, keep - len(tail))
-    return [*before, *src[:first], *marker, *src[n - (keep - first):], *after], n - keep
+    return [*before, *src[:first], *marker, *src[n - (keep - first) :], *after], n - keep
 
 
 @dataclasses.dataclass(frozen=True)
@@ -193,8 +207,7 @@ def _heading_pattern(heading: str) -> re.Pattern:
     # Whole words only: "...the rewritten documents" or "...documented" is not the heading (a policy under the
     # format reward learns such near misses).
     words = heading.rstrip(":").split()
-    return re.compile(r"[*_#\s]*(?<![\w])" + r"\s+".join(map(re.escape, words)) + r"(?![\w])\s*:?[*_]*",
-                      re.IGNORECASE)
+    return re.compile(r"[*_#\s]*(?<![\w])" + r"\s+".join(map(re.escape, words)) + r"(?![\w])\s*:?[*_]*", re.IGNORECASE)
 
 
 _PATTERNS = {op: _heading_pattern(h) for op, h in HEADINGS.items()}
@@ -208,7 +221,7 @@ def parse_answer(output: str, operation: str) -> Answer:
     match = _PATTERNS[operation].search(output)
     if match is None:
         return Answer(count, "")
-    return Answer(count, output[match.end():].strip())
+    return Answer(count, output[match.end() :].strip())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -236,12 +249,12 @@ def parse_entries(text: str) -> list[Entry]:
     entries = []
     for i, m in enumerate(starts):
         end = starts[i + 1].start() if i + 1 < len(starts) else len(text)
-        body = text[m.end():end]
+        body = text[m.end() : end]
         split = _CONTENT.search(body)
         if split is None:
             continue
-        topic = " ".join(body[:split.start()].split()).strip(" -*")
-        content = " ".join(body[split.end():].split()).strip()
+        topic = " ".join(body[: split.start()].split()).strip(" -*")
+        content = " ".join(body[split.end() :].split()).strip()
         if topic and content:
             entries.append(Entry(topic, content))
     return entries

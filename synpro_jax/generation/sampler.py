@@ -33,14 +33,15 @@ the whole cache on every step (the update and the slice fuse), while growing it 
 from __future__ import annotations
 
 import collections
+from collections.abc import Callable, Sequence
 import dataclasses
 import functools
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.sharding import Mesh, NamedSharding
+import numpy as np
 
 from synpro_jax import models, sharding
 from synpro_jax.generation.sampling import choose_tokens
@@ -108,7 +109,7 @@ class RolloutBatch(NamedTuple):
 
     def completions(self) -> list[list[int]]:
         """Completion token ids per row (a host copy of the completion slots only)."""
-        tokens, lengths = sharding.to_host(self.tokens[:, self.prompt_slots:]), sharding.to_host(self.lengths)
+        tokens, lengths = sharding.to_host(self.tokens[:, self.prompt_slots :]), sharding.to_host(self.lengths)
         return [row[:n].tolist() for row, n in zip(tokens, lengths)]
 
     def texts(self, decode: Callable[[list[int]], str]) -> list[str]:
@@ -144,16 +145,29 @@ def _prefill(cfg: ModelConfig, cache_dtype: str, params, tokens, segments, posit
     return logits, cache
 
 
-def _decode(cfg: ModelConfig, params, prompt_cache, logits, prompt_lengths, budgets, stream_ids, seed, temperature,
-            top_k, top_p, eos_ids, pad_id, new_slots: int):
+def _decode(
+    cfg: ModelConfig,
+    params,
+    prompt_cache,
+    logits,
+    prompt_lengths,
+    budgets,
+    stream_ids,
+    seed,
+    temperature,
+    top_k,
+    top_p,
+    eos_ids,
+    pad_id,
+    new_slots: int,
+):
     """Decode rows (G consecutive rows per prompt row of ``prompt_cache``): the prompt's keys and values are a
     shared, read-only prefix, and the completions get their own cache, grown phase by phase."""
     TRACE_COUNTS["decode"] += 1
     b = logits.shape[0]
     prompt_slots = prompt_cache.segments.shape[1]
     groups = b // prompt_cache.segments.shape[0]
-    prefix = models.PrefixKV(prompt_cache.k, prompt_cache.v, jnp.repeat(prompt_cache.segments, groups, axis=0),
-                             groups)
+    prefix = models.PrefixKV(prompt_cache.k, prompt_cache.v, jnp.repeat(prompt_cache.segments, groups, axis=0), groups)
     cache = models.init_cache(cfg, jnp.ones((b, 0), jnp.int32), prompt_cache.k[0].dtype)
     base = jax.random.key(seed)
     streams = jax.vmap(lambda i: jax.random.fold_in(base, i))(stream_ids)
@@ -176,14 +190,27 @@ def _decode(cfg: ModelConfig, params, prompt_cache, logits, prompt_lengths, budg
         finished = finished | hit_eos
         done = done | hit_eos | (lengths >= budgets)
         positions = (prompt_lengths + t)[:, None]
-        logits, cache = models.forward_cached(cfg, params, tok[:, None], cache, t, positions=positions,
-                                              segment_ids=jnp.ones((b, 1), jnp.int32), prefix=prefix)
+        logits, cache = models.forward_cached(
+            cfg,
+            params,
+            tok[:, None],
+            cache,
+            t,
+            positions=positions,
+            segment_ids=jnp.ones((b, 1), jnp.int32),
+            prefix=prefix,
+        )
         return t + 1, cache, logits, tokens, logprobs, done, lengths, finished
 
     state = (
-        jnp.zeros((), jnp.int32), cache, logits,
-        jnp.full((b, new_slots), pad_id, jnp.int32), jnp.zeros((b, new_slots), jnp.float32),
-        budgets <= 0, jnp.zeros((b,), jnp.int32), jnp.zeros((b,), bool),
+        jnp.zeros((), jnp.int32),
+        cache,
+        logits,
+        jnp.full((b, new_slots), pad_id, jnp.int32),
+        jnp.zeros((b, new_slots), jnp.float32),
+        budgets <= 0,
+        jnp.zeros((b,), jnp.int32),
+        jnp.zeros((b,), bool),
     )
     # Phase by phase the completion cache grows with the filled slots (step t fills its slot t); a phase
     # whose rows are all done exits at once.
@@ -214,8 +241,15 @@ class Sampler:
     weights as arguments, so neither a weight swap nor a new Sampler with the same settings recompiles.
     """
 
-    def __init__(self, cfg: ModelConfig, params: Params, *, mesh: Mesh | None = None,
-                 rules: sharding.Rules = sharding.SAMPLING_RULES, cache_dtype: str | None = None):
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        params: Params,
+        *,
+        mesh: Mesh | None = None,
+        rules: sharding.Rules = sharding.SAMPLING_RULES,
+        cache_dtype: str | None = None,
+    ):
         self.cfg = cfg
         self.mesh = mesh if mesh is not None else sharding.single_device_mesh()
         self.rules = rules
@@ -223,8 +257,9 @@ class Sampler:
             cpu = self.mesh.devices.flat[0].platform == "cpu"
             cache_dtype = "float32" if cpu else cfg.dtype
         self.cache_dtype = cache_dtype
-        (self._place, self._prefill, self._decode, self._assemble,
-         self._inputs) = programs(cfg, self.mesh, rules, cache_dtype)
+        (self._place, self._prefill, self._decode, self._assemble, self._inputs) = programs(
+            cfg, self.mesh, rules, cache_dtype
+        )
         self.batch_shards = sharding.batch_shards(self.mesh, rules)
         self._shapes = _shapes(params)
         self.params = self._place(params)
@@ -238,16 +273,24 @@ class Sampler:
         shapes = _shapes(params)
         if shapes != self._shapes:
             if jax.tree.structure(shapes) != jax.tree.structure(self._shapes):
-                raise ValueError("Sampler.update_params: the new params have a different tree structure than the "
-                                 f"Sampler's (ModelConfig {self.cfg.name!r})")
-            bad = [f"{jax.tree_util.keystr(k)}: {a} != {b}" for (k, a), b in
-                   zip(jax.tree_util.tree_leaves_with_path(shapes, is_leaf=_is_shape),
-                       jax.tree.leaves(self._shapes, is_leaf=_is_shape)) if a != b]
+                raise ValueError(
+                    "Sampler.update_params: the new params have a different tree structure than the "
+                    f"Sampler's (ModelConfig {self.cfg.name!r})"
+                )
+            bad = [
+                f"{jax.tree_util.keystr(k)}: {a} != {b}"
+                for (k, a), b in zip(
+                    jax.tree_util.tree_leaves_with_path(shapes, is_leaf=_is_shape),
+                    jax.tree.leaves(self._shapes, is_leaf=_is_shape),
+                )
+                if a != b
+            ]
             raise ValueError(f"Sampler.update_params: param shapes differ from the Sampler's: {bad[:3]}")
         self.params = self._place(params)
 
-    def _run(self, prompts, max_new_tokens, temperature, top_k, top_p, seed, eos_id, pad_id, stream_ids,
-             num_generations):
+    def _run(
+        self, prompts, max_new_tokens, temperature, top_k, top_p, seed, eos_id, pad_id, stream_ids, num_generations
+    ):
         """Prefill + decode on device. Returns host inputs and device outputs (all rows, padding included)."""
         cfg, n, g = self.cfg, len(prompts), int(num_generations)
         if n == 0:
@@ -268,8 +311,8 @@ class Sampler:
         tokens = np.full((rows, p_slots), pad_id, np.int32)
         segments = np.zeros((rows, p_slots), np.int32)
         for i, prompt in enumerate(prompts):
-            tokens[i, p_slots - len(prompt):] = prompt
-            segments[i, p_slots - len(prompt):] = 1
+            tokens[i, p_slots - len(prompt) :] = prompt
+            segments[i, p_slots - len(prompt) :] = 1
         pad = np.concatenate([p_slots - lengths, np.full(rows - n, p_slots)])
         positions = np.maximum(np.arange(p_slots)[None, :] - pad[:, None], 0).astype(np.int32)
 
@@ -284,9 +327,17 @@ class Sampler:
         rows_in, rows2_in, one = self._inputs
         tokens, segments, positions = (sharding.host_to_global(x, rows2_in) for x in (tokens, segments, positions))
         per_row_in = [sharding.host_to_global(x, rows_in) for x in (per_row(lengths), per_row(budgets), row_streams)]
-        scalars = [sharding.host_to_global(x, one) for x in (
-            np.uint32(seed % 2**32), np.float32(temperature), np.int32(top_k or 0),
-            np.float32(1.0 if top_p is None else top_p), _eos_array(eos), np.int32(pad_id))]
+        scalars = [
+            sharding.host_to_global(x, one)
+            for x in (
+                np.uint32(seed % 2**32),
+                np.float32(temperature),
+                np.int32(top_k or 0),
+                np.float32(1.0 if top_p is None else top_p),
+                _eos_array(eos),
+                np.int32(pad_id),
+            )
+        ]
         with jax.set_mesh(self.mesh), sharding.use_rules(self.rules):
             logits, cache = self._prefill(self.params, tokens, segments, positions, g)
             out = self._decode(self.params, cache, logits, *per_row_in, *scalars, n_slots)
@@ -308,8 +359,9 @@ class Sampler:
     ) -> SampleOutput:
         """Complete every prompt in one bucketed call (host arrays); see :func:`sample`. With
         ``num_generations=G`` each prompt is prefilled once and completed G times: rows i*G..i*G+G-1."""
-        _, out, width, n = self._run(prompts, max_new_tokens, temperature, top_k, top_p, seed, eos_id, pad_id,
-                                     stream_ids, num_generations)
+        _, out, width, n = self._run(
+            prompts, max_new_tokens, temperature, top_k, top_p, seed, eos_id, pad_id, stream_ids, num_generations
+        )
         out_tokens, logprobs, out_lengths, finished = (sharding.to_host(x)[:n] for x in out)
         return SampleOutput(out_tokens[:, :width], out_lengths, logprobs[:, :width], finished)
 
@@ -330,7 +382,8 @@ class Sampler:
         """G completions per prompt off one shared prefill, as a device-resident :class:`RolloutBatch` of
         len(prompts) * G rows (no device-to-host copy). Knobs as in :func:`sample`."""
         (tokens, segments, positions), out, width, n = self._run(
-            prompts, max_new_tokens, temperature, top_k, top_p, seed, eos_id, pad_id, stream_ids, num_generations)
+            prompts, max_new_tokens, temperature, top_k, top_p, seed, eos_id, pad_id, stream_ids, num_generations
+        )
         with jax.set_mesh(self.mesh), sharding.use_rules(self.rules):
             return self._assemble(tokens, segments, positions, *out, int(num_generations), width, n)
 
@@ -350,8 +403,18 @@ def _place(cfg: ModelConfig, params):
     return jax.tree.map(lambda x: x.astype(cfg.compute_dtype) if x.ndim >= 2 else x.astype(jnp.float32), p)
 
 
-def _assemble(prompt_tokens, prompt_segments, prompt_positions, tokens, logprobs, lengths, finished,
-              groups: int, width: int, rows: int) -> RolloutBatch:
+def _assemble(
+    prompt_tokens,
+    prompt_segments,
+    prompt_positions,
+    tokens,
+    logprobs,
+    lengths,
+    finished,
+    groups: int,
+    width: int,
+    rows: int,
+) -> RolloutBatch:
     """The learner's [prompt | completion] batch from the prompt layout and the decode outputs, on device."""
     TRACE_COUNTS["assemble"] += 1
 
@@ -367,19 +430,23 @@ def _assemble(prompt_tokens, prompt_segments, prompt_positions, tokens, logprobs
         tokens=jnp.concatenate([rep(prompt_tokens), tokens], axis=1),
         positions=jnp.concatenate([rep(prompt_positions), prompt_len[:, None] + jnp.arange(width)[None, :]], 1),
         segment_ids=jnp.concatenate([segments, mask.astype(jnp.int32)], axis=1),
-        completion_mask=mask, logprobs=logprobs, lengths=lengths, finished=finished,
+        completion_mask=mask,
+        logprobs=logprobs,
+        lengths=lengths,
+        finished=finished,
     )
 
 
 def _eos_array(eos: list[int]) -> np.ndarray:
     """EOS ids padded with -1 (never a token) to a multiple of 8, so a few more stop ids do not recompile."""
     out = np.full(-(-max(len(eos), 1) // 8) * 8, -1, np.int32)
-    out[:len(eos)] = eos
+    out[: len(eos)] = eos
     return out
 
 
 def _split_shardings(stacked, num_layers: int):
     """Shardings of split_layers(params): each layer's leaves drop the leading (replicated) layers axis."""
+
     def drop_layer_axis(s: NamedSharding) -> NamedSharding:
         return NamedSharding(s.mesh, jax.sharding.PartitionSpec(*tuple(s.spec)[1:]))
 
@@ -395,11 +462,14 @@ def _check_knobs(cfg, prompts, budgets, temperature, top_k, top_p, pad_id) -> No
             raise ValueError(f"sample: prompt {i} is empty; every prompt needs at least one token")
         lo, hi = min(prompt), max(prompt)
         if lo < 0 or hi >= cfg.vocab_size:
-            raise ValueError(f"sample: prompt {i} has token id {lo if lo < 0 else hi} outside the vocabulary "
-                             f"[0, {cfg.vocab_size})")
+            raise ValueError(
+                f"sample: prompt {i} has token id {lo if lo < 0 else hi} outside the vocabulary [0, {cfg.vocab_size})"
+            )
         if len(prompt) + budgets[i] > cfg.max_seq_len:
-            raise ValueError(f"sample: prompt {i} has {len(prompt)} tokens; with max_new_tokens={budgets[i]} it "
-                             f"exceeds ModelConfig.max_seq_len={cfg.max_seq_len} (cut the prompt or the budget)")
+            raise ValueError(
+                f"sample: prompt {i} has {len(prompt)} tokens; with max_new_tokens={budgets[i]} it "
+                f"exceeds ModelConfig.max_seq_len={cfg.max_seq_len} (cut the prompt or the budget)"
+            )
     if temperature < 0 or not np.isfinite(temperature):
         raise ValueError(f"sample: temperature={temperature} must be >= 0 (0 = greedy)")
     if top_k is not None and top_k < 1:
@@ -418,17 +488,23 @@ def programs(cfg: ModelConfig, mesh: Mesh, rules: sharding.Rules, cache_dtype: s
     params = _split_shardings(models.param_shardings(cfg, mesh, rules), cfg.num_layers)
     rows = NamedSharding(mesh, sharding.logical_to_spec(("batch",), rules))
     rows2 = NamedSharding(mesh, sharding.logical_to_spec(("batch", "length"), rules))
-    cache = jax.tree.map(lambda names: NamedSharding(mesh, sharding.logical_to_spec(names, rules)),
-                         models.KVCache.logical_axes(cfg.num_layers), is_leaf=_is_names)
+    cache = jax.tree.map(
+        lambda names: NamedSharding(mesh, sharding.logical_to_spec(names, rules)),
+        models.KVCache.logical_axes(cfg.num_layers),
+        is_leaf=_is_names,
+    )
     logits = NamedSharding(mesh, sharding.logical_to_spec(("batch", "vocab"), rules))
     scalar = sharding.replicated(mesh)
     place = jax.jit(functools.partial(_place, cfg), out_shardings=params)
     prefill = jax.jit(
-        functools.partial(_prefill, cfg, cache_dtype), static_argnums=(4,),
-        in_shardings=(params, rows2, rows2, rows2), out_shardings=(logits, cache),
+        functools.partial(_prefill, cfg, cache_dtype),
+        static_argnums=(4,),
+        in_shardings=(params, rows2, rows2, rows2),
+        out_shardings=(logits, cache),
     )
     decode = jax.jit(
-        functools.partial(_decode, cfg), static_argnums=(12,),
+        functools.partial(_decode, cfg),
+        static_argnums=(12,),
         in_shardings=(params, cache, logits, rows, rows, rows, scalar, scalar, scalar, scalar, scalar, scalar),
         out_shardings=(rows2, rows2, rows, rows),
     )
@@ -462,6 +538,14 @@ def sample(
     For repeated calls with the same weights build a :class:`Sampler` once (this casts and places the weights).
     """
     return Sampler(cfg, params, mesh=mesh, rules=rules).generate(
-        prompts, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
-        eos_id=eos_id, pad_id=pad_id, stream_ids=stream_ids, num_generations=num_generations,
+        prompts,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        seed=seed,
+        eos_id=eos_id,
+        pad_id=pad_id,
+        stream_ids=stream_ids,
+        num_generations=num_generations,
     )

@@ -33,6 +33,7 @@ task.
 
 from __future__ import annotations
 
+from collections.abc import Collection, Iterator, Sequence
 import contextlib
 import dataclasses
 import hashlib
@@ -41,17 +42,15 @@ import logging
 import os
 import re
 import time
+from typing import Any
 import zlib
-from typing import Any, Collection, Iterator, Sequence
 
 from etils.epath import Path
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.sharding import Mesh
 
-from synpro_jax import atomic, distributed, sharding
-from synpro_jax import heartbeat
+from synpro_jax import atomic, distributed, heartbeat, sharding
 from synpro_jax.checks import positive_ints
 from synpro_jax.generation import prompts as prompts_lib
 from synpro_jax.generation.sampler import Sampler
@@ -150,15 +149,19 @@ def _finished_elsewhere(out: Path, name: str, layouts: dict[int, dict[int, str]]
     if not others:
         return None
     if len(layouts) == 1:
-        (m, parts), = others.items()
+        ((m, parts),) = others.items()
         if sorted(parts) == list(range(m)) and all(v == "finished" for v in parts.values()):
             return m
-    files = sorted(part_name(name, i, m) + ("" if state == "finished" else ".partial")
-                   for m, parts in layouts.items() for i, state in parts.items())
+    files = sorted(
+        part_name(name, i, m) + ("" if state == "finished" else ".partial")
+        for m, parts in layouts.items()
+        for i, state in parts.items()
+    )
     raise ValueError(
         f"synthesis shard {name} in {out} was started by {sorted(others)} process(es) and is not finished "
         f"({', '.join(files)}), but this job runs {count}: each process resumes only its own part. Rerun with "
-        f"{'/'.join(map(str, sorted(others)))} process(es), or delete those files to synthesize the shard again.")
+        f"{'/'.join(map(str, sorted(others)))} process(es), or delete those files to synthesize the shard again."
+    )
 
 
 class _Partial:
@@ -195,6 +198,7 @@ class _Partial:
     @contextlib.contextmanager
     def appender(self):
         if self.remote:
+
             def append(text: str) -> None:
                 atomic.write_text(self.path / f"{self._next:09d}.jsonl", text)
                 self._next += 1
@@ -202,6 +206,7 @@ class _Partial:
             yield append
             return
         with self.path.open("a", encoding="utf-8") as fh:
+
             def append(text: str) -> None:
                 fh.write(text)
                 fh.flush()
@@ -266,8 +271,10 @@ def fingerprint_diff(old: dict | None, new: dict) -> list[str]:
     for key in sorted(set(old) | set(new)):
         was, now = old.get(key, missing), new.get(key, missing)
         if was != now:
-            diff.append(f"{key}: was {'(absent)' if was is missing else _short(was)}, "
-                        f"now {'(absent)' if now is missing else _short(now)}")
+            diff.append(
+                f"{key}: was {'(absent)' if was is missing else _short(was)}, "
+                f"now {'(absent)' if now is missing else _short(now)}"
+            )
     return diff
 
 
@@ -298,9 +305,11 @@ def _read_partial(path: Path, expect: dict) -> list[str]:
                 continue
             wrong = {k: record.get(k) for k, v in expect.items() if record.get(k) != v}
             if wrong:
-                raise ValueError(f"{path}:{lineno}: a record with {wrong}, but this job writes "
-                                 f"{ {k: expect[k] for k in wrong} }; use another out_dir or set "
-                                 "synpro.SynthesisConfig.overwrite = True")
+                raise ValueError(
+                    f"{path}:{lineno}: a record with {wrong}, but this job writes "
+                    f"{ {k: expect[k] for k in wrong} }; use another out_dir or set "
+                    "synpro.SynthesisConfig.overwrite = True"
+                )
             lines.append(raw.decode("utf-8"))
     return lines
 
@@ -329,7 +338,8 @@ class PromptBuilder:
         self.before, self.after = list(vocab.encode(before)), list(vocab.encode(after))
         self.marker = list(vocab.encode(prompts_lib.CUT_MARKER))
         self.text_sha256 = hashlib.sha256(
-            json.dumps([before, after, prompts_lib.CUT_MARKER]).encode("utf-8")).hexdigest()
+            json.dumps([before, after, prompts_lib.CUT_MARKER]).encode("utf-8")
+        ).hexdigest()
 
     def __call__(self, text: str) -> Prompt:
         s = self.settings
@@ -337,9 +347,14 @@ class PromptBuilder:
         head, tail = prompts_lib.middle_cut(text, s.max_source_chars)
         cut_chars = len(text) - len(head) - len(tail or "")
         empty = len(self.before) + len(self.after)
-        fitted = prompts_lib.fit_source(self.before, self.vocab.encode(head),
-                                        None if tail is None else self.vocab.encode(tail),
-                                        self.after, self.marker, s.max_prompt_tokens)
+        fitted = prompts_lib.fit_source(
+            self.before,
+            self.vocab.encode(head),
+            None if tail is None else self.vocab.encode(tail),
+            self.after,
+            self.marker,
+            s.max_prompt_tokens,
+        )
         if fitted is None:
             return Prompt(None, empty, cut_chars)
         ids, cut_tokens = fitted
@@ -349,10 +364,20 @@ class PromptBuilder:
 class Synthesizer:
     """A generator placed on a mesh with its vocabulary, writing synthetic shards."""
 
-    def __init__(self, cfg: ModelConfig, params: Any, vocab, settings: SynthesisConfig, *,
-                 mesh: Mesh | None = None, generator: str = "", generator_step: int = 0,
-                 template: prompts_lib.ChatTemplate = prompts_lib.OLMO2_CHAT, stop_ids: Sequence[int] = (),
-                 documents: Collection[str] | None = None):
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        params: Any,
+        vocab,
+        settings: SynthesisConfig,
+        *,
+        mesh: Mesh | None = None,
+        generator: str = "",
+        generator_step: int = 0,
+        template: prompts_lib.ChatTemplate = prompts_lib.OLMO2_CHAT,
+        stop_ids: Sequence[int] = (),
+        documents: Collection[str] | None = None,
+    ):
         """``documents``: synthesize only the source documents with these ids (e.g. the training split of a
         run's organic corpus, so held-out validation documents never reach pretraining as synthetic text)."""
         self.cfg, self.vocab, self.settings = cfg, vocab, settings
@@ -365,7 +390,8 @@ class Synthesizer:
         if settings.max_prompt_tokens + settings.max_new_tokens > cfg.max_seq_len:
             raise ValueError(
                 f"SynthesisConfig.max_prompt_tokens={settings.max_prompt_tokens} + max_new_tokens="
-                f"{settings.max_new_tokens} exceeds the generator's max_seq_len={cfg.max_seq_len}")
+                f"{settings.max_new_tokens} exceeds the generator's max_seq_len={cfg.max_seq_len}"
+            )
         self.prompts = PromptBuilder(vocab, settings, template)
 
     # --- what made a shard -----------------------------------------------------------------------------------
@@ -385,8 +411,11 @@ class Synthesizer:
             "prompt_sha256": self.prompts.text_sha256,
             "stop_ids": self.stop_ids,
             **({} if self.documents is None else {"documents": selection_identity(self.documents)}),
-            "vocabulary": {"size": int(self.vocab.vocab_size), "eos_id": int(self.vocab.eos_id),
-                           "probe_sha256": hashlib.sha256(json.dumps(probe).encode()).hexdigest()},
+            "vocabulary": {
+                "size": int(self.vocab.vocab_size),
+                "eos_id": int(self.vocab.eos_id),
+                "probe_sha256": hashlib.sha256(json.dumps(probe).encode()).hexdigest(),
+            },
         }
         return json.loads(json.dumps(fp))
 
@@ -412,13 +441,16 @@ class Synthesizer:
         conflicts = self._conflicts(out, finals, every)
         if not conflicts:
             return
-        lines = [f"  {final.name}{' (partial)' if not final.exists() else ''}: " + "; ".join(diff)
-                 for final, diff in conflicts.items()]
+        lines = [
+            f"  {final.name}{' (partial)' if not final.exists() else ''}: " + "; ".join(diff)
+            for final, diff in conflicts.items()
+        ]
         if not self.settings.overwrite:
             raise ValueError(
                 f"synthesis out_dir {out} holds shards made with other settings than this job's; resuming would mix "
                 "them:\n" + "\n".join(lines) + "\nUse another out_dir, or set synpro.SynthesisConfig.overwrite = "
-                "True (--gin.synpro.SynthesisConfig.overwrite=True) to delete and remake these shards.")
+                "True (--gin.synpro.SynthesisConfig.overwrite=True) to delete and remake these shards."
+            )
         if jax.process_index() != 0:  # process 0 deletes; run() waits for it before any host writes
             return
         for final in conflicts:
@@ -432,22 +464,46 @@ class Synthesizer:
         """The prompt ids for a source document (its middle cut to fit), None if even an empty source is too long."""
         return self.prompts(text).ids
 
-    def _record(self, doc_id: str, source_chars: int, prompt: Prompt, status: str, text: str = "",
-                output: str = "", completion_tokens: int = 0, finished: bool = False) -> dict:
+    def _record(
+        self,
+        doc_id: str,
+        source_chars: int,
+        prompt: Prompt,
+        status: str,
+        text: str = "",
+        output: str = "",
+        completion_tokens: int = 0,
+        finished: bool = False,
+    ) -> dict:
         s = self.settings
         return {
-            "source_id": doc_id, "operation": s.operation, "round": s.round, "generator": self.generator,
-            "generator_step": self.generator_step, "text": text, "status": status, "source_chars": source_chars,
-            "source_cut_chars": prompt.cut_chars, "source_cut_tokens": prompt.cut_tokens,
+            "source_id": doc_id,
+            "operation": s.operation,
+            "round": s.round,
+            "generator": self.generator,
+            "generator_step": self.generator_step,
+            "text": text,
+            "status": status,
+            "source_chars": source_chars,
+            "source_cut_chars": prompt.cut_chars,
+            "source_cut_tokens": prompt.cut_tokens,
             "prompt_tokens": prompt.empty_len if prompt.ids is None else len(prompt.ids),
-            "completion_tokens": completion_tokens, "finished": finished, "output": output,
+            "completion_tokens": completion_tokens,
+            "finished": finished,
+            "output": output,
         }
 
     def _generate(self, batch: list[tuple[str, int, Prompt]]) -> list[dict]:
         s = self.settings
         out = self.sampler.generate(
-            [p.ids for _, _, p in batch], max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_k=s.top_k,
-            top_p=s.top_p, seed=s.seed, eos_id=self.stop_ids, pad_id=0,
+            [p.ids for _, _, p in batch],
+            max_new_tokens=s.max_new_tokens,
+            temperature=s.temperature,
+            top_k=s.top_k,
+            top_p=s.top_p,
+            seed=s.seed,
+            eos_id=self.stop_ids,
+            pad_id=0,
             stream_ids=[stream_id(doc_id) for doc_id, _, _ in batch],
         )
         records = []
@@ -481,20 +537,30 @@ class Synthesizer:
                 progress(_count_lines(path), 0)
             return {"shard": final.name, "skipped": "finished earlier"}
         if not partial.exists():  # the sidecar comes first: records never exist without one
-            _write_atomic(meta_path(final), json.dumps(
-                {"shard": final.name, "source": str(path), "fingerprint": self.fingerprint()}, indent=2) + "\n")
+            _write_atomic(
+                meta_path(final),
+                json.dumps({"shard": final.name, "source": str(path), "fingerprint": self.fingerprint()}, indent=2)
+                + "\n",
+            )
         s = self.settings
         expect = {"operation": s.operation, "round": s.round, "generator_step": self.generator_step}
         kept = partial.read(expect) if partial.exists() else []
         done = {json.loads(line)["source_id"] for line in kept}
         if progress is not None and done:
             progress(len(done), 0)
-        counts = {k: 0 for k in STATUSES} | {"resumed": len(done), "duplicate_ids": 0, "completion_tokens": 0,
-                                             "source_cut": 0, "not_selected": 0, "other_hosts": 0}
+        counts = {k: 0 for k in STATUSES} | {
+            "resumed": len(done),
+            "duplicate_ids": 0,
+            "completion_tokens": 0,
+            "source_cut": 0,
+            "not_selected": 0,
+            "other_hosts": 0,
+        }
         source = self._documents(path)
         seen = set(done)
         batch: list[tuple[str, int, Prompt]] = []
         with partial.appender() as append:
+
             def flush(records: list[dict]) -> None:
                 if not records:
                     return
@@ -554,8 +620,10 @@ class Synthesizer:
         for f in files:
             other = names.setdefault(shard_name(f), f)
             if other != f:
-                raise ValueError(f"synthesis shards {other} and {f} would both write {shard_name(f)}.jsonl; "
-                                 "rename one or synthesize them into different out_dirs")
+                raise ValueError(
+                    f"synthesis shards {other} and {f} would both write {shard_name(f)}.jsonl; "
+                    "rename one or synthesize them into different out_dirs"
+                )
         # Every shard in out_dir is checked before any work: the DataConfig glob reads them all together.
         self._claim(out, [], every=True)
         if index == 0:  # a part finished just before a kill removed its remote chunks: they are done with
@@ -581,8 +649,12 @@ class Synthesizer:
             for f in files:
                 if elsewhere[shard_name(f)] is not None:
                     advance(_count_lines(f), 0)
-                    results.append({"shard": shard_name(f), "skipped":
-                                    f"finished earlier by {elsewhere[shard_name(f)]} process(es)"})
+                    results.append(
+                        {
+                            "shard": shard_name(f),
+                            "skipped": f"finished earlier by {elsewhere[shard_name(f)]} process(es)",
+                        }
+                    )
                 else:
                     results.append(self.run_shard(f, out, advance, index, count))
                 log.info("synthesis %s", results[-1])
@@ -591,8 +663,10 @@ class Synthesizer:
                 bar.close()
         elapsed = time.perf_counter() - start
         if count > 1:  # each host's own account; process 0 adds them up once every host is done
-            _write_atomic(out / f"synthesis.host-{index}-of-{count}.json",
-                          json.dumps({"shards": results, "completion_tokens": tokens[0], "seconds": elapsed}) + "\n")
+            _write_atomic(
+                out / f"synthesis.host-{index}-of-{count}.json",
+                json.dumps({"shards": results, "completion_tokens": tokens[0], "seconds": elapsed}) + "\n",
+            )
             distributed.barrier(f"synthesis done {out}")
             hosts = [json.loads((out / f"synthesis.host-{i}-of-{count}.json").read_text()) for i in range(count)]
             results = [{**r, "host": i} for i, h in enumerate(hosts) for r in h["shards"]]
@@ -600,10 +674,17 @@ class Synthesizer:
             elapsed = max(h["seconds"] for h in hosts)
         s = self.settings
         manifest = {
-            "operation": s.operation, "round": s.round, "generator": self.generator,
-            "generator_step": self.generator_step, "settings": dataclasses.asdict(s),
-            "prompt_version": prompts_lib.PROMPT_VERSION, "fingerprint": self.fingerprint(),
-            "processes": count, "shards": results, "completion_tokens": tokens[0], "seconds": round(elapsed, 3),
+            "operation": s.operation,
+            "round": s.round,
+            "generator": self.generator,
+            "generator_step": self.generator_step,
+            "settings": dataclasses.asdict(s),
+            "prompt_version": prompts_lib.PROMPT_VERSION,
+            "fingerprint": self.fingerprint(),
+            "processes": count,
+            "shards": results,
+            "completion_tokens": tokens[0],
+            "seconds": round(elapsed, 3),
             "tokens_per_second": tokens[0] / elapsed if elapsed > 0 else 0.0,
             "data_config_synthetic": synthetic_spec(s.operation, s.round, out),
         }

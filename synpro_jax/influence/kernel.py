@@ -25,8 +25,8 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import optax
 from jax.sharding import Mesh, NamedSharding
+import optax
 
 from synpro_jax import models, sharding
 from synpro_jax.models import ModelConfig
@@ -60,9 +60,18 @@ def _per_example(cfg, params, direction, tokens, loss_mask, micro_batch: int):
     return jax.lax.map(one, (tokens, mask), batch_size=micro_batch)
 
 
-def grad_dot(cfg: ModelConfig, params: Any, direction: Any, tokens: jax.Array, *,
-             loss_mask: jax.Array | None = None, mode: str = "jvp", micro_batch: int = 8,
-             mesh: Mesh | None = None, rules: sharding.Rules = sharding.DEFAULT_RULES) -> jax.Array:
+def grad_dot(
+    cfg: ModelConfig,
+    params: Any,
+    direction: Any,
+    tokens: jax.Array,
+    *,
+    loss_mask: jax.Array | None = None,
+    mode: str = "jvp",
+    micro_batch: int = 8,
+    mesh: Mesh | None = None,
+    rules: sharding.Rules = sharding.DEFAULT_RULES,
+) -> jax.Array:
     """grad L_x(params) . direction for every row x of ``tokens`` [B, T]: a [B] float32 array.
 
     This is the raw kernel product, not influence: for influence use :func:`influence_scores`. ``direction`` is
@@ -116,10 +125,19 @@ def compiled_loss_pair(cfg: ModelConfig, mesh: Mesh | None, rules: sharding.Rule
     return jax.jit(both, in_shardings=(p_shard, p_shard, rows, rows), out_shardings=(vec, vec))
 
 
-def influence_scores(cfg: ModelConfig, params: Any, params_ft: Any, tokens: jax.Array, *,
-                     loss_mask: jax.Array | None = None, method: str = "exact", mode: str = "jvp",
-                     micro_batch: int = 8, mesh: Mesh | None = None,
-                     rules: sharding.Rules = sharding.DEFAULT_RULES) -> jax.Array:
+def influence_scores(
+    cfg: ModelConfig,
+    params: Any,
+    params_ft: Any,
+    tokens: jax.Array,
+    *,
+    loss_mask: jax.Array | None = None,
+    method: str = "exact",
+    mode: str = "jvp",
+    micro_batch: int = 8,
+    mesh: Mesh | None = None,
+    rules: sharding.Rules = sharding.DEFAULT_RULES,
+) -> jax.Array:
     """influence(x) = L_theta(x) - L_theta'(x) for every row x of ``tokens`` [B, T]: a [B] float32 array.
 
     ``params`` is theta, ``params_ft`` theta' (theta fine-tuned on the reference task). Positive means x helps the
@@ -131,8 +149,17 @@ def influence_scores(cfg: ModelConfig, params: Any, params_ft: Any, tokens: jax.
     if jax.tree.structure(params_ft) != jax.tree.structure(params):
         raise ValueError("influence_scores: params_ft must be a pytree shaped like params")
     if method == "first_order":
-        return -grad_dot(cfg, params, tree_sub(params_ft, params), tokens, loss_mask=loss_mask, mode=mode,
-                         micro_batch=micro_batch, mesh=mesh, rules=rules)
+        return -grad_dot(
+            cfg,
+            params,
+            tree_sub(params_ft, params),
+            tokens,
+            loss_mask=loss_mask,
+            mode=mode,
+            micro_batch=micro_batch,
+            mesh=mesh,
+            rules=rules,
+        )
     tokens = jnp.asarray(tokens)
     mask = jnp.ones(tokens.shape, jnp.float32) if loss_mask is None else jnp.asarray(loss_mask, jnp.float32)
     fn = compiled_loss_pair(cfg, mesh, rules)

@@ -21,15 +21,16 @@ checks a fingerprint of what the scores depend on and refuses, naming the field,
 from __future__ import annotations
 
 import collections
+from collections.abc import Callable, Sequence
 import dataclasses
 import json
 import logging
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from etils.epath import Path
 import jax
-import numpy as np
 from jax.sharding import Mesh
+import numpy as np
 from tqdm.auto import tqdm
 
 from synpro_jax import atomic, distributed, heartbeat, models, sharding
@@ -75,24 +76,35 @@ class ProbeConfig:
     def __post_init__(self):
         positive_ints(self, "steps", "batch_size", "seq_len", "accum_steps")
         if self.loss_normalization not in LOSS_NORMALIZATIONS:
-            raise ValueError(f"ProbeConfig.loss_normalization={self.loss_normalization!r}: must be one of "
-                             f"{tuple(LOSS_NORMALIZATIONS)}")
+            raise ValueError(
+                f"ProbeConfig.loss_normalization={self.loss_normalization!r}: must be one of "
+                f"{tuple(LOSS_NORMALIZATIONS)}"
+            )
         if self.packing not in PACKINGS:
             raise ValueError(f"ProbeConfig.packing={self.packing!r}: must be one of {PACKINGS}")
         if self.packing == "release" and self.seq_len < 2:
             raise ValueError(f"ProbeConfig.seq_len={self.seq_len}: must be >= 2 with packing='release'")
         if self.batch_size % self.accum_steps:
-            raise ValueError(f"ProbeConfig.batch_size={self.batch_size} is not divisible by "
-                             f"accum_steps={self.accum_steps}")
+            raise ValueError(
+                f"ProbeConfig.batch_size={self.batch_size} is not divisible by accum_steps={self.accum_steps}"
+            )
         if self.z_loss < 0:
             raise ValueError(f"ProbeConfig.z_loss={self.z_loss}: must be >= 0")
         self.optimizer()  # the optimizer knobs are validated (and named) there
 
     def optimizer(self) -> OptimizerConfig:
         try:
-            return OptimizerConfig(learning_rate=self.learning_rate, warmup_steps=0, schedule="constant", b1=self.b1,
-                                   b2=self.b2, eps=self.eps, weight_decay=self.weight_decay,
-                                   clip_norm=self.clip_norm, decay_norms=True)
+            return OptimizerConfig(
+                learning_rate=self.learning_rate,
+                warmup_steps=0,
+                schedule="constant",
+                b1=self.b1,
+                b2=self.b2,
+                eps=self.eps,
+                weight_decay=self.weight_decay,
+                clip_norm=self.clip_norm,
+                decay_norms=True,
+            )
         except ValueError as e:
             raise ValueError(str(e).replace("OptimizerConfig.", "ProbeConfig.")) from None
 
@@ -101,9 +113,18 @@ class ProbeConfig:
         return LOSS_NORMALIZATIONS[self.loss_normalization]
 
 
-def finetune(cfg: ModelConfig, mesh: Mesh, params: Any, reference, pcfg: ProbeConfig = ProbeConfig(), *,
-             adam: AdamMoments | None = None, step: int = 0, progress: bool = True,
-             on_step: Callable[[int, Any, dict], None] | None = None) -> Any:
+def finetune(
+    cfg: ModelConfig,
+    mesh: Mesh,
+    params: Any,
+    reference,
+    pcfg: ProbeConfig = ProbeConfig(),
+    *,
+    adam: AdamMoments | None = None,
+    step: int = 0,
+    progress: bool = True,
+    on_step: Callable[[int, Any, dict], None] | None = None,
+) -> Any:
     """theta': a fine-tuned copy of ``params`` (left untouched) on ``reference`` (a
     :class:`~synpro_jax.influence.reference.PackedReference`; step ``i`` trains on its ``batch(i, batch_size)``).
 
@@ -115,17 +136,26 @@ def finetune(cfg: ModelConfig, mesh: Mesh, params: Any, reference, pcfg: ProbeCo
     """
     packing = getattr(reference, "packing", None)
     if packing is not None and packing != pcfg.packing:
-        raise ValueError(f"ProbeConfig.packing={pcfg.packing!r}, but the reference rows are packed {packing!r}; "
-                         "build the PackedReference with packing=ProbeConfig.packing")
-    ts = TrainStep(cfg, mesh, pcfg.optimizer(), z_loss=pcfg.z_loss, accum_steps=pcfg.accum_steps,
-                   loss_normalization=pcfg.train_normalization())
+        raise ValueError(
+            f"ProbeConfig.packing={pcfg.packing!r}, but the reference rows are packed {packing!r}; "
+            "build the PackedReference with packing=ProbeConfig.packing"
+        )
+    ts = TrainStep(
+        cfg,
+        mesh,
+        pcfg.optimizer(),
+        z_loss=pcfg.z_loss,
+        accum_steps=pcfg.accum_steps,
+        loss_normalization=pcfg.train_normalization(),
+    )
     state = ts.init(jax.random.key(pcfg.seed), params=params)  # a fresh copy: params are never donated
     if adam is None:
-        log.warning("the probe's theta has no optimizer state (an HF directory): AdamW starts from zero moments "
-                    "at count 0, where the release continues the checkpoint's")
+        log.warning(
+            "the probe's theta has no optimizer state (an HF directory): AdamW starts from zero moments "
+            "at count 0, where the release continues the checkpoint's"
+        )
     state = ts.continue_from(state, adam, step)
-    bar = tqdm(total=pcfg.steps, desc="probe fine-tune", unit="step",
-               disable=not progress or jax.process_index() != 0)
+    bar = tqdm(total=pcfg.steps, desc="probe fine-tune", unit="step", disable=not progress or jax.process_index() != 0)
     for i in range(pcfg.steps):
         state, metrics = ts(state, ts.shard_batch(reference.batch(i, pcfg.batch_size)))
         if on_step is not None:
@@ -153,8 +183,10 @@ class Probe:
         rows = sharding.batch_sharding(self.mesh)
         ways = sharding.batch_shards(self.mesh)
         if len(tokens) % ways:
-            raise ValueError(f"influence batch of {len(tokens)} rows does not divide over the mesh's {ways} data "
-                             "shards; make the batch size a multiple of it")
+            raise ValueError(
+                f"influence batch of {len(tokens)} rows does not divide over the mesh's {ways} data "
+                "shards; make the batch size a multiple of it"
+            )
         tokens = jax.device_put(np.asarray(tokens, np.int32), rows)
         mask = jax.device_put(np.asarray(mask, np.float32), rows)
         with jax.set_mesh(self.mesh):
@@ -177,7 +209,7 @@ class Probe:
     def score_docs(self, docs: Sequence[np.ndarray], batch_size: int, pad_id: int = 0) -> dict[str, np.ndarray]:
         out = {k: [] for k in SCORE_KEYS}
         for start in range(0, len(docs), batch_size):
-            chunk = docs[start:start + batch_size]
+            chunk = docs[start : start + batch_size]
             scores = self.score(*self.rows(chunk, batch_size, pad_id))
             for k in out:
                 out[k].append(scores[k][: len(chunk)])
@@ -208,8 +240,10 @@ def unique_keys(doc_ids: Sequence[str]) -> list[str]:
     if repeated:
         log.warning("%d document ids occur more than once; their repeats are keyed id#2, id#3, ...", repeated)
     if len(set(keys)) != len(keys):  # an original id such as "a#2" beside a repeated "a"
-        raise ValueError("document ids are not unique even after numbering repeats (an id like 'x#2' collides); "
-                         "give the corpus unique ids")
+        raise ValueError(
+            "document ids are not unique even after numbering repeats (an id like 'x#2' collides); "
+            "give the corpus unique ids"
+        )
     return keys
 
 
@@ -229,8 +263,10 @@ def check_fingerprint(old: dict, new: dict, where: str) -> None:
     found = first_difference(old, new)
     if found is not None:
         field, then, now = found
-        raise ValueError(f"{where} was made with a different {field}: {then!r} then, {now!r} now. Use a new "
-                         "output directory (or delete this one) to score again")
+        raise ValueError(
+            f"{where} was made with a different {field}: {then!r} then, {now!r} now. Use a new "
+            "output directory (or delete this one) to score again"
+        )
 
 
 def _load_part(path: Path) -> dict[str, np.ndarray]:
@@ -245,9 +281,18 @@ def _load_part(path: Path) -> dict[str, np.ndarray]:
     return part
 
 
-def score_corpus(probe: Probe, docs: Sequence[np.ndarray], doc_ids: Sequence[str], out_dir: str | Path, *,
-                 fingerprint: dict | None = None, batch_size: int = 32, chunk_docs: int = 512, pad_id: int = 0,
-                 progress: bool = True) -> Path:
+def score_corpus(
+    probe: Probe,
+    docs: Sequence[np.ndarray],
+    doc_ids: Sequence[str],
+    out_dir: str | Path,
+    *,
+    fingerprint: dict | None = None,
+    batch_size: int = 32,
+    chunk_docs: int = 512,
+    pad_id: int = 0,
+    progress: bool = True,
+) -> Path:
     """Score every document; returns ``out_dir/influence.npz`` (ids, influence, loss_before, loss_after), in
     corpus order, keyed by document id (see :func:`unique_keys`).
 
@@ -268,18 +313,25 @@ def score_corpus(probe: Probe, docs: Sequence[np.ndarray], doc_ids: Sequence[str
         raise ValueError(f"score_corpus batch_size={batch_size}, chunk_docs={chunk_docs}: must be >= 1")
     index, count = jax.process_index(), jax.process_count()
     if count > 1 and not all(d.process_index == index for d in probe.mesh.devices.flat):
-        raise ValueError("score_corpus on several processes scores each host's documents on its own devices: "
-                         "build the Probe on sharding.host_mesh(mesh)")
+        raise ValueError(
+            "score_corpus on several processes scores each host's documents on its own devices: "
+            "build the Probe on sharding.host_mesh(mesh)"
+        )
     keys = unique_keys(doc_ids)
-    fp = {**(fingerprint or {}), "max_len": probe.max_len,
-          "documents": {"count": len(docs), "ids_sha1": _ids_digest(keys)}}
+    fp = {
+        **(fingerprint or {}),
+        "max_len": probe.max_len,
+        "documents": {"count": len(docs), "ids_sha1": _ids_digest(keys)},
+    }
     out_dir = Path(out_dir)
     final, parts, manifest_path = out_dir / "influence.npz", out_dir / "parts", out_dir / "manifest.json"
     if manifest_path.exists():
         recorded = json.loads(manifest_path.read_text()).get("fingerprint")
         if not isinstance(recorded, dict):
-            raise ValueError(f"{manifest_path} records no fingerprint (written by an older synpro), so these "
-                             "scores cannot be checked against this job; score into a new directory")
+            raise ValueError(
+                f"{manifest_path} records no fingerprint (written by an older synpro), so these "
+                "scores cannot be checked against this job; score into a new directory"
+            )
         check_fingerprint(recorded, fp, str(out_dir))
     elif index == 0:
         parts.mkdir(parents=True, exist_ok=True)
@@ -303,7 +355,7 @@ def score_corpus(probe: Probe, docs: Sequence[np.ndarray], doc_ids: Sequence[str
     parts.mkdir(parents=True, exist_ok=True)
     bar = tqdm(total=len(mine), initial=len(mine) - len(todo), desc="influence", unit="doc", disable=not progress)
     for c in range(0, len(todo), chunk_docs):
-        idx = todo[c:c + chunk_docs]
+        idx = todo[c : c + chunk_docs]
         scores = probe.score_docs([docs[i] for i in idx], batch_size, pad_id)
         path = parts / f"part-{idx[0]:09d}-{idx[-1]:09d}.npz"  # first ids differ: no two hosts pick one name
         if path.exists():
@@ -323,11 +375,9 @@ def score_corpus(probe: Probe, docs: Sequence[np.ndarray], doc_ids: Sequence[str
                 by_id[k] = tuple(float(part[s][j]) for s in SCORE_KEYS)
         missing = [k for k in keys if k not in by_id]
         if missing or len(by_id) != len(keys):
-            raise ValueError(f"{parts}: {len(by_id)} scores for {len(keys)} documents; missing e.g. "
-                             f"{missing[:3]}")
+            raise ValueError(f"{parts}: {len(by_id)} scores for {len(keys)} documents; missing e.g. {missing[:3]}")
         merged = np.array([by_id[k] for k in keys], np.float32).reshape(len(keys), len(SCORE_KEYS))
-        _atomic_savez(final, ids=np.array(keys, dtype=str),
-                      **{s: merged[:, j] for j, s in enumerate(SCORE_KEYS)})
+        _atomic_savez(final, ids=np.array(keys, dtype=str), **{s: merged[:, j] for j, s in enumerate(SCORE_KEYS)})
         _verify_final(final, keys)
     distributed.barrier(f"score_corpus merged {out_dir}")
     return final

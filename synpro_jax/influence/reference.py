@@ -25,9 +25,9 @@ Two layouts of the encoded examples (prompt, answer, EOS; the loss on answer and
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 import dataclasses
 import json
-from typing import Iterator, Sequence
 
 from etils.epath import Path
 import numpy as np
@@ -77,8 +77,9 @@ class ReferenceSource:
         if path.suffix == ".tsv":
             fields = line.split("\t")
             if len(fields) < 2:
-                self.report.problem("malformed", where, f"expected question<TAB>answer[<TAB>rationale], got "
-                                                       f"{len(fields)} field(s)")
+                self.report.problem(
+                    "malformed", where, f"expected question<TAB>answer[<TAB>rationale], got {len(fields)} field(s)"
+                )
                 return None
             question, answer = _unescape(fields[0]), _unescape(fields[1])
             rationale = _unescape(fields[2]) if len(fields) > 2 else ""
@@ -90,8 +91,11 @@ class ReferenceSource:
             except json.JSONDecodeError as e:
                 self.report.problem("malformed", where, f"invalid JSON ({e.msg})")
                 return None
-            if not isinstance(record, dict) or not isinstance(record.get("prompt"), str) \
-                    or not isinstance(record.get("completion"), str):
+            if (
+                not isinstance(record, dict)
+                or not isinstance(record.get("prompt"), str)
+                or not isinstance(record.get("completion"), str)
+            ):
                 self.report.problem("malformed", where, "needs string fields 'prompt' and 'completion'")
                 return None
             prompt, completion = record["prompt"].strip(), record["completion"].strip()
@@ -131,8 +135,9 @@ class PackedReference:
     ``row_len`` is the tokens a row takes from the stream: ``seq_len`` (release) or ``seq_len + 1``.
     """
 
-    def __init__(self, examples: Sequence[ReferenceExample], vocab, seq_len: int, seed: int = 0,
-                 packing: str = "release"):
+    def __init__(
+        self, examples: Sequence[ReferenceExample], vocab, seq_len: int, seed: int = 0, packing: str = "release"
+    ):
         from synpro_jax.data.corpus import TokenizedCorpus
         from synpro_jax.data.packing import PackedStream
 
@@ -140,8 +145,9 @@ class PackedReference:
         if not examples:
             raise ValueError("reference task: no examples to pack")
         if seq_len < (2 if packing == "release" else 1):  # a release row is its own inputs: 2 tokens at least
-            raise ValueError(f"reference seq_len={seq_len}: must be >= {2 if packing == 'release' else 1} with "
-                             f"packing={packing!r}")
+            raise ValueError(
+                f"reference seq_len={seq_len}: must be >= {2 if packing == 'release' else 1} with packing={packing!r}"
+            )
         prompts, answers = _encode(examples, vocab)
         ids = [e.id for e in examples]
         docs = [np.asarray(list(p) + list(a), np.int32) for p, a in zip(prompts, answers)]
@@ -186,10 +192,10 @@ def encode_examples(examples: Sequence[ReferenceExample], vocab, seq_len: int) -
     for i, (p, a) in enumerate(zip(prompts, answers)):
         a = list(a) + [vocab.eos_id]
         a = a[: length - 1]  # keep at least one prompt token
-        p = list(p)[-(length - len(a)):]
+        p = list(p)[-(length - len(a)) :]
         row = p + a
         tokens[i, : len(row)] = row
-        mask[i, len(p): len(row)] = 1.0
+        mask[i, len(p) : len(row)] = 1.0
     return tokens, mask
 
 
@@ -204,8 +210,9 @@ def register_reference_task(name: str, paths: str | Sequence[str], vocab):
             for ex in ReferenceSource(paths):
                 yield {"inputs": format_prompt(ex.prompt), "targets": ex.completion}
 
-        return tf.data.Dataset.from_generator(gen, output_signature={
-            "inputs": tf.TensorSpec((), tf.string), "targets": tf.TensorSpec((), tf.string)})
+        return tf.data.Dataset.from_generator(
+            gen, output_signature={"inputs": tf.TensorSpec((), tf.string), "targets": tf.TensorSpec((), tf.string)}
+        )
 
     if name in seqio.TaskRegistry.names():
         seqio.TaskRegistry.remove(name)
@@ -213,6 +220,5 @@ def register_reference_task(name: str, paths: str | Sequence[str], vocab):
         name,
         source=seqio.FunctionDataSource(dataset_fn, splits=["train"]),
         preprocessors=[seqio.preprocessors.tokenize, seqio.preprocessors.append_eos],
-        output_features={"inputs": seqio.Feature(vocab, add_eos=False),
-                         "targets": seqio.Feature(vocab, add_eos=True)},
+        output_features={"inputs": seqio.Feature(vocab, add_eos=False), "targets": seqio.Feature(vocab, add_eos=True)},
     )

@@ -23,19 +23,20 @@ sign and meaning, not number for number.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 import dataclasses
 import functools
 import hashlib
 import json
 import logging
 import os
-from typing import Any, Sequence
+from typing import Any
 
 from etils.epath import Path
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.sharding import Mesh
+import numpy as np
 
 from synpro_jax import atomic, distributed, sharding
 from synpro_jax.influence.probe import first_difference
@@ -122,21 +123,26 @@ def check_theta_prime(provenance: dict, theta: dict, probe: dict | None, where: 
     old = provenance.get("theta", {})
     for field in ("source", "kind", "step"):
         if old.get(field) != theta[field]:
-            raise ValueError(f"{where} was fine-tuned from another theta: {field} {old.get(field)!r} then, "
-                             f"{theta[field]!r} now. Delete it (or use a new probe out_dir) to fine-tune again")
+            raise ValueError(
+                f"{where} was fine-tuned from another theta: {field} {old.get(field)!r} then, "
+                f"{theta[field]!r} now. Delete it (or use a new probe out_dir) to fine-tune again"
+            )
     a, b = np.asarray(old.get("digest", []), np.float64), np.asarray(theta["digest"], np.float64)
     if a.shape != b.shape or not np.allclose(a, b, rtol=1e-4, atol=1e-6):
-        raise ValueError(f"{where} was fine-tuned from other weights than {theta['source']} step {theta['step']} "
-                         "holds now. Delete it (or use a new probe out_dir) to fine-tune again")
+        raise ValueError(
+            f"{where} was fine-tuned from other weights than {theta['source']} step {theta['step']} "
+            "holds now. Delete it (or use a new probe out_dir) to fine-tune again"
+        )
     found = None if probe is None else first_difference(provenance.get("probe", {}), probe)
     if found is not None:
         field, then, now = found
-        raise ValueError(f"{where} was fine-tuned with a different probe {field}: {then!r} then, {now!r} now. "
-                         "Delete it (or use a new probe out_dir) to fine-tune again")
+        raise ValueError(
+            f"{where} was fine-tuned with a different probe {field}: {then!r} then, {now!r} now. "
+            "Delete it (or use a new probe out_dir) to fine-tune again"
+        )
 
 
-def load_finetuned(cfg: ModelConfig, path: str | Path, theta: params_io.LoadedParams,
-                   probe: dict | None = None) -> Any:
+def load_finetuned(cfg: ModelConfig, path: str | Path, theta: params_io.LoadedParams, probe: dict | None = None) -> Any:
     """theta' from ``path`` (an HF directory written by the probe) after checking it comes from ``theta`` (and,
     if given, the ``probe`` fingerprint). Raises naming what differs."""
     from synpro_jax.models import hf
@@ -144,12 +150,17 @@ def load_finetuned(cfg: ModelConfig, path: str | Path, theta: params_io.LoadedPa
     path = Path(path)
     prov_path = path / PROVENANCE
     if not prov_path.exists():
-        raise ValueError(f"{path} has no {PROVENANCE}, so nothing shows which theta and probe config it came "
-                         "from. Delete it to fine-tune again")
+        raise ValueError(
+            f"{path} has no {PROVENANCE}, so nothing shows which theta and probe config it came "
+            "from. Delete it to fine-tune again"
+        )
     check_theta_prime(json.loads(prov_path.read_text()), theta_identity(theta), probe, str(path))
     tuned_cfg, tuned = hf.load(path)
-    if tuned_cfg.d_model != cfg.d_model or tuned_cfg.num_layers != cfg.num_layers \
-            or tuned_cfg.vocab_size != cfg.vocab_size:
+    if (
+        tuned_cfg.d_model != cfg.d_model
+        or tuned_cfg.num_layers != cfg.num_layers
+        or tuned_cfg.vocab_size != cfg.vocab_size
+    ):
         raise ValueError(f"{path}: {tuned_cfg.describe()} does not match the configured model {cfg.describe()}")
     return tuned
 
@@ -167,6 +178,7 @@ def _save_finetuned(cfg: ModelConfig, tuned: Any, path: Path, provenance: dict) 
     host = jax.tree.map(sharding.to_host, tuned)  # every process takes part in the gather
     if jax.process_index() != 0:
         return
+
     def fill(tmp):
         hf.write_dir(cfg, host, tmp)
         (tmp / PROVENANCE).write_text(json.dumps(provenance, indent=2))
@@ -177,10 +189,23 @@ def _save_finetuned(cfg: ModelConfig, tuned: Any, path: Path, provenance: dict) 
 # --- the stage ------------------------------------------------------------------------------------------------
 
 
-def probe_and_score(cfg: ModelConfig, mesh: Mesh, checkpoint: str, vocabulary: str, reference: Sequence[str],
-                    corpus: Sequence[str], out_dir: str, probe_cfg, *, text_field: str = "text", max_len: int = 2048,
-                    batch_size: int = 32, max_reference_examples: int | None = None, chunk_docs: int = 512,
-                    progress: bool = True) -> dict:
+def probe_and_score(
+    cfg: ModelConfig,
+    mesh: Mesh,
+    checkpoint: str,
+    vocabulary: str,
+    reference: Sequence[str],
+    corpus: Sequence[str],
+    out_dir: str,
+    probe_cfg,
+    *,
+    text_field: str = "text",
+    max_len: int = 2048,
+    batch_size: int = 32,
+    max_reference_examples: int | None = None,
+    chunk_docs: int = 512,
+    progress: bool = True,
+) -> dict:
     """Fine-tune theta' (saved as an HF directory in out_dir/finetuned, reused if it comes from this theta and
     probe config) and score every document of ``corpus`` into out_dir/scores/influence.npz."""
     from synpro_jax.data.corpus import build_corpus
@@ -193,11 +218,16 @@ def probe_and_score(cfg: ModelConfig, mesh: Mesh, checkpoint: str, vocabulary: s
     out.mkdir(parents=True, exist_ok=True)
     vocab = load_vocabulary(vocabulary)
     theta = params_io.load(cfg, mesh, checkpoint, with_adam=True)
-    print(f"theta: {theta.source} ({theta.kind}, step {theta.step}, "
-          f"{'Adam moments restored' if theta.adam is not None else 'no optimizer state: fresh Adam moments'})")
-    probe_fp = {"config": dataclasses.asdict(probe_cfg), "reference": files_fingerprint(reference),
-                "max_reference_examples": max_reference_examples,
-                "vocabulary": vocabulary_fingerprint(vocabulary, vocab)}
+    print(
+        f"theta: {theta.source} ({theta.kind}, step {theta.step}, "
+        f"{'Adam moments restored' if theta.adam is not None else 'no optimizer state: fresh Adam moments'})"
+    )
+    probe_fp = {
+        "config": dataclasses.asdict(probe_cfg),
+        "reference": files_fingerprint(reference),
+        "max_reference_examples": max_reference_examples,
+        "vocabulary": vocabulary_fingerprint(vocabulary, vocab),
+    }
     identity = theta_identity(theta)
     tuned_dir = out / "finetuned"
     if (tuned_dir / "config.json").exists():
@@ -208,37 +238,79 @@ def probe_and_score(cfg: ModelConfig, mesh: Mesh, checkpoint: str, vocabulary: s
     else:
         examples = reference_examples(reference, max_reference_examples)
         packed = PackedReference(examples, vocab, probe_cfg.seq_len, seed=probe_cfg.seed, packing=probe_cfg.packing)
-        print(f"reference: {packed.num_examples} examples, {packed.answer_tokens} answer tokens per epoch, packed "
-              f"into rows of {packed.row_len} tokens ({probe_cfg.packing}); loss over "
-              f"{probe_cfg.loss_normalization}")
+        print(
+            f"reference: {packed.num_examples} examples, {packed.answer_tokens} answer tokens per epoch, packed "
+            f"into rows of {packed.row_len} tokens ({probe_cfg.packing}); loss over "
+            f"{probe_cfg.loss_normalization}"
+        )
         losses = []
-        tuned = finetune(cfg, mesh, theta.params, packed, probe_cfg, adam=theta.adam, step=theta.step,
-                         progress=progress, on_step=lambda s, p, m: losses.append(float(m["loss"])))
-        _save_finetuned(cfg, tuned, tuned_dir, {"theta": identity, "probe": probe_fp,
-                                                "reference_loss": {"first_step": losses[0], "last_step": losses[-1]}})
+        tuned = finetune(
+            cfg,
+            mesh,
+            theta.params,
+            packed,
+            probe_cfg,
+            adam=theta.adam,
+            step=theta.step,
+            progress=progress,
+            on_step=lambda s, p, m: losses.append(float(m["loss"])),
+        )
+        _save_finetuned(
+            cfg,
+            tuned,
+            tuned_dir,
+            {
+                "theta": identity,
+                "probe": probe_fp,
+                "reference_loss": {"first_step": losses[0], "last_step": losses[-1]},
+            },
+        )
         distributed.barrier(f"probe theta' {tuned_dir}")  # the influence server and reruns read it on every host
-    docs_corpus, report = build_corpus(open_sources(list(corpus), text_field=text_field, eos_id=vocab.eos_id,
-                                                    vocab_size=vocab.vocab_size),
-                                       vocab, cache_dir=out / "cache", name="probe_corpus", progress=progress)
+    docs_corpus, report = build_corpus(
+        open_sources(list(corpus), text_field=text_field, eos_id=vocab.eos_id, vocab_size=vocab.vocab_size),
+        vocab,
+        cache_dir=out / "cache",
+        name="probe_corpus",
+        progress=progress,
+    )
     if report is not None:
         print(f"corpus: {report.summary()}")
     theta_params, theta_step, adam_restored = theta.params, theta.step, theta.adam is not None
-    fingerprint = {"theta_source": theta.source, "theta_step": theta_step, "probe": probe_fp,
-                   "vocabulary": probe_fp["vocabulary"], "corpus": files_fingerprint(corpus),
-                   "text_field": text_field}
+    fingerprint = {
+        "theta_source": theta.source,
+        "theta_step": theta_step,
+        "probe": probe_fp,
+        "vocabulary": probe_fp["vocabulary"],
+        "corpus": files_fingerprint(corpus),
+        "text_field": text_field,
+    }
     del theta  # its Adam moments are not needed to score
     mesh, theta_params, tuned = params_io.per_host(cfg, mesh, theta_params, tuned)  # see score_corpus
     probe = Probe(cfg, mesh, theta_params, tuned, max_len=max_len)
     del theta_params, tuned  # the probe holds its own placed copies
     docs = [docs_corpus.doc(i) for i in range(docs_corpus.num_docs)]
-    path = score_corpus(probe, docs, docs_corpus.doc_ids, out / "scores", fingerprint=fingerprint,
-                        batch_size=batch_size, chunk_docs=chunk_docs, progress=progress)
+    path = score_corpus(
+        probe,
+        docs,
+        docs_corpus.doc_ids,
+        out / "scores",
+        fingerprint=fingerprint,
+        batch_size=batch_size,
+        chunk_docs=chunk_docs,
+        progress=progress,
+    )
     with atomic.load_npz(path) as z:
         infl = z["influence"]
-        summary = {"scores": str(path), "documents": int(len(infl)), "theta_step": theta_step,
-                   "adam_restored": adam_restored, "influence_mean": float(infl.mean()),
-                   "influence_std": float(infl.std()), "loss_before_mean": float(z["loss_before"].mean()),
-                   "loss_after_mean": float(z["loss_after"].mean())}
+        summary = {
+            "scores": str(path),
+            "documents": int(len(infl)),
+            "theta_step": theta_step,
+            "adam_restored": adam_restored,
+            "influence_mean": float(infl.mean()),
+            "influence_std": float(infl.std()),
+            "loss_before_mean": float(z["loss_before"].mean()),
+            "loss_after_mean": float(z["loss_after"].mean()),
+        }
     if jax.process_index() == 0:
         _atomic_json(out / "summary.json", summary)
     distributed.barrier(f"probe summary {out}")

@@ -22,8 +22,10 @@ scoring had started.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 import concurrent.futures
 import dataclasses
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import json
 import logging
 import math
@@ -32,8 +34,7 @@ import select
 import socket
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -85,8 +86,11 @@ class ScoringQueue(DeviceQueue[Job]):
 
     def submit(self, docs: Sequence[Sequence[int]], timeout_s: float) -> Job:
         """Queue one request's token lists; raises :class:`QueueFull` rather than waiting."""
-        job = Job([np.asarray(d[: self.max_len + 1], np.int32) for d in docs], concurrent.futures.Future(),
-                  time.monotonic() + timeout_s)
+        job = Job(
+            [np.asarray(d[: self.max_len + 1], np.int32) for d in docs],
+            concurrent.futures.Future(),
+            time.monotonic() + timeout_s,
+        )
         self._enqueue(job)
         return job
 
@@ -129,7 +133,7 @@ class ScoringQueue(DeviceQueue[Job]):
         items = sorted((len(doc), j, i) for j, job in enumerate(jobs) for i, doc in enumerate(job.docs))
         while items:
             items = [it for it in items if not jobs[it[1]].abandoned]
-            block, items = items[: self.batch_size], items[self.batch_size:]
+            block, items = items[: self.batch_size], items[self.batch_size :]
             if not block:
                 break
             width = bucket_width(max(n for n, _, _ in block), self.max_len, self.min_bucket)
@@ -149,8 +153,9 @@ class ScoringQueue(DeviceQueue[Job]):
                 job.future.set_result({k: v.tolist() for k, v in res.items()})
 
 
-def _encode_all(encode: Callable[[list[str]], list[list[int]]], lock: threading.Lock,
-                texts: list[str]) -> tuple[list[list[int]] | None, int | None, str]:
+def _encode_all(
+    encode: Callable[[list[str]], list[list[int]]], lock: threading.Lock, texts: list[str]
+) -> tuple[list[list[int]] | None, int | None, str]:
     """(token ids, None, "") or (None, index of the first text that fails, why). One batch call normally; text by
     text only after it fails, to name the culprit."""
     try:
@@ -186,16 +191,22 @@ def surrogate_errors(texts: Sequence[str]) -> list[tuple[int, str]]:
 
 def too_short_errors(ids: Sequence[Sequence[int]]) -> list[tuple[int, str]]:
     """(index, why) for each text with fewer than MIN_TOKENS tokens: nothing to predict, so nothing to score."""
-    return [(i, f"nothing to predict ({len(one)} token{'' if len(one) == 1 else 's'}; a text needs at least "
-                f"{MIN_TOKENS})") for i, one in enumerate(ids) if len(one) < MIN_TOKENS]
+    return [
+        (i, f"nothing to predict ({len(one)} token{'' if len(one) == 1 else 's'}; a text needs at least {MIN_TOKENS})")
+        for i, one in enumerate(ids)
+        if len(one) < MIN_TOKENS
+    ]
 
 
 def refusal(problems: list[tuple[int, str]]) -> dict:
     """The 400 body for texts that cannot be scored: each named by its index, the first in ``index``."""
     named = "; ".join(f"texts[{i}]: {why}" for i, why in problems[:_MAX_NAMED])
     more = f"; and {len(problems) - _MAX_NAMED} more" if len(problems) > _MAX_NAMED else ""
-    return {"error": f"{named}{more}. Nothing in this request was scored.", "index": problems[0][0],
-            "indices": [i for i, _ in problems]}
+    return {
+        "error": f"{named}{more}. Nothing in this request was scored.",
+        "index": problems[0][0],
+        "indices": [i for i, _ in problems],
+    }
 
 
 def _json_error(e: ValueError) -> str:
@@ -204,9 +215,17 @@ def _json_error(e: ValueError) -> str:
     return str(e)
 
 
-def make_handler(scoring: ScoringQueue, encode: Callable[[list[str]], list[list[int]]], *, max_texts: int,
-                 max_body_bytes: int, timeout_s: float, socket_timeout_s: float, retry_after_s: int,
-                 poll_s: float = 0.05):
+def make_handler(
+    scoring: ScoringQueue,
+    encode: Callable[[list[str]], list[list[int]]],
+    *,
+    max_texts: int,
+    max_body_bytes: int,
+    timeout_s: float,
+    socket_timeout_s: float,
+    retry_after_s: int,
+    poll_s: float = 0.05,
+):
     encode_lock = threading.Lock()  # tokenizers are not all safe to call from several threads at once
 
     class Handler(BaseHTTPRequestHandler):
@@ -292,8 +311,14 @@ def make_handler(scoring: ScoringQueue, encode: Callable[[list[str]], list[list[
                 return self._reply(400, {"error": "expected a JSON object with a list field 'texts'"})
             bad = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
             if bad is not None:
-                return self._reply(400, {"error": f"every entry of 'texts' must be a string; texts[{bad}] is "
-                                                  f"{type(texts[bad]).__name__}", "index": bad})
+                return self._reply(
+                    400,
+                    {
+                        "error": f"every entry of 'texts' must be a string; texts[{bad}] is "
+                        f"{type(texts[bad]).__name__}",
+                        "index": bad,
+                    },
+                )
             if len(texts) > max_texts:
                 return self._reply(413, {"error": f"{len(texts)} texts exceed the limit of {max_texts} per request"})
             if not texts:
@@ -311,8 +336,9 @@ def make_handler(scoring: ScoringQueue, encode: Callable[[list[str]], list[list[
             try:
                 job = scoring.submit(ids, timeout_s)
             except QueueFull as e:
-                return self._reply(503, {"error": f"the influence service is busy: {e}; retry after "
-                                                  f"{retry_after_s}s"}, headers=busy)
+                return self._reply(
+                    503, {"error": f"the influence service is busy: {e}; retry after {retry_after_s}s"}, headers=busy
+                )
             while True:
                 try:
                     result = job.future.result(timeout=poll_s)
@@ -325,15 +351,20 @@ def make_handler(scoring: ScoringQueue, encode: Callable[[list[str]], list[list[
                     return self._reply(500, {"error": f"scoring failed: {type(e).__name__}: {e}"})
                 if self._client_gone():
                     scoring.abandon(job)
-                    log.info("%s left before its %d texts were scored; cancelled", self.address_string(),
-                             len(texts))
+                    log.info("%s left before its %d texts were scored; cancelled", self.address_string(), len(texts))
                     self.close_connection = True
                     return
                 if time.monotonic() > job.deadline:
                     scoring.abandon(job)
                     return self._reply(503, {"error": f"scoring took longer than {timeout_s}s"}, headers=busy)
-            return self._reply(200, {"influence_scores": result["influence"], "loss_before": result["loss_before"],
-                                     "loss_after": result["loss_after"]})
+            return self._reply(
+                200,
+                {
+                    "influence_scores": result["influence"],
+                    "loss_before": result["loss_before"],
+                    "loss_after": result["loss_after"],
+                },
+            )
 
     return Handler
 
@@ -351,18 +382,42 @@ class InfluenceServer:
     requests waiting for the device.
     """
 
-    def __init__(self, probe: Any, encode: Callable[[list[str]], list[list[int]]], *, host: str = "127.0.0.1",
-                 port: int = DEFAULT_PORT, batch_size: int = 32, max_texts: int = 256,
-                 max_body_bytes: int = 16 << 20, timeout_s: float = 600.0, pad_id: int = 0, max_queued: int = 64,
-                 socket_timeout_s: float = 30.0, retry_after_s: int = 5, min_bucket: int = 16):
-        for name, value in (("max_texts", max_texts), ("max_body_bytes", max_body_bytes), ("timeout_s", timeout_s),
-                            ("socket_timeout_s", socket_timeout_s), ("retry_after_s", retry_after_s)):
+    def __init__(
+        self,
+        probe: Any,
+        encode: Callable[[list[str]], list[list[int]]],
+        *,
+        host: str = "127.0.0.1",
+        port: int = DEFAULT_PORT,
+        batch_size: int = 32,
+        max_texts: int = 256,
+        max_body_bytes: int = 16 << 20,
+        timeout_s: float = 600.0,
+        pad_id: int = 0,
+        max_queued: int = 64,
+        socket_timeout_s: float = 30.0,
+        retry_after_s: int = 5,
+        min_bucket: int = 16,
+    ):
+        for name, value in (
+            ("max_texts", max_texts),
+            ("max_body_bytes", max_body_bytes),
+            ("timeout_s", timeout_s),
+            ("socket_timeout_s", socket_timeout_s),
+            ("retry_after_s", retry_after_s),
+        ):
             if not value > 0 or (isinstance(value, float) and math.isinf(value)):
                 raise ValueError(f"InfluenceServer: {name}={value} must be a finite number > 0")
         self.scoring = ScoringQueue(probe, batch_size, pad_id, max_queued, min_bucket)
-        handler = make_handler(self.scoring, encode, max_texts=max_texts, max_body_bytes=max_body_bytes,
-                               timeout_s=timeout_s, socket_timeout_s=socket_timeout_s,
-                               retry_after_s=int(math.ceil(retry_after_s)))
+        handler = make_handler(
+            self.scoring,
+            encode,
+            max_texts=max_texts,
+            max_body_bytes=max_body_bytes,
+            timeout_s=timeout_s,
+            socket_timeout_s=socket_timeout_s,
+            retry_after_s=int(math.ceil(retry_after_s)),
+        )
         try:
             self.httpd = _HTTPServer((host, port), handler)
         except BaseException:
@@ -374,7 +429,7 @@ class InfluenceServer:
     def address(self) -> tuple[str, int]:
         return self.httpd.server_address[:2]
 
-    def start(self) -> "InfluenceServer":
+    def start(self) -> InfluenceServer:
         self._thread = threading.Thread(target=self.httpd.serve_forever, name="influence-http", daemon=True)
         self._thread.start()
         return self

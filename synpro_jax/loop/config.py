@@ -4,8 +4,9 @@ and evaluation. The stages' own settings come from their usual gin configurables
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 import dataclasses
-from typing import Any, Mapping
+from typing import Any
 
 from synpro_jax.loop.plan import METHODS, GeneratorSpec
 
@@ -42,8 +43,10 @@ class LoopConfig:
             raise ValueError(f"LoopConfig.rounds={self.rounds!r}: a non-negative integer (rounds after round 0)")
         steps = (self.steps,) if isinstance(self.steps, int) else tuple(self.steps or ())
         if len(steps) != self.rounds + 1:
-            raise ValueError(f"LoopConfig.steps={self.steps!r}: give {self.rounds + 1} step counts (round 0, then "
-                             f"each of the {self.rounds} rounds)")
+            raise ValueError(
+                f"LoopConfig.steps={self.steps!r}: give {self.rounds + 1} step counts (round 0, then "
+                f"each of the {self.rounds} rounds)"
+            )
         if any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in steps):
             raise ValueError(f"LoopConfig.steps={self.steps!r}: step counts are positive integers")
         object.__setattr__(self, "steps", steps)
@@ -58,12 +61,16 @@ class LoopConfig:
             raise ValueError("LoopConfig.generators: method 'synpro' needs at least one GeneratorSpec")
         budgets = tuple(self.oracle_budget_tokens or ())
         if ("oracle" in methods) != bool(budgets):
-            raise ValueError("LoopConfig.oracle_budget_tokens: give the oracle runs' unique-token budgets exactly "
-                             "when 'oracle' is among LoopConfig.methods")
-        if any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in budgets) \
-                or len(set(budgets)) != len(budgets):
-            raise ValueError(f"LoopConfig.oracle_budget_tokens={self.oracle_budget_tokens!r}: distinct positive "
-                             "integers")
+            raise ValueError(
+                "LoopConfig.oracle_budget_tokens: give the oracle runs' unique-token budgets exactly "
+                "when 'oracle' is among LoopConfig.methods"
+            )
+        if any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in budgets) or len(set(budgets)) != len(
+            budgets
+        ):
+            raise ValueError(
+                f"LoopConfig.oracle_budget_tokens={self.oracle_budget_tokens!r}: distinct positive integers"
+            )
         object.__setattr__(self, "oracle_budget_tokens", budgets)
         if self.mixing is not None and self.mixing != "tokens" and not isinstance(self.mixing, Mapping):
             raise ValueError(f"LoopConfig.mixing={self.mixing!r}: None, 'tokens' or a dict of rates")

@@ -18,13 +18,14 @@ the earlier stages' recorded outputs and lands on the first stage that is not do
 
 from __future__ import annotations
 
+from collections.abc import Callable
 import dataclasses
 import hashlib
 import json
 import logging
 import os
 import time
-from typing import Any, Callable
+from typing import Any
 
 from etils.epath import Path
 
@@ -57,8 +58,10 @@ def first_difference(old: Any, new: Any, path: str = "") -> str | None:
         for key in sorted(set(old) | set(new)):
             where = f"{path}.{key}" if path else str(key)
             if key not in old or key not in new:
-                return f"{where}: {'absent' if key not in old else repr(old[key])} then, " \
-                       f"{'absent' if key not in new else repr(new[key])} now"
+                return (
+                    f"{where}: {'absent' if key not in old else repr(old[key])} then, "
+                    f"{'absent' if key not in new else repr(new[key])} now"
+                )
             found = first_difference(old[key], new[key], where)
             if found:
                 return found
@@ -115,17 +118,22 @@ class Manifest:
         try:
             data = json.loads(self.path.read_text())
         except (OSError, json.JSONDecodeError) as e:
-            raise ManifestError(f"{self.path}: unreadable ({e}); it is written atomically, so this file was "
-                                "changed by hand or by another program") from None
+            raise ManifestError(
+                f"{self.path}: unreadable ({e}); it is written atomically, so this file was "
+                "changed by hand or by another program"
+            ) from None
         if data.get("version") != VERSION:
-            raise ManifestError(f"{self.path}: manifest version {data.get('version')!r}, this synpro_jax writes "
-                                f"{VERSION}")
+            raise ManifestError(
+                f"{self.path}: manifest version {data.get('version')!r}, this synpro_jax writes {VERSION}"
+            )
         if self.config is None:
             self.config = data.get("config", {})
         found = first_difference(data.get("config", {}), self.config)
         if found:
-            raise ManifestError(f"{self.path} was made by a run with another configuration: {found}. Use a new "
-                                "run directory (or restore the old setting)")
+            raise ManifestError(
+                f"{self.path} was made by a run with another configuration: {found}. Use a new "
+                "run directory (or restore the old setting)"
+            )
         for item in data.get("stages", []):
             record = StageRecord(**item)
             self.stages[record.key] = record
@@ -133,14 +141,26 @@ class Manifest:
     def _save(self) -> None:
         if not self.is_writer:
             return
-        atomic.write_json(self.path, {"version": VERSION, "config": self.config,
-                                      "stages": [dataclasses.asdict(s) for s in self.stages.values()]})
+        atomic.write_json(
+            self.path,
+            {
+                "version": VERSION,
+                "config": self.config,
+                "stages": [dataclasses.asdict(s) for s in self.stages.values()],
+            },
+        )
 
     def record(self, round_: int, name: str) -> StageRecord | None:
         return self.stages.get(f"r{round_}/{name}")
 
-    def run(self, round_: int, name: str, inputs: dict, fn: Callable[[], dict],
-            outputs_ok: Callable[[dict], bool] = lambda outputs: True) -> dict:
+    def run(
+        self,
+        round_: int,
+        name: str,
+        inputs: dict,
+        fn: Callable[[], dict],
+        outputs_ok: Callable[[dict], bool] = lambda outputs: True,
+    ) -> dict:
         """Run stage ``name`` of round ``round_`` unless it is already done with these inputs.
 
         ``fn()`` does the stage's work (resuming whatever it finds) and returns its outputs (JSON-able: paths,
@@ -153,8 +173,10 @@ class Manifest:
         old = self.stages.get(key)
         if old is not None and old.fingerprint != fp:
             found = first_difference(old.inputs, inputs)
-            raise ManifestError(f"{self.path}: stage {key} was recorded with other inputs: {found}. Use a new run "
-                                "directory, or remove that stage's outputs and manifest entry on purpose")
+            raise ManifestError(
+                f"{self.path}: stage {key} was recorded with other inputs: {found}. Use a new run "
+                "directory, or remove that stage's outputs and manifest entry on purpose"
+            )
         if old is not None and old.status == DONE:
             if outputs_ok(old.outputs):
                 log.info("loop: %s is done (fingerprint %s): skipped", key, fp)
@@ -174,5 +196,12 @@ class Manifest:
 
     def summary(self) -> list[dict]:
         """One line per stage, in order: key, status, how many starts, seconds."""
-        return [{"stage": s.key, "status": s.status, "runs": s.runs,
-                 "seconds": round((s.finished or time.time()) - s.started, 1)} for s in self.stages.values()]
+        return [
+            {
+                "stage": s.key,
+                "status": s.status,
+                "runs": s.runs,
+                "seconds": round((s.finished or time.time()) - s.started, 1),
+            }
+            for s in self.stages.values()
+        ]

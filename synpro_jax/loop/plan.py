@@ -22,8 +22,8 @@ per round, so a SynPro run and its baselines line up round by round in one exper
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 import dataclasses
-from typing import Sequence
 
 __all__ = ["GeneratorSpec", "StagePlan", "plan_rounds", "METHODS", "MODES"]
 
@@ -57,18 +57,22 @@ class GeneratorSpec:
         if self.train_rounds is not None:
             rounds = tuple(self.train_rounds)
             if any(isinstance(r, bool) or not isinstance(r, int) or r < 1 for r in rounds):
-                raise ValueError(f"GeneratorSpec({self.name}).train_rounds={self.train_rounds!r}: rounds are "
-                                 "integers >= 1")
+                raise ValueError(
+                    f"GeneratorSpec({self.name}).train_rounds={self.train_rounds!r}: rounds are integers >= 1"
+                )
             object.__setattr__(self, "train_rounds", tuple(sorted(set(rounds))))
         if self.grpo_steps is not None:
             steps = (self.grpo_steps,) if isinstance(self.grpo_steps, int) else tuple(self.grpo_steps)
             if not steps or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in steps):
-                raise ValueError(f"GeneratorSpec({self.name}).grpo_steps={self.grpo_steps!r}: a positive integer "
-                                 "or a tuple of them (one per training round)")
+                raise ValueError(
+                    f"GeneratorSpec({self.name}).grpo_steps={self.grpo_steps!r}: a positive integer "
+                    "or a tuple of them (one per training round)"
+                )
             object.__setattr__(self, "grpo_steps", steps)
         if self.mode == "as_is" and self.train_rounds:
-            raise ValueError(f"GeneratorSpec({self.name}): mode 'as_is' is never GRPO-trained, so train_rounds "
-                             "must be empty")
+            raise ValueError(
+                f"GeneratorSpec({self.name}): mode 'as_is' is never GRPO-trained, so train_rounds must be empty"
+            )
 
     def steps_in(self, round_: int) -> int | None:
         """GRPO steps of its training in ``round_`` (None: the GRPORunConfig's)."""
@@ -117,8 +121,9 @@ def plan_rounds(rounds: int, generators: Sequence[GeneratorSpec] = (), method: s
     for g in generators:
         late = [r for r in (g.train_rounds or ()) if r > rounds]
         if late:
-            raise ValueError(f"GeneratorSpec({g.name}).train_rounds={g.train_rounds}: rounds {late} are beyond the "
-                             f"loop's {rounds}")
+            raise ValueError(
+                f"GeneratorSpec({g.name}).train_rounds={g.train_rounds}: rounds {late} are beyond the loop's {rounds}"
+            )
     plan = [StagePlan(0, "pretrain", "pretrain"), StagePlan(0, "eval", "eval", reads=("r0/pretrain",))]
     policy = {g.name: "start" for g in generators}  # the stage key each generator's current policy comes from
     synthetic: list[str] = []
@@ -129,14 +134,20 @@ def plan_rounds(rounds: int, generators: Sequence[GeneratorSpec] = (), method: s
             for g in generators:
                 if g.trains_in(r):
                     start = "start" if g.mode == "fresh" else policy[g.name]
-                    stage = StagePlan(r, f"grpo_{g.name}", "grpo", g.name, reads=(previous, f"r{r}/probe"),
-                                      policy_from=start)
+                    stage = StagePlan(
+                        r, f"grpo_{g.name}", "grpo", g.name, reads=(previous, f"r{r}/probe"), policy_from=start
+                    )
                     plan.append(stage)
                     policy[g.name] = stage.key
             for g in generators:
-                stage = StagePlan(r, f"synthesize_{g.name}", "synthesize", g.name,
-                                  reads=(() if policy[g.name] == "start" else (policy[g.name],)),
-                                  policy_from=policy[g.name])
+                stage = StagePlan(
+                    r,
+                    f"synthesize_{g.name}",
+                    "synthesize",
+                    g.name,
+                    reads=(() if policy[g.name] == "start" else (policy[g.name],)),
+                    policy_from=policy[g.name],
+                )
                 plan.append(stage)
                 synthetic.append(stage.key)
         plan.append(StagePlan(r, "pretrain", "pretrain", reads=(previous, *synthetic), synthetic=tuple(synthetic)))

@@ -45,8 +45,9 @@ EXIT_PREEMPTED = 143  # as the trainers (128 + SIGTERM): rerun the same command 
 def stage_order(cfg: LoopConfig) -> list[tuple[str, str, int | None, StagePlan]]:
     """(run, method, oracle budget, stage) in the order they run: round 0 once, then each round for every run."""
     runs = method_names(cfg)
-    plans = {name: plan_rounds(cfg.rounds, cfg.generators if method == "synpro" else (), method)
-             for name, method, _ in runs}
+    plans = {
+        name: plan_rounds(cfg.rounds, cfg.generators if method == "synpro" else (), method) for name, method, _ in runs
+    }
     order = [(runs[0][0], runs[0][1], None, p) for p in plans[runs[0][0]] if p.round == 0]
     for r in range(1, cfg.rounds + 1):
         for name, method, budget in runs:
@@ -150,8 +151,16 @@ def _plot(path: Path, curves: dict[str, dict]) -> None:
         ends = max(ends, c["round_ends"], key=len)
     for r, x in enumerate(ends):
         ax.axvline(x, color="grey", ls="--", lw=0.8)
-        ax.annotate(f"end of r{r}", (x, 1), xycoords=("data", "axes fraction"), rotation=90, va="top", ha="right",
-                    fontsize=7, color="grey")
+        ax.annotate(
+            f"end of r{r}",
+            (x, 1),
+            xycoords=("data", "axes fraction"),
+            rotation=90,
+            va="top",
+            ha="right",
+            fontsize=7,
+            color="grey",
+        )
     ax.set_xlabel("pretraining tokens")
     ax.set_ylabel("validation loss (nats/token)")
     ax.set_title("SynPro loop: validation loss by round")
@@ -166,11 +175,19 @@ def _effective(cfg: LoopConfig, final: dict[str, dict]) -> dict:
     effective tokens and multiplier over repetition."""
     from synpro_jax.eval import effective_tokens as et
 
-    oracle = {run: o for run, o in final.items() if (run == "repetition" or run.startswith("oracle_"))
-              and o.get("val_loss") is not None and o.get("organic_tokens")}
+    oracle = {
+        run: o
+        for run, o in final.items()
+        if (run == "repetition" or run.startswith("oracle_"))
+        and o.get("val_loss") is not None
+        and o.get("organic_tokens")
+    }
     if len({o["organic_tokens"] for o in oracle.values()}) < 3:
-        return {"status": "not_fitted", "note": f"{len(oracle)} oracle point(s) (repetition and oracle runs at "
-                "distinct unique-token budgets); the fit L(D) = E + B / D^beta needs at least 3"}
+        return {
+            "status": "not_fitted",
+            "note": f"{len(oracle)} oracle point(s) (repetition and oracle runs at "
+            "distinct unique-token budgets); the fit L(D) = E + B / D^beta needs at least 3",
+        }
     fit = et.fit_oracle([o["organic_tokens"] for o in oracle.values()], [o["val_loss"] for o in oracle.values()])
     out = {"status": "fitted", "fit": fit.to_json(), "runs": {}}
     rep = final.get("repetition", {}).get("val_loss")
@@ -192,17 +209,28 @@ def _summary(exp: stages.Experiment, done: dict[str, dict], runs: list[str], pre
             pre, ev = (done.get(_resolver(run)(f"r{r}/{name}")) for name in ("pretrain", "eval"))
             if pre is None:
                 break
-            rounds.append({"round": r, "train_step": pre["train_step"], "tokens": pre["tokens"],
-                           "organic_rows": pre.get("organic_rows"),
-                           "organic_unique_tokens": pre.get("organic_unique_tokens"),
-                           "val_loss": pre.get("val_loss"), "plateaued": pre.get("plateaued"),
-                           **({"eval": {"tasks": ev["tasks"], "perplexity": ev["perplexity"]}} if ev else {})})
-            final[run] = {"val_loss": pre.get("val_loss"), "organic_tokens": pre.get("organic_tokens"),
-                          "round": r}
+            rounds.append(
+                {
+                    "round": r,
+                    "train_step": pre["train_step"],
+                    "tokens": pre["tokens"],
+                    "organic_rows": pre.get("organic_rows"),
+                    "organic_unique_tokens": pre.get("organic_unique_tokens"),
+                    "val_loss": pre.get("val_loss"),
+                    "plateaued": pre.get("plateaued"),
+                    **({"eval": {"tasks": ev["tasks"], "perplexity": ev["perplexity"]}} if ev else {}),
+                }
+            )
+            final[run] = {"val_loss": pre.get("val_loss"), "organic_tokens": pre.get("organic_tokens"), "round": r}
         per_run[run] = rounds
     complete = all(len(per_run[r]) == exp.cfg.rounds + 1 for r in runs)
-    return {"out_dir": str(exp.root), "preempted": preempted, "complete": complete, "runs": per_run,
-            "effective_tokens": _effective(exp.cfg, final) if complete else {"status": "incomplete"}}
+    return {
+        "out_dir": str(exp.root),
+        "preempted": preempted,
+        "complete": complete,
+        "runs": per_run,
+        "effective_tokens": _effective(exp.cfg, final) if complete else {"status": "incomplete"},
+    }
 
 
 def run_loop(cfg: LoopConfig, model, data, progress: bool = True) -> dict:
@@ -241,8 +269,13 @@ def run_loop(cfg: LoopConfig, model, data, progress: bool = True) -> dict:
                 call = stages.evaluate(exp, run, plan, done, resolve)
             key = f"r{plan.round}/{call.name}"
             record = manifest.record(plan.round, call.name)
-            state = "done, skipping" if record is not None and record.status == "done" else \
-                "resuming" if record is not None else "starting"
+            state = (
+                "done, skipping"
+                if record is not None and record.status == "done"
+                else "resuming"
+                if record is not None
+                else "starting"
+            )
             if writer:
                 print(f"[loop {i}/{len(order)} | {time.perf_counter() - t0:,.0f}s] {key}: {state}", flush=True)
             start = time.perf_counter()
@@ -256,10 +289,16 @@ def run_loop(cfg: LoopConfig, model, data, progress: bool = True) -> dict:
             # The next stage reads what this one wrote (process 0 alone writes exports, summaries, manifests).
             distributed.barrier(f"loop {key}")
             if writer:
-                notes = ", ".join(f"{k} {outputs[k]:.4g}" if isinstance(outputs[k], float) else f"{k} {outputs[k]}"
-                                  for k in ("train_step", "val_loss", "steps", "records") if outputs.get(k) is not None)
-                print(f"[loop {i}/{len(order)}] {key}: done in {time.perf_counter() - start:,.1f}s"
-                      f"{' | ' + notes if notes else ''}", flush=True)
+                notes = ", ".join(
+                    f"{k} {outputs[k]:.4g}" if isinstance(outputs[k], float) else f"{k} {outputs[k]}"
+                    for k in ("train_step", "val_loss", "steps", "records")
+                    if outputs.get(k) is not None
+                )
+                print(
+                    f"[loop {i}/{len(order)}] {key}: done in {time.perf_counter() - start:,.1f}s"
+                    f"{' | ' + notes if notes else ''}",
+                    flush=True,
+                )
             board.stage([run] if plan.round else runs, exp, plan, outputs)
             if writer and plan.kind == "pretrain":
                 _plot(root / "loop_summary.png", _curves(exp, done, runs))

@@ -13,10 +13,11 @@ experiment directory, so the directory can move), the work, and the check that i
 
 from __future__ import annotations
 
+from collections.abc import Callable
 import dataclasses
 import json
 import logging
-from typing import Any, Callable
+from typing import Any
 
 from etils.epath import Path
 
@@ -79,8 +80,10 @@ class Experiment:
         if isinstance(spec, TrainedSentencePiece):
             return str(Path(self.data.cache_dir) / f"{self.data.corpus}_sp{spec.size}.model")
         if isinstance(spec, PassthroughVocabulary):
-            raise ValueError("synpro.DataConfig.vocabulary is a PassthroughVocabulary (token ids, no text): the "
-                             "probe, generators and evaluation need a text vocabulary")
+            raise ValueError(
+                "synpro.DataConfig.vocabulary is a PassthroughVocabulary (token ids, no text): the "
+                "probe, generators and evaluation need a text vocabulary"
+            )
         return str(spec)
 
     def training_documents(self) -> list[str]:
@@ -100,14 +103,15 @@ class Experiment:
                 atomic.write_text(path, text)
         return self._documents
 
-
     def check_generators(self) -> None:
         """The generators' starting points and the text vocabulary they and the probe need."""
         self.vocabulary_path()
         for spec in self.cfg.generators:
             if spec.start != ROUND0_START and not (Path(spec.start) / "config.json").exists():
-                raise ValueError(f"GeneratorSpec({spec.name}).start={spec.start}: not an HF OLMo-2 directory (no "
-                                 f"config.json); give one, or {ROUND0_START!r} to start from round 0's LM")
+                raise ValueError(
+                    f"GeneratorSpec({spec.name}).start={spec.start}: not an HF OLMo-2 directory (no "
+                    f"config.json); give one, or {ROUND0_START!r} to start from round 0's LM"
+                )
 
     # --- the policy a generator stage starts from ---------------------------------------------------------------
     def policy(self, spec: GeneratorSpec, plan: StagePlan, outputs: dict[str, dict], resolve) -> tuple[str, bool]:
@@ -146,8 +150,10 @@ def _mixing(exp: Experiment, synthetic: list[tuple[str, int]]) -> Any:
     known = {"organic", *names, *(g for g, _ in synthetic)}
     unknown = sorted(set(mixing) - known)
     if unknown:
-        raise ValueError(f"LoopConfig.mixing names {unknown}; this round's mixture has organic and {sorted(names)} "
-                         "(a generator's name splits its rate over its rounds)")
+        raise ValueError(
+            f"LoopConfig.mixing names {unknown}; this round's mixture has organic and {sorted(names)} "
+            "(a generator's name splits its rate over its rounds)"
+        )
     rates = {"organic": mixing["organic"]} if "organic" in mixing else {}
     for g, r in synthetic:
         short = f"{g}_r{r}"
@@ -176,44 +182,66 @@ def pretrain(exp: Experiment, run: str, plan: StagePlan, budget: int | None, out
         data = dataclasses.replace(data, organic_budget_tokens=budget)
     if synthetic:
         data = dataclasses.replace(
-            data, synthetic=tuple(SyntheticShards(g, r, str(exp.path(d) / "*.jsonl")) for g, r, d in synthetic),
-            mixing=_mixing(exp, [(g, r) for g, r, _ in synthetic]))
-    inputs = {"kind": "pretrain", "steps": steps, "stop_on_plateau": plateau,
-              "init_from": None if previous is None else {"dir": previous["dir"], "step": previous["train_step"]},
-              "synthetic": [{"generator": g, "round": r, "dir": d} for g, r, d in synthetic],
-              "mixing": data.mixing if synthetic else None, "organic_budget_tokens": data.organic_budget_tokens}
+            data,
+            synthetic=tuple(SyntheticShards(g, r, str(exp.path(d) / "*.jsonl")) for g, r, d in synthetic),
+            mixing=_mixing(exp, [(g, r) for g, r, _ in synthetic]),
+        )
+    inputs = {
+        "kind": "pretrain",
+        "steps": steps,
+        "stop_on_plateau": plateau,
+        "init_from": None if previous is None else {"dir": previous["dir"], "step": previous["train_step"]},
+        "synthetic": [{"generator": g, "round": r, "dir": d} for g, r, d in synthetic],
+        "mixing": data.mixing if synthetic else None,
+        "organic_budget_tokens": data.organic_budget_tokens,
+    }
     data_start = {}
     if previous is not None:
         # The data goes on where the previous stage left it: each stream it read continues from the rows read (by
         # token position and stream identity, see data/mixture.py); a stream new in this round starts at row 0.
         if "data" not in previous:
-            raise ValueError(f"{resolve(plan.reads[0])} was recorded without its data position (by an older "
-                             "synpro_jax): continue this experiment from that round with the synpro_jax that made it, "
-                             "or start a new experiment directory")
-        data_start = {name: {"tokens": d["position_tokens"], "stream": d["stream"]}
-                      for name, d in previous["data"].items()}
+            raise ValueError(
+                f"{resolve(plan.reads[0])} was recorded without its data position (by an older "
+                "synpro_jax): continue this experiment from that round with the synpro_jax that made it, "
+                "or start a new experiment directory"
+            )
+        data_start = {
+            name: {"tokens": d["position_tokens"], "stream": d["stream"]} for name, d in previous["data"].items()
+        }
         inputs["data_start"] = data_start
 
     def work() -> dict:
         from synpro_jax.data.tasks import organic_task_name
 
-        trainer = gin_make("synpro.TrainerConfig", out_dir=str(exp.path(rel)), num_steps=steps,
-                           stop_on_plateau=plateau, data_start=data_start)
+        trainer = gin_make(
+            "synpro.TrainerConfig",
+            out_dir=str(exp.path(rel)),
+            num_steps=steps,
+            stop_on_plateau=plateau,
+            data_start=data_start,
+        )
         init_from = None if previous is None else str(exp.path(previous["dir"]))
         summary = configs.pretrain(model=exp.model, trainer=trainer, data=data, init_from=init_from)
         if summary.get("preempted"):
             raise StagePreempted(f"pretraining {rel} stopped at step {summary['step']}")
         train_step = int(summary.get("start_step", 0)) + int(summary["step"])
         organic = summary["data"].get(organic_task_name(data.corpus), {})
-        return {"dir": rel, "step": int(summary["step"]), "train_step": train_step,
-                "start_step": int(summary.get("start_step", 0)),
-                "tokens_per_step": trainer.global_batch * trainer.seq_len,
-                "tokens": train_step * trainer.global_batch * trainer.seq_len,
-                "val_loss": summary.get("val_loss"), "loss": summary.get("loss"),
-                "plateaued": bool(summary.get("plateaued")), "organic_tokens": summary.get("organic_tokens"),
-                # what this stage read: organic rows and the distinct organic tokens among them, and per stream
-                "organic_rows": organic.get("rows"), "organic_unique_tokens": organic.get("unique_tokens"),
-                "data": summary["data"]}
+        return {
+            "dir": rel,
+            "step": int(summary["step"]),
+            "train_step": train_step,
+            "start_step": int(summary.get("start_step", 0)),
+            "tokens_per_step": trainer.global_batch * trainer.seq_len,
+            "tokens": train_step * trainer.global_batch * trainer.seq_len,
+            "val_loss": summary.get("val_loss"),
+            "loss": summary.get("loss"),
+            "plateaued": bool(summary.get("plateaued")),
+            "organic_tokens": summary.get("organic_tokens"),
+            # what this stage read: organic rows and the distinct organic tokens among them, and per stream
+            "organic_rows": organic.get("rows"),
+            "organic_unique_tokens": organic.get("unique_tokens"),
+            "data": summary["data"],
+        }
 
     def ok(o: dict) -> bool:
         return (exp.path(o["dir"]) / "checkpoints" / str(o["step"])).is_dir()
@@ -229,13 +257,16 @@ def probe(exp: Experiment, run: str, plan: StagePlan, outputs: dict, resolve) ->
     inputs = {"kind": "probe", "theta": {"dir": theta["dir"], "step": theta["train_step"]}}
 
     def work() -> dict:
-        result = configs.probe(model=exp.model, checkpoint=str(exp.path(theta["dir"])),
-                               vocabulary=exp.vocabulary_path(), out_dir=str(exp.path(rel)))
+        result = configs.probe(
+            model=exp.model,
+            checkpoint=str(exp.path(theta["dir"])),
+            vocabulary=exp.vocabulary_path(),
+            out_dir=str(exp.path(rel)),
+        )
         result = {**_scalars(result), "scores": _rel(exp, result["scores"])} if "scores" in result else result
         return {"dir": rel, "finetuned": f"{rel}/finetuned", **_scalars(result)}
 
-    return StageCall(stage_name(run, plan), inputs, work,
-                     lambda o: (exp.path(o["finetuned"]) / "config.json").exists())
+    return StageCall(stage_name(run, plan), inputs, work, lambda o: (exp.path(o["finetuned"]) / "config.json").exists())
 
 
 def grpo(exp: Experiment, run: str, plan: StagePlan, spec: GeneratorSpec, outputs: dict, resolve) -> StageCall:
@@ -249,27 +280,44 @@ def grpo(exp: Experiment, run: str, plan: StagePlan, spec: GeneratorSpec, output
     policy, is_run = exp.policy(spec, plan, outputs, resolve)
     steps = spec.steps_in(plan.round)
     prompts = exp.cfg.grpo_prompts or exp.data.organic
-    inputs = {"kind": "grpo", "generator": spec.name, "operation": spec.operation, "policy": _rel(exp, policy),
-              "steps": steps, "prompts": list(prompts), "theta": {"dir": theta["dir"], "step": theta["train_step"]},
-              "finetuned": tuned["finetuned"]}
+    inputs = {
+        "kind": "grpo",
+        "generator": spec.name,
+        "operation": spec.operation,
+        "policy": _rel(exp, policy),
+        "steps": steps,
+        "prompts": list(prompts),
+        "theta": {"dir": theta["dir"], "step": theta["train_step"]},
+        "finetuned": tuned["finetuned"],
+    }
 
     def work() -> dict:
         with gin.config_scope(spec.name):
-            run_cfg = gin_make("synpro.GRPORunConfig", out_dir=str(exp.path(rel)),
-                               **({} if steps is None else {"num_steps": steps}))
+            run_cfg = gin_make(
+                "synpro.GRPORunConfig", out_dir=str(exp.path(rel)), **({} if steps is None else {"num_steps": steps})
+            )
             rewards = gin_make("synpro.RewardsConfig", operation=spec.operation)
-            summary = configs.grpo(generator=policy, prompts=prompts, run=run_cfg, rewards=rewards,
-                                   influence_checkpoint=str(exp.path(theta["dir"])),
-                                   influence_finetuned=str(exp.path(tuned["finetuned"])),
-                                   influence_model=exp.model, influence_vocabulary=exp.vocabulary_path(),
-                                   **exp.generator_args(policy, is_run))
+            summary = configs.grpo(
+                generator=policy,
+                prompts=prompts,
+                run=run_cfg,
+                rewards=rewards,
+                influence_checkpoint=str(exp.path(theta["dir"])),
+                influence_finetuned=str(exp.path(tuned["finetuned"])),
+                influence_model=exp.model,
+                influence_vocabulary=exp.vocabulary_path(),
+                **exp.generator_args(policy, is_run),
+            )
         if summary.get("preempted"):
             raise StagePreempted(f"GRPO {rel} stopped at step {summary['steps']}")
-        return {"dir": rel, "export": f"{rel}/export", "steps": int(summary["steps"]),
-                "last_rewards": summary.get("last_rewards", {})}
+        return {
+            "dir": rel,
+            "export": f"{rel}/export",
+            "steps": int(summary["steps"]),
+            "last_rewards": summary.get("last_rewards", {}),
+        }
 
-    return StageCall(stage_name(run, plan), inputs, work,
-                     lambda o: (exp.path(o["export"]) / "config.json").exists())
+    return StageCall(stage_name(run, plan), inputs, work, lambda o: (exp.path(o["export"]) / "config.json").exists())
 
 
 def synthesize(exp: Experiment, run: str, plan: StagePlan, spec: GeneratorSpec, outputs: dict, resolve) -> StageCall:
@@ -280,18 +328,36 @@ def synthesize(exp: Experiment, run: str, plan: StagePlan, spec: GeneratorSpec, 
 
     rel = exp.stage_dir(run, plan)
     policy, is_run = exp.policy(spec, plan, outputs, resolve)
-    inputs = {"kind": "synthesize", "generator": spec.name, "operation": spec.operation, "round": plan.round,
-              "policy": _rel(exp, policy), "shards": list(exp.data.organic),
-              "documents": selection_identity(exp.training_documents())}
+    inputs = {
+        "kind": "synthesize",
+        "generator": spec.name,
+        "operation": spec.operation,
+        "round": plan.round,
+        "policy": _rel(exp, policy),
+        "shards": list(exp.data.organic),
+        "documents": selection_identity(exp.training_documents()),
+    }
 
     def work() -> dict:
         with gin.config_scope(spec.name):
             settings = gin_make("synpro.SynthesisConfig", operation=spec.operation, round=plan.round)
-            manifest = configs.synthesize(generator=policy, shards=exp.data.organic, out_dir=str(exp.path(rel)),
-                                          settings=settings, documents=exp.training_documents(),
-                                          progress=exp.progress, **exp.generator_args(policy, is_run))
-        return {"dir": rel, "generator": spec.name, "operation": spec.operation, "round": plan.round,
-                "generator_step": manifest["generator_step"], **tally_records(exp.path(rel))}
+            manifest = configs.synthesize(
+                generator=policy,
+                shards=exp.data.organic,
+                out_dir=str(exp.path(rel)),
+                settings=settings,
+                documents=exp.training_documents(),
+                progress=exp.progress,
+                **exp.generator_args(policy, is_run),
+            )
+        return {
+            "dir": rel,
+            "generator": spec.name,
+            "operation": spec.operation,
+            "round": plan.round,
+            "generator_step": manifest["generator_step"],
+            **tally_records(exp.path(rel)),
+        }
 
     def ok(o: dict) -> bool:
         d = exp.path(o["dir"])
@@ -322,9 +388,15 @@ def evaluate(exp: Experiment, run: str, plan: StagePlan, outputs: dict, resolve)
     rel = exp.stage_dir(run, plan)
     trained = outputs[resolve(plan.reads[0])]
     cfg = exp.cfg
-    inputs = {"kind": "eval", "checkpoint": {"dir": trained["dir"], "step": trained["train_step"]},
-              "tasks": list(cfg.eval_tasks), "ppl": list(cfg.eval_ppl), "limit": cfg.eval_limit,
-              "ppl_limit": cfg.eval_ppl_limit, "data_root": cfg.eval_data_root}
+    inputs = {
+        "kind": "eval",
+        "checkpoint": {"dir": trained["dir"], "step": trained["train_step"]},
+        "tasks": list(cfg.eval_tasks),
+        "ppl": list(cfg.eval_ppl),
+        "limit": cfg.eval_limit,
+        "ppl_limit": cfg.eval_ppl_limit,
+        "data_root": cfg.eval_data_root,
+    }
 
     def work() -> dict:
         results: dict = {"checkpoint": trained["dir"], "step": trained["train_step"], "tasks": {}, "perplexity": {}}
@@ -337,21 +409,38 @@ def evaluate(exp: Experiment, run: str, plan: StagePlan, outputs: dict, resolve)
             vocab = exp.vocabulary_path()
             mesh = sharding.single_device_mesh()
             loaded = params_io.load(exp.model, mesh, exp.path(trained["dir"]))
-            results = eval_run.evaluate(exp.path(trained["dir"]), cfg.eval_tasks, ppl=cfg.eval_ppl, vocab=vocab,
-                                        data_root=cfg.eval_data_root, limit=cfg.eval_limit,
-                                        ppl_limit=cfg.eval_ppl_limit, rows=cfg.eval_rows, progress=exp.progress,
-                                        model=(exp.model, loaded.params, loaded.step, load_vocabulary(vocab)))
+            results = eval_run.evaluate(
+                exp.path(trained["dir"]),
+                cfg.eval_tasks,
+                ppl=cfg.eval_ppl,
+                vocab=vocab,
+                data_root=cfg.eval_data_root,
+                limit=cfg.eval_limit,
+                ppl_limit=cfg.eval_ppl_limit,
+                rows=cfg.eval_rows,
+                progress=exp.progress,
+                model=(exp.model, loaded.params, loaded.step, load_vocabulary(vocab)),
+            )
             results["checkpoint"] = trained["dir"]
             del loaded
         results.update({"val_loss": trained.get("val_loss"), "tokens": trained.get("tokens")})
         if jax.process_index() == 0:
             atomic.write_json(exp.path(rel) / "eval.json", results)
-        tasks = {name: {k: v for k, v in t.items() if k in ("acc", "acc_norm", "items")}
-                 for name, t in results["tasks"].items()}
-        ppl = {name: {k: v for k, v in p.items() if k in ("ppl", "nll", "bits_per_byte", "tokens")}
-               for name, p in results["perplexity"].items()}
-        return {"dir": rel, "file": f"{rel}/eval.json", "val_loss": trained.get("val_loss"),
-                "tokens": trained.get("tokens"), "tasks": tasks, "perplexity": ppl}
+        tasks = {
+            name: {k: v for k, v in t.items() if k in ("acc", "acc_norm", "items")}
+            for name, t in results["tasks"].items()
+        }
+        ppl = {
+            name: {k: v for k, v in p.items() if k in ("ppl", "nll", "bits_per_byte", "tokens")}
+            for name, p in results["perplexity"].items()
+        }
+        return {
+            "dir": rel,
+            "file": f"{rel}/eval.json",
+            "val_loss": trained.get("val_loss"),
+            "tokens": trained.get("tokens"),
+            "tasks": tasks,
+            "perplexity": ppl,
+        }
 
-    return StageCall(stage_name(run, plan), inputs, work,
-                     lambda o: exp.path(o["file"]).exists())
+    return StageCall(stage_name(run, plan), inputs, work, lambda o: exp.path(o["file"]).exists())

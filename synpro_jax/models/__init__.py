@@ -19,10 +19,29 @@ from synpro_jax.models.presets import PRESETS, describe_presets, get_preset
 Params = Any
 
 __all__ = [
-    "ModelConfig", "PRESETS", "get_preset", "describe_presets", "Decoder", "forward", "init_params", "random_params",
-    "abstract_params", "param_logical_axes", "param_shardings", "LossSums", "loss_sums", "chunked_loss_sums",
-    "forward_loss_sums", "per_example_loss",
-    "token_nll", "KVCache", "PrefixKV", "init_cache", "forward_cached", "split_layers", "layer_params",
+    "ModelConfig",
+    "PRESETS",
+    "get_preset",
+    "describe_presets",
+    "Decoder",
+    "forward",
+    "init_params",
+    "random_params",
+    "abstract_params",
+    "param_logical_axes",
+    "param_shardings",
+    "LossSums",
+    "loss_sums",
+    "chunked_loss_sums",
+    "forward_loss_sums",
+    "per_example_loss",
+    "token_nll",
+    "KVCache",
+    "PrefixKV",
+    "init_cache",
+    "forward_cached",
+    "split_layers",
+    "layer_params",
 ]
 
 
@@ -45,8 +64,13 @@ def forward(
     serve as the ``prefix`` of a later call whose tokens follow them (see :class:`PrefixKV`).
     """
     return Decoder(cfg).apply(
-        {"params": params}, tokens, positions=positions, segment_ids=segment_ids, return_hidden=return_hidden,
-        prefix=prefix, return_kv=return_kv,
+        {"params": params},
+        tokens,
+        positions=positions,
+        segment_ids=segment_ids,
+        return_hidden=return_hidden,
+        prefix=prefix,
+        return_kv=return_kv,
     )
 
 
@@ -131,8 +155,9 @@ def random_params(cfg: ModelConfig, rng: jax.Array) -> Params:
     return nn.unbox(_boxed_init(cfg, rng))
 
 
-def init_params(cfg: ModelConfig, rng: jax.Array, mesh: Mesh | None = None,
-                rules: sharding.Rules = sharding.DEFAULT_RULES) -> Params:
+def init_params(
+    cfg: ModelConfig, rng: jax.Array, mesh: Mesh | None = None, rules: sharding.Rules = sharding.DEFAULT_RULES
+) -> Params:
     """Random float32 parameters; created directly in their shards when a mesh is given."""
     init = functools.partial(random_params, cfg)
     if mesh is None:

@@ -34,8 +34,14 @@ def attention_mask(q_segments: jax.Array, k_segments: jax.Array, q_index: jax.Ar
     return causal & same_doc
 
 
-def dot_product_attention(q: jax.Array, kh: jax.Array, vh: jax.Array, mask: jax.Array,
-                          prefix: tuple[jax.Array, jax.Array] | None = None, repeat: int = 1) -> jax.Array:
+def dot_product_attention(
+    q: jax.Array,
+    kh: jax.Array,
+    vh: jax.Array,
+    mask: jax.Array,
+    prefix: tuple[jax.Array, jax.Array] | None = None,
+    repeat: int = 1,
+) -> jax.Array:
     """Grouped-query attention. q [B,T,H,hd], kh/vh [B,KV,S,hd] (heads ahead of slots, the KV-cache layout),
     mask [B,T,S] -> [B,T,H,hd].
 
@@ -71,8 +77,9 @@ def dot_product_attention(q: jax.Array, kh: jax.Array, vh: jax.Array, mask: jax.
     probs = jax.nn.softmax(scores, axis=-1).astype(vh.dtype).reshape(b, kv, g * t, -1)
     out = jnp.einsum("bkqs,bksd->bkqd", probs[..., s0:], vh, preferred_element_type=jnp.float32)
     if prefix is not None:
-        out = out + from_groups(jnp.einsum("bkqs,bksd->bkqd", to_groups(probs[..., :s0]), v_pre,
-                                           preferred_element_type=jnp.float32))
+        out = out + from_groups(
+            jnp.einsum("bkqs,bksd->bkqd", to_groups(probs[..., :s0]), v_pre, preferred_element_type=jnp.float32)
+        )
     return out.astype(vh.dtype).reshape(b, kv, g, t, hd).transpose(0, 3, 1, 2, 4).reshape(b, t, h, hd)
 
 
@@ -107,8 +114,9 @@ def _splash(q, k, v, segment_ids):
 
     b, t = q.shape[:2]
     if t % _SPLASH_BLOCK:
-        raise ValueError(f"ModelConfig.attention='splash' needs a sequence length that is a multiple of "
-                         f"{_SPLASH_BLOCK}; got {t}")
+        raise ValueError(
+            f"ModelConfig.attention='splash' needs a sequence length that is a multiple of {_SPLASH_BLOCK}; got {t}"
+        )
     segment_ids = jnp.ones((b, t), jnp.int32) if segment_ids is None else segment_ids.astype(jnp.int32)
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty:
@@ -121,8 +129,12 @@ def _splash(q, k, v, segment_ids):
         spec_q = PartitionSpec(*tuple(spec_q)[:1])
         spec_kv = PartitionSpec(*tuple(spec_kv)[:1])
     spec_seg = PartitionSpec(*tuple(spec_q)[:1])
-    fn = jax.shard_map(functools.partial(_splash_local, sa=sa), in_specs=(spec_q, spec_kv, spec_kv, spec_seg),
-                       out_specs=spec_q, check_vma=False)
+    fn = jax.shard_map(
+        functools.partial(_splash_local, sa=sa),
+        in_specs=(spec_q, spec_kv, spec_kv, spec_seg),
+        out_specs=spec_q,
+        check_vma=False,
+    )
     return fn(q, k, v, segment_ids)
 
 
@@ -131,9 +143,16 @@ def _splash_local(q, k, v, segment_ids, sa):
     kv = k.shape[2]
     g = h // kv
     interpret = jax.default_backend() != "tpu"
-    block = sa.BlockSizes(block_q=_SPLASH_BLOCK, block_kv_compute=_SPLASH_BLOCK, block_kv=_SPLASH_BLOCK,
-                          block_q_dkv=_SPLASH_BLOCK, block_kv_dkv=_SPLASH_BLOCK,
-                          block_kv_dkv_compute=_SPLASH_BLOCK, block_q_dq=_SPLASH_BLOCK, block_kv_dq=_SPLASH_BLOCK)
+    block = sa.BlockSizes(
+        block_q=_SPLASH_BLOCK,
+        block_kv_compute=_SPLASH_BLOCK,
+        block_kv=_SPLASH_BLOCK,
+        block_q_dkv=_SPLASH_BLOCK,
+        block_kv_dkv=_SPLASH_BLOCK,
+        block_kv_dkv_compute=_SPLASH_BLOCK,
+        block_q_dq=_SPLASH_BLOCK,
+        block_kv_dq=_SPLASH_BLOCK,
+    )
     mask = sa.MultiHeadMask([sa.CausalMask((t, t)) for _ in range(g)])
     kernel = sa.make_splash_mqa_single_device(mask, block_sizes=block, interpret=interpret)
     # [B, KV, G, T, hd] queries (the kernel does not scale them), [B, KV, T, hd] keys and values.

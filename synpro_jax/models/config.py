@@ -70,7 +70,9 @@ class ModelConfig:
         if self.head_dim < 2 or self.head_dim % 2:
             raise ValueError(f"ModelConfig.head_dim={self.head_dim} must be even for rotary embeddings")
         if not 1 <= self.scan_unroll <= self.num_layers:
-            raise ValueError(f"ModelConfig.scan_unroll={self.scan_unroll}: must be in [1, num_layers={self.num_layers}]")
+            raise ValueError(
+                f"ModelConfig.scan_unroll={self.scan_unroll}: must be in [1, num_layers={self.num_layers}]"
+            )
         if self.dtype not in DTYPES:
             raise ValueError(f"ModelConfig.dtype={self.dtype!r}: choose one of {sorted(DTYPES)}")
         if self.rope_theta <= 0:
@@ -82,7 +84,7 @@ class ModelConfig:
     def compute_dtype(self):
         return DTYPES[self.dtype]
 
-    def replace(self, **changes) -> "ModelConfig":
+    def replace(self, **changes) -> ModelConfig:
         return dataclasses.replace(self, **changes)
 
     # --- size arithmetic -------------------------------------------------------------------------------------

@@ -6,11 +6,12 @@ NumPy only: no torch, no network. A saved directory loads in ``transformers.Auto
 
 from __future__ import annotations
 
+from collections.abc import Callable
 import json
 import math
 import os
 import tempfile
-from typing import Any, Callable
+from typing import Any
 
 from etils.epath import Path
 import jax
@@ -20,7 +21,6 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from synpro_jax import atomic
-
 from synpro_jax.models import abstract_params
 from synpro_jax.models.config import ModelConfig
 
@@ -34,6 +34,7 @@ class CheckpointError(ValueError):
 
 
 # --- config ------------------------------------------------------------------------------------------------------
+
 
 def _rope_theta(hf: dict, where: str) -> float:
     rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
@@ -108,6 +109,7 @@ def config_to_hf(cfg: ModelConfig, torch_dtype: str = "float32", extra: dict | N
 # --- tensor name mapping -------------------------------------------------------------------------------------------
 # Each entry: HF name (with {i} for the layer), path in our params, HF array -> ours, ours -> HF array.
 
+
 def _mapping(cfg: ModelConfig) -> list[tuple[str, tuple[str, ...], Callable, Callable]]:
     d, h, kv, hd = cfg.d_model, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
     t = lambda w: w.T  # noqa: E731  (torch Linear stores [out, in])
@@ -116,18 +118,42 @@ def _mapping(cfg: ModelConfig) -> list[tuple[str, tuple[str, ...], Callable, Cal
         ("model.embed_tokens.weight", ("embedding",), ident, ident),
         ("model.norm.weight", ("final_norm", "scale"), ident, ident),
         ("lm_head.weight", ("lm_head",), t, t),
-        ("model.layers.{i}.self_attn.q_proj.weight", ("layers", "attn", "q_proj", "kernel"),
-         lambda w: w.T.reshape(d, h, hd), lambda w: w.reshape(d, h * hd).T),
-        ("model.layers.{i}.self_attn.k_proj.weight", ("layers", "attn", "k_proj", "kernel"),
-         lambda w: w.T.reshape(d, kv, hd), lambda w: w.reshape(d, kv * hd).T),
-        ("model.layers.{i}.self_attn.v_proj.weight", ("layers", "attn", "v_proj", "kernel"),
-         lambda w: w.T.reshape(d, kv, hd), lambda w: w.reshape(d, kv * hd).T),
-        ("model.layers.{i}.self_attn.o_proj.weight", ("layers", "attn", "o_proj", "kernel"),
-         lambda w: w.T.reshape(h, hd, d), lambda w: w.reshape(h * hd, d).T),
-        ("model.layers.{i}.self_attn.q_norm.weight", ("layers", "attn", "q_norm", "scale"),
-         lambda w: w.reshape(h, hd), lambda w: w.reshape(h * hd)),
-        ("model.layers.{i}.self_attn.k_norm.weight", ("layers", "attn", "k_norm", "scale"),
-         lambda w: w.reshape(kv, hd), lambda w: w.reshape(kv * hd)),
+        (
+            "model.layers.{i}.self_attn.q_proj.weight",
+            ("layers", "attn", "q_proj", "kernel"),
+            lambda w: w.T.reshape(d, h, hd),
+            lambda w: w.reshape(d, h * hd).T,
+        ),
+        (
+            "model.layers.{i}.self_attn.k_proj.weight",
+            ("layers", "attn", "k_proj", "kernel"),
+            lambda w: w.T.reshape(d, kv, hd),
+            lambda w: w.reshape(d, kv * hd).T,
+        ),
+        (
+            "model.layers.{i}.self_attn.v_proj.weight",
+            ("layers", "attn", "v_proj", "kernel"),
+            lambda w: w.T.reshape(d, kv, hd),
+            lambda w: w.reshape(d, kv * hd).T,
+        ),
+        (
+            "model.layers.{i}.self_attn.o_proj.weight",
+            ("layers", "attn", "o_proj", "kernel"),
+            lambda w: w.T.reshape(h, hd, d),
+            lambda w: w.reshape(h * hd, d).T,
+        ),
+        (
+            "model.layers.{i}.self_attn.q_norm.weight",
+            ("layers", "attn", "q_norm", "scale"),
+            lambda w: w.reshape(h, hd),
+            lambda w: w.reshape(h * hd),
+        ),
+        (
+            "model.layers.{i}.self_attn.k_norm.weight",
+            ("layers", "attn", "k_norm", "scale"),
+            lambda w: w.reshape(kv, hd),
+            lambda w: w.reshape(kv * hd),
+        ),
         ("model.layers.{i}.post_attention_layernorm.weight", ("layers", "post_attn_norm", "scale"), ident, ident),
         ("model.layers.{i}.post_feedforward_layernorm.weight", ("layers", "post_mlp_norm", "scale"), ident, ident),
         ("model.layers.{i}.mlp.gate_proj.weight", ("layers", "mlp", "gate_proj", "kernel"), t, t),
@@ -154,6 +180,7 @@ def _expected_shapes(cfg: ModelConfig) -> dict[tuple[str, ...], tuple[int, ...]]
 
 
 # --- load ----------------------------------------------------------------------------------------------------------
+
 
 def _tensor_files(path: Path) -> dict[str, Path]:
     """HF tensor name -> the safetensors file holding it."""
@@ -216,6 +243,7 @@ def load(path: str | os.PathLike, name: str | None = None) -> tuple[ModelConfig,
     params: dict = {}
     used: set[str] = set()
     try:
+
         def read(hf_name: str) -> np.ndarray:
             if hf_name not in files:
                 raise CheckpointError(f"{path}: tensor {hf_name!r} is missing")
@@ -235,8 +263,7 @@ def load(path: str | os.PathLike, name: str | None = None) -> tuple[ModelConfig,
             want = expected[ours]
             if value.shape != want:
                 raise CheckpointError(
-                    f"{path}: {hf_name} gives shape {value.shape} for {'/'.join(ours)}, but config.json "
-                    f"implies {want}"
+                    f"{path}: {hf_name} gives shape {value.shape} for {'/'.join(ours)}, but config.json implies {want}"
                 )
             _set(params, ours, value)
     except ValueError as e:  # a reshape that does not fit the config
@@ -276,13 +303,24 @@ def save(
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(f"{out} exists and is not empty; pass overwrite=True to replace it")
-    return atomic.publish_dir(out, lambda tmp: write_dir(cfg, params, tmp, dtype=dtype,
-                                                         max_shard_bytes=max_shard_bytes, extra_config=extra_config),
-                              last=("config.json",))
+    return atomic.publish_dir(
+        out,
+        lambda tmp: write_dir(
+            cfg, params, tmp, dtype=dtype, max_shard_bytes=max_shard_bytes, extra_config=extra_config
+        ),
+        last=("config.json",),
+    )
 
 
-def write_dir(cfg: ModelConfig, params: Any, tmp: Path, *, dtype: str = "float32",
-              max_shard_bytes: int = 5 * 1024**3, extra_config: dict | None = None) -> None:
+def write_dir(
+    cfg: ModelConfig,
+    params: Any,
+    tmp: Path,
+    *,
+    dtype: str = "float32",
+    max_shard_bytes: int = 5 * 1024**3,
+    extra_config: dict | None = None,
+) -> None:
     """The HF directory's files (safetensors shards, their index, config.json) into the local folder ``tmp``."""
     if dtype not in _SAVE_DTYPES:
         raise ValueError(f"save(dtype={dtype!r}): choose one of {sorted(_SAVE_DTYPES)}")
@@ -291,8 +329,10 @@ def write_dir(cfg: ModelConfig, params: Any, tmp: Path, *, dtype: str = "float32
     for hf_name, ours, _, to_hf in _mapping(cfg):
         leaf = _get(params, ours)
         if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
-            raise ValueError(f"hf.save: parameter {ours} is a global array spread over hosts; gather it with "
-                             "synpro_jax.sharding.to_host on every process first")
+            raise ValueError(
+                f"hf.save: parameter {ours} is a global array spread over hosts; gather it with "
+                "synpro_jax.sharding.to_host on every process first"
+            )
         value = np.asarray(leaf, dtype=np.float32)
         names = [hf_name.format(i=i) for i in range(cfg.num_layers)] if "{i}" in hf_name else [hf_name]
         values = list(value) if "{i}" in hf_name else [value]
@@ -320,6 +360,7 @@ def write_dir(cfg: ModelConfig, params: Any, tmp: Path, *, dtype: str = "float32
             save_file(shard, os.fspath(tmp / fname), metadata=meta)
             weight_map.update({n: fname for n in shard})
         total = sum(v.nbytes for v in tensors.values())
-        (tmp / INDEX_FILE).write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map},
-                                                 indent=2))
+        (tmp / INDEX_FILE).write_text(
+            json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2)
+        )
     (tmp / "config.json").write_text(json.dumps(config_to_hf(cfg, dtype, extra_config), indent=2))

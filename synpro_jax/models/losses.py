@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -13,7 +14,7 @@ class LossSums(NamedTuple):
     z: jax.Array  # sum of logsumexp(logits)^2 over unmasked tokens
     tokens: jax.Array  # number of unmasked tokens
 
-    def __add__(self, other: "LossSums") -> "LossSums":  # type: ignore[override]
+    def __add__(self, other: LossSums) -> LossSums:  # type: ignore[override]
         return LossSums(self.nll + other.nll, self.z + other.z, self.tokens + other.tokens)
 
     def loss(self, z_loss: float = 0.0) -> jax.Array:
@@ -43,8 +44,14 @@ def per_example_loss(logits: jax.Array, targets: jax.Array, loss_mask: jax.Array
     return jnp.sum(nll * mask, axis=-1) / jnp.maximum(jnp.sum(mask, axis=-1), 1.0)
 
 
-def chunked_loss_sums(logits_fn: Callable[[jax.Array], jax.Array], hidden: jax.Array, targets: jax.Array,
-                      loss_mask: jax.Array | None = None, *, chunk: int) -> LossSums:
+def chunked_loss_sums(
+    logits_fn: Callable[[jax.Array], jax.Array],
+    hidden: jax.Array,
+    targets: jax.Array,
+    loss_mask: jax.Array | None = None,
+    *,
+    chunk: int,
+) -> LossSums:
     """:func:`loss_sums` of ``logits_fn(hidden)`` without ever holding the [B, T, V] logits.
 
     The sequence is scanned ``chunk`` positions at a time (padded with masked positions to a multiple of it).

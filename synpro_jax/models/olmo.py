@@ -8,13 +8,14 @@ output head is untied. Layers are stacked with ``nn.scan`` (one compiled block; 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 import math
-from typing import NamedTuple, Sequence
+from typing import NamedTuple
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
+import jax.numpy as jnp
 
 from synpro_jax.models import attention
 from synpro_jax.models.attention import attention_mask, dot_product_attention
@@ -60,11 +61,15 @@ class Dense(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         n_in = len(self.in_names)
         in_shape, lead = x.shape[-n_in:], x.shape[:-n_in]
-        kernel = self.param("kernel", _param_init(self.in_names + self.out_names), in_shape + tuple(self.features),
-                            jnp.float32)
+        kernel = self.param(
+            "kernel", _param_init(self.in_names + self.out_names), in_shape + tuple(self.features), jnp.float32
+        )
         k_in, k_out = math.prod(in_shape), math.prod(self.features)
-        y = jnp.dot(x.reshape(-1, k_in).astype(self.dtype), kernel.reshape(k_in, k_out).astype(self.dtype),
-                    preferred_element_type=jnp.float32)  # bf16 inputs, fp32 accumulation
+        y = jnp.dot(
+            x.reshape(-1, k_in).astype(self.dtype),
+            kernel.reshape(k_in, k_out).astype(self.dtype),
+            preferred_element_type=jnp.float32,
+        )  # bf16 inputs, fp32 accumulation
         return y.astype(self.dtype).reshape(lead + tuple(self.features))
 
 
@@ -94,7 +99,7 @@ class KVCache(NamedTuple):
     segments: jax.Array
 
     @staticmethod
-    def logical_axes(num_layers: int) -> "KVCache":
+    def logical_axes(num_layers: int) -> KVCache:
         kv = ("batch", "kv_heads", "length", "head_dim")
         return KVCache((kv,) * num_layers, (kv,) * num_layers, ("batch", "length"))
 
@@ -173,8 +178,9 @@ class Block(nn.Module):
     @nn.compact
     def __call__(self, x, positions, mask, cache=None, prefix=None):
         cfg = self.cfg
-        h, new_cache = Attention(cfg, self.fused, name="attn")(x, positions, mask, cache, prefix, self.return_kv,
-                                                  self.prefix_repeat)
+        h, new_cache = Attention(cfg, self.fused, name="attn")(
+            x, positions, mask, cache, prefix, self.return_kv, self.prefix_repeat
+        )
         x = x + RMSNorm(cfg.norm_eps, ("embed",), name="post_attn_norm")(h)
         h = MLP(cfg, name="mlp")(x)
         x = x + RMSNorm(cfg.norm_eps, ("embed",), name="post_mlp_norm")(h)
@@ -203,8 +209,15 @@ class Decoder(nn.Module):
     cfg: ModelConfig
 
     @nn.compact
-    def __call__(self, tokens, positions=None, segment_ids=None, return_hidden: bool = False,
-                 prefix: PrefixKV | None = None, return_kv: bool = False):
+    def __call__(
+        self,
+        tokens,
+        positions=None,
+        segment_ids=None,
+        return_hidden: bool = False,
+        prefix: PrefixKV | None = None,
+        return_kv: bool = False,
+    ):
         cfg = self.cfg
         b, t = tokens.shape
         index = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
@@ -221,14 +234,17 @@ class Decoder(nn.Module):
         else:  # the prefix's slots 0..S-1 come before every token (slots S..S+T-1)
             s = prefix.segments.shape[1]
             k_index = jnp.broadcast_to(jnp.arange(s + t, dtype=jnp.int32), (b, s + t))
-            mask = attention_mask(segment_ids, jnp.concatenate([prefix.segments, segment_ids], axis=1),
-                                  index + s, k_index)
+            mask = attention_mask(
+                segment_ids, jnp.concatenate([prefix.segments, segment_ids], axis=1), index + s, k_index
+            )
 
-        embedding = self.param("embedding", _param_init(("vocab", "embed")), (cfg.vocab_size, cfg.d_model),
-                               jnp.float32)
+        embedding = self.param("embedding", _param_init(("vocab", "embed")), (cfg.vocab_size, cfg.d_model), jnp.float32)
         x = embed(cfg, embedding, tokens)
-        policy = {"full": None, "dots_saveable": jax.checkpoint_policies.dots_saveable,
-                  "projections": jax.checkpoint_policies.save_only_these_names(*PROJECTION_NAMES)}.get(cfg.remat)
+        policy = {
+            "full": None,
+            "dots_saveable": jax.checkpoint_policies.dots_saveable,
+            "projections": jax.checkpoint_policies.save_only_these_names(*PROJECTION_NAMES),
+        }.get(cfg.remat)
         block = Block if cfg.remat == "none" else nn.remat(Block, prevent_cse=False, policy=policy)
         in_axes = (nn.broadcast, nn.broadcast) if prefix is None else (nn.broadcast, nn.broadcast, nn.broadcast, 0)
         layers = nn.scan(
@@ -243,8 +259,7 @@ class Decoder(nn.Module):
         if prefix is None:
             x, kv = layers(cfg, return_kv, 1, fused, name="layers")(x, positions, mask)
         else:
-            x, kv = layers(cfg, return_kv, prefix.repeat, name="layers")(x, positions, mask, None,
-                                                                         (prefix.k, prefix.v))
+            x, kv = layers(cfg, return_kv, prefix.repeat, name="layers")(x, positions, mask, None, (prefix.k, prefix.v))
         if return_kv:
             return kv
         x = RMSNorm(cfg.norm_eps, ("embed",), name="final_norm")(x)
@@ -265,8 +280,7 @@ def embed(cfg: ModelConfig, embedding: jax.Array, tokens: jax.Array) -> jax.Arra
 def unembed(cfg: ModelConfig, head: jax.Array, x: jax.Array) -> jax.Array:
     """Final hidden states [B, T, D] -> float32 logits [B, T, V], as one 2-D matmul (as in Dense)."""
     b, t = x.shape[:2]
-    logits = jnp.dot(x.reshape(b * t, cfg.d_model), head.astype(cfg.compute_dtype),
-                     preferred_element_type=jnp.float32)
+    logits = jnp.dot(x.reshape(b * t, cfg.d_model), head.astype(cfg.compute_dtype), preferred_element_type=jnp.float32)
     return logits.reshape(b, t, cfg.vocab_size)
 
 
@@ -276,8 +290,16 @@ def layer_params(params, i: int):
     return layers[i] if isinstance(layers, (list, tuple)) else jax.tree.map(lambda x: x[i], layers)
 
 
-def decode(cfg: ModelConfig, params, tokens, positions, segment_ids, cache: KVCache, cache_index,
-           prefix: PrefixKV | None = None):
+def decode(
+    cfg: ModelConfig,
+    params,
+    tokens,
+    positions,
+    segment_ids,
+    cache: KVCache,
+    cache_index,
+    prefix: PrefixKV | None = None,
+):
     """Tokens [B, T] into cache slots cache_index..cache_index+T: (float32 logits of the last slot [B, V], cache).
 
     The layers run as an unrolled Python loop over per-layer cache buffers, each updated in place. ``params``
@@ -298,9 +320,14 @@ def decode(cfg: ModelConfig, params, tokens, positions, segment_ids, cache: KVCa
     block = Block(cfg, prefix_repeat=1 if prefix is None else prefix.repeat)
     new_k, new_v = [], []
     for i in range(cfg.num_layers):
-        x, (k, v) = block.apply({"params": layer_params(params, i)}, x, positions, mask,
-                                (cache.k[i], cache.v[i], cache_index),
-                                None if prefix is None else (prefix.k[i], prefix.v[i]))
+        x, (k, v) = block.apply(
+            {"params": layer_params(params, i)},
+            x,
+            positions,
+            mask,
+            (cache.k[i], cache.v[i], cache_index),
+            None if prefix is None else (prefix.k[i], prefix.v[i]),
+        )
         new_k.append(k)
         new_v.append(v)
     x = RMSNorm(cfg.norm_eps, ("embed",)).apply({"params": params["final_norm"]}, x[:, -1:])

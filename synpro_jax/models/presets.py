@@ -9,32 +9,65 @@ _OLMO_VOCAB = 100_352  # dolma2's 100,278 tokens padded to a multiple of 128
 PRESETS: dict[str, ModelConfig] = {
     # Unit tests: every dimension divides an 8-way mesh axis except the 4 kv heads (exercises the fallback).
     "tiny": ModelConfig(
-        name="tiny", vocab_size=256, d_model=64, num_layers=2, num_heads=8, num_kv_heads=4, mlp_dim=128,
+        name="tiny",
+        vocab_size=256,
+        d_model=64,
+        num_layers=2,
+        num_heads=8,
+        num_kv_heads=4,
+        mlp_dim=128,
         max_seq_len=512,
     ),
     # CPU sizes for smoke runs, examples and benchmarks on a laptop-class machine.
     # (fully unrolled layer scans: compile stays short at this size and XLA:CPU runs them ~10% faster)
     "cpu_small": ModelConfig(
-        name="cpu_small", vocab_size=4096, d_model=256, num_layers=4, num_heads=4, mlp_dim=1024,
-        max_seq_len=1024, scan_unroll=4,
+        name="cpu_small",
+        vocab_size=4096,
+        d_model=256,
+        num_layers=4,
+        num_heads=4,
+        mlp_dim=1024,
+        max_seq_len=1024,
+        scan_unroll=4,
     ),
     "cpu_medium": ModelConfig(
-        name="cpu_medium", vocab_size=8192, d_model=512, num_layers=8, num_heads=8, mlp_dim=2048,
-        max_seq_len=2048, scan_unroll=8,
+        name="cpu_medium",
+        vocab_size=8192,
+        d_model=512,
+        num_layers=8,
+        num_heads=8,
+        mlp_dim=2048,
+        max_seq_len=2048,
+        scan_unroll=8,
     ),
     # The paper's pretraining models (release configs).
     "olmo_400m": ModelConfig(
-        name="olmo_400m", vocab_size=_OLMO_VOCAB, d_model=1024, num_layers=16, num_heads=16, mlp_dim=4096,
+        name="olmo_400m",
+        vocab_size=_OLMO_VOCAB,
+        d_model=1024,
+        num_layers=16,
+        num_heads=16,
+        mlp_dim=4096,
         max_seq_len=2048,
     ),
     "olmo_1b": ModelConfig(
-        name="olmo_1b", vocab_size=_OLMO_VOCAB, d_model=2048, num_layers=16, num_heads=16, mlp_dim=8192,
+        name="olmo_1b",
+        vocab_size=_OLMO_VOCAB,
+        d_model=2048,
+        num_layers=16,
+        num_heads=16,
+        mlp_dim=8192,
         max_seq_len=2048,
     ),
     # The generator: the shape of allenai/OLMo-2-0425-1B-Instruct (4k context).
     "olmo2_1b_instruct": ModelConfig(
-        name="olmo2_1b_instruct", vocab_size=_OLMO_VOCAB, d_model=2048, num_layers=16, num_heads=16,
-        mlp_dim=8192, max_seq_len=4096,
+        name="olmo2_1b_instruct",
+        vocab_size=_OLMO_VOCAB,
+        d_model=2048,
+        num_layers=16,
+        num_heads=16,
+        mlp_dim=8192,
+        max_seq_len=4096,
     ),
 }
 

@@ -100,8 +100,11 @@ class GRPOConfig:
         if self.policy_loss_fn not in grpo.registered_policy_losses():
             bad("policy_loss_fn", f"registered: {grpo.registered_policy_losses()}")
         if self.advantage_estimator == "rloo" and self.scale_rewards != "none":
-            bad("scale_rewards", "RLOO's leave-one-out baseline is not std-scaled; set scale_rewards='none' "
-                                 "with advantage_estimator='rloo'")
+            bad(
+                "scale_rewards",
+                "RLOO's leave-one-out baseline is not std-scaled; set scale_rewards='none' "
+                "with advantage_estimator='rloo'",
+            )
         if not (math.isfinite(self.advantage_eps) and self.advantage_eps > 0):
             bad("advantage_eps", "must be positive (it keeps a zero-std group finite)")
         if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
@@ -130,9 +133,21 @@ class GRPOConfig:
             raise ValueError(f"GRPO total_steps={total_steps!r}: must be an int >= 1")
         warmup = self.warmup_steps(total_steps)
         if warmup >= total_steps:
-            raise ValueError(f"GRPOConfig.warmup_ratio={self.warmup_ratio}: {warmup} warmup steps leave no decay "
-                             f"in {total_steps} total steps")
-        kw = dict(learning_rate=self.learning_rate, warmup_steps=warmup, schedule="cosine", total_steps=total_steps,
-                  final_lr_ratio=self.min_lr_ratio, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0, clip_norm=1.0)
+            raise ValueError(
+                f"GRPOConfig.warmup_ratio={self.warmup_ratio}: {warmup} warmup steps leave no decay "
+                f"in {total_steps} total steps"
+            )
+        kw = dict(
+            learning_rate=self.learning_rate,
+            warmup_steps=warmup,
+            schedule="cosine",
+            total_steps=total_steps,
+            final_lr_ratio=self.min_lr_ratio,
+            b1=0.9,
+            b2=0.999,
+            eps=1e-8,
+            weight_decay=0.0,
+            clip_norm=1.0,
+        )
         kw.update(overrides)
         return OptimizerConfig(**kw)

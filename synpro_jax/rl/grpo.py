@@ -17,7 +17,7 @@ Advantage estimators and policy losses are registered by name (:func:`register_a
 
 from __future__ import annotations
 
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -52,8 +52,10 @@ def registered_advantages() -> list[str]:
 def _groups(rewards, num_generations: int) -> jax.Array:
     r = _float(rewards)
     if r.ndim != 1 or r.shape[0] % num_generations:
-        raise ValueError(f"rewards of shape {r.shape}: need [N] with N a multiple of num_generations="
-                         f"{num_generations} (the G completions of a prompt contiguous)")
+        raise ValueError(
+            f"rewards of shape {r.shape}: need [N] with N a multiple of num_generations="
+            f"{num_generations} (the G completions of a prompt contiguous)"
+        )
     return r.reshape(-1, num_generations)
 
 
@@ -65,8 +67,9 @@ def _std(x: jax.Array, ddof: int, axis=None) -> jax.Array:
 
 
 @register_advantage("grpo")
-def group_advantages(rewards, num_generations: int, *, scale_rewards: str = "group", eps: float = 1e-4,
-                     ddof: int = 1) -> jax.Array:
+def group_advantages(
+    rewards, num_generations: int, *, scale_rewards: str = "group", eps: float = 1e-4, ddof: int = 1
+) -> jax.Array:
     """(r - mean_G) / (std + eps). ``scale_rewards``: "group" (std over the G completions of the prompt), "batch"
     (std over all N rewards, PPO-Lite style) or "none" (no division, Dr. GRPO). ``ddof=1`` is TRL's unbiased std.
     A group whose rewards are all equal gets exactly zero advantage (no rounding residue from the mean)."""
@@ -83,8 +86,9 @@ def group_advantages(rewards, num_generations: int, *, scale_rewards: str = "gro
 
 
 @register_advantage("rloo")
-def rloo_advantages(rewards, num_generations: int, *, scale_rewards: str = "none", eps: float = 1e-4,
-                    ddof: int = 1) -> jax.Array:
+def rloo_advantages(
+    rewards, num_generations: int, *, scale_rewards: str = "none", eps: float = 1e-4, ddof: int = 1
+) -> jax.Array:
     """REINFORCE leave-one-out: r_i - mean_{j != i} r_j = G / (G - 1) * (r_i - mean_G), unscaled."""
     del eps, ddof
     if scale_rewards != "none":
@@ -105,6 +109,7 @@ def compute_advantages(rewards, cfg: GRPOConfig, ddof: int = 1) -> jax.Array:
 
 
 # ------------------------------------------------------------------------------------------------- KL estimators
+
 
 def kl_per_token(logp, ref_logp, mode: str = "k3") -> jax.Array:
     """Per-token estimators of KL(pi || ref) from samples of pi (Schulman's k1, k2, k3), d = logp - ref_logp:
@@ -134,8 +139,9 @@ def registered_policy_losses() -> list[str]:
     return _POLICY_LOSSES.names()
 
 
-def clipped_policy_loss(logp, old_logp, advantages, epsilon: float = 0.2,
-                        epsilon_high: float | None = None) -> tuple[jax.Array, jax.Array]:
+def clipped_policy_loss(
+    logp, old_logp, advantages, epsilon: float = 0.2, epsilon_high: float | None = None
+) -> tuple[jax.Array, jax.Array]:
     """PPO's clipped surrogate per token: -min(rho * A, clip(rho, 1 - epsilon, 1 + epsilon_high) * A), with
     rho = exp(logp - old_logp) (old_logp carries no gradient). ``clipped`` marks the tokens where the clipped term
     is the active one (rho < 1 - epsilon with A < 0, or rho > 1 + epsilon_high with A > 0), i.e. no gradient."""
@@ -154,6 +160,7 @@ def _grpo_policy_loss(logp, old_logp, advantages, cfg: GRPOConfig):
 
 
 # --------------------------------------------------------------------------------------------------- aggregation
+
 
 def aggregate(per_token, completion_mask, mode: str = "token-mean", max_len: int | None = None) -> Pair:
     """(sum, denominator) of a per-token quantity under ``mode``; the loss is sum / denominator after combining.
@@ -175,8 +182,10 @@ def aggregate(per_token, completion_mask, mode: str = "token-mean", max_len: int
         return jnp.sum(jnp.sum(x, axis=-1) / jnp.maximum(tokens, 1.0)), rows
     if mode == "sequence-sum-fixed-length":
         if max_len is None or max_len < 1:
-            raise ValueError(f"loss_agg_mode='sequence-sum-fixed-length' needs max_len >= 1 (GRPOConfig."
-                             f"max_completion_tokens); got {max_len!r}")
+            raise ValueError(
+                f"loss_agg_mode='sequence-sum-fixed-length' needs max_len >= 1 (GRPOConfig."
+                f"max_completion_tokens); got {max_len!r}"
+            )
         return jnp.sum(x), rows * max_len
     raise ValueError(f"loss_agg_mode={mode!r}: choose one of {LOSS_AGG_MODES}")
 
@@ -184,11 +193,16 @@ def aggregate(per_token, completion_mask, mode: str = "token-mean", max_len: int
 def loss_denominator(completion_mask, cfg: GRPOConfig) -> jax.Array:
     """The loss's denominator for these rows (masks only): sum it over the accumulated batch and hosts to scale
     each micro-batch's loss sum before taking gradients."""
-    return aggregate(jnp.zeros(jnp.shape(completion_mask), jnp.float32), completion_mask, cfg.loss_agg_mode,
-                     cfg.max_completion_tokens)[1]
+    return aggregate(
+        jnp.zeros(jnp.shape(completion_mask), jnp.float32),
+        completion_mask,
+        cfg.loss_agg_mode,
+        cfg.max_completion_tokens,
+    )[1]
 
 
 # ------------------------------------------------------------------------------------------------------ the loss
+
 
 def grpo_loss_terms(logp, old_logp, ref_logp, advantages, completion_mask, cfg: GRPOConfig) -> dict[str, Pair]:
     """GRPO's loss and metrics for one (micro-)batch, each as (sum, denominator).

@@ -34,9 +34,9 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import Mesh, NamedSharding
 import numpy as np
 import optax
-from jax.sharding import Mesh, NamedSharding
 
 from synpro_jax import models, sharding
 from synpro_jax.models import ModelConfig
@@ -54,9 +54,17 @@ LOGPROB_KEYS = ("tokens", "positions", "segment_ids", "completion_mask")
 __all__ = ["GRPOStep", "TrainState", "token_logprobs", "check_batch", "grpo_loss_and_grads", "grpo_step"]
 
 
-def token_logprobs(cfg: ModelConfig, params: Any, tokens: jax.Array, positions: jax.Array,
-                   segment_ids: jax.Array, completion_mask: jax.Array, temperature: float = 1.0,
-                   logits_chunk: int | None = None, prompt_group: int = 1) -> jax.Array:
+def token_logprobs(
+    cfg: ModelConfig,
+    params: Any,
+    tokens: jax.Array,
+    positions: jax.Array,
+    segment_ids: jax.Array,
+    completion_mask: jax.Array,
+    temperature: float = 1.0,
+    logits_chunk: int | None = None,
+    prompt_group: int = 1,
+) -> jax.Array:
     """log softmax(logits / temperature) of each completion token, float32 [B, C], 0 where the mask is off.
 
     Only the C hidden states that predict completion tokens go through the output head (the prompt's logits,
@@ -69,26 +77,36 @@ def token_logprobs(cfg: ModelConfig, params: Any, tokens: jax.Array, positions: 
     c = completion_mask.shape[-1]
     p = length - c
     if p < 1:
-        raise ValueError(f"completion_mask has {c} slots but tokens have {length}: need at least one prompt slot "
-                         "before the completion (the logits at slot P-1 predict completion token 0)")
+        raise ValueError(
+            f"completion_mask has {c} slots but tokens have {length}: need at least one prompt slot "
+            "before the completion (the logits at slot P-1 predict completion token 0)"
+        )
     if prompt_group > 1 and p > 1:
         if b % prompt_group:
             raise ValueError(f"{b} rows are not whole groups of prompt_group={prompt_group}")
+
         def first(x):  # each group's prompt, its last slot excepted
             # (a reshape, not x[::G]: on a (2,2,2) mesh inside the accumulation loop, XLA's SPMD partitioner
             # gives the strided slice's embedding gradient to the wrong rows; the mesh test pins this down)
-            return x.reshape((b // prompt_group, prompt_group) + x.shape[1:])[:, 0, :p - 1]
+            return x.reshape((b // prompt_group, prompt_group) + x.shape[1:])[:, 0, : p - 1]
 
-        k, v = models.forward(cfg, params, first(tokens), positions=first(positions),
-                              segment_ids=first(segment_ids), return_kv=True)
-        prefix = models.PrefixKV(k, v, segment_ids[:, :p - 1], prompt_group)
-        rest = lambda x: x[:, p - 1:length - 1]  # noqa: E731
-        hidden = models.forward(cfg, params, rest(tokens), positions=rest(positions), segment_ids=rest(segment_ids),
-                                return_hidden=True, prefix=prefix)
+        k, v = models.forward(
+            cfg, params, first(tokens), positions=first(positions), segment_ids=first(segment_ids), return_kv=True
+        )
+        prefix = models.PrefixKV(k, v, segment_ids[:, : p - 1], prompt_group)
+        rest = lambda x: x[:, p - 1 : length - 1]  # noqa: E731
+        hidden = models.forward(
+            cfg,
+            params,
+            rest(tokens),
+            positions=rest(positions),
+            segment_ids=rest(segment_ids),
+            return_hidden=True,
+            prefix=prefix,
+        )
     else:
-        hidden = models.forward(cfg, params, tokens, positions=positions, segment_ids=segment_ids,
-                                return_hidden=True)
-        hidden = hidden[:, p - 1:length - 1]
+        hidden = models.forward(cfg, params, tokens, positions=positions, segment_ids=segment_ids, return_hidden=True)
+        hidden = hidden[:, p - 1 : length - 1]
     targets = tokens[:, p:]
     head = params["lm_head"]
 
@@ -101,8 +119,7 @@ def token_logprobs(cfg: ModelConfig, params: Any, tokens: jax.Array, positions: 
         logp = chunk_logp(hidden, targets)
     else:
         if logits_chunk < 1 or c % logits_chunk:
-            raise ValueError(f"GRPOStep.logits_chunk={logits_chunk}: must be >= 1 and divide the {c} completion "
-                             "slots")
+            raise ValueError(f"GRPOStep.logits_chunk={logits_chunk}: must be >= 1 and divide the {c} completion slots")
         n = c // logits_chunk
 
         def to_chunks(x):  # [B, C, ...] -> [n, B, K, ...]
@@ -113,23 +130,26 @@ def token_logprobs(cfg: ModelConfig, params: Any, tokens: jax.Array, positions: 
     return jnp.where(completion_mask.astype(bool), logp, 0.0)
 
 
-def check_batch(batch: dict, grpo_cfg: GRPOConfig | None = None, accum_steps: int = 1,
-                prompt_group: int = 1) -> None:
+def check_batch(batch: dict, grpo_cfg: GRPOConfig | None = None, accum_steps: int = 1, prompt_group: int = 1) -> None:
     """Clear errors for a batch that does not follow the layout in the module docstring. Whether the rows of a
     prompt group share their prompt is checked only on host (NumPy) arrays: device arrays are not fetched."""
     unknown = set(batch) - set(REQUIRED_KEYS) - set(OPTIONAL_KEYS)
     missing = [k for k in REQUIRED_KEYS if k not in batch]
     if unknown or missing:
-        raise ValueError(f"GRPO batch keys {sorted(batch)}: missing {missing}, unknown {sorted(unknown)}; need "
-                         f"{REQUIRED_KEYS}, optional {OPTIONAL_KEYS}")
+        raise ValueError(
+            f"GRPO batch keys {sorted(batch)}: missing {missing}, unknown {sorted(unknown)}; need "
+            f"{REQUIRED_KEYS}, optional {OPTIONAL_KEYS}"
+        )
     shape = tuple(batch["tokens"].shape)
     if len(shape) != 2:
         raise ValueError(f"batch['tokens'] has shape {shape}: need [B, L]")
     b, length = shape
     c_shape = tuple(batch["completion_mask"].shape)
     if len(c_shape) != 2 or c_shape[0] != b or not 1 <= c_shape[1] < length:
-        raise ValueError(f"batch['completion_mask'] has shape {c_shape}: need [B={b}, C] with 1 <= C < L={length} "
-                         "(the completion slots at the end of each row, after at least one prompt slot)")
+        raise ValueError(
+            f"batch['completion_mask'] has shape {c_shape}: need [B={b}, C] with 1 <= C < L={length} "
+            "(the completion slots at the end of each row, after at least one prompt slot)"
+        )
     want = {"positions": shape, "segment_ids": shape, "advantages": (b,), "old_logp": c_shape, "ref_logp": c_shape}
     for key, expected in want.items():
         if key in batch and tuple(batch[key].shape) != expected:
@@ -146,16 +166,22 @@ def check_batch(batch: dict, grpo_cfg: GRPOConfig | None = None, accum_steps: in
                 groups = x[:, :p].reshape(b // prompt_group, prompt_group, p)
                 bad = np.flatnonzero(np.any(groups != groups[:, :1], axis=(1, 2)))
                 if bad.size:
-                    raise ValueError(f"GRPOStep.prompt_group={prompt_group}: rows {bad[0] * prompt_group}.."
-                                     f"{(bad[0] + 1) * prompt_group - 1} differ in batch[{key!r}][:, :{p}] (the "
-                                     "prompt slots); each group of consecutive rows must share one prompt")
+                    raise ValueError(
+                        f"GRPOStep.prompt_group={prompt_group}: rows {bad[0] * prompt_group}.."
+                        f"{(bad[0] + 1) * prompt_group - 1} differ in batch[{key!r}][:, :{p}] (the "
+                        "prompt slots); each group of consecutive rows must share one prompt"
+                    )
     if grpo_cfg is not None:
         if grpo_cfg.beta > 0 and "ref_logp" not in batch:
-            raise ValueError(f"GRPOConfig.beta={grpo_cfg.beta}: the KL term needs batch['ref_logp'] "
-                             "(GRPOStep.ref_logprobs), or set beta=0")
+            raise ValueError(
+                f"GRPOConfig.beta={grpo_cfg.beta}: the KL term needs batch['ref_logp'] "
+                "(GRPOStep.ref_logprobs), or set beta=0"
+            )
         if grpo_cfg.num_iterations > 1 and "old_logp" not in batch:
-            raise ValueError(f"GRPOConfig.num_iterations={grpo_cfg.num_iterations}: later iterations need "
-                             "batch['old_logp'] (the sampling policy's log-probs), else every ratio is 1")
+            raise ValueError(
+                f"GRPOConfig.num_iterations={grpo_cfg.num_iterations}: later iterations need "
+                "batch['old_logp'] (the sampling policy's log-probs), else every ratio is 1"
+            )
 
 
 def micro_layout(rows: int, accum_steps: int, prompt_group: int) -> tuple[int, int]:
@@ -187,14 +213,31 @@ def _unsplit(x: jax.Array, unit: int = 1) -> jax.Array:
     return x.reshape((a * m,) + rest)
 
 
-def batch_logprobs(cfg: ModelConfig, params: Any, batch: Batch, *, temperature: float,
-                   accum_steps: int = 1, logits_chunk: int | None = None, prompt_group: int = 1) -> jax.Array:
+def batch_logprobs(
+    cfg: ModelConfig,
+    params: Any,
+    batch: Batch,
+    *,
+    temperature: float,
+    accum_steps: int = 1,
+    logits_chunk: int | None = None,
+    prompt_group: int = 1,
+) -> jax.Array:
     """:func:`token_logprobs` of a batch, in ``accum_steps`` sequential micro-batches (bounds the logits' memory)."""
     unit, group = micro_layout(batch["tokens"].shape[0], accum_steps, prompt_group)
 
     def one(b):
-        return token_logprobs(cfg, params, b["tokens"], b["positions"], b["segment_ids"], b["completion_mask"],
-                              temperature, logits_chunk, group)
+        return token_logprobs(
+            cfg,
+            params,
+            b["tokens"],
+            b["positions"],
+            b["segment_ids"],
+            b["completion_mask"],
+            temperature,
+            logits_chunk,
+            group,
+        )
 
     sub = {k: batch[k] for k in LOGPROB_KEYS}
     if accum_steps == 1:
@@ -202,9 +245,16 @@ def batch_logprobs(cfg: ModelConfig, params: Any, batch: Batch, *, temperature: 
     return _unsplit(jax.lax.map(one, jax.tree.map(lambda x: _split(x, accum_steps, unit), sub)), unit)
 
 
-def grpo_loss_and_grads(cfg: ModelConfig, grpo_cfg: GRPOConfig, params: Any, batch: Batch, *,
-                        accum_steps: int = 1, logits_chunk: int | None = None, prompt_group: int = 1
-                        ) -> tuple[dict[str, grpo.Pair], jax.Array, Any]:
+def grpo_loss_and_grads(
+    cfg: ModelConfig,
+    grpo_cfg: GRPOConfig,
+    params: Any,
+    batch: Batch,
+    *,
+    accum_steps: int = 1,
+    logits_chunk: int | None = None,
+    prompt_group: int = 1,
+) -> tuple[dict[str, grpo.Pair], jax.Array, Any]:
     """The batch's GRPO terms as (sum, denominator) pairs, the loss denominator D of the whole batch, and the
     gradient of loss_sum / D, accumulated over ``accum_steps`` micro-batches."""
     denom = grpo.loss_denominator(batch["completion_mask"], grpo_cfg)
@@ -212,10 +262,20 @@ def grpo_loss_and_grads(cfg: ModelConfig, grpo_cfg: GRPOConfig, params: Any, bat
     unit, group = micro_layout(batch["tokens"].shape[0], accum_steps, prompt_group)
 
     def objective(p, mb):
-        logp = token_logprobs(cfg, p, mb["tokens"], mb["positions"], mb["segment_ids"], mb["completion_mask"],
-                              grpo_cfg.temperature, logits_chunk, group)
-        terms = grpo.grpo_loss_terms(logp, mb.get("old_logp"), mb.get("ref_logp"), mb["advantages"],
-                                     mb["completion_mask"], grpo_cfg)
+        logp = token_logprobs(
+            cfg,
+            p,
+            mb["tokens"],
+            mb["positions"],
+            mb["segment_ids"],
+            mb["completion_mask"],
+            grpo_cfg.temperature,
+            logits_chunk,
+            group,
+        )
+        terms = grpo.grpo_loss_terms(
+            logp, mb.get("old_logp"), mb.get("ref_logp"), mb["advantages"], mb["completion_mask"], grpo_cfg
+        )
         return terms["loss"][0] * scale, terms
 
     grad_fn = jax.grad(objective, has_aux=True)
@@ -225,8 +285,9 @@ def grpo_loss_and_grads(cfg: ModelConfig, grpo_cfg: GRPOConfig, params: Any, bat
 
     micro = jax.tree.map(lambda x: _split(x, accum_steps, unit), batch)
     first = jax.tree.map(lambda x: x[0], micro)
-    zero_terms = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
-                              jax.eval_shape(lambda p, b: objective(p, b)[1], params, first))
+    zero_terms = jax.tree.map(
+        lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(lambda p, b: objective(p, b)[1], params, first)
+    )
 
     def body(carry, mb):
         g_acc, t_acc = carry
@@ -238,18 +299,33 @@ def grpo_loss_and_grads(cfg: ModelConfig, grpo_cfg: GRPOConfig, params: Any, bat
     return terms, denom, grads
 
 
-def grpo_step(cfg: ModelConfig, grpo_cfg: GRPOConfig, optimizer: optax.GradientTransformation,
-              schedule: optax.Schedule, state: TrainState, batch: Batch, *,
-              accum_steps: int, logits_chunk: int | None = None, prompt_group: int = 1
-              ) -> tuple[TrainState, dict]:
+def grpo_step(
+    cfg: ModelConfig,
+    grpo_cfg: GRPOConfig,
+    optimizer: optax.GradientTransformation,
+    schedule: optax.Schedule,
+    state: TrainState,
+    batch: Batch,
+    *,
+    accum_steps: int,
+    logits_chunk: int | None = None,
+    prompt_group: int = 1,
+) -> tuple[TrainState, dict]:
     """One GRPO update: accumulated gradients, then the optimizer (global-norm clip + AdamW) and metrics.
 
     Metrics (replicated scalars): ``loss``, ``policy_loss`` (aggregated as ``loss_agg_mode``), ``kl`` (token mean;
     only with ref_logp), ``clip_fraction`` (token share where the clipped term is active), ``grad_norm`` (before
     clipping), ``param_norm``, ``learning_rate`` (of this update), ``completion_tokens`` and ``loss_denominator``.
     """
-    terms, denom, grads = grpo_loss_and_grads(cfg, grpo_cfg, state.params, batch, accum_steps=accum_steps,
-                                              logits_chunk=logits_chunk, prompt_group=prompt_group)
+    terms, denom, grads = grpo_loss_and_grads(
+        cfg,
+        grpo_cfg,
+        state.params,
+        batch,
+        accum_steps=accum_steps,
+        logits_chunk=logits_chunk,
+        prompt_group=prompt_group,
+    )
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = grpo.finalize(terms)
@@ -309,34 +385,60 @@ class GRPOStep:
 
         def step_fn(state, batch):
             with sharding.use_rules(self.rules):
-                return grpo_step(self.cfg, self.grpo, self.optimizer, self.schedule, state, batch,
-                                 accum_steps=self.accum_steps, logits_chunk=self.logits_chunk,
-                                 prompt_group=self.prompt_group)
+                return grpo_step(
+                    self.cfg,
+                    self.grpo,
+                    self.optimizer,
+                    self.schedule,
+                    state,
+                    batch,
+                    accum_steps=self.accum_steps,
+                    logits_chunk=self.logits_chunk,
+                    prompt_group=self.prompt_group,
+                )
 
-        self._step = jax.jit(step_fn, in_shardings=(self.state_shardings, self.batch_sharding),
-                             out_shardings=(self.state_shardings, rep),
-                             donate_argnums=(0,) if self.donate else ())
+        self._step = jax.jit(
+            step_fn,
+            in_shardings=(self.state_shardings, self.batch_sharding),
+            out_shardings=(self.state_shardings, rep),
+            donate_argnums=(0,) if self.donate else (),
+        )
 
         def grads_fn(params, batch):
             with sharding.use_rules(self.rules):
-                terms, denom, grads = grpo_loss_and_grads(self.cfg, self.grpo, params, batch,
-                                                          accum_steps=self.accum_steps,
-                                                          logits_chunk=self.logits_chunk,
-                                                          prompt_group=self.prompt_group)
+                terms, denom, grads = grpo_loss_and_grads(
+                    self.cfg,
+                    self.grpo,
+                    params,
+                    batch,
+                    accum_steps=self.accum_steps,
+                    logits_chunk=self.logits_chunk,
+                    prompt_group=self.prompt_group,
+                )
                 return grpo.finalize(terms), grads
 
-        self._loss_and_grads = jax.jit(grads_fn, in_shardings=(self.param_shardings, self.batch_sharding),
-                                       out_shardings=(rep, self.param_shardings))
+        self._loss_and_grads = jax.jit(
+            grads_fn,
+            in_shardings=(self.param_shardings, self.batch_sharding),
+            out_shardings=(rep, self.param_shardings),
+        )
 
         def logprobs_fn(params, batch):
             with sharding.use_rules(self.rules):
-                return batch_logprobs(self.cfg, params, batch, temperature=self.grpo.temperature,
-                                      accum_steps=self.accum_steps, logits_chunk=self.logits_chunk,
-                                      prompt_group=self.prompt_group)
+                return batch_logprobs(
+                    self.cfg,
+                    params,
+                    batch,
+                    temperature=self.grpo.temperature,
+                    accum_steps=self.accum_steps,
+                    logits_chunk=self.logits_chunk,
+                    prompt_group=self.prompt_group,
+                )
 
         # One executable for the reference and the actor (same shapes, same shardings).
-        self._logprobs = jax.jit(logprobs_fn, in_shardings=(self.param_shardings, self.batch_sharding),
-                                 out_shardings=self.batch_sharding)
+        self._logprobs = jax.jit(
+            logprobs_fn, in_shardings=(self.param_shardings, self.batch_sharding), out_shardings=self.batch_sharding
+        )
 
     def _state_shardings(self) -> TrainState:
         return state_shardings(self.cfg, self.mesh, self.optimizer, self.param_shardings)
@@ -353,8 +455,9 @@ class GRPOStep:
     def copy_params(self, params: Any) -> Any:
         """A separate copy of ``params`` in the step's shardings (e.g. the frozen reference: the actor's buffers
         are donated to each step)."""
-        return jax.tree.map(lambda x: jnp.array(x, dtype=jnp.float32, copy=True),
-                            jax.device_put(params, self.param_shardings))
+        return jax.tree.map(
+            lambda x: jnp.array(x, dtype=jnp.float32, copy=True), jax.device_put(params, self.param_shardings)
+        )
 
     def shard_batch(self, batch: dict) -> Batch:
         """Check a host batch (the same on every process) and place it on the mesh, rows over the data axes.
@@ -381,8 +484,12 @@ class GRPOStep:
     def logprobs(self, params: Any, batch: Batch) -> jax.Array:
         """[B, C] completion log-probs under ``params`` at the config's temperature (0 off the mask): the
         reference's, or the actor's before its first update (``old_logp`` when num_iterations > 1)."""
-        check_batch({**{k: batch[k] for k in LOGPROB_KEYS}, "advantages": batch["tokens"][:, 0]},
-                    None, self.accum_steps, self.prompt_group)
+        check_batch(
+            {**{k: batch[k] for k in LOGPROB_KEYS}, "advantages": batch["tokens"][:, 0]},
+            None,
+            self.accum_steps,
+            self.prompt_group,
+        )
         with jax.set_mesh(self.mesh):
             return self._logprobs(params, self.place({k: batch[k] for k in LOGPROB_KEYS}))
 

@@ -10,11 +10,11 @@ prompts the uninterrupted run would have, and no host needs to tell another whic
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 import dataclasses
 import hashlib
 import json
 import logging
-from typing import Sequence
 
 import numpy as np
 
@@ -36,10 +36,22 @@ class PromptSet:
     teaches the generator little and the release's influence reward needs 500 characters of output. ``what``
     names the documents in messages (the warm start reads its own)."""
 
-    def __init__(self, files: Sequence[str], vocab, operation: str, *, max_prompt_tokens: int,
-                 max_source_chars: int = prompts_lib.MAX_SOURCE_CHARS, min_source_chars: int = 0,
-                 max_documents: int | None = None, text_field: str = "text", id_field: str | None = None,
-                 seed: int = 0, system_prompt: str = prompts_lib.SYSTEM_PROMPT, what: str = "GRPO prompts"):
+    def __init__(
+        self,
+        files: Sequence[str],
+        vocab,
+        operation: str,
+        *,
+        max_prompt_tokens: int,
+        max_source_chars: int = prompts_lib.MAX_SOURCE_CHARS,
+        min_source_chars: int = 0,
+        max_documents: int | None = None,
+        text_field: str = "text",
+        id_field: str | None = None,
+        seed: int = 0,
+        system_prompt: str = prompts_lib.SYSTEM_PROMPT,
+        what: str = "GRPO prompts",
+    ):
         from synpro_jax.data.sources import open_sources
         from synpro_jax.generation.synthesize import PromptBuilder, SynthesisConfig
 
@@ -50,9 +62,15 @@ class PromptSet:
         self.operation, self.seed = operation, int(seed)
         self._orders: dict[int, np.ndarray] = {}
         # The character cut happens here (at a sentence); the builder only cuts tokens, in the middle.
-        builder = PromptBuilder(vocab, SynthesisConfig(operation=operation, max_source_chars=10**9,
-                                                       max_prompt_tokens=max_prompt_tokens,
-                                                       system_prompt=system_prompt))
+        builder = PromptBuilder(
+            vocab,
+            SynthesisConfig(
+                operation=operation,
+                max_source_chars=10**9,
+                max_prompt_tokens=max_prompt_tokens,
+                system_prompt=system_prompt,
+            ),
+        )
         self.items: list[PromptItem] = []
         self.skipped = {"short": 0, "too_long": 0}
         source = open_sources(list(files), text_field=text_field, id_field=id_field)
@@ -69,8 +87,10 @@ class PromptSet:
                 continue
             self.items.append(PromptItem(str(doc.id), text, list(prompt.ids)))
         if not self.items:
-            raise ValueError(f"{what} {list(files)}: no usable document (skipped {self.skipped}; "
-                             f"min_source_chars={min_source_chars}, max_prompt_tokens={max_prompt_tokens})")
+            raise ValueError(
+                f"{what} {list(files)}: no usable document (skipped {self.skipped}; "
+                f"min_source_chars={min_source_chars}, max_prompt_tokens={max_prompt_tokens})"
+            )
         if any(self.skipped.values()):
             log.warning("%s: %d documents, skipped %s", what, len(self.items), self.skipped)
         digest = hashlib.sha256()

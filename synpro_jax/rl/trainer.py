@@ -31,26 +31,25 @@ transformers loads and ``synpro synthesize`` takes as ``GENERATOR``. Metrics of 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 import dataclasses
 import json
 import logging
 import os
 import time
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from etils.epath import Path
 import jax
-import jax.numpy as jnp
-import numpy as np
 from jax.experimental import multihost_utils
+import jax.numpy as jnp
 from jax.sharding import Mesh
+import numpy as np
 from tqdm.auto import tqdm
 
-from synpro_jax import atomic, sharding
-from synpro_jax import distributed
-from synpro_jax import heartbeat
-from synpro_jax.distributed import Preemption
+from synpro_jax import atomic, distributed, heartbeat, sharding
 from synpro_jax.checks import positive_ints
+from synpro_jax.distributed import Preemption
 from synpro_jax.generation.sampler import Sampler
 from synpro_jax.models import ModelConfig
 from synpro_jax.rl import grpo
@@ -97,12 +96,24 @@ class GRPORunConfig:
     stall_stop_steps: int | None = 10  # None: never stop
 
     def __post_init__(self):
-        positive_ints(self, "num_steps", "prompts_per_step", "accum_steps", "max_source_chars", "log_every",
-                      "checkpoint_every", "keep_checkpoints", "stall_warn_steps")
-        if self.stall_stop_steps is not None and (not isinstance(self.stall_stop_steps, int)
-                                                  or self.stall_stop_steps < self.stall_warn_steps):
-            raise ValueError(f"GRPORunConfig.stall_stop_steps={self.stall_stop_steps!r}: must be an int >= "
-                             f"stall_warn_steps={self.stall_warn_steps}, or None to never stop")
+        positive_ints(
+            self,
+            "num_steps",
+            "prompts_per_step",
+            "accum_steps",
+            "max_source_chars",
+            "log_every",
+            "checkpoint_every",
+            "keep_checkpoints",
+            "stall_warn_steps",
+        )
+        if self.stall_stop_steps is not None and (
+            not isinstance(self.stall_stop_steps, int) or self.stall_stop_steps < self.stall_warn_steps
+        ):
+            raise ValueError(
+                f"GRPORunConfig.stall_stop_steps={self.stall_stop_steps!r}: must be an int >= "
+                f"stall_warn_steps={self.stall_warn_steps}, or None to never stop"
+            )
         if self.logits_chunk is not None and (not isinstance(self.logits_chunk, int) or self.logits_chunk < 1):
             raise ValueError(f"GRPORunConfig.logits_chunk={self.logits_chunk!r}: must be an int >= 1, or None")
         if self.export_dtype not in ("float32", "bfloat16"):
@@ -147,18 +158,29 @@ def stall_cause(records: Sequence[dict]) -> str:
     """Why the groups of ``records`` (zero-spread steps) carried no signal, in words: the rewards that were
     constant and their values, and whether every completion ran to its budget."""
     last = records[-1]
-    names = sorted(k[len("reward/"):-len("_mean")] for k in last
-                   if k.startswith("reward/") and k.endswith("_mean") and k != "reward/total_mean")
-    flat = [f"{n}={last[f'reward/{n}_mean']:.3f}" for n in names
-            if all(r.get(f"reward/{n}_std", 1.0) == 0.0 for r in records)]
-    parts = [f"every reward was constant across all completions ({', '.join(flat)})" if len(flat) == len(names)
-             else f"constant rewards: {', '.join(flat) or 'none'}"]
+    names = sorted(
+        k[len("reward/") : -len("_mean")]
+        for k in last
+        if k.startswith("reward/") and k.endswith("_mean") and k != "reward/total_mean"
+    )
+    flat = [
+        f"{n}={last[f'reward/{n}_mean']:.3f}"
+        for n in names
+        if all(r.get(f"reward/{n}_std", 1.0) == 0.0 for r in records)
+    ]
+    parts = [
+        f"every reward was constant across all completions ({', '.join(flat)})"
+        if len(flat) == len(names)
+        else f"constant rewards: {', '.join(flat) or 'none'}"
+    ]
     if all(r.get("truncated_share") == 1.0 for r in records):
         parts.append("every completion ran to max_completion_tokens without a stop token")
     fmt = last.get("reward/format_mean")
     if fmt == 0.0:
-        parts.append("the generator never writes the answer heading (format 0): start from a generator that "
-                     "does, e.g. with a supervised warm start (synpro.grpo.warm_start)")
+        parts.append(
+            "the generator never writes the answer heading (format 0): start from a generator that "
+            "does, e.g. with a supervised warm start (synpro.grpo.warm_start)"
+        )
     elif fmt == 1.0:
         parts.append("format is already 1 everywhere and the other rewards do not separate completions")
     return "; ".join(parts)
@@ -171,8 +193,14 @@ def plot_reward_curves(records: Sequence[dict], path: Path, title: str = "") -> 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = sorted({k[len("reward/"):-len("_mean")] for r in records for k in r
-                    if k.startswith("reward/") and k.endswith("_mean")})
+    names = sorted(
+        {
+            k[len("reward/") : -len("_mean")]
+            for r in records
+            for k in r
+            if k.startswith("reward/") and k.endswith("_mean")
+        }
+    )
     fig, ax = plt.subplots(figsize=(7, 4))
     for name in names:
         pts = [(r["step"], r[f"reward/{name}_mean"]) for r in records if f"reward/{name}_mean" in r]
@@ -192,16 +220,22 @@ def check_config(cfg: ModelConfig, run: GRPORunConfig, algorithm: GRPOConfig, ba
     ``batch_shards``: how many ways the mesh splits the batch (sharding.batch_shards)."""
     g = algorithm
     if g.max_prompt_tokens + g.max_completion_tokens > cfg.max_seq_len:
-        raise ValueError(f"GRPOConfig.max_prompt_tokens={g.max_prompt_tokens} + max_completion_tokens="
-                         f"{g.max_completion_tokens} exceeds the generator's max_seq_len={cfg.max_seq_len}")
+        raise ValueError(
+            f"GRPOConfig.max_prompt_tokens={g.max_prompt_tokens} + max_completion_tokens="
+            f"{g.max_completion_tokens} exceeds the generator's max_seq_len={cfg.max_seq_len}"
+        )
     rows = run.prompts_per_step * g.num_generations
     if rows % (run.accum_steps * batch_shards):
-        raise ValueError(f"GRPORunConfig.prompts_per_step={run.prompts_per_step} x GRPOConfig.num_generations="
-                         f"{g.num_generations} = {rows} completions per step must divide into accum_steps="
-                         f"{run.accum_steps} micro-batches over the mesh's {batch_shards} data shards")
+        raise ValueError(
+            f"GRPORunConfig.prompts_per_step={run.prompts_per_step} x GRPOConfig.num_generations="
+            f"{g.num_generations} = {rows} completions per step must divide into accum_steps="
+            f"{run.accum_steps} micro-batches over the mesh's {batch_shards} data shards"
+        )
     if run.logits_chunk is not None and g.max_completion_tokens % run.logits_chunk:
-        raise ValueError(f"GRPORunConfig.logits_chunk={run.logits_chunk} must divide GRPOConfig."
-                         f"max_completion_tokens={g.max_completion_tokens} (the completion slots)")
+        raise ValueError(
+            f"GRPORunConfig.logits_chunk={run.logits_chunk} must divide GRPOConfig."
+            f"max_completion_tokens={g.max_completion_tokens} (the completion slots)"
+        )
 
 
 class GRPOTrainer:
@@ -213,10 +247,22 @@ class GRPOTrainer:
     vocabulary): a checkpoint made under another one is refused, naming the field.
     """
 
-    def __init__(self, cfg: ModelConfig, mesh: Mesh, params: Any, vocab, prompts: PromptSet, suite: RewardSuite,
-                 run: GRPORunConfig, algorithm: GRPOConfig = GRPOConfig(), *, stop_ids: Sequence[int] = (),
-                 fingerprint: dict | None = None, vocabulary_files: Sequence[str] = (),
-                 rules: sharding.Rules = sharding.DEFAULT_RULES):
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        mesh: Mesh,
+        params: Any,
+        vocab,
+        prompts: PromptSet,
+        suite: RewardSuite,
+        run: GRPORunConfig,
+        algorithm: GRPOConfig = GRPOConfig(),
+        *,
+        stop_ids: Sequence[int] = (),
+        fingerprint: dict | None = None,
+        vocabulary_files: Sequence[str] = (),
+        rules: sharding.Rules = sharding.DEFAULT_RULES,
+    ):
         g = algorithm
         check_config(cfg, run, g, sharding.batch_shards(mesh, rules))
         self.cfg, self.mesh, self.vocab, self.prompts, self.suite = cfg, mesh, vocab, prompts, suite
@@ -225,25 +271,58 @@ class GRPOTrainer:
         self.stop_ids = sorted({int(vocab.eos_id), *map(int, stop_ids)})
         self.pad_id = int(getattr(vocab, "pad_id", 0) or 0)
         self.vocabulary_files = list(vocabulary_files)
-        self.step_fn = GRPOStep(cfg, mesh, g, total_steps=run.num_steps * g.num_iterations,
-                                accum_steps=run.accum_steps, logits_chunk=run.logits_chunk,
-                                prompt_group=g.num_generations if run.share_prompts else 1, rules=rules)
+        self.step_fn = GRPOStep(
+            cfg,
+            mesh,
+            g,
+            total_steps=run.num_steps * g.num_iterations,
+            accum_steps=run.accum_steps,
+            logits_chunk=run.logits_chunk,
+            prompt_group=g.num_generations if run.share_prompts else 1,
+            rules=rules,
+        )
         self.init_params = params
         # The actor is built by a jit (fresh buffers, the ones later donated), so the reference can share the
         # starting params' buffers instead of holding another copy.
-        self.ref_params = jax.device_put(jax.tree.map(lambda x: x if x.dtype == np.float32 else
-                                                      x.astype(np.float32), params),
-                                         self.step_fn.param_shardings) if g.beta > 0 else None
+        self.ref_params = (
+            jax.device_put(
+                jax.tree.map(lambda x: x if x.dtype == np.float32 else x.astype(np.float32), params),
+                self.step_fn.param_shardings,
+            )
+            if g.beta > 0
+            else None
+        )
         self.sampler = Sampler(cfg, params, mesh=mesh)
-        self.fingerprint = json.loads(json.dumps({
-            "model": dataclasses.asdict(cfg), "grpo": dataclasses.asdict(g),
-            "run": {k: v for k, v in dataclasses.asdict(run).items()
-                    if k in ("num_steps", "prompts_per_step", "seed", "max_source_chars", "min_source_chars",
-                             "max_documents", "accum_steps", "logits_chunk", "share_prompts")},
-            # numpy's Generator streams decide the prompt order and the rollout seeds
-            "numpy": np.__version__,
-            "prompts": prompts.fingerprint(), "stop_ids": self.stop_ids, **(fingerprint or {}),
-        }, default=str))
+        self.fingerprint = json.loads(
+            json.dumps(
+                {
+                    "model": dataclasses.asdict(cfg),
+                    "grpo": dataclasses.asdict(g),
+                    "run": {
+                        k: v
+                        for k, v in dataclasses.asdict(run).items()
+                        if k
+                        in (
+                            "num_steps",
+                            "prompts_per_step",
+                            "seed",
+                            "max_source_chars",
+                            "min_source_chars",
+                            "max_documents",
+                            "accum_steps",
+                            "logits_chunk",
+                            "share_prompts",
+                        )
+                    },
+                    # numpy's Generator streams decide the prompt order and the rollout seeds
+                    "numpy": np.__version__,
+                    "prompts": prompts.fingerprint(),
+                    "stop_ids": self.stop_ids,
+                    **(fingerprint or {}),
+                },
+                default=str,
+            )
+        )
         self.preemption = Preemption()  # SIGTERM: every host saves the same step, then the job exits 143
 
     # --- one step ------------------------------------------------------------------------------------------------
@@ -251,10 +330,16 @@ class GRPOTrainer:
         """(prompt items, RolloutBatch) of ``step`` under the sampler's current weights."""
         items = self.prompts.batch(step, self.run_cfg.prompts_per_step)
         g = self.grpo
-        rollout = self.sampler.rollout([it.ids for it in items], num_generations=g.num_generations,
-                                       max_new_tokens=g.max_completion_tokens, temperature=g.temperature,
-                                       top_p=g.top_p, seed=step_seed(self.run_cfg.seed, step), eos_id=self.stop_ids,
-                                       pad_id=self.pad_id)
+        rollout = self.sampler.rollout(
+            [it.ids for it in items],
+            num_generations=g.num_generations,
+            max_new_tokens=g.max_completion_tokens,
+            temperature=g.temperature,
+            top_p=g.top_p,
+            seed=step_seed(self.run_cfg.seed, step),
+            eos_id=self.stop_ids,
+            pad_id=self.pad_id,
+        )
         return items, rollout
 
     def completion_texts(self, rollout) -> tuple[list[str], np.ndarray, np.ndarray]:
@@ -275,12 +360,18 @@ class GRPOTrainer:
         group = np.repeat(np.arange(len(items)), g.num_generations)
         result = self.suite(RewardInputs(self.prompts.operation, sources, texts, group))
         if jax.process_count() > 1:  # every host scores; process 0's totals decide (judges may disagree)
-            result = dataclasses.replace(result, total=np.asarray(
-                multihost_utils.broadcast_one_to_all(np.asarray(result.total, np.float32))))
+            result = dataclasses.replace(
+                result, total=np.asarray(multihost_utils.broadcast_one_to_all(np.asarray(result.total, np.float32)))
+            )
         advantages = np.asarray(grpo.compute_advantages(result.total, g), np.float32)
         t2 = time.perf_counter()
-        batch = {"tokens": rollout.tokens, "positions": rollout.positions, "segment_ids": rollout.segment_ids,
-                 "completion_mask": rollout.completion_mask, "advantages": advantages}
+        batch = {
+            "tokens": rollout.tokens,
+            "positions": rollout.positions,
+            "segment_ids": rollout.segment_ids,
+            "completion_mask": rollout.completion_mask,
+            "advantages": advantages,
+        }
         batch = self.step_fn.place(batch)
         if self.ref_params is not None:
             batch["ref_logp"] = self.step_fn.ref_logprobs(self.ref_params, batch)
@@ -297,12 +388,18 @@ class GRPOTrainer:
         record = {
             "step": step + 1,
             **reward_metrics(result, g.num_generations),
-            **{k: metrics[k] for k in ("loss", "policy_loss", "kl", "clip_fraction", "grad_norm", "param_norm",
-                                       "learning_rate") if k in metrics},
+            **{
+                k: metrics[k]
+                for k in ("loss", "policy_loss", "kl", "clip_fraction", "grad_norm", "param_norm", "learning_rate")
+                if k in metrics
+            },
             "completion_length": float(lengths.mean()),
             "truncated_share": float(1.0 - finished.mean()),
-            "time/rollout_s": t1 - t0, "time/rewards_s": t2 - t1, "time/reference_s": t3 - t2,
-            "time/update_s": t4 - t3, "time/step_s": t4 - t0,
+            "time/rollout_s": t1 - t0,
+            "time/rewards_s": t2 - t1,
+            "time/reference_s": t3 - t2,
+            "time/update_s": t4 - t3,
+            "time/step_s": t4 - t0,
             "rollout_tokens_per_s": float(lengths.sum()) / max(t1 - t0, 1e-9),
             "update_tokens_per_s": real_tokens * g.num_iterations / max(t4 - t3, 1e-9),
         }
@@ -315,8 +412,10 @@ class GRPOTrainer:
         found = first_difference(meta.get("fingerprint"), self.fingerprint)
         if found is not None:
             field, then, now = found
-            raise ValueError(f"{self.out_dir / 'checkpoints'} holds a GRPO run made with a different {field}: "
-                             f"{then!r} then, {now!r} now; use a new out_dir to train with these settings")
+            raise ValueError(
+                f"{self.out_dir / 'checkpoints'} holds a GRPO run made with a different {field}: "
+                f"{then!r} then, {now!r} now; use a new out_dir to train with these settings"
+            )
 
     def run(self, on_start: Callable[[], None] | None = None) -> dict:
         """Train to ``num_steps`` (resuming from ``out_dir`` if it holds a checkpoint of this run) and export.
@@ -326,15 +425,23 @@ class GRPOTrainer:
         if self.init_params is None:
             raise RuntimeError("GRPOTrainer.run() runs once: make a new trainer to run again")
         distributed.agree(str(self.out_dir), "the run directory (synpro.GRPORunConfig.out_dir)")
-        distributed.agree(json.dumps(self.fingerprint, sort_keys=True, default=str),
-                          "the GRPO run's configuration (its fingerprint)")
+        distributed.agree(
+            json.dumps(self.fingerprint, sort_keys=True, default=str), "the GRPO run's configuration (its fingerprint)"
+        )
         # Restore into an abstract template: a restart never holds a fresh state and the restored one at once.
-        template = {"train": jax.tree.map(
-            lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh),
-            jax.eval_shape(self.step_fn.init, jax.random.key(run.seed), self.init_params),
-            self.step_fn.state_shardings)}
-        ckpt = Checkpointer(self.out_dir / "checkpoints", save_every=run.checkpoint_every,
-                            keep=run.keep_checkpoints, async_save=run.async_checkpoints)
+        template = {
+            "train": jax.tree.map(
+                lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh),
+                jax.eval_shape(self.step_fn.init, jax.random.key(run.seed), self.init_params),
+                self.step_fn.state_shardings,
+            )
+        }
+        ckpt = Checkpointer(
+            self.out_dir / "checkpoints",
+            save_every=run.checkpoint_every,
+            keep=run.keep_checkpoints,
+            async_save=run.async_checkpoints,
+        )
         restored = ckpt.restore(template, check_meta=self._check)  # closes itself if it raises
         start = 0
         if restored is not None:
@@ -350,8 +457,14 @@ class GRPOTrainer:
         metrics_log = MetricsLog(self.out_dir, start)
         stalled: list[dict] = []  # the current run of zero-spread steps
         with self.preemption:  # SIGTERM handled for the loop's length
-            bar = tqdm(total=run.num_steps, initial=start, unit="step", dynamic_ncols=True, desc="grpo",
-                       disable=not run.progress or jax.process_index() != 0)
+            bar = tqdm(
+                total=run.num_steps,
+                initial=start,
+                unit="step",
+                dynamic_ncols=True,
+                desc="grpo",
+                disable=not run.progress or jax.process_index() != 0,
+            )
             step, preempted = start, False
             try:
                 while step < run.num_steps:
@@ -359,9 +472,12 @@ class GRPOTrainer:
                     step += 1
                     bar.update(1)
                     heartbeat.beat()
-                    bar.set_postfix(reward=f"{record['reward/total_mean']:.3f}",
-                                    signal=f"{1.0 - record['zero_std_groups']:.2f}",
-                                    kl=f"{record.get('kl', 0.0):.2g}", refresh=False)
+                    bar.set_postfix(
+                        reward=f"{record['reward/total_mean']:.3f}",
+                        signal=f"{1.0 - record['zero_std_groups']:.2f}",
+                        kl=f"{record.get('kl', 0.0):.2g}",
+                        refresh=False,
+                    )
                     if step % run.log_every == 0 or step == run.num_steps:
                         metrics_log.write(record)
                     stalled = stalled + [record] if record["zero_std_groups"] == 1.0 else []
@@ -383,8 +499,11 @@ class GRPOTrainer:
             summary["export"] = str(self.export(state["train"].params, step, summary))
         if jax.process_index() == 0:
             if metrics_log.records:
-                plot_reward_curves(metrics_log.records, self.out_dir / "reward_curves.png",
-                                   title=f"GRPO {self.prompts.operation} ({self.cfg.name})")
+                plot_reward_curves(
+                    metrics_log.records,
+                    self.out_dir / "reward_curves.png",
+                    title=f"GRPO {self.prompts.operation} ({self.cfg.name})",
+                )
             atomic.write_json(self.out_dir / "summary.json", summary)
         return summary
 
@@ -398,10 +517,15 @@ class GRPOTrainer:
                 f"GRPO stopped at step {stalled[-1]['step']}: every prompt group's total reward had zero spread for "
                 f"{len(stalled)} steps in a row ({steps}; GRPORunConfig.stall_stop_steps={run.stall_stop_steps}), "
                 f"so every advantage was 0 and nothing was learned. Cause: {stall_cause(stalled)}. The last "
-                f"checkpoint in {self.out_dir / 'checkpoints'} is kept.")
+                f"checkpoint in {self.out_dir / 'checkpoints'} is kept."
+            )
         if len(stalled) == run.stall_warn_steps or len(stalled) % 10 == 0:
-            log.warning("GRPO learns nothing: every group's total reward has had zero spread for %d steps in a "
-                        "row (%s): %s", len(stalled), steps, stall_cause(stalled))
+            log.warning(
+                "GRPO learns nothing: every group's total reward has had zero spread for %d steps in a row (%s): %s",
+                len(stalled),
+                steps,
+                stall_cause(stalled),
+            )
 
     def _summary(self, records: list[dict], step: int, preempted: bool) -> dict:
         def mean_of(key, part):
@@ -411,8 +535,11 @@ class GRPOTrainer:
         k = max(1, len(records) // 10)
         rewards = sorted({key for r in records for key in r if key.startswith("reward/") and key.endswith("_mean")})
         return {
-            "steps": step, "preempted": preempted, "operation": self.prompts.operation,
-            "prompts": len(self.prompts), "out_dir": str(self.out_dir),
+            "steps": step,
+            "preempted": preempted,
+            "operation": self.prompts.operation,
+            "prompts": len(self.prompts),
+            "out_dir": str(self.out_dir),
             "first_rewards": {key: mean_of(key, records[:k]) for key in rewards},
             "last_rewards": {key: mean_of(key, records[-k:]) for key in rewards},
             "rollout_tokens_per_s": mean_of("rollout_tokens_per_s", records[1:]),
@@ -438,14 +565,22 @@ class GRPOTrainer:
                 old = json.loads(info_path.read_text())
             except (OSError, ValueError):
                 old = {}
-            if old.get("step") == step and old.get("fingerprint") == self.fingerprint \
-                    and old.get("dtype") == self.run_cfg.export_dtype:
+            if (
+                old.get("step") == step
+                and old.get("fingerprint") == self.fingerprint
+                and old.get("dtype") == self.run_cfg.export_dtype
+            ):
                 return out  # a finished run restarted: its export is already there
         host = jax.tree.map(sharding.to_host, params)
         if jax.process_index() != 0:
             return out
-        info = {"step": step, "operation": self.prompts.operation, "dtype": self.run_cfg.export_dtype,
-                "fingerprint": self.fingerprint, "summary": summary or {}}
+        info = {
+            "step": step,
+            "operation": self.prompts.operation,
+            "dtype": self.run_cfg.export_dtype,
+            "fingerprint": self.fingerprint,
+            "summary": summary or {},
+        }
 
         def fill(tmp):
             hf.write_dir(self.cfg, host, tmp, dtype=self.run_cfg.export_dtype)
@@ -464,4 +599,3 @@ class GRPOTrainer:
         if replacing:
             log.info("replaced %s with the generator at step %d", out, step)
         return out
-

@@ -10,12 +10,13 @@ request), so a request's completions do not depend on what it was batched with.
 from __future__ import annotations
 
 import collections
+from collections.abc import Sequence
 import concurrent.futures
 import dataclasses
 import logging
 import math
 import time
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -58,8 +59,16 @@ class GenerationQueue(DeviceQueue[GenRequest]):
     lets a few concurrent requests arrive before a call starts; ``batches`` records each call's (requests, rows).
     """
 
-    def __init__(self, sampler: Any, *, stop_ids: Sequence[int], pad_id: int = 0, max_rows: int = 32,
-                 max_queued: int = 256, batch_wait_s: float = 0.005):
+    def __init__(
+        self,
+        sampler: Any,
+        *,
+        stop_ids: Sequence[int],
+        pad_id: int = 0,
+        max_rows: int = 32,
+        max_queued: int = 256,
+        batch_wait_s: float = 0.005,
+    ):
         if max_rows < 1 or batch_wait_s < 0:
             raise ValueError(f"GenerationQueue: max_rows={max_rows} must be >= 1, batch_wait_s={batch_wait_s} >= 0")
         super().__init__(max_queued=max_queued, thread_name="serve-device")
@@ -71,12 +80,15 @@ class GenerationQueue(DeviceQueue[GenRequest]):
     def submit(self, request: GenRequest) -> concurrent.futures.Future:
         k = request.knobs
         if not (math.isfinite(k.temperature) and k.temperature >= 0) or (
-                k.top_p is not None and not (math.isfinite(k.top_p) and 0 < k.top_p <= 1)):
+            k.top_p is not None and not (math.isfinite(k.top_p) and 0 < k.top_p <= 1)
+        ):
             # a request's bad knobs must fail it alone, never the device call it would share with others
             raise ValueError(f"temperature={k.temperature} must be finite and >= 0, top_p={k.top_p} in (0, 1]")
         if len(request.prompts) > self.max_rows:
-            raise ValueError(f"{len(request.prompts)} rows (prompts x n) exceed the server's max_rows="
-                             f"{self.max_rows}; send fewer prompts or choices per request")
+            raise ValueError(
+                f"{len(request.prompts)} rows (prompts x n) exceed the server's max_rows="
+                f"{self.max_rows}; send fewer prompts or choices per request"
+            )
         self._enqueue(request)
         return request.future
 
@@ -107,23 +119,31 @@ class GenerationQueue(DeviceQueue[GenRequest]):
         budgets = [b for r in requests for b in r.budgets]
         streams = [s for r in requests for s in r.stream_ids]
         k = requests[0].knobs
-        out = self.sampler.generate(prompts, max_new_tokens=budgets, temperature=k.temperature, top_k=k.top_k,
-                                    top_p=k.top_p, seed=k.seed, eos_id=self.stop_ids or None, pad_id=self.pad_id,
-                                    stream_ids=streams)
+        out = self.sampler.generate(
+            prompts,
+            max_new_tokens=budgets,
+            temperature=k.temperature,
+            top_k=k.top_k,
+            top_p=k.top_p,
+            seed=k.seed,
+            eos_id=self.stop_ids or None,
+            pad_id=self.pad_id,
+            stream_ids=streams,
+        )
         self.batches.append((len(requests), len(prompts)))
         self.stats["device_calls"] += 1
         self.stats["rows"] += len(prompts)
         stop = set(self.stop_ids)
         results = []
         for row, n, fin in zip(np.asarray(out.tokens), np.asarray(out.lengths), np.asarray(out.finished)):
-            ids = [int(t) for t in row[:int(n)]]
+            ids = [int(t) for t in row[: int(n)]]
             generated = len(ids)
             if fin and ids and ids[-1] in stop:
                 ids = ids[:-1]
             results.append(RowResult(ids, bool(fin), generated))
         at = 0
         for r in requests:
-            r.future.set_result(results[at:at + len(r.prompts)])
+            r.future.set_result(results[at : at + len(r.prompts)])
             at += len(r.prompts)
 
 

@@ -15,6 +15,7 @@ still dribbling headers; the attempt's thread stops at its next chunk. A call pa
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 import concurrent.futures
 import dataclasses
 import json
@@ -23,7 +24,7 @@ import math
 import random
 import threading
 import time
-from typing import Any, Sequence
+from typing import Any
 
 import httpx
 
@@ -74,8 +75,10 @@ class ClientConfig:
             if getattr(self, name) < 0:
                 raise ValueError(f"ClientConfig.{name}={getattr(self, name)} must be >= 0")
         if self.max_retries < 0 or self.breaker_failures < 1:
-            raise ValueError(f"ClientConfig.max_retries={self.max_retries} must be >= 0 and breaker_failures="
-                             f"{self.breaker_failures} >= 1")
+            raise ValueError(
+                f"ClientConfig.max_retries={self.max_retries} must be >= 0 and breaker_failures="
+                f"{self.breaker_failures} >= 1"
+            )
 
     def backoff_cap(self, attempt: int) -> float:
         """The longest sleep before attempt ``attempt`` (1 = the first retry); jitter takes 50-100% of it."""
@@ -87,8 +90,9 @@ class ClientConfig:
         backoff sleeps between them (what the retries could take at worst)."""
         if self.deadline_s is not None:
             return float(self.deadline_s)
-        return (self.max_retries + 1) * self.timeout_s + sum(self.backoff_cap(a)
-                                                             for a in range(1, self.max_retries + 1))
+        return (self.max_retries + 1) * self.timeout_s + sum(
+            self.backoff_cap(a) for a in range(1, self.max_retries + 1)
+        )
 
 
 class CircuitBreaker:
@@ -114,8 +118,10 @@ class CircuitBreaker:
                 return
             left = self.cooldown_s - (self.clock() - self.opened_at)
             if left > 0 or self._trial:
-                raise CircuitOpenError(f"circuit open after {self.consecutive} consecutive failures; "
-                                       f"failing fast for {max(left, 0):.1f}s more")
+                raise CircuitOpenError(
+                    f"circuit open after {self.consecutive} consecutive failures; "
+                    f"failing fast for {max(left, 0):.1f}s more"
+                )
             self._trial = True  # half-open: this call is the trial
 
     def record(self, ok: bool) -> None:
@@ -139,11 +145,21 @@ class OpenAIClient:
     def __init__(self, config: ClientConfig, transport: httpx.BaseTransport | None = None):
         self.config = config
         timeout = httpx.Timeout(config.timeout_s, connect=config.connect_timeout_s)
-        self._http = httpx.Client(base_url=config.base_url.rstrip("/") + "/", timeout=timeout, transport=transport,
-                                  headers={"Authorization": f"Bearer {config.api_key}"})
+        self._http = httpx.Client(
+            base_url=config.base_url.rstrip("/") + "/",
+            timeout=timeout,
+            transport=transport,
+            headers={"Authorization": f"Bearer {config.api_key}"},
+        )
         self.breaker = CircuitBreaker(config.breaker_failures, config.breaker_cooldown_s)
-        self.stats: dict[str, int] = {"calls": 0, "attempts": 0, "retries": 0, "failures": 0, "fast_failures": 0,
-                                      "deadlines_exceeded": 0}
+        self.stats: dict[str, int] = {
+            "calls": 0,
+            "attempts": 0,
+            "retries": 0,
+            "failures": 0,
+            "fast_failures": 0,
+            "deadlines_exceeded": 0,
+        }
         self._stats_lock = threading.Lock()
         self._model = config.model
 
@@ -164,8 +180,9 @@ class OpenAIClient:
                 raise MalformedReply(f"{self.config.base_url}/models lists no model: {str(reply)[:200]}") from None
         return self._model
 
-    def _exchange(self, method: str, path: str, body: dict | None, until: float,
-                  stop: threading.Event) -> tuple[int, bytes, str]:
+    def _exchange(
+        self, method: str, path: str, body: dict | None, until: float, stop: threading.Event
+    ) -> tuple[int, bytes, str]:
         """(status, body bytes, encoding), read in chunks; stops at ``until`` or once ``stop`` is set."""
         left = until - time.monotonic()
         if left <= 0:
@@ -210,8 +227,15 @@ class OpenAIClient:
         except ValueError:
             raise _Retryable(f"malformed JSON body from {path}: {text[:200]!r}", malformed=True) from None
 
-    def _request(self, method: str, path: str, body: dict | None, check=None, deadline_at: float | None = None,
-                 started: float | None = None) -> Any:
+    def _request(
+        self,
+        method: str,
+        path: str,
+        body: dict | None,
+        check=None,
+        deadline_at: float | None = None,
+        started: float | None = None,
+    ) -> Any:
         """One call: retries with backoff, then the breaker's verdict. ``check(reply)`` raises MalformedReply for
         a body that parses as JSON but is not the expected shape (retried like a malformed body). The call ends by
         ``deadline_at`` (monotonic) or ``call_deadline_s`` after it started, whichever is first."""
@@ -236,8 +260,10 @@ class OpenAIClient:
             self._count("failures")
             self._count("deadlines_exceeded")
             earlier = f"; the attempt before failed with: {last}" if last else ""
-            return DeadlineExceeded(f"{url}: no reply within the call's deadline of {deadline - started:.1f}s "
-                                    f"({why}; {attempts} attempt(s) made{earlier})")
+            return DeadlineExceeded(
+                f"{url}: no reply within the call's deadline of {deadline - started:.1f}s "
+                f"({why}; {attempts} attempt(s) made{earlier})"
+            )
 
         for attempt in range(cfg.max_retries + 1):
             if attempt:
@@ -287,10 +313,15 @@ class OpenAIClient:
 
         def check(reply):
             choices = reply.get("choices") if isinstance(reply, dict) else None
-            if (not isinstance(choices, list) or len(choices) != len(prompts)
-                    or not all(isinstance(c, dict) and isinstance(c.get("text"), str)
-                               and isinstance(c.get("index"), int) for c in choices)
-                    or sorted(c["index"] for c in choices) != list(range(len(prompts)))):
+            if (
+                not isinstance(choices, list)
+                or len(choices) != len(prompts)
+                or not all(
+                    isinstance(c, dict) and isinstance(c.get("text"), str) and isinstance(c.get("index"), int)
+                    for c in choices
+                )
+                or sorted(c["index"] for c in choices) != list(range(len(prompts)))
+            ):
                 raise MalformedReply(f"expected {len(prompts)} choices with text and index: {str(reply)[:200]}")
 
         reply = self._request("POST", "completions", body, check, deadline_at, started)
@@ -308,8 +339,9 @@ class OpenAIClient:
             if not isinstance(content, str):
                 raise MalformedReply(f"expected choices[0].message.content: {str(reply)[:200]}")
 
-        return self._request("POST", "chat/completions", body, check, deadline_at,
-                             started)["choices"][0]["message"]["content"]
+        return self._request("POST", "chat/completions", body, check, deadline_at, started)["choices"][0]["message"][
+            "content"
+        ]
 
     def close(self) -> None:
         self._http.close()

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+from collections.abc import Sequence
 import contextlib
 import dataclasses
 import itertools
@@ -37,7 +38,7 @@ import os
 import secrets
 import threading
 import time
-from typing import Any, Sequence
+from typing import Any
 
 from etils.epath import Path
 from starlette.applications import Starlette
@@ -72,17 +73,27 @@ class BadRequest(ValueError):
         return _error(str(self), self.status, param=self.param, code=self.code)
 
 
-_STATUS_CODES = {400: "invalid_value", 404: "not_found", 405: "method_not_allowed", 408: "request_timeout",
-                 413: "request_too_large", 415: "unsupported_media_type", 503: "overloaded"}
+_STATUS_CODES = {
+    400: "invalid_value",
+    404: "not_found",
+    405: "method_not_allowed",
+    408: "request_timeout",
+    413: "request_too_large",
+    415: "unsupported_media_type",
+    503: "overloaded",
+}
 
 
-def _error(message: str, status: int, *, param: str | None = None, code: str | None = None,
-           headers: dict | None = None) -> JSONResponse:
+def _error(
+    message: str, status: int, *, param: str | None = None, code: str | None = None, headers: dict | None = None
+) -> JSONResponse:
     """An OpenAI error object: ``invalid_request_error`` for a 4xx, ``server_error`` for a 5xx."""
     kind = "invalid_request_error" if status < 500 else "server_error"
-    return JSONResponse({"error": {"message": message, "type": kind, "param": param,
-                                   "code": code or _STATUS_CODES.get(status)}},
-                        status_code=status, headers=headers)
+    return JSONResponse(
+        {"error": {"message": message, "type": kind, "param": param, "code": code or _STATUS_CODES.get(status)}},
+        status_code=status,
+        headers=headers,
+    )
 
 
 def _field(path: Sequence[str | int]) -> str:
@@ -103,15 +114,19 @@ def check_json_values(body: Any) -> None:
         if isinstance(v, float):
             if not math.isfinite(v):
                 name = _field(path) or "the request body"
-                raise BadRequest(f"{name}={v}: not a finite number (JSON numbers must be finite; 1e400 overflows)",
-                                 param=_field(path) or None)
+                raise BadRequest(
+                    f"{name}={v}: not a finite number (JSON numbers must be finite; 1e400 overflows)",
+                    param=_field(path) or None,
+                )
         elif isinstance(v, str):
             if not v.isascii():
                 try:
                     v.encode("utf-8")
                 except UnicodeEncodeError:
-                    raise BadRequest(f"{_field(path) or 'the request body'}: a string with a lone surrogate "
-                                     "(not valid Unicode)", param=_field(path) or None) from None
+                    raise BadRequest(
+                        f"{_field(path) or 'the request body'}: a string with a lone surrogate (not valid Unicode)",
+                        param=_field(path) or None,
+                    ) from None
         elif isinstance(v, dict):
             for k, x in v.items():
                 stack.append(((*path, k), k))
@@ -143,8 +158,9 @@ def number(body: dict, name: str, default=None, *, integer: bool = False):
     try:
         return float(v)
     except OverflowError:  # an integer literal past a double's range
-        raise BadRequest(f"{name}: {len(str(abs(v)))} digits overflow a double: not a finite number",
-                         param=name) from None
+        raise BadRequest(
+            f"{name}: {len(str(abs(v)))} digits overflow a double: not a finite number", param=name
+        ) from None
 
 
 @dataclasses.dataclass
@@ -222,13 +238,22 @@ class FaultMiddleware:
             return await _error("injected fault: server error", 503, code="injected_fault")(scope, receive, send)
         if fault.kind == "malformed":
             body = b'{"id": "cmpl-fault", "object": "text_completion", "choices": [{"index": 0, "te'
-            await send({"type": "http.response.start", "status": 200,
-                        "headers": [(b"content-type", b"application/json"),
-                                    (b"content-length", str(len(body)).encode())]})
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+                }
+            )
             return await send({"type": "http.response.body", "body": body})
         # drop: promise a body and never send it; the server closes the connection on the incomplete response
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", b"4096")]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", b"4096")],
+            }
+        )
         return None
 
 
@@ -272,12 +297,18 @@ class Engine:
     them in worker threads, ``generate`` its own. They hold no lock: SentencePiece and HF tokenizers encode and
     decode from many threads at once, so one long prompt's tokenizing delays no other request."""
 
-    def __init__(self, cfg, sampler, vocab, settings: ServeConfig,
-                 template: prompts_lib.ChatTemplate = prompts_lib.OLMO2_CHAT):
+    def __init__(
+        self, cfg, sampler, vocab, settings: ServeConfig, template: prompts_lib.ChatTemplate = prompts_lib.OLMO2_CHAT
+    ):
         self.cfg, self.vocab, self.settings, self.template = cfg, vocab, settings, template
-        self.queue = GenerationQueue(sampler, stop_ids=[int(vocab.eos_id)], pad_id=int(getattr(vocab, "pad_id", 0)),
-                                     max_rows=settings.max_rows, max_queued=settings.max_queued,
-                                     batch_wait_s=settings.batch_wait_s)
+        self.queue = GenerationQueue(
+            sampler,
+            stop_ids=[int(vocab.eos_id)],
+            pad_id=int(getattr(vocab, "pad_id", 0)),
+            max_rows=settings.max_rows,
+            max_queued=settings.max_queued,
+            batch_wait_s=settings.batch_wait_s,
+        )
         self.max_body_bytes = settings.body_limit(cfg.max_seq_len)
         self._server_seed = secrets.randbelow(2**31)
         self._streams = itertools.count()
@@ -303,14 +334,17 @@ class Engine:
             if ids(prompt):
                 return [list(prompt)]
             if len(prompt) > self.settings.max_rows:  # before tokenizing any of them
-                raise BadRequest(f"prompt: {len(prompt)} prompts exceed the server's max_rows="
-                                 f"{self.settings.max_rows}", param="prompt")
+                raise BadRequest(
+                    f"prompt: {len(prompt)} prompts exceed the server's max_rows={self.settings.max_rows}",
+                    param="prompt",
+                )
             if all(isinstance(p, str) for p in prompt):
                 return [self._encode(p) for p in prompt]
             if all(ids(p) for p in prompt):
                 return [list(p) for p in prompt]
-        raise BadRequest("prompt: a string, a list of strings, a list of token ids or a list of such lists",
-                         param="prompt")
+        raise BadRequest(
+            "prompt: a string, a list of strings, a list of token ids or a list of such lists", param="prompt"
+        )
 
     def completion_prompts(self, body: dict) -> list[list[int]]:
         if body.get("prompt") is None:
@@ -356,15 +390,18 @@ class Engine:
         # top-k over the whole vocabulary is no top-k (and a huge k must not reach the sampler)
         top_k = None if top_k < 1 or top_k >= self.cfg.vocab_size else top_k
         # Greedy rows batch with any seed; unseeded sampling shares the server seed and takes fresh streams.
-        knobs = Knobs(temperature, top_k, None if top_p >= 1 else top_p,
-                      0 if greedy else (self._server_seed if seed is None else seed % 2**32))
+        knobs = Knobs(
+            temperature,
+            top_k,
+            None if top_p >= 1 else top_p,
+            0 if greedy else (self._server_seed if seed is None else seed % 2**32),
+        )
         return knobs, n, seed is None and not greedy
 
     def _stops(self, body: dict) -> list[str]:
         stop = body.get("stop")
         stops = [] if stop is None else [stop] if isinstance(stop, str) else stop
-        if (not isinstance(stops, list) or not all(isinstance(s, str) and s for s in stops)
-                or len(stops) > MAX_STOPS):
+        if not isinstance(stops, list) or not all(isinstance(s, str) and s for s in stops) or len(stops) > MAX_STOPS:
             raise BadRequest(f"stop: a string or a list of at most {MAX_STOPS} non-empty strings", param="stop")
         return stops
 
@@ -374,11 +411,18 @@ class Engine:
         stops = self._stops(body)
         model = body.get("model")
         if model not in (None, self.settings.model_name):
-            raise BadRequest(f"model {model!r} is not served here (this server serves "
-                             f"{self.settings.model_name!r})", status=404, param="model", code="model_not_found")
+            raise BadRequest(
+                f"model {model!r} is not served here (this server serves {self.settings.model_name!r})",
+                status=404,
+                param="model",
+                code="model_not_found",
+            )
         if len(token_prompts) * n > self.settings.max_rows:
-            raise BadRequest(f"{len(token_prompts)} prompts x n={n} rows exceed the server's max_rows="
-                             f"{self.settings.max_rows}; send fewer prompts or choices per request", param="n")
+            raise BadRequest(
+                f"{len(token_prompts)} prompts x n={n} rows exceed the server's max_rows="
+                f"{self.settings.max_rows}; send fewer prompts or choices per request",
+                param="n",
+            )
         limit = self.cfg.max_seq_len
         longest = max(len(p) for p in token_prompts)
         name = "max_tokens" if body.get("max_tokens") is not None else "max_completion_tokens"
@@ -386,18 +430,25 @@ class Engine:
         if max_tokens is None:
             max_tokens = min(default_max_tokens, limit - longest)
         if max_tokens < 1:
-            raise BadRequest(f"{name}={max_tokens!r}: a positive integer" if longest < limit else
-                             f"the prompt has {longest} tokens: no room in the model's context of {limit} tokens",
-                             param=name if longest < limit else "prompt")
+            raise BadRequest(
+                f"{name}={max_tokens!r}: a positive integer"
+                if longest < limit
+                else f"the prompt has {longest} tokens: no room in the model's context of {limit} tokens",
+                param=name if longest < limit else "prompt",
+            )
         for i, p in enumerate(token_prompts):
             if not p:
                 raise BadRequest(f"prompt {i} is empty", param="prompt")
             if min(p) < 0 or max(p) >= self.cfg.vocab_size:
-                raise BadRequest(f"prompt {i} has token ids outside the vocabulary [0, {self.cfg.vocab_size})",
-                                 param="prompt")
+                raise BadRequest(
+                    f"prompt {i} has token ids outside the vocabulary [0, {self.cfg.vocab_size})", param="prompt"
+                )
             if len(p) + max_tokens > limit:
-                raise BadRequest(f"prompt {i} has {len(p)} tokens; with {name}={max_tokens} it exceeds the "
-                                 f"model's context of {limit} tokens", param=name)
+                raise BadRequest(
+                    f"prompt {i} has {len(p)} tokens; with {name}={max_tokens} it exceeds the "
+                    f"model's context of {limit} tokens",
+                    param=name,
+                )
         rows = [p for p in token_prompts for _ in range(n)]
         if fresh_streams:
             streams = [next(self._streams) % 2**31 for _ in rows]
@@ -415,8 +466,10 @@ class Engine:
             if cut >= 0:
                 text, reason = text[:cut], "stop"
             choices.append((i, text, reason, res.generated))
-        usage = {"prompt_tokens": sum(len(p) for p in prepared.prompts),
-                 "completion_tokens": sum(c[3] for c in choices)}
+        usage = {
+            "prompt_tokens": sum(len(p) for p in prepared.prompts),
+            "completion_tokens": sum(c[3] for c in choices),
+        }
         usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
         return choices, usage
 
@@ -432,8 +485,7 @@ class Engine:
         try:
             results = await asyncio.wrap_future(future)
         except Exception as e:  # the device call failed: a 500 naming it, the server keeps serving
-            raise BadRequest(f"generation failed: {type(e).__name__}: {e}", status=500,
-                             code="generation_failed") from e
+            raise BadRequest(f"generation failed: {type(e).__name__}: {e}", status=500, code="generation_failed") from e
         return await asyncio.to_thread(self.finish, prepared, results)
 
     def close(self):
@@ -484,29 +536,31 @@ class BodyLimitMiddleware:
             try:
                 length = int(lengths[0])
             except ValueError:  # uvicorn's h11 refuses these first; another server might not
-                return await self._refuse(f"Content-Length {lengths[0]!r} is not a number", 400)(scope, receive,
-                                                                                                 send)
+                return await self._refuse(f"Content-Length {lengths[0]!r} is not a number", 400)(scope, receive, send)
             if length > self.max_body_bytes:
                 return await self._refuse(
                     f"the request body has {length} bytes (Content-Length); this server takes at most "
-                    f"{self.max_body_bytes} (max_body_bytes)", 413)(scope, receive, send)
+                    f"{self.max_body_bytes} (max_body_bytes)",
+                    413,
+                )(scope, receive, send)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.body_timeout_s
         chunks, size = [], 0
         while True:
             try:
                 message = await asyncio.wait_for(receive(), max(deadline - loop.time(), 0))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 return await self._refuse(
-                    f"the request body did not arrive in full within {self.body_timeout_s:g} s ({size} bytes "
-                    "came)", 408)(scope, receive, send)
+                    f"the request body did not arrive in full within {self.body_timeout_s:g} s ({size} bytes came)", 408
+                )(scope, receive, send)
             if message["type"] == "http.disconnect":
                 return None  # the client is gone: nobody to answer
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_body_bytes:
-                return await self._refuse(f"the request body passed {self.max_body_bytes} bytes (max_body_bytes)",
-                                          413)(scope, receive, send)
+                return await self._refuse(f"the request body passed {self.max_body_bytes} bytes (max_body_bytes)", 413)(
+                    scope, receive, send
+                )
             chunks.append(chunk)
             if not message.get("more_body", False):
                 break
@@ -527,6 +581,7 @@ def _lifespan(engine: Engine):
     async def lifespan(app):
         yield
         engine.close()
+
     return lifespan
 
 
@@ -546,9 +601,20 @@ def build_app(engine: Engine, injector: FaultInjector | None = None):
     injector = injector or FaultInjector()
 
     async def models_route(request: Request):
-        return JSONResponse({"object": "list", "data": [
-            {"id": settings.model_name, "object": "model", "created": engine.created, "owned_by": "synpro_jax",
-             "max_model_len": engine.cfg.max_seq_len}]})
+        return JSONResponse(
+            {
+                "object": "list",
+                "data": [
+                    {
+                        "id": settings.model_name,
+                        "object": "model",
+                        "created": engine.created,
+                        "owned_by": "synpro_jax",
+                        "max_model_len": engine.cfg.max_seq_len,
+                    }
+                ],
+            }
+        )
 
     async def completions(request: Request):
         try:
@@ -557,11 +623,16 @@ def build_app(engine: Engine, injector: FaultInjector | None = None):
             choices, usage = await engine.generate(prompts, body, settings.default_max_tokens)
         except BadRequest as e:
             return e.response()
-        return JSONResponse({
-            "id": f"cmpl-{secrets.token_hex(8)}", "object": "text_completion", "created": int(time.time()),
-            "model": settings.model_name,
-            "choices": [{"index": i, "text": t, "logprobs": None, "finish_reason": r} for i, t, r, _ in choices],
-            "usage": usage})
+        return JSONResponse(
+            {
+                "id": f"cmpl-{secrets.token_hex(8)}",
+                "object": "text_completion",
+                "created": int(time.time()),
+                "model": settings.model_name,
+                "choices": [{"index": i, "text": t, "logprobs": None, "finish_reason": r} for i, t, r, _ in choices],
+                "usage": usage,
+            }
+        )
 
     async def chat(request: Request):
         try:
@@ -570,16 +641,28 @@ def build_app(engine: Engine, injector: FaultInjector | None = None):
             choices, usage = await engine.generate([prompt], body, min(256, engine.cfg.max_seq_len - len(prompt)))
         except BadRequest as e:
             return e.response()
-        return JSONResponse({
-            "id": f"chatcmpl-{secrets.token_hex(8)}", "object": "chat.completion", "created": int(time.time()),
-            "model": settings.model_name,
-            "choices": [{"index": i, "message": {"role": "assistant", "content": t}, "logprobs": None,
-                         "finish_reason": r} for i, t, r, _ in choices],
-            "usage": usage})
+        return JSONResponse(
+            {
+                "id": f"chatcmpl-{secrets.token_hex(8)}",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": settings.model_name,
+                "choices": [
+                    {"index": i, "message": {"role": "assistant", "content": t}, "logprobs": None, "finish_reason": r}
+                    for i, t, r, _ in choices
+                ],
+                "usage": usage,
+            }
+        )
 
     async def stats(request: Request):
-        return JSONResponse({"batches": [list(b) for b in engine.queue.batches],
-                             "stats": dict(engine.queue.stats), "faults_injected": dict(injector.injected)})
+        return JSONResponse(
+            {
+                "batches": [list(b) for b in engine.queue.batches],
+                "stats": dict(engine.queue.stats),
+                "faults_injected": dict(injector.injected),
+            }
+        )
 
     async def faults(request: Request):
         if not settings.allow_fault_injection:
@@ -599,13 +682,17 @@ def build_app(engine: Engine, injector: FaultInjector | None = None):
             return e.response()
         return JSONResponse({"ok": True})
 
-    app = Starlette(routes=[
-        Route("/v1/models", models_route, methods=["GET"]),
-        Route("/v1/completions", completions, methods=["POST"]),
-        Route("/v1/chat/completions", chat, methods=["POST"]),
-        Route("/synpro/stats", stats, methods=["GET"]),
-        Route("/synpro/faults", faults, methods=["POST"]),
-    ], lifespan=_lifespan(engine), exception_handlers={HTTPException: _http_error, Exception: _server_fault})
+    app = Starlette(
+        routes=[
+            Route("/v1/models", models_route, methods=["GET"]),
+            Route("/v1/completions", completions, methods=["POST"]),
+            Route("/v1/chat/completions", chat, methods=["POST"]),
+            Route("/synpro/stats", stats, methods=["GET"]),
+            Route("/synpro/faults", faults, methods=["POST"]),
+        ],
+        lifespan=_lifespan(engine),
+        exception_handlers={HTTPException: _http_error, Exception: _server_fault},
+    )
     return BodyLimitMiddleware(FaultMiddleware(app, injector), engine.max_body_bytes, settings.body_timeout_s)
 
 
@@ -617,12 +704,26 @@ def _h11_protocol():
 
     class JSONErrorH11Protocol(H11Protocol):
         def send_400_response(self, msg: str) -> None:
-            body = json.dumps({"error": {"message": f"malformed HTTP request: {msg}", "type": "invalid_request_error",
-                                         "param": None, "code": "malformed_http"}}).encode()
-            headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                       (b"connection", b"close")]
-            for event in (h11.Response(status_code=400, headers=headers, reason=b"Bad Request"), h11.Data(data=body),
-                          h11.EndOfMessage()):
+            body = json.dumps(
+                {
+                    "error": {
+                        "message": f"malformed HTTP request: {msg}",
+                        "type": "invalid_request_error",
+                        "param": None,
+                        "code": "malformed_http",
+                    }
+                }
+            ).encode()
+            headers = [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+            ]
+            for event in (
+                h11.Response(status_code=400, headers=headers, reason=b"Bad Request"),
+                h11.Data(data=body),
+                h11.EndOfMessage(),
+            ):
                 self.transport.write(self.conn.send(event))
             self.transport.close()
 
@@ -643,8 +744,15 @@ def default_vocab_path(model_dir: Path) -> Path:
     raise FileNotFoundError(f"--model {model_dir}: no tokenizer.json or SentencePiece .model in it; pass --vocab")
 
 
-def load_engine(model: str, *, vocab: Any = None, preset: str | None = None, dtype: str | None = None,
-                all_devices: bool = False, settings: dict | None = None) -> Engine:
+def load_engine(
+    model: str,
+    *,
+    vocab: Any = None,
+    preset: str | None = None,
+    dtype: str | None = None,
+    all_devices: bool = False,
+    settings: dict | None = None,
+) -> Engine:
     """An :class:`Engine` for an HF OLMo-2 directory or a synpro run/checkpoint directory (needs ``preset``).
     ``vocab``: a path for data.vocab.load_vocabulary or a seqio.Vocabulary; default: found in the directory."""
     from synpro_jax import models, sharding
@@ -659,8 +767,9 @@ def load_engine(model: str, *, vocab: Any = None, preset: str | None = None, dty
         cfg, params = hf.load(path)
     else:
         if preset is None:
-            raise ValueError(f"--model {path}: not an HF directory (no config.json), so name the run's model with "
-                             "--preset")
+            raise ValueError(
+                f"--model {path}: not an HF directory (no config.json), so name the run's model with --preset"
+            )
         cfg = models.get_preset(preset)
         params, step = params_io.load_params_and_step(cfg, mesh, path)
         log.info("loaded %s at step %d", path, step)
@@ -674,9 +783,18 @@ def load_engine(model: str, *, vocab: Any = None, preset: str | None = None, dty
     return Engine(cfg, sampler, vocab_obj, ServeConfig(model_name=name, **(settings or {})))
 
 
-def serve(model: str, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, vocab: str | None = None,
-          preset: str | None = None, dtype: str | None = None, all_devices: bool = False, faults: str | None = None,
-          **settings) -> None:
+def serve(
+    model: str,
+    *,
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+    vocab: str | None = None,
+    preset: str | None = None,
+    dtype: str | None = None,
+    all_devices: bool = False,
+    faults: str | None = None,
+    **settings,
+) -> None:
     """Load the model and serve until interrupted. ``settings``: :class:`ServeConfig` fields (max_rows,
     batch_wait_s, max_body_bytes, body_timeout_s, ...)."""
     import uvicorn
@@ -686,6 +804,9 @@ def serve(model: str, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, voc
         settings["allow_fault_injection"] = True
     engine = load_engine(model, vocab=vocab, preset=preset, dtype=dtype, all_devices=all_devices, settings=settings)
     app = build_app(engine, FaultInjector(fault_list))
-    print(f"synpro serve: {engine.settings.model_name} on http://{host}:{port}/v1 (requests up to "
-          f"{engine.max_body_bytes} bytes)", flush=True)
+    print(
+        f"synpro serve: {engine.settings.model_name} on http://{host}:{port}/v1 (requests up to "
+        f"{engine.max_body_bytes} bytes)",
+        flush=True,
+    )
     uvicorn.run(app, host=host, port=port, **uvicorn_options())

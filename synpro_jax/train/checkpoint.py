@@ -12,14 +12,15 @@ building a model-shaped target from a config, and HF directories, live in :mod:`
 
 from __future__ import annotations
 
+from collections.abc import Callable
 import dataclasses
 import logging
-from typing import Any, Callable
+from typing import Any
 
 from etils.epath import Path
 import jax
-import orbax.checkpoint as ocp
 from jax.sharding import NamedSharding, PartitionSpec
+import orbax.checkpoint as ocp
 
 from synpro_jax import atomic
 
@@ -33,13 +34,19 @@ class Checkpointer:
         if keep < 1:
             raise ValueError(f"checkpoint keep={keep}: must be >= 1")
         self.directory = atomic.absolute(directory)
-        options = ocp.CheckpointManagerOptions(save_interval_steps=save_every, max_to_keep=keep,
-                                               enable_async_checkpointing=async_save, create=True)
+        options = ocp.CheckpointManagerOptions(
+            save_interval_steps=save_every, max_to_keep=keep, enable_async_checkpointing=async_save, create=True
+        )
         self.manager = ocp.CheckpointManager(self.directory, options=options)
         # Across hosts orbax's async checkpointer needs jax.distributed's client; a host that did not start it fails
         # above. Logged so a multi-host run shows each host got this far.
-        log.info("orbax %s checkpointer on %s (process %d of %d)", "async" if async_save else "synchronous",
-                 self.directory, jax.process_index(), jax.process_count())
+        log.info(
+            "orbax %s checkpointer on %s (process %d of %d)",
+            "async" if async_save else "synchronous",
+            self.directory,
+            jax.process_index(),
+            jax.process_count(),
+        )
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -49,8 +56,9 @@ class Checkpointer:
         args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
         return self.manager.save(step, args=args, force=force)
 
-    def restore(self, state_template: Any, step: int | None = None,
-                check_meta: Callable[[dict], None] | None = None) -> tuple[Any, dict, int] | None:
+    def restore(
+        self, state_template: Any, step: int | None = None, check_meta: Callable[[dict], None] | None = None
+    ) -> tuple[Any, dict, int] | None:
         """(state, meta, step) of ``step`` (default: the latest), laid out like ``state_template``; None if the
         directory holds no checkpoint. ``check_meta`` sees the metadata first and may raise to refuse it; any
         failure closes the manager (its background threads) before it propagates."""
@@ -69,9 +77,11 @@ class Checkpointer:
             check_meta(meta)
         abstract = jax.tree.map(
             lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding) if isinstance(x, jax.Array) else x,
-            state_template)
-        restored = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
-                                                                      meta=ocp.args.JsonRestore()))
+            state_template,
+        )
+        restored = self.manager.restore(
+            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore())
+        )
         log.info("restored checkpoint %s/%d", self.directory, step)
         return restored.state, restored.meta, step
 
@@ -144,8 +154,9 @@ def read_params(source: str | Path, target: Any, *, step: int | None = None, wit
     """
     directory = checkpoint_dir(source)
     if not directory.is_dir():
-        raise FileNotFoundError(f"checkpoint {source}: no such directory (expected a run's out_dir or its "
-                                "checkpoints/)")
+        raise FileNotFoundError(
+            f"checkpoint {source}: no such directory (expected a run's out_dir or its checkpoints/)"
+        )
     handlers = {"state": ocp.PyTreeCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
     manager = ocp.CheckpointManager(atomic.absolute(directory), item_handlers=handlers)
     try:
@@ -161,13 +172,16 @@ def read_params(source: str | Path, target: Any, *, step: int | None = None, wit
         for k in sorted(set(want) | set(have)):
             name = "/".join(k)
             if k not in have:
-                raise ValueError(f"{directory}/{step}: the checkpoint has no tensor {name} that the configured "
-                                 "model needs")
+                raise ValueError(
+                    f"{directory}/{step}: the checkpoint has no tensor {name} that the configured model needs"
+                )
             if k not in want:
                 raise ValueError(f"{directory}/{step}: tensor {name} is not part of the configured model")
             if tuple(have[k].shape) != tuple(want[k].shape):
-                raise ValueError(f"{directory}/{step}: tensor {name} has shape {tuple(have[k].shape)} but the "
-                                 f"configured model needs {tuple(want[k].shape)}")
+                raise ValueError(
+                    f"{directory}/{step}: tensor {name} has shape {tuple(have[k].shape)} but the "
+                    f"configured model needs {tuple(want[k].shape)}"
+                )
         some = jax.tree.leaves(target)[0].sharding
         scalar = NamedSharding(some.mesh, PartitionSpec()) if isinstance(some, NamedSharding) else some
         adam_at = _find_adam(tree["train"].get("opt_state"), set(want)) if with_adam else None
@@ -181,8 +195,8 @@ def read_params(source: str | Path, target: Any, *, step: int | None = None, wit
                 return want[k[2:]]
             if k == ("train", "step"):
                 return jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=scalar)
-            if adam_keys is not None and k[:len(adam_keys)] == adam_keys:
-                rest = k[len(adam_keys):]
+            if adam_keys is not None and k[: len(adam_keys)] == adam_keys:
+                rest = k[len(adam_keys) :]
                 if rest == ("count",):
                     return jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=scalar)
                 if rest[0] in ("mu", "nu"):
@@ -192,10 +206,16 @@ def read_params(source: str | Path, target: Any, *, step: int | None = None, wit
 
         template = jax.tree_util.tree_map_with_path(leaf, tree)
         restore_args = jax.tree.map(
-            lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding, global_shape=x.shape, dtype=x.dtype)
-            if isinstance(x, jax.ShapeDtypeStruct) else x, template)
-        state = manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.PyTreeRestore(item=template, restore_args=restore_args))).state
+            lambda x: (
+                ocp.ArrayRestoreArgs(sharding=x.sharding, global_shape=x.shape, dtype=x.dtype)
+                if isinstance(x, jax.ShapeDtypeStruct)
+                else x
+            ),
+            template,
+        )
+        state = manager.restore(
+            step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(item=template, restore_args=restore_args))
+        ).state
     finally:
         manager.close()
     adam = None

@@ -13,7 +13,6 @@ import tempfile
 import time
 
 from etils import epath
-
 import jax
 import jax.numpy as jnp
 
@@ -148,8 +147,12 @@ class MetricsLog:
         for path in stale:  # an attempt that never checkpointed: every step it logged is about to be redone
             path.unlink()
         if stale:
-            log.warning("removed %d TensorBoard event file(s) in %s left by an attempt that stopped before its first "
-                        "checkpoint; training starts again at step 0", len(stale), self._tb_dir)
+            log.warning(
+                "removed %d TensorBoard event file(s) in %s left by an attempt that stopped before its first "
+                "checkpoint; training starts again at step 0",
+                len(stale),
+                self._tb_dir,
+            )
         self._fh = None if self.remote else self.path.open("a", encoding="utf-8")
         # After a checkpoint at step s, the purge event makes TensorBoard drop the older files' steps > s.
         self._tb = TensorBoard(self._tb_dir, purge_step=resume_step + 1 if resume_step else None)

@@ -85,7 +85,13 @@ def decay_mask(params: Any, decay_norms: bool = True) -> Any:
 def make_optimizer(cfg: OptimizerConfig = OptimizerConfig()) -> optax.GradientTransformation:
     parts = [optax.clip_by_global_norm(cfg.clip_norm)] if cfg.clip_norm else []
     parts.append(
-        optax.adamw(make_schedule(cfg), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay,
-                    mask=functools.partial(decay_mask, decay_norms=cfg.decay_norms))
+        optax.adamw(
+            make_schedule(cfg),
+            b1=cfg.b1,
+            b2=cfg.b2,
+            eps=cfg.eps,
+            weight_decay=cfg.weight_decay,
+            mask=functools.partial(decay_mask, decay_norms=cfg.decay_norms),
+        )
     )
     return optax.chain(*parts)

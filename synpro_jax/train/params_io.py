@@ -38,12 +38,19 @@ def is_hf_dir(source: str | Path) -> bool:
 def abstract_target(cfg: ModelConfig, mesh: Mesh, rules: sharding.Rules = sharding.DEFAULT_RULES) -> Any:
     """float32 ShapeDtypeStructs with the mesh's shardings: what a checkpoint is read into."""
     shardings = models.param_shardings(cfg, mesh, rules)
-    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                        models.abstract_params(cfg), shardings)
+    return jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), models.abstract_params(cfg), shardings
+    )
 
 
-def load(cfg: ModelConfig, mesh: Mesh, source: str | Path, *, with_adam: bool = False,
-         rules: sharding.Rules = sharding.DEFAULT_RULES) -> LoadedParams:
+def load(
+    cfg: ModelConfig,
+    mesh: Mesh,
+    source: str | Path,
+    *,
+    with_adam: bool = False,
+    rules: sharding.Rules = sharding.DEFAULT_RULES,
+) -> LoadedParams:
     """Parameters of ``source`` for model ``cfg`` on ``mesh``; see the module docstring.
 
     ``with_adam`` also reads a run's Adam moments and count (an HF directory has none: ``adam`` is None).
@@ -60,8 +67,9 @@ def load(cfg: ModelConfig, mesh: Mesh, source: str | Path, *, with_adam: bool = 
         params = jax.device_put(params, models.param_shardings(cfg, mesh, rules))
         return LoadedParams(params, 0, str(atomic.absolute(path)), "hf")
     if not checkpoint_dir(path).is_dir():
-        raise FileNotFoundError(f"checkpoint {source}: neither an HF directory (config.json) nor a run with "
-                                "checkpoints")
+        raise FileNotFoundError(
+            f"checkpoint {source}: neither an HF directory (config.json) nor a run with checkpoints"
+        )
     saved = read_params(path, abstract_target(cfg, mesh, rules), with_adam=with_adam)
     return LoadedParams(saved.params, saved.step, str(atomic.absolute(path)), "checkpoint", saved.adam)
 

@@ -29,7 +29,7 @@ class PlateauDetector:
         if len(self.history) <= self.window:
             return False
         before = min(self.history[: -self.window])
-        recent = min(self.history[-self.window:])
+        recent = min(self.history[-self.window :])
         return (before - recent) / abs(before) < self.min_rel_improvement
 
     def state_dict(self) -> dict:

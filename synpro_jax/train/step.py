@@ -12,9 +12,9 @@ from typing import Any
 import flax.struct
 import jax
 import jax.numpy as jnp
+from jax.sharding import Mesh, NamedSharding
 import numpy as np
 import optax
-from jax.sharding import Mesh, NamedSharding
 
 from synpro_jax import models, sharding
 from synpro_jax.models import LossSums, ModelConfig
@@ -46,8 +46,10 @@ def next_token_batch(tokens: np.ndarray | jax.Array, loss_mask=None) -> Batch:
 def check_batch(batch: Batch) -> None:
     unknown = set(batch) - set(BATCH_KEYS)
     if unknown or "inputs" not in batch or "targets" not in batch:
-        raise ValueError(f"batch keys {sorted(batch)}: need 'inputs' and 'targets'; optional {BATCH_KEYS[2:]}; "
-                         f"unknown {sorted(unknown)}")
+        raise ValueError(
+            f"batch keys {sorted(batch)}: need 'inputs' and 'targets'; optional {BATCH_KEYS[2:]}; "
+            f"unknown {sorted(unknown)}"
+        )
     shape = batch["inputs"].shape
     for k, v in batch.items():
         if v.shape != shape:
@@ -55,8 +57,15 @@ def check_batch(batch: Batch) -> None:
 
 
 def batch_loss_sums(cfg: ModelConfig, params: Any, batch: Batch) -> LossSums:
-    return models.forward_loss_sums(cfg, params, batch["inputs"], batch["targets"], batch.get("loss_mask"),
-                                    positions=batch.get("positions"), segment_ids=batch.get("segment_ids"))
+    return models.forward_loss_sums(
+        cfg,
+        params,
+        batch["inputs"],
+        batch["targets"],
+        batch.get("loss_mask"),
+        positions=batch.get("positions"),
+        segment_ids=batch.get("segment_ids"),
+    )
 
 
 def check_loss_normalization(normalization: str, where: str = "TrainStep.loss_normalization") -> None:
@@ -74,8 +83,15 @@ def loss_denominator(sums: LossSums, batch: Batch, normalization: str = "loss_to
     return jnp.maximum(sums.tokens, 1.0)
 
 
-def loss_and_grads(cfg: ModelConfig, params: Any, batch: Batch, *, z_loss: float = 0.0,
-                   accum_steps: int = 1, normalization: str = "loss_tokens") -> tuple[LossSums, Any]:
+def loss_and_grads(
+    cfg: ModelConfig,
+    params: Any,
+    batch: Batch,
+    *,
+    z_loss: float = 0.0,
+    accum_steps: int = 1,
+    normalization: str = "loss_tokens",
+) -> tuple[LossSums, Any]:
     """Summed losses and the gradient of (cross-entropy + z-loss) summed over the unmasked tokens and divided by
     :func:`loss_denominator`: by default their count (a mean), with ``normalization="batch_tokens"`` every
     input position of the batch.
@@ -114,13 +130,22 @@ def loss_and_grads(cfg: ModelConfig, params: Any, batch: Batch, *, z_loss: float
     return sums, jax.tree.map(lambda g: g / denom, grads)
 
 
-def train_step(cfg: ModelConfig, optimizer: optax.GradientTransformation, schedule: optax.Schedule,
-               state: TrainState, batch: Batch, *, z_loss: float, accum_steps: int,
-               normalization: str = "loss_tokens") -> tuple[TrainState, dict]:
+def train_step(
+    cfg: ModelConfig,
+    optimizer: optax.GradientTransformation,
+    schedule: optax.Schedule,
+    state: TrainState,
+    batch: Batch,
+    *,
+    z_loss: float,
+    accum_steps: int,
+    normalization: str = "loss_tokens",
+) -> tuple[TrainState, dict]:
     """One update. ``loss`` and ``z_loss`` are means over the unmasked tokens whatever the normalization;
     ``total_loss`` is the objective the gradient is taken of (divided by :func:`loss_denominator`)."""
-    sums, grads = loss_and_grads(cfg, state.params, batch, z_loss=z_loss, accum_steps=accum_steps,
-                                 normalization=normalization)
+    sums, grads = loss_and_grads(
+        cfg, state.params, batch, z_loss=z_loss, accum_steps=accum_steps, normalization=normalization
+    )
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     denom = jnp.maximum(sums.tokens, 1.0)
@@ -140,13 +165,15 @@ def state_shardings(cfg: ModelConfig, mesh, optimizer, param_shardings) -> Train
     """Where a (params, AdamW state) TrainState lives: moments follow their params, counts are replicated."""
     abstract_opt = jax.eval_shape(optimizer.init, models.abstract_params(cfg))
     rep = sharding.replicated(mesh)
-    opt = optax.tree_map_params(optimizer, lambda _, s: s, abstract_opt, param_shardings,
-                                transform_non_params=lambda _: rep)
+    opt = optax.tree_map_params(
+        optimizer, lambda _, s: s, abstract_opt, param_shardings, transform_non_params=lambda _: rep
+    )
     return TrainState(step=rep, params=param_shardings, opt_state=opt)
 
 
-def init_state(cfg: ModelConfig, optimizer, shardings: TrainState, rng: jax.Array,
-               params: Any | None = None) -> TrainState:
+def init_state(
+    cfg: ModelConfig, optimizer, shardings: TrainState, rng: jax.Array, params: Any | None = None
+) -> TrainState:
     """A fresh state (random params, or float32 copies of ``params``), created directly in its shards."""
 
     def make(r, p):
@@ -193,8 +220,16 @@ class TrainStep:
 
         def step_fn(state, batch):
             with sharding.use_rules(self.rules):
-                return train_step(self.cfg, self.optimizer, self.schedule, state, batch, z_loss=self.z_loss,
-                                  accum_steps=self.accum_steps, normalization=self.loss_normalization)
+                return train_step(
+                    self.cfg,
+                    self.optimizer,
+                    self.schedule,
+                    state,
+                    batch,
+                    z_loss=self.z_loss,
+                    accum_steps=self.accum_steps,
+                    normalization=self.loss_normalization,
+                )
 
         self._step = jax.jit(
             step_fn,
@@ -205,8 +240,14 @@ class TrainStep:
 
         def loss_grad_fn(params, batch):
             with sharding.use_rules(self.rules):
-                return loss_and_grads(self.cfg, params, batch, z_loss=self.z_loss, accum_steps=self.accum_steps,
-                                      normalization=self.loss_normalization)
+                return loss_and_grads(
+                    self.cfg,
+                    params,
+                    batch,
+                    z_loss=self.z_loss,
+                    accum_steps=self.accum_steps,
+                    normalization=self.loss_normalization,
+                )
 
         self._loss_and_grads = jax.jit(
             loss_grad_fn,
@@ -238,8 +279,9 @@ class TrainStep:
 
         moments = (self.param_shardings, self.param_shardings, sharding.replicated(self.mesh))
         with jax.set_mesh(self.mesh):  # jit outputs are new buffers: the caller's moments survive later donation
-            return jax.jit(resume, in_shardings=(self.state_shardings,) + moments,
-                           out_shardings=self.state_shardings)(state, adam.mu, adam.nu, adam.count)
+            return jax.jit(resume, in_shardings=(self.state_shardings,) + moments, out_shardings=self.state_shardings)(
+                state, adam.mu, adam.nu, adam.count
+            )
 
     def shard_batch(self, batch: dict) -> Batch:
         """Place a host batch (the same on every process) on the mesh, batch over the data axes."""

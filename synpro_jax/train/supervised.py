@@ -9,8 +9,9 @@ TensorBoard under ``metric``, every ``log_every`` steps and at the last.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 import logging
-from typing import Any, Callable
+from typing import Any
 
 from etils.epath import Path
 import jax
@@ -27,10 +28,23 @@ log = logging.getLogger(__name__)
 __all__ = ["train_supervised"]
 
 
-def train_supervised(model_cfg: ModelConfig, mesh: Mesh, optimizer: OptimizerConfig, batch: Callable[[int], dict],
-                     steps: int, out_dir: str | Path, inputs: dict, *, params: Any | None = None, seed: int = 0,
-                     checkpoint_every: int = 100, log_every: int = 10, metric: str = "loss", desc: str = "train",
-                     progress: bool = True) -> tuple[Any, list[dict], float]:
+def train_supervised(
+    model_cfg: ModelConfig,
+    mesh: Mesh,
+    optimizer: OptimizerConfig,
+    batch: Callable[[int], dict],
+    steps: int,
+    out_dir: str | Path,
+    inputs: dict,
+    *,
+    params: Any | None = None,
+    seed: int = 0,
+    checkpoint_every: int = 100,
+    log_every: int = 10,
+    metric: str = "loss",
+    desc: str = "train",
+    progress: bool = True,
+) -> tuple[Any, list[dict], float]:
     """Train to ``steps`` from ``params`` (random when None) on ``batch(step)`` (host batches, steps from 1),
     resuming from ``out_dir/checkpoints``. Returns (the final TrainState, the metric records of the run so far,
     those logged before a resume included, seconds of this call)."""

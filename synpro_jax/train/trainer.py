@@ -19,28 +19,27 @@ end of its first epoch: a held-out set smaller than ``eval_batches`` global batc
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 import dataclasses
 import hashlib
 import json
 import logging
 import math
 import time
-from typing import Any, Mapping
+from typing import Any
 
 from etils.epath import Path
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.sharding import Mesh
+import numpy as np
 from tqdm.auto import tqdm
 
-from synpro_jax import atomic, sharding
-from synpro_jax import distributed
-from synpro_jax import heartbeat
-from synpro_jax.distributed import Preemption
+from synpro_jax import atomic, distributed, heartbeat, sharding
 from synpro_jax.checks import positive_ints
 from synpro_jax.data.packing import PackedStream
 from synpro_jax.data.pipeline import TrainBatches, continue_streams
+from synpro_jax.distributed import Preemption
 from synpro_jax.models import LossSums, ModelConfig
 from synpro_jax.train.checkpoint import Checkpointer
 from synpro_jax.train.metrics import MetricsLog, device_peak_flops, save_png
@@ -78,29 +77,47 @@ class TrainerConfig:
     data_start: Any = ()
 
     def __post_init__(self):
-        positive_ints(self, "num_steps", "global_batch", "seq_len", "accum_steps", "log_every", "eval_every",
-                      "eval_batches", "checkpoint_every", "keep_checkpoints")
+        positive_ints(
+            self,
+            "num_steps",
+            "global_batch",
+            "seq_len",
+            "accum_steps",
+            "log_every",
+            "eval_every",
+            "eval_batches",
+            "checkpoint_every",
+            "keep_checkpoints",
+        )
         start = self.data_start or {}
         if not isinstance(start, Mapping):  # the normalized form below
-            start = {name: tokens if identity is None else {"tokens": tokens, "stream": identity}
-                     for name, tokens, identity in start}
+            start = {
+                name: tokens if identity is None else {"tokens": tokens, "stream": identity}
+                for name, tokens, identity in start
+            }
         entries = []
         for name, entry in start.items():
-            tokens, identity = (entry.get("tokens"), entry.get("stream")) if isinstance(entry, Mapping) else \
-                (entry, None)
+            tokens, identity = (
+                (entry.get("tokens"), entry.get("stream")) if isinstance(entry, Mapping) else (entry, None)
+            )
             if isinstance(tokens, bool) or not isinstance(tokens, (int, np.integer)) or tokens < 0:
-                raise ValueError(f"TrainerConfig.data_start[{name!r}]={entry!r}: give a non-negative token "
-                                 "position, or {'tokens': n, 'stream': identity}")
+                raise ValueError(
+                    f"TrainerConfig.data_start[{name!r}]={entry!r}: give a non-negative token "
+                    "position, or {'tokens': n, 'stream': identity}"
+                )
             entries.append((str(name), int(tokens), None if identity is None else str(identity)))
         object.__setattr__(self, "data_start", tuple(sorted(entries)))  # hashable, as a frozen config should be
         if self.global_batch % self.accum_steps:
-            raise ValueError(f"TrainerConfig.global_batch={self.global_batch} is not divisible by "
-                             f"accum_steps={self.accum_steps}")
+            raise ValueError(
+                f"TrainerConfig.global_batch={self.global_batch} is not divisible by accum_steps={self.accum_steps}"
+            )
 
     def data_start_positions(self) -> dict:
         """``data_start`` as :func:`~synpro_jax.data.pipeline.continue_streams` takes it."""
-        return {name: tokens if identity is None else {"tokens": tokens, "stream": identity}
-                for name, tokens, identity in self.data_start}
+        return {
+            name: tokens if identity is None else {"tokens": tokens, "stream": identity}
+            for name, tokens, identity in self.data_start
+        }
 
 
 def plot_loss_curve(records: list[dict], path: Path, title: str = "") -> None:
@@ -147,34 +164,48 @@ def micro_batched_eval(step: TrainStep):
             zero = LossSums(jnp.float32(0), jnp.float32(0), jnp.float32(0))
             return jax.lax.scan(body, zero, jax.tree.map(split, batch))[0]
 
-    return jax.jit(fn, in_shardings=(step.param_shardings, step.batch_sharding),
-                   out_shardings=sharding.replicated(step.mesh))
+    return jax.jit(
+        fn, in_shardings=(step.param_shardings, step.batch_sharding), out_shardings=sharding.replicated(step.mesh)
+    )
 
 
 def check_config(model_cfg: ModelConfig, cfg: TrainerConfig, batch_shards: int) -> None:
     """What a run refuses before it builds anything (``synpro sweep`` checks every point with it up front);
     ``batch_shards``: how many ways the mesh splits the batch (sharding.batch_shards)."""
     if cfg.seq_len > model_cfg.max_seq_len:
-        raise ValueError(f"TrainerConfig.seq_len={cfg.seq_len} exceeds ModelConfig.max_seq_len="
-                         f"{model_cfg.max_seq_len}")
+        raise ValueError(f"TrainerConfig.seq_len={cfg.seq_len} exceeds ModelConfig.max_seq_len={model_cfg.max_seq_len}")
     if cfg.global_batch % batch_shards:
-        raise ValueError(f"TrainerConfig.global_batch={cfg.global_batch} does not divide over the mesh's "
-                         f"{batch_shards} data shards (MeshConfig data x fsdp)")
+        raise ValueError(
+            f"TrainerConfig.global_batch={cfg.global_batch} does not divide over the mesh's "
+            f"{batch_shards} data shards (MeshConfig data x fsdp)"
+        )
 
 
 class Trainer:
-    def __init__(self, model_cfg: ModelConfig, mesh: Mesh, opt_cfg: OptimizerConfig, cfg: TrainerConfig,
-                 train_stream,  # a streams.MixtureInput (the seqio Mixture) or any stream with .rows
-                 val_stream: PackedStream | None = None,
-                 init_params: Any | None = None, data_fingerprint: str = "", summary_extra: dict | None = None,
-                 init_adam: Any | None = None, init_step: int = 0, init_source: str = ""):
+    def __init__(
+        self,
+        model_cfg: ModelConfig,
+        mesh: Mesh,
+        opt_cfg: OptimizerConfig,
+        cfg: TrainerConfig,
+        train_stream,  # a streams.MixtureInput (the seqio Mixture) or any stream with .rows
+        val_stream: PackedStream | None = None,
+        init_params: Any | None = None,
+        data_fingerprint: str = "",
+        summary_extra: dict | None = None,
+        init_adam: Any | None = None,
+        init_step: int = 0,
+        init_source: str = "",
+    ):
         """``init_params`` start a fresh run from given weights; with ``init_adam`` (AdamMoments) and
         ``init_step`` it continues another run's optimizer and schedule too (a SynPro round continuing from the
         plateau checkpoint on a new mixture). ``init_source`` names that start in the run's fingerprint. A
         checkpoint in ``out_dir`` always wins: a restarted run resumes its own progress."""
         if train_stream.row_len != cfg.seq_len + 1:
-            raise ValueError(f"the train stream packs rows of {train_stream.row_len} tokens but "
-                             f"TrainerConfig.seq_len={cfg.seq_len} needs {cfg.seq_len + 1}")
+            raise ValueError(
+                f"the train stream packs rows of {train_stream.row_len} tokens but "
+                f"TrainerConfig.seq_len={cfg.seq_len} needs {cfg.seq_len + 1}"
+            )
         check_config(model_cfg, cfg, sharding.batch_shards(mesh))
         self.model_cfg, self.mesh, self.opt_cfg, self.cfg = model_cfg, mesh, opt_cfg, cfg
         self.out_dir = Path(cfg.out_dir)
@@ -182,20 +213,33 @@ class Trainer:
         # the stream from this stage's data position on, and a counter of what the stage reads (see the docstring)
         train_stream, self.data_count, self.data_from = continue_streams(train_stream, cfg.data_start_positions())
         self.batches = TrainBatches(train_stream, cfg.global_batch, self.step_fn.batch_sharding)
-        self.val_batches = (TrainBatches(val_stream, cfg.global_batch, self.step_fn.batch_sharding)
-                            if val_stream else None)
+        self.val_batches = (
+            TrainBatches(val_stream, cfg.global_batch, self.step_fn.batch_sharding) if val_stream else None
+        )
         self.eval_step = micro_batched_eval(self.step_fn)
         self.eval_plan = self._plan_validation(val_stream)
         self.init_params, self.init_adam, self.init_step = init_params, init_adam, int(init_step)
         self.summary_extra = dict(summary_extra or {})
         self.plateau = PlateauDetector(cfg.plateau_window, cfg.plateau_min_rel_improvement)
         self.stream_names = getattr(train_stream, "names", None)
-        self.fingerprint = hashlib.sha1(json.dumps(
-            [dataclasses.asdict(model_cfg), dataclasses.asdict(opt_cfg), cfg.global_batch, cfg.seq_len,
-             cfg.accum_steps, cfg.z_loss, cfg.seed, data_fingerprint]
-            + ([init_source, int(init_step)] if init_source else [])
-            + ([["data_start", self._stream_starts()]] if any(self._stream_starts().values()) else []),
-            sort_keys=True, default=str).encode()).hexdigest()[:16]
+        self.fingerprint = hashlib.sha1(
+            json.dumps(
+                [
+                    dataclasses.asdict(model_cfg),
+                    dataclasses.asdict(opt_cfg),
+                    cfg.global_batch,
+                    cfg.seq_len,
+                    cfg.accum_steps,
+                    cfg.z_loss,
+                    cfg.seed,
+                    data_fingerprint,
+                ]
+                + ([init_source, int(init_step)] if init_source else [])
+                + ([["data_start", self._stream_starts()]] if any(self._stream_starts().values()) else []),
+                sort_keys=True,
+                default=str,
+            ).encode()
+        ).hexdigest()[:16]
         self.preemption = Preemption()  # SIGTERM: every host saves the same step, then the job exits 143
 
     # --- data position -------------------------------------------------------------------------------------------
@@ -221,16 +265,28 @@ class Trainer:
         # Replicated on the mesh, not on one local device: every host then saves and restores the same array.
         # placed from host values: device_put of a one-device array onto a mesh spanning other processes can
         # build an array orbax cannot save (seen with one device per host)
-        rng = sharding.host_to_global(np.asarray(jax.random.key_data(jax.random.key(self.cfg.seed + 1))),
-                                      sharding.replicated(self.mesh))
+        rng = sharding.host_to_global(
+            np.asarray(jax.random.key_data(jax.random.key(self.cfg.seed + 1))), sharding.replicated(self.mesh)
+        )
         return {"train": train, "rng": rng}
 
     def _meta(self, step: int) -> dict:
-        meta = {"step": step, "rows_consumed": step * self.cfg.global_batch, "fingerprint": self.fingerprint,
-                "plateau": self.plateau.state_dict(), "time": time.time()}
+        meta = {
+            "step": step,
+            "rows_consumed": step * self.cfg.global_batch,
+            "fingerprint": self.fingerprint,
+            "plateau": self.plateau.state_dict(),
+            "time": time.time(),
+        }
         if self.data_count is not None:  # each stream's next row: the data position at this checkpoint
-            meta["stream_rows"] = {name: int(start + n) for name, start, n in zip(
-                self.data_count.names, self.data_count.starts, self.data_count.rows_read(step * self.cfg.global_batch))}
+            meta["stream_rows"] = {
+                name: int(start + n)
+                for name, start, n in zip(
+                    self.data_count.names,
+                    self.data_count.starts,
+                    self.data_count.rows_read(step * self.cfg.global_batch),
+                )
+            }
         return meta
 
     def _plan_validation(self, val_stream) -> tuple[int, int]:
@@ -248,11 +304,18 @@ class Trainer:
             return cfg.eval_batches, limit
         batches = math.ceil(epoch_tokens / (cfg.global_batch * row_len))
         if jax.process_index() == 0:
-            log.warning("validation: the held-out set is %d tokens (%.1f rows of %d) but TrainerConfig.eval_batches="
-                        "%d x global_batch=%d asks for %d rows; each evaluation reads the held-out set once (%d "
-                        "batch(es)) instead of repeating documents. Hold out more documents or lower eval_batches.",
-                        epoch_tokens, epoch_tokens / row_len, row_len, cfg.eval_batches, cfg.global_batch,
-                        wanted_rows, batches)
+            log.warning(
+                "validation: the held-out set is %d tokens (%.1f rows of %d) but TrainerConfig.eval_batches="
+                "%d x global_batch=%d asks for %d rows; each evaluation reads the held-out set once (%d "
+                "batch(es)) instead of repeating documents. Hold out more documents or lower eval_batches.",
+                epoch_tokens,
+                epoch_tokens / row_len,
+                row_len,
+                cfg.eval_batches,
+                cfg.global_batch,
+                wanted_rows,
+                batches,
+            )
         return batches, int(epoch_tokens)
 
     def validation_batch(self, i: int) -> dict[str, jax.Array]:
@@ -285,14 +348,20 @@ class Trainer:
         cfg = self.cfg
         distributed.agree(str(self.out_dir), "the run directory (synpro.TrainerConfig.out_dir)")
         distributed.agree(self.fingerprint, "the run's configuration and data (its fingerprint)")
-        ckpt = Checkpointer(self.out_dir / "checkpoints", save_every=cfg.checkpoint_every,
-                            keep=cfg.keep_checkpoints, async_save=cfg.async_checkpoints)
+        ckpt = Checkpointer(
+            self.out_dir / "checkpoints",
+            save_every=cfg.checkpoint_every,
+            keep=cfg.keep_checkpoints,
+            async_save=cfg.async_checkpoints,
+        )
         state = self._fresh_state()
 
         def same_config(meta: dict) -> None:
             if meta.get("fingerprint") != self.fingerprint:
-                raise ValueError(f"{ckpt.directory} holds a checkpoint of a different configuration (model, "
-                                 "optimizer, batch, sequence length, seed or data changed); use a new out_dir")
+                raise ValueError(
+                    f"{ckpt.directory} holds a checkpoint of a different configuration (model, "
+                    "optimizer, batch, sequence length, seed or data changed); use a new out_dir"
+                )
 
         self.init_params = self.init_adam = None  # in the state now: do not hold a second copy for the run
         restored = ckpt.restore(state, check_meta=same_config)  # closes itself if it raises
@@ -308,8 +377,13 @@ class Trainer:
         fpt = self.model_cfg.train_flops_per_token(cfg.seq_len)
 
         with self.preemption:  # SIGTERM handled for the loop's length
-            bar = tqdm(total=cfg.num_steps, initial=start, unit="step", dynamic_ncols=True,
-                       disable=not cfg.progress or jax.process_index() != 0)
+            bar = tqdm(
+                total=cfg.num_steps,
+                initial=start,
+                unit="step",
+                dynamic_ncols=True,
+                disable=not cfg.progress or jax.process_index() != 0,
+            )
             window_t, window_tokens = time.perf_counter(), 0
             preempted = False
             # A run killed after it stopped on a plateau must not train on when restarted: it is finished.
@@ -331,9 +405,14 @@ class Trainer:
                         metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
                         dt = time.perf_counter() - window_t
                         tps = window_tokens / dt if window_tokens else float("nan")
-                        record = {"step": step, **metrics, "tokens_per_s": tps,
-                                  "tokens_per_s_per_device": tps / jax.device_count(), "mfu": tps * fpt / peak,
-                                  "epoch": int(info["epochs"].max())}
+                        record = {
+                            "step": step,
+                            **metrics,
+                            "tokens_per_s": tps,
+                            "tokens_per_s_per_device": tps / jax.device_count(),
+                            "mfu": tps * fpt / peak,
+                            "epoch": int(info["epochs"].max()),
+                        }
                         window_t, window_tokens = time.perf_counter(), 0
                     if self.val_batches is not None and (step % cfg.eval_every == 0 or step == cfg.num_steps):
                         record = record or {"step": step}
@@ -355,8 +434,14 @@ class Trainer:
                 bar.close()
                 ckpt.close()
                 metrics_log.close()
-        summary = {"step": step, "preempted": preempted, "plateaued": plateaued,
-                   "out_dir": str(self.out_dir), "checkpoint_step": step, **self.summary_extra}
+        summary = {
+            "step": step,
+            "preempted": preempted,
+            "plateaued": plateaued,
+            "out_dir": str(self.out_dir),
+            "checkpoint_step": step,
+            **self.summary_extra,
+        }
         if self.data_count is not None:
             summary["data"] = self.data_read(step)
         last = [r for r in metrics_log.records if "loss" in r]

@@ -38,8 +38,13 @@ for s in range(2):
     batch, _ = batches(s)
     state, metrics = step(state, batch)
     losses.append(float(metrics["loss"]))
-info = {"process": jax.process_index(), "processes": jax.process_count(), "devices": jax.device_count(),
-        "local_devices": jax.local_device_count(), "rows": [batches.shard.row_start, batches.shard.row_stop],
-        "losses": losses}
+info = {
+    "process": jax.process_index(),
+    "processes": jax.process_count(),
+    "devices": jax.device_count(),
+    "local_devices": jax.local_device_count(),
+    "rows": [batches.shard.row_start, batches.shard.row_stop],
+    "losses": losses,
+}
 with open(out, "w") as fh:
     json.dump(info, fh)

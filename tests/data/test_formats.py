@@ -55,6 +55,7 @@ def check_mixed_report(src, path):
 
 # --- DCLM-Baseline: .jsonl.zst ---------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("frames", [1, 3])
 def test_jsonl_zst_has_the_jsonl_accounting(tmp_path, frames):
     path = tmp_path / "shard_00000000_processed.jsonl.zst"
@@ -77,8 +78,7 @@ def test_truncated_compressed_file_keeps_what_was_read_and_reports_the_cut(tmp_p
     """A cut .zst (whose zstandard stream_reader just stops) and a cut .txt.gz (which raised EOFError) are
     reported as a cut .jsonl.gz is: the documents before the cut kept, one malformed 'file ends early'."""
     docs = random_docs(2000)
-    data = (jsonl_bytes(docs) if suffix.startswith(".jsonl")
-            else "".join(d["text"] + "\n\n" for d in docs).encode())
+    data = jsonl_bytes(docs) if suffix.startswith(".jsonl") else "".join(d["text"] + "\n\n" for d in docs).encode()
     path = tmp_path / f"cut{suffix}"
     if suffix.endswith(".gz"):
         path.write_bytes(gzip.compress(data))
@@ -106,20 +106,24 @@ def test_text_zst_and_gz_read_like_plain_text(tmp_path):
 
 # --- lone surrogates -------------------------------------------------------------------------------------------
 
+
 def test_lone_surrogate_is_bad_input_and_pairs_are_fine(tmp_path):
     path = tmp_path / "s.jsonl"
-    path.write_bytes(b'{"text": "low \\udc00 alone"}\n'
-                     b'{"text": "an emoji \\ud83d\\ude00 pair"}\n'
-                     b'{"text": "ok", "id": "bad \\ud800 id"}\n')
+    path.write_bytes(
+        b'{"text": "low \\udc00 alone"}\n'
+        b'{"text": "an emoji \\ud83d\\ude00 pair"}\n'
+        b'{"text": "ok", "id": "bad \\ud800 id"}\n'
+    )
     src = sources.open_source(path, id_field="id")
     docs = list(src)
-    assert [d.text for d in docs] == ["an emoji \U0001F600 pair"]
+    assert [d.text for d in docs] == ["an emoji \U0001f600 pair"]
     for d in docs:
         d.text.encode("utf-8")  # what a tokenizer does first
     assert src.report.bad_utf8 == 2 and f"{path}:3: bad_utf8: 'id' has an unpaired surrogate" in src.report.summary()
 
 
 # --- Parquet (HF datasets, e.g. FineWeb) -----------------------------------------------------------------------
+
 
 def write_parquet(path, texts, ids=None, row_group_size=4, **columns):
     table = {"text": pa.array(texts, pa.string()), **columns}
@@ -148,8 +152,11 @@ def test_parquet_streams_batches_and_counts_null_and_empty(tmp_path, monkeypatch
 def test_parquet_text_column_is_named_by_text_field(tmp_path):
     path = tmp_path / "fw.parquet"
     pq.write_table(pa.table({"content": ["a", "b"], "url": ["u1", "u2"]}), path)
-    with pytest.raises(ValueError, match=f"{path}: no column 'text' \\(the source's text_field\\); "
-                                         r"columns: \['content', 'url'\]"):
+    with pytest.raises(
+        ValueError,
+        match=f"{path}: no column 'text' \\(the source's text_field\\); "
+        r"columns: \['content', 'url'\]",
+    ):
         sources.open_source(path)
     with pytest.raises(ValueError, match="no column 'doc_id' \\(the source's id_field\\)"):
         sources.open_source(path, text_field="content", id_field="doc_id")
@@ -181,6 +188,7 @@ def test_damaged_parquet_loses_only_its_damaged_row_groups(tmp_path):
 
 
 # --- token files -----------------------------------------------------------------------------------------------
+
 
 def test_headerless_uint32_npy_is_read_as_olmo_writes_it(tmp_path):
     tokens = np.array([5, 6, 1, 100_000, 8, 9, 1, 4], np.uint32)  # ids above uint16, as OLMo's dolma2 has
@@ -224,6 +232,7 @@ def test_token_id_outside_the_vocabulary_names_file_and_offset(tmp_path):
 
 # --- format dispatch -------------------------------------------------------------------------------------------
 
+
 def test_open_source_decides_every_format(tmp_path):
     (tmp_path / "a.jsonl").write_text('{"body": "j"}\n')
     (tmp_path / "b.json.gz").write_bytes(gzip.compress(b'{"body": "g"}\n'))
@@ -232,14 +241,25 @@ def test_open_source_decides_every_format(tmp_path):
     pq.write_table(pa.table({"body": ["p"]}), tmp_path / "e.parquet")
     np.array([3, 1], np.uint32).tofile(tmp_path / "f.npy")
     np.array([4, 1], np.uint16).tofile(tmp_path / "g.bin")
-    expect = {"a.jsonl": ("jsonl", "j"), "b.json.gz": ("jsonl", "g"), "c.ndjson.zst": ("jsonl", "z"),
-              "d.txt": ("text", "plain"), "e.parquet": ("parquet", "p"), "f.npy": ("tokens", [3]),
-              "g.bin": ("tokens", [4])}
+    expect = {
+        "a.jsonl": ("jsonl", "j"),
+        "b.json.gz": ("jsonl", "g"),
+        "c.ndjson.zst": ("jsonl", "z"),
+        "d.txt": ("text", "plain"),
+        "e.parquet": ("parquet", "p"),
+        "f.npy": ("tokens", [3]),
+        "g.bin": ("tokens", [4]),
+    }
     for name, (fmt, content) in expect.items():
         spec = str(tmp_path / name)
         # the same keywords for every format, as a caller that does not know the format passes them
-        src = sources.open_source(spec, text_field="body", eos_id=1, vocab_size=10,
-                                  token_dtype="uint16" if name.endswith(".bin") else "uint32")
+        src = sources.open_source(
+            spec,
+            text_field="body",
+            eos_id=1,
+            vocab_size=10,
+            token_dtype="uint16" if name.endswith(".bin") else "uint32",
+        )
         assert src.format == sources.format_of(spec) == fmt, name
         assert sources.is_pretokenized(spec) == (fmt == "tokens")
         doc = next(iter(src))
@@ -274,8 +294,10 @@ def test_tfds_spec_with_a_config_keeps_it_in_the_name(monkeypatch):
     monkeypatch.setattr(sources, "TfdsSource", lambda name, split, **kw: seen.append((name, split, kw)))
     sources.open_source("tfds:c4/en:3.0.1/validation", text_field="body", data_dir="/d")
     sources.open_source("tfds:lm1b")
-    assert seen == [("c4/en:3.0.1", "validation", {"text_field": "body", "data_dir": "/d"}),
-                    ("lm1b", "train", {"text_field": "text", "data_dir": None})]
+    assert seen == [
+        ("c4/en:3.0.1", "validation", {"text_field": "body", "data_dir": "/d"}),
+        ("lm1b", "train", {"text_field": "text", "data_dir": None}),
+    ]
 
 
 def test_report_merge_adds_counts_and_caps_examples():

@@ -3,10 +3,10 @@ global arrays give the same losses as one process with all 8 devices."""
 
 import json
 import os
+from pathlib import Path
 import socket
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -21,8 +21,13 @@ def free_port() -> int:
 
 def run(args, env_devices):
     env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={env_devices}"}
-    return subprocess.Popen([sys.executable, str(JOB), *map(str, args)], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [sys.executable, str(JOB), *map(str, args)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 @pytest.mark.slow
@@ -37,11 +42,21 @@ def test_two_hosts_match_one(tmp_path):
     assert hosts[0]["rows"] == [0, 8] and hosts[1]["rows"] == [8, 16]  # each host built only its half
 
     env = {**os.environ}
-    single = subprocess.run([sys.executable, "-c", (
-        "import os, sys; os.environ['XLA_FLAGS']='--xla_force_host_platform_device_count=8';"
-        f"sys.argv=['x','0','1','0','{tmp_path / 'single.json'}'];"
-        f"exec(open('{JOB}').read().replace('device_count=4', 'device_count=8'))")],
-        env=env, capture_output=True, text=True, timeout=600)
+    single = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            (
+                "import os, sys; os.environ['XLA_FLAGS']='--xla_force_host_platform_device_count=8';"
+                f"sys.argv=['x','0','1','0','{tmp_path / 'single.json'}'];"
+                f"exec(open('{JOB}').read().replace('device_count=4', 'device_count=8'))"
+            ),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert single.returncode == 0, single.stderr[-3000:]
     one = json.loads((tmp_path / "single.json").read_text())
     assert one["devices"] == 8

@@ -21,7 +21,7 @@ def stream_tokens(stream, start_pos, n):
     rows = stream.rows(np.arange(start_pos // stream.row_len, (start_pos + n) // stream.row_len + 2))
     flat = rows.tokens.ravel()
     off = start_pos - (start_pos // stream.row_len) * stream.row_len
-    return flat[off:off + n]
+    return flat[off : off + n]
 
 
 def test_each_document_once_per_epoch_reshuffled():
@@ -32,8 +32,9 @@ def test_each_document_once_per_epoch_reshuffled():
     orders = []
     for epoch in range(3):
         toks = stream_tokens(stream, epoch * s, s)
-        expected = np.concatenate([np.append(corpus.doc(i), EOS) for i in
-                                   [int(d[1:]) for d in stream.epoch_doc_order(epoch)]])
+        expected = np.concatenate(
+            [np.append(corpus.doc(i), EOS) for i in [int(d[1:]) for d in stream.epoch_doc_order(epoch)]]
+        )
         np.testing.assert_array_equal(toks, expected)
         orders.append(stream.epoch_doc_order(epoch))
         assert sorted(orders[-1]) == sorted(corpus.doc_ids)  # every document exactly once
@@ -113,7 +114,7 @@ def test_mixture_hits_rates_and_walks_each_stream_in_order():
     located = [mix.locate(g) for g in range(64 * 5)]
     which = np.array([s for s, _ in located])
     for block in range(5):
-        assert (which[block * 64:(block + 1) * 64] == 0).sum() == mix.counts[0]
+        assert (which[block * 64 : (block + 1) * 64] == 0).sum() == mix.counts[0]
     assert abs((which == 0).mean() - 0.7) < 1 / 64
     for s in (0, 1):  # each stream's rows are consumed 0, 1, 2, ... with no gap or repeat
         local = sorted(r for (st, r) in located if st == s)
@@ -126,8 +127,7 @@ def test_mixture_hits_rates_and_walks_each_stream_in_order():
 
 def test_many_streams_keep_their_own_epoch_cache():
     """Six streams read in turn: each epoch order is built once per stream (a shared LRU of 4 thrashed)."""
-    streams = [PackedStream(toy_corpus(30, seed=i, base=10 + 40 * i), row_len=5, eos_id=EOS, seed=i)
-               for i in range(6)]
+    streams = [PackedStream(toy_corpus(30, seed=i, base=10 + 40 * i), row_len=5, eos_id=EOS, seed=i) for i in range(6)]
     mix = MixedStream(streams, [1] * 6, block_rows=60, seed=0)
     for start in range(0, 600, 12):
         mix.rows(range(start, start + 12))

@@ -40,8 +40,9 @@ def report_by_hand(mix: MixedStream, n: int) -> dict[str, tuple[int, int]]:
 
 
 def test_a_continuing_stage_reads_each_stream_on_from_the_previous_stages_rows():
-    organic, syn1, syn2 = (PackedStream(corpus(n, seed, p), L, EOS, seed=0)
-                           for n, seed, p in ((9, 1, "o"), (20, 2, "a"), (20, 3, "b")))
+    organic, syn1, syn2 = (
+        PackedStream(corpus(n, seed, p), L, EOS, seed=0) for n, seed, p in ((9, 1, "o"), (20, 2, "a"), (20, 3, "b"))
+    )
     stage1 = MixedStream([organic, syn1], [3, 1], names=["organic", "rephrase_r1"], block_rows=16, seed=0)
     n1 = 16 * 5 + 9  # a partial block at the end
     read = stage1.report(n1)
@@ -54,8 +55,9 @@ def test_a_continuing_stage_reads_each_stream_on_from_the_previous_stages_rows()
     # The next stage: a new mixture (other rates, a new stream), and the organic stream given as a bare position.
     position = {k: {"tokens": r["position_tokens"], "stream": r["stream"]} for k, r in read.items()}
     position["organic"] = read["organic"]["position_tokens"]
-    stage2 = MixedStream([organic, syn1, syn2], [2, 1, 1], names=["organic", "rephrase_r1", "rephrase_r2"],
-                         block_rows=16, seed=0)
+    stage2 = MixedStream(
+        [organic, syn1, syn2], [2, 1, 1], names=["organic", "rephrase_r1", "rephrase_r2"], block_rows=16, seed=0
+    )
     starts, how = stage2.continuing(position)
     assert starts.tolist() == [read["organic"]["end_row"], read["rephrase_r1"]["end_row"], 0]
     assert how == {"organic": "continued", "rephrase_r1": "continued", "rephrase_r2": "new"}

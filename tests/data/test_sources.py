@@ -17,16 +17,19 @@ def write_jsonl(path, rows, opener=open):
 
 def test_jsonl_reads_documents_and_reports_each_problem(tmp_path):
     path = tmp_path / "docs.jsonl"
-    write_jsonl(path, [
-        {"text": "first document", "id": "a"},
-        b"{not json\n",
-        {"text": "   "},
-        {"body": "wrong field"},
-        b'{"text": "caf\xe9 latin-1 bytes"}\n',
-        b"\n",
-        {"text": 42},
-        {"text": "second document", "id": "b"},
-    ])
+    write_jsonl(
+        path,
+        [
+            {"text": "first document", "id": "a"},
+            b"{not json\n",
+            {"text": "   "},
+            {"body": "wrong field"},
+            b'{"text": "caf\xe9 latin-1 bytes"}\n',
+            b"\n",
+            {"text": 42},
+            {"text": "second document", "id": "b"},
+        ],
+    )
     src = sources.JsonlSource(path, id_field="id")
     docs = list(src)
     assert [(d.id, d.text) for d in docs] == [("a", "first document"), ("b", "second document")]
@@ -96,7 +99,9 @@ def test_tfds_source(tmp_path):
     tf = pytest.importorskip("tensorflow")
     tfds = pytest.importorskip("tensorflow_datasets")
     tfds.dataset_builders.store_as_tfds_dataset(
-        name="synpro_toy", version="1.0.0", data_dir=str(tmp_path),
+        name="synpro_toy",
+        version="1.0.0",
+        data_dir=str(tmp_path),
         features=tfds.features.FeaturesDict({"text": tfds.features.Text()}),
         split_datasets={"train": tf.data.Dataset.from_tensor_slices({"text": ["alpha", "", "beta"]})},
     )

@@ -10,7 +10,9 @@ import pytest
 seqio = pytest.importorskip("seqio")
 
 from synpro_jax import sharding  # noqa: E402
-from synpro_jax.data import streams as streams_lib, tasks, vocab as vocab_lib  # noqa: E402
+from synpro_jax.data import streams as streams_lib  # noqa: E402
+from synpro_jax.data import tasks
+from synpro_jax.data import vocab as vocab_lib
 from synpro_jax.data.config import DataConfig, SyntheticShards  # noqa: E402
 from synpro_jax.data.pipeline import TrainBatches, continue_streams  # noqa: E402
 
@@ -34,23 +36,47 @@ def workspace(tmp_path_factory):
         fh.write("{broken\n")
         fh.write(json.dumps({"text": "\u200b"}) + "\n")  # a zero-width space: encodes to no tokens
     rephrase = root / "rephrase-00000.jsonl"
-    write_jsonl(rephrase, [{"source_id": f"organic.jsonl:{i + 1}", "operation": "rephrase", "generator_step": 300,
-                            "text": "Here is a paraphrased version: " + " ".join(rng.choice(WORDS, size=20))}
-                           for i in range(15)])
+    write_jsonl(
+        rephrase,
+        [
+            {
+                "source_id": f"organic.jsonl:{i + 1}",
+                "operation": "rephrase",
+                "generator_step": 300,
+                "text": "Here is a paraphrased version: " + " ".join(rng.choice(WORDS, size=20)),
+            }
+            for i in range(15)
+        ],
+    )
     reformat = root / "reformat-00000.jsonl"
-    write_jsonl(reformat, [{"source_id": f"organic.jsonl:{i + 1}", "operation": "reformat",
-                            "text": "- Topic: data Content: " + " ".join(rng.choice(WORDS, size=12))}
-                           for i in range(12)])
-    sp = vocab_lib.train_sentencepiece((" ".join(rng.choice(WORDS, size=50)) for _ in range(200)),
-                                       root / "sp.model", vocab_size=280)
+    write_jsonl(
+        reformat,
+        [
+            {
+                "source_id": f"organic.jsonl:{i + 1}",
+                "operation": "reformat",
+                "text": "- Topic: data Content: " + " ".join(rng.choice(WORDS, size=12)),
+            }
+            for i in range(12)
+        ],
+    )
+    sp = vocab_lib.train_sentencepiece(
+        (" ".join(rng.choice(WORDS, size=50)) for _ in range(200)), root / "sp.model", vocab_size=280
+    )
     return root, organic, rephrase, reformat, sp
 
 
 def config(workspace, **kw):
     root, organic, rephrase, reformat, sp = workspace
-    base = dict(corpus="toy", organic=(str(organic),), vocabulary=str(sp),
-                synthetic=(("rephrase", 1, str(rephrase)),), validation_docs=5, cache_dir=str(root / "cache"),
-                block_rows=64)
+    base = dict(
+        corpus="toy",
+        organic=(str(organic),),
+        vocabulary=str(sp),
+        synthetic=(("rephrase", 1, str(rephrase)),),
+        validation_docs=5,
+        cache_dir=str(root / "cache"),
+        block_rows=64,
+    )
     return DataConfig(**{**base, **kw})
 
 
@@ -77,8 +103,9 @@ def test_tasks_hold_exactly_the_trainers_documents(workspace):
     streams = streams_lib.build_streams(config(workspace, organic_budget_tokens=150), seq_len=32, progress=False)
     vocab = seqio.get_mixture_or_task("synpro_toy_organic").output_features["targets"].vocabulary
     task = seqio.get_mixture_or_task("synpro_toy_rephrase_r1")
-    seqio_docs = [ex["targets"].tolist() for ex in task.get_dataset(None, split="train", shuffle=False)
-                  .as_numpy_iterator()]
+    seqio_docs = [
+        ex["targets"].tolist() for ex in task.get_dataset(None, split="train", shuffle=False).as_numpy_iterator()
+    ]
     root, organic, rephrase, *_ = workspace
     texts = [json.loads(line)["text"] for line in rephrase.read_text().splitlines()]
     assert seqio_docs == [vocab.encode(t) + [vocab.eos_id] for t in texts] and len(texts) == 15
@@ -91,15 +118,20 @@ def test_tasks_hold_exactly_the_trainers_documents(workspace):
 
 
 def _mixture_rows(name, seq_len, n, shard=None, start_row=0):
-    ds = seqio.get_mixture_or_task(name).get_dataset({"targets": seq_len}, split="train", shard_info=shard,
-                                                     start_row=start_row)
+    ds = seqio.get_mixture_or_task(name).get_dataset(
+        {"targets": seq_len}, split="train", shard_info=shard, start_row=start_row
+    )
     return [ex for ex, _ in zip(ds.as_numpy_iterator(), range(n))]
 
 
 def test_seqio_mixture_is_the_trainers_input_token_for_token(workspace):
     root, organic, rephrase, reformat, sp = workspace
-    cfg = config(workspace, synthetic=(SyntheticShards("rephrase", 1, str(rephrase)), ("reformat", 2, str(reformat))),
-                 organic_budget_tokens=300, mixing={"organic": 2, "rephrase_r1": 1, "reformat_r2": 1})
+    cfg = config(
+        workspace,
+        synthetic=(SyntheticShards("rephrase", 1, str(rephrase)), ("reformat", 2, str(reformat))),
+        organic_budget_tokens=300,
+        mixing={"organic": 2, "rephrase_r1": 1, "reformat_r2": 1},
+    )
     streams = streams_lib.build_streams(cfg, seq_len=16, progress=False)
     mix = streams.train.mixture
     assert mix.task_names == ["synpro_toy_organic", "synpro_toy_rephrase_r1", "synpro_toy_reformat_r2"]
@@ -124,8 +156,8 @@ def test_seqio_mixture_is_the_trainers_input_token_for_token(workspace):
     assert batches.reads_seqio
     for step in range(3):
         batch, info = batches(step)
-        np.testing.assert_array_equal(np.asarray(batch["targets"]), ref_batch["targets"][step * 8:(step + 1) * 8])
-        np.testing.assert_array_equal(info["stream"], which[step * 8:(step + 1) * 8])
+        np.testing.assert_array_equal(np.asarray(batch["targets"]), ref_batch["targets"][step * 8 : (step + 1) * 8])
+        np.testing.assert_array_equal(info["stream"], which[step * 8 : (step + 1) * 8])
 
     # 3. shard p of P holds rows p, p+P, ...; a resumed shard (start_row) continues exactly
     for p in range(3):
@@ -140,7 +172,8 @@ def test_seqio_mixture_is_the_trainers_input_token_for_token(workspace):
     # random access, and the registered Mixture still reads from row 0
     read = stream.detached().report(12 * 8)
     train, counting, how = continue_streams(
-        streams.train, {n: {"tokens": r["position_tokens"], "stream": r["stream"]} for n, r in read.items()})
+        streams.train, {n: {"tokens": r["position_tokens"], "stream": r["stream"]} for n, r in read.items()}
+    )
     assert train.starts == tuple(r["end_row"] for r in read.values()) and any(train.starts)
     assert set(how.values()) == {"continued"}
     cont, cont_which = stream.starting_at(train.starts).rows(np.arange(24))
@@ -148,21 +181,26 @@ def test_seqio_mixture_is_the_trainers_input_token_for_token(workspace):
     assert later.reads_seqio
     for step in range(3):
         batch, info = later(step)
-        np.testing.assert_array_equal(np.asarray(batch["targets"]), cont.training_batch()["targets"][step * 8:][:8])
-        np.testing.assert_array_equal(info["epochs"], cont.epochs[step * 8:(step + 1) * 8])
+        np.testing.assert_array_equal(np.asarray(batch["targets"]), cont.training_batch()["targets"][step * 8 :][:8])
+        np.testing.assert_array_equal(info["epochs"], cont.epochs[step * 8 : (step + 1) * 8])
     for s, packed in enumerate(stream.streams):
         at = np.flatnonzero(cont_which == s)
         np.testing.assert_array_equal(cont.tokens[at], packed.rows(train.starts[s] + np.arange(len(at))).tokens)
     assert counting.report(24) == stream.starting_at(train.starts).detached().report(24)
-    np.testing.assert_array_equal([r["targets"] for r in _mixture_rows("synpro_toy_mix", 16, 8)],
-                                  ref_batch["targets"][:8])
+    np.testing.assert_array_equal(
+        [r["targets"] for r in _mixture_rows("synpro_toy_mix", 16, 8)], ref_batch["targets"][:8]
+    )
 
 
 def test_token_shares_equal_configured_rates(workspace):
     root, organic, rephrase, reformat, sp = workspace
     rates = {"organic": 0.5, "rephrase_r1": 0.3, "reformat_r2": 0.2}
-    cfg = config(workspace, synthetic=(("rephrase", 1, str(rephrase)), ("reformat", 2, str(reformat))),
-                 mixing=rates, block_rows=256)
+    cfg = config(
+        workspace,
+        synthetic=(("rephrase", 1, str(rephrase)), ("reformat", 2, str(reformat))),
+        mixing=rates,
+        block_rows=256,
+    )
     streams_lib.build_streams(cfg, seq_len=16, progress=False)
     rows = _mixture_rows("synpro_toy_mix", 16, 2000)
     tokens = np.zeros(3)
@@ -174,8 +212,11 @@ def test_token_shares_equal_configured_rates(workspace):
 
 
 def test_explicit_rates_and_data_bound_budget(workspace):
-    streams = streams_lib.build_streams(config(workspace, mixing={"organic": 3, "rephrase_r1": 1},
-                                               organic_budget_tokens=200), seq_len=16, progress=False)
+    streams = streams_lib.build_streams(
+        config(workspace, mixing={"organic": 3, "rephrase_r1": 1}, organic_budget_tokens=200),
+        seq_len=16,
+        progress=False,
+    )
     info = streams.info["tasks"]
     assert info["synpro_toy_organic"]["tokens"] == 200
     assert info["synpro_toy_organic"]["rate"] == pytest.approx(0.75, abs=1 / 64)
@@ -185,8 +226,9 @@ def test_explicit_rates_and_data_bound_budget(workspace):
     with pytest.raises(ValueError, match="no rate for 'rephrase_r1'"):
         streams_lib.build_streams(config(workspace, mixing={"organic": 1}), seq_len=16, progress=False)
     with pytest.raises(ValueError, match=r"names \['rephrase_r9'\]"):
-        streams_lib.build_streams(config(workspace, mixing={"organic": 1, "rephrase_r1": 1, "rephrase_r9": 1}),
-                                  seq_len=16, progress=False)
+        streams_lib.build_streams(
+            config(workspace, mixing={"organic": 1, "rephrase_r1": 1, "rephrase_r9": 1}), seq_len=16, progress=False
+        )
 
 
 def test_config_takes_gin_native_values_and_names_the_knob(workspace):
@@ -219,8 +261,13 @@ def test_mixture_get_dataset_errors(workspace):
 
 def test_trained_sentencepiece_vocabulary_is_cached(workspace, tmp_path):
     root, organic, *_ = workspace
-    cfg = DataConfig(corpus="spt", organic=(str(organic),), vocabulary=vocab_lib.TrainedSentencePiece(290),
-                     validation_docs=0, cache_dir=str(tmp_path))
+    cfg = DataConfig(
+        corpus="spt",
+        organic=(str(organic),),
+        vocabulary=vocab_lib.TrainedSentencePiece(290),
+        validation_docs=0,
+        cache_dir=str(tmp_path),
+    )
     streams = streams_lib.build_streams(cfg, seq_len=16, progress=False)
     model = tmp_path / "spt_sp290.model"
     assert model.exists() and streams.info["vocab_size"] >= 290
@@ -234,16 +281,20 @@ def test_validation_sources_and_a_budget_in_corpus_order(workspace, tmp_path):
     corpus order takes the first documents, each larger budget a superset (the demo's oracle runs)."""
     root, organic, *_ = workspace
     heldout = tmp_path / "heldout.jsonl"
-    write_jsonl(heldout, [{"id": f"h{i}", "text": " ".join(WORDS[i:i + 6])} for i in range(7)])
+    write_jsonl(heldout, [{"id": f"h{i}", "text": " ".join(WORDS[i : i + 6])} for i in range(7)])
     cfg = config(workspace, synthetic=(), validation=str(heldout), validation_docs=5, budget_order="corpus")
     vocab, train, val, _ = streams_lib.organic_split(cfg, progress=False)
     assert val.num_docs == 7 and train.num_docs == 40  # all readable organic documents train
-    small = streams_lib.organic_split(config(workspace, synthetic=(), validation=str(heldout),
-                                             budget_order="corpus", organic_budget_tokens=100), progress=False)[1]
-    large = streams_lib.organic_split(config(workspace, synthetic=(), validation=str(heldout),
-                                             budget_order="corpus", organic_budget_tokens=200), progress=False)[1]
-    assert list(small.doc_ids) == list(train.doc_ids)[:small.num_docs]
-    assert list(large.doc_ids)[:small.num_docs - 1] == list(small.doc_ids)[:-1]
+    small = streams_lib.organic_split(
+        config(workspace, synthetic=(), validation=str(heldout), budget_order="corpus", organic_budget_tokens=100),
+        progress=False,
+    )[1]
+    large = streams_lib.organic_split(
+        config(workspace, synthetic=(), validation=str(heldout), budget_order="corpus", organic_budget_tokens=200),
+        progress=False,
+    )[1]
+    assert list(small.doc_ids) == list(train.doc_ids)[: small.num_docs]
+    assert list(large.doc_ids)[: small.num_docs - 1] == list(small.doc_ids)[:-1]
     assert small.num_tokens == 100 and large.num_tokens == 200
     with pytest.raises(ValueError, match="DataConfig.budget_order='first'"):
         config(workspace, budget_order="first")

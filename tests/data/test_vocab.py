@@ -16,8 +16,7 @@ TEXTS = [
     "The quick brown fox jumps over the lazy dog.",
     "Pretraining is running out of human-written text, so we rephrase it.",
     "Numbers like 3.14159 and symbols #@! should survive; so should naïve café unicode.",
-] * 40 + [" ".join("".join(_rng.choice(_SYLLABLES, size=_rng.integers(1, 4))) for _ in range(12))
-          for _ in range(300)]
+] * 40 + [" ".join("".join(_rng.choice(_SYLLABLES, size=_rng.integers(1, 4))) for _ in range(12)) for _ in range(300)]
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +52,11 @@ def hf_vocab(tmp_path_factory):
     tok = tokenizers.Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<|endoftext|>", "<|pad|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=["<|endoftext|>", "<|pad|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tok.train_from_iterator(TEXTS, trainer)
     path = tmp_path_factory.mktemp("hf") / "tokenizer.json"
     tok.save(str(path))

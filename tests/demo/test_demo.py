@@ -4,11 +4,11 @@ without redoing any work."""
 
 import json
 import os
+from pathlib import Path
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
@@ -19,8 +19,13 @@ def start(out: Path, log: Path) -> subprocess.Popen:
     env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
     env.pop("XLA_FLAGS", None)  # one CPU device, as on a user's laptop
     with open(log, "ab") as fh:
-        return subprocess.Popen([sys.executable, "-m", "synpro_jax.cli", "demo", "--quick", "--out", str(out)],
-                                stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=out.parent)
+        return subprocess.Popen(
+            [sys.executable, "-m", "synpro_jax.cli", "demo", "--quick", "--out", str(out)],
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=out.parent,
+        )
 
 
 def done_stages(out: Path) -> list[str]:

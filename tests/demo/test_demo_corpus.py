@@ -42,21 +42,38 @@ synpro.ProbeConfig.batch_size = 4
 def run(*args, cwd):
     env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
     env.pop("XLA_FLAGS", None)
-    return subprocess.run([sys.executable, "-m", "synpro_jax.cli", "demo", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=900)
+    return subprocess.run(
+        [sys.executable, "-m", "synpro_jax.cli", "demo", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
 
 
 def test_own_corpus_runs_the_experiment(tmp_path):
     rng = np.random.default_rng(0)
     corpus = tmp_path / "mine.jsonl"
-    corpus.write_text("".join(json.dumps({"text": " ".join(rng.choice(WORDS, 30)).capitalize() + "."}) + "\n"
-                              for _ in range(120)))
+    corpus.write_text(
+        "".join(json.dumps({"text": " ".join(rng.choice(WORDS, 30)).capitalize() + "."}) + "\n" for _ in range(120))
+    )
     reference = tmp_path / "ref.jsonl"
-    reference.write_text("".join(json.dumps({"prompt": f"Where is the {w}?", "completion": f"Under the {w}."}) + "\n"
-                                 for w in WORDS))
+    reference.write_text(
+        "".join(json.dumps({"prompt": f"Where is the {w}?", "completion": f"Under the {w}."}) + "\n" for w in WORDS)
+    )
     (tmp_path / "tiny.gin").write_text(GIN)
-    out = run("--corpus", str(corpus), "--reference", str(reference), "--out", str(tmp_path / "demo"),
-              "--gin_file", str(tmp_path / "tiny.gin"), cwd=tmp_path)
+    out = run(
+        "--corpus",
+        str(corpus),
+        "--reference",
+        str(reference),
+        "--out",
+        str(tmp_path / "demo"),
+        "--gin_file",
+        str(tmp_path / "tiny.gin"),
+        cwd=tmp_path,
+    )
     assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
     report = json.loads((tmp_path / "demo" / "demo.json").read_text())
     arms = {a["arm"]: a for a in report["arms"]}
@@ -67,8 +84,9 @@ def test_own_corpus_runs_the_experiment(tmp_path):
     assert len(held) == 60 and len(organic) == 15  # every 2nd held out; a quarter of the rest is organic
     assert report["generators"]["rephrase"]["after_grpo"]["records"] == 15
 
-    bad = run("--corpus", str(corpus), "--out", str(tmp_path / "bad"), "--gin_file", str(tmp_path / "tiny.gin"),
-              cwd=tmp_path)
+    bad = run(
+        "--corpus", str(corpus), "--out", str(tmp_path / "bad"), "--gin_file", str(tmp_path / "tiny.gin"), cwd=tmp_path
+    )
     assert bad.returncode == 2 and "needs --reference" in bad.stderr
     quick = run("--quick", "--corpus", str(corpus), cwd=tmp_path)
     assert quick.returncode == 2 and "--quick runs the built-in world" in quick.stderr

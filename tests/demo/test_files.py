@@ -25,8 +25,14 @@ def test_world_files_and_budgets(tmp_path):
     assert len(files.qa.read_text().splitlines()) == 5 * len(W.ATTRIBUTES)
     assert len(files.reference.read_text().splitlines()) == 5 * len(W.ATTRIBUTES)
 
-    data = DataConfig(corpus="world", organic=(str(files.corpus),), vocabulary=str(files.tokenizer),
-                      validation=(str(files.heldout),), budget_order="corpus", cache_dir=str(tmp_path / "cache"))
+    data = DataConfig(
+        corpus="world",
+        organic=(str(files.corpus),),
+        vocabulary=str(files.tokenizer),
+        validation=(str(files.heldout),),
+        budget_order="corpus",
+        cache_dir=str(tmp_path / "cache"),
+    )
     _, full, val, _ = organic_split(data, progress=False)
     assert val.num_docs == 10 and full.num_docs == 30
     organic = int(full.lengths()[:10].sum())

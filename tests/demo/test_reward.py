@@ -5,16 +5,22 @@ import pytest
 
 from synpro_jax.demo import world as W
 from synpro_jax.demo.files import write_world
+import synpro_jax.demo.reward  # noqa: F401  (registers faithfulness_facts)
 from synpro_jax.rl.rewards import RewardError, RewardInputs, build_suite, make_reward
 from synpro_jax.rl.rewards.config import RewardsConfig
-
-import synpro_jax.demo.reward  # noqa: F401  (registers faithfulness_facts)
 
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
-    return write_world(tmp_path_factory.mktemp("world"), people=12, teachers=10, reference_fraction=0.5, seed=3,
-                       oracle_copies=2, vocab_size=1024)
+    return write_world(
+        tmp_path_factory.mktemp("world"),
+        people=12,
+        teachers=10,
+        reference_fraction=0.5,
+        seed=3,
+        oracle_copies=2,
+        vocab_size=1024,
+    )
 
 
 def test_scores_are_exact_where_the_lexical_check_is_not(files):
@@ -35,9 +41,14 @@ def test_scores_are_exact_where_the_lexical_check_is_not(files):
     # perfect rewrite below the one that dropped half the facts; the exact check orders them right.
     assert lexical[0] < 1.0 and lexical[2] > lexical[0] and exact[2] < exact[0]
     # Through the suite, selected as the faithfulness family's variant.
-    suite = build_suite(RewardsConfig(operation="reformat", weights={"faithfulness": 1.0},
-                                      variants={"faithfulness": "faithfulness_facts"},
-                                      options={"faithfulness": {"world": str(files.world_json)}}))
+    suite = build_suite(
+        RewardsConfig(
+            operation="reformat",
+            weights={"faithfulness": 1.0},
+            variants={"faithfulness": "faithfulness_facts"},
+            options={"faithfulness": {"world": str(files.world_json)}},
+        )
+    )
     np.testing.assert_allclose(suite(inputs).total, exact)
 
 

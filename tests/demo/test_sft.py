@@ -15,8 +15,9 @@ from synpro_jax.generation import prompts
 def setup(tmp_path_factory):
     world = W.make_world(people=20, teachers=30, seed=1)
     rng = np.random.default_rng(0)
-    texts = [d["text"] for d in world.organic()] + [W.answer("reformat", W.rewrite_reformat(p, rng))
-                                                    for p in world.teachers]
+    texts = [d["text"] for d in world.organic()] + [
+        W.answer("reformat", W.rewrite_reformat(p, rng)) for p in world.teachers
+    ]
     path = train_world_tokenizer(texts, tmp_path_factory.mktemp("sft") / "tokenizer.json", 1024)
     return world, load_vocabulary(str(path))
 

@@ -12,9 +12,11 @@ from synpro_jax.generation import prompts
 def test_round_trips_and_short_prompts(tmp_path):
     world = W.make_world(people=40, teachers=60, seed=2)
     rng = np.random.default_rng(0)
-    texts = [d["text"] for d in world.organic()] + [W.answer(op, W.rewrite_reformat(p, rng) if op == "reformat"
-                                                             else W.rewrite_rephrase(p, rng))
-                                                    for p in world.teachers for op in prompts.OPERATIONS]
+    texts = [d["text"] for d in world.organic()] + [
+        W.answer(op, W.rewrite_reformat(p, rng) if op == "reformat" else W.rewrite_rephrase(p, rng))
+        for p in world.teachers
+        for op in prompts.OPERATIONS
+    ]
     path = train_world_tokenizer(texts, tmp_path / "tokenizer.json", 1024)
     assert not list(tmp_path.glob(".*tmp*"))  # written atomically
     vocab = load_vocabulary(str(path))

@@ -47,8 +47,7 @@ def test_reference_and_qa_split_the_people_and_ask_in_new_words(world):
     k = world.reference_people
     assert k == 60
     ref_names = {p.name for p in world.people[:k]}
-    assert {r["prompt"].split(" of ")[-1].rstrip("?") for r in world.reference() if " of " in r["prompt"]} \
-        <= ref_names
+    assert {r["prompt"].split(" of ")[-1].rstrip("?") for r in world.reference() if " of " in r["prompt"]} <= ref_names
     qa = world.qa()
     assert len(qa) == (120 - k) * 6
     for item, (person, attribute) in zip(qa, [(p, a) for p in world.people[k:] for a in w.ATTRIBUTES]):

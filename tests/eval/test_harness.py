@@ -16,11 +16,18 @@ from synpro_jax.data import vocab as vocab_lib
 from synpro_jax.eval import harness
 from synpro_jax.eval.tasks import MCItem
 
-CFG = models.ModelConfig(name="eval_tiny", vocab_size=512, d_model=64, num_layers=2, num_heads=4, mlp_dim=128,
-                         max_seq_len=64)
-TEXTS = ["the cat sat on the mat and looked at the dog", "a bird in the hand is worth two in the bush",
-         "water boils at one hundred degrees", "the quick brown fox jumps over the lazy dog", "plants make sugar",
-         "Question: what do cats eat? Answer: fish and mice", "rain falls from clouds when they are heavy"] * 4
+CFG = models.ModelConfig(
+    name="eval_tiny", vocab_size=512, d_model=64, num_layers=2, num_heads=4, mlp_dim=128, max_seq_len=64
+)
+TEXTS = [
+    "the cat sat on the mat and looked at the dog",
+    "a bird in the hand is worth two in the bush",
+    "water boils at one hundred degrees",
+    "the quick brown fox jumps over the lazy dog",
+    "plants make sugar",
+    "Question: what do cats eat? Answer: fish and mice",
+    "rain falls from clouds when they are heavy",
+] * 4
 
 
 def make_items():
@@ -43,8 +50,11 @@ def model_dir(tmp_path_factory):
     tok = Tokenizer(tok_models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<|endoftext|>", "<|pad|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=["<|endoftext|>", "<|pad|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tok.train_from_iterator(TEXTS, trainer)
     out = tmp_path_factory.mktemp("eval_model")
     params = models.init_params(CFG, jax.random.key(3))
@@ -110,8 +120,11 @@ def test_perplexity_equals_a_full_forward(model_dir):
         ids = [vocab.eos_id] + list(vocab.encode(doc))
         assert len(ids) <= CFG.max_seq_len  # whole documents fit: the windows see all preceding tokens
         logits = np.asarray(models.forward(CFG, params, jnp.asarray([ids])), np.float64)[0]
-        logp = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) \
+        logp = (
+            logits
+            - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True))
             - logits.max(-1, keepdims=True)
+        )
         nll -= sum(logp[i, ids[i + 1]] for i in range(len(ids) - 1))
         count += len(ids) - 1
     assert len(vocab.encode(docs[0])) > CFG.max_seq_len // 2  # the first document spans two windows
@@ -126,22 +139,41 @@ def test_synpro_eval_cli_writes_the_table_and_json(model_dir, tmp_path, capsys):
     ckpt = tmp_path / "model"
     shutil.copytree(path, ckpt)
     task = tmp_path / "mine.jsonl"
-    task.write_text("".join(json.dumps({"context": it.context, "choices": list(it.choices), "label": it.label}) + "\n"
-                            for it in make_items()))
+    task.write_text(
+        "".join(
+            json.dumps({"context": it.context, "choices": list(it.choices), "label": it.label}) + "\n"
+            for it in make_items()
+        )
+    )
     docs = tmp_path / "held_out.jsonl"
     docs.write_text("".join(json.dumps({"text": t}) + "\n" for t in TEXTS[:3]))
-    rc = cli_main(["eval", "--checkpoint", str(ckpt), "--tasks", f"{task},again={task}", "--ppl", str(docs),
-                   "--no_progress", "--rows", "8"])
+    rc = cli_main(
+        [
+            "eval",
+            "--checkpoint",
+            str(ckpt),
+            "--tasks",
+            f"{task},again={task}",
+            "--ppl",
+            str(docs),
+            "--no_progress",
+            "--rows",
+            "8",
+        ]
+    )
     assert rc == 0
     printed = capsys.readouterr().out
     assert "mine" in printed and "again" in printed and "held_out.jsonl" in printed
     results = json.loads((ckpt / "eval.json").read_text())
     assert results["tasks"]["mine"]["items"] == 4 and results["tasks"]["mine"] == {
-        **results["tasks"]["again"], "seconds": results["tasks"]["mine"]["seconds"]}
+        **results["tasks"]["again"],
+        "seconds": results["tasks"]["mine"]["seconds"],
+    }
     assert 0 <= results["tasks"]["mine"]["acc"] <= 1 and results["perplexity"]["held_out.jsonl"]["ppl"] > 1
     assert results["step"] == 0 and results["model"] == "model"  # an HF directory: step 0, named after it
     # A bad task names the file and line, and nothing is written.
     task.write_text('{"context": "c", "choices": ["a"], "label": 0}\n')
-    rc = cli_main(["eval", "--checkpoint", str(ckpt), "--tasks", str(task), "--out", str(tmp_path / "r.json"),
-                   "--no_progress"])
+    rc = cli_main(
+        ["eval", "--checkpoint", str(ckpt), "--tasks", str(task), "--out", str(tmp_path / "r.json"), "--no_progress"]
+    )
     assert rc == 2 and "mine.jsonl:1" in capsys.readouterr().err and not (tmp_path / "r.json").exists()

@@ -1,6 +1,6 @@
 """A synthesis job run as its own process by test_synthesize.py; it can SIGKILL itself after N written batches.
 
-    python synthesis_job.py HF_DIR SP_MODEL OUT_DIR KILL_AFTER SHARD [SHARD ...]   (KILL_AFTER 0 = never)
+python synthesis_job.py HF_DIR SP_MODEL OUT_DIR KILL_AFTER SHARD [SHARD ...]   (KILL_AFTER 0 = never)
 """
 
 import os
@@ -18,8 +18,9 @@ SETTINGS = dict(operation="rephrase", max_prompt_tokens=1000, max_new_tokens=8, 
 
 def main(hf_dir, sp_model, out_dir, kill_after, *shards):
     cfg, params = hf.load(hf_dir)
-    synth = synthesize.Synthesizer(cfg, params, load_vocabulary(sp_model), synthesize.SynthesisConfig(**SETTINGS),
-                                   generator=hf_dir)
+    synth = synthesize.Synthesizer(
+        cfg, params, load_vocabulary(sp_model), synthesize.SynthesisConfig(**SETTINGS), generator=hf_dir
+    )
     kill_after, written = int(kill_after), [0]
     generate = synth._generate
 

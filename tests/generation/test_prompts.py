@@ -16,12 +16,17 @@ def test_instructions_carry_heading_and_document():
 
 
 def test_olmo2_chat_template_layout():
-    text = prompts.OLMO2_CHAT.render([
-        {"role": "system", "content": "S"}, {"role": "user", "content": "U"},
-        {"role": "assistant", "content": "A"}, {"role": "user", "content": "V"},
-    ])
-    assert text == ("<|endoftext|><|system|>\nS\n<|user|>\nU\n<|assistant|>\nA<|endoftext|>\n"
-                    "<|user|>\nV\n<|assistant|>\n")
+    text = prompts.OLMO2_CHAT.render(
+        [
+            {"role": "system", "content": "S"},
+            {"role": "user", "content": "U"},
+            {"role": "assistant", "content": "A"},
+            {"role": "user", "content": "V"},
+        ]
+    )
+    assert text == (
+        "<|endoftext|><|system|>\nS\n<|user|>\nU\n<|assistant|>\nA<|endoftext|>\n<|user|>\nV\n<|assistant|>\n"
+    )
     full = prompts.chat_prompt("rephrase", "Doc.")
     assert full.startswith("<|endoftext|><|system|>\n" + prompts.SYSTEM_PROMPT) and full.endswith("<|assistant|>\n")
     with pytest.raises(ValueError, match="role 'tool'"):
@@ -43,8 +48,11 @@ def test_parse_answer_finds_heading_variants():
     bold = parse_answer("**here is the REWRITTEN document**\nBody", "rephrase")
     assert bold.text == "Body" and bold.headings == 1
     assert parse_answer("no heading at all", "rephrase") == prompts.Answer(0, "")
-    for near_miss in ("Here is the rewritten documents: x", "Here is the rewritten documented x",
-                      "There is the rewritten document: x"):
+    for near_miss in (
+        "Here is the rewritten documents: x",
+        "Here is the rewritten documented x",
+        "There is the rewritten document: x",
+    ):
         assert parse_answer(near_miss, "rephrase").headings == 0, near_miss
     twice = parse_answer(f"{HEADINGS['rephrase']} a\n{HEADINGS['reformat']} b", "rephrase")
     assert twice.headings == 2 and not twice.ok
@@ -117,8 +125,8 @@ def test_fit_source_cuts_the_middle_to_exactly_the_budget():
         ids, cut = prompts.fit_source(before, src, None, after, marker, budget)
         keep = budget - 6
         assert len(ids) == budget and cut == 100 - keep
-        assert ids[3:3 + (keep + 1) // 2] == src[:(keep + 1) // 2]  # head
-        assert ids[len(ids) - 2 - keep // 2:len(ids) - 2] == src[100 - keep // 2:]  # tail
+        assert ids[3 : 3 + (keep + 1) // 2] == src[: (keep + 1) // 2]  # head
+        assert ids[len(ids) - 2 - keep // 2 : len(ids) - 2] == src[100 - keep // 2 :]  # tail
     # No room for the marker: the source's first tokens. Room for the chat text only: an empty source. None (a
     # too_long record) only when even that does not fit.
     assert prompts.fit_source(before, src, None, after, marker, 6) == ([*before, 1, *after], 99)

@@ -4,10 +4,10 @@ the filled slots, and the device-resident learner batch."""
 import contextlib
 
 import jax
+from jax import monitoring
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax import monitoring
 
 from synpro_jax import models, sharding
 from synpro_jax.generation import RolloutBatch, Sampler, sample
@@ -72,7 +72,7 @@ def test_update_params_refuses_other_shapes(tiny):
 @pytest.mark.parametrize("mesh_shape", [(1, 1, 1), (2, 2, 2)])
 def test_shared_prefill_equals_prompts_written_out(tiny, mesh_shape):
     cfg, params = tiny
-    mesh = sharding.make_mesh(sharding.MeshConfig(*mesh_shape), devices=jax.devices()[:int(np.prod(mesh_shape))])
+    mesh = sharding.make_mesh(sharding.MeshConfig(*mesh_shape), devices=jax.devices()[: int(np.prod(mesh_shape))])
     s = Sampler(cfg, params, mesh=mesh)
     g = 3
     repeated = [p for p in PROMPTS for _ in range(g)]
@@ -89,7 +89,7 @@ def test_shared_prefill_equals_prompts_written_out(tiny, mesh_shape):
     np.testing.assert_array_equal(shared.tokens, plain.tokens)
     np.testing.assert_allclose(shared.logprobs, plain.logprobs, atol=1e-5, rtol=0)
     for i in range(len(PROMPTS)):
-        group = {tuple(r) for r in shared.tokens[i * g:(i + 1) * g].tolist()}
+        group = {tuple(r) for r in shared.tokens[i * g : (i + 1) * g].tolist()}
         assert len(group) == g, f"prompt {i}: generations repeat each other"
 
 
@@ -154,8 +154,21 @@ def test_decode_windows_follow_the_filled_slots(tiny):
     rows = jnp.zeros((b,), jnp.int32)
     scalar = jnp.zeros((), jnp.float32)
     jaxpr = jax.make_jaxpr(sampler_lib._decode, static_argnums=(0, 13))(
-        cfg, s.params, cache, jnp.zeros((b, cfg.vocab_size)), rows + 3, rows + n, rows, jnp.uint32(0), scalar,
-        jnp.int32(0), scalar + 1, jnp.full((8,), -1, jnp.int32), jnp.int32(0), n)
+        cfg,
+        s.params,
+        cache,
+        jnp.zeros((b, cfg.vocab_size)),
+        rows + 3,
+        rows + n,
+        rows,
+        jnp.uint32(0),
+        scalar,
+        jnp.int32(0),
+        scalar + 1,
+        jnp.full((8,), -1, jnp.int32),
+        jnp.int32(0),
+        n,
+    )
     assert _attention_widths(jaxpr.jaxpr) == {(prompts, p), (b, 16), (b, 32), (b, 64)}
 
 
@@ -191,7 +204,7 @@ def test_rollout_batch_is_device_resident_and_learner_ready(tiny):
     assert int(batch.lengths[0]) == 4 and bool(batch.finished[0])
     # The learner recomputes the sampler's log-probs from the batch alone.
     logits = models.forward(cfg, params, batch.tokens, positions=batch.positions, segment_ids=batch.segment_ids)
-    logp = jax.nn.log_softmax(logits[:, p - 1:-1] / temperature, axis=-1)
+    logp = jax.nn.log_softmax(logits[:, p - 1 : -1] / temperature, axis=-1)
     recomputed = jnp.take_along_axis(logp, batch.tokens[:, p:, None], axis=-1)[..., 0]
     mask = np.asarray(batch.completion_mask)
     np.testing.assert_allclose(np.where(mask, recomputed, 0.0), batch.logprobs, atol=1e-4, rtol=0)
@@ -201,7 +214,7 @@ def test_rollout_batch_is_device_resident_and_learner_ready(tiny):
     for i, prompt in enumerate(PROMPTS):
         for j in range(g):
             r = i * g + j
-            assert np.asarray(batch.tokens)[r, p - len(prompt):p].tolist() == prompt
+            assert np.asarray(batch.tokens)[r, p - len(prompt) : p].tolist() == prompt
             assert seg[r, :p].sum() == len(prompt) and pos[r, p - 1] == len(prompt) - 1 and pos[r, p] == len(prompt)
             assert seg[r, p:].sum() == ref.lengths[r]
     assert batch.texts(lambda ids: " ".join(map(str, ids)))[0] == " ".join(map(str, ref.completions()[0]))

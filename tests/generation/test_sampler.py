@@ -25,20 +25,25 @@ def recompute_check(cfg, params, prompts, out, atol=1e-4):
     width = max(map(len, seqs))
     tokens = np.zeros((len(seqs), width), np.int32)
     for i, s in enumerate(seqs):
-        tokens[i, :len(s)] = s
+        tokens[i, : len(s)] = s
     logp = np.asarray(jax.nn.log_softmax(models.forward(cfg, params, jnp.asarray(tokens)), axis=-1))
     for i, (prompt, completion) in enumerate(zip(prompts, out.completions())):
         at = np.arange(len(prompt) - 1, len(prompt) - 1 + len(completion))
         step_logp = logp[i, at]
         np.testing.assert_array_equal(step_logp.argmax(-1), completion, err_msg=f"prompt {i}")
-        np.testing.assert_allclose(out.logprobs[i, :len(completion)], step_logp[np.arange(len(at)), completion],
-                                   atol=atol, rtol=0, err_msg=f"prompt {i}")
+        np.testing.assert_allclose(
+            out.logprobs[i, : len(completion)],
+            step_logp[np.arange(len(at)), completion],
+            atol=atol,
+            rtol=0,
+            err_msg=f"prompt {i}",
+        )
 
 
 @pytest.mark.parametrize("mesh_shape", [(1, 1, 1), (8, 1, 1), (2, 2, 2), (1, 2, 4)])
 def test_greedy_equals_full_recompute_on_meshes(tiny, mesh_shape):
     cfg, params = tiny
-    devices = jax.devices()[:int(np.prod(mesh_shape))]
+    devices = jax.devices()[: int(np.prod(mesh_shape))]
     mesh = sharding.make_mesh(sharding.MeshConfig(*mesh_shape), devices=devices)
     out = sample(cfg, params, RAGGED, max_new_tokens=10, mesh=mesh)
     assert out.tokens.shape == (len(RAGGED), 10) and (out.lengths == 10).all()
@@ -90,8 +95,15 @@ def test_same_bucket_does_not_recompile(tiny):
     s.generate(RAGGED[:3], max_new_tokens=9, seed=1)
     before = dict(sampler_lib.TRACE_COUNTS)
     # Other prompts, lengths, budgets and knobs in the same (rows 4, prompt 32, new 16) bucket.
-    s.generate([[1, 2], list(range(25)), [7] * 9, [4]], max_new_tokens=[16, 3, 12, 1], temperature=0.8,
-               top_k=20, top_p=0.9, seed=5, eos_id=[3, 7])
+    s.generate(
+        [[1, 2], list(range(25)), [7] * 9, [4]],
+        max_new_tokens=[16, 3, 12, 1],
+        temperature=0.8,
+        top_k=20,
+        top_p=0.9,
+        seed=5,
+        eos_id=[3, 7],
+    )
     # A new Sampler for the same weights and shapes reuses the compiles too.
     Sampler(cfg, params).generate([[8, 9, 10], [1] * 17, [2]], max_new_tokens=11, temperature=1.0)
     assert dict(sampler_lib.TRACE_COUNTS) == before
@@ -121,7 +133,7 @@ def test_sampled_logprobs_are_under_the_temperature(tiny):
         logits = models.forward(cfg, params, jnp.asarray([s]))[0]
         logp = np.asarray(jax.nn.log_softmax(logits / 0.7, axis=-1))
         at = np.arange(len(RAGGED[i]) - 1, len(s) - 1)
-        np.testing.assert_allclose(out.logprobs[i], logp[at, s[len(RAGGED[i]):]], atol=1e-4)
+        np.testing.assert_allclose(out.logprobs[i], logp[at, s[len(RAGGED[i]) :]], atol=1e-4)
 
 
 def test_bad_requests_name_the_knob(tiny):
@@ -152,8 +164,15 @@ def test_greedy_matches_transformers_generate(tmp_path):
 
     from synpro_jax.models import hf
 
-    model = make_hf_model(7, hidden_size=64, intermediate_size=160, num_hidden_layers=3, num_attention_heads=8,
-                          num_key_value_heads=2, vocab_size=96)
+    model = make_hf_model(
+        7,
+        hidden_size=64,
+        intermediate_size=160,
+        num_hidden_layers=3,
+        num_attention_heads=8,
+        num_key_value_heads=2,
+        vocab_size=96,
+    )
     model.save_pretrained(tmp_path / "hf")
     cfg, params = hf.load(tmp_path / "hf")
     prompts = [[5, 9, 11], [3, 4, 5, 6, 7, 8, 9, 10, 11, 12], [50], [20, 21, 22, 23, 24]]
@@ -161,11 +180,19 @@ def test_greedy_matches_transformers_generate(tmp_path):
     ids = torch.zeros((len(prompts), width), dtype=torch.long)
     attention = torch.zeros_like(ids)
     for i, p in enumerate(prompts):  # left padding, as the sampler lays prompts out
-        ids[i, width - len(p):] = torch.tensor(p)
-        attention[i, width - len(p):] = 1
+        ids[i, width - len(p) :] = torch.tensor(p)
+        attention[i, width - len(p) :] = 1
     with torch.no_grad():
-        ref = model.generate(input_ids=ids, attention_mask=attention, max_new_tokens=16, do_sample=False,
-                             output_scores=True, return_dict_in_generate=True, pad_token_id=0, eos_token_id=None)
+        ref = model.generate(
+            input_ids=ids,
+            attention_mask=attention,
+            max_new_tokens=16,
+            do_sample=False,
+            output_scores=True,
+            return_dict_in_generate=True,
+            pad_token_id=0,
+            eos_token_id=None,
+        )
     hf_tokens = ref.sequences[:, width:]
     hf_logp = torch.log_softmax(torch.stack(ref.scores, 1).float(), -1).gather(-1, hf_tokens[..., None])[..., 0]
     out = sample(cfg, params, prompts, max_new_tokens=16)

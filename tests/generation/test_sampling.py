@@ -12,8 +12,14 @@ from scipy import stats
 
 from synpro_jax import models
 from synpro_jax.generation import sample
-from synpro_jax.generation.sampling import (choose_tokens, filter_logits, invert_cdf, largest_threshold, top_k_mask,
-                                            top_p_mask)
+from synpro_jax.generation.sampling import (
+    choose_tokens,
+    filter_logits,
+    invert_cdf,
+    largest_threshold,
+    top_k_mask,
+    top_p_mask,
+)
 
 ALPHA = 1e-3
 DRAWS = 40_000
@@ -59,12 +65,19 @@ def chi_square_ok(counts, expected_probs):
     return p_value
 
 
-@pytest.mark.parametrize("temperature,top_k,top_p", [
-    (1.0, None, None), (0.6, None, None), (2.5, None, None),  # softmax(logits / T)
-    (1.0, 3, None), (0.8, 5, None),  # top-k
-    (1.0, None, 0.7), (1.7, None, 0.9),  # top-p
-    (1.2, 6, 0.8),  # top-k then top-p on the renormalised survivors
-])
+@pytest.mark.parametrize(
+    "temperature,top_k,top_p",
+    [
+        (1.0, None, None),
+        (0.6, None, None),
+        (2.5, None, None),  # softmax(logits / T)
+        (1.0, 3, None),
+        (0.8, 5, None),  # top-k
+        (1.0, None, 0.7),
+        (1.7, None, 0.9),  # top-p
+        (1.2, 6, 0.8),  # top-k then top-p on the renormalised survivors
+    ],
+)
 def test_draws_follow_the_truncated_distribution(temperature, top_k, top_p):
     counts, tokens, logp = draw(temperature, top_k, top_p)
     expected = np_reference(LOGITS, temperature, top_k, top_p)

@@ -2,11 +2,11 @@
 resumes that refuse to mix generators, seeds, sampling knobs or prompt versions."""
 
 import json
+from pathlib import Path
 import re
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import jax
 import numpy as np
@@ -50,8 +50,15 @@ def workspace(tmp_path_factory):
 
 
 def run_job(root, out, kill_after, shards):
-    cmd = [sys.executable, str(HERE / "synthesis_job.py"), str(root / "generator"), str(root / "sp.model"),
-           str(out), str(kill_after), *map(str, shards)]
+    cmd = [
+        sys.executable,
+        str(HERE / "synthesis_job.py"),
+        str(root / "generator"),
+        str(root / "sp.model"),
+        str(out),
+        str(kill_after),
+        *map(str, shards),
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
 
 
@@ -73,8 +80,9 @@ def test_killed_job_resumes_with_every_source_id_exactly_once(workspace, tmp_pat
     assert not list(out.glob("*.partial")) and (out / "part0.jsonl").read_text() == part0  # finished: untouched
     records = list(synthesize.iter_records(out))
     ids = [r["source_id"] for r in records]
-    expected = [f"part{s}.jsonl:{i}" for s in range(3) for i in range(1, 8 if s == 1 else 6)
-                if not (s == 1 and i == 3)]  # part1 line 3 is the empty document
+    expected = [
+        f"part{s}.jsonl:{i}" for s in range(3) for i in range(1, 8 if s == 1 else 6) if not (s == 1 and i == 3)
+    ]  # part1 line 3 is the empty document
     assert sorted(ids) == sorted(expected) and len(ids) == len(set(ids))
     after = {r["source_id"]: r for r in records}
     for doc_id, line in before.items():  # what the killed run wrote is kept, not regenerated
@@ -92,10 +100,10 @@ def test_records_and_seqio_task(workspace, tmp_path):
     root, shards = workspace
     cfg, params = hf.load(root / "generator")
     vocab = load_vocabulary(str(root / "sp.model"))
-    settings = synthesize.SynthesisConfig(operation="reformat", round=2, max_prompt_tokens=1000, max_new_tokens=6,
-                                          batch_size=4, keep_unparsed=True)
-    synth = synthesize.Synthesizer(cfg, params, vocab, settings, generator="g",
-                                   generator_step=7)
+    settings = synthesize.SynthesisConfig(
+        operation="reformat", round=2, max_prompt_tokens=1000, max_new_tokens=6, batch_size=4, keep_unparsed=True
+    )
+    synth = synthesize.Synthesizer(cfg, params, vocab, settings, generator="g", generator_step=7)
     manifest = synth.run([str(shards[0])], tmp_path, progress=False)
     records = list(synthesize.iter_records(tmp_path))
     assert len(records) == 5 and manifest["completion_tokens"] == sum(r["completion_tokens"] for r in records)
@@ -103,8 +111,9 @@ def test_records_and_seqio_task(workspace, tmp_path):
         assert r["operation"] == "reformat" and r["round"] == 2 and r["generator_step"] == 7
         assert r["status"] in ("unparsed", "no_answer") and 1 <= r["completion_tokens"] <= 6
     # Same seed, same documents: the same samples, whatever the batching.
-    again = synthesize.Synthesizer(cfg, params, vocab,
-                                   synthesize.SynthesisConfig(**{**settings.__dict__, "batch_size": 3}))
+    again = synthesize.Synthesizer(
+        cfg, params, vocab, synthesize.SynthesisConfig(**{**settings.__dict__, "batch_size": 3})
+    )
     again.run([str(shards[0])], tmp_path / "again", progress=False)
     assert [r["output"] for r in synthesize.iter_records(tmp_path / "again")] == [r["output"] for r in records]
 
@@ -124,8 +133,9 @@ def test_config_errors_name_the_knob(workspace):
         synthesize.SynthesisConfig(operation="rephrase", batch_size=0)
     cfg, params = hf.load(root / "generator")
     with pytest.raises(ValueError, match="max_new_tokens=2048 exceeds the generator's max_seq_len=2048"):
-        synthesize.Synthesizer(cfg, params, load_vocabulary(str(root / "sp.model")),
-                               synthesize.SynthesisConfig(operation="rephrase"))
+        synthesize.Synthesizer(
+            cfg, params, load_vocabulary(str(root / "sp.model")), synthesize.SynthesisConfig(operation="rephrase")
+        )
 
 
 def test_synthesize_cli(workspace, tmp_path):
@@ -133,11 +143,18 @@ def test_synthesize_cli(workspace, tmp_path):
 
     root, shards = workspace
     out = tmp_path / "cli"
-    flags = [f"--gin.GENERATOR='{root / 'generator'}'", f"--gin.SHARDS=['{shards[0]}']", f"--gin.SYNTH_OUT='{out}'",
-             "--gin.OPERATION='reformat'", f"--gin.synpro.synthesize.vocabulary='{root / 'sp.model'}'",
-             "--gin.synpro.SynthesisConfig.max_prompt_tokens=1000", "--gin.synpro.SynthesisConfig.max_new_tokens=4",
-             "--gin.synpro.SynthesisConfig.batch_size=8", "--gin.synpro.synthesize.mesh=@synpro.MeshConfig()",
-             "--gin.synpro.MeshConfig.data=8"]
+    flags = [
+        f"--gin.GENERATOR='{root / 'generator'}'",
+        f"--gin.SHARDS=['{shards[0]}']",
+        f"--gin.SYNTH_OUT='{out}'",
+        "--gin.OPERATION='reformat'",
+        f"--gin.synpro.synthesize.vocabulary='{root / 'sp.model'}'",
+        "--gin.synpro.SynthesisConfig.max_prompt_tokens=1000",
+        "--gin.synpro.SynthesisConfig.max_new_tokens=4",
+        "--gin.synpro.SynthesisConfig.batch_size=8",
+        "--gin.synpro.synthesize.mesh=@synpro.MeshConfig()",
+        "--gin.synpro.MeshConfig.data=8",
+    ]
     done = synpro("synthesize", "--gin_file=gin/runs/synthesize.gin", *flags)
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"('reformat', 1, '{out}/*.jsonl')" in done.stdout
@@ -163,8 +180,9 @@ def generator(workspace):
 
 def make(generator, step=7, **overrides):
     cfg, params, vocab = generator
-    return synthesize.Synthesizer(cfg, params, vocab, synthesize.SynthesisConfig(**{**BASE, **overrides}),
-                                  generator="gen", generator_step=step)
+    return synthesize.Synthesizer(
+        cfg, params, vocab, synthesize.SynthesisConfig(**{**BASE, **overrides}), generator="gen", generator_step=step
+    )
 
 
 def snapshot(out):
@@ -208,8 +226,11 @@ def test_other_generator_step_is_refused(workspace, generator, state, request):
     out = request.getfixturevalue(state)
     before = snapshot(out)
     label = "part0.jsonl (partial)" if state == "partial" else "part0.jsonl:"
-    with pytest.raises(ValueError, match=r"(?s)" + re.escape(label) + r".*generator_step: was 7, now 8"
-                                         r".*synpro.SynthesisConfig.overwrite = True"):
+    with pytest.raises(
+        ValueError,
+        match=r"(?s)" + re.escape(label) + r".*generator_step: was 7, now 8"
+        r".*synpro.SynthesisConfig.overwrite = True",
+    ):
         make(generator, step=8).run([str(shards[0])], out, progress=False)
     assert snapshot(out) == before  # nothing appended, nothing deleted
 
@@ -221,20 +242,24 @@ def test_other_weights_at_the_same_path_and_step_are_refused(workspace, generato
     before = snapshot(finished)
     nudged = jax.tree.map(lambda x: x * 1.001, params)
     with pytest.raises(ValueError, match="generator_weights: was"):
-        synthesize.Synthesizer(cfg, nudged, vocab, synthesize.SynthesisConfig(**BASE), generator="gen",
-                               generator_step=7).run([str(shards[0])], finished, progress=False)
+        synthesize.Synthesizer(
+            cfg, nudged, vocab, synthesize.SynthesisConfig(**BASE), generator="gen", generator_step=7
+        ).run([str(shards[0])], finished, progress=False)
     assert snapshot(finished) == before
 
 
-@pytest.mark.parametrize("change,field", [
-    (dict(seed=1), "seed: was 0, now 1"),
-    (dict(temperature=0.5), "temperature: was 1.0, now 0.5"),
-    (dict(top_p=0.5), "top_p: was 0.9, now 0.5"),
-    (dict(top_k=4), "top_k: was null, now 4"),
-    (dict(max_new_tokens=4), "max_new_tokens: was 3, now 4"),
-    (dict(operation="reformat"), "operation: was \"rephrase\", now \"reformat\""),
-    (dict(max_prompt_tokens=900), "max_prompt_tokens: was 1000, now 900"),
-])
+@pytest.mark.parametrize(
+    "change,field",
+    [
+        (dict(seed=1), "seed: was 0, now 1"),
+        (dict(temperature=0.5), "temperature: was 1.0, now 0.5"),
+        (dict(top_p=0.5), "top_p: was 0.9, now 0.5"),
+        (dict(top_k=4), "top_k: was null, now 4"),
+        (dict(max_new_tokens=4), "max_new_tokens: was 3, now 4"),
+        (dict(operation="reformat"), 'operation: was "rephrase", now "reformat"'),
+        (dict(max_prompt_tokens=900), "max_prompt_tokens: was 1000, now 900"),
+    ],
+)
 def test_changed_seed_or_sampling_knob_is_refused(workspace, generator, finished, change, field):
     _, shards = workspace
     before = snapshot(finished)
@@ -323,20 +348,22 @@ def test_long_source_middle_is_cut_to_exactly_the_budget():
     prompt = build(f"  {text}\n")
     keep = 101 - len(marker)
     assert len(prompt.ids) == budget and prompt.cut_chars == 0 and prompt.cut_tokens == len(text) - keep
-    assert vocab.decode(prompt.ids) == before + text[:(keep + 1) // 2] + marker + text[-(keep // 2):] + after
+    assert vocab.decode(prompt.ids) == before + text[: (keep + 1) // 2] + marker + text[-(keep // 2) :] + after
     fits = build("A short document.")
     assert vocab.decode(fits.ids) == before + "A short document." + after and fits.cut_tokens == 0
     # The character cut comes first (a bound before tokenizing); the token cut's gap then covers its join.
-    build = synthesize.PromptBuilder(vocab, synthesize.SynthesisConfig(
-        operation="rephrase", max_prompt_tokens=budget, max_source_chars=1000))
+    build = synthesize.PromptBuilder(
+        vocab, synthesize.SynthesisConfig(operation="rephrase", max_prompt_tokens=budget, max_source_chars=1000)
+    )
     prompt = build(text)
     assert prompt.cut_chars == len(text) - 1000 and prompt.cut_tokens == 1000 - keep and len(prompt.ids) == budget
-    assert vocab.decode(prompt.ids) == before + text[:(keep + 1) // 2] + marker + text[-(keep // 2):] + after
+    assert vocab.decode(prompt.ids) == before + text[: (keep + 1) // 2] + marker + text[-(keep // 2) :] + after
     # too_long only when even an empty source does not fit.
     tight = synthesize.PromptBuilder(vocab, synthesize.SynthesisConfig(operation="rephrase", max_prompt_tokens=empty))
     assert tight(text).ids == [*vocab.encode(before), *vocab.encode(after)] and tight(text).cut_tokens == len(text)
-    over = synthesize.PromptBuilder(vocab, synthesize.SynthesisConfig(operation="rephrase",
-                                                                      max_prompt_tokens=empty - 1))
+    over = synthesize.PromptBuilder(
+        vocab, synthesize.SynthesisConfig(operation="rephrase", max_prompt_tokens=empty - 1)
+    )
     assert over("").ids is None and over("").empty_len == empty
 
 
@@ -354,8 +381,7 @@ def test_records_say_the_source_was_cut(workspace, generator, tmp_path):
     long = cut["part1.jsonl:5"]
     assert long["prompt_tokens"] == empty + 20 and long["source_cut_tokens"] > 0 and long["source_cut_chars"] == 0
     too_long = records[empty - 1]
-    assert all(r["status"] == "too_long" and r["text"] == "" and r["prompt_tokens"] == empty
-               for r in too_long.values())
+    assert all(r["status"] == "too_long" and r["text"] == "" and r["prompt_tokens"] == empty for r in too_long.values())
 
 
 def _gin_settings(experiment):
@@ -393,16 +419,18 @@ def test_cpu_organic_rephrase_config_writes_no_too_long_records():
     assert sum(p.cut_tokens > 0 for p in prompts) > 100  # a good share of them needed the cut
 
 
-def test_a_document_selection_synthesizes_only_those_ids_and_is_part_of_the_fingerprint(workspace, generator,
-                                                                                       finished, tmp_path):
+def test_a_document_selection_synthesizes_only_those_ids_and_is_part_of_the_fingerprint(
+    workspace, generator, finished, tmp_path
+):
     """The loop synthesizes a run's training split only: held-out documents never come back as synthetic text."""
     _, shards = workspace
     cfg, params, vocab = generator
     chosen = ["part0.jsonl:2", "part0.jsonl:4", "part0.jsonl:5"]
 
     def selecting(ids):
-        return synthesize.Synthesizer(cfg, params, vocab, synthesize.SynthesisConfig(**BASE), generator="gen",
-                                      generator_step=7, documents=ids)
+        return synthesize.Synthesizer(
+            cfg, params, vocab, synthesize.SynthesisConfig(**BASE), generator="gen", generator_step=7, documents=ids
+        )
 
     out = tmp_path / "selected"
     manifest = selecting(chosen).run([str(shards[0])], out, progress=False)
@@ -433,7 +461,10 @@ def test_parts_of_another_process_count_are_skipped_when_finished_and_refused_wh
     assert synthesize._finished_elsewhere(out, "a", layouts["a"], 2) == 1
     assert synthesize._finished_elsewhere(out, "c", layouts["c"], 1) == 2
     assert synthesize._finished_elsewhere(out, "c", layouts["c"], 2) is None  # this job's own layout
-    with pytest.raises(ValueError, match=r"shard b .* started by \[2\] process\(es\) and is not finished "
-                                         r"\(b.host-0-of-2.jsonl, b.host-1-of-2.jsonl.partial\), but this job runs 1"):
+    with pytest.raises(
+        ValueError,
+        match=r"shard b .* started by \[2\] process\(es\) and is not finished "
+        r"\(b.host-0-of-2.jsonl, b.host-1-of-2.jsonl.partial\), but this job runs 1",
+    ):
         synthesize._finished_elsewhere(out, "b", layouts["b"], 1)
     assert synthesize.part_name("b", 1, 2) == "b.host-1-of-2.jsonl" and synthesize.part_name("b") == "b.jsonl"

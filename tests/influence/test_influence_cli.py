@@ -3,11 +3,11 @@ directory, a SentencePiece vocabulary trained here, and small reference and corp
 
 import json
 import os
+from pathlib import Path
 import subprocess
 import sys
 import time
 import urllib.request
-from pathlib import Path
 
 import jax
 import numpy as np
@@ -35,18 +35,34 @@ def setup(tmp_path_factory):
     with (root / "corpus.jsonl").open("w") as fh:
         for t in text[:30]:
             fh.write(json.dumps({"text": t}) + "\n")
-    flags = ["--gin_file=gin/models/tiny.gin", "--gin_file=gin/runs/probe.gin", "--gin.synpro.preset.vocab_size=320",
-             f"--gin.CHECKPOINT='{root / 'theta'}'", f"--gin.VOCABULARY='{vocab}'",
-             f"--gin.REFERENCE=['{root / 'ref.jsonl'}']", f"--gin.PROBE_CORPUS=['{root / 'corpus.jsonl'}']",
-             f"--gin.PROBE_OUT='{root / 'out'}'", "--gin.MAX_LEN=32", "--gin.synpro.ProbeConfig.steps=3",
-             "--gin.synpro.ProbeConfig.batch_size=4", "--gin.synpro.probe.batch_size=8"]
+    flags = [
+        "--gin_file=gin/models/tiny.gin",
+        "--gin_file=gin/runs/probe.gin",
+        "--gin.synpro.preset.vocab_size=320",
+        f"--gin.CHECKPOINT='{root / 'theta'}'",
+        f"--gin.VOCABULARY='{vocab}'",
+        f"--gin.REFERENCE=['{root / 'ref.jsonl'}']",
+        f"--gin.PROBE_CORPUS=['{root / 'corpus.jsonl'}']",
+        f"--gin.PROBE_OUT='{root / 'out'}'",
+        "--gin.MAX_LEN=32",
+        "--gin.synpro.ProbeConfig.steps=3",
+        "--gin.synpro.ProbeConfig.batch_size=4",
+        "--gin.synpro.probe.batch_size=8",
+    ]
     return root, flags
 
 
 def run(*args, **kw):
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
-    return subprocess.run([sys.executable, "-m", "synpro_jax.cli", *args], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=600, **kw)
+    return subprocess.run(
+        [sys.executable, "-m", "synpro_jax.cli", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        **kw,
+    )
 
 
 @pytest.mark.slow
@@ -74,9 +90,21 @@ def test_influence_server_serves_the_probe(setup):
         assert run("probe", *flags).returncode == 0
     port = 18000 + os.getpid() % 1000
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    proc = subprocess.Popen([sys.executable, "-m", "synpro_jax.cli", "influence-server", *flags,
-                             f"--gin.synpro.influence_server.port={port}"], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "synpro_jax.cli",
+            "influence-server",
+            *flags,
+            f"--gin.synpro.influence_server.port={port}",
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         deadline = time.time() + 300
         while True:
@@ -88,8 +116,11 @@ def test_influence_server_serves_the_probe(setup):
             except OSError:
                 assert time.time() < deadline
                 time.sleep(0.5)
-        req = urllib.request.Request(f"http://127.0.0.1:{port}/get_influence", method="POST",
-                                     data=json.dumps({"texts": ["alpha beta", "river mountain seven"]}).encode())
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{port}/get_influence",
+            method="POST",
+            data=json.dumps({"texts": ["alpha beta", "river mountain seven"]}).encode(),
+        )
         with urllib.request.urlopen(req, timeout=120) as r:
             body = json.loads(r.read())
         assert len(body["influence_scores"]) == 2 and len(body["loss_after"]) == 2

@@ -91,8 +91,15 @@ def test_sharded_equals_unsharded(setup, shape, mode):
     ref = grad_dot(cfg, params, d, tokens, loss_mask=mask, mode=mode)
     mesh = sharding.make_mesh(sharding.MeshConfig(*shape))
     shardings = models.param_shardings(cfg, mesh)
-    out = grad_dot(cfg, jax.device_put(params, shardings), jax.device_put(d, shardings), tokens,
-                                loss_mask=mask, mode=mode, mesh=mesh)
+    out = grad_dot(
+        cfg,
+        jax.device_put(params, shardings),
+        jax.device_put(d, shardings),
+        tokens,
+        loss_mask=mask,
+        mode=mode,
+        mesh=mesh,
+    )
     np.testing.assert_allclose(np.asarray(out), np.asarray(ref), atol=1e-5)
     assert out.sharding.spec == sharding.logical_to_spec(("batch",))
 

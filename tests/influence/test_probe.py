@@ -8,13 +8,12 @@ import json
 import logging
 from pathlib import Path
 
+from flan_by_hand import examples_end_to_end
 import jax
 import jax.numpy as jnp
-
 import numpy as np
 import optax
 import pytest
-from flan_by_hand import examples_end_to_end
 
 from synpro_jax import models, sharding
 from synpro_jax.data.corpus import TokenizedCorpus
@@ -45,8 +44,10 @@ def encode(text):
 def xyz_examples(n, seed=0):
     """The reference task: after a random prompt, answer with the cycle x -> y -> z."""
     rng = np.random.default_rng(seed)
-    return [ReferenceExample(f"r{i}", "".join(rng.choice(list("abcdefgh"), size=6)), "xyz" * int(rng.integers(2, 6)))
-            for i in range(n)]
+    return [
+        ReferenceExample(f"r{i}", "".join(rng.choice(list("abcdefgh"), size=6)), "xyz" * int(rng.integers(2, 6)))
+        for i in range(n)
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -57,9 +58,22 @@ def world(tmp_path_factory):
     rng = np.random.default_rng(0)
     docs = [rng.integers(3, 256, size=rng.integers(5, 40)) for _ in range(64)]
     stream = PackedStream(TokenizedCorpus.from_token_lists(docs, [f"d{i}" for i in range(64)]), 33, eos_id=1)
-    Trainer(cfg, mesh, RUN_OPT, TrainerConfig(out_dir=str(out), num_steps=4, global_batch=8, seq_len=32,
-                                              checkpoint_every=4, async_checkpoints=False, progress=False,
-                                              eval_every=100), stream).run()
+    Trainer(
+        cfg,
+        mesh,
+        RUN_OPT,
+        TrainerConfig(
+            out_dir=str(out),
+            num_steps=4,
+            global_batch=8,
+            seq_len=32,
+            checkpoint_every=4,
+            async_checkpoints=False,
+            progress=False,
+            eval_every=100,
+        ),
+        stream,
+    ).run()
     packed = PackedReference(xyz_examples(48), CharVocab(), seq_len=32, seed=0)
     return cfg, mesh, out, packed
 
@@ -86,8 +100,9 @@ def release_loss(cfg, params, tokens, labels, z_loss):
 def separate_loss(cfg, params, batch, z_loss):
     """synpro's earlier probe: examples kept apart, the mean over answer tokens of cross-entropy + z_loss *
     logsumexp^2, written here from the model's logits."""
-    logits = models.forward(cfg, params, batch["inputs"], positions=batch["positions"],
-                            segment_ids=batch["segment_ids"])
+    logits = models.forward(
+        cfg, params, batch["inputs"], positions=batch["positions"], segment_ids=batch["segment_ids"]
+    )
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"])
     z = jax.nn.logsumexp(logits, axis=-1) ** 2
     m = batch["loss_mask"]
@@ -96,11 +111,14 @@ def separate_loss(cfg, params, batch, z_loss):
 
 def optax_probe(params, run_adam, losses, clip_norm=1.0):
     """The probe's AdamW written with plain optax, its Adam state replaced by the run's, one step per loss."""
+
     def not_embedding(p):
         return {k: jax.tree.map(lambda _: k != "embedding", v) for k, v in p.items()}
 
-    tx = optax.chain(optax.clip_by_global_norm(clip_norm),
-                     optax.adamw(1e-4, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, mask=not_embedding))
+    tx = optax.chain(
+        optax.clip_by_global_norm(clip_norm),
+        optax.adamw(1e-4, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, mask=not_embedding),
+    )
     state = tx.init(params)
     state = (state[0], (state[1][0]._replace(mu=run_adam.mu, nu=run_adam.nu, count=run_adam.count),) + state[1][1:])
     for loss in losses:
@@ -111,8 +129,9 @@ def optax_probe(params, run_adam, losses, clip_norm=1.0):
 
 
 def max_diff(a, b):
-    return max(float(np.abs(np.asarray(x) - np.asarray(y)).max()) for x, y in zip(jax.tree.leaves(a),
-                                                                                   jax.tree.leaves(b)))
+    return max(
+        float(np.abs(np.asarray(x) - np.asarray(y)).max()) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))
+    )
 
 
 def assert_same_params(got, want):
@@ -139,17 +158,23 @@ def test_probe_is_the_release_fine_tune_from_the_restored_moments(world):
     assert theta.step == 4 and theta.adam is not None
 
     def tune(packing="release", **kw):
-        ref = packed if packing == "release" else PackedReference(xyz_examples(48), CharVocab(), seq_len, seed=0,
-                                                                  packing=packing)
+        ref = (
+            packed
+            if packing == "release"
+            else PackedReference(xyz_examples(48), CharVocab(), seq_len, seed=0, packing=packing)
+        )
         pcfg = ProbeConfig(steps=steps, batch_size=rows, seq_len=seq_len, packing=packing, **kw)
-        return jax.device_get(finetune(cfg, mesh, theta.params, ref, pcfg, adam=theta.adam, step=theta.step,
-                                       progress=False))
+        return jax.device_get(
+            finetune(cfg, mesh, theta.params, ref, pcfg, adam=theta.adam, step=theta.step, progress=False)
+        )
 
     assert ProbeConfig().loss_normalization == "batch_tokens" and ProbeConfig().packing == "release"
 
     # the independent run: the checkpoint restored with the run's own optimizer template, then plain optax
-    template = {"train": TrainStep(cfg, mesh, RUN_OPT).init(jax.random.key(0)),
-                "rng": jax.random.key_data(jax.random.key(1))}
+    template = {
+        "train": TrainStep(cfg, mesh, RUN_OPT).init(jax.random.key(0)),
+        "rng": jax.random.key_data(jax.random.key(1)),
+    }
     ckpt = Checkpointer(out / "checkpoints", save_every=1, keep=1, async_save=False)
     restored = jax.device_get(ckpt.restore(template)[0]["train"])
     ckpt.close()
@@ -159,8 +184,16 @@ def test_probe_is_the_release_fine_tune_from_the_restored_moments(world):
     order = [packed.epoch_order(e) for e in range(2)]  # only the example order is taken from the library
     tokens, labels = release_rows(xyz_examples(48), order, seq_len, steps * rows)
     assert 0.1 < labels.mean() < 0.5  # prompt tokens are most of the batch: the denominator matters
-    release_losses = [functools.partial(release_loss, cfg, tokens=tokens[i * rows:(i + 1) * rows],
-                                        labels=labels[i * rows:(i + 1) * rows], z_loss=1e-5) for i in range(steps)]
+    release_losses = [
+        functools.partial(
+            release_loss,
+            cfg,
+            tokens=tokens[i * rows : (i + 1) * rows],
+            labels=labels[i * rows : (i + 1) * rows],
+            z_loss=1e-5,
+        )
+        for i in range(steps)
+    ]
     tuned = tune()
     assert_same_params(tuned, optax_probe(restored.params, run_adam, release_losses))
 
@@ -173,13 +206,22 @@ def test_probe_is_the_release_fine_tune_from_the_restored_moments(world):
     # synpro's earlier probe is still there, equal to its own recomputation, and away from the release's
     separate = PackedReference(xyz_examples(48), CharVocab(), seq_len, seed=0, packing="separate")
     old = tune("separate", loss_normalization="answer_tokens")
-    assert_same_params(old, optax_probe(restored.params, run_adam, [
-        functools.partial(separate_loss, cfg, batch=separate.batch(i, rows), z_loss=1e-5) for i in range(steps)]))
+    assert_same_params(
+        old,
+        optax_probe(
+            restored.params,
+            run_adam,
+            [functools.partial(separate_loss, cfg, batch=separate.batch(i, rows), z_loss=1e-5) for i in range(steps)],
+        ),
+    )
     assert max_diff(old, tuned) > 0.1 * max_diff(tuned, restored.params)
 
     # the restored moments matter: starting from zero moments lands elsewhere
-    fresh = jax.device_get(finetune(cfg, mesh, theta.params, packed, ProbeConfig(steps=steps, batch_size=rows,
-                                                                                 seq_len=seq_len), progress=False))
+    fresh = jax.device_get(
+        finetune(
+            cfg, mesh, theta.params, packed, ProbeConfig(steps=steps, batch_size=rows, seq_len=seq_len), progress=False
+        )
+    )
     assert max_diff(fresh, tuned) > 1e-5
 
 
@@ -195,14 +237,21 @@ def test_constant_lr_from_step_one_and_norms_decayed_embeddings_not(world, caplo
     assert float(jnp.abs(updates["embedding"]).max()) == 0.0
     for leaf in (updates["final_norm"]["scale"], updates["layers"]["post_attn_norm"]["scale"]):
         assert float(jnp.abs(leaf).max()) > 0
-    np.testing.assert_allclose(updates["final_norm"]["scale"], -1e-4 * 0.1 * params["final_norm"]["scale"],
-                               rtol=1e-6)
+    np.testing.assert_allclose(updates["final_norm"]["scale"], -1e-4 * 0.1 * params["final_norm"]["scale"], rtol=1e-6)
     np.testing.assert_allclose(updates["lm_head"], -1e-4 * 0.1 * params["lm_head"], rtol=1e-6)
 
     # one probe step from a source without moments moves the weights by lr (Adam's first step is ~lr * sign(g))
     with caplog.at_level(logging.WARNING, logger="synpro_jax.influence.probe"):
-        tuned = jax.device_get(finetune(cfg, mesh, jax.device_get(params), packed, ProbeConfig(
-            steps=1, batch_size=8, seq_len=32), progress=False))
+        tuned = jax.device_get(
+            finetune(
+                cfg,
+                mesh,
+                jax.device_get(params),
+                packed,
+                ProbeConfig(steps=1, batch_size=8, seq_len=32),
+                progress=False,
+            )
+        )
     assert sum("zero moments" in r.getMessage() for r in caplog.records) == 1
     moved = np.abs(tuned["embedding"] - np.asarray(params["embedding"]))
     assert moved.max() == pytest.approx(1e-4, rel=1e-3)
@@ -215,9 +264,16 @@ def test_both_paths_rank_helpful_text_above_harmful(world):
     influence paths rank them so, and the exact one has the signs."""
     cfg, mesh, _, packed = world
     theta = jax.device_get(models.init_params(cfg, jax.random.key(2)))
-    tuned = jax.device_get(finetune(cfg, mesh, theta, packed, ProbeConfig(steps=10, learning_rate=1e-3,
-                                                                           batch_size=8, seq_len=32),
-                                    progress=False))
+    tuned = jax.device_get(
+        finetune(
+            cfg,
+            mesh,
+            theta,
+            packed,
+            ProbeConfig(steps=10, learning_rate=1e-3, batch_size=8, seq_len=32),
+            progress=False,
+        )
+    )
     texts = np.stack([encode("xyz" * 8), encode("qvw" * 8)])
     exact = np.asarray(influence_scores(cfg, theta, tuned, texts, method="exact"))
     first = np.asarray(influence_scores(cfg, theta, tuned, texts, method="first_order"))
@@ -232,8 +288,9 @@ def test_both_paths_rank_helpful_text_above_harmful(world):
 def test_probe_scores_are_the_loss_difference(world):
     cfg, mesh, _, packed = world
     theta = jax.device_get(models.init_params(cfg, jax.random.key(0)))
-    tuned = jax.device_get(finetune(cfg, mesh, theta, packed, ProbeConfig(steps=2, batch_size=8, seq_len=32),
-                                    progress=False))
+    tuned = jax.device_get(
+        finetune(cfg, mesh, theta, packed, ProbeConfig(steps=2, batch_size=8, seq_len=32), progress=False)
+    )
     docs = [encode("xyzab" * k) for k in range(1, 6)]
     scores = Probe(cfg, mesh, theta, tuned, max_len=16).score_docs(docs, batch_size=8)
     for i in (0, 3):
@@ -255,8 +312,13 @@ def scoring():
     rng = np.random.default_rng(5)
     docs = [rng.integers(2, 256, size=rng.integers(4, 20)) for _ in range(37)]
     ids = [f"file.jsonl:{i + 1}" for i in range(37)]
-    fp = {"theta_source": "/runs/a", "theta_step": 4, "probe": {"config": {"steps": 3}}, "vocabulary": {"n": 256},
-          "corpus": [["/data/a.jsonl", 100, 1]]}
+    fp = {
+        "theta_source": "/runs/a",
+        "theta_step": 4,
+        "probe": {"config": {"steps": 3}},
+        "vocabulary": {"n": 256},
+        "corpus": [["/data/a.jsonl", 100, 1]],
+    }
     return cfg, probe, docs, ids, fp
 
 
@@ -267,8 +329,9 @@ class Killed(Exception):
 def test_scores_keyed_by_id_resume_with_another_chunk_size(scoring, tmp_path, monkeypatch):
     _, probe, docs, ids, fp = scoring
     full = tmp_path / "full"
-    with np.load(score_corpus(probe, docs, ids, full, fingerprint=fp, batch_size=8, chunk_docs=8,
-                              progress=False)) as z:  # no allow_pickle: ids are plain unicode
+    with np.load(
+        score_corpus(probe, docs, ids, full, fingerprint=fp, batch_size=8, chunk_docs=8, progress=False)
+    ) as z:  # no allow_pickle: ids are plain unicode
         assert z["ids"].dtype.kind == "U" and z["ids"].tolist() == ids
         want = {k: z[k] for k in ("influence", "loss_before", "loss_after")}
     # a job killed after two chunks of 8 ...
@@ -283,15 +346,15 @@ def test_scores_keyed_by_id_resume_with_another_chunk_size(scoring, tmp_path, mo
 
     monkeypatch.setattr(Probe, "score_docs", dying)
     with pytest.raises(Killed):
-        score_corpus(probe, docs, ids, tmp_path / "resumed", fingerprint=fp, batch_size=8, chunk_docs=8,
-                     progress=False)
+        score_corpus(probe, docs, ids, tmp_path / "resumed", fingerprint=fp, batch_size=8, chunk_docs=8, progress=False)
     monkeypatch.setattr(Probe, "score_docs", real)
     assert len(list((tmp_path / "resumed" / "parts").glob("part-*.npz"))) == 2
     # ... resumes with another chunk and batch size, scoring only what is left
     seen = []
     monkeypatch.setattr(Probe, "score_docs", lambda self, d, *a, **kw: seen.append(len(d)) or real(self, d, *a, **kw))
-    path = score_corpus(probe, docs, ids, tmp_path / "resumed", fingerprint=fp, batch_size=16, chunk_docs=5,
-                        progress=False)
+    path = score_corpus(
+        probe, docs, ids, tmp_path / "resumed", fingerprint=fp, batch_size=16, chunk_docs=5, progress=False
+    )
     assert sum(seen) == len(docs) - 16 and max(seen) == 5
     with np.load(path) as z:
         assert z["ids"].tolist() == ids and len(set(z["ids"].tolist())) == len(ids)
@@ -299,15 +362,22 @@ def test_scores_keyed_by_id_resume_with_another_chunk_size(scoring, tmp_path, mo
             np.testing.assert_allclose(z[k], v, atol=1e-6)
 
 
-@pytest.mark.parametrize("field,change,named", [
-    ("theta_step", 5, "theta_step: 4 then, 5 now"), ("probe", {"config": {"steps": 4}}, "probe.config.steps: 3 then"),
-    ("vocabulary", {"n": 320}, "vocabulary.n: 256 then, 320 now"), ("corpus", [["/data/b.jsonl", 100, 1]], "corpus:")])
+@pytest.mark.parametrize(
+    "field,change,named",
+    [
+        ("theta_step", 5, "theta_step: 4 then, 5 now"),
+        ("probe", {"config": {"steps": 4}}, "probe.config.steps: 3 then"),
+        ("vocabulary", {"n": 320}, "vocabulary.n: 256 then, 320 now"),
+        ("corpus", [["/data/b.jsonl", 100, 1]], "corpus:"),
+    ],
+)
 def test_resume_refuses_another_fingerprint_naming_the_field(scoring, tmp_path, field, change, named):
     _, probe, docs, ids, fp = scoring
     score_corpus(probe, docs[:10], ids[:10], tmp_path, fingerprint=fp, batch_size=8, chunk_docs=4, progress=False)
     with pytest.raises(ValueError, match=f"different {named}"):
-        score_corpus(probe, docs[:10], ids[:10], tmp_path, fingerprint={**fp, field: change}, batch_size=8,
-                     progress=False)
+        score_corpus(
+            probe, docs[:10], ids[:10], tmp_path, fingerprint={**fp, field: change}, batch_size=8, progress=False
+        )
 
 
 def test_resume_refuses_another_max_len_or_corpus(scoring, tmp_path):
@@ -362,8 +432,7 @@ def test_repeated_ids_get_their_own_keys():
 def test_reused_theta_prime_must_come_from_this_theta_and_probe(world, tmp_path):
     cfg, mesh, out, packed = world
     theta = params_io.load(cfg, mesh, out)
-    tuned = finetune(cfg, mesh, theta.params, packed, ProbeConfig(steps=1, batch_size=8, seq_len=32),
-                     progress=False)
+    tuned = finetune(cfg, mesh, theta.params, packed, ProbeConfig(steps=1, batch_size=8, seq_len=32), progress=False)
     probe_fp = {"config": {"steps": 1}, "reference": [["/ref.tsv", 10, 1]]}
     _save_finetuned(cfg, tuned, tmp_path / "finetuned", {"theta": theta_identity(theta), "probe": probe_fp})
     again = load_finetuned(cfg, tmp_path / "finetuned", theta, probe_fp)
@@ -371,12 +440,14 @@ def test_reused_theta_prime_must_come_from_this_theta_and_probe(world, tmp_path)
     with pytest.raises(ValueError, match="different probe config.steps: 1 then, 2 now"):
         load_finetuned(cfg, tmp_path / "finetuned", theta, {**probe_fp, "config": {"steps": 2}})
     with pytest.raises(ValueError, match="another theta: step 4 then, 5 now"):
-        load_finetuned(cfg, tmp_path / "finetuned", params_io.LoadedParams(theta.params, 5, theta.source,
-                                                                           theta.kind), probe_fp)
+        load_finetuned(
+            cfg, tmp_path / "finetuned", params_io.LoadedParams(theta.params, 5, theta.source, theta.kind), probe_fp
+        )
     other = jax.tree.map(lambda x: x * 1.1, theta.params)
     with pytest.raises(ValueError, match="other weights"):
-        load_finetuned(cfg, tmp_path / "finetuned", params_io.LoadedParams(other, 4, theta.source, theta.kind),
-                       probe_fp)
+        load_finetuned(
+            cfg, tmp_path / "finetuned", params_io.LoadedParams(other, 4, theta.source, theta.kind), probe_fp
+        )
     (tmp_path / "finetuned" / "probe.json").unlink()
     with pytest.raises(ValueError, match="no probe.json"):
         load_finetuned(cfg, tmp_path / "finetuned", theta, probe_fp)

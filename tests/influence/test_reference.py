@@ -2,21 +2,27 @@
 
 import json
 
+from flan_by_hand import examples_end_to_end
 import numpy as np
 import pytest
-from flan_by_hand import examples_end_to_end
 
 from synpro_jax.influence.reference import ReferenceSource, encode_examples, format_prompt
 
 
 def test_reads_flan_tsv_and_jsonl_and_reports_bad_rows(tmp_path):
     tsv = tmp_path / "toy_train.tsv"
-    tsv.write_text("What is 2+2?\\nOptions:\\n- 3\\n- 4\t4\tTwo plus two is four.\n"
-                   "only one field\n"
-                   "Is the sky blue?\tyes\n")
+    tsv.write_text(
+        "What is 2+2?\\nOptions:\\n- 3\\n- 4\t4\tTwo plus two is four.\nonly one field\nIs the sky blue?\tyes\n"
+    )
     jl = tmp_path / "extra.jsonl"
-    jl.write_text(json.dumps({"prompt": "Say hi", "completion": "hi"}) + "\n{bad\n" +
-                  json.dumps({"prompt": "x"}) + "\n" + json.dumps({"prompt": " ", "completion": "y"}) + "\n")
+    jl.write_text(
+        json.dumps({"prompt": "Say hi", "completion": "hi"})
+        + "\n{bad\n"
+        + json.dumps({"prompt": "x"})
+        + "\n"
+        + json.dumps({"prompt": " ", "completion": "y"})
+        + "\n"
+    )
     src = ReferenceSource([str(tsv), str(jl)])
     examples = list(src)
     assert [e.prompt for e in examples] == ["What is 2+2?\nOptions:\n- 3\n- 4", "Is the sky blue?", "Say hi"]
@@ -47,8 +53,8 @@ def test_encode_masks_only_the_answer():
     tokens, mask = encode_examples(ex, CharVocab(), seq_len=24)
     p0 = len(format_prompt("2+2?"))
     assert tokens.shape == (2, 25) and mask[0, :p0].sum() == 0
-    assert mask[0, p0:p0 + 3].tolist() == [1, 1, 1]  # " 4" and EOS
-    assert tokens[0, p0 + 2] == 1 and mask[0, p0 + 3:].sum() == 0
+    assert mask[0, p0 : p0 + 3].tolist() == [1, 1, 1]  # " 4" and EOS
+    assert tokens[0, p0 + 2] == 1 and mask[0, p0 + 3 :].sum() == 0
     assert mask[1].sum() == len(" an answer") + 1  # long prompt cut from the front, answer kept whole
     assert tokens[1, -1] == 1
 
@@ -87,8 +93,7 @@ def _digit_examples(n, seed=0):
     from synpro_jax.influence.reference import ReferenceExample
 
     rng = np.random.default_rng(seed)
-    return [ReferenceExample(f"e{i}", "Q" * int(rng.integers(3, 12)), "7" * int(rng.integers(1, 9)))
-            for i in range(n)]
+    return [ReferenceExample(f"e{i}", "Q" * int(rng.integers(3, 12)), "7" * int(rng.integers(1, 9))) for i in range(n)]
 
 
 def test_separate_rows_are_full_with_answer_only_loss():
@@ -102,8 +107,7 @@ def test_separate_rows_are_full_with_answer_only_loss():
     digit, space, eos = 2 + ord("7"), 2 + ord(" "), vocab.eos_id
     for step in (0, 1, 7):  # step 7 runs past the first epoch
         b = packed.batch(step, 4)
-        assert b["inputs"].shape == (4, 48) and set(b) == {"inputs", "targets", "segment_ids", "positions",
-                                                            "loss_mask"}
+        assert b["inputs"].shape == (4, 48) and set(b) == {"inputs", "targets", "segment_ids", "positions", "loss_mask"}
         assert (b["inputs"] != vocab.pad_id).all() and (b["targets"] != vocab.pad_id).all()  # full rows
         on = b["loss_mask"] == 1
         assert set(np.unique(b["targets"][on])) <= {digit, space, eos}
@@ -114,8 +118,12 @@ def test_separate_rows_are_full_with_answer_only_loss():
         for r in range(4):  # positions restart at each example piece
             starts = np.flatnonzero(np.diff(b["segment_ids"][r], prepend=0))
             assert (b["positions"][r, starts] == 0).all()
-    assert packed.batch(2, 4)["inputs"].tolist() == PackedReference(
-        _digit_examples(40), vocab, seq_len=48, seed=3, packing="separate").batch(2, 4)["inputs"].tolist()
+    assert (
+        packed.batch(2, 4)["inputs"].tolist()
+        == PackedReference(_digit_examples(40), vocab, seq_len=48, seed=3, packing="separate")
+        .batch(2, 4)["inputs"]
+        .tolist()
+    )
 
 
 def test_packing_gives_more_answer_tokens_per_step_than_one_example_per_row():
@@ -166,10 +174,10 @@ def test_release_rows_are_plain_slices_of_the_concatenated_examples():
     for step in (0, 6, 9):  # step 6 holds the first epoch boundary, step 9 is in the second epoch
         b = packed.batch(step, rows)
         lo = step * rows * seq_len
-        want = tokens[lo:lo + rows * seq_len].reshape(rows, seq_len)
+        want = tokens[lo : lo + rows * seq_len].reshape(rows, seq_len)
         np.testing.assert_array_equal(b["inputs"], want)
         np.testing.assert_array_equal(b["targets"][:, :-1], want[:, 1:])
-        want_mask = labels[lo:lo + rows * seq_len].reshape(rows, seq_len).copy()
+        want_mask = labels[lo : lo + rows * seq_len].reshape(rows, seq_len).copy()
         want_mask[:, :-1] = want_mask[:, 1:]
         want_mask[:, -1] = 0
         np.testing.assert_array_equal(b["loss_mask"], want_mask)

@@ -60,25 +60,37 @@ def test_scores_equal_the_library(server):
     ref = probe.score_docs([np.asarray(t, np.int32) for t in encode(texts)], 8)
     np.testing.assert_allclose(out["influence_scores"], ref["influence"], atol=1e-6)
     np.testing.assert_allclose(out["loss_before"], ref["loss_before"], atol=1e-6)
-    np.testing.assert_allclose(np.array(out["loss_before"]) - np.array(out["loss_after"]),
-                               out["influence_scores"], atol=1e-5)
+    np.testing.assert_allclose(
+        np.array(out["loss_before"]) - np.array(out["loss_after"]), out["influence_scores"], atol=1e-5
+    )
     assert request(srv, "POST", "/get_influence", {"texts": []}) == (
-        200, {"influence_scores": [], "loss_before": [], "loss_after": []})
+        200,
+        {"influence_scores": [], "loss_before": [], "loss_after": []},
+    )
 
 
-@pytest.mark.parametrize("raw, code, message", [
-    (b"{not json", 400, "invalid JSON"),
-    (b'{"text": ["a"]}', 400, "list field 'texts'"),
-    (b'{"texts": "a"}', 400, "list field 'texts'"),
-    (b'{"texts": ["a", 3]}', 400, "must be a string"),
-    (json.dumps({"texts": ["a"] * 21}).encode(), 413, "limit of 20"),
-    (json.dumps({"texts": ["a" * 5000]}).encode(), 413, "exceeds the limit of 4096"),
-    (b'{"texts": ["tab\there"]}', 400, "invalid JSON: Invalid control character at line 1, column 16 (char 15)"),
-    (b'{"texts": ["ok text", "lone \\ud800 surrogate"]}', 400,
-     "texts[1]: invalid UTF-16 surrogate '\\ud800' at character 5"),
-    (json.dumps({"texts": ["fine text", "", "more text", "a"]}).encode(), 400,
-     "texts[1]: nothing to predict (0 tokens; a text needs at least 2); texts[3]: nothing to predict (1 token;"),
-])
+@pytest.mark.parametrize(
+    "raw, code, message",
+    [
+        (b"{not json", 400, "invalid JSON"),
+        (b'{"text": ["a"]}', 400, "list field 'texts'"),
+        (b'{"texts": "a"}', 400, "list field 'texts'"),
+        (b'{"texts": ["a", 3]}', 400, "must be a string"),
+        (json.dumps({"texts": ["a"] * 21}).encode(), 413, "limit of 20"),
+        (json.dumps({"texts": ["a" * 5000]}).encode(), 413, "exceeds the limit of 4096"),
+        (b'{"texts": ["tab\there"]}', 400, "invalid JSON: Invalid control character at line 1, column 16 (char 15)"),
+        (
+            b'{"texts": ["ok text", "lone \\ud800 surrogate"]}',
+            400,
+            "texts[1]: invalid UTF-16 surrogate '\\ud800' at character 5",
+        ),
+        (
+            json.dumps({"texts": ["fine text", "", "more text", "a"]}).encode(),
+            400,
+            "texts[1]: nothing to predict (0 tokens; a text needs at least 2); texts[3]: nothing to predict (1 token;",
+        ),
+    ],
+)
 def test_malformed_requests_get_4xx(server, raw, code, message):
     srv, _ = server
     status, out = request(srv, "POST", "/get_influence", raw=raw)
@@ -88,7 +100,7 @@ def test_malformed_requests_get_4xx(server, raw, code, message):
 
 
 def test_texts_with_nothing_to_predict_refuse_the_request_whole(release_server):
-    """"" and "a" (0 and 1 tokens) have no next-token prediction: no loss and no influence, so no 0.0 stands in
+    """ "" and "a" (0 and 1 tokens) have no next-token prediction: no loss and no influence, so no 0.0 stands in
     for them. The request is refused before anything is scored, naming each such text; a lone surrogate too."""
     srv, probe = release_server
     endpoint = "http://%s:%d/get_influence" % srv.address
@@ -98,14 +110,19 @@ def test_texts_with_nothing_to_predict_refuse_the_request_whole(release_server):
     assert r.status_code == 400
     body = r.json()
     assert body["index"] == 1 and body["indices"] == [1, 3, 4]
-    assert body["error"].startswith("texts[1]: nothing to predict (1 token; a text needs at least 2); texts[3]: "
-                                    "nothing to predict (0 tokens;")
-    assert "texts[4]: nothing to predict (1 token;" in body["error"] and "Nothing in this request was scored" in \
-        body["error"]
+    assert body["error"].startswith(
+        "texts[1]: nothing to predict (1 token; a text needs at least 2); texts[3]: nothing to predict (0 tokens;"
+    )
+    assert (
+        "texts[4]: nothing to predict (1 token;" in body["error"]
+        and "Nothing in this request was scored" in body["error"]
+    )
     r = session.post(endpoint, json={"texts": ["fine", "fine \ud800 not", "ok", "z\udfff"]}, timeout=120)
     assert r.status_code == 400 and r.json()["indices"] == [1, 3]
-    assert r.json()["error"].startswith("texts[1]: invalid UTF-16 surrogate '\\ud800' at character 5; texts[3]: "
-                                        "invalid UTF-16 surrogate '\\udfff' at character 1")
+    assert r.json()["error"].startswith(
+        "texts[1]: invalid UTF-16 surrogate '\\ud800' at character 5; texts[3]: "
+        "invalid UTF-16 surrogate '\\udfff' at character 1"
+    )
     assert "TypeError" not in r.json()["error"] and "Encode" not in r.json()["error"]
     assert probe.shapes == []  # nothing was scored for either request
     fine = ["ab", "an emoji, sent as a surrogate pair: \U0001f600"]  # 2 tokens is enough; a pair is no lone surrogate
@@ -160,7 +177,7 @@ class ReleaseStyleClient:
     def score_texts(self, texts):
         out = []
         for start in range(0, len(texts), self.batch_size):
-            out.extend(self._query_batch(texts[start:start + self.batch_size]))
+            out.extend(self._query_batch(texts[start : start + self.batch_size]))
         return out
 
 

@@ -5,11 +5,11 @@ for clients that left or timed out, length buckets, and encode failures confined
 import contextlib
 import inspect
 import json
+from pathlib import Path
 import re
 import socket
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -111,23 +111,29 @@ def test_default_port_is_the_release_clients():
 
     assert inspect.signature(configs.influence_server).parameters["port"].default == 24775
     root = Path(configs.__file__).resolve().parents[1]
-    bound = [(p, m.group(1)) for p in root.rglob("*.gin") for m in
-             re.finditer(r"influence_server\.port\s*=\s*(\S+)", p.read_text())]
+    bound = [
+        (p, m.group(1))
+        for p in root.rglob("*.gin")
+        for m in re.finditer(r"influence_server\.port\s*=\s*(\S+)", p.read_text())
+    ]
     assert all(port == "24775" for _, port in bound), bound
 
 
 HEAD = b"POST /get_influence HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
 
 
-@pytest.mark.parametrize("length_lines, code", [
-    (b"", 411),                                          # missing
-    (b"Content-Length: -5\r\n", 400),                    # negative: used to read to EOF, i.e. hang
-    (b"Content-Length: 12abc\r\n", 400),                 # not an integer
-    (b"Content-Length: 1.5\r\n", 400),
-    (b"Content-Length: 4\r\nContent-Length: 9\r\n", 400),  # ambiguous
-    (b"Content-Length: 99999999999\r\n", 413),           # over max_body_bytes
-    (b"Transfer-Encoding: chunked\r\n", 411),
-])
+@pytest.mark.parametrize(
+    "length_lines, code",
+    [
+        (b"", 411),  # missing
+        (b"Content-Length: -5\r\n", 400),  # negative: used to read to EOF, i.e. hang
+        (b"Content-Length: 12abc\r\n", 400),  # not an integer
+        (b"Content-Length: 1.5\r\n", 400),
+        (b"Content-Length: 4\r\nContent-Length: 9\r\n", 400),  # ambiguous
+        (b"Content-Length: 99999999999\r\n", 413),  # over max_body_bytes
+        (b"Transfer-Encoding: chunked\r\n", 411),
+    ],
+)
 def test_bad_content_length_gets_4xx_at_once(length_lines, code):
     probe = GatedProbe()
     with serving(probe, socket_timeout_s=30.0) as srv:  # the answer must not wait for a socket timeout
@@ -234,8 +240,7 @@ def test_work_of_a_timed_out_request_is_not_computed():
 
 
 def test_bucket_width():
-    assert [bucket_width(n, 2048) for n in (0, 1, 2, 17, 18, 33, 1000, 2049)] == [17, 17, 17, 17, 33, 33, 1025,
-                                                                                    2049]
+    assert [bucket_width(n, 2048) for n in (0, 1, 2, 17, 18, 33, 1000, 2049)] == [17, 17, 17, 17, 33, 33, 1025, 2049]
     assert bucket_width(100, 24) == 25 and bucket_width(3, 24, min_bucket=4) == 5
 
 
@@ -286,13 +291,23 @@ def hf_encoder():
     return lambda texts: [e.ids for e in tok.encode_batch(list(texts))]
 
 
-@pytest.mark.parametrize("texts, indices, message", [
-    (["fine", "", "fine too"], [1], "texts[1]: nothing to predict (0 tokens; a text needs at least 2)"),
-    (["a", "fine", "b"], [0, 2], "texts[0]: nothing to predict (1 token; a text needs at least 2); texts[2]: "
-                                 "nothing to predict (1 token;"),
-    (["fine", "lone \ud800", "x\udc00y"], [1, 2], "texts[1]: invalid UTF-16 surrogate '\\ud800' at character 5; "
-                                                    "texts[2]: invalid UTF-16 surrogate '\\udc00' at character 1"),
-])
+@pytest.mark.parametrize(
+    "texts, indices, message",
+    [
+        (["fine", "", "fine too"], [1], "texts[1]: nothing to predict (0 tokens; a text needs at least 2)"),
+        (
+            ["a", "fine", "b"],
+            [0, 2],
+            "texts[0]: nothing to predict (1 token; a text needs at least 2); texts[2]: nothing to predict (1 token;",
+        ),
+        (
+            ["fine", "lone \ud800", "x\udc00y"],
+            [1, 2],
+            "texts[1]: invalid UTF-16 surrogate '\\ud800' at character 5; "
+            "texts[2]: invalid UTF-16 surrogate '\\udc00' at character 1",
+        ),
+    ],
+)
 def test_unscorable_texts_refuse_the_request_whole_through_a_real_tokenizer(texts, indices, message):
     probe = GatedProbe()
     encode_hf = hf_encoder()

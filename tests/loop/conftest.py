@@ -1,7 +1,7 @@
 """The tiny SynPro workspace the loop tests share (one per test process; its JAX compilation cache too)."""
 
-import sys
 from pathlib import Path
+import sys
 
 import pytest
 

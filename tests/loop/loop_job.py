@@ -4,14 +4,16 @@ SIGKILLed)."""
 
 import json
 import os
+from pathlib import Path
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 
-WORDS = ("the a cat dog river stone light quickly under over green blue seven runs sleeps reads map city north "
-         "small old bright").split()
+WORDS = (
+    "the a cat dog river stone light quickly under over green blue seven runs sleeps reads map city north "
+    "small old bright"
+).split()
 
 GIN = """
 include 'gin/runs/loop.gin'
@@ -92,12 +94,19 @@ def make_workspace(root: Path) -> Path:
     docs = [_doc(rng) for _ in range(40)]
     (root / "organic.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
     (root / "heldout.jsonl").write_text("".join(json.dumps({"text": _doc(rng)}) + "\n" for _ in range(4)))
-    (root / "reference.jsonl").write_text("".join(
-        json.dumps({"prompt": f"Which word comes after {w}?", "completion": f"The {w} runs."}) + "\n"
-        for w in WORDS[:12]))
-    (root / "items.jsonl").write_text("".join(
-        json.dumps({"context": f"The {w}", "choices": ["runs under the river.", "stone seven blue."],
-                    "label": 0}) + "\n" for w in WORDS[:6]))
+    (root / "reference.jsonl").write_text(
+        "".join(
+            json.dumps({"prompt": f"Which word comes after {w}?", "completion": f"The {w} runs."}) + "\n"
+            for w in WORDS[:12]
+        )
+    )
+    (root / "items.jsonl").write_text(
+        "".join(
+            json.dumps({"context": f"The {w}", "choices": ["runs under the river.", "stone seven blue."], "label": 0})
+            + "\n"
+            for w in WORDS[:6]
+        )
+    )
     chat = [part for op in prompts.OPERATIONS for part in prompts.prompt_parts(op)]
     sp = train_sentencepiece(docs + chat * 3, root / "sp.model", 480)
     cfg = models.get_preset("tiny").replace(vocab_size=480, max_seq_len=1024)
@@ -112,11 +121,25 @@ def start_loop(gin_file: Path, out_dir: Path, log_path: Path, *extra: str) -> su
     """``synpro loop`` on 2 host devices (``extra``: more --gin.KEY=VALUE flags), its output appended to
     ``log_path``. The runs of one workspace share JAX's persistent compilation cache: a restarted loop reuses
     what the killed one compiled, as a user's would with JAX_COMPILATION_CACHE_DIR set."""
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu",
-               TF_CPP_MIN_LOG_LEVEL="3", JAX_COMPILATION_CACHE_DIR=str(gin_file.parent / "jax_cache"),
-               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1")
+    env = dict(
+        os.environ,
+        XLA_FLAGS="--xla_force_host_platform_device_count=2",
+        JAX_PLATFORMS="cpu",
+        TF_CPP_MIN_LOG_LEVEL="3",
+        JAX_COMPILATION_CACHE_DIR=str(gin_file.parent / "jax_cache"),
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1",
+    )
     cache = out_dir.parent / f"{out_dir.name}_cache"
-    cmd = [sys.executable, "-m", "synpro_jax.cli", "loop", f"--gin_file={gin_file}", f"--gin.LOOP_DIR='{out_dir}'",
-           f"--gin.synpro.DataConfig.cache_dir='{cache}'", *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "synpro_jax.cli",
+        "loop",
+        f"--gin_file={gin_file}",
+        f"--gin.LOOP_DIR='{out_dir}'",
+        f"--gin.synpro.DataConfig.cache_dir='{cache}'",
+        *extra,
+    ]
     with open(log_path, "ab") as log:
         return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)

@@ -2,10 +2,10 @@
 synthesis, resumed, and compared with an uninterrupted run (test_loop_baselines.py has the baselines)."""
 
 import json
+from pathlib import Path
 import signal
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -38,8 +38,9 @@ def run_until_killed(gin_file: Path, out: Path, condition, timeout: float = 600)
             return
         time.sleep(0.01)
     proc.kill()
-    pytest.fail(f"the loop ended (rc {proc.returncode}) before the kill point:\n"
-                f"{log.read_text(errors='replace')[-3000:]}")
+    pytest.fail(
+        f"the loop ended (rc {proc.returncode}) before the kill point:\n{log.read_text(errors='replace')[-3000:]}"
+    )
 
 
 def stages(out: Path) -> dict:
@@ -54,8 +55,10 @@ def final_params(out: Path, run: str = "synpro") -> dict:
 
     cfg = models.get_preset("tiny").replace(vocab_size=480, max_seq_len=1024)
     loaded = params_io.load(cfg, sharding.single_device_mesh(), out / run / "r2" / "pretrain")
-    return {jax.tree_util.keystr(p): np.asarray(v)
-            for p, v in jax.tree_util.tree_flatten_with_path(jax.device_get(loaded.params))[0]}
+    return {
+        jax.tree_util.keystr(p): np.asarray(v)
+        for p, v in jax.tree_util.tree_flatten_with_path(jax.device_get(loaded.params))[0]
+    }
 
 
 def records(directory: Path) -> list[dict]:
@@ -69,8 +72,13 @@ def organic_stream(workspace: Path, out: Path):
     from synpro_jax.data.streams import organic_split
 
     ws = workspace.parent
-    cfg = DataConfig(corpus="toy", organic=(str(ws / "organic.jsonl"),), vocabulary=str(ws / "sp.model"),
-                     validation_docs=8, cache_dir=str(out.parent / f"{out.name}_cache"))
+    cfg = DataConfig(
+        corpus="toy",
+        organic=(str(ws / "organic.jsonl"),),
+        vocabulary=str(ws / "sp.model"),
+        validation_docs=8,
+        cache_dir=str(out.parent / f"{out.name}_cache"),
+    )
     vocab, train, _, _ = organic_split(cfg, progress=False)
     return PackedStream(train, 33, vocab.eos_id, seed=0)
 
@@ -92,15 +100,22 @@ def assert_data_goes_on(workspace: Path, out: Path, got: dict) -> None:
             assert d["end_row"] == d["start_row"] + d["rows"] and d["tokens"] == d["rows"] * 33
         if previous is not None:
             assert stage["inputs"]["data_start"] == {
-                task: {"tokens": d["end_row"] * 33, "stream": d["stream"]} for task, d in previous.items()}
-        assert set(data) == {name} | {f"synpro_toy_{g}_r{k}" for g in ("rephrase", "reformat")
-                                      for k in range(1, r + 1)}
+                task: {"tokens": d["end_row"] * 33, "stream": d["stream"]} for task, d in previous.items()
+            }
+        assert set(data) == {name} | {f"synpro_toy_{g}_r{k}" for g in ("rephrase", "reformat") for k in range(1, r + 1)}
         org = data[name]
         assert outputs["organic_rows"] == org["rows"] > 0
-        assert outputs["organic_unique_tokens"] == org["unique_tokens"] == distinct_tokens_by_hand(
-            organic, org["start_row"], org["end_row"]) <= outputs["organic_tokens"] == organic.corpus.num_tokens
-        assert org["epochs"] == [org["start_row"] * 33 // organic.epoch_tokens,
-                                 (org["end_row"] * 33 - 1) // organic.epoch_tokens]
+        assert (
+            outputs["organic_unique_tokens"]
+            == org["unique_tokens"]
+            == distinct_tokens_by_hand(organic, org["start_row"], org["end_row"])
+            <= outputs["organic_tokens"]
+            == organic.corpus.num_tokens
+        )
+        assert org["epochs"] == [
+            org["start_row"] * 33 // organic.epoch_tokens,
+            (org["end_row"] * 33 - 1) // organic.epoch_tokens,
+        ]
         previous = data
     assert got["r1/synpro/pretrain"]["outputs"]["data"][name]["start_row"] == 32  # not row 0 again
 
@@ -108,8 +123,9 @@ def assert_data_goes_on(workspace: Path, out: Path, got: dict) -> None:
 def test_killed_in_grpo_and_in_synthesis_the_loop_resumes_to_the_uninterrupted_result(workspace, tmp_path):
     killed = tmp_path / "killed"
     grpo_ckpts = killed / "synpro" / "r1" / "grpo_rephrase" / "checkpoints"
-    run_until_killed(workspace, killed, lambda: grpo_ckpts.is_dir() and any(
-        p.name.isdigit() for p in grpo_ckpts.iterdir()))
+    run_until_killed(
+        workspace, killed, lambda: grpo_ckpts.is_dir() and any(p.name.isdigit() for p in grpo_ckpts.iterdir())
+    )
     assert stages(killed)["r1/synpro/grpo_rephrase"]["status"] == "running"
 
     partial = killed / "synpro" / "r1" / "synthesize_rephrase" / "organic.jsonl.partial"
@@ -129,8 +145,9 @@ def test_killed_in_grpo_and_in_synthesis_the_loop_resumes_to_the_uninterrupted_r
     for key in a:
         assert a[key]["status"] == b[key]["status"] == "done", key
         assert (a[key]["inputs"], a[key]["outputs"]) == (b[key]["inputs"], b[key]["outputs"]), key
-        assert b[key]["runs"] == 1 and a[key]["runs"] == (2 if key in ("r1/synpro/grpo_rephrase",
-                                                                      "r1/synpro/synthesize_rephrase") else 1)
+        assert b[key]["runs"] == 1 and a[key]["runs"] == (
+            2 if key in ("r1/synpro/grpo_rephrase", "r1/synpro/synthesize_rephrase") else 1
+        )
 
     # The same final parameters.
     pa, pb = final_params(killed), final_params(clean)
@@ -149,8 +166,13 @@ def test_killed_in_grpo_and_in_synthesis_the_loop_resumes_to_the_uninterrupted_r
             ids = [rec["source_id"] for rec in got]
             assert sorted(ids) == sorted(training) and len(ids) == len(set(ids)), stage
             assert {rec["operation"] for rec in got} == {op} and {rec["round"] for rec in got} == {r}
-            same = lambda recs: sorted(({k: v for k, v in rec.items() if k != "generator"}  # noqa: E731
-                                        for rec in recs), key=lambda rec: rec["source_id"])
+
+            def same(recs):
+                return sorted(
+                    ({k: v for k, v in rec.items() if k != "generator"} for rec in recs),
+                    key=lambda rec: rec["source_id"],
+                )
+
             assert same(got) == same(records(clean / stage)), stage  # "generator" is each run's own path
 
     # The policies: rephrase trained in round 1 only (round 2 reuses it), reformat continued from round 1.
@@ -161,7 +183,11 @@ def test_killed_in_grpo_and_in_synthesis_the_loop_resumes_to_the_uninterrupted_r
     # Round 2 trains on the organic data and all four synthetic sets, continuing round 1's step count.
     pre = a["r2/synpro/pretrain"]
     assert [(s["generator"], s["round"]) for s in pre["inputs"]["synthetic"]] == [
-        ("rephrase", 1), ("reformat", 1), ("rephrase", 2), ("reformat", 2)]
+        ("rephrase", 1),
+        ("reformat", 1),
+        ("rephrase", 2),
+        ("reformat", 2),
+    ]
     assert pre["inputs"]["init_from"] == {"dir": "synpro/r1/pretrain", "step": 6}
     assert pre["outputs"]["train_step"] == 8
     assert_data_goes_on(workspace, killed, a)
@@ -169,7 +195,8 @@ def test_killed_in_grpo_and_in_synthesis_the_loop_resumes_to_the_uninterrupted_r
     summary = json.loads((killed / "loop_summary.json").read_text())
     assert summary["complete"] and [r["train_step"] for r in summary["runs"]["synpro"]] == [4, 6, 8]
     assert [r["organic_rows"] for r in summary["runs"]["synpro"]] == [
-        a[k]["outputs"]["organic_rows"] for k in ("r0/pretrain", "r1/synpro/pretrain", "r2/synpro/pretrain")]
+        a[k]["outputs"]["organic_rows"] for k in ("r0/pretrain", "r1/synpro/pretrain", "r2/synpro/pretrain")
+    ]
     assert summary["runs"]["synpro"][2]["eval"]["tasks"]["toy"]["items"] == 6
     assert (killed / "loop_summary.png").stat().st_size > 0
     events = list((killed / "tensorboard" / "synpro").glob("events.out.tfevents.*"))

@@ -2,8 +2,8 @@
 same compute, the effective-token fit uses them, and a rerun with a changed input is refused by the manifest."""
 
 import json
-import sys
 from pathlib import Path
+import sys
 
 import pytest
 
@@ -18,16 +18,30 @@ def test_baselines_and_effective_tokens_and_a_changed_input_is_refused(workspace
     """Repetition and two oracle budgets continue from the shared round 0 at the same steps; with repetition
     they are the 3 oracle points of the effective-token fit. A rerun with other round steps is refused."""
     out = tmp_path / "baselines"
-    settings = ["--gin.ROUNDS=1", "--gin.ROUND_STEPS=[4, 4]", "--gin.METHODS=['repetition', 'oracle']",
-                "--gin.ORACLE_BUDGETS=[600, 880]", "--gin.GENERATORS=[]",
-                "--gin.synpro.DataConfig.organic_budget_tokens=300"]
+    settings = [
+        "--gin.ROUNDS=1",
+        "--gin.ROUND_STEPS=[4, 4]",
+        "--gin.METHODS=['repetition', 'oracle']",
+        "--gin.ORACLE_BUDGETS=[600, 880]",
+        "--gin.GENERATORS=[]",
+        "--gin.synpro.DataConfig.organic_budget_tokens=300",
+    ]
     run_to_end(workspace, out, *settings)
     got = stages(out)
-    assert list(got) == ["r0/pretrain", "r0/eval", "r1/repetition/pretrain", "r1/repetition/eval",
-                         "r1/oracle_600/pretrain", "r1/oracle_600/eval", "r1/oracle_880/pretrain",
-                         "r1/oracle_880/eval"]
-    unique = {run: got[f"r1/{run}/pretrain"]["outputs"]["organic_tokens"]
-              for run in ("repetition", "oracle_600", "oracle_880")}
+    assert list(got) == [
+        "r0/pretrain",
+        "r0/eval",
+        "r1/repetition/pretrain",
+        "r1/repetition/eval",
+        "r1/oracle_600/pretrain",
+        "r1/oracle_600/eval",
+        "r1/oracle_880/pretrain",
+        "r1/oracle_880/eval",
+    ]
+    unique = {
+        run: got[f"r1/{run}/pretrain"]["outputs"]["organic_tokens"]
+        for run in ("repetition", "oracle_600", "oracle_880")
+    }
     assert unique == {"repetition": 300, "oracle_600": 600, "oracle_880": 880}
     assert {got[f"r1/{run}/pretrain"]["outputs"]["train_step"] for run in unique} == {8}  # the same compute
     assert got["r0/pretrain"]["outputs"]["organic_tokens"] == 300
@@ -42,8 +56,9 @@ def test_baselines_and_effective_tokens_and_a_changed_input_is_refused(workspace
     assert (org["start_row"], org["rows"], org["from"]) == (32, 32, "continued")
     epoch = org["epoch_tokens"]
     assert 300 < epoch and 32 * 33 >= 3 * epoch  # 300 tokens and an EOS per document: round 0 read 3+ epochs
-    logged = [json.loads(line) for line in (out / "repetition" / "r1" / "pretrain" / "metrics.jsonl").read_text()
-              .splitlines()]
+    logged = [
+        json.loads(line) for line in (out / "repetition" / "r1" / "pretrain" / "metrics.jsonl").read_text().splitlines()
+    ]
     last = [r for r in logged if "epoch" in r][-1]  # step 4 reads organic rows 56..63, round 0 read rows 0..31
     assert last["step"] == 4 and last["epoch"] == (32 + 32 - 1) * 33 // epoch > (32 - 1) * 33 // epoch >= 3
     for run, budget in unique.items():
@@ -60,8 +75,9 @@ def test_baselines_and_effective_tokens_and_a_changed_input_is_refused(workspace
     assert set(summary["runs"]) == {"repetition", "oracle_600", "oracle_880"}
     assert sorted((out / "tensorboard").iterdir()) == [out / "tensorboard" / r for r in sorted(summary["runs"])]
 
-    changed = loop_job.start_loop(workspace, out, tmp_path / "changed.log", *settings[:1], "--gin.ROUND_STEPS=[4, 5]",
-                                  *settings[2:])
+    changed = loop_job.start_loop(
+        workspace, out, tmp_path / "changed.log", *settings[:1], "--gin.ROUND_STEPS=[4, 5]", *settings[2:]
+    )
     assert changed.wait(timeout=300) == 2
     text = (tmp_path / "changed.log").read_text()
     assert "stage r1/repetition/pretrain was recorded with other inputs: steps: 4 then, 5 now" in text

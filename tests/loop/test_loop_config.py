@@ -12,30 +12,42 @@ GEN = {"name": "reformat", "operation": "reformat", "start": "hf/olmo2"}
 
 
 def test_runs_and_their_order():
-    cfg = LoopConfig("x", 2, (10, 5, 5), methods=("synpro", "repetition", "oracle"), generators=(GEN,),
-                     oracle_budget_tokens=(200, 400))
-    assert method_names(cfg) == [("synpro", "synpro", None), ("repetition", "repetition", None),
-                                 ("oracle_200", "oracle", 200), ("oracle_400", "oracle", 400)]
+    cfg = LoopConfig(
+        "x",
+        2,
+        (10, 5, 5),
+        methods=("synpro", "repetition", "oracle"),
+        generators=(GEN,),
+        oracle_budget_tokens=(200, 400),
+    )
+    assert method_names(cfg) == [
+        ("synpro", "synpro", None),
+        ("repetition", "repetition", None),
+        ("oracle_200", "oracle", 200),
+        ("oracle_400", "oracle", 400),
+    ]
     order = [(run, plan.key) for run, _, _, plan in stage_order(cfg)]
     assert order[:2] == [("synpro", "r0/pretrain"), ("synpro", "r0/eval")]  # round 0 once, shared
-    assert [run for run, key in order if key == "r1/pretrain"] == ["synpro", "repetition", "oracle_200",
-                                                                    "oracle_400"]
+    assert [run for run, key in order if key == "r1/pretrain"] == ["synpro", "repetition", "oracle_200", "oracle_400"]
     first_r2 = next(i for i, (_, key) in enumerate(order) if key.startswith("r2/"))
     assert all(key.startswith("r1/") for _, key in order[2:first_r2])  # round by round across the runs
     assert isinstance(cfg.generators[0], GeneratorSpec)  # gin gives dicts
 
 
-@pytest.mark.parametrize("kwargs,message", [
-    (dict(steps=(10, 5)), r"LoopConfig.steps=\(10, 5\): give 3 step counts"),
-    (dict(steps=(10, 0, 5)), "step counts are positive integers"),
-    (dict(methods=("synpro", "best")), "LoopConfig.methods"),
-    (dict(methods=("synpro", "oracle")), "LoopConfig.oracle_budget_tokens"),
-    (dict(oracle_budget_tokens=(100,)), "LoopConfig.oracle_budget_tokens"),
-    (dict(methods=("oracle",), generators=(), oracle_budget_tokens=(100, 100)), "distinct positive"),
-    (dict(generators=()), "LoopConfig.generators: method 'synpro' needs"),
-    (dict(mixing="rates"), "LoopConfig.mixing"),
-    (dict(rounds=-1, steps=()), "LoopConfig.rounds"),
-])
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        (dict(steps=(10, 5)), r"LoopConfig.steps=\(10, 5\): give 3 step counts"),
+        (dict(steps=(10, 0, 5)), "step counts are positive integers"),
+        (dict(methods=("synpro", "best")), "LoopConfig.methods"),
+        (dict(methods=("synpro", "oracle")), "LoopConfig.oracle_budget_tokens"),
+        (dict(oracle_budget_tokens=(100,)), "LoopConfig.oracle_budget_tokens"),
+        (dict(methods=("oracle",), generators=(), oracle_budget_tokens=(100, 100)), "distinct positive"),
+        (dict(generators=()), "LoopConfig.generators: method 'synpro' needs"),
+        (dict(mixing="rates"), "LoopConfig.mixing"),
+        (dict(rounds=-1, steps=()), "LoopConfig.rounds"),
+    ],
+)
 def test_bad_settings_name_the_knob(kwargs, message):
     base = dict(out_dir="x", rounds=2, steps=(10, 5, 5), generators=(GEN,))
     with pytest.raises(ValueError, match=message):
@@ -82,8 +94,7 @@ def test_the_cpu_loop_experiment_parses_into_its_stage_settings():
         cfg = stages.gin_make("synpro.LoopConfig")
         assert cfg.methods == ("synpro", "repetition", "oracle") and cfg.steps == (400, 150, 150)
         assert [g.start for g in cfg.generators] == [stages.ROUND0_START] * 2
-        assert [run for run, _, _ in method_names(cfg)] == ["synpro", "repetition", "oracle_400000",
-                                                            "oracle_800000"]
+        assert [run for run, _, _ in method_names(cfg)] == ["synpro", "repetition", "oracle_400000", "oracle_800000"]
         for spec in cfg.generators:
             with gin.config_scope(spec.name):
                 rewards = stages.gin_make("synpro.RewardsConfig", operation=spec.operation)

@@ -4,10 +4,10 @@ every training document exactly once across the hosts' parts."""
 
 import json
 import os
+from pathlib import Path
 import socket
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -24,14 +24,24 @@ def test_the_loop_runs_on_two_processes(workspace, tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu",
-               TF_CPP_MIN_LOG_LEVEL="3")
+    env = dict(
+        os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3"
+    )
     env.pop("JAX_COMPILATION_CACHE_DIR", None)  # two processes compiling the same programs at once
     procs = []
     for i in range(2):
-        cmd = [sys.executable, "-m", "synpro_jax.cli", f"--coordinator_address=127.0.0.1:{port}",
-               "--num_processes=2", f"--process_id={i}", "loop", f"--gin_file={workspace}",
-               f"--gin.LOOP_DIR='{out}'", f"--gin.synpro.DataConfig.cache_dir='{tmp_path / 'cache'}'"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "synpro_jax.cli",
+            f"--coordinator_address=127.0.0.1:{port}",
+            "--num_processes=2",
+            f"--process_id={i}",
+            "loop",
+            f"--gin_file={workspace}",
+            f"--gin.LOOP_DIR='{out}'",
+            f"--gin.synpro.DataConfig.cache_dir='{tmp_path / 'cache'}'",
+        ]
         with open(tmp_path / f"p{i}.log", "ab") as log:
             procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env))
     try:

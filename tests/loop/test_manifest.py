@@ -10,7 +10,7 @@ import textwrap
 
 import pytest
 
-from synpro_jax.loop.manifest import Manifest, ManifestError, first_difference, fingerprint
+from synpro_jax.loop.manifest import Manifest, ManifestError, fingerprint, first_difference
 
 
 def test_a_done_stage_is_skipped_and_returns_its_recorded_outputs(tmp_path):
@@ -59,8 +59,11 @@ def test_an_interrupted_stage_runs_again_with_the_same_inputs(tmp_path):
 def test_changed_inputs_or_config_are_refused_naming_the_difference(tmp_path):
     m = Manifest(tmp_path, {"model": "tiny", "rounds": 2}, is_writer=True)
     m.run(1, "synthesize_rephrase", {"generator": "g1", "shards": ["s0", "s1"]}, lambda: {"files": 2})
-    with pytest.raises(ManifestError, match=r"stage r1/synthesize_rephrase was recorded with other inputs: "
-                                            r"shards\[1\]: 's1' then, 's2' now"):
+    with pytest.raises(
+        ManifestError,
+        match=r"stage r1/synthesize_rephrase was recorded with other inputs: "
+        r"shards\[1\]: 's1' then, 's2' now",
+    ):
         m.run(1, "synthesize_rephrase", {"generator": "g1", "shards": ["s0", "s2"]}, lambda: {})
     with pytest.raises(ManifestError, match=r"another configuration: rounds: 2 then, 3 now"):
         Manifest(tmp_path, {"model": "tiny", "rounds": 3}, is_writer=True)

@@ -10,14 +10,28 @@ def keys(plan):
 
 
 def test_a_synpro_round_probes_trains_synthesizes_then_continues_and_evaluates():
-    gens = [GeneratorSpec("rephrase", "rephrase", "hf/olmo2", train_rounds=(1,)),
-            GeneratorSpec("reformat", "reformat", "hf/olmo2")]
+    gens = [
+        GeneratorSpec("rephrase", "rephrase", "hf/olmo2", train_rounds=(1,)),
+        GeneratorSpec("reformat", "reformat", "hf/olmo2"),
+    ]
     plan = plan_rounds(2, gens)
     assert keys(plan) == [
-        "r0/pretrain", "r0/eval",
-        "r1/probe", "r1/grpo_rephrase", "r1/grpo_reformat", "r1/synthesize_rephrase", "r1/synthesize_reformat",
-        "r1/pretrain", "r1/eval",
-        "r2/probe", "r2/grpo_reformat", "r2/synthesize_rephrase", "r2/synthesize_reformat", "r2/pretrain", "r2/eval"]
+        "r0/pretrain",
+        "r0/eval",
+        "r1/probe",
+        "r1/grpo_rephrase",
+        "r1/grpo_reformat",
+        "r1/synthesize_rephrase",
+        "r1/synthesize_reformat",
+        "r1/pretrain",
+        "r1/eval",
+        "r2/probe",
+        "r2/grpo_reformat",
+        "r2/synthesize_rephrase",
+        "r2/synthesize_reformat",
+        "r2/pretrain",
+        "r2/eval",
+    ]
     by = {s.key: s for s in plan}
     assert by["r1/probe"].reads == ("r0/pretrain",)
     assert by["r2/grpo_reformat"].policy_from == "start"  # fresh: from the starting weights each round
@@ -25,8 +39,12 @@ def test_a_synpro_round_probes_trains_synthesizes_then_continues_and_evaluates()
     assert by["r2/synthesize_reformat"].policy_from == "r2/grpo_reformat"
     # Earlier rounds stay in the mixture; each round continues from the one before.
     assert by["r1/pretrain"].synthetic == ("r1/synthesize_rephrase", "r1/synthesize_reformat")
-    assert by["r2/pretrain"].synthetic == ("r1/synthesize_rephrase", "r1/synthesize_reformat",
-                                           "r2/synthesize_rephrase", "r2/synthesize_reformat")
+    assert by["r2/pretrain"].synthetic == (
+        "r1/synthesize_rephrase",
+        "r1/synthesize_reformat",
+        "r2/synthesize_rephrase",
+        "r2/synthesize_reformat",
+    )
     assert by["r2/pretrain"].reads[0] == "r1/pretrain"
 
 
@@ -42,8 +60,14 @@ def test_generator_modes():
 
 def test_baselines_run_the_same_rounds_without_generators():
     for method in ("repetition", "oracle"):
-        assert keys(plan_rounds(2, method=method)) == ["r0/pretrain", "r0/eval", "r1/pretrain", "r1/eval",
-                                                       "r2/pretrain", "r2/eval"]
+        assert keys(plan_rounds(2, method=method)) == [
+            "r0/pretrain",
+            "r0/eval",
+            "r1/pretrain",
+            "r1/eval",
+            "r2/pretrain",
+            "r2/eval",
+        ]
 
 
 def test_bad_plans_are_refused_naming_the_knob():

@@ -15,12 +15,31 @@ transformers = pytest.importorskip("transformers")
 from hf_peer import make_hf_model  # noqa: E402
 
 SHAPES = {
-    "mha": dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-                num_key_value_heads=4, vocab_size=128),
-    "gqa": dict(hidden_size=64, intermediate_size=160, num_hidden_layers=3, num_attention_heads=8,
-                num_key_value_heads=2, vocab_size=96),
-    "mqa_wide_head": dict(hidden_size=48, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
-                          num_key_value_heads=1, head_dim=16, vocab_size=80),
+    "mha": dict(
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        vocab_size=128,
+    ),
+    "gqa": dict(
+        hidden_size=64,
+        intermediate_size=160,
+        num_hidden_layers=3,
+        num_attention_heads=8,
+        num_key_value_heads=2,
+        vocab_size=96,
+    ),
+    "mqa_wide_head": dict(
+        hidden_size=48,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=1,
+        head_dim=16,
+        vocab_size=80,
+    ),
 }
 
 
@@ -86,8 +105,7 @@ def test_save_refuses_to_overwrite(tmp_path):
 
 
 def test_unknown_architecture_is_a_clear_error(tmp_path):
-    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"],
-                                                      "model_type": "llama"}))
+    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"], "model_type": "llama"}))
     with pytest.raises(hf.CheckpointError, match="LlamaForCausalLM.*Olmo2ForCausalLM"):
         hf.load(tmp_path)
 

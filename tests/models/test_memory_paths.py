@@ -8,8 +8,17 @@ import pytest
 from synpro_jax import models, sharding
 from synpro_jax.models import ModelConfig, attention
 
-SMALL = dict(vocab_size=97, d_model=64, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=16, mlp_dim=128,
-             max_seq_len=256, rope_theta=10_000.0)
+SMALL = dict(
+    vocab_size=97,
+    d_model=64,
+    num_layers=2,
+    num_heads=4,
+    num_kv_heads=2,
+    head_dim=16,
+    mlp_dim=128,
+    max_seq_len=256,
+    rope_theta=10_000.0,
+)
 
 
 def packed_batch(b, t, vocab, seed=0):
@@ -19,8 +28,13 @@ def packed_batch(b, t, vocab, seed=0):
     segments = np.where(np.arange(t)[None] < cut[:, None], 1, 2).astype(np.int32)
     positions = np.where(segments == 1, np.arange(t)[None], np.arange(t)[None] - cut[:, None]).astype(np.int32)
     mask = (rng.random((b, t)) > 0.2).astype(np.float32)
-    return dict(inputs=jnp.asarray(tokens[:, :-1]), targets=jnp.asarray(tokens[:, 1:]),
-                loss_mask=jnp.asarray(mask), positions=jnp.asarray(positions), segment_ids=jnp.asarray(segments))
+    return dict(
+        inputs=jnp.asarray(tokens[:, :-1]),
+        targets=jnp.asarray(tokens[:, 1:]),
+        loss_mask=jnp.asarray(mask),
+        positions=jnp.asarray(positions),
+        segment_ids=jnp.asarray(segments),
+    )
 
 
 @pytest.mark.parametrize("chunk", [1, 5, 16, 64])
@@ -77,8 +91,15 @@ def test_model_loss_chunk_equals_the_dense_model_loss():
     batch = packed_batch(2, 24, cfg.vocab_size)
 
     def loss(c, p):
-        return models.forward_loss_sums(c, p, batch["inputs"], batch["targets"], batch["loss_mask"],
-                                        positions=batch["positions"], segment_ids=batch["segment_ids"]).loss(1e-4)
+        return models.forward_loss_sums(
+            c,
+            p,
+            batch["inputs"],
+            batch["targets"],
+            batch["loss_mask"],
+            positions=batch["positions"],
+            segment_ids=batch["segment_ids"],
+        ).loss(1e-4)
 
     l1, g1 = jax.value_and_grad(lambda p: loss(cfg, p))(params)
     l2, g2 = jax.value_and_grad(lambda p: loss(cfg.replace(loss_chunk=7), p))(params)
@@ -114,13 +135,13 @@ def test_fused_attention_on_a_sharded_mesh_matches_one_device():
     mesh = sharding.make_mesh(sharding.MeshConfig(2, 2, 2))
     params = models.init_params(cfg, jax.random.key(2), mesh)
     batch = packed_batch(4, 128, cfg.vocab_size, seed=3)
-    ref = models.forward(cfg, params, batch["inputs"], positions=batch["positions"],
-                         segment_ids=batch["segment_ids"])
+    ref = models.forward(cfg, params, batch["inputs"], positions=batch["positions"], segment_ids=batch["segment_ids"])
     batch = jax.device_put(batch, sharding.batch_sharding(mesh))
     for impl in ("xla", "splash"):
         c = cfg.replace(attention=impl)
-        fn = jax.jit(lambda p, b, c=c: models.forward(c, p, b["inputs"], positions=b["positions"],
-                                                      segment_ids=b["segment_ids"]))
+        fn = jax.jit(
+            lambda p, b, c=c: models.forward(c, p, b["inputs"], positions=b["positions"], segment_ids=b["segment_ids"])
+        )
         with jax.set_mesh(mesh):
             out = fn(params, batch)
         np.testing.assert_allclose(np.asarray(out), np.asarray(ref), atol=1e-4, err_msg=impl)
@@ -159,7 +180,8 @@ def _saved(cfg, params, batch) -> str:
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         jax.ad_checkpoint.print_saved_residuals(
-            lambda p: models.forward_loss_sums(cfg, p, batch["inputs"], batch["targets"]).loss(), params)
+            lambda p: models.forward_loss_sums(cfg, p, batch["inputs"], batch["targets"]).loss(), params
+        )
     return out.getvalue()
 
 
@@ -176,11 +198,13 @@ def test_the_projections_policy_keeps_the_named_projections_and_not_the_attentio
         return collections.Counter(re.findall(r"(\S+) output of scan", text))
 
     saved = per_layer(_saved(cfg.replace(remat="projections"), params, batch))
-    expected = {f"f32[{L},{b},{t},{h},{hd}]": 1,  # q
-                f"f32[{L},{b},{t},{kv},{hd}]": 2,  # k, v
-                f"f32[{L},{b},{t},{cfg.mlp_dim}]": 2,  # gate, up
-                f"f32[{L},{b},{t},{cfg.d_model}]": 3,  # o, down, and each layer's input
-                f"f32[{b},{t},{cfg.d_model}]": 1}  # the scan's carry
+    expected = {
+        f"f32[{L},{b},{t},{h},{hd}]": 1,  # q
+        f"f32[{L},{b},{t},{kv},{hd}]": 2,  # k, v
+        f"f32[{L},{b},{t},{cfg.mlp_dim}]": 2,  # gate, up
+        f"f32[{L},{b},{t},{cfg.d_model}]": 3,  # o, down, and each layer's input
+        f"f32[{b},{t},{cfg.d_model}]": 1,
+    }  # the scan's carry
     assert saved == expected, saved
     dots = per_layer(_saved(cfg.replace(remat="dots_saveable"), params, batch))
     assert dots != saved  # dots_saveable keeps every matmul (the attention scores too), as 2-D dot outputs
@@ -191,19 +215,26 @@ def test_unscanned_layers_give_the_same_logits_and_gradients():
     params = models.init_params(cfg, jax.random.key(5))
     batch = packed_batch(2, 16, cfg.vocab_size, seed=6)
     flat = cfg.replace(scan_layers=False)
-    np.testing.assert_allclose(np.asarray(models.forward(flat, params, batch["inputs"])),
-                               np.asarray(models.forward(cfg, params, batch["inputs"])), atol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(models.forward(flat, params, batch["inputs"])),
+        np.asarray(models.forward(cfg, params, batch["inputs"])),
+        atol=1e-5,
+    )
 
     def loss(c, p):
         return models.forward_loss_sums(c, p, batch["inputs"], batch["targets"]).loss()
 
-    for a, b in zip(jax.tree.leaves(jax.grad(lambda p: loss(cfg, p))(params)),
-                    jax.tree.leaves(jax.grad(lambda p: loss(flat, p))(params))):
+    for a, b in zip(
+        jax.tree.leaves(jax.grad(lambda p: loss(cfg, p))(params)),
+        jax.tree.leaves(jax.grad(lambda p: loss(flat, p))(params)),
+    ):
         np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=1e-6)
     # Unscanned, the program holds every layer's matmuls; scanned, one body inside a loop.
     text = jax.jit(lambda p: models.forward(flat, p, batch["inputs"])).lower(params).as_text()
-    assert "while" not in text and "while" in \
-        jax.jit(lambda p: models.forward(cfg, p, batch["inputs"])).lower(params).as_text()
+    assert (
+        "while" not in text
+        and "while" in jax.jit(lambda p: models.forward(cfg, p, batch["inputs"])).lower(params).as_text()
+    )
 
 
 def test_bad_knobs_are_named():

@@ -70,8 +70,9 @@ def test_packed_segments_equal_separate_documents(tiny):
     packed = np.concatenate([doc_a, doc_b])[None]
     segments = np.array([[1] * 5 + [2] * 9])
     positions = np.array([list(range(5)) + list(range(9))])
-    out = models.forward(cfg, params, jnp.asarray(packed), positions=jnp.asarray(positions),
-                         segment_ids=jnp.asarray(segments))
+    out = models.forward(
+        cfg, params, jnp.asarray(packed), positions=jnp.asarray(positions), segment_ids=jnp.asarray(segments)
+    )
     alone_a = models.forward(cfg, params, jnp.asarray(doc_a[None]))
     alone_b = models.forward(cfg, params, jnp.asarray(doc_b[None]))
     np.testing.assert_allclose(out[:, :5], alone_a, atol=1e-5)
@@ -98,13 +99,16 @@ def test_param_count_matches_the_tree():
     assert "olmo_400m" in models.describe_presets()
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(num_heads=8, num_kv_heads=3), "num_kv_heads=3 must be >= 1 and divide num_heads=8"),
-    (dict(d_model=60, num_heads=8), "d_model=60 is not divisible by num_heads=8"),
-    (dict(dtype="float16"), "ModelConfig.dtype='float16'"),
-    (dict(head_dim=7), "head_dim=7 must be even"),
-    (dict(vocab_size=0), "ModelConfig.vocab_size=0"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(num_heads=8, num_kv_heads=3), "num_kv_heads=3 must be >= 1 and divide num_heads=8"),
+        (dict(d_model=60, num_heads=8), "d_model=60 is not divisible by num_heads=8"),
+        (dict(dtype="float16"), "ModelConfig.dtype='float16'"),
+        (dict(head_dim=7), "head_dim=7 must be even"),
+        (dict(vocab_size=0), "ModelConfig.vocab_size=0"),
+    ],
+)
 def test_config_errors_name_the_knob(kwargs, match):
     base = dict(vocab_size=32, d_model=64, num_layers=1, num_heads=8, mlp_dim=64)
     with pytest.raises(ValueError, match=match):
@@ -127,8 +131,7 @@ def test_kv_cache_chunks_match_full_forward():
     split = models.split_layers(params)
     step = jax.jit(lambda p, t, c, i, pos: models.forward_cached(cfg, p, t, c, i, positions=pos))
     for start, stop in ((0, 5), (5, 6), (6, 9), (9, 12)):
-        logits, cache = step(split if start else params, tokens[:, start:stop], cache, start,
-                             positions[:, start:stop])
+        logits, cache = step(split if start else params, tokens[:, start:stop], cache, start, positions[:, start:stop])
         np.testing.assert_allclose(np.asarray(logits), full[:, stop - 1], atol=1e-5, rtol=0)
 
 
@@ -156,6 +159,7 @@ def test_a_shared_prefix_equals_the_rows_written_out():
     per_layer = models.PrefixKV(prompt_cache.k, prompt_cache.v, ones, g)
     cache = models.init_cache(cfg, jnp.ones((2 * g, c), jnp.int32))
     for t in range(c):
-        logits, cache = models.forward_cached(cfg, params, rest[:, t:t + 1], cache, t,
-                                              positions=pos[:, p + t:p + t + 1], prefix=per_layer)
+        logits, cache = models.forward_cached(
+            cfg, params, rest[:, t : t + 1], cache, t, positions=pos[:, p + t : p + t + 1], prefix=per_layer
+        )
         np.testing.assert_allclose(np.asarray(logits), full[:, p + t], atol=1e-4, rtol=0)

@@ -6,8 +6,8 @@ SentencePiece ``tokenizer.model``, and a JSONL file of organic-looking documents
 
 import json
 import os
-import sys
 from pathlib import Path
+import sys
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -61,13 +61,24 @@ def main(workspace: str, out_dir: str, steps: int) -> int:
     ws = Path(workspace)
     cfg, params = hf.load(ws / "generator")
     vocab = load_vocabulary(str(ws / "generator" / "tokenizer.model"))
-    algo = GRPOConfig(num_generations=4, max_prompt_tokens=MAX_PROMPT_TOKENS, max_completion_tokens=16,
-                      learning_rate=3e-3, warmup_ratio=0.0)
+    algo = GRPOConfig(
+        num_generations=4,
+        max_prompt_tokens=MAX_PROMPT_TOKENS,
+        max_completion_tokens=16,
+        learning_rate=3e-3,
+        warmup_ratio=0.0,
+    )
     prompt_set = PromptSet([str(ws / "organic.jsonl")], vocab, "rephrase", max_prompt_tokens=MAX_PROMPT_TOKENS)
-    suite = RewardSuite({"letter_e": LetterShare(), "format": make_reward("format")},
-                        {"letter_e": 1.0, "format": 1.0})
-    run = GRPORunConfig(out_dir=out_dir, num_steps=steps, prompts_per_step=2 * max(1, jax.device_count() // 4), accum_steps=2, checkpoint_every=2,
-                        keep_checkpoints=2, progress=False)
+    suite = RewardSuite({"letter_e": LetterShare(), "format": make_reward("format")}, {"letter_e": 1.0, "format": 1.0})
+    run = GRPORunConfig(
+        out_dir=out_dir,
+        num_steps=steps,
+        prompts_per_step=2 * max(1, jax.device_count() // 4),
+        accum_steps=2,
+        checkpoint_every=2,
+        keep_checkpoints=2,
+        progress=False,
+    )
     mesh = sharding.make_mesh(sharding.MeshConfig(-1, 2, 1))
     trainer = GRPOTrainer(cfg, mesh, params, vocab, prompt_set, suite, run, algo)
     summary = trainer.run()

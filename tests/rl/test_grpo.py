@@ -23,11 +23,12 @@ def x64():
 
 # ------------------------------------------------------------------------------------------ NumPy reference
 
+
 def np_advantages(rewards, G, scale, eps=1e-4):
     out = np.zeros(len(rewards))
     batch_std = np.std(rewards, ddof=1)
     for g0 in range(0, len(rewards), G):
-        grp = rewards[g0:g0 + G]
+        grp = rewards[g0 : g0 + G]
         mean = sum(grp) / G
         std = math.sqrt(sum((x - mean) ** 2 for x in grp) / (G - 1))
         for i in range(G):
@@ -46,7 +47,7 @@ def np_advantages(rewards, G, scale, eps=1e-4):
 def np_rloo(rewards, G):
     out = np.zeros(len(rewards))
     for g0 in range(0, len(rewards), G):
-        grp = rewards[g0:g0 + G]
+        grp = rewards[g0 : g0 + G]
         for i in range(G):
             out[g0 + i] = grp[i] - (sum(grp) - grp[i]) / (G - 1)
     return out
@@ -54,7 +55,7 @@ def np_rloo(rewards, G):
 
 def np_kl(logp, ref, mode):
     d = logp - ref
-    return {"k1": d, "k2": 0.5 * d ** 2, "k3": np.exp(ref - logp) - (ref - logp) - 1}[mode]
+    return {"k1": d, "k2": 0.5 * d**2, "k3": np.exp(ref - logp) - (ref - logp) - 1}[mode]
 
 
 def np_clip_loss(logp, old, adv, eps, eps_hi):
@@ -121,16 +122,17 @@ def clean(a, mask):
 
 # -------------------------------------------------------------------------------------------------- advantages
 
+
 @pytest.mark.parametrize("scale", ["group", "batch", "none"])
 def test_group_advantages_match_numpy(x64, scale):
     rng = np.random.default_rng(0)
     G = 8
     r = rng.normal(size=5 * G) * 3
-    r[2 * G:3 * G] = 0.1  # a degenerate group
+    r[2 * G : 3 * G] = 0.1  # a degenerate group
     got = np.asarray(grpo.group_advantages(jnp.asarray(r), G, scale_rewards=scale))
     want = np_advantages(r, G, scale)
     np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
-    assert np.all(got[2 * G:3 * G] == 0.0)
+    assert np.all(got[2 * G : 3 * G] == 0.0)
 
 
 @pytest.mark.parametrize("scale", ["group", "batch", "none"])
@@ -141,28 +143,32 @@ def test_degenerate_groups_have_exactly_zero_advantage_in_float32(scale):
     r = np.concatenate([np.full(G, 0.1), np.full(G, 1 / 3), np.full(G, -7.3), np.arange(G) * 1.0]).astype(np.float32)
     adv = np.asarray(grpo.group_advantages(jnp.asarray(r), G, scale_rewards=scale))
     assert adv.dtype == np.float32
-    assert np.all(adv[:3 * G] == 0.0)
-    assert np.all(adv[3 * G:] != 0.0)
+    assert np.all(adv[: 3 * G] == 0.0)
+    assert np.all(adv[3 * G :] != 0.0)
     rloo = np.asarray(grpo.rloo_advantages(jnp.asarray(r), G))
-    assert np.all(rloo[:3 * G] == 0.0)
+    assert np.all(rloo[: 3 * G] == 0.0)
 
 
 def test_rloo_matches_numpy(x64):
     rng = np.random.default_rng(1)
     r = rng.normal(size=4 * 6)
-    np.testing.assert_allclose(np.asarray(grpo.rloo_advantages(jnp.asarray(r), 6)), np_rloo(r, 6),
-                               rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(np.asarray(grpo.rloo_advantages(jnp.asarray(r), 6)), np_rloo(r, 6), rtol=RTOL, atol=ATOL)
 
 
 def test_compute_advantages_follows_config(x64):
     rng = np.random.default_rng(2)
     r = rng.normal(size=3 * 4)
     cfg = GRPOConfig(num_generations=4, scale_rewards="batch", advantage_eps=1e-3)
-    np.testing.assert_allclose(np.asarray(grpo.compute_advantages(jnp.asarray(r), cfg)),
-                               np_advantages(r, 4, "batch", eps=1e-3), rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(
+        np.asarray(grpo.compute_advantages(jnp.asarray(r), cfg)),
+        np_advantages(r, 4, "batch", eps=1e-3),
+        rtol=RTOL,
+        atol=ATOL,
+    )
     rl = GRPOConfig(num_generations=4, advantage_estimator="rloo", scale_rewards="none")
-    np.testing.assert_allclose(np.asarray(grpo.compute_advantages(jnp.asarray(r), rl)), np_rloo(r, 4),
-                               rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(
+        np.asarray(grpo.compute_advantages(jnp.asarray(r), rl)), np_rloo(r, 4), rtol=RTOL, atol=ATOL
+    )
 
 
 def test_advantages_reject_ragged_groups():
@@ -171,6 +177,7 @@ def test_advantages_reject_ragged_groups():
 
 
 # ------------------------------------------------------------------------------------- KL, clipping, aggregation
+
 
 @pytest.mark.parametrize("mode", ["k1", "k2", "k3"])
 def test_kl_estimators_match_numpy(x64, mode):
@@ -188,8 +195,9 @@ def test_clipping_with_epsilon_high_matches_numpy(x64):
     old = -rng.gamma(1.0, 1.0, size=(n, t))
     logp = old + np.log(rng.uniform(0.6, 1.5, size=(n, t)))  # ratios 0.6 .. 1.5
     adv = rng.normal(size=n)
-    loss, clipped = grpo.clipped_policy_loss(jnp.asarray(logp), jnp.asarray(old), jnp.asarray(adv),
-                                             epsilon=0.2, epsilon_high=0.28)
+    loss, clipped = grpo.clipped_policy_loss(
+        jnp.asarray(logp), jnp.asarray(old), jnp.asarray(adv), epsilon=0.2, epsilon_high=0.28
+    )
     want_loss, want_clipped = np_clip_loss(logp, old, adv, 0.2, 0.28)
     np.testing.assert_allclose(np.asarray(loss), want_loss, rtol=RTOL, atol=ATOL)
     np.testing.assert_array_equal(np.asarray(clipped), want_clipped)
@@ -224,13 +232,22 @@ def test_fixed_length_mode_needs_a_length():
 
 # ---------------------------------------------------------------------------------------------- the whole loss
 
+
 @pytest.mark.parametrize("kl_bias_correction", [True, False])
 @pytest.mark.parametrize("mode", AGG_MODES)
 @pytest.mark.parametrize("kl_mode", ["k1", "k2", "k3"])
 def test_grpo_loss_terms_match_numpy(x64, mode, kl_mode, kl_bias_correction):
     logp, old, ref, adv, mask = random_batch(6)
-    cfg = GRPOConfig(num_generations=4, beta=0.3, epsilon=0.2, epsilon_high=0.28, kl_loss_mode=kl_mode,
-                     loss_agg_mode=mode, max_completion_tokens=9, kl_bias_correction=kl_bias_correction)
+    cfg = GRPOConfig(
+        num_generations=4,
+        beta=0.3,
+        epsilon=0.2,
+        epsilon_high=0.28,
+        kl_loss_mode=kl_mode,
+        loss_agg_mode=mode,
+        max_completion_tokens=9,
+        kl_bias_correction=kl_bias_correction,
+    )
     terms = grpo.grpo_loss_terms(*map(jnp.asarray, (logp, old, ref, adv, mask)), cfg)
     got = {k: float(v) for k, v in grpo.finalize(terms).items()}
     want = np_loss(clean(logp, mask), clean(old, mask), clean(ref, mask), adv, mask, cfg)
@@ -261,8 +278,9 @@ def test_empty_completion_adds_nothing_and_no_nan(mode):
     g = np.asarray(jax.grad(loss)(args[0]))
     assert np.all(np.isfinite(g)) and np.all(g[-1] == 0)
     # A batch that is all padding: zero loss, no NaN.
-    empty = grpo.finalize(grpo.grpo_loss_terms(args[0][-1:], args[1][-1:], args[2][-1:], args[3][-1:],
-                                               args[4][-1:], cfg))
+    empty = grpo.finalize(
+        grpo.grpo_loss_terms(args[0][-1:], args[1][-1:], args[2][-1:], args[3][-1:], args[4][-1:], cfg)
+    )
     assert all(float(v) == 0.0 for v in empty.values())
 
 
@@ -315,7 +333,8 @@ def test_float32_loss_close_to_float64_reference():
     for k in want:
         np.testing.assert_allclose(float(got[k]), want[k], rtol=1e-5, atol=1e-7, err_msg=k)
     jitted = jax.jit(lambda *a: grpo.finalize(grpo.grpo_loss_terms(*a, cfg)))(
-        *(jnp.asarray(a, jnp.float32) for a in (logp, old, ref, adv, mask)))
+        *(jnp.asarray(a, jnp.float32) for a in (logp, old, ref, adv, mask))
+    )
     for k in want:
         np.testing.assert_allclose(float(jitted[k]), want[k], rtol=1e-5, atol=1e-7, err_msg=k)
 
@@ -338,8 +357,9 @@ def np_loss_grad(logp, old, ref, adv, mask, cfg):
             unclipped, clip = rho * a, min(max(rho, 1 - cfg.epsilon), 1 + cfg.epsilon_high) * a
             d_pg = -a * rho if unclipped <= clip else 0.0  # the min picks the clipped constant otherwise
             d = logp[i, j] - ref[i, j]
-            kl, d_kl = {"k1": (d, 1.0), "k2": (0.5 * d * d, d),
-                        "k3": (math.exp(-d) + d - 1, 1 - math.exp(-d))}[cfg.kl_loss_mode]
+            kl, d_kl = {"k1": (d, 1.0), "k2": (0.5 * d * d, d), "k3": (math.exp(-d) + d - 1, 1 - math.exp(-d))}[
+                cfg.kl_loss_mode
+            ]
             if cfg.kl_bias_correction:  # d(kl * rho) = d_kl * rho + kl * rho, since d rho / d logp = rho
                 d_kl = d_kl * rho + kl * rho
             if cfg.loss_agg_mode == "token-mean":
@@ -369,8 +389,15 @@ def test_numpy_reference_gradient_matches_finite_differences():
     for bias in (True, False):
         for kl_mode in ("k1", "k3"):
             for agg in AGG_MODES:
-                cfg = GRPOConfig(num_generations=2, beta=0.3, epsilon_high=0.28, kl_loss_mode=kl_mode,
-                                 loss_agg_mode=agg, max_completion_tokens=5, kl_bias_correction=bias)
+                cfg = GRPOConfig(
+                    num_generations=2,
+                    beta=0.3,
+                    epsilon_high=0.28,
+                    kl_loss_mode=kl_mode,
+                    loss_agg_mode=agg,
+                    max_completion_tokens=5,
+                    kl_bias_correction=bias,
+                )
                 want = np_loss_grad(logp, old, ref, adv, mask, cfg)
                 fd = np.zeros_like(logp)
                 h = 1e-6
@@ -378,8 +405,9 @@ def test_numpy_reference_gradient_matches_finite_differences():
                     up, dn = logp.copy(), logp.copy()
                     up[i, j] += h
                     dn[i, j] -= h
-                    fd[i, j] = (np_loss(up, old, ref, adv, mask, cfg)["loss"]
-                                - np_loss(dn, old, ref, adv, mask, cfg)["loss"]) / (2 * h)
+                    fd[i, j] = (
+                        np_loss(up, old, ref, adv, mask, cfg)["loss"] - np_loss(dn, old, ref, adv, mask, cfg)["loss"]
+                    ) / (2 * h)
                 np.testing.assert_allclose(want, fd, rtol=1e-6, atol=1e-9, err_msg=f"{bias} {kl_mode} {agg}")
 
 
@@ -388,8 +416,14 @@ def test_numpy_reference_gradient_matches_finite_differences():
 @pytest.mark.parametrize("kl_bias_correction", [True, False])
 def test_kl_bias_correction_loss_and_gradient_match_numpy_in_float32(kl_bias_correction, mode, on_policy):
     logp, old, ref, adv, mask = random_batch(12, n=12, t=16, empty_rows=(5,))
-    cfg = GRPOConfig(num_generations=4, beta=0.3, epsilon_high=0.28, loss_agg_mode=mode, max_completion_tokens=16,
-                     kl_bias_correction=kl_bias_correction)
+    cfg = GRPOConfig(
+        num_generations=4,
+        beta=0.3,
+        epsilon_high=0.28,
+        loss_agg_mode=mode,
+        max_completion_tokens=16,
+        kl_bias_correction=kl_bias_correction,
+    )
     lp, o, r = clean(logp, mask), clean(old, mask), clean(ref, mask)
     if on_policy:
         o = lp
@@ -430,8 +464,7 @@ def test_kl_metric_is_the_corrected_term_off_policy(x64):
 TRL_LOSS_TYPES = {"dapo": "token-mean", "grpo": "sequence-mean-token-mean", "dr_grpo": "sequence-sum-fixed-length"}
 
 
-def trl_compute_loss(logp, old, ref, adv, mask, *, loss_type, beta, epsilon, epsilon_high, bias_correction,
-                     max_len):
+def trl_compute_loss(logp, old, ref, adv, mask, *, loss_type, beta, epsilon, epsilon_high, bias_correction, max_len):
     """TRL 1.16's ``GRPOTrainer._compute_loss`` itself, on a stand-in trainer whose model returns ``logp``.
 
     One process, no accumulation (steps_per_generation 1), no vLLM, no entropy terms: the settings of the release.
@@ -448,15 +481,32 @@ def trl_compute_loss(logp, old, ref, adv, mask, *, loss_type, beta, epsilon, eps
     accelerator = types.SimpleNamespace(num_processes=1, gather=lambda x: x, reduce=lambda x, reduction: x)
     trainer = types.SimpleNamespace(
         _get_per_token_logps_and_entropies=lambda *a, **k: (lp, torch.zeros_like(lp), None),
-        aux_loss_enabled=False, top_entropy_quantile=1.0, off_policy_mask_threshold=None,
-        importance_sampling_level="token", beta=beta, loss_type=loss_type, epsilon_low=epsilon,
-        epsilon_high=epsilon_high, use_vllm=False, model=types.SimpleNamespace(training=True),
-        accelerator=accelerator, current_gradient_accumulation_steps=1, _entropy_bonus_enabled=False,
-        max_completion_length=max_len, _metrics={"train": collections.defaultdict(list)},
-        args=types.SimpleNamespace(use_bias_correction_kl=bias_correction, delta=None, steps_per_generation=1))
-    inputs = {"prompt_ids": torch.zeros((n, 1), dtype=torch.long), "prompt_mask": torch.ones((n, 1)),
-              "completion_ids": torch.zeros((n, t), dtype=torch.long), "completion_mask": f32(mask),
-              "advantages": f32(adv), "ref_per_token_logps": f32(ref), "num_items_in_batch": f32(mask.sum())}
+        aux_loss_enabled=False,
+        top_entropy_quantile=1.0,
+        off_policy_mask_threshold=None,
+        importance_sampling_level="token",
+        beta=beta,
+        loss_type=loss_type,
+        epsilon_low=epsilon,
+        epsilon_high=epsilon_high,
+        use_vllm=False,
+        model=types.SimpleNamespace(training=True),
+        accelerator=accelerator,
+        current_gradient_accumulation_steps=1,
+        _entropy_bonus_enabled=False,
+        max_completion_length=max_len,
+        _metrics={"train": collections.defaultdict(list)},
+        args=types.SimpleNamespace(use_bias_correction_kl=bias_correction, delta=None, steps_per_generation=1),
+    )
+    inputs = {
+        "prompt_ids": torch.zeros((n, 1), dtype=torch.long),
+        "prompt_mask": torch.ones((n, 1)),
+        "completion_ids": torch.zeros((n, t), dtype=torch.long),
+        "completion_mask": f32(mask),
+        "advantages": f32(adv),
+        "ref_per_token_logps": f32(ref),
+        "num_items_in_batch": f32(mask.sum()),
+    }
     if old is not None:
         inputs["old_per_token_logps"] = f32(old)
     loss = GRPOTrainer._compute_loss(trainer, None, inputs)
@@ -476,18 +526,35 @@ def test_loss_and_gradient_match_trl_1_16(kl_bias_correction, loss_type, on_poli
     # No empty rows: TRL's "grpo" and "dr_grpo" count them in the mean over sequences, this module does not.
     logp, old, ref, adv, mask = random_batch(15, n=8, t=10, empty_rows=())
     lp, o, r = clean(logp, mask), clean(old, mask), clean(ref, mask)
-    cfg = GRPOConfig(num_generations=4, beta=0.3, epsilon=0.2, epsilon_high=0.28,
-                     loss_agg_mode=TRL_LOSS_TYPES[loss_type], max_completion_tokens=10,
-                     kl_bias_correction=kl_bias_correction)
+    cfg = GRPOConfig(
+        num_generations=4,
+        beta=0.3,
+        epsilon=0.2,
+        epsilon_high=0.28,
+        loss_agg_mode=TRL_LOSS_TYPES[loss_type],
+        max_completion_tokens=10,
+        kl_bias_correction=kl_bias_correction,
+    )
     want, want_grad, trl_metrics = trl_compute_loss(
-        lp, None if on_policy else o, r, adv, mask, loss_type=loss_type, beta=cfg.beta, epsilon=cfg.epsilon,
-        epsilon_high=cfg.epsilon_high, bias_correction=kl_bias_correction, max_len=cfg.max_completion_tokens)
+        lp,
+        None if on_policy else o,
+        r,
+        adv,
+        mask,
+        loss_type=loss_type,
+        beta=cfg.beta,
+        epsilon=cfg.epsilon,
+        epsilon_high=cfg.epsilon_high,
+        bias_correction=kl_bias_correction,
+        max_len=cfg.max_completion_tokens,
+    )
     value, grad = jax_loss_and_grad(logp, None if on_policy else old, ref, adv, mask, cfg)
     np.testing.assert_allclose(value, want, rtol=GRAD_RTOL, atol=1e-7)
     np.testing.assert_allclose(grad, want_grad, rtol=GRAD_RTOL, atol=GRAD_RTOL * np.abs(want_grad).max())
     f32 = lambda a: None if a is None else jnp.asarray(a, jnp.float32)  # noqa: E731
-    terms = grpo.finalize(grpo.grpo_loss_terms(f32(logp), f32(None if on_policy else old), f32(ref), f32(adv),
-                                               f32(mask), cfg))
+    terms = grpo.finalize(
+        grpo.grpo_loss_terms(f32(logp), f32(None if on_policy else old), f32(ref), f32(adv), f32(mask), cfg)
+    )
     np.testing.assert_allclose(float(terms["kl"]), trl_metrics["kl"], rtol=GRAD_RTOL)
     np.testing.assert_allclose(float(terms["clip_fraction"]), trl_metrics["clip_ratio/region_mean"], atol=1e-7)
     if not on_policy:
@@ -495,6 +562,7 @@ def test_loss_and_gradient_match_trl_1_16(kl_bias_correction, loss_type, on_poli
 
 
 # ------------------------------------------------------------------------------------------------- registries
+
 
 def test_registries_plug_in_new_estimators_and_losses(x64):
     @grpo.register_advantage("test_mean_only")
@@ -506,8 +574,9 @@ def test_registries_plug_in_new_estimators_and_losses(x64):
         return -jnp.asarray(advantages)[:, None] * logp, jnp.zeros(logp.shape, bool)
 
     assert "grpo" in grpo.registered_advantages() and "rloo" in grpo.registered_advantages()
-    cfg = GRPOConfig(num_generations=2, advantage_estimator="test_mean_only", policy_loss_fn="test_vanilla_pg",
-                     beta=0.0)
+    cfg = GRPOConfig(
+        num_generations=2, advantage_estimator="test_mean_only", policy_loss_fn="test_vanilla_pg", beta=0.0
+    )
     r = jnp.asarray([1.0, 3.0, 2.0, 2.0])
     np.testing.assert_array_equal(np.asarray(grpo.compute_advantages(r, cfg)), [-1.0, 1.0, 0.0, 0.0])
     lp, m = jnp.full((4, 2), -1.0), jnp.ones((4, 2))
@@ -520,6 +589,7 @@ def test_registries_plug_in_new_estimators_and_losses(x64):
 
 
 # ----------------------------------------------------------------------------------------------------- config
+
 
 def test_config_defaults_are_the_release_settings():
     c = GRPOConfig()
@@ -539,13 +609,30 @@ def test_config_defaults_are_the_release_settings():
     assert float(sched(110)) == pytest.approx(1e-7 + 0.5 * 0.9e-6, rel=1e-5)
 
 
-@pytest.mark.parametrize("knob,value", [
-    ("num_generations", 1), ("num_iterations", 0), ("beta", -0.1), ("epsilon", 0.0), ("epsilon_high", -1.0),
-    ("kl_loss_mode", "low_var_kl"), ("loss_agg_mode", "seq-mean-token-sum"), ("advantage_estimator", "ppo"),
-    ("policy_loss_fn", "cispo"), ("scale_rewards", "std"), ("advantage_eps", 0.0), ("learning_rate", 0.0),
-    ("warmup_ratio", 1.0), ("min_lr_ratio", 1.5), ("temperature", 0.0), ("top_p", 0.0),
-    ("max_prompt_tokens", 0), ("max_completion_tokens", 0), ("kl_bias_correction", "yes"),
-])
+@pytest.mark.parametrize(
+    "knob,value",
+    [
+        ("num_generations", 1),
+        ("num_iterations", 0),
+        ("beta", -0.1),
+        ("epsilon", 0.0),
+        ("epsilon_high", -1.0),
+        ("kl_loss_mode", "low_var_kl"),
+        ("loss_agg_mode", "seq-mean-token-sum"),
+        ("advantage_estimator", "ppo"),
+        ("policy_loss_fn", "cispo"),
+        ("scale_rewards", "std"),
+        ("advantage_eps", 0.0),
+        ("learning_rate", 0.0),
+        ("warmup_ratio", 1.0),
+        ("min_lr_ratio", 1.5),
+        ("temperature", 0.0),
+        ("top_p", 0.0),
+        ("max_prompt_tokens", 0),
+        ("max_completion_tokens", 0),
+        ("kl_bias_correction", "yes"),
+    ],
+)
 def test_config_errors_name_the_knob(knob, value):
     with pytest.raises(ValueError, match=rf"GRPOConfig\.{knob}="):
         GRPOConfig(**{knob: value})

@@ -4,17 +4,16 @@ the parameters of an uninterrupted run."""
 
 import json
 import os
+from pathlib import Path
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
+from grpo_job import MAX_PROMPT_TOKENS, make_workspace
 import jax
 import numpy as np
 import pytest
-
-from grpo_job import MAX_PROMPT_TOKENS, make_workspace
 
 from synpro_jax.data.vocab import load_vocabulary
 from synpro_jax.rl.prompt_set import PromptSet
@@ -32,11 +31,13 @@ def workspace(tmp_path_factory):
 
 def synpro(*args, cwd=REPO):
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
-    return subprocess.run([sys.executable, "-m", "synpro_jax.cli", *args], capture_output=True, text=True,
-                          env=env, cwd=cwd, timeout=900)
+    return subprocess.run(
+        [sys.executable, "-m", "synpro_jax.cli", *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=900
+    )
 
 
 # --- prompts --------------------------------------------------------------------------------------------------------
+
 
 def test_prompts_of_a_step_are_a_pure_function_of_it_and_each_epoch_reads_every_document(workspace):
     vocab = load_vocabulary(str(workspace["vocab"]))
@@ -60,8 +61,9 @@ def test_prompts_skip_short_documents_and_refuse_when_none_is_left(workspace, tm
     vocab = load_vocabulary(str(workspace["vocab"]))
     lengths = [len(json.loads(line)["text"]) for line in workspace["organic"].read_text().splitlines()]
     cut = sorted(lengths)[5]
-    ps = PromptSet([str(workspace["organic"])], vocab, "rephrase", max_prompt_tokens=MAX_PROMPT_TOKENS,
-                   min_source_chars=cut)
+    ps = PromptSet(
+        [str(workspace["organic"])], vocab, "rephrase", max_prompt_tokens=MAX_PROMPT_TOKENS, min_source_chars=cut
+    )
     assert len(ps) == sum(n >= cut for n in lengths) and ps.skipped["short"] == sum(n < cut for n in lengths)
     with pytest.raises(ValueError, match="no usable document.*too_long"):
         PromptSet([str(workspace["organic"])], vocab, "rephrase", max_prompt_tokens=8)
@@ -69,8 +71,10 @@ def test_prompts_skip_short_documents_and_refuse_when_none_is_left(workspace, tm
 
 # --- one step ---------------------------------------------------------------------------------------------------
 
+
 def test_one_step_is_the_scored_rollout_then_one_learner_update_and_the_sampler_gets_the_new_weights(
-        workspace, tmp_path):
+    workspace, tmp_path
+):
     from grpo_job import LetterShare
 
     from synpro_jax import sharding
@@ -83,19 +87,39 @@ def test_one_step_is_the_scored_rollout_then_one_learner_update_and_the_sampler_
     cfg, params = hf.load(workspace["generator"])
     vocab = load_vocabulary(str(workspace["vocab"]))
     g = 4
-    algo = GRPOConfig(num_generations=g, max_prompt_tokens=MAX_PROMPT_TOKENS, max_completion_tokens=16,
-                      learning_rate=1e-4, warmup_ratio=0.0)
+    algo = GRPOConfig(
+        num_generations=g,
+        max_prompt_tokens=MAX_PROMPT_TOKENS,
+        max_completion_tokens=16,
+        learning_rate=1e-4,
+        warmup_ratio=0.0,
+    )
     prompt_set = PromptSet([str(workspace["organic"])], vocab, "rephrase", max_prompt_tokens=MAX_PROMPT_TOKENS)
     suite = RewardSuite({"letter_e": LetterShare()}, {"letter_e": 2.0})
     run = GRPORunConfig(out_dir=str(tmp_path), num_steps=4, prompts_per_step=2, progress=False)
-    trainer = GRPOTrainer(cfg, sharding.make_mesh(sharding.MeshConfig()), params, vocab, prompt_set, suite, run,
-                          algo)
+    trainer = GRPOTrainer(cfg, sharding.make_mesh(sharding.MeshConfig()), params, vocab, prompt_set, suite, run, algo)
     with pytest.raises(ValueError, match="prompts_per_step=3 x GRPOConfig.num_generations=4 = 12 completions"):
-        GRPOTrainer(cfg, sharding.make_mesh(sharding.MeshConfig()), params, vocab, prompt_set, suite,
-                    GRPORunConfig(out_dir=str(tmp_path), num_steps=4, prompts_per_step=3), algo)
+        GRPOTrainer(
+            cfg,
+            sharding.make_mesh(sharding.MeshConfig()),
+            params,
+            vocab,
+            prompt_set,
+            suite,
+            GRPORunConfig(out_dir=str(tmp_path), num_steps=4, prompts_per_step=3),
+            algo,
+        )
     with pytest.raises(ValueError, match="GRPORunConfig.logits_chunk=5 must divide GRPOConfig.max_completion_tok"):
-        GRPOTrainer(cfg, sharding.make_mesh(sharding.MeshConfig()), params, vocab, prompt_set, suite,
-                    GRPORunConfig(out_dir=str(tmp_path), num_steps=4, prompts_per_step=2, logits_chunk=5), algo)
+        GRPOTrainer(
+            cfg,
+            sharding.make_mesh(sharding.MeshConfig()),
+            params,
+            vocab,
+            prompt_set,
+            suite,
+            GRPORunConfig(out_dir=str(tmp_path), num_steps=4, prompts_per_step=2, logits_chunk=5),
+            algo,
+        )
 
     # By hand: the step's rollout, its texts, rewards and group advantages in NumPy, one GRPOStep update.
     items, rollout = trainer.rollouts(1)
@@ -103,8 +127,13 @@ def test_one_step_is_the_scored_rollout_then_one_learner_update_and_the_sampler_
     r = 2.0 * LetterShare()(type("Inputs", (), {"completions": texts})()).astype(np.float64).reshape(-1, g)
     adv = ((r - r.mean(1, keepdims=True)) / (r.std(1, ddof=1, keepdims=True) + 1e-4)).reshape(-1)
     assert np.abs(adv).max() > 0
-    batch = {"tokens": rollout.tokens, "positions": rollout.positions, "segment_ids": rollout.segment_ids,
-             "completion_mask": rollout.completion_mask, "advantages": adv.astype(np.float32)}
+    batch = {
+        "tokens": rollout.tokens,
+        "positions": rollout.positions,
+        "segment_ids": rollout.segment_ids,
+        "completion_mask": rollout.completion_mask,
+        "advantages": adv.astype(np.float32),
+    }
     batch = trainer.step_fn.place(batch)
     batch["ref_logp"] = trainer.step_fn.logprobs(trainer.step_fn.copy_params(params), batch)
     expected, _ = trainer.step_fn(trainer.step_fn.init(jax.random.key(0), params), batch)
@@ -126,11 +155,12 @@ def test_one_step_is_the_scored_rollout_then_one_learner_update_and_the_sampler_
 
 # --- synpro grpo end to end -----------------------------------------------------------------------------------------
 
+
 def grpo_gin(workspace, out_dir: Path, weights: str = '{"format": 1.0, "length": 1.0}') -> str:
     return f"""
 include 'gin/runs/grpo.gin'
-GENERATOR = "{workspace['generator']}"
-PROMPTS = ["{workspace['organic']}"]
+GENERATOR = "{workspace["generator"]}"
+PROMPTS = ["{workspace["organic"]}"]
 OUT_DIR = "{out_dir}"
 THETA = None
 THETA_PRIME = None
@@ -145,7 +175,7 @@ synpro.GRPOConfig.num_generations = 4
 synpro.GRPOConfig.max_prompt_tokens = {MAX_PROMPT_TOKENS}
 synpro.GRPOConfig.max_completion_tokens = 16
 synpro.grpo.warm_start = @synpro.WarmStartConfig()
-synpro.WarmStartConfig.documents = ["{workspace['organic']}"]
+synpro.WarmStartConfig.documents = ["{workspace["organic"]}"]
 synpro.WarmStartConfig.min_source_chars = 0
 synpro.WarmStartConfig.steps = 2
 synpro.WarmStartConfig.batch = 8
@@ -168,10 +198,26 @@ def test_synpro_grpo_writes_every_metric_the_curves_and_a_summary(cli_run):
     _, out, result = cli_run
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2]
-    for key in ("reward/format_mean", "reward/format_std", "reward/length_mean", "reward/length_std",
-                "reward/total_mean", "reward/total_std", "reward_failures/format", "kl", "clip_fraction",
-                "completion_length", "truncated_share", "rollout_tokens_per_s", "update_tokens_per_s",
-                "time/rollout_s", "time/rewards_s", "time/reference_s", "time/update_s", "learning_rate"):
+    for key in (
+        "reward/format_mean",
+        "reward/format_std",
+        "reward/length_mean",
+        "reward/length_std",
+        "reward/total_mean",
+        "reward/total_std",
+        "reward_failures/format",
+        "kl",
+        "clip_fraction",
+        "completion_length",
+        "truncated_share",
+        "rollout_tokens_per_s",
+        "update_tokens_per_s",
+        "time/rollout_s",
+        "time/rewards_s",
+        "time/reference_s",
+        "time/update_s",
+        "learning_rate",
+    ):
         assert all(key in r and np.isfinite(r[key]) for r in records), key
     assert all(r["completion_length"] <= 16 and 0 <= r["truncated_share"] <= 1 for r in records)
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
@@ -214,11 +260,18 @@ def test_the_export_is_the_trained_generator_transformers_loads_it_and_synthesiz
     np.testing.assert_allclose(ours, theirs, atol=1e-4, rtol=1e-4)
 
     synth = root / "synth"
-    result = synpro("synthesize", "--gin_file=gin/runs/synthesize.gin", f"--gin.GENERATOR='{export}'",
-                    f"--gin.SHARDS=['{workspace['organic']}']", f"--gin.SYNTH_OUT='{synth}'",
-                    "--gin.OPERATION='rephrase'", f"--gin.synpro.SynthesisConfig.max_prompt_tokens={MAX_PROMPT_TOKENS}",
-                    "--gin.synpro.SynthesisConfig.max_new_tokens=8", "--gin.synpro.SynthesisConfig.keep_unparsed=True",
-                    "--gin.synpro.synthesize.progress=False")
+    result = synpro(
+        "synthesize",
+        "--gin_file=gin/runs/synthesize.gin",
+        f"--gin.GENERATOR='{export}'",
+        f"--gin.SHARDS=['{workspace['organic']}']",
+        f"--gin.SYNTH_OUT='{synth}'",
+        "--gin.OPERATION='rephrase'",
+        f"--gin.synpro.SynthesisConfig.max_prompt_tokens={MAX_PROMPT_TOKENS}",
+        "--gin.synpro.SynthesisConfig.max_new_tokens=8",
+        "--gin.synpro.SynthesisConfig.keep_unparsed=True",
+        "--gin.synpro.synthesize.progress=False",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     records = [json.loads(line) for line in (synth / "organic.jsonl").read_text().splitlines()]
     assert len(records) == 12 and all(r["generator"] == str(export) for r in records)
@@ -242,11 +295,21 @@ STEPS = 8
 
 def start(workspace_root: Path, out_dir: Path) -> subprocess.Popen:
     # One persistent compilation cache for the three runs: the same executables, compiled once.
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu",
-           "JAX_COMPILATION_CACHE_DIR": str(workspace_root / "jax_cache"),
-           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
-    return subprocess.Popen([sys.executable, str(JOB), str(workspace_root), str(out_dir), str(STEPS)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    env = {
+        **os.environ,
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+        "JAX_PLATFORMS": "cpu",
+        "JAX_COMPILATION_CACHE_DIR": str(workspace_root / "jax_cache"),
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+        "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+    }
+    return subprocess.Popen(
+        [sys.executable, str(JOB), str(workspace_root), str(out_dir), str(STEPS)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def logged_steps(out_dir: Path) -> int:
@@ -301,16 +364,31 @@ def test_sigkill_at_a_random_step_then_resume_gives_the_uninterrupted_parameters
 
 # --- gin ------------------------------------------------------------------------------------------------------------
 
-FILLED = ["GENERATOR='g'", "PROMPTS=['p']", "OUT_DIR='o'", "THETA='t'", "THETA_PRIME='tp'", "PROMPTS_PER_STEP=4",
-          "QUALITY_DATA='q'"]
+FILLED = [
+    "GENERATOR='g'",
+    "PROMPTS=['p']",
+    "OUT_DIR='o'",
+    "THETA='t'",
+    "THETA_PRIME='tp'",
+    "PROMPTS_PER_STEP=4",
+    "QUALITY_DATA='q'",
+]
 
 
-@pytest.mark.parametrize("run_file, steps, families", [
-    ("gin/runs/grpo_rephrase.gin", 300, {"data_influence", "quality", "similarity", "structure", "length", "format"}),
-    ("gin/runs/grpo_reformat.gin", 240, {"data_influence", "faithfulness", "quality", "format"}),
-])
-def test_the_release_run_files_hold_its_settings_and_require_their_macros(run_file, steps, families, tmp_path,
-                                                                          monkeypatch):
+@pytest.mark.parametrize(
+    "run_file, steps, families",
+    [
+        (
+            "gin/runs/grpo_rephrase.gin",
+            300,
+            {"data_influence", "quality", "similarity", "structure", "length", "format"},
+        ),
+        ("gin/runs/grpo_reformat.gin", 240, {"data_influence", "faithfulness", "quality", "format"}),
+    ],
+)
+def test_the_release_run_files_hold_its_settings_and_require_their_macros(
+    run_file, steps, families, tmp_path, monkeypatch
+):
     import gin
 
     from synpro_jax import configs

@@ -3,15 +3,14 @@ and, after the update, the parameters of one 8-device process."""
 
 import json
 import os
+from pathlib import Path
 import socket
 import subprocess
 import sys
-from pathlib import Path
-
-import numpy as np
-import pytest
 
 from grpo_job import make_workspace
+import numpy as np
+import pytest
 
 pytestmark = pytest.mark.slow
 JOB = Path(__file__).resolve().parent / "grpo_job.py"
@@ -26,10 +25,18 @@ def run(workspace, out, devices, processes=1):
         env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
         env.pop("JAX_COMPILATION_CACHE_DIR", None)
         if processes > 1:
-            env.update(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES=str(processes),
-                       JAX_PROCESS_ID=str(i))
-        procs.append(subprocess.Popen([sys.executable, str(JOB), str(workspace), str(out), "1"], env=env,
-                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+            env.update(
+                JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES=str(processes), JAX_PROCESS_ID=str(i)
+            )
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, str(JOB), str(workspace), str(out), "1"],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
     for p in procs:
         text = p.communicate(timeout=600)[0]
         assert p.returncode == 0, text[-3000:]

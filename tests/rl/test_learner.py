@@ -32,13 +32,18 @@ def make_batch(b=16, p=8, c=8, seed=0, with_old=True, with_ref=True):
         pad = i % 4
         n = c if i == 1 else 0 if i == 2 else int(rng.integers(1, c + 1))
         tokens[i, :pad] = PAD
-        tokens[i, p + n:] = PAD
+        tokens[i, p + n :] = PAD
         segment_ids[i, :pad] = 0
-        segment_ids[i, p + n:] = 0
+        segment_ids[i, p + n :] = 0
         positions[i, pad:] = np.arange(p + c - pad)
         mask[i, :n] = True
-    batch = {"tokens": tokens, "positions": positions, "segment_ids": segment_ids, "completion_mask": mask,
-             "advantages": rng.normal(size=b).astype(np.float32)}
+    batch = {
+        "tokens": tokens,
+        "positions": positions,
+        "segment_ids": segment_ids,
+        "completion_mask": mask,
+        "advantages": rng.normal(size=b).astype(np.float32),
+    }
     # Log-probs of the random tiny model are near -log(256) = -5.5; spread the old ones so some ratios clip.
     if with_old:
         batch["old_logp"] = np.where(mask, -5.55 + 0.3 * rng.normal(size=(b, c)), 0).astype(np.float32)
@@ -48,8 +53,15 @@ def make_batch(b=16, p=8, c=8, seed=0, with_old=True, with_ref=True):
 
 
 def grpo_cfg(**kw):
-    base = dict(num_generations=2, num_iterations=2, beta=0.04, epsilon=0.1, epsilon_high=0.15, learning_rate=1e-3,
-                max_completion_tokens=8)
+    base = dict(
+        num_generations=2,
+        num_iterations=2,
+        beta=0.04,
+        epsilon=0.1,
+        epsilon_high=0.15,
+        learning_rate=1e-3,
+        max_completion_tokens=8,
+    )
     base.update(kw)
     return GRPOConfig(**base)
 
@@ -58,8 +70,9 @@ def make_step(mesh, gcfg, accum_steps=1, logits_chunk=None, prompt_group=1):
     # eps=1: Adam's first update is lr * g / (|g| + 1), which follows the gradient's size, not just its sign,
     # so comparing params after a step compares gradients.
     opt_cfg = gcfg.optimizer_config(10, warmup_steps=0, eps=1.0)
-    return GRPOStep(CFG, mesh, gcfg, opt_cfg, accum_steps=accum_steps, logits_chunk=logits_chunk,
-                    prompt_group=prompt_group)
+    return GRPOStep(
+        CFG, mesh, gcfg, opt_cfg, accum_steps=accum_steps, logits_chunk=logits_chunk, prompt_group=prompt_group
+    )
 
 
 def host(tree):
@@ -68,8 +81,9 @@ def host(tree):
 
 def assert_trees_close(a, b, atol=1e-5, rtol=1e-5):
     for (path, x), y in zip(jax.tree_util.tree_flatten_with_path(a)[0], jax.tree.leaves(b)):
-        np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=atol, rtol=rtol,
-                                   err_msg=jax.tree_util.keystr(path))
+        np.testing.assert_allclose(
+            np.asarray(x), np.asarray(y), atol=atol, rtol=rtol, err_msg=jax.tree_util.keystr(path)
+        )
 
 
 def assert_metrics_close(a, b):
@@ -80,17 +94,28 @@ def assert_metrics_close(a, b):
 
 # --------------------------------------------------------------------------------------------- token log-probs
 
+
 def test_token_logprobs_match_numpy_log_softmax_with_left_padding(params):
     batch = make_batch(b=8, p=8, c=6, seed=1)
     temperature = 0.7
-    fn = jax.jit(lambda p, b: token_logprobs(CFG, p, b["tokens"], b["positions"], b["segment_ids"],
-                                             b["completion_mask"], temperature))
+    fn = jax.jit(
+        lambda p, b: token_logprobs(
+            CFG, p, b["tokens"], b["positions"], b["segment_ids"], b["completion_mask"], temperature
+        )
+    )
     got = np.asarray(fn(params, batch))
     assert got.shape == (8, 6)
 
     # Independent: the full forward's logits, then log-softmax, alignment and masking in float64 NumPy.
-    logits = np.asarray(models.forward(CFG, params, batch["tokens"], positions=batch["positions"],
-                                       segment_ids=batch["segment_ids"]), np.float64) / temperature
+    logits = (
+        np.asarray(
+            models.forward(
+                CFG, params, batch["tokens"], positions=batch["positions"], segment_ids=batch["segment_ids"]
+            ),
+            np.float64,
+        )
+        / temperature
+    )
     p, c = 8, 6
     want = np.zeros((8, c))
     for i in range(8):
@@ -105,9 +130,9 @@ def test_token_logprobs_match_numpy_log_softmax_with_left_padding(params):
     # Left padding changes nothing: the same rows laid out without pads (prompt slots cut to the real ones).
     row = 3  # 3 pad slots
     pad = row % 4
-    unpadded = {k: batch[k][row:row + 1, pad:] for k in ("tokens", "positions", "segment_ids")}
-    unpadded["completion_mask"] = batch["completion_mask"][row:row + 1]
-    np.testing.assert_array_equal(unpadded["positions"][0, :p - pad], np.arange(p - pad))
+    unpadded = {k: batch[k][row : row + 1, pad:] for k in ("tokens", "positions", "segment_ids")}
+    unpadded["completion_mask"] = batch["completion_mask"][row : row + 1]
+    np.testing.assert_array_equal(unpadded["positions"][0, : p - pad], np.arange(p - pad))
     alone = np.asarray(fn(params, unpadded))
     np.testing.assert_allclose(alone[0], got[row], atol=1e-5, rtol=0)
 
@@ -132,11 +157,13 @@ def test_chunked_output_head_gives_the_same_logprobs_and_gradients(params):
 def test_token_logprobs_need_a_prompt_slot(params):
     b = make_batch(b=2, p=4, c=4)
     with pytest.raises(ValueError, match="at least one prompt slot"):
-        token_logprobs(CFG, params, b["tokens"][:, 4:], b["positions"][:, 4:], b["segment_ids"][:, 4:],
-                       b["completion_mask"])
+        token_logprobs(
+            CFG, params, b["tokens"][:, 4:], b["positions"][:, 4:], b["segment_ids"][:, 4:], b["completion_mask"]
+        )
 
 
 # ---------------------------------------------------------------------------------------------- shared prompts
+
 
 def make_group_batch(groups=4, g=4, p=8, c=6, seed=7, **kw):
     """make_batch with each run of g rows given its first row's prompt slots (a rollout's layout)."""
@@ -162,15 +189,25 @@ def test_a_shared_prompt_pass_gives_the_unshared_logprobs_and_gradients(params):
         assert_trees_close(grads, g_one, atol=1e-4, rtol=1e-4)
     assert np.any(np.asarray(lp_one) != 0)
     # The prompt really runs once per group: the shared pass's FLOPs are below the unshared pass's.
-    flops = {group: jax.jit(lambda p: total(p, group)[0]).lower(params).compile().cost_analysis()["flops"]
-             for group in (1, 4)}
+    flops = {
+        group: jax.jit(lambda p: total(p, group)[0]).lower(params).compile().cost_analysis()["flops"]
+        for group in (1, 4)
+    }
     assert flops[4] < 0.8 * flops[1], flops
 
 
 def test_micro_batches_keep_prompt_groups_together_when_they_can():
     # (rows, accum_steps, prompt_group) -> (rows dealt per unit, rows sharing a prompt within a micro-batch)
-    cases = {(16, 1, 4): (1, 4), (16, 2, 4): (4, 4), (16, 4, 4): (4, 4), (24, 4, 4): (1, 1), (24, 4, 8): (1, 2),
-             (24, 2, 8): (1, 4), (32, 4, 8): (8, 8), (16, 4, 1): (1, 1)}
+    cases = {
+        (16, 1, 4): (1, 4),
+        (16, 2, 4): (4, 4),
+        (16, 4, 4): (4, 4),
+        (24, 4, 4): (1, 1),
+        (24, 4, 8): (1, 2),
+        (24, 2, 8): (1, 4),
+        (32, 4, 8): (8, 8),
+        (16, 4, 1): (1, 1),
+    }
     for (rows, accum, group), want in cases.items():
         assert micro_layout(rows, accum, group) == want, (rows, accum, group)
         batch = make_group_batch(groups=rows // group, g=group, p=4, c=2)
@@ -185,6 +222,7 @@ def test_micro_batches_keep_prompt_groups_together_when_they_can():
 
 
 # ------------------------------------------------------------------------------------------------ accumulation
+
 
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", AGG_MODES)
@@ -202,21 +240,31 @@ def test_accumulation_over_4_micro_batches_equals_one_batch(params, mode):
 
     # And both equal the gradient of the whole batch's loss written directly with the GRPO math.
     def whole(p):
-        logp = token_logprobs(CFG, p, batch["tokens"], batch["positions"], batch["segment_ids"],
-                              batch["completion_mask"], gcfg.temperature)
-        terms = grpo.grpo_loss_terms(logp, batch["old_logp"], batch["ref_logp"], batch["advantages"],
-                                     batch["completion_mask"], gcfg)
+        logp = token_logprobs(
+            CFG,
+            p,
+            batch["tokens"],
+            batch["positions"],
+            batch["segment_ids"],
+            batch["completion_mask"],
+            gcfg.temperature,
+        )
+        terms = grpo.grpo_loss_terms(
+            logp, batch["old_logp"], batch["ref_logp"], batch["advantages"], batch["completion_mask"], gcfg
+        )
         return grpo.finalize(terms)["loss"]
 
     loss, grads = jax.jit(jax.value_and_grad(whole))(params)
     np.testing.assert_allclose(float(m4["loss"]), float(loss), rtol=1e-5)
-    np.testing.assert_allclose(float(m4["grad_norm"]), float(jnp.sqrt(sum(jnp.sum(g * g) for g in
-                                                                           jax.tree.leaves(grads)))), rtol=1e-5)
+    np.testing.assert_allclose(
+        float(m4["grad_norm"]), float(jnp.sqrt(sum(jnp.sum(g * g) for g in jax.tree.leaves(grads)))), rtol=1e-5
+    )
     metrics, got = four.loss_and_grads(four.copy_params(params), four.shard_batch(batch))
     assert_trees_close(got, grads, atol=1e-6, rtol=1e-5)
 
 
 # ---------------------------------------------------------------------------------------------------- sharding
+
 
 @pytest.mark.slow
 def test_grpo_steps_on_8_1_1_and_2_2_2_meshes_equal_one_device(params):
@@ -237,7 +285,8 @@ def test_grpo_steps_on_8_1_1_and_2_2_2_meshes_equal_one_device(params):
         # A batch laid out another way (replicated, as a sampler's rules may leave it) is resharded first.
         np.testing.assert_array_equal(
             np.asarray(step.ref_logprobs(ref, jax.device_put(batch, sharding.replicated(mesh)))),
-            np.asarray(b["ref_logp"]))
+            np.asarray(b["ref_logp"]),
+        )
         history = []
         for _ in range(2):
             state, m = step(state, b)
@@ -259,6 +308,7 @@ def test_grpo_steps_on_8_1_1_and_2_2_2_meshes_equal_one_device(params):
 
 
 # ------------------------------------------------------------------------------------------------------ sanity
+
 
 def test_positive_advantage_raises_the_completions_logprob(params):
     gcfg = GRPOConfig(num_generations=2, beta=0.0, learning_rate=1e-3, max_completion_tokens=8)
@@ -288,6 +338,7 @@ def test_positive_advantage_raises_the_completions_logprob(params):
 
 
 # ------------------------------------------------------------------------------------------------------ errors
+
 
 def test_bad_batches_are_named():
     gcfg = grpo_cfg()

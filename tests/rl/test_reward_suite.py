@@ -26,8 +26,9 @@ class Broken:
 
 
 def test_weighted_total_and_fallback_counted():
-    suite = RewardSuite({"a": Const(1.0), "b": Const(0.5), "c": Broken()}, {"a": 3.0, "b": 1.0, "c": 1.0},
-                        fallbacks={"c": 0.25})
+    suite = RewardSuite(
+        {"a": Const(1.0), "b": Const(0.5), "c": Broken()}, {"a": 3.0, "b": 1.0, "c": 1.0}, fallbacks={"c": 0.25}
+    )
     out = suite(inputs())
     np.testing.assert_allclose(out.total, 3.0 + 0.5 + 0.25)
     assert out.failures == {"a": 0, "b": 0, "c": 4}
@@ -84,9 +85,9 @@ def test_group_normalization_standardizes_each_reward_within_its_group_before_we
     for name, w in (("big", 1.0), ("small", 3.0)):  # by hand, one group at a time
         v = np.asarray({"big": big, "small": small}[name], np.float64)
         for g in range(2):
-            s = v[4 * g:4 * g + 4]
+            s = v[4 * g : 4 * g + 4]
             sd = np.sqrt(((s - s.mean()) ** 2).sum() / 3)
-            expected[4 * g:4 * g + 4] += 0 if sd == 0 else w * (s - s.mean()) / (sd + 1e-4)
+            expected[4 * g : 4 * g + 4] += 0 if sd == 0 else w * (s - s.mean()) / (sd + 1e-4)
     np.testing.assert_allclose(normed.total, expected, atol=1e-5)
     assert normed.total[4:8].tolist() == pytest.approx(expected[4:8], abs=1e-5)  # constant "big": no term
     np.testing.assert_array_equal(normed.values["small"], np.asarray(small, np.float32))  # logged raw

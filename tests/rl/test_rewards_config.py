@@ -13,30 +13,42 @@ from synpro_jax.generation.prompts import HEADINGS
 from synpro_jax.rl.rewards import RewardError, RewardInputs, RewardsConfig, build_suite, register_reward
 
 REPO = Path(__file__).resolve().parents[2]
-RELEASE = {"rephrase": {"data_influence": 3.0, "quality": 1.0, "similarity": 1.0, "structure": 1.0, "length": 1.0,
-                        "format": 1.0},
-           "reformat": {"data_influence": 3.0, "faithfulness": 1.0, "quality": 1.0, "format": 1.0}}
+RELEASE = {
+    "rephrase": {
+        "data_influence": 3.0,
+        "quality": 1.0,
+        "similarity": 1.0,
+        "structure": 1.0,
+        "length": 1.0,
+        "format": 1.0,
+    },
+    "reformat": {"data_influence": 3.0, "faithfulness": 1.0, "quality": 1.0, "format": 1.0},
+}
 
 
 @pytest.fixture
 def quality_data(tmp_path):
     path = tmp_path / "labels.jsonl"
-    texts = ["The report explains the water study in detail.", "click here buy now free free",
-             "Seedlings grew faster in the loam soil.", "login home cart login home cart"]
+    texts = [
+        "The report explains the water study in detail.",
+        "click here buy now free free",
+        "Seedlings grew faster in the loam soil.",
+        "login home cart login home cart",
+    ]
     path.write_text("".join(json.dumps({"text": t, "label": (i + 1) % 2}) + "\n" for i, t in enumerate(texts)))
     yield str(path)
     gin.clear_config()
 
 
 def embed(texts):
-    return [np.eye(26)[[ord(c) - 97 for c in t.lower() if c.isalpha() and c.isascii()]].reshape(-1, 26)
-            for t in texts]
+    return [np.eye(26)[[ord(c) - 97 for c in t.lower() if c.isalpha() and c.isascii()]].reshape(-1, 26) for t in texts]
 
 
 @pytest.mark.parametrize("operation", ["rephrase", "reformat"])
 def test_run_files_hold_the_release_weights(operation, quality_data):
-    gin.parse_config_files_and_bindings([str(REPO / f"gin/runs/grpo_{operation}_rewards.gin")],
-                                        [f"QUALITY_DATA = '{quality_data}'"])
+    gin.parse_config_files_and_bindings(
+        [str(REPO / f"gin/runs/grpo_{operation}_rewards.gin")], [f"QUALITY_DATA = '{quality_data}'"]
+    )
     config = gin.get_configurable("synpro.RewardsConfig")()
     assert config.options["quality"] == {"data": quality_data}
     # a small hash space keeps the fit fast here; the file's other options stay as written
@@ -82,14 +94,19 @@ register_reward("flaky_test_judge")(Flaky)
 
 
 def test_variants_and_fallbacks():
-    config = RewardsConfig("rephrase", {"format": 1.0, "structure": 2.0}, variants={"structure": "flaky_test_judge"},
-                           fallbacks={"structure": 0.5})
+    config = RewardsConfig(
+        "rephrase",
+        {"format": 1.0, "structure": 2.0},
+        variants={"structure": "flaky_test_judge"},
+        fallbacks={"structure": 0.5},
+    )
     out = build_suite(config)(RewardInputs("rephrase", ["s"], [f"{HEADINGS['rephrase']}\nx"], np.zeros(1, int)))
     assert out.failures == {"format": 0, "structure": 1}
     np.testing.assert_allclose(out.total, [1.0 + 2 * 0.5])
     with pytest.raises(RewardError, match="reward 'structure' failed and has no fallback: judge timed out"):
         build_suite(RewardsConfig("rephrase", {"structure": 1.0}, variants={"structure": "flaky_test_judge"}))(
-            RewardInputs("rephrase", ["s"], ["x"], np.zeros(1, int)))
+            RewardInputs("rephrase", ["s"], ["x"], np.zeros(1, int))
+        )
 
 
 @pytest.mark.parametrize("operation", ["rephrase", "reformat"])
@@ -102,5 +119,7 @@ def test_run_files_pass_the_cli_gin_checks(operation, quality_data):
     configs.parse([str(REPO / f"gin/runs/grpo_{operation}_rewards.gin")], [f"QUALITY_DATA = '{quality_data}'"])
     assert gin.query_parameter("synpro.RewardsConfig.operation") == operation
     with pytest.raises(GinConfigError, match="RewardsConfig has no parameter 'weight'; did you mean weights"):
-        configs.parse([str(REPO / f"gin/runs/grpo_{operation}_rewards.gin")],
-                      [f"QUALITY_DATA = '{quality_data}'", "synpro.RewardsConfig.weight = {}"])
+        configs.parse(
+            [str(REPO / f"gin/runs/grpo_{operation}_rewards.gin")],
+            [f"QUALITY_DATA = '{quality_data}'", "synpro.RewardsConfig.weight = {}"],
+        )

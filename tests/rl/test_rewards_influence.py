@@ -29,12 +29,14 @@ class Recording:
 
 
 def batch():
-    completions = [f"{H}\n" + "x" * 500,  # exactly 500 characters: scored
-                   f"{H}\n" + "x" * 499,  # 499: scored as the source, reward 0
-                   "x" * 900,  # no heading: empty answer, reward 0
-                   f"{H}\n" + "y" * 600,
-                   f"{H}\n" + "xy" * 400,
-                   f"{H}\n" + "z" * 10]
+    completions = [
+        f"{H}\n" + "x" * 500,  # exactly 500 characters: scored
+        f"{H}\n" + "x" * 499,  # 499: scored as the source, reward 0
+        "x" * 900,  # no heading: empty answer, reward 0
+        f"{H}\n" + "y" * 600,
+        f"{H}\n" + "xy" * 400,
+        f"{H}\n" + "z" * 10,
+    ]
     sources = [SRC_A] * 3 + [SRC_B] * 3
     return RewardInputs("rephrase", sources, completions, np.array([0, 0, 0, 1, 1, 1]))
 
@@ -58,12 +60,17 @@ def test_min_chars_is_a_knob():
         make_reward("data_influence")
 
 
-@pytest.mark.parametrize("scorer, match", [
-    (lambda t: (_ for _ in ()).throw(ConnectionError("probe host down")),
-     "data_influence scorer failed: ConnectionError: probe host down"),
-    (lambda t: np.zeros(len(t) - 1), r"returned shape \(4,\) for 5 texts"),
-    (lambda t: np.full(len(t), np.nan), "non-finite values at"),
-])
+@pytest.mark.parametrize(
+    "scorer, match",
+    [
+        (
+            lambda t: (_ for _ in ()).throw(ConnectionError("probe host down")),
+            "data_influence scorer failed: ConnectionError: probe host down",
+        ),
+        (lambda t: np.zeros(len(t) - 1), r"returned shape \(4,\) for 5 texts"),
+        (lambda t: np.full(len(t), np.nan), "non-finite values at"),
+    ],
+)
 def test_scorer_failures_are_reward_errors(scorer, match):
     with pytest.raises(RewardError, match=match):
         make_reward("data_influence", scorer=scorer)(batch())

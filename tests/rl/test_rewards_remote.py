@@ -2,23 +2,23 @@
 their parsers and error paths, transport faults, both on the stub and on a real `synpro serve` process, and the
 reward call's total deadline against a real local server that trickles its replies."""
 
+from pathlib import Path
 import re
 import sys
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
+import uvicorn
 
-from synpro_jax.rl.rewards.base import RewardError, RewardInputs, RewardSuite, make_reward
 from synpro_jax.rl.rewards import remote
-from synpro_jax.serve.server import FaultInjector, FaultMiddleware, Fault
+from synpro_jax.rl.rewards.base import RewardError, RewardInputs, RewardSuite, make_reward
+from synpro_jax.serve.server import Fault, FaultInjector, FaultMiddleware
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "serve"))
 from serve_helpers import ServeProcess, free_port, make_model_dir  # noqa: E402
@@ -67,26 +67,41 @@ def stub_app():
     async def completions(request: Request):
         body = await request.json()
         prompts = body["prompt"] if isinstance(body["prompt"], list) else [body["prompt"]]
-        return JSONResponse({"choices": [{"index": i, "text": judge(p), "finish_reason": "stop"}
-                                         for i, p in enumerate(prompts)]})
+        return JSONResponse(
+            {"choices": [{"index": i, "text": judge(p), "finish_reason": "stop"} for i, p in enumerate(prompts)]}
+        )
 
     async def chat(request: Request):
         body = await request.json()
         assert body["messages"][0]["role"] == "system"
-        return JSONResponse({"choices": [{"index": 0, "message": {"role": "assistant",
-                                                                  "content": judge(body["messages"][-1]["content"])},
-                                          "finish_reason": "stop"}]})
+        return JSONResponse(
+            {
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": judge(body["messages"][-1]["content"])},
+                        "finish_reason": "stop",
+                    }
+                ]
+            }
+        )
 
-    return Starlette(routes=[Route("/v1/models", models), Route("/v1/completions", completions, methods=["POST"]),
-                             Route("/v1/chat/completions", chat, methods=["POST"])])
+    return Starlette(
+        routes=[
+            Route("/v1/models", models),
+            Route("/v1/completions", completions, methods=["POST"]),
+            Route("/v1/chat/completions", chat, methods=["POST"]),
+        ]
+    )
 
 
 @pytest.fixture(scope="module")
 def stub():
     injector = FaultInjector()
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(FaultMiddleware(stub_app(), injector), host="127.0.0.1", port=port,
-                                           log_level="error"))
+    server = uvicorn.Server(
+        uvicorn.Config(FaultMiddleware(stub_app(), injector), host="127.0.0.1", port=port, log_level="error")
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20
@@ -149,27 +164,53 @@ def test_faithfulness_is_the_fraction_faithful_against_the_first_3000_chars(stub
 
 
 def test_parsers():
-    assert [remote.parse_quality_score(r) for r in ["4", " 3/5 ", "**5**", "Overall Score: 2", "<think>x</think>1"]] \
-        == [4, 3, 5, 2, 1]
+    assert [
+        remote.parse_quality_score(r) for r in ["4", " 3/5 ", "**5**", "Overall Score: 2", "<think>x</think>1"]
+    ] == [4, 3, 5, 2, 1]
     for bad in ["", "7", "about 3 or 4", "Overall Score: 9"]:
         with pytest.raises(RewardError, match="quality judge"):
             remote.parse_quality_score(bad)
     with pytest.raises(RewardError, match="structure judge"):
         remote.parse_structure_verdict("yes")
-    assert remote.parse_faithfulness_labels("2. Unfaithful_Topic\n1. faithful", 3) == ["Faithful",
-                                                                                      "Unfaithful_Topic", ""]
+    assert remote.parse_faithfulness_labels("2. Unfaithful_Topic\n1. faithful", 3) == [
+        "Faithful",
+        "Unfaithful_Topic",
+        "",
+    ]
     assert remote.parse_faithfulness_labels("Faithful\nUnfaithful_Content", 2) == ["Faithful", "Unfaithful_Content"]
     with pytest.raises(RewardError, match="faithfulness judge"):
         remote.parse_faithfulness_labels("all good", 2)
 
 
-STRUCTURE_ACCEPTED = [("1", 1), ("0", 0), (" 1 \n", 1), ("\n\n0", 0), ("Both are bullet lists.\n1", 1),
-                      ("The original is prose, the rewrite a list.\n\n 0 \n\n", 0),
-                      ("<think>\nbullets on both sides, so 0 is wrong\n</think>\n\n1", 1),
-                      ("<think>\n\n</think>\n\n0", 0), ("<think>a</think>x<think>b</think>\n1", 1)]
-STRUCTURE_REJECTED = ["Error 500", "retry in 10", "10", "", "   \n ", "1.", "the answer is 1 or 0", "Output: 1",
-                      "`1`", "**0**", "1\nexplanation follows", "0 1", "01", "<think>\ncounting lists... 1",
-                      "<think>\n1\n</think>", "１"]
+STRUCTURE_ACCEPTED = [
+    ("1", 1),
+    ("0", 0),
+    (" 1 \n", 1),
+    ("\n\n0", 0),
+    ("Both are bullet lists.\n1", 1),
+    ("The original is prose, the rewrite a list.\n\n 0 \n\n", 0),
+    ("<think>\nbullets on both sides, so 0 is wrong\n</think>\n\n1", 1),
+    ("<think>\n\n</think>\n\n0", 0),
+    ("<think>a</think>x<think>b</think>\n1", 1),
+]
+STRUCTURE_REJECTED = [
+    "Error 500",
+    "retry in 10",
+    "10",
+    "",
+    "   \n ",
+    "1.",
+    "the answer is 1 or 0",
+    "Output: 1",
+    "`1`",
+    "**0**",
+    "1\nexplanation follows",
+    "0 1",
+    "01",
+    "<think>\ncounting lists... 1",
+    "<think>\n1\n</think>",
+    "１",
+]
 
 
 @pytest.mark.parametrize("reply, verdict", STRUCTURE_ACCEPTED)
@@ -189,8 +230,9 @@ def test_a_structure_reply_that_is_no_verdict_is_counted_as_a_failure(stub, repl
     and applies the fallback, and without a fallback the step fails."""
     url, _ = stub
     reward = make_reward("structure_remote", base_url=url, **FAST)
-    inputs = rephrase_inputs(["Just prose.", "Just prose."],
-                             [f"{REPHRASE} Prose.", f"{REPHRASE} Prose. JUDGE SAYS <<{reply}>>"], [0, 0])
+    inputs = rephrase_inputs(
+        ["Just prose.", "Just prose."], [f"{REPHRASE} Prose.", f"{REPHRASE} Prose. JUDGE SAYS <<{reply}>>"], [0, 0]
+    )
     suite = RewardSuite({"structure_remote": reward}, {"structure_remote": 1.0}, {"structure_remote": -1.0})
     result = suite(inputs)
     assert result.failures == {"structure_remote": 2}  # the batch's value is the fallback, counted per completion
@@ -228,8 +270,15 @@ def test_faults_on_the_stub_keep_the_values(stub):
 
 def test_breaker_fails_fast_as_a_reward_error(stub):
     url, injector = stub
-    reward = make_reward("quality_remote", base_url=url, api="completions", max_retries=0, backoff_s=0.0,
-                         breaker_failures=2, breaker_cooldown_s=60.0)
+    reward = make_reward(
+        "quality_remote",
+        base_url=url,
+        api="completions",
+        max_retries=0,
+        backoff_s=0.0,
+        breaker_failures=2,
+        breaker_cooldown_s=60.0,
+    )
     inputs = rephrase_inputs(["src"], [f"{REPHRASE} good"])
     injector.add(Fault("5xx", 2))
     for _ in range(2):
@@ -258,8 +307,15 @@ def test_remote_rewards_against_synpro_serve_with_each_fault(tmp_path):
         warm = make_reward("quality_remote", base_url=server.url, api="completions", timeout_s=300.0)
         with pytest.raises(RewardError, match="quality judge: no 1-5"):
             warm(inputs)  # compiles the server's sampler for these shapes, without a short timeout
-        reward = make_reward("quality_remote", base_url=server.url, api="completions", timeout_s=2.0,
-                             max_retries=2, backoff_s=0.01, breaker_failures=50)
+        reward = make_reward(
+            "quality_remote",
+            base_url=server.url,
+            api="completions",
+            timeout_s=2.0,
+            max_retries=2,
+            backoff_s=0.01,
+            breaker_failures=50,
+        )
         with pytest.raises(RewardError, match="quality judge: no 1-5"):
             reward(inputs)
         stats = reward.judge.client.stats
@@ -285,9 +341,18 @@ def test_a_trickling_judge_fails_the_reward_call_at_its_deadline(api):
     """A judge that sends its reply one byte every 0.2 s (the whole reply would take ~30 s): the reward call ends
     at deadline_s with a RewardError naming the server and the deadline, and the suite counts the failure."""
     with ScriptedServer(["trickle"]) as server:
-        reward = make_reward("structure_remote", base_url=server.url, model="judge", api=api, timeout_s=30.0,
-                             max_retries=3, backoff_s=0.01, deadline_s=2.0, concurrency=2,
-                             breaker_failures=100)
+        reward = make_reward(
+            "structure_remote",
+            base_url=server.url,
+            model="judge",
+            api=api,
+            timeout_s=30.0,
+            max_retries=3,
+            backoff_s=0.01,
+            deadline_s=2.0,
+            concurrency=2,
+            breaker_failures=100,
+        )
         inputs = rephrase_inputs(["Just prose."] * 5, [f"{REPHRASE} Prose {i}." for i in range(5)], [0] * 5)
         t = time.monotonic()
         with pytest.raises(RewardError, match=re.escape(server.url) + r"/.*completions.*deadline"):
@@ -310,8 +375,9 @@ def test_the_default_deadline_bounds_a_reward_call_with_timeout_s_alone():
     """The finding: timeout_s=1 held a trickled reward call for 85 s. Without deadline_s the call now ends by its
     attempts' timeouts plus the backoffs between them."""
     with ScriptedServer(["trickle"]) as server:
-        reward = make_reward("quality_remote", base_url=server.url, model="judge", timeout_s=1.0, max_retries=1,
-                             backoff_s=0.01)
+        reward = make_reward(
+            "quality_remote", base_url=server.url, model="judge", timeout_s=1.0, max_retries=1, backoff_s=0.01
+        )
         assert reward.judge.deadline_s == pytest.approx(2 * 1.0 + 0.01)
         t = time.monotonic()
         with pytest.raises(RewardError, match=re.escape(server.url)):
@@ -323,8 +389,16 @@ def test_the_default_deadline_bounds_a_reward_call_with_timeout_s_alone():
 def test_a_judge_answering_500s_then_a_verdict_works_within_the_deadline(api):
     content = "The layouts match.\n1"
     with ScriptedServer(["500", "500", "ok"], content=content) as server:
-        reward = make_reward("structure_remote", base_url=server.url, model="judge", api=api, timeout_s=5.0,
-                             max_retries=3, backoff_s=0.05, deadline_s=10.0)
+        reward = make_reward(
+            "structure_remote",
+            base_url=server.url,
+            model="judge",
+            api=api,
+            timeout_s=5.0,
+            max_retries=3,
+            backoff_s=0.05,
+            deadline_s=10.0,
+        )
         t = time.monotonic()
         np.testing.assert_array_equal(reward(rephrase_inputs(["Just prose."], [f"{REPHRASE} Prose."])), [1.0])
         assert time.monotonic() - t < 10.0 + HANG_GUARD_S

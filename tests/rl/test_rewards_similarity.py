@@ -40,12 +40,15 @@ class Letters:
 def test_threshold_and_sources_embedded_once():
     emb = Letters()
     reward = make_reward("similarity_local", embedder=emb)
-    inputs = RewardInputs("rephrase", ["ab"] * 3 + ["abc"] * 2,
-                          [f"{H}\nab", f"{H}\na", "no heading", f"{H}\nabc", f"{H}\nc"], np.array([0, 0, 0, 1, 1]))
+    inputs = RewardInputs(
+        "rephrase",
+        ["ab"] * 3 + ["abc"] * 2,
+        [f"{H}\nab", f"{H}\na", "no heading", f"{H}\nabc", f"{H}\nc"],
+        np.array([0, 0, 0, 1, 1]),
+    )
     np.testing.assert_allclose(reward.f1(inputs), [1, 2 / 3, 0, 1, 0.5], atol=1e-6)
     np.testing.assert_array_equal(reward(inputs), [1, 1, 0, 1, 0])  # > 0.65
-    np.testing.assert_array_equal(make_reward("similarity_local", embedder=emb, threshold=0.7)(inputs),
-                                  [1, 0, 0, 1, 0])
+    np.testing.assert_array_equal(make_reward("similarity_local", embedder=emb, threshold=0.7)(inputs), [1, 0, 0, 1, 0])
     emb.seen.clear()
     reward(inputs)
     assert emb.seen.count("ab") == 2  # the source once, and one answer that happens to equal it
@@ -65,8 +68,9 @@ def test_errors():
     with pytest.raises(RewardError, match="returned 0 arrays"):
         make_reward("similarity_local", embedder=lambda t: [])(inputs)
     with pytest.raises(RewardError, match="a source embeds to no tokens"):
-        make_reward("similarity_local", embedder=Letters())(RewardInputs("rephrase", ["xyz"], [f"{H}\nab"],
-                                                                         np.zeros(1, int)))
+        make_reward("similarity_local", embedder=Letters())(
+            RewardInputs("rephrase", ["xyz"], [f"{H}\nab"], np.zeros(1, int))
+        )
 
 
 def encode(texts):

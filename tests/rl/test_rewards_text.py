@@ -18,8 +18,17 @@ def run(name, completions, sources, operation="rephrase", **kw):
 
 
 def test_format_counts_headings_of_both_operations():
-    got = run("format", [f"{H}\nText.", "Text without a heading.", f"{H}\nA\n{H}\nB", f"{H}\n{R}\n- Topic: a",
-                         "**here is the rewritten document**\nText."], "src")
+    got = run(
+        "format",
+        [
+            f"{H}\nText.",
+            "Text without a heading.",
+            f"{H}\nA\n{H}\nB",
+            f"{H}\n{R}\n- Topic: a",
+            "**here is the rewritten document**\nText.",
+        ],
+        "src",
+    )
     np.testing.assert_array_equal(got, [1, 0, 0, 0, 1])
     assert run("format", [f"{R}\n- Topic: t Content: c"], "src", "reformat")[0] == 1
 
@@ -77,21 +86,29 @@ def test_structure_keeps_or_breaks_the_layout():
 
 
 SOURCE = "The Eiffel Tower is in Paris. It was completed in 1889 and is 330 metres tall."
-ENTRIES = (f"{R}\n- Topic: Eiffel Tower location Content: The Eiffel Tower stands in Paris.\n"
-           "- Topic: Tower completed Content: It was completed in 1889.\n"
-           "- Topic: Moon landing Content: Apollo 11 landed on the Moon in 1969.")
+ENTRIES = (
+    f"{R}\n- Topic: Eiffel Tower location Content: The Eiffel Tower stands in Paris.\n"
+    "- Topic: Tower completed Content: It was completed in 1889.\n"
+    "- Topic: Moon landing Content: Apollo 11 landed on the Moon in 1969."
+)
 
 
 def test_faithfulness_is_the_share_of_supported_entries():
-    got = run("faithfulness_lexical", [ENTRIES, f"{R}\nno entries here", "- Topic: a Content: b", f"{R}\n"],
-              SOURCE, "reformat")
+    got = run(
+        "faithfulness_lexical",
+        [ENTRIES, f"{R}\nno entries here", "- Topic: a Content: b", f"{R}\n"],
+        SOURCE,
+        "reformat",
+    )
     np.testing.assert_allclose(got, [2 / 3, 0, 0, 0], atol=1e-6)  # no heading or no entry parses: 0
     # only the source's first `window` characters count: the completion year lies past 40 characters
-    np.testing.assert_allclose(run("faithfulness_lexical", [ENTRIES], SOURCE, "reformat", window=40), [1 / 3],
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        run("faithfulness_lexical", [ENTRIES], SOURCE, "reformat", window=40), [1 / 3], atol=1e-6
+    )
     # a stricter content threshold rejects the first entry too ("stands" is not in the source)
-    np.testing.assert_allclose(run("faithfulness_lexical", [ENTRIES], SOURCE, "reformat", content_support=0.9),
-                               [1 / 3], atol=1e-6)
+    np.testing.assert_allclose(
+        run("faithfulness_lexical", [ENTRIES], SOURCE, "reformat", content_support=0.9), [1 / 3], atol=1e-6
+    )
 
 
 def test_faithfulness_errors():

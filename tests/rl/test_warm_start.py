@@ -5,11 +5,10 @@ never differ warning and then stopping with its cause."""
 import logging
 from pathlib import Path
 
+from grpo_job import MAX_PROMPT_TOKENS, make_workspace
 import jax
 import numpy as np
 import pytest
-
-from grpo_job import MAX_PROMPT_TOKENS, make_workspace
 
 from synpro_jax.data.vocab import load_vocabulary
 from synpro_jax.generation import prompts as P
@@ -21,8 +20,10 @@ def workspace(tmp_path_factory):
     return make_workspace(tmp_path_factory.mktemp("warm_ws"))
 
 
-SOURCE = ("Rivers carve valleys over long times. Stones roll in the water and grind the bed. The valley grows "
-          "wider each year. Nobody sees it happen.")
+SOURCE = (
+    "Rivers carve valleys over long times. Stones roll in the water and grind the bed. The valley grows "
+    "wider each year. Nobody sees it happen."
+)
 
 
 def test_the_answer_is_the_heading_then_the_documents_first_sentences_in_the_operations_layout():
@@ -34,15 +35,16 @@ def test_the_answer_is_the_heading_then_the_documents_first_sentences_in_the_ope
     parsed = P.parse_answer(reformat, "reformat")
     assert parsed.headings == 1
     entries = P.parse_entries(parsed.text)
-    assert [e.content for e in entries] == ["Rivers carve valleys over long times.",
-                                            "Stones roll in the water and grind the bed."]
+    assert [e.content for e in entries] == [
+        "Rivers carve valleys over long times.",
+        "Stones roll in the water and grind the bed.",
+    ]
     assert entries[0].topic == "Rivers carve valleys over"
 
 
 def test_rows_are_grpo_prompts_and_the_loss_falls_on_the_answer_and_its_eos_only(workspace):
     vocab = load_vocabulary(str(workspace["vocab"]))
-    cfg = WarmStartConfig(documents=[str(workspace["organic"])], answer_chars=60, answer_tokens=12,
-                          min_source_chars=0)
+    cfg = WarmStartConfig(documents=[str(workspace["organic"])], answer_chars=60, answer_tokens=12, min_source_chars=0)
     rows = warm_start_rows(cfg, vocab, "rephrase", MAX_PROMPT_TOKENS, 7000)
     from synpro_jax.rl.prompt_set import PromptSet
 
@@ -56,19 +58,18 @@ def test_rows_are_grpo_prompts_and_the_loss_falls_on_the_answer_and_its_eos_only
         row = np.array(prompt + answer)
         # target t is token t+1: the answer's tokens are the targets at positions len(prompt)-1 .. len(row)-2
         want = np.zeros(length - 1)
-        want[len(prompt) - 1:len(row) - 1] = 1
+        want[len(prompt) - 1 : len(row) - 1] = 1
         np.testing.assert_array_equal(batch["loss_mask"][r], want)
         np.testing.assert_array_equal(batch["targets"][r][want == 1], answer)
-        np.testing.assert_array_equal(batch["inputs"][r][:len(row) - 1], row[:-1])
-        assert batch["segment_ids"][r].sum() == len(row) and batch["segment_ids"][r][len(row):].sum() == 0
+        np.testing.assert_array_equal(batch["inputs"][r][: len(row) - 1], row[:-1])
+        assert batch["segment_ids"][r].sum() == len(row) and batch["segment_ids"][r][len(row) :].sum() == 0
     with pytest.raises(ValueError, match="WarmStartConfig.documents"):
         WarmStartConfig(documents="one.jsonl")
     with pytest.raises(ValueError, match="WarmStartConfig.steps=0"):
         WarmStartConfig(documents=["a"], steps=0)
 
 
-def test_the_supervised_loop_killed_after_its_checkpoint_resumes_to_the_uninterrupted_parameters(workspace,
-                                                                                                 tmp_path):
+def test_the_supervised_loop_killed_after_its_checkpoint_resumes_to_the_uninterrupted_parameters(workspace, tmp_path):
     from synpro_jax import sharding
     from synpro_jax.models import hf
     from synpro_jax.train.optimizer import OptimizerConfig
@@ -84,13 +85,36 @@ def test_the_supervised_loop_killed_after_its_checkpoint_resumes_to_the_uninterr
         return warm_start_batch(rows, idx, 17)
 
     opt = OptimizerConfig(learning_rate=1e-3, warmup_steps=0, weight_decay=0.0)
-    straight, recs, _ = train_supervised(cfg, mesh, opt, batch, 4, tmp_path / "a", {"x": 1}, params=params,
-                                         checkpoint_every=2, log_every=1, progress=False)
+    straight, recs, _ = train_supervised(
+        cfg,
+        mesh,
+        opt,
+        batch,
+        4,
+        tmp_path / "a",
+        {"x": 1},
+        params=params,
+        checkpoint_every=2,
+        log_every=1,
+        progress=False,
+    )
     assert [r["step"] for r in recs] == [1, 2, 3, 4] and recs[-1]["loss"] < recs[0]["loss"]
-    train_supervised(cfg, mesh, opt, batch, 2, tmp_path / "b", {"x": 1}, params=params, checkpoint_every=2,
-                     progress=False)  # "killed" after step 2's checkpoint
-    resumed, recs, _ = train_supervised(cfg, mesh, opt, batch, 4, tmp_path / "b", {"x": 1}, params=params,
-                                        checkpoint_every=2, log_every=1, progress=False)
+    train_supervised(
+        cfg, mesh, opt, batch, 2, tmp_path / "b", {"x": 1}, params=params, checkpoint_every=2, progress=False
+    )  # "killed" after step 2's checkpoint
+    resumed, recs, _ = train_supervised(
+        cfg,
+        mesh,
+        opt,
+        batch,
+        4,
+        tmp_path / "b",
+        {"x": 1},
+        params=params,
+        checkpoint_every=2,
+        log_every=1,
+        progress=False,
+    )
     assert [r["step"] for r in recs] == [2, 3, 4]  # step 2 as the first call logged it, then 3 and 4
     for a, b in zip(jax.tree.leaves(straight.params), jax.tree.leaves(resumed.params)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
@@ -111,10 +135,18 @@ def test_a_run_whose_groups_never_differ_warns_then_stops_naming_the_cause(works
     algo = GRPOConfig(num_generations=4, max_prompt_tokens=MAX_PROMPT_TOKENS, max_completion_tokens=8)
     ps = PromptSet([str(workspace["organic"])], vocab, "rephrase", max_prompt_tokens=MAX_PROMPT_TOKENS)
     # A random tiny LM never writes the heading: format is 0 and length 1 for every completion.
-    suite = RewardSuite({"format": make_reward("format"), "length": make_reward("length")},
-                        {"format": 1.0, "length": 1.0})
-    run = GRPORunConfig(out_dir=str(tmp_path / "run"), num_steps=5, prompts_per_step=2, progress=False,
-                        stall_warn_steps=1, stall_stop_steps=2, checkpoint_every=1)
+    suite = RewardSuite(
+        {"format": make_reward("format"), "length": make_reward("length")}, {"format": 1.0, "length": 1.0}
+    )
+    run = GRPORunConfig(
+        out_dir=str(tmp_path / "run"),
+        num_steps=5,
+        prompts_per_step=2,
+        progress=False,
+        stall_warn_steps=1,
+        stall_stop_steps=2,
+        checkpoint_every=1,
+    )
     trainer = GRPOTrainer(cfg, sharding.make_mesh(sharding.MeshConfig()), params, vocab, ps, suite, run, algo)
     with caplog.at_level(logging.WARNING, logger="synpro_jax.rl.trainer"):
         with pytest.raises(GRPOStalled) as err:

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 import socket
 import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 from types import SimpleNamespace
 
 import httpx
@@ -32,8 +32,7 @@ def make_model_dir(root: Path) -> tuple[Path, Path]:
     model_dir = root / "tiny_olmo"
     cfg = models.get_preset("tiny").replace(vocab_size=320, max_seq_len=512)
     hf.save(cfg, models.init_params(cfg, jax.random.key(3)), model_dir)
-    sp = train_sentencepiece(texts + ["<|system|> <|user|> <|assistant|> <|endoftext|>"], model_dir / "sp.model",
-                             320)
+    sp = train_sentencepiece(texts + ["<|system|> <|user|> <|assistant|> <|endoftext|>"], model_dir / "sp.model", 320)
     return model_dir, sp
 
 
@@ -49,13 +48,31 @@ class ServeProcess:
     def __init__(self, model_dir: Path, *args: str, log_path: Path | None = None, ready_s: float = 180):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/v1"
-        env = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_DEFAULT_MATMUL_PRECISION": "highest",
-               "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+        env = {
+            **os.environ,
+            "JAX_PLATFORMS": "cpu",
+            "JAX_DEFAULT_MATMUL_PRECISION": "highest",
+            "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
+        }
         self.log_path = log_path or model_dir.parent / f"serve_{self.port}.log"
         self._log = open(self.log_path, "w")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "synpro_jax.cli", "serve", "--model", str(model_dir), "--port", str(self.port),
-             "--allow_fault_injection", *args], stdout=self._log, stderr=subprocess.STDOUT, env=env)
+            [
+                sys.executable,
+                "-m",
+                "synpro_jax.cli",
+                "serve",
+                "--model",
+                str(model_dir),
+                "--port",
+                str(self.port),
+                "--allow_fault_injection",
+                *args,
+            ],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
         deadline = time.monotonic() + ready_s
         while True:
             if self.proc.poll() is not None:
@@ -76,8 +93,11 @@ class ServeProcess:
         return self.log_path.read_text()[-3000:]
 
     def fault(self, kind: str, count: int = 1, delay_s: float = 1.0) -> None:
-        r = httpx.post(f"http://127.0.0.1:{self.port}/synpro/faults",
-                       json={"kind": kind, "count": count, "delay_s": delay_s}, timeout=10)
+        r = httpx.post(
+            f"http://127.0.0.1:{self.port}/synpro/faults",
+            json={"kind": kind, "count": count, "delay_s": delay_s},
+            timeout=10,
+        )
         assert r.status_code == 200, r.text
 
     def clear_faults(self) -> None:
@@ -122,7 +142,7 @@ class EchoSampler:
         tokens, lengths, finished = np.zeros((len(prompts), width), int), [], []
         for r, (p, b) in enumerate(zip(prompts, max_new_tokens)):
             row = (list(reversed(p)) + [eos_id[0]])[:b]
-            tokens[r, :len(row)] = row
+            tokens[r, : len(row)] = row
             lengths.append(len(row))
             finished.append(row[-1] == eos_id[0])
         return SimpleNamespace(tokens=tokens, lengths=np.array(lengths), finished=np.array(finished))
@@ -133,8 +153,9 @@ def echo_engine(vocab=None, **settings):
     from synpro_jax.serve.server import Engine, ServeConfig
 
     settings = {"model_name": "echo", "batch_wait_s": 0.0, **settings}
-    return Engine(SimpleNamespace(max_seq_len=64, vocab_size=300), EchoSampler(), vocab or CharVocab(),
-                  ServeConfig(**settings))
+    return Engine(
+        SimpleNamespace(max_seq_len=64, vocab_size=300), EchoSampler(), vocab or CharVocab(), ServeConfig(**settings)
+    )
 
 
 class ThreadServer:
@@ -148,8 +169,9 @@ class ThreadServer:
 
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/v1"
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, lifespan="on",
-                                                    **uvicorn_options()))
+        self.server = uvicorn.Server(
+            uvicorn.Config(app, host="127.0.0.1", port=self.port, lifespan="on", **uvicorn_options())
+        )
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     def __enter__(self):
@@ -193,8 +215,14 @@ def raw_http(port: int, request: bytes, *, timeout_s: float = 10.0, then=None) -
         return status, headers, body[:want] if want >= 0 else body
 
 
-def post_bytes(path: str, body: bytes, *, content_type: str | None = "application/json",
-               content_length: int | None = None, extra: str = "") -> bytes:
+def post_bytes(
+    path: str,
+    body: bytes,
+    *,
+    content_type: str | None = "application/json",
+    content_length: int | None = None,
+    extra: str = "",
+) -> bytes:
     """A raw HTTP/1.1 POST: ``content_length`` may lie about ``body``'s size; ``extra``: more header lines."""
     length = len(body) if content_length is None else content_length
     head = f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {length}\r\n"

@@ -15,12 +15,14 @@ ACTIONS = ("ok", "500", "trickle", "trickle_body")
 def reply_body(path: str, request: bytes, content: str) -> bytes:
     """``content`` as the reply to a chat request, or to each prompt of a completions request."""
     if path.endswith("/chat/completions"):
-        return json.dumps({"choices": [{"index": 0, "message": {"role": "assistant", "content": content},
-                                        "finish_reason": "stop"}]}).encode()
+        return json.dumps(
+            {"choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}]}
+        ).encode()
     prompts = json.loads(request)["prompt"]
     count = len(prompts) if isinstance(prompts, list) else 1
-    return json.dumps({"choices": [{"index": i, "text": content, "finish_reason": "stop"}
-                                   for i in range(count)]}).encode()
+    return json.dumps(
+        {"choices": [{"index": i, "text": content, "finish_reason": "stop"} for i in range(count)]}
+    ).encode()
 
 
 class ScriptedServer:
@@ -47,7 +49,7 @@ class ScriptedServer:
         while not self._stop.is_set():
             try:
                 conn, _ = self._sock.accept()
-            except (socket.timeout, OSError):
+            except (TimeoutError, OSError):
                 continue
             t = threading.Thread(target=self._serve, args=(conn,), daemon=True)
             t.start()
@@ -86,8 +88,13 @@ class ScriptedServer:
                     self.requests.append((action, time.monotonic()))
                 body = reply_body(*request, self.content) if action != "500" else b'{"error": "overloaded"}'
                 status = b"500 Internal Server Error" if action == "500" else b"200 OK"
-                head = (b"HTTP/1.1 " + status + b"\r\nContent-Type: application/json\r\nContent-Length: "
-                        + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n")
+                head = (
+                    b"HTTP/1.1 "
+                    + status
+                    + b"\r\nContent-Type: application/json\r\nContent-Length: "
+                    + str(len(body)).encode()
+                    + b"\r\nConnection: close\r\n\r\n"
+                )
                 if action in ("ok", "500"):
                     conn.sendall(head + body)
                     return
@@ -97,7 +104,7 @@ class ScriptedServer:
                 for i in range(len(head + body)):  # one byte at a time, until the client leaves
                     if self._stop.wait(self.byte_s):
                         return
-                    conn.sendall((head + body)[i:i + 1])
+                    conn.sendall((head + body)[i : i + 1])
             except OSError:  # the client gave up and closed: what a deadline is for
                 return
 

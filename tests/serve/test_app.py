@@ -4,17 +4,21 @@ import json
 from types import SimpleNamespace
 
 import pytest
+from serve_helpers import CharVocab, EchoSampler, json_error
 from starlette.testclient import TestClient
 
-from serve_helpers import CharVocab, EchoSampler, json_error
 from synpro_jax.serve.server import Engine, Fault, FaultInjector, ServeConfig, build_app
 
 
 @pytest.fixture
 def app():
     sampler = EchoSampler()
-    engine = Engine(SimpleNamespace(max_seq_len=64, vocab_size=300), sampler, CharVocab(),
-                    ServeConfig(model_name="echo", batch_wait_s=0.0, allow_fault_injection=True))
+    engine = Engine(
+        SimpleNamespace(max_seq_len=64, vocab_size=300),
+        sampler,
+        CharVocab(),
+        ServeConfig(model_name="echo", batch_wait_s=0.0, allow_fault_injection=True),
+    )
     injector = FaultInjector()
     with TestClient(build_app(engine, injector)) as client:
         yield client, sampler, injector
@@ -22,10 +26,15 @@ def app():
 
 def test_completions_choices_usage_and_stop(app):
     client, _, _ = app
-    r = client.post("/v1/completions", json={"prompt": ["abc", "hello"], "n": 2, "max_tokens": 4,
-                                             "temperature": 0}).json()
+    r = client.post(
+        "/v1/completions", json={"prompt": ["abc", "hello"], "n": 2, "max_tokens": 4, "temperature": 0}
+    ).json()
     assert [(c["index"], c["text"], c["finish_reason"]) for c in r["choices"]] == [
-        (0, "cba", "stop"), (1, "cba", "stop"), (2, "olle", "length"), (3, "olle", "length")]
+        (0, "cba", "stop"),
+        (1, "cba", "stop"),
+        (2, "olle", "length"),
+        (3, "olle", "length"),
+    ]
     assert r["usage"] == {"prompt_tokens": 8, "completion_tokens": 4 + 4 + 4 + 4, "total_tokens": 24}
     r = client.post("/v1/completions", json={"prompt": "hello", "max_tokens": 5, "stop": "l"}).json()
     assert r["choices"][0]["text"] == "o" and r["choices"][0]["finish_reason"] == "stop"
@@ -35,8 +44,9 @@ def test_completions_choices_usage_and_stop(app):
 
 def test_chat_renders_the_template(app):
     client, _, _ = app
-    r = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}],
-                                                  "max_tokens": 8}).json()
+    r = client.post(
+        "/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}
+    ).json()
     assert r["choices"][0]["message"]["content"] == "\n>|tnats"  # "<|assistant|>\n" reversed, cut at 8
 
 
@@ -54,15 +64,25 @@ def test_device_failure_is_a_500_and_faults_need_the_switch(app):
 
 
 def test_fault_endpoint_is_off_by_default():
-    engine = Engine(SimpleNamespace(max_seq_len=64, vocab_size=300), EchoSampler(), CharVocab(),
-                    ServeConfig(model_name="echo"))
+    engine = Engine(
+        SimpleNamespace(max_seq_len=64, vocab_size=300), EchoSampler(), CharVocab(), ServeConfig(model_name="echo")
+    )
     with TestClient(build_app(engine)) as client:
         r = client.post("/synpro/faults", json={"kind": "5xx"})
         assert r.status_code == 403 and "--allow_fault_injection" in r.json()["error"]["message"]
 
 
-NUMBER_FIELDS = ["temperature", "top_p", "top_k", "n", "max_tokens", "max_completion_tokens", "seed",
-                 "presence_penalty", "frequency_penalty"]
+NUMBER_FIELDS = [
+    "temperature",
+    "top_p",
+    "top_k",
+    "n",
+    "max_tokens",
+    "max_completion_tokens",
+    "seed",
+    "presence_penalty",
+    "frequency_penalty",
+]
 
 
 def post_raw(client, path, text, content_type="application/json"):
@@ -74,8 +94,10 @@ def post_raw(client, path, text, content_type="application/json"):
 def test_non_finite_numbers_are_a_400_naming_the_field(app, field, literal):
     """Python's json reads 1e400 as inf and takes NaN/Infinity: none of them may reach int() or the sampler."""
     client, _, _ = app
-    for path, rest in [("/v1/completions", '"prompt": "abc"'),
-                       ("/v1/chat/completions", '"messages": [{"role": "user", "content": "hi"}]')]:
+    for path, rest in [
+        ("/v1/completions", '"prompt": "abc"'),
+        ("/v1/chat/completions", '"messages": [{"role": "user", "content": "hi"}]'),
+    ]:
         r = post_raw(client, path, f'{{{rest}, "{field}": {literal}}}')
         assert r.status_code == 400, (path, field, literal, r.text)
         error = json_error(r.content)
@@ -152,8 +174,12 @@ def test_an_unexpected_server_fault_is_a_json_500():
         def encode(self, text):
             raise KeyError("broken tokenizer")
 
-    engine = Engine(SimpleNamespace(max_seq_len=64, vocab_size=300), EchoSampler(), BrokenVocab(),
-                    ServeConfig(model_name="echo", batch_wait_s=0.0))
+    engine = Engine(
+        SimpleNamespace(max_seq_len=64, vocab_size=300),
+        EchoSampler(),
+        BrokenVocab(),
+        ServeConfig(model_name="echo", batch_wait_s=0.0),
+    )
     with TestClient(build_app(engine), raise_server_exceptions=False) as client:
         r = client.post("/v1/completions", json={"prompt": "abc"})
         assert r.status_code == 500 and json_error(r.content)["type"] == "server_error", r.text
@@ -161,11 +187,18 @@ def test_an_unexpected_server_fault_is_a_json_500():
 
 
 def test_bodies_over_the_limit_are_a_413():
-    engine = Engine(SimpleNamespace(max_seq_len=64, vocab_size=300), EchoSampler(), CharVocab(),
-                    ServeConfig(model_name="echo", batch_wait_s=0.0, max_body_bytes=1000))
+    engine = Engine(
+        SimpleNamespace(max_seq_len=64, vocab_size=300),
+        EchoSampler(),
+        CharVocab(),
+        ServeConfig(model_name="echo", batch_wait_s=0.0, max_body_bytes=1000),
+    )
     with TestClient(build_app(engine)) as client:
-        r = client.post("/v1/completions", content=json.dumps({"prompt": "x" * 2000}).encode(),
-                        headers={"content-type": "application/json"})
+        r = client.post(
+            "/v1/completions",
+            content=json.dumps({"prompt": "x" * 2000}).encode(),
+            headers={"content-type": "application/json"},
+        )
         assert r.status_code == 413, r.text
         error = json_error(r.content)
         assert "1000" in error["message"] and error["type"] == "invalid_request_error"

@@ -2,10 +2,10 @@
 local server that trickles its replies, fault specs, and the batching queue's grouping over a recording fake
 sampler."""
 
+from pathlib import Path
 import sys
 import threading
 import time
-from pathlib import Path
 from types import SimpleNamespace
 
 import httpx
@@ -164,8 +164,17 @@ def test_a_backoff_that_would_pass_the_deadline_fails_at_once():
         calls.append(request)
         return httpx.Response(503, text="busy")
 
-    c = OpenAIClient(ClientConfig(base_url="http://judge.test/v1", model="m", backoff_s=30.0, max_backoff_s=30.0,
-                                  max_retries=3, deadline_s=5.0), transport=httpx.MockTransport(handler))
+    c = OpenAIClient(
+        ClientConfig(
+            base_url="http://judge.test/v1",
+            model="m",
+            backoff_s=30.0,
+            max_backoff_s=30.0,
+            max_retries=3,
+            deadline_s=5.0,
+        ),
+        transport=httpx.MockTransport(handler),
+    )
     t = time.monotonic()
     with pytest.raises(DeadlineExceeded, match="judge.test/v1/completions.*backoff.*HTTP 503"):
         c.completions(["a"])
@@ -183,8 +192,10 @@ def test_a_shared_deadline_at_caps_the_call():
 
 
 def test_fault_spec_parsing():
-    assert [(f.kind, f.count, f.delay_s) for f in parse_faults("slow:2:1.5, 5xx:1")] == [("slow", 2, 1.5),
-                                                                                          ("5xx", 1, 1.0)]
+    assert [(f.kind, f.count, f.delay_s) for f in parse_faults("slow:2:1.5, 5xx:1")] == [
+        ("slow", 2, 1.5),
+        ("5xx", 1, 1.0),
+    ]
     with pytest.raises(ValueError, match="SYNPRO_SERVE_FAULTS entry 'boom:1'"):
         parse_faults("boom:1")
     inj = FaultInjector([Fault("drop", 2), Fault("5xx", 1)])
@@ -210,9 +221,11 @@ def test_queue_batches_requests_with_equal_knobs_and_keeps_each_rows_stream():
     greedy, hot = Knobs(), Knobs(temperature=1.0, seed=3)
     first = q.submit(GenRequest([[1]], [4], [0], greedy))
     time.sleep(0.2)  # the device thread holds `first` and blocks in generate
-    later = [q.submit(GenRequest([[1], [2]], [5, 6], [0, 1], greedy)),
-             q.submit(GenRequest([[3]], [7], [0], hot)),
-             q.submit(GenRequest([[1]], [8], [0], greedy))]
+    later = [
+        q.submit(GenRequest([[1], [2]], [5, 6], [0, 1], greedy)),
+        q.submit(GenRequest([[3]], [7], [0], hot)),
+        q.submit(GenRequest([[1]], [8], [0], greedy)),
+    ]
     sampler.release.set()
     results = [f.result(10) for f in [first, *later]]
     q.close()

@@ -9,8 +9,8 @@ import time
 
 import httpx
 import pytest
-
 from serve_helpers import CharVocab, ThreadServer, echo_engine, json_error, post_bytes, raw_http
+
 from synpro_jax.serve.server import build_app
 
 LIMIT = 4096  # max_body_bytes of these servers
@@ -49,8 +49,9 @@ def test_a_stalled_body_is_a_408(server):
         except OSError:  # the server answered and closed the connection
             pass
 
-    status, _, _ = raw_http(server.port, post_bytes("/v1/completions", BODY, content_length=len(BODY) + 100),
-                            then=trickle)
+    status, _, _ = raw_http(
+        server.port, post_bytes("/v1/completions", BODY, content_length=len(BODY) + 100), then=trickle
+    )
     assert status == 408
 
 
@@ -59,8 +60,10 @@ def chunked(parts: list[bytes]) -> bytes:
 
 
 def test_chunked_bodies_are_bounded_while_read(server):
-    head = (b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-            b"Transfer-Encoding: chunked\r\n\r\n")
+    head = (
+        b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n"
+    )
     status, _, body = raw_http(server.port, head + chunked([BODY[:20], BODY[20:]]))
     assert status == 200 and json.loads(body)["choices"][0]["text"] == "tac"
     big = json.dumps({"prompt": "x" * (2 * LIMIT)}).encode()
@@ -72,8 +75,10 @@ def test_chunked_bodies_are_bounded_while_read(server):
         except OSError:  # the server closed the connection after refusing
             pass
 
-    for request, then in [(head + chunked([big[i:i + 1000] for i in range(0, len(big), 1000)]), None),
-                          (head + b"%x\r\n%s\r\n" % (len(BODY), BODY), endless)]:
+    for request, then in [
+        (head + chunked([big[i : i + 1000] for i in range(0, len(big), 1000)]), None),
+        (head + b"%x\r\n%s\r\n" % (len(BODY), BODY), endless),
+    ]:
         status, headers, body = raw_http(server.port, request, then=then)
         assert status == 413 and headers["connection"] == "close"
         assert json_error(body)["code"] == "request_too_large"
@@ -81,11 +86,15 @@ def test_chunked_bodies_are_bounded_while_read(server):
     assert status == 408
 
 
-@pytest.mark.parametrize("request_bytes", [
-    b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: abc\r\n\r\n",
-    b"NOT HTTP AT ALL\r\n\r\n",
-    b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n"],
-    ids=["bad-content-length", "no-request-line", "two-content-lengths"])
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: abc\r\n\r\n",
+        b"NOT HTTP AT ALL\r\n\r\n",
+        b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
+    ],
+    ids=["bad-content-length", "no-request-line", "two-content-lengths"],
+)
 def test_unparsable_http_is_a_json_400(server, request_bytes):
     """uvicorn refuses these before the app runs; its answer is an OpenAI error object too."""
     status, headers, body = raw_http(server.port, request_bytes)

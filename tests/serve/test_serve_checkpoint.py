@@ -23,8 +23,17 @@ def test_serves_a_run_checkpoint_with_its_preset(tmp_path):
     rng = np.random.default_rng(0)
     docs = [rng.integers(3, 256, size=rng.integers(5, 40)) for _ in range(32)]
     stream = PackedStream(TokenizedCorpus.from_token_lists(docs, [f"d{i}" for i in range(32)]), 17, eos_id=1)
-    tcfg = TrainerConfig(out_dir=str(tmp_path), num_steps=2, global_batch=8, seq_len=16, checkpoint_every=2,
-                         async_checkpoints=False, progress=False, log_every=1, eval_every=100)
+    tcfg = TrainerConfig(
+        out_dir=str(tmp_path),
+        num_steps=2,
+        global_batch=8,
+        seq_len=16,
+        checkpoint_every=2,
+        async_checkpoints=False,
+        progress=False,
+        log_every=1,
+        eval_every=100,
+    )
     Trainer(cfg, mesh, OptimizerConfig(learning_rate=1e-2, warmup_steps=1), tcfg, stream).run()
     vocab = seqio.PassThroughVocabulary(256, eos_id=1)
 

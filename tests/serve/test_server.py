@@ -6,8 +6,8 @@ import time
 
 import httpx
 import pytest
-
 from serve_helpers import ServeProcess, json_error, make_model_dir, post_bytes, raw_http
+
 from synpro_jax.data.vocab import load_vocabulary
 from synpro_jax.generation import prompts as prompts_lib
 from synpro_jax.generation.sampler import sample
@@ -33,8 +33,9 @@ def server(served):
 
 
 def client(server, **kw):
-    settings = dict(model="tiny_olmo", timeout_s=30.0, max_retries=2, backoff_s=0.05, breaker_failures=10,
-                    breaker_cooldown_s=5.0)
+    settings = dict(
+        model="tiny_olmo", timeout_s=30.0, max_retries=2, backoff_s=0.05, breaker_failures=10, breaker_cooldown_s=5.0
+    )
     settings.update(kw)
     return OpenAIClient(ClientConfig(base_url=server.url, **settings))
 
@@ -61,16 +62,16 @@ def test_greedy_completion_equals_the_library_sampler(served, server):
         r = httpx.post(f"{server.url}/completions", json=body, timeout=120).json()
         want, n_new, n_prompt = library_greedy(model_dir, sp, text, 12)
         assert r["choices"][0]["text"] == want
-        assert r["usage"] == {"prompt_tokens": n_prompt, "completion_tokens": n_new,
-                              "total_tokens": n_prompt + n_new}
+        assert r["usage"] == {"prompt_tokens": n_prompt, "completion_tokens": n_new, "total_tokens": n_prompt + n_new}
         assert r["choices"][0]["finish_reason"] in ("stop", "length")
 
 
 def test_chat_applies_the_olmo2_template(served, server):
     _, model_dir, sp = served
     messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "the dog reads a map"}]
-    r = httpx.post(f"{server.url}/chat/completions", json={"messages": messages, "max_tokens": 10,
-                                                           "temperature": 0}, timeout=120).json()
+    r = httpx.post(
+        f"{server.url}/chat/completions", json={"messages": messages, "max_tokens": 10, "temperature": 0}, timeout=120
+    ).json()
     want, _, n_prompt = library_greedy(model_dir, sp, prompts_lib.OLMO2_CHAT.render(messages), 10)
     assert r["object"] == "chat.completion"
     assert r["choices"][0]["message"] == {"role": "assistant", "content": want}
@@ -78,8 +79,7 @@ def test_chat_applies_the_olmo2_template(served, server):
 
 
 def test_n_seed_stop_and_batched_prompts(server):
-    body = {"prompt": ["the cat", "a dog sleeps"], "max_tokens": 8, "temperature": 1.0, "top_p": 0.9, "n": 3,
-            "seed": 7}
+    body = {"prompt": ["the cat", "a dog sleeps"], "max_tokens": 8, "temperature": 1.0, "top_p": 0.9, "n": 3, "seed": 7}
     a = httpx.post(f"{server.url}/completions", json=body, timeout=120).json()
     b = httpx.post(f"{server.url}/completions", json=body, timeout=120).json()
     assert [c["index"] for c in a["choices"]] == list(range(6))
@@ -88,32 +88,44 @@ def test_n_seed_stop_and_batched_prompts(server):
     first = a["choices"][0]["text"]
     if len(first) > 2:
         stopped = httpx.post(f"{server.url}/completions", json={**body, "stop": [first[1:3]]}, timeout=120).json()
-        assert stopped["choices"][0]["text"] == first[:first.find(first[1:3])]
+        assert stopped["choices"][0]["text"] == first[: first.find(first[1:3])]
         assert stopped["choices"][0]["finish_reason"] == "stop"
 
 
 def test_bad_requests_are_400_naming_the_field(server):
-    cases = [({"prompt": "x", "temperature": -1}, "temperature"), ({"prompt": "x", "max_tokens": 0}, "max_tokens"),
-             ({"prompt": "x", "max_tokens": 10_000}, "context"), ({"prompt": "x", "top_p": 0}, "top_p"),
-             ({"max_tokens": 3}, "prompt"), ({"prompt": "x", "stop": [1]}, "stop")]
+    cases = [
+        ({"prompt": "x", "temperature": -1}, "temperature"),
+        ({"prompt": "x", "max_tokens": 0}, "max_tokens"),
+        ({"prompt": "x", "max_tokens": 10_000}, "context"),
+        ({"prompt": "x", "top_p": 0}, "top_p"),
+        ({"max_tokens": 3}, "prompt"),
+        ({"prompt": "x", "stop": [1]}, "stop"),
+    ]
     for body, word in cases:
         r = httpx.post(f"{server.url}/completions", json=body, timeout=30)
         assert r.status_code == 400 and word in r.json()["error"]["message"], (body, r.text)
     r = httpx.post(f"{server.url}/completions", json={"prompt": "x", "model": "other"}, timeout=30)
     assert r.status_code == 404
-    r = httpx.post(f"{server.url}/chat/completions", json={"messages": [{"role": "tool", "content": "x"}]},
-                   timeout=30)
+    r = httpx.post(f"{server.url}/chat/completions", json={"messages": [{"role": "tool", "content": "x"}]}, timeout=30)
     assert r.status_code == 400 and "role" in r.json()["error"]["message"]
 
 
-@pytest.mark.parametrize("field,literal", [("n", "1e400"), ("top_k", "1e400"), ("temperature", "NaN"),
-                                           ("top_p", "-Infinity"), ("max_tokens", "1e400"), ("seed", "NaN")])
+@pytest.mark.parametrize(
+    "field,literal",
+    [
+        ("n", "1e400"),
+        ("top_k", "1e400"),
+        ("temperature", "NaN"),
+        ("top_p", "-Infinity"),
+        ("max_tokens", "1e400"),
+        ("seed", "NaN"),
+    ],
+)
 def test_non_finite_numbers_are_a_json_400_naming_the_field(server, field, literal):
     """1e400 is valid JSON that Python reads as infinity; NaN and Infinity are literals it takes too."""
     rest = "" if field == "max_tokens" else ', "max_tokens": 2'
     body = f'{{"prompt": "the cat"{rest}, "{field}": {literal}}}'
-    r = httpx.post(f"{server.url}/completions", content=body, headers={"content-type": "application/json"},
-                   timeout=30)
+    r = httpx.post(f"{server.url}/completions", content=body, headers={"content-type": "application/json"}, timeout=30)
     assert r.status_code == 400, r.text
     error = json_error(r.content)
     assert error["param"] == field and field in error["message"]
@@ -122,8 +134,9 @@ def test_non_finite_numbers_are_a_json_400_naming_the_field(server, field, liter
 def test_a_huge_content_length_is_refused_at_once(server):
     """Content-Length: 10**12 and a 78-byte body: a JSON 413 (the default limit), not a wait for the rest."""
     body = b'{"model": "tiny_olmo", "prompt": "the cat runs", "max_tokens": 4, "temperature": 0}'[:78]
-    status, headers, reply = raw_http(server.port, post_bytes("/v1/completions", body, content_length=10**12),
-                                      timeout_s=10)
+    status, headers, reply = raw_http(
+        server.port, post_bytes("/v1/completions", body, content_length=10**12), timeout_s=10
+    )
     assert status == 413 and headers["connection"] == "close"
     assert json_error(reply)["code"] == "request_too_large"
 
@@ -135,8 +148,13 @@ def test_the_openai_client(server):
     assert len(r.choices) == 2 and r.choices[0].text == r.choices[1].text
     r = c.chat.completions.create(model="tiny_olmo", messages=[{"role": "user", "content": "hi"}], max_tokens=4)
     assert r.choices[0].message.role == "assistant"
-    for kw, param in [({"n": 1.5}, "n"), ({"n": 10**400}, "n"), ({"temperature": -1}, "temperature"),
-                      ({"extra_body": {"top_k": 2.5}}, "top_k"), ({"max_tokens": 10**400}, "max_tokens")]:
+    for kw, param in [
+        ({"n": 1.5}, "n"),
+        ({"n": 10**400}, "n"),
+        ({"temperature": -1}, "temperature"),
+        ({"extra_body": {"top_k": 2.5}}, "top_k"),
+        ({"max_tokens": 10**400}, "max_tokens"),
+    ]:
         with pytest.raises(openai.BadRequestError) as e:
             c.completions.create(model="tiny_olmo", prompt="the cat", **kw)
         assert e.value.param == param, (kw, e.value)
@@ -151,8 +169,9 @@ def test_concurrent_requests_share_device_calls(server):
     before = len(server.stats()["batches"])
     body = {"prompt": "the green map", "max_tokens": 6, "temperature": 0}
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
-        replies = list(pool.map(lambda i: httpx.post(f"{server.url}/completions", json=body, timeout=120).json(),
-                                range(8)))
+        replies = list(
+            pool.map(lambda i: httpx.post(f"{server.url}/completions", json=body, timeout=120).json(), range(8))
+        )
     assert len({r["choices"][0]["text"] for r in replies}) == 1  # batch neighbours do not change a greedy row
     batches = server.stats()["batches"][before:]
     assert sum(req for req, _ in batches) == 8

@@ -91,18 +91,34 @@ def test_training_beats(clock, monkeypatch, tmp_path):
     docs = [(rng.integers(2, 60) + np.arange(rng.integers(3, 40))) % 64 + 2 for _ in range(40)]
     corpus = TokenizedCorpus.from_token_lists(docs, [f"d{i}" for i in range(len(docs))])
     trainer = Trainer(
-        models.get_preset("tiny"), sharding.make_mesh(sharding.MeshConfig(1, 1, 1), devices=jax.devices()[:1]),
+        models.get_preset("tiny"),
+        sharding.make_mesh(sharding.MeshConfig(1, 1, 1), devices=jax.devices()[:1]),
         OptimizerConfig(learning_rate=3e-3, warmup_steps=0),
-        TrainerConfig(out_dir=str(tmp_path / "run"), num_steps=2, global_batch=8, seq_len=32, log_every=1,
-                      eval_every=100, checkpoint_every=100, async_checkpoints=False, progress=False),
-        train_stream=PackedStream(corpus, 33, eos_id=1, seed=0))
+        TrainerConfig(
+            out_dir=str(tmp_path / "run"),
+            num_steps=2,
+            global_batch=8,
+            seq_len=32,
+            log_every=1,
+            eval_every=100,
+            checkpoint_every=100,
+            async_checkpoints=False,
+            progress=False,
+        ),
+        train_stream=PackedStream(corpus, 33, eos_id=1, seed=0),
+    )
     trainer.run()
     assert path.exists()
 
 
-@pytest.mark.parametrize("where", ["synpro_jax.rl.trainer:GRPOTrainer.run",
-                                   "synpro_jax.generation.synthesize:Synthesizer.run_shard",
-                                   "synpro_jax.influence.probe:score_corpus"])
+@pytest.mark.parametrize(
+    "where",
+    [
+        "synpro_jax.rl.trainer:GRPOTrainer.run",
+        "synpro_jax.generation.synthesize:Synthesizer.run_shard",
+        "synpro_jax.influence.probe:score_corpus",
+    ],
+)
 def test_the_other_loops_beat(where):
     """GRPO steps, synthesis batches and corpus-scoring chunks beat too (too slow to run here for that alone)."""
     import importlib

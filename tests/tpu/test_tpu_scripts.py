@@ -5,6 +5,7 @@ and the babysitter's decisions against a fake gcloud. No network, no gcloud."""
 import atexit
 import json
 import os
+from pathlib import Path
 import re
 import shlex
 import shutil
@@ -13,7 +14,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 import pytest
 
@@ -23,8 +23,13 @@ import babysit
 import gcloud
 
 WHERE = ["--name", "synpro-v4", "--zone", "us-central2-b", "--project", "my-proj"]
-GIN = ["synpro", "train", "--gin_file=gin/experiments/olmo_400m_dclm.gin", '--gin.OUT_DIR="gs://b/run"',
-       "--gin.LIST=[1, 2]"]
+GIN = [
+    "synpro",
+    "train",
+    "--gin_file=gin/experiments/olmo_400m_dclm.gin",
+    '--gin.OUT_DIR="gs://b/run"',
+    "--gin.LIST=[1, 2]",
+]
 SSH = "gcloud compute tpus tpu-vm ssh synpro-v4 --zone=us-central2-b --project=my-proj --worker=all"
 # What every worker runs after the checkout (unquoted: as the remote shell receives it).
 VENV_STEPS = (
@@ -36,7 +41,8 @@ VENV_STEPS = (
     """break; fi; done; [ -n "$py" ] || { echo "install: could not install uv, and this worker has no Python >= 3.11 """
     """with venv" >&2; exit 1; }; "$py" -m venv "$HOME/synpro_venv"; """
     """venv_install() { "$HOME/synpro_venv/bin/python" -m pip install "$@"; }; fi; """
-    """venv_install -U 'jax[tpu]'; venv_install -e '.[tpu]'""")
+    """venv_install -U 'jax[tpu]'; venv_install -e '.[tpu]'"""
+)
 LAUNCH_SCRIPT = (
     """set -e; export PATH="$HOME/synpro_venv/bin:$PATH"; """
     """stat_fields() { local s; read -r s 2>/dev/null < "/proc/$1/stat" || return 1; read -ra f <<< "${s##*) }"; }; """
@@ -60,7 +66,8 @@ LAUNCH_SCRIPT = (
     """>> "$HOME/synpro_logs/synpro-v4.log" 2>&1; code=$?; echo $code > "$HOME/synpro_logs/synpro-v4.exit.tmp"; """
     """mv -f "$HOME/synpro_logs/synpro-v4.exit.tmp" "$HOME/synpro_logs/synpro-v4.exit" ) """
     """> /dev/null 2>&1 < /dev/null & set +m; echo "$! $(started $!)" > """
-    '"$HOME/synpro_logs/synpro-v4.pid"')
+    '"$HOME/synpro_logs/synpro-v4.pid"'
+)
 
 
 def ssh_line(command: str, worker: str = "all") -> str:
@@ -79,8 +86,15 @@ GUARDED = {**os.environ, "PATH": f"{_GUARD}{os.pathsep}{os.environ['PATH']}"}
 
 
 def script(name, *args, env=None):
-    return subprocess.run([sys.executable, f"tpu/{name}.py", *args], cwd=REPO, capture_output=True, text=True,
-                          env=env or GUARDED, timeout=30, check=False)
+    return subprocess.run(
+        [sys.executable, f"tpu/{name}.py", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=env or GUARDED,
+        timeout=30,
+        check=False,
+    )
 
 
 def dry(name, *args) -> list[str]:
@@ -94,68 +108,105 @@ def remote_command(line: str) -> str:
     """The shell command an ssh line sends to the workers, as gcloud would receive it."""
     argv = shlex.split(line)
     assert argv[-1].startswith("--command=")
-    return argv[-1][len("--command="):]
+    return argv[-1][len("--command=") :]
 
 
 # --- dry runs: the exact commands ---
 
+
 def test_create_dry_run():
     assert dry("create", *WHERE, "--accelerator_type", "v4-32", "--spot") == [
-        ("gcloud compute tpus tpu-vm create synpro-v4 --zone=us-central2-b --project=my-proj --accelerator-type=v4-32 "
-        "--version=tpu-ubuntu2204-base --spot")]
+        (
+            "gcloud compute tpus tpu-vm create synpro-v4 --zone=us-central2-b --project=my-proj "
+            "--accelerator-type=v4-32 "
+            "--version=tpu-ubuntu2204-base --spot"
+        )
+    ]
     assert dry("create", "--name", "synpro-v5e", "--zone", "us-west4-a", "--accelerator_type", "v5litepod-8") == [
-        ("gcloud compute tpus tpu-vm create synpro-v5e --zone=us-west4-a --accelerator-type=v5litepod-8 "
-        "--version=v2-alpha-tpuv5-lite")]
+        (
+            "gcloud compute tpus tpu-vm create synpro-v5e --zone=us-west4-a "
+            "--accelerator-type=v5litepod-8 "
+            "--version=v2-alpha-tpuv5-lite"
+        )
+    ]
     assert dry("create", *WHERE, "--accelerator_type", "v4-8", "--version", "tpu-vm-base", "--preemptible") == [
-        ("gcloud compute tpus tpu-vm create synpro-v4 --zone=us-central2-b --project=my-proj --accelerator-type=v4-8 "
-        "--version=tpu-vm-base --preemptible")]
+        (
+            "gcloud compute tpus tpu-vm create synpro-v4 --zone=us-central2-b --project=my-proj "
+            "--accelerator-type=v4-8 "
+            "--version=tpu-vm-base --preemptible"
+        )
+    ]
     assert dry("create", *WHERE, "--accelerator_type", "v6e-16", "--reserved")[0].endswith(
-        "--accelerator-type=v6e-16 --version=v2-alpha-tpuv6e --reserved")
+        "--accelerator-type=v6e-16 --version=v2-alpha-tpuv6e --reserved"
+    )
 
 
 def test_queued_create_and_delete_dry_run():
     """Google's form: gcloud compute tpus queued-resources create QR --node-id=NODE --zone=Z --accelerator-type=T
     --runtime-version=V [--spot | --reserved]; delete --force also deletes the node."""
     assert dry("create", *WHERE, "--accelerator_type", "v4-32", "--spot", "--queued") == [
-        ("gcloud compute tpus queued-resources create synpro-v4 --node-id=synpro-v4 --zone=us-central2-b "
-        "--project=my-proj --accelerator-type=v4-32 --runtime-version=tpu-ubuntu2204-base --spot")]
+        (
+            "gcloud compute tpus queued-resources create synpro-v4 --node-id=synpro-v4 --zone=us-central2-b "
+            "--project=my-proj --accelerator-type=v4-32 --runtime-version=tpu-ubuntu2204-base --spot"
+        )
+    ]
     assert dry("create", "--name", "q", "--zone", "us-west4-a", "--accelerator_type", "v5litepod-8", "--queued") == [
-        ("gcloud compute tpus queued-resources create q --node-id=q --zone=us-west4-a --accelerator-type=v5litepod-8 "
-        "--runtime-version=v2-alpha-tpuv5-lite")]
+        (
+            "gcloud compute tpus queued-resources create q --node-id=q --zone=us-west4-a "
+            "--accelerator-type=v5litepod-8 "
+            "--runtime-version=v2-alpha-tpuv5-lite"
+        )
+    ]
     assert dry("delete", *WHERE, "--queued", "--yes") == [
-        ("gcloud compute tpus queued-resources delete synpro-v4 --zone=us-central2-b --project=my-proj --force "
-        "--quiet")]
+        ("gcloud compute tpus queued-resources delete synpro-v4 --zone=us-central2-b --project=my-proj --force --quiet")
+    ]
 
 
-@pytest.mark.parametrize(("accelerator", "version"), [
-    ("v2-8", "tpu-ubuntu2204-base"), ("v3-32", "tpu-ubuntu2204-base"), ("v4-32", "tpu-ubuntu2204-base"),
-    ("v5litepod-8", "v2-alpha-tpuv5-lite"), ("v5p-8", "v2-alpha-tpuv5"), ("v6e-8", "v2-alpha-tpuv6e")])
+@pytest.mark.parametrize(
+    ("accelerator", "version"),
+    [
+        ("v2-8", "tpu-ubuntu2204-base"),
+        ("v3-32", "tpu-ubuntu2204-base"),
+        ("v4-32", "tpu-ubuntu2204-base"),
+        ("v5litepod-8", "v2-alpha-tpuv5-lite"),
+        ("v5p-8", "v2-alpha-tpuv5"),
+        ("v6e-8", "v2-alpha-tpuv6e"),
+    ],
+)
 def test_default_runtime_per_generation(accelerator, version):
     assert gcloud.create("t", "z", None, accelerator)[-1] == f"--version={version}"
 
 
 def test_delete_dry_run():
-    assert dry("delete", *WHERE) == [("gcloud compute tpus tpu-vm delete synpro-v4 --zone=us-central2-b "
-                                     "--project=my-proj")]
-    assert dry("delete", *WHERE, "--yes") == [("gcloud compute tpus tpu-vm delete synpro-v4 --zone=us-central2-b "
-                                              "--project=my-proj --quiet")]
+    assert dry("delete", *WHERE) == [
+        ("gcloud compute tpus tpu-vm delete synpro-v4 --zone=us-central2-b --project=my-proj")
+    ]
+    assert dry("delete", *WHERE, "--yes") == [
+        ("gcloud compute tpus tpu-vm delete synpro-v4 --zone=us-central2-b --project=my-proj --quiet")
+    ]
 
 
 def test_install_from_git_dry_run():
-    assert dry("install", *WHERE, "--repo", "https://github.com/o/synpro_jax.git", "--ref", "v0.3") == [ssh_line(
-        """set -e; if [ ! -d "$HOME/synpro_jax/.git" ]; then git clone """
-        """https://github.com/o/synpro_jax.git "$HOME/synpro_jax"; fi; cd "$HOME/synpro_jax"; """
-        """git remote set-url origin https://github.com/o/synpro_jax.git; git fetch --force --tags origin; """
-        """{ git fetch origin v0.3 && git checkout --force --detach FETCH_HEAD; } || """
-        f"""git checkout --force --detach v0.3; {VENV_STEPS}""")]
+    assert dry("install", *WHERE, "--repo", "https://github.com/o/synpro_jax.git", "--ref", "v0.3") == [
+        ssh_line(
+            """set -e; if [ ! -d "$HOME/synpro_jax/.git" ]; then git clone """
+            """https://github.com/o/synpro_jax.git "$HOME/synpro_jax"; fi; cd "$HOME/synpro_jax"; """
+            """git remote set-url origin https://github.com/o/synpro_jax.git; git fetch --force --tags origin; """
+            """{ git fetch origin v0.3 && git checkout --force --detach FETCH_HEAD; } || """
+            f"""git checkout --force --detach v0.3; {VENV_STEPS}"""
+        )
+    ]
 
 
 def test_install_by_scp_dry_run():
     assert dry("install", *WHERE, "--scp_from", ".") == [
         SSH + """ '--command=rm -rf "$HOME/synpro_jax"'""",
-        ("gcloud compute tpus tpu-vm scp --recurse . 'synpro-v4:~/synpro_jax' --worker=all --zone=us-central2-b "
-        "--project=my-proj"),
-        ssh_line(f"""set -e; cd "$HOME/synpro_jax"; {VENV_STEPS}""")]
+        (
+            "gcloud compute tpus tpu-vm scp --recurse . 'synpro-v4:~/synpro_jax' --worker=all --zone=us-central2-b "
+            "--project=my-proj"
+        ),
+        ssh_line(f"""set -e; cd "$HOME/synpro_jax"; {VENV_STEPS}"""),
+    ]
 
 
 def test_launch_dry_run_quotes_the_command():
@@ -170,76 +221,164 @@ def test_launch_attached_dry_run():
         """; set -m; ( synpro train '--gin.LIST=[1, 2]' 2>&1 | tee -a "$HOME/synpro_logs/r1.log"; """
         """exit ${PIPESTATUS[0]} ) & set +m; echo "$! $(started $!)" > "$HOME/synpro_logs/r1.pid"; """
         """code=0; wait $! || code=$?; echo $code > "$HOME/synpro_logs/r1.exit.tmp"; """
-        """mv -f "$HOME/synpro_logs/r1.exit.tmp" "$HOME/synpro_logs/r1.exit"; exit $code""")
+        """mv -f "$HOME/synpro_logs/r1.exit.tmp" "$HOME/synpro_logs/r1.exit"; exit $code"""
+    )
 
 
 def test_babysit_dry_run_prints_one_cycle():
     lines = dry("babysit", *WHERE, "--accelerator_type", "v4-32", "--spot", "--scp_from", ".", "--", *GIN)
     assert lines == [
-        ("gcloud compute tpus tpu-vm create synpro-v4 --zone=us-central2-b --project=my-proj --accelerator-type=v4-32 "
-        "--version=tpu-ubuntu2204-base --spot"),
+        (
+            "gcloud compute tpus tpu-vm create synpro-v4 --zone=us-central2-b --project=my-proj "
+            "--accelerator-type=v4-32 "
+            "--version=tpu-ubuntu2204-base --spot"
+        ),
         *dry("install", *WHERE, "--scp_from", "."),
-        LAUNCH]
-    queued = dry("babysit", *WHERE, "--accelerator_type", "v4-32", "--spot", "--queued", "--scp_from", ".", "--",
-                 *GIN)
+        LAUNCH,
+    ]
+    queued = dry("babysit", *WHERE, "--accelerator_type", "v4-32", "--spot", "--queued", "--scp_from", ".", "--", *GIN)
     assert queued == [*dry("create", *WHERE, "--accelerator_type", "v4-32", "--spot", "--queued"), *lines[1:]]
 
 
 # --- bad input: exit 2, one line naming the flag ---
 
-@pytest.mark.parametrize(("name", "args", "flag"), [
-    ("create", ["--name", "Synpro", "--zone", "z", "--accelerator_type", "v4-8"], "--name"),
-    ("create", ["--name", "1tpu", "--zone", "z", "--accelerator_type", "v4-8"], "--name"),
-    ("create", ["--name", "tpu_a", "--zone", "z", "--accelerator_type", "v4-8"], "--name"),
-    ("create", ["--name", "tpu-", "--zone", "z", "--accelerator_type", "v4-8"], "--name"),
-    ("create", ["--name", "t" * 64, "--zone", "z", "--accelerator_type", "v4-8"], "--name"),
-    ("create", ["--name", "tpu", "--zone", "z", "--accelerator_type", "v5e-8"], "--accelerator_type"),
-    ("create", ["--name", "tpu", "--zone", "z", "--accelerator_type", "v4"], "--accelerator_type"),
-    ("create", ["--name", "tpu", "--zone", "z", "--accelerator_type", "V4-8"], "--accelerator_type"),
-    ("create", ["--name", "tpu", "--accelerator_type", "v4-8"], "--zone"),
-    ("create", ["--name", "tpu", "--zone", "z", "--accelerator_type", "v4-8", "--spot", "--preemptible"],
-     "--preemptible"),
-    ("create", ["--name", "tpu", "--zone", "z", "--accelerator_type", "v4-8", "--preemptible", "--queued"],
-     "--queued"),
-    ("install", ["--name", "tpu", "--zone", "z"], "--repo"),
-    ("install", ["--name", "tpu", "--zone", "z", "--repo", "r", "--scp_from", "."], "--scp_from"),
-    ("install", ["--name", "tpu", "--zone", "z", "--scp_from", "no/such/dir"], "--scp_from"),
-    ("install", ["--name", "tpu", "--zone", "z", "--scp_from", ".", "--ref", "main"], "--ref"),
-    ("launch", ["--name", "tpu", "--zone", "z", "synpro", "train"], "--"),
-    ("launch", ["--name", "tpu", "--zone", "z"], "--"),
-    ("launch", ["--name", "tpu", "--zone", "z", "--"], "--"),
-    ("launch", ["--name", "tpu", "--zone", "z", "--run_name", "a/b", "--", "synpro"], "--run_name"),
-    ("babysit", ["--name", "tpu", "--zone", "z", "--accelerator_type", "v4-8", "--repo", "r"], "--"),
-    ("babysit", ["--name", "tpu", "--zone", "z", "--accelerator_type", "v9-8", "--repo", "r", "--", "x"],
-     "--accelerator_type"),
-    ("babysit", ["--name", "tpu", "--zone", "z", "--accelerator_type", "v4-8", "--", "x"], "--repo"),
-    ("babysit", ["--name", "tpu", "--zone", "z", "--accelerator_type", "v4-8", "--repo", "r", "--poll_s", "0",
-                 "--", "x"], "--poll_s"),
-    ("babysit", ["--name", "tpu", "--zone", "z", "--accelerator_type", "v4-8", "--repo", "r", "--stale_s", "-1",
-                 "--", "x"], "--stale_s"),
-    ("babysit", ["--name", "tpu", "--zone", "z", "--accelerator_type", "v4-8", "--repo", "r", "--stale_s", "30",
-                 "--", "x"], "--stale_s"),
-    ("babysit", ["--name", "tpu", "--zone", "z", "--accelerator_type", "v4-8", "--repo", "r", "--stale_s", "119",
-                 "--", "x"], "--stale_s"),
-    ("babysit", ["--name", "tpu", "--zone", "z", "--accelerator_type", "v4-8", "--repo", "r", "--backoff_s", "-5",
-                 "--", "x"], "--backoff_s"),
-    ("babysit", ["--name", "tpu", "--zone", "z", "--accelerator_type", "v4-8", "--repo", "r", "--preemptible",
-                 "--queued", "--", "x"], "--queued"),
-    ("delete", ["--name", "my.tpu", "--zone", "z"], "--name"),
-])
+
+@pytest.mark.parametrize(
+    ("name", "args", "flag"),
+    [
+        ("create", ["--name", "Synpro", "--zone", "z", "--accelerator_type", "v4-8"], "--name"),
+        ("create", ["--name", "1tpu", "--zone", "z", "--accelerator_type", "v4-8"], "--name"),
+        ("create", ["--name", "tpu_a", "--zone", "z", "--accelerator_type", "v4-8"], "--name"),
+        ("create", ["--name", "tpu-", "--zone", "z", "--accelerator_type", "v4-8"], "--name"),
+        ("create", ["--name", "t" * 64, "--zone", "z", "--accelerator_type", "v4-8"], "--name"),
+        ("create", ["--name", "tpu", "--zone", "z", "--accelerator_type", "v5e-8"], "--accelerator_type"),
+        ("create", ["--name", "tpu", "--zone", "z", "--accelerator_type", "v4"], "--accelerator_type"),
+        ("create", ["--name", "tpu", "--zone", "z", "--accelerator_type", "V4-8"], "--accelerator_type"),
+        ("create", ["--name", "tpu", "--accelerator_type", "v4-8"], "--zone"),
+        (
+            "create",
+            ["--name", "tpu", "--zone", "z", "--accelerator_type", "v4-8", "--spot", "--preemptible"],
+            "--preemptible",
+        ),
+        (
+            "create",
+            ["--name", "tpu", "--zone", "z", "--accelerator_type", "v4-8", "--preemptible", "--queued"],
+            "--queued",
+        ),
+        ("install", ["--name", "tpu", "--zone", "z"], "--repo"),
+        ("install", ["--name", "tpu", "--zone", "z", "--repo", "r", "--scp_from", "."], "--scp_from"),
+        ("install", ["--name", "tpu", "--zone", "z", "--scp_from", "no/such/dir"], "--scp_from"),
+        ("install", ["--name", "tpu", "--zone", "z", "--scp_from", ".", "--ref", "main"], "--ref"),
+        ("launch", ["--name", "tpu", "--zone", "z", "synpro", "train"], "--"),
+        ("launch", ["--name", "tpu", "--zone", "z"], "--"),
+        ("launch", ["--name", "tpu", "--zone", "z", "--"], "--"),
+        ("launch", ["--name", "tpu", "--zone", "z", "--run_name", "a/b", "--", "synpro"], "--run_name"),
+        ("babysit", ["--name", "tpu", "--zone", "z", "--accelerator_type", "v4-8", "--repo", "r"], "--"),
+        (
+            "babysit",
+            ["--name", "tpu", "--zone", "z", "--accelerator_type", "v9-8", "--repo", "r", "--", "x"],
+            "--accelerator_type",
+        ),
+        ("babysit", ["--name", "tpu", "--zone", "z", "--accelerator_type", "v4-8", "--", "x"], "--repo"),
+        (
+            "babysit",
+            ["--name", "tpu", "--zone", "z", "--accelerator_type", "v4-8", "--repo", "r", "--poll_s", "0", "--", "x"],
+            "--poll_s",
+        ),
+        (
+            "babysit",
+            ["--name", "tpu", "--zone", "z", "--accelerator_type", "v4-8", "--repo", "r", "--stale_s", "-1", "--", "x"],
+            "--stale_s",
+        ),
+        (
+            "babysit",
+            ["--name", "tpu", "--zone", "z", "--accelerator_type", "v4-8", "--repo", "r", "--stale_s", "30", "--", "x"],
+            "--stale_s",
+        ),
+        (
+            "babysit",
+            [
+                "--name",
+                "tpu",
+                "--zone",
+                "z",
+                "--accelerator_type",
+                "v4-8",
+                "--repo",
+                "r",
+                "--stale_s",
+                "119",
+                "--",
+                "x",
+            ],
+            "--stale_s",
+        ),
+        (
+            "babysit",
+            [
+                "--name",
+                "tpu",
+                "--zone",
+                "z",
+                "--accelerator_type",
+                "v4-8",
+                "--repo",
+                "r",
+                "--backoff_s",
+                "-5",
+                "--",
+                "x",
+            ],
+            "--backoff_s",
+        ),
+        (
+            "babysit",
+            [
+                "--name",
+                "tpu",
+                "--zone",
+                "z",
+                "--accelerator_type",
+                "v4-8",
+                "--repo",
+                "r",
+                "--preemptible",
+                "--queued",
+                "--",
+                "x",
+            ],
+            "--queued",
+        ),
+        ("delete", ["--name", "my.tpu", "--zone", "z"], "--name"),
+    ],
+)
 def test_bad_input_is_one_line_naming_the_flag(name, args, flag):
     done = script(name, "--dry_run", *args)
     assert done.returncode == 2, done
     assert done.stdout == ""
     [line] = done.stderr.splitlines()
     assert line.startswith(f"{name}.py: error: "), line
-    assert re.search(rf"(^|\s){re.escape(flag)}([:,\s]|$)", line[len(f"{name}.py: error: "):]), line
+    assert re.search(rf"(^|\s){re.escape(flag)}([:,\s]|$)", line[len(f"{name}.py: error: ") :]), line
 
 
 def test_script_flags_give_a_script_the_same_arguments():
     """What `synpro sweep --launcher=tpu` prints a babysit.py line with, for each slice it launched."""
-    argv = [*WHERE, "--accelerator_type", "v4-32", "--spot", "--queued", "--repo", "https://g/r.git", "--ref", "v1",
-            "--run_name", "r1", "--", "synpro", "train"]
+    argv = [
+        *WHERE,
+        "--accelerator_type",
+        "v4-32",
+        "--spot",
+        "--queued",
+        "--repo",
+        "https://g/r.git",
+        "--ref",
+        "v1",
+        "--run_name",
+        "r1",
+        "--",
+        "synpro",
+        "train",
+    ]
     p = gcloud.parser("babysit.py", "")
     gcloud.add_accelerator(p)
     gcloud.add_install(p)
@@ -342,8 +481,9 @@ def fake_jobs(home: Path) -> list[int]:
 
 def run_remote(line_or_argv, env, timeout=30) -> subprocess.CompletedProcess:
     line = line_or_argv if isinstance(line_or_argv, str) else shlex.join(line_or_argv)
-    return subprocess.run(["bash", "-c", remote_command(line)], env=env, capture_output=True, text=True,
-                          timeout=timeout, check=False)
+    return subprocess.run(
+        ["bash", "-c", remote_command(line)], env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
 
 
 def test_launched_command_reaches_the_job_intact(worker):
@@ -355,8 +495,11 @@ def test_launched_command_reaches_the_job_intact(worker):
     assert time.monotonic() - started < 5  # detached: the ssh returns without waiting for the job
     assert wait_for(home / "synpro_logs" / "run1.exit") == "3\n"
     record = json.loads((home / "synpro_logs" / "run1.log").read_text())
-    assert record == {"argv": command[1:], "cwd": str(home / "synpro_jax"),
-                      "heartbeat": str(home / "synpro_logs" / "run1.heartbeat")}
+    assert record == {
+        "argv": command[1:],
+        "cwd": str(home / "synpro_jax"),
+        "heartbeat": str(home / "synpro_logs" / "run1.heartbeat"),
+    }
     assert not (home / "synpro_logs" / "run1.exit.tmp").exists()
     pid, start = (home / "synpro_logs" / "run1.pid").read_text().split()
     assert int(pid) > 1 and int(start) > 0
@@ -398,8 +541,9 @@ def test_a_launch_stops_the_running_copy_first(worker, mode):
     env = {**env, "FAKE_MODE": mode, "FAKE_CHILD": "1"}
     pids = Path(env["FAKE_PIDS"])
     saved = Path(f"{pids}.saved")
-    launch = gcloud.launch("t", "z", None, ["synpro", "train"], "r",
-                           kill_wait_s=10 if mode == "wait_for_sigterm" else 2)
+    launch = gcloud.launch(
+        "t", "z", None, ["synpro", "train"], "r", kill_wait_s=10 if mode == "wait_for_sigterm" else 2
+    )
     first = run_remote(launch, env)
     assert first.returncode == 0 and "stopping" not in first.stderr, first
     job1, wrapper1, child1 = map(int, wait_for(pids).split())
@@ -430,8 +574,10 @@ def test_a_launch_fails_if_the_old_copy_outlives_sigkill():
     line instead of starting a second copy beside it."""
     script = gcloud.launch_script(["synpro", "train"], "r")
     assert gcloud.KILLED_WAIT_S == 30
-    assert ('kill -KILL -- "-$old" 2>/dev/null || true; wait_group "$old" 30 || { echo "launch: process group $old '
-            'is still running 30 s after SIGKILL; not launching a second copy" >&2; exit 1; }') in script
+    assert (
+        'kill -KILL -- "-$old" 2>/dev/null || true; wait_group "$old" 30 || { echo "launch: process group $old '
+        'is still running 30 s after SIGKILL; not launching a second copy" >&2; exit 1; }'
+    ) in script
 
 
 def test_the_launch_scripts_group_functions():
@@ -440,12 +586,14 @@ def test_the_launch_scripts_group_functions():
     functions = "; ".join(gcloud._PROC_FUNCTIONS)
 
     def shell(command):
-        return subprocess.run(["bash", "-c", f"set -e; {functions}; {command}"], capture_output=True, text=True,
-                              timeout=30, check=False)
+        return subprocess.run(
+            ["bash", "-c", f"set -e; {functions}; {command}"], capture_output=True, text=True, timeout=30, check=False
+        )
 
     # A group whose leader exits at once, leaving a member that sleeps for 2 s.
-    group = subprocess.Popen(["bash", "-c", "sleep 2 & echo $!"], stdout=subprocess.PIPE, text=True,
-                             start_new_session=True)
+    group = subprocess.Popen(
+        ["bash", "-c", "sleep 2 & echo $!"], stdout=subprocess.PIPE, text=True, start_new_session=True
+    )
     member = int(group.stdout.readline())
     group.wait()
     zombie = subprocess.Popen(["true"], start_new_session=True)  # never waited for until the end: a zombie
@@ -493,6 +641,7 @@ def test_status_read_gives_exit_and_heartbeat_age(worker):
         def local(argv, capture=False):
             done = run_remote(argv, env)
             return gcloud.Result(done.returncode, done.stdout, done.stderr)
+
         args = type("Args", (), {"name": "t", "zone": "z", "project": None, "run_name": "r"})()
         return babysit.Babysitter(args, [], local).status()
 
@@ -509,8 +658,15 @@ def test_status_read_gives_exit_and_heartbeat_age(worker):
 
 
 def git(*args, cwd):
-    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
-           "GIT_COMMITTER_EMAIL": "t@t", "GIT_CONFIG_NOSYSTEM": "1", "HOME": str(cwd)}
+    env = {
+        **os.environ,
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@t",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@t",
+        "GIT_CONFIG_NOSYSTEM": "1",
+        "HOME": str(cwd),
+    }
     return subprocess.run(["git", *args], cwd=cwd, env=env, check=True, capture_output=True, text=True).stdout.strip()
 
 
@@ -528,7 +684,7 @@ def test_install_checks_out_the_ref_and_updates_on_rerun(tmp_path):
     home, bin_dir = tmp_path / "home", tmp_path / "bin"
     home.mkdir()
     bin_dir.mkdir()
-    (bin_dir / "python3").write_text(f"#!/bin/sh\necho \"$*\" >> {tmp_path / 'pip.log'}\n")
+    (bin_dir / "python3").write_text(f'#!/bin/sh\necho "$*" >> {tmp_path / "pip.log"}\n')
     (bin_dir / "python3").chmod(0o755)
     env = {"HOME": str(home), "PATH": f"{bin_dir}:{os.environ['PATH']}", "GIT_CONFIG_NOSYSTEM": "1"}
     for ref, expected in (("v1", commits[0]), ("main", commits[2]), (commits[1], commits[1]), ("HEAD", commits[2])):
@@ -538,13 +694,16 @@ def test_install_checks_out_the_ref_and_updates_on_rerun(tmp_path):
         assert git("rev-parse", "HEAD", cwd=home / "synpro_jax") == expected, ref
     uv_pip = f"-m uv pip install --python {home}/synpro_venv/bin/python"
     assert (tmp_path / "pip.log").read_text().splitlines() == [
-        "-m pip install --user -U uv", f"-m uv venv --allow-existing --python 3.12 {home}/synpro_venv",
-        f"{uv_pip} -U jax[tpu]", f"{uv_pip} -e .[tpu]"] * 4
+        "-m pip install --user -U uv",
+        f"-m uv venv --allow-existing --python 3.12 {home}/synpro_venv",
+        f"{uv_pip} -U jax[tpu]",
+        f"{uv_pip} -e .[tpu]",
+    ] * 4
 
 
 # A stand-in build backend (PEP 517 and 660) with no requirements, so the install test builds its packages offline:
 # `synpro_standin` (the checkout, with a `synpro` console script) and `jax_standin` (in place of jax[tpu]).
-STANDIN_BACKEND = '''
+STANDIN_BACKEND = """
 import base64, hashlib, json, os, zipfile
 
 
@@ -577,13 +736,14 @@ def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
 
 def build_editable(wheel_directory, config_settings=None, metadata_directory=None):
     return _build(wheel_directory, editable=True)
-'''
+"""
 
 
 def standin_package(directory: Path, name: str, scripts: dict) -> Path:
     directory.mkdir(parents=True)
-    (directory / "pyproject.toml").write_text('[build-system]\nrequires = []\nbuild-backend = "standin_backend"\n'
-                                              'backend-path = ["."]\n')
+    (directory / "pyproject.toml").write_text(
+        '[build-system]\nrequires = []\nbuild-backend = "standin_backend"\nbackend-path = ["."]\n'
+    )
     (directory / "standin_backend.py").write_text(STANDIN_BACKEND)
     (directory / "standin.json").write_text(json.dumps({"name": name, "scripts": scripts}))
     (directory / f"{name}.py").write_text(f"def main():\n    print('{name} runs')\n")
@@ -622,16 +782,27 @@ def test_install_script_makes_a_python_311_venv_with_synpro(tmp_path, way):
     (bin_dir / "python3").write_text(f'#!/bin/sh\nexec {shlex.quote(python3)} "$@"\n')
     (bin_dir / "python3").chmod(0o755)
     script = gcloud.worker_install_script(str(origin), "main", python=sys.executable, jax=str(jax))
-    assert remote_command(shlex.join(gcloud.install("t", "z", None, str(origin), "main")[0])) == \
-        gcloud.worker_install_script(str(origin), "main")  # what the workers get: 3.12 and jax[tpu] in its place
-    env = {"HOME": str(home), "PATH": f"{bin_dir}:{os.environ['PATH']}", "GIT_CONFIG_NOSYSTEM": "1",
-           "PIP_NO_INDEX": "1", "UV_OFFLINE": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+    assert remote_command(
+        shlex.join(gcloud.install("t", "z", None, str(origin), "main")[0])
+    ) == gcloud.worker_install_script(str(origin), "main")  # what the workers get: 3.12 and jax[tpu] in its place
+    env = {
+        "HOME": str(home),
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "GIT_CONFIG_NOSYSTEM": "1",
+        "PIP_NO_INDEX": "1",
+        "UV_OFFLINE": "1",
+        "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+    }
     done = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
     venv = home / "synpro_venv"
     assert ("uv = " in (venv / "pyvenv.cfg").read_text()) == (way == "uv")
-    version = subprocess.run([venv / "bin" / "python", "-c", "import sys; print(*sys.version_info[:2])"],
-                             capture_output=True, text=True, check=True).stdout.split()
+    version = subprocess.run(
+        [venv / "bin" / "python", "-c", "import sys; print(*sys.version_info[:2])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
     assert tuple(map(int, version)) >= (3, 11)
     ran = subprocess.run([venv / "bin" / "synpro"], capture_output=True, text=True, check=True, env=env)
     assert ran.stdout == "synpro_standin runs\n"
@@ -644,23 +815,36 @@ def test_install_script_makes_a_python_311_venv_with_synpro(tmp_path, way):
 def test_scripts_run_the_commands_and_stop_at_a_failure(tmp_path):
     """Without --dry_run the same commands run, in order; a failing one ends the script with its exit status."""
     fake = tmp_path / "gcloud"
-    fake.write_text(f"#!{sys.executable}\nimport json, sys\n"
-                    f"open({str(tmp_path / 'calls')!r}, 'a').write(json.dumps(sys.argv[1:]) + '\\n')\n"
-                    "sys.exit(7 if 'scp' in sys.argv else 0)\n")
+    fake.write_text(
+        f"#!{sys.executable}\nimport json, sys\n"
+        f"open({str(tmp_path / 'calls')!r}, 'a').write(json.dumps(sys.argv[1:]) + '\\n')\n"
+        "sys.exit(7 if 'scp' in sys.argv else 0)\n"
+    )
     fake.chmod(0o755)
     env = {**os.environ, "PATH": f"{tmp_path}{os.pathsep}{os.environ['PATH']}"}
     done = script("install", *WHERE, "--scp_from", ".", env=env)
     assert done.returncode == 7
     calls = [json.loads(line) for line in (tmp_path / "calls").read_text().splitlines()]
-    assert [["gcloud", *c] for c in calls] == [shlex.split(line) for line in dry("install", *WHERE, "--scp_from",
-                                                                                  ".")[:2]]
+    assert [["gcloud", *c] for c in calls] == [
+        shlex.split(line) for line in dry("install", *WHERE, "--scp_from", ".")[:2]
+    ]
 
 
 # --- the babysitter ---
 
 GONE = [None, "PREEMPTED", "TERMINATED", "SUSPENDED", "FAILED"]  # the last two: a queued resource's
-PASSING = ["CREATING", "RESTARTING", "REPAIRING", "STOPPED", "UNKNOWN", "WAITING_FOR_RESOURCES", "PROVISIONING",
-           "ACCEPTED", "SUSPENDING", "ACTIVE"]
+PASSING = [
+    "CREATING",
+    "RESTARTING",
+    "REPAIRING",
+    "STOPPED",
+    "UNKNOWN",
+    "WAITING_FOR_RESOURCES",
+    "PROVISIONING",
+    "ACCEPTED",
+    "SUSPENDING",
+    "ACTIVE",
+]
 
 
 @pytest.mark.parametrize("state", [*GONE, "READY", *PASSING])
@@ -725,8 +909,12 @@ class FakeGcloud:
             if state == "error":
                 return gcloud.Result(1, "", "ERROR: (gcloud) There was a problem refreshing your credentials.")
             if state is None:
-                return gcloud.Result(1, "", "ERROR: (gcloud.compute.tpus.tpu-vm.describe) NOT_FOUND: Resource "
-                                            "'projects/p/locations/z/nodes/t' was not found")
+                return gcloud.Result(
+                    1,
+                    "",
+                    "ERROR: (gcloud.compute.tpus.tpu-vm.describe) NOT_FOUND: Resource "
+                    "'projects/p/locations/z/nodes/t' was not found",
+                )
             return gcloud.Result(0, state + "\n")
         if verb == "ssh" and "--worker=0" in argv:
             status = self.exits.pop(0)
@@ -770,32 +958,62 @@ class FakeClock:
 
 def sit(fake, *extra, clock=None):
     clock = clock or FakeClock()
-    return babysit.main([*WHERE, "--accelerator_type", "v4-32", "--spot", "--repo", "https://g/r.git",
-                         "--poll_s", "5", *extra, "--", *GIN], runner=fake, sleep=clock.sleep, clock=clock)
+    return babysit.main(
+        [
+            *WHERE,
+            "--accelerator_type",
+            "v4-32",
+            "--spot",
+            "--repo",
+            "https://g/r.git",
+            "--poll_s",
+            "5",
+            *extra,
+            "--",
+            *GIN,
+        ],
+        runner=fake,
+        sleep=clock.sleep,
+        clock=clock,
+    )
 
 
 def test_babysit_recreates_a_preempted_slice_and_stops_when_the_job_is_done():
     fake = FakeGcloud(states=["READY", "PREEMPTED", "READY"], exits=[None, 0])
     assert sit(fake) == 0
-    assert fake.verbs() == ["describe", "exit", "describe", "delete", "create", "install", "launch", "describe",
-                            "exit"]
+    assert fake.verbs() == ["describe", "exit", "describe", "delete", "create", "install", "launch", "describe", "exit"]
     # the cycle is exactly what --dry_run prints, after a non-interactive delete
     name = ["synpro-v4", "--zone=us-central2-b", "--project=my-proj"]
     assert fake.calls[3] == [*gcloud.TPU_VM, "delete", *name, "--quiet"]
     assert [shlex.join(c) for c in fake.calls[4:7]] == dry(
-        "babysit", *WHERE, "--accelerator_type", "v4-32", "--spot", "--repo", "https://g/r.git", "--", *GIN)
+        "babysit", *WHERE, "--accelerator_type", "v4-32", "--spot", "--repo", "https://g/r.git", "--", *GIN
+    )
     assert fake.calls[0] == [*gcloud.TPU_VM, "describe", *name, "--format=value(state)"]
     assert shlex.join(fake.calls[1]) == ssh_line(
         """echo "exit=$(cat "$HOME/synpro_logs/synpro-v4.exit" 2>/dev/null)"; """
         """if t=$(stat -c %Y "$HOME/synpro_logs/synpro-v4.heartbeat" 2>/dev/null); then """
-        """echo "heartbeat_age=$(( $(date +%s) - t ))"; else echo heartbeat_age=; fi""", worker="0")
+        """echo "heartbeat_age=$(( $(date +%s) - t ))"; else echo heartbeat_age=; fi""",
+        worker="0",
+    )
 
 
 def test_babysit_relaunches_after_sigterm_and_creates_a_missing_slice():
     fake = FakeGcloud(states=[None, "CREATING", "READY", "READY", "READY"], exits=[None, 143, 0])
     assert sit(fake) == 0
-    assert fake.verbs() == ["describe", "create", "install", "launch", "describe", "describe", "exit", "describe",
-                            "exit", "launch", "describe", "exit"]
+    assert fake.verbs() == [
+        "describe",
+        "create",
+        "install",
+        "launch",
+        "describe",
+        "describe",
+        "exit",
+        "describe",
+        "exit",
+        "launch",
+        "describe",
+        "exit",
+    ]
 
 
 def test_babysit_relaunches_a_job_whose_heartbeat_is_stale():
@@ -833,8 +1051,24 @@ def test_babysit_relaunches_a_transient_failure_after_a_doubling_backoff():
     fake = FakeGcloud(states=["READY"] * 7, exits=[1, 1, (None, 2), 1, 137, 0])
     clock = FakeClock()
     assert sit(fake, "--backoff_s", "10", clock=clock) == 0
-    assert fake.verbs() == ["describe", "exit", "launch", "describe", "exit", "launch", "describe", "exit",
-                            "describe", "exit", "launch", "describe", "exit", "launch", "describe", "exit"]
+    assert fake.verbs() == [
+        "describe",
+        "exit",
+        "launch",
+        "describe",
+        "exit",
+        "launch",
+        "describe",
+        "exit",
+        "describe",
+        "exit",
+        "launch",
+        "describe",
+        "exit",
+        "launch",
+        "describe",
+        "exit",
+    ]
     # backoff, poll; the heartbeat 2 s old, newer than the launch 5 s ago, resets it
     assert clock.sleeps == [10, 5, 20, 5, 5, 10, 5, 20, 5]
 
@@ -863,8 +1097,18 @@ def test_babysit_retries_a_failed_create_and_a_failed_install():
     poll before anything else is read."""
     fake = FakeGcloud(states=[None, None, "READY", "READY"], exits=[0], fail=["create", "ssh"])
     assert sit(fake) == 0
-    assert fake.verbs() == ["describe", "create", "describe", "create", "install", "describe", "install", "launch",
-                            "describe", "exit"]
+    assert fake.verbs() == [
+        "describe",
+        "create",
+        "describe",
+        "create",
+        "install",
+        "describe",
+        "install",
+        "launch",
+        "describe",
+        "exit",
+    ]
 
 
 def test_babysit_stale_s_floor_is_twice_the_heartbeat_interval():
@@ -886,8 +1130,17 @@ def test_babysit_gives_up_on_an_install_that_always_fails(capsys):
     in a row it gives up, naming the command; a failed create (no capacity) is still never counted."""
     fake = FakeGcloud(states=[None, None, *["READY"] * 10], exits=[], fail=["create", *["ssh"] * 10])
     assert sit(fake, "--max_restarts", "3") == 1
-    assert fake.verbs() == ["describe", "create", "describe", "create", "install", "describe", "install",
-                            "describe", "install"]
+    assert fake.verbs() == [
+        "describe",
+        "create",
+        "describe",
+        "create",
+        "install",
+        "describe",
+        "install",
+        "describe",
+        "install",
+    ]
     last = capsys.readouterr().err.splitlines()[-1]
     install = shlex.join(gcloud.install("synpro-v4", "us-central2-b", "my-proj", "https://g/r.git")[0])
     assert last.endswith(f"] giving up after 3 failures in a row (--max_restarts=3) of: {install}")
@@ -897,15 +1150,32 @@ def test_babysit_gives_up_on_a_launch_that_always_fails_and_counts_only_failures
     # the install fails twice, then works; the launch fails twice, then works: never 3 in a row
     fake = FakeGcloud(states=[None, *["READY"] * 5], exits=[0], fail=["install", "install", "launch", "launch"])
     assert sit(fake, "--max_restarts", "3") == 0
-    assert fake.verbs() == ["describe", "create", "install", "describe", "install", "describe", "install", "launch",
-                            "describe", "launch", "describe", "launch", "describe", "exit"]
+    assert fake.verbs() == [
+        "describe",
+        "create",
+        "install",
+        "describe",
+        "install",
+        "describe",
+        "install",
+        "launch",
+        "describe",
+        "launch",
+        "describe",
+        "launch",
+        "describe",
+        "exit",
+    ]
     # a relaunch (exit 143) whose launch keeps failing
     fake = FakeGcloud(states=["READY"] * 5, exits=[143], fail=["ssh"] * 10)
     assert sit(fake, "--max_restarts", "2") == 1
     assert fake.verbs() == ["describe", "exit", "launch", "describe", "launch"]
     launch = shlex.join(gcloud.launch("synpro-v4", "us-central2-b", "my-proj", GIN, "synpro-v4"))
-    assert capsys.readouterr().err.splitlines()[-1].endswith(
-        f"] giving up after 2 failures in a row (--max_restarts=2) of: {launch}")
+    assert (
+        capsys.readouterr()
+        .err.splitlines()[-1]
+        .endswith(f"] giving up after 2 failures in a row (--max_restarts=2) of: {launch}")
+    )
 
 
 def test_babysit_installs_a_slice_whose_create_reported_failure():
@@ -926,28 +1196,69 @@ def test_babysit_queued_resource_through_its_states():
     ACTIVE: the node's state decides (install and launch once it is READY; wait while it cannot be seen);
     SUSPENDED (its node was preempted) or FAILED (not provisioned): delete --force, request again."""
     fake = FakeGcloud(
-        queued=[None, "WAITING_FOR_RESOURCES", "PROVISIONING", "ACTIVE", "ACTIVE", "ACTIVE", "SUSPENDING",
-                "SUSPENDED", "FAILED", "ACCEPTED", "ACTIVE", "ACTIVE", "ACTIVE"],
+        queued=[
+            None,
+            "WAITING_FOR_RESOURCES",
+            "PROVISIONING",
+            "ACTIVE",
+            "ACTIVE",
+            "ACTIVE",
+            "SUSPENDING",
+            "SUSPENDED",
+            "FAILED",
+            "ACCEPTED",
+            "ACTIVE",
+            "ACTIVE",
+            "ACTIVE",
+        ],
         states=["CREATING", "READY", "READY", None, "READY", "READY"],
-        exits=[None, 0])
+        exits=[None, 0],
+    )
     assert sit(fake, "--queued") == 0
     assert fake.verbs() == [
-        "qdescribe", "qcreate",  # none: requested; its node does not exist yet, so nothing is installed now
-        "qdescribe", "qdescribe",  # in the queue, then provisioning
-        "qdescribe", "describe",  # ACTIVE, its node CREATING
-        "qdescribe", "describe", "install", "launch",  # ACTIVE, its node READY: the owed install and launch
-        "qdescribe", "describe", "exit",  # the job runs
+        "qdescribe",
+        "qcreate",  # none: requested; its node does not exist yet, so nothing is installed now
+        "qdescribe",
+        "qdescribe",  # in the queue, then provisioning
+        "qdescribe",
+        "describe",  # ACTIVE, its node CREATING
+        "qdescribe",
+        "describe",
+        "install",
+        "launch",  # ACTIVE, its node READY: the owed install and launch
+        "qdescribe",
+        "describe",
+        "exit",  # the job runs
         "qdescribe",  # SUSPENDING
-        "qdescribe", "qdelete", "qcreate",  # SUSPENDED
-        "qdescribe", "qdelete", "qcreate",  # FAILED
+        "qdescribe",
+        "qdelete",
+        "qcreate",  # SUSPENDED
+        "qdescribe",
+        "qdelete",
+        "qcreate",  # FAILED
         "qdescribe",  # ACCEPTED
-        "qdescribe", "describe",  # ACTIVE, its node not seen yet: nothing deleted
-        "qdescribe", "describe", "install", "launch",
-        "qdescribe", "describe", "exit"]  # exit 0
+        "qdescribe",
+        "describe",  # ACTIVE, its node not seen yet: nothing deleted
+        "qdescribe",
+        "describe",
+        "install",
+        "launch",
+        "qdescribe",
+        "describe",
+        "exit",
+    ]  # exit 0
     name = ["synpro-v4", "--zone=us-central2-b", "--project=my-proj"]
     assert fake.calls[0] == [*gcloud.QUEUED, "describe", *name, "--format=value(state.state)"]
-    assert fake.calls[1] == [*gcloud.QUEUED, "create", "synpro-v4", "--node-id=synpro-v4", *name[1:],
-                             "--accelerator-type=v4-32", "--runtime-version=tpu-ubuntu2204-base", "--spot"]
+    assert fake.calls[1] == [
+        *gcloud.QUEUED,
+        "create",
+        "synpro-v4",
+        "--node-id=synpro-v4",
+        *name[1:],
+        "--accelerator-type=v4-32",
+        "--runtime-version=tpu-ubuntu2204-base",
+        "--spot",
+    ]
     assert fake.calls[15] == [*gcloud.QUEUED, "delete", *name, "--force", "--quiet"]
     assert fake.calls[5] == [*gcloud.TPU_VM, "describe", *name, "--format=value(state)"]
 
@@ -962,13 +1273,25 @@ def test_babysit_queued_recreates_a_preempted_node_of_an_active_resource():
 def test_babysit_script_reads_gcloud_output(tmp_path):
     """The script as run, against a gcloud on PATH that prints a READY slice and a job that exited 0."""
     fake = tmp_path / "gcloud"
-    fake.write_text(f"#!{sys.executable}\nimport sys\n"
-                    "if 'describe' in sys.argv: print('READY')\n"
-                    "elif '--worker=0' in sys.argv: print('exit=0'); print('heartbeat_age=')\n"
-                    "else: sys.exit(1)\n")
+    fake.write_text(
+        f"#!{sys.executable}\nimport sys\n"
+        "if 'describe' in sys.argv: print('READY')\n"
+        "elif '--worker=0' in sys.argv: print('exit=0'); print('heartbeat_age=')\n"
+        "else: sys.exit(1)\n"
+    )
     fake.chmod(0o755)
-    done = script("babysit", *WHERE, "--accelerator_type", "v4-32", "--repo", "r", "--", "synpro", "train",
-                  env={**os.environ, "PATH": f"{tmp_path}{os.pathsep}{os.environ['PATH']}"})
+    done = script(
+        "babysit",
+        *WHERE,
+        "--accelerator_type",
+        "v4-32",
+        "--repo",
+        "r",
+        "--",
+        "synpro",
+        "train",
+        env={**os.environ, "PATH": f"{tmp_path}{os.pathsep}{os.environ['PATH']}"},
+    )
     assert done.returncode == 0, done.stderr
     assert done.stderr.strip().endswith("state=READY exit=0 heartbeat=none -> done")
 
@@ -987,6 +1310,7 @@ def test_readme_commands_parse():
 
 def test_venv_fallback_tries_the_newest_python_first():
     """Without uv the newest python3.1x >= 3.11 makes the venv (tpu/README.md): 3.13 before 3.12 before 3.11."""
+
     def order(python):
         return re.search(r"for c in ([^;]+); do", gcloud.worker_install_script(python=python)).group(1).split()
 

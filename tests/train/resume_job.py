@@ -34,13 +34,29 @@ def main(out_dir: str, steps: int) -> int:
     corpora = {"synpro_resume_organic": corpus(0), "synpro_resume_rephrase_r1": corpus(2, n=15)}
     for name, c in corpora.items():
         tasks.register_corpus_task(name, {"train": c}, vocab)
-    tasks.register_mixture("synpro_resume_mix", tasks.MixtureSpec(
-        corpora, {"synpro_resume_organic": 2.0, "synpro_resume_rephrase_r1": 1.0}, eos_id=1, block_rows=16, seed=0))
+    tasks.register_mixture(
+        "synpro_resume_mix",
+        tasks.MixtureSpec(
+            corpora, {"synpro_resume_organic": 2.0, "synpro_resume_rephrase_r1": 1.0}, eos_id=1, block_rows=16, seed=0
+        ),
+    )
     mesh = sharding.make_mesh(sharding.MeshConfig(2, 2, 1))
     trainer = Trainer(
-        cfg, mesh, OptimizerConfig(learning_rate=3e-3, warmup_steps=5),
-        TrainerConfig(out_dir=out_dir, num_steps=steps, global_batch=8, seq_len=32, log_every=1, eval_every=10,
-                      eval_batches=1, checkpoint_every=3, keep_checkpoints=2, progress=False),
+        cfg,
+        mesh,
+        OptimizerConfig(learning_rate=3e-3, warmup_steps=5),
+        TrainerConfig(
+            out_dir=out_dir,
+            num_steps=steps,
+            global_batch=8,
+            seq_len=32,
+            log_every=1,
+            eval_every=10,
+            eval_batches=1,
+            checkpoint_every=3,
+            keep_checkpoints=2,
+            progress=False,
+        ),
         train_stream=MixtureInput("synpro_resume_mix", 32),
         val_stream=PackedStream(corpus(1), 33, eos_id=1, seed=0, shuffle=False),
     )

@@ -12,15 +12,15 @@ from synpro_jax import models, sharding
 from synpro_jax.data.corpus import TokenizedCorpus
 from synpro_jax.data.packing import PackedStream
 from synpro_jax.models import hf
-from synpro_jax.train import OptimizerConfig, TrainStep
-from synpro_jax.train import params_io
+from synpro_jax.train import OptimizerConfig, TrainStep, params_io
 from synpro_jax.train.checkpoint import Checkpointer
 from synpro_jax.train.trainer import Trainer, TrainerConfig
 
 CHECKPOINT_PY = Path(__file__).resolve().parents[2] / "synpro_jax" / "train" / "checkpoint.py"
 # a run trained with settings unlike the reader's defaults: no clipping, a cosine schedule, no norm decay
-RUN_OPT = OptimizerConfig(learning_rate=1e-2, warmup_steps=1, schedule="cosine", total_steps=10, clip_norm=None,
-                          decay_norms=False)
+RUN_OPT = OptimizerConfig(
+    learning_rate=1e-2, warmup_steps=1, schedule="cosine", total_steps=10, clip_norm=None, decay_norms=False
+)
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +31,17 @@ def run(tmp_path_factory):
     rng = np.random.default_rng(0)
     docs = [rng.integers(3, 256, size=rng.integers(5, 40)) for _ in range(64)]
     stream = PackedStream(TokenizedCorpus.from_token_lists(docs, [f"d{i}" for i in range(64)]), 17, eos_id=1)
-    tcfg = TrainerConfig(out_dir=str(out), num_steps=3, global_batch=8, seq_len=16, checkpoint_every=3,
-                         async_checkpoints=False, progress=False, log_every=1, eval_every=100)
+    tcfg = TrainerConfig(
+        out_dir=str(out),
+        num_steps=3,
+        global_batch=8,
+        seq_len=16,
+        checkpoint_every=3,
+        async_checkpoints=False,
+        progress=False,
+        log_every=1,
+        eval_every=100,
+    )
     Trainer(cfg, mesh, RUN_OPT, tcfg, stream).run()
     # the run's own view of its state, restored with its full template (the trainer's path)
     step = TrainStep(cfg, mesh, RUN_OPT)
@@ -51,8 +60,9 @@ def test_checkpoint_module_imports_neither_hf_nor_the_train_step():
         elif isinstance(node, ast.ImportFrom):
             imported.add(node.module or "")
             imported.update(f"{node.module}.{a.name}" for a in node.names)
-    assert not any(m.startswith(("synpro_jax.models", "synpro_jax.train.step", "synpro_jax.train.optimizer"))
-                   for m in imported), imported
+    assert not any(
+        m.startswith(("synpro_jax.models", "synpro_jax.train.step", "synpro_jax.train.optimizer")) for m in imported
+    ), imported
 
 
 @pytest.mark.slow
@@ -85,8 +95,11 @@ def test_adam_moments_and_count_come_with_the_params(run):
 @pytest.mark.slow
 def test_another_model_shape_is_refused_naming_the_tensor(run):
     _, mesh, out, _, _ = run
-    with pytest.raises(ValueError, match=r"tensor embedding has shape \(256, 64\) but the configured model needs "
-                                         r"\(320, 64\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"tensor embedding has shape \(256, 64\) but the configured model needs "
+        r"\(320, 64\)",
+    ):
         params_io.load(models.get_preset("tiny", vocab_size=320), mesh, out)
     with pytest.raises(FileNotFoundError, match="neither an HF directory"):
         params_io.load(models.get_preset("tiny"), mesh, out / "nothing_here")

@@ -3,11 +3,11 @@ loss sequence and the final parameters must equal an uninterrupted run's, bit fo
 
 import json
 import os
+from pathlib import Path
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,8 +18,13 @@ STEPS = 30
 
 def start(out_dir: Path) -> subprocess.Popen:
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
-    return subprocess.Popen([sys.executable, str(JOB), str(out_dir), str(STEPS)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [sys.executable, str(JOB), str(out_dir), str(STEPS)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def logged_steps(out_dir: Path) -> int:

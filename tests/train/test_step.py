@@ -91,8 +91,9 @@ def test_schedules():
     cos = make_schedule(OptimizerConfig(learning_rate=1.0, warmup_steps=10, schedule="cosine", total_steps=110))
     assert float(cos(10)) == pytest.approx(1.0) and float(cos(110)) == pytest.approx(0.1)
     assert float(cos(60)) == pytest.approx(0.55, abs=1e-6)
-    lin = make_schedule(OptimizerConfig(learning_rate=1.0, warmup_steps=0, schedule="linear", total_steps=100,
-                                        final_lr_ratio=0.0))
+    lin = make_schedule(
+        OptimizerConfig(learning_rate=1.0, warmup_steps=0, schedule="linear", total_steps=100, final_lr_ratio=0.0)
+    )
     assert float(lin(50)) == pytest.approx(0.5)
     with pytest.raises(ValueError, match="total_steps=None"):
         OptimizerConfig(schedule="cosine")
@@ -136,8 +137,9 @@ def test_init_from_given_params_keeps_them():
 
 def test_bfloat16_compute_trains_with_fp32_master_weights():
     cfg = models.get_preset("tiny", dtype="bfloat16")
-    step = TrainStep(cfg, sharding.make_mesh(sharding.MeshConfig(2, 2, 2)),
-                     OptimizerConfig(learning_rate=3e-3, warmup_steps=0))
+    step = TrainStep(
+        cfg, sharding.make_mesh(sharding.MeshConfig(2, 2, 2)), OptimizerConfig(learning_rate=3e-3, warmup_steps=0)
+    )
     state = step.init(jax.random.key(0))
     losses = []
     for i in range(25):

@@ -28,13 +28,24 @@ def corpus(seed: int, docs: int) -> TokenizedCorpus:
 
 def make_trainer(out_dir, val_docs=6, accum_steps=1, eval_batches=4, num_steps=2, mesh=(2, 2, 2)):
     cfg = models.get_preset("tiny")
-    devices = jax.devices()[:int(np.prod(mesh))]
+    devices = jax.devices()[: int(np.prod(mesh))]
     trainer = Trainer(
-        cfg, sharding.make_mesh(sharding.MeshConfig(*mesh), devices=devices),
+        cfg,
+        sharding.make_mesh(sharding.MeshConfig(*mesh), devices=devices),
         OptimizerConfig(learning_rate=3e-3, warmup_steps=0),
-        TrainerConfig(out_dir=str(out_dir), num_steps=num_steps, global_batch=8, seq_len=SEQ, log_every=1,
-                      eval_every=100, eval_batches=eval_batches, checkpoint_every=100, accum_steps=accum_steps,
-                      async_checkpoints=False, progress=False),
+        TrainerConfig(
+            out_dir=str(out_dir),
+            num_steps=num_steps,
+            global_batch=8,
+            seq_len=SEQ,
+            log_every=1,
+            eval_every=100,
+            eval_batches=eval_batches,
+            checkpoint_every=100,
+            accum_steps=accum_steps,
+            async_checkpoints=False,
+            progress=False,
+        ),
         train_stream=PackedStream(corpus(0, 120), SEQ + 1, eos_id=EOS, seed=0),
         val_stream=PackedStream(corpus(1, val_docs), SEQ + 1, eos_id=EOS, seed=0, shuffle=False),
     )
@@ -50,7 +61,7 @@ def reference_validation(cfg, params, docs) -> tuple[float, int]:
     forward = jax.jit(functools.partial(models.forward, cfg))
     nll = tokens = 0.0
     for start in range(0, len(stream), L):
-        tok, seg = stream[start:start + L], doc_of[start:start + L]
+        tok, seg = stream[start : start + L], doc_of[start : start + L]
         n = len(tok)
         if n < 2:
             continue
@@ -74,8 +85,9 @@ def test_small_validation_set_is_read_once_and_said_so(tmp_path, caplog):
     params = trainer.step_fn.init(jax.random.key(3)).params
     got = trainer.evaluate(params)
     held_out = corpus(1, 6)
-    want_loss, want_tokens = reference_validation(cfg, jax.device_get(params),
-                                                  [held_out.doc(i) for i in range(held_out.num_docs)])
+    want_loss, want_tokens = reference_validation(
+        cfg, jax.device_get(params), [held_out.doc(i) for i in range(held_out.num_docs)]
+    )
     assert got["val_tokens"] == want_tokens
     np.testing.assert_allclose(got["val_loss"], want_loss, rtol=1e-5)
     warned = [r.getMessage() for r in caplog.records if "validation" in r.getMessage()]
@@ -122,8 +134,8 @@ def read_scalars(tb_dir) -> list[tuple[int, str, float]]:
         data = path.read_bytes()
         off = 0
         while off + 12 <= len(data):
-            (n,) = struct.unpack("<Q", data[off:off + 8])
-            event = event_pb2.Event.FromString(data[off + 12:off + 12 + n])
+            (n,) = struct.unpack("<Q", data[off : off + 8])
+            event = event_pb2.Event.FromString(data[off + 12 : off + 12 + n])
             off += 12 + n + 4
             out += [(event.step, v.tag, v.simple_value) for v in event.summary.value]
     return out
@@ -173,17 +185,41 @@ def test_a_run_continues_another_runs_weights_optimizer_schedule_and_data(tmp_pa
 
     def trainer(out, streams, num_steps=3, data_start=(), **init):
         mixed = MixedStream(list(streams.values()), [1] * len(streams), names=list(streams), block_rows=16)
-        return Trainer(cfg, mesh, opt, TrainerConfig(out_dir=str(out), num_steps=num_steps, global_batch=8,
-                                                     seq_len=SEQ, log_every=1, eval_every=100, checkpoint_every=100,
-                                                     async_checkpoints=False, progress=False, data_start=data_start),
-                       train_stream=mixed, **init)
+        return Trainer(
+            cfg,
+            mesh,
+            opt,
+            TrainerConfig(
+                out_dir=str(out),
+                num_steps=num_steps,
+                global_batch=8,
+                seq_len=SEQ,
+                log_every=1,
+                eval_every=100,
+                checkpoint_every=100,
+                async_checkpoints=False,
+                progress=False,
+                data_start=data_start,
+            ),
+            train_stream=mixed,
+            **init,
+        )
 
     a = trainer(tmp_path / "a", {"organic": organic})
     read = a.run()["data"]
     assert read["organic"] | {"stream": None} == {
-        "start_row": 0, "rows": 24, "end_row": 24, "row_len": SEQ + 1, "tokens": 24 * (SEQ + 1),
-        "unique_tokens": organic_docs.num_tokens, "epoch_tokens": organic.epoch_tokens, "epochs": [0, 1],
-        "position_tokens": 24 * (SEQ + 1), "stream": None, "from": "new"}
+        "start_row": 0,
+        "rows": 24,
+        "end_row": 24,
+        "row_len": SEQ + 1,
+        "tokens": 24 * (SEQ + 1),
+        "unique_tokens": organic_docs.num_tokens,
+        "epoch_tokens": organic.epoch_tokens,
+        "epochs": [0, 1],
+        "position_tokens": 24 * (SEQ + 1),
+        "stream": None,
+        "from": "new",
+    }
     loaded = params_io.load(cfg, mesh, tmp_path / "a", with_adam=True)
     assert loaded.step == 3 and loaded.adam is not None
     init = dict(init_params=loaded.params, init_adam=loaded.adam, init_step=loaded.step, init_source=loaded.source)
@@ -203,7 +239,9 @@ def test_a_run_continues_another_runs_weights_optimizer_schedule_and_data(tmp_pa
         rows = (24 if name == "organic" else 0) + np.arange(len(at))
         np.testing.assert_array_equal(targets[at], stream.rows(rows).training_batch()["targets"], err_msg=name)
     assert {n: (r["start_row"], r["from"]) for n, r in got_read.items()} == {
-        "organic": (24, "continued"), "synthetic": (0, "new")}
+        "organic": (24, "continued"),
+        "synthetic": (0, "new"),
+    }
     assert sum(r["rows"] for r in got_read.values()) == 3 * 8
     assert got_read["organic"]["end_row"] == 24 + got_read["organic"]["rows"]
 
@@ -240,9 +278,10 @@ def test_a_run_continues_another_runs_weights_optimizer_schedule_and_data(tmp_pa
 
     # A restart of B with another starting point or data position is refused: both are part of its fingerprint.
     init = dict(init_params=loaded.params, init_adam=loaded.adam, init_step=loaded.step)
-    for other in (trainer(tmp_path / "b", streams, data_start=position, init_source=loaded.source + "-elsewhere",
-                          **init),
-                  trainer(tmp_path / "b", streams, data_start={"organic": 0}, init_source=loaded.source, **init)):
+    for other in (
+        trainer(tmp_path / "b", streams, data_start=position, init_source=loaded.source + "-elsewhere", **init),
+        trainer(tmp_path / "b", streams, data_start={"organic": 0}, init_source=loaded.source, **init),
+    ):
         with pytest.raises(ValueError, match="different configuration"):
             other.run()
 
@@ -250,16 +289,30 @@ def test_a_run_continues_another_runs_weights_optimizer_schedule_and_data(tmp_pa
 def test_a_run_stopped_on_its_plateau_stays_stopped_when_restarted(tmp_path):
     """The loop's round 0 ends at the plateau: a restart (the loop killed before it recorded the stage) must not
     train on past it."""
+
     def trainer():
-        return Trainer(models.get_preset("tiny"), sharding.make_mesh(sharding.MeshConfig(1, 1, 1),
-                                                                     devices=jax.devices()[:1]),
-                       OptimizerConfig(learning_rate=3e-3, warmup_steps=0),
-                       TrainerConfig(out_dir=str(tmp_path), num_steps=20, global_batch=8, seq_len=SEQ, log_every=1,
-                                     eval_every=1, eval_batches=1, checkpoint_every=100, async_checkpoints=False,
-                                     plateau_window=1, plateau_min_rel_improvement=1.0, stop_on_plateau=True,
-                                     progress=False),
-                       train_stream=PackedStream(corpus(0, 120), SEQ + 1, eos_id=EOS, seed=0),
-                       val_stream=PackedStream(corpus(1, 6), SEQ + 1, eos_id=EOS, seed=0, shuffle=False))
+        return Trainer(
+            models.get_preset("tiny"),
+            sharding.make_mesh(sharding.MeshConfig(1, 1, 1), devices=jax.devices()[:1]),
+            OptimizerConfig(learning_rate=3e-3, warmup_steps=0),
+            TrainerConfig(
+                out_dir=str(tmp_path),
+                num_steps=20,
+                global_batch=8,
+                seq_len=SEQ,
+                log_every=1,
+                eval_every=1,
+                eval_batches=1,
+                checkpoint_every=100,
+                async_checkpoints=False,
+                plateau_window=1,
+                plateau_min_rel_improvement=1.0,
+                stop_on_plateau=True,
+                progress=False,
+            ),
+            train_stream=PackedStream(corpus(0, 120), SEQ + 1, eos_id=EOS, seed=0),
+            val_stream=PackedStream(corpus(1, 6), SEQ + 1, eos_id=EOS, seed=0, shuffle=False),
+        )
 
     first = trainer().run()
     assert first["plateaued"] and first["step"] == 2  # 2 evaluations: any gain under 100% is a plateau

@@ -15,8 +15,14 @@ from __future__ import annotations
 import glob
 import os
 
-from synpro_jax.data.sources.base import (MAX_EXAMPLES, Document, ReadReport, expand_paths, open_binary,
-                                          strip_compression)
+from synpro_jax.data.sources.base import (
+    MAX_EXAMPLES,
+    Document,
+    ReadReport,
+    expand_paths,
+    open_binary,
+    strip_compression,
+)
 from synpro_jax.data.sources.chain import ChainedSource
 from synpro_jax.data.sources.jsonl import JsonlSource
 from synpro_jax.data.sources.parquet import ParquetSource
@@ -24,17 +30,43 @@ from synpro_jax.data.sources.text import TextSource
 from synpro_jax.data.sources.tfds import TfdsSource
 from synpro_jax.data.sources.tokens import MarkovSource, NpyTokenSource, TokenFileSource
 
-__all__ = ["Document", "ReadReport", "MAX_EXAMPLES", "expand_paths", "open_binary", "JsonlSource", "TextSource",
-           "ParquetSource", "TfdsSource", "NpyTokenSource", "TokenFileSource", "MarkovSource", "FORMATS",
-           "format_of", "is_pretokenized", "open_source", "open_sources", "ChainedSource"]
+__all__ = [
+    "Document",
+    "ReadReport",
+    "MAX_EXAMPLES",
+    "expand_paths",
+    "open_binary",
+    "JsonlSource",
+    "TextSource",
+    "ParquetSource",
+    "TfdsSource",
+    "NpyTokenSource",
+    "TokenFileSource",
+    "MarkovSource",
+    "FORMATS",
+    "format_of",
+    "is_pretokenized",
+    "open_source",
+    "open_sources",
+    "ChainedSource",
+]
 
 FORMATS = ("jsonl", "text", "parquet", "tokens", "tfds", "markov")
 PRETOKENIZED = ("tokens", "markov")
-SPEC_HELP = ("a .jsonl/.json/.ndjson[.gz|.zst], .txt[.gz|.zst], .parquet or .npy/.bin path (globs allowed), "
-             "tfds:NAME[/CONFIG]/SPLIT or markov:VOCAB:DOCS:LENGTH[:SEED]")
+SPEC_HELP = (
+    "a .jsonl/.json/.ndjson[.gz|.zst], .txt[.gz|.zst], .parquet or .npy/.bin path (globs allowed), "
+    "tfds:NAME[/CONFIG]/SPLIT or markov:VOCAB:DOCS:LENGTH[:SEED]"
+)
 
-_SUFFIXES = ((".jsonl", "jsonl"), (".ndjson", "jsonl"), (".json", "jsonl"), (".txt", "text"),
-             (".parquet", "parquet"), (".npy", "tokens"), (".bin", "tokens"))
+_SUFFIXES = (
+    (".jsonl", "jsonl"),
+    (".ndjson", "jsonl"),
+    (".json", "jsonl"),
+    (".txt", "text"),
+    (".parquet", "parquet"),
+    (".npy", "tokens"),
+    (".bin", "tokens"),
+)
 _READ_UNCOMPRESSED = ("parquet", "tokens")  # compressed inside already, or memory-mapped
 
 
@@ -80,9 +112,17 @@ def is_pretokenized(spec: str | os.PathLike) -> bool:
     return format_of(spec) in PRETOKENIZED
 
 
-def open_source(spec: str | os.PathLike, *, text_field: str = "text", id_field: str | None = None,
-                eos_id: int | None = None, vocab_size: int | None = None, text_split: str = "paragraph",
-                token_dtype: str = "uint32", data_dir: str | None = None):
+def open_source(
+    spec: str | os.PathLike,
+    *,
+    text_field: str = "text",
+    id_field: str | None = None,
+    eos_id: int | None = None,
+    vocab_size: int | None = None,
+    text_split: str = "paragraph",
+    token_dtype: str = "uint32",
+    data_dir: str | None = None,
+):
     """Open one source spec (see :data:`SPEC_HELP`); every caller that reads documents goes through here.
 
     Args apply where they mean something and are ignored elsewhere, so one call serves every format:
@@ -103,11 +143,13 @@ def open_source(spec: str | os.PathLike, *, text_field: str = "text", id_field: 
     if fmt == "markov":
         src = MarkovSource.from_spec(spec)
         if vocab_size is not None and src.vocab_size > vocab_size:
-            raise ValueError(f"source {spec!r}: its vocabulary of {src.vocab_size} is larger than the model "
-                             f"vocabulary ({vocab_size})")
+            raise ValueError(
+                f"source {spec!r}: its vocabulary of {src.vocab_size} is larger than the model "
+                f"vocabulary ({vocab_size})"
+            )
         return src
     if fmt == "tfds":
-        rest = spec[len("tfds:"):]
+        rest = spec[len("tfds:") :]
         name, split = rest.rsplit("/", 1) if "/" in rest else (rest, "train")
         return TfdsSource(name, split or "train", text_field=text_field, data_dir=data_dir)
     if fmt == "jsonl":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 import dataclasses
 import glob
 import gzip
@@ -10,7 +11,6 @@ import logging
 import os
 import re
 import zlib
-from typing import Sequence
 
 from etils.epath import Path
 import numpy as np
@@ -53,7 +53,7 @@ class ReadReport:
             self.examples.append(f"{where}: {kind}: {detail}")
             log.warning("skipped %s: %s (%s)", where, kind, detail)
 
-    def merge(self, other: "ReadReport") -> None:
+    def merge(self, other: ReadReport) -> None:
         """Add another report's counts and (up to the cap) its examples to this one."""
         for kind in ("documents",) + PROBLEM_KINDS:
             setattr(self, kind, getattr(self, kind) + getattr(other, kind))
@@ -64,8 +64,10 @@ class ReadReport:
         return self.empty + self.malformed + self.bad_utf8
 
     def summary(self) -> str:
-        text = (f"{self.documents} documents kept; skipped {self.skipped} "
-                f"(empty {self.empty}, malformed {self.malformed}, bad UTF-8 {self.bad_utf8})")
+        text = (
+            f"{self.documents} documents kept; skipped {self.skipped} "
+            f"(empty {self.empty}, malformed {self.malformed}, bad UTF-8 {self.bad_utf8})"
+        )
         if self.examples:
             more = self.skipped - len(self.examples)
             text += "\n  " + "\n  ".join(self.examples) + (f"\n  ... and {more} more" if more > 0 else "")

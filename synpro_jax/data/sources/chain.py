@@ -15,8 +15,10 @@ class ChainedSource:
         self.report = ReadReport()
 
     def describe(self) -> dict:
-        return {"format": "chain", "parts": [p.describe() if hasattr(p, "describe") else type(p).__name__
-                                             for p in self.parts]}
+        return {
+            "format": "chain",
+            "parts": [p.describe() if hasattr(p, "describe") else type(p).__name__ for p in self.parts],
+        }
 
     def __iter__(self):  # one pass per instance: open_sources makes a fresh one (its report counts that pass)
         for part in self.parts:

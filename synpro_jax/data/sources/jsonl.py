@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 import json
-from typing import Iterator, Sequence
 
 from etils.epath import Path
 
@@ -15,8 +15,9 @@ class JsonlSource:
 
     format = "jsonl"
 
-    def __init__(self, paths: str | Sequence[str], text_field: str = "text", id_field: str | None = None,
-                 probe_lines: int = 50):
+    def __init__(
+        self, paths: str | Sequence[str], text_field: str = "text", id_field: str | None = None, probe_lines: int = 50
+    ):
         self.files = expand_paths(paths, "jsonl source")
         self.text_field, self.id_field = text_field, id_field
         self.report = ReadReport()
@@ -25,8 +26,12 @@ class JsonlSource:
 
     def describe(self) -> dict:
         """What decides this source's documents (for cache keys): format, files and options."""
-        return {"format": self.format, "files": [str(f) for f in self.files], "text_field": self.text_field,
-                "id_field": self.id_field}
+        return {
+            "format": self.format,
+            "files": [str(f) for f in self.files],
+            "text_field": self.text_field,
+            "id_field": self.id_field,
+        }
 
     def _check_field(self, path: Path, probe_lines: int) -> None:
         seen_keys: set[str] = set()
@@ -46,8 +51,10 @@ class JsonlSource:
         except READ_ERRORS as e:
             raise ValueError(f"{path}: cannot be read ({e})") from None
         if seen_keys:
-            raise ValueError(f"{path}: text field {self.text_field!r} not found in the first {probe_lines} lines; "
-                             f"fields present: {sorted(seen_keys)}")
+            raise ValueError(
+                f"{path}: text field {self.text_field!r} not found in the first {probe_lines} lines; "
+                f"fields present: {sorted(seen_keys)}"
+            )
 
     def __iter__(self) -> Iterator[Document]:
         for path in self.files:
@@ -90,7 +97,8 @@ class JsonlSource:
         for field, value in ((self.text_field, text), (self.id_field, doc_id)):
             at = lone_surrogate(value)
             if at is not None:  # valid JSON (a "\ud800" escape) that no UTF-8 encoder accepts
-                self.report.problem("bad_utf8", where, f"{field!r} has an unpaired surrogate "
-                                                       f"U+{ord(value[at]):04X} at character {at}")
+                self.report.problem(
+                    "bad_utf8", where, f"{field!r} has an unpaired surrogate U+{ord(value[at]):04X} at character {at}"
+                )
                 return None
         return Document(doc_id, text=text)

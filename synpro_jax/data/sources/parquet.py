@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 import os
-
-from typing import Iterator, Sequence
 
 from etils.epath import Path
 
@@ -27,8 +26,9 @@ class ParquetSource:
 
     format = "parquet"
 
-    def __init__(self, paths: str | Sequence[str], text_field: str = "text", id_field: str | None = None,
-                 batch_rows: int = 1024):
+    def __init__(
+        self, paths: str | Sequence[str], text_field: str = "text", id_field: str | None = None, batch_rows: int = 1024
+    ):
         if batch_rows < 1:
             raise ValueError(f"ParquetSource batch_rows={batch_rows}: must be positive")
         self.files = expand_paths(paths, "parquet source")
@@ -39,8 +39,12 @@ class ParquetSource:
 
     def describe(self) -> dict:
         """What decides this source's documents (for cache keys): format, files and options."""
-        return {"format": self.format, "files": [str(f) for f in self.files], "text_field": self.text_field,
-                "id_field": self.id_field}
+        return {
+            "format": self.format,
+            "files": [str(f) for f in self.files],
+            "text_field": self.text_field,
+            "id_field": self.id_field,
+        }
 
     def _open(self, path: Path):
         import pyarrow as pa
@@ -83,8 +87,12 @@ class ParquetSource:
                             self.report.documents += 1
                             yield doc
             except READ_ERRORS + (pa.ArrowException,) as e:
-                self.report.problem("malformed", f"{path}[{row}]", f"file ends early or is corrupt: rows {row} to "
-                                    f"{first + size - 1} of row group {group} are lost ({e})")
+                self.report.problem(
+                    "malformed",
+                    f"{path}[{row}]",
+                    f"file ends early or is corrupt: rows {row} to "
+                    f"{first + size - 1} of row group {group} are lost ({e})",
+                )
             first += size
 
     def _parse(self, path: Path, row: int, text: str | None, doc_id) -> Document | None:

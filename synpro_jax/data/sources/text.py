@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 from etils.epath import Path
 
@@ -56,8 +56,7 @@ class TextSource:
                     block.append(line)
             except READ_ERRORS as e:  # a truncated .gz/.zst: keep the complete documents, report the cut one
                 lost = f"; the {self.split} from line {start} is dropped" if block else ""
-                self.report.problem("malformed", f"{path}:{lineno + 1}",
-                                    f"file ends early or is corrupt ({e}){lost}")
+                self.report.problem("malformed", f"{path}:{lineno + 1}", f"file ends early or is corrupt ({e}){lost}")
                 return
         if block and "".join(block).strip():
             yield self._keep(path, start, "".join(block).rstrip("\n"))

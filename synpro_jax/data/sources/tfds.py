@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 from synpro_jax.data.sources.base import Document, ReadReport
 
@@ -22,8 +22,10 @@ class TfdsSource:
             first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise ValueError(f"TFDS dataset {name!r} (data_dir={data_dir}): cannot be opened ({first_line})") from None
         if not self.builder.is_prepared():
-            raise FileNotFoundError(f"TFDS dataset {name!r} is not prepared under data_dir={data_dir}; "
-                                    "prepare it first (this library never downloads data)")
+            raise FileNotFoundError(
+                f"TFDS dataset {name!r} is not prepared under data_dir={data_dir}; "
+                "prepare it first (this library never downloads data)"
+            )
         features = self.builder.info.features
         if text_field not in features:
             raise ValueError(f"TFDS dataset {name!r}: no feature {text_field!r}; features: {sorted(features)}")
@@ -34,8 +36,14 @@ class TfdsSource:
 
     def describe(self) -> dict:
         """What decides this source's documents (for cache keys): format, dataset and options."""
-        return {"format": self.format, "name": self.name, "split": self.split, "text_field": self.text_field,
-                "version": str(self.builder.info.version), "data_dir": str(self.builder.data_dir)}
+        return {
+            "format": self.format,
+            "name": self.name,
+            "split": self.split,
+            "text_field": self.text_field,
+            "version": str(self.builder.info.version),
+            "data_dir": str(self.builder.data_dir),
+        }
 
     def __iter__(self) -> Iterator[Document]:
         ds = self.builder.as_dataset(split=self.split, shuffle_files=False)

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 import io
 import os
-
-from typing import Iterator, Sequence
 
 from etils.epath import Path
 import numpy as np
@@ -32,8 +31,14 @@ class NpyTokenSource:
 
     format = "tokens"
 
-    def __init__(self, paths: str | Sequence[str], eos_id: int, dtype: str = "uint32", vocab_size: int | None = None,
-                 chunk_tokens: int = 1 << 22):
+    def __init__(
+        self,
+        paths: str | Sequence[str],
+        eos_id: int,
+        dtype: str = "uint32",
+        vocab_size: int | None = None,
+        chunk_tokens: int = 1 << 22,
+    ):
         self.files = expand_paths(paths, "token source")
         try:
             self.dtype = np.dtype(dtype)
@@ -54,8 +59,13 @@ class NpyTokenSource:
 
     def describe(self) -> dict:
         """What decides this source's documents (for cache keys): format, files and options."""
-        return {"format": self.format, "files": [str(f) for f in self.files], "dtype": self.dtype.name,
-                "eos_id": self.eos_id, "vocab_size": self.vocab_size}
+        return {
+            "format": self.format,
+            "files": [str(f) for f in self.files],
+            "dtype": self.dtype.name,
+            "eos_id": self.eos_id,
+            "vocab_size": self.vocab_size,
+        }
 
     def _array(self, path: Path) -> np.ndarray:
         try:
@@ -69,8 +79,10 @@ class NpyTokenSource:
             else:
                 size = os.stat(path).st_size
                 if size % self.dtype.itemsize:
-                    raise ValueError(f"its {size} bytes are not a whole number of {self.dtype.name} tokens "
-                                     "(wrong dtype, or a cut file?)")
+                    raise ValueError(
+                        f"its {size} bytes are not a whole number of {self.dtype.name} tokens "
+                        "(wrong dtype, or a cut file?)"
+                    )
                 arr = np.memmap(path, dtype=self.dtype, mode="r") if size else np.zeros(0, self.dtype)
         except (ValueError, OSError) as e:
             raise ValueError(f"{path}: not a readable token file ({e})") from None
@@ -87,9 +99,11 @@ class NpyTokenSource:
         if bad.size:
             i = int(bad[0])
             bound = f"vocab_size={self.vocab_size}" if self.vocab_size is not None else "the int32 range"
-            raise ValueError(f"{path}: token id {int(chunk[i])} at token offset {offset + i} is outside [0, {limit}) "
-                             f"({bound}; {bad.size} such ids in tokens {offset}..{offset + len(chunk) - 1}); the "
-                             f"file was made with another vocabulary, or its tokens are not {chunk.dtype.name}")
+            raise ValueError(
+                f"{path}: token id {int(chunk[i])} at token offset {offset + i} is outside [0, {limit}) "
+                f"({bound}; {bad.size} such ids in tokens {offset}..{offset + len(chunk) - 1}); the "
+                f"file was made with another vocabulary, or its tokens are not {chunk.dtype.name}"
+            )
 
     def __iter__(self) -> Iterator[Document]:
         for path in self.files:
@@ -99,7 +113,7 @@ class NpyTokenSource:
         arr = self._array(path)
         n, start = len(arr), 0
         for pos in range(0, n, self.chunk_tokens):
-            chunk = np.asarray(arr[pos:pos + self.chunk_tokens])
+            chunk = np.asarray(arr[pos : pos + self.chunk_tokens])
             self._check_ids(path, chunk, pos)  # before any document that ends in this chunk is handed on
             for end in (np.flatnonzero(chunk == self.eos_id) + pos).tolist():
                 doc = self._document(path, arr, start, end)
@@ -111,8 +125,9 @@ class NpyTokenSource:
 
     def _document(self, path: Path, arr: np.ndarray, start: int, end: int) -> Document | None:
         if end == start:
-            self.report.problem("empty", f"{path}:{start}",
-                                "empty document between two EOS tokens" if start else "file starts with EOS")
+            self.report.problem(
+                "empty", f"{path}:{start}", "empty document between two EOS tokens" if start else "file starts with EOS"
+            )
             return None
         self.report.documents += 1
         return Document(f"{path.name}:{start}", tokens=np.asarray(arr[start:end], dtype=np.int32))
@@ -140,7 +155,7 @@ class MarkovSource:
         return {"format": self.format, "name": self.name}
 
     @classmethod
-    def from_spec(cls, spec: str) -> "MarkovSource":
+    def from_spec(cls, spec: str) -> MarkovSource:
         try:
             parts = [int(x) for x in spec.split(":")[1:]]
         except ValueError:

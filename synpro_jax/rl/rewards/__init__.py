@@ -6,11 +6,28 @@ Local variants registered here: ``format``, ``length``, ``data_influence``, ``qu
 ``config.build_suite`` turn gin's weights into a :class:`RewardSuite`.
 """
 
-from synpro_jax.rl.rewards.base import (RewardError, RewardInputs, RewardSuite, SuiteResult, make_reward,
-                                        register_reward, registered_rewards)
-from synpro_jax.rl.rewards import (faithfulness, format, influence, length, quality, remote,  # noqa: F401
-                                   similarity, structure)
+from synpro_jax.rl.rewards import faithfulness, format, influence, length, quality, remote, similarity, structure  # noqa: F401
+from synpro_jax.rl.rewards.base import (
+    RewardError,
+    RewardInputs,
+    RewardSuite,
+    SuiteResult,
+    make_reward,
+    register_reward,
+    registered_rewards,
+)
 from synpro_jax.rl.rewards.config import FAMILIES, LOCAL_VARIANTS, RewardsConfig, build_suite
 
-__all__ = ["RewardError", "RewardInputs", "RewardSuite", "SuiteResult", "make_reward", "register_reward",
-           "registered_rewards", "RewardsConfig", "build_suite", "FAMILIES", "LOCAL_VARIANTS"]
+__all__ = [
+    "RewardError",
+    "RewardInputs",
+    "RewardSuite",
+    "SuiteResult",
+    "make_reward",
+    "register_reward",
+    "registered_rewards",
+    "RewardsConfig",
+    "build_suite",
+    "FAMILIES",
+    "LOCAL_VARIANTS",
+]

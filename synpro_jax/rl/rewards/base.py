@@ -7,9 +7,10 @@ counts it) or fails the step. A failure never turns into a silent 0.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 import dataclasses
 import logging
-from typing import Callable, Mapping, Protocol, Sequence
+from typing import Protocol
 
 import numpy as np
 
@@ -38,8 +39,9 @@ class RewardInputs:
             raise ValueError(f"RewardInputs.operation={self.operation!r}: one of {OPERATIONS}")
         n = len(self.completions)
         if len(self.sources) != n or len(self.group) != n:
-            raise ValueError(f"RewardInputs: {n} completions but {len(self.sources)} sources and "
-                             f"{len(self.group)} group ids")
+            raise ValueError(
+                f"RewardInputs: {n} completions but {len(self.sources)} sources and {len(self.group)} group ids"
+            )
 
     def __len__(self) -> int:
         return len(self.completions)
@@ -107,8 +109,13 @@ class RewardSuite:
     scale (a reward whose values within a group differ by 0.01, like data_influence, is otherwise drowned by a
     0/1 reward)."""
 
-    def __init__(self, rewards: Mapping[str, Reward], weights: Mapping[str, float],
-                 fallbacks: Mapping[str, float] | None = None, normalize: str = "none"):
+    def __init__(
+        self,
+        rewards: Mapping[str, Reward],
+        weights: Mapping[str, float],
+        fallbacks: Mapping[str, float] | None = None,
+        normalize: str = "none",
+    ):
         if normalize not in NORMALIZATIONS:
             raise ValueError(f"reward normalize={normalize!r}: one of {NORMALIZATIONS}")
         self.normalize = normalize
@@ -127,14 +134,18 @@ class RewardSuite:
             try:
                 v = np.asarray(reward(inputs), np.float32)
                 if v.shape != (n,) or not np.all(np.isfinite(v)):
-                    raise RewardError(f"returned shape {v.shape} with non-finite values" if v.shape == (n,)
-                                      else f"returned shape {v.shape}, expected ({n},)")
+                    raise RewardError(
+                        f"returned shape {v.shape} with non-finite values"
+                        if v.shape == (n,)
+                        else f"returned shape {v.shape}, expected ({n},)"
+                    )
                 failures[name] = 0
             except RewardError as e:
                 if name not in self.fallbacks:
                     raise RewardError(f"reward {name!r} failed and has no fallback: {e}") from e
-                log.warning("reward %s failed (%s); using its fallback %s for %d completions", name, e,
-                            self.fallbacks[name], n)
+                log.warning(
+                    "reward %s failed (%s); using its fallback %s for %d completions", name, e, self.fallbacks[name], n
+                )
                 v = np.full(n, self.fallbacks[name], np.float32)
                 failures[name] = n
             values[name] = v

@@ -9,18 +9,25 @@ passed to each factory that takes a parameter of that name.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 import dataclasses
 import inspect
-from typing import Any, Mapping
+from typing import Any
 
 import gin
 
 from synpro_jax.rl.rewards.base import NORMALIZATIONS, OPERATIONS, RewardSuite, make_reward, registered_rewards
 
 FAMILIES = ("format", "length", "data_influence", "quality", "similarity", "structure", "faithfulness")
-LOCAL_VARIANTS = {"format": "format", "length": "length", "data_influence": "data_influence",
-                  "quality": "quality_local", "similarity": "similarity_local", "structure": "structure_local",
-                  "faithfulness": "faithfulness_lexical"}
+LOCAL_VARIANTS = {
+    "format": "format",
+    "length": "length",
+    "data_influence": "data_influence",
+    "quality": "quality_local",
+    "similarity": "similarity_local",
+    "structure": "structure_local",
+    "faithfulness": "faithfulness_lexical",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,8 +88,10 @@ def build_suite(config: RewardsConfig, **runtime) -> RewardSuite:
     for family in config.weights:
         name = config.variant(family)
         if name not in registered_rewards():
-            raise ValueError(f"RewardsConfig.variants[{family!r}]={name!r} is not a registered reward; registered: "
-                             f"{registered_rewards()}")
+            raise ValueError(
+                f"RewardsConfig.variants[{family!r}]={name!r} is not a registered reward; registered: "
+                f"{registered_rewards()}"
+            )
         factory = base.reward_factory(name)
         kwargs = {k: v for k, v in runtime.items() if _accepts(factory, k)}
         kwargs.update(config.options.get(family, {}))
@@ -90,8 +99,12 @@ def build_suite(config: RewardsConfig, **runtime) -> RewardSuite:
             rewards[family] = make_reward(name, **kwargs)
         except TypeError as e:
             raise ValueError(f"RewardsConfig.options[{family!r}]: {name} does not take these options ({e})") from e
-    return RewardSuite(rewards, {f: float(w) for f, w in config.weights.items()},
-                       {f: float(v) for f, v in config.fallbacks.items()}, normalize=config.normalize)
+    return RewardSuite(
+        rewards,
+        {f: float(w) for f, w in config.weights.items()},
+        {f: float(v) for f, v in config.fallbacks.items()},
+        normalize=config.normalize,
+    )
 
 
 try:

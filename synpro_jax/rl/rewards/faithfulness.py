@@ -21,12 +21,14 @@ from synpro_jax.rl.rewards.base import RewardError, RewardInputs, register_rewar
 from synpro_jax.rl.rewards.common import answers, group_sources
 
 _WORD = re.compile(r"[a-z0-9]+")
-STOP_WORDS = frozenset("""a an the and or but nor of in on at to for from by with without about into onto over
+STOP_WORDS = frozenset(
+    """a an the and or but nor of in on at to for from by with without about into onto over
 under as is are was were be been being it its this that these those there their they them he she his her him we
 our you your i me my not no so than then too very can could may might must shall should will would do does did
 has have had also such which who whom whose what when where why how all any each both either neither more most
 other some only own same just if because while during before after above below between out up down off again
-further once here s t""".split())
+further once here s t""".split()
+)
 
 
 def words(text: str) -> list[str]:
@@ -61,17 +63,20 @@ class FaithfulnessLexicalReward:
         _, sources, where = group_sources(inputs)
         vocab = []
         for s in sources:
-            v = set(words(s[:self.window]))
+            v = set(words(s[: self.window]))
             if not v:
-                raise RewardError(f"faithfulness_lexical: a source has no words in its first {self.window} "
-                                  f"characters: {s[:60]!r}")
+                raise RewardError(
+                    f"faithfulness_lexical: a source has no words in its first {self.window} characters: {s[:60]!r}"
+                )
             vocab.append(v)
         out = np.zeros(len(texts), np.float32)
         for i, text in enumerate(texts):
             entries = parse_entries(text)
             if entries:
                 v = vocab[where[i]]
-                ok = [support(e.topic, v) >= self.topic_support and support(e.content, v) >= self.content_support
-                      for e in entries]
+                ok = [
+                    support(e.topic, v) >= self.topic_support and support(e.content, v) >= self.content_support
+                    for e in entries
+                ]
                 out[i] = np.mean(ok)
         return out

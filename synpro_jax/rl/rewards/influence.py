@@ -11,7 +11,7 @@ The reward takes a ``scorer``: texts -> [len(texts)] influence. :func:`probe_sco
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -21,8 +21,9 @@ from synpro_jax.rl.rewards.common import answers, call_scorer, group_sources
 Scorer = Callable[[list[str]], np.ndarray]
 
 
-def probe_scorer(probe, encode: Callable[[list[str]], Sequence[Sequence[int]]], batch_size: int,
-                 pad_id: int = 0) -> Scorer:
+def probe_scorer(
+    probe, encode: Callable[[list[str]], Sequence[Sequence[int]]], batch_size: int, pad_id: int = 0
+) -> Scorer:
     """texts -> influence under ``probe`` (each text encoded by ``encode``, a batch encoder such as
     ``data.corpus.encoder_for(vocab)``, cut to the probe's max_len + 1 tokens, scored ``batch_size`` rows at a
     time; batch_size must divide over the mesh's data shards)."""
@@ -48,8 +49,10 @@ class DataInfluenceReward:
 
     def __init__(self, scorer: Scorer | None = None, min_chars: int = 500):
         if scorer is None:
-            raise ValueError("data_influence needs a scorer (texts -> influence), e.g. "
-                             "rl.rewards.influence.probe_scorer(probe, encode, batch_size)")
+            raise ValueError(
+                "data_influence needs a scorer (texts -> influence), e.g. "
+                "rl.rewards.influence.probe_scorer(probe, encode, batch_size)"
+            )
         if min_chars < 0:
             raise ValueError(f"data_influence min_chars={min_chars}: must be >= 0")
         self.scorer, self.min_chars = scorer, int(min_chars)
@@ -60,7 +63,7 @@ class DataInfluenceReward:
         scored = [i for i, a in enumerate(texts) if len(a) >= self.min_chars]
         # One call: every prompt's source once, then the answers long enough to count.
         values = call_scorer(self.scorer, sources + [texts[i] for i in scored], "data_influence scorer")
-        base, own = values[:len(sources)], values[len(sources):]
+        base, own = values[: len(sources)], values[len(sources) :]
         out = np.zeros(len(texts), np.float64)
         out[scored] = own - base[where[scored]]
         return out.astype(np.float32)

@@ -10,12 +10,12 @@ the bias says about no features. The source's score is computed once per prompt 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 import dataclasses
 import json
 import logging
 import re
 import zlib
-from typing import Sequence
 
 from etils.epath import Path
 import numpy as np
@@ -40,7 +40,7 @@ def _hashed_rows(texts: Sequence[str], dim: int, ngrams: int) -> scipy.sparse.cs
         counts: dict[int, float] = {}
         for n in range(1, ngrams + 1):
             for k in range(len(toks) - n + 1):
-                h = zlib.crc32(" ".join(toks[k:k + n]).encode())  # stable across processes, unlike hash()
+                h = zlib.crc32(" ".join(toks[k : k + n]).encode())  # stable across processes, unlike hash()
                 j, sign = h % dim, (1.0 if h & 0x80000000 else -1.0)
                 counts[j] = counts.get(j, 0.0) + sign
         if not counts:
@@ -80,12 +80,20 @@ class QualityClassifier:
         """Atomic: a temp file in the same folder, then a rename (synpro_jax.atomic)."""
         from synpro_jax import atomic
 
-        atomic.write_file(path, lambda tmp: np.savez(tmp, weights=self.weights, bias=np.float64(self.bias),
-                                                     ngrams=np.int64(self.ngrams), version=np.int64(FORMAT_VERSION)),
-                          suffix=".npz")
+        atomic.write_file(
+            path,
+            lambda tmp: np.savez(
+                tmp,
+                weights=self.weights,
+                bias=np.float64(self.bias),
+                ngrams=np.int64(self.ngrams),
+                version=np.int64(FORMAT_VERSION),
+            ),
+            suffix=".npz",
+        )
 
     @classmethod
-    def load(cls, path: str | Path) -> "QualityClassifier":
+    def load(cls, path: str | Path) -> QualityClassifier:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"quality_local model={str(path)!r} does not exist")
@@ -118,8 +126,9 @@ def read_labelled(path: str | Path) -> tuple[list[str], np.ndarray]:
     return texts, np.asarray(labels, np.float64)
 
 
-def fit(texts: Sequence[str], labels: np.ndarray, *, dim: int = 2 ** 18, ngrams: int = 2,
-        l2: float = 2.5e-4) -> QualityClassifier:
+def fit(
+    texts: Sequence[str], labels: np.ndarray, *, dim: int = 2**18, ngrams: int = 2, l2: float = 2.5e-4
+) -> QualityClassifier:
     """Minimise mean logistic loss + l2/2 |w|^2 (bias unpenalised) with L-BFGS."""
     if dim < 1 or ngrams < 1 or l2 < 0:
         raise ValueError(f"quality classifier dim={dim}, ngrams={ngrams}, l2={l2}: need dim, ngrams >= 1, l2 >= 0")
@@ -154,8 +163,13 @@ def train(path: str | Path, *, heldout: float = 0.2, seed: int = 0, **fit_kwargs
         return float(np.mean((clf.prob([texts[i] for i in idx]) > 0.5) == (labels[idx] > 0.5)))
 
     majority = float(max(labels[te].mean(), 1 - labels[te].mean()))
-    report = {"n_train": int(len(tr)), "n_heldout": int(len(te)), "train_accuracy": acc(tr),
-              "heldout_accuracy": acc(te), "heldout_majority_baseline": majority}
+    report = {
+        "n_train": int(len(tr)),
+        "n_heldout": int(len(te)),
+        "train_accuracy": acc(tr),
+        "heldout_accuracy": acc(te),
+        "heldout_majority_baseline": majority,
+    }
     log.info("quality_local classifier from %s: %s", path, report)
     return clf, report
 
@@ -168,20 +182,33 @@ class QualityLocalReward:
 
     name = "quality_local"
 
-    def __init__(self, classifier: QualityClassifier | None = None, model: str | None = None,
-                 data: str | None = None, heldout: float = 0.2, seed: int = 0, dim: int = 2 ** 18,
-                 ngrams: int = 2, l2: float = 2.5e-4):
+    def __init__(
+        self,
+        classifier: QualityClassifier | None = None,
+        model: str | None = None,
+        data: str | None = None,
+        heldout: float = 0.2,
+        seed: int = 0,
+        dim: int = 2**18,
+        ngrams: int = 2,
+        l2: float = 2.5e-4,
+    ):
         if sum(x is not None for x in (classifier, model, data)) != 1:
-            raise ValueError("quality_local: set exactly one of classifier, model (a saved .npz) or data (a "
-                             "labelled JSONL to train on)")
+            raise ValueError(
+                "quality_local: set exactly one of classifier, model (a saved .npz) or data (a "
+                "labelled JSONL to train on)"
+            )
         if classifier is None:
-            classifier = (QualityClassifier.load(model) if model is not None else
-                          train(data, heldout=heldout, seed=seed, dim=dim, ngrams=ngrams, l2=l2)[0])
+            classifier = (
+                QualityClassifier.load(model)
+                if model is not None
+                else train(data, heldout=heldout, seed=seed, dim=dim, ngrams=ngrams, l2=l2)[0]
+            )
         self.classifier = classifier
 
     def __call__(self, inputs: RewardInputs) -> np.ndarray:
         texts = answers(inputs)
         _, sources, where = group_sources(inputs)
         values = call_scorer(self.classifier.score, sources + texts, "quality_local classifier")
-        base, own = values[:len(sources)], values[len(sources):]
+        base, own = values[: len(sources)], values[len(sources) :]
         return (own - base[where]).astype(np.float32)

@@ -27,11 +27,11 @@ an open breaker raise :class:`RewardError`; never a 0.
 from __future__ import annotations
 
 import collections
+from collections.abc import Callable, Sequence
 import concurrent.futures
 import re
 import threading
 import time
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -96,12 +96,15 @@ def parse_structure_verdict(reply: str) -> int:
     is (whitespace stripped). RewardError for anything else ("Error 500", "10", "1.", "", an unclosed <think>)."""
     text = _THINK.sub("", reply or "")
     if "<think>" in text:
-        raise RewardError(f"structure judge: the reply's <think> block is not closed (max_tokens too small?): "
-                          f"{text[-120:]!r}")
+        raise RewardError(
+            f"structure judge: the reply's <think> block is not closed (max_tokens too small?): {text[-120:]!r}"
+        )
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     if not lines or lines[-1] not in ("0", "1"):
-        raise RewardError(f"structure judge: the reply is not 0 or 1, nor does its last line hold only 0 or 1: "
-                          f"{text.strip()[-120:]!r}")
+        raise RewardError(
+            f"structure judge: the reply is not 0 or 1, nor does its last line hold only 0 or 1: "
+            f"{text.strip()[-120:]!r}"
+        )
     return int(lines[-1])
 
 
@@ -115,8 +118,11 @@ def parse_faithfulness_labels(reply: str, num_entries: int) -> list[str]:
         m = _LABEL.search(line)
         if m is None:
             continue
-        label = {"faithful": "Faithful", "unfaithful_topic": "Unfaithful_Topic",
-                 "unfaithful_content": "Unfaithful_Content"}[m.group(1).lower()]
+        label = {
+            "faithful": "Faithful",
+            "unfaithful_topic": "Unfaithful_Topic",
+            "unfaithful_content": "Unfaithful_Content",
+        }[m.group(1).lower()]
         num = _NUMBERED.match(line)
         index = int(num.group(1)) - 1 if num else cursor
         if 0 <= index < num_entries and not labels[index]:
@@ -124,19 +130,36 @@ def parse_faithfulness_labels(reply: str, num_entries: int) -> list[str]:
             found += 1
         cursor = index + 1
     if num_entries and not found:
-        raise RewardError(f"faithfulness judge: no Faithful/Unfaithful_Topic/Unfaithful_Content label in the "
-                          f"reply {text[:160]!r}")
+        raise RewardError(
+            f"faithfulness judge: no Faithful/Unfaithful_Topic/Unfaithful_Content label in the reply {text[:160]!r}"
+        )
     return labels
 
 
 class RemoteJudge:
     """Prompts to one endpoint through chat or completions, concurrently, with the client's resilience."""
 
-    def __init__(self, base_url: str, model: str | None = None, *, api: str = "chat", max_tokens: int = 32,
-                 temperature: float = 0.0, seed: int | None = 1024, concurrency: int = 8, timeout_s: float = 60.0,
-                 max_retries: int = 3, backoff_s: float = 0.5, max_backoff_s: float = 8.0,
-                 breaker_failures: int = 5, breaker_cooldown_s: float = 30.0, api_key: str = "EMPTY",
-                 deadline_s: float | None = None, client: OpenAIClient | None = None, name: str = "judge"):
+    def __init__(
+        self,
+        base_url: str,
+        model: str | None = None,
+        *,
+        api: str = "chat",
+        max_tokens: int = 32,
+        temperature: float = 0.0,
+        seed: int | None = 1024,
+        concurrency: int = 8,
+        timeout_s: float = 60.0,
+        max_retries: int = 3,
+        backoff_s: float = 0.5,
+        max_backoff_s: float = 8.0,
+        breaker_failures: int = 5,
+        breaker_cooldown_s: float = 30.0,
+        api_key: str = "EMPTY",
+        deadline_s: float | None = None,
+        client: OpenAIClient | None = None,
+        name: str = "judge",
+    ):
         if api not in APIS:
             raise ValueError(f"{name}: api={api!r} must be one of {APIS}")
         if concurrency < 1 or max_tokens < 1:
@@ -145,10 +168,20 @@ class RemoteJudge:
         self.knobs = {"max_tokens": max_tokens, "temperature": temperature}
         if seed is not None:
             self.knobs["seed"] = seed
-        self.client = client or OpenAIClient(ClientConfig(
-            base_url=base_url, model=model, api_key=api_key, timeout_s=timeout_s, max_retries=max_retries,
-            backoff_s=backoff_s, max_backoff_s=max_backoff_s, breaker_failures=breaker_failures,
-            breaker_cooldown_s=breaker_cooldown_s, deadline_s=deadline_s))
+        self.client = client or OpenAIClient(
+            ClientConfig(
+                base_url=base_url,
+                model=model,
+                api_key=api_key,
+                timeout_s=timeout_s,
+                max_retries=max_retries,
+                backoff_s=backoff_s,
+                max_backoff_s=max_backoff_s,
+                breaker_failures=breaker_failures,
+                breaker_cooldown_s=breaker_cooldown_s,
+                deadline_s=deadline_s,
+            )
+        )
         # One reward call's total time: the given deadline_s, or one request's worst case with its retries.
         self.deadline_s = float(deadline_s) if deadline_s is not None else self.client.config.call_deadline_s
         if not (self.deadline_s > 0 and self.deadline_s < float("inf")):
@@ -168,8 +201,7 @@ class RemoteJudge:
         try:
             if self.api == "completions":
                 return self.client.completions(prompts, deadline_at=deadline_at, **self.knobs)
-            messages = [[{"role": "system", "content": JUDGE_SYSTEM}, {"role": "user", "content": p}]
-                        for p in prompts]
+            messages = [[{"role": "system", "content": JUDGE_SYSTEM}, {"role": "user", "content": p}] for p in prompts]
             pool = concurrent.futures.ThreadPoolExecutor(min(self.concurrency, len(prompts)))
             try:
                 futures = [pool.submit(self.client.chat, m, deadline_at=deadline_at, **self.knobs) for m in messages]
@@ -229,8 +261,9 @@ class QualityRemote(_RemoteReward):
     def __call__(self, inputs: RewardInputs) -> np.ndarray:
         outputs = [_answer_text(c, inputs.operation) for c in inputs.completions]
         deadline_at = self.judge.deadline_at()  # one deadline for the outputs' and the sources' requests
-        return np.asarray(self.score(outputs, deadline_at), np.float32) - self.source_scores(inputs.sources,
-                                                                                             deadline_at)
+        return np.asarray(self.score(outputs, deadline_at), np.float32) - self.source_scores(
+            inputs.sources, deadline_at
+        )
 
 
 @register_reward("structure_remote")
@@ -245,8 +278,10 @@ class StructureRemote(_RemoteReward):
 
     def __call__(self, inputs: RewardInputs) -> np.ndarray:
         self._check(inputs, ("rephrase",))
-        prompts = [STRUCTURE_PROMPT.format(original=s, rewritten=_answer_text(c, inputs.operation))
-                   for s, c in zip(inputs.sources, inputs.completions)]
+        prompts = [
+            STRUCTURE_PROMPT.format(original=s, rewritten=_answer_text(c, inputs.operation))
+            for s, c in zip(inputs.sources, inputs.completions)
+        ]
         return np.asarray([parse_structure_verdict(r) for r in self.judge.ask(prompts)], np.float32)
 
 
@@ -277,5 +312,8 @@ class FaithfulnessRemote(_RemoteReward):
         return out
 
 
-REMOTE_REWARDS: dict[str, Callable] = {"quality_remote": QualityRemote, "structure_remote": StructureRemote,
-                                       "faithfulness_remote": FaithfulnessRemote}
+REMOTE_REWARDS: dict[str, Callable] = {
+    "quality_remote": QualityRemote,
+    "structure_remote": StructureRemote,
+    "faithfulness_remote": FaithfulnessRemote,
+}

@@ -11,12 +11,13 @@ raw values). An empty answer has F1 0, as BERTScore gives an empty candidate.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 import functools
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import jax
-import numpy as np
 from jax.experimental import multihost_utils
+import numpy as np
 
 from synpro_jax import models, sharding
 from synpro_jax.models import ModelConfig
@@ -44,12 +45,16 @@ def _compiled_hidden(cfg: ModelConfig, mesh, rules):
         with sharding.use_rules(rules):
             return models.forward(cfg, params, tokens, return_hidden=True).astype(np.float32)
 
-    return jax.jit(fn, in_shardings=(models.param_shardings(cfg, mesh, rules), sharding.batch_sharding(mesh, rules)),
-                   out_shardings=sharding.batch_sharding(mesh, rules, ndim=3))
+    return jax.jit(
+        fn,
+        in_shardings=(models.param_shardings(cfg, mesh, rules), sharding.batch_sharding(mesh, rules)),
+        out_shardings=sharding.batch_sharding(mesh, rules, ndim=3),
+    )
 
 
-def final_hidden_states(cfg: ModelConfig, params: Any, tokens: np.ndarray, mesh=None,
-                        rules: sharding.Rules = sharding.DEFAULT_RULES) -> np.ndarray:
+def final_hidden_states(
+    cfg: ModelConfig, params: Any, tokens: np.ndarray, mesh=None, rules: sharding.Rules = sharding.DEFAULT_RULES
+) -> np.ndarray:
     """The decoder's final hidden states (after the final norm) [B, T, D] float32 for int tokens [B, T], sharded
     over ``mesh`` (default: one device) and brought to every host."""
     mesh = mesh or sharding.single_device_mesh()
@@ -67,8 +72,18 @@ class LMEmbedder:
     padded at the end to a power-of-two length (few shapes to compile; causal attention keeps the padding out of
     the real tokens). ``bos_id``, if given, is put first as context and left out of the embeddings."""
 
-    def __init__(self, cfg: ModelConfig, params: Any, encode: Callable[[list[str]], Sequence[Sequence[int]]], *,
-                 mesh=None, max_len: int = 512, batch_size: int = 8, bos_id: int | None = None, pad_id: int = 0):
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        params: Any,
+        encode: Callable[[list[str]], Sequence[Sequence[int]]],
+        *,
+        mesh=None,
+        max_len: int = 512,
+        batch_size: int = 8,
+        bos_id: int | None = None,
+        pad_id: int = 0,
+    ):
         if max_len < 1 or batch_size < 1:
             raise ValueError(f"LMEmbedder max_len={max_len}, batch_size={batch_size}: both must be >= 1")
         self.cfg, self.encode, self.max_len, self.batch_size = cfg, encode, max_len, batch_size
@@ -76,8 +91,10 @@ class LMEmbedder:
         self.mesh = mesh or sharding.single_device_mesh()
         ways = sharding.batch_shards(self.mesh)
         if batch_size % ways:
-            raise ValueError(f"LMEmbedder batch_size={batch_size} does not divide over the mesh's {ways} data "
-                             "shards; make it a multiple")
+            raise ValueError(
+                f"LMEmbedder batch_size={batch_size} does not divide over the mesh's {ways} data "
+                "shards; make it a multiple"
+            )
         self.params = jax.device_put(params, models.param_shardings(cfg, self.mesh))
 
     def __call__(self, texts: list[str]) -> list[np.ndarray]:
@@ -85,16 +102,16 @@ class LMEmbedder:
         if len(ids) != len(texts):
             raise RewardError(f"the encoder returned {len(ids)} token lists for {len(texts)} texts")
         lead = [] if self.bos_id is None else [self.bos_id]
-        docs = [lead + list(d)[:self.max_len] for d in ids]
+        docs = [lead + list(d)[: self.max_len] for d in ids]
         out: list[np.ndarray] = []
         for start in range(0, len(docs), self.batch_size):
-            chunk = docs[start:start + self.batch_size]
+            chunk = docs[start : start + self.batch_size]
             width = max(16, 1 << (max(len(d) for d in chunk) - 1).bit_length())
             tokens = np.full((self.batch_size, width), self.pad_id, np.int32)
             for i, d in enumerate(chunk):
-                tokens[i, :len(d)] = d
+                tokens[i, : len(d)] = d
             hidden = final_hidden_states(self.cfg, self.params, tokens, self.mesh)
-            out += [hidden[i, len(lead):len(d)] for i, d in enumerate(chunk)]
+            out += [hidden[i, len(lead) : len(d)] for i, d in enumerate(chunk)]
         return out
 
 
@@ -106,8 +123,10 @@ class SimilarityLocalReward:
 
     def __init__(self, embedder: Embedder | None = None, threshold: float = 0.65):
         if embedder is None:
-            raise ValueError("similarity_local needs an embedder (texts -> [tokens, D] arrays), e.g. "
-                             "rl.rewards.similarity.LMEmbedder(cfg, params, encode)")
+            raise ValueError(
+                "similarity_local needs an embedder (texts -> [tokens, D] arrays), e.g. "
+                "rl.rewards.similarity.LMEmbedder(cfg, params, encode)"
+            )
         self.embedder, self.threshold = embedder, float(threshold)
 
     def _embed(self, texts: list[str]) -> list[np.ndarray]:
@@ -120,8 +139,9 @@ class SimilarityLocalReward:
         except Exception as e:
             raise RewardError(f"similarity_local embedder failed: {type(e).__name__}: {e}") from e
         if len(out) != len(texts) or any(np.ndim(e) != 2 for e in out):
-            raise RewardError(f"similarity_local embedder returned {len(out)} arrays (need {len(texts)} of "
-                              "[tokens, D])")
+            raise RewardError(
+                f"similarity_local embedder returned {len(out)} arrays (need {len(texts)} of [tokens, D])"
+            )
         return out
 
     def f1(self, inputs: RewardInputs) -> np.ndarray:

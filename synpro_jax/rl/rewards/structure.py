@@ -35,8 +35,13 @@ class Layout:
 
 def layout(text: str) -> Layout:
     paragraphs = sum(1 for block in re.split(r"\n[ \t]*\n", text) if block.strip())
-    return Layout(paragraphs, len(_ITEM.findall(text)), len(_HEADING.findall(text)), len(_FENCE.findall(text)) // 2,
-                  len(_TABLE.findall(text)))
+    return Layout(
+        paragraphs,
+        len(_ITEM.findall(text)),
+        len(_HEADING.findall(text)),
+        len(_FENCE.findall(text)) // 2,
+        len(_TABLE.findall(text)),
+    )
 
 
 def _within(a: int, b: int, ratio: float) -> bool:
