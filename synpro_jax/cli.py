@@ -28,6 +28,8 @@ import sys
 
 from etils.epath import Path
 
+from synpro_jax.exit_codes import EXIT_PREEMPTED, EXIT_STALLED
+
 DEFAULT_EXPERIMENT = "gin/experiments/markov_tiny.gin"
 
 
@@ -202,7 +204,7 @@ def cmd_grpo(args, extra: list[str]) -> int:
     if not _gin_stage(args, extra, "grpo", "gin/experiments/cpu_grpo_rephrase.gin"):
         return 2
     from synpro_jax import configs
-    from synpro_jax.rl.trainer import EXIT_PREEMPTED, EXIT_STALLED, GRPOStalled
+    from synpro_jax.rl.trainer import GRPOStalled
 
     try:
         summary = configs.grpo()
@@ -217,7 +219,6 @@ def cmd_loop(args, extra: list[str]) -> int:
     if not _gin_stage(args, extra, "loop", "gin/experiments/cpu_loop.gin"):
         return 2
     from synpro_jax import configs
-    from synpro_jax.loop.runner import EXIT_PREEMPTED
 
     summary = configs.loop()
     runs = summary["runs"]
@@ -249,7 +250,6 @@ def cmd_demo(args, extra: list[str]) -> int:
     if not _parse_gin(files, macros + extra, _search_paths(args)):
         return 2
     from synpro_jax import configs
-    from synpro_jax.demo.runner import EXIT_PREEMPTED
 
     report = configs.demo()
     return EXIT_PREEMPTED if report.get("preempted") else 0
@@ -259,7 +259,6 @@ def cmd_train(args, extra: list[str]) -> int:
     if not _parse_gin(args.gin_file or [DEFAULT_EXPERIMENT], extra, _search_paths(args)):
         return 2
     from synpro_jax import configs
-    from synpro_jax.train.trainer import EXIT_PREEMPTED
 
     summary = configs.pretrain()
     print(json.dumps(summary, indent=2))
@@ -313,7 +312,7 @@ def cmd_sweep(args, extra: list[str]) -> int:
         return 0
     statuses = [p["status"] for p in manifest["points"]]
     if "preempted" in statuses:
-        return sweep.EXIT_PREEMPTED
+        return EXIT_PREEMPTED
     failed = [p["name"] for p in manifest["points"] if p["status"] == "failed"]
     if failed:
         print(

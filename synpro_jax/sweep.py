@@ -45,6 +45,7 @@ import time
 from etils import epath
 
 from synpro_jax import atomic
+from synpro_jax.exit_codes import EXIT_PREEMPTED
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,6 @@ COMMANDS: dict[str, tuple[str, str, str]] = {  # command -> (entry configurable,
     "loop": ("synpro.loop", "LOOP_DIR", "loop_summary.json"),
     "demo": ("synpro.demo", "DEMO_DIR", "demo.json"),
 }
-EXIT_PREEMPTED = 143
 MANIFEST = "sweep.json"
 
 

@@ -18,9 +18,7 @@ from synpro_jax.demo.config import DemoConfig
 
 log = logging.getLogger(__name__)
 
-__all__ = ["run_demo", "EXIT_PREEMPTED"]
-
-EXIT_PREEMPTED = 143
+__all__ = ["run_demo"]
 
 
 class _Steps:

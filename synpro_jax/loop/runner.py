@@ -37,9 +37,7 @@ from synpro_jax.loop.plan import StagePlan, plan_rounds
 
 log = logging.getLogger(__name__)
 
-__all__ = ["run_loop", "stage_order", "EXIT_PREEMPTED"]
-
-EXIT_PREEMPTED = 143  # as the trainers (128 + SIGTERM): rerun the same command to resume
+__all__ = ["run_loop", "stage_order"]
 
 
 def stage_order(cfg: LoopConfig) -> list[tuple[str, str, int | None, StagePlan]]:

@@ -62,8 +62,6 @@ from synpro_jax.train.metrics import MetricsLog, save_png
 
 log = logging.getLogger(__name__)
 
-EXIT_PREEMPTED = 143
-EXIT_STALLED = 3  # GRPOStalled: the run stopped because no group carried a learning signal
 EXPORT_DIR = "export"
 EXPORT_INFO = "synpro_grpo.json"
 

@@ -49,8 +49,6 @@ from synpro_jax.train.step import TrainStep, batch_loss_sums
 
 log = logging.getLogger(__name__)
 
-EXIT_PREEMPTED = 143  # 128 + SIGTERM, for supervisors that restart preempted jobs
-
 
 @dataclasses.dataclass(frozen=True)
 class TrainerConfig:

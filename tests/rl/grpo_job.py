@@ -51,11 +51,12 @@ class LetterShare:
 def main(workspace: str, out_dir: str, steps: int) -> int:
     from synpro_jax import distributed, sharding
     from synpro_jax.data.vocab import load_vocabulary
+    from synpro_jax.exit_codes import EXIT_PREEMPTED
     from synpro_jax.models import hf
     from synpro_jax.rl.config import GRPOConfig
     from synpro_jax.rl.prompt_set import PromptSet
     from synpro_jax.rl.rewards.base import RewardSuite, make_reward
-    from synpro_jax.rl.trainer import EXIT_PREEMPTED, GRPORunConfig, GRPOTrainer
+    from synpro_jax.rl.trainer import GRPORunConfig, GRPOTrainer
 
     distributed.initialize()  # JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID: one job of several
     ws = Path(workspace)

@@ -18,8 +18,9 @@ from synpro_jax.data.corpus import TokenizedCorpus  # noqa: E402
 from synpro_jax.data.packing import PackedStream  # noqa: E402
 from synpro_jax.data.streams import MixtureInput  # noqa: E402
 from synpro_jax.data.vocab import PassthroughVocabulary, load_vocabulary  # noqa: E402
+from synpro_jax.exit_codes import EXIT_PREEMPTED
 from synpro_jax.train import OptimizerConfig  # noqa: E402
-from synpro_jax.train.trainer import EXIT_PREEMPTED, Trainer, TrainerConfig  # noqa: E402
+from synpro_jax.train.trainer import Trainer, TrainerConfig  # noqa: E402
 
 
 def corpus(seed: int, n: int = 120) -> TokenizedCorpus:
