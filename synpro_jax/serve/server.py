@@ -703,17 +703,14 @@ def _h11_protocol():
     from uvicorn.protocols.http.h11_impl import H11Protocol
 
     class JSONErrorH11Protocol(H11Protocol):
+        def error_body(self, message: str) -> dict:
+            """The 400's JSON (the influence service's subclass answers in its own shape)."""
+            return {
+                "error": {"message": message, "type": "invalid_request_error", "param": None, "code": "malformed_http"}
+            }
+
         def send_400_response(self, msg: str) -> None:
-            body = json.dumps(
-                {
-                    "error": {
-                        "message": f"malformed HTTP request: {msg}",
-                        "type": "invalid_request_error",
-                        "param": None,
-                        "code": "malformed_http",
-                    }
-                }
-            ).encode()
+            body = json.dumps(self.error_body(f"malformed HTTP request: {msg}")).encode()
             headers = [
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(body)).encode()),
