@@ -444,8 +444,10 @@ def build_app(
 
     async def no_route(request: Request, exc: HTTPException) -> Response:
         """Starlette's own refusals (no such route: 404; a method the route lacks: 405) in this service's shape."""
-        where = f"{request.method} {request.url.path}"
-        message = {404: f"no route {where}", 405: f"no route {where} (not this method)"}
+        message = {
+            404: f"no route {request.method} {request.url.path}",
+            405: f"{request.method} is not allowed on {request.url.path}",
+        }
         return _reply(
             exc.status_code, {"error": f"{message.get(exc.status_code, exc.detail)}; {_ROUTES}"}, headers=exc.headers
         )

@@ -1,6 +1,7 @@
 """The influence service under load and bad input, with a probe stub whose scoring can be held on an event:
-Content-Length checks and socket timeouts over raw sockets, the bounded queue (503 + Retry-After), cancelled work
-for clients that left or timed out, length buckets, and encode failures confined to their request."""
+Content-Length checks and header and body timeouts over raw sockets, uvicorn's HTTP/1.1 keep-alive, the bounded
+queue (503 + Retry-After), cancelled work for clients that left, gave up or timed out, length buckets, and encode
+failures confined to their request."""
 
 import contextlib
 import inspect
@@ -88,6 +89,24 @@ def raw_exchange(srv, data: bytes, timeout=2.0, shutdown_write=False):
     status = int(lines[0].split()[1]) if lines[0] else None
     headers = {k.lower(): v for k, v in (line.split(": ", 1) for line in lines[1:] if ": " in line)}
     return status, headers, body
+
+
+def read_response(sock) -> tuple[bytes, bytes]:
+    """One response from a connection left open: (head, body), the body read to its Content-Length."""
+
+    def more() -> bytes:
+        chunk = sock.recv(65536)
+        assert chunk, "the server closed the connection mid-response"
+        return chunk
+
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += more()
+    head, _, body = data.partition(b"\r\n\r\n")
+    want = int(re.search(rb"content-length: (\d+)", head, re.IGNORECASE).group(1))
+    while len(body) < want:
+        body += more()
+    return head, body
 
 
 def post_async(srv, texts, timeout=10.0):
@@ -335,3 +354,59 @@ def test_a_json_error_reads_once_at_its_position():
         assert r.status_code == 400
         assert r.json()["error"] == "invalid JSON: Invalid control character at line 1, column 14 (char 13)"
         assert "at at" not in r.json()["error"] and "at:" not in r.json()["error"]
+
+
+def test_a_client_that_gives_up_cancels_its_queued_work():
+    """The release's client posts with a timeout: once it gives up and closes its connection, uvicorn reports the
+    disconnect and the request's texts leave the queue unscored."""
+    probe = GatedProbe()
+    probe.gate.clear()
+    with serving(probe, batch_size=4) as srv:
+        t0, out0 = post_async(srv, [f"holder {j}" for j in range(4)])
+        assert probe.entered.wait(10)
+        with pytest.raises(requests.exceptions.ReadTimeout):
+            requests.Session().post(url(srv), json={"texts": [f"impatient {j}" for j in range(4)]}, timeout=0.5)
+        wait_until(lambda: srv.scoring.stats["requests_cancelled"] == 1)
+        assert srv.scoring.queued() == 0
+        probe.gate.set()
+        t0.join(10)
+        assert out0["resp"].json()["influence_scores"] == expected([f"holder {j}" for j in range(4)])
+        r = requests.Session().post(url(srv), json={"texts": ["after"]}, timeout=5)
+        assert r.json()["influence_scores"] == expected(["after"])
+        assert probe.rows_scored == 4 + 1 and probe.shapes == [(4, 17), (4, 17)]
+
+
+def test_served_by_uvicorn_with_http11_keep_alive():
+    """uvicorn (h11) serves the app: answers keep the connection open for the next request, a kept-alive
+    connection that then stalls inside the next request's headers is closed after socket_timeout_s, every refusal
+    (uvicorn's own for unparsable HTTP, Starlette's 405 included) is {"error": ...}, and a NaN score goes out as
+    json.dumps writes it."""
+    probe = GatedProbe()
+    with serving(probe, socket_timeout_s=0.5) as srv:
+        body = json.dumps({"texts": ["first", "second one"]}).encode()
+        request = HEAD + b"Content-Length: %d\r\n\r\n" % len(body) + body
+        with socket.create_connection(srv.address, timeout=5) as s:
+            for _ in range(2):  # two requests, one connection
+                s.sendall(request)
+                head, payload = read_response(s)
+                assert head.startswith(b"HTTP/1.1 200") and b"server: uvicorn" in head
+                assert b"connection: close" not in head
+                assert json.loads(payload)["influence_scores"] == expected(["first", "second one"])
+            start = time.monotonic()
+            s.sendall(b"POST /get_influence HTTP/1.1\r\nHost: t\r\n")  # then nothing more
+            assert s.recv(65536) == b""
+            assert 0.3 < time.monotonic() - start < 3.0
+        status, headers, body = raw_exchange(srv, b"NOT HTTP AT ALL\r\n\r\n")
+        assert status == 400 and headers["connection"] == "close"
+        assert json.loads(body) == {"error": "malformed HTTP request: Invalid HTTP request received."}
+        r = requests.get(url(srv), timeout=5)
+        assert r.status_code == 405 and r.headers["Allow"] == "POST"
+        assert r.json()["error"] == "GET is not allowed on /get_influence; use GET /health or POST /get_influence"
+
+    class NaNProbe(GatedProbe):
+        def score(self, tokens, mask):
+            return {**super().score(tokens, mask), "influence": np.full(len(tokens), np.nan, np.float32)}
+
+    with serving(NaNProbe()) as srv:
+        r = requests.Session().post(url(srv), json={"texts": ["no number"]}, timeout=5)
+        assert r.status_code == 200 and r.text.startswith('{"influence_scores": [NaN], ')
