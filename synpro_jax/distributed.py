@@ -20,8 +20,11 @@ import urllib.error
 import urllib.request
 import zlib
 
+from etils.epath import Path
 import jax
 import numpy as np
+
+from synpro_jax import atomic
 
 log = logging.getLogger(__name__)
 
@@ -261,3 +264,11 @@ class Preemption:
             flags = multihost_utils.process_allgather(np.int32(self._flag.is_set()))
             return bool(np.max(np.asarray(flags)))
         return self._flag.is_set()
+
+
+def write_config_record(out_dir, text: str | None) -> None:
+    """``out_dir/config.gin``: the configuration that made a run, written atomically by process 0 alone (one writer
+    for a shared file). ``text`` None (a job called from Python, not from gin files) writes nothing."""
+    if text is None or jax.process_index() != 0:
+        return
+    atomic.write_text(Path(out_dir) / "config.gin", text)

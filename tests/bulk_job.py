@@ -61,7 +61,8 @@ def main(kind: str, workspace: str, out: str, kill_after: str) -> None:
     from synpro_jax import distributed
 
     distributed.initialize()
-    from synpro_jax import configs
+    from synpro_jax.generation import run as generation_run
+    from synpro_jax.influence import run as influence_run
     from synpro_jax.models import hf
 
     ws = Path(workspace)
@@ -72,29 +73,33 @@ def main(kind: str, workspace: str, out: str, kill_after: str) -> None:
         settings = SynthesisConfig(
             operation="rephrase", max_prompt_tokens=720, max_new_tokens=8, batch_size=2, keep_unparsed=True
         )
-        configs.synthesize(
-            generator=str(ws / "model"),
-            shards=[str(ws / "organic.jsonl")],
-            out_dir=out,
-            settings=settings,
-            vocabulary=str(ws / "sp.model"),
-            progress=False,
+        generation_run.synthesize(
+            generation_run.SynthesizeJob(
+                generator=str(ws / "model"),
+                shards=[str(ws / "organic.jsonl")],
+                out_dir=out,
+                settings=settings,
+                vocabulary=str(ws / "sp.model"),
+                progress=False,
+            )
         )
     elif kind == "probe":
         from synpro_jax.influence.probe import Probe, ProbeConfig
 
         die_after(Probe, "score_docs", int(kill_after))
-        configs.probe(
-            model=hf.read_config(ws / "model"),
-            checkpoint=str(ws / "model"),
-            vocabulary=str(ws / "sp.model"),
-            reference=[str(ws / "ref.jsonl")],
-            corpus=[str(ws / "organic.jsonl")],
-            out_dir=out,
-            settings=ProbeConfig(steps=2, batch_size=8, seq_len=32),
-            max_len=32,
-            batch_size=4,
-            chunk_docs=3,
+        influence_run.probe(
+            influence_run.ProbeJob(
+                model=hf.read_config(ws / "model"),
+                checkpoint=str(ws / "model"),
+                vocabulary=str(ws / "sp.model"),
+                reference=[str(ws / "ref.jsonl")],
+                corpus=[str(ws / "organic.jsonl")],
+                out_dir=out,
+                settings=ProbeConfig(steps=2, batch_size=8, seq_len=32),
+                max_len=32,
+                batch_size=4,
+                chunk_docs=3,
+            )
         )
     else:
         raise SystemExit(f"unknown job {kind!r}")

@@ -8,17 +8,57 @@ and rerun demo ends with the same table as an uninterrupted one.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+import dataclasses
 import logging
 import time
+from typing import Any
 
 from etils.epath import Path
-import gin
+import jax
+import numpy as np
 
+from synpro_jax import sharding
+from synpro_jax.data.config import DataConfig
+from synpro_jax.data.streams import organic_split
+from synpro_jax.demo import report as report_lib
 from synpro_jax.demo.config import DemoConfig
+from synpro_jax.demo.files import write_corpus, write_world
+from synpro_jax.demo.teach import teach_generator
+from synpro_jax.loop.config import LoopConfig
+from synpro_jax.loop.plan import GeneratorSpec
+from synpro_jax.loop.runner import run_loop
+from synpro_jax.loop.settings import StageSettings
+from synpro_jax.loop.stages import ROUND0_START
+from synpro_jax.models.config import ModelConfig
 
 log = logging.getLogger(__name__)
 
-__all__ = ["run_demo"]
+__all__ = ["DemoJob", "DemoExperiment", "run_demo", "organic_budgets"]
+
+OPERATIONS = ("rephrase", "reformat")  # the demo's two generators, named after their operations
+
+
+@dataclasses.dataclass(frozen=True)
+class DemoJob:
+    """What ``synpro demo`` runs (gin: ``synpro.demo``): the world and the teaching (``config``) and the LM and
+    generators' model."""
+
+    config: DemoConfig
+    model: ModelConfig
+    progress: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class DemoExperiment:
+    """The experiment's settings before the demo knows its files and token budgets: ``loop`` and ``data`` are the
+    knobs of a LoopConfig and a DataConfig (the demo adds the paths and budgets, then builds them), ``stages``
+    the stage templates with one generator per operation (the demo adds the world's file to the rewards'
+    options)."""
+
+    loop: Mapping[str, Any]
+    data: Mapping[str, Any]
+    stages: StageSettings
 
 
 class _Steps:
@@ -38,28 +78,11 @@ class _Steps:
             print(f"[demo {self.k}/{self.total}] {what} ({time.perf_counter() - since:,.1f}s)", flush=True)
 
 
-def _bind(**macros) -> None:
-    """Set gin macros after the config files were parsed (the paths and budgets the demo decides)."""
-    with gin.unlock_config():
-        gin.parse_config([f"{name} = {value!r}" for name, value in macros.items()])  # Python literals are gin's
-
-
-def _bind_params(params: dict) -> None:
-    with gin.unlock_config():
-        for key, value in params.items():
-            gin.bind_parameter(key, value)
-
-
-def organic_budgets(documents: int, multiples, progress: bool = True) -> tuple[int, dict[int, int]]:
+def organic_budgets(data: DataConfig, documents: int, multiples, progress: bool = True) -> tuple[int, dict[int, int]]:
     """(round 0's unique-token budget: exactly the first ``documents`` (the organic biographies), {multiple: the
     oracle budget of ``multiple`` times as many documents}), counted in the tokenized corpus the runs will read,
     in corpus order."""
-    import numpy as np
-
-    from synpro_jax.data.streams import organic_split
-    from synpro_jax.loop.stages import gin_make
-
-    data = gin_make("synpro.DataConfig", organic_budget_tokens=None)
+    data = dataclasses.replace(data, organic_budget_tokens=None)
     _, train, _, _ = organic_split(data, progress=progress)
     cum = np.cumsum(train.lengths())
     if documents * max(multiples) > len(cum):
@@ -70,18 +93,24 @@ def organic_budgets(documents: int, multiples, progress: bool = True) -> tuple[i
     return int(cum[documents - 1]), {m: int(cum[m * documents - 1]) for m in multiples}
 
 
-def run_demo(cfg: DemoConfig, model, progress: bool = True) -> dict:
-    import dataclasses
+def _with_world(stages: StageSettings, world_json: str | None) -> StageSettings:
+    """The generators' rewards with the world's file as the faithfulness judge's key, where they name one."""
+    generators = {}
+    for name, gen in stages.generators.items():
+        options = {k: dict(v) for k, v in gen.grpo.rewards.options.items()}
+        if "faithfulness" in options and "world" in options["faithfulness"]:
+            options["faithfulness"]["world"] = world_json
+        rewards = dataclasses.replace(gen.grpo.rewards, options=options)
+        generators[name] = dataclasses.replace(gen, grpo=dataclasses.replace(gen.grpo, rewards=rewards))
+    return dataclasses.replace(stages, generators=generators)
 
-    import jax
 
-    from synpro_jax import configs, sharding
-    from synpro_jax.demo import report as report_lib
-    from synpro_jax.demo.files import write_corpus, write_world
-    from synpro_jax.demo.teach import teach_generator
-    from synpro_jax.loop.stages import ROUND0_START
-
+def run_demo(job: DemoJob, experiment: DemoExperiment, record: str | None = None) -> dict:
+    """Run (or resume) the demo; returns the report written as ``demo.json``. ``record``, the configuration
+    text, is written as the experiment's config.gin."""
+    cfg, model, progress = job.config, job.model, job.progress
     root = Path(cfg.out_dir)
+    root.mkdir(parents=True, exist_ok=True)
     if not jax.config.jax_compilation_cache_dir:
         # Every arm compiles the same programs, and a resumed demo those of the killed one: keep them on disk.
         jax.config.update("jax_compilation_cache_dir", str(root / "jax_cache"))
@@ -154,32 +183,48 @@ def run_demo(cfg: DemoConfig, model, progress: bool = True) -> dict:
 
     t = steps.start("the SynPro experiment (synpro loop)")
     world = not cfg.corpus
-    _bind(
-        LOOP_DIR=str(root / "loop"),
-        ORGANIC=[str(files.corpus)],
-        VOCABULARY=str(files.tokenizer),
-        REFERENCE=[str(files.reference)] if world else list(files.reference_files),
-        PROBE_CORPUS=[str(files.organic)],
-        WORLD_JSON=str(files.world_json) if world else None,
-        GENERATORS=[{"name": op, "operation": op, "start": start} for op in ("rephrase", "reformat")],
-    )
-    _bind_params(
-        {
-            "synpro.DataConfig.validation": [str(files.heldout)],
-            "synpro.DataConfig.cache_dir": str(root / "cache"),
-            "synpro.LoopConfig.grpo_prompts": [str(files.organic)],
-            "synpro.LoopConfig.eval_tasks": [f"qa={files.qa}"] if world else [],
-            **(
-                {}
-                if world and cfg.generator is None
-                else {"synpro.SynthesisConfig.keep_unparsed": start == ROUND0_START}
-            ),
+    data = DataConfig(
+        **{
+            **experiment.data,
+            "organic": [str(files.corpus)],
+            "vocabulary": str(files.tokenizer),
+            "validation": [str(files.heldout)],
+            "cache_dir": str(root / "cache"),
         }
     )
-    organic, oracle = organic_budgets(organic_docs, cfg.oracle_multiples, progress=progress)
-    _bind(ORACLE_BUDGETS=[oracle[m] for m in cfg.oracle_multiples])
-    _bind_params({"synpro.DataConfig.organic_budget_tokens": organic})
-    summary = configs.loop()
+    organic, oracle = organic_budgets(data, organic_docs, cfg.oracle_multiples, progress=progress)
+    data = dataclasses.replace(data, organic_budget_tokens=organic)
+    loop_cfg = LoopConfig(
+        **{
+            **experiment.loop,
+            "out_dir": str(root / "loop"),
+            "generators": tuple(GeneratorSpec(op, op, start) for op in OPERATIONS),
+            "oracle_budget_tokens": [oracle[m] for m in cfg.oracle_multiples],
+            "grpo_prompts": [str(files.organic)],
+            "eval_tasks": [f"qa={files.qa}"] if world else [],
+        }
+    )
+    stages = _with_world(experiment.stages, str(files.world_json) if world else None)
+    probe = dataclasses.replace(
+        stages.probe,
+        vocabulary=str(files.tokenizer),
+        reference=[str(files.reference)] if world else list(files.reference_files),
+        corpus=[str(files.organic)],
+    )
+    if not (world and cfg.generator is None):  # round 0's LM cannot rephrase: keep its raw completions
+        generators = {
+            name: dataclasses.replace(
+                gen,
+                synthesize=dataclasses.replace(
+                    gen.synthesize,
+                    settings=dataclasses.replace(gen.synthesize.settings, keep_unparsed=start == ROUND0_START),
+                ),
+            )
+            for name, gen in stages.generators.items()
+        }
+        stages = dataclasses.replace(stages, generators=generators)
+    stages = dataclasses.replace(stages, pretrain=dataclasses.replace(stages.pretrain, data=data), probe=probe)
+    summary = run_loop(loop_cfg, stages, progress=progress, record=record)
     steps.done("experiment " + ("preempted" if summary.get("preempted") else "done"), t)
     if summary.get("preempted") or not summary.get("complete"):
         return {"preempted": True, "out_dir": str(root)}

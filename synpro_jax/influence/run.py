@@ -39,8 +39,12 @@ from jax.sharding import Mesh
 import numpy as np
 
 from synpro_jax import atomic, distributed, sharding
-from synpro_jax.influence.probe import first_difference
+from synpro_jax.data.corpus import encoder_for
+from synpro_jax.data.vocab import load_vocabulary
+from synpro_jax.influence.probe import Probe, ProbeConfig, first_difference
+from synpro_jax.influence.service import InfluenceServer
 from synpro_jax.models import ModelConfig
+from synpro_jax.sharding import MeshConfig
 from synpro_jax.train import params_io
 
 log = logging.getLogger(__name__)
@@ -315,3 +319,110 @@ def probe_and_score(
         _atomic_json(out / "summary.json", summary)
     distributed.barrier(f"probe summary {out}")
     return summary
+
+
+# --- the jobs: ``synpro probe`` and ``synpro influence-server`` ---------------------------------------------------
+
+
+def _as_tuple(x) -> tuple:
+    return tuple(x) if isinstance(x, (list, tuple)) else (x,)
+
+
+@dataclasses.dataclass(frozen=True)
+class ProbeJob:
+    """What ``synpro probe`` runs (gin: ``synpro.probe``): fine-tune theta' on the reference task, then score every
+    corpus document (saved in parts of ``chunk_docs`` documents: what a killed job keeps). The loop keeps a job
+    with ``checkpoint`` and ``out_dir`` None as its template and sets them per round."""
+
+    model: ModelConfig
+    checkpoint: str | None
+    vocabulary: str | None
+    reference: Any
+    corpus: Any
+    out_dir: str | None
+    mesh: MeshConfig = MeshConfig()
+    settings: ProbeConfig | None = None
+    text_field: str = "text"
+    max_len: int = 2048
+    batch_size: int = 32
+    max_reference_examples: int | None = None
+    chunk_docs: int = 512
+
+
+def probe(job: ProbeJob, record: str | None = None) -> dict:
+    """Run the probe; ``record``, the configuration text, is written as ``out_dir/config.gin`` first."""
+    for knob in ("checkpoint", "vocabulary", "reference", "corpus", "out_dir"):
+        if getattr(job, knob) is None:
+            raise ValueError(f"synpro.probe.{knob}: not set")
+    mesh = sharding.make_mesh(job.mesh)
+    Path(job.out_dir).mkdir(parents=True, exist_ok=True)
+    distributed.write_config_record(job.out_dir, record)
+    return probe_and_score(
+        job.model,
+        mesh,
+        job.checkpoint,
+        job.vocabulary,
+        _as_tuple(job.reference),
+        _as_tuple(job.corpus),
+        job.out_dir,
+        job.settings or ProbeConfig(),
+        text_field=job.text_field,
+        max_len=job.max_len,
+        batch_size=job.batch_size,
+        max_reference_examples=job.max_reference_examples,
+        chunk_docs=job.chunk_docs,
+    )
+
+
+def finetuned_dir(probe_out: str) -> str:
+    """theta' written by `synpro probe` into its out_dir (gin: ``@synpro.finetuned_dir()``)."""
+    return str(Path(probe_out) / "finetuned")
+
+
+@dataclasses.dataclass(frozen=True)
+class InfluenceServerJob:
+    """What ``synpro influence-server`` runs (gin: ``synpro.influence_server``): POST /get_influence and GET /health
+    for theta (``checkpoint``) and theta' (the probe's finetuned dir). ``max_queued`` requests wait for the device
+    (more get 503 with Retry-After); ``timeout_s`` bounds a request's wait, ``socket_timeout_s`` each socket read
+    and write."""
+
+    model: ModelConfig
+    checkpoint: str
+    finetuned: str
+    vocabulary: str
+    mesh: MeshConfig = MeshConfig()
+    max_len: int = 2048
+    batch_size: int = 32
+    host: str = "127.0.0.1"
+    port: int = 24775
+    max_texts: int = 256
+    max_queued: int = 64
+    timeout_s: float = 600.0
+    socket_timeout_s: float = 30.0
+    retry_after_s: int = 5
+
+
+def serve(job: InfluenceServerJob) -> None:
+    """Load theta and theta' (checked to come from this theta) and serve until stopped."""
+    mesh = sharding.make_mesh(job.mesh)
+    vocab = load_vocabulary(job.vocabulary)
+    params, tuned = load_pair(job.model, mesh, job.checkpoint, job.finetuned)
+    probe_obj = Probe(job.model, mesh, params, tuned, max_len=job.max_len)
+    server = InfluenceServer(
+        probe_obj,
+        encoder_for(vocab),
+        host=job.host,
+        port=job.port,
+        batch_size=job.batch_size,
+        max_texts=job.max_texts,
+        pad_id=vocab.pad_id,
+        max_queued=job.max_queued,
+        timeout_s=job.timeout_s,
+        socket_timeout_s=job.socket_timeout_s,
+        retry_after_s=job.retry_after_s,
+    )
+    print(
+        f"serving influence on http://{server.address[0]}:{server.address[1]} (POST /get_influence, GET /health)",
+        flush=True,
+    )
+    server.serve_forever()

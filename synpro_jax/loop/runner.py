@@ -23,21 +23,41 @@ checkpoints or shard files, and nothing already produced is made twice.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
 import time
 
 from etils.epath import Path
+import jax
 
+from synpro_jax import atomic, distributed
+from synpro_jax.data.config import DataConfig
+from synpro_jax.eval import effective_tokens as et
 from synpro_jax.loop import stages
 from synpro_jax.loop.config import LoopConfig, method_names
 from synpro_jax.loop.manifest import Manifest
 from synpro_jax.loop.plan import StagePlan, plan_rounds
+from synpro_jax.loop.settings import StageSettings
+from synpro_jax.models.config import ModelConfig
+from synpro_jax.train.metrics import TensorBoard, save_png
 
 log = logging.getLogger(__name__)
 
-__all__ = ["run_loop", "stage_order"]
+__all__ = ["LoopJob", "run_loop", "stage_order"]
+
+
+@dataclasses.dataclass(frozen=True)
+class LoopJob:
+    """What ``synpro loop`` runs (gin: ``synpro.loop``): the experiment (``config``), the pretraining LM (also
+    theta for the probe and the influence reward) and the round-0 data the later rounds extend. The stages'
+    other settings are the templates of loop/settings.py, built from their usual bindings."""
+
+    config: LoopConfig
+    model: ModelConfig
+    data: DataConfig
+    progress: bool = True
 
 
 def stage_order(cfg: LoopConfig) -> list[tuple[str, str, int | None, StagePlan]]:
@@ -71,8 +91,6 @@ class _Board:
         self.enabled, self.writers, self.offset = enabled, {}, {r: 0 for r in runs}
         if not enabled:
             return
-        from synpro_jax.train.metrics import TensorBoard
-
         for run in runs:
             directory = root / "tensorboard" / run
             if directory.exists():
@@ -134,12 +152,10 @@ def _curves(exp: stages.Experiment, done: dict[str, dict], runs: list[str]) -> d
 
 
 def _plot(path: Path, curves: dict[str, dict]) -> None:
-    import matplotlib
+    import matplotlib  # only process 0 draws: the other hosts never import it
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from synpro_jax.train.metrics import save_png
 
     fig, ax = plt.subplots(figsize=(8, 4.5))
     ends = []
@@ -171,8 +187,6 @@ def _plot(path: Path, curves: dict[str, dict]) -> None:
 def _effective(cfg: LoopConfig, final: dict[str, dict]) -> dict:
     """The oracle fit over repetition and the oracle runs (D = their unique organic tokens), and every run's
     effective tokens and multiplier over repetition."""
-    from synpro_jax.eval import effective_tokens as et
-
     oracle = {
         run: o
         for run, o in final.items()
@@ -231,19 +245,17 @@ def _summary(exp: stages.Experiment, done: dict[str, dict], runs: list[str], pre
     }
 
 
-def run_loop(cfg: LoopConfig, model, data, progress: bool = True) -> dict:
-    """Run (or resume) the experiment; returns the summary also written to loop_summary.json."""
-    import jax
-
-    from synpro_jax import atomic, distributed
-
-    exp = stages.Experiment(cfg, model, data, progress=progress)
+def run_loop(cfg: LoopConfig, settings: StageSettings, progress: bool = True, record: str | None = None) -> dict:
+    """Run (or resume) the experiment from its stage templates; returns the summary also written to
+    loop_summary.json. ``record``, the configuration text, is written as ``out_dir/config.gin`` and each stage's."""
+    exp = stages.Experiment(cfg, settings, progress=progress, record=record)
     if "synpro" in cfg.methods and cfg.rounds:
         exp.check_generators()  # before any work: a wrong path fails now, not after round 0
     root = Path(cfg.out_dir)
     writer = jax.process_index() == 0
     if writer:
         root.mkdir(parents=True, exist_ok=True)
+    distributed.write_config_record(root, record)
     manifest = Manifest(root, {"layout": "synpro_jax loop v1"})
     order = stage_order(cfg)
     runs = [name for name, _, _ in method_names(cfg)]

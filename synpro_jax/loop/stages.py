@@ -1,11 +1,9 @@
-"""How the loop runs each kind of stage in-process, through the stage's usual gin configurable.
+"""How the loop runs each kind of stage in-process, by calling the stage's job function.
 
 The loop sets only what it owns: each stage's directory, the checkpoints it reads (theta, theta', the policy),
 its step count (``LoopConfig.steps``, ``GeneratorSpec.grpo_steps``), the operation and round, and the pretraining
-mixture. Everything else (optimizer, batch, probe and GRPO settings, rewards, sampling) comes from the gin
-bindings of ``synpro.TrainerConfig``, ``synpro.ProbeConfig``, ``synpro.GRPORunConfig``, ``synpro.RewardsConfig``,
-``synpro.SynthesisConfig`` and so on, as for a single-stage run. A generator's stages run inside the gin scope of
-its name, so ``reformat/synpro.RewardsConfig.weights = {...}`` gives it its own rewards.
+mixture. Everything else (optimizer, batch, probe and GRPO settings, rewards, sampling) comes from the stage
+templates in :class:`~synpro_jax.loop.settings.StageSettings`, built before the loop starts.
 
 Each stage is described by a :class:`StageCall`: the inputs recorded in ``loop.json`` (paths relative to the
 experiment directory, so the directory can move), the work, and the check that its outputs still exist.
@@ -20,9 +18,23 @@ import logging
 from typing import Any
 
 from etils.epath import Path
+import jax
 
+from synpro_jax import atomic, sharding
+from synpro_jax.data.config import SyntheticShards
+from synpro_jax.data.streams import organic_split
+from synpro_jax.data.tasks import organic_task_name
+from synpro_jax.data.vocab import PassthroughVocabulary, TrainedSentencePiece, load_vocabulary
+from synpro_jax.eval import run as eval_run
+from synpro_jax.generation import run as generation_run
+from synpro_jax.generation.synthesize import MANIFEST, selection_identity
+from synpro_jax.influence import run as influence_run
 from synpro_jax.loop.config import LoopConfig
 from synpro_jax.loop.plan import GeneratorSpec, StagePlan
+from synpro_jax.loop.settings import StageSettings
+from synpro_jax.rl import run as rl_run
+from synpro_jax.train import params_io
+from synpro_jax.train import run as train_run
 
 log = logging.getLogger(__name__)
 
@@ -43,13 +55,6 @@ class StageCall:
     outputs_ok: Callable[[dict], bool]
 
 
-def gin_make(selector: str, **overrides):
-    """The gin-configured ``selector`` (e.g. "synpro.TrainerConfig") with ``overrides`` over its bindings."""
-    import gin
-
-    return gin.get_configurable(selector)(**overrides)
-
-
 def stage_name(run: str, plan: StagePlan) -> str:
     """A stage's name in loop.json within its round: round 0's are shared ("pretrain"), later ones belong to a
     run ("synpro/grpo_reformat")."""
@@ -57,10 +62,13 @@ def stage_name(run: str, plan: StagePlan) -> str:
 
 
 class Experiment:
-    """One experiment directory and the templates its stages are made from."""
+    """One experiment directory and the templates its stages are made from. ``record``, the configuration text,
+    is written as each stage's config.gin."""
 
-    def __init__(self, cfg: LoopConfig, model, data, progress: bool = True):
-        self.cfg, self.model, self.data, self.progress = cfg, model, data, progress
+    def __init__(self, cfg: LoopConfig, stages: StageSettings, progress: bool = True, record: str | None = None):
+        stages.check()
+        self.cfg, self.stages, self.progress, self.record = cfg, stages, progress, record
+        self.model, self.data = stages.pretrain.model, stages.pretrain.data
         self.root = Path(cfg.out_dir)
         self._documents: list[str] | None = None
 
@@ -74,8 +82,6 @@ class Experiment:
 
     def vocabulary_path(self) -> str:
         """The pretraining vocabulary as a file (probe, influence reward and evaluation tokenize with it)."""
-        from synpro_jax.data.vocab import PassthroughVocabulary, TrainedSentencePiece
-
         spec = self.data.vocabulary
         if isinstance(spec, TrainedSentencePiece):
             return str(Path(self.data.cache_dir) / f"{self.data.corpus}_sp{spec.size}.model")
@@ -90,11 +96,6 @@ class Experiment:
         """Ids of the organic documents round 0 trains on (validation documents held out, budget applied): the
         documents the generators rewrite, written to r0/training_documents.txt for reference."""
         if self._documents is None:
-            import jax
-
-            from synpro_jax import atomic
-            from synpro_jax.data.streams import organic_split
-
             _, train, _, _ = organic_split(self.data, progress=False)
             self._documents = list(train.doc_ids)
             path = self.root / "r0" / "training_documents.txt"
@@ -104,9 +105,11 @@ class Experiment:
         return self._documents
 
     def check_generators(self) -> None:
-        """The generators' starting points and the text vocabulary they and the probe need."""
+        """The generators' starting points and stage templates, and the text vocabulary they and the probe need."""
         self.vocabulary_path()
         for spec in self.cfg.generators:
+            if spec.name not in self.stages.generators:
+                raise ValueError(f"GeneratorSpec({spec.name}): the loop's StageSettings has no templates for it")
             if spec.start != ROUND0_START and not (Path(spec.start) / "config.json").exists():
                 raise ValueError(
                     f"GeneratorSpec({spec.name}).start={spec.start}: not an HF OLMo-2 directory (no "
@@ -166,9 +169,6 @@ def _mixing(exp: Experiment, synthetic: list[tuple[str, int]]) -> Any:
 
 # --- the stages --------------------------------------------------------------------------------------------------
 def pretrain(exp: Experiment, run: str, plan: StagePlan, budget: int | None, outputs: dict, resolve) -> StageCall:
-    from synpro_jax import configs
-    from synpro_jax.data.config import SyntheticShards
-
     rel = exp.stage_dir(run, plan)
     steps = exp.cfg.round_steps(plan.round)
     plateau = plan.round == 0 and exp.cfg.stop_on_plateau
@@ -211,17 +211,17 @@ def pretrain(exp: Experiment, run: str, plan: StagePlan, budget: int | None, out
         inputs["data_start"] = data_start
 
     def work() -> dict:
-        from synpro_jax.data.tasks import organic_task_name
-
-        trainer = gin_make(
-            "synpro.TrainerConfig",
+        template = exp.stages.pretrain
+        trainer = dataclasses.replace(
+            template.trainer,
             out_dir=str(exp.path(rel)),
             num_steps=steps,
             stop_on_plateau=plateau,
             data_start=data_start,
         )
         init_from = None if previous is None else str(exp.path(previous["dir"]))
-        summary = configs.pretrain(model=exp.model, trainer=trainer, data=data, init_from=init_from)
+        job = dataclasses.replace(template, trainer=trainer, data=data, init_from=init_from)
+        summary = train_run.pretrain(job, exp.record)
         if summary.get("preempted"):
             raise StagePreempted(f"pretraining {rel} stopped at step {summary['step']}")
         train_step = int(summary.get("start_step", 0)) + int(summary["step"])
@@ -250,19 +250,19 @@ def pretrain(exp: Experiment, run: str, plan: StagePlan, budget: int | None, out
 
 
 def probe(exp: Experiment, run: str, plan: StagePlan, outputs: dict, resolve) -> StageCall:
-    from synpro_jax import configs
-
     rel = exp.stage_dir(run, plan)
     theta = outputs[resolve(plan.reads[0])]
     inputs = {"kind": "probe", "theta": {"dir": theta["dir"], "step": theta["train_step"]}}
 
     def work() -> dict:
-        result = configs.probe(
+        job = dataclasses.replace(
+            exp.stages.probe,
             model=exp.model,
             checkpoint=str(exp.path(theta["dir"])),
             vocabulary=exp.vocabulary_path(),
             out_dir=str(exp.path(rel)),
         )
+        result = influence_run.probe(job, exp.record)
         result = {**_scalars(result), "scores": _rel(exp, result["scores"])} if "scores" in result else result
         return {"dir": rel, "finetuned": f"{rel}/finetuned", **_scalars(result)}
 
@@ -270,10 +270,6 @@ def probe(exp: Experiment, run: str, plan: StagePlan, outputs: dict, resolve) ->
 
 
 def grpo(exp: Experiment, run: str, plan: StagePlan, spec: GeneratorSpec, outputs: dict, resolve) -> StageCall:
-    import gin
-
-    from synpro_jax import configs
-
     rel = exp.stage_dir(run, plan)
     theta = outputs[resolve(plan.reads[0])]
     tuned = outputs[resolve(plan.reads[1])]
@@ -292,22 +288,22 @@ def grpo(exp: Experiment, run: str, plan: StagePlan, spec: GeneratorSpec, output
     }
 
     def work() -> dict:
-        with gin.config_scope(spec.name):
-            run_cfg = gin_make(
-                "synpro.GRPORunConfig", out_dir=str(exp.path(rel)), **({} if steps is None else {"num_steps": steps})
-            )
-            rewards = gin_make("synpro.RewardsConfig", operation=spec.operation)
-            summary = configs.grpo(
-                generator=policy,
-                prompts=prompts,
-                run=run_cfg,
-                rewards=rewards,
-                influence_checkpoint=str(exp.path(theta["dir"])),
-                influence_finetuned=str(exp.path(tuned["finetuned"])),
-                influence_model=exp.model,
-                influence_vocabulary=exp.vocabulary_path(),
-                **exp.generator_args(policy, is_run),
-            )
+        template = exp.stages.generators[spec.name].grpo
+        run_cfg = dataclasses.replace(
+            template.run, out_dir=str(exp.path(rel)), **({} if steps is None else {"num_steps": steps})
+        )
+        job = dataclasses.replace(
+            template,
+            generator=policy,
+            prompts=prompts,
+            run=run_cfg,
+            influence_checkpoint=str(exp.path(theta["dir"])),
+            influence_finetuned=str(exp.path(tuned["finetuned"])),
+            influence_model=exp.model,
+            influence_vocabulary=exp.vocabulary_path(),
+            **exp.generator_args(policy, is_run),
+        )
+        summary = rl_run.grpo(job, exp.record)
         if summary.get("preempted"):
             raise StagePreempted(f"GRPO {rel} stopped at step {summary['steps']}")
         return {
@@ -321,11 +317,6 @@ def grpo(exp: Experiment, run: str, plan: StagePlan, spec: GeneratorSpec, output
 
 
 def synthesize(exp: Experiment, run: str, plan: StagePlan, spec: GeneratorSpec, outputs: dict, resolve) -> StageCall:
-    import gin
-
-    from synpro_jax import configs
-    from synpro_jax.generation.synthesize import MANIFEST, selection_identity
-
     rel = exp.stage_dir(run, plan)
     policy, is_run = exp.policy(spec, plan, outputs, resolve)
     inputs = {
@@ -339,17 +330,18 @@ def synthesize(exp: Experiment, run: str, plan: StagePlan, spec: GeneratorSpec, 
     }
 
     def work() -> dict:
-        with gin.config_scope(spec.name):
-            settings = gin_make("synpro.SynthesisConfig", operation=spec.operation, round=plan.round)
-            manifest = configs.synthesize(
-                generator=policy,
-                shards=exp.data.organic,
-                out_dir=str(exp.path(rel)),
-                settings=settings,
-                documents=exp.training_documents(),
-                progress=exp.progress,
-                **exp.generator_args(policy, is_run),
-            )
+        template = exp.stages.generators[spec.name].synthesize
+        job = dataclasses.replace(
+            template,
+            generator=policy,
+            shards=exp.data.organic,
+            out_dir=str(exp.path(rel)),
+            settings=dataclasses.replace(template.settings, round=plan.round),
+            documents=exp.training_documents(),
+            progress=exp.progress,
+            **exp.generator_args(policy, is_run),
+        )
+        manifest = generation_run.synthesize(job, exp.record)
         return {
             "dir": rel,
             "generator": spec.name,
@@ -381,10 +373,6 @@ def tally_records(directory: Path) -> dict:
 
 
 def evaluate(exp: Experiment, run: str, plan: StagePlan, outputs: dict, resolve) -> StageCall:
-    import jax
-
-    from synpro_jax import atomic
-
     rel = exp.stage_dir(run, plan)
     trained = outputs[resolve(plan.reads[0])]
     cfg = exp.cfg
@@ -401,11 +389,6 @@ def evaluate(exp: Experiment, run: str, plan: StagePlan, outputs: dict, resolve)
     def work() -> dict:
         results: dict = {"checkpoint": trained["dir"], "step": trained["train_step"], "tasks": {}, "perplexity": {}}
         if cfg.eval_tasks or cfg.eval_ppl:
-            from synpro_jax import sharding
-            from synpro_jax.data.vocab import load_vocabulary
-            from synpro_jax.eval import run as eval_run
-            from synpro_jax.train import params_io
-
             vocab = exp.vocabulary_path()
             mesh = sharding.single_device_mesh()
             loaded = params_io.load(exp.model, mesh, exp.path(trained["dir"]))

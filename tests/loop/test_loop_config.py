@@ -3,10 +3,15 @@ training round."""
 
 import pytest
 
+from synpro_jax.generation.run import SynthesizeJob
+from synpro_jax.influence.run import ProbeJob
 from synpro_jax.loop import stages
 from synpro_jax.loop.config import LoopConfig, method_names
 from synpro_jax.loop.plan import GeneratorSpec
 from synpro_jax.loop.runner import stage_order
+from synpro_jax.loop.settings import GeneratorStages, StageSettings
+from synpro_jax.rl.run import GRPOJob
+from synpro_jax.train.run import PretrainJob
 
 GEN = {"name": "reformat", "operation": "reformat", "start": "hf/olmo2"}
 
@@ -68,9 +73,23 @@ class _Data:
     mixing = {"organic": 2}
 
 
+def _settings(data) -> StageSettings:
+    """Stage templates around ``data`` with placeholders for what these checks never read."""
+    unused = object()
+    reformat = GeneratorStages(
+        grpo=GRPOJob(None, None, run=unused, rewards=unused),
+        synthesize=SynthesizeJob(None, None, None, settings=unused),
+    )
+    return StageSettings(
+        pretrain=PretrainJob(model=None, optimizer=None, trainer=unused, data=data),
+        probe=ProbeJob(None, None, None, None, None, None),
+        generators={"reformat": reformat},
+    )
+
+
 def _experiment(mixing):
     cfg = LoopConfig("x", 2, (10, 5, 5), generators=(GEN,), mixing=mixing)
-    return stages.Experiment(cfg, model=None, data=_Data())
+    return stages.Experiment(cfg, _settings(_Data()))
 
 
 def test_the_synpro_mixture_spreads_a_generator_rate_over_its_rounds():
@@ -91,18 +110,18 @@ def test_the_cpu_loop_experiment_parses_into_its_stage_settings():
 
     configs.parse(["gin/experiments/cpu_loop.gin"], [])
     try:
-        cfg = stages.gin_make("synpro.LoopConfig")
+        job, settings = configs.loop_job()
+        cfg = job.config
         assert cfg.methods == ("synpro", "repetition", "oracle") and cfg.steps == (400, 150, 150)
         assert [g.start for g in cfg.generators] == [stages.ROUND0_START] * 2
         assert [run for run, _, _ in method_names(cfg)] == ["synpro", "repetition", "oracle_400000", "oracle_800000"]
         for spec in cfg.generators:
-            with gin.config_scope(spec.name):
-                rewards = stages.gin_make("synpro.RewardsConfig", operation=spec.operation)
-                run = stages.gin_make("synpro.GRPORunConfig", out_dir="x")
-            assert rewards.operation == spec.operation and run.num_steps == 20
-        assert set(rewards.weights) == {"data_influence", "faithfulness", "format"}  # reformat's own
-        data = stages.gin_make("synpro.DataConfig")
-        assert data.organic_budget_tokens == 200000
+            grpo = settings.generators[spec.name].grpo
+            assert grpo.rewards.operation == spec.operation and grpo.run.num_steps == 20
+            assert settings.generators[spec.name].synthesize.settings.operation == spec.operation
+        assert set(grpo.rewards.weights) == {"data_influence", "faithfulness", "format"}  # reformat's own
+        assert settings.pretrain.data is job.data and job.data.organic_budget_tokens == 200000
+        assert settings.pretrain.trainer.num_steps == 400 and settings.probe.model is job.model
     finally:
         gin.clear_config()
 
@@ -115,7 +134,7 @@ def test_a_missing_generator_or_a_token_id_vocabulary_fails_before_any_work(tmp_
 
     cfg = LoopConfig(str(tmp_path / "exp"), 1, (4, 2), generators=({**GEN, "start": str(tmp_path / "nowhere")},))
     with pytest.raises(ValueError, match=r"GeneratorSpec\(reformat\).start=.*nowhere: not an HF OLMo-2 directory"):
-        stages.Experiment(cfg, None, Data()).check_generators()
+        stages.Experiment(cfg, _settings(Data())).check_generators()
     Data.vocabulary = PassthroughVocabulary(256)
     with pytest.raises(ValueError, match="PassthroughVocabulary .* need a text vocabulary"):
-        stages.Experiment(cfg, None, Data()).check_generators()
+        stages.Experiment(cfg, _settings(Data())).check_generators()
