@@ -129,7 +129,7 @@ def test_default_port_is_the_release_clients():
     assert inspect.signature(InfluenceServer).parameters["port"].default == 24775
     from synpro_jax import configs
 
-    assert inspect.signature(configs.influence_server).parameters["port"].default == 24775
+    assert inspect.signature(configs.configurables()["influence_server"]).parameters["port"].default == 24775
     root = Path(configs.__file__).resolve().parents[1]
     bound = [
         (p, m.group(1))
