@@ -9,12 +9,15 @@ never a torn one.
 from __future__ import annotations
 
 from collections.abc import Callable
+import io
 import json
 import os
+import shutil
 import tempfile
 from typing import Any
 
 from etils import epath
+import numpy as np
 
 __all__ = [
     "write_text",
@@ -131,8 +134,6 @@ def publish_dir(out: PathLike, fill: Callable[[epath.Path], None], last: tuple[s
     removed, then the files are uploaded, the names in ``last`` after all others, so a reader that checks for
     them (an HF directory's ``config.json``) never takes a half-uploaded directory for a whole one.
     """
-    import shutil
-
     out = epath.Path(out)
     if is_remote(out):
         tmp = epath.Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-"))
@@ -170,10 +171,6 @@ def publish_dir(out: PathLike, fill: Callable[[epath.Path], None], last: tuple[s
 def load_npz(path: PathLike):
     """``np.load`` of an .npz written by :func:`write_file` (local, or read whole from an object store); pickles
     are refused."""
-    import io
-
-    import numpy as np
-
     path = epath.Path(path)
     if is_remote(path):
         return np.load(io.BytesIO(path.read_bytes()), allow_pickle=False)

@@ -20,6 +20,7 @@ import math
 from typing import Any
 
 import jax
+from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 import numpy as np
 
@@ -208,8 +209,6 @@ def to_host(x) -> np.ndarray:
     """A (possibly multi-host, globally sharded) array's whole value on this host: np.asarray alone would see only
     this host's shards on a pod, so those arrays are gathered (every process must call this)."""
     if isinstance(x, jax.Array) and not x.is_fully_addressable:
-        from jax.experimental import multihost_utils
-
         return np.asarray(multihost_utils.process_allgather(x, tiled=True))
     return np.asarray(x)
 
