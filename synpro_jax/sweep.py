@@ -19,8 +19,9 @@ point runs as its own ``synpro COMMAND`` process (fresh JAX state, the same comm
 slice) in ``OUT/<point>/``, with ``point.gin`` (the experiment's files and the point's bindings, enough to rerun
 it alone).
 
-``Sweep.launch`` hands the points to Cloud TPU instead: one slice each, made by the tpu/ scripts' functions (create,
-install, launch: one cycle of tpu/babysit.py, which can then keep the point running through preemptions).
+``Sweep.launch`` hands the points to Cloud TPU instead: one slice each, made by the tpu/ scripts' functions
+(synpro_jax.cloud_tpu: create, install, launch, one cycle of the babysitter, which can then keep the point running
+through preemptions).
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ import argparse
 from collections.abc import Sequence
 import contextlib
 import dataclasses
-import inspect
 import itertools
 import json
 import logging
@@ -44,7 +44,8 @@ import time
 
 from etils import epath
 
-from synpro_jax import atomic
+from synpro_jax import atomic, errors
+from synpro_jax.cloud_tpu import babysit, gcloud
 from synpro_jax.exit_codes import EXIT_PREEMPTED
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {  # command -> (entry configurable,
 MANIFEST = "sweep.json"
 
 
-class SweepError(ValueError):
+class SweepError(errors.ConfigError):
     """A sweep file or point that cannot run; the message names the file and line, or the point."""
 
 
@@ -190,6 +191,18 @@ def expand(axes: Sequence[Axis]) -> list[Point]:
     return points
 
 
+def build_job(command: str):
+    """The job object ``synpro COMMAND`` would run, built from the parsed gin configuration as the CLI builds it
+    (configs.build, loop_job, demo_job), so every config in it is constructed and validated."""
+    from synpro_jax import configs
+
+    if command == "loop":
+        return configs.loop_job()[0]
+    if command == "demo":
+        return configs.demo_job()[0]
+    return configs.build(COMMANDS[command][0].split(".", 1)[1])
+
+
 def check_point(
     command: str,
     gin_files: Sequence[str],
@@ -197,28 +210,18 @@ def check_point(
     search_paths: Sequence[str] = (),
     devices: int | None = None,
 ) -> None:
-    """Parse the point's configuration and construct everything its command's entry point is bound to, so a
-    bad binding (unknown knob, invalid value, missing REQUIRED) fails here; with ``devices`` (how many the point
-    will run on), also the checks its trainer makes before it builds anything (:func:`run_checks`). Leaves gin
-    cleared."""
+    """Parse the point's configuration and build its command's job (:func:`build_job`), so a bad binding (unknown
+    knob, invalid value, missing REQUIRED) fails here; with ``devices`` (how many the point will run on), also the
+    checks its trainer makes before it builds anything (:func:`run_checks`). Leaves gin cleared."""
     import gin
 
     from synpro_jax import configs
 
-    entry = COMMANDS[command][0]
-    fn = getattr(configs, entry.split(".", 1)[1])
     try:
         configs.parse(gin_files, bindings, gin_search_paths=search_paths)
-        values = {}
-        for name, param in inspect.signature(inspect.unwrap(fn)).parameters.items():
-            missing = object()  # constructs what is bound (validating it); only an unbound REQUIRED is an error
-            values[name] = configs.bound(f"{entry}.{name}", missing)
-            if values[name] is missing:
-                if param.default is gin.REQUIRED:
-                    raise ValueError(f"{entry}.{name} is REQUIRED but not bound")
-                values[name] = param.default
+        job = build_job(command)
         if devices is not None:
-            run_checks(command, values, devices)
+            run_checks(command, job, devices)
     finally:
         gin.clear_config()
 
@@ -233,28 +236,28 @@ def _batch_shards(mesh_cfg, devices: int) -> int:
     return sharding.batch_shards(jax.sharding.AbstractMesh(mesh_cfg.resolve(devices), sharding.MESH_AXES))
 
 
-def run_checks(command: str, values: dict, devices: int) -> None:
+def run_checks(command: str, job, devices: int) -> None:
     """The checks the command's trainer makes before it allocates anything (train.trainer.check_config,
-    rl.trainer.check_config), on the entry point's constructed arguments ``values`` and a mesh of ``devices``."""
-    if command == "train":
+    rl.trainer.check_config), on its built ``job`` (a PretrainJob or GRPOJob) and a mesh of ``devices``."""
+    if command == "train" and job.trainer is not None:
         from synpro_jax.train.trainer import check_config
 
-        check_config(values["model"], values["trainer"], _batch_shards(values["mesh"], devices))
-    elif command == "grpo":
+        check_config(job.model, job.trainer, _batch_shards(job.mesh, devices))
+    elif command == "grpo" and job.run is not None:
         from synpro_jax.rl.config import GRPOConfig
         from synpro_jax.rl.trainer import check_config
 
-        model = values["model"]
+        model = job.model
         if model is None:  # an HF generator: its config.json, when this machine can read it
             try:
                 from synpro_jax.models import hf
 
-                model = hf.read_config(values["generator"])
+                model = hf.read_config(job.generator)
             except Exception:  # noqa: BLE001 - made by an earlier stage, or on a bucket: the run checks it
                 return
-        if values["dtype"] is not None:
-            model = model.replace(dtype=values["dtype"])
-        check_config(model, values["run"], values["algorithm"] or GRPOConfig(), _batch_shards(values["mesh"], devices))
+        if job.dtype is not None:
+            model = model.replace(dtype=job.dtype)
+        check_config(model, job.run, job.algorithm or GRPOConfig(), _batch_shards(job.mesh, devices))
 
 
 def slice_devices(accelerator_type: str) -> int:
@@ -365,10 +368,13 @@ class Sweep:
         for point in self.points:
             try:
                 check_point(self.command, self.gin_files, self.bindings(point), self.search_paths, devices)
-            except Exception as e:  # noqa: BLE001 - reported with the point's name, then raised as one error
-                raise SweepError(
-                    f"sweep point {point.name} ({', '.join(point.gin_lines())}): {' '.join(str(e).split())}"
-                ) from e
+            except Exception as e:
+                # The configuration's errors and the trainers' checks' (ValueErrors naming the knob) are the
+                # point's, reported with its name; anything else is a bug.
+                if not (isinstance(e, ValueError) or errors.is_user_error(e)):
+                    raise
+                where = f"sweep point {point.name} ({', '.join(point.gin_lines())})"
+                raise SweepError(f"{where}: {errors.one_line(e)}") from e
 
     def launch(self, tpu: TpuLauncher, dry_run: bool = False, stream=None, runner=None) -> dict:
         """Launch each point not done (nor already launched) on its own TPU slice: the tpu/ scripts' create,
@@ -458,24 +464,7 @@ class Sweep:
 
 
 # --- launching on Cloud TPU ------------------------------------------------------------------------------------
-TPU_DIR = Path(__file__).resolve().parents[1] / "tpu"  # the checkout's launch scripts (no part of a wheel)
-
-
-def tpu_scripts():
-    """(gcloud, babysit): tpu/gcloud.py and tpu/babysit.py, imported as the scripts import each other."""
-    if not (TPU_DIR / "babysit.py").is_file():
-        raise SweepError(
-            f"synpro sweep --launcher=tpu: needs the tpu/ scripts of a synpro_jax checkout (pip install "
-            f"-e CHECKOUT); there are none at {TPU_DIR}"
-        )
-    if str(TPU_DIR) not in sys.path:
-        sys.path.insert(0, str(TPU_DIR))
-    import babysit
-    import gcloud
-
-    if Path(gcloud.__file__).resolve().parent != TPU_DIR:
-        raise SweepError(f"synpro sweep --launcher=tpu: `import gcloud` found {gcloud.__file__}, not {TPU_DIR}")
-    return gcloud, babysit
+BABYSIT = ("python", "-m", "synpro_jax.cloud_tpu.babysit")  # tpu/babysit.py's command line, wherever synpro_jax is
 
 
 class _FlagError:
@@ -520,7 +509,7 @@ class TpuLauncher:
             run_name=name,
         )
 
-    def check(self, points: Sequence[Point], gcloud) -> None:
+    def check(self, points: Sequence[Point]) -> None:
         """Bad flags fail here, naming the flag, before any point is checked or command printed."""
         for flag, value, example in (
             ("--tpu_prefix", self.tpu_prefix, "e.g. lr-sweep"),
@@ -545,23 +534,36 @@ class TpuLauncher:
             gcloud.check(_FlagError(), self.args(point))
 
 
-def _in_checkout(path: str | os.PathLike, flag: str) -> str:
-    """`path` relative to the checkout: the workers' working directory is their copy of it (tpu/install.py)."""
-    root = TPU_DIR.parent
-    try:
-        return str(Path(path).resolve().relative_to(root))
-    except ValueError:
-        raise SweepError(
-            f"synpro sweep {flag}: {path} is outside the synpro_jax checkout {root}, so the TPU workers "
-            "will not have it (they get the checkout: tpu/install.py); move it under the checkout"
-        ) from None
+def workers_root(tpu: TpuLauncher) -> tuple[Path, str]:
+    """This machine's copy of the directory the workers run in, their ~/synpro_jax (tpu/install.py), and what it
+    is: --scp_from's, which is copied to them as it is; with --repo, the working directory, taken to be a checkout
+    of it."""
+    if tpu.scp_from is not None:
+        return Path(tpu.scp_from).resolve(), "--scp_from, copied to the workers as it is"
+    return Path.cwd().resolve(), "the working directory, taken to be a checkout of --repo"
+
+
+def for_workers(path: str | os.PathLike, flag: str, root: tuple[Path, str]) -> str:
+    """``path`` as the workers name it: a gin file synpro_jax ships as ``gin/...`` (the workers have those in their
+    checkout and among their package's files), anything else relative to the ``root`` of :func:`workers_root`."""
+    from synpro_jax import configs
+
+    path, (directory, what) = Path(path).resolve(), root
+    shipped = Path(str(configs.gin_search_root())).resolve()
+    if path.is_relative_to(shipped / "gin"):
+        return str(path.relative_to(shipped))
+    if path.is_relative_to(directory):
+        return str(path.relative_to(directory))
+    raise SweepError(
+        f"synpro sweep {flag}: {path} is outside {directory} ({what}) and is not a gin file synpro_jax ships, so "
+        "the TPU workers will not have it; move it under there"
+    )
 
 
 def _launch(sweep: Sweep, tpu: TpuLauncher, dry_run: bool = False, stream=None, runner=None) -> dict:
     stream = stream or sys.stdout
-    gcloud, babysit = tpu_scripts()
     runner = runner or gcloud.run
-    tpu.check(sweep.points, gcloud)
+    tpu.check(sweep.points)
     if not atomic.is_remote(sweep.root):
         raise SweepError(
             f"synpro sweep --launcher=tpu --out={sweep.out_dir}: the out directory must be one that every "
@@ -583,13 +585,9 @@ def _launch(sweep: Sweep, tpu: TpuLauncher, dry_run: bool = False, stream=None, 
     sweep.check(slice_devices(tpu.accelerator_type))
     from synpro_jax import configs
 
-    search = tuple(_in_checkout(p, "--gin_search_paths") for p in configs.search_paths(sweep.search_paths)[:-1])
-    files = tuple(
-        _in_checkout(configs.find_gin_file(f, configs.search_paths(sweep.search_paths)), "--gin_file")
-        for f in sweep.gin_files
-    )
-    script = os.path.relpath(TPU_DIR / "babysit.py")
-    script = script if not script.startswith("..") else str(TPU_DIR / "babysit.py")
+    root, paths = workers_root(tpu), configs.search_paths(sweep.search_paths)
+    search = tuple(for_workers(p, "--gin_search_paths", root) for p in paths[:-1])  # the last: the shipped files
+    files = tuple(for_workers(configs.find_gin_file(f, paths), "--gin_file", root) for f in sweep.gin_files)
     entries = {e["name"]: e for e in manifest["points"]}
     if not dry_run:
         sweep.root.mkdir(parents=True, exist_ok=True)
@@ -603,7 +601,7 @@ def _launch(sweep: Sweep, tpu: TpuLauncher, dry_run: bool = False, stream=None, 
         argv = sweep.argv(point, files, search)
         # One babysit.py cycle (create, install, launch): the babysitter, started later, relaunches the same.
         sitter = babysit.Babysitter(args, argv, runner)
-        babysit_line = shlex.join(["python", script, *gcloud.script_flags(args), "--", *argv])
+        babysit_line = shlex.join([*BABYSIT, *gcloud.script_flags(args), "--", *argv])
         # A slice whose create succeeded before (its install or launch failed) is kept: create would fail now.
         create = [] if entry.get("created") and entry.get("slice") == args.name else sitter.create_commands()
         rest = sitter.install_commands() + sitter.launch_commands()

@@ -5,6 +5,7 @@ import csv
 import io
 import json
 import os
+from pathlib import Path
 import shlex
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from etils import epath
 import pytest
 
 from synpro_jax import sweep
+from synpro_jax.cloud_tpu import babysit, gcloud
 
 TINY = ["NUM_STEPS", "synpro.TrainerConfig.eval_every", "synpro.TrainerConfig.checkpoint_every"]
 
@@ -180,7 +182,6 @@ def test_slice_devices_are_the_chips_jax_sees():
 
 # --- --launcher=tpu: one slice per point, through the tpu/ scripts' functions; gcloud never runs ---
 
-gcloud, babysit = sweep.tpu_scripts()
 TINY_EXTRA = ("synpro.TrainerConfig.eval_every=2", "synpro.TrainerConfig.checkpoint_every=100", "WARMUP_STEPS=1")
 TPU = dict(
     tpu_prefix="lr",
@@ -220,7 +221,7 @@ def tpu_sweep(tmp_path, out, text="LEARNING_RATE = [1e-3, 3e-3]\nNUM_STEPS = [2,
 
 
 def point_commands(job, launcher, point):
-    """What the point's slice gets, built here from tpu/gcloud.py's functions."""
+    """What the point's slice gets, built here from the tpu/ scripts' functions (synpro_jax.cloud_tpu.gcloud)."""
     name = launcher.slice_name(point)
     argv = job.argv(point)  # the gin file is already relative to the checkout
     return [
@@ -244,10 +245,11 @@ def test_tpu_dry_run_prints_every_points_slice_commands_and_runs_nothing(tmp_pat
         lr, steps = dict(point.bindings)["LEARNING_RATE"], dict(point.bindings)["NUM_STEPS"]
         assert f" {name} " in launch and f"--gin.LEARNING_RATE={lr} --gin.NUM_STEPS={steps}" in launch
         assert f'--gin.OUT_DIR="{bucket}/{point.name}"' in launch
-        # The babysit.py line it suggests relaunches exactly these commands.
+        # The babysitter's command line it suggests relaunches exactly these commands.
         [line] = [ln for ln in lines if ln.startswith("#   babysit: ") and f" --name {name} " in ln]
         argv = shlex.split(line[len("#   babysit: ") :])
-        assert babysit.main(["--dry_run", *argv[2:]], runner=runner) == 0
+        assert argv[: len(sweep.BABYSIT)] == ["python", "-m", "synpro_jax.cloud_tpu.babysit"]
+        assert babysit.main(["--dry_run", *argv[len(sweep.BABYSIT) :]], runner=runner) == 0
         assert capsys.readouterr().out.splitlines() == commands[3 * point.index : 3 * point.index + 3]
     assert runner.calls == []
 
@@ -275,9 +277,8 @@ def test_tpu_launch_records_slices_and_skips_launched_and_finished_points_on_rer
     manifest = json.loads(epath.Path(f"{bucket}/sweep.json").read_text())
     for point, entry in zip(job.points, manifest["points"]):
         assert entry["status"] == "launched" and entry["launcher"] == "tpu"
-        assert (
-            entry["slice"] == launcher.slice_name(point)
-            and "tpu/babysit.py --name " + entry["slice"] in entry["babysit"]
+        assert entry["slice"] == launcher.slice_name(point) and entry["babysit"].startswith(
+            "python -m synpro_jax.cloud_tpu.babysit --name " + entry["slice"]
         )
         assert (
             "LEARNING_RATE = " + entry["bindings"]["LEARNING_RATE"]
@@ -363,8 +364,67 @@ def test_tpu_mode_flag_errors_name_the_flag(tmp_path, bucket, change, match):
 def test_tpu_mode_refuses_a_gin_file_the_workers_lack(tmp_path, bucket):
     (tmp_path / "mine.gin").write_text("include 'gin/experiments/markov_tiny.gin'\n")
     job = tpu_sweep(tmp_path, bucket, gin_file=str(tmp_path / "mine.gin"))
-    with pytest.raises(sweep.SweepError, match="--gin_file: .*mine.gin is outside the synpro_jax checkout"):
+    with pytest.raises(sweep.SweepError, match="--gin_file: .*mine.gin is outside .*the working directory"):
         job.launch(sweep.TpuLauncher(**TPU), dry_run=True, stream=io.StringIO(), runner=Runner())
+
+
+def test_the_workers_get_shipped_gin_files_by_name_and_others_relative_to_their_checkout(tmp_path, monkeypatch):
+    """A gin file synpro_jax ships is gin/... on the workers (in their checkout and their package) from whichever
+    directory the sweep runs; any other file is named relative to --scp_from's directory, or with --repo to the
+    working directory, which the workers' checkout is taken to mirror; outside both it is refused."""
+    from synpro_jax import configs
+
+    checkout, elsewhere = tmp_path / "checkout", tmp_path / "elsewhere"
+    (checkout / "exp").mkdir(parents=True)
+    elsewhere.mkdir()
+    (checkout / "exp" / "mine.gin").write_text("include 'gin/experiments/markov_tiny.gin'\n")
+    (elsewhere / "other.gin").write_text("include 'gin/experiments/markov_tiny.gin'\n")
+    shipped = Path(str(configs.gin_search_root()), "gin/experiments/markov_tiny.gin")
+    monkeypatch.chdir(elsewhere)
+
+    copied = sweep.workers_root(sweep.TpuLauncher(**{**TPU, "repo": None, "ref": None, "scp_from": str(checkout)}))
+    assert copied == (checkout.resolve(), "--scp_from, copied to the workers as it is")
+    assert sweep.for_workers(shipped, "--gin_file", copied) == "gin/experiments/markov_tiny.gin"
+    assert sweep.for_workers(checkout / "exp" / "mine.gin", "--gin_file", copied) == "exp/mine.gin"
+    assert sweep.for_workers(checkout / "exp", "--gin_search_paths", copied) == "exp"
+    with pytest.raises(sweep.SweepError, match="--gin_file: .*other.gin is outside .*checkout \\(--scp_from"):
+        sweep.for_workers(elsewhere / "other.gin", "--gin_file", copied)
+
+    cloned = sweep.workers_root(sweep.TpuLauncher(**TPU))
+    assert cloned == (elsewhere.resolve(), "the working directory, taken to be a checkout of --repo")
+    assert sweep.for_workers(shipped, "--gin_file", cloned) == "gin/experiments/markov_tiny.gin"
+    assert sweep.for_workers(elsewhere / "other.gin", "--gin_file", cloned) == "other.gin"
+    with pytest.raises(sweep.SweepError, match="mine.gin is outside .*elsewhere \\(the working directory"):
+        sweep.for_workers(checkout / "exp" / "mine.gin", "--gin_file", cloned)
+
+
+def test_a_tpu_sweep_from_another_directory_names_the_shipped_gin_file_as_the_workers_see_it(
+    tmp_path, bucket, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)  # no gin/ here: the experiment is found among the files synpro_jax ships
+    job, log = tpu_sweep(tmp_path, bucket), io.StringIO()
+    job.launch(sweep.TpuLauncher(**TPU), dry_run=True, stream=log, runner=Runner())
+    launches = [line for line in log.getvalue().splitlines() if " ssh " in line and "synpro train" in line]
+    assert len(launches) == 4 and all("--gin_file=gin/experiments/markov_tiny.gin " in line for line in launches)
+
+
+def test_sweep_and_its_tpu_launcher_import_only_the_installed_package():
+    """Nothing from the checkout's tpu/ folder or any other path outside synpro_jax: what `synpro sweep
+    --launcher=tpu` needs is in a regular (non-editable) install too (tests/test_cli.py builds one)."""
+    check = (
+        "import sys\n"
+        "from synpro_jax import sweep\n"
+        "sweep.TpuLauncher(tpu_prefix='p', zone='z', accelerator_type='v4-8', repo='r').check(sweep.expand(\n"
+        "    sweep.parse_sweep('A = [1]')))\n"
+        "print('\\n'.join(getattr(m, '__file__', None) or '' for m in list(sys.modules.values())))\n"
+    )
+    repo = Path(sweep.__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-c", check], cwd="/", capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    files = {Path(f).resolve() for f in done.stdout.split("\n") if f}
+    ours = [f for f in files if f.is_relative_to(repo)]
+    assert ours and all(f.is_relative_to(repo / "synpro_jax") for f in ours), sorted(map(str, ours))
+    assert repo / "synpro_jax" / "cloud_tpu" / "gcloud.py" in ours
 
 
 @pytest.mark.parametrize(

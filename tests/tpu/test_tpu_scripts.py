@@ -1,6 +1,7 @@
-"""The tpu/ launch scripts: the exact gcloud commands they print with --dry_run, their one-line errors, the remote
-shell commands they send (run here with bash, HOME pointing at a temporary directory, fake `synpro` and `python3`),
-and the babysitter's decisions against a fake gcloud. No network, no gcloud."""
+"""The tpu/ launch scripts (synpro_jax.cloud_tpu, run as users run them: `python tpu/create.py ...`): the exact gcloud
+commands they print with --dry_run, their one-line errors, the remote shell commands they send (run here with bash,
+HOME pointing at a temporary directory, fake `synpro` and `python3`), and the babysitter's decisions against a fake
+gcloud. No network, no gcloud."""
 
 import atexit
 import json
@@ -17,10 +18,10 @@ import time
 
 import pytest
 
+from synpro_jax import heartbeat
+from synpro_jax.cloud_tpu import babysit, gcloud
+
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "tpu"))
-import babysit
-import gcloud
 
 WHERE = ["--name", "synpro-v4", "--zone", "us-central2-b", "--project", "my-proj"]
 GIN = [
@@ -387,6 +388,60 @@ def test_script_flags_give_a_script_the_same_arguments():
     assert [*gcloud.script_flags(args), "--", *command] == argv
     args.run_name = args.name  # the default is left out
     assert "--run_name" not in gcloud.script_flags(args)
+
+
+SCRIPT_ARGS = {
+    "create": [*WHERE, "--accelerator_type", "v4-32", "--spot", "--queued"],
+    "install": [*WHERE, "--repo", "https://g/r.git", "--ref", "v1"],
+    "launch": [*WHERE, "--run_name", "r1", "--", *GIN],
+    "babysit": [*WHERE, "--accelerator_type", "v4-32", "--scp_from", ".", "--", *GIN],
+    "delete": [*WHERE, "--yes"],
+}
+
+
+@pytest.mark.parametrize("name", sorted(SCRIPT_ARGS))
+def test_a_script_runs_with_the_standard_library_alone_from_any_directory(name, tmp_path):
+    """`python tpu/NAME.py` imports synpro_jax.cloud_tpu from the checkout it sits in: no install, no site-packages
+    (-S), no environment (-I), from another directory; it prints what `python -m synpro_jax.cloud_tpu.NAME` does."""
+    args = ["--dry_run", *SCRIPT_ARGS[name]]
+    bare = subprocess.run(
+        [sys.executable, "-I", "-S", str(REPO / "tpu" / f"{name}.py"), *args],
+        cwd=tmp_path if name != "babysit" else REPO,  # --scp_from . must be a directory here
+        capture_output=True,
+        text=True,
+        env=GUARDED,
+        timeout=30,
+    )
+    assert bare.returncode == 0 and bare.stderr == "", bare.stderr
+    module = subprocess.run(
+        [sys.executable, "-m", f"synpro_jax.cloud_tpu.{name}", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=GUARDED,
+        timeout=30,
+    )
+    assert module.returncode == 0 and module.stderr == "", module.stderr
+    assert bare.stdout == module.stdout == "\n".join(dry(name, *SCRIPT_ARGS[name])) + "\n"
+
+
+def test_cloud_tpu_imports_the_standard_library_and_synpro_jax_stdlib_modules_only():
+    """What the scripts load of synpro_jax (nothing that needs JAX, TensorFlow or etils)."""
+    check = (
+        "import sys; sys.path.insert(0, sys.argv[1])\n"
+        "import synpro_jax.cloud_tpu.babysit, synpro_jax.cloud_tpu.create, synpro_jax.cloud_tpu.delete\n"
+        "import synpro_jax.cloud_tpu.install, synpro_jax.cloud_tpu.launch\n"
+        "print(' '.join(sorted(m for m in sys.modules if m.startswith('synpro_jax'))))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", check, str(REPO)], capture_output=True, text=True, timeout=30, check=True
+    )
+    assert done.stdout.split() == [
+        "synpro_jax",
+        *(f"synpro_jax.cloud_tpu{m}" for m in ("", ".babysit", ".create", ".delete", ".gcloud", ".install", ".launch")),
+        "synpro_jax.exit_codes",
+        "synpro_jax.heartbeat",
+    ]
 
 
 def test_longest_valid_name():
@@ -1114,11 +1169,6 @@ def test_babysit_retries_a_failed_create_and_a_failed_install():
 def test_babysit_stale_s_floor_is_twice_the_heartbeat_interval():
     """A job beats at most once per synpro_jax/heartbeat.py's interval, so --stale_s under twice that would call
     every healthy job hung; 0 (off) and exactly twice are accepted."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("heartbeat_for_test", REPO / "synpro_jax" / "heartbeat.py")
-    heartbeat = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(heartbeat)
     assert babysit.HEARTBEAT_INTERVAL_S == heartbeat.DEFAULT_INTERVAL_S == 60
     base = ["--name", "tpu", "--zone", "z", "--accelerator_type", "v4-8", "--repo", "r"]
     for ok in ("0", "120", "1800"):

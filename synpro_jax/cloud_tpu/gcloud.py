@@ -1,7 +1,8 @@
 """What the tpu/ scripts share: argument checks, the gcloud command lines they build, and the runner that runs them.
 
 Every command is built as an argv list, so `--dry_run` can print exactly what would run (shlex.join) and tests
-can compare it; the scripts never go through a local shell.
+can compare it; the scripts never go through a local shell. Standard library only, like the rest of
+synpro_jax.cloud_tpu: the scripts run with a bare Python beside the Google Cloud CLI.
 """
 
 from __future__ import annotations
@@ -33,7 +34,6 @@ DEFAULT_VERSIONS = {
 REMOTE_DIR = "synpro_jax"  # the checkout on every worker, relative to the home directory
 VENV_DIR = "synpro_venv"  # the Python >= 3.11 environment tpu/install.py makes on every worker
 LOG_DIR = "synpro_logs"  # <run>.log, .exit, .pid and .heartbeat on every worker, relative to the home directory
-EXIT_PREEMPTED = 143  # what synpro jobs exit with after SIGTERM (they save first): rerun the same command
 PYTHON = "3.12"  # the venv's Python (uv fetches a managed CPython): jax>=0.7 needs >= 3.11, the runtimes ship 3.10
 JAX = "jax[tpu]"
 KILL_WAIT_S = 120  # how long a launch lets a running copy save after SIGTERM before it SIGKILLs it
