@@ -16,6 +16,7 @@ import os
 
 from etils.epath import Path
 import numpy as np
+from tqdm.auto import tqdm
 
 from synpro_jax import atomic, heartbeat
 from synpro_jax.data.sources import Document, ReadReport
@@ -87,8 +88,6 @@ def tokenize_documents(
 ) -> TokenizedCorpus:
     """Encode text documents in batches (pre-tokenized ones pass through). A document that encodes to no tokens
     is left out and counted in ``report`` as empty, with its id (file:line)."""
-    from tqdm.auto import tqdm
-
     token_lists: list[np.ndarray] = []
     ids: list[str] = []
     pending: list[Document] = []

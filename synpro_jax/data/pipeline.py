@@ -83,13 +83,6 @@ def continue_streams(stream, previous: Mapping | None = None):
     return stream, counting.starting_at(starts), how
 
 
-def seqio_shard_info():
-    """``seqio.ShardInfo`` of this process, for reading a seqio dataset per host (one shard per process)."""
-    import seqio
-
-    return seqio.ShardInfo(index=jax.process_index(), num_shards=jax.process_count())
-
-
 class TrainBatches:
     """Batches for training step ``s`` as sharded global arrays, from a stream of packed rows.
 
@@ -126,7 +119,7 @@ class TrainBatches:
 
     def _seqio_rows(self, step: int) -> dict[str, np.ndarray]:
         if self._iterator is None or step != self._next_step:  # start, resume or a jump: reopen at this step
-            import seqio
+            import seqio  # brings TensorFlow (seconds): only seqio input needs it; the trainer imports this module
 
             self._iterator = None  # release the old iterator (and its prefetch) before opening the new one
 

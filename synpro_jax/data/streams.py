@@ -12,6 +12,8 @@ import hashlib
 import json
 import logging
 
+import seqio
+
 from synpro_jax.data import sources as sources_lib
 from synpro_jax.data import tasks as tasks_lib
 from synpro_jax.data.budget import data_bound_budget, split_validation
@@ -36,8 +38,6 @@ class MixtureInput:
 
     @property
     def mixture(self) -> tasks_lib.PackedMixture:
-        import seqio
-
         return seqio.get_mixture_or_task(self.name)
 
     @property

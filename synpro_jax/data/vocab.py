@@ -14,6 +14,7 @@ import tempfile
 
 from etils.epath import Path
 import numpy as np
+from tokenizers import Tokenizer
 
 from synpro_jax import atomic
 
@@ -106,8 +107,6 @@ class HFTokenizerVocabulary(seqio.Vocabulary):
         pad_token: str | None = None,
         vocab_size: int | None = None,
     ):
-        from tokenizers import Tokenizer
-
         self._path = Path(tokenizer_file)
         if self._path.is_dir():
             self._path = self._path / "tokenizer.json"

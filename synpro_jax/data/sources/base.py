@@ -14,6 +14,7 @@ import zlib
 
 from etils.epath import Path
 import numpy as np
+import zstandard
 
 log = logging.getLogger(__name__)
 
@@ -119,9 +120,6 @@ class _ZstdRaw(io.RawIOBase):
     """
 
     def __init__(self, path: Path, chunk_bytes: int = 1 << 20):
-        import zstandard
-
-        self._zstd = zstandard
         self._fh = Path(path).open("rb")  # a local or gs:// file
         self._dctx = zstandard.ZstdDecompressor()
         self._obj = None  # the decompressor of the frame being read
@@ -143,7 +141,7 @@ class _ZstdRaw(io.RawIOBase):
                 self._obj = self._dctx.decompressobj()
             try:
                 self._out = memoryview(self._obj.decompress(data))
-            except self._zstd.ZstdError as e:
+            except zstandard.ZstdError as e:
                 raise OSError(f"corrupt zstd data ({e})") from None
             if self._obj.eof:
                 self._pending = self._obj.unused_data

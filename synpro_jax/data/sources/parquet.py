@@ -6,14 +6,14 @@ from collections.abc import Iterator, Sequence
 import os
 
 from etils.epath import Path
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from synpro_jax import atomic
 from synpro_jax.data.sources.base import READ_ERRORS, Document, ReadReport, expand_paths
 
 
 def _is_text(dtype) -> bool:
-    import pyarrow as pa
-
     if pa.types.is_dictionary(dtype):
         dtype = dtype.value_type
     return pa.types.is_string(dtype) or pa.types.is_large_string(dtype) or str(dtype) == "string_view"
@@ -47,9 +47,6 @@ class ParquetSource:
         }
 
     def _open(self, path: Path):
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
         try:
             pf = pq.ParquetFile(path.open("rb") if atomic.is_remote(path) else os.fspath(path))
         except (OSError, pa.ArrowException) as e:
@@ -68,8 +65,6 @@ class ParquetSource:
             yield from self._read(path)
 
     def _read(self, path: Path) -> Iterator[Document]:
-        import pyarrow as pa
-
         pf = self._open(path)
         columns = [self.text_field] + ([self.id_field] if self.id_field not in (None, self.text_field) else [])
         first = 0  # row number of the row group's first row

@@ -14,7 +14,7 @@ class TfdsSource:
     format = "tfds"
 
     def __init__(self, name: str, split: str = "train", text_field: str = "text", data_dir: str | None = None):
-        import tensorflow_datasets as tfds
+        import tensorflow_datasets as tfds  # heavy (and it loads TensorFlow): only a tfds: source needs it
 
         try:
             self.builder = tfds.builder(name, data_dir=data_dir)

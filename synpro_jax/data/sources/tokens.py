@@ -10,6 +10,7 @@ from etils.epath import Path
 import numpy as np
 
 from synpro_jax import atomic
+from synpro_jax.data.markov import MarkovCorpus
 from synpro_jax.data.sources.base import Document, ReadReport, expand_paths
 
 NPY_MAGIC = b"\x93NUMPY"
@@ -142,8 +143,6 @@ class MarkovSource:
     format = "markov"
 
     def __init__(self, vocab_size: int, num_docs: int, doc_len: int, seed: int = 0):
-        from synpro_jax.data.markov import MarkovCorpus
-
         if num_docs < 1 or doc_len < 1:
             raise ValueError(f"markov source: num_docs={num_docs} and doc_len={doc_len} must be positive")
         self.chain = MarkovCorpus(vocab_size=vocab_size, seed=seed)
