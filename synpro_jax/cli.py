@@ -15,6 +15,10 @@
 
 The gin files ship with the package, so these work from any directory; ``--gin_search_paths=DIR1,DIR2`` (as in
 t5x) adds folders to look in after the working directory.
+
+A user's mistake (a bad flag or gin binding, a config value that cannot work, a missing input: synpro_jax/errors.py)
+is one line, ``error: ...``, and exit status 2; anything else that escapes a command is a bug, printed with its
+traceback (exit status 1). The other statuses are synpro_jax/exit_codes.py's.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import sys
 
 from etils.epath import Path
 
+from synpro_jax import errors
 from synpro_jax.exit_codes import EXIT_PREEMPTED, EXIT_STALLED
 
 DEFAULT_EXPERIMENT = "gin/experiments/markov_tiny.gin"
@@ -43,16 +48,6 @@ def version() -> str:
         from synpro_jax import __version__
 
         return __version__
-
-
-def _one_line(error: BaseException) -> str:
-    """A CLI error is one line. gin appends "In call to configurable ..." (the message already names the knob)
-    and, for a parse error, the binding with a caret under it."""
-    lines = [line.strip() for line in str(error).splitlines()]
-    lines = [line for line in lines if line and set(line) != {"^"} and not line.startswith("In call to ")]
-    if isinstance(error, KeyError) and lines and len(lines[0]) > 1 and lines[0][0] == lines[0][-1] in "'\"":
-        lines[0] = lines[0][1:-1]  # str(KeyError) is the repr of its message
-    return " ".join(lines)
 
 
 def _import_tensorflow_quietly() -> None:
@@ -148,8 +143,6 @@ def _search_paths(args) -> list[str]:
 
 
 def _parse_gin(files: list[str], extra: list[str], search_paths: list[str]) -> bool:
-    from tokenize import TokenError
-
     from synpro_jax import configs
 
     bindings = _gin_bindings(extra)
@@ -157,8 +150,10 @@ def _parse_gin(files: list[str], extra: list[str], search_paths: list[str]) -> b
         return False
     try:
         configs.parse(files, bindings, gin_search_paths=search_paths)
-    except (ValueError, KeyError, OSError, SyntaxError, TokenError) as e:  # unknown knobs fail here, before work
-        print(f"error: gin configuration: {_one_line(e)}", file=sys.stderr)
+    except Exception as e:  # unknown knobs, unset macros, files that cannot be read or parsed fail here, before work
+        if not errors.is_user_error(e):
+            raise
+        print(f"error: gin configuration: {errors.one_line(e)}", file=sys.stderr)
         return False
     return True
 
@@ -174,8 +169,9 @@ def cmd_probe(args, extra: list[str]) -> int:
     if not _gin_stage(args, extra, "probe", "gin/experiments/cpu_organic_probe.gin"):
         return 2
     from synpro_jax import configs
+    from synpro_jax.influence import run
 
-    print(json.dumps(configs.probe(), indent=2))
+    print(json.dumps(run.probe(configs.build("probe"), configs.record()), indent=2))
     return 0
 
 
@@ -183,8 +179,9 @@ def cmd_influence_server(args, extra: list[str]) -> int:
     if not _gin_stage(args, extra, "influence-server", "gin/experiments/cpu_organic_probe.gin"):
         return 2
     from synpro_jax import configs
+    from synpro_jax.influence import run
 
-    configs.influence_server()
+    run.serve(configs.build("influence_server"))
     return 0
 
 
@@ -192,8 +189,9 @@ def cmd_synthesize(args, extra: list[str]) -> int:
     if not _gin_stage(args, extra, "synthesize", "gin/experiments/olmo2_rephrase_dclm.gin"):
         return 2
     from synpro_jax import configs
+    from synpro_jax.generation import run
 
-    manifest = configs.synthesize()
+    manifest = run.synthesize(configs.build("synthesize"), configs.record())
     shards = {k: v for k, v in manifest.items() if k != "shards"}
     print(json.dumps(shards, indent=2))
     print(f"add to synpro.DataConfig.synthetic: {manifest['data_config_synthetic']}")
@@ -204,10 +202,11 @@ def cmd_grpo(args, extra: list[str]) -> int:
     if not _gin_stage(args, extra, "grpo", "gin/experiments/cpu_grpo_rephrase.gin"):
         return 2
     from synpro_jax import configs
+    from synpro_jax.rl import run
     from synpro_jax.rl.trainer import GRPOStalled
 
     try:
-        summary = configs.grpo()
+        summary = run.grpo(configs.build("grpo"), configs.record())
     except GRPOStalled as e:  # a run outcome, not a bug: its message names the cause
         print(f"error: {e}", file=sys.stderr)
         return EXIT_STALLED
@@ -219,8 +218,10 @@ def cmd_loop(args, extra: list[str]) -> int:
     if not _gin_stage(args, extra, "loop", "gin/experiments/cpu_loop.gin"):
         return 2
     from synpro_jax import configs
+    from synpro_jax.loop.runner import run_loop
 
-    summary = configs.loop()
+    job, settings = configs.loop_job()
+    summary = run_loop(job.config, settings, progress=job.progress, record=configs.record())
     runs = summary["runs"]
     for run, rounds in runs.items():
         losses = ", ".join(f"r{r['round']} {r['val_loss']:.4f}" for r in rounds if r.get("val_loss") is not None)
@@ -250,8 +251,10 @@ def cmd_demo(args, extra: list[str]) -> int:
     if not _parse_gin(files, macros + extra, _search_paths(args)):
         return 2
     from synpro_jax import configs
+    from synpro_jax.demo.runner import run_demo
 
-    report = configs.demo()
+    job, experiment = configs.demo_job()
+    report = run_demo(job, experiment, record=configs.record())
     return EXIT_PREEMPTED if report.get("preempted") else 0
 
 
@@ -259,8 +262,9 @@ def cmd_train(args, extra: list[str]) -> int:
     if not _parse_gin(args.gin_file or [DEFAULT_EXPERIMENT], extra, _search_paths(args)):
         return 2
     from synpro_jax import configs
+    from synpro_jax.train import run
 
-    summary = configs.pretrain()
+    summary = run.pretrain(configs.build("pretrain"), configs.record())
     print(json.dumps(summary, indent=2))
     return EXIT_PREEMPTED if summary.get("preempted") else 0
 
@@ -361,7 +365,7 @@ def cmd_compile(args, extra: list[str]) -> int:
         try:
             aot.topology_devices(args.topology)
         except ValueError as e:  # an unknown topology
-            print(f"error: {_one_line(e)}", file=sys.stderr)
+            print(f"error: {errors.one_line(e)}", file=sys.stderr)
             return 2
         except RuntimeError:  # libtpu cannot describe it: CPU devices stand in for its chips, one each
             n = aot.chip_count(args.topology)
@@ -375,8 +379,10 @@ def cmd_compile(args, extra: list[str]) -> int:
         return 2
     try:  # compile reads no data: the REQUIRED macros left unset (paths, run directories) get placeholders
         unset = aot.unset_macros(args.gin_file, bindings, _search_paths(args))
-    except Exception:  # noqa: BLE001 - a file that cannot be read: _parse_gin says so
-        unset = []
+    except Exception as e:
+        if not errors.is_user_error(e):
+            raise
+        unset = []  # a file that cannot be read or parsed: _parse_gin says so below
     if unset:
         print(f"compile reads no data: the unset REQUIRED macros {', '.join(unset)} are placeholders")
     placeholders = [f"--gin.{b}" for b in aot.placeholder_bindings(unset)]
@@ -386,7 +392,7 @@ def cmd_compile(args, extra: list[str]) -> int:
         programs = None if args.programs == "auto" else tuple(x for x in args.programs.split(",") if x)
         reports = aot.compile_experiment(args.topology, hbm, programs)
     except ValueError as e:  # shapes the programs cannot take (say, a batch that does not divide over the mesh)
-        print(f"error: {_one_line(e)}", file=sys.stderr)
+        print(f"error: {errors.one_line(e)}", file=sys.stderr)
         return 2
     for r in reports:
         print(r.line())
@@ -683,15 +689,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     keep_jax_off_absent_tpu()
     _quiet_startup(needs_tensorflow=takes_extra or args.command in ("vocab", "eval"))
-    try:
-        if args.command not in (
-            "presets",
-            "vocab",
-            "sweep",
-            "compile",
-        ):  # jobs that run JAX programs: one job, many hosts
-            from synpro_jax import distributed
+    if args.command not in ("presets", "vocab", "sweep", "compile"):  # jobs that run JAX programs: one job, many hosts
+        from synpro_jax import distributed
 
+        try:
             distributed.initialize(
                 distributed.DistributedConfig.from_env(
                     coordinator_address=args.coordinator_address,
@@ -699,9 +700,15 @@ def main(argv: list[str] | None = None) -> int:
                     process_id=args.process_id,
                 )
             )
+        except ValueError as e:  # flags or a TPU environment that describe no job; the message names them
+            print(f"error: {errors.one_line(e)}", file=sys.stderr)
+            return 2
+    try:
         return args.func(args, extra) if takes_extra else args.func(args)
-    except (ValueError, KeyError, FileNotFoundError, FileExistsError) as e:  # config errors name their knob
-        print(f"error: {_one_line(e)}", file=sys.stderr)
+    except Exception as e:
+        if not errors.is_user_error(e):
+            raise  # a bug: Python prints its traceback and exits 1
+        print(f"error: {errors.one_line(e)}", file=sys.stderr)  # names the flag, knob or path to change
         return 2
 
 
