@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1] / "synpro_jax"
 
 LAYERS: list[set[str]] = [
     {"__init__", "atomic", "checks", "device_queue", "distributed", "errors", "exit_codes", "heartbeat"}
-    | {"native_stderr", "registry", "sharding", "tpu_chips"},
+    | {"native_stderr", "registry", "resume_guard", "sharding", "tpu_chips"},
     {"models", "data"},
     {"train", "generation"},
     {"influence", "serve"},

@@ -171,6 +171,8 @@ def run_demo(job: DemoJob, experiment: DemoExperiment, record: str | None = None
                 mesh,
                 progress=progress,
             )
+            if taught.get("preempted"):
+                return {"preempted": True, "out_dir": str(root)}
             start = taught["hf"]
             steps.done(
                 "taught: "

@@ -20,9 +20,15 @@ from etils.epath import Path
 import jax
 
 from synpro_jax import atomic
+from synpro_jax.data.vocab import load_vocabulary
 from synpro_jax.demo import sft
 from synpro_jax.demo import world as W
 from synpro_jax.generation import prompts
+from synpro_jax.generation.sampler import Sampler
+from synpro_jax.models import hf
+from synpro_jax.resume_guard import check
+from synpro_jax.train.optimizer import OptimizerConfig
+from synpro_jax.train.supervised import train_supervised
 
 log = logging.getLogger(__name__)
 
@@ -65,18 +71,13 @@ def teach_generator(
 ) -> dict:
     """Teach (or resume teaching) the generator; returns the job's summary (``out_dir/summary.json``) with the
     HF directory in ``"hf"``. A finished job is not redone; one recorded with other settings is refused."""
-    from synpro_jax.data.vocab import load_vocabulary
-    from synpro_jax.generation.sampler import Sampler
-    from synpro_jax.train import OptimizerConfig
-    from synpro_jax.train.supervised import train_supervised
 
     out_dir = Path(out_dir)
     summary_path, hf_dir = out_dir / "summary.json", out_dir / "hf"
     inputs = _fingerprint(cfg, model_cfg, world_spec)
     if summary_path.exists():
         summary = json.loads(summary_path.read_text(encoding="utf-8"))
-        if summary["inputs"] != inputs:
-            raise ValueError(f"{out_dir} holds a generator taught with other settings; use another --out")
+        check(summary["inputs"], inputs, f"the generator taught in {out_dir}", "use another --out")
         return summary
     vocab = load_vocabulary(str(vocab_path))
     stream = sft.TeachingStream(world.teachers, vocab, seed=cfg.seed)
@@ -88,7 +89,7 @@ def teach_generator(
         weight_decay=0.0,
         clip_norm=1.0,
     )
-    state, records, seconds = train_supervised(
+    taught = train_supervised(
         model_cfg,
         mesh,
         optimizer,
@@ -102,6 +103,9 @@ def teach_generator(
         desc="teach generator",
         progress=progress,
     )
+    if taught.preempted:  # SIGTERM: the checkpoint is saved; a rerun goes on from it
+        return {"preempted": True, "steps": taught.step}
+    state, records, seconds = taught.state, taught.records, taught.seconds
 
     # Before GRPO: rewrites of organic biographies the generator never saw, scored exactly.
     sampler = Sampler(model_cfg, state.params, mesh=mesh)
@@ -143,7 +147,6 @@ def teach_generator(
 
 def _export(model_cfg, params, vocab_path: Path, hf_dir: Path) -> None:
     """hf/ with the world's tokenizer beside the weights, appearing in one rename."""
-    from synpro_jax.models import hf
 
     tmp = hf_dir.with_name(hf_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)

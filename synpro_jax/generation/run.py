@@ -12,6 +12,7 @@ from typing import Any
 from etils.epath import Path
 
 from synpro_jax import distributed, sharding
+from synpro_jax.errors import ConfigError
 from synpro_jax.generation.synthesize import SynthesisConfig, Synthesizer
 from synpro_jax.models.config import ModelConfig
 from synpro_jax.sharding import MeshConfig
@@ -54,7 +55,7 @@ def _documents(spec) -> list[str] | None:
     try:
         return [line for line in Path(spec).read_text(encoding="utf-8").splitlines() if line]
     except OSError as e:
-        raise ValueError(f"synpro.synthesize.documents={spec}: {e}") from None
+        raise ConfigError(f"synpro.synthesize.documents={spec}: {e}") from None
 
 
 def synthesize(job: SynthesizeJob, record: str | None = None) -> dict:
@@ -62,7 +63,7 @@ def synthesize(job: SynthesizeJob, record: str | None = None) -> dict:
     is written as ``out_dir/config.gin`` when done."""
     for knob in ("generator", "shards", "out_dir", "settings"):
         if getattr(job, knob) is None:
-            raise ValueError(f"synpro.synthesize.{knob}: not set")
+            raise ConfigError(f"synpro.synthesize.{knob}: not set")
     documents = _documents(job.documents)
     source = open_source(job.generator, job.model, vocabulary=job.vocabulary, dtype=job.dtype, knobs=KNOBS)
     model = source.config

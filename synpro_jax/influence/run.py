@@ -41,6 +41,7 @@ import numpy as np
 from synpro_jax import atomic, distributed, sharding
 from synpro_jax.data.corpus import encoder_for
 from synpro_jax.data.vocab import load_vocabulary
+from synpro_jax.errors import ConfigError
 from synpro_jax.influence.probe import Probe, ProbeConfig, first_difference
 from synpro_jax.influence.service import InfluenceServer
 from synpro_jax.models import ModelConfig
@@ -353,7 +354,7 @@ def probe(job: ProbeJob, record: str | None = None) -> dict:
     """Run the probe; ``record``, the configuration text, is written as ``out_dir/config.gin`` first."""
     for knob in ("checkpoint", "vocabulary", "reference", "corpus", "out_dir"):
         if getattr(job, knob) is None:
-            raise ValueError(f"synpro.probe.{knob}: not set")
+            raise ConfigError(f"synpro.probe.{knob}: not set")
     mesh = sharding.make_mesh(job.mesh)
     Path(job.out_dir).mkdir(parents=True, exist_ok=True)
     distributed.write_config_record(job.out_dir, record)

@@ -25,6 +25,7 @@ from synpro_jax.data.config import SyntheticShards
 from synpro_jax.data.streams import organic_split
 from synpro_jax.data.tasks import organic_task_name
 from synpro_jax.data.vocab import PassthroughVocabulary, TrainedSentencePiece, load_vocabulary
+from synpro_jax.errors import ConfigError
 from synpro_jax.eval import run as eval_run
 from synpro_jax.generation import run as generation_run
 from synpro_jax.generation.synthesize import MANIFEST, selection_identity
@@ -86,7 +87,7 @@ class Experiment:
         if isinstance(spec, TrainedSentencePiece):
             return str(Path(self.data.cache_dir) / f"{self.data.corpus}_sp{spec.size}.model")
         if isinstance(spec, PassthroughVocabulary):
-            raise ValueError(
+            raise ConfigError(
                 "synpro.DataConfig.vocabulary is a PassthroughVocabulary (token ids, no text): the "
                 "probe, generators and evaluation need a text vocabulary"
             )
@@ -109,9 +110,9 @@ class Experiment:
         self.vocabulary_path()
         for spec in self.cfg.generators:
             if spec.name not in self.stages.generators:
-                raise ValueError(f"GeneratorSpec({spec.name}): the loop's StageSettings has no templates for it")
+                raise ConfigError(f"GeneratorSpec({spec.name}): the loop's StageSettings has no templates for it")
             if spec.start != ROUND0_START and not (Path(spec.start) / "config.json").exists():
-                raise ValueError(
+                raise ConfigError(
                     f"GeneratorSpec({spec.name}).start={spec.start}: not an HF OLMo-2 directory (no "
                     f"config.json); give one, or {ROUND0_START!r} to start from round 0's LM"
                 )
@@ -153,7 +154,7 @@ def _mixing(exp: Experiment, synthetic: list[tuple[str, int]]) -> Any:
     known = {"organic", *names, *(g for g, _ in synthetic)}
     unknown = sorted(set(mixing) - known)
     if unknown:
-        raise ValueError(
+        raise ConfigError(
             f"LoopConfig.mixing names {unknown}; this round's mixture has organic and {sorted(names)} "
             "(a generator's name splits its rate over its rounds)"
         )
@@ -200,7 +201,7 @@ def pretrain(exp: Experiment, run: str, plan: StagePlan, budget: int | None, out
         # The data goes on where the previous stage left it: each stream it read continues from the rows read (by
         # token position and stream identity, see data/mixture.py); a stream new in this round starts at row 0.
         if "data" not in previous:
-            raise ValueError(
+            raise ConfigError(
                 f"{resolve(plan.reads[0])} was recorded without its data position (by an older "
                 "synpro_jax): continue this experiment from that round with the synpro_jax that made it, "
                 "or start a new experiment directory"

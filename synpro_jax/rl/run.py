@@ -19,6 +19,7 @@ import jax
 
 from synpro_jax import distributed, sharding
 from synpro_jax.data.corpus import encoder_for
+from synpro_jax.errors import ConfigError
 from synpro_jax.generation.synthesize import _canonical_generator, weights_identity
 from synpro_jax.influence.probe import Probe
 from synpro_jax.influence.run import files_fingerprint, load_finetuned, vocabulary_fingerprint
@@ -85,7 +86,7 @@ class GRPOJob:
 def _influence_scorer(job: GRPOJob, mesh, vocab_spec: str) -> tuple[Any, dict]:
     """The data_influence reward's scorer (theta and theta' on the mesh) and its fingerprint."""
     if not job.influence_checkpoint or not job.influence_finetuned:
-        raise ValueError(
+        raise ConfigError(
             "RewardsConfig.weights has data_influence: set synpro.grpo.influence_checkpoint "
             "(theta, the pretraining run) and synpro.grpo.influence_finetuned (theta', the probe's "
             "finetuned directory)"
@@ -117,7 +118,7 @@ def grpo(job: GRPOJob, record: str | None = None) -> dict:
     becomes ``out_dir/config.gin`` once the trainer accepted the directory."""
     for knob in ("generator", "prompts", "run", "rewards"):
         if getattr(job, knob) is None:
-            raise ValueError(f"synpro.grpo.{knob}: not set")
+            raise ConfigError(f"synpro.grpo.{knob}: not set")
     run, rewards, warm_start = job.run, job.rewards, job.warm_start
     algorithm = job.algorithm or GRPOConfig()
     source = open_source(job.generator, job.model, vocabulary=job.vocabulary, dtype=job.dtype, knobs=KNOBS)
@@ -168,6 +169,8 @@ def grpo(job: GRPOJob, record: str | None = None) -> dict:
             inputs={"generator": start_identity, "vocabulary": vocabulary_fingerprint(vocab_spec, vocab)},
             progress=run.progress,
         )
+        if warm.get("preempted"):  # SIGTERM during the warm start: its checkpoint is saved, GRPO has not begun
+            return {"steps": 0, "preempted": True, "warm_start_steps": warm["steps"], "out_dir": str(run.out_dir)}
         if jax.process_index() == 0:
             print(
                 f"warm start: {warm['steps']} supervised steps on {warm['rows']} rows; sampled completions with "

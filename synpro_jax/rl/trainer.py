@@ -45,20 +45,20 @@ from jax.experimental import multihost_utils
 import jax.numpy as jnp
 from jax.sharding import Mesh
 import numpy as np
-from tqdm.auto import tqdm
 
-from synpro_jax import atomic, distributed, heartbeat, sharding
+from synpro_jax import atomic, distributed, sharding
 from synpro_jax.checks import positive_ints
 from synpro_jax.distributed import Preemption
 from synpro_jax.generation.sampler import Sampler
-from synpro_jax.models import ModelConfig
+from synpro_jax.models import ModelConfig, hf
+from synpro_jax.resume_guard import resume_guard
 from synpro_jax.rl import grpo
 from synpro_jax.rl.config import GRPOConfig
 from synpro_jax.rl.learner import GRPOStep
 from synpro_jax.rl.prompt_set import PromptSet
 from synpro_jax.rl.rewards.base import RewardInputs, RewardSuite
-from synpro_jax.train.checkpoint import Checkpointer
-from synpro_jax.train.metrics import MetricsLog, save_png
+from synpro_jax.train.metrics import save_png
+from synpro_jax.train.step_loop import LoopSettings, Step, run_steps
 
 log = logging.getLogger(__name__)
 
@@ -404,17 +404,6 @@ class GRPOTrainer:
         return state, record
 
     # --- the loop ------------------------------------------------------------------------------------------------
-    def _check(self, meta: dict) -> None:
-        from synpro_jax.influence.probe import first_difference
-
-        found = first_difference(meta.get("fingerprint"), self.fingerprint)
-        if found is not None:
-            field, then, now = found
-            raise ValueError(
-                f"{self.out_dir / 'checkpoints'} holds a GRPO run made with a different {field}: "
-                f"{then!r} then, {now!r} now; use a new out_dir to train with these settings"
-            )
-
     def run(self, on_start: Callable[[], None] | None = None) -> dict:
         """Train to ``num_steps`` (resuming from ``out_dir`` if it holds a checkpoint of this run) and export.
         ``on_start`` is called once the checkpoint (if any) is accepted, before the first step: the place to
@@ -434,76 +423,68 @@ class GRPOTrainer:
                 self.step_fn.state_shardings,
             )
         }
-        ckpt = Checkpointer(
-            self.out_dir / "checkpoints",
-            save_every=run.checkpoint_every,
-            keep=run.keep_checkpoints,
-            async_save=run.async_checkpoints,
-        )
-        restored = ckpt.restore(template, check_meta=self._check)  # closes itself if it raises
-        start = 0
-        if restored is not None:
-            state, _, start = restored
+        where = f"{self.out_dir / 'checkpoints'} (a GRPO run)"
+
+        def restored(state, meta, start):
             self.sampler.update_params(state["train"].params)
             if jax.process_index() == 0:
-                print(f"GRPO: resuming from step {start} ({ckpt.directory})", flush=True)
-        else:
-            state = {"train": self.step_fn.init(jax.random.key(run.seed), self.init_params)}
-        self.init_params = None  # the state holds its own copy; do not keep a third one on the device
-        if on_start is not None:
-            on_start()
-        metrics_log = MetricsLog(self.out_dir, start)
+                print(f"GRPO: resuming from step {start} ({self.out_dir / 'checkpoints'})", flush=True)
+
         stalled: list[dict] = []  # the current run of zero-spread steps
-        with self.preemption:  # SIGTERM handled for the loop's length
-            bar = tqdm(
-                total=run.num_steps,
-                initial=start,
-                unit="step",
-                dynamic_ncols=True,
+
+        def train(state, done: int) -> Step:
+            state["train"], record = self.train_step(state["train"], done)
+            step = done + 1
+            postfix = {
+                "reward": f"{record['reward/total_mean']:.3f}",
+                "signal": f"{1.0 - record['zero_std_groups']:.2f}",
+                "kl": f"{record.get('kl', 0.0):.2g}",
+            }
+            stalled[:] = stalled + [record] if record["zero_std_groups"] == 1.0 else []
+            logged = step % run.log_every == 0 or step == run.num_steps
+            return Step(state, record if logged else None, postfix)
+
+        outcome = run_steps(
+            LoopSettings(
+                self.out_dir,
+                run.num_steps,
+                run.checkpoint_every,
+                keep_checkpoints=run.keep_checkpoints,
+                async_checkpoints=run.async_checkpoints,
+                progress=run.progress,
                 desc="grpo",
-                disable=not run.progress or jax.process_index() != 0,
-            )
-            step, preempted = start, False
-            try:
-                while step < run.num_steps:
-                    state["train"], record = self.train_step(state["train"], step)
-                    step += 1
-                    bar.update(1)
-                    heartbeat.beat()
-                    bar.set_postfix(
-                        reward=f"{record['reward/total_mean']:.3f}",
-                        signal=f"{1.0 - record['zero_std_groups']:.2f}",
-                        kl=f"{record.get('kl', 0.0):.2g}",
-                        refresh=False,
-                    )
-                    if step % run.log_every == 0 or step == run.num_steps:
-                        metrics_log.write(record)
-                    stalled = stalled + [record] if record["zero_std_groups"] == 1.0 else []
-                    self._check_stall(stalled)
-                    meta = {"step": step, "fingerprint": self.fingerprint, "time": time.time()}
-                    if self.preemption.stop_after(step) and step < run.num_steps:
-                        ckpt.save(step, state, meta, force=True)
-                        preempted = True
-                        log.warning("SIGTERM: saved GRPO step %d; rerun the same command to resume", step)
-                        break
-                    ckpt.save(step, state, meta, force=step == run.num_steps)
-            finally:
-                bar.close()
-                metrics_log.close()
-                ckpt.close()
-        self.state = state["train"]
-        summary = self._summary(metrics_log.records, step, preempted)
+            ),
+            template=template,
+            fresh=lambda: {"train": self.step_fn.init(jax.random.key(run.seed), self.init_params)},
+            guard=resume_guard(self.fingerprint, where, key="fingerprint"),
+            step=train,
+            meta=lambda step: {"step": step, "fingerprint": self.fingerprint, "time": time.time()},
+            on_restore=restored,
+            on_start=lambda: self._started(on_start),
+            after_log=lambda step, record: self._check_stall(stalled),
+            preemption=self.preemption,
+        )
+        step, preempted, records = outcome.step, outcome.preempted, outcome.records
+        if preempted:
+            log.warning("SIGTERM: saved GRPO step %d; rerun the same command to resume", step)
+        self.state = outcome.state["train"]
+        summary = self._summary(records, step, preempted)
         if not preempted:
-            summary["export"] = str(self.export(state["train"].params, step, summary))
+            summary["export"] = str(self.export(self.state.params, step, summary))
         if jax.process_index() == 0:
-            if metrics_log.records:
+            if records:
                 plot_reward_curves(
-                    metrics_log.records,
+                    records,
                     self.out_dir / "reward_curves.png",
                     title=f"GRPO {self.prompts.operation} ({self.cfg.name})",
                 )
             atomic.write_json(self.out_dir / "summary.json", summary)
         return summary
+
+    def _started(self, on_start: Callable[[], None] | None) -> None:
+        self.init_params = None  # the state holds its own copy; do not keep a third one on the device
+        if on_start is not None:
+            on_start()
 
     def _check_stall(self, stalled: list[dict]) -> None:
         run = self.run_cfg
@@ -554,8 +535,6 @@ class GRPOTrainer:
         return out
 
     def _export(self, params: Any, step: int, summary: dict | None) -> Path:
-        from synpro_jax.models import hf
-
         out = self.out_dir / EXPORT_DIR
         info_path = out / EXPORT_INFO
         if info_path.exists():

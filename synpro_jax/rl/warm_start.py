@@ -30,10 +30,16 @@ import jax
 from jax.sharding import Mesh
 import numpy as np
 
-from synpro_jax import atomic
+from synpro_jax import atomic, distributed
 from synpro_jax.checks import positive_ints
 from synpro_jax.generation import prompts as P
+from synpro_jax.generation.sampler import Sampler
 from synpro_jax.models import ModelConfig
+from synpro_jax.resume_guard import check
+from synpro_jax.rl.prompt_set import PromptSet
+from synpro_jax.train.optimizer import OptimizerConfig
+from synpro_jax.train.step import next_token_batch
+from synpro_jax.train.supervised import train_supervised
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +102,6 @@ def warm_start_rows(
     cfg: WarmStartConfig, vocab, operation: str, max_prompt_tokens: int, max_source_chars: int
 ) -> list[tuple[list[int], list[int]]]:
     """(prompt ids, answer ids ending in EOS) per warm-start document, the prompt built as GRPO builds it."""
-    from synpro_jax.rl.prompt_set import PromptSet
 
     ps = PromptSet(
         list(cfg.documents),
@@ -120,7 +125,6 @@ def warm_start_batch(
 ) -> dict:
     """A next-token batch of ``[prompt | answer]`` rows padded to ``length`` tokens (so ``length - 1`` positions),
     the loss on the answer's tokens (its EOS included) only; padding is segment 0."""
-    from synpro_jax.train.step import next_token_batch
 
     tokens = np.full((len(idx), length), pad_id, np.int32)
     mask = np.zeros((len(idx), length), np.float32)
@@ -194,10 +198,6 @@ def run_warm_start(
     once ``out_dir`` holds the finished run. ``inputs`` is what else decides it (the starting generator, the
     vocabulary); a finished or partial run made with other inputs is refused. ``sampling``: GRPO's
     ``num_generations``, ``max_new_tokens``, ``temperature``, ``top_p`` and ``stop_ids`` for the final check."""
-    from synpro_jax import distributed
-    from synpro_jax.generation.sampler import Sampler
-    from synpro_jax.train.optimizer import OptimizerConfig
-    from synpro_jax.train.supervised import train_supervised
 
     out_dir = Path(out_dir)
     summary_path = out_dir / SUMMARY
@@ -216,11 +216,12 @@ def run_warm_start(
     )
     if summary_path.exists():
         summary = json.loads(summary_path.read_text())
-        if summary.get("inputs") != inputs:
-            raise ValueError(
-                f"{out_dir} holds a warm start made with other settings (synpro.WarmStartConfig or "
-                "the generator); use another GRPORunConfig.out_dir"
-            )
+        check(
+            summary.get("inputs"),
+            inputs,
+            f"the warm start in {out_dir} (synpro.WarmStartConfig and the generator)",
+            "use another GRPORunConfig.out_dir",
+        )
         return summary
     rows = warm_start_rows(cfg, vocab, operation, max_prompt_tokens, max_source_chars)
     if len(rows) < cfg.batch:
@@ -246,7 +247,7 @@ def run_warm_start(
         b2=0.95,
         clip_norm=1.0,
     )
-    state, records, seconds = train_supervised(
+    trained = train_supervised(
         model_cfg,
         mesh,
         optimizer,
@@ -262,8 +263,11 @@ def run_warm_start(
         desc="warm start",
         progress=progress,
     )
+    if trained.preempted:  # SIGTERM: the checkpoint is saved; a rerun goes on from it
+        return {"preempted": True, "steps": trained.step}
+    state, records, seconds = trained.state, trained.records, trained.seconds
     sampler = Sampler(model_cfg, state.params, mesh=mesh)
-    check = heading_rate(sampler, vocab, list(eval_prompts)[: cfg.eval_prompts], operation, seed=cfg.seed, **sampling)
+    after = heading_rate(sampler, vocab, list(eval_prompts)[: cfg.eval_prompts], operation, seed=cfg.seed, **sampling)
     del sampler
     summary = {
         "inputs": inputs,
@@ -272,7 +276,7 @@ def run_warm_start(
         "steps": cfg.steps,
         "seconds": round(seconds, 1),
         "final_answer_loss": records[-1]["warm_start/answer_loss"] if records else None,
-        "after": check,
+        "after": after,
     }
     if jax.process_index() == 0:
         atomic.write_json(summary_path, summary)
@@ -280,7 +284,7 @@ def run_warm_start(
     log.info(
         "warm start done: %d steps; completions with one heading %.2f, stopped %.2f",
         cfg.steps,
-        check["format_rate"],
-        check["stopped"],
+        after["format_rate"],
+        after["stopped"],
     )
     return summary

@@ -22,6 +22,7 @@ from typing import Any
 from etils.epath import Path
 
 from synpro_jax.data.vocab import find_vocabulary, load_vocabulary
+from synpro_jax.errors import ConfigError
 from synpro_jax.models import get_preset, hf
 from synpro_jax.models.config import ModelConfig
 from synpro_jax.train.params_io import is_hf_dir
@@ -53,14 +54,14 @@ def _model(path: Path, model: ModelConfig | str | None, knobs: Knobs) -> ModelCo
         model = get_preset(model)
     if not is_hf_dir(path):
         if model is None:
-            raise ValueError(f"{knobs.source}={path}: not an HF directory (no config.json), so set {knobs.model}")
+            raise ConfigError(f"{knobs.source}={path}: not an HF directory (no config.json), so set {knobs.model}")
         return model
     if model is None:
         return hf.read_config(path)
     described = hf.read_config(path)
     differ = [f for f in _SHAPES if getattr(described, f) != getattr(model, f)]
     if differ:
-        raise ValueError(
+        raise ConfigError(
             f"{knobs.model}: {model.describe()} does not match {knobs.source}={path} "
             f"({described.describe()}; {', '.join(differ)} differ)"
         )
@@ -85,13 +86,13 @@ def open_source(
     if vocabulary is None:
         found = find_vocabulary(path)
         if found is None:
-            raise ValueError(
+            raise ConfigError(
                 f"{knobs.vocabulary}: {path} has no tokenizer.json or tokenizer.model; name the model's vocabulary"
             )
         vocabulary = str(found)
     vocab = load_vocabulary(vocabulary)
     if vocab.vocab_size > config.vocab_size:
-        raise ValueError(
+        raise ConfigError(
             f"{knobs.vocabulary}: {vocabulary} has {vocab.vocab_size} tokens but the model's vocab_size is "
             f"{config.vocab_size}"
         )
@@ -104,6 +105,6 @@ def stop_token_ids(vocab, tokens, knob: str) -> list[int]:
     for token in tokens:
         ids = list(vocab.encode(token))
         if len(ids) != 1:
-            raise ValueError(f"{knob}: {token!r} is {len(ids)} tokens, not one")
+            raise ConfigError(f"{knob}: {token!r} is {len(ids)} tokens, not one")
         out.extend(ids)
     return out

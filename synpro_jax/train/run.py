@@ -14,6 +14,7 @@ from synpro_jax import distributed, sharding
 from synpro_jax.data.config import DataConfig
 from synpro_jax.data.streams import build_streams, summarize
 from synpro_jax.data.tasks import organic_task_name
+from synpro_jax.errors import ConfigError
 from synpro_jax.models import hf
 from synpro_jax.models.config import ModelConfig
 from synpro_jax.sharding import MeshConfig
@@ -48,9 +49,9 @@ def pretrain(job: PretrainJob, record: str | None = None) -> dict:
     ``record``, the configuration text, becomes ``out_dir/config.gin`` once the trainer accepted the directory."""
     model, trainer, data = job.model, job.trainer, job.data
     if trainer is None or data is None:
-        raise ValueError("synpro.pretrain: set synpro.pretrain.trainer and synpro.pretrain.data")
+        raise ConfigError("synpro.pretrain: set synpro.pretrain.trainer and synpro.pretrain.data")
     if job.init_from_hf and job.init_from:
-        raise ValueError("synpro.pretrain: set init_from_hf or init_from, not both")
+        raise ConfigError("synpro.pretrain: set init_from_hf or init_from, not both")
     init_params, init_adam, init_step, init_source = None, None, 0, ""
     mesh = sharding.make_mesh(job.mesh)
     if job.init_from:
@@ -64,13 +65,13 @@ def pretrain(job: PretrainJob, record: str | None = None) -> dict:
             model.num_layers,
             model.vocab_size,
         ):
-            raise ValueError(
+            raise ConfigError(
                 f"synpro.pretrain.init_from_hf={job.init_from_hf}: {hf_cfg.describe()} does not match "
                 f"the configured model {model.describe()}"
             )
     streams = build_streams(data, trainer.seq_len, progress=trainer.progress)
     if streams.info["vocab_size"] > model.vocab_size:
-        raise ValueError(
+        raise ConfigError(
             f"the vocabulary has {streams.info['vocab_size']} tokens but the model's vocab_size is "
             f"{model.vocab_size}; set synpro.preset.vocab_size"
         )

@@ -1,8 +1,9 @@
 """A short, resumable supervised job whose batches are a pure function of the step: the demo generators'
 teaching (``demo/teach.py``) and the GRPO warm start (``rl/warm_start.py``) both run it.
 
-Orbax checkpoints every ``checkpoint_every`` steps (atomic) carry the job's ``inputs``; a restart with other
-inputs is refused, naming the directory. Because the batch of step s depends only on s, a job killed at any step
+It runs on the one step loop (train/step_loop.py): orbax checkpoints every ``checkpoint_every`` steps carry the
+job's ``inputs``, and a restart with other inputs is refused naming each differing field; SIGTERM saves and stops
+(``preempted``). Because the batch of step s depends only on s, a job killed at any step
 and restarted sees exactly the batches an uninterrupted one would. The loss is logged to ``metrics.jsonl`` and
 TensorBoard under ``metric``, every ``log_every`` steps and at the last.
 """
@@ -18,10 +19,10 @@ import jax
 from jax.sharding import Mesh
 
 from synpro_jax.models import ModelConfig
-from synpro_jax.train.checkpoint import Checkpointer
-from synpro_jax.train.metrics import MetricsLog
+from synpro_jax.resume_guard import resume_guard
 from synpro_jax.train.optimizer import OptimizerConfig
 from synpro_jax.train.step import TrainStep
+from synpro_jax.train.step_loop import LoopSettings, Outcome, Step, run_steps
 
 log = logging.getLogger(__name__)
 
@@ -44,49 +45,35 @@ def train_supervised(
     metric: str = "loss",
     desc: str = "train",
     progress: bool = True,
-) -> tuple[Any, list[dict], float]:
+) -> Outcome:
     """Train to ``steps`` from ``params`` (random when None) on ``batch(step)`` (host batches, steps from 1),
-    resuming from ``out_dir/checkpoints``. Returns (the final TrainState, the metric records of the run so far,
-    those logged before a resume included, seconds of this call)."""
-    import time
-
+    resuming from ``out_dir/checkpoints`` (train/step_loop.py). Returns the loop's :class:`Outcome`: the final
+    TrainState, the steps done, whether SIGTERM stopped it (``preempted``: the caller stops too), the metric
+    records of the run so far (those logged before a resume included) and this call's seconds."""
     out_dir = Path(out_dir)
     ts = TrainStep(model_cfg, mesh, optimizer)
-    state = ts.init(jax.random.key(seed), params=params)
-    ckpt = Checkpointer(out_dir / "checkpoints", save_every=checkpoint_every, keep=1)
+    fresh = {"train": ts.init(jax.random.key(seed), params=params)}
 
-    def same_inputs(meta: dict) -> None:
-        if meta.get("inputs") != inputs:
-            raise ValueError(f"{out_dir / 'checkpoints'} was written with other settings; use another out_dir")
-
-    start = 0
-    # Saved as the trainer saves, under "train": the run loads wherever a synpro run does (train/params_io.py).
-    restored = ckpt.restore({"train": state}, check_meta=same_inputs)
-    if restored is not None:
-        saved, _, start = restored
-        state = saved["train"]
+    def restored(state, meta, start):
         log.info("%s: resuming at step %d", desc, start)
-    metrics = MetricsLog(out_dir, start)
-    bar = None
-    if progress and jax.process_index() == 0:
-        from tqdm import tqdm
 
-        bar = tqdm(total=steps, initial=start, desc=desc, unit="step", dynamic_ncols=True)
-    t0 = time.perf_counter()
-    try:
-        for step in range(start + 1, steps + 1):
-            state, m = ts(state, ts.shard_batch(batch(step)))
-            if step % log_every == 0 or step == steps:
-                loss = float(m["loss"])
-                metrics.write({"step": step, metric: loss})
-                if bar is not None:
-                    bar.set_postfix(loss=f"{loss:.3f}")
-            ckpt.save(step, {"train": state}, {"inputs": inputs}, force=step == steps)
-            if bar is not None:
-                bar.update(1)
-    finally:
-        if bar is not None:
-            bar.close()
-        ckpt.close()
-        metrics.close()
-    return state, list(metrics.records), time.perf_counter() - t0
+    def train(state, done: int) -> Step:
+        step = done + 1
+        state["train"], m = ts(state["train"], ts.shard_batch(batch(step)))
+        if step % log_every and step != steps:
+            return Step(state)
+        loss = float(m["loss"])
+        return Step(state, {"step": step, metric: loss}, {"loss": f"{loss:.3f}"})
+
+    outcome = run_steps(
+        LoopSettings(out_dir, steps, checkpoint_every, keep_checkpoints=1, progress=progress, desc=desc),
+        # Saved as the trainer saves, under "train": the run loads wherever a synpro run does (train/params_io.py).
+        template=fresh,
+        fresh=lambda: fresh,
+        guard=resume_guard(inputs, str(out_dir / "checkpoints"), key="inputs", remedy="use another out_dir"),
+        step=train,
+        meta=lambda step: {"inputs": inputs},
+        on_restore=restored,
+    )
+    outcome.state = outcome.state["train"]
+    return outcome

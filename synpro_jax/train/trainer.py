@@ -33,19 +33,19 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
 import numpy as np
-from tqdm.auto import tqdm
 
-from synpro_jax import atomic, distributed, heartbeat, sharding
+from synpro_jax import atomic, distributed, sharding
 from synpro_jax.checks import positive_ints
 from synpro_jax.data.packing import PackedStream
 from synpro_jax.data.pipeline import TrainBatches, continue_streams
 from synpro_jax.distributed import Preemption
 from synpro_jax.models import LossSums, ModelConfig
-from synpro_jax.train.checkpoint import Checkpointer
-from synpro_jax.train.metrics import MetricsLog, device_peak_flops, save_png
+from synpro_jax.resume_guard import resume_guard
+from synpro_jax.train.metrics import device_peak_flops, save_png
 from synpro_jax.train.optimizer import OptimizerConfig
 from synpro_jax.train.plateau import PlateauDetector
 from synpro_jax.train.step import TrainStep, batch_loss_sums
+from synpro_jax.train.step_loop import LoopSettings, Step, run_steps
 
 log = logging.getLogger(__name__)
 
@@ -220,6 +220,21 @@ class Trainer:
         self.summary_extra = dict(summary_extra or {})
         self.plateau = PlateauDetector(cfg.plateau_window, cfg.plateau_min_rel_improvement)
         self.stream_names = getattr(train_stream, "names", None)
+        # What decides the run's results, recorded in every checkpoint: a restart with other settings is refused
+        # naming each field that differs (synpro_jax/resume_guard.py).
+        self.settings = {
+            "model": dataclasses.asdict(model_cfg),
+            "optimizer": dataclasses.asdict(opt_cfg),
+            "global_batch": cfg.global_batch,
+            "seq_len": cfg.seq_len,
+            "accum_steps": cfg.accum_steps,
+            "z_loss": cfg.z_loss,
+            "seed": cfg.seed,
+            "data": data_fingerprint,
+            **({"init": {"source": init_source, "step": int(init_step)}} if init_source else {}),
+            **({"data_start": self._stream_starts()} if any(self._stream_starts().values()) else {}),
+        }
+        # The digest older checkpoints recorded instead (accepted when it matches), and what the hosts agree on.
         self.fingerprint = hashlib.sha1(
             json.dumps(
                 [
@@ -273,6 +288,7 @@ class Trainer:
             "step": step,
             "rows_consumed": step * self.cfg.global_batch,
             "fingerprint": self.fingerprint,
+            "settings": self.settings,
             "plateau": self.plateau.state_dict(),
             "time": time.time(),
         }
@@ -346,92 +362,77 @@ class Trainer:
         cfg = self.cfg
         distributed.agree(str(self.out_dir), "the run directory (synpro.TrainerConfig.out_dir)")
         distributed.agree(self.fingerprint, "the run's configuration and data (its fingerprint)")
-        ckpt = Checkpointer(
-            self.out_dir / "checkpoints",
-            save_every=cfg.checkpoint_every,
-            keep=cfg.keep_checkpoints,
-            async_save=cfg.async_checkpoints,
-        )
-        state = self._fresh_state()
-
-        def same_config(meta: dict) -> None:
-            if meta.get("fingerprint") != self.fingerprint:
-                raise ValueError(
-                    f"{ckpt.directory} holds a checkpoint of a different configuration (model, "
-                    "optimizer, batch, sequence length, seed or data changed); use a new out_dir"
-                )
-
+        fresh = self._fresh_state()
         self.init_params = self.init_adam = None  # in the state now: do not hold a second copy for the run
-        restored = ckpt.restore(state, check_meta=same_config)  # closes itself if it raises
-        start = 0
-        if restored is not None:
-            state, meta, start = restored
-            self.plateau.load_state_dict(meta.get("plateau", {}))
-            log.info("resuming from step %d", start)
-        if on_start is not None:
-            on_start()
-        metrics_log = MetricsLog(self.out_dir, start)
+        guard = resume_guard(
+            self.settings,
+            f"{self.out_dir / 'checkpoints'}",
+            remedy="use a new out_dir",
+            legacy=lambda meta: meta.get("fingerprint") == self.fingerprint,
+        )
         peak = device_peak_flops(self.model_cfg.dtype)[0] * jax.device_count()
         fpt = self.model_cfg.train_flops_per_token(cfg.seq_len)
+        # throughput over the steps since the last record, compilation (the first step of a call) left out
+        window = {"t": time.perf_counter(), "tokens": 0, "first": True}
+        status = {"plateaued": False}
 
-        with self.preemption:  # SIGTERM handled for the loop's length
-            bar = tqdm(
-                total=cfg.num_steps,
-                initial=start,
-                unit="step",
-                dynamic_ncols=True,
-                disable=not cfg.progress or jax.process_index() != 0,
-            )
-            window_t, window_tokens = time.perf_counter(), 0
-            preempted = False
+        def restored(state, meta, start):
+            self.plateau.load_state_dict(meta.get("plateau", {}))
             # A run killed after it stopped on a plateau must not train on when restarted: it is finished.
-            plateaued = restored is not None and self.plateau.plateaued
-            step = start
-            try:
-                while step < cfg.num_steps and not (plateaued and cfg.stop_on_plateau):
-                    batch, info = self.batches(step)
-                    state["train"], metrics = self.step_fn(state["train"], batch)
-                    step += 1
-                    window_tokens += cfg.global_batch * cfg.seq_len
-                    bar.update(1)
-                    heartbeat.beat()
-                    if step == start + 1:  # keep compilation out of the throughput numbers
-                        jax.block_until_ready(metrics)
-                        window_t, window_tokens = time.perf_counter(), 0
-                    record = None
-                    if step % cfg.log_every == 0 or step == cfg.num_steps:
-                        metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                        dt = time.perf_counter() - window_t
-                        tps = window_tokens / dt if window_tokens else float("nan")
-                        record = {
-                            "step": step,
-                            **metrics,
-                            "tokens_per_s": tps,
-                            "tokens_per_s_per_device": tps / jax.device_count(),
-                            "mfu": tps * fpt / peak,
-                            "epoch": int(info["epochs"].max()),
-                        }
-                        window_t, window_tokens = time.perf_counter(), 0
-                    if self.val_batches is not None and (step % cfg.eval_every == 0 or step == cfg.num_steps):
-                        record = record or {"step": step}
-                        record.update(self.evaluate(state["train"].params))
-                        plateaued = self.plateau.update(record["val_loss"])
-                        record["plateau"] = plateaued
-                    if record:
-                        metrics_log.write(record)
-                        bar.set_postfix({k: f"{record[k]:.3f}" for k in ("loss", "val_loss") if k in record})
-                    ckpt.save(step, state, self._meta(step))
-                    if self.preemption.stop_after(step):
-                        preempted = True
-                        break
-                    if plateaued and cfg.stop_on_plateau:
-                        break
-                if ckpt.latest_step() != step:
-                    ckpt.save(step, state, self._meta(step), force=True)
-            finally:
-                bar.close()
-                ckpt.close()
-                metrics_log.close()
+            status["plateaued"] = self.plateau.plateaued
+            log.info("resuming from step %d", start)
+
+        def train(state, done: int) -> Step:
+            batch, info = self.batches(done)
+            state["train"], metrics = self.step_fn(state["train"], batch)
+            step = done + 1
+            window["tokens"] += cfg.global_batch * cfg.seq_len
+            if window["first"]:  # keep compilation out of the throughput numbers
+                jax.block_until_ready(metrics)
+                window.update(t=time.perf_counter(), tokens=0, first=False)
+            record = None
+            if step % cfg.log_every == 0 or step == cfg.num_steps:
+                metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                dt = time.perf_counter() - window["t"]
+                tps = window["tokens"] / dt if window["tokens"] else float("nan")
+                record = {
+                    "step": step,
+                    **metrics,
+                    "tokens_per_s": tps,
+                    "tokens_per_s_per_device": tps / jax.device_count(),
+                    "mfu": tps * fpt / peak,
+                    "epoch": int(info["epochs"].max()),
+                }
+                window.update(t=time.perf_counter(), tokens=0)
+            if self.val_batches is not None and (step % cfg.eval_every == 0 or step == cfg.num_steps):
+                record = record or {"step": step}
+                record.update(self.evaluate(state["train"].params))
+                status["plateaued"] = self.plateau.update(record["val_loss"])
+                record["plateau"] = status["plateaued"]
+            postfix = {k: f"{record[k]:.3f}" for k in ("loss", "val_loss") if k in (record or {})}
+            return Step(state, record, postfix)
+
+        outcome = run_steps(
+            LoopSettings(
+                self.out_dir,
+                cfg.num_steps,
+                cfg.checkpoint_every,
+                keep_checkpoints=cfg.keep_checkpoints,
+                async_checkpoints=cfg.async_checkpoints,
+                progress=cfg.progress,
+            ),
+            template=fresh,
+            fresh=lambda: fresh,
+            guard=guard,
+            step=train,
+            meta=self._meta,
+            on_restore=restored,
+            on_start=on_start,
+            finished=lambda: status["plateaued"] and cfg.stop_on_plateau,
+            preemption=self.preemption,
+        )
+        state, step, preempted, plateaued = outcome.state, outcome.step, outcome.preempted, status["plateaued"]
+        records = outcome.records
         summary = {
             "step": step,
             "preempted": preempted,
@@ -442,14 +443,14 @@ class Trainer:
         }
         if self.data_count is not None:
             summary["data"] = self.data_read(step)
-        last = [r for r in metrics_log.records if "loss" in r]
+        last = [r for r in records if "loss" in r]
         if last:
             summary.update({k: last[-1][k] for k in ("loss", "tokens_per_s", "mfu") if k in last[-1]})
-        vals = [r["val_loss"] for r in metrics_log.records if "val_loss" in r]
+        vals = [r["val_loss"] for r in records if "val_loss" in r]
         if vals:
             summary["val_loss"] = vals[-1]
-        if jax.process_index() == 0 and metrics_log.records:
-            plot_loss_curve(metrics_log.records, self.out_dir / "loss_curve.png", title=self.model_cfg.name)
+        if jax.process_index() == 0 and records:
+            plot_loss_curve(records, self.out_dir / "loss_curve.png", title=self.model_cfg.name)
             atomic.write_json(self.out_dir / "summary.json", summary)
         self.state = state
         return summary

@@ -284,7 +284,7 @@ def test_a_rerun_with_another_reward_weight_is_refused_naming_it(cli_run, worksp
     config = (out / "config.gin").read_text()
     result = synpro("grpo", f"--gin_file={root / 'changed.gin'}")
     assert result.returncode == 2
-    assert "different rewards.weights.length: 1.0 then, 2.0 now" in result.stderr
+    assert "rewards.weights.length: 1.0 then, 2.0 now" in result.stderr
     assert (out / "config.gin").read_text() == config  # still describes the checkpoints
 
 

@@ -85,7 +85,7 @@ def test_the_supervised_loop_killed_after_its_checkpoint_resumes_to_the_uninterr
         return warm_start_batch(rows, idx, 17)
 
     opt = OptimizerConfig(learning_rate=1e-3, warmup_steps=0, weight_decay=0.0)
-    straight, recs, _ = train_supervised(
+    straight = train_supervised(
         cfg,
         mesh,
         opt,
@@ -98,11 +98,13 @@ def test_the_supervised_loop_killed_after_its_checkpoint_resumes_to_the_uninterr
         log_every=1,
         progress=False,
     )
+    recs = straight.records
     assert [r["step"] for r in recs] == [1, 2, 3, 4] and recs[-1]["loss"] < recs[0]["loss"]
+    assert straight.step == 4 and not straight.preempted
     train_supervised(
         cfg, mesh, opt, batch, 2, tmp_path / "b", {"x": 1}, params=params, checkpoint_every=2, progress=False
     )  # "killed" after step 2's checkpoint
-    resumed, recs, _ = train_supervised(
+    resumed = train_supervised(
         cfg,
         mesh,
         opt,
@@ -115,10 +117,11 @@ def test_the_supervised_loop_killed_after_its_checkpoint_resumes_to_the_uninterr
         log_every=1,
         progress=False,
     )
-    assert [r["step"] for r in recs] == [2, 3, 4]  # step 2 as the first call logged it, then 3 and 4
-    for a, b in zip(jax.tree.leaves(straight.params), jax.tree.leaves(resumed.params)):
+    assert [r["step"] for r in resumed.records] == [2, 3, 4]  # step 2 as the first call logged it, then 3 and 4
+    assert resumed.start == 2
+    for a, b in zip(jax.tree.leaves(straight.state.params), jax.tree.leaves(resumed.state.params)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    with pytest.raises(ValueError, match="written with other settings"):
+    with pytest.raises(ValueError, match=r"made with other settings \(x: 1 then, 2 now\)"):
         train_supervised(cfg, mesh, opt, batch, 4, tmp_path / "b", {"x": 2}, params=params, progress=False)
 
 

@@ -278,11 +278,17 @@ def test_a_run_continues_another_runs_weights_optimizer_schedule_and_data(tmp_pa
 
     # A restart of B with another starting point or data position is refused: both are part of its fingerprint.
     init = dict(init_params=loaded.params, init_adam=loaded.adam, init_step=loaded.step)
-    for other in (
-        trainer(tmp_path / "b", streams, data_start=position, init_source=loaded.source + "-elsewhere", **init),
-        trainer(tmp_path / "b", streams, data_start={"organic": 0}, init_source=loaded.source, **init),
+    for other, named in (
+        (
+            trainer(tmp_path / "b", streams, data_start=position, init_source=loaded.source + "-elsewhere", **init),
+            r"made with other settings \(init.source: .* then, .*-elsewhere.* now\)",
+        ),
+        (
+            trainer(tmp_path / "b", streams, data_start={"organic": 0}, init_source=loaded.source, **init),
+            r"made with other settings \(data_start: .* then, null now\)",
+        ),
     ):
-        with pytest.raises(ValueError, match="different configuration"):
+        with pytest.raises(ValueError, match=named):
             other.run()
 
 
