@@ -63,7 +63,7 @@ def device_peak_flops(dtype: str = "float32") -> tuple[float, str]:
 
 def save_png(fig, path: epath.PathLike, dpi: int = 110) -> None:
     """Write a matplotlib figure as a PNG atomically (temp file, then rename) and close it."""
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # heavy: only process 0 draws plots, and readers of the log never do
 
     try:
         atomic.write_file(path, lambda tmp: fig.savefig(tmp, dpi=dpi), suffix=".png")
@@ -94,7 +94,7 @@ class TensorBoard:
     there the events go to a local staging folder and each file is uploaded whole on :meth:`flush`."""
 
     def __init__(self, directory: epath.PathLike, purge_step: int | None = None):
-        from tensorboardX import SummaryWriter
+        from tensorboardX import SummaryWriter  # loads torch where installed (seconds): only a job writing events
 
         self.directory = epath.Path(directory)
         self.remote = atomic.is_remote(self.directory)

@@ -16,7 +16,7 @@ import jax
 from jax.sharding import Mesh
 
 from synpro_jax import atomic, models, sharding
-from synpro_jax.models import ModelConfig
+from synpro_jax.models import ModelConfig, hf
 from synpro_jax.train.checkpoint import AdamMoments, checkpoint_dir, read_params
 
 log = logging.getLogger(__name__)
@@ -57,8 +57,6 @@ def load(
     """
     path = Path(source)
     if is_hf_dir(path):
-        from synpro_jax.models import hf
-
         hf_cfg, params = hf.load(path)
         want = jax.tree.map(lambda a: a.shape, models.abstract_params(cfg))
         have = jax.tree.map(lambda a: a.shape, params)
