@@ -49,9 +49,11 @@ from etils.epath import Path
 import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
+from tqdm.auto import tqdm
 
 from synpro_jax import atomic, distributed, heartbeat, sharding
 from synpro_jax.checks import positive_ints
+from synpro_jax.data import sources
 from synpro_jax.generation import prompts as prompts_lib
 from synpro_jax.generation.sampler import Sampler
 from synpro_jax.models import ModelConfig
@@ -519,8 +521,6 @@ class Synthesizer:
 
     # --- one shard -------------------------------------------------------------------------------------------
     def _documents(self, path: Path):
-        from synpro_jax.data import sources
-
         s = self.settings
         return sources.open_source(str(path), text_field=s.text_field, id_field=s.id_field)
 
@@ -610,12 +610,10 @@ class Synthesizer:
         On several processes each host writes its own part of every shard (the documents
         :func:`distributed.host_of` gives it), on its own devices; the job's files hold every document once
         whichever hosts were killed, and a rerun with the same process count resumes each part."""
-        from synpro_jax.data.sources import expand_paths
-
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         index, count = jax.process_index(), jax.process_count()
-        files = expand_paths(list(shards), "synthesis shards")
+        files = sources.expand_paths(list(shards), "synthesis shards")
         names: dict[str, Path] = {}
         for f in files:
             other = names.setdefault(shard_name(f), f)
@@ -708,8 +706,6 @@ def synthetic_spec(operation: str, round_: int, out_dir: str | Path) -> str:
 def _count_lines(path: Path) -> int:
     """Non-blank lines of a JSON-lines file, plain or compressed (its document count, give or take malformed
     lines); 0 for other formats or a file that cannot be read to the end."""
-    from synpro_jax.data import sources
-
     if sources.format_of(path) != "jsonl":
         return 0
     try:
@@ -723,8 +719,6 @@ def _progress_bar(files: Sequence[Path], enabled: bool):
     """Documents done, with rate and ETA (the total counts JSON lines; other formats show the rate only)."""
     if not enabled:
         return None
-    from tqdm.auto import tqdm
-
     counts = [_count_lines(f) for f in files]
     total = sum(counts) if all(counts) else None
     return tqdm(total=total, unit="doc", desc=f"synthesize {len(files)} shard(s)", dynamic_ncols=True)
