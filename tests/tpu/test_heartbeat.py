@@ -111,20 +111,30 @@ def test_training_beats(clock, monkeypatch, tmp_path):
     assert path.exists()
 
 
-@pytest.mark.parametrize(
-    "where",
-    [
-        "synpro_jax.rl.trainer:GRPOTrainer.run",
-        "synpro_jax.generation.synthesize:Synthesizer.run_shard",
-        "synpro_jax.influence.probe:score_corpus",
-    ],
-)
-def test_the_other_loops_beat(where):
-    """GRPO steps, synthesis batches and corpus-scoring chunks beat too (too slow to run here for that alone)."""
+def _source(where: str) -> str:
     import importlib
 
     module, _, name = where.partition(":")
     obj = importlib.import_module(module)
     for part in name.split("."):
         obj = getattr(obj, part)
-    assert "heartbeat.beat()" in inspect.getsource(obj)
+    return inspect.getsource(obj)
+
+
+@pytest.mark.parametrize(
+    "where",
+    [
+        "synpro_jax.train.step_loop:run_steps",
+        "synpro_jax.generation.synthesize:Synthesizer.run_shard",
+        "synpro_jax.influence.probe:score_corpus",
+    ],
+)
+def test_the_other_loops_beat(where):
+    """The step loop (GRPO's, the supervised jobs'), synthesis batches and corpus-scoring chunks beat too (too slow to
+    run here for that alone)."""
+    assert "heartbeat.beat()" in _source(where)
+
+
+@pytest.mark.parametrize("where", ["synpro_jax.rl.trainer:GRPOTrainer.run", "synpro_jax.train.trainer:Trainer.run"])
+def test_the_trainers_step_in_the_loop_that_beats(where):
+    assert "run_steps(" in _source(where)
