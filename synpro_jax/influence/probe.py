@@ -23,6 +23,7 @@ from __future__ import annotations
 import collections
 from collections.abc import Callable, Sequence
 import dataclasses
+import hashlib
 import json
 import logging
 from typing import Any
@@ -397,8 +398,6 @@ def _verify_final(path: Path, keys: Sequence[str]) -> None:
 
 
 def _ids_digest(ids: Sequence[str]) -> str:
-    import hashlib
-
     h = hashlib.sha1()
     for i in ids:
         h.update(str(i).encode() + b"\0")

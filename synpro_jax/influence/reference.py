@@ -32,6 +32,8 @@ import json
 from etils.epath import Path
 import numpy as np
 
+from synpro_jax.data.corpus import TokenizedCorpus, encoder_for
+from synpro_jax.data.packing import PackedStream
 from synpro_jax.data.sources import ReadReport, expand_paths
 
 
@@ -111,8 +113,6 @@ def format_prompt(prompt: str) -> str:
 
 
 def _encode(examples: Sequence[ReferenceExample], vocab) -> tuple[list, list]:
-    from synpro_jax.data.corpus import encoder_for
-
     encode = encoder_for(vocab)
     return encode([format_prompt(e.prompt) for e in examples]), encode([" " + e.completion for e in examples])
 
@@ -138,9 +138,6 @@ class PackedReference:
     def __init__(
         self, examples: Sequence[ReferenceExample], vocab, seq_len: int, seed: int = 0, packing: str = "release"
     ):
-        from synpro_jax.data.corpus import TokenizedCorpus
-        from synpro_jax.data.packing import PackedStream
-
         check_packing(packing)
         if not examples:
             raise ValueError("reference task: no examples to pack")
@@ -201,9 +198,8 @@ def encode_examples(examples: Sequence[ReferenceExample], vocab, seq_len: int) -
 
 def register_reference_task(name: str, paths: str | Sequence[str], vocab):
     """A seqio Task ``name`` with ``inputs`` (prompt) and ``targets`` (completion) over ``vocab``."""
-
-    import seqio
-    import tensorflow as tf
+    import seqio  # seqio and TensorFlow take seconds: only this task needs them, and the probe imports this module
+    import tensorflow as tf  # as seqio above
 
     def dataset_fn(split: str, shuffle_files: bool, seed: int | None = None):
         def gen():

@@ -34,17 +34,20 @@ from typing import Any
 
 from etils.epath import Path
 import jax
+from jax.experimental import multihost_utils
 import jax.numpy as jnp
 from jax.sharding import Mesh
 import numpy as np
 
 from synpro_jax import atomic, distributed, sharding
-from synpro_jax.data.corpus import encoder_for
+from synpro_jax.data.corpus import build_corpus, encoder_for
+from synpro_jax.data.sources import expand_paths, open_sources
 from synpro_jax.data.vocab import load_vocabulary
 from synpro_jax.errors import ConfigError
-from synpro_jax.influence.probe import Probe, ProbeConfig, first_difference
+from synpro_jax.influence.probe import Probe, ProbeConfig, _atomic_json, finetune, first_difference, score_corpus
+from synpro_jax.influence.reference import PackedReference, ReferenceSource, encode_examples
 from synpro_jax.influence.service import InfluenceServer
-from synpro_jax.models import ModelConfig
+from synpro_jax.models import ModelConfig, hf
 from synpro_jax.sharding import MeshConfig
 from synpro_jax.train import params_io
 
@@ -54,8 +57,6 @@ PROVENANCE = "probe.json"
 
 
 def reference_examples(paths: Sequence[str], max_examples: int | None = None) -> list:
-    from synpro_jax.influence.reference import ReferenceSource
-
     src = ReferenceSource(list(paths))
     examples = list(src)
     print(f"reference: {src.report.summary()}")
@@ -69,8 +70,6 @@ def reference_examples(paths: Sequence[str], max_examples: int | None = None) ->
 
 def reference_rows(paths: Sequence[str], vocab, seq_len: int, max_examples: int | None = None):
     """One reference example per padded row (for per-example reference losses)."""
-    from synpro_jax.influence.reference import encode_examples
-
     return encode_examples(reference_examples(paths, max_examples), vocab, seq_len)
 
 
@@ -79,8 +78,6 @@ def reference_rows(paths: Sequence[str], vocab, seq_len: int, max_examples: int 
 
 def files_fingerprint(specs: Sequence[str]) -> list:
     """Each file a spec names, as (absolute path, size, mtime); non-file specs (``tfds:``, ``markov:``) as is."""
-    from synpro_jax.data.sources import expand_paths
-
     out = []
     for spec in specs:
         if str(spec).startswith(("tfds:", "markov:")):
@@ -113,8 +110,6 @@ def _digest_fn(structure):
 
 def params_digest(params: Any) -> list:
     """Per tensor (sum, sum of squares) in float32: equal weights give equal digests up to summation order."""
-    from jax.experimental import multihost_utils
-
     out = _digest_fn(jax.tree.structure(params))(params)
     return np.asarray(multihost_utils.process_allgather(out, tiled=True), np.float64).tolist()
 
@@ -150,8 +145,6 @@ def check_theta_prime(provenance: dict, theta: dict, probe: dict | None, where: 
 def load_finetuned(cfg: ModelConfig, path: str | Path, theta: params_io.LoadedParams, probe: dict | None = None) -> Any:
     """theta' from ``path`` (an HF directory written by the probe) after checking it comes from ``theta`` (and,
     if given, the ``probe`` fingerprint). Raises naming what differs."""
-    from synpro_jax.models import hf
-
     path = Path(path)
     prov_path = path / PROVENANCE
     if not prov_path.exists():
@@ -178,8 +171,6 @@ def load_pair(cfg: ModelConfig, mesh: Mesh, checkpoint: str, finetuned: str) -> 
 
 def _save_finetuned(cfg: ModelConfig, tuned: Any, path: Path, provenance: dict) -> None:
     """HF directory plus provenance, renamed into place in one step (process 0 only)."""
-    from synpro_jax.models import hf
-
     host = jax.tree.map(sharding.to_host, tuned)  # every process takes part in the gather
     if jax.process_index() != 0:
         return
@@ -213,12 +204,6 @@ def probe_and_score(
 ) -> dict:
     """Fine-tune theta' (saved as an HF directory in out_dir/finetuned, reused if it comes from this theta and
     probe config) and score every document of ``corpus`` into out_dir/scores/influence.npz."""
-    from synpro_jax.data.corpus import build_corpus
-    from synpro_jax.data.sources import open_sources
-    from synpro_jax.data.vocab import load_vocabulary
-    from synpro_jax.influence.probe import Probe, _atomic_json, finetune, score_corpus
-    from synpro_jax.influence.reference import PackedReference
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     vocab = load_vocabulary(vocabulary)
