@@ -27,6 +27,7 @@ import logging
 import math
 
 import numpy as np
+from scipy.optimize import least_squares
 
 __all__ = ["ScalingFit", "Estimate", "fit_oracle", "effective_tokens", "multiplier", "STATUSES"]
 
@@ -85,8 +86,6 @@ def _curve(tokens, E, B, beta):
 
 
 def _fit_once(tokens: np.ndarray, losses: np.ndarray) -> tuple[float, float, float]:
-    from scipy.optimize import least_squares
-
     log_d = np.log(tokens)
     floor = float(np.min(losses))
     # Start from a log-linear fit of L - E0 with E0 just under the lowest loss.

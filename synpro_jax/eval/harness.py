@@ -26,11 +26,13 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
 import numpy as np
+from tqdm.auto import tqdm
 
 from synpro_jax import heartbeat, models, sharding
 from synpro_jax.eval.tasks import MCItem, continuation
 from synpro_jax.generation.sampler import bucket
 from synpro_jax.models import ModelConfig
+from synpro_jax.rl.learner import token_logprobs
 
 __all__ = ["LoglikelihoodScorer", "multiple_choice", "perplexity", "score_multiple_choice"]
 
@@ -54,8 +56,6 @@ class LoglikelihoodScorer:
         logits_chunk: int = 64,
         rules: sharding.Rules = sharding.DEFAULT_RULES,
     ):
-        from synpro_jax.rl.learner import token_logprobs
-
         self.cfg, self.mesh, self.rules = cfg, mesh or sharding.single_device_mesh(), rules
         self.max_len = int(max_len or cfg.max_seq_len)
         if self.max_len < 2:
@@ -107,8 +107,6 @@ class LoglikelihoodScorer:
                 batches[-1][1].append(i)
             else:
                 batches.append((key, [i]))
-        from tqdm.auto import tqdm
-
         bar = tqdm(total=len(laid), desc=desc, unit="req", disable=not progress, dynamic_ncols=True)
         with jax.set_mesh(self.mesh):
             for (length, c), members in batches:
