@@ -37,6 +37,8 @@ from __future__ import annotations
 import dataclasses
 import math
 
+from synpro_jax.train.optimizer import OptimizerConfig
+
 KL_LOSS_MODES = ("k1", "k2", "k3")
 LOSS_AGG_MODES = ("token-mean", "sequence-mean-token-mean", "sequence-sum-fixed-length")
 SCALE_REWARDS = ("group", "batch", "none")
@@ -92,8 +94,7 @@ class GRPOConfig:
             bad("loss_agg_mode", f"choose one of {LOSS_AGG_MODES}")
         if self.scale_rewards not in SCALE_REWARDS:
             bad("scale_rewards", f"choose one of {SCALE_REWARDS}")
-        # The registries live in grpo.py, which imports this module; look them up when a config is built.
-        from synpro_jax.rl import grpo
+        from synpro_jax.rl import grpo  # import cycle: grpo.py, whose registries these are, imports this module
 
         if self.advantage_estimator not in grpo.registered_advantages():
             bad("advantage_estimator", f"registered: {grpo.registered_advantages()}")
@@ -127,8 +128,6 @@ class GRPOConfig:
     def optimizer_config(self, total_steps: int, **overrides):
         """The release's optimizer for ``total_steps`` updates: HF Trainer AdamW (0.9, 0.999), eps 1e-8, no weight
         decay, clip 1.0; ``learning_rate`` with ``warmup_ratio`` linear warmup, then cosine to ``min_lr_ratio``."""
-        from synpro_jax.train.optimizer import OptimizerConfig
-
         if not isinstance(total_steps, int) or total_steps < 1:
             raise ValueError(f"GRPO total_steps={total_steps!r}: must be an int >= 1")
         warmup = self.warmup_steps(total_steps)

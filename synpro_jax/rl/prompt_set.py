@@ -18,7 +18,9 @@ import logging
 
 import numpy as np
 
+from synpro_jax.data.sources import open_sources
 from synpro_jax.generation import prompts as prompts_lib
+from synpro_jax.generation.synthesize import PromptBuilder, SynthesisConfig
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +54,6 @@ class PromptSet:
         system_prompt: str = prompts_lib.SYSTEM_PROMPT,
         what: str = "GRPO prompts",
     ):
-        from synpro_jax.data.sources import open_sources
-        from synpro_jax.generation.synthesize import PromptBuilder, SynthesisConfig
-
         if max_documents is not None and max_documents < 1:
             raise ValueError(f"GRPORunConfig.max_documents={max_documents}: must be >= 1 or None")
         if not isinstance(seed, int) or seed < 0:

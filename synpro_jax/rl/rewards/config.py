@@ -16,7 +16,14 @@ from typing import Any
 
 import gin
 
-from synpro_jax.rl.rewards.base import NORMALIZATIONS, OPERATIONS, RewardSuite, make_reward, registered_rewards
+from synpro_jax.rl.rewards.base import (
+    NORMALIZATIONS,
+    OPERATIONS,
+    RewardSuite,
+    make_reward,
+    registered_rewards,
+    reward_factory,
+)
 
 FAMILIES = ("format", "length", "data_influence", "quality", "similarity", "structure", "faithfulness")
 LOCAL_VARIANTS = {
@@ -82,8 +89,6 @@ def _accepts(factory, name: str) -> bool:
 def build_suite(config: RewardsConfig, **runtime) -> RewardSuite:
     """The weighted suite ``config`` describes, keyed by family. ``runtime`` objects (scorer=..., embedder=...)
     go to every factory with a parameter of that name."""
-    from synpro_jax.rl.rewards import base
-
     rewards = {}
     for family in config.weights:
         name = config.variant(family)
@@ -92,7 +97,7 @@ def build_suite(config: RewardsConfig, **runtime) -> RewardSuite:
                 f"RewardsConfig.variants[{family!r}]={name!r} is not a registered reward; registered: "
                 f"{registered_rewards()}"
             )
-        factory = base.reward_factory(name)
+        factory = reward_factory(name)
         kwargs = {k: v for k, v in runtime.items() if _accepts(factory, k)}
         kwargs.update(config.options.get(family, {}))
         try:

@@ -78,8 +78,6 @@ class QualityClassifier:
 
     def save(self, path: str | Path) -> None:
         """Atomic: a temp file in the same folder, then a rename (synpro_jax.atomic)."""
-        from synpro_jax import atomic
-
         atomic.write_file(
             path,
             lambda tmp: np.savez(
