@@ -432,19 +432,22 @@ def cmd_vocab_train(args) -> int:
 def cmd_eval(args) -> int:
     from synpro_jax.eval import run
 
-    results = run.evaluate(
-        args.checkpoint,
-        [t for item in args.tasks for t in item.split(",") if t],
+    settings = run.EvalConfig(
+        tasks=[t for item in args.tasks for t in item.split(",") if t],
         ppl=args.ppl,
-        preset=args.preset,
-        vocab=args.vocab,
-        dtype=args.dtype,
         data_root=args.data_root,
         limit=args.limit,
         ppl_limit=args.ppl_limit,
         text_field=args.text_field,
         rows=args.rows,
         max_len=args.max_len,
+    )
+    results = run.evaluate(
+        args.checkpoint,
+        settings,
+        preset=args.preset,
+        vocab=args.vocab,
+        dtype=args.dtype,
         all_devices=args.all_devices,
         progress=not args.no_progress,
     )

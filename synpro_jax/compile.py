@@ -33,7 +33,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from synpro_jax import native_stderr, tpu_chips
+from synpro_jax import gin_files, native_stderr, tpu_chips
 
 log = logging.getLogger(__name__)
 
@@ -534,11 +534,9 @@ class GRPOShapes:
 UNSET = "synpro-compile-unset"
 
 
-def unset_macros(gin_files, bindings, search_paths=()) -> list[str]:
+def unset_macros(files, bindings, search_paths=()) -> list[str]:
     """The REQUIRED macros that neither the gin files nor the bindings set."""
-    from synpro_jax import configs
-
-    file_bindings, cli, _ = configs._scan(gin_files, bindings, configs.search_paths(search_paths))
+    file_bindings, cli, _ = gin_files.scan(files, bindings, gin_files.search_paths(search_paths))
     final = {b.name: b.value for b in file_bindings + cli if not b.param}
     return [name for name, value in final.items() if repr(value) == "%gin.REQUIRED"]
 

@@ -80,6 +80,7 @@ def configurables() -> dict[str, Any]:
         from synpro_jax.demo.config import DemoConfig
         from synpro_jax.demo.runner import DemoJob
         from synpro_jax.demo.teach import TeachConfig
+        from synpro_jax.eval.run import EvalConfig
         from synpro_jax.generation.run import SynthesizeJob
         from synpro_jax.generation.synthesize import SynthesisConfig
         from synpro_jax.influence.probe import ProbeConfig
@@ -99,7 +100,7 @@ def configurables() -> dict[str, Any]:
             cls.__name__: cls
             for cls in (DataConfig, SyntheticShards, PassthroughVocabulary, TrainedSentencePiece, TrainerConfig,
                         ProbeConfig, SynthesisConfig, GRPOConfig, RewardsConfig, GRPORunConfig, LoopConfig,
-                        GeneratorSpec, DemoConfig, TeachConfig, WarmStartConfig)
+                        GeneratorSpec, DemoConfig, TeachConfig, WarmStartConfig, EvalConfig)
         }  # fmt: skip
         jobs = {
             "pretrain": PretrainJob,

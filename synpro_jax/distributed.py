@@ -25,6 +25,7 @@ import jax
 import numpy as np
 
 from synpro_jax import atomic
+from synpro_jax.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -187,7 +188,7 @@ def agree(value: str, what: str) -> None:
     digests = np.asarray(multihost_utils.process_allgather(digest)).reshape(-1)
     if len(set(digests.tolist())) > 1:
         differ = [i for i, d in enumerate(digests.tolist()) if d != digests[0]]
-        raise ValueError(
+        raise ConfigError(
             f"hosts disagree on {what}: process {jax.process_index()} has {value!r}; processes "
             f"{differ} differ from process 0. Launch every host with the same configuration."
         )

@@ -23,10 +23,12 @@ from etils.epath import Path
 import gin
 from gin import config_parser
 
-__all__ = ["GinConfigError", "gin_search_root", "search_paths", "find_gin_file", "did_you_mean", "parse"]
+from synpro_jax.errors import ConfigError
+
+__all__ = ["GinConfigError", "gin_search_root", "search_paths", "find_gin_file", "did_you_mean", "scan", "parse"]
 
 
-class GinConfigError(ValueError):
+class GinConfigError(ConfigError):
     """A gin file or binding that cannot work; the message is one line and names the binding."""
 
 
@@ -94,7 +96,7 @@ class _Binding:
         return self.name.rsplit("/", 1)[-1]
 
 
-def _scan(gin_files: Sequence[str], bindings: Sequence[str], paths: Sequence[str]):
+def scan(gin_files: Sequence[str], bindings: Sequence[str], paths: Sequence[str]):
     """Read the files (following includes as gin does) and bindings with gin's own parser, without binding
     anything: (file bindings, command-line bindings, macros referenced anywhere)."""
     delegate = _ScanDelegate()
@@ -197,7 +199,7 @@ def parse(
     Files are searched in the working directory, ``gin_search_paths``, then the package's own gin files.
     Replaces any configuration parsed before."""
     paths = search_paths(gin_search_paths)
-    file_bindings, cli, used = _scan(gin_files, bindings, paths)
+    file_bindings, cli, used = scan(gin_files, bindings, paths)
     _check(file_bindings, cli, used, parameters)
     if not any(isinstance(f, _QuietGinSearch) for f in logging.getLogger().filters):
         logging.getLogger().addFilter(_QuietGinSearch())

@@ -40,7 +40,7 @@ LAYERS: list[set[str]] = [
 
 
 def unit(module: str) -> str:
-    """The package or top-level module a dotted name belongs to (``synpro_jax.loop.stages`` -> ``loop``)."""
+    """The package or top-level module a dotted name belongs to (``synpro_jax.loop.runner`` -> ``loop``)."""
     parts = module.split(".")
     return parts[1] if len(parts) > 1 else "__init__"
 

@@ -25,11 +25,12 @@ from synpro_jax.demo import report as report_lib
 from synpro_jax.demo.config import DemoConfig
 from synpro_jax.demo.files import write_corpus, write_world
 from synpro_jax.demo.teach import teach_generator
+from synpro_jax.eval.run import EvalConfig
 from synpro_jax.loop.config import LoopConfig
+from synpro_jax.loop.experiment import ROUND0_START
 from synpro_jax.loop.plan import GeneratorSpec
 from synpro_jax.loop.runner import run_loop
 from synpro_jax.loop.settings import StageSettings
-from synpro_jax.loop.stages import ROUND0_START
 from synpro_jax.models.config import ModelConfig
 
 log = logging.getLogger(__name__)
@@ -203,7 +204,9 @@ def run_demo(job: DemoJob, experiment: DemoExperiment, record: str | None = None
             "generators": tuple(GeneratorSpec(op, op, start) for op in OPERATIONS),
             "oracle_budget_tokens": [oracle[m] for m in cfg.oracle_multiples],
             "grpo_prompts": [str(files.organic)],
-            "eval_tasks": [f"qa={files.qa}"] if world else [],
+            "evaluation": dataclasses.replace(
+                experiment.loop.get("evaluation", EvalConfig()), tasks=[f"qa={files.qa}"] if world else []
+            ),
         }
     )
     stages = _with_world(experiment.stages, str(files.world_json) if world else None)

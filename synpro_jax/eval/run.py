@@ -11,52 +11,71 @@ files in the generic format (:mod:`synpro_jax.eval.tasks`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
 import logging
 import time
 
 from etils.epath import Path
+import jax
 
+from synpro_jax import atomic, sharding
+from synpro_jax.data.sources import open_source
+from synpro_jax.errors import ConfigError
 from synpro_jax.eval import harness, tasks
+from synpro_jax.train.model_source import Knobs
+from synpro_jax.train.model_source import open_source as open_model
+from synpro_jax.train.params_io import load_params_and_step
 
 log = logging.getLogger(__name__)
 
-__all__ = ["load_model", "evaluate", "format_table", "write_json"]
+__all__ = ["EvalConfig", "load_model", "evaluate", "format_table", "write_json"]
+
+KNOBS = Knobs("--checkpoint", "--preset", "--vocab")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """What an evaluation scores, the one definition for ``synpro eval``'s flags and the loop's evaluation stages
+    (gin: ``synpro.EvalConfig``, as ``synpro.LoopConfig.evaluation``). ``tasks``: known names under ``data_root``,
+    ``NAME=PATH`` pairs or generic ``.jsonl`` files; ``ppl``: files of held-out documents for perplexity;
+    ``limit`` and ``ppl_limit`` cap the items and documents read; ``rows`` the scorer's batch."""
+
+    tasks: tuple[str, ...] = ()
+    ppl: tuple[str, ...] = ()
+    data_root: str | None = None
+    limit: int | None = None
+    ppl_limit: int | None = None
+    text_field: str = "text"
+    rows: int = 32
+    max_len: int | None = None
+
+    def __post_init__(self):
+        for knob in ("tasks", "ppl"):
+            value = getattr(self, knob)
+            object.__setattr__(self, knob, (value,) if isinstance(value, str) else tuple(value or ()))
+        for knob in ("limit", "ppl_limit", "max_len"):
+            value = getattr(self, knob)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ConfigError(f"EvalConfig.{knob}={value!r}: a positive integer or None")
+        if isinstance(self.rows, bool) or not isinstance(self.rows, int) or self.rows < 1:
+            raise ConfigError(f"EvalConfig.rows={self.rows!r}: must be >= 1")
+
+    @property
+    def active(self) -> bool:
+        """Whether there is anything to score."""
+        return bool(self.tasks or self.ppl)
 
 
 def load_model(
     checkpoint: str | Path, *, preset: str | None = None, vocab: str | None = None, dtype: str | None = None, mesh=None
 ):
-    """(config, params placed on ``mesh``, step, vocabulary, vocabulary path) of an HF directory or a synpro run."""
-    from synpro_jax import models, sharding
-    from synpro_jax.data.vocab import find_vocabulary, load_vocabulary
-    from synpro_jax.models import hf
-    from synpro_jax.train import params_io
-
-    path = Path(checkpoint)
-    if not path.exists():
-        raise FileNotFoundError(f"--checkpoint {path} does not exist")
+    """(config, params placed on ``mesh``, step, vocabulary, vocabulary path) of an HF directory or a synpro run,
+    opened by the one rule of train/model_source.py (``--preset`` names the model; for an HF directory its
+    shapes must agree with config.json)."""
+    source = open_model(checkpoint, preset, vocabulary=vocab, dtype=dtype, knobs=KNOBS)
     mesh = mesh or sharding.single_device_mesh()
-    if preset is not None:
-        cfg = models.get_preset(preset)
-    elif params_io.is_hf_dir(path):
-        cfg = hf.read_config(path)
-    else:
-        raise ValueError(
-            f"--checkpoint {path}: not an HF directory (no config.json), so name the run's model with --preset"
-        )
-    if dtype:
-        cfg = cfg.replace(dtype=dtype)
-    params, step = params_io.load_params_and_step(cfg, mesh, path)
-    if vocab is None:
-        found = find_vocabulary(path)
-        if found is None:
-            raise ValueError(f"--checkpoint {path} has no tokenizer.json or tokenizer.model: pass --vocab")
-        vocab = str(found)
-    vocab_obj = load_vocabulary(vocab)
-    if vocab_obj.vocab_size > cfg.vocab_size:
-        raise ValueError(f"--vocab {vocab}: {vocab_obj.vocab_size} tokens but the model has {cfg.vocab_size}")
-    return cfg, params, step, vocab_obj, vocab
+    params, step = load_params_and_step(source.config, mesh, checkpoint)
+    return source.config, params, step, source.vocab, source.vocabulary
 
 
 def _eos(vocab) -> int:
@@ -67,8 +86,6 @@ def _eos(vocab) -> int:
 
 
 def _read_texts(spec: str, text_field: str, limit: int | None) -> list[str]:
-    from synpro_jax.data.sources import open_source
-
     texts = []
     for doc in open_source(spec, text_field=text_field):
         if doc.text:
@@ -76,37 +93,28 @@ def _read_texts(spec: str, text_field: str, limit: int | None) -> list[str]:
         if limit and len(texts) >= limit:
             break
     if not texts:
-        raise ValueError(f"--ppl {spec}: no documents with text")
+        raise ConfigError(f"--ppl {spec}: no documents with text")
     return texts
 
 
 def evaluate(
     checkpoint: str | Path,
-    task_specs: Sequence[str] = (),
+    settings: EvalConfig,
     *,
-    ppl: Sequence[str] = (),
     preset: str | None = None,
     vocab: str | None = None,
     dtype: str | None = None,
-    data_root: str | Path | None = None,
-    limit: int | None = None,
-    ppl_limit: int | None = None,
-    text_field: str = "text",
-    rows: int = 32,
-    max_len: int | None = None,
     all_devices: bool = False,
     progress: bool = True,
     model=None,
 ) -> dict:
-    """Score a checkpoint on the tasks and perplexity files; returns the results dict (see :func:`write_json`).
-
-    ``model`` = (config, params, step, vocabulary) skips loading (the loop passes what it has in memory).
-    """
-    from synpro_jax import sharding
-
-    if not task_specs and not ppl:
-        raise ValueError("synpro eval: name at least one --tasks entry or --ppl file")
-    resolved = [tasks.resolve_task(spec, data_root) for spec in task_specs]  # fail on a bad spec before loading
+    """Score a checkpoint on ``settings``' tasks and perplexity files; returns the results dict (see
+    :func:`write_json`). ``model`` = (config, params, step, vocabulary) skips loading (the loop passes what it
+    has in memory)."""
+    if not settings.active:
+        raise ConfigError("synpro eval: name at least one --tasks entry or --ppl file")
+    # fail on a bad spec before loading
+    resolved = [tasks.resolve_task(spec, settings.data_root) for spec in settings.tasks]
     mesh = sharding.make_mesh(sharding.MeshConfig(data=-1)) if all_devices else sharding.single_device_mesh()
     if model is None:
         cfg, params, step, vocab_obj, vocab = load_model(checkpoint, preset=preset, vocab=vocab, dtype=dtype, mesh=mesh)
@@ -114,7 +122,7 @@ def evaluate(
         cfg, params, step, vocab_obj = model
         vocab = vocab or "(given)"
     eos = _eos(vocab_obj)
-    scorer = harness.LoglikelihoodScorer(cfg, params, mesh, rows=rows, max_len=max_len)
+    scorer = harness.LoglikelihoodScorer(cfg, params, mesh, rows=settings.rows, max_len=settings.max_len)
     results = {
         "checkpoint": str(checkpoint),
         "step": int(step),
@@ -125,7 +133,7 @@ def evaluate(
         "perplexity": {},
     }
     for name, fmt, path in resolved:
-        items = tasks.read_task(fmt, path, limit)
+        items = tasks.read_task(fmt, path, settings.limit)
         start = time.perf_counter()
         scores = harness.score_multiple_choice(scorer, items, vocab_obj, eos, progress=progress, desc=name)
         results["tasks"][name] = {
@@ -134,9 +142,9 @@ def evaluate(
             "format": fmt,
             "seconds": round(time.perf_counter() - start, 3),
         }
-    for spec in ppl:
+    for spec in settings.ppl:
         start = time.perf_counter()
-        texts = _read_texts(spec, text_field, ppl_limit)
+        texts = _read_texts(spec, settings.text_field, settings.ppl_limit)
         out = harness.perplexity(scorer, texts, vocab_obj, eos, progress=progress)
         key = Path(spec).name if Path(spec).name not in results["perplexity"] else spec
         results["perplexity"][key] = {**out, "file": spec, "seconds": round(time.perf_counter() - start, 3)}
@@ -159,10 +167,6 @@ def format_table(results: dict) -> str:
 
 def write_json(results: dict, out: str | Path) -> Path:
     """Write atomically (temp file, then rename); only process 0 writes."""
-    import jax
-
-    from synpro_jax import atomic
-
     out = Path(out)
     if jax.process_index() == 0:
         atomic.write_json(out, results)

@@ -1,6 +1,6 @@
 """What a SynPro experiment runs (gin: ``synpro.LoopConfig``): rounds, step schedule, methods, generators, mixing
 and evaluation. The stages' own settings come from their usual gin configurables (``synpro.TrainerConfig``,
-``synpro.ProbeConfig``, ``synpro.GRPORunConfig``, ...); the loop only sets what it owns (see loop/stages.py)."""
+``synpro.ProbeConfig``, ``synpro.GRPORunConfig``, ...); the loop only sets what it owns (see loop/runner.py)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from collections.abc import Mapping
 import dataclasses
 from typing import Any
 
+from synpro_jax.eval.run import EvalConfig
 from synpro_jax.loop.plan import METHODS, GeneratorSpec
 
 __all__ = ["LoopConfig", "method_names"]
@@ -31,12 +32,8 @@ class LoopConfig:
     # name (split evenly over its rounds in the mix) or a task's short name ("reformat_r2").
     mixing: Any = None
     grpo_prompts: tuple[str, ...] | None = None  # GRPO's prompt documents (None: DataConfig.organic)
-    eval_tasks: tuple[str, ...] = ()  # as `synpro eval --tasks`
-    eval_ppl: tuple[str, ...] = ()  # held-out documents for perplexity, as `synpro eval --ppl`
-    eval_data_root: str | None = None
-    eval_limit: int | None = None
-    eval_ppl_limit: int | None = None
-    eval_rows: int = 32
+    # What each round's evaluation scores, as `synpro eval` (its flags are the same EvalConfig)
+    evaluation: EvalConfig = EvalConfig()
 
     def __post_init__(self):
         if isinstance(self.rounds, bool) or not isinstance(self.rounds, int) or self.rounds < 0:
@@ -76,14 +73,14 @@ class LoopConfig:
             raise ValueError(f"LoopConfig.mixing={self.mixing!r}: None, 'tokens' or a dict of rates")
         if isinstance(self.mixing, Mapping):
             object.__setattr__(self, "mixing", dict(self.mixing))
-        for knob in ("grpo_prompts", "eval_tasks", "eval_ppl"):
+        for knob in ("grpo_prompts",):
             value = getattr(self, knob)
             if isinstance(value, str):
                 object.__setattr__(self, knob, (value,))
             elif value is not None:
                 object.__setattr__(self, knob, tuple(value))
-        if self.eval_rows < 1:
-            raise ValueError(f"LoopConfig.eval_rows={self.eval_rows}: must be >= 1")
+        if not isinstance(self.evaluation, EvalConfig):
+            raise ValueError(f"LoopConfig.evaluation={self.evaluation!r}: an EvalConfig (@synpro.EvalConfig())")
 
     def round_steps(self, round_: int) -> int:
         return self.steps[round_]

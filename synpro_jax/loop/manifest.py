@@ -28,8 +28,10 @@ import time
 from typing import Any
 
 from etils.epath import Path
+import jax
 
 from synpro_jax import atomic
+from synpro_jax.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +41,7 @@ VERSION = 1
 DONE, RUNNING = "done", "running"
 
 
-class ManifestError(ValueError):
+class ManifestError(ConfigError):
     """A manifest that does not match this run's configuration, or one that cannot be read."""
 
 
@@ -102,8 +104,6 @@ class Manifest:
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / "loop.json"
         if is_writer is None:
-            import jax
-
             is_writer = jax.process_index() == 0
         self.is_writer = is_writer
         self.config = None if config is None else _canonical(config)

@@ -24,24 +24,40 @@ checkpoints or shard files, and nothing already produced is made twice.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
-import math
 import time
 
 from etils.epath import Path
 import jax
 
-from synpro_jax import atomic, distributed
-from synpro_jax.data.config import DataConfig
-from synpro_jax.eval import effective_tokens as et
-from synpro_jax.loop import stages
+from synpro_jax import atomic, distributed, sharding
+from synpro_jax.data.config import DataConfig, SyntheticShards
+from synpro_jax.data.tasks import organic_task_name
+from synpro_jax.data.vocab import load_vocabulary
+from synpro_jax.errors import ConfigError
+from synpro_jax.eval import run as eval_run
+from synpro_jax.generation import run as generation_run
+from synpro_jax.generation.synthesize import MANIFEST, selection_identity
+from synpro_jax.influence import run as influence_run
+from synpro_jax.loop import report
 from synpro_jax.loop.config import LoopConfig, method_names
+from synpro_jax.loop.experiment import (
+    Experiment,
+    StageCall,
+    StagePreempted,
+    mixing_rates,
+    relative,
+    scalars,
+    stage_name,
+    tally_records,
+)
 from synpro_jax.loop.manifest import Manifest
-from synpro_jax.loop.plan import StagePlan, plan_rounds
+from synpro_jax.loop.plan import GeneratorSpec, StagePlan, plan_rounds
 from synpro_jax.loop.settings import StageSettings
 from synpro_jax.models.config import ModelConfig
-from synpro_jax.train.metrics import TensorBoard, save_png
+from synpro_jax.rl import run as rl_run
+from synpro_jax.train import params_io
+from synpro_jax.train import run as train_run
 
 log = logging.getLogger(__name__)
 
@@ -73,182 +89,255 @@ def stage_order(cfg: LoopConfig) -> list[tuple[str, str, int | None, StagePlan]]
     return order
 
 
-def _resolver(run: str):
-    """Plan keys ("r1/grpo_reformat") to manifest keys ("r1/synpro/grpo_reformat"); round 0 is shared."""
-
-    def resolve(key: str) -> str:
-        round_, name = key.split("/", 1)
-        return key if round_ == "r0" else f"{round_}/{run}/{name}"
-
-    return resolve
-
-
-class _Board:
-    """The experiment's TensorBoard runs (process 0), rebuilt from the stages' own metrics on every start, so a
-    resumed loop logs each step exactly once. Global step: the stages' steps laid end to end, in run order."""
-
-    def __init__(self, root: Path, runs: list[str], enabled: bool):
-        self.enabled, self.writers, self.offset = enabled, {}, {r: 0 for r in runs}
-        if not enabled:
-            return
-        for run in runs:
-            directory = root / "tensorboard" / run
-            if directory.exists():
-                directory.rmtree()
-            self.writers[run] = TensorBoard(directory)
-
-    def stage(self, runs: list[str], exp: stages.Experiment, plan: StagePlan, outputs: dict) -> None:
-        if not self.enabled:
-            return
-        records = []
-        if plan.kind in ("pretrain", "grpo"):
-            path = exp.path(outputs["dir"]) / "metrics.jsonl"
-            if path.exists():
-                records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
-        for run in runs:
-            writer, base = self.writers[run], self.offset[run]
-            for rec in records:
-                for key, value in rec.items():
-                    if key != "step" and isinstance(value, (int, float)) and math.isfinite(value):
-                        writer.add_scalar(f"{plan.name}/{key}", value, base + int(rec["step"]))
-            span = int(outputs.get("step", outputs.get("steps", 0)) or 0) if records else 0
-            if plan.kind == "eval":
-                for task, scores in outputs.get("tasks", {}).items():
-                    for key in ("acc", "acc_norm"):
-                        writer.add_scalar(f"eval/{task}/{key}", scores[key], base)
-                for name, scores in outputs.get("perplexity", {}).items():
-                    writer.add_scalar(f"eval/{name}/ppl", scores["ppl"], base)
-                if outputs.get("val_loss") is not None:
-                    writer.add_scalar("eval/val_loss", outputs["val_loss"], base)
-                    writer.add_scalar("eval/round", plan.round, base)
-            if plan.kind == "synthesize":
-                writer.add_scalar(f"{plan.name}/records", outputs["records"], base)
-            writer.flush()
-            self.offset[run] = base + max(span, 1)
-
-    def close(self) -> None:
-        for writer in self.writers.values():
-            writer.close()
-
-
-def _curves(exp: stages.Experiment, done: dict[str, dict], runs: list[str]) -> dict[str, dict]:
-    """Per run: validation loss over pretraining tokens, and the token count at the end of each round."""
-    out = {}
-    for run in runs:
-        points, bounds = [], []
-        for r in range(exp.cfg.rounds + 1):
-            o = done.get(_resolver(run)(f"r{r}/pretrain"))
-            if o is None:
-                break
-            path = exp.path(o["dir"]) / "metrics.jsonl"
-            if path.exists():
-                for line in path.read_text(encoding="utf-8").splitlines():
-                    rec = json.loads(line) if line else {}
-                    if "val_loss" in rec:
-                        points.append(((o["start_step"] + rec["step"]) * o["tokens_per_step"], rec["val_loss"]))
-            bounds.append(o["tokens"])
-        out[run] = {"points": points, "round_ends": bounds}
-    return out
-
-
-def _plot(path: Path, curves: dict[str, dict]) -> None:
-    import matplotlib  # only process 0 draws: the other hosts never import it
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    ends = []
-    for run, c in curves.items():
-        if c["points"]:
-            ax.plot(*zip(*c["points"]), "o-", ms=3, lw=1.2, label=run)
-        ends = max(ends, c["round_ends"], key=len)
-    for r, x in enumerate(ends):
-        ax.axvline(x, color="grey", ls="--", lw=0.8)
-        ax.annotate(
-            f"end of r{r}",
-            (x, 1),
-            xycoords=("data", "axes fraction"),
-            rotation=90,
-            va="top",
-            ha="right",
-            fontsize=7,
-            color="grey",
+# --- the stages: each calls its job function with the loop's fields set on the stage's template ------------------
+def pretrain_stage(exp: Experiment, run: str, plan: StagePlan, budget: int | None, outputs: dict, resolve) -> StageCall:
+    rel = exp.stage_dir(run, plan)
+    steps = exp.cfg.round_steps(plan.round)
+    plateau = plan.round == 0 and exp.cfg.stop_on_plateau
+    previous = outputs[resolve(plan.reads[0])] if plan.round else None
+    synthetic = []
+    for key in plan.synthetic:
+        out = outputs[resolve(key)]
+        synthetic.append((out["generator"], out["round"], out["dir"]))
+    data = exp.data
+    if budget is not None:
+        data = dataclasses.replace(data, organic_budget_tokens=budget)
+    if synthetic:
+        data = dataclasses.replace(
+            data,
+            synthetic=tuple(SyntheticShards(g, r, str(exp.path(d) / "*.jsonl")) for g, r, d in synthetic),
+            mixing=mixing_rates(exp, [(g, r) for g, r, _ in synthetic]),
         )
-    ax.set_xlabel("pretraining tokens")
-    ax.set_ylabel("validation loss (nats/token)")
-    ax.set_title("SynPro loop: validation loss by round")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    save_png(fig, path)
-
-
-def _effective(cfg: LoopConfig, final: dict[str, dict]) -> dict:
-    """The oracle fit over repetition and the oracle runs (D = their unique organic tokens), and every run's
-    effective tokens and multiplier over repetition."""
-    oracle = {
-        run: o
-        for run, o in final.items()
-        if (run == "repetition" or run.startswith("oracle_"))
-        and o.get("val_loss") is not None
-        and o.get("organic_tokens")
+    inputs = {
+        "kind": "pretrain",
+        "steps": steps,
+        "stop_on_plateau": plateau,
+        "init_from": None if previous is None else {"dir": previous["dir"], "step": previous["train_step"]},
+        "synthetic": [{"generator": g, "round": r, "dir": d} for g, r, d in synthetic],
+        "mixing": data.mixing if synthetic else None,
+        "organic_budget_tokens": data.organic_budget_tokens,
     }
-    if len({o["organic_tokens"] for o in oracle.values()}) < 3:
-        return {
-            "status": "not_fitted",
-            "note": f"{len(oracle)} oracle point(s) (repetition and oracle runs at "
-            "distinct unique-token budgets); the fit L(D) = E + B / D^beta needs at least 3",
-        }
-    fit = et.fit_oracle([o["organic_tokens"] for o in oracle.values()], [o["val_loss"] for o in oracle.values()])
-    out = {"status": "fitted", "fit": fit.to_json(), "runs": {}}
-    rep = final.get("repetition", {}).get("val_loss")
-    for run, o in final.items():
-        if o.get("val_loss") is None:
-            continue
-        entry = {"effective_tokens": et.effective_tokens(fit, o["val_loss"]).to_json()}
-        if rep is not None:
-            entry["multiplier_over_repetition"] = et.multiplier(fit, o["val_loss"], rep).to_json()
-        out["runs"][run] = entry
-    return out
-
-
-def _summary(exp: stages.Experiment, done: dict[str, dict], runs: list[str], preempted: bool) -> dict:
-    final, per_run = {}, {}
-    for run in runs:
-        rounds = []
-        for r in range(exp.cfg.rounds + 1):
-            pre, ev = (done.get(_resolver(run)(f"r{r}/{name}")) for name in ("pretrain", "eval"))
-            if pre is None:
-                break
-            rounds.append(
-                {
-                    "round": r,
-                    "train_step": pre["train_step"],
-                    "tokens": pre["tokens"],
-                    "organic_rows": pre.get("organic_rows"),
-                    "organic_unique_tokens": pre.get("organic_unique_tokens"),
-                    "val_loss": pre.get("val_loss"),
-                    "plateaued": pre.get("plateaued"),
-                    **({"eval": {"tasks": ev["tasks"], "perplexity": ev["perplexity"]}} if ev else {}),
-                }
+    data_start = {}
+    if previous is not None:
+        # The data goes on where the previous stage left it: each stream it read continues from the rows read (by
+        # token position and stream identity, see data/mixture.py); a stream new in this round starts at row 0.
+        if "data" not in previous:
+            raise ConfigError(
+                f"{resolve(plan.reads[0])} was recorded without its data position (by an older "
+                "synpro_jax): continue this experiment from that round with the synpro_jax that made it, "
+                "or start a new experiment directory"
             )
-            final[run] = {"val_loss": pre.get("val_loss"), "organic_tokens": pre.get("organic_tokens"), "round": r}
-        per_run[run] = rounds
-    complete = all(len(per_run[r]) == exp.cfg.rounds + 1 for r in runs)
-    return {
-        "out_dir": str(exp.root),
-        "preempted": preempted,
-        "complete": complete,
-        "runs": per_run,
-        "effective_tokens": _effective(exp.cfg, final) if complete else {"status": "incomplete"},
+        data_start = {
+            name: {"tokens": d["position_tokens"], "stream": d["stream"]} for name, d in previous["data"].items()
+        }
+        inputs["data_start"] = data_start
+
+    def work() -> dict:
+        template = exp.stages.pretrain
+        trainer = dataclasses.replace(
+            template.trainer,
+            out_dir=str(exp.path(rel)),
+            num_steps=steps,
+            stop_on_plateau=plateau,
+            data_start=data_start,
+        )
+        init_from = None if previous is None else str(exp.path(previous["dir"]))
+        job = dataclasses.replace(template, trainer=trainer, data=data, init_from=init_from)
+        summary = train_run.pretrain(job, exp.record)
+        if summary.get("preempted"):
+            raise StagePreempted(f"pretraining {rel} stopped at step {summary['step']}")
+        train_step = int(summary.get("start_step", 0)) + int(summary["step"])
+        organic = summary["data"].get(organic_task_name(data.corpus), {})
+        return {
+            "dir": rel,
+            "step": int(summary["step"]),
+            "train_step": train_step,
+            "start_step": int(summary.get("start_step", 0)),
+            "tokens_per_step": trainer.global_batch * trainer.seq_len,
+            "tokens": train_step * trainer.global_batch * trainer.seq_len,
+            "val_loss": summary.get("val_loss"),
+            "loss": summary.get("loss"),
+            "plateaued": bool(summary.get("plateaued")),
+            "organic_tokens": summary.get("organic_tokens"),
+            # what this stage read: organic rows and the distinct organic tokens among them, and per stream
+            "organic_rows": organic.get("rows"),
+            "organic_unique_tokens": organic.get("unique_tokens"),
+            "data": summary["data"],
+        }
+
+    def ok(o: dict) -> bool:
+        return (exp.path(o["dir"]) / "checkpoints" / str(o["step"])).is_dir()
+
+    return StageCall(stage_name(run, plan), inputs, work, ok)
+
+
+def probe_stage(exp: Experiment, run: str, plan: StagePlan, outputs: dict, resolve) -> StageCall:
+    rel = exp.stage_dir(run, plan)
+    theta = outputs[resolve(plan.reads[0])]
+    inputs = {"kind": "probe", "theta": {"dir": theta["dir"], "step": theta["train_step"]}}
+
+    def work() -> dict:
+        job = dataclasses.replace(
+            exp.stages.probe,
+            model=exp.model,
+            checkpoint=str(exp.path(theta["dir"])),
+            vocabulary=exp.vocabulary_path(),
+            out_dir=str(exp.path(rel)),
+        )
+        result = influence_run.probe(job, exp.record)
+        result = {**scalars(result), "scores": relative(exp, result["scores"])} if "scores" in result else result
+        return {"dir": rel, "finetuned": f"{rel}/finetuned", **scalars(result)}
+
+    return StageCall(stage_name(run, plan), inputs, work, lambda o: (exp.path(o["finetuned"]) / "config.json").exists())
+
+
+def grpo_stage(exp: Experiment, run: str, plan: StagePlan, spec: GeneratorSpec, outputs: dict, resolve) -> StageCall:
+    rel = exp.stage_dir(run, plan)
+    theta = outputs[resolve(plan.reads[0])]
+    tuned = outputs[resolve(plan.reads[1])]
+    policy, is_run = exp.policy(spec, plan, outputs, resolve)
+    steps = spec.steps_in(plan.round)
+    prompts = exp.cfg.grpo_prompts or exp.data.organic
+    inputs = {
+        "kind": "grpo",
+        "generator": spec.name,
+        "operation": spec.operation,
+        "policy": relative(exp, policy),
+        "steps": steps,
+        "prompts": list(prompts),
+        "theta": {"dir": theta["dir"], "step": theta["train_step"]},
+        "finetuned": tuned["finetuned"],
     }
+
+    def work() -> dict:
+        template = exp.stages.generators[spec.name].grpo
+        run_cfg = dataclasses.replace(
+            template.run, out_dir=str(exp.path(rel)), **({} if steps is None else {"num_steps": steps})
+        )
+        job = dataclasses.replace(
+            template,
+            generator=policy,
+            prompts=prompts,
+            run=run_cfg,
+            influence_checkpoint=str(exp.path(theta["dir"])),
+            influence_finetuned=str(exp.path(tuned["finetuned"])),
+            influence_model=exp.model,
+            influence_vocabulary=exp.vocabulary_path(),
+            **exp.generator_args(policy, is_run),
+        )
+        summary = rl_run.grpo(job, exp.record)
+        if summary.get("preempted"):
+            raise StagePreempted(f"GRPO {rel} stopped at step {summary['steps']}")
+        return {
+            "dir": rel,
+            "export": f"{rel}/export",
+            "steps": int(summary["steps"]),
+            "last_rewards": summary.get("last_rewards", {}),
+        }
+
+    return StageCall(stage_name(run, plan), inputs, work, lambda o: (exp.path(o["export"]) / "config.json").exists())
+
+
+def synthesize_stage(
+    exp: Experiment, run: str, plan: StagePlan, spec: GeneratorSpec, outputs: dict, resolve
+) -> StageCall:
+    rel = exp.stage_dir(run, plan)
+    policy, is_run = exp.policy(spec, plan, outputs, resolve)
+    inputs = {
+        "kind": "synthesize",
+        "generator": spec.name,
+        "operation": spec.operation,
+        "round": plan.round,
+        "policy": relative(exp, policy),
+        "shards": list(exp.data.organic),
+        "documents": selection_identity(exp.training_documents()),
+    }
+
+    def work() -> dict:
+        template = exp.stages.generators[spec.name].synthesize
+        job = dataclasses.replace(
+            template,
+            generator=policy,
+            shards=exp.data.organic,
+            out_dir=str(exp.path(rel)),
+            settings=dataclasses.replace(template.settings, round=plan.round),
+            documents=exp.training_documents(),
+            progress=exp.progress,
+            **exp.generator_args(policy, is_run),
+        )
+        manifest = generation_run.synthesize(job, exp.record)
+        return {
+            "dir": rel,
+            "generator": spec.name,
+            "operation": spec.operation,
+            "round": plan.round,
+            "generator_step": manifest["generator_step"],
+            **tally_records(exp.path(rel)),
+        }
+
+    def ok(o: dict) -> bool:
+        d = exp.path(o["dir"])
+        return (d / MANIFEST).exists() and not list(d.glob("*.partial"))
+
+    return StageCall(stage_name(run, plan), inputs, work, ok)
+
+
+def evaluate_stage(exp: Experiment, run: str, plan: StagePlan, outputs: dict, resolve) -> StageCall:
+    rel = exp.stage_dir(run, plan)
+    trained = outputs[resolve(plan.reads[0])]
+    settings = exp.cfg.evaluation
+    inputs = {
+        "kind": "eval",
+        "checkpoint": {"dir": trained["dir"], "step": trained["train_step"]},
+        "tasks": list(settings.tasks),
+        "ppl": list(settings.ppl),
+        "limit": settings.limit,
+        "ppl_limit": settings.ppl_limit,
+        "data_root": settings.data_root,
+    }
+
+    def work() -> dict:
+        results: dict = {"checkpoint": trained["dir"], "step": trained["train_step"], "tasks": {}, "perplexity": {}}
+        if settings.active:
+            vocab = exp.vocabulary_path()
+            mesh = sharding.single_device_mesh()
+            loaded = params_io.load(exp.model, mesh, exp.path(trained["dir"]))
+            results = eval_run.evaluate(
+                exp.path(trained["dir"]),
+                settings,
+                vocab=vocab,
+                progress=exp.progress,
+                model=(exp.model, loaded.params, loaded.step, load_vocabulary(vocab)),
+            )
+            results["checkpoint"] = trained["dir"]
+            del loaded
+        results.update({"val_loss": trained.get("val_loss"), "tokens": trained.get("tokens")})
+        if jax.process_index() == 0:
+            atomic.write_json(exp.path(rel) / "eval.json", results)
+        tasks = {
+            name: {k: v for k, v in t.items() if k in ("acc", "acc_norm", "items")}
+            for name, t in results["tasks"].items()
+        }
+        ppl = {
+            name: {k: v for k, v in p.items() if k in ("ppl", "nll", "bits_per_byte", "tokens")}
+            for name, p in results["perplexity"].items()
+        }
+        return {
+            "dir": rel,
+            "file": f"{rel}/eval.json",
+            "val_loss": trained.get("val_loss"),
+            "tokens": trained.get("tokens"),
+            "tasks": tasks,
+            "perplexity": ppl,
+        }
+
+    return StageCall(stage_name(run, plan), inputs, work, lambda o: exp.path(o["file"]).exists())
 
 
 def run_loop(cfg: LoopConfig, settings: StageSettings, progress: bool = True, record: str | None = None) -> dict:
     """Run (or resume) the experiment from its stage templates; returns the summary also written to
     loop_summary.json. ``record``, the configuration text, is written as ``out_dir/config.gin`` and each stage's."""
-    exp = stages.Experiment(cfg, settings, progress=progress, record=record)
+    exp = Experiment(cfg, settings, progress=progress, record=record)
     if "synpro" in cfg.methods and cfg.rounds:
         exp.check_generators()  # before any work: a wrong path fails now, not after round 0
     root = Path(cfg.out_dir)
@@ -260,23 +349,23 @@ def run_loop(cfg: LoopConfig, settings: StageSettings, progress: bool = True, re
     order = stage_order(cfg)
     runs = [name for name, _, _ in method_names(cfg)]
     specs = {g.name: g for g in cfg.generators}
-    board = _Board(root, runs, writer)
+    board = report.Board(root, runs, writer)
     done: dict[str, dict] = {}
     preempted = False
     t0 = time.perf_counter()
     try:
         for i, (run, method, budget, plan) in enumerate(order, 1):
-            resolve = _resolver(run)
+            resolve = report.resolver(run)
             if plan.kind == "pretrain":
-                call = stages.pretrain(exp, run, plan, budget, done, resolve)
+                call = pretrain_stage(exp, run, plan, budget, done, resolve)
             elif plan.kind == "probe":
-                call = stages.probe(exp, run, plan, done, resolve)
+                call = probe_stage(exp, run, plan, done, resolve)
             elif plan.kind == "grpo":
-                call = stages.grpo(exp, run, plan, specs[plan.generator], done, resolve)
+                call = grpo_stage(exp, run, plan, specs[plan.generator], done, resolve)
             elif plan.kind == "synthesize":
-                call = stages.synthesize(exp, run, plan, specs[plan.generator], done, resolve)
+                call = synthesize_stage(exp, run, plan, specs[plan.generator], done, resolve)
             else:
-                call = stages.evaluate(exp, run, plan, done, resolve)
+                call = evaluate_stage(exp, run, plan, done, resolve)
             key = f"r{plan.round}/{call.name}"
             record = manifest.record(plan.round, call.name)
             state = (
@@ -291,7 +380,7 @@ def run_loop(cfg: LoopConfig, settings: StageSettings, progress: bool = True, re
             start = time.perf_counter()
             try:
                 outputs = manifest.run(plan.round, call.name, call.inputs, call.work, call.outputs_ok)
-            except stages.StagePreempted as e:
+            except StagePreempted as e:
                 log.warning("loop: %s; rerun the same command to resume", e)
                 preempted = True
                 break
@@ -311,10 +400,10 @@ def run_loop(cfg: LoopConfig, settings: StageSettings, progress: bool = True, re
                 )
             board.stage([run] if plan.round else runs, exp, plan, outputs)
             if writer and plan.kind == "pretrain":
-                _plot(root / "loop_summary.png", _curves(exp, done, runs))
+                report.plot(root / "loop_summary.png", report.curves(exp, done, runs))
     finally:
         board.close()
-    summary = _summary(exp, done, runs, preempted)
+    summary = report.summarize(exp, done, runs, preempted)
     if writer:  # loop_summary.png is redrawn after every pretraining stage, done or skipped
         atomic.write_json(root / "loop_summary.json", summary)
     return summary

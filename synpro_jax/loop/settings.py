@@ -1,6 +1,6 @@
 """The stage templates a SynPro experiment runs from: every stage's settings, built once before the loop starts.
 
-The loop owns a few fields of each stage and sets them per stage (see loop/stages.py): directories, the
+The loop owns a few fields of each stage and sets them per stage (see loop/runner.py): directories, the
 checkpoints a stage reads (theta, theta', the policy), step counts, the operation and round, and the pretraining
 mixture. Everything else comes from these templates, which the CLI builds from the same gin bindings a
 single-stage run reads (``synpro.pretrain``, ``synpro.TrainerConfig``, ``synpro.probe``, ``synpro.grpo``,

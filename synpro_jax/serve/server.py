@@ -47,8 +47,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from synpro_jax import sharding
 from synpro_jax.generation import prompts as prompts_lib
+from synpro_jax.generation.sampler import Sampler
 from synpro_jax.serve.batching import GenerationQueue, GenRequest, Knobs, QueueFull
+from synpro_jax.train import model_source, params_io
+from synpro_jax.train.model_source import open_source
+
+MODEL_KNOBS = model_source.Knobs("--model", "--preset", "--vocab")
 
 log = logging.getLogger(__name__)
 
@@ -732,15 +738,6 @@ def uvicorn_options() -> dict:
     return {"log_level": "warning", "timeout_graceful_shutdown": 5, "http": _h11_protocol()}
 
 
-def default_vocab_path(model_dir: Path) -> Path:
-    from synpro_jax.data.vocab import find_vocabulary
-
-    found = find_vocabulary(model_dir)
-    if found is not None:
-        return found
-    raise FileNotFoundError(f"--model {model_dir}: no tokenizer.json or SentencePiece .model in it; pass --vocab")
-
-
 def load_engine(
     model: str,
     *,
@@ -750,31 +747,15 @@ def load_engine(
     all_devices: bool = False,
     settings: dict | None = None,
 ) -> Engine:
-    """An :class:`Engine` for an HF OLMo-2 directory or a synpro run/checkpoint directory (needs ``preset``).
-    ``vocab``: a path for data.vocab.load_vocabulary or a seqio.Vocabulary; default: found in the directory."""
-    from synpro_jax import models, sharding
-    from synpro_jax.data.vocab import load_vocabulary
-    from synpro_jax.generation.sampler import Sampler
-    from synpro_jax.models import hf
-    from synpro_jax.train import params_io
-
+    """An :class:`Engine` for an HF OLMo-2 directory or a synpro run/checkpoint directory (needs ``preset``),
+    opened by the one rule of train/model_source.py. ``vocab``: a path for data.vocab.load_vocabulary or a
+    seqio.Vocabulary; default: found in the directory."""
     path = Path(model)
     mesh = sharding.make_mesh(sharding.MeshConfig(data=-1)) if all_devices else sharding.single_device_mesh()
-    if params_io.is_hf_dir(path):
-        cfg, params = hf.load(path)
-    else:
-        if preset is None:
-            raise ValueError(
-                f"--model {path}: not an HF directory (no config.json), so name the run's model with --preset"
-            )
-        cfg = models.get_preset(preset)
-        params, step = params_io.load_params_and_step(cfg, mesh, path)
-        log.info("loaded %s at step %d", path, step)
-    if dtype:
-        cfg = cfg.replace(dtype=dtype)
-    vocab_obj = load_vocabulary(vocab if vocab is not None else str(default_vocab_path(path)))
-    if vocab_obj.vocab_size > cfg.vocab_size:
-        raise ValueError(f"--vocab {vocab}: {vocab_obj.vocab_size} tokens but the model has {cfg.vocab_size}")
+    source = open_source(path, preset, vocabulary=vocab, dtype=dtype, knobs=MODEL_KNOBS)
+    cfg, vocab_obj = source.config, source.vocab
+    params, step = params_io.load_params_and_step(cfg, mesh, path)
+    log.info("loaded %s at step %d", path, step)
     sampler = Sampler(cfg, params, mesh=mesh)
     name = (settings or {}).pop("model_name", None) or path.absolute().name
     return Engine(cfg, sampler, vocab_obj, ServeConfig(model_name=name, **(settings or {})))

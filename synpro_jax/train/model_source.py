@@ -17,6 +17,7 @@ messages name each job's own knobs.
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any
 
 from etils.epath import Path
@@ -72,17 +73,21 @@ def open_source(
     source: str | Path,
     model: ModelConfig | str | None = None,
     *,
-    vocabulary: str | None = None,
+    vocabulary: Any = None,
     dtype: str | None = None,
     knobs: Knobs,
 ) -> ModelSource:
-    """The model config and vocabulary of ``source`` by the rule in the module docstring (no weights read)."""
+    """The model config and vocabulary of ``source`` by the rule in the module docstring (no weights read).
+    ``vocabulary``: a spec (a file, or a seqio vocabulary's name) or a vocabulary object used as it is."""
     path = Path(source)
     if not path.exists():
         raise FileNotFoundError(f"{knobs.source}={path} does not exist")
     config = _model(path, model, knobs)
     if dtype is not None:
         config = config.replace(dtype=dtype)
+    if vocabulary is not None and not isinstance(vocabulary, (str, os.PathLike)):  # a vocabulary object
+        vocab, vocabulary = vocabulary, getattr(vocabulary, "model_file", None) or type(vocabulary).__name__
+        return _fit(ModelSource(str(source), config, vocab, vocabulary), knobs)
     if vocabulary is None:
         found = find_vocabulary(path)
         if found is None:
@@ -90,13 +95,16 @@ def open_source(
                 f"{knobs.vocabulary}: {path} has no tokenizer.json or tokenizer.model; name the model's vocabulary"
             )
         vocabulary = str(found)
-    vocab = load_vocabulary(vocabulary)
-    if vocab.vocab_size > config.vocab_size:
+    return _fit(ModelSource(str(source), config, load_vocabulary(vocabulary), str(vocabulary)), knobs)
+
+
+def _fit(source: ModelSource, knobs: Knobs) -> ModelSource:
+    if source.vocab.vocab_size > source.config.vocab_size:
         raise ConfigError(
-            f"{knobs.vocabulary}: {vocabulary} has {vocab.vocab_size} tokens but the model's vocab_size is "
-            f"{config.vocab_size}"
+            f"{knobs.vocabulary}: {source.vocabulary} has {source.vocab.vocab_size} tokens but the model's "
+            f"vocab_size is {source.config.vocab_size}"
         )
-    return ModelSource(str(source), config, vocab, vocabulary)
+    return source
 
 
 def stop_token_ids(vocab, tokens, knob: str) -> list[int]:

@@ -70,8 +70,8 @@ synpro.SynthesisConfig.max_new_tokens = 8
 synpro.SynthesisConfig.batch_size = 2
 synpro.SynthesisConfig.max_source_chars = 1000
 synpro.SynthesisConfig.keep_unparsed = True
-synpro.LoopConfig.eval_tasks = ["toy={ws}/items.jsonl"]
-synpro.LoopConfig.eval_ppl = ["{ws}/heldout.jsonl"]
+synpro.EvalConfig.tasks = ["toy={ws}/items.jsonl"]
+synpro.EvalConfig.ppl = ["{ws}/heldout.jsonl"]
 synpro.loop.progress = False
 """
 

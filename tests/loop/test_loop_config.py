@@ -5,7 +5,7 @@ import pytest
 
 from synpro_jax.generation.run import SynthesizeJob
 from synpro_jax.influence.run import ProbeJob
-from synpro_jax.loop import stages
+from synpro_jax.loop import experiment
 from synpro_jax.loop.config import LoopConfig, method_names
 from synpro_jax.loop.plan import GeneratorSpec
 from synpro_jax.loop.runner import stage_order
@@ -89,17 +89,17 @@ def _settings(data) -> StageSettings:
 
 def _experiment(mixing):
     cfg = LoopConfig("x", 2, (10, 5, 5), generators=(GEN,), mixing=mixing)
-    return stages.Experiment(cfg, _settings(_Data()))
+    return experiment.Experiment(cfg, _settings(_Data()))
 
 
 def test_the_synpro_mixture_spreads_a_generator_rate_over_its_rounds():
     synthetic = [("rephrase", 1), ("reformat", 1), ("reformat", 2)]
-    rates = stages._mixing(_experiment({"organic": 3, "reformat": 1, "rephrase_r1": 0.5}), synthetic)
+    rates = experiment.mixing_rates(_experiment({"organic": 3, "reformat": 1, "rephrase_r1": 0.5}), synthetic)
     assert rates == {"organic": 3, "rephrase_r1": 0.5, "reformat_r1": 0.5, "reformat_r2": 0.5}
-    assert stages._mixing(_experiment(None), synthetic) == {"organic": 2}  # DataConfig.mixing
-    assert stages._mixing(_experiment("tokens"), synthetic) == "tokens"
+    assert experiment.mixing_rates(_experiment(None), synthetic) == {"organic": 2}  # DataConfig.mixing
+    assert experiment.mixing_rates(_experiment("tokens"), synthetic) == "tokens"
     with pytest.raises(ValueError, match=r"LoopConfig.mixing names \['summaries'\]"):
-        stages._mixing(_experiment({"organic": 1, "summaries": 1}), synthetic)
+        experiment.mixing_rates(_experiment({"organic": 1, "summaries": 1}), synthetic)
 
 
 def test_the_cpu_loop_experiment_parses_into_its_stage_settings():
@@ -113,7 +113,7 @@ def test_the_cpu_loop_experiment_parses_into_its_stage_settings():
         job, settings = configs.loop_job()
         cfg = job.config
         assert cfg.methods == ("synpro", "repetition", "oracle") and cfg.steps == (400, 150, 150)
-        assert [g.start for g in cfg.generators] == [stages.ROUND0_START] * 2
+        assert [g.start for g in cfg.generators] == [experiment.ROUND0_START] * 2
         assert [run for run, _, _ in method_names(cfg)] == ["synpro", "repetition", "oracle_400000", "oracle_800000"]
         for spec in cfg.generators:
             grpo = settings.generators[spec.name].grpo
@@ -134,7 +134,7 @@ def test_a_missing_generator_or_a_token_id_vocabulary_fails_before_any_work(tmp_
 
     cfg = LoopConfig(str(tmp_path / "exp"), 1, (4, 2), generators=({**GEN, "start": str(tmp_path / "nowhere")},))
     with pytest.raises(ValueError, match=r"GeneratorSpec\(reformat\).start=.*nowhere: not an HF OLMo-2 directory"):
-        stages.Experiment(cfg, _settings(Data())).check_generators()
+        experiment.Experiment(cfg, _settings(Data())).check_generators()
     Data.vocabulary = PassthroughVocabulary(256)
     with pytest.raises(ValueError, match="PassthroughVocabulary .* need a text vocabulary"):
-        stages.Experiment(cfg, _settings(Data())).check_generators()
+        experiment.Experiment(cfg, _settings(Data())).check_generators()
