@@ -24,6 +24,7 @@ from etils.epath import Path
 import numpy as np
 
 from synpro_jax import atomic
+from synpro_jax.data import sources as sources_lib
 from synpro_jax.demo import world as W
 from synpro_jax.demo.tokenizer import train_world_tokenizer
 
@@ -165,8 +166,6 @@ def write_corpus(
     rest in their order as ``corpus.jsonl``; ``organic.jsonl`` is its first ``share`` of the documents (round 0's
     data, GRPO's prompts); a byte-level BPE tokenizer with the generators' prompt text as added tokens. Found, not
     rewritten, when written before with the same parameters; refused with others."""
-    from synpro_jax.data import sources as sources_lib
-
     root = Path(root)
     sources, reference = [str(s) for s in sources], [str(r) for r in reference]
     if not reference:

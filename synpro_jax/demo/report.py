@@ -18,18 +18,21 @@ import math
 from etils.epath import Path
 import numpy as np
 
-from synpro_jax import atomic
+from synpro_jax import atomic, sharding
+from synpro_jax.data.vocab import load_vocabulary
 from synpro_jax.demo import world as W
+from synpro_jax.eval import effective_tokens as et
+from synpro_jax.eval.harness import LoglikelihoodScorer
 from synpro_jax.generation import prompts
 from synpro_jax.rl.rewards.faithfulness import support, words
+from synpro_jax.train import params_io
+from synpro_jax.train.metrics import read_records, save_png
 
 __all__ = ["build", "write", "table"]
 
 
 def _records(path: Path) -> list[dict]:
     """A JSONL file's records (a torn last line dropped, as the metrics log drops it); none if it is absent."""
-    from synpro_jax.train.metrics import read_records
-
     return read_records(path) if path.exists() else []
 
 
@@ -114,11 +117,6 @@ def _synthesized(world: W.World, corpus: Path, synth_dir: Path, samples: int, be
 def heldout_nll(model_cfg, checkpoints: dict[str, Path], heldout: Path, vocab_path: Path) -> dict:
     """Per arm: each held-out biography's summed NLL and its token count under the arm's final parameters
     (every document scored whole, after an EOS, as `synpro eval --ppl` scores it)."""
-    from synpro_jax import sharding
-    from synpro_jax.data.vocab import load_vocabulary
-    from synpro_jax.eval.harness import LoglikelihoodScorer
-    from synpro_jax.train import params_io
-
     vocab = load_vocabulary(str(vocab_path))
     docs = [list(vocab.encode(r["text"])) for r in _records(heldout)]
     requests = [([int(vocab.eos_id)], d) for d in docs]
@@ -143,8 +141,6 @@ def effective_tokens_by_documents(
     """The oracle fit L(D) = E + B / D^beta through the oracle arms (``oracle_tokens``: arm -> D), each arm's
     effective tokens and its multiplier over repetition, with ``level`` intervals from resampling the held-out
     documents (the same resample for every arm, then a refit)."""
-    from synpro_jax.eval import effective_tokens as et
-
     arms = list(nll)
     n = len(next(iter(nll.values()))["tokens"])
 
@@ -284,12 +280,10 @@ def write(report: dict, root: Path) -> None:
 
 
 def _plot(report: dict, path: Path) -> None:
-    import matplotlib
+    import matplotlib  # heavy: only the demo's last step draws its figure
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from synpro_jax.train.metrics import save_png
+    import matplotlib.pyplot as plt  # heavy, as matplotlib above (and after its backend is chosen)
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
     for run, pts in report["curves"].items():

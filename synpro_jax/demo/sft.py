@@ -16,6 +16,7 @@ import numpy as np
 
 from synpro_jax.demo import world as W
 from synpro_jax.generation import prompts
+from synpro_jax.train.step import next_token_batch
 
 __all__ = ["TeachingStream", "sft_batch"]
 
@@ -78,8 +79,6 @@ class TeachingStream:
 def sft_batch(rows: Sequence[Sequence[tuple[list[int], list[int]]]], length: int, pad_id: int = 0) -> dict:
     """Next-token rows of packed ``[prompt | answer]`` examples (each its own segment, positions from 0), padded
     to ``length`` tokens, the loss on the answers only. An example that does not fit is cut."""
-    from synpro_jax.train.step import next_token_batch
-
     tokens = np.full((len(rows), length), pad_id, np.int32)
     mask = np.zeros((len(rows), length), np.float32)
     seg = np.zeros((len(rows), length), np.int32)

@@ -14,6 +14,7 @@ import os
 import tempfile
 
 from etils.epath import Path
+from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from synpro_jax.generation import prompts
 
@@ -39,8 +40,6 @@ def train_world_tokenizer(
 ) -> Path:
     """Train a byte-level BPE on ``texts`` and add ``fixed`` (default :func:`fixed_prompt_text`) as whole tokens;
     writes ``out_path`` (a tokenizer.json) atomically. Byte-level BPE round-trips any text exactly."""
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
-
     out = Path(out_path)
     if vocab_size < 300:
         raise ValueError(f"train_world_tokenizer: vocab_size={vocab_size} is below the 256 bytes plus specials")
