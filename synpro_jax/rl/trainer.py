@@ -7,14 +7,16 @@ One step (``GRPOTrainer.train_step``):
 3. the completions as text, scored by the :class:`~synpro_jax.rl.rewards.base.RewardSuite` (weighted total);
 4. advantages from the total (``GRPOConfig.advantage_estimator``);
 5. the frozen reference's log-probs (beta > 0) and the sampling policy's (num_iterations > 1);
-6. ``num_iterations`` updates of :class:`~synpro_jax.rl.learner.GRPOStep`, then the new weights go into the
-   sampler through its compiled placement (no recompile).
+6. ``num_iterations`` updates of :class:`~synpro_jax.rl.learner.GRPOStep`, the sharded step around the loss of
+   :mod:`synpro_jax.rl.grpo` (``grpo_loss_terms``: the clipped policy loss, the KL and their aggregation), then
+   the new weights go into the sampler through its compiled placement (no recompile).
 
 A run is resumable and exactly-once: orbax checkpoints (atomic, asynchronous) hold the actor and its AdamW state;
 the reference is the starting generator, loaded again from its source on a restart and checked against the
 checkpoint's fingerprint (so is everything that decides the run: model, GRPO settings, rewards, prompts,
 vocabulary, seed). Rollout randomness is drawn from (seed, step). So a job killed at any step and restarted gives
-the parameters of an uninterrupted run. SIGTERM saves after the current step and returns ``preempted``.
+the parameters of an uninterrupted run. SIGTERM saves after the current step and returns ``preempted``. The loop
+around the steps is train/step_loop.py's, as for pretraining.
 
 Outputs in ``out_dir``: ``checkpoints/``, ``metrics.jsonl`` and ``tensorboard/``, ``reward_curves.png``,
 ``summary.json`` and ``export/``: the final generator as an HF OLMo-2 directory with its vocabulary, which
