@@ -30,10 +30,21 @@ import os
 import re
 from typing import Any
 
+from etils.epath import Path
+import gin
 import jax
+from jax.experimental import topologies
 import jax.numpy as jnp
 
-from synpro_jax import gin_files, native_stderr, tpu_chips
+from synpro_jax import gin_files, models, native_stderr, sharding, tpu_chips
+from synpro_jax.configs import bound
+from synpro_jax.generation import sampler as sampler_lib
+from synpro_jax.generation.sampler import MIN_NEW_BUCKET, MIN_PROMPT_BUCKET, bucket
+from synpro_jax.models import hf
+from synpro_jax.rl.config import GRPOConfig
+from synpro_jax.rl.learner import GRPOStep
+from synpro_jax.sharding import MeshConfig
+from synpro_jax.train.step import TrainState, TrainStep
 
 log = logging.getLogger(__name__)
 
@@ -117,8 +128,6 @@ def chip_count(topology: str) -> int:
 def _describe(name: str):
     """libtpu's description of a topology. libtpu logs its search for TPU workers and metadata to stderr even
     when it only describes one (E0000 ... TPU_WORKER_HOSTNAMES): captured, and replayed only if it fails."""
-    from jax.experimental import topologies
-
     # v4 and v5p as JAX runs them: one megacore device per chip (two TensorCores).
     extra = {"chip_config_name": "megacore"} if name.startswith(("v4:", "v5p:")) else {}
     if not tpu_chips.present():
@@ -207,8 +216,6 @@ def hint(report: MemoryReport) -> str:
 def _target(mesh_cfg, topology: str, hbm_bytes: int | None):
     """(mesh over the topology's devices, HBM per device to check against, what they are). ``hbm_bytes``
     overrides the topology's (a budget for the CPU fallback, or a what-if)."""
-    from synpro_jax import sharding
-
     devices, hbm, target = target_devices(topology)
     return sharding.make_mesh(mesh_cfg, devices=devices), hbm if hbm_bytes is None else hbm_bytes, target
 
@@ -278,9 +285,6 @@ def train_step_memory(
     hbm_bytes: int | None = None,
 ) -> MemoryReport:
     """Compile the pretraining step for ``topology`` and report its memory per device."""
-    from synpro_jax import models
-    from synpro_jax.train.step import TrainState, TrainStep
-
     mesh, hbm, target = _target(mesh_cfg, topology, hbm_bytes)
     step = TrainStep(model, mesh, opt_cfg, z_loss=z_loss, accum_steps=accum_steps)
     params = models.abstract_params(model)
@@ -297,8 +301,6 @@ def train_step_memory(
 def _grpo_step(
     model, mesh, grpo_cfg, accum_steps: int = 1, logits_chunk: int | None = None, share_prompts: bool = True
 ):
-    from synpro_jax.rl.learner import GRPOStep
-
     # total_steps only shapes the learning-rate schedule, not the program's memory.
     return GRPOStep(
         model,
@@ -313,9 +315,6 @@ def _grpo_step(
 
 def _learner_buffers(step, model, grpo_cfg) -> tuple[Any, Any]:
     """Abstract (learner state, frozen reference or None) as GRPOTrainer holds them on the mesh."""
-    from synpro_jax import models
-    from synpro_jax.train.step import TrainState
-
     params = models.abstract_params(model)
     state = TrainState(jax.ShapeDtypeStruct((), jnp.int32), params, jax.eval_shape(step.optimizer.init, params))
     ref = None
@@ -329,9 +328,6 @@ def _learner_buffers(step, model, grpo_cfg) -> tuple[Any, Any]:
 def _sampler_programs(model, mesh, on_cpu: bool = False):
     """The sampler's jitted (place, prefill, decode, input shardings) for this mesh, and its KV cache dtype:
     the very callables ``Sampler`` compiles (it needs real weights to build, so it is not built here)."""
-    from synpro_jax import sharding
-    from synpro_jax.generation import sampler as sampler_lib
-
     # Sampler's own default: float32 when it runs on CPU (bf16 decode attention is slow there), else the compute
     # dtype; CPU devices standing in for a TPU topology estimate the TPU's cache.
     cache_dtype = "float32" if on_cpu else model.dtype
@@ -340,8 +336,6 @@ def _sampler_programs(model, mesh, on_cpu: bool = False):
 
 
 def _sampler_weights(model, mesh, place):
-    from synpro_jax import models, sharding
-
     with jax.set_mesh(mesh), sharding.use_rules(sharding.SAMPLING_RULES):
         return jax.eval_shape(place, models.abstract_params(model))
 
@@ -349,16 +343,12 @@ def _sampler_weights(model, mesh, place):
 def influence_bytes(influence, mesh) -> int:
     """Per device: theta and theta' of the data_influence reward, float32 in their parameter shardings (as
     influence.Probe places them on the GRPO mesh)."""
-    from synpro_jax import models
-
     params = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, jnp.float32), models.abstract_params(influence))
     return 2 * per_device_bytes(_abstract(params, models.param_shardings(influence, mesh)))
 
 
 def _prompts(prompts_per_step: int | None, mesh) -> int:
     """The step's prompts; None: the release's 4 per data shard of the learner's mesh."""
-    from synpro_jax import sharding
-
     return RELEASE_PROMPTS_PER_SHARD * sharding.batch_shards(mesh) if prompts_per_step is None else prompts_per_step
 
 
@@ -382,9 +372,6 @@ def grpo_step_memory(
     slots plus max_completion_tokens, with ref_logp when beta > 0 and old_logp when num_iterations > 1. The
     frozen reference and the sampler's weights, held beside it, are counted as resident, and so are theta and
     theta' of the data_influence reward when ``influence`` (their model config) is given."""
-    from synpro_jax import sharding
-    from synpro_jax.generation.sampler import MIN_PROMPT_BUCKET, bucket
-
     mesh, hbm, target = _target(mesh_cfg, topology, hbm_bytes)
     g = grpo_cfg
     if g.max_prompt_tokens + g.max_completion_tokens > model.max_seq_len:  # GRPOTrainer's own check
@@ -449,9 +436,6 @@ def sampler_memory(
     ``with_learner`` the learner's state (and the frozen reference when beta > 0), which GRPOTrainer holds
     through the rollout, is counted as resident, and so are theta and theta' of the data_influence reward when
     ``influence`` (their model config) is given."""
-    from synpro_jax import sharding
-    from synpro_jax.generation.sampler import MIN_NEW_BUCKET, MIN_PROMPT_BUCKET, bucket
-
     mesh, hbm, target = _target(mesh_cfg, topology, hbm_bytes)
     g = grpo_cfg
     place, prefill, decode, (row_s, grid_s, one_s), cache_dtype = _sampler_programs(model, mesh, topology == "cpu")
@@ -555,8 +539,6 @@ def _refuse_unset(name: str, macro: str):
 
 def _read(name: str, *default):
     """configs.bound, refusing a shape knob that comes from a REQUIRED macro compile left unset."""
-    from synpro_jax.configs import bound
-
     value = bound(name, *default)
     macro = _unset_macro(value)
     if macro:
@@ -565,8 +547,6 @@ def _read(name: str, *default):
 
 
 def _is_bound(name: str) -> bool:
-    import gin
-
     try:
         gin.query_parameter(name)
     except ValueError:
@@ -580,13 +560,6 @@ def grpo_shapes() -> GRPOShapes:
     (bf16, 4 micro-batches, GRPOConfig's defaults), 4 prompts per data shard, and for a generator without a
     model config the olmo2_1b_instruct preset; ``source`` lists what was so filled in. With a local
     data_influence reward, theta's model (synpro.grpo.influence_model, or THETA's config.json) is ``influence``."""
-    from etils.epath import Path
-
-    from synpro_jax import models
-    from synpro_jax.configs import bound
-    from synpro_jax.rl.config import GRPOConfig
-    from synpro_jax.sharding import MeshConfig
-
     filled = []
 
     def knob(name, default, what="", path=False):
@@ -607,8 +580,6 @@ def grpo_shapes() -> GRPOShapes:
     if model is None:  # an HF generator names its shape in config.json
         generator = knob("synpro.grpo.generator", None, path=True)
         if isinstance(generator, str) and (Path(generator) / "config.json").exists():
-            from synpro_jax.models import hf
-
             model = hf.read_config(generator)
         else:
             model = models.get_preset(GENERATOR_PRESET)
@@ -626,8 +597,6 @@ def grpo_shapes() -> GRPOShapes:
         influence = knob("synpro.grpo.influence_model", None)
         theta = knob("synpro.grpo.influence_checkpoint", None, path=True)
         if influence is None and isinstance(theta, str) and (Path(theta) / "config.json").exists():
-            from synpro_jax.models import hf
-
             influence = hf.read_config(theta)
         if influence is None:
             filled.append("no model for data_influence's theta, so theta and theta' are not counted")
@@ -664,8 +633,6 @@ def compile_experiment(
     train (the pretraining step), grpo (the GRPO step) and sampler (the rollout's prefill and decode); None: what
     the experiment runs (:func:`experiment_programs`). TrainerConfig and GRPORunConfig are read knob by knob:
     constructing them would need their REQUIRED out_dir."""
-    from synpro_jax.sharding import MeshConfig
-
     if programs is None:
         programs = experiment_programs()
         if not programs:
