@@ -280,7 +280,7 @@ def write(report: dict, root: Path) -> None:
 
 
 def _plot(report: dict, path: Path) -> None:
-    import matplotlib  # heavy: only the demo's last step draws its figure
+    import matplotlib  # heavy, and the backend choice below is global: only when the figure is drawn
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # heavy, as matplotlib above (and after its backend is chosen)
