@@ -24,6 +24,8 @@ from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 import numpy as np
 
+from synpro_jax.errors import ConfigError
+
 MESH_AXES: tuple[str, ...] = ("data", "fsdp", "tensor")
 log = logging.getLogger(__name__)
 
@@ -75,13 +77,13 @@ class MeshConfig:
         as_dict = dict(zip(MESH_AXES, sizes))
         if -1 in sizes:
             if num_devices % known:
-                raise ValueError(
+                raise ConfigError(
                     f"MeshConfig {as_dict}: the fixed sizes multiply to {known}, which does not divide the "
                     f"{num_devices} available devices, so the -1 axis cannot be inferred"
                 )
             sizes[sizes.index(-1)] = num_devices // known
         elif known != num_devices:
-            raise ValueError(
+            raise ConfigError(
                 f"MeshConfig {as_dict}: data*fsdp*tensor = {known} but {num_devices} devices are available; "
                 "make the product match, or set one axis to -1"
             )

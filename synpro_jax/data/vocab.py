@@ -17,6 +17,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from synpro_jax import atomic
+from synpro_jax.errors import ConfigError
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter out of the logs
 import sentencepiece as spm
@@ -57,11 +58,11 @@ def train_sentencepiece(
     normalization: a newline round-trips as its byte piece."""
     out = Path(out_path)
     if out.suffix != ".model":
-        raise ValueError(f"--out {out}: a SentencePiece model path must end in .model")
+        raise ConfigError(f"--out {out}: a SentencePiece model path must end in .model")
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists; pass overwrite to replace it")
     if vocab_size < 8:
-        raise ValueError(f"--vocab_size {vocab_size}: must be at least 8")
+        raise ConfigError(f"--vocab_size {vocab_size}: must be at least 8")
     if not atomic.is_remote(out):
         out.parent.mkdir(parents=True, exist_ok=True)
     lines = (line for text in texts for line in text.splitlines() if line.strip())
@@ -115,7 +116,7 @@ class HFTokenizerVocabulary(seqio.Vocabulary):
         try:
             self._tok = Tokenizer.from_str(self._path.read_text(encoding="utf-8"))  # a local or gs:// file
         except Exception as e:  # the tokenizers library raises a bare Exception on bad files
-            raise ValueError(f"{self._path}: not a Hugging Face tokenizer.json ({e})") from None
+            raise ConfigError(f"{self._path}: not a Hugging Face tokenizer.json ({e})") from None
         self._tok.no_padding()
         self._tok.no_truncation()
         base = self._tok.get_vocab_size(with_added_tokens=True)

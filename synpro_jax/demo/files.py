@@ -27,6 +27,7 @@ from synpro_jax import atomic
 from synpro_jax.data import sources as sources_lib
 from synpro_jax.demo import world as W
 from synpro_jax.demo.tokenizer import train_world_tokenizer
+from synpro_jax.errors import ConfigError
 
 __all__ = ["WorldFiles", "write_world"]
 
@@ -106,10 +107,10 @@ def write_world(
     if files.world_json.exists():
         found = json.loads(files.world_json.read_text(encoding="utf-8"))
         if found != spec:
-            raise ValueError(f"{files.world_json} describes another world ({found}); use another --out")
+            raise ConfigError(f"{files.world_json} describes another world ({found}); use another --out")
         return files
     if oracle_copies < 2:
-        raise ValueError(f"oracle_copies={oracle_copies}: the oracle needs at least 2 biographies per person")
+        raise ConfigError(f"oracle_copies={oracle_copies}: the oracle needs at least 2 biographies per person")
     root.mkdir(parents=True, exist_ok=True)
     world = W.make_world(**spec["world"])
     organic = world.organic()
@@ -169,7 +170,7 @@ def write_corpus(
     root = Path(root)
     sources, reference = [str(s) for s in sources], [str(r) for r in reference]
     if not reference:
-        raise ValueError(
+        raise ConfigError(
             "synpro demo --corpus needs --reference FILES: the probe's reference task (FLAN CoT .tsv "
             "or prompt/completion .jsonl)"
         )
@@ -184,7 +185,7 @@ def write_corpus(
     if files.done.exists():
         found = json.loads(files.done.read_text(encoding="utf-8"))
         if found != spec:
-            raise ValueError(f"{files.done} was written for another corpus ({found}); use another --out")
+            raise ConfigError(f"{files.done} was written for another corpus ({found}); use another --out")
         return files
     try:
         docs = [
@@ -193,9 +194,9 @@ def write_corpus(
             if d.text and d.text.strip()
         ]
     except ValueError as e:
-        raise ValueError(f"synpro demo --corpus: {e}") from None
+        raise ConfigError(f"synpro demo --corpus: {e}") from None
     if len(docs) < 20:
-        raise ValueError(f"synpro demo --corpus {sources}: {len(docs)} usable documents; give at least 20")
+        raise ConfigError(f"synpro demo --corpus {sources}: {len(docs)} usable documents; give at least 20")
     every = max(2, len(docs) // heldout_docs)
     held = [d for i, d in enumerate(docs) if i % every == every - 1][:heldout_docs]
     held_ids = {d["id"] for d in held}

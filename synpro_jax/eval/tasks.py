@@ -29,6 +29,8 @@ import re
 
 from etils.epath import Path
 
+from synpro_jax.errors import ConfigError
+
 __all__ = ["MCItem", "TaskFormatError", "continuation", "read_task", "resolve_task", "TASK_READERS", "DATA_FILES"]
 
 
@@ -45,7 +47,7 @@ class MCItem:
             raise ValueError(f"label {self.label} is not an index into {len(self.choices)} choices")
 
 
-class TaskFormatError(ValueError):
+class TaskFormatError(ConfigError):
     """A task file that does not follow its format; the message names the file and line."""
 
 

@@ -21,6 +21,7 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from synpro_jax import atomic
+from synpro_jax.errors import ConfigError
 from synpro_jax.models import abstract_params
 from synpro_jax.models.config import ModelConfig
 
@@ -29,7 +30,7 @@ INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(ConfigError):
     """A checkpoint directory that synpro_jax cannot read as an OLMo-2 model."""
 
 

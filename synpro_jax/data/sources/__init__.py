@@ -29,6 +29,7 @@ from synpro_jax.data.sources.parquet import ParquetSource
 from synpro_jax.data.sources.text import TextSource
 from synpro_jax.data.sources.tfds import TfdsSource
 from synpro_jax.data.sources.tokens import MarkovSource, NpyTokenSource, TokenFileSource
+from synpro_jax.errors import ConfigError
 
 __all__ = [
     "Document",
@@ -75,7 +76,7 @@ def _file_format(name: str) -> str | None:
     for suffix, fmt in _SUFFIXES:
         if base.endswith(suffix):
             if base != name.lower() and fmt in _READ_UNCOMPRESSED:
-                raise ValueError(f"source {name!r}: {fmt} files are read uncompressed; decompress it first")
+                raise ConfigError(f"source {name!r}: {fmt} files are read uncompressed; decompress it first")
             return fmt
     return None
 
@@ -95,15 +96,15 @@ def format_of(spec: str | os.PathLike) -> str:
     if fmt is not None:
         return fmt
     if not glob.has_magic(spec):
-        raise ValueError(f"source {spec!r}: cannot tell the format; give {SPEC_HELP}")
+        raise ConfigError(f"source {spec!r}: cannot tell the format; give {SPEC_HELP}")
     formats: dict[str, str] = {}
     for f in expand_paths(spec, "source"):
         found = _file_format(f.name)
         if found is None:
-            raise ValueError(f"source {spec!r}: cannot tell the format of {f}; give {SPEC_HELP}")
+            raise ConfigError(f"source {spec!r}: cannot tell the format of {f}; give {SPEC_HELP}")
         formats.setdefault(found, str(f))
     if len(formats) > 1:
-        raise ValueError(f"source {spec!r} matches files of several formats ({formats}); give one spec per format")
+        raise ConfigError(f"source {spec!r} matches files of several formats ({formats}); give one spec per format")
     return next(iter(formats))
 
 
@@ -143,7 +144,7 @@ def open_source(
     if fmt == "markov":
         src = MarkovSource.from_spec(spec)
         if vocab_size is not None and src.vocab_size > vocab_size:
-            raise ValueError(
+            raise ConfigError(
                 f"source {spec!r}: its vocabulary of {src.vocab_size} is larger than the model "
                 f"vocabulary ({vocab_size})"
             )
@@ -159,7 +160,7 @@ def open_source(
     if fmt == "parquet":
         return ParquetSource(spec, text_field=text_field, id_field=id_field)
     if eos_id is None:
-        raise ValueError(f"source {spec!r}: token files need eos_id (the vocabulary's EOS id separates documents)")
+        raise ConfigError(f"source {spec!r}: token files need eos_id (the vocabulary's EOS id separates documents)")
     return NpyTokenSource(spec, eos_id=eos_id, dtype=token_dtype, vocab_size=vocab_size)
 
 
@@ -168,8 +169,8 @@ def open_sources(specs, **kwargs) -> ChainedSource:
     pre-tokenized specs cannot be mixed."""
     specs = [specs] if isinstance(specs, (str, os.PathLike)) else list(specs)
     if not specs:
-        raise ValueError("no source specs given")
+        raise ConfigError("no source specs given")
     kinds = {is_pretokenized(s) for s in specs}
     if len(kinds) > 1:
-        raise ValueError(f"sources {specs}: mix text and pre-tokenized sources; use one kind")
+        raise ConfigError(f"sources {specs}: mix text and pre-tokenized sources; use one kind")
     return ChainedSource([open_source(s, **kwargs) for s in specs])
