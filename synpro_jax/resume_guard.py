@@ -14,9 +14,9 @@ from typing import Any
 
 from synpro_jax.errors import ConfigError
 
-__all__ = ["jsonable", "differences", "describe", "check", "resume_guard"]
+__all__ = ["ABSENT", "jsonable", "differences", "describe_one", "describe", "check", "resume_guard"]
 
-_ABSENT = object()
+ABSENT = object()  # a field one side does not have
 
 
 def jsonable(fields: Any) -> Any:
@@ -26,27 +26,38 @@ def jsonable(fields: Any) -> Any:
 
 
 def differences(old: Any, new: Any, name: str = "") -> list[tuple[str, Any, Any]]:
-    """(dotted field, old value, new value) of every difference, looking inside dicts; a field present on one
-    side only has ``None`` on the other."""
+    """(dotted field, old value, new value) of every difference, looking inside dicts and inside lists of one
+    length (``field[i]``); a field present on one side only has :data:`ABSENT` on the other. The whole value,
+    when it differs without fields, is named ``value``."""
     if isinstance(old, Mapping) and isinstance(new, Mapping):
         out = []
         for field in sorted(set(old) | set(new), key=str):
             sub = f"{name}.{field}" if name else str(field)
-            out += differences(old.get(field, _ABSENT), new.get(field, _ABSENT), sub)
+            out += differences(old.get(field, ABSENT), new.get(field, ABSENT), sub)
         return out
-    if old == new:
+    if isinstance(old, (list, tuple)) and isinstance(new, (list, tuple)) and len(old) == len(new):
+        return [d for i, (a, b) in enumerate(zip(old, new)) for d in differences(a, b, f"{name}[{i}]")]
+    if old is not ABSENT and new is not ABSENT and old == new:
         return []
-    return [(name or "(the whole record)", None if old is _ABSENT else old, None if new is _ABSENT else new)]
+    return [(name or "value", old, new)]
 
 
 def _short(value: Any) -> str:
+    if value is ABSENT:
+        return "absent"
     text = json.dumps(value, ensure_ascii=False, default=str)
     return text if len(text) <= 80 else text[:77] + "..."
 
 
+def describe_one(diff: tuple[str, Any, Any]) -> str:
+    """``field: old then, new now`` (values as JSON, shortened; a missing one ``absent``)."""
+    field, then, now = diff
+    return f"{field}: {_short(then)} then, {_short(now)} now"
+
+
 def describe(diffs: list[tuple[str, Any, Any]]) -> str:
-    """``field: old then, new now`` for each difference, joined with "; "."""
-    return "; ".join(f"{field}: {_short(then)} then, {_short(now)} now" for field, then, now in diffs)
+    """Every difference as :func:`describe_one` gives it, joined with "; "."""
+    return "; ".join(describe_one(d) for d in diffs)
 
 
 def check(old: Any, new: Any, where: str, remedy: str = "use a new out_dir to run with these settings") -> None:

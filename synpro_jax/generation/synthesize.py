@@ -54,9 +54,11 @@ from tqdm.auto import tqdm
 from synpro_jax import atomic, distributed, heartbeat, sharding
 from synpro_jax.checks import positive_ints
 from synpro_jax.data import sources
+from synpro_jax.errors import ConfigError
 from synpro_jax.generation import prompts as prompts_lib
 from synpro_jax.generation.sampler import Sampler
 from synpro_jax.models import ModelConfig
+from synpro_jax.resume_guard import describe_one, differences, jsonable
 
 log = logging.getLogger(__name__)
 
@@ -259,25 +261,11 @@ def _canonical_generator(generator: str) -> str:
     return generator if not generator or "://" in generator else os.path.abspath(generator)
 
 
-def _short(value: Any) -> str:
-    text = json.dumps(value, ensure_ascii=False)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
 def fingerprint_diff(old: dict | None, new: dict) -> list[str]:
-    """The fields that differ between a shard's recorded fingerprint and this job's, as 'field: was X, now Y'."""
+    """The fields that differ between a shard's recorded fingerprint and this job's (resume_guard's rule)."""
     if not isinstance(old, dict):
         return ["no readable fingerprint (written by an older synpro, or its sidecar was lost)"]
-    missing = object()
-    diff = []
-    for key in sorted(set(old) | set(new)):
-        was, now = old.get(key, missing), new.get(key, missing)
-        if was != now:
-            diff.append(
-                f"{key}: was {'(absent)' if was is missing else _short(was)}, "
-                f"now {'(absent)' if now is missing else _short(now)}"
-            )
-    return diff
+    return [describe_one(d) for d in differences(old, jsonable(new))]
 
 
 def _read_meta(path: Path) -> dict | None:
@@ -448,7 +436,7 @@ class Synthesizer:
             for final, diff in conflicts.items()
         ]
         if not self.settings.overwrite:
-            raise ValueError(
+            raise ConfigError(
                 f"synthesis out_dir {out} holds shards made with other settings than this job's; resuming would mix "
                 "them:\n" + "\n".join(lines) + "\nUse another out_dir, or set synpro.SynthesisConfig.overwrite = "
                 "True (--gin.synpro.SynthesisConfig.overwrite=True) to delete and remake these shards."

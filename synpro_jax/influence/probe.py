@@ -39,6 +39,7 @@ from synpro_jax.checks import positive_ints
 from synpro_jax.influence.kernel import compiled_loss_pair
 from synpro_jax.influence.reference import PACKINGS
 from synpro_jax.models import ModelConfig
+from synpro_jax.resume_guard import check
 from synpro_jax.train.checkpoint import AdamMoments
 from synpro_jax.train.optimizer import OptimizerConfig
 from synpro_jax.train.step import TrainStep
@@ -248,28 +249,6 @@ def unique_keys(doc_ids: Sequence[str]) -> list[str]:
     return keys
 
 
-def first_difference(old: Any, new: Any, name: str = "") -> tuple[str, Any, Any] | None:
-    """(dotted field name, old value, new value) of the first difference, looking inside dicts; None if equal."""
-    if isinstance(old, dict) and isinstance(new, dict):
-        for field in sorted(set(old) | set(new)):
-            found = first_difference(old.get(field), new.get(field), f"{name}.{field}" if name else str(field))
-            if found is not None:
-                return found
-        return None
-    return None if old == new else (name, old, new)
-
-
-def check_fingerprint(old: dict, new: dict, where: str) -> None:
-    """Refuse, naming the first differing field, unless ``old`` and ``new`` agree on every field."""
-    found = first_difference(old, new)
-    if found is not None:
-        field, then, now = found
-        raise ValueError(
-            f"{where} was made with a different {field}: {then!r} then, {now!r} now. Use a new "
-            "output directory (or delete this one) to score again"
-        )
-
-
 def _load_part(path: Path) -> dict[str, np.ndarray]:
     try:
         with atomic.load_npz(path) as z:  # numpy refuses pickles: ids are stored as fixed-width unicode
@@ -333,7 +312,7 @@ def score_corpus(
                 f"{manifest_path} records no fingerprint (written by an older synpro), so these "
                 "scores cannot be checked against this job; score into a new directory"
             )
-        check_fingerprint(recorded, fp, str(out_dir))
+        check(recorded, fp, str(out_dir), "use a new output directory (or delete this one) to score again")
     elif index == 0:
         parts.mkdir(parents=True, exist_ok=True)
         _atomic_json(manifest_path, {"fingerprint": fp})

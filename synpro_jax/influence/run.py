@@ -44,10 +44,11 @@ from synpro_jax.data.corpus import build_corpus, encoder_for
 from synpro_jax.data.sources import expand_paths, open_sources
 from synpro_jax.data.vocab import load_vocabulary
 from synpro_jax.errors import ConfigError
-from synpro_jax.influence.probe import Probe, ProbeConfig, _atomic_json, finetune, first_difference, score_corpus
+from synpro_jax.influence.probe import Probe, ProbeConfig, _atomic_json, finetune, score_corpus
 from synpro_jax.influence.reference import PackedReference, ReferenceSource, encode_examples
 from synpro_jax.influence.service import InfluenceServer
 from synpro_jax.models import ModelConfig, hf
+from synpro_jax.resume_guard import describe, differences, jsonable
 from synpro_jax.sharding import MeshConfig
 from synpro_jax.train import params_io
 
@@ -133,11 +134,10 @@ def check_theta_prime(provenance: dict, theta: dict, probe: dict | None, where: 
             f"{where} was fine-tuned from other weights than {theta['source']} step {theta['step']} "
             "holds now. Delete it (or use a new probe out_dir) to fine-tune again"
         )
-    found = None if probe is None else first_difference(provenance.get("probe", {}), probe)
-    if found is not None:
-        field, then, now = found
-        raise ValueError(
-            f"{where} was fine-tuned with a different probe {field}: {then!r} then, {now!r} now. "
+    diffs = [] if probe is None else differences(jsonable(provenance.get("probe", {})), jsonable(probe))
+    if diffs:
+        raise ConfigError(
+            f"{where} was fine-tuned with other probe settings ({describe(diffs)}). "
             "Delete it (or use a new probe out_dir) to fine-tune again"
         )
 

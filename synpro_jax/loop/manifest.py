@@ -32,6 +32,7 @@ import jax
 
 from synpro_jax import atomic
 from synpro_jax.errors import ConfigError
+from synpro_jax.resume_guard import describe_one, differences
 
 log = logging.getLogger(__name__)
 
@@ -54,27 +55,10 @@ def fingerprint(inputs: dict) -> str:
     return hashlib.sha256(json.dumps(_canonical(inputs), sort_keys=True).encode()).hexdigest()[:16]
 
 
-def first_difference(old: Any, new: Any, path: str = "") -> str | None:
-    """The dotted path of the first difference between two JSON-like values, with both values; None if equal."""
-    if isinstance(old, dict) and isinstance(new, dict):
-        for key in sorted(set(old) | set(new)):
-            where = f"{path}.{key}" if path else str(key)
-            if key not in old or key not in new:
-                return (
-                    f"{where}: {'absent' if key not in old else repr(old[key])} then, "
-                    f"{'absent' if key not in new else repr(new[key])} now"
-                )
-            found = first_difference(old[key], new[key], where)
-            if found:
-                return found
-        return None
-    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
-        for i, (a, b) in enumerate(zip(old, new)):
-            found = first_difference(a, b, f"{path}[{i}]")
-            if found:
-                return found
-        return None
-    return None if old == new else f"{path or 'value'}: {old!r} then, {new!r} now"
+def first_difference(old: Any, new: Any) -> str | None:
+    """The first difference between two JSON-like values (resume_guard's rule), or None if equal."""
+    found = differences(old, new)
+    return describe_one(found[0]) if found else None
 
 
 @dataclasses.dataclass

@@ -62,7 +62,7 @@ def test_changed_inputs_or_config_are_refused_naming_the_difference(tmp_path):
     with pytest.raises(
         ManifestError,
         match=r"stage r1/synthesize_rephrase was recorded with other inputs: "
-        r"shards\[1\]: 's1' then, 's2' now",
+        r'shards\[1\]: "s1" then, "s2" now',
     ):
         m.run(1, "synthesize_rephrase", {"generator": "g1", "shards": ["s0", "s2"]}, lambda: {})
     with pytest.raises(ManifestError, match=r"another configuration: rounds: 2 then, 3 now"):

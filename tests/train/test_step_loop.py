@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import pytest
 
 from synpro_jax.distributed import Preemption
-from synpro_jax.resume_guard import check, differences, resume_guard
+from synpro_jax.resume_guard import ABSENT, check, differences, resume_guard
 from synpro_jax.train.step_loop import LoopSettings, Step, run_steps
 
 
@@ -64,7 +64,7 @@ def test_a_job_that_says_it_is_finished_stops_early(tmp_path):
 def test_differences_look_inside_dicts_and_name_missing_fields():
     old = {"a": 1, "b": {"c": [1, 2], "d": "x"}}
     new = {"a": 1, "b": {"c": [1, 3]}, "e": 2.5}
-    assert differences(old, new) == [("b.c", [1, 2], [1, 3]), ("b.d", "x", None), ("e", None, 2.5)]
+    assert differences(old, new) == [("b.c[1]", 2, 3), ("b.d", "x", ABSENT), ("e", ABSENT, 2.5)]
     check({"t": (1, 2)}, {"t": [1, 2]}, "here")  # tuples and lists are the same JSON
     with pytest.raises(ValueError, match=r"^here was made with other settings \(t: \[1, 2\] then, \[1\] now\)"):
         check({"t": (1, 2)}, {"t": [1]}, "here")
