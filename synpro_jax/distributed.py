@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import logging
 import os
 import signal
@@ -209,6 +210,52 @@ def barrier(name: str) -> None:
         from jax.experimental import multihost_utils
 
         multihost_utils.sync_global_devices(name)
+
+
+class HostShare:
+    """One host's share of a bulk job over keyed documents, done exactly once across hosts: the corpus scoring of
+    influence/probe.py and the synthesis of generation/synthesize.py both run this way.
+
+    1. every host lists what earlier runs finished, then waits at :meth:`listed` (no host writes before all
+       have looked);
+    2. each host works on the documents :func:`host_of` gives it (:meth:`owns`, :meth:`mine`) and writes its own
+       files, each atomically, so a killed host loses only its unfinished part and a rerun redoes only that;
+    3. :meth:`gather` waits for every host and gives each host's account of its work; process 0 writes what
+       merges them, and :meth:`merged` waits for that before anyone reads it.
+    On one process every document is the host's and the waits are no-ops.
+    """
+
+    def __init__(self, job: str, out_dir):
+        self.job, self.out_dir = job, Path(out_dir)
+        self.index, self.count = jax.process_index(), jax.process_count()
+
+    def owns(self, key: str) -> bool:
+        return self.count == 1 or host_of(key, self.count) == self.index
+
+    def mine(self, keys) -> list[int]:
+        """Indices of the keys this host handles, in order."""
+        return [i for i, k in enumerate(keys) if self.owns(k)]
+
+    def listed(self) -> None:
+        barrier(f"{self.job} listed {self.out_dir}")
+
+    def gather(self, account: dict | None = None) -> list[dict]:
+        """Wait for every host to finish its share; with ``account`` (JSON), every host's, in process order (read
+        from ``out_dir``, which every host sees)."""
+        if account is not None and self.count > 1:
+            atomic.write_json(self._account(self.index), account)
+        barrier(f"{self.job} done {self.out_dir}")
+        if account is None:
+            return []
+        if self.count == 1:
+            return [account]
+        return [json.loads(self._account(i).read_text()) for i in range(self.count)]
+
+    def merged(self) -> None:
+        barrier(f"{self.job} merged {self.out_dir}")
+
+    def _account(self, index: int) -> Path:
+        return self.out_dir / f"{self.job}.host-{index}-of-{self.count}.json"
 
 
 def _sync_manager_ready() -> bool:

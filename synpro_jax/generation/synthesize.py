@@ -512,10 +512,11 @@ class Synthesizer:
         s = self.settings
         return sources.open_source(str(path), text_field=s.text_field, id_field=s.id_field)
 
-    def run_shard(self, path: Path, out_dir: Path, progress=None, index: int = 0, count: int = 1) -> dict:
-        """Synthesize this process's part of one input file (every document when ``count`` is 1) into
+    def run_shard(self, path: Path, out_dir: Path, progress=None, share: distributed.HostShare | None = None) -> dict:
+        """Synthesize this process's share of one input file (every document on one process) into
         out_dir/<part>.jsonl, resuming its partial records if there are some."""
-        final = out_dir / part_name(shard_name(path), index, count)
+        share = share or distributed.HostShare("synthesis", out_dir)
+        final = out_dir / part_name(shard_name(path), share.index, share.count)
         partial = _Partial(final)
         self._claim(out_dir, [final])
         if final.exists():
@@ -562,7 +563,7 @@ class Synthesizer:
 
             for doc in source:
                 heartbeat.beat()
-                if count > 1 and distributed.host_of(doc.id, count) != index:
+                if not share.owns(doc.id):
                     counts["other_hosts"] += 1
                     if progress is not None:
                         progress(1, 0)
@@ -618,9 +619,10 @@ class Synthesizer:
                 if final.exists():
                     _Partial(final).remove()
         distributed.barrier(f"synthesis claimed {out}")  # what overwrite deletes is gone before anyone looks
+        share = distributed.HostShare("synthesis", out)
         layouts = _layouts(out)
         elsewhere = {name: _finished_elsewhere(out, name, layouts.get(name, {}), count) for name in names}
-        distributed.barrier(f"synthesis listed {out}")  # no host writes before all have looked
+        share.listed()  # no host writes before all have looked
         bar = _progress_bar(files, progress)
         start, tokens = time.perf_counter(), [0]
 
@@ -642,19 +644,14 @@ class Synthesizer:
                         }
                     )
                 else:
-                    results.append(self.run_shard(f, out, advance, index, count))
+                    results.append(self.run_shard(f, out, advance, share))
                 log.info("synthesis %s", results[-1])
         finally:
             if bar is not None:
                 bar.close()
         elapsed = time.perf_counter() - start
-        if count > 1:  # each host's own account; process 0 adds them up once every host is done
-            _write_atomic(
-                out / f"synthesis.host-{index}-of-{count}.json",
-                json.dumps({"shards": results, "completion_tokens": tokens[0], "seconds": elapsed}) + "\n",
-            )
-            distributed.barrier(f"synthesis done {out}")
-            hosts = [json.loads((out / f"synthesis.host-{i}-of-{count}.json").read_text()) for i in range(count)]
+        hosts = share.gather({"shards": results, "completion_tokens": tokens[0], "seconds": elapsed})
+        if count > 1:  # each host's own account, added up
             results = [{**r, "host": i} for i, h in enumerate(hosts) for r in h["shards"]]
             tokens[0] = sum(h["completion_tokens"] for h in hosts)
             elapsed = max(h["seconds"] for h in hosts)
@@ -676,7 +673,7 @@ class Synthesizer:
         }
         if index == 0:
             _write_atomic(out / MANIFEST, json.dumps(manifest, indent=2) + "\n")
-        distributed.barrier(f"synthesis manifest {out}")
+        share.merged()
         return manifest
 
 

@@ -291,7 +291,8 @@ def score_corpus(
         raise ValueError(f"score_corpus: {len(docs)} documents but {len(doc_ids)} ids")
     if batch_size < 1 or chunk_docs < 1:
         raise ValueError(f"score_corpus batch_size={batch_size}, chunk_docs={chunk_docs}: must be >= 1")
-    index, count = jax.process_index(), jax.process_count()
+    share = distributed.HostShare("score_corpus", out_dir)
+    index, count = share.index, share.count
     if count > 1 and not all(d.process_index == index for d in probe.mesh.devices.flat):
         raise ValueError(
             "score_corpus on several processes scores each host's documents on its own devices: "
@@ -329,8 +330,8 @@ def score_corpus(
     stray = set(done) - set(keys)
     if stray:
         raise ValueError(f"{parts} holds scores of {len(stray)} ids not in this corpus (e.g. {sorted(stray)[0]!r})")
-    distributed.barrier(f"score_corpus listed {out_dir}")  # every host has seen what is done before any writes
-    mine = [i for i, k in enumerate(keys) if count == 1 or distributed.host_of(k, count) == index]
+    share.listed()  # every host has seen what is done before any writes
+    mine = share.mine(keys)
     todo = [i for i in mine if keys[i] not in done]
     parts.mkdir(parents=True, exist_ok=True)
     bar = tqdm(total=len(mine), initial=len(mine) - len(todo), desc="influence", unit="doc", disable=not progress)
@@ -344,7 +345,7 @@ def score_corpus(
         bar.update(len(idx))
         heartbeat.beat()
     bar.close()
-    distributed.barrier(f"score_corpus scored {out_dir}")
+    share.gather()
     if index == 0:
         by_id: dict[str, tuple[float, float, float]] = {}
         for path in sorted(parts.glob("part-*.npz")):
@@ -359,7 +360,7 @@ def score_corpus(
         merged = np.array([by_id[k] for k in keys], np.float32).reshape(len(keys), len(SCORE_KEYS))
         _atomic_savez(final, ids=np.array(keys, dtype=str), **{s: merged[:, j] for j, s in enumerate(SCORE_KEYS)})
         _verify_final(final, keys)
-    distributed.barrier(f"score_corpus merged {out_dir}")
+    share.merged()
     return final
 
 
