@@ -35,6 +35,10 @@ from etils.epath import Path
 from synpro_jax import errors
 from synpro_jax.exit_codes import EXIT_PREEMPTED, EXIT_STALLED
 
+# Each command imports what it runs inside its own function: `synpro --version`, `synpro presets` and a config error
+# must not wait for JAX, TensorFlow or seqio, and JAX may only start once _quiet_startup and
+# keep_jax_off_absent_tpu have set its environment.
+
 DEFAULT_EXPERIMENT = "gin/experiments/markov_tiny.gin"
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib.util
 import json
 import logging
 import os
@@ -23,9 +24,10 @@ import zlib
 
 from etils.epath import Path
 import jax
+from jax.experimental import multihost_utils
 import numpy as np
 
-from synpro_jax import atomic
+from synpro_jax import atomic, tpu_chips
 from synpro_jax.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -80,10 +82,6 @@ METADATA_URL = "http://{host}/computeMetadata/v1/instance/attributes/{key}"
 def _has_tpu_chips() -> bool:
     """TPU chips attached to this VM, with libtpu to drive them: JAX's own test before it reads any TPU
     metadata."""
-    import importlib.util
-
-    from synpro_jax import tpu_chips
-
     return importlib.util.find_spec("libtpu") is not None and tpu_chips.present()
 
 
@@ -183,8 +181,6 @@ def agree(value: str, what: str) -> None:
     ``what`` and process 0's value otherwise. A no-op on one process."""
     if jax.process_count() == 1:
         return
-    from jax.experimental import multihost_utils
-
     digest = np.frombuffer(hashlib.sha256(value.encode()).digest()[:8], np.int64)
     digests = np.asarray(multihost_utils.process_allgather(digest)).reshape(-1)
     if len(set(digests.tolist())) > 1:
@@ -207,8 +203,6 @@ def barrier(name: str) -> None:
     """Every process waits here for the others (a no-op on one process): e.g. all have listed what earlier runs
     left before any writes more."""
     if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
         multihost_utils.sync_global_devices(name)
 
 
@@ -260,7 +254,7 @@ class HostShare:
 
 def _sync_manager_ready() -> bool:
     try:
-        from jax._src import distributed as _distributed
+        from jax._src import distributed as _distributed  # private: probed, absent in some jax versions
 
         return _distributed.global_state.preemption_sync_manager is not None
     except (ImportError, AttributeError):
@@ -303,12 +297,8 @@ class Preemption:
     def stop_after(self, step: int) -> bool:
         """Whether every process stops after ``step`` (the same answer on all of them)."""
         if self._sync:
-            from jax.experimental import multihost_utils
-
             return bool(multihost_utils.reached_preemption_sync_point(step))
         if jax.process_count() > 1:
-            from jax.experimental import multihost_utils
-
             flags = multihost_utils.process_allgather(np.int32(self._flag.is_set()))
             return bool(np.max(np.asarray(flags)))
         return self._flag.is_set()

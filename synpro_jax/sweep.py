@@ -48,6 +48,9 @@ from synpro_jax import atomic, errors
 from synpro_jax.cloud_tpu import babysit, gcloud
 from synpro_jax.exit_codes import EXIT_PREEMPTED
 
+# configs (gin and JAX) and the model code are imported where a point is built or checked, inside those
+# functions: `synpro sweep --summary` only reads JSON, and a TPU launch runs no model code on this machine.
+
 log = logging.getLogger(__name__)
 
 # The gin macro that names each command's output directory, and the summary file a finished run leaves there.
@@ -240,11 +243,11 @@ def run_checks(command: str, job, devices: int) -> None:
     """The checks the command's trainer makes before it allocates anything (train.trainer.check_config,
     rl.trainer.check_config), on its built ``job`` (a PretrainJob or GRPOJob) and a mesh of ``devices``."""
     if command == "train" and job.trainer is not None:
-        from synpro_jax.train.trainer import check_config
+        from synpro_jax.train.trainer import check_config  # the model code: not for --summary or a launch
 
         check_config(job.model, job.trainer, _batch_shards(job.mesh, devices))
     elif command == "grpo" and job.run is not None:
-        from synpro_jax.rl.config import GRPOConfig
+        from synpro_jax.rl.config import GRPOConfig  # the model code: not for --summary or a launch
         from synpro_jax.rl.trainer import check_config
 
         model = job.model

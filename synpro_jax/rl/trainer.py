@@ -188,7 +188,7 @@ def stall_cause(records: Sequence[dict]) -> str:
 
 def plot_reward_curves(records: Sequence[dict], path: Path, title: str = "") -> None:
     """Each reward's mean (and the weighted total) against step, as a PNG written atomically."""
-    import matplotlib
+    import matplotlib  # only process 0 draws, and no other code needs it
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -120,7 +120,7 @@ class TrainerConfig:
 
 def plot_loss_curve(records: list[dict], path: Path, title: str = "") -> None:
     """Training and validation loss against step, as a PNG (written atomically)."""
-    import matplotlib
+    import matplotlib  # only process 0 draws, and no other code needs it
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
