@@ -41,11 +41,14 @@ import time
 from typing import Any
 
 from etils.epath import Path
+import h11
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
+import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from synpro_jax import sharding
 from synpro_jax.generation import prompts as prompts_lib
@@ -705,8 +708,6 @@ def build_app(engine: Engine, injector: FaultInjector | None = None):
 def _h11_protocol():
     """uvicorn's h11 protocol, whose own answer to a request it cannot parse (a 400 before any app runs: a bad
     Content-Length, a malformed request line, headers past h11's limit) is an OpenAI error object too."""
-    import h11
-    from uvicorn.protocols.http.h11_impl import H11Protocol
 
     class JSONErrorH11Protocol(H11Protocol):
         def error_body(self, message: str) -> dict:
@@ -775,7 +776,6 @@ def serve(
 ) -> None:
     """Load the model and serve until interrupted. ``settings``: :class:`ServeConfig` fields (max_rows,
     batch_wait_s, max_body_bytes, body_timeout_s, ...)."""
-    import uvicorn
 
     fault_list = parse_faults(faults if faults is not None else os.environ.get("SYNPRO_SERVE_FAULTS"))
     if fault_list:
