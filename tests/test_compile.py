@@ -157,6 +157,7 @@ def test_the_v5e_grpo_experiment_counts_theta_beside_the_generator():
     assert shapes.influence.name == "olmo_400m" and shapes.source == "GRPO knobs from gin"
 
 
+@pytest.mark.slow  # the CLI end to end in a fresh process; the reports it prints are pinned in process above
 def test_the_cli_reports_every_program_writes_json_and_fails_on_those_over_budget(tmp_path):
     gin_file, out = tmp_path / "tiny_grpo.gin", tmp_path / "mem.json"
     gin_file.write_text(TINY_GRPO_GIN)
@@ -192,6 +193,7 @@ def test_the_cli_reports_every_program_writes_json_and_fails_on_those_over_budge
     assert "--hbm_gib=0.004 has 0.00 GiB" in errors[1] and "GRPORunConfig.accum_steps" in errors[1]
 
 
+@pytest.mark.slow  # an XLA:TPU compile; test_compile_libtpu.py's compile through libtpu stays in the fast tier
 @pytest.mark.skipif(importlib.util.find_spec("libtpu") is None, reason="libtpu is not installed (pip install libtpu)")
 def test_xla_tpu_compiles_for_a_v5e_8_without_a_tpu():
     cfg = models.get_preset("tiny").replace(dtype="bfloat16")

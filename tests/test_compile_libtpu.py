@@ -79,6 +79,7 @@ def test_without_libtpu_a_topology_gets_xla_cpus_estimate_against_its_hbm(withou
     assert line.endswith("of 16.00 GiB HBM (fits)")
 
 
+@pytest.mark.slow  # reruns itself in a fresh process; the estimate from one is pinned above
 def test_without_libtpu_a_program_over_the_chips_hbm_fails_from_a_process_with_too_few_devices(
     without_libtpu, monkeypatch, capfd
 ):

@@ -97,9 +97,9 @@ def single_device_reference():
     "shape, memory",
     [
         ((8, 1, 1), {}),
-        ((2, 4, 1), {}),
+        pytest.param((2, 4, 1), {}, marks=pytest.mark.slow),  # the fast tier keeps (8,1,1), (2,2,2) and the knobs
         ((2, 2, 2), {}),
-        ((1, 1, 8), {}),
+        pytest.param((1, 1, 8), {}, marks=pytest.mark.slow),
         ((2, 2, 2), dict(loss_chunk=5, attention="xla", remat="dots_saveable")),  # the memory-saving paths
     ],
 )

@@ -40,7 +40,15 @@ def recompute_check(cfg, params, prompts, out, atol=1e-4):
         )
 
 
-@pytest.mark.parametrize("mesh_shape", [(1, 1, 1), (8, 1, 1), (2, 2, 2), (1, 2, 4)])
+@pytest.mark.parametrize(
+    "mesh_shape",  # the fast tier: one device and (2,2,2), every axis sharded
+    [
+        (1, 1, 1),
+        pytest.param((8, 1, 1), marks=pytest.mark.slow),
+        (2, 2, 2),
+        pytest.param((1, 2, 4), marks=pytest.mark.slow),
+    ],
+)
 def test_greedy_equals_full_recompute_on_meshes(tiny, mesh_shape):
     cfg, params = tiny
     devices = jax.devices()[: int(np.prod(mesh_shape))]

@@ -62,6 +62,7 @@ def run_job(root, out, kill_after, shards):
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow  # a real process killed and rerun; test_storage.py resumes a killed shard in process
 def test_killed_job_resumes_with_every_source_id_exactly_once(workspace, tmp_path):
     root, shards = workspace
     out = tmp_path / "rephrase"
@@ -138,6 +139,7 @@ def test_config_errors_name_the_knob(workspace):
         )
 
 
+@pytest.mark.slow  # the CLI in a fresh process; the job it runs is pinned in process here
 def test_synthesize_cli(workspace, tmp_path):
     from test_cli import synpro
 

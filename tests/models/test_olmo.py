@@ -135,6 +135,7 @@ def test_kv_cache_chunks_match_full_forward():
         np.testing.assert_allclose(np.asarray(logits), full[:, stop - 1], atol=1e-5, rtol=0)
 
 
+@pytest.mark.slow  # ~35 s of eager decoding; test_rollouts.py and test_learner.py share prefixes in the fast tier
 def test_a_shared_prefix_equals_the_rows_written_out():
     """Two prompts, each shared by 3 rows as a prefix (its K/V held once), then different continuations through a
     cache: logits equal a full forward of each row's prompt + continuation. Both forms of a prefix are used: the

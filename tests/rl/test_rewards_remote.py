@@ -336,7 +336,7 @@ def test_remote_rewards_against_synpro_serve_with_each_fault(tmp_path):
 HANG_GUARD_S = 3.0  # slack over a deadline before a reward call counts as hung (a guard, not a benchmark)
 
 
-@pytest.mark.parametrize("api", ["chat", "completions"])
+@pytest.mark.parametrize("api", [pytest.param("chat", marks=pytest.mark.slow), "completions"])  # seconds of waiting
 def test_a_trickling_judge_fails_the_reward_call_at_its_deadline(api):
     """A judge that sends its reply one byte every 0.2 s (the whole reply would take ~30 s): the reward call ends
     at deadline_s with a RewardError naming the server and the deadline, and the suite counts the failure."""

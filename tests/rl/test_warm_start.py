@@ -69,6 +69,7 @@ def test_rows_are_grpo_prompts_and_the_loss_falls_on_the_answer_and_its_eos_only
         WarmStartConfig(documents=["a"], steps=0)
 
 
+@pytest.mark.slow  # two supervised runs, one killed and resumed
 def test_the_supervised_loop_killed_after_its_checkpoint_resumes_to_the_uninterrupted_parameters(workspace, tmp_path):
     from synpro_jax import sharding
     from synpro_jax.models import hf

@@ -166,6 +166,7 @@ def test_restart_before_the_first_checkpoint_leaves_no_stale_events(tmp_path):
     assert [r["step"] for r in records] == [1, 2] and all(r["loss"] != 99.0 for r in records)
 
 
+@pytest.mark.slow  # two trainer runs end to end
 def test_a_run_continues_another_runs_weights_optimizer_schedule_and_data(tmp_path):
     """A SynPro round goes on from the plateau checkpoint on a new mixture: run B starts from run A's latest
     checkpoint (weights, AdamW moments and count, step) and trains on its own mixture. Its parameters equal A's
