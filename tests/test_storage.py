@@ -150,7 +150,7 @@ def test_synthesis_on_a_bucket_resumes_a_killed_shard(root, synthesis_workspace)
 
 
 def test_tensorboard_events_reach_a_bucket_and_the_loop_board_starts_afresh(root):
-    from synpro_jax.loop.runner import _Board
+    from synpro_jax.loop.report import Board
     from synpro_jax.train.metrics import TensorBoard
 
     board = TensorBoard(root / "tensorboard" / "synpro")
@@ -160,7 +160,7 @@ def test_tensorboard_events_reach_a_bucket_and_the_loop_board_starts_afresh(root
     assert len(events) == 1
     board.close()
     assert b"pretrain/loss" in events[0].read_bytes()
-    loop_board = _Board(root, ["synpro"], enabled=True)  # a resumed loop rebuilds its runs' boards whole
+    loop_board = Board(root, ["synpro"], enabled=True)  # a resumed loop rebuilds its runs' boards whole
     loop_board.close()
     rebuilt = list((root / "tensorboard" / "synpro").iterdir())
     assert len(rebuilt) == 1 and b"pretrain/loss" not in rebuilt[0].read_bytes()
