@@ -46,7 +46,8 @@ def _short(value: Any) -> str:
     if value is ABSENT:
         return "absent"
     text = json.dumps(value, ensure_ascii=False, default=str)
-    return text if len(text) <= 80 else text[:77] + "..."
+    # long values (paths, digests) keep both ends: two paths often differ only at the end
+    return text if len(text) <= 80 else text[:38] + "..." + text[-39:]
 
 
 def describe_one(diff: tuple[str, Any, Any]) -> str:
