@@ -76,6 +76,10 @@ class LoglikelihoodScorer:
             fn, in_shardings=(models.param_shardings(cfg, self.mesh, rules),) + (batch,) * 4, out_shardings=batch
         )
 
+    def set_params(self, params: Any) -> None:
+        """Score with other parameters of the same model, reusing the compiled programs."""
+        self.params = jax.device_put(params, models.param_shardings(self.cfg, self.mesh, self.rules))
+
     def layout(self, request: Request) -> tuple[list[int], list[int], int, int]:
         """(context ids as kept, continuation ids, L, C) of one request."""
         context, cont = list(request[0]), list(request[1])
