@@ -59,13 +59,14 @@ from synpro_jax.rl.config import GRPOConfig
 from synpro_jax.rl.learner import GRPOStep
 from synpro_jax.rl.prompt_set import PromptSet
 from synpro_jax.rl.rewards.base import RewardInputs, RewardSuite
+from synpro_jax.train import params_io
 from synpro_jax.train.metrics import save_png
 from synpro_jax.train.step_loop import LoopSettings, Step, run_steps
 
 log = logging.getLogger(__name__)
 
 EXPORT_DIR = "export"
-EXPORT_INFO = "synpro_grpo.json"
+EXPORT_INFO = params_io.EXPORT_INFO  # the provenance file, read back as the policy's step
 
 
 @dataclasses.dataclass(frozen=True)

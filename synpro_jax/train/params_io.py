@@ -8,6 +8,7 @@ settings loads); an HF directory through :mod:`synpro_jax.models.hf`. Both come 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 from typing import Any
 
@@ -43,6 +44,21 @@ def abstract_target(cfg: ModelConfig, mesh: Mesh, rules: sharding.Rules = shardi
     )
 
 
+# The provenance file a GRPO export carries (rl/trainer.py writes it): its "step" is the policy's training step.
+EXPORT_INFO = "synpro_grpo.json"
+
+
+def hf_step(path: str | Path) -> int:
+    """The training step of an HF directory: its GRPO export's step, 0 for any other (a released model)."""
+    info = Path(path) / EXPORT_INFO
+    if not info.exists():
+        return 0
+    try:
+        return int(json.loads(info.read_text(encoding="utf-8")).get("step", 0))
+    except (OSError, ValueError, TypeError) as e:
+        raise ValueError(f"{info}: not a readable GRPO export record ({e})") from None
+
+
 def load(
     cfg: ModelConfig,
     mesh: Mesh,
@@ -63,7 +79,7 @@ def load(
         if want != have:
             raise ValueError(f"{path}: {hf_cfg.describe()} does not match the configured model {cfg.describe()}")
         params = jax.device_put(params, models.param_shardings(cfg, mesh, rules))
-        return LoadedParams(params, 0, str(atomic.absolute(path)), "hf")
+        return LoadedParams(params, hf_step(path), str(atomic.absolute(path)), "hf")
     if not checkpoint_dir(path).is_dir():
         raise FileNotFoundError(
             f"checkpoint {source}: neither an HF directory (config.json) nor a run with checkpoints"

@@ -41,6 +41,7 @@ from synpro_jax.data.pipeline import TrainBatches, continue_streams
 from synpro_jax.distributed import Preemption
 from synpro_jax.models import LossSums, ModelConfig
 from synpro_jax.resume_guard import resume_guard
+from synpro_jax.train.checkpoint import Checkpointer
 from synpro_jax.train.metrics import device_peak_flops, save_png
 from synpro_jax.train.optimizer import OptimizerConfig
 from synpro_jax.train.plateau import PlateauDetector
@@ -67,6 +68,9 @@ class TrainerConfig:
     plateau_window: int = 3
     plateau_min_rel_improvement: float = 0.01
     stop_on_plateau: bool = False
+    # Keep the parameters of the step with the lowest validation loss in out_dir/best (an orbax checkpoint of
+    # the params alone, readable as a run), for readings at the best checkpoint.
+    keep_best: bool = False
     seed: int = 0
     progress: bool = True
     # The data position a continuing stage starts from (the loop sets it from the previous stage's summary): per
@@ -179,6 +183,34 @@ def check_config(model_cfg: ModelConfig, cfg: TrainerConfig, batch_shards: int) 
         )
 
 
+BEST_DIR = "best"
+
+
+class BestParams:
+    """The parameters at the lowest validation loss so far: an orbax checkpoint holding only ``train/params``
+    and ``train/step`` (so :func:`~synpro_jax.train.checkpoint.read_params` reads it as a run), one step kept.
+    A resumed run first drops a best step later than the checkpoint it resumes from: it trains those steps again,
+    identically, and saves them again if they are still the best."""
+
+    def __init__(self, directory: Path, enabled: bool):
+        self.checkpointer = Checkpointer(directory, save_every=1, keep=1, async_save=False) if enabled else None
+
+    def save(self, step: int, params: Any, val_loss: float) -> None:
+        tree = {"train": {"params": params, "step": np.asarray(step, np.int32)}}
+        self.checkpointer.save(step, tree, {"step": step, "val_loss": val_loss}, force=True)
+        self.checkpointer.wait()
+
+    def forget_after(self, step: int) -> None:
+        if self.checkpointer is not None:
+            for s in self.checkpointer.manager.all_steps():
+                if s > step:
+                    self.checkpointer.manager.delete(s)
+
+    def close(self) -> None:
+        if self.checkpointer is not None:
+            self.checkpointer.close()
+
+
 class Trainer:
     def __init__(
         self,
@@ -219,6 +251,7 @@ class Trainer:
         self.init_params, self.init_adam, self.init_step = init_params, init_adam, int(init_step)
         self.summary_extra = dict(summary_extra or {})
         self.plateau = PlateauDetector(cfg.plateau_window, cfg.plateau_min_rel_improvement)
+        self.best: dict = {}  # {"step", "val_loss"} of out_dir/best, with keep_best
         self.stream_names = getattr(train_stream, "names", None)
         # What decides the run's results, recorded in every checkpoint: a restart with other settings is refused
         # naming each field that differs (synpro_jax/resume_guard.py).
@@ -290,6 +323,7 @@ class Trainer:
             "fingerprint": self.fingerprint,
             "settings": self.settings,
             "plateau": self.plateau.state_dict(),
+            "best": dict(self.best),
             "time": time.time(),
         }
         if self.data_count is not None:  # each stream's next row: the data position at this checkpoint
@@ -375,9 +409,12 @@ class Trainer:
         # throughput over the steps since the last record, compilation (the first step of a call) left out
         window = {"t": time.perf_counter(), "tokens": 0, "first": True}
         status = {"plateaued": False}
+        best = BestParams(self.out_dir / BEST_DIR, enabled=cfg.keep_best)
 
         def restored(state, meta, start):
             self.plateau.load_state_dict(meta.get("plateau", {}))
+            self.best = dict(meta.get("best") or {})
+            best.forget_after(start)
             # A run killed after it stopped on a plateau must not train on when restarted: it is finished.
             status["plateaued"] = self.plateau.plateaued
             log.info("resuming from step %d", start)
@@ -409,6 +446,9 @@ class Trainer:
                 record.update(self.evaluate(state["train"].params))
                 status["plateaued"] = self.plateau.update(record["val_loss"])
                 record["plateau"] = status["plateaued"]
+                if cfg.keep_best and record["val_loss"] < self.best.get("val_loss", math.inf):
+                    best.save(step, state["train"].params, record["val_loss"])
+                    self.best = {"step": step, "val_loss": record["val_loss"]}
             postfix = {k: f"{record[k]:.3f}" for k in ("loss", "val_loss") if k in (record or {})}
             return Step(state, record, postfix)
 
@@ -449,6 +489,9 @@ class Trainer:
         vals = [r["val_loss"] for r in records if "val_loss" in r]
         if vals:
             summary["val_loss"] = vals[-1]
+        if self.best:
+            summary["best"] = {**self.best, "dir": str(self.out_dir / BEST_DIR)}
+        best.close()
         if jax.process_index() == 0 and records:
             plot_loss_curve(records, self.out_dir / "loss_curve.png", title=self.model_cfg.name)
             atomic.write_json(self.out_dir / "summary.json", summary)

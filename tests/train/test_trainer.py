@@ -327,3 +327,54 @@ def test_a_run_stopped_on_its_plateau_stays_stopped_when_restarted(tmp_path):
     assert again["plateaued"] and again["step"] == 2
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2]
+
+
+def _trainer_with_best(out_dir, num_steps, lr=3e-2):
+    """A run that evaluates every step with a learning rate high enough to overfit and bounce: the best step is
+    not the last."""
+    cfg = models.get_preset("tiny")
+    trainer = Trainer(
+        cfg,
+        sharding.make_mesh(sharding.MeshConfig(data=8)),
+        OptimizerConfig(learning_rate=lr, warmup_steps=0),
+        TrainerConfig(
+            out_dir=str(out_dir),
+            num_steps=num_steps,
+            global_batch=8,
+            seq_len=SEQ,
+            log_every=1,
+            eval_every=1,
+            eval_batches=1,
+            checkpoint_every=3,
+            keep_best=True,
+            async_checkpoints=False,
+            progress=False,
+        ),
+        train_stream=PackedStream(corpus(0, 12), SEQ + 1, eos_id=EOS, seed=0),
+        val_stream=PackedStream(corpus(1, 6), SEQ + 1, eos_id=EOS, seed=0, shuffle=False),
+    )
+    return cfg, trainer
+
+
+def test_keep_best_keeps_the_params_of_the_lowest_validation_loss_and_a_resume_agrees(tmp_path):
+    from synpro_jax.train import params_io
+
+    cfg, trainer = _trainer_with_best(tmp_path / "run", 8)
+    summary = trainer.run()
+    vals = {r["step"]: r["val_loss"] for r in json_lines(tmp_path / "run" / "metrics.jsonl") if "val_loss" in r}
+    step = min(vals, key=vals.get)
+    assert summary["best"]["step"] == step and summary["best"]["val_loss"] == vals[step]
+    # the saved params give the recorded validation loss again: they are that step's
+    _, check = _trainer_with_best(tmp_path / "check", 1)
+    params, saved_step = params_io.load_params_and_step(cfg, check.mesh, tmp_path / "run" / "best")
+    assert saved_step == step
+    np.testing.assert_allclose(check.evaluate(params)["val_loss"], vals[step], rtol=1e-5)
+    # a run killed after step 8 and resumed from its step-6 checkpoint redoes 7 and 8 and ends with the same best
+    _, again = _trainer_with_best(tmp_path / "resumed", 6)
+    again.run()
+    _, resumed = _trainer_with_best(tmp_path / "resumed", 8)
+    assert resumed.run()["best"] == {**summary["best"], "dir": str(tmp_path / "resumed" / "best")}
+
+
+def json_lines(path):
+    return [json.loads(line) for line in path.read_text().splitlines() if line]
