@@ -231,13 +231,33 @@ def cmd_loop(args, extra: list[str]) -> int:
         losses = ", ".join(f"r{r['round']} {r['val_loss']:.4f}" for r in rounds if r.get("val_loss") is not None)
         print(f"{run}: validation loss {losses or '(none yet)'}")
     effective = summary["effective_tokens"]
-    for run, entry in effective.get("runs", {}).items():
-        m = entry.get("multiplier_over_repetition")
-        if m:
-            print(
-                f"{run}: {m['value']:.2f}x the effective tokens of repetition [{m['low']:.2f}, {m['high']:.2f}]"
-                f"{'' if m['status'] == 'ok' else ' (' + m['status'] + ')'}"
-            )
+    if effective.get("fit"):
+        fit = effective["fit"]
+        print(
+            f"oracle ladder ({len(effective['ladder'])} points, {effective['dof']} degree(s) of freedom): "
+            f"{fit['status']}, E {fit['E']:.3f}, beta {fit['beta']:.3f}"
+        )
+    for run, note in effective.get("short_oracles", {}).items():
+        print(f"{run}: {note}")
+    for run, entry in effective.get("arms", {}).items():
+        for ref, m in entry["multiplier"].items():
+            if run != ref:
+                print(
+                    f"{run}: {m['value']:.2f}x the effective tokens of {ref} [{m['low']:.2f}, {m['high']:.2f}]"
+                    f"{'' if m['status'] == 'ok' else ' (' + m['status'] + ')'}"
+                )
+
+    def num(x, fmt: str) -> str:
+        return "n/a" if x is None else format(x, fmt)
+
+    for d in summary.get("diversity", []):
+        syn, org = d["synthetic"], d["organic"]
+        print(
+            f"r{d['round']} {d['generator']}: distinct-2 {num(syn['distinct'].get('2'), '.2f')} "
+            f"(organic {num(org['distinct'].get('2'), '.2f')}), compression {num(syn['compression_ratio'], '.2f')} "
+            f"(organic {num(org['compression_ratio'], '.2f')}), near-duplicates "
+            f"{num(syn['near_duplicate_share'], '.1%')} (organic {num(org['near_duplicate_share'], '.1%')})"
+        )
     print(f"wrote {Path(summary['out_dir']) / 'loop_summary.json'}")
     return EXIT_PREEMPTED if summary["preempted"] else 0
 
@@ -249,6 +269,8 @@ def cmd_demo(args, extra: list[str]) -> int:
     default = "demo_corpus" if args.corpus else "demo_quick" if args.quick else "demo"
     files = args.gin_file or [f"gin/experiments/{default}.gin"]
     macros = [f"--gin.DEMO_DIR={json.dumps(args.out)}", f"--gin.SEED={args.seed}"]
+    if args.full:
+        macros.append("--gin.synpro.DemoConfig.ablations=True")
     for knob, value in (("corpus", args.corpus), ("reference", args.reference), ("generator", args.generator)):
         if value:
             macros.append(f"--gin.synpro.DemoConfig.{knob}={json.dumps(value)}")
@@ -537,6 +559,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--quick",
         action="store_true",
         help="under 2 minutes on 2 CPU cores: a smaller world, model and step counts; every stage runs, not the effect",
+    )
+    p.add_argument(
+        "--full",
+        action="store_true",
+        help="also the ablations: no GRPO (the taught generators as they are), rephrase only, reformat only",
     )
     p.add_argument(
         "--corpus",

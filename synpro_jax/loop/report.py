@@ -10,7 +10,6 @@ import math
 from etils.epath import Path
 
 from synpro_jax.eval import effective_tokens as et
-from synpro_jax.loop.config import LoopConfig
 from synpro_jax.loop.experiment import Experiment
 from synpro_jax.loop.plan import StagePlan
 from synpro_jax.train.metrics import TensorBoard, save_png
@@ -129,32 +128,54 @@ def plot(path: Path, curves: dict[str, dict]) -> None:
     save_png(fig, path)
 
 
-def _effective(cfg: LoopConfig, final: dict[str, dict]) -> dict:
-    """The oracle fit over repetition and the oracle runs (D = their unique organic tokens), and every run's
-    effective tokens and multiplier over repetition."""
-    oracle = {
-        run: o
+def unique_read(rounds: list[dict]) -> dict:
+    """D, the distinct organic tokens a run read over its rounds, from what each pretraining stage recorded.
+
+    Every stage's organic set holds round 0's (an oracle's budget extends it), so the union is at least the
+    largest stage's read and at most their sum, capped at the last stage's set (``organic_tokens``). When that
+    stage read its whole set, D is exactly the set; otherwise ``complete`` is False and D is given as bounds,
+    the point being the lower one."""
+    reads = [int(r["organic_unique_tokens"]) for r in rounds if r.get("organic_unique_tokens") is not None]
+    budget = rounds[-1].get("organic_tokens") if rounds else None
+    if not reads or budget is None:
+        return {"tokens": budget, "budget": budget, "complete": None, "low": None, "high": None}
+    low, high = max(reads), min(sum(reads), int(budget))
+    complete = reads[-1] >= int(budget)
+    if complete:
+        low = high = int(budget)
+    return {"tokens": low, "budget": int(budget), "complete": complete, "low": low, "high": high}
+
+
+def _effective(final: dict[str, dict], round0: dict | None) -> dict:
+    """The oracle ladder through repetition and the oracle runs (D = the unique organic tokens each read), and
+    every run's effective tokens and multiplier over repetition and over round 0 (eval/effective_tokens.py)."""
+    ladder = {
+        run: o["unique_read"]["tokens"]
         for run, o in final.items()
         if (run == "repetition" or run.startswith("oracle_"))
         and o.get("val_loss") is not None
-        and o.get("organic_tokens")
+        and o["unique_read"].get("tokens")
     }
-    if len({o["organic_tokens"] for o in oracle.values()}) < 3:
+    short = [run for run in ladder if final[run]["unique_read"].get("complete") is False]
+    if len(set(ladder.values())) < 3 or "repetition" not in ladder:
         return {
             "status": "not_fitted",
-            "note": f"{len(oracle)} oracle point(s) (repetition and oracle runs at "
-            "distinct unique-token budgets); the fit L(D) = E + B / D^beta needs at least 3",
+            "note": f"{len(ladder)} ladder point(s) (repetition and oracle runs at distinct unique-token "
+            "counts); the fit L(D) = E + B / D^beta needs at least 3, and 4 to have a degree of freedom",
         }
-    fit = et.fit_oracle([o["organic_tokens"] for o in oracle.values()], [o["val_loss"] for o in oracle.values()])
-    out = {"status": "fitted", "fit": fit.to_json(), "runs": {}}
-    rep = final.get("repetition", {}).get("val_loss")
-    for run, o in final.items():
-        if o.get("val_loss") is None:
-            continue
-        entry = {"effective_tokens": et.effective_tokens(fit, o["val_loss"]).to_json()}
-        if rep is not None:
-            entry["multiplier_over_repetition"] = et.multiplier(fit, o["val_loss"], rep).to_json()
-        out["runs"][run] = entry
+    losses = {run: o["val_loss"] for run, o in final.items() if o.get("val_loss") is not None}
+    refs = ["repetition"]
+    if round0 is not None and round0.get("val_loss") is not None:
+        losses["round 0"] = round0["val_loss"]
+        refs.append("round 0")
+    out = et.ladder_reading(ladder, losses, references=refs)
+    out["status"] = out["fit"]["status"]
+    if short:
+        out["short_oracles"] = {
+            run: f"read {final[run]['unique_read']['low']:,} of its {final[run]['unique_read']['budget']:,} "
+            "organic tokens in its steps: D is a lower bound"
+            for run in short
+        }
     return out
 
 
@@ -171,6 +192,7 @@ def summarize(exp: Experiment, done: dict[str, dict], runs: list[str], preempted
                     "round": r,
                     "train_step": pre["train_step"],
                     "tokens": pre["tokens"],
+                    "organic_tokens": pre.get("organic_tokens"),
                     "organic_rows": pre.get("organic_rows"),
                     "organic_unique_tokens": pre.get("organic_unique_tokens"),
                     "val_loss": pre.get("val_loss"),
@@ -178,13 +200,26 @@ def summarize(exp: Experiment, done: dict[str, dict], runs: list[str], preempted
                     **({"eval": {"tasks": ev["tasks"], "perplexity": ev["perplexity"]}} if ev else {}),
                 }
             )
-            final[run] = {"val_loss": pre.get("val_loss"), "organic_tokens": pre.get("organic_tokens"), "round": r}
+            final[run] = {"val_loss": pre.get("val_loss"), "round": r, "unique_read": unique_read(rounds)}
         per_run[run] = rounds
     complete = all(len(per_run[r]) == exp.cfg.rounds + 1 for r in runs)
+    # the "no collapse" check of each synthesize stage done: its records beside the organic documents they rewrote
+    diversity = [
+        {
+            "stage": key,
+            "round": o["round"],
+            "generator": o["generator"],
+            "synthetic": o["diversity"]["synthetic"],
+            "organic": o["diversity"]["organic"],
+        }
+        for key, o in done.items()
+        if "diversity" in o
+    ]
     return {
         "out_dir": str(exp.root),
         "preempted": preempted,
         "complete": complete,
         "runs": per_run,
-        "effective_tokens": _effective(exp.cfg, final) if complete else {"status": "incomplete"},
+        "diversity": diversity,
+        "effective_tokens": _effective(final, done.get("r0/pretrain")) if complete else {"status": "incomplete"},
     }

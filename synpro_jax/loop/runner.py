@@ -24,17 +24,22 @@ checkpoints or shard files, and nothing already produced is made twice.
 from __future__ import annotations
 
 import dataclasses
+import heapq
+import json
 import logging
 import time
+import zlib
 
 from etils.epath import Path
 import jax
 
 from synpro_jax import atomic, distributed, sharding
+from synpro_jax.data import sources
 from synpro_jax.data.config import DataConfig, SyntheticShards
 from synpro_jax.data.tasks import organic_task_name
 from synpro_jax.data.vocab import load_vocabulary
 from synpro_jax.errors import ConfigError
+from synpro_jax.eval import diversity as diversity_lib
 from synpro_jax.eval import run as eval_run
 from synpro_jax.generation import run as generation_run
 from synpro_jax.generation.synthesize import MANIFEST, selection_identity
@@ -163,6 +168,10 @@ def pretrain_stage(exp: Experiment, run: str, plan: StagePlan, budget: int | Non
             "organic_rows": organic.get("rows"),
             "organic_unique_tokens": organic.get("unique_tokens"),
             "data": summary["data"],
+            # the lowest validation loss and its parameters (TrainerConfig.keep_best), for best-checkpoint readings
+            "best": None
+            if not summary.get("best")
+            else {**summary["best"], "dir": relative(exp, summary["best"]["dir"])},
         }
 
     def ok(o: dict) -> bool:
@@ -253,6 +262,43 @@ def synthesize_stage(
         "documents": selection_identity(exp.training_documents()),
     }
 
+    def stage_diversity(settings, limit: int = 2000) -> dict:
+        """The "no collapse" check (eval/diversity.py): the stage's records that have text (what pretraining
+        reads: "ok", and "unparsed" under keep_unparsed) beside the organic documents they rewrote. At most
+        ``limit`` of them, the same on every process and start: those with the smallest crc32 of the source id,
+        in source-id order."""
+
+        total = 0
+
+        def with_text():
+            nonlocal total
+            for f in sorted(exp.path(rel).glob("*.jsonl")):
+                with f.open(encoding="utf-8") as fh:
+                    for line in fh:
+                        if line.strip() and (r := json.loads(line)).get("text"):
+                            total += 1
+                            yield r["source_id"], r["text"]
+
+        chosen = dict(
+            sorted(heapq.nsmallest(limit, with_text(), key=lambda r: (zlib.crc32(r[0].encode("utf-8")), r[0])))
+        )
+        organic: dict[str, str] = {}
+        for shard in exp.data.organic:
+            if len(organic) == len(chosen):
+                break
+            if sources.is_pretokenized(shard):
+                continue
+            for doc in sources.open_source(shard, text_field=settings.text_field, id_field=settings.id_field):
+                if doc.id in chosen and doc.text and doc.id not in organic:
+                    organic[doc.id] = doc.text
+                    if len(organic) == len(chosen):
+                        break
+        return {
+            "synthetic": diversity_lib.diversity(list(chosen.values())),
+            "organic": diversity_lib.diversity([organic[i] for i in sorted(organic)]),
+            "sample": {"records": len(chosen), "of": total},
+        }
+
     def work() -> dict:
         template = exp.stages.generators[spec.name].synthesize
         job = dataclasses.replace(
@@ -273,6 +319,7 @@ def synthesize_stage(
             "round": plan.round,
             "generator_step": manifest["generator_step"],
             **tally_records(exp.path(rel)),
+            "diversity": stage_diversity(template.settings),
         }
 
     def ok(o: dict) -> bool:

@@ -198,6 +198,14 @@ def test_killed_in_grpo_and_in_synthesis_the_loop_resumes_to_the_uninterrupted_r
         a[k]["outputs"]["organic_rows"] for k in ("r0/pretrain", "r1/synpro/pretrain", "r2/synpro/pretrain")
     ]
     assert summary["runs"]["synpro"][2]["eval"]["tasks"]["toy"]["items"] == 6
+    # The "no collapse" check: each synthesize stage's records with text beside the organic documents they rewrote.
+    assert [d["stage"] for d in summary["diversity"]] == [key for key in a if "/synthesize_" in key]
+    for d in summary["diversity"]:
+        out = a[d["stage"]]["outputs"]
+        assert (d["round"], d["generator"]) == (out["round"], out["generator"])
+        with_text = out["statuses"].get("ok", 0) + out["statuses"].get("unparsed", 0)
+        assert d["synthetic"]["records"] == d["organic"]["records"] == out["diversity"]["sample"]["of"] == with_text > 0
+        assert d["organic"]["tokens"] > 0 and d["organic"]["compression_ratio"] is not None
     assert (killed / "loop_summary.png").stat().st_size > 0
     events = list((killed / "tensorboard" / "synpro").glob("events.out.tfevents.*"))
     assert len(events) == 1  # rebuilt on every start: each step is logged once

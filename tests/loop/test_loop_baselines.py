@@ -69,9 +69,12 @@ def test_baselines_and_effective_tokens_and_a_changed_input_is_refused(workspace
         assert (d["start_row"], d["from"]) == ((32, "continued") if run == "repetition" else (0, "changed"))
     summary = json.loads((out / "loop_summary.json").read_text())
     effective = summary["effective_tokens"]
-    assert effective["status"] == "fitted" and effective["fit"]["oracle_tokens"] == [300, 600, 880]
-    rep = effective["runs"]["repetition"]["multiplier_over_repetition"]
+    # 3 ladder points: the curve passes through them, which is an interpolation, never called a fit
+    assert effective["status"] == "interpolated" and effective["fit"]["oracle_tokens"] == [300, 600, 880]
+    assert effective["ladder"] == {"repetition": 300, "oracle_600": 600, "oracle_880": 880}  # D as read
+    rep = effective["arms"]["repetition"]["multiplier"]["repetition"]
     assert rep["value"] == pytest.approx(1.0)
+    assert set(effective["arms"]["oracle_600"]["multiplier"]) == {"repetition", "round 0"}
     assert set(summary["runs"]) == {"repetition", "oracle_600", "oracle_880"}
     assert sorted((out / "tensorboard").iterdir()) == [out / "tensorboard" / r for r in sorted(summary["runs"])]
 
