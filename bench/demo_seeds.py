@@ -1,8 +1,9 @@
-"""The demo over several seeds: mean and spread of each arm's held-out loss, QA accuracy, effective tokens and
-multiplier over repetition, and of the generators' fact scores and GRPO rewards. Writes
-``bench/results/demo_seeds.json``.
+"""The demo over several seeds, ablations included (``synpro demo --full``): per arm the mean and spread over seeds
+of every reading (test loss at the last step and at the best validation checkpoint, QA accuracy at both) and of
+its multipliers over repetition and round 0 on the oracle ladder; the generators' fact scores and GRPO rewards;
+the synthetic streams' diversity. Writes ``bench/results/demo_seeds.json`` with the load average and the commit.
 
-    python bench/demo_seeds.py --seeds 0 1 2 --work runs/demo_seeds     # runs `synpro demo` per seed (resumable)
+    python bench/demo_seeds.py --seeds 0 1 2 --work runs/demo_seeds     # runs `synpro demo --full` per seed
     python bench/demo_seeds.py --collect runs/demo0 runs/demo1 ...      # summarizes finished demo directories
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 import subprocess
 import sys
@@ -38,21 +40,29 @@ def _stats(values) -> dict:
 
 
 def _arm_key(arm: dict) -> str:
-    """Oracle arms are named by their token budget, which differs by seed: key them by biographies per person."""
-    return f"oracle_x{arm['biographies_per_person']}" if arm["arm"].startswith("oracle_") else arm["arm"]
+    """Oracle arms are named by their token budget, which differs by seed: the report's label names them by
+    biographies per person ("oracle x2")."""
+    return arm["arm"]
+
+
+READINGS = ("test_loss_last", "test_loss_best", "qa_last", "qa_best")
 
 
 def summarize(reports: list[dict]) -> dict:
     arms: dict[str, dict[str, list]] = {}
     for r in reports:
         for a in r["arms"]:
-            d = arms.setdefault(
-                _arm_key(a), {"heldout_loss": [], "qa_accuracy": [], "effective_tokens": [], "multiplier": []}
-            )
-            d["heldout_loss"].append(a["heldout_loss"])
-            d["qa_accuracy"].append(a["qa_accuracy"])
-            d["effective_tokens"].append((a.get("effective_tokens") or {}).get("value"))
-            d["multiplier"].append((a.get("multiplier") or {}).get("value"))
+            d = arms.setdefault(_arm_key(a), {})
+            for name in READINGS:
+                d.setdefault(name, []).append(a.get(name))
+                reading = a.get("readings", {}).get(name)
+                for ref in ("repetition", "round 0"):
+                    m = (reading or {}).get("multiplier", {}).get(ref, {})
+                    # every finite value counts; its status (extrapolated, off the ladder) is kept beside it
+                    finite = m.get("value") is not None and np.isfinite(m["value"])
+                    d.setdefault(f"{name} x {ref}", []).append(m["value"] if finite else None)
+                    d.setdefault(f"{name} x {ref} (status)", []).append(m.get("status"))
+    conservative = [r.get("conservative") for r in reports]
     generators: dict[str, dict[str, list]] = {}
     for r in reports:
         for op, g in r["generators"].items():
@@ -76,11 +86,32 @@ def summarize(reports: list[dict]) -> dict:
             for name in ("faithfulness", "total"):
                 d[f"{name}_first"].append(float(np.mean([c[name] for c in curve[:k]])) if curve else None)
                 d[f"{name}_last"].append(float(np.mean([c[name] for c in curve[-k:]])) if curve else None)
+    diversity: dict[str, dict[str, list]] = {}
+    for r in reports:
+        for d in r.get("diversity", []):
+            name = d["stage"].split("/")[-2] + "/" + d["generator"] if "/" in d["stage"] else d["stage"]
+            e = diversity.setdefault(name, {})
+            for side in ("synthetic", "organic"):
+                x = d.get(side) or {}
+                e.setdefault(f"{side} distinct-2", []).append((x.get("distinct") or {}).get("2"))
+                e.setdefault(f"{side} compression", []).append(x.get("compression_ratio"))
+                e.setdefault(f"{side} near-duplicates", []).append(x.get("near_duplicate_share"))
     return {
         "seeds": [r["seed"] for r in reports],
-        "arms": {a: {k: _stats(v) for k, v in d.items()} for a, d in arms.items()},
+        "conservative_reading": conservative,
+        "fit_status": [r["readings"].get("test_loss_last", {}).get("fit", {}).get("status") for r in reports],
+        "test_hygiene": [r.get("test_hygiene") for r in reports],
+        "arms": {a: {k: (v if k.endswith("(status)") else _stats(v)) for k, v in d.items()} for a, d in arms.items()},
+        "diversity": {n: {k: _stats(v) for k, v in e.items()} for n, e in diversity.items()},
         "generators": {op: {k: _stats(v) for k, v in d.items()} for op, d in generators.items()},
     }
+
+
+def _commit() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    except OSError:
+        return None
 
 
 def main() -> int:
@@ -99,24 +130,29 @@ def main() -> int:
             out = Path(args.work) / f"seed{seed}"
             t0 = time.perf_counter()
             subprocess.run(
-                [sys.executable, "-m", "synpro_jax.cli", "demo", "--out", str(out), "--seed", str(seed)], check=True
+                [sys.executable, "-m", "synpro_jax.cli", "demo", "--full", "--out", str(out), "--seed", str(seed)],
+                check=True,
             )
             seconds[seed] = round(time.perf_counter() - t0, 1)
             dirs.append(out)
     reports = [json.loads((d / "demo.json").read_text()) for d in dirs]
     result = {
-        "benchmark": "synpro demo over seeds",
+        "benchmark": "synpro demo --full over seeds",
+        "commit": _commit(),
+        "load_average": os.getloadavg(),
+        "cpus": os.cpu_count(),
         "dirs": [str(d) for d in dirs],
         "seconds": seconds,
         **summarize(reports),
     }
     atomic.write_json(Path(args.out), result)
     for arm, s in result["arms"].items():
-        m, q = s["multiplier"], s["qa_accuracy"]
-        print(
-            f"{arm:<14} multiplier {m.get('mean', float('nan')):.2f} +- {m.get('std', float('nan')):.2f}   "
-            f"QA {q.get('mean', float('nan')):.3f} +- {q.get('std', float('nan')):.3f}"
-        )
+        parts = []
+        for name in READINGS:
+            m = s.get(f"{name} x repetition", {})
+            if m.get("n"):
+                parts.append(f"{name} {m['mean']:.2f} +- {m['std']:.2f} (n={m['n']})")
+        print(f"{arm:<16} x repetition: " + "; ".join(parts))
     print(f"wrote {args.out}")
     return 0
 

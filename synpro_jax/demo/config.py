@@ -7,7 +7,9 @@ import dataclasses
 
 from synpro_jax.demo.teach import TeachConfig
 
-__all__ = ["DemoConfig"]
+__all__ = ["DemoConfig", "MIN_ORACLE_RUNS"]
+
+MIN_ORACLE_RUNS = 4  # with repetition, 5 ladder points: a fit of 3 parameters with 2 degrees of freedom
 
 
 @dataclasses.dataclass(frozen=True)
@@ -17,11 +19,14 @@ class DemoConfig:
     people: int = 300  # the organic population, one biography each
     teachers: int = 2000  # the disjoint teaching population
     reference_fraction: float = 0.5  # people in the probe's reference task; QA is asked about the others
-    oracle_copies: int = 4  # unique biographies per person in the oracle's corpus
-    oracle_multiples: tuple[int, ...] = (2, 4)  # each oracle run's unique biographies per person
+    oracle_copies: int = 6  # unique biographies per person in the oracle's corpus
+    # Each oracle run's unique biographies per person (1.5: a second biography for a random half of the people):
+    # with repetition at 1, the rungs of the oracle ladder the effective tokens are read on.
+    oracle_multiples: tuple[float, ...] = (1.5, 2, 3, 4, 6)
     vocab_size: int = 2048  # the world tokenizer's cap
     teach: TeachConfig = TeachConfig()
     samples: int = 3  # sample rewrites per generator in the report
+    ablations: bool = False  # synpro demo --full: the no-GRPO and single-generator arms (demo/ablations.py)
     # Your own text instead of the world (synpro demo --corpus FILES --reference FILES [--generator HF_DIR]).
     corpus: tuple[str, ...] = ()
     reference: tuple[str, ...] = ()  # the probe's reference task for --corpus (FLAN .tsv, prompt/completion .jsonl)
@@ -36,20 +41,25 @@ class DemoConfig:
                 "reference task and the QA evaluation have people"
             )
         multiples = tuple(self.oracle_multiples)
+        if any(isinstance(m, bool) or not isinstance(m, (int, float)) for m in multiples):
+            raise ValueError(
+                f"DemoConfig.oracle_multiples={self.oracle_multiples!r}: numbers of biographies per person"
+            )
+        multiples = tuple(float(m) for m in multiples)
         object.__setattr__(self, "oracle_multiples", multiples)
         if (
-            not multiples
-            or any(isinstance(m, bool) or not isinstance(m, int) or m < 2 for m in multiples)
+            any(m <= 1 for m in multiples)
             or len(set(multiples)) != len(multiples)
+            or list(multiples) != sorted(multiples)
         ):
             raise ValueError(
-                f"DemoConfig.oracle_multiples={self.oracle_multiples!r}: distinct integers >= 2 (with "
-                "repetition at 1, the effective-token fit needs at least 2 oracle runs)"
+                f"DemoConfig.oracle_multiples={self.oracle_multiples!r}: distinct, increasing and above 1 "
+                "(repetition is the ladder's rung at 1)"
             )
-        if len(multiples) < 2:
+        if len(multiples) < MIN_ORACLE_RUNS:
             raise ValueError(
-                f"DemoConfig.oracle_multiples={self.oracle_multiples!r}: give at least 2, so the "
-                "fit has 3 points with repetition"
+                f"DemoConfig.oracle_multiples={self.oracle_multiples!r}: give at least {MIN_ORACLE_RUNS}, so the "
+                f"oracle ladder has {MIN_ORACLE_RUNS + 1} points with repetition and its fit has degrees of freedom"
             )
         if max(multiples) > self.oracle_copies:
             raise ValueError(

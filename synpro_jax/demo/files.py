@@ -4,12 +4,15 @@
 
 - ``corpus.jsonl``: the organic corpus, one biography per person (ids ``person<i>``), followed by the oracle's
   further unique data: ``oracle_copies - 1`` perfect rephrasings per person (``person<i>.oracle<k>``, other
-  templates, another order). The pretraining budget takes documents in this order (``budget_order="corpus"``), so
-  a budget of the organic tokens is exactly the organic corpus and each oracle budget adds whole rephrasings.
+  training templates, another order), every person's k-th before anyone's (k+1)-th, each round in its own
+  shuffled order of people. The pretraining budget takes documents in this order (``budget_order="corpus"``), so
+  a budget of the organic tokens is exactly the organic corpus, and an oracle budget of 1.5 biographies per
+  person adds a rephrasing for a random half of the people (both QA's and the reference task's alike).
 - ``organic.jsonl``: the organic biographies alone (GRPO's prompts and the probe's scored documents).
-- ``heldout.jsonl``: the validation documents, one held-out biography per person in wordings the organic one did
-  not use.
-- ``qa.jsonl``: 4-way cloze questions about the people outside the reference subset (the eval task).
+- ``validation.jsonl``: a held-out biography per person in the validation frames: the trainer's validation loss,
+  which the plateau and the best checkpoint read.
+- ``test.jsonl``: a held-out biography per person in the test frames: the held-out loss the result reports.
+- ``qa.jsonl``: 4-way cloze questions about the people outside the reference subset, in the QA frames.
 - ``reference.jsonl``: the probe's reference task, prompt/completion pairs about the reference subset.
 - ``tokenizer.json``: the world's tokenizer (tokenizer.py), shared by the LM and the generators.
 - ``world.json``: the world's parameters, written last: the world is complete when it exists.
@@ -46,8 +49,12 @@ class WorldFiles:
         return self.root / "organic.jsonl"
 
     @property
-    def heldout(self) -> Path:
-        return self.root / "heldout.jsonl"
+    def validation(self) -> Path:
+        return self.root / "validation.jsonl"
+
+    @property
+    def test(self) -> Path:
+        return self.root / "test.jsonl"
 
     @property
     def qa(self) -> Path:
@@ -75,13 +82,29 @@ def _jsonl(path: Path, records) -> None:
 
 def oracle_documents(world: W.World, copies: int) -> list[dict]:
     """The oracle's unique data after the organic corpus: ``copies - 1`` perfect rephrasings of each person,
-    round by round (every person's first rephrasing, then every person's second, ...)."""
+    round by round (every person's first rephrasing, then every person's second, ...), each round in a shuffled
+    order of the people, so a budget that ends inside a round gives its extra biographies to a random subset."""
     rng = np.random.default_rng([world.seed, 5])
-    return [
-        {"id": f"person{i}.oracle{k}", "text": W.rewrite_rephrase(p, rng)}
-        for k in range(1, copies)
-        for i, p in enumerate(world.people)
-    ]
+    out = []
+    for k in range(1, copies):
+        for i in rng.permutation(len(world.people)):
+            out.append({"id": f"person{int(i)}.oracle{k}", "text": W.rewrite_rephrase(world.people[int(i)], rng)})
+    return out
+
+
+def training_texts(world: W.World, organic: list[dict], oracle: list[dict], reference: list[dict]) -> list[str]:
+    """Every text a model of the demo trains on that the world writes: the organic and oracle biographies, the
+    reference task, and a sample of the teaching pairs (the teaching stream draws from the same frames)."""
+    texts = [d["text"] for d in organic + oracle]
+    texts += [f"{q['prompt']} {q['completion']}" for q in reference]
+    for op in ("rephrase", "reformat"):
+        texts += [f"{p['document']}\n{p['answer']}" for p in world.sft_pairs(op, per_person=1)]
+    return texts
+
+
+def evaluation_sentences(world: W.World, validation: list[dict], test: list[dict]) -> list[str]:
+    """Every sentence the evaluation reads: the held-out biographies' and QA's right answers."""
+    return [s for d in validation + test for s in W.split_sentences(d["text"])] + world.qa_sentences()
 
 
 def write_world(
@@ -115,15 +138,20 @@ def write_world(
     world = W.make_world(**spec["world"])
     organic = world.organic()
     oracle = oracle_documents(world, oracle_copies)
-    heldout, qa, reference = world.heldout(), world.qa(), world.reference()
+    validation, test, qa, reference = world.validation(), world.test(), world.qa(), world.reference()
+    # The evaluation's wording is reserved: no text a model trains on may contain one of its sentences.
+    seen = W.verbatim(evaluation_sentences(world, validation, test), training_texts(world, organic, oracle, reference))
+    if seen:
+        raise AssertionError(f"world seed {seed}: {len(seen)} evaluation sentences are in training text: {seen[:3]}")
     _jsonl(files.corpus, organic + oracle)
     _jsonl(files.organic, organic)
-    _jsonl(files.heldout, heldout)
+    _jsonl(files.validation, validation)
+    _jsonl(files.test, test)
     _jsonl(files.qa, qa)
     _jsonl(files.reference, reference)
     # The tokenizer sees every text the LM and the generators will read or write, the teaching rewrites included.
     rng = np.random.default_rng([seed, 6])
-    texts = [d["text"] for d in organic + oracle + heldout]
+    texts = [d["text"] for d in organic + oracle + validation + test]
     texts += [W.organic_biography(p) for p in world.teachers]
     texts += [W.answer("rephrase", W.rewrite_rephrase(p, rng)) for p in world.teachers]
     texts += [W.answer("reformat", W.rewrite_reformat(p, rng)) for p in world.teachers]
@@ -145,7 +173,8 @@ class CorpusFiles:
 
     corpus = WorldFiles.corpus
     organic = WorldFiles.organic
-    heldout = WorldFiles.heldout
+    validation = WorldFiles.validation
+    test = WorldFiles.test
     tokenizer = WorldFiles.tokenizer
 
     @property
@@ -163,9 +192,10 @@ def write_corpus(
     text_field: str = "text",
     vocab_size: int = 4096,
 ) -> CorpusFiles:
-    """The user's documents under ``root``: every ``k``-th held out for validation (at most ``heldout_docs``), the
-    rest in their order as ``corpus.jsonl``; ``organic.jsonl`` is its first ``share`` of the documents (round 0's
-    data, GRPO's prompts); a byte-level BPE tokenizer with the generators' prompt text as added tokens. Found, not
+    """The user's documents under ``root``: every ``k``-th held out (at most ``heldout_docs``), alternately for
+    validation (the plateau, the best checkpoint) and test (the reported loss), the rest in their order as
+    ``corpus.jsonl``; ``organic.jsonl`` is its first ``share`` of the documents (round 0's data, GRPO's prompts);
+    a byte-level BPE tokenizer with the generators' prompt text as added tokens. Found, not
     rewritten, when written before with the same parameters; refused with others."""
     root = Path(root)
     sources, reference = [str(s) for s in sources], [str(r) for r in reference]
@@ -180,6 +210,7 @@ def write_corpus(
         "share": share,
         "text_field": text_field,
         "vocab_size": vocab_size,
+        "layout": 2,  # 2: validation and test held out apart
     }
     files = CorpusFiles(root, spec, tuple(reference))
     if files.done.exists():
@@ -204,7 +235,12 @@ def write_corpus(
     root.mkdir(parents=True, exist_ok=True)
     _jsonl(files.corpus, train)
     _jsonl(files.organic, train[: max(1, int(len(train) * share))])
-    _jsonl(files.heldout, held)
+    if len(held) < 2:
+        raise ConfigError(
+            f"synpro demo --corpus {sources}: {len(held)} held-out document(s); validation and test need 2"
+        )
+    _jsonl(files.validation, held[0::2])
+    _jsonl(files.test, held[1::2])
     train_world_tokenizer((d["text"] for d in train), files.tokenizer, vocab_size)
     atomic.write_json(files.done, spec)
     return files

@@ -1,13 +1,21 @@
 """The demo's result: a table (printed and ``demo.json``) and ``demo.png``, made only from the files the
 experiment wrote, so a resumed demo reports exactly what an uninterrupted one does.
 
-- **Arms.** Round 0 (shared), then repetition, SynPro and each oracle run after round 1: unique organic tokens,
-  validation loss (held-out biographies of the same people), QA accuracy (4-way cloze about the people outside
-  the reference task), effective tokens and the multiplier over repetition with their 90% bootstrap intervals
-  (the loop's fit L(D) = E + B / D^beta over repetition and the oracle runs).
-- **Generators.** The GRPO reward curves (every reward's mean per step), the exact fact score of rewrites before
-  GRPO (the taught generator) and of the synthesized records after it, the generic lexical check against the
-  exact one on those records, and sample rewrites.
+- **Readings.** Every arm is scored at its last step and at its best validation checkpoint (the lowest loss on
+  the validation frames) on the test set: the test biographies (wording no training text used) and QA (4-way
+  cloze about the people outside the reference task, in its own reserved frames). Each reading places every arm
+  on the oracle ladder (repetition and the oracle runs, D = the unique organic tokens each read): the loss
+  readings by the fit L(D) = E + B / D^beta, the QA readings by monotone interpolation in log D. Multipliers are
+  given over repetition and over round 0 (early-stopped repetition), with intervals over resampled test items
+  (and, for the fit, its residual scatter as run noise); the readings are listed with the most conservative
+  first.
+- **Arms.** Round 0 (shared), then repetition, SynPro, each oracle run ("oracle x2": two biographies per person)
+  and, with ``--full``, the ablations (demo/ablations.py).
+- **Test hygiene.** How many test sentences appear, as a sentence, in any arm's training text (the organic and
+  oracle corpus, the reference task, the teaching pairs, every synthetic stream): zero by construction.
+- **No collapse.** Each synthetic stream's diversity against the organic text it rewrote (eval/diversity.py).
+- **Generators.** The GRPO reward curves, the exact fact score of rewrites before GRPO (the taught generator)
+  and of the synthesized records after it, the lexical check beside the exact one, and sample rewrites.
 """
 
 from __future__ import annotations
@@ -22,13 +30,24 @@ from synpro_jax import atomic, sharding
 from synpro_jax.data.vocab import load_vocabulary
 from synpro_jax.demo import world as W
 from synpro_jax.eval import effective_tokens as et
-from synpro_jax.eval.harness import LoglikelihoodScorer
+from synpro_jax.eval.harness import LoglikelihoodScorer, mc_requests
+from synpro_jax.eval.tasks import MCItem
 from synpro_jax.generation import prompts
+from synpro_jax.loop.report import unique_read
 from synpro_jax.rl.rewards.faithfulness import support, words
 from synpro_jax.train import params_io
 from synpro_jax.train.metrics import read_records, save_png
 
-__all__ = ["build", "write", "table"]
+__all__ = ["build", "write", "table", "READINGS", "score_checkpoints", "readings", "arm_label"]
+
+# name -> (what it reads, ladder kind, which checkpoint)
+READINGS = {
+    "test_loss_last": ("test loss, last step", "loss", "last"),
+    "test_loss_best": ("test loss, best validation checkpoint", "loss", "best"),
+    "qa_last": ("QA accuracy, last step", "accuracy", "last"),
+    "qa_best": ("QA accuracy, best validation checkpoint", "accuracy", "best"),
+}
+REFERENCES = ("repetition", "round 0")
 
 
 def _records(path: Path) -> list[dict]:
@@ -104,6 +123,7 @@ def _synthesized(world: W.World, corpus: Path, synth_dir: Path, samples: int, be
     return {
         "records": len(records),
         "statuses": statuses,
+        "generator_step": records[0].get("generator_step") if records else None,
         "fact_score": _mean(exact),
         "recall": _mean(recall),
         "fact_score_before_people": _mean(same),
@@ -114,74 +134,98 @@ def _synthesized(world: W.World, corpus: Path, synth_dir: Path, samples: int, be
     }
 
 
-def heldout_nll(model_cfg, checkpoints: dict[str, Path], heldout: Path, vocab_path: Path) -> dict:
-    """Per arm: each held-out biography's summed NLL and its token count under the arm's final parameters
-    (every document scored whole, after an EOS, as `synpro eval --ppl` scores it)."""
+# --- scoring every arm's checkpoints on the test set ----------------------------------------------------------
+def score_checkpoints(model_cfg, checkpoints: dict[str, dict[str, Path]], test: Path, qa: Path | None, vocab_path):
+    """Per arm and checkpoint ("last", "best"): each test biography's summed NLL (scored whole after an EOS) and,
+    with ``qa``, each QA item's correctness (the choice of largest log-likelihood, as the harness's ``acc``).
+    Returns (scores, the test biographies' token counts)."""
     vocab = load_vocabulary(str(vocab_path))
-    docs = [list(vocab.encode(r["text"])) for r in _records(heldout)]
-    requests = [([int(vocab.eos_id)], d) for d in docs]
+    eos = int(vocab.eos_id)
+    docs = [list(vocab.encode(r["text"])) for r in _records(test)]
+    requests = [([eos], d) for d in docs]
+    items = [MCItem(r["context"], tuple(r["choices"]), int(r["label"])) for r in _records(qa)] if qa else []
+    choices = mc_requests(items, vocab, eos) if items else []
     tokens = np.array([len(d) for d in docs], np.float64)
     mesh = sharding.single_device_mesh()
-    out = {}
-    for arm, ckpt in checkpoints.items():
-        params = params_io.load_params(model_cfg, mesh, ckpt)
-        scorer = LoglikelihoodScorer(model_cfg, params, mesh, rows=64)
-        out[arm] = {"nll": -scorer(requests), "tokens": tokens}
-    return out
+    out: dict = {}
+    scorer = None
+    for arm, points in checkpoints.items():
+        out[arm] = {}
+        for point, ckpt in points.items():
+            params = params_io.load_params(model_cfg, mesh, ckpt)
+            if scorer is None:
+                scorer = LoglikelihoodScorer(model_cfg, params, mesh, rows=64)
+            else:
+                scorer.set_params(params)  # one compiled scorer for every checkpoint
+            ll = scorer(requests + choices)
+            entry = {"test_nll": -ll[: len(requests)]}
+            if items:
+                per = ll[len(requests) :].reshape(len(items), -1)
+                entry["qa_correct"] = (np.argmax(per, axis=1) == np.array([it.label for it in items])).astype(float)
+            out[arm][point] = entry
+    return out, tokens
 
 
-def _tokens_at(loss, e, b, beta):
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        return np.where(loss > e, (b / (loss - e)) ** (1.0 / beta), np.inf)
-
-
-def effective_tokens_by_documents(
-    nll: dict, oracle_tokens: dict[str, int], *, resamples: int = 1000, seed: int = 0, level: float = 0.9
+def readings(
+    scores: dict, tokens: np.ndarray, ladder: dict[str, float], *, seed: int = 0, resamples: int = 1000
 ) -> dict:
-    """The oracle fit L(D) = E + B / D^beta through the oracle arms (``oracle_tokens``: arm -> D), each arm's
-    effective tokens and its multiplier over repetition, with ``level`` intervals from resampling the held-out
-    documents (the same resample for every arm, then a refit)."""
-    arms = list(nll)
-    n = len(next(iter(nll.values()))["tokens"])
-
-    def losses(idx):
-        return {a: float(nll[a]["nll"][idx].sum() / nll[a]["tokens"][idx].sum()) for a in arms}
-
-    def solve(ls):
-        fit = et.fit_oracle([oracle_tokens[a] for a in oracle_tokens], [ls[a] for a in oracle_tokens], bootstrap=0)
-        eff = {a: float(_tokens_at(ls[a], fit.E, fit.B, fit.beta)) for a in arms}
-        return fit, eff
-
-    point = losses(np.arange(n))
-    fit, eff = solve(point)
-    rng = np.random.default_rng(seed)
-    samples = {a: [] for a in arms}
-    for _ in range(resamples):
-        try:
-            _, e = solve(losses(rng.integers(0, n, n)))
-        except (ValueError, RuntimeError, np.linalg.LinAlgError):
+    """Each of :data:`READINGS` (those the scores hold) as :func:`et.ladder_reading` over every arm, the test
+    items resampled (the same draw for every arm)."""
+    out = {}
+    for name, (label, kind, point) in READINGS.items():
+        field = "test_nll" if kind == "loss" else "qa_correct"
+        if any(field not in scores[a].get(point, {}) for a in scores):
             continue
-        for a in arms:
-            samples[a].append(e[a])
-    tail = (1 - level) / 2 * 100
-    out = {"level": level, "resamples": resamples, "fit": fit.to_json(), "loss": point, "arms": {}}
-    rep = np.asarray(samples.get("repetition", []), np.float64)
-    for a in arms:
-        status = et.effective_tokens(fit, point[a]).status
-        s = np.asarray(samples[a], np.float64)
-        low, high = np.nanpercentile(s, [tail, 100 - tail]) if s.size else (math.nan, math.nan)
-        entry = {"effective_tokens": {"value": eff[a], "low": float(low), "high": float(high), "status": status}}
-        if "repetition" in eff and rep.size == s.size and s.size:
-            ratio = s / rep
-            mlow, mhigh = np.nanpercentile(ratio, [tail, 100 - tail])
-            entry["multiplier"] = {
-                "value": eff[a] / eff["repetition"],
-                "low": float(mlow),
-                "high": float(mhigh),
-                "status": status,
-            }
-        out["arms"][a] = entry
+        values = {a: scores[a][point][field] for a in scores}
+        n = len(next(iter(values.values())))
+
+        def metric(idx, rng, values=values, kind=kind):
+            idx = np.arange(n) if idx is None else idx
+            if kind == "loss":
+                return {a: float(v[idx].sum() / tokens[idx].sum()) for a, v in values.items()}
+            return {a: float(v[idx].mean()) for a, v in values.items()}
+
+        refs = [r for r in REFERENCES if r in values]
+        reading = et.ladder_reading(ladder, metric, kind=kind, references=refs, resamples=resamples, seed=seed, items=n)
+        out[name] = {"label": label, "checkpoint": point, **reading}
     return out
+
+
+def arm_label(run: str, multiples: dict[str, float]) -> str:
+    return f"oracle x{multiples[run]:g}" if run in multiples else run
+
+
+def _stage_summary(loop_dir: Path, rel: str) -> dict:
+    path = loop_dir / rel / "summary.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _training_sentences(files, world: W.World, synthetic_dirs: list[Path]) -> set[str]:
+    """Every sentence any arm or generator trains on: the corpus (organic and oracle), the reference task, the
+    teaching pairs and every synthetic stream."""
+    texts = [r["text"] for r in _records(files.corpus)]
+    texts += [f"{q['prompt']} {q['completion']}" for q in _records(files.reference)]
+    for op in prompts.OPERATIONS:
+        texts += [f"{p['document']}\n{p['answer']}" for p in world.sft_pairs(op, per_person=1)]
+    for d in synthetic_dirs:
+        texts += [r.get("text") or "" for f in sorted(d.glob("*.jsonl")) for r in _records(f)]
+    return {s for t in texts for s in W.split_sentences(t)}
+
+
+def evaluation_hygiene(files, world: W.World, synthetic_dirs: list[Path]) -> dict:
+    """How many test sentences (test biographies', validation's and QA's right answers) any training text states as
+    a sentence."""
+    seen = _training_sentences(files, world, synthetic_dirs)
+    test = [s for r in _records(files.test) for s in W.split_sentences(r["text"])]
+    validation = [s for r in _records(files.validation) for s in W.split_sentences(r["text"])]
+    qa = world.qa_sentences()
+    return {
+        "training_sentences": len(seen),
+        **{
+            name: {"sentences": len(group), "verbatim": sum(s in seen for s in group)}
+            for name, group in (("test", test), ("validation", validation), ("qa", qa))
+        },
+    }
 
 
 def _mean(xs) -> float | None:
@@ -195,45 +239,80 @@ def build(
     loop_dir: Path,
     summary: dict,
     organic_tokens: int,
-    oracle_multiples: dict[str, int],
+    oracle_multiples: dict[str, float],
     model_cfg,
+    extra_arms: dict[str, dict] | None = None,
 ) -> dict:
+    """The report. ``oracle_multiples``: oracle run -> biographies per person; ``extra_arms``: more arms (the
+    ablations) as {name: {"label", "dir": its pretraining stage relative to ``loop_dir``, "rounds": like a run's,
+    "diversity": its synthetic streams'}}."""
     world = files.world() if hasattr(files, "world") else None  # None: your own corpus
-    runs = summary["runs"]
-    checkpoints = {"round 0": loop_dir / "r0" / "pretrain"}
-    checkpoints.update({run: loop_dir / run / f"r{rounds[-1]['round']}" / "pretrain" for run, rounds in runs.items()})
-    unique = {
-        "round 0": organic_tokens,
-        **{
-            run: organic_tokens if run in ("synpro", "repetition") else int(run.removeprefix("oracle_")) for run in runs
-        },
-    }
-    nll = heldout_nll(model_cfg, checkpoints, files.heldout, files.tokenizer)
-    oracle_arms = {a: unique[a] for a in runs if a == "repetition" or a.startswith("oracle_")}
-    effective = effective_tokens_by_documents(nll, oracle_arms, seed=cfg.seed) if len(oracle_arms) >= 3 else None
+    runs = dict(summary["runs"])
+    stage_dirs = {"round 0": "r0/pretrain"}
+    stage_dirs.update({run: f"{run}/r{rounds[-1]['round']}/pretrain" for run, rounds in runs.items()})
+    for name, extra in (extra_arms or {}).items():
+        stage_dirs[name] = extra["dir"]
+        runs[name] = extra["rounds"]
+    checkpoints = {}
+    for arm, rel in stage_dirs.items():
+        checkpoints[arm] = {"last": loop_dir / rel}
+        if (loop_dir / rel / "best").exists():
+            checkpoints[arm]["best"] = loop_dir / rel / "best"
+    if not all("best" in c for c in checkpoints.values()):  # a reading needs every arm
+        checkpoints = {a: {"last": c["last"]} for a, c in checkpoints.items()}
+    scores, tokens = score_checkpoints(model_cfg, checkpoints, files.test, files.qa if world else None, files.tokenizer)
+
+    reads = {"round 0": unique_read(runs[next(iter(summary["runs"]))][:1])}
+    reads.update({run: unique_read(rounds) for run, rounds in runs.items()})
+    for r in reads.values():
+        r["tokens"] = r["tokens"] or organic_tokens
+    ladder = {a: float(reads[a]["tokens"]) for a in runs if a == "repetition" or a in oracle_multiples}
+    flags = {}
+    for a in ladder:
+        if reads[a].get("complete") is False:
+            flags[a] = f"read {reads[a]['low']:,} of its {reads[a]['budget']:,} organic tokens: D is a lower bound"
+    best_steps = {a: _stage_summary(loop_dir, rel).get("best") for a, rel in stage_dirs.items()}
+    per_step = {a: rounds[-1]["tokens"] / max(rounds[-1]["train_step"], 1) for a, rounds in runs.items() if rounds[-1]}
+    for a in ladder:
+        best = best_steps.get(a)
+        if best and a in oracle_multiples and best["step"] * per_step[a] < ladder[a] - organic_tokens:
+            flags[a + " (best)"] = (
+                f"its best checkpoint (step {best['step']}) came before one pass over its new data: at the best "
+                "checkpoint D overstates what it had read"
+            )
+    result = readings(scores, tokens, ladder, seed=cfg.seed) if len(set(ladder.values())) >= 3 else {}
+    order = sorted(result, key=lambda r: _multiplier(result[r], "synpro", "repetition"))
     arms = []
-    for arm in checkpoints:
-        rounds = runs[next(iter(runs))][:1] if arm == "round 0" else runs[arm]
+    for arm in stage_dirs:
+        rounds = runs[arm] if arm != "round 0" else runs[next(iter(summary["runs"]))][:1]
         last = rounds[-1]
-        e = (effective or {}).get("arms", {}).get(arm, {})
-        loss = float(nll[arm]["nll"].sum() / nll[arm]["tokens"].sum())
-        arms.append(
-            {
-                "arm": arm,
-                "biographies_per_person": oracle_multiples.get(arm, 1),
-                "unique_tokens": unique[arm],
-                "tokens": last["tokens"],
-                "heldout_loss": loss,
-                "trainer_val_loss": last["val_loss"],
-                "qa_accuracy": last.get("eval", {}).get("tasks", {}).get("qa", {}).get("acc"),
-                "effective_tokens": e.get("effective_tokens"),
-                "multiplier": e.get("multiplier"),
+        entry = {
+            "arm": (extra_arms or {}).get(arm, {}).get("label") or arm_label(arm, oracle_multiples),
+            "run": arm,
+            "biographies_per_person": oracle_multiples.get(arm, 1),
+            "unique_organic_tokens": reads[arm]["tokens"],
+            "unique_read": reads[arm],
+            "tokens": last["tokens"],
+            "validation_loss": last["val_loss"],
+            "best": best_steps.get(arm),
+        }
+        for point, s in scores[arm].items():
+            entry[f"test_loss_{point}"] = float(s["test_nll"].sum() / tokens.sum())
+            if "qa_correct" in s:
+                entry[f"qa_{point}"] = float(s["qa_correct"].mean())
+        entry["readings"] = {
+            name: {
+                "effective_tokens": r["arms"][arm]["effective_tokens"],
+                "status": r["arms"][arm]["status"],
+                "multiplier": r["arms"][arm]["multiplier"],
             }
-        )
-    generators = {}
+            for name, r in result.items()
+        }
+        arms.append(entry)
+    generators, diversity = {}, []
     synth = loop_dir / "synpro" / "r1"
     for op in prompts.OPERATIONS:
-        grpo = loop_dir / "synpro" / "r1" / f"grpo_{op}"
+        grpo = synth / f"grpo_{op}"
         generators[op] = {
             "rewards": _reward_curve(grpo),
             "before_grpo": taught.get("rewrites", {}).get(op),
@@ -244,7 +323,12 @@ def build(
             if world is not None
             else _synthesized_text(files.corpus, synth / f"synthesize_{op}", cfg.samples),
         }
-    curves = {run: _loss_curve(loop_dir, run, rounds) for run, rounds in runs.items()}
+    diversity = list(summary.get("diversity", []))
+    for name, extra in (extra_arms or {}).items():
+        diversity += [{**d, "stage": f"{name}: {d['stage']}"} for d in extra.get("diversity", [])]
+    synthetic_dirs = sorted(loop_dir.glob("*/r*/synthesize_*"))  # every run's and ablation's streams
+    hygiene = evaluation_hygiene(files, world, synthetic_dirs) if world is not None else None
+    curves = {run: _loss_curve(loop_dir, run, rounds) for run, rounds in summary["runs"].items()}
     return {
         "seed": cfg.seed,
         "people": cfg.people if world is not None else None,
@@ -252,12 +336,25 @@ def build(
         "before_people": cfg.teach.eval_people,
         "organic_tokens": organic_tokens,
         "arms": arms,
-        "fit": (effective or {}).get("fit"),
-        "interval": "90% over resampled held-out biographies" if effective else None,
+        "readings": {name: _compact(result[name]) for name in order},
+        "conservative": order[0] if order else None,
+        "ladder_flags": flags,
+        "test_hygiene": hygiene,
+        "diversity": diversity,
         "generators": generators,
         "curves": curves,
         "out_dir": str(Path(cfg.out_dir)),
     }
+
+
+def _multiplier(reading: dict, arm: str, ref: str) -> float:
+    value = reading["arms"].get(arm, {}).get("multiplier", {}).get(ref, {}).get("value")
+    return math.inf if value is None or not math.isfinite(value) else value
+
+
+def _compact(reading: dict) -> dict:
+    """A reading without its per-arm entries (they are on the arms)."""
+    return {k: v for k, v in reading.items() if k != "arms"}
 
 
 def _loss_curve(loop_dir: Path, run: str, rounds: list[dict]) -> list[list[float]]:
@@ -285,48 +382,47 @@ def _plot(report: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # heavy, as matplotlib above (and after its backend is chosen)
 
+    arms = {a["run"]: a for a in report["arms"]}
+    colour = {run: f"C{i % 10}" for i, run in enumerate(arms)}  # one colour per arm in both panels
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
     for run, pts in report["curves"].items():
         if pts:
-            left.plot(*zip(*pts), "-", lw=1.4, label=run)
+            left.plot(*zip(*pts), "-", lw=1.4, label=arms[run]["arm"], color=colour[run])
     left.set_xlabel("pretraining tokens")
-    left.set_ylabel("validation loss (held-out biographies)")
-    left.set_title("loss against tokens, every arm")
+    left.set_ylabel("validation loss (validation wording)")
+    left.set_title("validation loss against tokens, every arm")
     left.grid(alpha=0.3)
     left.legend(fontsize=8)
-    fit = report.get("fit")
-    arms = {a["arm"]: a for a in report["arms"]}
-    if fit:
+    reading = report["readings"].get("test_loss_last")
+    if reading:
+        fit = reading["fit"]
         d = np.asarray(fit["oracle_tokens"], np.float64)
         xs = np.geomspace(d.min() / 1.5, d.max() * 2, 100)
-        right.plot(xs, fit["E"] + fit["B"] * xs ** -fit["beta"], "k-", lw=1, label="fitted oracle L(D)")
-        right.plot(d, fit["oracle_losses"], "ko", ms=5, label="repetition and oracle runs")
-        for run in ("synpro", "repetition"):
-            a = arms.get(run)
-            eff = (a or {}).get("effective_tokens") or {}
-            if a and eff.get("value") and math.isfinite(eff["value"]):
-                right.axhline(a["heldout_loss"], ls="--", lw=0.8, color="C1" if run == "synpro" else "C0")
-                right.plot(
-                    [eff["value"]],
-                    [a["heldout_loss"]],
-                    "s",
-                    ms=7,
-                    label=f"{run}: {eff['value']:,.0f} tokens",
-                    color="C1" if run == "synpro" else "C0",
-                )
+        right.plot(xs, fit["E"] + fit["B"] * xs ** -fit["beta"], "k-", lw=1, label=f"oracle fit ({fit['status']})")
+        for run, a in arms.items():
+            loss = a["test_loss_last"]
+            if run in reading["ladder"]:
+                right.plot([reading["ladder"][run]], [loss], "o", ms=6, color=colour[run], label=a["arm"])
+                continue
+            eff = a["readings"]["test_loss_last"]["effective_tokens"]["value"]
+            right.axhline(loss, ls="--", lw=0.8, color=colour[run])
+            if eff and math.isfinite(eff):
+                right.plot([eff], [loss], "s", ms=7, color=colour[run], label=f"{a['arm']}: {eff:,.0f} tokens")
+            else:
+                right.plot([], [], "s", color=colour[run], label=f"{a['arm']}: off the fit")
         right.set_xscale("log")
     right.set_xlabel("unique organic tokens D")
-    right.set_ylabel("held-out loss after the last round")
-    right.set_title("effective tokens on the oracle fit")
+    right.set_ylabel("test loss at the last step (test wording)")
+    right.set_title("effective tokens on the oracle ladder")
     right.grid(alpha=0.3)
-    right.legend(fontsize=8)
+    right.legend(fontsize=7)
     fig.tight_layout()
     save_png(fig, path)
 
 
 def _interval(e: dict | None, fmt: str) -> str:
     if not e or e.get("value") is None or not math.isfinite(e["value"]):
-        return "-"
+        return "-" if not e or e.get("status", "ok") == "ok" else f"- ({e['status']})"
     low, high = e.get("low"), e.get("high")
     iv = (
         f" [{low:{fmt}}, {high:{fmt}}]"
@@ -337,22 +433,81 @@ def _interval(e: dict | None, fmt: str) -> str:
     return f"{e['value']:{fmt}}{iv}{flag}"
 
 
+def _num(value, fmt: str) -> str:
+    return "-" if value is None else f"{value:{fmt}}"
+
+
 def table(report: dict) -> str:
+    arms = {a["run"]: a for a in report["arms"]}
     lines = [
         f"synpro demo, seed {report['seed']}: "
         + (f"{report['people']} people, " if report.get("people") else "")
         + f"{report['organic_tokens']:,} organic tokens; every arm after round 0 trains the same steps",
-        f"{'arm':<16}{'bios/person' if report.get('people') else 'x organic':>12}{'unique tok':>12}"
-        f"{'tokens':>11}{'held-out':>10}{'QA acc':>8}"
-        f"  {'effective tokens [90%]':<44}{'x repetition [90%]'}",
+        "",
     ]
+    syn = arms.get("synpro")
+    if report["readings"] and syn:
+        lines.append("SynPro's effective-token multiplier, every reading, the most conservative first")
+        lines.append(f"  {'reading':<42}{'x repetition [90%]':<32}{'x round 0 [90%]'}")
+        for name, r in report["readings"].items():
+            m = syn["readings"][name]["multiplier"]
+            lines.append(
+                f"  {r['label']:<42}{_interval(m.get('repetition'), '.2f'):<32}{_interval(m.get('round 0'), '.2f')}"
+            )
+        first = next(iter(report["readings"].values()))
+        lines.append(f"  intervals: {first.get('interval') or 'none'}")
+        fit = report["readings"].get("test_loss_last", {}).get("fit")
+        if fit:
+            res = ", ".join(f"{arms[a]['arm']} {v:+.4f}" for a, v in fit["residuals"].items())
+            lines.append(
+                f"  oracle fit ({fit['status']}, {report['readings']['test_loss_last']['dof']} degrees of freedom): "
+                f"L(D) = {fit['E']:.3f} + {fit['B']:.4g} / D^{fit['beta']:.3f}; residuals {res}"
+            )
+        for flag in report.get("ladder_flags", {}).items():
+            lines.append(f"  note: {flag[0]}: {flag[1]}")
+        lines.append("")
+    has_best = any("test_loss_best" in a for a in report["arms"])
+    header = f"{'arm':<18}{'unique organic tok':>19}{'tokens':>10}{'test loss':>10}"
+    if has_best:
+        header += f"{'@best':>8}{'(step)':>7}"
+    header += f"{'QA':>7}" + (f"{'QA@best':>8}" if has_best else "")
+    lines.append(header)
     for a in report["arms"]:
-        qa = f"{a['qa_accuracy']:.3f}" if a.get("qa_accuracy") is not None else "-"
-        loss = f"{a['heldout_loss']:.4f}"
+        row = f"{a['arm']:<18}{a['unique_organic_tokens']:>19,}{a['tokens']:>10,}{a['test_loss_last']:>10.4f}"
+        if has_best:
+            step = (a.get("best") or {}).get("step")
+            row += f"{_num(a.get('test_loss_best'), '.4f'):>8}{_num(step, 'd'):>7}"
+        row += f"{_num(a.get('qa_last'), '.3f'):>7}" + (f"{_num(a.get('qa_best'), '.3f'):>8}" if has_best else "")
+        lines.append(row)
+    lines.append("")
+    if report["readings"]:
+        lines.append("effective tokens per reading (x repetition)")
+        for name, r in report["readings"].items():
+            parts = []
+            for a in report["arms"]:
+                if a["run"] in r["ladder"]:
+                    continue
+                rd = a["readings"][name]
+                parts.append(f"{a['arm']} {_interval(rd['multiplier'].get('repetition'), '.2f')}")
+            lines.append(f"  {r['label']}: " + "; ".join(parts))
+        lines.append("")
+    hygiene = report.get("test_hygiene")
+    if hygiene:
         lines.append(
-            f"{a['arm']:<16}{a['biographies_per_person']:>12}{a['unique_tokens']:>12,}{a['tokens']:>11,}"
-            f"{loss:>10}{qa:>8}  {_interval(a.get('effective_tokens'), ',.0f'):<44}"
-            f"{_interval(a.get('multiplier'), '.2f')}"
+            "test hygiene: sentences stated word for word in any training text (corpus, reference, teaching, "
+            "synthetic): "
+            + ", ".join(f"{k} {v['verbatim']} of {v['sentences']}" for k, v in hygiene.items() if isinstance(v, dict))
+        )
+    for d in report.get("diversity", []):
+        syn_d, org = d.get("synthetic") or {}, d.get("organic") or {}
+        if not syn_d.get("records"):
+            continue
+        lines.append(
+            f"diversity {d['stage']}: distinct 2-grams {_num(syn_d['distinct'].get('2'), '.3f')} (organic "
+            f"{_num(org.get('distinct', {}).get('2'), '.3f')}), compression ratio "
+            f"{_num(syn_d['compression_ratio'], '.3f')} (organic {_num(org.get('compression_ratio'), '.3f')}), "
+            f"near-duplicates {syn_d['near_duplicate_share']:.1%} (organic "
+            f"{_num(org.get('near_duplicate_share'), '.1%')})"
         )
     lines.append("")
     lines.append(
@@ -397,9 +552,9 @@ def table(report: dict) -> str:
         if after.get("fact_score") is not None:
             pearson = after["exact_vs_lexical_pearson"]
             lines.append(
-                f"    synthesized: fact score {after['fact_score']:.3f}, recall {after['recall']:.3f}, "
-                f"perfect {after['perfect']:.2f} of {after['records']} records; lexical support "
-                f"{after['lexical_support']:.3f}"
+                f"    synthesized (generator step {after.get('generator_step')}): fact score "
+                f"{after['fact_score']:.3f}, recall {after['recall']:.3f}, perfect {after['perfect']:.2f} of "
+                f"{after['records']} records; lexical support {after['lexical_support']:.3f}"
                 + (f", r(exact, lexical) {pearson:.2f}" if pearson is not None else "")
             )
         shown = after.get("samples", [])[:1]

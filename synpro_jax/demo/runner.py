@@ -22,6 +22,7 @@ from synpro_jax import sharding
 from synpro_jax.data.config import DataConfig
 from synpro_jax.data.streams import organic_split
 from synpro_jax.demo import report as report_lib
+from synpro_jax.demo.ablations import run_ablations
 from synpro_jax.demo.config import DemoConfig
 from synpro_jax.demo.files import write_corpus, write_world
 from synpro_jax.demo.teach import teach_generator
@@ -79,19 +80,20 @@ class _Steps:
             print(f"[demo {self.k}/{self.total}] {what} ({time.perf_counter() - since:,.1f}s)", flush=True)
 
 
-def organic_budgets(data: DataConfig, documents: int, multiples, progress: bool = True) -> tuple[int, dict[int, int]]:
+def organic_budgets(data: DataConfig, documents: int, multiples, progress: bool = True) -> tuple[int, dict[float, int]]:
     """(round 0's unique-token budget: exactly the first ``documents`` (the organic biographies), {multiple: the
-    oracle budget of ``multiple`` times as many documents}), counted in the tokenized corpus the runs will read,
-    in corpus order."""
+    oracle budget of round(``multiple`` x ``documents``) documents}), counted in the tokenized corpus the runs
+    will read, in corpus order."""
     data = dataclasses.replace(data, organic_budget_tokens=None)
     _, train, _, _ = organic_split(data, progress=progress)
     cum = np.cumsum(train.lengths())
-    if documents * max(multiples) > len(cum):
+    counts = {m: int(round(m * documents)) for m in multiples}
+    if max(counts.values()) > len(cum):
         raise ValueError(
             f"the corpus holds {len(cum)} training documents; the oracle runs need "
-            f"{documents * max(multiples)} ({max(multiples)} x the {documents} organic ones)"
+            f"{max(counts.values())} ({max(multiples):g} x the {documents} organic ones)"
         )
-    return int(cum[documents - 1]), {m: int(cum[m * documents - 1]) for m in multiples}
+    return int(cum[documents - 1]), {m: int(cum[k - 1]) for m, k in counts.items()}
 
 
 def _with_world(stages: StageSettings, world_json: str | None) -> StageSettings:
@@ -117,7 +119,7 @@ def run_demo(job: DemoJob, experiment: DemoExperiment, record: str | None = None
         jax.config.update("jax_compilation_cache_dir", str(root / "jax_cache"))
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
     writer = jax.process_index() == 0
-    steps = _Steps(4, writer and progress)
+    steps = _Steps(5 if cfg.ablations else 4, writer and progress)
 
     if cfg.corpus:
         t = steps.start(f"your corpus: {', '.join(cfg.corpus)}")
@@ -126,8 +128,8 @@ def run_demo(job: DemoJob, experiment: DemoExperiment, record: str | None = None
         )
         organic_docs = sum(1 for line in files.organic.read_text(encoding="utf-8").splitlines() if line.strip())
         steps.done(
-            f"{files.root}: {organic_docs} organic documents, the rest for the oracle runs, held-out "
-            "documents, tokenizer",
+            f"{files.root}: {organic_docs} organic documents, the rest for the oracle runs, validation and "
+            "test documents, tokenizer",
             t,
         )
         t = steps.start("the generators")
@@ -154,7 +156,7 @@ def run_demo(job: DemoJob, experiment: DemoExperiment, record: str | None = None
             vocab_size=cfg.vocab_size,
         )
         organic_docs = cfg.people
-        steps.done(f"{files.root}: corpus, held-out biographies, QA, reference task, tokenizer", t)
+        steps.done(f"{files.root}: corpus, validation and test biographies, QA, reference task, tokenizer", t)
         if cfg.generator:
             t = steps.start("the generators")
             taught, start = {}, cfg.generator
@@ -191,7 +193,7 @@ def run_demo(job: DemoJob, experiment: DemoExperiment, record: str | None = None
             **experiment.data,
             "organic": [str(files.corpus)],
             "vocabulary": str(files.tokenizer),
-            "validation": [str(files.heldout)],
+            "validation": [str(files.validation)],
             "cache_dir": str(root / "cache"),
         }
     )
@@ -234,6 +236,14 @@ def run_demo(job: DemoJob, experiment: DemoExperiment, record: str | None = None
     if summary.get("preempted") or not summary.get("complete"):
         return {"preempted": True, "out_dir": str(root)}
 
+    extra = None
+    if cfg.ablations:
+        t = steps.start("the ablations: no GRPO, rephrase only, reformat only")
+        extra = run_ablations(loop_cfg, stages, summary, progress=progress, record=record)
+        if extra is None:
+            return {"preempted": True, "out_dir": str(root)}
+        steps.done("ablations done", t)
+
     t = steps.start("the result table")
     report = report_lib.build(
         cfg,
@@ -244,6 +254,7 @@ def run_demo(job: DemoJob, experiment: DemoExperiment, record: str | None = None
         organic,
         {f"oracle_{oracle[m]}": m for m in cfg.oracle_multiples},
         model,
+        extra,
     )
     if writer:
         report_lib.write(report, root)

@@ -39,7 +39,8 @@ class TeachingStream:
         self._before = {op: list(self.vocab.encode(prompts.prompt_parts(op)[0])) for op in self.operations}
         self._after = {op: list(self.vocab.encode(prompts.prompt_parts(op)[1])) for op in self.operations}
 
-    def row(self, rng) -> tuple[list[int], list[int], str]:
+    def example(self, rng) -> tuple[str, str, str]:
+        """(operation, document, answer) of one teaching row, as text."""
         person = self.teachers[int(rng.integers(len(self.teachers)))]
         op = self.operations[int(rng.integers(len(self.operations)))]
         # The document is a fresh biography in random wordings too: the skill must not hang on one wording.
@@ -51,10 +52,14 @@ class TeachingStream:
             else list(range(n))
         )
         document = W.biography(person, templates, [keep[int(i)] for i in rng.permutation(len(keep))], rng)
-        body = (W.rewrite_rephrase if op == "rephrase" else W.rewrite_reformat)(person, rng, keep)
+        # The answer states each fact in a template other than the document's: a rewrite, never a copy.
+        body = (W.rewrite_rephrase if op == "rephrase" else W.rewrite_reformat)(person, rng, keep, avoid=templates)
+        return op, document, W.answer(op, body)
+
+    def row(self, rng) -> tuple[list[int], list[int], str]:
+        op, document, answer = self.example(rng)
         prompt = self._before[op] + list(self.vocab.encode(document)) + self._after[op]
-        answer = list(self.vocab.encode(W.answer(op, body))) + [int(self.vocab.eos_id)]
-        return prompt, answer, op
+        return prompt, list(self.vocab.encode(answer)) + [int(self.vocab.eos_id)], op
 
     def batch(self, step: int, size: int, length: int, pad_id: int = 0) -> dict:
         """``size`` rows of ``length`` tokens for ``step``, each packed with whole examples (segment ids keep them

@@ -10,9 +10,13 @@ every part of it can be measured exactly here:
   employer and the employer's city.
 - **Organic corpus.** One biography per person: one sentence per attribute, each from a template drawn at random
   (``TEMPLATES``), in a random order after the first, which names the person in full.
-- **Evaluation.** Held-out biographies of the same people written only with templates their organic biography
-  did not use (knowledge, not memorized wording), and 4-way cloze questions in such a wording: "The hometown
-  of Kira Teal Lindqvist is" ... "Warsaw." among four cities (chance 0.25).
+- **Evaluation in wording no training text uses.** Each attribute has sentence frames reserved for evaluation
+  (``VALIDATION_TEMPLATES``, ``TEST_TEMPLATES``, ``QA_TEMPLATES``): no organic, oracle, teaching or reference
+  text is written with them (:func:`check_reserved` asserts it when this module loads). Held-out biographies of
+  the same people are written in them: validation (which the plateau and best-checkpoint choices read) and test
+  (what the result table reports) in different frames. QA asks 4-way cloze questions in a third frame that
+  does not start with the name, as a reformat entry's content does: "The city where Kira Teal Lindqvist was
+  born is" ... "Porto." among four cities (chance 0.25).
 - **Reference task** (the probe's FLAN): question/answer pairs about a subset of the people; QA accuracy is then
   measured on the others.
 - **The generators' prior skill** (an instruct model's, in the release): supervised rewriting pairs built from a
@@ -31,10 +35,21 @@ import numpy as np
 
 from synpro_jax.generation import prompts
 
-__all__ = ["ATTRIBUTES", "TEMPLATES", "Person", "World", "make_world", "fact_check", "FactCheck"]
+__all__ = [
+    "ATTRIBUTES",
+    "TEMPLATES",
+    "WORDINGS",
+    "Person",
+    "World",
+    "make_world",
+    "fact_check",
+    "FactCheck",
+    "split_sentences",
+    "verbatim",
+]
 
 # Bump when the world a seed makes changes (people, templates, texts): written worlds record it.
-VERSION = 2
+VERSION = 4
 
 ATTRIBUTES = ("birth_date", "birth_city", "university", "major", "employer", "employer_city")
 
@@ -137,6 +152,37 @@ TEMPLATES = {
         "{n} is stationed in {v}.",
     ),
 }
+# Frames reserved for evaluation: no training text of any arm (organic, oracle, teaching, reference) uses them,
+# so the held-out biographies and QA measure the facts in wording the model never read. They are new frames made
+# only of words the training frames use (an unseen word's loss would measure nothing but the word), and none is
+# the reformat topics' ("Birthplace", "Birth date"), which only the reformat stream would have seen.
+VALIDATION_TEMPLATES = {
+    "birth_date": ("{n} was born into the world on {v}.",),
+    "birth_city": ("{n} spent a childhood in {v}.",),
+    "university": ("{n} took a degree at {v}.",),
+    "major": ("{n} has a degree in {v}.",),
+    "employer": ("{n} has a job at {v}.",),
+    "employer_city": ("{n} holds a job in {v}.",),
+}
+TEST_TEMPLATES = {
+    "birth_date": ("{n} first came into the world on {v}.", "The birth of {n} was on {v}."),
+    "birth_city": ("The early childhood of {n} was in {v}.", "{n} first saw daylight in {v}."),
+    "university": ("{n} received a degree at {v}.", "The education of {n} took place at {v}."),
+    "major": ("The degree of {n} is in {v}.", "{n} chose to study {v}."),
+    "employer": ("{n} is on the staff of {v}.", "{n} holds a job for {v}."),
+    "employer_city": ("The office of {n} is in {v}.", "{n} works at an office in {v}."),
+}
+# QA's cloze frames: the name inside the sentence, so no "Content: <full name> ..." entry can contain a question.
+QA_TEMPLATES = {
+    "birth_date": ("The birthday of {n} is {v}.",),
+    "birth_city": ("The place of birth of {n} is {v}.",),
+    "university": ("The education of {n} was received at {v}.",),
+    "major": ("The academic field of {n} is {v}.",),
+    "employer": ("The job of {n} is for {v}.",),
+    "employer_city": ("The workplace of {n} is in {v}.",),
+}
+WORDINGS = {"train": TEMPLATES, "validation": VALIDATION_TEMPLATES, "test": TEST_TEMPLATES, "qa": QA_TEMPLATES}
+
 # The reference task's questions (the probe's prompt/completion pairs) use a phrasing no template uses.
 QUESTIONS = {
     "birth_date": "What is the birth date of {name}?",
@@ -164,8 +210,8 @@ class Person:
     organic_templates: tuple[int, ...]  # the template index per attribute in the organic biography
     organic_order: tuple[int, ...]  # the attribute order after the first sentence
 
-    def sentence(self, attribute: str, template: int, subject: str) -> str:
-        return TEMPLATES[attribute][template].format(n=subject, v=self.facts[attribute])
+    def sentence(self, attribute: str, template: int, subject: str, wording: str = "train") -> str:
+        return WORDINGS[wording][attribute][template].format(n=subject, v=self.facts[attribute])
 
 
 def _date(rng) -> str:
@@ -189,9 +235,11 @@ def _people(rng, count: int, names: list[str]) -> list[Person]:
     return people
 
 
-def biography(person: Person, templates: Sequence[int], order: Sequence[int], rng=None) -> str:
-    """The sentences in ``order`` (attribute indices), each from its template; the first names the person in
-    full, later ones use the pronoun or the first name (drawn with ``rng``, else the pronoun)."""
+def biography(person: Person, templates: Sequence[int], order: Sequence[int], rng=None, wording: str = "train") -> str:
+    """The sentences in ``order`` (attribute indices), each from its template in ``WORDINGS[wording]``; the first
+    names the person in full, later ones use the pronoun or the first name (drawn with ``rng``, else the
+    pronoun)."""
+    table = WORDINGS[wording]
     out = []
     for k, a in enumerate(order):
         attribute = ATTRIBUTES[a]
@@ -201,9 +249,9 @@ def biography(person: Person, templates: Sequence[int], order: Sequence[int], rn
             subject = person.name.split()[0]
         else:
             subject = person.pronoun
-        if subject == person.pronoun and not TEMPLATES[attribute][templates[a]].startswith("{n}"):
+        if subject == person.pronoun and not table[attribute][templates[a]].startswith("{n}"):
             subject = person.name.split()[0]  # "The employer of Kira", never "of She"
-        sentence = person.sentence(attribute, templates[a], subject)
+        sentence = person.sentence(attribute, templates[a], subject, wording)
         if subject == person.pronoun and person.pronoun == "They":  # plural verb agreement, kept simple
             sentence = _they(sentence)
         out.append(sentence)
@@ -219,6 +267,9 @@ _THEY = [
     (" comes ", " come "),
     (" commutes ", " commute "),
     (" celebrates ", " celebrate "),
+    (" earns ", " earn "),
+    (" does ", " do "),
+    (" goes ", " go "),
 ]
 
 
@@ -236,25 +287,33 @@ def organic_biography(person: Person) -> str:
     return biography(person, person.organic_templates, person.organic_order)
 
 
-def rewrite_rephrase(person: Person, rng, attributes: Sequence[int] | None = None) -> str:
-    """A perfect rephrasing: every fact (of ``attributes``, indices into ATTRIBUTES; default all), templates
-    other than the organic ones, a new order."""
-    templates = [
-        int((t + rng.integers(1, len(TEMPLATES[a]))) % len(TEMPLATES[a]))
-        for a, t in zip(ATTRIBUTES, person.organic_templates)
-    ]
+def _other_templates(rng, avoid: Sequence[int]) -> list[int]:
+    """A training template per attribute other than ``avoid``'s (one index per attribute)."""
+    return [int((t + rng.integers(1, len(TEMPLATES[a]))) % len(TEMPLATES[a])) for a, t in zip(ATTRIBUTES, avoid)]
+
+
+def rewrite_rephrase(
+    person: Person, rng, attributes: Sequence[int] | None = None, avoid: Sequence[int] | None = None
+) -> str:
+    """A perfect rephrasing: every fact (of ``attributes``, indices into ATTRIBUTES; default all), each in a
+    template other than ``avoid``'s (the source document's templates; default the organic ones), a new order."""
+    templates = _other_templates(rng, person.organic_templates if avoid is None else avoid)
     keep = range(len(ATTRIBUTES)) if attributes is None else attributes
     return biography(person, templates, [int(keep[i]) for i in rng.permutation(len(keep))], rng)
 
 
-def rewrite_reformat(person: Person, rng, attributes: Sequence[int] | None = None) -> str:
+def rewrite_reformat(
+    person: Person, rng, attributes: Sequence[int] | None = None, avoid: Sequence[int] | None = None
+) -> str:
     """Perfect structured entries: one ``- Topic: ... Content: ...`` line per fact (of ``attributes``; default
-    all), in a random order."""
+    all), in a random order, each content sentence in a template other than ``avoid``'s (the source document's;
+    default the organic ones)."""
     keep = range(len(ATTRIBUTES)) if attributes is None else attributes
+    templates = _other_templates(rng, person.organic_templates if avoid is None else avoid)
     lines = []
     for i in rng.permutation(len(keep)):
-        attribute = ATTRIBUTES[int(keep[int(i)])]
-        t = int(rng.integers(len(TEMPLATES[attribute])))
+        a = int(keep[int(i)])
+        attribute, t = ATTRIBUTES[a], templates[a]
         lines.append(
             f"- Topic: {TOPICS[attribute]} of {person.name} Content: {person.sentence(attribute, t, person.name)}"
         )
@@ -324,18 +383,29 @@ class World:
     def organic(self) -> list[dict]:
         return [{"id": f"person{i}", "text": organic_biography(p)} for i, p in enumerate(self.people)]
 
-    def heldout(self, per_person: int = 1) -> list[dict]:
-        """Biographies of the same people with none of their organic templates (unseen combinations)."""
-        rng = np.random.default_rng([self.seed, 2])
+    def _held_out(self, wording: str, stream: int, tag: str) -> list[dict]:
+        table = WORDINGS[wording]
+        rng = np.random.default_rng([self.seed, stream])
         out = []
         for i, p in enumerate(self.people):
-            for k in range(per_person):
-                out.append({"id": f"person{i}.heldout{k}", "text": rewrite_rephrase(p, rng)})
+            templates = [int(rng.integers(len(table[a]))) for a in ATTRIBUTES]
+            order = [int(a) for a in rng.permutation(len(ATTRIBUTES))]
+            out.append({"id": f"person{i}.{tag}", "text": biography(p, templates, order, rng, wording)})
         return out
 
+    def validation(self) -> list[dict]:
+        """A biography of each person in the validation frames: what the trainer's validation loss, the plateau
+        and the best checkpoint read."""
+        return self._held_out("validation", 2, "validation")
+
+    def test(self) -> list[dict]:
+        """A biography of each person in the test frames (none of them validation's or training's): the held-out
+        loss the result table reports."""
+        return self._held_out("test", 7, "test")
+
     def _question(self, p: Person, attribute: str, rng) -> dict:
-        """A cloze question: the start of a sentence from a template the person's organic biography did not use
-        for this attribute ("The hometown of Kira Teal Lindqvist is"), and 4 values to end it with."""
+        """A cloze question: the start of the attribute's QA frame ("The city where Kira Teal Lindqvist was born
+        is"), and 4 values to end it with."""
         values = _VALUES.get(attribute)
         right = p.facts[attribute]
         wrong: list[str] = []
@@ -345,9 +415,7 @@ class World:
                 wrong.append(v)
         choices = wrong + [right]
         order = [int(i) for i in rng.permutation(4)]
-        used = p.organic_templates[ATTRIBUTES.index(attribute)]
-        t = int((used + rng.integers(1, len(TEMPLATES[attribute]))) % len(TEMPLATES[attribute]))
-        context = TEMPLATES[attribute][t].split("{v}")[0].rstrip().format(n=p.name)
+        context = QA_TEMPLATES[attribute][0].split("{v}")[0].rstrip().format(n=p.name)
         return {"context": context, "choices": [f"{choices[i]}." for i in order], "label": order.index(3)}
 
     def reference(self) -> list[dict]:
@@ -359,8 +427,8 @@ class World:
         ]
 
     def qa(self) -> list[dict]:
-        """4-way cloze questions (the generic eval JSONL) about the people outside the reference subset, each in a
-        wording the person's organic biography did not use."""
+        """4-way cloze questions (the generic eval JSONL) about the people outside the reference subset, in the QA
+        frames."""
         rng = np.random.default_rng([self.seed, 3])
         return [self._question(p, a, rng) for p in self.people[self.reference_people :] for a in ATTRIBUTES]
 
@@ -375,8 +443,47 @@ class World:
             for _ in range(per_person)
         ]
 
+    def qa_sentences(self) -> list[str]:
+        """Each QA item's right answer as a sentence ("The city where ... was born is Porto.")."""
+        return [f"{q['context']} {q['choices'][q['label']]}" for q in self.qa()]
+
     def person_of(self, doc_id: str) -> Person:
         return self.people[int(doc_id.removeprefix("person").split(".")[0])]
+
+
+def check_reserved() -> None:
+    """Every evaluation frame is its own: no frame of one wording (training, validation, test, QA) is another's,
+    and each frame has the subject and the value once (QA's with the value last: the cloze ends there). The texts
+    themselves are checked against the evaluation sentences when the world is written (files.py)."""
+    seen: dict[str, str] = {}
+    for wording, table in WORDINGS.items():
+        if set(table) != set(ATTRIBUTES):
+            raise AssertionError(f"world wording {wording!r}: attributes {sorted(table)}, not {list(ATTRIBUTES)}")
+        for attribute, frames in table.items():
+            for frame in frames:
+                if frame.count("{n}") != 1 or frame.count("{v}") != 1:
+                    raise AssertionError(f"world {wording} frame {frame!r}: one {{n}} and one {{v}}")
+                if wording == "qa" and not frame.endswith("{v}."):
+                    raise AssertionError(f"world QA frame {frame!r}: a cloze ends with '{{v}}.'")
+                core = frame
+                if core in seen:
+                    raise AssertionError(f"world frame {frame!r} is both {seen[core]} and {wording} wording")
+                seen[core] = wording
+
+
+check_reserved()
+
+
+def split_sentences(text: str) -> list[str]:
+    """A text's sentences (a reformat entry's content is one), for verbatim checks."""
+    text = re.sub(r"- Topic: [^\n]*? Content: ", "\n", text)
+    return [s.strip() for s in re.split(r"(?<=\.)\s+|\n", text) if s.strip()]
+
+
+def verbatim(sentences: Sequence[str], texts: Sequence[str]) -> list[str]:
+    """The ``sentences`` that appear word for word in any of ``texts``."""
+    corpus = "\n".join(texts)
+    return [s for s in sentences if s in corpus]
 
 
 def make_world(people: int = 300, teachers: int = 200, reference_fraction: float = 0.5, seed: int = 0) -> World:

@@ -3,8 +3,8 @@ experiment, rerun to the end; its table has every arm, and a rerun of the finish
 without redoing any work.
 
 ``demo_quick_seed0.json`` is the report of an uninterrupted ``synpro demo --quick`` (seed 0, one CPU device) made
-before the job bodies moved into their packages (issue 24): the killed and resumed demo must give it to the last
-digit. Regenerate it only for a change meant to move the numbers, and say so in the commit."""
+when the evaluation wording was reserved and the oracle ladder added (issue 25): the killed and resumed demo must
+give it to the last digit. Regenerate it only for a change meant to move the numbers, and say so in the commit."""
 
 import json
 import os
@@ -65,18 +65,39 @@ def test_quick_demo_killed_and_rerun_reports_every_arm(tmp_path):
     golden = json.loads((Path(__file__).parent / "demo_quick_seed0.json").read_text())
     assert {k: v for k, v in report.items() if k != "out_dir"} == golden  # bit-identical, killed or not
     arms = {a["arm"]: a for a in report["arms"]}
-    assert list(arms)[:3] == ["round 0", "synpro", "repetition"] and len(arms) == 5
-    oracles = [a for name, a in arms.items() if name.startswith("oracle_")]
-    assert [a["biographies_per_person"] for a in oracles] == [2, 4]
-    assert arms["synpro"]["unique_tokens"] == arms["repetition"]["unique_tokens"] < oracles[0]["unique_tokens"]
+    assert list(arms)[:3] == ["round 0", "synpro", "repetition"] and len(arms) == 8
+    oracles = [a for name, a in arms.items() if name.startswith("oracle")]
+    assert [a["biographies_per_person"] for a in oracles] == [1.5, 2, 3, 4, 6]
+    assert list(arms)[3] == "oracle x1.5"
+    unique = [a["unique_organic_tokens"] for a in oracles]
+    assert arms["synpro"]["unique_organic_tokens"] == arms["repetition"]["unique_organic_tokens"] < unique[0]
+    assert unique == sorted(unique) and all(a["unique_read"]["complete"] for a in oracles)  # D is what each read
     assert len({a["tokens"] for name, a in arms.items() if name != "round 0"}) == 1  # the same compute
-    assert all(0 <= a["qa_accuracy"] <= 1 for a in arms.values())
-    assert oracles[1]["heldout_loss"] < arms["repetition"]["heldout_loss"]  # unique data teaches more
-    assert arms["repetition"]["multiplier"]["value"] == pytest.approx(1.0)
+    assert all(0 <= a["qa_last"] <= 1 and 0 <= a["qa_best"] <= 1 for a in arms.values())
+    # The report scores QA itself (per item, for the intervals): it agrees with the loop's own evaluation.
+    loop = json.loads((out / "loop" / "loop_summary.json").read_text())
+    assert arms["synpro"]["qa_last"] == pytest.approx(loop["runs"]["synpro"][-1]["eval"]["tasks"]["qa"]["acc"])
+    assert oracles[-1]["test_loss_last"] < arms["repetition"]["test_loss_last"]  # unique data teaches more
+    # The fit has 5 oracle points and repetition: 3 degrees of freedom, residuals reported.
+    fit = report["readings"]["test_loss_last"]
+    assert len(fit["ladder"]) == 6 and fit["dof"] == 3 and len(fit["fit"]["residuals"]) == 6
+    assert set(report["readings"]) == {"test_loss_last", "test_loss_best", "qa_last", "qa_best"}
+    assert report["conservative"] == next(iter(report["readings"]))
+    m = arms["repetition"]["readings"]["test_loss_last"]["multiplier"]
+    assert m["repetition"]["value"] == pytest.approx(1.0) and "round 0" in m
+    # No test, validation or QA sentence is in any arm's or generator's training text, synthetic streams included.
+    hygiene = report["test_hygiene"]
+    assert [hygiene[k]["verbatim"] for k in ("test", "validation", "qa")] == [0, 0, 0]
+    assert hygiene["test"]["sentences"] == 60 * 6
+    assert {(d["generator"], d["synthetic"]["records"] > 0) for d in report["diversity"]} == {
+        ("rephrase", True),
+        ("reformat", True),
+    }
     for op in ("rephrase", "reformat"):
         g = report["generators"][op]
         assert [r["step"] for r in g["rewards"]] == [1, 2, 3] and {"total", "format"} <= set(g["rewards"][0])
         assert g["before_grpo"] is not None and g["after_grpo"]["records"] == 60  # every organic biography once
+        assert g["after_grpo"]["generator_step"] == 3  # the GRPO step the synthesizing policy was exported at
     assert (out / "demo.png").stat().st_size > 10_000
 
     # A finished demo reruns nothing and reports the same table.

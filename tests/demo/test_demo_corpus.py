@@ -77,12 +77,16 @@ def test_own_corpus_runs_the_experiment(tmp_path):
     assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
     report = json.loads((tmp_path / "demo" / "demo.json").read_text())
     arms = {a["arm"]: a for a in report["arms"]}
-    assert set(arms) >= {"round 0", "synpro", "repetition"} and len(arms) == 5
-    assert all(a["qa_accuracy"] is None for a in arms.values())  # no world, no QA
-    held = (tmp_path / "demo" / "corpus" / "heldout.jsonl").read_text().splitlines()
+    assert set(arms) >= {"round 0", "synpro", "repetition"} and len(arms) == 8  # and 5 oracle runs
+    assert all("qa_last" not in a for a in arms.values()) and "qa_last" not in report["readings"]  # no world, no QA
+    assert report["readings"]["test_loss_last"]["dof"] == 3 and report["test_hygiene"] is None
+    validation = (tmp_path / "demo" / "corpus" / "validation.jsonl").read_text().splitlines()
+    test = (tmp_path / "demo" / "corpus" / "test.jsonl").read_text().splitlines()
     organic = (tmp_path / "demo" / "corpus" / "organic.jsonl").read_text().splitlines()
-    assert len(held) == 60 and len(organic) == 15  # every 2nd held out; a quarter of the rest is organic
-    assert report["generators"]["rephrase"]["after_grpo"]["records"] == 15
+    # every 2nd document held out, alternately for validation and test; a sixth of the rest is organic (the
+    # largest oracle run reads 6 times as many)
+    assert len(validation) == len(test) == 30 and not set(validation) & set(test) and len(organic) == 10
+    assert report["generators"]["rephrase"]["after_grpo"]["records"] == 10
 
     bad = run(
         "--corpus", str(corpus), "--out", str(tmp_path / "bad"), "--gin_file", str(tmp_path / "tiny.gin"), cwd=tmp_path

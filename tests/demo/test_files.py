@@ -1,5 +1,6 @@
-"""The world's files: written once, the organic biographies first, a budget in corpus order that is exactly the
-organic corpus (and each oracle budget whole rephrasings), and another world refused in the same place."""
+"""The world's files: written once, the organic biographies first, validation and test apart, a budget in
+corpus order that is exactly the organic corpus (and each oracle budget whole rephrasings), and another world
+refused in the same place."""
 
 import json
 
@@ -17,19 +18,25 @@ def test_world_files_and_budgets(tmp_path):
     files = write_world(tmp_path / "world", **SPEC)
     docs = [json.loads(line) for line in files.corpus.read_text().splitlines()]
     assert [d["id"] for d in docs[:10]] == [f"person{i}" for i in range(10)]
-    assert [d["id"] for d in docs[10:12]] == ["person0.oracle1", "person1.oracle1"] and len(docs) == 30
+    # the oracle's rephrasings, round by round, each round in a shuffled order of the people
+    assert sorted(d["id"] for d in docs[10:20]) == sorted(f"person{i}.oracle1" for i in range(10))
+    assert sorted(d["id"] for d in docs[20:30]) == sorted(f"person{i}.oracle2" for i in range(10)) and len(docs) == 30
+    assert [d["id"] for d in docs[10:20]] != [f"person{i}.oracle1" for i in range(10)]
     world = files.world()
     for d in docs[10:]:  # the oracle's further data: perfect rephrasings
         person = world.person_of(d["id"])
         assert W.fact_check(person, d["text"]).score == 1.0 and d["text"] != W.organic_biography(person)
     assert len(files.qa.read_text().splitlines()) == 5 * len(W.ATTRIBUTES)
     assert len(files.reference.read_text().splitlines()) == 5 * len(W.ATTRIBUTES)
+    validation = [json.loads(line)["text"] for line in files.validation.read_text().splitlines()]
+    test = [json.loads(line)["text"] for line in files.test.read_text().splitlines()]
+    assert len(validation) == len(test) == 10 and not set(validation) & set(test)
 
     data = DataConfig(
         corpus="world",
         organic=(str(files.corpus),),
         vocabulary=str(files.tokenizer),
-        validation=(str(files.heldout),),
+        validation=(str(files.validation),),
         budget_order="corpus",
         cache_dir=str(tmp_path / "cache"),
     )

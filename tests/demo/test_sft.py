@@ -1,6 +1,8 @@
 """The generators' teaching rows: the release's chat prompt over a teacher's biography (all of its facts, or some
 of them), a perfect rewrite of exactly those facts as the answer, the loss on the answer and EOS only."""
 
+import re
+
 import numpy as np
 import pytest
 
@@ -64,3 +66,36 @@ def test_batches_mask_the_prompt_and_are_seeded_by_step(setup):
 def test_an_empty_teaching_population_is_refused():
     with pytest.raises(ValueError, match="no teaching population"):
         sft.TeachingStream([], PassthroughVocabulary(8))
+
+
+def test_no_teaching_target_states_a_fact_in_its_documents_template(setup):
+    """The rephrase and reformat answers rewrite each fact in another frame than the source document's: 0 of
+    every sentence, where the answer reusing a random template would hit about 1 in 5 (the issue's 21%)."""
+    world, vocab = setup
+    stream = sft.TeachingStream(world.teachers, vocab, seed=0)
+    rng = np.random.default_rng(11)
+    copied = total = 0
+    for _ in range(300):
+        op, document, answer = stream.example(rng)
+        source = set(W.split_sentences(document))
+        body = W.split_sentences(prompts.parse_answer(answer, op).text)
+        # a sentence of the answer in the document's frame is the same sentence (same subject or the full name)
+        frames = {_frame(s) for s in source}
+        assert None not in frames and all(_frame(s) for s in body)
+        copied += sum(_frame(s) in frames for s in body)
+        total += len(body)
+    assert total > 1000 and copied == 0
+
+
+def _frame(sentence: str) -> str | None:
+    """The training frame a sentence is written in (index per attribute), whatever its subject."""
+    for singular, plural in W._THEY:  # "They were born in" is the frame "{n} was born in"
+        if sentence.startswith("They" + plural):
+            sentence = "They" + singular + sentence[len("They" + plural) :]
+    for attribute, frames in W.TEMPLATES.items():
+        for t, frame in enumerate(frames):
+            head, tail = frame.split("{n}")
+            pattern = re.escape(head) + r"[A-Z][\w ]*?" + re.escape(tail).replace(r"\{v\}", r".+")
+            if re.fullmatch(pattern, sentence):
+                return f"{attribute}/{t}"
+    return None

@@ -1,9 +1,10 @@
-"""The demo's biography world: seeded and reproducible, organic and held-out texts state every fact with
-disjoint wordings, QA and reference tasks split the people, the generators' teaching pairs come from another
-population, and the fact checker scores rewrites exactly."""
+"""The demo's biography world: seeded and reproducible, organic, validation and test texts state every fact in
+disjoint wordings (the evaluation frames reserved), QA and reference tasks split the people, the generators'
+teaching pairs come from another population, and the fact checker scores rewrites exactly."""
 
 import re
 
+import numpy as np
 import pytest
 
 from synpro_jax.demo import world as w
@@ -31,8 +32,10 @@ def _pattern(attribute: str, template: int, value: str) -> re.Pattern:
     return re.compile(text)
 
 
-def test_organic_and_heldout_biographies_state_every_fact_in_disjoint_wordings(world):
-    for person, doc, held in zip(world.people, world.organic(), world.heldout()):
+@pytest.mark.parametrize("split", ["validation", "test"])
+def test_organic_and_evaluation_biographies_state_every_fact_in_disjoint_wordings(world, split):
+    held_out = getattr(world, split)()
+    for person, doc, held in zip(world.people, world.organic(), held_out):
         assert person.name in doc["text"].split(".")[0]  # the first sentence names the person in full
         for text in (doc["text"], held["text"]):
             check = w.fact_check(person, text)
@@ -41,6 +44,36 @@ def test_organic_and_heldout_biographies_state_every_fact_in_disjoint_wordings(w
             pattern = _pattern(attribute, t, person.facts[attribute])
             assert pattern.search(doc["text"]) and not pattern.search(held["text"]), (attribute, held["text"])
         assert " of He " not in held["text"] and " of She " not in held["text"]
+        # No training frame of any attribute appears in the evaluation text.
+        for attribute in w.ATTRIBUTES:
+            for t in range(len(w.TEMPLATES[attribute])):
+                assert not _pattern(attribute, t, person.facts[attribute]).search(held["text"]), held["text"]
+
+
+def test_reserved_wordings_are_disjoint_and_checked_at_import(monkeypatch):
+    frames = [f for table in w.WORDINGS.values() for fs in table.values() for f in fs]
+    assert len(frames) == len(set(frames))
+    # Made of the training frames' words only: an unseen word's loss measures the word, not the fact.
+    def words(frames):
+        return {x for f in frames for x in re.findall(r"[A-Za-z]+", f.replace("{n}", "").replace("{v}", ""))}
+
+    trained = words(f for fs in w.TEMPLATES.values() for f in fs)
+    for wording in ("validation", "test", "qa"):
+        assert words(f for fs in w.WORDINGS[wording].values() for f in fs) <= trained, wording
+    monkeypatch.setitem(w.VALIDATION_TEMPLATES, "major", (w.TEMPLATES["major"][0],))
+    with pytest.raises(AssertionError, match="both train and validation"):
+        w.check_reserved()
+
+
+def test_qa_is_not_in_the_reformat_format(world):
+    """A reformat entry reads 'Content: <full name> <frame> <value>'; a QA context has the name inside a reserved
+    frame, so no entry a generator writes in training frames contains a question."""
+    rng = np.random.default_rng(0)
+    entries = "\n".join(w.rewrite_reformat(p, rng) for p in world.people)
+    rephrased = "\n".join(w.rewrite_rephrase(p, rng) for p in world.people)
+    for sentence in world.qa_sentences():
+        assert not sentence.startswith(tuple(p.name for p in world.people))
+        assert sentence not in entries and sentence not in rephrased
 
 
 def test_reference_and_qa_split_the_people_and_ask_in_new_words(world):
