@@ -6,8 +6,8 @@ Two arms of the same model trained for the same number of tokens, from scratch:
 - ``rephrased``: the organic biography plus ``--rephrasings`` perfect rephrasings per person (other templates,
   another order): the ceiling a learned generator can reach.
 
-Each arm is scored on held-out biographies (loss per token, unseen template combinations) and on 4-way questions
-asked in a phrasing no biography uses (chance 0.25), with the same harness as ``synpro eval``. Writes
+Each arm is scored on the test biographies (loss per token, in frames reserved from every training text) and
+on 4-way questions asked in a phrasing no biography uses (chance 0.25), with the same harness as ``synpro eval``. Writes
 ``bench/results/demo_world.json``.
 
     python bench/demo_world.py [--people 300] [--tokens 970000] [--seeds 0]
@@ -63,7 +63,7 @@ def run_arm(name, texts, vocab, world, args, work: Path, seed: int) -> dict:
     cfg = model_config(vocab.vocab_size)
     mesh = sharding.make_mesh(sharding.MeshConfig(data=-1))
     steps = args.tokens // (args.batch * args.seq_len)
-    held = [d["text"] for d in world.heldout()]
+    held = [d["text"] for d in world.test()]  # the test wording, reserved from every training text
     trainer = Trainer(
         cfg,
         mesh,
@@ -128,7 +128,7 @@ def main() -> int:
         rephrased = organic + [W.rewrite_rephrase(p, rng) for p in world.people for _ in range(args.rephrasings)]
         sp = work / f"sp{args.vocab_size}_s{seed}.model"
         if not sp.exists():
-            texts = organic + rephrased + [d["text"] for d in world.heldout()] + [q["context"] for q in world.qa()]
+            texts = organic + rephrased + [d["text"] for d in world.test()] + [q["context"] for q in world.qa()]
             train_sentencepiece(texts, sp, args.vocab_size)
         vocab = load_vocabulary(str(sp))
         for name, texts in (("repetition", organic), ("rephrased", rephrased)):

@@ -31,7 +31,7 @@ from synpro_jax.data.vocab import load_vocabulary
 from synpro_jax.demo import world as W
 from synpro_jax.eval import effective_tokens as et
 from synpro_jax.eval.harness import LoglikelihoodScorer, mc_requests
-from synpro_jax.eval.tasks import MCItem
+from synpro_jax.eval.tasks import MCItem, continuation
 from synpro_jax.generation import prompts
 from synpro_jax.loop.report import unique_read
 from synpro_jax.rl.rewards.faithfulness import support, words
@@ -40,12 +40,14 @@ from synpro_jax.train.metrics import read_records, save_png
 
 __all__ = ["build", "write", "table", "READINGS", "score_checkpoints", "readings", "arm_label"]
 
-# name -> (what it reads, ladder kind, which checkpoint)
+# name -> (what it reads, ladder kind, which checkpoint, the score it reads)
 READINGS = {
-    "test_loss_last": ("test loss, last step", "loss", "last"),
-    "test_loss_best": ("test loss, best validation checkpoint", "loss", "best"),
-    "qa_last": ("QA accuracy, last step", "accuracy", "last"),
-    "qa_best": ("QA accuracy, best validation checkpoint", "accuracy", "best"),
+    "test_loss_last": ("test loss, last step", "loss", "last", "test_nll"),
+    "test_loss_best": ("test loss, best validation checkpoint", "loss", "best", "test_nll"),
+    "fact_loss_last": ("test loss on the facts, last step", "loss", "last", "fact_nll"),
+    "fact_loss_best": ("test loss on the facts, best validation checkpoint", "loss", "best", "fact_nll"),
+    "qa_last": ("QA accuracy, last step", "accuracy", "last", "qa_correct"),
+    "qa_best": ("QA accuracy, best validation checkpoint", "accuracy", "best", "qa_correct"),
 }
 REFERENCES = ("repetition", "round 0")
 
@@ -135,17 +137,38 @@ def _synthesized(world: W.World, corpus: Path, synth_dir: Path, samples: int, be
 
 
 # --- scoring every arm's checkpoints on the test set ----------------------------------------------------------
-def score_checkpoints(model_cfg, checkpoints: dict[str, dict[str, Path]], test: Path, qa: Path | None, vocab_path):
-    """Per arm and checkpoint ("last", "best"): each test biography's summed NLL (scored whole after an EOS) and,
-    with ``qa``, each QA item's correctness (the choice of largest log-likelihood, as the harness's ``acc``).
-    Returns (scores, the test biographies' token counts)."""
+def _fact_requests(world: W.World, test: list[dict], vocab, eos: int) -> tuple[list, np.ndarray]:
+    """Each test biography's facts as requests (the text before a value, the value), and the biography each
+    belongs to: the loss on the facts alone, whatever the frame around them."""
+    requests, owner = [], []
+    for i, r in enumerate(test):
+        person, text = world.person_of(r["id"]), r["text"]
+        for attribute in W.ATTRIBUTES:
+            value = person.facts[attribute]
+            context = text[: text.index(value)].rstrip()
+            requests.append(([eos, *vocab.encode(context)], list(vocab.encode(continuation(context, value)))))
+            owner.append(i)
+    return requests, np.asarray(owner)
+
+
+def score_checkpoints(
+    model_cfg, checkpoints: dict[str, dict[str, Path]], test: Path, qa: Path | None, vocab_path, world=None
+):
+    """Per arm and checkpoint ("last", "best"): each test biography's summed NLL (scored whole after an EOS);
+    with ``world``, the summed NLL of each biography's fact values given the text before them; with ``qa``, each
+    QA item's correctness (the choice of largest log-likelihood, as the harness's ``acc``). Returns (scores,
+    {score: the token count behind each entry})."""
     vocab = load_vocabulary(str(vocab_path))
     eos = int(vocab.eos_id)
-    docs = [list(vocab.encode(r["text"])) for r in _records(test)]
+    records = _records(test)
+    docs = [list(vocab.encode(r["text"])) for r in records]
     requests = [([eos], d) for d in docs]
+    tokens = {"test_nll": np.array([len(d) for d in docs], np.float64)}
+    facts, owner = _fact_requests(world, records, vocab, eos) if world is not None else ([], np.zeros(0, int))
+    if facts:
+        tokens["fact_nll"] = np.bincount(owner, [len(c) for _, c in facts], len(docs)).astype(np.float64)
     items = [MCItem(r["context"], tuple(r["choices"]), int(r["label"])) for r in _records(qa)] if qa else []
     choices = mc_requests(items, vocab, eos) if items else []
-    tokens = np.array([len(d) for d in docs], np.float64)
     mesh = sharding.single_device_mesh()
     out: dict = {}
     scorer = None
@@ -157,32 +180,34 @@ def score_checkpoints(model_cfg, checkpoints: dict[str, dict[str, Path]], test: 
                 scorer = LoglikelihoodScorer(model_cfg, params, mesh, rows=64)
             else:
                 scorer.set_params(params)  # one compiled scorer for every checkpoint
-            ll = scorer(requests + choices)
+            ll = scorer(requests + facts + choices)
             entry = {"test_nll": -ll[: len(requests)]}
+            if facts:
+                entry["fact_nll"] = np.bincount(owner, -ll[len(requests) : len(requests) + len(facts)], len(docs))
             if items:
-                per = ll[len(requests) :].reshape(len(items), -1)
+                per = ll[len(requests) + len(facts) :].reshape(len(items), -1)
                 entry["qa_correct"] = (np.argmax(per, axis=1) == np.array([it.label for it in items])).astype(float)
             out[arm][point] = entry
     return out, tokens
 
 
 def readings(
-    scores: dict, tokens: np.ndarray, ladder: dict[str, float], *, seed: int = 0, resamples: int = 1000
+    scores: dict, tokens: dict[str, np.ndarray], ladder: dict[str, float], *, seed: int = 0, resamples: int = 1000
 ) -> dict:
     """Each of :data:`READINGS` (those the scores hold) as :func:`et.ladder_reading` over every arm, the test
     items resampled (the same draw for every arm)."""
     out = {}
-    for name, (label, kind, point) in READINGS.items():
-        field = "test_nll" if kind == "loss" else "qa_correct"
+    for name, (label, kind, point, field) in READINGS.items():
         if any(field not in scores[a].get(point, {}) for a in scores):
             continue
         values = {a: scores[a][point][field] for a in scores}
         n = len(next(iter(values.values())))
+        weight = tokens.get(field)
 
-        def metric(idx, rng, values=values, kind=kind):
+        def metric(idx, rng, values=values, kind=kind, weight=weight):
             idx = np.arange(n) if idx is None else idx
             if kind == "loss":
-                return {a: float(v[idx].sum() / tokens[idx].sum()) for a, v in values.items()}
+                return {a: float(v[idx].sum() / weight[idx].sum()) for a, v in values.items()}
             return {a: float(v[idx].mean()) for a, v in values.items()}
 
         refs = [r for r in REFERENCES if r in values]
@@ -242,10 +267,12 @@ def build(
     oracle_multiples: dict[str, float],
     model_cfg,
     extra_arms: dict[str, dict] | None = None,
+    second_round: dict | None = None,
 ) -> dict:
     """The report. ``oracle_multiples``: oracle run -> biographies per person; ``extra_arms``: more arms (the
     ablations) as {name: {"label", "dir": its pretraining stage relative to ``loop_dir``, "rounds": like a run's,
-    "diversity": its synthetic streams'}}."""
+    "diversity": its synthetic streams'}}; ``second_round``: demo/ablations.py's second-round arms, compared
+    with each other."""
     world = files.world() if hasattr(files, "world") else None  # None: your own corpus
     runs = dict(summary["runs"])
     stage_dirs = {"round 0": "r0/pretrain"}
@@ -260,7 +287,9 @@ def build(
             checkpoints[arm]["best"] = loop_dir / rel / "best"
     if not all("best" in c for c in checkpoints.values()):  # a reading needs every arm
         checkpoints = {a: {"last": c["last"]} for a, c in checkpoints.items()}
-    scores, tokens = score_checkpoints(model_cfg, checkpoints, files.test, files.qa if world else None, files.tokenizer)
+    scores, tokens = score_checkpoints(
+        model_cfg, checkpoints, files.test, files.qa if world else None, files.tokenizer, world
+    )
 
     reads = {"round 0": unique_read(runs[next(iter(summary["runs"]))][:1])}
     reads.update({run: unique_read(rounds) for run, rounds in runs.items()})
@@ -296,10 +325,7 @@ def build(
             "validation_loss": last["val_loss"],
             "best": best_steps.get(arm),
         }
-        for point, s in scores[arm].items():
-            entry[f"test_loss_{point}"] = float(s["test_nll"].sum() / tokens.sum())
-            if "qa_correct" in s:
-                entry[f"qa_{point}"] = float(s["qa_correct"].mean())
+        entry.update(_values(scores[arm], tokens))
         entry["readings"] = {
             name: {
                 "effective_tokens": r["arms"][arm]["effective_tokens"],
@@ -329,26 +355,77 @@ def build(
     synthetic_dirs = sorted(loop_dir.glob("*/r*/synthesize_*"))  # every run's and ablation's streams
     hygiene = evaluation_hygiene(files, world, synthetic_dirs) if world is not None else None
     curves = {run: _loss_curve(loop_dir, run, rounds) for run, rounds in summary["runs"].items()}
-    return {
-        "seed": cfg.seed,
-        "people": cfg.people if world is not None else None,
-        "corpus": list(cfg.corpus),
-        "before_people": cfg.teach.eval_people,
-        "organic_tokens": organic_tokens,
-        "arms": arms,
-        "readings": {name: _compact(result[name]) for name in order},
-        "conservative": order[0] if order else None,
-        "ladder_flags": flags,
-        "test_hygiene": hygiene,
-        "diversity": diversity,
-        "generators": generators,
-        "curves": curves,
-        "out_dir": str(Path(cfg.out_dir)),
-    }
+    return _finite(
+        {
+            "seed": cfg.seed,
+            "people": cfg.people if world is not None else None,
+            "corpus": list(cfg.corpus),
+            "before_people": cfg.teach.eval_people,
+            "organic_tokens": organic_tokens,
+            "arms": arms,
+            "readings": {name: _compact(result[name]) for name in order},
+            "conservative": order[0] if order else None,
+            "ladder_flags": flags,
+            "test_hygiene": hygiene,
+            "diversity": diversity,
+            "second_round": _second_round(model_cfg, files, world, loop_dir, second_round),
+            "generators": generators,
+            "curves": curves,
+            "out_dir": str(Path(cfg.out_dir)),
+        }
+    )
+
+
+def _finite(obj):
+    """The report with NaN and infinite numbers as None (strict JSON; an arm off the ladder says so in its
+    status), tuples as lists and NumPy scalars as Python numbers."""
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if math.isfinite(obj) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj
+
+
+def _values(scores: dict, tokens: dict) -> dict:
+    """An arm's readings as numbers: ``test_loss_<point>``, ``fact_loss_<point>``, ``qa_<point>``."""
+    out = {}
+    for point, sc in scores.items():
+        out[f"test_loss_{point}"] = float(sc["test_nll"].sum() / tokens["test_nll"].sum())
+        if "fact_nll" in sc:
+            out[f"fact_loss_{point}"] = float(sc["fact_nll"].sum() / tokens["fact_nll"].sum())
+        if "qa_correct" in sc:
+            out[f"qa_{point}"] = float(sc["qa_correct"].mean())
+    return out
+
+
+def _second_round(model_cfg, files, world, loop_dir: Path, second: dict | None) -> dict | None:
+    """The second round against SynPro continued on round 1's mixture for the same steps, by every reading."""
+    if second is None:
+        return None
+    if not second["arms"]:
+        return {"triggered": None, "arms": {}}
+    checkpoints = {}
+    for arm, e in second["arms"].items():
+        checkpoints[arm] = {"last": loop_dir / e["dir"]}
+        if (loop_dir / e["dir"] / "best").exists():
+            checkpoints[arm]["best"] = loop_dir / e["dir"] / "best"
+    scores, tokens = score_checkpoints(
+        model_cfg, checkpoints, files.test, files.qa if world is not None else None, files.tokenizer, world
+    )
+    arms = {}
+    for arm, e in second["arms"].items():
+        entry = {"tokens": e["rounds"][-1]["tokens"], "validation_loss": e["rounds"][-1]["val_loss"]}
+        entry.update(_values(scores[arm], tokens))
+        arms[arm] = entry
+    return {"triggered": second["triggered"], "arms": arms}
 
 
 def _multiplier(reading: dict, arm: str, ref: str) -> float:
-    value = reading["arms"].get(arm, {}).get("multiplier", {}).get(ref, {}).get("value")
+    value = (reading["arms"].get(arm) or {}).get("multiplier", {}).get(ref, {}).get("value")
     return math.inf if value is None or not math.isfinite(value) else value
 
 
@@ -448,11 +525,11 @@ def table(report: dict) -> str:
     syn = arms.get("synpro")
     if report["readings"] and syn:
         lines.append("SynPro's effective-token multiplier, every reading, the most conservative first")
-        lines.append(f"  {'reading':<42}{'x repetition [90%]':<32}{'x round 0 [90%]'}")
+        lines.append(f"  {'reading':<52}{'x repetition [90%]':<42}{'x round 0 [90%]'}")
         for name, r in report["readings"].items():
             m = syn["readings"][name]["multiplier"]
             lines.append(
-                f"  {r['label']:<42}{_interval(m.get('repetition'), '.2f'):<32}{_interval(m.get('round 0'), '.2f')}"
+                f"  {r['label']:<52}{_interval(m.get('repetition'), '.2f'):<42}{_interval(m.get('round 0'), '.2f')}"
             )
         first = next(iter(report["readings"].values()))
         lines.append(f"  intervals: {first.get('interval') or 'none'}")
@@ -467,18 +544,28 @@ def table(report: dict) -> str:
             lines.append(f"  note: {flag[0]}: {flag[1]}")
         lines.append("")
     has_best = any("test_loss_best" in a for a in report["arms"])
+    has_facts = any("fact_loss_last" in a for a in report["arms"])
     header = f"{'arm':<18}{'unique organic tok':>19}{'tokens':>10}{'test loss':>10}"
     if has_best:
         header += f"{'@best':>8}{'(step)':>7}"
-    header += f"{'QA':>7}" + (f"{'QA@best':>8}" if has_best else "")
+    if has_facts:
+        header += f"{'facts':>8}" + (f"{'@best':>8}" if has_best else "")
+    header += f"{'QA':>7}" + (f"{'@best':>7}" if has_best else "")
     lines.append(header)
     for a in report["arms"]:
         row = f"{a['arm']:<18}{a['unique_organic_tokens']:>19,}{a['tokens']:>10,}{a['test_loss_last']:>10.4f}"
         if has_best:
             step = (a.get("best") or {}).get("step")
             row += f"{_num(a.get('test_loss_best'), '.4f'):>8}{_num(step, 'd'):>7}"
-        row += f"{_num(a.get('qa_last'), '.3f'):>7}" + (f"{_num(a.get('qa_best'), '.3f'):>8}" if has_best else "")
+        if has_facts:
+            row += f"{_num(a.get('fact_loss_last'), '.4f'):>8}"
+            row += f"{_num(a.get('fact_loss_best'), '.4f'):>8}" if has_best else ""
+        row += f"{_num(a.get('qa_last'), '.3f'):>7}" + (f"{_num(a.get('qa_best'), '.3f'):>7}" if has_best else "")
         lines.append(row)
+    lines.append(
+        "  test loss: nats/token over the test biographies; facts: over their fact values alone, given the text "
+        "before them; QA: 4-way cloze accuracy (chance 0.25); @best: at the arm's lowest validation loss (step)"
+    )
     lines.append("")
     if report["readings"]:
         lines.append("effective tokens per reading (x repetition)")
@@ -490,6 +577,23 @@ def table(report: dict) -> str:
                 rd = a["readings"][name]
                 parts.append(f"{a['arm']} {_interval(rd['multiplier'].get('repetition'), '.2f')}")
             lines.append(f"  {r['label']}: " + "; ".join(parts))
+        lines.append("")
+    second = report.get("second_round")
+    if second is not None:
+        if not second["arms"]:
+            lines.append("second round: not run (the plateau detector did not fire in SynPro's round 1)")
+        else:
+            lines.append(
+                f"second round (SynPro's round 1 plateaued at step {second['triggered']}), against SynPro continued "
+                "on round 1's mixture for the same steps:"
+            )
+            for arm, e in second["arms"].items():
+                lines.append(
+                    f"  {arm:<18} test loss {_num(e.get('test_loss_last'), '.4f')} (best "
+                    f"{_num(e.get('test_loss_best'), '.4f')}), facts {_num(e.get('fact_loss_last'), '.4f')} (best "
+                    f"{_num(e.get('fact_loss_best'), '.4f')}), QA {_num(e.get('qa_last'), '.3f')} (best "
+                    f"{_num(e.get('qa_best'), '.3f')})"
+                )
         lines.append("")
     hygiene = report.get("test_hygiene")
     if hygiene:

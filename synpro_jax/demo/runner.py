@@ -22,7 +22,7 @@ from synpro_jax import sharding
 from synpro_jax.data.config import DataConfig
 from synpro_jax.data.streams import organic_split
 from synpro_jax.demo import report as report_lib
-from synpro_jax.demo.ablations import run_ablations
+from synpro_jax.demo.ablations import run_ablations, run_second_round
 from synpro_jax.demo.config import DemoConfig
 from synpro_jax.demo.files import write_corpus, write_world
 from synpro_jax.demo.teach import teach_generator
@@ -43,12 +43,13 @@ OPERATIONS = ("rephrase", "reformat")  # the demo's two generators, named after 
 
 @dataclasses.dataclass(frozen=True)
 class DemoJob:
-    """What ``synpro demo`` runs (gin: ``synpro.demo``): the world and the teaching (``config``) and the LM and
-    generators' model."""
+    """What ``synpro demo`` runs (gin: ``synpro.demo``): the world and the teaching (``config``), the LM's model
+    and the generators' (the teaching's; None: the LM's)."""
 
     config: DemoConfig
     model: ModelConfig
     progress: bool = True
+    generator_model: ModelConfig | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -168,7 +169,7 @@ def run_demo(job: DemoJob, experiment: DemoExperiment, record: str | None = None
                 files.world(),
                 files.spec,
                 files.tokenizer,
-                model,
+                job.generator_model or model,
                 root / "teach",
                 dataclasses.replace(cfg.teach, seed=cfg.seed),
                 mesh,
@@ -236,13 +237,17 @@ def run_demo(job: DemoJob, experiment: DemoExperiment, record: str | None = None
     if summary.get("preempted") or not summary.get("complete"):
         return {"preempted": True, "out_dir": str(root)}
 
-    extra = None
+    extra = second = None
     if cfg.ablations:
-        t = steps.start("the ablations: no GRPO, rephrase only, reformat only")
+        t = steps.start("the ablations: no GRPO, rephrase only, reformat only, a second round")
         extra = run_ablations(loop_cfg, stages, summary, progress=progress, record=record)
-        if extra is None:
+        second = None if extra is None else run_second_round(loop_cfg, stages, progress=progress, record=record)
+        if extra is None or second is None:
             return {"preempted": True, "out_dir": str(root)}
-        steps.done("ablations done", t)
+        steps.done(
+            "ablations done" + ("" if second["triggered"] else "; no second round: SynPro's round 1 did not plateau"),
+            t,
+        )
 
     t = steps.start("the result table")
     report = report_lib.build(
@@ -255,6 +260,7 @@ def run_demo(job: DemoJob, experiment: DemoExperiment, record: str | None = None
         {f"oracle_{oracle[m]}": m for m in cfg.oracle_multiples},
         model,
         extra,
+        second,
     )
     if writer:
         report_lib.write(report, root)

@@ -81,7 +81,7 @@ def test_quick_demo_killed_and_rerun_reports_every_arm(tmp_path):
     # The fit has 5 oracle points and repetition: 3 degrees of freedom, residuals reported.
     fit = report["readings"]["test_loss_last"]
     assert len(fit["ladder"]) == 6 and fit["dof"] == 3 and len(fit["fit"]["residuals"]) == 6
-    assert set(report["readings"]) == {"test_loss_last", "test_loss_best", "qa_last", "qa_best"}
+    assert set(report["readings"]) == {f"{r}_{p}" for r in ("test_loss", "fact_loss", "qa") for p in ("last", "best")}
     assert report["conservative"] == next(iter(report["readings"]))
     m = arms["repetition"]["readings"]["test_loss_last"]["multiplier"]
     assert m["repetition"]["value"] == pytest.approx(1.0) and "round 0" in m

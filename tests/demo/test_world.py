@@ -53,6 +53,7 @@ def test_organic_and_evaluation_biographies_state_every_fact_in_disjoint_wording
 def test_reserved_wordings_are_disjoint_and_checked_at_import(monkeypatch):
     frames = [f for table in w.WORDINGS.values() for fs in table.values() for f in fs]
     assert len(frames) == len(set(frames))
+
     # Made of the training frames' words only: an unseen word's loss measures the word, not the fact.
     def words(frames):
         return {x for f in frames for x in re.findall(r"[A-Za-z]+", f.replace("{n}", "").replace("{v}", ""))}
