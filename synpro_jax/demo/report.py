@@ -212,8 +212,25 @@ def readings(
 
         refs = [r for r in REFERENCES if r in values]
         reading = et.ladder_reading(ladder, metric, kind=kind, references=refs, resamples=resamples, seed=seed, items=n)
-        out[name] = {"label": label, "checkpoint": point, **reading}
+        out[name] = {"label": label, "checkpoint": point, **reading, "problems": _problems(reading, ladder)}
     return out
+
+
+def _problems(reading: dict, ladder: dict[str, float]) -> list[str]:
+    """Why a reading's ladder cannot be read: a fit that is not ``fitted``, or rungs that do not improve with D
+    (rank correlation below 0.8: an arm's place on such a ladder depends on which rungs happen to be noisy)."""
+    problems = []
+    if reading["kind"] == "loss" and reading["fit"]["status"] != "fitted":
+        problems.append(f"fit {reading['fit']['status']}")
+    order = sorted(ladder, key=ladder.get)
+    values = np.asarray([reading["arms"][a]["value"] for a in order], np.float64)
+    sign = 1 if reading["kind"] == "accuracy" else -1
+    # Spearman's rank correlation of the rungs with D: one swapped pair of neighbours (noise) still reads
+    ranks = np.argsort(np.argsort(sign * values, kind="stable"), kind="stable")
+    rho = float(np.corrcoef(ranks, np.arange(len(values)))[0, 1]) if np.ptp(values) > 0 else 0.0
+    if rho < 0.8:
+        problems.append(f"the ladder does not improve with D (rank correlation {rho:.2f})")
+    return problems
 
 
 def arm_label(run: str, multiples: dict[str, float]) -> str:
@@ -310,7 +327,8 @@ def build(
                 "checkpoint D overstates what it had read"
             )
     result = readings(scores, tokens, ladder, seed=cfg.seed) if len(set(ladder.values())) >= 3 else {}
-    order = sorted(result, key=lambda r: _multiplier(result[r], "synpro", "repetition"))
+    # the most conservative readable reading first; readings whose ladder cannot be read after them
+    order = sorted(result, key=lambda r: (bool(result[r]["problems"]), _multiplier(result[r], "synpro", "repetition")))
     arms = []
     for arm in stage_dirs:
         rounds = runs[arm] if arm != "round 0" else runs[next(iter(summary["runs"]))][:1]
@@ -364,7 +382,7 @@ def build(
             "organic_tokens": organic_tokens,
             "arms": arms,
             "readings": {name: _compact(result[name]) for name in order},
-            "conservative": order[0] if order else None,
+            "conservative": next((r for r in order if not result[r]["problems"]), None),
             "ladder_flags": flags,
             "test_hygiene": hygiene,
             "diversity": diversity,
@@ -460,7 +478,8 @@ def _plot(report: dict, path: Path) -> None:
     import matplotlib.pyplot as plt  # heavy, as matplotlib above (and after its backend is chosen)
 
     arms = {a["run"]: a for a in report["arms"]}
-    colour = {run: f"C{i % 10}" for i, run in enumerate(arms)}  # one colour per arm in both panels
+    palette = plt.get_cmap("tab10" if len(arms) <= 10 else "tab20")
+    colour = {run: palette(i % palette.N) for i, run in enumerate(arms)}  # one colour per arm in both panels
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
     for run, pts in report["curves"].items():
         if pts:
@@ -524,15 +543,16 @@ def table(report: dict) -> str:
     ]
     syn = arms.get("synpro")
     if report["readings"] and syn:
-        lines.append("SynPro's effective-token multiplier, every reading, the most conservative first")
+        lines.append("SynPro's effective-token multiplier, every reading, the most conservative readable one first")
         lines.append(f"  {'reading':<52}{'x repetition [90%]':<42}{'x round 0 [90%]'}")
         for name, r in report["readings"].items():
             m = syn["readings"][name]["multiplier"]
             lines.append(
                 f"  {r['label']:<52}{_interval(m.get('repetition'), '.2f'):<42}{_interval(m.get('round 0'), '.2f')}"
+                + (f"  unreadable: {', '.join(r['problems'])}" if r.get("problems") else "")
             )
-        first = next(iter(report["readings"].values()))
-        lines.append(f"  intervals: {first.get('interval') or 'none'}")
+        kinds = {r["kind"]: r.get("interval") or "none" for r in report["readings"].values()}
+        lines.append("  intervals: " + "; ".join(f"{k}: {v}" for k, v in kinds.items()))
         fit = report["readings"].get("test_loss_last", {}).get("fit")
         if fit:
             res = ", ".join(f"{arms[a]['arm']} {v:+.4f}" for a, v in fit["residuals"].items())
