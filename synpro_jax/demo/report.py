@@ -317,7 +317,11 @@ def build(
     for a in ladder:
         if reads[a].get("complete") is False:
             flags[a] = f"read {reads[a]['low']:,} of its {reads[a]['budget']:,} organic tokens: D is a lower bound"
-    best_steps = {a: _stage_summary(loop_dir, rel).get("best") for a, rel in stage_dirs.items()}
+    best_steps = {}
+    for a, rel in stage_dirs.items():
+        best = _stage_summary(loop_dir, rel).get("best")
+        # the directory relative to the experiment, so a moved or copied demo reports the same
+        best_steps[a] = None if best is None else {**best, "dir": f"{rel}/best"}
     per_step = {a: rounds[-1]["tokens"] / max(rounds[-1]["train_step"], 1) for a, rounds in runs.items() if rounds[-1]}
     for a in ladder:
         best = best_steps.get(a)

@@ -124,7 +124,9 @@ def test_the_ladder_interval_covers_the_true_multiplier_at_five_points():
         out = et.ladder_reading(ladder, metric, items=300, resamples=300, seed=seed)
         m = out["arms"]["method"]["multiplier"]["repetition"]
         covered += m["low"] <= 2.5 <= m["high"]
-        assert out["fit"]["status"] == "fitted" and out["dof"] == 2
+        # run noise can pull the floor below 0: labelled implausible (4 of these 20), its interval still given
+        assert out["fit"]["status"] in ("fitted", "implausible") and out["dof"] == 2
+        assert (out["fit"]["status"] == "implausible") == (out["fit"]["E"] < 0)
         assert set(out["fit"]["residuals"]) == set(ladder)
     assert covered >= 17, covered
 
