@@ -101,9 +101,9 @@ def test_quick_demo_killed_and_rerun_reports_every_arm(tmp_path):
     }
     for op in ("rephrase", "reformat"):
         g = report["generators"][op]
-        assert [r["step"] for r in g["rewards"]] == [1, 2, 3] and {"total", "format"} <= set(g["rewards"][0])
+        assert [r["step"] for r in g["rewards"]] == [1, 2] and {"total", "format"} <= set(g["rewards"][0])
         assert g["before_grpo"] is not None and g["after_grpo"]["records"] == 60  # every organic biography once
-        assert g["after_grpo"]["generator_step"] == 3  # the GRPO step the synthesizing policy was exported at
+        assert g["after_grpo"]["generator_step"] == 2  # the GRPO step the synthesizing policy was exported at
     assert (out / "demo.png").stat().st_size > 10_000
 
     # A finished demo reruns nothing and reports the same table.
@@ -112,4 +112,4 @@ def test_quick_demo_killed_and_rerun_reports_every_arm(tmp_path):
     assert proc.wait(timeout=300) == 0
     assert (out / "demo.json").read_text() == first
     last = log.read_text(errors="replace").split("[demo 1/4 |")[-1]
-    assert last.count("done, skipping") == 15 and "starting" not in last
+    assert last.count("done, skipping") == 21 and "starting" not in last  # 21 stages
