@@ -1,7 +1,8 @@
 """The demo over several seeds, ablations included (``synpro demo --full``): per arm the mean and spread over seeds
-of every reading (test loss at the last step and at the best validation checkpoint, QA accuracy at both) and of
-its multipliers over repetition and round 0 on the oracle ladder; the generators' fact scores and GRPO rewards;
-the synthetic streams' diversity. Writes ``bench/results/demo_seeds.json`` with the load average and the commit.
+of every reading (test loss, test loss on the facts and QA accuracy, each at the last step and at the best
+validation checkpoint) and of its multipliers over repetition and round 0 on the oracle ladder; the generators'
+fact scores and GRPO rewards; the second round against SynPro continued; the synthetic streams' diversity.
+Writes ``bench/results/demo_seeds.json`` with the load average and the commit.
 
     python bench/demo_seeds.py --seeds 0 1 2 --work runs/demo_seeds     # runs `synpro demo --full` per seed
     python bench/demo_seeds.py --collect runs/demo0 runs/demo1 ...      # summarizes finished demo directories
@@ -45,7 +46,7 @@ def _arm_key(arm: dict) -> str:
     return arm["arm"]
 
 
-READINGS = ("test_loss_last", "test_loss_best", "qa_last", "qa_best")
+READINGS = ("test_loss_last", "test_loss_best", "fact_loss_last", "fact_loss_best", "qa_last", "qa_best")
 
 
 def summarize(reports: list[dict]) -> dict:
@@ -99,6 +100,9 @@ def summarize(reports: list[dict]) -> dict:
     return {
         "seeds": [r["seed"] for r in reports],
         "conservative_reading": conservative,
+        # per reading, per seed: why its ladder could not be read (empty: readable)
+        "problems": {name: [r["readings"].get(name, {}).get("problems") for r in reports] for name in READINGS},
+        "second_round": [r.get("second_round") for r in reports],
         "fit_status": [r["readings"].get("test_loss_last", {}).get("fit", {}).get("status") for r in reports],
         "test_hygiene": [r.get("test_hygiene") for r in reports],
         "arms": {a: {k: (v if k.endswith("(status)") else _stats(v)) for k, v in d.items()} for a, d in arms.items()},

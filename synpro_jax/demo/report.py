@@ -297,16 +297,23 @@ def build(
     for name, extra in (extra_arms or {}).items():
         stage_dirs[name] = extra["dir"]
         runs[name] = extra["rounds"]
-    checkpoints = {}
+    checkpoints, same = {}, set()
     for arm, rel in stage_dirs.items():
         checkpoints[arm] = {"last": loop_dir / rel}
         if (loop_dir / rel / "best").exists():
             checkpoints[arm]["best"] = loop_dir / rel / "best"
-    if not all("best" in c for c in checkpoints.values()):  # a reading needs every arm
-        checkpoints = {a: {"last": c["last"]} for a, c in checkpoints.items()}
+            stage = _stage_summary(loop_dir, rel)
+            if (stage.get("best") or {}).get("step") == stage.get("step"):
+                same.add(arm)  # the best checkpoint is the last one: scored once
+    with_best = all("best" in c for c in checkpoints.values())  # a reading needs every arm
+    scored = {a: {"last": c["last"], **({"best": c["best"]} if with_best and a not in same else {})}
+              for a, c in checkpoints.items()}  # fmt: skip
     scores, tokens = score_checkpoints(
-        model_cfg, checkpoints, files.test, files.qa if world else None, files.tokenizer, world
+        model_cfg, scored, files.test, files.qa if world else None, files.tokenizer, world
     )
+    if with_best:
+        for a in same:
+            scores[a]["best"] = scores[a]["last"]
 
     reads = {"round 0": unique_read(runs[next(iter(summary["runs"]))][:1])}
     reads.update({run: unique_read(rounds) for run, rounds in runs.items()})

@@ -398,7 +398,7 @@ def ladder_reading(
         entry["multiplier"] = {}
         for ref in references:
             r = np.asarray(samples[ref], np.float64)
-            with np.errstate(divide="ignore", invalid="ignore"):
+            with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
                 value = tokens[a] / tokens[ref] if 0 < tokens[ref] < math.inf else math.nan
                 ratio = np.where(np.isfinite(s) & np.isfinite(r) & (r > 0), s / r, np.nan) if s.size else s
             mlow, mhigh = _interval(ratio, level) if s.size else (math.nan, math.nan)
