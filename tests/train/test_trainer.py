@@ -26,27 +26,30 @@ def corpus(seed: int, docs: int) -> TokenizedCorpus:
     return TokenizedCorpus.from_token_lists(toks, [f"d{i}" for i in range(docs)])
 
 
-def make_trainer(out_dir, val_docs=6, accum_steps=1, eval_batches=4, num_steps=2, mesh=(2, 2, 2)):
+def make_trainer(
+    out_dir, val_docs=6, accum_steps=1, eval_batches=4, num_steps=2, mesh=(2, 2, 2), lr=3e-3, train_docs=120, **knobs
+):
+    """A tiny trainer; ``knobs`` override TrainerConfig fields (eval_every, checkpoint_every, keep_best, ...)."""
     cfg = models.get_preset("tiny")
     devices = jax.devices()[: int(np.prod(mesh))]
+    settings = {"eval_every": 100, "checkpoint_every": 100, **knobs}
     trainer = Trainer(
         cfg,
         sharding.make_mesh(sharding.MeshConfig(*mesh), devices=devices),
-        OptimizerConfig(learning_rate=3e-3, warmup_steps=0),
+        OptimizerConfig(learning_rate=lr, warmup_steps=0),
         TrainerConfig(
             out_dir=str(out_dir),
             num_steps=num_steps,
             global_batch=8,
             seq_len=SEQ,
             log_every=1,
-            eval_every=100,
             eval_batches=eval_batches,
-            checkpoint_every=100,
             accum_steps=accum_steps,
             async_checkpoints=False,
             progress=False,
+            **settings,
         ),
-        train_stream=PackedStream(corpus(0, 120), SEQ + 1, eos_id=EOS, seed=0),
+        train_stream=PackedStream(corpus(0, train_docs), SEQ + 1, eos_id=EOS, seed=0),
         val_stream=PackedStream(corpus(1, val_docs), SEQ + 1, eos_id=EOS, seed=0, shuffle=False),
     )
     return cfg, trainer
@@ -329,31 +332,18 @@ def test_a_run_stopped_on_its_plateau_stays_stopped_when_restarted(tmp_path):
     assert [r["step"] for r in records] == [1, 2]
 
 
-def _trainer_with_best(out_dir, num_steps, lr=3e-2):
-    """A run that evaluates every step with a learning rate high enough to overfit and bounce: the best step is
-    not the last."""
-    cfg = models.get_preset("tiny")
-    trainer = Trainer(
-        cfg,
-        sharding.make_mesh(sharding.MeshConfig(data=8)),
-        OptimizerConfig(learning_rate=lr, warmup_steps=0),
-        TrainerConfig(
-            out_dir=str(out_dir),
-            num_steps=num_steps,
-            global_batch=8,
-            seq_len=SEQ,
-            log_every=1,
-            eval_every=1,
-            eval_batches=1,
-            checkpoint_every=3,
-            keep_best=True,
-            async_checkpoints=False,
-            progress=False,
-        ),
-        train_stream=PackedStream(corpus(0, 12), SEQ + 1, eos_id=EOS, seed=0),
-        val_stream=PackedStream(corpus(1, 6), SEQ + 1, eos_id=EOS, seed=0, shuffle=False),
+def _trainer_with_best(out_dir, num_steps):
+    return make_trainer(
+        out_dir,
+        eval_batches=1,
+        num_steps=num_steps,
+        mesh=(8, 1, 1),
+        lr=3e-2,
+        train_docs=12,
+        eval_every=1,
+        checkpoint_every=3,
+        keep_best=True,
     )
-    return cfg, trainer
 
 
 def test_keep_best_keeps_the_params_of_the_lowest_validation_loss_and_a_resume_agrees(tmp_path):
