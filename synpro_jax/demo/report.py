@@ -237,6 +237,25 @@ def arm_label(run: str, multiples: dict[str, float]) -> str:
     return f"oracle x{multiples[run]:g}" if run in multiples else run
 
 
+def _score_stages(model_cfg, files, world, loop_dir: Path, stage_dirs: dict[str, str]):
+    """Every arm's last and best checkpoints scored on the test set (the best once, as the last, where they are
+    the same step; no best readings unless every arm kept one). Returns (scores, tokens, each stage's summary)."""
+    summaries = {a: _stage_summary(loop_dir, rel) for a, rel in stage_dirs.items()}
+    with_best = all((loop_dir / rel / "best").exists() for rel in stage_dirs.values())
+    scored, same = {}, []
+    for a, rel in stage_dirs.items():
+        scored[a] = {"last": loop_dir / rel}
+        if with_best and (summaries[a].get("best") or {}).get("step") == summaries[a].get("step"):
+            same.append(a)
+        elif with_best:
+            scored[a]["best"] = loop_dir / rel / "best"
+    qa = files.qa if world is not None else None
+    scores, tokens = score_checkpoints(model_cfg, scored, files.test, qa, files.tokenizer, world)
+    for a in same:
+        scores[a]["best"] = scores[a]["last"]
+    return scores, tokens, summaries
+
+
 def _stage_summary(loop_dir: Path, rel: str) -> dict:
     path = loop_dir / rel / "summary.json"
     return json.loads(path.read_text()) if path.exists() else {}
@@ -297,23 +316,7 @@ def build(
     for name, extra in (extra_arms or {}).items():
         stage_dirs[name] = extra["dir"]
         runs[name] = extra["rounds"]
-    checkpoints, same = {}, set()
-    for arm, rel in stage_dirs.items():
-        checkpoints[arm] = {"last": loop_dir / rel}
-        if (loop_dir / rel / "best").exists():
-            checkpoints[arm]["best"] = loop_dir / rel / "best"
-            stage = _stage_summary(loop_dir, rel)
-            if (stage.get("best") or {}).get("step") == stage.get("step"):
-                same.add(arm)  # the best checkpoint is the last one: scored once
-    with_best = all("best" in c for c in checkpoints.values())  # a reading needs every arm
-    scored = {a: {"last": c["last"], **({"best": c["best"]} if with_best and a not in same else {})}
-              for a, c in checkpoints.items()}  # fmt: skip
-    scores, tokens = score_checkpoints(
-        model_cfg, scored, files.test, files.qa if world else None, files.tokenizer, world
-    )
-    if with_best:
-        for a in same:
-            scores[a]["best"] = scores[a]["last"]
+    scores, tokens, summaries = _score_stages(model_cfg, files, world, loop_dir, stage_dirs)
 
     reads = {"round 0": unique_read(runs[next(iter(summary["runs"]))][:1])}
     reads.update({run: unique_read(rounds) for run, rounds in runs.items()})
@@ -326,7 +329,7 @@ def build(
             flags[a] = f"read {reads[a]['low']:,} of its {reads[a]['budget']:,} organic tokens: D is a lower bound"
     best_steps = {}
     for a, rel in stage_dirs.items():
-        best = _stage_summary(loop_dir, rel).get("best")
+        best = summaries[a].get("best")
         # the directory relative to the experiment, so a moved or copied demo reports the same
         best_steps[a] = None if best is None else {**best, "dir": f"{rel}/best"}
     per_step = {a: rounds[-1]["tokens"] / max(rounds[-1]["train_step"], 1) for a, rounds in runs.items() if rounds[-1]}
@@ -437,14 +440,8 @@ def _second_round(model_cfg, files, world, loop_dir: Path, second: dict | None) 
         return None
     if not second["arms"]:
         return {"triggered": None, "arms": {}}
-    checkpoints = {}
-    for arm, e in second["arms"].items():
-        checkpoints[arm] = {"last": loop_dir / e["dir"]}
-        if (loop_dir / e["dir"] / "best").exists():
-            checkpoints[arm]["best"] = loop_dir / e["dir"] / "best"
-    scores, tokens = score_checkpoints(
-        model_cfg, checkpoints, files.test, files.qa if world is not None else None, files.tokenizer, world
-    )
+    stage_dirs = {arm: e["dir"] for arm, e in second["arms"].items()}
+    scores, tokens, _ = _score_stages(model_cfg, files, world, loop_dir, stage_dirs)
     arms = {}
     for arm, e in second["arms"].items():
         entry = {"tokens": e["rounds"][-1]["tokens"], "validation_loss": e["rounds"][-1]["val_loss"]}
