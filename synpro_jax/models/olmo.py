@@ -104,6 +104,19 @@ class KVCache(NamedTuple):
         return KVCache((kv,) * num_layers, (kv,) * num_layers, ("batch", "length"))
 
 
+def _write_cache(buf: jax.Array, new: jax.Array, index: jax.Array) -> jax.Array:
+    """new [B, KV, T, hd] into buf [B, KV, S, hd] at slot ``index``: one slot for all rows (a scalar), or one per
+    row ([B]: continuous batching, where every row is at its own length; written in place by a scatter)."""
+    new = new.astype(buf.dtype)
+    if jnp.ndim(index) == 0:
+        zero = jnp.zeros((), jnp.int32)
+        return jax.lax.dynamic_update_slice(buf, new, (zero, zero, index, zero))
+    b, _, t, _ = new.shape
+    cols = index[:, None] + jnp.arange(t, dtype=jnp.int32)[None, :]  # [B, T]
+    rows = jnp.broadcast_to(jnp.arange(b, dtype=jnp.int32)[:, None], (b, t))
+    return buf.at[rows, :, cols, :].set(new.transpose(0, 2, 1, 3), mode="drop")
+
+
 class Attention(nn.Module):
     cfg: ModelConfig
     fused: str = ""  # a fused kernel (see models.attention); then ``mask`` is the segment ids [B, T] or None
@@ -135,9 +148,7 @@ class Attention(nn.Module):
         new_cache = None
         if cache is not None:
             k_buf, v_buf, index = cache
-            zero = jnp.zeros((), jnp.int32)
-            k_buf = jax.lax.dynamic_update_slice(k_buf, kh.astype(k_buf.dtype), (zero, zero, index, zero))
-            v_buf = jax.lax.dynamic_update_slice(v_buf, vh.astype(v_buf.dtype), (zero, zero, index, zero))
+            k_buf, v_buf = _write_cache(k_buf, kh, index), _write_cache(v_buf, vh, index)
             new_cache = kh, vh = k_buf, v_buf
         elif return_kv:
             new_cache = (kh, vh)
@@ -301,6 +312,8 @@ def decode(
     prefix: PrefixKV | None = None,
 ):
     """Tokens [B, T] into cache slots cache_index..cache_index+T: (float32 logits of the last slot [B, V], cache).
+    ``cache_index`` is a scalar, or [B] with each row at its own slot (continuous batching; a row whose slots
+    run past the cache writes nothing).
 
     The layers run as an unrolled Python loop over per-layer cache buffers, each updated in place. ``params``
     may hold ``layers`` stacked or split per layer (the sampler splits once so no step slices weights).
@@ -310,8 +323,9 @@ def decode(
     """
     b, t = tokens.shape
     slots = cache.segments.shape[1]
-    cache_index = jnp.asarray(cache_index, jnp.int32)
-    q_index = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t)) + cache_index
+    cache_index = jnp.asarray(cache_index, jnp.int32)  # a scalar, or one slot per row [B]
+    per_row = cache_index[:, None] if cache_index.ndim == 1 else cache_index
+    q_index = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t)) + per_row
     k_index = jnp.broadcast_to(jnp.arange(slots, dtype=jnp.int32), (b, slots))
     mask = attention_mask(segment_ids, cache.segments, q_index, k_index)
     if prefix is not None:  # every prefix slot comes first: only the segments decide
