@@ -56,7 +56,7 @@ class TeachConfig:
 
 
 def _fingerprint(cfg: TeachConfig, model_cfg, world_spec: dict) -> dict:
-    return {"teach": dataclasses.asdict(cfg), "model": dataclasses.asdict(model_cfg), "world": world_spec}
+    return {"teach": dataclasses.asdict(cfg), "model": model_cfg.settings(), "world": world_spec}
 
 
 def teach_generator(

@@ -1,4 +1,4 @@
-"""The OLMo-2 style decoder: configuration, presets, a functional forward pass, losses and HF interop."""
+"""The OLMo-2 (and Qwen3) style decoder: configuration, presets, a functional forward pass, losses and HF interop."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from jax.sharding import Mesh
 from synpro_jax import sharding
 from synpro_jax.models.config import ModelConfig
 from synpro_jax.models.losses import LossSums, chunked_loss_sums, loss_sums, per_example_loss, token_nll
-from synpro_jax.models.olmo import Decoder, KVCache, PrefixKV, decode, layer_params, unembed
+from synpro_jax.models.olmo import Decoder, KVCache, PrefixKV, decode, layer_params, output_head, unembed
 from synpro_jax.models.presets import PRESETS, describe_presets, get_preset
 
 Params = Any
@@ -42,6 +42,7 @@ __all__ = [
     "forward_cached",
     "split_layers",
     "layer_params",
+    "output_head",
 ]
 
 
@@ -93,7 +94,7 @@ def forward_loss_sums(
         logits = forward(cfg, params, inputs, positions=positions, segment_ids=segment_ids)
         return loss_sums(logits, targets, loss_mask)
     hidden = forward(cfg, params, inputs, positions=positions, segment_ids=segment_ids, return_hidden=True)
-    head = params["lm_head"]
+    head = output_head(cfg, params)
 
     def logits_fn(h):
         return sharding.constrain(unembed(cfg, head, h), ("batch", "length", "vocab"))

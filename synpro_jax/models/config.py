@@ -18,11 +18,17 @@ REMAT_POLICIES = ("none", "full", "dots_saveable", "projections")
 PROJECTION_NAMES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 # How attention is computed: "auto" picks cuDNN flash on GPU (bf16), splash on TPU, the reference elsewhere.
 ATTENTION_IMPLS = ("auto", "reference", "xla", "cudnn", "splash")
+# The decoder's block layout (models/olmo.py): "olmo2" norms each sublayer's output before the residual add and
+# q/k over their full projected width; "qwen3" (HF Qwen3ForCausalLM) norms each sublayer's input (pre-norm) and
+# q/k per head over head_dim, one [head_dim] scale shared by all heads.
+ARCHITECTURES = ("olmo2", "qwen3")
+# Fields a config records only where they differ from these (see ModelConfig.settings).
+_NEW_FIELD_DEFAULTS = {"architecture": "olmo2", "tie_embeddings": False}
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    """Shape and numerics of an OLMo-2 style decoder. Hashable, so it can be a static jit argument."""
+    """Shape and numerics of an OLMo-2 (or Qwen3) style decoder. Hashable, so it can be a static jit argument."""
 
     vocab_size: int
     d_model: int
@@ -42,6 +48,8 @@ class ModelConfig:
     # False: the layers as straight-line code (the scan fully unrolled), as MaxText runs them on GPU; parameters
     # stay stacked on a leading layers axis either way, so checkpoints and HF interop do not change.
     scan_layers: bool = True
+    architecture: str = "olmo2"  # ARCHITECTURES
+    tie_embeddings: bool = False  # True: no lm_head parameter; the output head is the embedding table transposed
     name: str = "custom"
 
     def __post_init__(self):
@@ -49,6 +57,10 @@ class ModelConfig:
             object.__setattr__(self, "remat", "full" if self.remat else "none")
         if self.remat not in REMAT_POLICIES:
             raise ValueError(f"ModelConfig.remat={self.remat!r}: choose one of {REMAT_POLICIES}")
+        if self.architecture not in ARCHITECTURES:
+            raise ValueError(f"ModelConfig.architecture={self.architecture!r}: choose one of {ARCHITECTURES}")
+        if not isinstance(self.tie_embeddings, bool):
+            raise ValueError(f"ModelConfig.tie_embeddings={self.tie_embeddings!r}: must be True or False")
         if self.attention not in ATTENTION_IMPLS:
             raise ValueError(f"ModelConfig.attention={self.attention!r}: choose one of {ATTENTION_IMPLS}")
         if not isinstance(self.loss_chunk, int) or self.loss_chunk < 0:
@@ -87,20 +99,33 @@ class ModelConfig:
     def replace(self, **changes) -> ModelConfig:
         return dataclasses.replace(self, **changes)
 
+    def settings(self) -> dict:
+        """The fields as a dict (what a run records), less ``architecture`` and ``tie_embeddings`` where they hold
+        their OLMo-2 defaults: an OLMo-2 config records exactly what it did before those fields existed, so
+        checkpoints written then still resume."""
+        out = dataclasses.asdict(self)
+        for field, default in _NEW_FIELD_DEFAULTS.items():
+            if out[field] == default:
+                del out[field]
+        return out
+
     # --- size arithmetic -------------------------------------------------------------------------------------
     def layer_params(self) -> int:
         d, hd = self.d_model, self.head_dim
         attn = d * self.num_heads * hd * 2 + d * self.num_kv_heads * hd * 2  # q, o, k, v
-        qk_norm = (self.num_heads + self.num_kv_heads) * hd
+        # OLMo-2 norms q and k over their full width; Qwen3 per head, one [head_dim] scale each.
+        qk_norm = 2 * hd if self.architecture == "qwen3" else (self.num_heads + self.num_kv_heads) * hd
         mlp = 3 * d * self.mlp_dim
         return attn + qk_norm + mlp + 2 * d  # two sublayer norms
 
     def num_params(self) -> int:
-        """All parameters: embedding, blocks, final norm and the untied output head."""
-        return 2 * self.vocab_size * self.d_model + self.num_layers * self.layer_params() + self.d_model
+        """All parameters: embedding, blocks, final norm and the output head (none of its own when tied)."""
+        tables = 1 if self.tie_embeddings else 2
+        return tables * self.vocab_size * self.d_model + self.num_layers * self.layer_params() + self.d_model
 
     def num_matmul_params(self) -> int:
-        """Parameters that take part in a matmul per token: everything but the embedding lookup and norms."""
+        """Parameters that take part in a matmul per token: everything but the embedding lookup and norms (a
+        tied head counts: the table serves the output matmul too)."""
         d, hd = self.d_model, self.head_dim
         per_layer = d * self.num_heads * hd * 2 + d * self.num_kv_heads * hd * 2 + 3 * d * self.mlp_dim
         return self.num_layers * per_layer + self.vocab_size * self.d_model
@@ -115,8 +140,10 @@ class ModelConfig:
 
     def describe(self) -> str:
         gqa = f", {self.num_kv_heads} kv heads" if self.num_kv_heads != self.num_heads else ""
+        arch = "" if self.architecture == "olmo2" else f"{self.architecture}, "
+        arch += "tied embeddings, " if self.tie_embeddings else ""
         return (
-            f"{self.name}: {self.num_params() / 1e6:,.2f}M params ({self.num_matmul_params() / 1e6:,.2f}M in "
+            f"{self.name}: {arch}{self.num_params() / 1e6:,.2f}M params ({self.num_matmul_params() / 1e6:,.2f}M in "
             f"matmuls) | d_model {self.d_model}, {self.num_layers} layers, {self.num_heads} heads{gqa}, "
             f"head_dim {self.head_dim}, mlp {self.mlp_dim}, vocab {self.vocab_size}, rope theta "
             f"{self.rope_theta:g}, {self.dtype}"

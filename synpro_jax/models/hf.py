@@ -1,4 +1,4 @@
-"""Hugging Face ``Olmo2ForCausalLM`` directories <-> synpro_jax (config, params).
+"""Hugging Face ``Olmo2ForCausalLM`` and ``Qwen3ForCausalLM`` directories <-> synpro_jax (config, params).
 
 Reads and writes config.json plus safetensors (one file, or shards with ``model.safetensors.index.json``) with
 NumPy only: no torch, no network. A saved directory loads in ``transformers.AutoModelForCausalLM`` and in vLLM.
@@ -26,12 +26,15 @@ from synpro_jax.models import abstract_params
 from synpro_jax.models.config import ModelConfig
 
 SUPPORTED_ARCHITECTURE = "Olmo2ForCausalLM"
+QWEN3_ARCHITECTURE = "Qwen3ForCausalLM"
+# ModelConfig.architecture -> the HF class and model_type that hold it.
+HF_CLASSES = {"olmo2": (SUPPORTED_ARCHITECTURE, "olmo2"), "qwen3": (QWEN3_ARCHITECTURE, "qwen3")}
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
 
 
 class CheckpointError(ConfigError):
-    """A checkpoint directory that synpro_jax cannot read as an OLMo-2 model."""
+    """A checkpoint directory that synpro_jax cannot read as an OLMo-2 or Qwen3 model."""
 
 
 # --- config ------------------------------------------------------------------------------------------------------
@@ -45,19 +48,56 @@ def _rope_theta(hf: dict, where: str) -> float:
     return float(rope.get("rope_theta", hf.get("rope_theta", 10_000.0)))
 
 
-def config_from_hf(hf: dict, where: str = "config.json", name: str = "hf") -> ModelConfig:
+def _architecture(hf: dict, where: str) -> str:
     archs = hf.get("architectures") or []
-    if SUPPORTED_ARCHITECTURE not in archs and hf.get("model_type") != "olmo2":
+    for arch, (hf_class, model_type) in HF_CLASSES.items():
+        if hf_class in archs or hf.get("model_type") == model_type:
+            return arch
+    known = " or ".join(f"{c} (model_type {t!r})" for c, t in HF_CLASSES.values())
+    raise CheckpointError(
+        f"{where}: architectures={archs} model_type={hf.get('model_type')!r}; synpro_jax reads {known} only"
+    )
+
+
+def _qwen3_fields(hf: dict, where: str) -> dict:
+    """The ModelConfig fields a Qwen3 config.json sets beyond the shared ones; refuses what the model lacks."""
+    if hf.get("attention_bias"):
         raise CheckpointError(
-            f"{where}: architectures={archs} model_type={hf.get('model_type')!r}; synpro_jax reads "
-            f"{SUPPORTED_ARCHITECTURE} (model_type 'olmo2') only"
+            f"{where}: attention_bias=true is not supported (synpro_jax's Qwen3 has no q/k/v/o biases, as no "
+            "released Qwen3 does)"
         )
+    if hf.get("use_sliding_window"):
+        raise CheckpointError(
+            f"{where}: use_sliding_window=true is not supported (synpro_jax's Qwen3 attends over the whole context)"
+        )
+    layer_types = set(hf.get("layer_types") or ["full_attention"])
+    if layer_types != {"full_attention"}:
+        raise CheckpointError(f"{where}: layer_types={sorted(layer_types)}; only 'full_attention' layers are supported")
+    scaling = hf.get("rope_scaling")
+    if scaling is not None and scaling.get("rope_type", scaling.get("type")) != "default":
+        raise CheckpointError(f"{where}: rope_scaling={scaling} is not supported (only rope_scaling: null)")
+    rope = hf.get("rope_parameters") or {}
+    if rope.get("rope_type", "default") != "default":
+        raise CheckpointError(
+            f"{where}: rope_parameters={rope} is not supported (only rope_type 'default', plain RoPE)"
+        )
+    return {
+        "architecture": "qwen3",
+        "tie_embeddings": bool(hf.get("tie_word_embeddings", False)),
+        "head_dim": int(hf.get("head_dim") or 128),  # Qwen3Config's default, whatever hidden_size / heads is
+        "max_seq_len": int(hf.get("max_position_embeddings", 32768)),
+    }
+
+
+def config_from_hf(hf: dict, where: str = "config.json", name: str = "hf") -> ModelConfig:
+    arch = _architecture(hf, where)
+    extra = _qwen3_fields(hf, where) if arch == "qwen3" else {}
     if hf.get("attention_bias"):
         raise CheckpointError(f"{where}: attention_bias=true is not supported (OLMo-2 has no biases)")
     if hf.get("hidden_act", "silu") != "silu":
         raise CheckpointError(f"{where}: hidden_act={hf['hidden_act']!r}; only 'silu' (SwiGLU) is supported")
     try:
-        return ModelConfig(
+        fields = dict(
             name=name,
             vocab_size=int(hf["vocab_size"]),
             d_model=int(hf["hidden_size"]),
@@ -70,6 +110,7 @@ def config_from_hf(hf: dict, where: str = "config.json", name: str = "hf") -> Mo
             norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
             max_seq_len=int(hf.get("max_position_embeddings", 4096)),
         )
+        return ModelConfig(**{**fields, **extra})
     except KeyError as e:
         raise CheckpointError(f"{where}: missing field {e.args[0]!r}") from None
     except ValueError as e:
@@ -77,9 +118,10 @@ def config_from_hf(hf: dict, where: str = "config.json", name: str = "hf") -> Mo
 
 
 def config_to_hf(cfg: ModelConfig, torch_dtype: str = "float32", extra: dict | None = None) -> dict:
+    hf_class, model_type = HF_CLASSES[cfg.architecture]
     hf = {
-        "architectures": [SUPPORTED_ARCHITECTURE],
-        "model_type": "olmo2",
+        "architectures": [hf_class],
+        "model_type": model_type,
         "vocab_size": cfg.vocab_size,
         "hidden_size": cfg.d_model,
         "intermediate_size": cfg.mlp_dim,
@@ -95,13 +137,15 @@ def config_to_hf(cfg: ModelConfig, torch_dtype: str = "float32", extra: dict | N
         "rope_theta": cfg.rope_theta,
         "attention_bias": False,
         "attention_dropout": 0.0,
-        "tie_word_embeddings": False,
+        "tie_word_embeddings": cfg.tie_embeddings,
         "initializer_range": 0.02,
         "use_cache": True,
         "torch_dtype": torch_dtype,
         "dtype": torch_dtype,
     }
-    if cfg.vocab_size <= 50279:  # transformers' Olmo2 default eos (50279) would point outside a small vocabulary
+    if cfg.architecture == "qwen3":
+        hf.update({"use_sliding_window": False, "sliding_window": None, "max_window_layers": cfg.num_layers})
+    elif cfg.vocab_size <= 50279:  # transformers' Olmo2 default eos (50279) would point outside a small vocabulary
         hf.update({"eos_token_id": None, "pad_token_id": None})
     hf.update(extra or {})
     return hf
@@ -115,10 +159,20 @@ def _mapping(cfg: ModelConfig) -> list[tuple[str, tuple[str, ...], Callable, Cal
     d, h, kv, hd = cfg.d_model, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
     t = lambda w: w.T  # noqa: E731  (torch Linear stores [out, in])
     ident = lambda w: w  # noqa: E731
+    head = [] if cfg.tie_embeddings else [("lm_head.weight", ("lm_head",), t, t)]  # tied: the embedding serves
+    if cfg.architecture == "qwen3":  # q/k norms of one [head_dim] scale each; norms on the sublayer inputs
+        norms = [
+            ("model.layers.{i}.self_attn.q_norm.weight", ("layers", "attn", "q_norm", "scale"), ident, ident),
+            ("model.layers.{i}.self_attn.k_norm.weight", ("layers", "attn", "k_norm", "scale"), ident, ident),
+            ("model.layers.{i}.input_layernorm.weight", ("layers", "pre_attn_norm", "scale"), ident, ident),
+            ("model.layers.{i}.post_attention_layernorm.weight", ("layers", "pre_mlp_norm", "scale"), ident, ident),
+        ]
+    else:
+        norms = _olmo2_norms(h, kv, hd, ident)
     return [
         ("model.embed_tokens.weight", ("embedding",), ident, ident),
         ("model.norm.weight", ("final_norm", "scale"), ident, ident),
-        ("lm_head.weight", ("lm_head",), t, t),
+        *head,
         (
             "model.layers.{i}.self_attn.q_proj.weight",
             ("layers", "attn", "q_proj", "kernel"),
@@ -143,6 +197,16 @@ def _mapping(cfg: ModelConfig) -> list[tuple[str, tuple[str, ...], Callable, Cal
             lambda w: w.T.reshape(h, hd, d),
             lambda w: w.reshape(h * hd, d).T,
         ),
+        *norms,
+        ("model.layers.{i}.mlp.gate_proj.weight", ("layers", "mlp", "gate_proj", "kernel"), t, t),
+        ("model.layers.{i}.mlp.up_proj.weight", ("layers", "mlp", "up_proj", "kernel"), t, t),
+        ("model.layers.{i}.mlp.down_proj.weight", ("layers", "mlp", "down_proj", "kernel"), t, t),
+    ]
+
+
+def _olmo2_norms(h: int, kv: int, hd: int, ident: Callable) -> list:
+    """OLMo-2's q/k norms (over the full projected width) and its norms on the sublayer outputs."""
+    return [
         (
             "model.layers.{i}.self_attn.q_norm.weight",
             ("layers", "attn", "q_norm", "scale"),
@@ -157,9 +221,6 @@ def _mapping(cfg: ModelConfig) -> list[tuple[str, tuple[str, ...], Callable, Cal
         ),
         ("model.layers.{i}.post_attention_layernorm.weight", ("layers", "post_attn_norm", "scale"), ident, ident),
         ("model.layers.{i}.post_feedforward_layernorm.weight", ("layers", "post_mlp_norm", "scale"), ident, ident),
-        ("model.layers.{i}.mlp.gate_proj.weight", ("layers", "mlp", "gate_proj", "kernel"), t, t),
-        ("model.layers.{i}.mlp.up_proj.weight", ("layers", "mlp", "up_proj", "kernel"), t, t),
-        ("model.layers.{i}.mlp.down_proj.weight", ("layers", "mlp", "down_proj", "kernel"), t, t),
     ]
 
 
@@ -214,13 +275,13 @@ def _read_hf_config(path: Path) -> dict:
 
 
 def read_config(path: str | os.PathLike, name: str | None = None) -> ModelConfig:
-    """The ModelConfig of an HF Olmo2 directory, without reading its weights."""
+    """The ModelConfig of an HF Olmo2 or Qwen3 directory, without reading its weights."""
     path = Path(path)
     return config_from_hf(_read_hf_config(path), str(path / "config.json"), name=name or path.name)
 
 
 def load(path: str | os.PathLike, name: str | None = None) -> tuple[ModelConfig, dict]:
-    """Read an HF Olmo2ForCausalLM directory into (ModelConfig, float32 NumPy params).
+    """Read an HF Olmo2ForCausalLM or Qwen3ForCausalLM directory into (ModelConfig, float32 NumPy params).
 
     Place the params on a mesh with ``jax.device_put(params, models.param_shardings(cfg, mesh))``. A directory
     on an object store (``gs://``) is copied to a local temp folder first (safetensors maps local files).
@@ -267,6 +328,13 @@ def load(path: str | os.PathLike, name: str | None = None) -> tuple[ModelConfig,
                     f"{path}: {hf_name} gives shape {value.shape} for {'/'.join(ours)}, but config.json implies {want}"
                 )
             _set(params, ours, value)
+        # A tied head is the embedding (transformers ties it whatever lm_head.weight holds); one stored anyway
+        # must agree, or the directory is not the model its config describes.
+        if cfg.tie_embeddings and "lm_head.weight" in files:
+            if not np.array_equal(read("lm_head.weight"), params["embedding"]):
+                raise CheckpointError(
+                    f"{path}: tie_word_embeddings=true, but lm_head.weight differs from model.embed_tokens.weight"
+                )
     except ValueError as e:  # a reshape that does not fit the config
         if isinstance(e, CheckpointError):
             raise
@@ -276,7 +344,8 @@ def load(path: str | os.PathLike, name: str | None = None) -> tuple[ModelConfig,
             fh.__exit__(None, None, None)
     unexpected = sorted(n for n in set(files) - used if "rotary_emb" not in n)
     if unexpected:
-        raise CheckpointError(f"{path}: unexpected tensors not part of an OLMo-2 model: {unexpected[:8]}")
+        hf_class = HF_CLASSES[cfg.architecture][0]
+        raise CheckpointError(f"{path}: unexpected tensors not part of a {hf_class} model: {unexpected[:8]}")
     return cfg, params
 
 
@@ -295,9 +364,9 @@ def save(
     overwrite: bool = False,
     extra_config: dict | None = None,
 ) -> Path:
-    """Write an HF Olmo2ForCausalLM directory, whole or not at all (:func:`synpro_jax.atomic.publish_dir`; on
-    an object store ``config.json`` goes up last). ``params`` must be host values (gather global arrays with
-    :func:`synpro_jax.sharding.to_host` first, on every process).
+    """Write an HF Olmo2ForCausalLM (or Qwen3ForCausalLM, by ``cfg.architecture``) directory, whole or not at
+    all (:func:`synpro_jax.atomic.publish_dir`; on an object store ``config.json`` goes up last). ``params``
+    must be host values (gather global arrays with :func:`synpro_jax.sharding.to_host` first, on every process).
 
     An existing non-empty ``out_dir`` is an error unless ``overwrite=True``.
     """

@@ -1,9 +1,12 @@
-"""OLMo-2 style decoder in Flax linen.
+"""OLMo-2 style decoder in Flax linen, and the Qwen3 layout beside it (``ModelConfig.architecture``).
 
 Differences from a Llama block, all following OLMo-2: RMSNorm is applied to each sublayer's *output* before the
 residual add (no pre-norm), q and k get an RMSNorm over their full projected width, there are no biases and the
-output head is untied. Layers are stacked with ``nn.scan`` (one compiled block; parameters get a leading
-``layers`` axis). Every parameter carries logical axis names for :mod:`synpro_jax.sharding`.
+output head is untied. Qwen3 (``architecture="qwen3"``) is the Llama order instead: RMSNorm on each sublayer's
+input (``pre_attn_norm``, ``pre_mlp_norm``) and q/k normed per head over head_dim with one [head_dim] scale;
+its head may be tied to the embedding (``tie_embeddings``: no ``lm_head`` parameter, see :func:`output_head`).
+Layers are stacked with ``nn.scan`` (one compiled block; parameters get a leading ``layers`` axis). Every
+parameter carries logical axis names for :mod:`synpro_jax.sharding`.
 """
 
 from __future__ import annotations
@@ -136,8 +139,9 @@ class Attention(nn.Module):
         q = checkpoint_name(Dense(heads, ("embed",), ("heads", "head_dim"), dt, name="q_proj")(x), "q_proj")
         k = checkpoint_name(Dense(kv_heads, ("embed",), ("kv_heads", "head_dim"), dt, name="k_proj")(x), "k_proj")
         v = checkpoint_name(Dense(kv_heads, ("embed",), ("kv_heads", "head_dim"), dt, name="v_proj")(x), "v_proj")
-        q = RMSNorm(cfg.norm_eps, ("heads", "head_dim"), name="q_norm")(q)
-        k = RMSNorm(cfg.norm_eps, ("kv_heads", "head_dim"), name="k_norm")(k)
+        per_head = cfg.architecture == "qwen3"  # one [head_dim] scale for all heads, else one per (head, dim)
+        q = RMSNorm(cfg.norm_eps, ("head_dim",) if per_head else ("heads", "head_dim"), name="q_norm")(q)
+        k = RMSNorm(cfg.norm_eps, ("head_dim",) if per_head else ("kv_heads", "head_dim"), name="k_norm")(k)
         q = constrain(rotary(q, positions, cfg.rope_theta), ("batch", "length", "heads", "head_dim"))
         k = constrain(rotary(k, positions, cfg.rope_theta), ("batch", "length", "kv_heads", "head_dim"))
         v = constrain(v, ("batch", "length", "kv_heads", "head_dim"))
@@ -174,7 +178,8 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    """One decoder layer in OLMo-2 order: x + norm(attn(x)), then h + norm(mlp(h)).
+    """One decoder layer in OLMo-2 order: x + norm(attn(x)), then h + norm(mlp(h)); for Qwen3 in pre-norm order:
+    x + attn(norm(x)), then h + mlp(norm(h)).
 
     Returns (x, None) as a scan body; with a layer cache (k, v, index), or ``return_kv``, it returns
     (x, (k, v)) instead. ``prefix`` is the layer's shared (k, v), each row of it repeated for ``prefix_repeat``
@@ -189,9 +194,21 @@ class Block(nn.Module):
     @nn.compact
     def __call__(self, x, positions, mask, cache=None, prefix=None):
         cfg = self.cfg
-        h, new_cache = Attention(cfg, self.fused, name="attn")(
-            x, positions, mask, cache, prefix, self.return_kv, self.prefix_repeat
-        )
+        attn = Attention(cfg, self.fused, name="attn")
+        if cfg.architecture == "qwen3":
+            h, new_cache = attn(
+                RMSNorm(cfg.norm_eps, ("embed",), name="pre_attn_norm")(x),
+                positions,
+                mask,
+                cache,
+                prefix,
+                self.return_kv,
+                self.prefix_repeat,
+            )
+            x = x + h
+            x = x + MLP(cfg, name="mlp")(RMSNorm(cfg.norm_eps, ("embed",), name="pre_mlp_norm")(x))
+            return constrain(x, ("batch", "length", "embed")), new_cache
+        h, new_cache = attn(x, positions, mask, cache, prefix, self.return_kv, self.prefix_repeat)
         x = x + RMSNorm(cfg.norm_eps, ("embed",), name="post_attn_norm")(h)
         h = MLP(cfg, name="mlp")(x)
         x = x + RMSNorm(cfg.norm_eps, ("embed",), name="post_mlp_norm")(h)
@@ -276,8 +293,17 @@ class Decoder(nn.Module):
         x = RMSNorm(cfg.norm_eps, ("embed",), name="final_norm")(x)
         if return_hidden:
             return x
-        head = self.param("lm_head", _param_init(("embed", "vocab")), (cfg.d_model, cfg.vocab_size), jnp.float32)
+        if cfg.tie_embeddings:
+            head = embedding.T
+        else:
+            head = self.param("lm_head", _param_init(("embed", "vocab")), (cfg.d_model, cfg.vocab_size), jnp.float32)
         return constrain(unembed(cfg, head, x), ("batch", "length", "vocab"))
+
+
+def output_head(cfg: ModelConfig, params) -> jax.Array:
+    """The output head [D, V] of ``params``: ``lm_head``, or the embedding table transposed when tied. Every
+    reader of the head goes through here, so tied models need no ``lm_head`` entry."""
+    return params["embedding"].T if cfg.tie_embeddings else params["lm_head"]
 
 
 def embed(cfg: ModelConfig, embedding: jax.Array, tokens: jax.Array) -> jax.Array:
@@ -345,5 +371,5 @@ def decode(
         new_k.append(k)
         new_v.append(v)
     x = RMSNorm(cfg.norm_eps, ("embed",)).apply({"params": params["final_norm"]}, x[:, -1:])
-    logits = unembed(cfg, params["lm_head"], x)[:, 0]
+    logits = unembed(cfg, output_head(cfg, params), x)[:, 0]
     return constrain(logits, ("batch", "vocab")), KVCache(tuple(new_k), tuple(new_v), cache.segments)

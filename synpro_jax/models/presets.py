@@ -1,4 +1,4 @@
-"""Named model sizes, from a unit-test toy to the OLMo-2 shapes SynPro trains."""
+"""Named model sizes, from a unit-test toy to the OLMo-2 shapes SynPro trains, and Qwen3 beside them."""
 
 from __future__ import annotations
 
@@ -68,6 +68,38 @@ PRESETS: dict[str, ModelConfig] = {
         num_heads=16,
         mlp_dim=8192,
         max_seq_len=4096,
+    ),
+    # Qwen3 (HF Qwen3ForCausalLM) for unit tests: pre-norm, per-head q/k norms, tied head, GQA, and a head_dim
+    # (16) that is not d_model / num_heads (8).
+    "qwen3_tiny": ModelConfig(
+        name="qwen3_tiny",
+        architecture="qwen3",
+        tie_embeddings=True,
+        vocab_size=256,
+        d_model=64,
+        num_layers=2,
+        num_heads=8,
+        num_kv_heads=4,
+        head_dim=16,
+        mlp_dim=128,
+        rope_theta=1_000_000.0,
+        max_seq_len=512,
+    ),
+    # The shape of Qwen/Qwen3-0.6B (its config.json; 596M params, 440M outside the tied embedding).
+    "qwen3_0_6b": ModelConfig(
+        name="qwen3_0_6b",
+        architecture="qwen3",
+        tie_embeddings=True,
+        vocab_size=151_936,
+        d_model=1024,
+        num_layers=28,
+        num_heads=16,
+        num_kv_heads=8,
+        head_dim=128,
+        mlp_dim=3072,
+        rope_theta=1_000_000.0,
+        norm_eps=1e-6,
+        max_seq_len=40_960,
     ),
 }
 

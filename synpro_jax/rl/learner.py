@@ -108,7 +108,7 @@ def token_logprobs(
         hidden = models.forward(cfg, params, tokens, positions=positions, segment_ids=segment_ids, return_hidden=True)
         hidden = hidden[:, p - 1 : length - 1]
     targets = tokens[:, p:]
-    head = params["lm_head"]
+    head = models.output_head(cfg, params)
 
     def chunk_logp(h, t):
         logits = unembed(cfg, head, h) / jnp.float32(temperature)

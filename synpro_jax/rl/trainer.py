@@ -297,7 +297,7 @@ class GRPOTrainer:
         self.fingerprint = json.loads(
             json.dumps(
                 {
-                    "model": dataclasses.asdict(cfg),
+                    "model": cfg.settings(),
                     "grpo": dataclasses.asdict(g),
                     "run": {
                         k: v

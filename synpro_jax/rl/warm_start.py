@@ -208,7 +208,7 @@ def run_warm_start(
                 "operation": operation,
                 "max_prompt_tokens": max_prompt_tokens,
                 "max_source_chars": max_source_chars,
-                "model": dataclasses.asdict(model_cfg),
+                "model": model_cfg.settings(),
                 **inputs,
             },
             default=str,

@@ -1,6 +1,7 @@
 """Which model and vocabulary a directory holds: the one rule every job uses to open a model it did not train.
 
-A source is an HF OLMo-2 directory (``config.json`` and safetensors) or a synpro run or checkpoint directory.
+A source is an HF OLMo-2 or Qwen3 directory (``config.json`` and safetensors) or a synpro run or checkpoint
+directory.
 
 - The model: the one given (a :class:`ModelConfig`, or a preset name) when there is one, since it may carry
   compute settings (dtype, remat, attention kernel) that a ``config.json`` does not; for an HF directory its
@@ -30,7 +31,17 @@ from synpro_jax.train.params_io import is_hf_dir
 
 __all__ = ["ModelSource", "Knobs", "open_source", "stop_token_ids"]
 
-_SHAPES = ("d_model", "num_layers", "num_heads", "num_kv_heads", "head_dim", "mlp_dim", "vocab_size")
+_SHAPES = (
+    "architecture",
+    "tie_embeddings",
+    "d_model",
+    "num_layers",
+    "num_heads",
+    "num_kv_heads",
+    "head_dim",
+    "mlp_dim",
+    "vocab_size",
+)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -60,7 +60,9 @@ def pretrain(job: PretrainJob, record: str | None = None) -> dict:
         init_source = f"{loaded.source}@{loaded.step}"
     if job.init_from_hf:
         hf_cfg, init_params = hf.load(job.init_from_hf)
-        if (hf_cfg.d_model, hf_cfg.num_layers, hf_cfg.vocab_size) != (
+        if (hf_cfg.architecture, hf_cfg.tie_embeddings, hf_cfg.d_model, hf_cfg.num_layers, hf_cfg.vocab_size) != (
+            model.architecture,
+            model.tie_embeddings,
             model.d_model,
             model.num_layers,
             model.vocab_size,

@@ -256,7 +256,7 @@ class Trainer:
         # What decides the run's results, recorded in every checkpoint: a restart with other settings is refused
         # naming each field that differs (synpro_jax/resume_guard.py).
         self.settings = {
-            "model": dataclasses.asdict(model_cfg),
+            "model": model_cfg.settings(),
             "optimizer": dataclasses.asdict(opt_cfg),
             "global_batch": cfg.global_batch,
             "seq_len": cfg.seq_len,
@@ -271,7 +271,7 @@ class Trainer:
         self.fingerprint = hashlib.sha1(
             json.dumps(
                 [
-                    dataclasses.asdict(model_cfg),
+                    model_cfg.settings(),
                     dataclasses.asdict(opt_cfg),
                     cfg.global_batch,
                     cfg.seq_len,
