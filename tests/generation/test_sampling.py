@@ -17,6 +17,7 @@ from synpro_jax.generation.sampling import (
     filter_logits,
     invert_cdf,
     largest_threshold,
+    max_and_argmax,
     top_k_mask,
     top_p_mask,
 )
@@ -95,6 +96,37 @@ def test_the_cdf_inversion_never_lands_on_a_token_without_mass():
         np.testing.assert_array_equal(np.asarray(got), want, err_msg=f"u={u}")
     # A count that lands past the last token with mass (u = 1 is never drawn) takes the fallback.
     np.testing.assert_array_equal(np.asarray(invert_cdf(mass, jnp.ones((2,)), fallback)), [1, 2])
+
+
+def test_two_level_argmax_equals_argmax():
+    """First index of the max, ties, -inf rows, a NaN (jnp.argmax picks the first NaN), and a vocabulary that is
+    not a multiple of the block."""
+    rng = np.random.default_rng(0)
+    for v in (1, 10, 64, 100, 4096, 4100):
+        x = rng.normal(size=(9, v)).astype(np.float32)
+        x[1] = np.round(x[1])  # many ties
+        x[2] = -np.inf
+        x[3, rng.integers(v)] = np.nan
+        x[4, :] = x[4].max()
+        x[5, -1] = 100.0  # in the padded last block
+        top, index = max_and_argmax(jnp.asarray(x))
+        np.testing.assert_array_equal(np.asarray(index), np.asarray(jnp.argmax(jnp.asarray(x), axis=-1)))
+        np.testing.assert_array_equal(np.asarray(top), x[np.arange(len(x)), np.asarray(index)])
+
+
+def test_two_level_cdf_inversion_equals_a_float64_cumsum():
+    """Across many blocks (and a padded last block), zero-mass stretches included: the token whose float64
+    running mass first exceeds u * total, except within float32 rounding of a boundary (none at these draws)."""
+    rng = np.random.default_rng(1)
+    for v in (6, 200, 4096):
+        mass = rng.exponential(size=(256, v)).astype(np.float32) * (rng.random((256, v)) < 0.7)
+        mass[:, 0] = 1.0  # every row has mass
+        u = rng.random(256).astype(np.float32)
+        got = np.asarray(invert_cdf(jnp.asarray(mass), jnp.asarray(u), jnp.zeros((256,), jnp.int32)))
+        cdf = np.cumsum(mass.astype(np.float64), axis=-1)
+        want = np.minimum((cdf <= (u * cdf[:, -1])[:, None]).sum(-1), v - 1)
+        np.testing.assert_array_equal(got, want)
+        assert (mass[np.arange(256), got] > 0).all()
 
 
 def test_chi_square_rejects_a_wrong_temperature():
