@@ -69,7 +69,7 @@ def main(kind: str, workspace: str, out: str, kill_after: str) -> None:
     if kind == "synthesize":
         from synpro_jax.generation.synthesize import SynthesisConfig, Synthesizer
 
-        die_after(Synthesizer, "_generate", int(kill_after))
+        die_after(Synthesizer, "_write", int(kill_after))  # before the write after kill_after writes
         settings = SynthesisConfig(
             operation="rephrase", max_prompt_tokens=720, max_new_tokens=8, batch_size=2, keep_unparsed=True
         )

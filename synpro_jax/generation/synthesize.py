@@ -56,6 +56,7 @@ from synpro_jax.checks import positive_ints
 from synpro_jax.data import sources
 from synpro_jax.errors import ConfigError
 from synpro_jax.generation import prompts as prompts_lib
+from synpro_jax.generation.continuous import ContinuousBatcher, Request
 from synpro_jax.generation.sampler import Sampler
 from synpro_jax.models import ModelConfig
 from synpro_jax.resume_guard import describe_one, differences, jsonable
@@ -67,7 +68,8 @@ META_SUFFIX = ".meta.json"
 STATUSES = ("ok", "no_answer", "unparsed", "too_long")
 MAX_SOURCE_CHARS = 20_000  # the release's character cut for bulk inference, before its token cut
 # Knobs that do not change any record (each document's sample is independent of its batch).
-_NOT_FINGERPRINTED = ("batch_size", "overwrite")
+_NOT_FINGERPRINTED = ("batch_size", "batching", "overwrite")
+BATCHING = ("continuous", "static")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,7 +81,10 @@ class SynthesisConfig:
     max_source_chars: int = MAX_SOURCE_CHARS
     max_prompt_tokens: int = 2048
     max_new_tokens: int = 2048
-    batch_size: int = 16
+    batch_size: int = 16  # decode slots (continuous) or rows per call (static)
+    # "continuous": documents stream through batch_size decode slots, each refilled as soon as its row ends
+    # (generation/continuous.py); "static": batches of batch_size wait for their longest row. Same records.
+    batching: str = "continuous"
     temperature: float = 1.0  # the distribution GRPO trained the generator under
     top_p: float | None = 0.9
     top_k: int | None = None
@@ -94,6 +99,8 @@ class SynthesisConfig:
         if self.operation not in prompts_lib.OPERATIONS:
             raise ValueError(f"SynthesisConfig.operation={self.operation!r}: choose one of {prompts_lib.OPERATIONS}")
         positive_ints(self, "round", "max_source_chars", "max_prompt_tokens", "max_new_tokens", "batch_size")
+        if self.batching not in BATCHING:
+            raise ValueError(f"SynthesisConfig.batching={self.batching!r}: choose one of {BATCHING}")
         if self.temperature < 0:
             raise ValueError(f"SynthesisConfig.temperature={self.temperature}: must be >= 0 (0 = greedy)")
         if self.top_p is not None and not 0 < self.top_p <= 1:
@@ -383,6 +390,21 @@ class Synthesizer:
                 f"{settings.max_new_tokens} exceeds the generator's max_seq_len={cfg.max_seq_len}"
             )
         self.prompts = PromptBuilder(vocab, settings, template)
+        self._batcher: ContinuousBatcher | None = None
+
+    def batcher(self) -> ContinuousBatcher:
+        """The continuous batcher (built once: its caches live as long as the Synthesizer)."""
+        if self._batcher is None:
+            s, shards = self.settings, self.sampler.batch_shards
+            self._batcher = ContinuousBatcher(
+                self.sampler,
+                slots=-(-s.batch_size // shards) * shards,
+                max_prompt_tokens=s.max_prompt_tokens,
+                max_new_tokens=s.max_new_tokens,
+                eos_id=self.stop_ids,
+                pad_id=0,
+            )
+        return self._batcher
 
     # --- what made a shard -----------------------------------------------------------------------------------
     def fingerprint(self) -> dict:
@@ -484,6 +506,7 @@ class Synthesizer:
         }
 
     def _generate(self, batch: list[tuple[str, int, Prompt]]) -> list[dict]:
+        """Records for one static batch."""
         s = self.settings
         out = self.sampler.generate(
             [p.ids for _, _, p in batch],
@@ -496,16 +519,53 @@ class Synthesizer:
             pad_id=0,
             stream_ids=[stream_id(doc_id) for doc_id, _, _ in batch],
         )
-        records = []
-        for (doc_id, chars, prompt), ids, finished in zip(batch, out.completions(), out.finished):
-            body = ids[:-1] if finished else ids  # drop the stop token
-            output = self.vocab.decode(body)
-            text = prompts_lib.synthetic_text(output, s.operation)
-            status = "ok" if text else "no_answer"
-            if not text and s.keep_unparsed and output.strip():
-                text, status = output.strip(), "unparsed"
-            records.append(self._record(doc_id, chars, prompt, status, text, output, len(ids), bool(finished)))
-        return records
+        return [self._completed(item, ids, fin) for item, ids, fin in zip(batch, out.completions(), out.finished)]
+
+    def batching_stats(self) -> dict:
+        """This Synthesizer's continuous batcher so far: slots, chunks, prefill padding and decode occupancy (the
+        fraction of decode row-steps that made a token); {} for static batching."""
+        b = self._batcher
+        if b is None:
+            return {}
+        st = b.stats
+        return {
+            "slots": b.slots,
+            "chunks": st["chunks"],
+            "decode_steps": st["decode_steps"],
+            "generated_tokens": st["generated_tokens"],
+            "occupancy": round(b.occupancy(), 4),
+            "prefill_calls": st["prefill_calls"],
+            "prefill_tokens": st["prefill_tokens"],
+            "prefill_padding": round(1 - st["prefill_tokens"] / max(st["prefill_slots"], 1), 4),
+        }
+
+    def _request(self, doc_id: str, prompt: Prompt) -> Request:
+        s = self.settings
+        return Request(
+            prompt.ids,
+            s.max_new_tokens,
+            stream_id=stream_id(doc_id),
+            temperature=s.temperature,
+            top_k=s.top_k,
+            top_p=s.top_p,
+            seed=s.seed,
+        )
+
+    def _completed(self, item: tuple[str, int, Prompt], ids: list[int], finished: bool) -> dict:
+        """A document's record from its completion ids (a final stop id included when ``finished``)."""
+        s = self.settings
+        doc_id, chars, prompt = item
+        body = ids[:-1] if finished else ids  # drop the stop token
+        output = self.vocab.decode(body)
+        text = prompts_lib.synthetic_text(output, s.operation)
+        status = "ok" if text else "no_answer"
+        if not text and s.keep_unparsed and output.strip():
+            text, status = output.strip(), "unparsed"
+        return self._record(doc_id, chars, prompt, status, text, output, len(ids), bool(finished))
+
+    def _write(self, append, records: list[dict]) -> None:
+        """Append whole records to the partial shard (one fsynced write)."""
+        append("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
 
     # --- one shard -------------------------------------------------------------------------------------------
     def _documents(self, path: Path):
@@ -553,7 +613,7 @@ class Synthesizer:
             def flush(records: list[dict]) -> None:
                 if not records:
                     return
-                append("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+                self._write(append, records)
                 for r in records:
                     counts[r["status"]] += 1
                     counts["completion_tokens"] += r["completion_tokens"]
@@ -561,37 +621,78 @@ class Synthesizer:
                 if progress is not None:
                     progress(len(records), sum(r["completion_tokens"] for r in records))
 
-            for doc in source:
-                heartbeat.beat()
-                if not share.owns(doc.id):
-                    counts["other_hosts"] += 1
-                    if progress is not None:
-                        progress(1, 0)
-                    continue
-                if doc.id in seen:
-                    if doc.id not in done:
-                        counts["duplicate_ids"] += 1
-                        log.warning("%s: document id %r repeats; only its first occurrence is used", path, doc.id)
-                    continue
-                seen.add(doc.id)
-                if self.documents is not None and doc.id not in self.documents:
-                    counts["not_selected"] += 1
-                    if progress is not None:
-                        progress(1, 0)
-                    continue
-                text = doc.text or ""
-                prompt = self.prompts(text)
-                if prompt.ids is None:
-                    flush([self._record(doc.id, len(text), prompt, "too_long")])
-                    continue
-                batch.append((doc.id, len(text), prompt))
-                if len(batch) == s.batch_size:
-                    flush(self._generate(batch))
-                    batch = []
-            flush(self._generate(batch) if batch else [])
+            def work():
+                """This shard's documents to generate, in order; a too-long one is a record at once."""
+                for doc in source:
+                    heartbeat.beat()
+                    if not share.owns(doc.id):
+                        counts["other_hosts"] += 1
+                        if progress is not None:
+                            progress(1, 0)
+                        continue
+                    if doc.id in seen:
+                        if doc.id not in done:
+                            counts["duplicate_ids"] += 1
+                            log.warning("%s: document id %r repeats; only its first occurrence is used", path, doc.id)
+                        continue
+                    seen.add(doc.id)
+                    if self.documents is not None and doc.id not in self.documents:
+                        counts["not_selected"] += 1
+                        if progress is not None:
+                            progress(1, 0)
+                        continue
+                    text = doc.text or ""
+                    prompt = self.prompts(text)
+                    if prompt.ids is None:
+                        yield self._record(doc.id, len(text), prompt, "too_long")
+                    else:
+                        yield doc.id, len(text), prompt
+
+            if s.batching == "static":
+                for item in work():
+                    if isinstance(item, dict):
+                        flush([item])
+                        continue
+                    batch.append(item)
+                    if len(batch) == s.batch_size:
+                        flush(self._generate(batch))
+                        batch = []
+                flush(self._generate(batch) if batch else [])
+            else:
+                self._stream(work(), flush)
         partial.finish()
         counts["read"] = source.report.summary()
         return {"shard": final.name, **counts}
+
+    def _stream(self, work: Iterator, flush) -> None:
+        """Documents through the continuous batcher; records are flushed in document order, each time the next
+        ones in order are done (so a partial shard holds whole records, as with static batches)."""
+        batcher = self.batcher()
+        ready: dict[int, dict] = {}  # position in the shard -> its record, waiting for those before it
+        items: dict[int, tuple[str, int, Prompt]] = {}
+        written = 0
+        seq = 0
+        more = True
+        while True:
+            while more and batcher.waiting < batcher.groups - batcher.live + batcher.refill_min:
+                item = next(work, None)
+                if item is None:
+                    more = False
+                elif isinstance(item, dict):
+                    ready[seq] = item
+                else:
+                    items[seq] = item
+                    batcher.add(seq, self._request(item[0], item[2]))
+                seq += item is not None
+            for key, (completion,) in batcher.step():
+                ready[key] = self._completed(items.pop(key), completion.tokens, completion.finished)
+            records = []
+            while written in ready:
+                records.append(ready.pop(written))
+                written += 1
+            flush(records)
+            if not more and not batcher.busy():
+                break
 
     def run(self, shards: Sequence[str], out_dir: str | Path, progress: bool = True) -> dict:
         """Synthesize every input file; returns (and writes) the manifest.
@@ -669,6 +770,7 @@ class Synthesizer:
             "completion_tokens": tokens[0],
             "seconds": round(elapsed, 3),
             "tokens_per_second": tokens[0] / elapsed if elapsed > 0 else 0.0,
+            "batching": {"mode": s.batching, **self.batching_stats()},
             "data_config_synthetic": synthetic_spec(s.operation, s.round, out),
         }
         if index == 0:

@@ -1,6 +1,7 @@
-"""A synthesis job run as its own process by test_synthesize.py; it can SIGKILL itself after N written batches.
+"""A synthesis job run as its own process by test_synthesize.py; it can SIGKILL itself before the write that
+would take it past N records.
 
-python synthesis_job.py HF_DIR SP_MODEL OUT_DIR KILL_AFTER SHARD [SHARD ...]   (KILL_AFTER 0 = never)
+python synthesis_job.py HF_DIR SP_MODEL OUT_DIR KILL_AFTER BATCHING SHARD [SHARD ...]   (KILL_AFTER 0 = never)
 """
 
 import os
@@ -16,22 +17,20 @@ from synpro_jax.models import hf  # noqa: E402
 SETTINGS = dict(operation="rephrase", max_prompt_tokens=1000, max_new_tokens=8, batch_size=2, keep_unparsed=True)
 
 
-def main(hf_dir, sp_model, out_dir, kill_after, *shards):
+def main(hf_dir, sp_model, out_dir, kill_after, batching, *shards):
     cfg, params = hf.load(hf_dir)
-    synth = synthesize.Synthesizer(
-        cfg, params, load_vocabulary(sp_model), synthesize.SynthesisConfig(**SETTINGS), generator=hf_dir
-    )
+    settings = synthesize.SynthesisConfig(**SETTINGS, batching=batching)
+    synth = synthesize.Synthesizer(cfg, params, load_vocabulary(sp_model), settings, generator=hf_dir)
     kill_after, written = int(kill_after), [0]
-    generate = synth._generate
+    write = synth._write
 
-    def generate_then_maybe_die(batch):
-        records = generate(batch)
-        written[0] += 1
-        if kill_after and written[0] > kill_after:  # die before this batch is written: mid-shard, mid-job
+    def maybe_die_then_write(append, records):
+        if kill_after and written[0] + len(records) > kill_after:  # die before this write: mid-shard, mid-job
             os.kill(os.getpid(), signal.SIGKILL)
-        return records
+        written[0] += len(records)
+        write(append, records)
 
-    synth._generate = generate_then_maybe_die
+    synth._write = maybe_die_then_write
     synth.run(list(shards), out_dir, progress=False)
 
 

@@ -49,7 +49,7 @@ def workspace(tmp_path_factory):
     return root, shards
 
 
-def run_job(root, out, kill_after, shards):
+def run_job(root, out, kill_after, shards, batching="continuous"):
     cmd = [
         sys.executable,
         str(HERE / "synthesis_job.py"),
@@ -57,17 +57,19 @@ def run_job(root, out, kill_after, shards):
         str(root / "sp.model"),
         str(out),
         str(kill_after),
+        batching,
         *map(str, shards),
     ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
 
 
 @pytest.mark.slow  # a real process killed and rerun; test_storage.py resumes a killed shard in process
-def test_killed_job_resumes_with_every_source_id_exactly_once(workspace, tmp_path):
+@pytest.mark.parametrize("batching", ["continuous", "static"])
+def test_killed_job_resumes_with_every_source_id_exactly_once(workspace, tmp_path, batching):
     root, shards = workspace
     out = tmp_path / "rephrase"
-    # 2-doc batches: part0 is 3 batches, part1 3 batches; die while writing part1's 2nd batch.
-    killed = run_job(root, out, 4, shards)
+    # part0 holds 5 documents, part1 6: die before the write that would pass 7 records, inside part1.
+    killed = run_job(root, out, 7, shards, batching)
     assert killed.returncode == -9, killed.stderr[-2000:]
     assert (out / "part0.jsonl").exists() and (out / "part1.jsonl.partial").exists()
     assert not (out / "part2.jsonl").exists()
@@ -76,7 +78,7 @@ def test_killed_job_resumes_with_every_source_id_exactly_once(workspace, tmp_pat
     with (out / "part1.jsonl.partial").open("a") as fh:  # as if killed mid-line
         fh.write('{"source_id": "part1.jsonl:99", "operation": "reph')
 
-    done = run_job(root, out, 0, shards)
+    done = run_job(root, out, 0, shards, batching)
     assert done.returncode == 0, done.stderr[-2000:]
     assert not list(out.glob("*.partial")) and (out / "part0.jsonl").read_text() == part0  # finished: untouched
     records = list(synthesize.iter_records(out))
@@ -124,6 +126,37 @@ def test_records_and_seqio_task(workspace, tmp_path):
     got = list(task.get_dataset(sequence_length=None, split="train", shuffle=False).as_numpy_iterator())
     assert len(got) == len(kept) == sum(1 for _ in opener())
     assert got[0]["targets"].tolist() == list(vocab.encode(kept[0]["text"])) + [vocab.eos_id]
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_continuous_and_static_batching_write_the_same_records(workspace, tmp_path, temperature):
+    """Documents streamed through 2 refilled slots give the records 3-document static batches give: the same
+    content, in document order, each document once (greedy, and sampling: each document's stream is its own)."""
+    root, shards = workspace
+    cfg, params = hf.load(root / "generator")
+    params = jax.tree.map(lambda x: 3 * x if x.ndim >= 2 else x, params)  # sharper logits: varied greedy text
+    vocab = load_vocabulary(str(root / "sp.model"))
+    base = dict(operation="rephrase", max_prompt_tokens=1000, max_new_tokens=24, keep_unparsed=True)
+    # Stop ids that end rows at varying lengths, as a real generator's completions do: tokens this model emits
+    # greedily at different steps.
+    probe = synthesize.Synthesizer(cfg, params, vocab, synthesize.SynthesisConfig(**base, temperature=0.0))
+    texts = [json.loads(line)["text"] for line in shards[0].read_text().splitlines()]
+    greedy = probe.sampler.generate([probe.prompt_tokens(t) for t in texts], max_new_tokens=24).tokens
+    stops = sorted({int(row[2 + 5 * i]) for i, row in enumerate(greedy)})
+    runs = {}
+    for batching, size in (("static", 3), ("continuous", 2)):
+        settings = synthesize.SynthesisConfig(**base, temperature=temperature, batch_size=size, batching=batching)
+        synth = synthesize.Synthesizer(cfg, params, vocab, settings, stop_ids=stops)
+        manifest = synth.run([str(p) for p in shards], tmp_path / batching, progress=False)
+        runs[batching] = [json.loads(line) for p in shards for line in (tmp_path / batching / p.name).open()]
+        assert manifest["batching"]["mode"] == batching
+    static, continuous = runs["static"], runs["continuous"]
+    assert [r["source_id"] for r in continuous] == [r["source_id"] for r in static]
+    assert len({r["source_id"] for r in static}) == len(static) == 16
+    assert continuous == static
+    lengths = {r["completion_tokens"] for r in static}
+    assert len(lengths) > 2 and any(r["finished"] for r in static)  # rows ended at different lengths
+    assert manifest["batching"]["occupancy"] > 0.5 and manifest["batching"]["prefill_padding"] < 0.5
 
 
 def test_config_errors_name_the_knob(workspace):
@@ -206,16 +239,16 @@ def partial(workspace, generator, tmp_path_factory):
     """part0 stopped after its first batch (2 of 5 records) under generator step 7."""
     _, shards = workspace
     out = tmp_path_factory.mktemp("partial")
-    synth = make(generator)
-    generate, calls = synth._generate, [0]
+    synth = make(generator, batching="static")  # whole 2-document batches (batching is not fingerprinted)
+    write, calls = synth._write, [0]
 
-    def stop_after_one(batch):
+    def stop_after_one(append, records):
         calls[0] += 1
         if calls[0] > 1:
             raise Stop
-        return generate(batch)
+        write(append, records)
 
-    synth._generate = stop_after_one
+    synth._write = stop_after_one
     with pytest.raises(Stop):
         synth.run([str(shards[0])], out, progress=False)
     assert len((out / "part0.jsonl.partial").read_text().splitlines()) == 2
