@@ -65,9 +65,11 @@ def test_synthesis_killed_on_one_host_ends_with_every_document_once(bulk_workspa
     out = tmp_path / "synthesis"
     ids = [f"organic.jsonl:{i}" for i in range(1, DOCUMENTS + 1)]
     part0, part1 = out / "organic.host-0-of-2.jsonl", out / "organic.host-1-of-2.jsonl"
-    # Process 1 dies before writing its third 2-document batch; process 0 finishes its part.
+    # Process 1 dies before its third write (documents leave its 2 decode slots as they end); process 0
+    # finishes its part.
     kill_when(launch_bulk("synthesize", bulk_workspace, out, 2, tmp_path), tmp_path, "synthesize", part0.exists)
-    assert not part1.exists() and len((out / (part1.name + ".partial")).read_text().splitlines()) == 4
+    kept1 = len((out / (part1.name + ".partial")).read_text().splitlines())
+    assert not part1.exists() and 2 <= kept1 < sum(host_of(i, 2) == 1 for i in ids)
     kept = part0.stat().st_mtime_ns, part0.read_bytes()
     assert wait_all(launch_bulk("synthesize", bulk_workspace, out, 0, tmp_path), tmp_path) == [0, 0]
     assert (part0.stat().st_mtime_ns, part0.read_bytes()) == kept  # finished work is never redone
@@ -80,7 +82,7 @@ def test_synthesis_killed_on_one_host_ends_with_every_document_once(bulk_workspa
     assert sorted(written) == sorted(ids)  # every document exactly once
     manifest = json.loads((out / "synthesis.json").read_text())
     assert manifest["processes"] == 2
-    assert {r["host"]: r.get("resumed") for r in manifest["shards"]} == {0: None, 1: 4}  # host 0: skipped
+    assert {r["host"]: r.get("resumed") for r in manifest["shards"]} == {0: None, 1: kept1}  # host 0: skipped
     assert sorted(p.name for p in out.glob("*.partial")) == []
 
 

@@ -54,7 +54,7 @@ from synpro_jax.generation.sampler import (
     _eos_array,
     _split_shardings,
 )
-from synpro_jax.generation.sampling import inverse_cdf_draw, top_k_mask, top_p_mask
+from synpro_jax.generation.sampling import invert_cdf, max_and_argmax, top_k_mask, top_p_mask, uniforms
 from synpro_jax.models import ModelConfig
 
 # Windows are powers of two up to this many slots, then multiples of it: a 768-token prompt is read as 768
@@ -120,32 +120,38 @@ class _State(NamedTuple):
 
 
 def choose_tokens_per_row(logits, keys, temperature, top_k, top_p):
-    """:func:`synpro_jax.generation.sampling.choose_tokens` with every knob per row ([B] each): the same tokens
-    and log-probs row by row (rows sharing knobs match a call with those knobs exactly). Filters run only when
-    some row needs them."""
-    scale = jnp.where(temperature > 0, temperature, 1.0)[:, None]
-    logp = jax.nn.log_softmax(logits / scale, axis=-1)
-    greedy = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    """:func:`synpro_jax.generation.sampling.choose_tokens` with every knob per row ([B] each), in the same fused
+    passes: row by row the same tokens and log-probs (a row matches a call with its knobs exactly). The filters
+    and the draw run only when some row samples, the filters only when some row uses them."""
+    sampled = temperature > 0
 
-    def draw(_):
-        scaled = logits / scale
-        scaled = jax.lax.cond(
-            jnp.any(top_k > 0),
-            lambda x: jnp.where((top_k > 0)[:, None], top_k_mask(x, jnp.maximum(top_k, 1)), x),
+    def greedy(_):
+        top, best = max_and_argmax(logits)
+        return best, -jnp.log(jnp.sum(jnp.exp(logits - top[:, None]), axis=-1))
+
+    def mixed(_):
+        scaled = logits / jnp.where(sampled, temperature, 1.0)[:, None]
+        top, best = max_and_argmax(scaled)
+        mass = jnp.exp(scaled - top[:, None])
+        log_total = jnp.log(jnp.sum(mass, axis=-1))
+        filtered = jax.lax.cond(
+            jnp.any(sampled & (top_k > 0)),
+            lambda x: jnp.where((sampled & (top_k > 0))[:, None], top_k_mask(x, jnp.maximum(top_k, 1)), x),
             lambda x: x,
             scaled,
         )
-        scaled = jax.lax.cond(
-            jnp.any(top_p < 1.0),
-            lambda x: jnp.where((top_p < 1.0)[:, None], top_p_mask(x, jnp.minimum(top_p, 1.0)), x),
+        filtered = jax.lax.cond(
+            jnp.any(sampled & (top_p < 1.0)),
+            lambda x: jnp.where((sampled & (top_p < 1.0))[:, None], top_p_mask(x, jnp.minimum(top_p, 1.0)), x),
             lambda x: x,
-            scaled,
+            filtered,
         )
-        return inverse_cdf_draw(keys, scaled, greedy)
+        drawn = invert_cdf(jnp.where(filtered == -jnp.inf, 0.0, mass), uniforms(keys), best)
+        tokens = jnp.where(sampled, drawn, best)
+        picked = jnp.take_along_axis(scaled, tokens[:, None], axis=-1)[:, 0]
+        return tokens, (picked - top) - log_total
 
-    drawn = jax.lax.cond(jnp.any(temperature > 0), draw, lambda _: greedy, None)
-    tokens = jnp.where(temperature > 0, drawn, greedy)
-    return tokens, jnp.take_along_axis(logp, tokens[:, None], axis=-1)[:, 0]
+    return jax.lax.cond(jnp.any(sampled), mixed, greedy, None)
 
 
 def _constrain_cache(cfg, k, v, segments):
