@@ -22,9 +22,10 @@ group, not G times. Row i*G+g draws from stream i*G+g, the stream it would have 
 G times.
 
 Decode runs in phases whose completion cache grows with the filled slots (:func:`decode_windows`), so a step
-reads the completion so far rounded up to the next window, not the whole budget. Each phase's loop carries a
-cache of exactly its window and attends to all of it: attending to a slice of a bigger cache makes XLA:CPU copy
-the whole cache on every step (the update and the slice fuse), while growing it costs one copy per phase.
+reads the completion so far rounded up to the next window (half-octave ends), not the whole budget. Each phase's
+loop carries a cache of exactly its window and attends to all of it: attending to a slice of a bigger cache makes
+XLA:CPU copy the whole cache on every step (the update and the slice fuse), while growing it costs one copy per
+phase.
 
 :meth:`Sampler.rollout` returns the device-resident [prompt | completion] batch a learner consumes
 (:class:`RolloutBatch`); only text rewards need :meth:`RolloutBatch.texts`.
@@ -119,13 +120,17 @@ class RolloutBatch(NamedTuple):
 
 def decode_windows(new_slots: int, prompt_slots: int = 0) -> list[int]:
     """Ends of the decode phases over ``new_slots`` steps: steps [previous end, end) attend the prompt slots plus
-    the first ``end`` completion slots. The first phase ends at max(16, prompt_slots / 4) (a power of two) and the
-    ends double after it, so a step reads under 2x its filled slots (1.25x in the first phase) while compiling
-    only a few loop bodies: log2(new_slots / first end) + 1."""
+    the first ``end`` completion slots. The first phase ends at max(16, prompt_slots / 4) (a power of two); after
+    it the ends go by half octaves (2^k, 1.5 * 2^k, 2^(k+1)), so a step reads under 1.5x its filled completion
+    slots (under 1.25x its whole context in the first phase) while compiling 2 log2(new_slots / first end) + 1
+    loop bodies. Over a whole decode the slots read are 1.07x / 1.13x the live ones (128 prompt + 128 / 1024 new
+    tokens) against 1.12x / 1.27x with octaves; a finer grid compiles more and its cache copies (one per phase)
+    ate the gain on CPU."""
     first = bucket(max(MIN_NEW_BUCKET, prompt_slots // 4))
     ends = [min(first, new_slots)]
     while ends[-1] < new_slots:
-        ends.append(min(2 * ends[-1], new_slots))
+        end = ends[-1]
+        ends.append(min(end * 3 // 2 if end & (end - 1) == 0 else end * 4 // 3, new_slots))
     return ends
 
 

@@ -144,8 +144,8 @@ def test_decode_windows_follow_the_filled_slots(tiny):
     rounded up to a window, not to a whole prompt+budget cache per row."""
     cfg, params = tiny
     assert sampler_lib.decode_windows(16) == [16]
-    assert sampler_lib.decode_windows(128) == [16, 32, 64, 128]
-    assert sampler_lib.decode_windows(128, prompt_slots=256) == [64, 128]  # long prompts: fewer phases
+    assert sampler_lib.decode_windows(128) == [16, 24, 32, 48, 64, 96, 128]  # half octaves
+    assert sampler_lib.decode_windows(128, prompt_slots=256) == [64, 96, 128]  # long prompts: fewer phases
     assert sampler_lib.decode_windows(8, prompt_slots=1024) == [8]
     s = Sampler(cfg, params)
     prompts, g, p, n = 2, 3, 8, 64
@@ -169,7 +169,7 @@ def test_decode_windows_follow_the_filled_slots(tiny):
         jnp.int32(0),
         n,
     )
-    assert _attention_widths(jaxpr.jaxpr) == {(prompts, p), (b, 16), (b, 32), (b, 64)}
+    assert _attention_widths(jaxpr.jaxpr) == {(prompts, p), (b, 16), (b, 24), (b, 32), (b, 48), (b, 64)}
 
 
 @pytest.mark.slow
@@ -178,7 +178,7 @@ def test_greedy_across_decode_windows_equals_full_recompute(tiny):
 
     cfg, params = tiny
     prompts = PROMPTS[:3]
-    out = sample(cfg, params, prompts, max_new_tokens=[70, 40, 17])  # phases end at 16, 32, 64, 128
+    out = sample(cfg, params, prompts, max_new_tokens=[70, 40, 17])  # phases end at 16, 24, 32, 48, 64, 96, 128
     assert out.lengths.tolist() == [70, 40, 17]
     recompute_check(cfg, params, prompts, out)
 
