@@ -90,6 +90,7 @@ def configurables() -> dict[str, Any]:
         from synpro_jax.loop.runner import LoopJob
         from synpro_jax.rl.config import GRPOConfig
         from synpro_jax.rl.rewards.config import RewardsConfig
+        from synpro_jax.rl.rewards.judge_model import JudgeConfig
         from synpro_jax.rl.run import GRPOJob
         from synpro_jax.rl.trainer import GRPORunConfig
         from synpro_jax.rl.warm_start import WarmStartConfig
@@ -100,7 +101,7 @@ def configurables() -> dict[str, Any]:
             cls.__name__: cls
             for cls in (DataConfig, SyntheticShards, PassthroughVocabulary, TrainedSentencePiece, TrainerConfig,
                         ProbeConfig, SynthesisConfig, GRPOConfig, RewardsConfig, GRPORunConfig, LoopConfig,
-                        GeneratorSpec, DemoConfig, TeachConfig, WarmStartConfig, EvalConfig)
+                        GeneratorSpec, DemoConfig, TeachConfig, WarmStartConfig, EvalConfig, JudgeConfig)
         }  # fmt: skip
         jobs = {
             "pretrain": PretrainJob,

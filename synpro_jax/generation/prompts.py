@@ -126,6 +126,31 @@ class ChatTemplate:
 OLMO2_CHAT = ChatTemplate()
 
 
+@dataclasses.dataclass(frozen=True)
+class ChatMLTemplate:
+    """ChatML, Qwen's chat format: each turn ``<|im_start|>{role}\\n{content}<|im_end|>\\n``, no BOS; the
+    generation prompt opens the assistant turn. ``empty_think``: the opened turn then holds an empty
+    ``<think>\\n\\n</think>\\n\\n`` block, as Qwen3's template writes it with ``enable_thinking=False`` (the model
+    answers without reasoning first)."""
+
+    empty_think: bool = False
+
+    def render(self, messages: Sequence[dict], add_generation_prompt: bool = True) -> str:
+        out = []
+        for i, m in enumerate(messages):
+            role = m.get("role")
+            if role not in ("system", "user", "assistant"):
+                raise ValueError(f"chat message {i}: role {role!r} is not system, user or assistant")
+            out.append(f"<|im_start|>{role}\n{m.get('content', '')}<|im_end|>\n")
+        if add_generation_prompt:
+            out.append("<|im_start|>assistant\n" + ("<think>\n\n</think>\n\n" if self.empty_think else ""))
+        return "".join(out)
+
+
+CHATML = ChatMLTemplate()
+QWEN3_CHAT = ChatMLTemplate(empty_think=True)  # Qwen3 with thinking off
+
+
 def chat_prompt(
     operation: str,
     document: str,

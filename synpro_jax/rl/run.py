@@ -8,7 +8,7 @@ trainer.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 import dataclasses
 import json
 import os
@@ -28,6 +28,7 @@ from synpro_jax.rl.config import GRPOConfig
 from synpro_jax.rl.prompt_set import PromptSet
 from synpro_jax.rl.rewards.config import RewardsConfig, build_suite
 from synpro_jax.rl.rewards.influence import probe_scorer
+from synpro_jax.rl.rewards.judge_model import judge_runtime
 from synpro_jax.rl.rewards.similarity import LMEmbedder
 from synpro_jax.rl.trainer import GRPORunConfig, GRPOTrainer
 from synpro_jax.rl.warm_start import WarmStartConfig, run_warm_start
@@ -58,7 +59,10 @@ class GRPOJob:
     ``influence_model`` unless it is an HF directory) and theta' (``influence_finetuned``, the probe's finetuned
     directory, checked to come from theta); its texts are tokenized with ``influence_vocabulary`` (default: the
     generator's). ``similarity_local`` embeds with the frozen starting generator. ``warm_start``: a
-    WarmStartConfig, supervised steps before GRPO. The loop keeps a job per generator, with ``generator``,
+    WarmStartConfig, supervised steps before GRPO. ``judges``: family (quality, structure, faithfulness) -> a
+    JudgeConfig or an HF directory, the judge model of each family whose RewardsConfig.variants entry is an
+    in-process judge (``quality_judge``, ...; rl/rewards/judge_model.py), loaded on the run's mesh; entries for
+    families judged otherwise are not loaded. The loop keeps a job per generator, with ``generator``,
     ``prompts`` and the influence paths None, as its template.
     """
 
@@ -81,6 +85,7 @@ class GRPOJob:
     similarity_max_len: int = 512
     similarity_batch_size: int = 8
     warm_start: WarmStartConfig | None = None
+    judges: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
 
 def _influence_scorer(job: GRPOJob, mesh, vocab_spec: str) -> tuple[Any, dict]:
@@ -128,6 +133,10 @@ def grpo(job: GRPOJob, record: str | None = None) -> dict:
     runtime, extra_fp = {}, {}
     if "data_influence" in rewards.weights and rewards.variant("data_influence") == "data_influence":
         runtime["scorer"], extra_fp["influence"] = _influence_scorer(job, mesh, vocab_spec)
+    judges, judges_fp = judge_runtime(rewards, job.judges, mesh)  # the in-process judges' models, on the mesh
+    runtime.update(judges)
+    if judges_fp:
+        extra_fp["judges"] = judges_fp
     loaded = load(model, mesh, job.generator)
     start_identity = {
         "path": _canonical_generator(str(job.generator)),

@@ -2,11 +2,22 @@
 
 Local variants registered here: ``format``, ``length``, ``data_influence``, ``quality_local``,
 ``similarity_local``, ``structure_local``, ``faithfulness_lexical``; the remote (OpenAI-compatible) judges
-``quality_remote``, ``structure_remote``, ``faithfulness_remote`` (``remote.py``). ``config.RewardsConfig`` and
-``config.build_suite`` turn gin's weights into a :class:`RewardSuite`.
+``quality_remote``, ``structure_remote``, ``faithfulness_remote`` (``remote.py``), and the same judges in process on
+the run's mesh, ``quality_judge``, ``structure_judge``, ``faithfulness_judge`` (``judge_model.py``).
+``config.RewardsConfig`` and ``config.build_suite`` turn gin's weights into a :class:`RewardSuite`.
 """
 
-from synpro_jax.rl.rewards import faithfulness, format, influence, length, quality, remote, similarity, structure  # noqa: F401
+from synpro_jax.rl.rewards import (  # noqa: F401
+    faithfulness,
+    format,
+    influence,
+    judge_model,
+    length,
+    quality,
+    remote,
+    similarity,
+    structure,
+)
 from synpro_jax.rl.rewards.base import (
     RewardError,
     RewardInputs,

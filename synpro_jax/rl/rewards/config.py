@@ -2,9 +2,10 @@
 variant computes each family, fallbacks, per-reward options) and :func:`build_suite`.
 
 Weights are keyed by family (``quality``); ``variants`` says which registered reward computes it (by default
-the local one, ``quality_local``; the remote judges register their own names). Rewards that need runtime objects
-(the influence ``scorer``, the similarity ``embedder``) get them from :func:`build_suite`'s keyword arguments,
-passed to each factory that takes a parameter of that name.
+the local one, ``quality_local``; the remote judges register their own names, ``quality_remote``, and so do the
+same judges run in process on the mesh, ``quality_judge``). Rewards that need runtime objects (the influence
+``scorer``, the similarity ``embedder``, the in-process ``judges``) get them from :func:`build_suite`'s keyword
+arguments, passed to each factory that names a parameter of that name.
 """
 
 from __future__ import annotations
@@ -79,11 +80,13 @@ class RewardsConfig:
 
 
 def _accepts(factory, name: str) -> bool:
+    """Whether ``factory`` names a parameter ``name`` (a ``**kwargs`` does not count: the remote judges pass theirs
+    to the HTTP client, which takes no scorer, embedder or judge models)."""
     try:
         params = inspect.signature(factory).parameters
     except (TypeError, ValueError):
         return False
-    return name in params or any(p.kind == p.VAR_KEYWORD for p in params.values())
+    return name in params and params[name].kind != inspect.Parameter.VAR_KEYWORD
 
 
 def build_suite(config: RewardsConfig, **runtime) -> RewardSuite:

@@ -22,6 +22,11 @@ batched), their retries, backoff sleeps and replies however slowly they trickle 
 the worst case of one request's retries, ``(max_retries + 1) * timeout_s`` plus the longest backoffs; ``timeout_s``
 bounds one attempt as a whole (not each socket read). An unparseable reply, exhausted retries, a passed deadline or
 an open breaker raise :class:`RewardError`; never a 0.
+
+The judging (prompts, parsing, source cache) is in :class:`QualityJudgeReward`, :class:`StructureJudgeReward` and
+:class:`FaithfulnessJudgeReward`, over a pluggable transport (:class:`Judge`): the ``*_remote`` rewards give them a
+:class:`RemoteJudge`; ``judge_model.py``'s ``quality_judge``, ``structure_judge`` and ``faithfulness_judge`` the
+same judging on a judge model sharded on the run's mesh, with no server.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ import concurrent.futures
 import re
 import threading
 import time
+from typing import Protocol
 
 import numpy as np
 
@@ -218,26 +224,44 @@ def _answer_text(output: str, operation: str) -> str:
     return prompts_lib.parse_answer(output, operation).text
 
 
-class _RemoteReward:
-    name = "remote"
+class Judge(Protocol):
+    """A judge's transport: :class:`RemoteJudge` (an OpenAI-compatible server) or
+    :class:`synpro_jax.rl.rewards.judge_model.LocalJudge` (a model on the run's mesh, no server)."""
 
-    def __init__(self, base_url: str, model: str | None = None, **judge_kwargs):
-        self.judge = RemoteJudge(base_url, model, name=self.name, **judge_kwargs)
+    def deadline_at(self) -> float | None: ...
+
+    def ask(self, prompts: Sequence[str], deadline_at: float | None = None) -> list[str]: ...
+
+
+class JudgeReward:
+    """A judge reward over any :class:`Judge` transport: the prompts and the reply parsing live here, the way
+    prompts reach a model and replies come back in the transport. ``max_tokens``: the reply budget a transport
+    gets unless told otherwise (the same for both transports)."""
+
+    name = "judge"
+    max_tokens = 32
+
+    def __init__(self, judge: Judge):
+        self.judge = judge
 
     def _check(self, inputs: RewardInputs, operations: tuple[str, ...]) -> None:
         if inputs.operation not in operations:
             raise RewardError(f"{self.name} applies to {operations} outputs, not {inputs.operation!r}")
 
 
-@register_reward("quality_remote")
-class QualityRemote(_RemoteReward):
+def _remote_judge(reward: type[JudgeReward], base_url: str, model: str | None, judge_kwargs: dict) -> RemoteJudge:
+    judge_kwargs.setdefault("max_tokens", reward.max_tokens)
+    return RemoteJudge(base_url, model, name=reward.name, **judge_kwargs)
+
+
+class QualityJudgeReward(JudgeReward):
     """score(output) - score(source) on the judge's 1-5 scale; sources cached by text (``cache_size``)."""
 
-    name = "quality_remote"
+    name = "quality_judge"
+    max_tokens = 8
 
-    def __init__(self, base_url: str, model: str | None = None, cache_size: int = 4096, **judge_kwargs):
-        judge_kwargs.setdefault("max_tokens", 8)
-        super().__init__(base_url, model, **judge_kwargs)
+    def __init__(self, judge: Judge, cache_size: int = 4096):
+        super().__init__(judge)
         self.cache_size = cache_size
         self._source_scores: collections.OrderedDict[str, int] = collections.OrderedDict()
         self._lock = threading.Lock()
@@ -247,34 +271,45 @@ class QualityRemote(_RemoteReward):
         return [parse_quality_score(r) for r in replies]
 
     def source_scores(self, sources: Sequence[str], deadline_at: float | None = None) -> np.ndarray:
+        return self._scores([], sources, deadline_at)[1]
+
+    def _scores(
+        self, texts: Sequence[str], sources: Sequence[str], deadline_at: float | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The scores of ``texts`` and of ``sources``, the sources not cached yet asked with the texts in one
+        ``ask`` (one batch on the mesh, one completions request)."""
         with self._lock:
             missing = list(dict.fromkeys(s for s in sources if s not in self._source_scores))
-        scores = dict(zip(missing, self.score(missing, deadline_at)))
+        values = self.score([*texts, *missing], deadline_at)
+        own, scores = values[: len(texts)], dict(zip(missing, values[len(texts) :]))
         with self._lock:
             for s, v in scores.items():
                 self._source_scores[s] = v
             out = np.array([scores[s] if s in scores else self._source_scores[s] for s in sources], np.float32)
             while len(self._source_scores) > self.cache_size:
                 self._source_scores.popitem(last=False)
-        return out
+        return np.asarray(own, np.float32).reshape(len(texts)), out
 
     def __call__(self, inputs: RewardInputs) -> np.ndarray:
         outputs = [_answer_text(c, inputs.operation) for c in inputs.completions]
-        deadline_at = self.judge.deadline_at()  # one deadline for the outputs' and the sources' requests
-        return np.asarray(self.score(outputs, deadline_at), np.float32) - self.source_scores(
-            inputs.sources, deadline_at
-        )
+        # one deadline, and one ask, for the outputs and the sources not cached yet
+        own, base = self._scores(outputs, inputs.sources, self.judge.deadline_at())
+        return own - base
 
 
-@register_reward("structure_remote")
-class StructureRemote(_RemoteReward):
+@register_reward("quality_remote")
+class QualityRemote(QualityJudgeReward):
+    name = "quality_remote"
+
+    def __init__(self, base_url: str, model: str | None = None, cache_size: int = 4096, **judge_kwargs):
+        super().__init__(_remote_judge(type(self), base_url, model, judge_kwargs), cache_size)
+
+
+class StructureJudgeReward(JudgeReward):
     """1 if the judge says the rephrase keeps the source's layout, else 0 (rephrase only)."""
 
-    name = "structure_remote"
-
-    def __init__(self, base_url: str, model: str | None = None, **judge_kwargs):
-        judge_kwargs.setdefault("max_tokens", 8)
-        super().__init__(base_url, model, **judge_kwargs)
+    name = "structure_judge"
+    max_tokens = 8
 
     def __call__(self, inputs: RewardInputs) -> np.ndarray:
         self._check(inputs, ("rephrase",))
@@ -285,15 +320,19 @@ class StructureRemote(_RemoteReward):
         return np.asarray([parse_structure_verdict(r) for r in self.judge.ask(prompts)], np.float32)
 
 
-@register_reward("faithfulness_remote")
-class FaithfulnessRemote(_RemoteReward):
-    """Fraction of Topic/Content entries the verifier labels Faithful (reformat only); 0 with no entry."""
-
-    name = "faithfulness_remote"
+@register_reward("structure_remote")
+class StructureRemote(StructureJudgeReward):
+    name = "structure_remote"
 
     def __init__(self, base_url: str, model: str | None = None, **judge_kwargs):
-        judge_kwargs.setdefault("max_tokens", 256)
-        super().__init__(base_url, model, **judge_kwargs)
+        super().__init__(_remote_judge(type(self), base_url, model, judge_kwargs))
+
+
+class FaithfulnessJudgeReward(JudgeReward):
+    """Fraction of Topic/Content entries the verifier labels Faithful (reformat only); 0 with no entry."""
+
+    name = "faithfulness_judge"
+    max_tokens = 256
 
     @staticmethod
     def prompt(source: str, entries: Sequence[prompts_lib.Entry]) -> str:
@@ -310,6 +349,14 @@ class FaithfulnessRemote(_RemoteReward):
             labels = parse_faithfulness_labels(reply, len(entries[i]))
             out[i] = sum(label == "Faithful" for label in labels) / len(labels)
         return out
+
+
+@register_reward("faithfulness_remote")
+class FaithfulnessRemote(FaithfulnessJudgeReward):
+    name = "faithfulness_remote"
+
+    def __init__(self, base_url: str, model: str | None = None, **judge_kwargs):
+        super().__init__(_remote_judge(type(self), base_url, model, judge_kwargs))
 
 
 REMOTE_REWARDS: dict[str, Callable] = {
