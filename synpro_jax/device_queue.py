@@ -26,7 +26,8 @@ class QueueFull(Exception):
 class DeviceQueue(abc.ABC, Generic[Item]):
     """Subclasses implement :meth:`_take` (wait with :meth:`_wait_for_items`, then pick a batch under
     ``self._cv``) and :meth:`_run` (compute and set each taken item's future), and call :meth:`_start` last in
-    their ``__init__``."""
+    their ``__init__``. A scheduler whose work outlives one :meth:`_run` (continuous batching) also overrides
+    :meth:`_busy`, :meth:`_failed` and :meth:`_stopped`."""
 
     what = "request"  # for messages
 
@@ -72,18 +73,29 @@ class DeviceQueue(abc.ABC, Generic[Item]):
     def _run(self, items: list[Item]) -> None:
         """Compute the batch and set each item's future."""
 
+    def _busy(self) -> bool:
+        """Whether work taken earlier is still in progress (then :meth:`_run` runs even with nothing new)."""
+        return False
+
+    def _failed(self, items: list[Item], error: Exception) -> None:
+        """Answer the requests a failed :meth:`_run` leaves unanswered (by default: the ones it took)."""
+        for item in items:
+            if not item.future.done():
+                item.future.set_exception(error)
+
+    def _stopped(self) -> None:
+        """The thread is ending: answer whatever work is still in progress (nothing by default)."""
+
     def _loop(self) -> None:
         try:
             while (items := self._take()) is not None:
-                if not items:
+                if not items and not self._busy():
                     continue
                 try:
                     self._run(items)
                 except Exception as e:  # answer every taken request instead of hanging it
                     log.exception("%s failed", type(self).__name__)
-                    for item in items:
-                        if not item.future.done():
-                            item.future.set_exception(e)
+                    self._failed(items, e)
         finally:  # the thread is ending (closed, or an error outside _run): refuse new work, cancel what waits
             with self._cv:
                 if not self._closed:
@@ -92,6 +104,7 @@ class DeviceQueue(abc.ABC, Generic[Item]):
                 for item in self._queue:
                     item.future.cancel()
                 self._queue.clear()
+            self._stopped()
 
     def close(self) -> None:
         with self._cv:

@@ -400,7 +400,8 @@ class ContinuousBatcher:
     """Slots on a :class:`Sampler`'s placed weights, refilled as rows end.
 
     ``slots`` rows in groups of ``group`` (each group one prompt and its completions); prompts up to
-    ``max_prompt_tokens`` and completions up to ``max_new_tokens`` (both bounded by the model's max_seq_len).
+    ``max_prompt_tokens`` and completions up to ``max_new_tokens`` (a request's two together within the model's
+    max_seq_len).
     Requests wait in a FIFO queue (:meth:`add`); :meth:`step` admits what fits, decodes one chunk and returns the
     finished requests' completions, ``(key, [Completion] * group)``, in the order they ended. :meth:`run` streams a
     whole iterable through. ``refill_min`` free groups (default: an eighth of them) end a chunk early when
@@ -431,10 +432,11 @@ class ContinuousBatcher:
             )
         if max_prompt_tokens < 1 or max_new_tokens < 1:
             raise ValueError("ContinuousBatcher: max_prompt_tokens and max_new_tokens must be >= 1")
-        if max_prompt_tokens + max_new_tokens > cfg.max_seq_len:
+        if max(max_prompt_tokens, max_new_tokens) >= cfg.max_seq_len:
             raise ValueError(
-                f"ContinuousBatcher: max_prompt_tokens={max_prompt_tokens} + max_new_tokens={max_new_tokens} exceeds "
-                f"ModelConfig.max_seq_len={cfg.max_seq_len}"
+                f"ContinuousBatcher: max_prompt_tokens={max_prompt_tokens} and max_new_tokens={max_new_tokens} must "
+                f"each be under ModelConfig.max_seq_len={cfg.max_seq_len} (a request's prompt and budget together "
+                "must fit in it)"
             )
         if not 1 <= chunk_steps:
             raise ValueError(f"ContinuousBatcher: chunk_steps={chunk_steps} must be >= 1")
@@ -447,6 +449,7 @@ class ContinuousBatcher:
         self.chunk_steps = int(chunk_steps)
         eos = [] if eos_id is None else [eos_id] if np.isscalar(eos_id) else list(eos_id)
         self.eos, self.pad_id = _eos_array(eos), int(pad_id)
+        self.eos_ids = frozenset(int(e) for e in eos)
         shape = (self.slots, self.groups, self.prompt_slots, self.new_slots)
         self._init, self._admit, self._chunk, (self._rows, self._rows2, self._one) = _programs(
             cfg, sampler.mesh, sampler.rules, sampler.cache_dtype, shape
@@ -477,6 +480,11 @@ class ContinuousBatcher:
         if not 1 <= request.max_new_tokens <= self.max_new_tokens:
             raise ValueError(
                 f"ContinuousBatcher: max_new_tokens={request.max_new_tokens} must be in [1, {self.max_new_tokens}]"
+            )
+        if len(p) + request.max_new_tokens > cfg.max_seq_len:
+            raise ValueError(
+                f"ContinuousBatcher: a prompt of {len(p)} tokens with max_new_tokens={request.max_new_tokens} exceeds "
+                f"ModelConfig.max_seq_len={cfg.max_seq_len}"
             )
         lo, hi = min(p), max(p)
         if lo < 0 or hi >= cfg.vocab_size:

@@ -52,8 +52,9 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from synpro_jax import sharding
 from synpro_jax.generation import prompts as prompts_lib
+from synpro_jax.generation.continuous import ContinuousBatcher
 from synpro_jax.generation.sampler import Sampler
-from synpro_jax.serve.batching import GenerationQueue, GenRequest, Knobs, QueueFull
+from synpro_jax.serve.batching import ContinuousQueue, GenerationQueue, GenRequest, Knobs, QueueFull
 from synpro_jax.train import model_source, params_io
 from synpro_jax.train.model_source import open_source
 
@@ -277,8 +278,18 @@ class ServeConfig:
     # the largest request body taken (413 past it); None: max(1 MiB, 32 bytes a token for max_rows full contexts)
     max_body_bytes: int | None = None
     body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S  # a body must arrive whole within this (408 after)
+    # "continuous": requests join the running decode as its max_rows slots free up; "static": one call per
+    # batch of requests with equal knobs, ending with its longest row
+    batching: str = "continuous"
+    # the largest max_tokens a request may ask with continuous batching (None: half the model's context); the
+    # KV cache holds max_rows x (max_seq_len + max_new_tokens) slots per layer
+    max_new_tokens: int | None = None
 
     def __post_init__(self):
+        if self.batching not in ("continuous", "static"):
+            raise ValueError(f"ServeConfig.batching={self.batching!r}: choose continuous or static")
+        if self.max_new_tokens is not None and self.max_new_tokens < 1:
+            raise ValueError(f"ServeConfig.max_new_tokens={self.max_new_tokens} must be >= 1")
         if self.max_body_bytes is not None and self.max_body_bytes < 1:
             raise ValueError(f"max_body_bytes={self.max_body_bytes} must be >= 1")
         if not self.body_timeout_s > 0:
@@ -310,14 +321,37 @@ class Engine:
         self, cfg, sampler, vocab, settings: ServeConfig, template: prompts_lib.ChatTemplate = prompts_lib.OLMO2_CHAT
     ):
         self.cfg, self.vocab, self.settings, self.template = cfg, vocab, settings, template
-        self.queue = GenerationQueue(
-            sampler,
-            stop_ids=[int(vocab.eos_id)],
-            pad_id=int(getattr(vocab, "pad_id", 0)),
-            max_rows=settings.max_rows,
-            max_queued=settings.max_queued,
-            batch_wait_s=settings.batch_wait_s,
-        )
+        stop_ids, pad_id = [int(vocab.eos_id)], int(getattr(vocab, "pad_id", 0))
+        self.max_new_tokens = cfg.max_seq_len  # static batching: bounded by the context alone
+        if settings.batching == "static":
+            self.queue = GenerationQueue(
+                sampler,
+                stop_ids=stop_ids,
+                pad_id=pad_id,
+                max_rows=settings.max_rows,
+                max_queued=settings.max_queued,
+                batch_wait_s=settings.batch_wait_s,
+            )
+        else:
+            self.max_new_tokens = min(settings.max_new_tokens or max(cfg.max_seq_len // 2, 1), cfg.max_seq_len - 1)
+            shards = getattr(sampler, "batch_shards", 1)
+
+            def make_batcher():
+                return ContinuousBatcher(
+                    sampler,
+                    slots=-(-settings.max_rows // shards) * shards,
+                    max_prompt_tokens=cfg.max_seq_len - 1,
+                    max_new_tokens=self.max_new_tokens,
+                    eos_id=stop_ids,
+                    pad_id=pad_id,
+                )
+
+            self.queue = ContinuousQueue(
+                make_batcher,
+                max_rows=settings.max_rows,
+                max_queued=settings.max_queued,
+                batch_wait_s=settings.batch_wait_s,
+            )
         self.max_body_bytes = settings.body_limit(cfg.max_seq_len)
         self._server_seed = secrets.randbelow(2**31)
         self._streams = itertools.count()
@@ -437,7 +471,7 @@ class Engine:
         name = "max_tokens" if body.get("max_tokens") is not None else "max_completion_tokens"
         max_tokens = number(body, name, integer=True)
         if max_tokens is None:
-            max_tokens = min(default_max_tokens, limit - longest)
+            max_tokens = min(default_max_tokens, self.max_new_tokens, limit - longest)
         if max_tokens < 1:
             raise BadRequest(
                 f"{name}={max_tokens!r}: a positive integer"
@@ -458,6 +492,12 @@ class Engine:
                     f"model's context of {limit} tokens",
                     param=name,
                 )
+        if self.settings.batching == "continuous" and max_tokens > self.max_new_tokens:
+            raise BadRequest(
+                f"{name}={max_tokens}: this server generates at most {self.max_new_tokens} tokens per completion "
+                "(ServeConfig.max_new_tokens)",
+                param=name,
+            )
         rows = [p for p in token_prompts for _ in range(n)]
         if fresh_streams:
             streams = [next(self._streams) % 2**31 for _ in rows]
@@ -647,7 +687,9 @@ def build_app(engine: Engine, injector: FaultInjector | None = None):
         try:
             body = await _json_body(request)
             prompt = await asyncio.to_thread(engine.chat_prompt, body)
-            choices, usage = await engine.generate([prompt], body, min(256, engine.cfg.max_seq_len - len(prompt)))
+            choices, usage = await engine.generate(
+                [prompt], body, min(256, engine.max_new_tokens, engine.cfg.max_seq_len - len(prompt))
+            )
         except BadRequest as e:
             return e.response()
         return JSONResponse(

@@ -141,7 +141,10 @@ def test_bad_requests_fail_alone_and_name_the_limit(sampler):
         batcher.add(0, Request([12], 4, temperature=1.0, top_p=0.0))
     assert not batcher.busy()
     with pytest.raises(ValueError, match="max_seq_len"):
-        ContinuousBatcher(sampler, slots=2, max_prompt_tokens=500, max_new_tokens=100)
+        ContinuousBatcher(sampler, slots=2, max_prompt_tokens=512, max_new_tokens=100)
+    wide = ContinuousBatcher(sampler, slots=2, max_prompt_tokens=500, max_new_tokens=100)
+    with pytest.raises(ValueError, match="a prompt of 450 tokens with max_new_tokens=100 exceeds"):
+        wide.add(0, Request([12] * 450, 100))
     with pytest.raises(ValueError, match="multiple of group"):
         ContinuousBatcher(sampler, slots=3, group=2, max_prompt_tokens=16, max_new_tokens=8)
 

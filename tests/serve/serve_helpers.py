@@ -152,7 +152,7 @@ def echo_engine(vocab=None, **settings):
     """An Engine over :class:`CharVocab` (or ``vocab``) and :class:`EchoSampler`: a 64-token context."""
     from synpro_jax.serve.server import Engine, ServeConfig
 
-    settings = {"model_name": "echo", "batch_wait_s": 0.0, **settings}
+    settings = {"model_name": "echo", "batch_wait_s": 0.0, "batching": "static", **settings}
     return Engine(
         SimpleNamespace(max_seq_len=64, vocab_size=300), EchoSampler(), vocab or CharVocab(), ServeConfig(**settings)
     )

@@ -17,7 +17,7 @@ def app():
         SimpleNamespace(max_seq_len=64, vocab_size=300),
         sampler,
         CharVocab(),
-        ServeConfig(model_name="echo", batch_wait_s=0.0, allow_fault_injection=True),
+        ServeConfig(model_name="echo", batch_wait_s=0.0, allow_fault_injection=True, batching="static"),
     )
     injector = FaultInjector()
     with TestClient(build_app(engine, injector)) as client:
@@ -65,7 +65,10 @@ def test_device_failure_is_a_500_and_faults_need_the_switch(app):
 
 def test_fault_endpoint_is_off_by_default():
     engine = Engine(
-        SimpleNamespace(max_seq_len=64, vocab_size=300), EchoSampler(), CharVocab(), ServeConfig(model_name="echo")
+        SimpleNamespace(max_seq_len=64, vocab_size=300),
+        EchoSampler(),
+        CharVocab(),
+        ServeConfig(model_name="echo", batching="static"),
     )
     with TestClient(build_app(engine)) as client:
         r = client.post("/synpro/faults", json={"kind": "5xx"})
@@ -178,7 +181,7 @@ def test_an_unexpected_server_fault_is_a_json_500():
         SimpleNamespace(max_seq_len=64, vocab_size=300),
         EchoSampler(),
         BrokenVocab(),
-        ServeConfig(model_name="echo", batch_wait_s=0.0),
+        ServeConfig(model_name="echo", batch_wait_s=0.0, batching="static"),
     )
     with TestClient(build_app(engine), raise_server_exceptions=False) as client:
         r = client.post("/v1/completions", json={"prompt": "abc"})
@@ -191,7 +194,7 @@ def test_bodies_over_the_limit_are_a_413():
         SimpleNamespace(max_seq_len=64, vocab_size=300),
         EchoSampler(),
         CharVocab(),
-        ServeConfig(model_name="echo", batch_wait_s=0.0, max_body_bytes=1000),
+        ServeConfig(model_name="echo", batch_wait_s=0.0, max_body_bytes=1000, batching="static"),
     )
     with TestClient(build_app(engine)) as client:
         r = client.post(
