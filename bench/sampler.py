@@ -1,19 +1,26 @@
 """Decode throughput of the in-graph sampler against HF transformers ``generate`` on the same weights.
 
 For each preset a random model is exported with synpro_jax.models.hf.save; transformers loads that directory
-(torch CPU, KV cache on, greedy) and synpro_jax loads it with hf.load, so both run identical weights on identical
-prompts in this one process. Every row generates exactly ``--new`` tokens (no EOS).
+(torch, KV cache on, greedy) and synpro_jax loads it with hf.load, so both run identical weights on identical
+prompts in this one process. Every row generates exactly its new-token budget (no EOS).
 
-Two rates per (preset, dtype, batch):
-- decode tokens/s: batch * (N2 - N1) / (t(N2) - t(N1)) from runs with N1 = 5/8 new and N2 = new new tokens (one
-  sampler bucket, so the same compiled program), which cancels the prefill and per-call overhead on both sides;
-- end-to-end tokens/s: batch * new / t(new), prefill included.
-The memory-bandwidth fraction is (bytes that one decode step reads: matmul weights + the KV cache slots that
-step attends, its decode window, see sampler.decode_windows) * steps/s / the measured read bandwidth of this
-machine; ``context_bandwidth_fraction`` counts only the filled context instead of the window.
+Per (preset, dtype, batch):
+- decode tokens/s: batch * (N2 - N1) / (t(N2) - t(N1)) from runs with N1 = 5/8 N2 and N2 new tokens (one sampler
+  bucket, so the same compiled program), which cancels the prefill and per-call overhead on both sides. Ours and
+  HF's runs are interleaved repeat by repeat and each t is the fastest of ``--repeats`` (the CPU may be shared);
+- end-to-end tokens/s: batch * N2 / t(N2), prefill included;
+- bytes per decode step: every matmul weight once plus K and V of the live cache (the filled slots only, in the
+  cache's dtype), averaged over the timed steps; ``bandwidth_fraction`` = those bytes * steps/s / the read
+  bandwidth of this machine (a jitted sum over 1 GiB, the best of a measurement before and after the runs).
+  ``bytes_read_per_step`` counts what the sampler attends instead (its decode windows, sampler.decode_windows).
+- whether greedy tokens equal HF's (random weights give near-tied logits, so long runs may part after a while).
 
-    python bench/sampler.py                                  # cpu_small and cpu_medium, batch 1, 8, 32
-    python bench/sampler.py --presets olmo2_1b_instruct --dtypes bfloat16 --no_hf --batches 1,32,128   # GPU
+How to run (the CPU report takes ~15 min on 2 cores; batch 128 of cpu_medium uses 64 new tokens, ``--short``):
+
+    python bench/sampler.py              # cpu_small + cpu_medium, fp32, batch 1/8/32/128 -> results/sampler.json
+    python bench/sampler.py --presets cpu_small --batches 32 --out /tmp/s.json     # one quick point
+    python bench/sampler.py --presets olmo2_1b_instruct --dtypes bfloat16 --no_hf --batches 1,32,128 \\
+        --out bench/results/sampler_h200.json   # GPU (keep the CPU report in results/sampler.json)
 """
 
 from __future__ import annotations
@@ -42,13 +49,18 @@ from synpro_jax.models import hf  # noqa: E402
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "sampler.json"
 
 
+def timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
 def median_time(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return float(np.median(times))
+    return float(np.median([timed(fn) for _ in range(repeats)]))
+
+
+def min_time(fn, repeats: int) -> float:
+    return min(timed(fn) for _ in range(repeats))
 
 
 def measure_read_bandwidth(gib: float = 1.0, repeats: int = 5) -> float:
@@ -57,8 +69,7 @@ def measure_read_bandwidth(gib: float = 1.0, repeats: int = 5) -> float:
     x = jnp.ones((n,), jnp.float32)
     total = jax.jit(jnp.sum)
     jax.block_until_ready(total(x))
-    seconds = median_time(lambda: jax.block_until_ready(total(x)), repeats)
-    return n * 4 / seconds
+    return n * 4 / min_time(lambda: jax.block_until_ready(total(x)), repeats)
 
 
 def bytes_per_step(cfg, batch: int, context: float, weight_bytes: int, cache_bytes: int) -> float:
@@ -72,6 +83,12 @@ def mean_slots_read(prompt: int, first: int, new: int) -> float:
     prompt_slots = sampler_lib.bucket(prompt, sampler_lib.MIN_PROMPT_BUCKET)
     ends = sampler_lib.decode_windows(sampler_lib.bucket(new, sampler_lib.MIN_NEW_BUCKET), prompt_slots)
     return float(np.mean([prompt_slots + next(e for e in ends if t < e) for t in range(first, new)]))
+
+
+def mean_live_slots(prompt: int, first: int, new: int) -> float:
+    """Mean filled slots a decode step must attend over the timed steps [first, new): step t feeds completion
+    token t, which attends the prompt and completion tokens 0..t."""
+    return float(np.mean([prompt + t + 1 for t in range(first, new)]))
 
 
 def bench_rollout(sampler, cfg, prompts: int, groups: int, prompt: int, new: int, repeats: int) -> dict:
@@ -107,18 +124,14 @@ def budgets(new: int) -> tuple[int, int]:
     return new * 5 // 8, new
 
 
-def bench_ours(sampler, prompts, new: int, repeats: int) -> dict:
+def ours_runner(sampler, prompts):
     def run(n):
         return lambda: sampler.generate(prompts, max_new_tokens=n)
 
-    out = {}
-    for n in budgets(new):
-        run(n)()  # compile this bucket
-        out[n] = median_time(run(n), repeats)
-    return out
+    return run
 
 
-def bench_hf(model, torch, prompts, new: int, repeats: int, device: str = "cpu") -> tuple[dict, np.ndarray]:
+def hf_runner(model, torch, prompts, device: str = "cpu"):
     ids = torch.as_tensor(np.asarray(prompts), dtype=torch.long, device=device)
     mask = torch.ones_like(ids)
 
@@ -137,21 +150,53 @@ def bench_hf(model, torch, prompts, new: int, repeats: int, device: str = "cpu")
                 )
             if device != "cpu":
                 torch.cuda.synchronize()
-            return out
+            return out[:, ids.shape[1] :].cpu().numpy()
 
         return go
 
+    return run
+
+
+def interleaved_times(runners: dict, new: int, repeats: int) -> dict:
+    """{name: {n: fastest seconds}} for n in budgets(new), the runners taking turns repeat by repeat (so a busy
+    moment of a shared CPU falls on both sides alike). The first run of each compiles / warms up."""
+    for run in runners.values():
+        for n in budgets(new):
+            run(n)()
+    best = {name: {n: float("inf") for n in budgets(new)} for name in runners}
+    for _ in range(repeats):
+        for name, run in runners.items():
+            for n in budgets(new):
+                best[name][n] = min(best[name][n], timed(run(n)))
+    return best
+
+
+def parse_short(spec: str) -> dict:
+    """'cpu_medium:128=64,...' -> {('cpu_medium', 128): 64}."""
     out = {}
-    tokens = run(new)()  # warm-up, and the tokens to compare
-    for n in budgets(new):
-        out[n] = median_time(run(n), repeats)
-    return out, tokens[:, ids.shape[1] :].cpu().numpy()
+    for item in filter(None, spec.split(",")):
+        point, new = item.split("=")
+        preset, batch = point.split(":")
+        out[(preset, int(batch))] = int(new)
+    return out
+
+
+def git_commit() -> dict:
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True).stdout.rstrip()
+
+    mine = ["bench/sampler.py", "synpro_jax/generation", "synpro_jax/models"]
+    return {"commit": git("rev-parse", "HEAD"), "dirty_files": git("status", "--porcelain", "--", *mine).splitlines()}
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--presets", default="cpu_small,cpu_medium")
-    p.add_argument("--batches", default="1,8,32")
+    p.add_argument("--batches", default="1,8,32,128")
     p.add_argument("--prompt", type=int, default=128, help="prompt tokens per row")
     p.add_argument(
         "--new",
@@ -159,8 +204,14 @@ def main() -> int:
         default=128,
         help="new tokens per row (a power of two; the decode rate is measured between 5/8 new and new)",
     )
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--dtypes", default="float32,bfloat16", help="comma list of float32 / bfloat16")
+    p.add_argument(
+        "--short",
+        default="cpu_medium:128=64",
+        help="points run with fewer new tokens, PRESET:BATCH=NEW,... (the slowest point, to keep the run short)",
+    )
+    p.add_argument("--repeats", type=int, default=3, help="timed runs per budget and side; the fastest counts")
+    p.add_argument("--dtypes", default="float32", help="comma list of float32 / bfloat16")
+    p.add_argument("--cache_dtype", default=None, help="the Sampler's KV cache dtype (default: its own choice)")
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads for the peer")
     p.add_argument("--no_hf", action="store_true", help="skip the transformers peer")
     p.add_argument("--hf_device", default="cpu", help="torch device of the transformers peer (cuda on a GPU box)")
@@ -179,8 +230,11 @@ def main() -> int:
         import transformers
 
         torch.set_num_threads(args.threads)
-    bandwidth = measure_read_bandwidth(1.0 if jax.default_backend() == "cpu" else 8.0)
-    results, rollouts = [], []
+    started = time.time()
+    gib = 1.0 if jax.default_backend() == "cpu" else 8.0
+    bandwidths = [measure_read_bandwidth(gib)]
+    short = parse_short(args.short)
+    measured, rollouts = [], []
     runs = [(name, dtype) for name in args.presets.split(",") for dtype in args.dtypes.split(",")]
     for name, dtype in runs:
         dtype_bytes = 2 if dtype == "bfloat16" else 4
@@ -193,18 +247,26 @@ def main() -> int:
             if torch is not None:
                 model = transformers.AutoModelForCausalLM.from_pretrained(tmp, dtype=getattr(torch, dtype)).eval()
                 model = model.to(args.hf_device)
-        sampler = Sampler(cfg, params)
+        sampler = Sampler(cfg, params, cache_dtype=args.cache_dtype)
         if args.rollout:
             n, g, plen, new = map(int, args.rollout.split(","))
             row = {"preset": name, "dtype": dtype, **bench_rollout(sampler, cfg, n, g, plen, new, args.repeats)}
             print(row, flush=True)
             rollouts.append(row)
         for batch in [int(b) for b in args.batches.split(",") if b]:
+            new = short.get((name, batch), args.new)
+            first, _ = budgets(new)
             rng = np.random.default_rng(batch)
             prompts = rng.integers(1, cfg.vocab_size, size=(batch, args.prompt)).tolist()
-            ours = bench_ours(sampler, prompts, args.new, args.repeats)
-            first, _ = budgets(args.new)
-            decode_steps_s = (args.new - first) / (ours[args.new] - ours[first])
+            load_before = os.getloadavg()
+            runners = {"jax": ours_runner(sampler, prompts)}
+            if model is not None:
+                runners["hf"] = hf_runner(model, torch, prompts, args.hf_device)
+            seconds = interleaved_times(runners, new, args.repeats)
+            steps_s = {k: (new - first) / (t[new] - t[first]) for k, t in seconds.items()}
+            cache_bytes = jnp.dtype(sampler.cache_dtype).itemsize
+            live = mean_live_slots(args.prompt, first, new)
+            slots_read = mean_slots_read(args.prompt, first, new)
             row = {
                 "preset": name,
                 "params": cfg.num_params(),
@@ -212,49 +274,67 @@ def main() -> int:
                 "cache_dtype": sampler.cache_dtype,
                 "batch": batch,
                 "prompt_tokens": args.prompt,
-                "new_tokens": args.new,
-                "jax_decode_tokens_per_s": batch * decode_steps_s,
-                "jax_end_to_end_tokens_per_s": batch * args.new / ours[args.new],
-                "jax_seconds": {str(k): v for k, v in ours.items()},
+                "new_tokens": new,
+                "timed_steps": [first, new],
+                "loadavg_before": list(load_before),
+                "loadavg_after": list(os.getloadavg()),
+                "jax_decode_tokens_per_s": batch * steps_s["jax"],
+                "jax_end_to_end_tokens_per_s": batch * new / seconds["jax"][new],
+                "jax_seconds": {str(k): v for k, v in seconds["jax"].items()},
+                "mean_live_slots": live,
+                "mean_slots_read": slots_read,
+                "bytes_per_step": bytes_per_step(cfg, batch, live, dtype_bytes, cache_bytes),
+                "bytes_read_per_step": bytes_per_step(cfg, batch, slots_read, dtype_bytes, cache_bytes),
             }
-            context = args.prompt + (first + args.new) / 2  # mean context over the timed part of the decode
-            slots_read = mean_slots_read(args.prompt, first, args.new)
-            cache_bytes = jnp.dtype(sampler.cache_dtype).itemsize
-            step_bytes = bytes_per_step(cfg, batch, slots_read, dtype_bytes, cache_bytes)
-            row.update({"mean_context": context, "mean_slots_read": slots_read, "bytes_per_decode_step": step_bytes})
-            if bandwidth:
-                row["bandwidth_fraction"] = step_bytes * decode_steps_s / bandwidth
-                row["context_bandwidth_fraction"] = (
-                    bytes_per_step(cfg, batch, context, dtype_bytes, cache_bytes) * decode_steps_s / bandwidth
-                )
+            if new != args.new:
+                row["note"] = f"fewer new tokens than the other points ({new}, not {args.new}): --short"
             if model is not None:
-                theirs, hf_tokens = bench_hf(model, torch, prompts, args.new, args.repeats, args.hf_device)
-                hf_steps_s = (args.new - first) / (theirs[args.new] - theirs[first])
-                mine = sampler.generate(prompts, max_new_tokens=args.new).tokens
+                hf_tokens = runners["hf"](new)()
+                mine = sampler.generate(prompts, max_new_tokens=new).tokens
                 row.update(
                     {
-                        "hf_decode_tokens_per_s": batch * hf_steps_s,
-                        "hf_end_to_end_tokens_per_s": batch * args.new / theirs[args.new],
-                        "hf_seconds": {str(k): v for k, v in theirs.items()},
-                        "decode_speedup": decode_steps_s / hf_steps_s,
-                        "end_to_end_speedup": theirs[args.new] / ours[args.new],
+                        "hf_decode_tokens_per_s": batch * steps_s["hf"],
+                        "hf_end_to_end_tokens_per_s": batch * new / seconds["hf"][new],
+                        "hf_seconds": {str(k): v for k, v in seconds["hf"].items()},
+                        "decode_speedup": steps_s["jax"] / steps_s["hf"],
+                        "end_to_end_speedup": seconds["hf"][new] / seconds["jax"][new],
                         # random weights give near-tied logits, so long greedy runs may part after a while
                         "greedy_tokens_equal_fraction": float((hf_tokens == mine).mean()),
                         # transformers keeps its cache in the model dtype
-                        "hf_bandwidth_fraction": (
-                            bytes_per_step(cfg, batch, context, dtype_bytes, dtype_bytes) * hf_steps_s / bandwidth
-                        )
-                        if bandwidth
-                        else None,
+                        "hf_bytes_per_step": bytes_per_step(cfg, batch, live, dtype_bytes, dtype_bytes),
                     }
                 )
             print(
                 {k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items() if not isinstance(v, dict)},
                 flush=True,
             )
-            results.append(row)
+            measured.append((row, steps_s))
+    bandwidths.append(measure_read_bandwidth(gib))
+    bandwidth = max(bandwidths)  # the machine's capability: a busy moment only lowers a measurement
+    results = []
+    for row, steps_s in measured:
+        row["bandwidth_fraction"] = row["bytes_per_step"] * steps_s["jax"] / bandwidth
+        if "hf" in steps_s:
+            row["hf_bandwidth_fraction"] = row["hf_bytes_per_step"] * steps_s["hf"] / bandwidth
+        results.append(row)
+    goals = [
+        {
+            "preset": r["preset"],
+            "batch": r["batch"],
+            "decode_speedup": r.get("decode_speedup"),
+            "bandwidth_fraction": r["bandwidth_fraction"],
+            "speedup_at_least_3": None if "decode_speedup" not in r else r["decode_speedup"] >= 3,
+            "bandwidth_fraction_at_least_half": r["bandwidth_fraction"] >= 0.5,
+        }
+        for r in results
+        if r["batch"] == 32
+    ]
     report = {
         "benchmark": "sampler decode throughput vs transformers generate",
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "git": git_commit(),
+        "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+        "wall_seconds": time.time() - started,
         "device": str(jax.devices()[0]),
         "backend": jax.default_backend(),
         "cpu_count": os.cpu_count(),
@@ -263,7 +343,10 @@ def main() -> int:
         "torch": None if torch is None else torch.__version__,
         "torch_threads": args.threads,
         "hf_device": None if torch is None else args.hf_device,
-        "measured_read_bandwidth_gb_s": None if bandwidth is None else bandwidth / 1e9,
+        "timing": f"fastest of {args.repeats} interleaved runs per budget and side",
+        "measured_read_bandwidth_gb_s": bandwidth / 1e9,
+        "read_bandwidth_measurements_gb_s": [b / 1e9 for b in bandwidths],
+        "issue_26_goals_at_batch_32": goals,
         "results": results,
     }
     if rollouts:
