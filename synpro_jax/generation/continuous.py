@@ -50,9 +50,11 @@ from synpro_jax.generation.sampler import (
     MIN_NEW_BUCKET,
     MIN_PROMPT_BUCKET,
     TRACE_COUNTS,
+    RolloutBatch,
     Sampler,
     _eos_array,
     _split_shardings,
+    bucket,
 )
 from synpro_jax.generation.sampling import invert_cdf, max_and_argmax, top_k_mask, top_p_mask, uniforms
 from synpro_jax.models import ModelConfig
@@ -666,4 +668,68 @@ def generate_ordered(batcher: ContinuousBatcher, requests: Sequence[Request]) ->
     return [out[i] for i in range(len(requests))]
 
 
-__all__ = ["ContinuousBatcher", "Completion", "Request", "choose_tokens_per_row", "generate_ordered", "window"]
+def rollout(
+    batcher: ContinuousBatcher,
+    prompts: Sequence[Sequence[int]],
+    *,
+    max_new_tokens: int | Sequence[int],
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    seed: int = 0,
+    stream_ids: Sequence[int] | None = None,
+) -> RolloutBatch:
+    """:meth:`Sampler.rollout` on continuous batching: each prompt and its G = ``batcher.group`` completions take
+    one group of slots (the prompt prefilled once, read once per group), and a group's slots are refilled with
+    the next prompt when all G end. The same rows, streams and layout as ``Sampler.rollout``."""
+    n, g = len(prompts), batcher.group
+    if n == 0:
+        raise ValueError("rollout: prompts is empty")
+    budgets = np.broadcast_to(np.asarray(max_new_tokens, np.int64), (n,))
+    streams = np.arange(n) if stream_ids is None else np.asarray(stream_ids)
+    requests = [
+        Request(list(p), int(b), int(s), float(temperature), top_k, top_p, int(seed))
+        for p, b, s in zip(prompts, budgets, streams)
+    ]
+    groups = generate_ordered(batcher, requests)
+    rows, width = n * g, int(budgets.max())
+    p_slots = bucket(max(len(p) for p in prompts), MIN_PROMPT_BUCKET)
+    tokens = np.full((rows, p_slots + width), batcher.pad_id, np.int32)
+    positions = np.zeros((rows, p_slots + width), np.int32)
+    segments = np.zeros((rows, p_slots + width), np.int32)
+    logprobs = np.zeros((rows, width), np.float32)
+    lengths = np.zeros((rows,), np.int32)
+    finished = np.zeros((rows,), bool)
+    for i, (prompt, completions) in enumerate(zip(prompts, groups)):
+        m, pad = len(prompt), p_slots - len(prompt)
+        for j, c in enumerate(completions):
+            r, k = i * g + j, len(c.tokens)
+            tokens[r, pad:p_slots] = prompt
+            tokens[r, p_slots : p_slots + k] = c.tokens
+            positions[r, :p_slots] = np.maximum(np.arange(p_slots) - pad, 0)
+            positions[r, p_slots:] = m + np.arange(width)
+            segments[r, pad : p_slots + k] = 1
+            logprobs[r, :k] = c.logprobs
+            lengths[r], finished[r] = k, c.finished
+    mask = np.arange(width)[None, :] < lengths[:, None]
+    shards = batcher.sampler.batch_shards
+    mesh = batcher.sampler.mesh
+    by_rows = rows % shards == 0
+
+    def put(x):
+        names = ("batch",) + (None,) * (x.ndim - 1) if by_rows else (None,) * x.ndim
+        where = NamedSharding(mesh, sharding.logical_to_spec(names, batcher.sampler.rules))
+        return sharding.host_to_global(x, where)
+
+    return RolloutBatch(*map(put, (tokens, positions, segments, mask, logprobs, lengths, finished)))
+
+
+__all__ = [
+    "ContinuousBatcher",
+    "Completion",
+    "Request",
+    "choose_tokens_per_row",
+    "generate_ordered",
+    "rollout",
+    "window",
+]

@@ -51,6 +51,8 @@ import numpy as np
 from synpro_jax import atomic, distributed, sharding
 from synpro_jax.checks import positive_ints
 from synpro_jax.distributed import Preemption
+from synpro_jax.generation import continuous
+from synpro_jax.generation.continuous import ContinuousBatcher
 from synpro_jax.generation.sampler import Sampler
 from synpro_jax.models import ModelConfig, hf
 from synpro_jax.resume_guard import resume_guard
@@ -79,6 +81,10 @@ class GRPORunConfig:
     accum_steps: int = 1  # micro-batches per update (the release: 4)
     logits_chunk: int | None = None  # completion slots per output-head pass (None: all at once)
     share_prompts: bool = True  # the learner runs each prompt once for its G completions (GRPOStep.prompt_group)
+    # Decode slots for the rollouts (continuous batching: a prompt's G completions take G slots, refilled with the
+    # next prompt when all G end). None: every row of the step at once. Fewer bound the KV cache; the rollouts
+    # are the same either way (each row keeps its stream). Rounded up to a multiple of G x the batch shards.
+    rollout_slots: int | None = None
     max_source_chars: int = 7000  # the release's cut of an RL source, at a sentence boundary
     min_source_chars: int = 0
     max_documents: int | None = None  # read at most this many prompt documents
@@ -115,6 +121,8 @@ class GRPORunConfig:
                 f"GRPORunConfig.stall_stop_steps={self.stall_stop_steps!r}: must be an int >= "
                 f"stall_warn_steps={self.stall_warn_steps}, or None to never stop"
             )
+        if self.rollout_slots is not None and (not isinstance(self.rollout_slots, int) or self.rollout_slots < 1):
+            raise ValueError(f"GRPORunConfig.rollout_slots={self.rollout_slots!r}: must be an int >= 1, or None")
         if self.logits_chunk is not None and (not isinstance(self.logits_chunk, int) or self.logits_chunk < 1):
             raise ValueError(f"GRPORunConfig.logits_chunk={self.logits_chunk!r}: must be an int >= 1, or None")
         if self.export_dtype not in ("float32", "bfloat16"):
@@ -294,6 +302,17 @@ class GRPOTrainer:
             else None
         )
         self.sampler = Sampler(cfg, params, mesh=mesh)
+        unit = g.num_generations * self.sampler.batch_shards
+        slots = run.rollout_slots or run.prompts_per_step * g.num_generations
+        self.rollout_batcher = ContinuousBatcher(
+            self.sampler,
+            slots=-(-slots // unit) * unit,
+            group=g.num_generations,
+            max_prompt_tokens=g.max_prompt_tokens,
+            max_new_tokens=g.max_completion_tokens,
+            eos_id=self.stop_ids,
+            pad_id=self.pad_id,
+        )
         self.fingerprint = json.loads(
             json.dumps(
                 {
@@ -331,15 +350,13 @@ class GRPOTrainer:
         """(prompt items, RolloutBatch) of ``step`` under the sampler's current weights."""
         items = self.prompts.batch(step, self.run_cfg.prompts_per_step)
         g = self.grpo
-        rollout = self.sampler.rollout(
+        rollout = continuous.rollout(
+            self.rollout_batcher,
             [it.ids for it in items],
-            num_generations=g.num_generations,
             max_new_tokens=g.max_completion_tokens,
             temperature=g.temperature,
             top_p=g.top_p,
             seed=step_seed(self.run_cfg.seed, step),
-            eos_id=self.stop_ids,
-            pad_id=self.pad_id,
         )
         return items, rollout
 

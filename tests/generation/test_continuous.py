@@ -9,7 +9,7 @@ import pytest
 
 from synpro_jax import models
 from synpro_jax.generation import sampler as sampler_lib
-from synpro_jax.generation.continuous import ContinuousBatcher, Request, generate_ordered, window
+from synpro_jax.generation.continuous import ContinuousBatcher, Request, generate_ordered, rollout, window
 from synpro_jax.generation.sampler import Sampler
 from synpro_jax.sharding import MeshConfig, make_mesh
 
@@ -154,3 +154,18 @@ def test_windows_are_powers_of_two_then_multiples_of_128():
         16, 16, 32, 128, 128, 256, 768, 768, 896,
     ]  # fmt: skip
     assert window(3000, 1024) == 1024
+
+
+@pytest.mark.parametrize("slots", [6, 18])
+def test_rollout_is_the_samplers_rollout(sampler, slots):
+    """GRPO's rollouts through groups of slots (refilled when fewer than the rows) give Sampler.rollout's batch."""
+    prompts, budgets = workload(6, seed=6)
+    kw = dict(max_new_tokens=budgets, temperature=1.0, top_p=0.9, seed=4)
+    ref = sampler.rollout(prompts, num_generations=3, eos_id=EOS, **kw)
+    batcher = ContinuousBatcher(sampler, slots=slots, group=3, max_prompt_tokens=64, max_new_tokens=32, eos_id=EOS)
+    got = rollout(batcher, prompts, **kw)
+    for name in ("tokens", "positions", "segment_ids", "completion_mask", "lengths", "finished"):
+        np.testing.assert_array_equal(np.asarray(getattr(got, name)), np.asarray(getattr(ref, name)), err_msg=name)
+    np.testing.assert_allclose(np.asarray(got.logprobs), np.asarray(ref.logprobs), atol=1e-5)
+    refilled = batcher.stats["prefill_calls"] > 1
+    assert refilled == (slots < 18)  # 6 prompts x 3 rows fit 18 slots at once; 6 slots are refilled
