@@ -120,6 +120,65 @@ def bench_rollout(sampler, cfg, prompts: int, groups: int, prompt: int, new: int
     }
 
 
+def bench_decode_attention(cfg, batch: int, prompt: int, window: int, repeats: int = 20) -> list[dict]:
+    """One layer's decode attention (one query per row over a prompt prefix + a completion window, the sampler's
+    layout) in two forms and two cache dtypes: ``dot_product_attention`` (batched mat-vecs, XLA's dot) and a
+    multiply + reduce form (the elementwise shape a bandwidth-bound fused loop would take, which also converts
+    a bf16 cache in the loop). Rates are cache bytes read / time; errors against the float32 dot form."""
+    from synpro_jax.models.attention import dot_product_attention
+
+    def multiply_reduce(q, k, v, mask, prefix):  # one query head per kv head (the CPU presets), 4-D throughout
+        b, _, h, hd = q.shape
+        qh = q.reshape(b, h, hd).astype(jnp.float32) * hd**-0.5
+
+        def scores(keys):
+            return jnp.sum(qh[:, :, None, :] * keys.astype(jnp.float32), axis=-1)
+
+        s = jnp.concatenate([scores(prefix[0]), scores(k)], axis=-1)
+        probs = jax.nn.softmax(jnp.where(mask, s, jnp.finfo(jnp.float32).min), axis=-1)
+        s0 = prefix[0].shape[2]
+
+        def mix(p, values):
+            return jnp.sum(p[..., None] * values.astype(jnp.float32), axis=-2)
+
+        return (mix(probs[..., :s0], prefix[1]) + mix(probs[..., s0:], v)).reshape(b, 1, h, hd)
+
+    forms = {
+        "dot_product_attention": lambda q, k, v, m, pre: dot_product_attention(q, k, v, m, pre),
+        "multiply_reduce": multiply_reduce,
+    }
+    keys = jax.random.split(jax.random.key(0), 5)
+    kv_shape = (batch, cfg.num_kv_heads, window, cfg.head_dim)
+    pre_shape = (batch, cfg.num_kv_heads, prompt, cfg.head_dim)
+    q = jax.random.normal(keys[0], (batch, 1, cfg.num_heads, cfg.head_dim))
+    full = [jax.random.normal(kk, shp) for kk, shp in zip(keys[1:], (kv_shape, kv_shape, pre_shape, pre_shape))]
+    mask = jnp.ones((batch, 1, prompt + window), bool)
+    reference = jax.jit(forms["dot_product_attention"])(q, *full[:2], mask, tuple(full[2:]))
+    rows = []
+    for dtype in ("float32", "bfloat16"):
+        k, v, kp, vp = (x.astype(dtype) for x in full)
+        nbytes = sum(x.nbytes for x in (k, v, kp, vp))
+        for name, form in forms.items():
+            fn = jax.jit(form)
+            out = jax.block_until_ready(fn(q, k, v, mask, (kp, vp)))
+            seconds = min_time(
+                lambda fn=fn, k=k, v=v, kp=kp, vp=vp: jax.block_until_ready(fn(q, k, v, mask, (kp, vp))), repeats
+            )
+            rows.append(
+                {
+                    "form": name,
+                    "cache_dtype": dtype,
+                    "batch": batch,
+                    "slots": prompt + window,
+                    "microseconds": seconds * 1e6,
+                    "cache_gb_per_s": nbytes / seconds / 1e9,
+                    "max_abs_error": float(jnp.max(jnp.abs(out.astype(jnp.float32) - reference))),
+                }
+            )
+            print(rows[-1], flush=True)
+    return rows
+
+
 def budgets(new: int) -> tuple[int, int]:
     return new * 5 // 8, new
 
@@ -221,6 +280,11 @@ def main() -> int:
         help="also time GRPO rollouts: PROMPTS,G,PROMPT_TOKENS,NEW_TOKENS "
         "(shared prefill vs prompts written out), e.g. 4,8,512,256",
     )
+    p.add_argument(
+        "--attention",
+        default="cpu_small:32",
+        help="also time one layer's decode attention forms and cache dtypes at PRESET:BATCH ('' to skip)",
+    )
     p.add_argument("--out", default=str(DEFAULT_OUT))
     args = p.parse_args()
 
@@ -234,6 +298,10 @@ def main() -> int:
     gib = 1.0 if jax.default_backend() == "cpu" else 8.0
     bandwidths = [measure_read_bandwidth(gib)]
     short = parse_short(args.short)
+    attention = []
+    if args.attention:
+        preset, batch = args.attention.split(":")
+        attention = bench_decode_attention(models.get_preset(preset), int(batch), args.prompt, args.new)
     measured, rollouts = [], []
     runs = [(name, dtype) for name in args.presets.split(",") for dtype in args.dtypes.split(",")]
     for name, dtype in runs:
@@ -349,6 +417,8 @@ def main() -> int:
         "issue_26_goals_at_batch_32": goals,
         "results": results,
     }
+    if attention:
+        report["decode_attention_forms"] = attention
     if rollouts:
         report["rollouts"] = rollouts
     write_report(report, args.out)

@@ -243,10 +243,14 @@ class Sampler:
 
     Matmul weights are cast once to the compute dtype (bf16 decode reads half the bytes per step) and laid out
     by ``rules``: SAMPLING_RULES keeps whole weights on each data-parallel group, so the loop needs no fsdp
-    gathers. The KV cache is kept in ``cache_dtype`` (default: the compute dtype; float32 on CPU, where bf16
-    decode attention is slow). Reuse one Sampler for many calls and swap weights with :meth:`update_params`;
-    the placement, prefill and decode are compiled once per (config, mesh, rules, cache dtype) and take the
-    weights as arguments, so neither a weight swap nor a new Sampler with the same settings recompiles.
+    gathers. The KV cache is kept in ``cache_dtype`` (default: the compute dtype; float32 on CPU, where a bf16
+    cache halves the bytes but XLA:CPU attends over it ~2.5x slower than over float32, so a step of cpu_small
+    at batch 32 takes ~1.4x longer; see :func:`synpro_jax.models.attention.dot_product_attention`). A bf16
+    cache also rounds keys and values, which moves logits slightly: greedy tokens can part from a float32
+    cache's where logits nearly tie (HF parity tests run a float32 cache). Reuse one Sampler for many calls and
+    swap weights with :meth:`update_params`; the placement, prefill and decode are compiled once per (config,
+    mesh, rules, cache dtype) and take the weights as arguments, so neither a weight swap nor a new Sampler
+    with the same settings recompiles.
     """
 
     def __init__(
@@ -261,7 +265,7 @@ class Sampler:
         self.cfg = cfg
         self.mesh = mesh if mesh is not None else sharding.single_device_mesh()
         self.rules = rules
-        if cache_dtype is None:  # XLA:CPU runs bf16 batched mat-vecs (decode attention) ~8x slower than fp32
+        if cache_dtype is None:  # XLA:CPU attends over a bf16 cache ~2.5x slower than over fp32 (per layer)
             cpu = self.mesh.devices.flat[0].platform == "cpu"
             cache_dtype = "float32" if cpu else cfg.dtype
         self.cache_dtype = cache_dtype
