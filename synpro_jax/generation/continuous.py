@@ -516,13 +516,27 @@ class ContinuousBatcher:
 
     # --- one round -------------------------------------------------------------------------------------------
     def _admit_waiting(self) -> None:
+        """Prefill waiting requests into the free groups: longest prompts first, in calls of a power of two rows
+        (at least the batch shards), each call as wide as its own longest prompt, so little is padding and only
+        a few (rows, width) shapes ever compile."""
         free = [i for i in range(self.groups) if i not in self._live]
         take = min(len(free), len(self._waiting))
         if take == 0:
             return
         batch = [self._waiting.popleft() for _ in range(take)]
-        groups = free[:take]
-        r = _row_bucket(take, self.sampler.batch_shards, self.groups)
+        batch.sort(key=lambda item: -len(item[1].prompt))
+        self.stats["admissions"] += 1
+        shards, start = self.sampler.batch_shards, 0
+        while start < take:
+            rest = take - start
+            size = max(1 << (rest.bit_length() - 1), shards)  # the largest power of two that fits
+            size = -(-size // shards) * shards
+            part = batch[start : start + size]
+            self._prefill(part, free[start : start + len(part)], size)
+            start += len(part)
+
+    def _prefill(self, batch: list, groups: list[int], r: int) -> None:
+        take = len(batch)
         p = window(max(len(req.prompt) for _, req in batch), self.prompt_slots, MIN_PROMPT_BUCKET)
         tokens = np.full((r, p), self.pad_id, np.int32)
         segments = np.zeros((r, p), np.int32)
@@ -652,12 +666,6 @@ class ContinuousBatcher:
     def occupancy(self) -> float:
         """The fraction of decode row-steps that produced a token (1.0: no slot ever idled)."""
         return self.stats["generated_tokens"] / max(self.stats["row_steps"], 1)
-
-
-def _row_bucket(n: int, shards: int, limit: int) -> int:
-    size = 1 << (max(n, 1) - 1).bit_length()
-    size = -(-size // shards) * shards
-    return min(size, -(-limit // shards) * shards)
 
 
 def generate_ordered(batcher: ContinuousBatcher, requests: Sequence[Request]) -> list[list[Completion]]:
