@@ -19,7 +19,9 @@ token at the micro-bench's decode rate. Both rates are measured here, in this ru
 - prefill: full 768-token prompts of the shard, ``--prefill_rows`` rows per call, tokens/s (best of a few);
 - decode: the sampler micro-bench's (bench/sampler.py) rate, batch * (N2 - N1) / (t(N2) - t(N1)) at 32 rows
   with prompts of the documents' mean prompt length and no stop ids (every row busy every step).
-``fraction_of_best`` = best-case seconds / measured seconds. Goal (issue 26): continuous >= 0.8.
+The static micro-bench reads a 1,024-slot prompt bucket for 729-token prompts, where the continuous batcher reads
+a 768-slot window, so the batcher's own decode rate with all 32 slots busy is also measured: the stricter best
+case. ``fraction_of_best`` = best-case seconds / measured seconds, for both. Goal (issue 26): continuous >= 0.8.
 
     python bench/synthesis.py                      # -> bench/results/synthesis.json (~5 min on 2 cores)
     python bench/synthesis.py --docs 64 --out /tmp/s.json
@@ -48,6 +50,7 @@ from synpro_jax import models  # noqa: E402
 from synpro_jax.data import sources  # noqa: E402
 from synpro_jax.data.vocab import load_vocabulary, train_sentencepiece  # noqa: E402
 from synpro_jax.generation import sampler as sampler_lib  # noqa: E402
+from synpro_jax.generation.continuous import ContinuousBatcher, Request, generate_ordered  # noqa: E402
 from synpro_jax.generation.sampler import MIN_PROMPT_BUCKET, bucket  # noqa: E402
 from synpro_jax.generation.synthesize import SynthesisConfig, Synthesizer, iter_records  # noqa: E402
 
@@ -121,6 +124,27 @@ def prefill_rate(synth: Synthesizer, prompts: list[list[int]], rows: int, repeat
     run()
     best = min(timed(run) for _ in range(repeats))
     return rows * len(full[0]) / best
+
+
+def batcher_decode_rate(synth: Synthesizer, prompts: list[list[int]], rows: int, length: int, repeats: int) -> dict:
+    """The continuous batcher's own decode rate with every slot busy: ``rows`` prompts of ``length`` admitted at
+    once, no stop ids, rate by the same differencing as the micro-bench. Its prompt window is the prompts' own
+    length, where the static sampler reads a power-of-two bucket, so this rate is the stricter best case."""
+    batch = [(p * (length // len(p) + 1))[:length] for p in prompts[:rows]]
+    s = synth.settings
+    n2 = s.max_new_tokens
+    n1 = n2 * 5 // 8
+    batcher = ContinuousBatcher(synth.sampler, slots=rows, max_prompt_tokens=s.max_prompt_tokens, max_new_tokens=n2)
+
+    def run(n):
+        requests = [Request(p, n, i, s.temperature, None, s.top_p, s.seed) for i, p in enumerate(batch)]
+        return lambda: generate_ordered(batcher, requests)
+
+    for n in (n1, n2):
+        run(n)()
+    t1 = min(timed(run(n1)) for _ in range(repeats))
+    t2 = min(timed(run(n2)) for _ in range(repeats))
+    return {"rows": rows, "prompt_tokens": length, "n1": n1, "n2": n2, "tokens_per_s": rows * (n2 - n1) / (t2 - t1)}
 
 
 def decode_rate(synth: Synthesizer, prompts: list[list[int]], rows: int, length: int, repeats: int) -> dict:
@@ -224,21 +248,30 @@ def main() -> None:
         a, b = outputs.values()
         report["same_outputs"] = sum(x == y for x, y in zip(a, b)) / len(a)
 
-    pre = prefill_rate(probe, prompts, args.prefill_rows, args.repeats)
-    dec = decode_rate(probe, prompts, SHIPPED["batch_size"], round(np.mean(prompt_lengths)), args.repeats)
-    tokens = next(iter(report["modes"].values()))["completion_tokens"]
-    best_seconds = sum(prompt_lengths) / pre + tokens / dec["tokens_per_s"]
-    report["best_case"] = {
-        "prefill_tokens_per_s": round(pre, 1),
-        "prefill_rows": args.prefill_rows,
-        "decode": {**dec, "tokens_per_s": round(dec["tokens_per_s"], 1)},
-        "seconds": round(best_seconds, 2),
-        "output_tokens_per_s": round(tokens / best_seconds, 1),
+    rows, mean_prompt = SHIPPED["batch_size"], round(np.mean(prompt_lengths))
+    pre = {r: prefill_rate(probe, prompts, r, args.repeats) for r in (args.prefill_rows, rows)}
+    decode = {
+        "micro_bench": decode_rate(probe, prompts, rows, mean_prompt, args.repeats),
+        "batcher_all_slots_busy": batcher_decode_rate(probe, prompts, rows, mean_prompt, args.repeats),
     }
-    for entry in report["modes"].values():
-        entry["fraction_of_best"] = round(best_seconds / entry["seconds"], 3)
-    report["goal"] = "continuous >= 0.8 of the best case"
-    report["goal_met"] = report["modes"].get("continuous", {}).get("fraction_of_best", 0) >= 0.8
+    tokens = next(iter(report["modes"].values()))["completion_tokens"]
+    prefill_best = max(pre.values())  # the faster measured prefill: the stricter best case
+    report["best_case"] = {
+        "prefill_tokens_per_s": {str(r): round(v, 1) for r, v in pre.items()},
+        "decode": {k: {**v, "tokens_per_s": round(v["tokens_per_s"], 1)} for k, v in decode.items()},
+    }
+    for name, dec in decode.items():
+        best_seconds = sum(prompt_lengths) / prefill_best + tokens / dec["tokens_per_s"]
+        report["best_case"][name] = {
+            "seconds": round(best_seconds, 2),
+            "output_tokens_per_s": round(tokens / best_seconds, 1),
+        }
+        for entry in report["modes"].values():
+            entry.setdefault("fraction_of_best", {})[name] = round(best_seconds / entry["seconds"], 3)
+    report["goal"] = "continuous >= 0.8 of the best case (the issue's: decode at the micro-bench's rate)"
+    continuous = report["modes"].get("continuous", {}).get("fraction_of_best", {})
+    report["goal_met"] = continuous.get("micro_bench", 0) >= 0.8
+    report["goal_met_stricter"] = continuous.get("batcher_all_slots_busy", 0) >= 0.8
     report["load_average"] = {"before": load_before, "after": os.getloadavg()}
     write_report(report, args.out)
 
