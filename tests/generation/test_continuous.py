@@ -29,7 +29,7 @@ def sampler(params):
 
 def workload(n=13, seed=0):
     rng = np.random.default_rng(seed)
-    prompts = [rng.integers(12, CFG.vocab_size, size=rng.integers(1, 40)).tolist() for _ in range(n)]
+    prompts = [rng.integers(12, CFG.vocab_size, size=rng.integers(1, 17)).tolist() for _ in range(n)]
     budgets = [int(b) for b in rng.integers(1, 30, size=n)]
     return prompts, budgets
 
@@ -47,7 +47,7 @@ def test_refilled_slots_give_the_static_samplers_completions(sampler, knobs):
     prompts, budgets = workload()
     ref = sampler.generate(prompts, max_new_tokens=budgets, eos_id=EOS, **knobs)
     assert len(set(ref.lengths.tolist())) > 4 and ref.finished.any()  # rows end at varying lengths
-    batcher = ContinuousBatcher(sampler, slots=4, max_prompt_tokens=64, max_new_tokens=32, eos_id=EOS, chunk_steps=8)
+    batcher = ContinuousBatcher(sampler, slots=4, max_prompt_tokens=16, max_new_tokens=32, eos_id=EOS, chunk_steps=8)
     requests = [Request(p, b, stream_id=i, **knobs) for i, (p, b) in enumerate(zip(prompts, budgets))]
     out = generate_ordered(batcher, requests)
     assert_same([c for (c,) in out], ref, range(len(prompts)))
@@ -59,7 +59,7 @@ def test_refilled_slots_give_the_static_samplers_completions(sampler, knobs):
 def test_groups_share_one_prompt_like_num_generations(sampler):
     prompts, budgets = workload(6, seed=1)
     ref = sampler.generate(prompts, max_new_tokens=budgets, eos_id=EOS, temperature=1.0, seed=1, num_generations=3)
-    batcher = ContinuousBatcher(sampler, slots=6, group=3, max_prompt_tokens=64, max_new_tokens=32, eos_id=EOS)
+    batcher = ContinuousBatcher(sampler, slots=6, group=3, max_prompt_tokens=16, max_new_tokens=32, eos_id=EOS)
     out = generate_ordered(
         batcher, [Request(p, b, stream_id=i, temperature=1.0, seed=1) for i, (p, b) in enumerate(zip(prompts, budgets))]
     )
@@ -76,7 +76,7 @@ def test_rows_with_different_knobs_share_a_batch(sampler):
         dict(temperature=1.3, top_p=0.5),
     ]
     requests = [Request(p, b, stream_id=10 + i, **kinds[i % 4]) for i, (p, b) in enumerate(zip(prompts, budgets))]
-    batcher = ContinuousBatcher(sampler, slots=4, max_prompt_tokens=64, max_new_tokens=32, eos_id=EOS)
+    batcher = ContinuousBatcher(sampler, slots=4, max_prompt_tokens=16, max_new_tokens=32, eos_id=EOS)
     out = generate_ordered(batcher, requests)
     for i, ((got,), req) in enumerate(zip(out, requests)):
         ref = sampler.generate(
@@ -89,7 +89,7 @@ def test_streams_through_without_recompiling(sampler, params):
     """New prompts, refills and new weights reuse the compiled programs once their windows have been seen."""
     prompts, budgets = workload(10, seed=3)
     requests = [Request(p, b, stream_id=i) for i, (p, b) in enumerate(zip(prompts, budgets))]
-    batcher = ContinuousBatcher(sampler, slots=4, max_prompt_tokens=64, max_new_tokens=32, eos_id=EOS)
+    batcher = ContinuousBatcher(sampler, slots=4, max_prompt_tokens=16, max_new_tokens=32, eos_id=EOS)
     first = generate_ordered(batcher, requests)
     traces = dict(sampler_lib.TRACE_COUNTS)
     again = generate_ordered(batcher, requests)
@@ -105,14 +105,14 @@ def test_runs_sharded_on_an_8_device_mesh(params):
     sharded = Sampler(CFG, params, mesh=mesh)
     prompts, budgets = workload(20, seed=4)
     ref = Sampler(CFG, params).generate(prompts, max_new_tokens=budgets, eos_id=EOS)
-    batcher = ContinuousBatcher(sharded, slots=8, max_prompt_tokens=64, max_new_tokens=32, eos_id=EOS)
+    batcher = ContinuousBatcher(sharded, slots=8, max_prompt_tokens=16, max_new_tokens=32, eos_id=EOS)
     out = generate_ordered(batcher, [Request(p, b, stream_id=i) for i, (p, b) in enumerate(zip(prompts, budgets))])
     assert [c.tokens for (c,) in out] == ref.completions()
 
 
 def test_run_yields_each_request_once_as_it_ends(sampler):
     prompts, budgets = workload(9, seed=5)
-    batcher = ContinuousBatcher(sampler, slots=2, max_prompt_tokens=64, max_new_tokens=32, eos_id=EOS)
+    batcher = ContinuousBatcher(sampler, slots=4, max_prompt_tokens=16, max_new_tokens=32, eos_id=EOS)
     pulled = []
 
     def source():
@@ -123,7 +123,7 @@ def test_run_yields_each_request_once_as_it_ends(sampler):
     seen = []
     for key, _ in batcher.run(source()):
         seen.append(key)
-        assert len(pulled) <= len(seen) + 2 + batcher.refill_min  # the source is read lazily
+        assert len(pulled) <= len(seen) + 4 + batcher.refill_min  # the source is read lazily
     assert sorted(seen) == sorted(f"doc{i}" for i in range(9)) and not batcher.busy()
 
 
@@ -162,7 +162,7 @@ def test_rollout_is_the_samplers_rollout(sampler, slots):
     prompts, budgets = workload(6, seed=6)
     kw = dict(max_new_tokens=budgets, temperature=1.0, top_p=0.9, seed=4)
     ref = sampler.rollout(prompts, num_generations=3, eos_id=EOS, **kw)
-    batcher = ContinuousBatcher(sampler, slots=slots, group=3, max_prompt_tokens=64, max_new_tokens=32, eos_id=EOS)
+    batcher = ContinuousBatcher(sampler, slots=slots, group=3, max_prompt_tokens=16, max_new_tokens=32, eos_id=EOS)
     got = rollout(batcher, prompts, **kw)
     for name in ("tokens", "positions", "segment_ids", "completion_mask", "lengths", "finished"):
         np.testing.assert_array_equal(np.asarray(getattr(got, name)), np.asarray(getattr(ref, name)), err_msg=name)

@@ -43,7 +43,7 @@ def alone(sampler, request: GenRequest):
 
 def make_queue(sampler, slots=4, **kw):
     return ContinuousQueue(
-        lambda: ContinuousBatcher(sampler, slots=slots, max_prompt_tokens=64, max_new_tokens=48, eos_id=STOP),
+        lambda: ContinuousBatcher(sampler, slots=slots, max_prompt_tokens=16, max_new_tokens=48, eos_id=STOP),
         max_rows=slots,
         batch_wait_s=0.0,
         **kw,
@@ -57,7 +57,7 @@ def test_requests_with_different_knobs_join_the_running_decode(sampler):
     time.sleep(0.05)  # the long request is decoding when the others arrive
     later = [
         GenRequest([[30, 31], [32]], [6, 9], [0, 1], Knobs(temperature=1.0, seed=3)),
-        GenRequest([[40] * 20], [12], [0], Knobs(temperature=0.8, top_k=5, seed=1)),
+        GenRequest([[40] * 12], [12], [0], Knobs(temperature=0.8, top_k=5, seed=1)),
         GenRequest([[50, 51, 52, 53]], [3], [7], Knobs(temperature=1.2, top_p=0.6)),
     ]
     futures = [q.submit(r) for r in later]
@@ -83,7 +83,7 @@ def test_a_failed_chunk_answers_every_request_in_flight_and_the_queue_goes_on(sa
     built = []
 
     def make():
-        batcher = ContinuousBatcher(sampler, slots=2, max_prompt_tokens=64, max_new_tokens=48, eos_id=STOP)
+        batcher = ContinuousBatcher(sampler, slots=2, max_prompt_tokens=16, max_new_tokens=48, eos_id=STOP)
         if not built:  # the first batcher loses its device on the first chunk
 
             def broken():
