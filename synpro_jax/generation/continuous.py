@@ -499,6 +499,14 @@ class ContinuousBatcher:
         if request.top_p is not None and not 0 < request.top_p <= 1:
             raise ValueError(f"ContinuousBatcher: top_p={request.top_p} must be in (0, 1] or None")
 
+    def reset(self) -> None:
+        """Drop every waiting and live request (e.g. after an interrupted run): the slots start empty."""
+        self._waiting.clear()
+        self._live.clear()
+        self._host = None
+        with self._context():
+            self._state = self._init()
+
     def add(self, key: Hashable, request: Request) -> None:
         self.check(request)
         self._waiting.append((key, request))

@@ -668,6 +668,8 @@ class Synthesizer:
         """Documents through the continuous batcher; records are flushed in document order, each time the next
         ones in order are done (so a partial shard holds whole records, as with static batches)."""
         batcher = self.batcher()
+        if batcher.busy():  # left over from an interrupted shard: its documents are redone from the partial
+            batcher.reset()
         ready: dict[int, dict] = {}  # position in the shard -> its record, waiting for those before it
         items: dict[int, tuple[str, int, Prompt]] = {}
         written = 0

@@ -169,3 +169,18 @@ def test_rollout_is_the_samplers_rollout(sampler, slots):
     np.testing.assert_allclose(np.asarray(got.logprobs), np.asarray(ref.logprobs), atol=1e-5)
     refilled = batcher.stats["admissions"] > 1
     assert refilled == (slots < 18)  # 6 prompts x 3 rows fit 18 slots at once; 6 slots are refilled
+
+
+def test_reset_after_an_interrupted_run_starts_from_empty_slots(sampler):
+    prompts, budgets = workload(8, seed=7)
+    requests = [Request(p, b, stream_id=i) for i, (p, b) in enumerate(zip(prompts, budgets))]
+    batcher = ContinuousBatcher(sampler, slots=4, max_prompt_tokens=16, max_new_tokens=32, eos_id=EOS)
+    for i, r in enumerate(requests):
+        batcher.add(("old", i), r)
+    batcher.step()  # interrupted here: rows live, requests waiting
+    assert batcher.busy()
+    batcher.reset()
+    assert not batcher.busy()
+    out = generate_ordered(batcher, requests)
+    ref = sampler.generate(prompts, max_new_tokens=budgets, eos_id=EOS)
+    assert [c.tokens for (c,) in out] == ref.completions()
