@@ -406,7 +406,8 @@ class ContinuousBatcher:
     max_seq_len).
     Requests wait in a FIFO queue (:meth:`add`); :meth:`step` admits what fits, decodes one chunk and returns the
     finished requests' completions, ``(key, [Completion] * group)``, in the order they ended. :meth:`run` streams a
-    whole iterable through. ``refill_min`` free groups (default: an eighth of them) end a chunk early when
+    whole iterable through. ``refill_min`` free groups (default 1: a slot is refilled as soon as it frees, as
+    vLLM does; on the shipped CPU synthesis config this was 11% faster than waiting for 4) end a chunk early when
     requests wait; ``chunk_steps`` bounds a chunk when none end.
     """
 
@@ -420,7 +421,7 @@ class ContinuousBatcher:
         group: int = 1,
         eos_id: int | Sequence[int] | None = None,
         pad_id: int = 0,
-        refill_min: int | None = None,
+        refill_min: int = 1,
         chunk_steps: int = 64,
     ):
         cfg = sampler.cfg
@@ -447,7 +448,9 @@ class ContinuousBatcher:
         self.max_prompt_tokens, self.max_new_tokens = int(max_prompt_tokens), int(max_new_tokens)
         self.prompt_slots = window(max_prompt_tokens, 1 << 62, MIN_PROMPT_BUCKET)
         self.new_slots = window(max_new_tokens, 1 << 62, MIN_NEW_BUCKET)
-        self.refill_min = max(1, self.groups // 8) if refill_min is None else int(refill_min)
+        if refill_min < 1:
+            raise ValueError(f"ContinuousBatcher: refill_min={refill_min} must be >= 1")
+        self.refill_min = int(refill_min)
         self.chunk_steps = int(chunk_steps)
         eos = [] if eos_id is None else [eos_id] if np.isscalar(eos_id) else list(eos_id)
         self.eos, self.pad_id = _eos_array(eos), int(pad_id)
