@@ -166,9 +166,9 @@ def test_bucket_sizes():
 
 
 def test_greedy_matches_transformers_generate(tmp_path):
-    torch = pytest.importorskip("torch")
+    pytest.importorskip("torch")
     pytest.importorskip("transformers")
-    from hf_peer import make_hf_model
+    from hf_peer import hf_greedy, make_hf_model
 
     from synpro_jax.models import hf
 
@@ -184,28 +184,10 @@ def test_greedy_matches_transformers_generate(tmp_path):
     model.save_pretrained(tmp_path / "hf")
     cfg, params = hf.load(tmp_path / "hf")
     prompts = [[5, 9, 11], [3, 4, 5, 6, 7, 8, 9, 10, 11, 12], [50], [20, 21, 22, 23, 24]]
-    width = max(map(len, prompts))
-    ids = torch.zeros((len(prompts), width), dtype=torch.long)
-    attention = torch.zeros_like(ids)
-    for i, p in enumerate(prompts):  # left padding, as the sampler lays prompts out
-        ids[i, width - len(p) :] = torch.tensor(p)
-        attention[i, width - len(p) :] = 1
-    with torch.no_grad():
-        ref = model.generate(
-            input_ids=ids,
-            attention_mask=attention,
-            max_new_tokens=16,
-            do_sample=False,
-            output_scores=True,
-            return_dict_in_generate=True,
-            pad_token_id=0,
-            eos_token_id=None,
-        )
-    hf_tokens = ref.sequences[:, width:]
-    hf_logp = torch.log_softmax(torch.stack(ref.scores, 1).float(), -1).gather(-1, hf_tokens[..., None])[..., 0]
+    hf_tokens, hf_logp = hf_greedy(model, prompts, 16)  # left padding, as the sampler lays prompts out
     out = sample(cfg, params, prompts, max_new_tokens=16)
-    np.testing.assert_array_equal(out.tokens, hf_tokens.numpy())
-    np.testing.assert_allclose(out.logprobs, hf_logp.numpy(), atol=1e-4, rtol=0)
+    np.testing.assert_array_equal(out.tokens, hf_tokens)
+    np.testing.assert_allclose(out.logprobs, hf_logp, atol=1e-4, rtol=0)
 
 
 @pytest.mark.parametrize("cache_dtype", ["float32", "bfloat16"])

@@ -15,6 +15,7 @@ from synpro_jax.train import TrainStep, next_token_batch
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
+from hf_peer import hf_greedy, make_qwen3_model  # noqa: E402
 
 # GQA everywhere, and head_dim != hidden_size / num_attention_heads (Qwen3 sets it explicitly).
 SHAPES = {
@@ -68,27 +69,6 @@ QWEN3_0_6B_CONFIG = {
     "use_sliding_window": False,
     "vocab_size": 151936,
 }
-
-
-def make_qwen3_model(seed: int, **shape):
-    torch.manual_seed(seed)
-    config = transformers.Qwen3Config(
-        **shape,
-        rms_norm_eps=1e-6,
-        rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0},
-        max_position_embeddings=256,
-        pad_token_id=0,
-        eos_token_id=1,
-        bos_token_id=None,
-    )
-    model = transformers.Qwen3ForCausalLM(config).eval()
-    with torch.no_grad():  # random norm scales too, so a swapped norm cannot hide behind all-ones weights
-        for name, p in model.named_parameters():
-            if "norm" in name:
-                p.copy_(1.0 + 0.3 * torch.randn_like(p))
-            else:
-                p.copy_(0.08 * torch.randn_like(p))
-    return model
 
 
 def hf_logits(model, tokens: np.ndarray, attention_mask=None, position_ids=None) -> np.ndarray:
@@ -206,28 +186,10 @@ def test_greedy_sample_matches_transformers_generate(hf_dir):
     model, path = hf_dir
     cfg, params = hf.load(path)
     prompts = [[5, 9, 11], [3, 4, 5, 6, 7, 8, 9, 10, 11, 12], [50], [20, 21, 22, 23, 24]]
-    width = max(map(len, prompts))
-    ids = torch.zeros((len(prompts), width), dtype=torch.long)
-    attention = torch.zeros_like(ids)
-    for i, p in enumerate(prompts):
-        ids[i, width - len(p) :] = torch.tensor(p)
-        attention[i, width - len(p) :] = 1
-    with torch.no_grad():
-        ref = model.generate(
-            input_ids=ids,
-            attention_mask=attention,
-            max_new_tokens=12,
-            do_sample=False,
-            output_scores=True,
-            return_dict_in_generate=True,
-            pad_token_id=0,
-            eos_token_id=None,
-        )
-    hf_tokens = ref.sequences[:, width:]
-    hf_logp = torch.log_softmax(torch.stack(ref.scores, 1).float(), -1).gather(-1, hf_tokens[..., None])[..., 0]
+    hf_tokens, hf_logp = hf_greedy(model, prompts, 12)
     out = sample(cfg, params, prompts, max_new_tokens=12)
-    np.testing.assert_array_equal(out.tokens, hf_tokens.numpy())
-    np.testing.assert_allclose(out.logprobs, hf_logp.numpy(), atol=1e-4, rtol=0)
+    np.testing.assert_array_equal(out.tokens, hf_tokens)
+    np.testing.assert_allclose(out.logprobs, hf_logp, atol=1e-4, rtol=0)
 
 
 def test_kv_cache_and_chunked_loss_match_full_forward():
