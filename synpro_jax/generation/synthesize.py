@@ -672,27 +672,33 @@ class Synthesizer:
             batcher.reset()
         ready: dict[int, dict] = {}  # position in the shard -> its record, waiting for those before it
         items: dict[int, tuple[str, int, Prompt]] = {}
-        written = 0
-        seq = 0
+        written = seq = 0
         more = True
-        while True:
-            while more and batcher.waiting < batcher.groups - batcher.live + batcher.refill_min:
-                item = next(work, None)
-                if item is None:
-                    more = False
-                elif isinstance(item, dict):
-                    ready[seq] = item
-                else:
-                    items[seq] = item
-                    batcher.add(seq, self._request(item[0], item[2]))
-                seq += item is not None
-            for key, (completion,) in batcher.step():
-                ready[key] = self._completed(items.pop(key), completion.tokens, completion.finished)
+
+        def emit() -> None:  # the records next in document order, as one write
+            nonlocal written
             records = []
             while written in ready:
                 records.append(ready.pop(written))
                 written += 1
             flush(records)
+
+        while True:
+            while more and batcher.waiting < batcher.groups - batcher.live + batcher.refill_min:
+                item = next(work, None)
+                if item is None:
+                    more = False
+                    break
+                if isinstance(item, dict):  # too long to generate: written as soon as its turn comes
+                    ready[seq] = item
+                    emit()
+                else:
+                    items[seq] = item
+                    batcher.add(seq, self._request(item[0], item[2]))
+                seq += 1
+            for key, (completion,) in batcher.step():
+                ready[key] = self._completed(items.pop(key), completion.tokens, completion.finished)
+            emit()
             if not more and not batcher.busy():
                 break
 
