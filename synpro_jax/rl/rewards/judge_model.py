@@ -336,50 +336,39 @@ def _local_judge(
     )
 
 
-@register_reward("quality_judge")
-class QualityJudge(QualityJudgeReward):
-    name = "quality_judge"
+class _InProcess:
+    """The in-process variants' one constructor: the judge model by family from ``judges`` (build_suite passes
+    it to factories that name it), the shared judge options, and the remote transport's options accepted and
+    unused; ``own_options`` go on to the judging class itself."""
+
+    own_options: tuple[str, ...] = ()
 
     def __init__(
         self,
         judges: Mapping[str, JudgeModel] | None = None,
-        cache_size: int = 4096,
         max_tokens: int | None = None,
         temperature: float = 0.0,
         seed: int | None = 1024,
-        **remote_options,
+        **options,
     ):
-        super().__init__(_local_judge(type(self), judges, max_tokens, temperature, seed, remote_options), cache_size)
+        own = {k: options.pop(k) for k in self.own_options if k in options}
+        super().__init__(_local_judge(type(self), judges, max_tokens, temperature, seed, options), **own)
+
+
+@register_reward("quality_judge")
+class QualityJudge(_InProcess, QualityJudgeReward):
+    name = "quality_judge"
+    own_options = ("cache_size",)  # sources scored once per distinct text, up to this many
 
 
 @register_reward("structure_judge")
-class StructureJudge(StructureJudgeReward):
+class StructureJudge(_InProcess, StructureJudgeReward):
     name = "structure_judge"
-
-    def __init__(
-        self,
-        judges: Mapping[str, JudgeModel] | None = None,
-        max_tokens: int | None = None,
-        temperature: float = 0.0,
-        seed: int | None = 1024,
-        **remote_options,
-    ):
-        super().__init__(_local_judge(type(self), judges, max_tokens, temperature, seed, remote_options))
 
 
 @register_reward("faithfulness_judge")
-class FaithfulnessJudge(FaithfulnessJudgeReward):
+class FaithfulnessJudge(_InProcess, FaithfulnessJudgeReward):
     name = "faithfulness_judge"
-
-    def __init__(
-        self,
-        judges: Mapping[str, JudgeModel] | None = None,
-        max_tokens: int | None = None,
-        temperature: float = 0.0,
-        seed: int | None = 1024,
-        **remote_options,
-    ):
-        super().__init__(_local_judge(type(self), judges, max_tokens, temperature, seed, remote_options))
 
 
 def judge_families(rewards) -> list[str]:
