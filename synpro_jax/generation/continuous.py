@@ -53,6 +53,7 @@ from synpro_jax.generation.sampler import (
     RolloutBatch,
     Sampler,
     _eos_array,
+    _is_names,
     _split_shardings,
     bucket,
 )
@@ -161,10 +162,6 @@ def _constrain_cache(cfg, k, v, segments):
     names = models.KVCache.logical_axes(cfg.num_layers)
     cache = jax.tree.map(sharding.constrain, cache, names, is_leaf=_is_names)
     return cache.k, cache.v
-
-
-def _is_names(x) -> bool:
-    return isinstance(x, tuple) and all(isinstance(n, str) for n in x)
 
 
 def _init_state(cfg: ModelConfig, cache_dtype: str, slots: int, groups: int, prompt_slots: int, new_slots: int):
